@@ -1,0 +1,200 @@
+//! Node configuration, with documented defaults and validation.
+
+use crate::error::{Error, Result};
+use std::time::Duration;
+
+/// How linearizable reads are confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadMode {
+    /// ReadIndex confirmed by a heartbeat round to a quorum (the default; safe
+    /// under clock drift).
+    #[default]
+    Safe,
+    /// The leader serves reads within its lease without a quorum round.
+    /// Faster, but relies on bounded clock drift; requires `check_quorum`.
+    LeaseBased,
+}
+
+/// Configuration of a raftify node.
+///
+/// ```
+/// use raftify_core::Config;
+/// let mut config = Config::new(1);
+/// config.snapshot_threshold = 10_000;
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id; non-zero and unique in the cluster.
+    pub id: u64,
+    /// Name of the cluster; a node refuses to join or reopen storage of
+    /// another cluster. Default `"raftify"`.
+    pub cluster_id: String,
+    /// Time between two raft ticks. Default 100 ms.
+    pub tick_interval: Duration,
+    /// Ticks without a heartbeat before a follower starts an election
+    /// (randomized in `[election_tick, 2 * election_tick)`). Default 10.
+    pub election_tick: usize,
+    /// Ticks between heartbeats; must be < `election_tick`. Default 2.
+    pub heartbeat_tick: usize,
+    /// Pre-vote phase before elections (avoids term inflation by partitioned
+    /// nodes). Default on.
+    pub pre_vote: bool,
+    /// The leader steps down when it cannot reach a quorum within an election
+    /// timeout. Default on.
+    pub check_quorum: bool,
+    /// Max in-flight append messages per follower. Default 256.
+    pub max_inflight_msgs: usize,
+    /// Max bytes of entries in one append message. Default 1 MiB.
+    pub max_size_per_msg: u64,
+    /// Max bytes of committed entries handed to `apply` per Ready. Default 16 MiB.
+    pub max_committed_size_per_ready: u64,
+    /// Take a snapshot after this many applied entries; 0 disables the policy
+    /// (on-demand snapshots still work). Default 10 000.
+    pub snapshot_threshold: u64,
+    /// Entries kept behind a snapshot when compacting, so slightly lagging
+    /// followers catch up from the log rather than by snapshot. Default 1 000.
+    pub snapshot_log_retention: u64,
+    /// Default timeout of `propose`. Default 10 s.
+    pub proposal_timeout: Duration,
+    /// Timeout of membership changes and leadership transfers. Default 20 s.
+    pub conf_change_timeout: Duration,
+    /// Timeout of linearizable reads. Default 5 s.
+    pub read_timeout: Duration,
+    /// How linearizable reads are confirmed. Default [`ReadMode::Safe`].
+    pub read_mode: ReadMode,
+    /// Max proposals waiting to enter the log; further ones fail fast with
+    /// [`Error::Overloaded`]. Default 65 536.
+    pub max_pending_proposals: usize,
+}
+
+impl Config {
+    /// Defaults for node `id`.
+    pub fn new(id: u64) -> Self {
+        Config {
+            id,
+            cluster_id: "raftify".to_string(),
+            tick_interval: Duration::from_millis(100),
+            election_tick: 10,
+            heartbeat_tick: 2,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight_msgs: 256,
+            max_size_per_msg: 1024 * 1024,
+            max_committed_size_per_ready: 16 * 1024 * 1024,
+            snapshot_threshold: 10_000,
+            snapshot_log_retention: 1_000,
+            proposal_timeout: Duration::from_secs(10),
+            conf_change_timeout: Duration::from_secs(20),
+            read_timeout: Duration::from_secs(5),
+            read_mode: ReadMode::Safe,
+            max_pending_proposals: 65_536,
+        }
+    }
+
+    /// The election timeout's lower bound (`election_tick * tick_interval`).
+    pub fn election_timeout(&self) -> Duration {
+        self.tick_interval * self.election_tick as u32
+    }
+
+    /// Checks every field; the error names the field and the rule.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        if self.id == 0 {
+            return bad("id must be non-zero".into());
+        }
+        if self.cluster_id.is_empty() {
+            return bad("cluster_id must not be empty".into());
+        }
+        if self.tick_interval.is_zero() {
+            return bad("tick_interval must be positive".into());
+        }
+        if self.heartbeat_tick == 0 {
+            return bad("heartbeat_tick must be positive".into());
+        }
+        if self.election_tick <= self.heartbeat_tick {
+            return bad(format!(
+                "election_tick ({}) must be greater than heartbeat_tick ({})",
+                self.election_tick, self.heartbeat_tick
+            ));
+        }
+        if self.max_inflight_msgs == 0 {
+            return bad("max_inflight_msgs must be positive".into());
+        }
+        if self.max_size_per_msg == 0 {
+            return bad("max_size_per_msg must be positive (0 sends one entry per message)".into());
+        }
+        if self.max_committed_size_per_ready == 0 {
+            return bad("max_committed_size_per_ready must be positive".into());
+        }
+        if self.read_mode == ReadMode::LeaseBased && !self.check_quorum {
+            return bad("read_mode LeaseBased requires check_quorum".into());
+        }
+        for (name, d) in [
+            ("proposal_timeout", self.proposal_timeout),
+            ("conf_change_timeout", self.conf_change_timeout),
+            ("read_timeout", self.read_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        if self.max_pending_proposals == 0 {
+            return bad("max_pending_proposals must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn to_raft_config(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: self.id,
+            election_tick: self.election_tick,
+            heartbeat_tick: self.heartbeat_tick,
+            applied,
+            max_size_per_msg: self.max_size_per_msg,
+            max_inflight_msgs: self.max_inflight_msgs,
+            check_quorum: self.check_quorum,
+            pre_vote: self.pre_vote,
+            read_only_option: match self.read_mode {
+                ReadMode::Safe => raft::ReadOnlyOption::Safe,
+                ReadMode::LeaseBased => raft::ReadOnlyOption::LeaseBased,
+            },
+            max_committed_size_per_ready: self.max_committed_size_per_ready,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_safe() {
+        let c = Config::new(1);
+        c.validate().unwrap();
+        assert!(c.pre_vote && c.check_quorum);
+        assert!(c.snapshot_threshold > 0, "snapshots on by default");
+        c.to_raft_config(0).validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_field_name() {
+        let mut c = Config::new(0);
+        assert!(c.validate().unwrap_err().to_string().contains("id"));
+        c = Config::new(1);
+        c.election_tick = 2;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("election_tick"));
+        c = Config::new(1);
+        c.check_quorum = false;
+        c.read_mode = ReadMode::LeaseBased;
+        assert!(c.validate().unwrap_err().to_string().contains("LeaseBased"));
+        c = Config::new(1);
+        c.max_size_per_msg = 0;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,981 @@
+//! The data path: one task owns raft-rs's `RawNode` and drives it.
+//!
+//! Read this file top to bottom to follow a write:
+//! proposal → `RawNode::propose` (many per wake-up: they share one Ready) →
+//! `Ready` → leader messages sent → **one storage write** (snapshot, entries,
+//! hard state) → snapshot installed → committed entries applied in order →
+//! replies matched by `(term, index)` → messages that must follow persistence
+//! sent → `advance`.
+//!
+//! Nothing a peer or a client sends can stop this loop: bad messages are
+//! logged and dropped, failed proposals are answered with an error. Only a
+//! storage failure is fatal, because raft's safety rests on it.
+
+use crate::codec::{parse_entry, ClusterMeta, ConfChangeContext, EntryPayload, SnapshotEnvelope};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::membership::{Member, MemberRole};
+use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
+use crate::status::{Metrics, NodeState, PeerProgress, Role, Status};
+use crate::storage::{LogStore, RaftStorage, WriteBatch};
+use crate::transport::{Feedback, FeedbackEvent, Transport};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
+    Snapshot,
+};
+use raft::{RawNode, StateRole};
+use raft_proto::ConfChangeI;
+use slog::{debug, error, info, warn, Logger};
+use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch, RwLock};
+
+/// Most commands or message batches taken per wake-up before handling Ready.
+const MAX_DRAIN: usize = 4096;
+
+/// What an applied entry produced, matched against the kind of proposal.
+#[derive(Debug)]
+pub(crate) enum Applied {
+    Output(Vec<u8>),
+    ConfChanged,
+    NodeId(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProposalKind {
+    User,
+    ConfChange,
+    ReserveId,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Requests from handles to the loop.
+pub(crate) enum Command {
+    Propose {
+        kind: ProposalKind,
+        data: Vec<u8>,
+        reply: Reply<Applied>,
+    },
+    ConfChange {
+        cc: ConfChangeV2,
+        reply: Reply<Applied>,
+    },
+    ReadIndex {
+        reply: Reply<u64>,
+    },
+    TransferLeader {
+        to: u64,
+        reply: Reply<()>,
+    },
+    Campaign {
+        reply: Reply<()>,
+    },
+    Snapshot {
+        reply: Reply<u64>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Shutdown,
+}
+
+struct Pending {
+    term: u64,
+    kind: ProposalKind,
+    reply: Reply<Applied>,
+}
+
+/// Linearizable reads: requests arriving in one wake-up share one
+/// ReadIndex round; answered once the state machine has applied the index.
+#[derive(Default)]
+struct Reads {
+    batch: Vec<Reply<u64>>,
+    inflight: HashMap<Vec<u8>, Vec<Reply<u64>>>,
+    waiting_apply: Vec<(u64, Vec<Reply<u64>>)>,
+    next_ctx: u64,
+}
+
+/// Everything the loop task owns.
+pub(crate) struct RaftLoop<E, SM> {
+    pub(crate) raw: RawNode<RaftStorage>,
+    pub(crate) store: Arc<dyn LogStore>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) feedback: Feedback,
+    pub(crate) sm: Arc<RwLock<SM>>,
+    pub(crate) config: Config,
+    pub(crate) logger: Logger,
+    pub(crate) cmd_rx: mpsc::Receiver<Command>,
+    pub(crate) msg_rx: mpsc::Receiver<(Option<String>, Vec<Message>)>,
+    pub(crate) fb_rx: mpsc::UnboundedReceiver<FeedbackEvent>,
+    pub(crate) state_tx: watch::Sender<NodeState>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) meta: ClusterMeta,
+    pub(crate) conf_state: ConfState,
+    pub(crate) applied: u64,
+    pub(crate) applied_term: u64,
+    pub(crate) snapshot_index: u64,
+    pub(crate) _entry: PhantomData<fn() -> E>,
+    pending: BTreeMap<u64, Pending>,
+    reads: Reads,
+    transfer: Option<(u64, Reply<()>)>,
+    snapshot_waiters: Vec<Reply<u64>>,
+    pending_commit: Option<u64>,
+    ticks: u64,
+    last_leader: u64,
+    last_role: StateRole,
+}
+
+/// Fields the constructor fills; the rest start empty.
+pub(crate) struct LoopParts<E, SM> {
+    pub raw: RawNode<RaftStorage>,
+    pub store: Arc<dyn LogStore>,
+    pub transport: Arc<dyn Transport>,
+    pub feedback: Feedback,
+    pub sm: Arc<RwLock<SM>>,
+    pub config: Config,
+    pub logger: Logger,
+    pub cmd_rx: mpsc::Receiver<Command>,
+    pub msg_rx: mpsc::Receiver<(Option<String>, Vec<Message>)>,
+    pub fb_rx: mpsc::UnboundedReceiver<FeedbackEvent>,
+    pub state_tx: watch::Sender<NodeState>,
+    pub metrics: Arc<Metrics>,
+    pub meta: ClusterMeta,
+    pub conf_state: ConfState,
+    pub applied: u64,
+    pub applied_term: u64,
+    pub _entry: PhantomData<fn() -> E>,
+}
+
+impl<E, SM> RaftLoop<E, SM>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    pub(crate) fn new(p: LoopParts<E, SM>) -> Self {
+        let last_role = p.raw.raft.state;
+        RaftLoop {
+            raw: p.raw,
+            store: p.store,
+            transport: p.transport,
+            feedback: p.feedback,
+            sm: p.sm,
+            config: p.config,
+            logger: p.logger,
+            cmd_rx: p.cmd_rx,
+            msg_rx: p.msg_rx,
+            fb_rx: p.fb_rx,
+            state_tx: p.state_tx,
+            metrics: p.metrics,
+            meta: p.meta,
+            conf_state: p.conf_state,
+            applied: p.applied,
+            applied_term: p.applied_term,
+            snapshot_index: p.applied,
+            _entry: PhantomData,
+            pending: BTreeMap::new(),
+            reads: Reads::default(),
+            transfer: None,
+            snapshot_waiters: Vec::new(),
+            pending_commit: None,
+            ticks: 0,
+            last_leader: 0,
+            last_role,
+        }
+    }
+
+    /// Runs until shutdown or a fatal storage error.
+    pub(crate) async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.config.tick_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let fatal = loop {
+            let stop = tokio::select! {
+                biased;
+                _ = ticker.tick() => { self.on_tick(); false }
+                Some((from, msgs)) = self.msg_rx.recv() => {
+                    self.on_messages(from, msgs);
+                    for _ in 0..MAX_DRAIN {
+                        match self.msg_rx.try_recv() {
+                            Ok((from, more)) => self.on_messages(from, more),
+                            Err(_) => break,
+                        }
+                    }
+                    false
+                }
+                Some(cmd) = self.cmd_rx.recv() => {
+                    let mut stop = self.on_command(cmd);
+                    for _ in 0..MAX_DRAIN {
+                        if stop { break; }
+                        match self.cmd_rx.try_recv() {
+                            Ok(more) => stop = self.on_command(more),
+                            Err(_) => break,
+                        }
+                    }
+                    stop
+                }
+                Some(fb) = self.fb_rx.recv() => { self.on_feedback(fb); false }
+                else => true,
+            };
+            if stop {
+                break None;
+            }
+            self.issue_read_batch();
+            if let Err(e) = self.on_ready().await {
+                break Some(e);
+            }
+            self.serve_snapshot_requests().await;
+        };
+        self.stop(fatal);
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    fn on_tick(&mut self) {
+        self.raw.tick();
+        self.ticks += 1;
+        // Read requests can be dropped by raft (no leader yet, a new leader
+        // that has not committed in its term, lost messages): re-issue them
+        // every heartbeat, and forget those whose caller gave up.
+        if self.ticks.is_multiple_of(self.config.heartbeat_tick as u64) {
+            self.retry_reads();
+        }
+    }
+
+    fn on_messages(&mut self, from_addr: Option<String>, msgs: Vec<Message>) {
+        Metrics::add(&self.metrics.messages_received, msgs.len() as u64);
+        if let (Some(addr), Some(first)) = (from_addr, msgs.first()) {
+            // Only the transport learns it: the replicated address book
+            // changes through the log alone.
+            if first.from != self.config.id && !self.meta.peers.contains_key(&first.from) {
+                self.transport.set_peer(first.from, &addr);
+            }
+        }
+        for mut m in msgs {
+            if m.to != self.config.id {
+                debug!(self.logger, "dropping message for another node"; "to" => m.to);
+                continue;
+            }
+            match m.get_msg_type() {
+                // Proposals only enter through this node's own API (framed and
+                // tracked); local message types never come from the network.
+                MessageType::MsgPropose => continue,
+                t if raft::raw_node::is_local_msg(t) => continue,
+                // A leader that believes we have more log than we do (our data
+                // was lost) would make raft-rs panic on commit_to; keep our
+                // commit instead and let the leader's probing repair the log.
+                MessageType::MsgHeartbeat if m.commit > self.raw.raft.raft_log.last_index() => {
+                    m.commit = self.raw.raft.raft_log.committed;
+                }
+                _ => {}
+            }
+            if let Err(e) = self.raw.step(m) {
+                debug!(self.logger, "raft refused a message"; "err" => %e);
+            }
+        }
+    }
+
+    fn on_feedback(&mut self, fb: FeedbackEvent) {
+        match fb {
+            FeedbackEvent::Unreachable(id) => self.raw.report_unreachable(id),
+            FeedbackEvent::Snapshot(id, status) => self.raw.report_snapshot(id, status),
+        }
+    }
+
+    /// Returns true when the loop must stop.
+    fn on_command(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Propose { kind, data, reply } => self.propose(kind, data, reply),
+            Command::ConfChange { cc, reply } => self.propose_conf_change(cc, reply),
+            Command::ReadIndex { reply } => {
+                if self.raw.raft.leader_id == 0 {
+                    let _ = reply.send(Err(Error::NoLeader));
+                } else {
+                    self.reads.batch.push(reply);
+                }
+            }
+            Command::TransferLeader { to, reply } => self.transfer_leader(to, reply),
+            Command::Campaign { reply } => {
+                let _ = reply.send(self.raw.campaign().map_err(Error::from));
+            }
+            // Taken after this wake-up's Ready, so it covers everything
+            // applied so far.
+            Command::Snapshot { reply } => self.snapshot_waiters.push(reply),
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Shutdown => return true,
+        }
+        false
+    }
+
+    fn not_leader(&self) -> Error {
+        let leader_id = self.raw.raft.leader_id;
+        if leader_id == 0 || leader_id == self.config.id {
+            Error::NoLeader
+        } else {
+            Error::NotLeader {
+                leader_id,
+                leader_addr: self.meta.peers.get(&leader_id).cloned(),
+            }
+        }
+    }
+
+    fn propose(&mut self, kind: ProposalKind, data: Vec<u8>, reply: Reply<Applied>) {
+        if self.raw.raft.state != StateRole::Leader {
+            Metrics::add(&self.metrics.proposals_failed, 1);
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if let Err(e) = self.raw.propose(vec![], data) {
+            Metrics::add(&self.metrics.proposals_failed, 1);
+            let _ = reply.send(Err(Error::ProposalDropped(e.to_string())));
+            return;
+        }
+        self.track(kind, reply);
+    }
+
+    /// Remembers the `(term, index)` raft gave the entry just proposed.
+    fn track(&mut self, kind: ProposalKind, reply: Reply<Applied>) {
+        Metrics::add(&self.metrics.proposals, 1);
+        let index = self.raw.raft.raft_log.last_index();
+        let term = self.raw.raft.term;
+        self.pending.insert(index, Pending { term, kind, reply });
+    }
+
+    fn propose_conf_change(&mut self, cc: ConfChangeV2, reply: Reply<Applied>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if self.raw.raft.has_pending_conf() {
+            let _ = reply.send(Err(Error::ConfChangeRejected(
+                "another membership change is still in progress; retry when it is applied".into(),
+            )));
+            return;
+        }
+        // Check the change against the current configuration before it
+        // enters the log, so an impossible change is refused up front.
+        let check = {
+            let mut changer = raft::Changer::new(self.raw.raft.prs());
+            if cc.changes.len() == 1 {
+                changer.simple(&cc.changes).map(|_| ())
+            } else {
+                changer.enter_joint(true, &cc.changes).map(|_| ())
+            }
+        };
+        if let Err(e) = check {
+            let _ = reply.send(Err(Error::ConfChangeRejected(e.to_string())));
+            return;
+        }
+        if let Err(e) = self.raw.propose_conf_change(vec![], cc) {
+            let _ = reply.send(Err(Error::ConfChangeRejected(e.to_string())));
+            return;
+        }
+        self.track(ProposalKind::ConfChange, reply);
+    }
+
+    fn transfer_leader(&mut self, to: u64, reply: Reply<()>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if to == self.config.id {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if !self.conf_state.voters.contains(&to) {
+            let _ = reply.send(Err(Error::InvalidArgument(format!(
+                "node {to} is not a voter; only voters can lead"
+            ))));
+            return;
+        }
+        if let Some((_, old)) = self.transfer.take() {
+            let _ = old.send(Err(Error::ProposalDropped(
+                "superseded by a newer leadership transfer".into(),
+            )));
+        }
+        self.raw.transfer_leader(to);
+        self.transfer = Some((to, reply));
+    }
+
+    // ----- the Ready cycle ----------------------------------------------
+
+    async fn on_ready(&mut self) -> Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        Metrics::add(&self.metrics.readys, 1);
+        let mut rd = self.raw.ready();
+
+        // A leader may send before persisting its own entries.
+        self.send(rd.take_messages());
+
+        // One storage write for everything this Ready persists.
+        let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        let mut batch = WriteBatch {
+            snapshot: snapshot.clone(),
+            entries: rd.take_entries(),
+            hard_state: rd.hs().cloned(),
+        };
+        if let Some(commit) = self.pending_commit {
+            if !batch.is_empty() {
+                let hs = batch
+                    .hard_state
+                    .get_or_insert_with(|| self.raw.raft.hard_state());
+                hs.commit = hs.commit.max(commit);
+                self.pending_commit = None;
+            }
+        }
+        self.persist(batch).await?;
+
+        if let Some(snap) = snapshot {
+            self.install_snapshot(snap).await?;
+        }
+        self.on_read_states(rd.take_read_states());
+        self.apply(rd.take_committed_entries()).await;
+        self.send(rd.take_persisted_messages());
+
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.pending_commit = Some(commit);
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries()).await;
+        self.raw.advance_apply_to(self.applied);
+
+        self.after_ready();
+        self.maybe_snapshot().await;
+        Ok(())
+    }
+
+    async fn persist(&mut self, batch: WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = batch.entries.len() as u64;
+        let result = if self.store.blocking_writes() {
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.write(batch)).await {
+                Ok(r) => r,
+                Err(e) => return Err(Error::Fatal(format!("storage write task failed: {e}"))),
+            }
+        } else {
+            self.store.write(batch)
+        };
+        if let Err(e) = result {
+            return Err(Error::Fatal(format!("storage write failed: {e}")));
+        }
+        Metrics::add(&self.metrics.storage_writes, 1);
+        Metrics::add(&self.metrics.persisted_entries, n);
+        Ok(())
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        Metrics::add(&self.metrics.messages_sent, msgs.len() as u64);
+        // Keep per-peer order; one batch per peer.
+        let mut by_peer: Vec<(u64, Vec<Message>)> = Vec::new();
+        for m in msgs {
+            match by_peer.iter_mut().find(|(to, _)| *to == m.to) {
+                Some((_, v)) => v.push(m),
+                None => by_peer.push((m.to, vec![m])),
+            }
+        }
+        for (to, batch) in by_peer {
+            self.transport.send(to, batch, &self.feedback);
+        }
+    }
+
+    // ----- applying -----------------------------------------------------
+
+    async fn apply(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let sm = self.sm.clone();
+        let mut sm = sm.write().await;
+        for entry in entries {
+            if entry.index <= self.applied {
+                continue; // covered by a snapshot installed in this Ready
+            }
+            let result = match entry.get_entry_type() {
+                EntryType::EntryNormal => match parse_entry(&entry.data) {
+                    Ok(EntryPayload::Noop) => Ok(Applied::Output(Vec::new())),
+                    Ok(EntryPayload::User(bytes)) => match E::decode(bytes) {
+                        Ok(cmd) => sm
+                            .apply(cmd)
+                            .await
+                            .map(Applied::Output)
+                            .map_err(|e| Error::StateMachine(e.to_string())),
+                        Err(e) => {
+                            warn!(self.logger, "committed entry does not decode"; "index" => entry.index, "err" => %e);
+                            Err(Error::Encode(e.to_string()))
+                        }
+                    },
+                    Ok(EntryPayload::ReserveId) => Ok(Applied::NodeId(self.reserve_id())),
+                    Err(e) => {
+                        warn!(self.logger, "committed entry is not a raftify entry"; "index" => entry.index, "err" => %e);
+                        Err(Error::Encode(e))
+                    }
+                },
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry)
+                }
+            };
+            self.applied = entry.index;
+            self.applied_term = entry.term;
+            Metrics::add(&self.metrics.applied_entries, 1);
+            self.complete(entry.index, entry.term, result);
+        }
+        drop(sm);
+        self.answer_reads();
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<Applied> {
+        let cc: ConfChangeV2 = if entry.get_entry_type() == EntryType::EntryConfChange {
+            match ConfChange::parse_from_bytes(&entry.data) {
+                Ok(cc) => cc.into_v2(),
+                Err(e) => return Err(Error::Encode(format!("conf change: {e}"))),
+            }
+        } else {
+            match ConfChangeV2::parse_from_bytes(&entry.data) {
+                Ok(cc) => cc,
+                Err(e) => return Err(Error::Encode(format!("conf change: {e}"))),
+            }
+        };
+        let ctx = ConfChangeContext::decode(&cc.context).unwrap_or_else(|e| {
+            warn!(self.logger, "conf change context ignored"; "err" => %e);
+            ConfChangeContext::default()
+        });
+        // Learn the new addresses first: raft starts sending to a new peer
+        // as soon as the change is applied.
+        for (id, addr) in &ctx.addrs {
+            self.meta.peers.insert(*id, addr.clone());
+            if *id != self.config.id {
+                self.transport.set_peer(*id, addr);
+            }
+        }
+        match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => {
+                for change in &cc.changes {
+                    if change.get_change_type() == ConfChangeType::RemoveNode {
+                        self.meta.peers.remove(&change.node_id);
+                        if change.node_id != self.config.id {
+                            self.transport.remove_peer(change.node_id);
+                        }
+                    }
+                }
+                info!(self.logger, "membership changed"; "voters" => ?cs.voters, "learners" => ?cs.learners, "outgoing" => ?cs.voters_outgoing);
+                self.conf_state = cs;
+                Ok(Applied::ConfChanged)
+            }
+            Err(e) => {
+                warn!(self.logger, "membership change not applied"; "index" => entry.index, "err" => %e);
+                Err(Error::ConfChangeRejected(e.to_string()))
+            }
+        }
+    }
+
+    /// Node ids for join tickets come from the log, so two joins never get
+    /// the same id, whichever leader served them.
+    fn reserve_id(&mut self) -> u64 {
+        let cs = &self.conf_state;
+        let max_member = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+            .chain(self.meta.peers.keys())
+            .copied()
+            .max()
+            .unwrap_or(0);
+        let id = self.meta.next_node_id.max(max_member + 1);
+        self.meta.next_node_id = id + 1;
+        id
+    }
+
+    /// Answers the proposal at `index`, if this node made it: with the result
+    /// when the entry is the one it proposed, with an error when another
+    /// leader's entry took its place.
+    fn complete(&mut self, index: u64, term: u64, result: Result<Applied>) {
+        while let Some(first) = self.pending.first_entry() {
+            if *first.key() >= index {
+                break;
+            }
+            let p = first.remove();
+            let _ = p.reply.send(Err(Error::ProposalDropped(
+                "the entry was replaced by another leader's log".into(),
+            )));
+        }
+        let Some(p) = self.pending.remove(&index) else {
+            return;
+        };
+        if p.term != term {
+            Metrics::add(&self.metrics.proposals_failed, 1);
+            let _ = p.reply.send(Err(Error::ProposalDropped(format!(
+                "the entry was replaced by the leader of term {term}"
+            ))));
+            return;
+        }
+        let result = match (p.kind, result) {
+            (_, Err(e)) => Err(e),
+            (ProposalKind::User, Ok(out @ Applied::Output(_)))
+            | (ProposalKind::ConfChange, Ok(out @ Applied::ConfChanged))
+            | (ProposalKind::ReserveId, Ok(out @ Applied::NodeId(_))) => Ok(out),
+            // raft-rs turns a conf change into an empty entry when another
+            // change is pending.
+            (ProposalKind::ConfChange, Ok(_)) => Err(Error::ConfChangeRejected(
+                "another membership change was pending; retry".into(),
+            )),
+            (_, Ok(_)) => Err(Error::ProposalDropped("entry type changed".into())),
+        };
+        if result.is_err() {
+            Metrics::add(&self.metrics.proposals_failed, 1);
+        }
+        let _ = p.reply.send(result);
+    }
+
+    // ----- reads ----------------------------------------------------------
+
+    fn issue_read_batch(&mut self) {
+        if self.reads.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.reads.batch);
+        self.reads.next_ctx += 1;
+        let ctx = self.reads.next_ctx.to_be_bytes().to_vec();
+        Metrics::add(&self.metrics.read_index_requests, 1);
+        self.raw.read_index(ctx.clone());
+        self.reads.inflight.insert(ctx, batch);
+    }
+
+    fn retry_reads(&mut self) {
+        self.reads.inflight.retain(|_, waiters| {
+            waiters.retain(|w| !w.is_closed());
+            !waiters.is_empty()
+        });
+        if self.reads.inflight.is_empty() {
+            return;
+        }
+        if self.raw.raft.leader_id == 0 {
+            for (_, waiters) in self.reads.inflight.drain() {
+                for w in waiters {
+                    let _ = w.send(Err(Error::NoLeader));
+                }
+            }
+            return;
+        }
+        let ctxs: Vec<Vec<u8>> = self.reads.inflight.keys().cloned().collect();
+        for ctx in ctxs {
+            self.raw.read_index(ctx);
+        }
+    }
+
+    fn on_read_states(&mut self, states: Vec<raft::ReadState>) {
+        for rs in states {
+            if let Some(waiters) = self.reads.inflight.remove(&rs.request_ctx) {
+                self.reads.waiting_apply.push((rs.index, waiters));
+            }
+        }
+        self.answer_reads();
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied;
+        self.reads.waiting_apply.retain_mut(|(index, waiters)| {
+            if *index > applied {
+                return true;
+            }
+            for w in waiters.drain(..) {
+                let _ = w.send(Ok(*index));
+            }
+            false
+        });
+    }
+
+    // ----- role changes ---------------------------------------------------
+
+    fn after_ready(&mut self) {
+        let role = self.raw.raft.state;
+        let leader = self.raw.raft.leader_id;
+        if role != self.last_role && self.last_role == StateRole::Leader {
+            // Entries still pending may or may not be committed by the next
+            // leader: tell the callers the outcome is unknown.
+            for (_, p) in std::mem::take(&mut self.pending) {
+                Metrics::add(&self.metrics.proposals_failed, 1);
+                let _ = p.reply.send(Err(Error::LeadershipLost));
+            }
+        }
+        if leader != self.last_leader {
+            Metrics::add(&self.metrics.leader_changes, 1);
+            info!(self.logger, "leader changed"; "leader" => leader, "term" => self.raw.raft.term, "role" => ?role);
+            if let Some((to, reply)) = self.transfer.take() {
+                if leader == to {
+                    let _ = reply.send(Ok(()));
+                } else if leader != 0 {
+                    let _ = reply.send(Err(Error::Raft(format!(
+                        "leadership went to node {leader} instead of {to}"
+                    ))));
+                } else {
+                    self.transfer = Some((to, reply));
+                }
+            }
+            // Reads sent to the old leader may be lost: ask the new one.
+            if leader != 0 {
+                let ctxs: Vec<Vec<u8>> = self.reads.inflight.keys().cloned().collect();
+                for ctx in ctxs {
+                    self.raw.read_index(ctx);
+                }
+            }
+        }
+        self.last_role = role;
+        self.last_leader = leader;
+        self.publish_state();
+    }
+
+    fn publish_state(&self) {
+        let next = NodeState {
+            role: Role::from_raft(self.raw.raft.state),
+            term: self.raw.raft.term,
+            leader_id: self.raw.raft.leader_id,
+            leader_addr: self.meta.peers.get(&self.raw.raft.leader_id).cloned(),
+            applied_index: self.applied,
+            fatal: None,
+        };
+        self.state_tx.send_if_modified(|cur| {
+            if *cur == next {
+                false
+            } else {
+                *cur = next;
+                true
+            }
+        });
+    }
+
+    // ----- snapshots ------------------------------------------------------
+
+    async fn install_snapshot(&mut self, snap: Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        let env = SnapshotEnvelope::decode(&snap.data).map_err(|e| {
+            Error::Fatal(format!(
+                "snapshot at index {} from the leader is unreadable: {e}",
+                meta.index
+            ))
+        })?;
+        if let Some(user) = env.user {
+            let mut sm = self.sm.write().await;
+            sm.restore(user)
+                .await
+                .map_err(|e| Error::Fatal(format!("state machine restore failed: {e}")))?;
+        }
+        for (id, addr) in &env.meta.peers {
+            if *id != self.config.id {
+                self.transport.set_peer(*id, addr);
+            }
+        }
+        for id in self.meta.peers.keys() {
+            if !env.meta.peers.contains_key(id) {
+                self.transport.remove_peer(*id);
+            }
+        }
+        self.meta = env.meta;
+        self.conf_state = meta.get_conf_state().clone();
+        self.applied = meta.index;
+        self.applied_term = meta.term;
+        self.snapshot_index = meta.index;
+        Metrics::add(&self.metrics.snapshots_installed, 1);
+        info!(self.logger, "installed snapshot"; "index" => meta.index, "term" => meta.term);
+        // Proposals at or below the snapshot were decided elsewhere.
+        let later = self.pending.split_off(&(meta.index + 1));
+        for (_, p) in std::mem::replace(&mut self.pending, later) {
+            let _ = p.reply.send(Err(Error::LeadershipLost));
+        }
+        Ok(())
+    }
+
+    async fn maybe_snapshot(&mut self) {
+        let threshold = self.config.snapshot_threshold;
+        let wanted = self
+            .raw
+            .store()
+            .snapshot_wanted
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        let due = threshold > 0 && self.applied.saturating_sub(self.snapshot_index) >= threshold;
+        if !wanted && !due {
+            return;
+        }
+        if let Err(e) = self.create_snapshot().await {
+            // Not fatal: the log just grows until the next attempt.
+            error!(self.logger, "snapshot failed"; "err" => %e);
+        }
+    }
+
+    async fn serve_snapshot_requests(&mut self) {
+        if self.snapshot_waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.snapshot_waiters);
+        match self.create_snapshot().await {
+            Ok(index) => waiters.into_iter().for_each(|w| {
+                let _ = w.send(Ok(index));
+            }),
+            Err(e) => {
+                let msg = e.to_string();
+                waiters.into_iter().for_each(|w| {
+                    let _ = w.send(Err(Error::StateMachine(msg.clone())));
+                })
+            }
+        }
+    }
+
+    async fn create_snapshot(&mut self) -> Result<u64> {
+        if self.applied <= self.snapshot_index {
+            return Ok(self.snapshot_index);
+        }
+        let user = {
+            let sm = self.sm.read().await;
+            sm.snapshot()
+                .await
+                .map_err(|e| Error::StateMachine(format!("snapshot: {e}")))?
+        };
+        let env = SnapshotEnvelope {
+            meta: self.meta.clone(),
+            user: Some(user),
+        };
+        let mut snap = Snapshot::default();
+        snap.data = env.encode().into();
+        let md = snap.mut_metadata();
+        md.index = self.applied;
+        md.term = self.applied_term;
+        md.set_conf_state(self.conf_state.clone());
+        self.store.save_snapshot(snap)?;
+        let keep_from = (self.applied + 1).saturating_sub(self.config.snapshot_log_retention);
+        if keep_from > 1 {
+            self.store.compact(keep_from)?;
+        }
+        self.snapshot_index = self.applied;
+        Metrics::add(&self.metrics.snapshots_created, 1);
+        info!(self.logger, "snapshot taken"; "index" => self.applied, "compacted_before" => keep_from);
+        Ok(self.applied)
+    }
+
+    // ----- status and shutdown ------------------------------------------
+
+    fn status(&self) -> Status {
+        let raft = &self.raw.raft;
+        let hs = raft.hard_state();
+        let mut members: Vec<Member> = Vec::new();
+        let cs = &self.conf_state;
+        let mut add = |id: u64, role| {
+            if !members.iter().any(|m| m.id == id) {
+                members.push(Member {
+                    id,
+                    addr: self.meta.peers.get(&id).cloned(),
+                    role,
+                });
+            }
+        };
+        for &id in cs.voters.iter().chain(&cs.voters_outgoing) {
+            add(id, MemberRole::Voter);
+        }
+        for &id in cs.learners.iter().chain(&cs.learners_next) {
+            add(id, MemberRole::Learner);
+        }
+        members.sort_by_key(|m| m.id);
+        let mut progress = BTreeMap::new();
+        if raft.state == StateRole::Leader {
+            for (id, pr) in raft.prs().iter() {
+                progress.insert(
+                    *id,
+                    PeerProgress {
+                        matched: pr.matched,
+                        next_index: pr.next_idx,
+                        state: format!("{:?}", pr.state).to_lowercase(),
+                        recent_active: pr.recent_active,
+                    },
+                );
+            }
+        }
+        Status {
+            id: self.config.id,
+            cluster_id: self.config.cluster_id.clone(),
+            role: Role::from_raft(raft.state),
+            term: hs.term,
+            vote: hs.vote,
+            leader_id: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.applied,
+            first_index: raft.raft_log.first_index(),
+            last_index: raft.raft_log.last_index(),
+            snapshot_index: self.snapshot_index,
+            members,
+            joint: !cs.voters_outgoing.is_empty(),
+            progress,
+        }
+    }
+
+    fn stop(mut self, fatal: Option<Error>) {
+        let reason = fatal.as_ref().map(|e| e.to_string());
+        if let Some(r) = &reason {
+            error!(self.logger, "raft loop stopped"; "reason" => r);
+        } else {
+            info!(self.logger, "raft loop stopped");
+        }
+        let err = || match &reason {
+            Some(r) => Error::Fatal(r.clone()),
+            None => Error::Shutdown,
+        };
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.reply.send(Err(err()));
+        }
+        for w in std::mem::take(&mut self.reads.batch) {
+            let _ = w.send(Err(err()));
+        }
+        for (_, ws) in self.reads.inflight.drain() {
+            for w in ws {
+                let _ = w.send(Err(err()));
+            }
+        }
+        for (_, ws) in self.reads.waiting_apply.drain(..) {
+            for w in ws {
+                let _ = w.send(Err(err()));
+            }
+        }
+        if let Some((_, reply)) = self.transfer.take() {
+            let _ = reply.send(Err(err()));
+        }
+        for w in std::mem::take(&mut self.snapshot_waiters) {
+            let _ = w.send(Err(err()));
+        }
+        self.cmd_rx.close();
+        while let Ok(cmd) = self.cmd_rx.try_recv() {
+            fail_command(cmd, err());
+        }
+        self.state_tx.send_modify(|s| {
+            s.role = Role::Stopped;
+            s.leader_id = 0;
+            s.leader_addr = None;
+            s.fatal = reason.clone();
+        });
+    }
+}
+
+fn fail_command(cmd: Command, err: Error) {
+    match cmd {
+        Command::Propose { reply, .. } | Command::ConfChange { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
+        Command::ReadIndex { reply } | Command::Snapshot { reply } => {
+            let _ = reply.send(Err(err));
+        }
+        Command::TransferLeader { reply, .. } | Command::Campaign { reply } => {
+            let _ = reply.send(Err(err));
+        }
+        Command::Status { .. } | Command::Shutdown => {}
+    }
+}

@@ -1,0 +1,62 @@
+//! The two traits a user implements.
+
+use async_trait::async_trait;
+
+/// Boxed error type user code returns from its traits.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A command replicated through the Raft log.
+///
+/// ```
+/// use raftify_core::{AbstractLogEntry, BoxError};
+///
+/// enum Cmd { Put(String, String) }
+///
+/// impl AbstractLogEntry for Cmd {
+///     fn encode(&self) -> Result<Vec<u8>, BoxError> {
+///         let Cmd::Put(k, v) = self;
+///         Ok(format!("{k}={v}").into_bytes())
+///     }
+///     fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+///         let s = std::str::from_utf8(bytes)?;
+///         let (k, v) = s.split_once('=').ok_or("missing '='")?;
+///         Ok(Cmd::Put(k.into(), v.into()))
+///     }
+/// }
+/// let bytes = Cmd::Put("a".into(), "1".into()).encode().unwrap();
+/// assert!(matches!(Cmd::decode(&bytes).unwrap(), Cmd::Put(k, v) if k == "a" && v == "1"));
+/// ```
+pub trait AbstractLogEntry: Sized + Send + Sync + 'static {
+    /// Serializes the entry for the log.
+    fn encode(&self) -> Result<Vec<u8>, BoxError>;
+    /// Parses an entry read from the log or the network. Must return an
+    /// error, never panic, on bytes it does not understand.
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError>;
+}
+
+/// Raw bytes are a valid log entry: encode and decode are the identity.
+impl AbstractLogEntry for Vec<u8> {
+    fn encode(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.clone())
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        Ok(bytes.to_vec())
+    }
+}
+
+/// The replicated state: every node applies the same entries in the same
+/// order.
+///
+/// `apply` must be deterministic. An error from `apply` is reported to the
+/// proposer and the node moves on (the entry stays committed); make `apply`
+/// fail the same way on every node. Errors from `snapshot` and `restore` are
+/// reported and retried later.
+#[async_trait]
+pub trait AbstractStateMachine<E: AbstractLogEntry>: Send + Sync + 'static {
+    /// Applies one committed entry; the output goes back to the proposer.
+    async fn apply(&mut self, entry: E) -> Result<Vec<u8>, BoxError>;
+    /// Serializes the whole state (for snapshots).
+    async fn snapshot(&self) -> Result<Vec<u8>, BoxError>;
+    /// Replaces the whole state with a snapshot produced by `snapshot`.
+    async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError>;
+}

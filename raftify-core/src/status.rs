@@ -1,0 +1,200 @@
+//! What a node reports about itself: role changes (a `watch` channel),
+//! a full status, and counters for metrics.
+
+use crate::membership::{Member, MemberRole};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A node's role in its current term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Accepts proposals and replicates the log.
+    Leader,
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asking for votes.
+    Candidate,
+    /// Asking whether it could win an election (pre-vote).
+    PreCandidate,
+    /// Stopped (shut down or after a fatal storage error).
+    Stopped,
+}
+
+impl Role {
+    pub(crate) fn from_raft(r: raft::StateRole) -> Self {
+        match r {
+            raft::StateRole::Leader => Role::Leader,
+            raft::StateRole::Follower => Role::Follower,
+            raft::StateRole::Candidate => Role::Candidate,
+            raft::StateRole::PreCandidate => Role::PreCandidate,
+        }
+    }
+
+    /// Lower-case name (`"leader"`, `"follower"`, ...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre_candidate",
+            Role::Stopped => "stopped",
+        }
+    }
+}
+
+/// The part of a node's state that changes on elections, published through
+/// [`RaftHandle::subscribe`](crate::RaftHandle::subscribe).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// This node's role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The known leader, 0 when none.
+    pub leader_id: u64,
+    /// The leader's raft address, when known.
+    pub leader_addr: Option<String>,
+    /// Index of the last applied entry.
+    pub applied_index: u64,
+    /// Why the node stopped, after a fatal error.
+    pub fatal: Option<String>,
+}
+
+/// Replication progress of one peer, as seen by the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerProgress {
+    /// Highest index known to be replicated on the peer.
+    pub matched: u64,
+    /// Next index to send.
+    pub next_index: u64,
+    /// `probe`, `replicate` or `snapshot`.
+    pub state: String,
+    /// Whether the peer responded recently.
+    pub recent_active: bool,
+}
+
+/// A full picture of a node, for `status` endpoints and debugging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's id.
+    pub id: u64,
+    /// The cluster it belongs to.
+    pub cluster_id: String,
+    /// Its role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The node voted for in this term, 0 for none.
+    pub vote: u64,
+    /// The known leader, 0 when none.
+    pub leader_id: u64,
+    /// Highest committed index known here.
+    pub commit_index: u64,
+    /// Highest applied index.
+    pub applied_index: u64,
+    /// First index still in the log.
+    pub first_index: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// Index of the latest snapshot.
+    pub snapshot_index: u64,
+    /// Voters and learners with their addresses.
+    pub members: Vec<Member>,
+    /// True while a joint configuration is in effect.
+    pub joint: bool,
+    /// Per-peer progress (on the leader only).
+    pub progress: BTreeMap<u64, PeerProgress>,
+}
+
+impl Status {
+    /// Ids of the voters.
+    pub fn voters(&self) -> Vec<u64> {
+        self.members_with(MemberRole::Voter)
+    }
+
+    /// Ids of the learners.
+    pub fn learners(&self) -> Vec<u64> {
+        self.members_with(MemberRole::Learner)
+    }
+
+    fn members_with(&self, role: MemberRole) -> Vec<u64> {
+        self.members
+            .iter()
+            .filter(|m| m.role == role)
+            .map(|m| m.id)
+            .collect()
+    }
+}
+
+/// Counters a node keeps for metrics (monotonic unless noted).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub(crate) proposals: AtomicU64,
+    pub(crate) proposals_failed: AtomicU64,
+    pub(crate) applied_entries: AtomicU64,
+    pub(crate) leader_changes: AtomicU64,
+    pub(crate) readys: AtomicU64,
+    pub(crate) storage_writes: AtomicU64,
+    pub(crate) persisted_entries: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) snapshots_created: AtomicU64,
+    pub(crate) snapshots_installed: AtomicU64,
+    pub(crate) read_index_requests: AtomicU64,
+}
+
+/// A point-in-time copy of [`Metrics`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// Proposals accepted into the log by this node as leader.
+    pub proposals: u64,
+    /// Proposals that failed (not leader, dropped, lost leadership, ...).
+    pub proposals_failed: u64,
+    /// Entries applied to the state machine.
+    pub applied_entries: u64,
+    /// Times the known leader changed.
+    pub leader_changes: u64,
+    /// raft `Ready`s handled.
+    pub readys: u64,
+    /// Storage write batches (group commits).
+    pub storage_writes: u64,
+    /// Entries persisted.
+    pub persisted_entries: u64,
+    /// Raft messages sent.
+    pub messages_sent: u64,
+    /// Raft messages received.
+    pub messages_received: u64,
+    /// Snapshots taken locally.
+    pub snapshots_created: u64,
+    /// Snapshots installed from the leader.
+    pub snapshots_installed: u64,
+    /// Read-index rounds issued (each may serve many reads).
+    pub read_index_requests: u64,
+}
+
+impl Metrics {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Copies the counters.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            proposals: g(&self.proposals),
+            proposals_failed: g(&self.proposals_failed),
+            applied_entries: g(&self.applied_entries),
+            leader_changes: g(&self.leader_changes),
+            readys: g(&self.readys),
+            storage_writes: g(&self.storage_writes),
+            persisted_entries: g(&self.persisted_entries),
+            messages_sent: g(&self.messages_sent),
+            messages_received: g(&self.messages_received),
+            snapshots_created: g(&self.snapshots_created),
+            snapshots_installed: g(&self.snapshots_installed),
+            read_index_requests: g(&self.read_index_requests),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The storage contract between the Raft loop and a durable log.
+//!
+//! [`LogStore`] is raft-rs's [`raft::Storage`] made object-safe, plus the writes
+//! the loop performs. The loop calls [`LogStore::write`] **once per raft
+//! `Ready`** with everything that Ready asks to persist (snapshot, entries, hard
+//! state), so a backend can make it one durable commit (group commit).
+//!
+//! raftify-core ships [`MemStore`] for tests; `raftify-storage` provides LMDB.
+
+mod memory;
+
+pub use memory::{check_append, MemStore};
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Errors a [`LogStore`] returns.
+///
+/// The first four are the conditions raft-rs itself understands; they are
+/// passed through to it. Everything else makes the node report a storage
+/// failure to its callers.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The requested index is older than the first entry still stored.
+    #[error("log compacted: the requested entries were removed by compaction")]
+    Compacted,
+    /// The requested index is newer than the last stored entry.
+    #[error("log entry unavailable: index beyond the last stored entry")]
+    Unavailable,
+    /// A snapshot older than the current one was offered.
+    #[error("snapshot out of date: the store already has newer state")]
+    SnapshotOutOfDate,
+    /// No snapshot can be produced right now; raft-rs retries later.
+    #[error("snapshot temporarily unavailable")]
+    SnapshotTemporarilyUnavailable,
+    /// The stored data does not decode or violates the log's invariants.
+    #[error("storage corrupted: {0}")]
+    Corrupted(String),
+    /// The caller asked for something the store cannot do (a gap in the log,
+    /// an overwrite of compacted entries, ...).
+    #[error("invalid storage operation: {0}")]
+    Invalid(String),
+    /// The backend failed (I/O, LMDB, full disk, ...).
+    #[error("storage backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StorageError {
+    /// Wraps any backend error.
+    pub fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
+        StorageError::Backend(Box::new(e))
+    }
+
+    fn into_raft(self) -> raft::Error {
+        use raft::StorageError as R;
+        match self {
+            StorageError::Compacted => raft::Error::Store(R::Compacted),
+            StorageError::Unavailable => raft::Error::Store(R::Unavailable),
+            StorageError::SnapshotOutOfDate => raft::Error::Store(R::SnapshotOutOfDate),
+            StorageError::SnapshotTemporarilyUnavailable => {
+                raft::Error::Store(R::SnapshotTemporarilyUnavailable)
+            }
+            other => raft::Error::Store(R::Other(Box::new(other))),
+        }
+    }
+}
+
+/// Result type of storage operations.
+pub type StorageResult<T> = std::result::Result<T, StorageError>;
+
+/// What one raft `Ready` asks to persist; written by [`LogStore::write`] as
+/// one atomic, durable commit.
+///
+/// Order of application inside the commit: `snapshot` (which replaces the
+/// log up to its index), then `entries` (which replace any conflicting
+/// suffix), then `hard_state`.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    /// A snapshot received from the leader, to install.
+    pub snapshot: Option<Snapshot>,
+    /// New log entries; the first one may overwrite an existing suffix.
+    pub entries: Vec<Entry>,
+    /// The new hard state (term, vote, commit).
+    pub hard_state: Option<HardState>,
+}
+
+impl WriteBatch {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+    }
+}
+
+/// Who a data directory belongs to: written once at first start, checked on
+/// every later start so a node never runs on another node's or another
+/// cluster's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreIdentity {
+    /// The node id this log belongs to.
+    pub node_id: u64,
+    /// The cluster this log belongs to.
+    pub cluster_id: String,
+}
+
+/// A durable (or, for tests, in-memory) Raft log.
+///
+/// Implementations must follow raft-rs's storage contract: `term(i)` works for
+/// `first_index() - 1 ..= last_index()`, appending at index `i` removes every
+/// stored entry at `i` and after, and a snapshot replaces the log up to its
+/// index. They must never panic on bad input: return a [`StorageError`].
+pub trait LogStore: Send + Sync + 'static {
+    /// Hard state and conf state as of the last write.
+    ///
+    /// The conf state is the one of the latest snapshot; the loop re-applies
+    /// configuration changes committed after it.
+    fn initial_state(&self) -> StorageResult<raft::RaftState>;
+    /// Entries in `[low, high)`, at most `max_size` bytes in total but always
+    /// at least one entry when the range is not empty.
+    fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> StorageResult<Vec<Entry>>;
+    /// The term of entry `idx`; valid for `first_index() - 1 ..= last_index()`.
+    fn term(&self, idx: u64) -> StorageResult<u64>;
+    /// The first index still stored (snapshot index + 1 on a compacted log).
+    fn first_index(&self) -> StorageResult<u64>;
+    /// The index of the last stored entry (the snapshot index when empty).
+    fn last_index(&self) -> StorageResult<u64>;
+    /// The latest snapshot, with its data.
+    fn snapshot(&self) -> StorageResult<Snapshot>;
+    /// Persists one Ready's worth of state atomically and durably.
+    fn write(&self, batch: WriteBatch) -> StorageResult<()>;
+    /// Stores a snapshot this node created from its own state machine. It
+    /// does not touch the log; [`LogStore::compact`] is called afterwards.
+    fn save_snapshot(&self, snapshot: Snapshot) -> StorageResult<()>;
+    /// Removes entries before `index` (which must be ≤ the snapshot index + 1).
+    fn compact(&self, index: u64) -> StorageResult<()>;
+    /// The identity recorded in the store, if any.
+    fn identity(&self) -> StorageResult<Option<StoreIdentity>>;
+    /// Records the identity of the store (first start).
+    fn set_identity(&self, identity: &StoreIdentity) -> StorageResult<()>;
+    /// Whether [`LogStore::write`] blocks on I/O (an fsync). When true the
+    /// loop runs writes on tokio's blocking pool. Default true.
+    fn blocking_writes(&self) -> bool {
+        true
+    }
+}
+
+/// Adapts a shared [`LogStore`] to raft-rs's [`raft::Storage`].
+#[derive(Clone)]
+pub(crate) struct RaftStorage {
+    pub(crate) store: Arc<dyn LogStore>,
+    /// Set when raft asked for a snapshot the store cannot serve yet (too
+    /// old for the requesting peer); the loop then takes a fresh one.
+    pub(crate) snapshot_wanted: Arc<AtomicBool>,
+}
+
+impl RaftStorage {
+    pub(crate) fn new(store: Arc<dyn LogStore>) -> Self {
+        RaftStorage {
+            store,
+            snapshot_wanted: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.store.initial_state().map_err(StorageError::into_raft)
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.store
+            .entries(low, high, max_size.into())
+            .map_err(StorageError::into_raft)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.store.term(idx).map_err(StorageError::into_raft)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.store.first_index().map_err(StorageError::into_raft)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.store.last_index().map_err(StorageError::into_raft)
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let snap = self.store.snapshot().map_err(StorageError::into_raft)?;
+        let cs = snap.get_metadata().get_conf_state();
+        // raft-rs refuses a snapshot whose configuration does not include the
+        // receiver (a node added after it was taken): take a newer one.
+        let includes_peer = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+            .any(|id| *id == to);
+        if snap.get_metadata().index < request_index || !includes_peer {
+            self.snapshot_wanted.store(true, Ordering::Release);
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(snap)
+    }
+}
+
+/// Builds the conf state of a fresh cluster with the given voters.
+pub(crate) fn conf_state_with_voters(voters: impl IntoIterator<Item = u64>) -> ConfState {
+    let mut cs = ConfState::default();
+    cs.voters = voters.into_iter().collect();
+    cs
+}
+
+/// Trims `entries` so their encoded size stays within `max_size`, keeping at
+/// least one entry (raft-rs's `limit_size` contract). Shared by backends.
+pub fn limit_size(entries: &mut Vec<Entry>, max_size: Option<u64>) {
+    use protobuf::Message;
+    let Some(max) = max_size else { return };
+    if entries.len() <= 1 {
+        return;
+    }
+    let mut size = 0u64;
+    let keep = entries
+        .iter()
+        .take_while(|e| {
+            size += u64::from(e.compute_size());
+            size <= max
+        })
+        .count();
+    entries.truncate(keep.max(1));
+}

@@ -1,0 +1,325 @@
+//! Helpers for testing raftify clusters in one process (feature `testkit`).
+//!
+//! A [`Cluster`] runs real nodes (real async loops, real raft-rs) over an
+//! [`InProcNetwork`], on any [`LogStore`] a factory provides, so the same
+//! scenarios run on [`MemStore`] here and on LMDB in `raftify-storage`.
+//! Every wait is bounded and fails with a message naming what it waited for.
+
+use crate::{
+    AbstractLogEntry, AbstractStateMachine, Bootstrap, BoxError, Config, Error, InProcNetwork,
+    LogStore, MemStore, Raft, Result,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The commands of the test key-value store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvCmd {
+    /// Set a key; outputs the previous value.
+    Put {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Remove a key; outputs the previous value.
+    Delete {
+        /// Key.
+        key: String,
+    },
+    /// Set `key` to `new` if it currently equals `expected`; outputs
+    /// `"ok"` or `"mismatch"`.
+    Cas {
+        /// Key.
+        key: String,
+        /// Expected current value (`None`: absent).
+        expected: Option<String>,
+        /// New value.
+        new: String,
+    },
+    /// Always fails in `apply` (to test error propagation).
+    Fail,
+}
+
+impl AbstractLogEntry for KvCmd {
+    fn encode(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(serde_json::to_vec(self)?)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+/// A replicated `BTreeMap<String, String>` that also records the order in
+/// which entries were applied (to check every node applied the same
+/// sequence).
+#[derive(Debug, Default, Clone)]
+pub struct KvStore {
+    /// The data.
+    pub map: BTreeMap<String, String>,
+    /// Number of user entries applied (including restored ones).
+    pub applied: u64,
+}
+
+#[async_trait::async_trait]
+impl AbstractStateMachine<KvCmd> for KvStore {
+    async fn apply(&mut self, entry: KvCmd) -> Result<Vec<u8>, BoxError> {
+        self.applied += 1;
+        Ok(match entry {
+            KvCmd::Put { key, value } => {
+                self.map.insert(key, value).unwrap_or_default().into_bytes()
+            }
+            KvCmd::Delete { key } => self.map.remove(&key).unwrap_or_default().into_bytes(),
+            KvCmd::Cas { key, expected, new } => {
+                if self.map.get(&key) == expected.as_ref() {
+                    self.map.insert(key, new);
+                    b"ok".to_vec()
+                } else {
+                    b"mismatch".to_vec()
+                }
+            }
+            KvCmd::Fail => return Err("the Fail command always fails".into()),
+        })
+    }
+
+    async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(serde_json::to_vec(&(&self.map, self.applied))?)
+    }
+
+    async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError> {
+        let (map, applied) = serde_json::from_slice(&snapshot)?;
+        self.map = map;
+        self.applied = applied;
+        Ok(())
+    }
+}
+
+/// A node of the test cluster.
+pub type Node = Raft<KvCmd, KvStore>;
+
+/// Makes (or reopens) the store of node `id`.
+pub type StoreFactory = Arc<dyn Fn(u64) -> Arc<dyn LogStore> + Send + Sync>;
+
+/// A factory of [`MemStore`]s that hands back the same store when a node
+/// restarts.
+pub fn mem_factory() -> StoreFactory {
+    let stores: Mutex<HashMap<u64, Arc<MemStore>>> = Mutex::new(HashMap::new());
+    Arc::new(move |id| {
+        let mut s = stores.lock().unwrap_or_else(|p| p.into_inner());
+        s.entry(id)
+            .or_insert_with(|| Arc::new(MemStore::new()))
+            .clone() as Arc<dyn LogStore>
+    })
+}
+
+/// The configuration test nodes use: 20 ms ticks, elections after
+/// 200–400 ms, small snapshots.
+pub fn test_config(id: u64) -> Config {
+    let mut c = Config::new(id);
+    c.tick_interval = Duration::from_millis(20);
+    c.election_tick = 10;
+    c.heartbeat_tick = 2;
+    c.proposal_timeout = Duration::from_secs(5);
+    c.read_timeout = Duration::from_secs(3);
+    c.conf_change_timeout = Duration::from_secs(10);
+    c.snapshot_threshold = 0;
+    c
+}
+
+/// Logs to stderr at info when `RAFTIFY_TEST_LOG` is set, else discards.
+pub fn test_logger() -> slog::Logger {
+    if std::env::var_os("RAFTIFY_TEST_LOG").is_some() {
+        crate::default_logger()
+    } else {
+        crate::discard_logger()
+    }
+}
+
+/// Generous bound for cluster-wide waits in tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// An in-process cluster of test nodes.
+pub struct Cluster {
+    /// The network, for fault injection.
+    pub net: InProcNetwork,
+    nodes: BTreeMap<u64, Node>,
+    factory: StoreFactory,
+    tweak: Arc<dyn Fn(&mut Config) + Send + Sync>,
+}
+
+impl Cluster {
+    /// Starts nodes `1..=n` with static bootstrap on in-memory storage.
+    pub async fn start(n: u64) -> Result<Cluster> {
+        Self::start_with(n, mem_factory(), |_| {}).await
+    }
+
+    /// Starts nodes `1..=n` with static bootstrap on the factory's stores,
+    /// each config passed through `tweak`.
+    pub async fn start_with(
+        n: u64,
+        factory: StoreFactory,
+        tweak: impl Fn(&mut Config) + Send + Sync + 'static,
+    ) -> Result<Cluster> {
+        let mut cluster = Cluster {
+            net: InProcNetwork::new(n),
+            nodes: BTreeMap::new(),
+            factory,
+            tweak: Arc::new(tweak),
+        };
+        let members: BTreeMap<u64, String> =
+            (1..=n).map(|id| (id, cluster.net.addr_of(id))).collect();
+        for id in 1..=n {
+            cluster
+                .boot(id, Bootstrap::Members(members.clone()))
+                .await?;
+        }
+        Ok(cluster)
+    }
+
+    async fn boot(&mut self, id: u64, bootstrap: Bootstrap) -> Result<()> {
+        let mut config = test_config(id);
+        (self.tweak)(&mut config);
+        let node = Raft::builder(config, KvStore::default())
+            .storage((self.factory)(id))
+            .transport(self.net.transport(id))
+            .bootstrap(bootstrap)
+            .logger(test_logger())
+            .start()
+            .await?;
+        self.net.register(id, node.handle().clone());
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    /// Node `id`; panics in tests when it is not running.
+    pub fn node(&self, id: u64) -> &Node {
+        match self.nodes.get(&id) {
+            Some(n) => n,
+            None => panic!("node {id} is not running"), // ok: test helper
+        }
+    }
+
+    /// Ids of the running nodes.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Waits until every node in `among` sees the same leader, itself one of
+    /// `among`, and returns it.
+    pub async fn wait_leader(&self, among: &[u64], timeout: Duration) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let leaders: Vec<Option<u64>> =
+                among.iter().map(|id| self.node(*id).leader_id()).collect();
+            if let Some(Some(l)) = leaders.first() {
+                if among.contains(l)
+                    && leaders.iter().all(|x| *x == Some(*l))
+                    && self.node(*l).is_leader()
+                {
+                    return Ok(*l);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until every node in `ids` has applied at least `index`.
+    pub async fn wait_applied(&self, ids: &[u64], index: u64, timeout: Duration) -> Result<()> {
+        for id in ids {
+            let mut rx = self.node(*id).subscribe();
+            let wait = async move { rx.wait_for(|s| s.applied_index >= index).await.map(|_| ()) };
+            match tokio::time::timeout(timeout, wait).await {
+                Ok(Ok(())) => {}
+                _ => return Err(Error::Timeout(timeout)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes `cmd` through whichever node leads, retrying through
+    /// elections until `WAIT`. Returns the output.
+    pub async fn write(&self, cmd: KvCmd) -> Result<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let leader = self.nodes.values().find(|n| n.is_leader());
+            let result = match leader {
+                Some(n) => n.propose(&cmd).await,
+                None => Err(Error::NoLeader),
+            };
+            match result {
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `Put` through the leader.
+    pub async fn put(&self, key: &str, value: &str) -> Result<Vec<u8>> {
+        self.write(KvCmd::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+    }
+
+    /// A node's map, read locally.
+    pub async fn map_of(&self, id: u64) -> BTreeMap<String, String> {
+        self.node(id).stale_read(|s| s.map.clone()).await
+    }
+
+    /// Waits until the nodes in `ids` hold identical maps with `min_len`
+    /// keys or more.
+    pub async fn wait_converged(
+        &self,
+        ids: &[u64],
+        min_len: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut maps = Vec::new();
+            for id in ids {
+                maps.push(self.map_of(*id).await);
+            }
+            if maps[0].len() >= min_len && maps.iter().all(|m| *m == maps[0]) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops node `id` and takes it off the network; its storage stays.
+    pub async fn crash(&mut self, id: u64) {
+        self.net.unregister(id);
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
+        }
+    }
+
+    /// Starts node `id` again over its storage.
+    pub async fn restart(&mut self, id: u64) -> Result<()> {
+        self.boot(id, Bootstrap::None).await
+    }
+
+    /// Starts a brand-new, empty node `id` (not yet a member).
+    pub async fn start_empty(&mut self, id: u64) -> Result<()> {
+        self.boot(id, Bootstrap::None).await
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for id in self.ids() {
+            self.crash(id).await;
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! An in-process network for tests and benchmarks: nodes in one process
+//! exchange messages through channels, with faults injected on demand
+//! (isolate a node, cut a link one or both ways, drop a share of messages,
+//! delay them) — like raft-rs's harness `Network`, but driving real async
+//! nodes.
+
+use super::{ClusterRequest, ClusterResponse, Feedback, Transport};
+use crate::error::{Error, Result};
+use crate::node::RaftHandle;
+use async_trait::async_trait;
+use raft::eraftpb::{Message, MessageType};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+#[derive(Default)]
+struct NetState {
+    /// addr -> (id, node)
+    nodes: HashMap<String, (u64, RaftHandle)>,
+    isolated: HashSet<u64>,
+    /// Directed cuts: (from, to).
+    cut: HashSet<(u64, u64)>,
+    /// Probability in [0, 1] that a message is dropped.
+    drop_rate: f64,
+    delay: Option<Duration>,
+    rng: u64,
+    delivered: u64,
+    dropped: u64,
+}
+
+impl NetState {
+    fn blocked(&self, from: u64, to: u64) -> bool {
+        self.isolated.contains(&from)
+            || self.isolated.contains(&to)
+            || self.cut.contains(&(from, to))
+    }
+
+    /// xorshift64*: a seeded, reproducible coin for message drops.
+    fn chance(&mut self, p: f64) -> bool {
+        if p <= 0.0 {
+            return false;
+        }
+        let mut x = self.rng.max(1);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        let r = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+        r < p
+    }
+}
+
+/// A network of in-process nodes with fault injection.
+///
+/// ```
+/// use raftify_core::InProcNetwork;
+/// let net = InProcNetwork::new(42);
+/// net.isolate(3);
+/// net.cut(1, 2);
+/// net.heal();
+/// assert_eq!(net.addr_of(1), "inproc-1:7000");
+/// ```
+#[derive(Clone, Default)]
+pub struct InProcNetwork {
+    state: Arc<Mutex<NetState>>,
+}
+
+impl InProcNetwork {
+    /// A healthy network whose random drops follow `seed`.
+    pub fn new(seed: u64) -> Self {
+        let net = Self::default();
+        net.lock().rng = seed;
+        net
+    }
+
+    fn lock(&self) -> MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The address node `id` uses on this network.
+    pub fn addr_of(&self, id: u64) -> String {
+        format!("inproc-{id}:7000")
+    }
+
+    /// The transport for node `id`.
+    pub fn transport(&self, id: u64) -> Arc<InProcTransport> {
+        Arc::new(InProcTransport {
+            id,
+            net: self.clone(),
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes node `id` reachable at [`InProcNetwork::addr_of`].
+    pub fn register(&self, id: u64, handle: RaftHandle) {
+        let addr = self.addr_of(id);
+        self.lock().nodes.insert(addr, (id, handle));
+    }
+
+    /// Takes node `id` off the network (as if its process died).
+    pub fn unregister(&self, id: u64) {
+        let addr = self.addr_of(id);
+        self.lock().nodes.remove(&addr);
+    }
+
+    /// Cuts every link to and from `id`.
+    pub fn isolate(&self, id: u64) {
+        self.lock().isolated.insert(id);
+    }
+
+    /// Cuts the link between `a` and `b`, both ways.
+    pub fn cut(&self, a: u64, b: u64) {
+        let mut s = self.lock();
+        s.cut.insert((a, b));
+        s.cut.insert((b, a));
+    }
+
+    /// Cuts messages from `from` to `to` only.
+    pub fn cut_one_way(&self, from: u64, to: u64) {
+        self.lock().cut.insert((from, to));
+    }
+
+    /// Splits the nodes into groups that can only talk within themselves.
+    pub fn partition(&self, groups: &[&[u64]]) {
+        let mut s = self.lock();
+        for (i, a) in groups.iter().enumerate() {
+            for (j, b) in groups.iter().enumerate() {
+                if i != j {
+                    for &x in a.iter() {
+                        for &y in b.iter() {
+                            s.cut.insert((x, y));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops each message with probability `rate` (0 to 1).
+    pub fn set_drop_rate(&self, rate: f64) {
+        self.lock().drop_rate = rate.clamp(0.0, 1.0);
+    }
+
+    /// Delays every message by `delay` (None: deliver at once).
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        self.lock().delay = delay;
+    }
+
+    /// Removes every fault: isolation, cuts, drops and delays.
+    pub fn heal(&self) {
+        let mut s = self.lock();
+        s.isolated.clear();
+        s.cut.clear();
+        s.drop_rate = 0.0;
+        s.delay = None;
+    }
+
+    /// (delivered, dropped) message counts so far.
+    pub fn stats(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.delivered, s.dropped)
+    }
+}
+
+/// One node's end of an [`InProcNetwork`].
+pub struct InProcTransport {
+    id: u64,
+    net: InProcNetwork,
+    peers: Mutex<HashMap<u64, String>>,
+}
+
+impl InProcTransport {
+    fn peer_addr(&self, id: u64) -> Option<String> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl Transport for InProcTransport {
+    fn set_peer(&self, id: u64, addr: &str) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, addr.to_string());
+    }
+
+    fn remove_peer(&self, id: u64) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    fn send(&self, to: u64, mut msgs: Vec<Message>, feedback: &Feedback) {
+        let Some(addr) = self.peer_addr(to) else {
+            feedback.unreachable(to);
+            return;
+        };
+        let mut s = self.net.lock();
+        let Some((target_id, target)) = s.nodes.get(&addr).cloned() else {
+            drop(s);
+            feedback.unreachable(to);
+            return;
+        };
+        let has_snapshot = msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        if s.blocked(self.id, target_id) {
+            s.dropped += msgs.len() as u64;
+            drop(s);
+            if has_snapshot {
+                feedback.snapshot(to, false);
+            }
+            return;
+        }
+        let rate = s.drop_rate;
+        let before = msgs.len();
+        msgs.retain(|_| !s.chance(rate));
+        s.dropped += (before - msgs.len()) as u64;
+        s.delivered += msgs.len() as u64;
+        let delay = s.delay;
+        drop(s);
+        let from_addr = self.net.addr_of(self.id);
+        let snapshot_kept = msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        if msgs.is_empty() {
+            if has_snapshot {
+                feedback.snapshot(to, false);
+            }
+            return;
+        }
+        match delay {
+            None => {
+                let ok = target.step_from(Some(from_addr.clone()), msgs).is_ok();
+                if !ok {
+                    feedback.unreachable(to);
+                }
+                if has_snapshot {
+                    feedback.snapshot(to, ok && snapshot_kept);
+                }
+            }
+            Some(d) => {
+                let feedback = feedback.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let ok = target.step_from(Some(from_addr.clone()), msgs).is_ok();
+                    if has_snapshot {
+                        feedback.snapshot(to, ok && snapshot_kept);
+                    }
+                });
+            }
+        }
+    }
+
+    async fn call(&self, addr: &str, request: ClusterRequest) -> Result<ClusterResponse> {
+        let target = {
+            let s = self.net.lock();
+            match s.nodes.get(addr) {
+                Some((id, h)) if !s.blocked(self.id, *id) && !s.blocked(*id, self.id) => h.clone(),
+                _ => return Err(Error::Transport(format!("{addr} is unreachable"))),
+            }
+        };
+        target.handle_request(request).await
+    }
+}
