@@ -507,7 +507,7 @@ where
                     Ok(EntryPayload::Noop) => Ok(Applied::Output(Vec::new())),
                     Ok(EntryPayload::User(bytes)) => match E::decode(bytes) {
                         Ok(cmd) => sm
-                            .apply(cmd)
+                            .apply_at(entry.index, cmd)
                             .await
                             .map(Applied::Output)
                             .map_err(|e| Error::StateMachine(e.to_string())),

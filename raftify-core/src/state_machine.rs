@@ -55,6 +55,15 @@ impl AbstractLogEntry for Vec<u8> {
 pub trait AbstractStateMachine<E: AbstractLogEntry>: Send + Sync + 'static {
     /// Applies one committed entry; the output goes back to the proposer.
     async fn apply(&mut self, entry: E) -> Result<Vec<u8>, BoxError>;
+
+    /// Applies the committed entry at log `index`. raftify calls this one;
+    /// the default forwards to [`AbstractStateMachine::apply`]. Override it
+    /// when the state machine needs the index (to return it to clients, or
+    /// to make re-application after a restart idempotent).
+    async fn apply_at(&mut self, index: u64, entry: E) -> Result<Vec<u8>, BoxError> {
+        let _ = index;
+        self.apply(entry).await
+    }
     /// Serializes the whole state (for snapshots).
     async fn snapshot(&self) -> Result<Vec<u8>, BoxError>;
     /// Replaces the whole state with a snapshot produced by `snapshot`.

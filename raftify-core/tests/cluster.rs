@@ -546,3 +546,32 @@ async fn on_demand_snapshot_compacts_and_survives_restart() {
     assert_eq!(c.map_of(1).await.len(), 30);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_based_reads_serve_fresh_values() {
+    let c = Cluster::start_with(3, raftify_core::testkit::mem_factory(), |cfg| {
+        cfg.read_mode = raftify_core::ReadMode::LeaseBased;
+    })
+    .await
+    .unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    for i in 0..10 {
+        let v = i.to_string();
+        c.node(leader)
+            .propose(&KvCmd::Put {
+                key: "x".into(),
+                value: v.clone(),
+            })
+            .await
+            .unwrap();
+        for id in c.ids() {
+            let seen = c
+                .node(id)
+                .linearizable_read(|s| s.map.get("x").cloned())
+                .await
+                .unwrap();
+            assert_eq!(seen, Some(v.clone()), "node {id} read a stale value");
+        }
+    }
+    c.shutdown().await;
+}
