@@ -1,0 +1,584 @@
+//! Cluster scenarios on in-process nodes: real raft-rs, real async loops,
+//! faults injected through the in-process network. Every wait is bounded.
+//!
+//! The storage comes from `crate::factory()`: raftify-core runs these on
+//! `MemStore`, raftify-storage runs the very same file on LMDB.
+
+use raftify_core::testkit::{Cluster, KvCmd, WAIT};
+
+fn start(n: u64) -> impl std::future::Future<Output = raftify_core::Result<Cluster>> {
+    Cluster::start_with(n, crate::factory(), |_| {})
+}
+use raftify_core::{Error, MemberRole, MembershipChange, Role};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_is_elected_and_all_agree() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let leaders: Vec<_> = c
+        .ids()
+        .iter()
+        .filter(|id| c.node(**id).is_leader())
+        .copied()
+        .collect();
+    assert_eq!(leaders, vec![leader]);
+    let term = c.node(leader).state().term;
+    for id in c.ids() {
+        assert_eq!(
+            c.node(id).state().term,
+            term,
+            "node {id} is in another term"
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replicate_to_every_node_and_return_the_apply_output() {
+    let c = start(3).await.unwrap();
+    c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    assert_eq!(c.put("k", "v1").await.unwrap(), b"");
+    assert_eq!(
+        c.put("k", "v2").await.unwrap(),
+        b"v1",
+        "output is the previous value"
+    );
+    let cas = KvCmd::Cas {
+        key: "k".into(),
+        expected: Some("v2".into()),
+        new: "v3".into(),
+    };
+    assert_eq!(c.write(cas.clone()).await.unwrap(), b"ok");
+    assert_eq!(c.write(cas).await.unwrap(), b"mismatch");
+    for i in 0..50 {
+        c.put(&format!("key{i}"), &i.to_string()).await.unwrap();
+    }
+    c.wait_converged(&[1, 2, 3], 51, WAIT).await.unwrap();
+    assert_eq!(c.map_of(2).await.get("k").map(String::as_str), Some("v3"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_all_complete_with_their_own_output() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let node = c.node(leader).clone();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("c{i}");
+            node.propose(&KvCmd::Put {
+                key: key.clone(),
+                value: "a".into(),
+            })
+            .await
+            .unwrap();
+            // The second write's output must be this key's own previous value.
+            node.propose(&KvCmd::Put {
+                key,
+                value: format!("b{i}"),
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), b"a");
+    }
+    let m = node.metrics();
+    assert!(
+        m.storage_writes < m.persisted_entries,
+        "proposals share storage writes: {m:?}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_refuses_proposals_and_names_the_leader_and_client_write_forwards() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
+    let cmd = KvCmd::Put {
+        key: "f".into(),
+        value: "1".into(),
+    };
+    match c.node(follower).propose(&cmd).await {
+        Err(Error::NotLeader {
+            leader_id,
+            leader_addr,
+        }) => {
+            assert_eq!(leader_id, leader);
+            assert_eq!(leader_addr, Some(c.net.addr_of(leader)));
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    c.node(follower).client_write(&cmd).await.unwrap();
+    let out = c
+        .node(follower)
+        .client_write(&KvCmd::Put {
+            key: "f".into(),
+            value: "2".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        out, b"1",
+        "the forwarded write returns the leader's apply output"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failure_elects_a_new_leader_and_loses_no_committed_entry() {
+    let mut c = start(3).await.unwrap();
+    let old = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    for i in 0..20 {
+        c.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    let crashed_at = Instant::now();
+    c.crash(old).await;
+    let rest: Vec<u64> = c.ids();
+    let new = c.wait_leader(&rest, WAIT).await.unwrap();
+    let took = crashed_at.elapsed();
+    assert_ne!(new, old);
+    // Election timeout is randomized in [200, 400) ms; allow for pre-vote
+    // rounds and a split vote on a loaded machine.
+    assert!(took < Duration::from_secs(3), "new leader took {took:?}");
+    c.put("after", "crash").await.unwrap();
+    c.wait_converged(&rest, 21, WAIT).await.unwrap();
+    let map = c.map_of(new).await;
+    for i in 0..20 {
+        assert!(map.contains_key(&format!("k{i}")), "committed k{i} lost");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_cannot_commit_the_majority_continues_and_healing_converges() {
+    let c = start(5).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3, 4, 5], WAIT).await.unwrap();
+    c.put("before", "1").await.unwrap();
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    let minority = [leader, others[0]];
+    let majority = [others[1], others[2], others[3]];
+    c.net.partition(&[&minority, &majority]);
+
+    // The old leader cannot commit: its proposal fails (leadership lost
+    // once check-quorum steps it down) or times out; never succeeds.
+    let r = c
+        .node(leader)
+        .propose(&KvCmd::Put {
+            key: "minority".into(),
+            value: "x".into(),
+        })
+        .await;
+    assert!(r.is_err(), "a minority leader committed a write: {r:?}");
+
+    let new = c.wait_leader(&majority, WAIT).await.unwrap();
+    for i in 0..10 {
+        c.node(new)
+            .propose(&KvCmd::Put {
+                key: format!("maj{i}"),
+                value: "y".into(),
+            })
+            .await
+            .unwrap();
+    }
+    c.net.heal();
+    c.wait_converged(&[1, 2, 3, 4, 5], 11, WAIT).await.unwrap();
+    let map = c.map_of(leader).await;
+    assert!(
+        !map.contains_key("minority"),
+        "uncommitted minority write survived"
+    );
+    assert_eq!(map.get("maj9").map(String::as_str), Some("y"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_with_tickets_get_unique_ids_and_can_be_removed() {
+    let mut c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    c.put("k", "v").await.unwrap();
+
+    // Two tickets requested concurrently, one through a follower.
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
+    let (addr_a, addr_b) = (c.net.addr_of(100), c.net.addr_of(101));
+    let (a, b) = tokio::join!(
+        c.node(leader).request_id(&addr_a),
+        c.node(follower).request_id(&addr_b),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.reserved_id, b.reserved_id, "two joins got the same id");
+    assert!(a.reserved_id >= 4 && b.reserved_id >= 4);
+    assert_eq!(a.peers.len(), 3);
+
+    let id = a.reserved_id;
+    c.start_empty(id).await.unwrap();
+    let members = c
+        .node(id)
+        .join_cluster(&a, &c.net.addr_of(id), false)
+        .await
+        .unwrap();
+    assert!(members
+        .iter()
+        .any(|m| m.id == id && m.role == MemberRole::Voter));
+    c.wait_converged(&[1, 2, 3, id], 1, WAIT).await.unwrap();
+
+    // A ticket for another cluster or another id is refused.
+    let mut wrong = b.clone();
+    wrong.cluster_id = "other".into();
+    assert!(matches!(
+        c.node(id).join_cluster(&wrong, "x:1", false).await,
+        Err(Error::InvalidArgument(_))
+    ));
+
+    let members = c.node(leader).remove_node(id).await.unwrap();
+    assert!(!members.iter().any(|m| m.id == id));
+    c.put("after-remove", "v").await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_is_added_receives_the_log_and_is_promoted() {
+    let mut c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    c.put("k", "v").await.unwrap();
+    c.start_empty(4).await.unwrap();
+    let members = c
+        .node(leader)
+        .add_learner(4, &c.net.addr_of(4))
+        .await
+        .unwrap();
+    assert!(members
+        .iter()
+        .any(|m| m.id == 4 && m.role == MemberRole::Learner));
+    c.wait_converged(&[1, 4], 1, WAIT).await.unwrap();
+    assert!(c.node(4).status().await.unwrap().learners().contains(&4));
+
+    let members = c.node(leader).promote_learner(4).await.unwrap();
+    assert!(members
+        .iter()
+        .any(|m| m.id == 4 && m.role == MemberRole::Voter));
+    let st = c.node(leader).status().await.unwrap();
+    assert_eq!(st.voters(), vec![1, 2, 3, 4]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_change_at_once_through_joint_consensus() {
+    let mut c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let removed = *c.ids().iter().find(|id| **id != leader).unwrap();
+    c.start_empty(4).await.unwrap();
+    c.start_empty(5).await.unwrap();
+    let changes = vec![
+        MembershipChange::AddVoter {
+            id: 4,
+            addr: c.net.addr_of(4),
+        },
+        MembershipChange::AddVoter {
+            id: 5,
+            addr: c.net.addr_of(5),
+        },
+        MembershipChange::Remove { id: removed },
+    ];
+    c.node(leader).change_membership(changes).await.unwrap();
+    // The joint configuration is left automatically.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = c.node(leader).status().await.unwrap();
+        if !st.joint {
+            let mut expect: Vec<u64> = [1, 2, 3, 4, 5]
+                .into_iter()
+                .filter(|id| *id != removed)
+                .collect();
+            expect.sort();
+            assert_eq!(st.voters(), expect);
+            break;
+        }
+        assert!(Instant::now() < deadline, "joint configuration never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.put("after-joint", "v").await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_membership_changes_are_refused_and_the_node_keeps_serving() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let n = c.node(leader);
+    assert!(matches!(
+        n.add_voter(7, "not an address").await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        n.add_voter(0, "127.0.0.1:1").await,
+        Err(Error::InvalidArgument(_))
+    ));
+    let dup = vec![
+        MembershipChange::AddVoter {
+            id: 8,
+            addr: "127.0.0.1:1".into(),
+        },
+        MembershipChange::Remove { id: 8 },
+    ];
+    assert!(matches!(
+        n.change_membership(dup).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    // Removing every voter is impossible.
+    let all = vec![
+        MembershipChange::Remove { id: 1 },
+        MembershipChange::Remove { id: 2 },
+        MembershipChange::Remove { id: 3 },
+    ];
+    assert!(matches!(
+        n.change_membership(all).await,
+        Err(Error::ConfChangeRejected(_))
+    ));
+    assert!(matches!(
+        c.write(KvCmd::Fail).await,
+        Err(Error::StateMachine(_))
+    ));
+    c.put("still", "serving").await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_is_transferred_on_request() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    c.put("k", "v").await.unwrap();
+    let target = *c.ids().iter().find(|id| **id != leader).unwrap();
+    // Asked through a follower: forwarded to the leader.
+    let via = *c
+        .ids()
+        .iter()
+        .find(|id| **id != leader && **id != target)
+        .unwrap();
+    c.node(via).transfer_leader(target).await.unwrap();
+    assert_eq!(c.wait_leader(&[1, 2, 3], WAIT).await.unwrap(), target);
+    c.put("k2", "v").await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
+    let c = Cluster::start_with(3, crate::factory(), |cfg| {
+        cfg.snapshot_threshold = 20;
+        cfg.snapshot_log_retention = 5;
+    })
+    .await
+    .unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let lagging = *c.ids().iter().find(|id| **id != leader).unwrap();
+    c.net.isolate(lagging);
+    for i in 0..100 {
+        c.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    let st = c.node(leader).status().await.unwrap();
+    assert!(st.snapshot_index >= 80, "leader took no snapshot: {st:?}");
+    assert!(st.first_index > 10, "leader log not compacted: {st:?}");
+    c.net.heal();
+    c.wait_converged(&[1, 2, 3], 100, WAIT).await.unwrap();
+    assert!(
+        c.node(lagging).metrics().snapshots_installed >= 1,
+        "caught up without a snapshot"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_resumes_from_its_storage() {
+    let mut c = Cluster::start_with(3, crate::factory(), |cfg| {
+        cfg.snapshot_threshold = 15;
+        cfg.snapshot_log_retention = 3;
+    })
+    .await
+    .unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    for i in 0..40 {
+        c.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    let node = *c.ids().iter().find(|id| **id != leader).unwrap();
+    c.wait_converged(&[1, 2, 3], 40, WAIT).await.unwrap();
+    c.crash(node).await;
+    for i in 40..50 {
+        c.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    c.restart(node).await.unwrap();
+    // Its state machine is rebuilt from snapshot + log before any new write.
+    c.wait_converged(&[1, 2, 3], 50, WAIT).await.unwrap();
+    assert_eq!(c.node(node).stale_read(|s| s.applied).await, 50);
+
+    // A full restart of every node keeps every write.
+    for id in c.ids() {
+        c.crash(id).await;
+    }
+    for id in 1..=3 {
+        c.restart(id).await.unwrap();
+    }
+    c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    c.put("after", "restart").await.unwrap();
+    c.wait_converged(&[1, 2, 3], 51, WAIT).await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linearizable_read_on_a_follower_sees_a_write_made_on_the_leader() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
+    // Slow the follower's replication so a stale read would miss the write.
+    for i in 0..20 {
+        let v = i.to_string();
+        c.node(leader)
+            .propose(&KvCmd::Put {
+                key: "x".into(),
+                value: v.clone(),
+            })
+            .await
+            .unwrap();
+        let seen = c
+            .node(follower)
+            .linearizable_read(|s| s.map.get("x").cloned())
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(v), "linearizable read missed a completed write");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_in_a_minority_cannot_serve_a_linearizable_read() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    c.put("x", "old").await.unwrap();
+    c.net.isolate(leader);
+    let rest: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    let new = c.wait_leader(&rest, WAIT).await.unwrap();
+    c.node(new)
+        .propose(&KvCmd::Put {
+            key: "x".into(),
+            value: "new".into(),
+        })
+        .await
+        .unwrap();
+    let r = c
+        .node(leader)
+        .linearizable_read(|s| s.map.get("x").cloned())
+        .await;
+    assert!(r.is_err(), "isolated old leader served a read: {r:?}");
+    // Its stale read still answers, with the old value.
+    assert_eq!(
+        c.node(leader)
+            .stale_read(|s| s.map.get("x").cloned())
+            .await
+            .as_deref(),
+        Some("old")
+    );
+    c.net.heal();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_leaves_after_handing_over_leadership() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    c.put("k", "v").await.unwrap();
+    c.node(leader).leave().await.unwrap();
+    let rest: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    let new = c.wait_leader(&rest, WAIT).await.unwrap();
+    let st = c.node(new).status().await.unwrap();
+    assert!(
+        !st.voters().contains(&leader),
+        "left node still a voter: {st:?}"
+    );
+    c.node(new)
+        .propose(&KvCmd::Put {
+            key: "k2".into(),
+            value: "v".into(),
+        })
+        .await
+        .unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_proposals_fail_clearly_when_leadership_is_lost_and_on_shutdown() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    c.net.isolate(leader);
+    let started = Instant::now();
+    let r = c
+        .node(leader)
+        .propose(&KvCmd::Put {
+            key: "lost".into(),
+            value: "x".into(),
+        })
+        .await;
+    assert!(
+        matches!(r, Err(Error::LeadershipLost) | Err(Error::Timeout(_))),
+        "got {r:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    c.net.heal();
+    let n = c.node(1).clone();
+    c.shutdown().await;
+    assert!(matches!(
+        n.propose(&KvCmd::Fail).await,
+        Err(Error::Shutdown)
+    ));
+    assert_eq!(n.state().role, Role::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_snapshot_compacts_and_survives_restart() {
+    let mut c = start(1).await.unwrap();
+    c.wait_leader(&[1], WAIT).await.unwrap();
+    for i in 0..30 {
+        c.put(&format!("k{i}"), "v").await.unwrap();
+    }
+    let idx = c.node(1).take_snapshot().await.unwrap();
+    let st = c.node(1).status().await.unwrap();
+    assert_eq!(st.snapshot_index, idx);
+    assert!(idx >= 31);
+    c.crash(1).await;
+    c.restart(1).await.unwrap();
+    c.wait_leader(&[1], WAIT).await.unwrap();
+    assert_eq!(c.map_of(1).await.len(), 30);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_based_reads_serve_fresh_values() {
+    let c = Cluster::start_with(3, crate::factory(), |cfg| {
+        cfg.read_mode = raftify_core::ReadMode::LeaseBased;
+    })
+    .await
+    .unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    for i in 0..10 {
+        let v = i.to_string();
+        c.node(leader)
+            .propose(&KvCmd::Put {
+                key: "x".into(),
+                value: v.clone(),
+            })
+            .await
+            .unwrap();
+        for id in c.ids() {
+            let seen = c
+                .node(id)
+                .linearizable_read(|s| s.map.get("x").cloned())
+                .await
+                .unwrap();
+            assert_eq!(seen, Some(v.clone()), "node {id} read a stale value");
+        }
+    }
+    c.shutdown().await;
+}

@@ -1,0 +1,103 @@
+//! Durable storage for raftify nodes: [`LmdbStore`], a
+//! [`raftify_core::LogStore`] on LMDB (through the `heed` crate).
+//!
+//! # Example
+//!
+//! ```
+//! use raftify_core::raft::eraftpb::{Entry, HardState};
+//! use raftify_core::{LogStore, WriteBatch};
+//! use raftify_storage::{LmdbOptions, LmdbStore};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let opts = LmdbOptions::new().map_size(16 << 20);
+//! {
+//!     let store = LmdbStore::open(dir.path(), opts.clone())?;
+//!     let mut entry = Entry::default();
+//!     entry.index = 1;
+//!     entry.term = 1;
+//!     entry.data = b"hello".to_vec().into();
+//!     let mut hs = HardState::default();
+//!     hs.term = 1;
+//!     hs.commit = 1;
+//!     // One raft Ready = one LMDB transaction = one fsync.
+//!     store.write(WriteBatch { entries: vec![entry], hard_state: Some(hs), snapshot: None })?;
+//! }
+//! // After a restart (or a crash) the state is exactly the last commit.
+//! let store = LmdbStore::open(dir.path(), opts)?;
+//! assert_eq!(store.last_index()?, 1);
+//! assert_eq!(store.initial_state()?.hard_state.commit, 1);
+//! assert_eq!(&store.entries(1, 2, None)?[0].data[..], b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! # On-disk layout
+//!
+//! A store directory holds:
+//!
+//! * `data.mdb`, `lock.mdb` — the LMDB environment, with two named databases:
+//!   * `entries`: key = the entry index as 8 big-endian bytes (so LMDB's
+//!     byte order is index order), value = `crc32 ++ eraftpb.Entry`.
+//!   * `meta`: `format_version` (u32), `hard_state` (`eraftpb.HardState`),
+//!     `snapshot_meta` (`eraftpb.SnapshotMetadata`, including the conf
+//!     state), `snapshot_file` (name of the current snapshot file),
+//!     `snapshot_seq`, `offset` (index and term of the last compacted entry:
+//!     the log holds `offset + 1 ..= last`), `identity` (node id + cluster
+//!     id). Every value carries a CRC-32, since LMDB does not checksum pages.
+//! * `snap/<seq>-<index>-<term>.snap` — the current snapshot, with its data
+//!   (format: see [`write_snapshot_file`]).
+//! * `raftify.lock` — the exclusive writer lock (`flock`), holding the pid.
+//!
+//! # Why snapshot data lives in files, not in LMDB
+//!
+//! Snapshots are whole state machines: potentially far larger than the log.
+//! In LMDB they would need large runs of contiguous free pages on every
+//! replacement (fragmenting the map and growing the file), would be copied
+//! by every WAL copy, and would be read through the map by every
+//! `snapshot()` call. As a file they are written sequentially, fsynced once,
+//! and can be shipped or restored on their own. Atomicity with the log is
+//! kept by ordering: the new file is written to a temporary name, fsynced,
+//! renamed to a name never used before (a sequence number is part of it) and
+//! the directory fsynced; only then does the LMDB transaction that points
+//! `snapshot_file` at it (and installs the snapshot into the log) commit.
+//! The previous file is deleted only after that commit is durable. A crash
+//! at any point leaves the old, fully valid state; orphaned files are
+//! removed on the next open.
+//!
+//! # Durability
+//!
+//! [`LogStore::write`](raftify_core::LogStore::write) applies a whole
+//! [`WriteBatch`](raftify_core::WriteBatch) (snapshot install, truncation
+//! of a conflicting suffix, appended entries, hard state) in **one** LMDB
+//! write transaction, committed with one fsync (group commit): when it
+//! returns `Ok`, all of it survives a process or machine crash; when it
+//! fails, none of it was applied. With [`LmdbOptions::no_sync`] commits
+//! are not fsynced: they survive a process crash but not an OS crash or
+//! power loss.
+//!
+//! When a write finds the map full, the store doubles the map (up to
+//! [`LmdbOptions::max_map_size`]) and retries the transaction.
+//!
+//! # Bad input
+//!
+//! Nothing read from disk is trusted: truncated or overwritten files,
+//! records with bad checksums or that do not decode, gaps in the log,
+//! foreign directories and directories locked by another process all come
+//! back as errors ([`LmdbError`] from the `open`/restore functions,
+//! [`raftify_core::StorageError`] from the
+//! [`LogStore`](raftify_core::LogStore) methods) naming the directory.
+//! One limit: LMDB trusts its own B-tree pages; damage there that leaves
+//! the meta pages intact can still crash the process inside LMDB.
+
+#![deny(missing_docs)]
+
+mod codec;
+mod error;
+mod files;
+mod restore;
+mod store;
+
+pub use error::LmdbError;
+pub use files::{read_archive_file, read_snapshot_file, write_snapshot_file};
+pub use restore::{restore_wal_from, restore_wal_snapshot_from};
+pub use store::{LmdbOptions, LmdbStore, FORMAT_VERSION};

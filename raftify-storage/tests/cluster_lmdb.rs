@@ -1,0 +1,30 @@
+//! raftify-core's cluster scenarios, run on LMDB stores (fsync on) in temp
+//! dirs: the same file as core's in-memory run.
+
+use raftify_core::testkit::StoreFactory;
+use raftify_core::LogStore;
+use raftify_storage::{LmdbError, LmdbOptions, LmdbStore};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn factory() -> StoreFactory {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    Arc::new(move |id| {
+        let path = dir.path().join(format!("node-{id}"));
+        // A restarted node reopens its dir; the previous incarnation's last
+        // handles may still be dropping, so a held lock is retried briefly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match LmdbStore::open(&path, LmdbOptions::new().map_size(64 << 20)) {
+                Ok(store) => return Arc::new(store) as Arc<dyn LogStore>,
+                Err(LmdbError::Locked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("cannot open {}: {e}", path.display()), // ok: test helper
+            }
+        }
+    })
+}
+
+#[path = "../../raftify-core/tests/scenarios/mod.rs"]
+mod scenarios;
