@@ -1,0 +1,224 @@
+//! Configuration shared by [`GrpcTransport`](crate::GrpcTransport),
+//! [`RaftGrpcServer`](crate::RaftGrpcServer) and
+//! [`RaftClient`](crate::RaftClient).
+
+use raftify_core::{Error, Result};
+use std::time::Duration;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// TLS material, PEM encoded.
+///
+/// * A server needs `cert_pem` and `key_pem`; with `ca_pem` it also demands
+///   a client certificate signed by that CA (mutual TLS).
+/// * A client (a node's transport or a [`RaftClient`](crate::RaftClient))
+///   verifies servers against `ca_pem` (required: no system roots are
+///   bundled) and the server name `domain` (default: the host of the
+///   address it dials); with `cert_pem` and `key_pem` it presents them as
+///   its client certificate.
+///
+/// A node usually uses the same `TlsConfig` for its server and its
+/// transport: one certificate valid as server and client, one CA.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// Certificate chain presented by this side.
+    pub cert_pem: Option<String>,
+    /// Private key of `cert_pem`.
+    pub key_pem: Option<String>,
+    /// CA that signs the other side's certificates.
+    pub ca_pem: Option<String>,
+    /// Server name to expect in server certificates (client side); default
+    /// the host part of the address dialed.
+    pub domain: Option<String>,
+}
+
+impl TlsConfig {
+    fn identity(&self) -> Option<Identity> {
+        match (&self.cert_pem, &self.key_pem) {
+            (Some(c), Some(k)) => Some(Identity::from_pem(c, k)),
+            _ => None,
+        }
+    }
+
+    /// The tonic server TLS configuration.
+    pub(crate) fn server_config(&self) -> Result<ServerTlsConfig> {
+        let identity = self.identity().ok_or_else(|| {
+            Error::InvalidConfig("a TLS server needs cert_pem and key_pem".into())
+        })?;
+        let mut tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.ca_pem {
+            tls = tls
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(false);
+        }
+        Ok(tls)
+    }
+
+    /// The tonic client TLS configuration for dialing `addr`.
+    pub(crate) fn client_config(&self, addr: &str) -> Result<ClientTlsConfig> {
+        let ca = self.ca_pem.as_ref().ok_or_else(|| {
+            Error::InvalidConfig("a TLS client needs ca_pem to verify servers".into())
+        })?;
+        let domain = match &self.domain {
+            Some(d) => d.clone(),
+            None => host_of(addr).to_string(),
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name(domain);
+        if let Some(identity) = self.identity() {
+            tls = tls.identity(identity);
+        }
+        Ok(tls)
+    }
+}
+
+/// The host part of `host:port` (brackets of IPv6 literals removed).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Settings of the gRPC layer. `GrpcConfig::default()` suits a LAN.
+#[derive(Debug, Clone)]
+pub struct GrpcConfig {
+    /// TLS for every connection (None: plaintext HTTP/2).
+    pub tls: Option<TlsConfig>,
+    /// Shared secret sent with every RPC (`authorization: Bearer <token>`)
+    /// and, on servers, required on every RPC. None disables the check.
+    pub auth_token: Option<String>,
+    /// Time allowed to establish a connection. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Timeout of one batch of raft messages. Default 5 s.
+    pub message_timeout: Duration,
+    /// Timeout of one cluster request or client RPC. Default 30 s (longer
+    /// than the node's own proposal and membership timeouts).
+    pub request_timeout: Duration,
+    /// Timeout of streaming one snapshot. Default 5 min.
+    pub snapshot_timeout: Duration,
+    /// Size of one snapshot chunk. Default 1 MiB.
+    pub snapshot_chunk_size: usize,
+    /// Largest gRPC message accepted or sent. Default 64 MiB.
+    pub max_message_size: usize,
+    /// Largest snapshot a server accepts. Default 4 GiB.
+    pub max_snapshot_size: u64,
+    /// Raft message batches queued per peer before new ones are dropped
+    /// (and the peer reported unreachable). Default 1024.
+    pub peer_queue_capacity: usize,
+    /// Encoded bytes of raft messages packed into one RPC. Default 4 MiB.
+    pub max_batch_bytes: usize,
+    /// First delay before retrying an unreachable peer (doubles, jittered).
+    /// Default 50 ms.
+    pub backoff_base: Duration,
+    /// Longest delay between retries. Default 2 s.
+    pub backoff_max: Duration,
+    /// HTTP/2 keep-alive ping interval on client connections. Default 10 s.
+    pub keepalive_interval: Option<Duration>,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            tls: None,
+            auth_token: None,
+            connect_timeout: Duration::from_secs(2),
+            message_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            snapshot_timeout: Duration::from_secs(300),
+            snapshot_chunk_size: 1024 * 1024,
+            max_message_size: 64 * 1024 * 1024,
+            max_snapshot_size: 4 * 1024 * 1024 * 1024,
+            peer_queue_capacity: 1024,
+            max_batch_bytes: 4 * 1024 * 1024,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            keepalive_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl GrpcConfig {
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidConfig(m.to_string()));
+        if self.snapshot_chunk_size == 0 {
+            return bad("snapshot_chunk_size must be positive");
+        }
+        if self.snapshot_chunk_size + 4096 > self.max_message_size {
+            return bad("snapshot_chunk_size must be well below max_message_size");
+        }
+        if self.peer_queue_capacity == 0 {
+            return bad("peer_queue_capacity must be positive");
+        }
+        if self.max_batch_bytes == 0 || self.max_batch_bytes > self.max_message_size {
+            return bad("max_batch_bytes must be positive and at most max_message_size");
+        }
+        for (name, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("message_timeout", self.message_timeout),
+            ("request_timeout", self.request_timeout),
+            ("snapshot_timeout", self.snapshot_timeout),
+            ("backoff_base", self.backoff_base),
+        ] {
+            if d.is_zero() {
+                return Err(Error::InvalidConfig(format!("{name} must be positive")));
+            }
+        }
+        if self.backoff_max < self.backoff_base {
+            return bad("backoff_max must be at least backoff_base");
+        }
+        if let Some(token) = &self.auth_token {
+            if token.is_empty() || !token.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                return bad("auth_token must be non-empty visible ASCII");
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_pem.is_some() != tls.key_pem.is_some() {
+                return bad("tls cert_pem and key_pem go together");
+            }
+        }
+        Ok(())
+    }
+
+    /// The scheme to dial with.
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a random delay in
+/// `[d/2, d]` with `d = min(base * 2^attempt, max)`.
+pub(crate) fn backoff(config: &GrpcConfig, attempt: u32) -> Duration {
+    let exp = config
+        .backoff_base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(config.backoff_max);
+    let half = exp / 2;
+    let jitter_ms = half.as_millis().min(u64::MAX as u128) as u64;
+    half + Duration::from_millis(fastrand::u64(0..=jitter_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_backoff_is_bounded() {
+        let c = GrpcConfig::default();
+        c.validate().unwrap();
+        for attempt in 0..40 {
+            let d = backoff(&c, attempt);
+            assert!(d <= c.backoff_max, "{d:?}");
+        }
+        assert_eq!(host_of("[::1]:80"), "::1");
+        assert_eq!(host_of("localhost:80"), "localhost");
+        let bad = GrpcConfig {
+            auth_token: Some("with space".into()),
+            ..GrpcConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,501 @@
+//! [`RaftGrpcServer`]: serves a node's [`RaftHandle`] over gRPC.
+
+use crate::config::GrpcConfig;
+use crate::convert::{change_from_pb, decode_msg, members_to_pb, ticket_to_pb};
+use crate::error::error_to_status;
+use crate::net::FORWARDED;
+use crate::pb;
+use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
+use async_trait::async_trait;
+use raftify_core::membership::validate_addr;
+use raftify_core::raft::eraftpb::MessageType;
+use raftify_core::{
+    AbstractLogEntry, AbstractStateMachine, BoxError, ClusterRequest, ClusterResponse, Error,
+    RaftHandle, Result,
+};
+use slog::{info, o, warn, Logger};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, RwLock};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status, Streaming};
+
+/// How long [`ServerHandle::shutdown`] waits for in-flight RPCs before it
+/// drops the remaining connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Answers `Read` RPCs: runs an application query on the local state
+/// machine, after the server has confirmed a linearizable read index.
+#[async_trait]
+pub trait ReadHandler: Send + Sync + 'static {
+    /// Executes `query` on the local state machine.
+    async fn read(&self, query: &[u8]) -> std::result::Result<Vec<u8>, BoxError>;
+}
+
+struct SmReader<SM, F> {
+    sm: Arc<RwLock<SM>>,
+    f: F,
+}
+
+#[async_trait]
+impl<SM, F> ReadHandler for SmReader<SM, F>
+where
+    SM: Send + Sync + 'static,
+    F: Fn(&SM, &[u8]) -> std::result::Result<Vec<u8>, BoxError> + Send + Sync + 'static,
+{
+    async fn read(&self, query: &[u8]) -> std::result::Result<Vec<u8>, BoxError> {
+        let sm = self.sm.read().await;
+        (self.f)(&sm, query)
+    }
+}
+
+/// A [`ReadHandler`] that runs `f` on the state machine of `raft`.
+pub fn state_machine_reader<E, SM, F>(
+    raft: &raftify_core::Raft<E, SM>,
+    f: F,
+) -> Arc<dyn ReadHandler>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+    F: Fn(&SM, &[u8]) -> std::result::Result<Vec<u8>, BoxError> + Send + Sync + 'static,
+{
+    Arc::new(SmReader {
+        sm: raft.state_machine().clone(),
+        f,
+    })
+}
+
+/// Checks the shared auth token on every RPC, in constant time.
+#[derive(Clone)]
+struct AuthCheck {
+    expected: Option<Arc<Vec<u8>>>,
+    logger: Logger,
+}
+
+impl Interceptor for AuthCheck {
+    fn call(&mut self, req: Request<()>) -> std::result::Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(req);
+        };
+        let ok = match req.metadata().get("authorization") {
+            Some(got) => bool::from(got.as_bytes().ct_eq(expected.as_slice())),
+            None => false,
+        };
+        if ok {
+            Ok(req)
+        } else {
+            warn!(self.logger, "rejected an RPC with a missing or wrong auth token"; "remote" => ?req.remote_addr());
+            Err(Status::unauthenticated("missing or invalid auth token"))
+        }
+    }
+}
+
+struct Service {
+    handle: RaftHandle,
+    config: GrpcConfig,
+    reader: Option<Arc<dyn ReadHandler>>,
+    logger: Logger,
+}
+
+fn st(e: Error) -> Status {
+    error_to_status(&e)
+}
+
+fn unexpected(resp: ClusterResponse) -> Status {
+    Status::internal(format!("unexpected response {resp:?}"))
+}
+
+impl Service {
+    /// A forwarded request runs here; a client's is forwarded to the leader
+    /// (one hop) when this node does not lead.
+    async fn cluster<T>(
+        &self,
+        req: &Request<T>,
+        cluster_req: ClusterRequest,
+    ) -> std::result::Result<ClusterResponse, Status> {
+        let forwarded = req.metadata().get(FORWARDED).is_some();
+        let result = if forwarded {
+            self.handle.handle_request(cluster_req).await
+        } else {
+            self.handle.request(cluster_req).await
+        };
+        result.map_err(st)
+    }
+}
+
+#[async_trait]
+impl RaftService for Service {
+    async fn send_messages(
+        &self,
+        req: Request<pb::MessageBatch>,
+    ) -> std::result::Result<Response<pb::Ack>, Status> {
+        let batch = req.into_inner();
+        let msgs = batch
+            .messages
+            .iter()
+            .map(|b| decode_msg(b))
+            .collect::<Result<Vec<_>>>()
+            .map_err(st)?;
+        if msgs.is_empty() {
+            return Ok(Response::new(pb::Ack {}));
+        }
+        let from_addr = validate_addr(&batch.from_addr)
+            .is_ok()
+            .then_some(batch.from_addr);
+        self.handle.step_from(from_addr, msgs).map_err(st)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> std::result::Result<Response<pb::Ack>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let mut msg = decode_msg(&first.header).map_err(st)?;
+        if msg.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "the first chunk is not a snapshot message",
+            ));
+        }
+        let total = first.total_size;
+        if total > self.config.max_snapshot_size {
+            return Err(Status::resource_exhausted(format!(
+                "snapshot of {total} bytes exceeds the limit of {}",
+                self.config.max_snapshot_size
+            )));
+        }
+        let cap =
+            usize::try_from(total).map_err(|_| Status::resource_exhausted("snapshot too large"))?;
+        let mut data = Vec::with_capacity(cap.min(64 * 1024 * 1024));
+        data.extend_from_slice(&first.data);
+        while let Some(chunk) = stream.message().await? {
+            if data.len() + chunk.data.len() > cap {
+                return Err(Status::invalid_argument(
+                    "snapshot data exceeds its announced size",
+                ));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        if data.len() != cap {
+            return Err(Status::invalid_argument(format!(
+                "truncated snapshot: {} of {cap} bytes",
+                data.len()
+            )));
+        }
+        msg.mut_snapshot().data = data.into();
+        let from_addr = validate_addr(&first.from_addr)
+            .is_ok()
+            .then_some(first.from_addr);
+        info!(self.logger, "snapshot received"; "from" => first.from_id, "bytes" => cap);
+        self.handle.step_from(from_addr, vec![msg]).map_err(st)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn request_id(
+        &self,
+        req: Request<pb::RequestIdRequest>,
+    ) -> std::result::Result<Response<pb::JoinTicketReply>, Status> {
+        let addr = req.get_ref().addr.clone();
+        match self
+            .cluster(&req, ClusterRequest::RequestId { addr })
+            .await?
+        {
+            ClusterResponse::Ticket(t) => Ok(Response::new(ticket_to_pb(&t))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn change_config(
+        &self,
+        req: Request<pb::ChangeConfigRequest>,
+    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
+        let changes = req
+            .get_ref()
+            .changes
+            .iter()
+            .map(change_from_pb)
+            .collect::<Result<Vec<_>>>()
+            .map_err(st)?;
+        match self
+            .cluster(&req, ClusterRequest::ChangeMembership(changes))
+            .await?
+        {
+            ClusterResponse::Members { leader_id, members } => {
+                Ok(Response::new(members_to_pb(leader_id, &members)))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn leave(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::Empty>, Status> {
+        self.handle.leave().await.map_err(st)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> std::result::Result<Response<pb::Empty>, Status> {
+        let to = req.get_ref().to;
+        self.cluster(&req, ClusterRequest::TransferLeader(to))
+            .await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn propose(
+        &self,
+        req: Request<pb::ProposeRequest>,
+    ) -> std::result::Result<Response<pb::ProposeReply>, Status> {
+        let data = req.get_ref().data.clone();
+        match self.cluster(&req, ClusterRequest::Propose(data)).await? {
+            ClusterResponse::Output(output) => Ok(Response::new(pb::ProposeReply { output })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::ReadIndexReply>, Status> {
+        let index = self.handle.read_index().await.map_err(st)?;
+        Ok(Response::new(pb::ReadIndexReply { index }))
+    }
+
+    async fn read(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> std::result::Result<Response<pb::ReadReply>, Status> {
+        let Some(reader) = &self.reader else {
+            return Err(Status::unimplemented("this server has no read handler"));
+        };
+        self.handle.read_index().await.map_err(st)?;
+        let data = reader
+            .read(&req.get_ref().query)
+            .await
+            .map_err(|e| st(Error::StateMachine(format!("read: {e}"))))?;
+        Ok(Response::new(pb::ReadReply { data }))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
+        match self.handle.handle_request(ClusterRequest::Members).await {
+            Ok(ClusterResponse::Members { leader_id, members }) => {
+                Ok(Response::new(members_to_pb(leader_id, &members)))
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(st(e)),
+        }
+    }
+
+    async fn get_leader(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::LeaderReply>, Status> {
+        let state = self.handle.state();
+        Ok(Response::new(pb::LeaderReply {
+            leader_id: state.leader_id,
+            leader_addr: state.leader_addr.unwrap_or_default(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::StatusReply>, Status> {
+        let status = self.handle.status().await.map_err(st)?;
+        let json = |v: std::result::Result<String, serde_json::Error>| {
+            v.map_err(|e| Status::internal(format!("status to JSON: {e}")))
+        };
+        Ok(Response::new(pb::StatusReply {
+            id: status.id,
+            role: status.role.as_str().to_string(),
+            term: status.term,
+            leader_id: status.leader_id,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            status_json: json(serde_json::to_string(&status))?,
+            metrics_json: json(serde_json::to_string(&self.handle.metrics()))?,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::CreateSnapshotReply>, Status> {
+        let index = self.handle.take_snapshot().await.map_err(st)?;
+        Ok(Response::new(pb::CreateSnapshotReply { index }))
+    }
+}
+
+/// Serves a node over gRPC: raft traffic from peers, cluster requests from
+/// peers, and the client API (see [`RaftClient`](crate::RaftClient)).
+///
+/// Every RPC is checked against [`GrpcConfig::auth_token`]; TLS (and mutual
+/// TLS when [`TlsConfig::ca_pem`](crate::TlsConfig::ca_pem) is set) comes
+/// from [`GrpcConfig::tls`]; messages are limited to
+/// [`GrpcConfig::max_message_size`].
+pub struct RaftGrpcServer {
+    handle: RaftHandle,
+    config: GrpcConfig,
+    reader: Option<Arc<dyn ReadHandler>>,
+    logger: Logger,
+}
+
+impl RaftGrpcServer {
+    /// A server for the node behind `handle`.
+    pub fn new(handle: RaftHandle, config: GrpcConfig) -> Self {
+        RaftGrpcServer {
+            handle,
+            config,
+            reader: None,
+            logger: raftify_core::discard_logger(),
+        }
+    }
+
+    /// Logs rejected RPCs and received snapshots to `logger`.
+    pub fn logger(mut self, logger: Logger) -> Self {
+        self.logger = logger.new(o!("component" => "grpc-server"));
+        self
+    }
+
+    /// Serves `Read` RPCs with `reader` (see [`state_machine_reader`]).
+    pub fn reader(mut self, reader: Arc<dyn ReadHandler>) -> Self {
+        self.reader = Some(reader);
+        self
+    }
+
+    /// Binds `addr` and serves in a background task.
+    pub async fn bind(self, addr: SocketAddr) -> Result<ServerHandle> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Transport(format!("cannot bind {addr}: {e}")))?;
+        self.spawn(listener)
+    }
+
+    /// Serves on an already bound listener in a background task (bind
+    /// `127.0.0.1:0` first to learn an ephemeral port).
+    pub fn spawn(self, listener: TcpListener) -> Result<ServerHandle> {
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::Transport(format!("listener address: {e}")))?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let logger = self.logger.clone();
+        let router = self.router()?;
+        let task = tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(listener);
+            let signal = async {
+                let _ = rx.await;
+            };
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
+                warn!(logger, "gRPC server stopped with an error"; "error" => %e);
+            }
+        });
+        Ok(ServerHandle {
+            local_addr,
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// Serves on `listener` until `signal` completes, then shuts down
+    /// gracefully (in-flight RPCs finish).
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let router = self.router()?;
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .await
+            .map_err(|e| Error::Transport(format!("gRPC server: {e}")))
+    }
+
+    fn router(self) -> Result<tonic::transport::server::Router> {
+        self.config.validate()?;
+        let config = self.config.clone();
+        let n = config.max_message_size;
+        let expected = config
+            .auth_token
+            .as_ref()
+            .map(|t| Arc::new(format!("Bearer {t}").into_bytes()));
+        let auth = AuthCheck {
+            expected,
+            logger: self.logger.clone(),
+        };
+        let service = RaftServiceServer::new(Service {
+            handle: self.handle,
+            config: self.config,
+            reader: self.reader,
+            logger: self.logger,
+        })
+        .max_decoding_message_size(n)
+        .max_encoding_message_size(n);
+        let mut builder = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(config.keepalive_interval)
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        if let Some(tls) = &config.tls {
+            builder = builder
+                .tls_config(tls.server_config()?)
+                .map_err(|e| Error::InvalidConfig(format!("tls: {e}")))?;
+        }
+        Ok(builder.add_service(InterceptedService::new(service, auth)))
+    }
+}
+
+/// A server running in the background.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections, lets in-flight RPCs finish (up to
+    /// [`SHUTDOWN_GRACE`]) and closes every connection.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! [`GrpcTransport`]: raftify-core's [`Transport`] over gRPC.
+
+use crate::config::{backoff, GrpcConfig};
+use crate::convert::encode_msg;
+use crate::net::{perform, request, ChannelPool, Client};
+use crate::pb;
+use async_trait::async_trait;
+use raftify_core::raft::eraftpb::{Message, MessageType};
+use raftify_core::{ClusterRequest, ClusterResponse, Feedback, Result, Transport};
+use slog::{debug, o, Logger};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// A queued batch for one peer.
+struct Batch {
+    msgs: Vec<Message>,
+    feedback: Feedback,
+}
+
+struct Peer {
+    addr: String,
+    tx: mpsc::Sender<Batch>,
+}
+
+struct Inner {
+    self_addr: String,
+    pool: Arc<ChannelPool>,
+    peers: Mutex<HashMap<u64, Peer>>,
+    logger: Logger,
+}
+
+/// raft messages and cluster requests over gRPC.
+///
+/// * Every peer gets one background sender task with a bounded queue
+///   ([`GrpcConfig::peer_queue_capacity`] batches). [`Transport::send`]
+///   never blocks: when the queue is full the batch is dropped and the peer
+///   reported unreachable (raft retransmits).
+/// * The task drains its queue and sends everything queued as one
+///   `SendMessages` RPC (split at [`GrpcConfig::max_batch_bytes`]), in
+///   order, over a long-lived HTTP/2 connection that is opened lazily.
+/// * A snapshot message is streamed in
+///   [`GrpcConfig::snapshot_chunk_size`] chunks by `InstallSnapshot`; the
+///   outcome is reported with [`Feedback::snapshot`].
+/// * After a failed delivery the peer is backed off (exponential, jittered);
+///   messages for it are dropped and reported unreachable until then.
+/// * [`Transport::call`] uses a pool of channels by address.
+///
+/// Cheap to clone; clones share peers and connections.
+#[derive(Clone)]
+pub struct GrpcTransport {
+    inner: Arc<Inner>,
+}
+
+impl GrpcTransport {
+    /// A transport for the node whose raft address is `self_addr` (sent
+    /// with every batch so that peers can answer a node they do not know
+    /// yet).
+    pub fn new(self_addr: impl Into<String>, config: GrpcConfig) -> Result<Self> {
+        Self::with_logger(self_addr, config, raftify_core::discard_logger())
+    }
+
+    /// Same, logging delivery problems (at debug level) to `logger`.
+    pub fn with_logger(
+        self_addr: impl Into<String>,
+        config: GrpcConfig,
+        logger: Logger,
+    ) -> Result<Self> {
+        Ok(GrpcTransport {
+            inner: Arc::new(Inner {
+                self_addr: self_addr.into(),
+                pool: Arc::new(ChannelPool::new(config)?),
+                peers: Mutex::new(HashMap::new()),
+                logger: logger.new(o!("component" => "grpc-transport")),
+            }),
+        })
+    }
+
+    /// This node's raft address.
+    pub fn self_addr(&self) -> &str {
+        &self.inner.self_addr
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GrpcConfig {
+        self.inner.pool.config()
+    }
+
+    /// The address known for peer `id`.
+    pub fn peer_addr(&self, id: u64) -> Option<String> {
+        self.peers().get(&id).map(|p| p.addr.clone())
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Peer>> {
+        self.inner.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spawn_peer(&self, id: u64, addr: &str) -> Peer {
+        let (tx, rx) = mpsc::channel(self.config().peer_queue_capacity);
+        let worker = PeerWorker {
+            to: id,
+            addr: addr.to_string(),
+            self_addr: self.inner.self_addr.clone(),
+            pool: self.inner.pool.clone(),
+            logger: self.inner.logger.new(o!("peer" => id)),
+        };
+        tokio::spawn(worker.run(rx));
+        Peer {
+            addr: addr.to_string(),
+            tx,
+        }
+    }
+}
+
+/// Reports `msgs` as lost: the peer unreachable, their snapshots failed.
+fn report_lost(to: u64, msgs: &[Message], feedback: &Feedback) {
+    feedback.unreachable(to);
+    for m in msgs {
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            feedback.snapshot(to, false);
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for GrpcTransport {
+    fn set_peer(&self, id: u64, addr: &str) {
+        let mut peers = self.peers();
+        if peers.get(&id).is_some_and(|p| p.addr == addr) {
+            return;
+        }
+        // A new address replaces the worker; the old one ends once its
+        // queue is drained (its sender is dropped here).
+        let peer = self.spawn_peer(id, addr);
+        peers.insert(id, peer);
+    }
+
+    fn remove_peer(&self, id: u64) {
+        let mut peers = self.peers();
+        if let Some(old) = peers.remove(&id) {
+            if !peers.values().any(|p| p.addr == old.addr) {
+                self.inner.pool.forget(&old.addr);
+            }
+        }
+    }
+
+    fn send(&self, to: u64, msgs: Vec<Message>, feedback: &Feedback) {
+        if msgs.is_empty() {
+            return;
+        }
+        let tx = match self.peers().get(&to) {
+            Some(p) => p.tx.clone(),
+            None => {
+                report_lost(to, &msgs, feedback);
+                return;
+            }
+        };
+        let batch = Batch {
+            msgs,
+            feedback: feedback.clone(),
+        };
+        if let Err(e) = tx.try_send(batch) {
+            let batch = match e {
+                mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
+            };
+            debug!(self.inner.logger, "peer queue full, dropping messages"; "peer" => to, "count" => batch.msgs.len());
+            report_lost(to, &batch.msgs, feedback);
+        }
+    }
+
+    async fn call(&self, addr: &str, req: ClusterRequest) -> Result<ClusterResponse> {
+        let mut client = self.inner.pool.client(addr)?;
+        let timeout = self.config().request_timeout;
+        // Marked as forwarded: the receiver executes it and does not forward
+        // it again (call_cluster and RaftHandle::request do the routing).
+        perform(&mut client, req, timeout, true).await
+    }
+}
+
+/// The background sender of one peer.
+struct PeerWorker {
+    to: u64,
+    addr: String,
+    self_addr: String,
+    pool: Arc<ChannelPool>,
+    logger: Logger,
+}
+
+/// Upper bound of messages drained into one round.
+const MAX_DRAIN: usize = 4096;
+
+impl PeerWorker {
+    async fn run(self, mut rx: mpsc::Receiver<Batch>) {
+        let mut failures: u32 = 0;
+        let mut retry_at: Option<Instant> = None;
+        while let Some(first) = rx.recv().await {
+            let feedback = first.feedback;
+            let mut msgs = first.msgs;
+            while msgs.len() < MAX_DRAIN {
+                match rx.try_recv() {
+                    Ok(b) => msgs.extend(b.msgs),
+                    Err(_) => break,
+                }
+            }
+            if retry_at.is_some_and(|t| Instant::now() < t) {
+                report_lost(self.to, &msgs, &feedback);
+                continue;
+            }
+            if self.deliver(msgs, &feedback).await {
+                failures = 0;
+                retry_at = None;
+            } else {
+                retry_at = Some(Instant::now() + backoff(self.pool.config(), failures));
+                failures = failures.saturating_add(1);
+            }
+        }
+    }
+
+    /// Sends `msgs` in order; false (everything not delivered reported) on
+    /// the first failure.
+    async fn deliver(&self, msgs: Vec<Message>, feedback: &Feedback) -> bool {
+        let mut client = match self.pool.client(&self.addr) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(self.logger, "no client"; "addr" => &self.addr, "error" => %e);
+                report_lost(self.to, &msgs, feedback);
+                return false;
+            }
+        };
+        let max_batch = self.pool.config().max_batch_bytes;
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        let mut pending_bytes = 0usize;
+        let mut from_id = 0;
+        let mut iter = msgs.into_iter();
+        while let Some(m) = iter.next() {
+            from_id = m.from;
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                if !pending.is_empty()
+                    && !self
+                        .flush(&mut client, from_id, std::mem::take(&mut pending))
+                        .await
+                {
+                    let rest: Vec<Message> = std::iter::once(m).chain(iter).collect();
+                    report_lost(self.to, &rest, feedback);
+                    return false;
+                }
+                pending_bytes = 0;
+                let ok = self.stream_snapshot(&mut client, m).await;
+                feedback.snapshot(self.to, ok);
+                if !ok {
+                    let rest: Vec<Message> = iter.collect();
+                    report_lost(self.to, &rest, feedback);
+                    return false;
+                }
+                continue;
+            }
+            let bytes = match encode_msg(&m) {
+                Ok(b) => b,
+                Err(e) => {
+                    debug!(self.logger, "cannot encode a raft message"; "error" => %e);
+                    continue;
+                }
+            };
+            if !pending.is_empty() && pending_bytes + bytes.len() > max_batch {
+                if !self
+                    .flush(&mut client, from_id, std::mem::take(&mut pending))
+                    .await
+                {
+                    let rest: Vec<Message> = iter.collect();
+                    report_lost(self.to, &rest, feedback);
+                    return false;
+                }
+                pending_bytes = 0;
+            }
+            pending_bytes += bytes.len();
+            pending.push(bytes);
+        }
+        if !pending.is_empty() && !self.flush(&mut client, from_id, pending).await {
+            feedback.unreachable(self.to);
+            return false;
+        }
+        true
+    }
+
+    async fn flush(&self, client: &mut Client, from_id: u64, messages: Vec<Vec<u8>>) -> bool {
+        let timeout = self.pool.config().message_timeout;
+        let batch = pb::MessageBatch {
+            from_id,
+            from_addr: self.self_addr.clone(),
+            messages,
+        };
+        let fut = client.send_messages(request(batch, timeout, false));
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(status)) => {
+                debug!(self.logger, "sending raft messages failed"; "addr" => &self.addr, "status" => %status);
+                false
+            }
+            Err(_) => {
+                debug!(self.logger, "sending raft messages timed out"; "addr" => &self.addr);
+                false
+            }
+        }
+    }
+
+    async fn stream_snapshot(&self, client: &mut Client, mut m: Message) -> bool {
+        let config = self.pool.config();
+        let data = m.mut_snapshot().take_data();
+        let header = match encode_msg(&m) {
+            Ok(h) => h,
+            Err(e) => {
+                debug!(self.logger, "cannot encode a snapshot message"; "error" => %e);
+                return false;
+            }
+        };
+        let chunk = config.snapshot_chunk_size.max(1);
+        let total = data.len();
+        let count = total.div_ceil(chunk).max(1);
+        let from_id = m.from;
+        let from_addr = self.self_addr.clone();
+        let chunks = (0..count).map(move |i| {
+            let piece = data.slice((i * chunk).min(total)..((i + 1) * chunk).min(total));
+            if i == 0 {
+                pb::SnapshotChunk {
+                    from_id,
+                    from_addr: from_addr.clone(),
+                    header: header.clone(),
+                    total_size: total as u64,
+                    data: piece,
+                }
+            } else {
+                pb::SnapshotChunk {
+                    data: piece,
+                    ..Default::default()
+                }
+            }
+        });
+        let timeout = config.snapshot_timeout;
+        let req = request(tokio_stream::iter(chunks), timeout, false);
+        match tokio::time::timeout(timeout, client.install_snapshot(req)).await {
+            Ok(Ok(_)) => {
+                debug!(self.logger, "snapshot sent"; "bytes" => total, "chunks" => count);
+                true
+            }
+            Ok(Err(status)) => {
+                debug!(self.logger, "sending a snapshot failed"; "status" => %status);
+                false
+            }
+            Err(_) => {
+                debug!(self.logger, "sending a snapshot timed out");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn send_never_blocks_and_the_queue_stays_bounded() {
+        let config = GrpcConfig {
+            peer_queue_capacity: 4,
+            connect_timeout: std::time::Duration::from_millis(200),
+            ..GrpcConfig::default()
+        };
+        let t = GrpcTransport::new("127.0.0.1:1", config).unwrap();
+        // Nothing listens on port 1: every delivery fails.
+        t.set_peer(2, "127.0.0.1:1");
+        assert_eq!(t.peer_addr(2).as_deref(), Some("127.0.0.1:1"));
+        let feedback = Feedback::discard();
+        let start = std::time::Instant::now();
+        for _ in 0..10_000 {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgHeartbeat);
+            m.to = 2;
+            t.send(2, vec![m], &feedback);
+        }
+        let mut snap = Message::default();
+        snap.set_msg_type(MessageType::MsgSnapshot);
+        t.send(2, vec![snap], &feedback);
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        // Unknown peer: reported, not queued.
+        t.send(3, vec![Message::default()], &feedback);
+        t.remove_peer(2);
+        assert!(t.peer_addr(2).is_none());
+        let err = t
+            .call("127.0.0.1:1", ClusterRequest::Members)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, raftify_core::Error::Transport(_)), "{err:?}");
+    }
+}

@@ -1,0 +1,685 @@
+//! Cluster scenarios over real gRPC on 127.0.0.1 ephemeral ports. Every
+//! wait is bounded.
+
+use raftify_core::testkit::{test_config, test_logger, KvCmd, KvStore, Node};
+use raftify_core::{
+    request_join_ticket, AbstractLogEntry, Bootstrap, Config, Error, MemStore, MemberRole,
+    MembershipChange, Raft, Transport,
+};
+use raftify_grpc::pb::raft_service_client::RaftServiceClient;
+use raftify_grpc::{
+    pb, state_machine_reader, GrpcConfig, GrpcTransport, RaftClient, RaftGrpcServer, ServerHandle,
+    TlsConfig,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct GNode {
+    raft: Node,
+    server: ServerHandle,
+    addr: String,
+}
+
+struct GCluster {
+    nodes: BTreeMap<u64, GNode>,
+    grpc: GrpcConfig,
+    tweak: fn(&mut Config),
+}
+
+fn no_tweak(_: &mut Config) {}
+
+async fn bind() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
+/// Reads a key from the KvStore (the query is the key).
+fn kv_reader(node: &Node) -> Arc<dyn raftify_grpc::ReadHandler> {
+    state_machine_reader(node, |s: &KvStore, q: &[u8]| {
+        let key = std::str::from_utf8(q)?;
+        Ok(s.map.get(key).cloned().unwrap_or_default().into_bytes())
+    })
+}
+
+async fn start_node(
+    id: u64,
+    listener: TcpListener,
+    addr: &str,
+    bootstrap: Bootstrap,
+    grpc: &GrpcConfig,
+    tweak: fn(&mut Config),
+) -> GNode {
+    let transport = GrpcTransport::new(addr, grpc.clone()).unwrap();
+    start_node_with(id, listener, addr, bootstrap, grpc, tweak, transport).await
+}
+
+async fn start_node_with(
+    id: u64,
+    listener: TcpListener,
+    addr: &str,
+    bootstrap: Bootstrap,
+    grpc: &GrpcConfig,
+    tweak: fn(&mut Config),
+    transport: GrpcTransport,
+) -> GNode {
+    let mut config = test_config(id);
+    tweak(&mut config);
+    let raft = Raft::builder(config, KvStore::default())
+        .storage(Arc::new(MemStore::new()))
+        .transport(Arc::new(transport))
+        .bootstrap(bootstrap)
+        .logger(test_logger())
+        .start()
+        .await
+        .unwrap();
+    let server = RaftGrpcServer::new(raft.handle().clone(), grpc.clone())
+        .logger(test_logger())
+        .reader(kv_reader(&raft))
+        .spawn(listener)
+        .unwrap();
+    GNode {
+        raft,
+        server,
+        addr: addr.to_string(),
+    }
+}
+
+impl GCluster {
+    async fn start(n: u64, grpc: GrpcConfig, tweak: fn(&mut Config)) -> GCluster {
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(bind().await);
+        }
+        let members: BTreeMap<u64, String> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, (_, a))| (i as u64 + 1, a.clone()))
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for (i, (l, addr)) in listeners.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            let node = start_node(
+                id,
+                l,
+                &addr,
+                Bootstrap::Members(members.clone()),
+                &grpc,
+                tweak,
+            )
+            .await;
+            nodes.insert(id, node);
+        }
+        GCluster { nodes, grpc, tweak }
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[&id].raft
+    }
+
+    fn addr(&self, id: u64) -> String {
+        self.nodes[&id].addr.clone()
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.nodes.values().map(|n| n.addr.clone()).collect()
+    }
+
+    fn client(&self) -> RaftClient {
+        RaftClient::new(self.addrs(), self.grpc.clone()).unwrap()
+    }
+
+    async fn wait_leader(&self, among: &[u64]) -> u64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let leaders: Vec<Option<u64>> =
+                among.iter().map(|id| self.node(*id).leader_id()).collect();
+            if let Some(Some(l)) = leaders.first() {
+                if among.contains(l)
+                    && leaders.iter().all(|x| *x == Some(*l))
+                    && self.node(*l).is_leader()
+                {
+                    return *l;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no common leader among {among:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn wait_converged(&self, ids: &[u64], min_len: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut maps = Vec::new();
+            for id in ids {
+                maps.push(self.node(*id).stale_read(|s| s.map.clone()).await);
+            }
+            if maps[0].len() >= min_len && maps.iter().all(|m| *m == maps[0]) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nodes {ids:?} did not converge to {min_len} keys: {:?}",
+                maps.iter().map(|m| m.len()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts an empty node that joins with a ticket from `request_join_ticket`
+    /// (through the new node's own transport) and `join_cluster`.
+    async fn join(&mut self, as_learner: bool) -> u64 {
+        let (l, addr) = bind().await;
+        let transport = GrpcTransport::new(addr.clone(), self.grpc.clone()).unwrap();
+        let ticket = request_join_ticket(&transport, &self.addrs(), &addr, WAIT)
+            .await
+            .unwrap();
+        let id = ticket.reserved_id;
+        let node = start_node_with(
+            id,
+            l,
+            &addr,
+            Bootstrap::None,
+            &self.grpc,
+            self.tweak,
+            transport,
+        )
+        .await;
+        node.raft
+            .join_cluster(&ticket, &addr, as_learner)
+            .await
+            .unwrap();
+        self.nodes.insert(id, node);
+        id
+    }
+
+    async fn stop(&mut self, id: u64) {
+        if let Some(n) = self.nodes.remove(&id) {
+            n.raft.shutdown().await;
+            n.server.shutdown().await;
+        }
+    }
+
+    async fn shutdown(mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}
+
+fn put(key: &str, value: &str) -> Vec<u8> {
+    KvCmd::Put {
+        key: key.into(),
+        value: value.into(),
+    }
+    .encode()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_cluster_forwards_follower_proposals_and_serves_reads_and_status() {
+    let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+
+    // A client that only knows a follower: the follower forwards.
+    let client = RaftClient::new([c.addr(follower)], GrpcConfig::default()).unwrap();
+    assert_eq!(client.propose(put("k", "v1")).await.unwrap(), b"");
+    assert_eq!(
+        client.propose(put("k", "v2")).await.unwrap(),
+        b"v1",
+        "the output is the leader's apply output"
+    );
+    // The state machine's error travels back as StateMachine.
+    match client.propose(KvCmd::Fail.encode().unwrap()).await {
+        Err(Error::StateMachine(m)) => assert!(m.contains("always fails"), "{m}"),
+        other => panic!("expected a state machine error, got {other:?}"),
+    }
+    // Linearizable read on a follower.
+    assert_eq!(
+        client
+            .read_at(&c.addr(follower), b"k".to_vec())
+            .await
+            .unwrap(),
+        b"v2"
+    );
+    assert!(client.read_index().await.unwrap() > 0);
+
+    let members = client.members().await.unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m.role == MemberRole::Voter));
+    let info = client.leader().await.unwrap().unwrap();
+    assert_eq!(info.id, leader);
+    assert_eq!(info.addr.as_deref(), Some(c.addr(leader).as_str()));
+    let status = client.status(&c.addr(follower)).await.unwrap();
+    assert_eq!(status.id, follower);
+    assert_eq!(status.leader_id, leader);
+
+    // A follower refuses a forwarded (node-to-node) proposal and names the
+    // leader: NotLeader survives the wire for call_cluster.
+    let t = GrpcTransport::new("127.0.0.1:1", GrpcConfig::default()).unwrap();
+    match t
+        .call(
+            &c.addr(follower),
+            raftify_core::ClusterRequest::Propose(put("x", "y")),
+        )
+        .await
+    {
+        Err(Error::NotLeader {
+            leader_id,
+            leader_addr,
+        }) => {
+            assert_eq!(leader_id, leader);
+            assert_eq!(leader_addr, Some(c.addr(leader)));
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    // An on-demand snapshot through the client.
+    assert!(client.snapshot(&c.addr(leader)).await.unwrap() > 0);
+    c.wait_converged(&[1, 2, 3], 1).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_dynamically_with_tickets() {
+    let (l, addr) = bind().await;
+    let grpc = GrpcConfig::default();
+    let first = start_node(
+        1,
+        l,
+        &addr,
+        Bootstrap::Single { addr: addr.clone() },
+        &grpc,
+        no_tweak,
+    )
+    .await;
+    let mut c = GCluster {
+        nodes: BTreeMap::from([(1, first)]),
+        grpc: grpc.clone(),
+        tweak: no_tweak,
+    };
+    c.wait_leader(&[1]).await;
+    let client = c.client();
+    client.propose(put("before", "1")).await.unwrap();
+
+    // One node through request_join_ticket + join_cluster...
+    let a = c.join(false).await;
+    // ...and one whose ticket comes from RaftClient::request_id.
+    let (l, addr) = bind().await;
+    let ticket = client.request_id(&addr).await.unwrap();
+    assert_ne!(ticket.reserved_id, a, "ids are unique");
+    assert_eq!(ticket.cluster_id, "raftify");
+    let b = ticket.reserved_id;
+    let node = start_node(b, l, &addr, Bootstrap::None, &grpc, no_tweak).await;
+    node.raft.join_cluster(&ticket, &addr, false).await.unwrap();
+    c.nodes.insert(b, node);
+
+    let members = client.members().await.unwrap();
+    assert_eq!(members.len(), 3, "{members:?}");
+    let client = c.client();
+    client.propose(put("after", "2")).await.unwrap();
+    c.wait_converged(&[1, a, b], 2).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_is_replaced_and_the_client_keeps_writing() {
+    let mut c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let client = c.client();
+    for i in 0..5 {
+        client.propose(put(&format!("k{i}"), "a")).await.unwrap();
+    }
+    c.stop(leader).await;
+    let rest: Vec<u64> = c.nodes.keys().copied().collect();
+    let new_leader = c.wait_leader(&rest).await;
+    assert_ne!(new_leader, leader);
+    for i in 5..10 {
+        client.propose(put(&format!("k{i}"), "b")).await.unwrap();
+    }
+    c.wait_converged(&rest, 10).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_is_promoted_takes_leadership_and_leaves() {
+    let mut c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
+    c.wait_leader(&[1, 2, 3]).await;
+    let client = c.client();
+    client.propose(put("a", "1")).await.unwrap();
+
+    let learner = c.join(true).await;
+    let members = client.members().await.unwrap();
+    let m = members.iter().find(|m| m.id == learner).unwrap();
+    assert_eq!(m.role, MemberRole::Learner);
+    c.wait_converged(&[1, 2, 3, learner], 1).await;
+
+    let members = client
+        .change_config(vec![MembershipChange::AddVoter {
+            id: learner,
+            addr: c.addr(learner),
+        }])
+        .await
+        .unwrap();
+    assert!(members
+        .iter()
+        .any(|m| m.id == learner && m.role == MemberRole::Voter));
+
+    // Leadership transfer to the promoted node.
+    client.transfer_leader(learner).await.unwrap();
+    assert_eq!(c.wait_leader(&[1, 2, 3, learner]).await, learner);
+    client.propose(put("b", "2")).await.unwrap();
+
+    // The leader leaves: it hands leadership over, then is removed.
+    client.leave(&c.addr(learner)).await.unwrap();
+    c.stop(learner).await;
+    let new_leader = c.wait_leader(&[1, 2, 3]).await;
+    assert_ne!(new_leader, learner);
+    let members = client.members().await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    client.propose(put("c", "3")).await.unwrap();
+    c.wait_converged(&[1, 2, 3], 3).await;
+    c.shutdown().await;
+}
+
+fn compact_often(c: &mut Config) {
+    c.snapshot_threshold = 5;
+    c.snapshot_log_retention = 2;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_after_compaction_gets_a_chunked_snapshot() {
+    let grpc = GrpcConfig {
+        snapshot_chunk_size: 128 * 1024,
+        ..GrpcConfig::default()
+    };
+    let mut c = GCluster::start(3, grpc, compact_often).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let client = c.client();
+    // ~1 MiB of state: the snapshot needs 8+ chunks.
+    let big = "x".repeat(100 * 1024);
+    for i in 0..10 {
+        client.propose(put(&format!("big{i}"), &big)).await.unwrap();
+    }
+    client.snapshot(&c.addr(leader)).await.unwrap();
+    let status = client.status(&c.addr(leader)).await.unwrap();
+    assert!(status.first_index > 1, "the log is compacted: {status:?}");
+
+    let new = c.join(false).await;
+    c.wait_converged(&[1, 2, 3, new], 10).await;
+    // The metric is bumped right after the state machine is restored.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.node(new).metrics().snapshots_installed == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot installed: {:?}",
+            c.node(new).metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = client.status(&c.addr(new)).await.unwrap();
+    assert!(status.snapshot_index > 1, "{status:?}");
+    client.propose(put("after", "1")).await.unwrap();
+    c.wait_converged(&[1, 2, 3, new], 11).await;
+    c.shutdown().await;
+}
+
+struct Pki {
+    ca: String,
+    node_cert: String,
+    node_key: String,
+    other_ca: String,
+}
+
+fn pki() -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let make_ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        (cert, key)
+    };
+    let (ca, ca_key) = make_ca("raftify test CA");
+    let (other, _) = make_ca("some other CA");
+    let key = KeyPair::generate().unwrap();
+    let mut p =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    p.distinguished_name
+        .push(DnType::CommonName, "raftify node");
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+    Pki {
+        ca: ca.pem(),
+        node_cert: cert.pem(),
+        node_key: key.serialize_pem(),
+        other_ca: other.pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_runs_over_mutual_tls_with_a_token() {
+    let pki = pki();
+    let tls = TlsConfig {
+        cert_pem: Some(pki.node_cert.clone()),
+        key_pem: Some(pki.node_key.clone()),
+        ca_pem: Some(pki.ca.clone()),
+        domain: None,
+    };
+    let grpc = GrpcConfig {
+        tls: Some(tls.clone()),
+        auth_token: Some("s3cret-token".into()),
+        ..GrpcConfig::default()
+    };
+    let c = GCluster::start(3, grpc.clone(), no_tweak).await;
+    c.wait_leader(&[1, 2, 3]).await;
+    let client = RaftClient::new(
+        c.addrs(),
+        GrpcConfig {
+            tls: Some(TlsConfig {
+                domain: Some("localhost".into()),
+                ..tls.clone()
+            }),
+            ..grpc.clone()
+        },
+    )
+    .unwrap();
+    client.propose(put("k", "tls")).await.unwrap();
+    c.wait_converged(&[1, 2, 3], 1).await;
+
+    let short = Duration::from_millis(1500);
+    let failing = |tls: TlsConfig| {
+        RaftClient::new(
+            [c.addr(1)],
+            GrpcConfig {
+                tls: Some(tls),
+                request_timeout: short,
+                ..grpc.clone()
+            },
+        )
+        .unwrap()
+    };
+    // No client certificate: the mTLS server refuses the handshake.
+    let no_cert = failing(TlsConfig {
+        cert_pem: None,
+        key_pem: None,
+        ..tls.clone()
+    });
+    assert!(no_cert.members().await.is_err());
+    // A server certificate from an unknown CA is refused by the client.
+    let wrong_ca = failing(TlsConfig {
+        ca_pem: Some(pki.other_ca.clone()),
+        ..tls.clone()
+    });
+    assert!(wrong_ca.members().await.is_err());
+    // The server name must match the certificate.
+    let wrong_name = failing(TlsConfig {
+        domain: Some("not-the-node.example".into()),
+        ..tls.clone()
+    });
+    assert!(wrong_name.members().await.is_err());
+    // Plaintext to a TLS port fails.
+    let plain = RaftClient::new(
+        [c.addr(1)],
+        GrpcConfig {
+            request_timeout: short,
+            auth_token: grpc.auth_token.clone(),
+            ..GrpcConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(plain.members().await.is_err());
+    // The cluster still serves.
+    client.propose(put("k2", "tls")).await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_and_garbage_bytes_are_rejected_and_the_node_keeps_serving() {
+    let grpc = GrpcConfig {
+        auth_token: Some("right-token".into()),
+        ..GrpcConfig::default()
+    };
+    let c = GCluster::start(1, grpc.clone(), no_tweak).await;
+    c.wait_leader(&[1]).await;
+    let addr = c.addr(1);
+    let url = format!("http://{addr}");
+
+    // No token and a wrong token: Unauthenticated.
+    let mut raw = RaftServiceClient::connect(url.clone()).await.unwrap();
+    let err = raw.get_leader(pb::Empty {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut req = tonic::Request::new(pb::Empty {});
+    req.metadata_mut()
+        .insert("authorization", "Bearer wrong-token".parse().unwrap());
+    let err = raw.get_leader(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // RaftClient with a wrong token fails fast, without retrying.
+    let wrong = RaftClient::new(
+        [addr.clone()],
+        GrpcConfig {
+            auth_token: Some("wrong-token".into()),
+            ..GrpcConfig::default()
+        },
+    )
+    .unwrap();
+    match wrong.propose(put("x", "y")).await {
+        Err(Error::InvalidConfig(m)) => assert!(m.contains("unauthenticated"), "{m}"),
+        other => panic!("expected an auth failure, got {other:?}"),
+    }
+
+    // Malformed payloads with the right token: InvalidArgument.
+    fn authed<T>(msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", "Bearer right-token".parse().unwrap());
+        r
+    }
+    let err = raw
+        .send_messages(authed(pb::MessageBatch {
+            from_id: 9,
+            from_addr: "127.0.0.1:9".into(),
+            messages: vec![vec![0xff, 0xff, 0xff, 0x01, 0x02]],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let chunks = vec![pb::SnapshotChunk {
+        header: vec![0x0a, 0xff, 0xff],
+        ..Default::default()
+    }];
+    let err = raw
+        .install_snapshot(authed(tokio_stream::iter(chunks)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // A snapshot stream that ends before its announced size: refused.
+    let mut header = raftify_core::raft::eraftpb::Message::default();
+    header.set_msg_type(raftify_core::raft::eraftpb::MessageType::MsgSnapshot);
+    header.from = 9;
+    header.to = 1;
+    let chunks = vec![pb::SnapshotChunk {
+        from_id: 9,
+        header: raftify_core::protobuf::Message::write_to_bytes(&header).unwrap(),
+        total_size: 1000,
+        data: vec![1u8; 10].into(),
+        ..Default::default()
+    }];
+    let err = raw
+        .install_snapshot(authed(tokio_stream::iter(chunks)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("truncated"), "{err:?}");
+    let err = raw
+        .change_config(authed(pb::ChangeConfigRequest {
+            changes: vec![pb::Change {
+                kind: 42,
+                id: 7,
+                addr: String::new(),
+            }],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Raw garbage on the port: random bytes, a truncated HTTP/2 preface, a
+    // full preface followed by junk frames.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut junk = vec![0u8; 4096];
+    for b in junk.iter_mut() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        *b = seed as u8;
+    }
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let payloads: Vec<Vec<u8>> = vec![
+        junk.clone(),
+        preface[..10].to_vec(),
+        [&preface[..], &junk[..]].concat(),
+    ];
+    for p in payloads {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let _ = s.write_all(&p).await; // the server may close first
+        let _ = s.shutdown().await;
+    }
+    // A message over the 64 MiB limit is refused by the server.
+    let err = raw
+        .propose(authed(pb::ProposeRequest {
+            data: vec![b'z'; 65 * 1024 * 1024],
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::Internal
+        ),
+        "{err:?}"
+    );
+
+    let client = RaftClient::new([addr.clone()], grpc.clone()).unwrap();
+    // Still serving.
+    assert_eq!(client.propose(put("k", "v")).await.unwrap(), b"");
+    assert_eq!(client.read(b"k".to_vec()).await.unwrap(), b"v");
+    c.shutdown().await;
+}
