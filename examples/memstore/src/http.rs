@@ -1,0 +1,516 @@
+//! The HTTP API. Every node accepts every request: writes (and membership
+//! changes) are forwarded to the leader, linearizable reads are confirmed
+//! through the leader with ReadIndex and served from the local copy.
+
+use crate::store::{ApplyOutput, HashStore, KvEntry};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use raftify_core::{Error, MemberRole, Raft, Role};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// The node type memstore runs.
+pub type Node = Raft<KvEntry, HashStore>;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The raft node.
+    pub raft: Node,
+    /// Largest accepted value (body) size.
+    pub max_value_size: usize,
+    /// Request latency histograms.
+    pub latency: Arc<Latencies>,
+}
+
+/// An HTTP error: a status and `{"error": "..."}`.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::NotLeader { .. }
+            | Error::NoLeader
+            | Error::LeadershipLost
+            | Error::ProposalDropped(_)
+            | Error::Overloaded(_)
+            | Error::Shutdown
+            | Error::Fatal(_)
+            | Error::Transport(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::InvalidArgument(_) | Error::InvalidConfig(_) | Error::Encode(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::ConfChangeRejected(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn body_error(r: BytesRejection) -> ApiError {
+    let status = r.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError(status, "value too large".into())
+    } else {
+        ApiError(status, r.body_text())
+    }
+}
+
+fn check_key(key: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(key) =
+        key.map_err(|r| ApiError::bad_request(format!("bad key: {}", r.body_text())))?;
+    if key.is_empty() {
+        return Err(ApiError::bad_request("empty key"));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(ApiError::bad_request(format!(
+            "key longer than {MAX_KEY_LEN} bytes"
+        )));
+    }
+    Ok(key)
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.max_value_size;
+    Router::new()
+        .route("/kv/{key}", get(get_key).put(put_key).delete(delete_key))
+        .route("/cas/{key}", post(cas_key))
+        .route("/status", get(status))
+        .route("/cluster", get(cluster))
+        .route("/cluster/learners", post(add_learner))
+        .route("/cluster/voters", post(add_voter))
+        .route("/cluster/members/{id}", delete(remove_member))
+        .route("/cluster/transfer-leader/{id}", post(transfer_leader))
+        .route("/cluster/leave", post(leave))
+        .route("/snapshot", post(snapshot))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such route".into())
+}
+
+async fn write(state: &AppState, entry: KvEntry) -> Result<ApplyOutput, ApiError> {
+    let started = Instant::now();
+    let out = state.raft.client_write(&entry).await;
+    state.latency.write.observe(started.elapsed());
+    let out = out?;
+    ApplyOutput::decode(&out).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("bad apply output: {e}"),
+        )
+    })
+}
+
+async fn put_key(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = check_key(key)?;
+    let value = body.map_err(body_error)?;
+    let out = write(
+        &state,
+        KvEntry::Put {
+            key,
+            value: value.to_vec(),
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "index": out.index })))
+}
+
+async fn delete_key(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = check_key(key)?;
+    let out = write(&state, KvEntry::Delete { key }).await?;
+    Ok(Json(json!({ "index": out.index, "deleted": out.ok })))
+}
+
+#[derive(Deserialize)]
+struct CasBody {
+    expected: Option<String>,
+    value: String,
+}
+
+async fn cas_key(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Json<CasBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = check_key(key)?;
+    let Json(body) = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
+    let out = write(
+        &state,
+        KvEntry::Cas {
+            key,
+            expected: body.expected.map(String::into_bytes),
+            value: body.value.into_bytes(),
+        },
+    )
+    .await?;
+    Ok(Json(json!({ "index": out.index, "succeeded": out.ok })))
+}
+
+#[derive(Deserialize)]
+struct ReadParams {
+    consistency: Option<String>,
+}
+
+async fn get_key(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+    params: Query<ReadParams>,
+) -> Result<Response, ApiError> {
+    let key = check_key(key)?;
+    let started = Instant::now();
+    match params.consistency.as_deref() {
+        None | Some("linearizable") => {
+            let r = state.raft.read_index().await;
+            state.latency.read.observe(started.elapsed());
+            r?;
+        }
+        Some("stale") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "consistency must be linearizable or stale, not {other:?}"
+            )))
+        }
+    }
+    let value = state
+        .raft
+        .stale_read(|s| s.get(&key).map(<[u8]>::to_vec))
+        .await;
+    match value {
+        Some(v) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("key {key:?} not found"),
+        )),
+    }
+}
+
+async fn status(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = state.raft.status().await?;
+    Ok(Json(json!({
+        "id": s.id,
+        "role": s.role.as_str(),
+        "term": s.term,
+        "leader_id": s.leader_id,
+        "commit_index": s.commit_index,
+        "applied_index": s.applied_index,
+        "last_index": s.last_index,
+        "first_index": s.first_index,
+        "snapshot_index": s.snapshot_index,
+        "cluster_id": s.cluster_id,
+        "joint": s.joint,
+        "progress": s.progress,
+    })))
+}
+
+async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = state.raft.status().await?;
+    let members: Vec<_> = s
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "raft_addr": m.addr,
+                "role": match m.role { MemberRole::Voter => "voter", MemberRole::Learner => "learner" },
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "leader_id": s.leader_id, "members": members }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct MemberBody {
+    id: u64,
+    raft_addr: String,
+}
+
+async fn add_learner(
+    State(state): State<AppState>,
+    body: Result<Json<MemberBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(b) = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
+    state.raft.add_learner(b.id, &b.raft_addr).await?;
+    cluster(State(state)).await
+}
+
+async fn add_voter(
+    State(state): State<AppState>,
+    body: Result<Json<MemberBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(b) = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
+    state.raft.add_voter(b.id, &b.raft_addr).await?;
+    cluster(State(state)).await
+}
+
+fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
+    let Path(id) = id.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    match id.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ApiError::bad_request(format!("bad node id {id:?}"))),
+    }
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(id)?;
+    state.raft.remove_node(id).await?;
+    cluster(State(state)).await
+}
+
+async fn transfer_leader(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(id)?;
+    state.raft.transfer_leader(id).await?;
+    Ok(Json(json!({ "leader_id": id })))
+}
+
+async fn leave(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.raft.leave().await?;
+    Ok(Json(json!({ "left": state.raft.id() })))
+}
+
+async fn snapshot(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let index = state.raft.take_snapshot().await?;
+    Ok(Json(json!({ "snapshot_index": index })))
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let s = state.raft.state();
+    if s.leader_id != 0 && s.role != Role::Stopped {
+        (
+            StatusCode::OK,
+            Json(json!({ "status": "ok", "leader_id": s.leader_id })),
+        )
+            .into_response()
+    } else {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "no leader known".into()).into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let s = state.raft.status().await?;
+    let m = state.raft.metrics();
+    let (keys, bytes) = state
+        .raft
+        .stale_read(|st| (st.len(), st.data_bytes()))
+        .await;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    };
+    gauge("raftify_term", "Current raft term.", "gauge", s.term);
+    gauge(
+        "raftify_is_leader",
+        "1 when this node leads.",
+        "gauge",
+        (s.role == Role::Leader) as u64,
+    );
+    gauge(
+        "raftify_leader_id",
+        "Known leader id (0: none).",
+        "gauge",
+        s.leader_id,
+    );
+    gauge(
+        "raftify_commit_index",
+        "Highest committed index.",
+        "gauge",
+        s.commit_index,
+    );
+    gauge(
+        "raftify_applied_index",
+        "Highest applied index.",
+        "gauge",
+        s.applied_index,
+    );
+    gauge(
+        "raftify_last_index",
+        "Last log index.",
+        "gauge",
+        s.last_index,
+    );
+    gauge(
+        "raftify_snapshot_index",
+        "Index of the latest snapshot.",
+        "gauge",
+        s.snapshot_index,
+    );
+    gauge(
+        "raftify_proposals_total",
+        "Proposals accepted by this node as leader.",
+        "counter",
+        m.proposals,
+    );
+    gauge(
+        "raftify_proposals_failed_total",
+        "Proposals that failed.",
+        "counter",
+        m.proposals_failed,
+    );
+    gauge(
+        "raftify_leader_changes_total",
+        "Leader changes seen.",
+        "counter",
+        m.leader_changes,
+    );
+    gauge(
+        "raftify_applied_entries_total",
+        "Entries applied.",
+        "counter",
+        m.applied_entries,
+    );
+    gauge(
+        "raftify_storage_writes_total",
+        "Storage group commits.",
+        "counter",
+        m.storage_writes,
+    );
+    gauge(
+        "raftify_persisted_entries_total",
+        "Entries persisted.",
+        "counter",
+        m.persisted_entries,
+    );
+    gauge(
+        "raftify_messages_sent_total",
+        "Raft messages sent.",
+        "counter",
+        m.messages_sent,
+    );
+    gauge(
+        "raftify_messages_received_total",
+        "Raft messages received.",
+        "counter",
+        m.messages_received,
+    );
+    gauge(
+        "raftify_snapshots_created_total",
+        "Snapshots taken.",
+        "counter",
+        m.snapshots_created,
+    );
+    gauge(
+        "raftify_snapshots_installed_total",
+        "Snapshots installed from the leader.",
+        "counter",
+        m.snapshots_installed,
+    );
+    gauge(
+        "raftify_read_index_total",
+        "ReadIndex rounds issued.",
+        "counter",
+        m.read_index_requests,
+    );
+    gauge("memstore_keys", "Keys held.", "gauge", keys as u64);
+    gauge(
+        "memstore_data_bytes",
+        "Bytes of keys and values held.",
+        "gauge",
+        bytes,
+    );
+    state.latency.write.render(
+        "memstore_write_duration_seconds",
+        "Latency of writes (PUT, DELETE, CAS).",
+        &mut out,
+    );
+    state.latency.read.render(
+        "memstore_linearizable_read_duration_seconds",
+        "Latency of ReadIndex confirmations.",
+        &mut out,
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+];
+
+/// A lock-free Prometheus histogram.
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let c = self.counts[i].load(Ordering::Relaxed);
+            out.push_str(&format!("{name}_bucket{{le=\"{b}\"}} {c}\n"));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        out.push_str(&format!("{name}_sum {sum}\n{name}_count {count}\n"));
+    }
+}
+
+/// Latency histograms kept by the HTTP layer.
+#[derive(Default)]
+pub struct Latencies {
+    /// Writes.
+    pub write: Histogram,
+    /// Linearizable read confirmations.
+    pub read: Histogram,
+}

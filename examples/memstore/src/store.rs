@@ -1,0 +1,394 @@
+//! `HashStore`: the replicated key-value map, and `KvEntry`: its commands.
+//!
+//! Entries and snapshots use a small length-prefixed binary format; every
+//! decoder checks bounds and returns an error on anything malformed.
+
+use raftify_core::{AbstractLogEntry, AbstractStateMachine, BoxError};
+use std::collections::HashMap;
+
+/// A command replicated through the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEntry {
+    /// Set `key` to `value`.
+    Put {
+        /// Key.
+        key: String,
+        /// Value bytes.
+        value: Vec<u8>,
+    },
+    /// Remove `key`.
+    Delete {
+        /// Key.
+        key: String,
+    },
+    /// Set `key` to `value` only if its current value is `expected`
+    /// (`None`: the key must be absent).
+    Cas {
+        /// Key.
+        key: String,
+        /// Expected current value.
+        expected: Option<Vec<u8>>,
+        /// New value.
+        value: Vec<u8>,
+    },
+}
+
+const TAG_PUT: u8 = 1;
+const TAG_DELETE: u8 = 2;
+const TAG_CAS: u8 = 3;
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// A bounds-checked reader over a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BoxError> {
+        if self.0.len() < n {
+            return Err(format!("truncated: need {n} bytes, have {}", self.0.len()).into());
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, BoxError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, BoxError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, BoxError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], BoxError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, BoxError> {
+        Ok(std::str::from_utf8(self.bytes()?)?.to_string())
+    }
+    fn end(&self) -> Result<(), BoxError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} trailing bytes", self.0.len()).into())
+        }
+    }
+}
+
+impl AbstractLogEntry for KvEntry {
+    fn encode(&self) -> Result<Vec<u8>, BoxError> {
+        let mut out = Vec::new();
+        match self {
+            KvEntry::Put { key, value } => {
+                out.push(TAG_PUT);
+                put_bytes(&mut out, key.as_bytes());
+                put_bytes(&mut out, value);
+            }
+            KvEntry::Delete { key } => {
+                out.push(TAG_DELETE);
+                put_bytes(&mut out, key.as_bytes());
+            }
+            KvEntry::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                out.push(TAG_CAS);
+                put_bytes(&mut out, key.as_bytes());
+                match expected {
+                    Some(e) => {
+                        out.push(1);
+                        put_bytes(&mut out, e);
+                    }
+                    None => out.push(0),
+                }
+                put_bytes(&mut out, value);
+            }
+        }
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        let mut r = Reader(bytes);
+        let entry = match r.u8()? {
+            TAG_PUT => KvEntry::Put {
+                key: r.string()?,
+                value: r.bytes()?.to_vec(),
+            },
+            TAG_DELETE => KvEntry::Delete { key: r.string()? },
+            TAG_CAS => {
+                let key = r.string()?;
+                let expected = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.bytes()?.to_vec()),
+                    f => return Err(format!("bad expected flag {f}").into()),
+                };
+                KvEntry::Cas {
+                    key,
+                    expected,
+                    value: r.bytes()?.to_vec(),
+                }
+            }
+            t => return Err(format!("unknown entry tag {t}").into()),
+        };
+        r.end()?;
+        Ok(entry)
+    }
+}
+
+/// What applying an entry returns to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyOutput {
+    /// The log index of the entry.
+    pub index: u64,
+    /// Put: always true. Delete: whether the key existed. Cas: whether it
+    /// swapped.
+    pub ok: bool,
+}
+
+impl ApplyOutput {
+    /// 8 bytes of index then one byte of `ok`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.index.to_be_bytes().to_vec();
+        out.push(self.ok as u8);
+        out
+    }
+
+    /// Parses [`ApplyOutput::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        let mut r = Reader(bytes);
+        let index = r.u64()?;
+        let ok = r.u8()? != 0;
+        r.end()?;
+        Ok(ApplyOutput { index, ok })
+    }
+}
+
+/// The replicated map: string keys, byte values.
+#[derive(Debug, Default)]
+pub struct HashStore {
+    map: HashMap<String, Vec<u8>>,
+    /// Bytes of keys and values held (for metrics).
+    data_bytes: u64,
+}
+
+impl HashStore {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.map.get(key).map(Vec::as_slice)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes of keys and values held.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    fn insert(&mut self, key: String, value: Vec<u8>) {
+        let add = (key.len() + value.len()) as u64;
+        if let Some(old) = self.map.insert(key.clone(), value) {
+            self.data_bytes -= (key.len() + old.len()) as u64;
+        }
+        self.data_bytes += add;
+    }
+
+    fn remove(&mut self, key: &str) -> bool {
+        match self.map.remove(key) {
+            Some(old) => {
+                self.data_bytes -= (key.len() + old.len()) as u64;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AbstractStateMachine<KvEntry> for HashStore {
+    async fn apply(&mut self, entry: KvEntry) -> Result<Vec<u8>, BoxError> {
+        self.apply_at(0, entry).await
+    }
+
+    async fn apply_at(&mut self, index: u64, entry: KvEntry) -> Result<Vec<u8>, BoxError> {
+        let ok = match entry {
+            KvEntry::Put { key, value } => {
+                self.insert(key, value);
+                true
+            }
+            KvEntry::Delete { key } => self.remove(&key),
+            KvEntry::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                if self.map.get(&key) == expected.as_ref() {
+                    self.insert(key, value);
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        Ok(ApplyOutput { index, ok }.encode())
+    }
+
+    async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
+        let mut out = Vec::with_capacity(self.data_bytes as usize + self.map.len() * 8 + 8);
+        out.extend_from_slice(&(self.map.len() as u64).to_be_bytes());
+        for (k, v) in &self.map {
+            put_bytes(&mut out, k.as_bytes());
+            put_bytes(&mut out, v);
+        }
+        Ok(out)
+    }
+
+    async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError> {
+        let mut r = Reader(&snapshot);
+        let n = r.u64()?;
+        let mut next = HashStore::default();
+        for _ in 0..n {
+            let k = r.string()?;
+            let v = r.bytes()?.to_vec();
+            next.insert(k, v);
+        }
+        r.end()?;
+        *self = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<KvEntry> {
+        vec![
+            KvEntry::Put {
+                key: "k".into(),
+                value: b"v".to_vec(),
+            },
+            KvEntry::Put {
+                key: "".into(),
+                value: vec![],
+            },
+            KvEntry::Delete { key: "é".into() },
+            KvEntry::Cas {
+                key: "k".into(),
+                expected: None,
+                value: b"x".to_vec(),
+            },
+            KvEntry::Cas {
+                key: "k".into(),
+                expected: Some(b"v".to_vec()),
+                value: vec![0, 255],
+            },
+        ]
+    }
+
+    #[test]
+    fn entries_round_trip_and_every_truncation_fails() {
+        for e in samples() {
+            let bytes = e.encode().unwrap();
+            assert_eq!(KvEntry::decode(&bytes).unwrap(), e);
+            for cut in 0..bytes.len() {
+                assert!(
+                    KvEntry::decode(&bytes[..cut]).is_err(),
+                    "{e:?} cut at {cut}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(KvEntry::decode(&longer).is_err());
+        }
+        assert!(KvEntry::decode(&[9]).is_err());
+        assert!(
+            KvEntry::decode(&[TAG_PUT, 0, 0, 0, 1, 0xff, 0, 0, 0, 0]).is_err(),
+            "invalid UTF-8 key"
+        );
+    }
+
+    #[tokio::test]
+    async fn apply_snapshot_restore() {
+        let mut s = HashStore::default();
+        let out = s
+            .apply_at(
+                5,
+                KvEntry::Put {
+                    key: "a".into(),
+                    value: b"1".to_vec(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            ApplyOutput::decode(&out).unwrap(),
+            ApplyOutput { index: 5, ok: true }
+        );
+        let cas = KvEntry::Cas {
+            key: "a".into(),
+            expected: Some(b"2".to_vec()),
+            value: b"3".to_vec(),
+        };
+        assert!(
+            !ApplyOutput::decode(&s.apply_at(6, cas).await.unwrap())
+                .unwrap()
+                .ok
+        );
+        let cas = KvEntry::Cas {
+            key: "a".into(),
+            expected: Some(b"1".to_vec()),
+            value: b"3".to_vec(),
+        };
+        assert!(
+            ApplyOutput::decode(&s.apply_at(7, cas).await.unwrap())
+                .unwrap()
+                .ok
+        );
+        s.apply_at(
+            8,
+            KvEntry::Put {
+                key: "b".into(),
+                value: b"22".to_vec(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.data_bytes(), 2 + 3);
+        let snap = s.snapshot().await.unwrap();
+        let mut t = HashStore::default();
+        t.restore(snap.clone()).await.unwrap();
+        assert_eq!(t.get("a"), Some(&b"3"[..]));
+        assert_eq!(t.data_bytes(), s.data_bytes());
+        let mut bad = snap;
+        bad.pop();
+        assert!(t.restore(bad).await.is_err());
+        assert_eq!(t.len(), 2, "a failed restore changes nothing");
+        let del = s
+            .apply_at(9, KvEntry::Delete { key: "a".into() })
+            .await
+            .unwrap();
+        assert!(ApplyOutput::decode(&del).unwrap().ok);
+        let del = s
+            .apply_at(10, KvEntry::Delete { key: "a".into() })
+            .await
+            .unwrap();
+        assert!(!ApplyOutput::decode(&del).unwrap().ok);
+    }
+}

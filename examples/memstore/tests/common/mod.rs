@@ -1,0 +1,221 @@
+//! A minimal blocking HTTP/1.1 client for tests (raw TCP, so tests can also
+//! send malformed requests), and helpers shared by the test files.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends raw bytes, returns the raw response (the server closes after it).
+pub fn raw(addr: &str, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    raw_with_timeout(addr, request, Duration::from_secs(20))
+}
+
+/// Like [`raw`], giving up reading after `timeout` (for peers that keep the
+/// connection open, such as the gRPC port).
+pub fn raw_with_timeout(addr: &str, request: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(request)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// One request with `Connection: close`.
+pub fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<Resp> {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if body.first() == Some(&b'{') {
+        req.extend_from_slice(b"Content-Type: application/json\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body);
+    let out = raw(addr, &req)?;
+    parse(&out).ok_or_else(|| {
+        std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&out)))
+    })
+}
+
+fn parse(out: &[u8]) -> Option<Resp> {
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&out[..head_end]).ok()?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut body = out[head_end + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body)?;
+    }
+    Some(Resp { status, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if n == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..n)?);
+        b = b.get(n + 2..)?;
+    }
+}
+
+pub fn get(addr: &str, path: &str) -> Resp {
+    request(addr, "GET", path, b"").expect("GET failed")
+}
+
+pub fn put(addr: &str, path: &str, body: &[u8]) -> Resp {
+    request(addr, "PUT", path, body).expect("PUT failed")
+}
+
+pub fn post(addr: &str, path: &str, body: &[u8]) -> Resp {
+    request(addr, "POST", path, body).expect("POST failed")
+}
+
+pub fn delete(addr: &str, path: &str) -> Resp {
+    request(addr, "DELETE", path, b"").expect("DELETE failed")
+}
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+/// A free port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A `memstore` process; SIGKILLed on drop if still running.
+pub struct Node {
+    pub id: u64,
+    pub http: String,
+    pub raft: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Node {
+    pub fn spawn(id: u64, http: &str, raft: &str, dir: &Path, extra: &[&str]) -> Node {
+        let log = dir.with_extension("log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_memstore"))
+            .args([
+                "--id",
+                &id.to_string(),
+                "--web-server",
+                http,
+                "--raft-addr",
+                raft,
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--tick-ms", "30"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log fd"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn memstore");
+        Node {
+            id,
+            http: http.into(),
+            raft: raft.into(),
+            dir: dir.into(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` every 50 ms until it returns Some, or panics after `timeout`
+/// naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The leader id a node reports through /status, when it knows one.
+pub fn leader_of(http: &str) -> Option<u64> {
+    let r = request(http, "GET", "/status", b"").ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    r.json()["leader_id"].as_u64().filter(|l| *l != 0)
+}

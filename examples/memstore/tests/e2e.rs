@@ -1,0 +1,391 @@
+//! End-to-end: real `memstore` processes on ephemeral loopback ports, real
+//! LMDB dirs, real gRPC, SIGKILL and SIGTERM.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    nodes: BTreeMap<u64, Node>,
+    peers: String,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(n: u64) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u64, String, String)> = (1..=n)
+            .map(|id| {
+                (
+                    id,
+                    format!("127.0.0.1:{}", free_port()),
+                    format!("127.0.0.1:{}", free_port()),
+                )
+            })
+            .collect();
+        let peers = ports
+            .iter()
+            .map(|(id, _, raft)| format!("{id}={raft}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = BTreeMap::new();
+        for (id, http, raft) in &ports {
+            let d = dir.path().join(format!("node-{id}"));
+            nodes.insert(*id, Node::spawn(*id, http, raft, &d, &["--peers", &peers]));
+        }
+        Cluster { nodes, peers, dir }
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[&id]
+    }
+
+    /// Waits until every running node reports the same leader.
+    fn wait_leader(&self) -> u64 {
+        wait_for("a leader every node agrees on", T, || {
+            let leaders: Vec<Option<u64>> = self
+                .nodes
+                .values()
+                .filter(|n| n.child.is_some())
+                .map(|n| leader_of(&n.http))
+                .collect();
+            match leaders.first() {
+                Some(Some(l))
+                    if leaders.iter().all(|x| x == &Some(*l)) && self.nodes[l].child.is_some() =>
+                {
+                    Some(*l)
+                }
+                _ => None,
+            }
+        })
+    }
+
+    fn follower_of(&self, leader: u64) -> u64 {
+        *self
+            .nodes
+            .keys()
+            .find(|id| **id != leader && self.nodes[id].child.is_some())
+            .expect("a follower")
+    }
+
+    /// Restarts node `id` over its data dir (same flags).
+    fn restart(&mut self, id: u64, extra: &[&str]) {
+        let old = self.nodes.remove(&id).expect("node");
+        let mut args = vec!["--peers", self.peers.as_str()];
+        args.extend_from_slice(extra);
+        let n = Node::spawn(id, &old.http, &old.raft, &old.dir, &args);
+        drop(old);
+        self.nodes.insert(id, n);
+    }
+}
+
+fn put_ok(http: &str, key: &str, value: &str) -> bool {
+    matches!(request(http, "PUT", &format!("/kv/{key}"), value.as_bytes()), Ok(r) if r.status == 200)
+}
+
+fn get_value(http: &str, key: &str, stale: bool) -> Option<String> {
+    let path = if stale {
+        format!("/kv/{key}?consistency=stale")
+    } else {
+        format!("/kv/{key}")
+    };
+    let r = request(http, "GET", &path, b"").ok()?;
+    (r.status == 200).then(|| r.text())
+}
+
+#[test]
+fn static_cluster_survives_leader_sigkill_and_the_old_leader_catches_up() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader();
+    let follower = c.follower_of(leader);
+
+    // Writes through a follower are forwarded; reads anywhere are linearizable.
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let key = format!("k{i}");
+        assert!(
+            put_ok(&c.node(follower).http, &key, &format!("v{i}")),
+            "write {i} via follower failed"
+        );
+        acked.push(key);
+    }
+    assert_eq!(
+        get_value(&c.node(leader).http, "k29", false).as_deref(),
+        Some("v29")
+    );
+
+    c.nodes.get_mut(&leader).expect("leader").kill();
+    let killed_at = std::time::Instant::now();
+    let new_leader = c.wait_leader();
+    assert_ne!(new_leader, leader);
+    // A new leader serves writes within a few seconds.
+    wait_for("a write accepted by the new leader", T, || {
+        put_ok(&c.node(new_leader).http, "after", "kill").then_some(())
+    });
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(8),
+        "failover took {:?}",
+        killed_at.elapsed()
+    );
+    for (i, key) in acked.iter().enumerate() {
+        assert_eq!(
+            get_value(&c.node(new_leader).http, key, false),
+            Some(format!("v{i}")),
+            "acknowledged {key} lost"
+        );
+    }
+
+    // The killed node restarts from its dir and catches up.
+    c.restart(leader, &[]);
+    wait_for("the restarted node to catch up", T, || {
+        (get_value(&c.node(leader).http, "after", true).as_deref() == Some("kill")).then_some(())
+    });
+    assert_eq!(
+        get_value(&c.node(leader).http, "k0", true).as_deref(),
+        Some("v0")
+    );
+}
+
+#[test]
+fn a_full_restart_keeps_every_acknowledged_write_and_sigterm_exits_cleanly() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader();
+    for i in 0..50 {
+        assert!(put_ok(&c.node(leader).http, &format!("k{i}"), "v"));
+    }
+    for id in [1, 2, 3] {
+        let st = c
+            .nodes
+            .get_mut(&id)
+            .expect("node")
+            .terminate(T)
+            .expect("exited after SIGTERM");
+        assert!(
+            st.success(),
+            "node {id} exited with {st:?} after SIGTERM: {}",
+            c.node(id).log_text()
+        );
+    }
+    // Nothing listens any more (the raft loop and both servers stopped).
+    assert!(request(&c.node(1).http, "GET", "/health", b"").is_err());
+    for id in [1, 2, 3] {
+        c.restart(id, &[]);
+    }
+    let leader = c.wait_leader();
+    for i in 0..50 {
+        assert_eq!(
+            get_value(&c.node(leader).http, &format!("k{i}"), false).as_deref(),
+            Some("v"),
+            "k{i} lost"
+        );
+    }
+    assert!(put_ok(&c.node(leader).http, "after", "restart"));
+}
+
+#[test]
+fn a_node_joins_dynamically_and_a_lost_node_is_rebuilt_from_a_wal_copy() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader();
+    for i in 0..20 {
+        assert!(put_ok(&c.node(leader).http, &format!("k{i}"), "v"));
+    }
+
+    // --join through a follower's raft address; the id comes from the ticket.
+    let follower = c.follower_of(leader);
+    let http4 = format!("127.0.0.1:{}", free_port());
+    let raft4 = format!("127.0.0.1:{}", free_port());
+    let dir4 = c.dir.path().join("node-joined");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_memstore"))
+        .args([
+            "--web-server",
+            &http4,
+            "--raft-addr",
+            &raft4,
+            "--join",
+            &c.node(follower).raft,
+            "--tick-ms",
+            "30",
+        ])
+        .arg("--data-dir")
+        .arg(&dir4)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn joiner");
+    let joined = Node {
+        id: 4,
+        http: http4.clone(),
+        raft: raft4.clone(),
+        dir: dir4,
+        child: Some(child),
+        log: "/dev/null".into(),
+    };
+    wait_for("the joined node to serve the data", T, || {
+        (get_value(&http4, "k19", true).as_deref() == Some("v")).then_some(())
+    });
+    let cluster = get(&c.node(leader).http, "/cluster").json();
+    let members = cluster["members"].as_array().expect("members").clone();
+    assert_eq!(members.len(), 4, "{cluster}");
+    assert!(
+        members
+            .iter()
+            .any(|m| m["raft_addr"] == raft4.as_str() && m["role"] == "voter"),
+        "{cluster}"
+    );
+    drop(joined);
+
+    // Node 3 loses its disk; it is rebuilt from a copy of node 1's WAL.
+    let victim = 3;
+    c.nodes.get_mut(&victim).expect("node").kill();
+    let victim_dir = c.node(victim).dir.clone();
+    std::fs::remove_dir_all(&victim_dir).expect("wipe");
+    let source = c
+        .node(if leader == victim {
+            c.follower_of(victim)
+        } else {
+            leader
+        })
+        .dir
+        .clone();
+    let src = source.to_string_lossy().into_owned();
+    c.restart(victim, &["--restore-wal-from", &src]);
+    wait_for("the rebuilt node to hold every write", T, || {
+        (get_value(&c.node(victim).http, "k19", true).as_deref() == Some("v")).then_some(())
+    });
+    c.wait_leader();
+}
+
+#[test]
+fn bad_requests_and_garbage_leave_every_node_serving() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader();
+    for n in c.nodes.values() {
+        assert_eq!(
+            put(&n.http, "/kv/big", &vec![b'x'; 2 * 1024 * 1024]).status,
+            413
+        );
+        assert_eq!(put(&n.http, "/kv/%C3%28", b"v").status, 400);
+        assert_eq!(get(&n.http, "/nope").status, 404);
+        let garbage: [&[u8]; 3] = [
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            &[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 4, 1, 2, 3, 4],
+        ];
+        for g in garbage {
+            let _ = raw_with_timeout(&n.raft, g, Duration::from_millis(500));
+        }
+    }
+    let leader_after = c.wait_leader();
+    for n in c.nodes.values() {
+        assert!(
+            put_ok(&n.http, "alive", &n.id.to_string()),
+            "node {} stopped serving",
+            n.id
+        );
+    }
+    assert!(leader_after == leader || leader_after != 0);
+}
+
+#[test]
+fn cli_debug_persisted_json_matches_what_was_written() {
+    let mut c = Cluster::start(1);
+    c.wait_leader();
+    for i in 0..10 {
+        assert!(put_ok(&c.node(1).http, &format!("k{i}"), "v"));
+    }
+    let status = get(&c.node(1).http, "/status").json();
+    let last = status["last_index"].as_u64().expect("last_index");
+    c.nodes.get_mut(&1).expect("node").terminate(T);
+    let cli = std::path::Path::new(env!("CARGO_BIN_EXE_memstore")).with_file_name("raftify-cli");
+    let out = std::process::Command::new(&cli)
+        .args(["debug", "persisted", "--json"])
+        .arg(&c.node(1).dir)
+        .output()
+        .expect("run raftify-cli (build it with the workspace)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["last_index"].as_u64(), Some(last));
+    assert_eq!(v["identity"]["node_id"], 1);
+    let users = v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["detail"].as_str().is_some_and(|d| d.starts_with("user")))
+        .count();
+    assert_eq!(users, 10, "{v}");
+    // A missing dir is a clear error with its own exit code.
+    let out = std::process::Command::new(&cli)
+        .args(["debug", "persisted", "/nonexistent/raftify"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    let cli = std::path::Path::new(env!("CARGO_BIN_EXE_memstore")).with_file_name("raftify-cli");
+    std::process::Command::new(cli)
+        .args(args)
+        .output()
+        .expect("run raftify-cli (build it with the workspace)")
+}
+
+#[test]
+fn cli_live_commands_administer_a_running_cluster() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader();
+    let any = c.node(c.follower_of(leader)).raft.clone();
+
+    let out = cli(&["members", &any, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["leader_id"].as_u64(), Some(leader));
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3));
+
+    let out = cli(&["leader", &any, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["leader_id"].as_u64(), Some(leader));
+
+    let out = cli(&["debug", "node", &c.node(leader).raft, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["role"], "leader");
+
+    let target = c.follower_of(leader);
+    let out = cli(&["transfer-leader", &any, &target.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.wait_leader(), target);
+
+    let out = cli(&["snapshot", &c.node(target).raft]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An unreachable node: a one-line error and exit code 1.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = cli(&["leader", &dead, "--timeout", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out.stderr.is_empty());
+    // Wrong token: refused.
+    let out = cli(&["members", &any, "--auth-token", "nope", "--timeout", "2"]);
+    assert!(
+        out.status.success(),
+        "no token configured on the cluster: any token passes"
+    );
+}

@@ -1,0 +1,152 @@
+//! The HTTP API on a single in-process node, over a real TCP listener.
+
+mod common;
+
+use common::*;
+use memstore::http::{router, AppState, Latencies};
+use memstore::store::HashStore;
+use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Raft};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn serve() -> (String, memstore::http::Node) {
+    let net = InProcNetwork::new(1);
+    let mut config = Config::new(1);
+    config.tick_interval = Duration::from_millis(20);
+    let raft = Raft::builder(config, HashStore::default())
+        .storage(Arc::new(MemStore::new()))
+        .transport(net.transport(1))
+        .bootstrap(Bootstrap::Single {
+            addr: net.addr_of(1),
+        })
+        .logger(raftify_core::discard_logger())
+        .start()
+        .await
+        .unwrap();
+    net.register(1, raft.handle().clone());
+    raft.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    let state = AppState {
+        raft: raft.clone(),
+        max_value_size: 1024,
+        latency: Arc::new(Latencies::default()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    (addr, raft)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_delete_cas_round_trip() {
+    let (addr, raft) = serve().await;
+    blocking(move || {
+        let r = put(&addr, "/kv/greeting", b"hello");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let first = r.json()["index"].as_u64().unwrap();
+        let r = put(&addr, "/kv/greeting", b"hello again");
+        assert!(r.json()["index"].as_u64().unwrap() > first, "indexes grow");
+        let r = get(&addr, "/kv/greeting");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hello again"[..]));
+        assert_eq!(
+            get(&addr, "/kv/greeting?consistency=stale").body,
+            b"hello again"
+        );
+        assert_eq!(get(&addr, "/kv/greeting?consistency=weird").status, 400);
+        assert_eq!(get(&addr, "/kv/missing").status, 404);
+        let r = post(
+            &addr,
+            "/cas/greeting",
+            br#"{"expected":"nope","value":"x"}"#,
+        );
+        assert_eq!(r.json()["succeeded"], false);
+        let r = post(
+            &addr,
+            "/cas/greeting",
+            br#"{"expected":"hello again","value":"x"}"#,
+        );
+        assert_eq!(r.json()["succeeded"], true);
+        let r = delete(&addr, "/kv/greeting");
+        assert_eq!((r.status, r.json()["deleted"].as_bool()), (200, Some(true)));
+        assert_eq!(get(&addr, "/kv/greeting").status, 404);
+    })
+    .await;
+    raft.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_cluster_health_metrics_snapshot() {
+    let (addr, raft) = serve().await;
+    blocking(move || {
+        put(&addr, "/kv/a", b"1");
+        let s = get(&addr, "/status").json();
+        for field in [
+            "id",
+            "role",
+            "term",
+            "leader_id",
+            "commit_index",
+            "applied_index",
+            "last_index",
+            "snapshot_index",
+        ] {
+            assert!(s.get(field).is_some(), "status lacks {field}: {s}");
+        }
+        assert_eq!(s["role"], "leader");
+        let c = get(&addr, "/cluster").json();
+        assert_eq!(c["leader_id"], 1);
+        assert_eq!(c["members"][0]["role"], "voter");
+        assert_eq!(c["members"][0]["id"], 1);
+        assert_eq!(get(&addr, "/health").status, 200);
+        let m = get(&addr, "/metrics").text();
+        assert!(m.contains("raftify_is_leader 1"), "{m}");
+        assert!(m.contains("memstore_keys 1"), "{m}");
+        assert!(m.contains("memstore_write_duration_seconds_count 1"), "{m}");
+        let snap = post(&addr, "/snapshot", b"").json();
+        assert!(snap["snapshot_index"].as_u64().unwrap() >= 2);
+        assert_eq!(
+            get(&addr, "/status").json()["snapshot_index"],
+            snap["snapshot_index"]
+        );
+    })
+    .await;
+    raft.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors_and_the_node_keeps_serving() {
+    let (addr, raft) = serve().await;
+    blocking(move || {
+        let r = put(&addr, "/kv/big", &vec![b'x'; 2048]);
+        assert_eq!(r.status, 413, "{}", r.text());
+        assert!(r.json()["error"].is_string());
+        let r = put(&addr, "/kv/%FF%FE", b"v");
+        assert_eq!(r.status, 400, "invalid UTF-8 key: {}", r.text());
+        assert!(r.json()["error"].is_string());
+        let long_key = "k".repeat(2000);
+        assert_eq!(put(&addr, &format!("/kv/{long_key}"), b"v").status, 400);
+        let r = get(&addr, "/no/such/route");
+        assert_eq!(r.status, 404);
+        assert!(r.json()["error"].is_string());
+        assert_eq!(post(&addr, "/cluster/voters", b"{not json").status, 400);
+        assert_eq!(
+            post(&addr, "/cluster/voters", br#"{"id":5,"raft_addr":"bad"}"#).status,
+            400
+        );
+        assert_eq!(delete(&addr, "/cluster/members/abc").status, 400);
+        assert_eq!(post(&addr, "/cas/k", br#"{"value":1}"#).status / 100, 4);
+        let _ = raw_with_timeout(&addr, b"\x00\x01garbage\r\n\r\n", Duration::from_secs(1));
+        let _ = raw_with_timeout(
+            &addr,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00",
+            Duration::from_secs(1),
+        );
+        assert_eq!(put(&addr, "/kv/still", b"alive").status, 200);
+        assert_eq!(get(&addr, "/kv/still").body, b"alive");
+    })
+    .await;
+    raft.shutdown().await;
+}

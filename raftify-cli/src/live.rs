@@ -1,0 +1,170 @@
+//! Commands against running nodes, over gRPC.
+
+use anyhow::{anyhow, Context, Result};
+use raftify_core::MemberRole;
+use raftify_grpc::{GrpcConfig, RaftClient, TlsConfig};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Connection flags shared by every live command (the same as memstore's).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Shared secret the cluster requires.
+    #[arg(
+        long,
+        env = "RAFTIFY_AUTH_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub auth_token: Option<String>,
+    /// CA (PEM) that signs the nodes' certificates; enables TLS.
+    #[arg(long, env = "RAFTIFY_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for clusters that require mutual TLS.
+    #[arg(long, env = "RAFTIFY_TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, env = "RAFTIFY_TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// Server name to verify in the nodes' certificates (default: the host dialed).
+    #[arg(long, global = true)]
+    pub tls_domain: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 10, global = true)]
+    pub timeout: u64,
+}
+
+impl ConnArgs {
+    fn config(&self) -> Result<GrpcConfig> {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let mut cfg = GrpcConfig {
+            auth_token: self.auth_token.clone(),
+            request_timeout: Duration::from_secs(self.timeout.max(1)),
+            connect_timeout: Duration::from_secs(self.timeout.clamp(1, 5)),
+            ..GrpcConfig::default()
+        };
+        if self.tls_ca.is_some() || self.tls_cert.is_some() {
+            cfg.tls = Some(TlsConfig {
+                cert_pem: self.tls_cert.as_ref().map(read).transpose()?,
+                key_pem: self.tls_key.as_ref().map(read).transpose()?,
+                ca_pem: self.tls_ca.as_ref().map(read).transpose()?,
+                domain: self.tls_domain.clone(),
+            });
+        }
+        cfg.validate().map_err(|e| anyhow!("{e}"))?;
+        Ok(cfg)
+    }
+
+    /// A client of the node at `addr`.
+    pub fn client(&self, addr: &str) -> Result<RaftClient> {
+        RaftClient::new([addr.to_string()], self.config()?).map_err(|e| anyhow!("{e}"))
+    }
+}
+
+fn net(e: raftify_core::Error, addr: &str) -> anyhow::Error {
+    anyhow!("{addr}: {e}")
+}
+
+/// `debug node`: the live status of one node.
+pub async fn node(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
+    let client = conn.client(addr)?;
+    let s = client.status(addr).await.map_err(|e| net(e, addr))?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!(
+        "node          {} ({}) in cluster {:?}",
+        s.id,
+        s.role.as_str(),
+        s.cluster_id
+    );
+    println!(
+        "term          {}  vote {}  leader {}",
+        s.term, s.vote, s.leader_id
+    );
+    println!(
+        "log           first {}  last {}  commit {}  applied {}  snapshot {}",
+        s.first_index, s.last_index, s.commit_index, s.applied_index, s.snapshot_index
+    );
+    print_members(&s.members, s.leader_id);
+    if !s.progress.is_empty() {
+        println!("progress      id  matched  next  state");
+        for (id, p) in &s.progress {
+            println!(
+                "              {id:>2}  {:>7}  {:>4}  {}",
+                p.matched, p.next_index, p.state
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_members(members: &[raftify_core::Member], leader: u64) {
+    for m in members {
+        let role = match m.role {
+            MemberRole::Voter => "voter",
+            MemberRole::Learner => "learner",
+        };
+        let mark = if m.id == leader { " (leader)" } else { "" };
+        println!(
+            "member        {:>3}  {:<8} {}{mark}",
+            m.id,
+            role,
+            m.addr.as_deref().unwrap_or("?")
+        );
+    }
+}
+
+/// `members`.
+pub async fn members(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
+    let client = conn.client(addr)?;
+    let members = client.members().await.map_err(|e| net(e, addr))?;
+    let leader = client.leader().await.map_err(|e| net(e, addr))?;
+    let leader_id = leader.map(|l| l.id).unwrap_or(0);
+    if json_out {
+        let out = json!({
+            "leader_id": leader_id,
+            "members": members.iter().map(|m| json!({
+                "id": m.id,
+                "raft_addr": m.addr,
+                "role": match m.role { MemberRole::Voter => "voter", MemberRole::Learner => "learner" },
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_members(&members, leader_id);
+    }
+    Ok(())
+}
+
+/// `leader`.
+pub async fn leader(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
+    let client = conn.client(addr)?;
+    let leader = client.leader().await.map_err(|e| net(e, addr))?;
+    match (leader, json_out) {
+        (Some(l), true) => println!("{}", json!({"leader_id": l.id, "raft_addr": l.addr})),
+        (Some(l), false) => println!("{} {}", l.id, l.addr.as_deref().unwrap_or("?")),
+        (None, _) => return Err(anyhow!("{addr}: no leader is known right now")),
+    }
+    Ok(())
+}
+
+/// `transfer-leader`.
+pub async fn transfer_leader(addr: &str, to: u64, conn: &ConnArgs) -> Result<()> {
+    let client = conn.client(addr)?;
+    client.transfer_leader(to).await.map_err(|e| net(e, addr))?;
+    println!("node {to} is the leader");
+    Ok(())
+}
+
+/// `snapshot`.
+pub async fn snapshot(addr: &str, conn: &ConnArgs) -> Result<()> {
+    let client = conn.client(addr)?;
+    let index = client.snapshot(addr).await.map_err(|e| net(e, addr))?;
+    println!("snapshot taken at index {index}");
+    Ok(())
+}

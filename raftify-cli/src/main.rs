@@ -1,0 +1,147 @@
+//! `raftify-cli`: inspect raftify nodes.
+//!
+//! Exit codes: 0 success, 1 the operation failed (unreachable node, refused
+//! request), 2 bad usage, 3 the data directory is missing or not a raftify
+//! store.
+
+mod live;
+mod persisted;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "raftify-cli",
+    version,
+    about = "Inspect and administer raftify nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    conn: live::ConnArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Debugging views of a node.
+    Debug {
+        #[command(subcommand)]
+        what: Debug,
+    },
+    /// The members of the cluster a node belongs to.
+    Members {
+        /// Raft address of any member.
+        raft_addr: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The current leader.
+    Leader {
+        /// Raft address of any member.
+        raft_addr: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand leadership to another voter and wait until it leads.
+    TransferLeader {
+        /// Raft address of any member.
+        raft_addr: String,
+        /// The node to lead.
+        id: u64,
+    },
+    /// Take a snapshot on a node now (and compact its log).
+    Snapshot {
+        /// Raft address of the node.
+        raft_addr: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Debug {
+    /// Hard state, conf state, snapshot and log entries of a data directory
+    /// (read-only; the node may be running).
+    Persisted {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// First log index to list.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last log index to list.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Live status of a running node.
+    Node {
+        /// The node's raft address.
+        raft_addr: String,
+        /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let conn = cli.conn;
+    let live = |f: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build();
+        match rt {
+            Ok(rt) => rt.block_on(f).map_err(|e| (1u8, e)),
+            Err(e) => Err((1u8, anyhow::anyhow!("cannot start the runtime: {e}"))),
+        }
+    };
+    let result = match cli.command {
+        Command::Debug {
+            what:
+                Debug::Persisted {
+                    dir,
+                    json,
+                    from,
+                    to,
+                },
+        } => {
+            if !dir.exists() {
+                eprintln!("error: {} does not exist", dir.display());
+                return ExitCode::from(3);
+            }
+            persisted::run(&dir, json, from, to).map_err(|e| (3u8, e))
+        }
+        Command::Debug {
+            what: Debug::Node { raft_addr, json },
+        } => live(Box::pin(async move {
+            live::node(&raft_addr, &conn, json).await
+        })),
+        Command::Members { raft_addr, json } => live(Box::pin(async move {
+            live::members(&raft_addr, &conn, json).await
+        })),
+        Command::Leader { raft_addr, json } => live(Box::pin(async move {
+            live::leader(&raft_addr, &conn, json).await
+        })),
+        Command::TransferLeader { raft_addr, id } => live(Box::pin(async move {
+            live::transfer_leader(&raft_addr, id, &conn).await
+        })),
+        Command::Snapshot { raft_addr } => {
+            live(Box::pin(
+                async move { live::snapshot(&raft_addr, &conn).await },
+            ))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
