@@ -80,7 +80,8 @@ async fn main() -> anyhow::Result<()> {
         let lat = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for _ in 0..n {
-            let (leader, stop, done, lat) = (leader.clone(), stop.clone(), done.clone(), lat.clone());
+            let (leader, stop, done, lat) =
+                (leader.clone(), stop.clone(), done.clone(), lat.clone());
             tasks.push(tokio::spawn(async move {
                 let entry = vec![0u8; 16];
                 while !stop.load(Ordering::Relaxed) {
@@ -100,7 +101,11 @@ async fn main() -> anyhow::Result<()> {
             let _ = t.await;
         }
         let d = done.load(Ordering::Relaxed);
-        println!("{n:>9}  {:>11.0}  {:>15.0}", d as f64 / elapsed, lat.load(Ordering::Relaxed) as f64 / d.max(1) as f64);
+        println!(
+            "{n:>9}  {:>11.0}  {:>15.0}",
+            d as f64 / elapsed,
+            lat.load(Ordering::Relaxed) as f64 / d.max(1) as f64
+        );
     }
     for n in nodes {
         n.shutdown().await;
