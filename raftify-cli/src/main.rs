@@ -4,6 +4,7 @@
 //! request), 2 bad usage, 3 the data directory is missing or not a raftify
 //! store.
 
+mod bench;
 mod live;
 mod persisted;
 
@@ -59,6 +60,8 @@ enum Command {
         /// Raft address of the node.
         raft_addr: String,
     },
+    /// Load-test a memstore cluster: throughput and latency percentiles.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -135,6 +138,15 @@ fn main() -> ExitCode {
             live(Box::pin(
                 async move { live::snapshot(&raft_addr, &conn).await },
             ))
+        }
+        Command::Bench(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build();
+            match rt {
+                Ok(rt) => rt.block_on(bench::run(args, conn)).map_err(|e| (1u8, e)),
+                Err(e) => Err((1u8, anyhow::anyhow!("cannot start the runtime: {e}"))),
+            }
         }
     };
     match result {

@@ -121,6 +121,8 @@ pub(crate) struct RaftLoop<E, SM> {
     pending: BTreeMap<u64, Pending>,
     reads: Reads,
     transfer: Option<(u64, Reply<()>)>,
+    /// Set by input handlers that find the node unable to continue safely.
+    fatal: Option<Error>,
     snapshot_waiters: Vec<Reply<u64>>,
     pending_commit: Option<u64>,
     ticks: u64,
@@ -178,6 +180,7 @@ where
             pending: BTreeMap::new(),
             reads: Reads::default(),
             transfer: None,
+            fatal: None,
             snapshot_waiters: Vec::new(),
             pending_commit: None,
             ticks: 0,
@@ -221,6 +224,9 @@ where
             if stop {
                 break None;
             }
+            if let Some(e) = self.fatal.take() {
+                break Some(e);
+            }
             self.issue_read_batch();
             if let Err(e) = self.on_ready().await {
                 break Some(e);
@@ -244,6 +250,9 @@ where
     }
 
     fn on_messages(&mut self, from_addr: Option<String>, msgs: Vec<Message>) {
+        if self.fatal.is_some() {
+            return;
+        }
         Metrics::add(&self.metrics.messages_received, msgs.len() as u64);
         if let (Some(addr), Some(first)) = (from_addr, msgs.first()) {
             // Only the transport learns it: the replicated address book
@@ -252,7 +261,7 @@ where
                 self.transport.set_peer(first.from, &addr);
             }
         }
-        for mut m in msgs {
+        for m in msgs {
             if m.to != self.config.id {
                 debug!(self.logger, "dropping message for another node"; "to" => m.to);
                 continue;
@@ -262,11 +271,22 @@ where
                 // tracked); local message types never come from the network.
                 MessageType::MsgPropose => continue,
                 t if raft::raw_node::is_local_msg(t) => continue,
-                // A leader that believes we have more log than we do (our data
-                // was lost) would make raft-rs panic on commit_to; keep our
-                // commit instead and let the leader's probing repair the log.
+                // The leader only sends a commit index this node acknowledged
+                // holding. More than our last index means our log lost
+                // acknowledged entries (wiped or unsynced data dir): raft-rs
+                // would panic on it, and raft cannot repair it (the leader
+                // never resends what it counts as replicated). Stop with an
+                // error that says what to do.
                 MessageType::MsgHeartbeat if m.commit > self.raw.raft.raft_log.last_index() => {
-                    m.commit = self.raw.raft.raft_log.committed;
+                    let last = self.raw.raft.raft_log.last_index();
+                    self.fatal = Some(Error::Fatal(format!(
+                        "node {} lost acknowledged log entries: leader {} says it holds up to {}, \
+                         its log ends at {last} (data dir wiped or not synced?). Remove node {} \
+                         from the cluster and add it back as a new member, or rebuild its data \
+                         dir from a peer's (restore_wal_from)",
+                        self.config.id, m.from, m.commit, self.config.id
+                    )));
+                    return;
                 }
                 _ => {}
             }

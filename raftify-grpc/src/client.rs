@@ -174,7 +174,30 @@ impl RaftClient {
         let timeout = self.timeout();
         let mut client = self.pool.client(addr)?;
         let r = client
-            .read(request(pb::ReadRequest { query }, timeout, false))
+            .read(request(
+                pb::ReadRequest {
+                    query,
+                    stale: false,
+                },
+                timeout,
+                false,
+            ))
+            .await
+            .map_err(|s| rpc_error(s, timeout))?;
+        Ok(r.into_inner().data)
+    }
+
+    /// A local, possibly stale read on the node at `addr`: no read index is
+    /// confirmed, so it answers even without a leader.
+    pub async fn read_stale_at(&self, addr: &str, query: Vec<u8>) -> Result<Vec<u8>> {
+        let timeout = self.timeout();
+        let mut client = self.pool.client(addr)?;
+        let r = client
+            .read(request(
+                pb::ReadRequest { query, stale: true },
+                timeout,
+                false,
+            ))
             .await
             .map_err(|s| rpc_error(s, timeout))?;
         Ok(r.into_inner().data)
@@ -187,7 +210,14 @@ impl RaftClient {
             let query = query.clone();
             async move {
                 let r = client
-                    .read(request(pb::ReadRequest { query }, timeout, false))
+                    .read(request(
+                        pb::ReadRequest {
+                            query,
+                            stale: false,
+                        },
+                        timeout,
+                        false,
+                    ))
                     .await
                     .map_err(|s| rpc_error(s, timeout))?;
                 Ok(r.into_inner().data)

@@ -283,7 +283,9 @@ impl RaftService for Service {
         let Some(reader) = &self.reader else {
             return Err(Status::unimplemented("this server has no read handler"));
         };
-        self.handle.read_index().await.map_err(st)?;
+        if !req.get_ref().stale {
+            self.handle.read_index().await.map_err(st)?;
+        }
         let data = reader
             .read(&req.get_ref().query)
             .await

@@ -400,12 +400,33 @@ async fn run(args: Args) -> Result<()> {
         latency: Arc::new(Latencies::default()),
     };
     // On SIGTERM/SIGINT: stop the raft node first so requests waiting on it
-    // are answered with an error, then let the HTTP server drain.
+    // are answered with an error, then let the HTTP server drain. A raft
+    // node that stops on its own (fatal storage error, lost log) stops the
+    // process with an error, so a supervisor notices.
     let stopping = raft.clone();
     let stop_logger = logger.clone();
+    let mut state_rx = raft.subscribe();
+    let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
+    let fatal_seen = fatal.clone();
     let http = axum::serve(web, router(state)).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        info!(stop_logger, "signal received; shutting down");
+        let node_failed = async {
+            match state_rx
+                .wait_for(|s| s.fatal.is_some())
+                .await
+                .map(|s| s.fatal.clone())
+            {
+                Ok(reason) => reason,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown_signal() => info!(stop_logger, "signal received; shutting down"),
+            reason = node_failed => {
+                if let Ok(mut f) = fatal_seen.lock() {
+                    *f = reason;
+                }
+            }
+        }
         stopping.shutdown().await;
     });
     if let Err(e) = http.await {
@@ -413,6 +434,10 @@ async fn run(args: Args) -> Result<()> {
     }
     raft.shutdown().await;
     grpc_server.shutdown().await;
+    let reason = fatal.lock().ok().and_then(|f| f.clone());
+    if let Some(reason) = reason {
+        bail!("{reason}");
+    }
     info!(logger, "memstore node stopped");
     Ok(())
 }

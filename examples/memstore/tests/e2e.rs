@@ -389,3 +389,42 @@ fn cli_live_commands_administer_a_running_cluster() {
         "no token configured on the cluster: any token passes"
     );
 }
+
+#[test]
+fn a_node_restarted_with_a_wiped_dir_stops_with_a_clear_error_and_is_rebuilt() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader();
+    for i in 0..20 {
+        assert!(put_ok(&c.node(leader).http, &format!("k{i}"), "v"));
+    }
+    let victim = c.follower_of(leader);
+    c.nodes.get_mut(&victim).expect("node").kill();
+    std::fs::remove_dir_all(&c.node(victim).dir).expect("wipe");
+    // Restarted with the same flags over an empty dir, the node has lost
+    // entries it acknowledged. raft-rs would panic ("to_commit out of
+    // range") and raft cannot repair it: raftify stops the node with an
+    // error that says what to do, and the process exits non-zero.
+    c.restart(victim, &[]);
+    let status = wait_for("the wiped node to stop", T, || {
+        c.nodes
+            .get_mut(&victim)
+            .and_then(|n| n.child.as_mut())
+            .and_then(|ch| ch.try_wait().ok().flatten())
+    });
+    assert!(!status.success());
+    let log = c.node(victim).log_text();
+    assert!(log.contains("lost acknowledged log entries"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    c.nodes.get_mut(&victim).expect("node").child = None;
+    // The rest of the cluster never noticed.
+    assert!(put_ok(&c.node(leader).http, "k20", "v"));
+
+    // The documented fix: rebuild its dir from a peer's WAL.
+    std::fs::remove_dir_all(&c.node(victim).dir).ok();
+    let source = c.node(leader).dir.to_string_lossy().into_owned();
+    c.restart(victim, &["--restore-wal-from", &source]);
+    wait_for("the rebuilt node to catch up", T, || {
+        (get_value(&c.node(victim).http, "k20", true).as_deref() == Some("v")).then_some(())
+    });
+    assert!(put_ok(&c.node(victim).http, "after", "rebuild"));
+}

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Side-by-side HTTP benchmark: a 3-node memstore cluster (LMDB, fsync on)
+# against a 3-member etcd cluster, both on 127.0.0.1, driven by the same
+# load generator (wrk) at several concurrency levels.
+#
+#   scripts/bench_compare.sh [SECONDS] [CONNECTIONS...]
+#   e.g. scripts/bench_compare.sh 10 1 16 64 256
+#
+# Installs etcd-server and wrk from Debian when missing (needs root/apt).
+# Prints a table and writes it as TSV to target/bench-compare/results.tsv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SECS=${1:-10}
+shift || true
+CONNS=("$@")
+[ ${#CONNS[@]} -gt 0 ] || CONNS=(1 16 64 256)
+OUT=$ROOT/target/bench-compare
+WORK=$(mktemp -d /tmp/raftify-bench.XXXXXX)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "installing $2 ..." >&2
+  if [ -z "${APT_UPDATED:-}" ]; then apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+need wrk wrk
+need etcd etcd-server
+
+echo "building memstore (release) ..." >&2
+cargo build --release -q -p memstore
+MEMSTORE=$ROOT/target/release/memstore
+mkdir -p "$OUT"
+
+wait_http() { # url
+  for _ in $(seq 1 200); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for $1" >&2
+  return 1
+}
+
+start_memstore() {
+  local peers="1=127.0.0.1:61061,2=127.0.0.1:61062,3=127.0.0.1:61063"
+  for i in 1 2 3; do
+    "$MEMSTORE" --id $i --peers "$peers" --web-server 127.0.0.1:1800$i \
+      --data-dir "$WORK/memstore-$i" >"$WORK/memstore-$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for i in 1 2 3; do wait_http "http://127.0.0.1:1800$i/health"; done
+}
+
+start_etcd() {
+  local cluster="e1=http://127.0.0.1:12380,e2=http://127.0.0.1:22380,e3=http://127.0.0.1:32380"
+  for i in 1 2 3; do
+    etcd --name e$i --data-dir "$WORK/etcd-$i" \
+      --listen-client-urls http://127.0.0.1:${i}2379 --advertise-client-urls http://127.0.0.1:${i}2379 \
+      --listen-peer-urls http://127.0.0.1:${i}2380 --initial-advertise-peer-urls http://127.0.0.1:${i}2380 \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token bench \
+      --log-level error >"$WORK/etcd-$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for i in 1 2 3; do wait_http "http://127.0.0.1:${i}2379/health"; done
+}
+
+cat >"$WORK/memstore_put.lua" <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("PUT", "/kv/key" .. (n % 100000), nil, string.rep("x", 100))
+end
+LUA
+cat >"$WORK/memstore_get.lua" <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/kv/key" .. (n % 1000))
+end
+LUA
+# etcd's JSON gateway wants base64 keys and values: precompute them.
+python3 - "$WORK" <<'PY'
+import base64, sys
+work = sys.argv[1]
+val = base64.b64encode(b"x" * 100).decode()
+keys = [base64.b64encode(f"key{i}".encode()).decode() for i in range(100000)]
+with open(f"{work}/etcd_put.lua", "w") as f:
+    f.write("local keys = {" + ",".join(f'"{k}"' for k in keys) + "}\n")
+    f.write("local n = 0\nrequest = function()\n  n = n + 1\n")
+    f.write(f'  local body = \'{{"key":"\' .. keys[(n % #keys) + 1] .. \'","value":"{val}"}}\'\n')
+    f.write('  return wrk.format("POST", "/v3/kv/put", {["Content-Type"]="application/json"}, body)\nend\n')
+with open(f"{work}/etcd_get.lua", "w") as f:
+    f.write("local keys = {" + ",".join(f'"{k}"' for k in keys[:1000]) + "}\n")
+    f.write("local n = 0\nrequest = function()\n  n = n + 1\n")
+    f.write("  local body = '{\"key\":\"' .. keys[(n % #keys) + 1] .. '\"}'\n")
+    f.write('  return wrk.format("POST", "/v3/kv/range", {["Content-Type"]="application/json"}, body)\nend\n')
+PY
+
+run_wrk() { # system op conns url script
+  local threads=$(( $3 < 2 ? 1 : 2 ))
+  local out
+  out=$(wrk -t$threads -c$3 -d${SECS}s --latency -s "$5" "$4" 2>&1)
+  local rps p50 p99 non2xx
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$1" "$2" "$3" "${rps:-0}" "${p50:-?}" "${p99:-?}" "${non2xx:-0}"
+}
+
+RESULTS=$OUT/results.tsv
+printf "system\top\tconns\treq_per_s\tp50\tp99\tnon2xx\n" >"$RESULTS"
+
+echo "starting memstore cluster ..." >&2
+start_memstore
+curl -fsS -XPUT http://127.0.0.1:18001/kv/warmup -d x >/dev/null
+for i in $(seq 0 999); do echo "key$i"; done | head -0
+for c in "${CONNS[@]}"; do
+  run_wrk memstore put "$c" http://127.0.0.1:18001 "$WORK/memstore_put.lua" | tee -a "$RESULTS"
+done
+for c in "${CONNS[@]}"; do
+  run_wrk memstore get "$c" http://127.0.0.1:18001 "$WORK/memstore_get.lua" | tee -a "$RESULTS"
+done
+for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+wait 2>/dev/null || true
+PIDS=()
+
+echo "starting etcd cluster ..." >&2
+start_etcd
+for c in "${CONNS[@]}"; do
+  run_wrk etcd put "$c" http://127.0.0.1:12379 "$WORK/etcd_put.lua" | tee -a "$RESULTS"
+done
+for c in "${CONNS[@]}"; do
+  run_wrk etcd get "$c" http://127.0.0.1:12379 "$WORK/etcd_get.lua" | tee -a "$RESULTS"
+done
+
+echo
+python3 - "$RESULTS" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+by = {(r["system"], r["op"], r["conns"]): r for r in rows}
+print(f"{'op':<4} {'conns':>5} {'memstore req/s':>15} {'etcd req/s':>11} {'ratio':>6}   {'memstore p99':>12} {'etcd p99':>9}")
+for op in ("put", "get"):
+    for c in sorted({r["conns"] for r in rows}, key=int):
+        m, e = by.get(("memstore", op, c)), by.get(("etcd", op, c))
+        if not m or not e:
+            continue
+        mr, er = float(m["req_per_s"]), float(e["req_per_s"])
+        ratio = mr / er if er else float("inf")
+        print(f"{op:<4} {c:>5} {mr:>15.0f} {er:>11.0f} {ratio:>5.2f}x   {m['p99']:>12} {e['p99']:>9}")
+PY
