@@ -2,10 +2,10 @@
 //!
 //! Read this file top to bottom to follow a write:
 //! proposal → `RawNode::propose` (many per wake-up: they share one Ready) →
-//! `Ready` → leader messages sent → **one storage write** (snapshot, entries,
-//! hard state) → snapshot installed → committed entries applied in order →
-//! replies matched by `(term, index)` → messages that must follow persistence
-//! sent → `advance`.
+//! `Ready` → leader messages sent → committed (already durable) entries
+//! applied in order, replies matched by `(term, index)` → **one storage
+//! write** (snapshot, entries, hard state) → a received snapshot installed →
+//! messages that must follow persistence sent → `advance`.
 //!
 //! Nothing a peer or a client sends can stop this loop: bad messages are
 //! logged and dropped, failed proposals are answered with an error. Only a
@@ -432,8 +432,16 @@ where
         // A leader may send before persisting its own entries.
         self.send(rd.take_messages());
 
-        // One storage write for everything this Ready persists.
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        if snapshot.is_none() {
+            // raft-rs hands out only committed entries that are already
+            // durable here, so they are applied — and their proposers
+            // answered — before this Ready's own write, not after it.
+            self.on_read_states(rd.take_read_states());
+            self.apply(rd.take_committed_entries()).await;
+        }
+
+        // One storage write for everything this Ready persists.
         let mut batch = WriteBatch {
             snapshot: snapshot.clone(),
             entries: rd.take_entries(),
@@ -451,10 +459,11 @@ where
         self.persist(batch).await?;
 
         if let Some(snap) = snapshot {
+            // Entries committed after a snapshot are applied on top of it.
             self.install_snapshot(snap).await?;
+            self.on_read_states(rd.take_read_states());
+            self.apply(rd.take_committed_entries()).await;
         }
-        self.on_read_states(rd.take_read_states());
-        self.apply(rd.take_committed_entries()).await;
         self.send(rd.take_persisted_messages());
 
         let mut light = self.raw.advance(rd);
