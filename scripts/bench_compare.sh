@@ -124,7 +124,6 @@ printf "system\top\tconns\treq_per_s\tp50\tp99\tnon2xx\n" >"$RESULTS"
 echo "starting memstore cluster ..." >&2
 start_memstore
 curl -fsS -XPUT http://127.0.0.1:18001/kv/warmup -d x >/dev/null
-for i in $(seq 0 999); do echo "key$i"; done | head -0
 for c in "${CONNS[@]}"; do
   run_wrk memstore put "$c" http://127.0.0.1:18001 "$WORK/memstore_put.lua" | tee -a "$RESULTS"
 done
@@ -159,3 +158,11 @@ for op in ("put", "get"):
         ratio = mr / er if er else float("inf")
         print(f"{op:<4} {c:>5} {mr:>15.0f} {er:>11.0f} {ratio:>5.2f}x   {m['p99']:>12} {e['p99']:>9}")
 PY
+
+# Plots (matplotlib in a venv of its own, so the system stays untouched).
+if [ -z "${NO_PLOTS:-}" ]; then
+  VENV=$ROOT/target/bench-venv
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check matplotlib
+  "$VENV/bin/python" scripts/plot_bench.py "$RESULTS" "$OUT"
+fi

@@ -1,0 +1,100 @@
+"""raftify's exception classes; raised by the native module."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Optional
+
+
+class RaftifyError(Exception):
+    """Base class of every raftify error."""
+
+    #: True when the same request may simply be retried (possibly on another
+    #: node) without risk of applying it twice.
+    retryable: bool = False
+
+
+class NotLeaderError(RaftifyError):
+    """This node is not the leader; send the request to ``leader_addr``."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, leader_id: int = 0, leader_addr: Optional[str] = None
+    ) -> None:
+        super().__init__(message)
+        self.leader_id = leader_id
+        self.leader_addr = leader_addr
+
+
+class NoLeaderError(RaftifyError):
+    """No leader is known (an election is in progress); retry later."""
+
+    retryable = True
+
+
+class TimeoutError(RaftifyError, builtins.TimeoutError):
+    """The request did not complete in time; its outcome is unknown."""
+
+    def __init__(self, message: str, timeout: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class LeadershipLostError(RaftifyError):
+    """Leadership changed while the request was in flight; its outcome is
+    unknown (the new leader may still commit it)."""
+
+
+class ProposalDroppedError(RaftifyError):
+    """Raft dropped the proposal before it entered the log; nothing was
+    applied: retry."""
+
+    retryable = True
+
+
+class OverloadedError(RaftifyError):
+    """Too many requests are waiting; back off and retry."""
+
+    retryable = True
+
+
+class ShutdownError(RaftifyError):
+    """The node is shutting down or has stopped."""
+
+
+class CodecError(RaftifyError):
+    """An entry could not be encoded or decoded."""
+
+
+class StateMachineError(RaftifyError):
+    """The state machine raised while applying the entry. The entry is
+    committed, and every node saw the same error."""
+
+
+class ConfChangeError(RaftifyError):
+    """A membership change was refused (invalid, or another is pending)."""
+
+
+class InvalidArgumentError(RaftifyError, ValueError):
+    """A request argument is invalid."""
+
+
+class ConfigError(InvalidArgumentError):
+    """The configuration is invalid."""
+
+
+class StorageError(RaftifyError):
+    """The storage failed; the node stops accepting work."""
+
+
+class FatalError(RaftifyError):
+    """The node stopped after a fatal error and must be restarted."""
+
+
+class TransportError(RaftifyError):
+    """A request to another node failed."""
+
+
+class RaftError(RaftifyError):
+    """raft-rs reported an error."""
