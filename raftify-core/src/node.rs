@@ -662,6 +662,8 @@ impl RaftHandle {
             }
             match self.remove_node(id).await {
                 Ok(_) => return Ok(()),
+                // An earlier attempt whose answer was lost already removed it.
+                Err(Error::InvalidArgument(m)) if m.ends_with("is not a member") => return Ok(()),
                 Err(e) if e.is_retryable() || matches!(e, Error::ConfChangeRejected(_)) => {
                     self.wait_for_leader(Duration::from_millis(200)).await.ok();
                     tokio::time::sleep(self.inner.config.tick_interval).await;

@@ -123,6 +123,8 @@ pub(crate) struct RaftLoop<E, SM> {
     transfer: Option<(u64, Reply<()>)>,
     /// Set by input handlers that find the node unable to continue safely.
     fatal: Option<Error>,
+    /// Addresses of peers not (yet) in the address book, from their messages.
+    learned_addrs: HashMap<u64, String>,
     snapshot_waiters: Vec<Reply<u64>>,
     pending_commit: Option<u64>,
     ticks: u64,
@@ -181,6 +183,7 @@ where
             reads: Reads::default(),
             transfer: None,
             fatal: None,
+            learned_addrs: HashMap::new(),
             snapshot_waiters: Vec::new(),
             pending_commit: None,
             ticks: 0,
@@ -247,6 +250,18 @@ where
         if self.ticks.is_multiple_of(self.config.heartbeat_tick as u64) {
             self.retry_reads();
         }
+        // raft-rs abandons a transfer after an election timeout (the target
+        // was slow to catch up): keep asking until the caller gives up.
+        if let Some((to, reply)) = &self.transfer {
+            if reply.is_closed() {
+                self.transfer = None;
+            } else if self.raw.raft.state == StateRole::Leader
+                && self.raw.raft.lead_transferee.is_none()
+            {
+                let to = *to;
+                self.raw.transfer_leader(to);
+            }
+        }
     }
 
     fn on_messages(&mut self, from_addr: Option<String>, msgs: Vec<Message>) {
@@ -259,6 +274,7 @@ where
             // changes through the log alone.
             if first.from != self.config.id && !self.meta.peers.contains_key(&first.from) {
                 self.transport.set_peer(first.from, &addr);
+                self.learned_addrs.insert(first.from, addr);
             }
         }
         for m in msgs {
@@ -337,9 +353,20 @@ where
         } else {
             Error::NotLeader {
                 leader_id,
-                leader_addr: self.meta.peers.get(&leader_id).cloned(),
+                leader_addr: self.peer_addr(leader_id),
             }
         }
+    }
+
+    /// A peer's address: from the replicated address book, or else as
+    /// learned from its messages (a node that just joined knows its leader
+    /// before it has applied the change that lists it).
+    fn peer_addr(&self, id: u64) -> Option<String> {
+        self.meta
+            .peers
+            .get(&id)
+            .or_else(|| self.learned_addrs.get(&id))
+            .cloned()
     }
 
     fn propose(&mut self, kind: ProposalKind, data: Vec<u8>, reply: Reply<Applied>) {
@@ -373,6 +400,26 @@ where
             let _ = reply.send(Err(Error::ConfChangeRejected(
                 "another membership change is still in progress; retry when it is applied".into(),
             )));
+            return;
+        }
+        let cs = &self.conf_state;
+        let is_member = |id: u64| {
+            cs.voters
+                .iter()
+                .chain(&cs.learners)
+                .chain(&cs.voters_outgoing)
+                .chain(&cs.learners_next)
+                .any(|m| *m == id)
+        };
+        if let Some(c) = cc
+            .changes
+            .iter()
+            .find(|c| c.get_change_type() == ConfChangeType::RemoveNode && !is_member(c.node_id))
+        {
+            let _ = reply.send(Err(Error::InvalidArgument(format!(
+                "node {} is not a member",
+                c.node_id
+            ))));
             return;
         }
         // Check the change against the current configuration before it
@@ -772,7 +819,7 @@ where
             role: Role::from_raft(self.raw.raft.state),
             term: self.raw.raft.term,
             leader_id: self.raw.raft.leader_id,
-            leader_addr: self.meta.peers.get(&self.raw.raft.leader_id).cloned(),
+            leader_addr: self.peer_addr(self.raw.raft.leader_id),
             applied_index: self.applied,
             fatal: None,
         };

@@ -109,7 +109,9 @@ pub struct GrpcConfig {
     /// First delay before retrying an unreachable peer (doubles, jittered).
     /// Default 50 ms.
     pub backoff_base: Duration,
-    /// Longest delay between retries. Default 2 s.
+    /// Longest delay between retries. Default 500 ms: below the election
+    /// timeout, so a peer that comes back is heard from before it starts an
+    /// election.
     pub backoff_max: Duration,
     /// HTTP/2 keep-alive ping interval on client connections. Default 10 s.
     pub keepalive_interval: Option<Duration>,
@@ -130,7 +132,7 @@ impl Default for GrpcConfig {
             peer_queue_capacity: 1024,
             max_batch_bytes: 4 * 1024 * 1024,
             backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(2),
+            backoff_max: Duration::from_millis(500),
             keepalive_interval: Some(Duration::from_secs(10)),
         }
     }
