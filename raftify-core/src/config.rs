@@ -63,6 +63,9 @@ pub struct Config {
     pub read_timeout: Duration,
     /// How linearizable reads are confirmed. Default [`ReadMode::Safe`].
     pub read_mode: ReadMode,
+    /// A storage write that takes longer than this stops the node with
+    /// [`Error::Fatal`] (a hung disk must not hang every caller). Default 60 s.
+    pub storage_timeout: Duration,
     /// Max proposals waiting to enter the log; further ones fail fast with
     /// [`Error::Overloaded`]. Default 65 536.
     pub max_pending_proposals: usize,
@@ -88,6 +91,7 @@ impl Config {
             conf_change_timeout: Duration::from_secs(20),
             read_timeout: Duration::from_secs(5),
             read_mode: ReadMode::Safe,
+            storage_timeout: Duration::from_secs(60),
             max_pending_proposals: 65_536,
         }
     }
@@ -134,6 +138,7 @@ impl Config {
             ("proposal_timeout", self.proposal_timeout),
             ("conf_change_timeout", self.conf_change_timeout),
             ("read_timeout", self.read_timeout),
+            ("storage_timeout", self.storage_timeout),
         ] {
             if d.is_zero() {
                 return bad(format!("{name} must be positive"));
@@ -160,6 +165,8 @@ impl Config {
                 ReadMode::LeaseBased => raft::ReadOnlyOption::LeaseBased,
             },
             max_committed_size_per_ready: self.max_committed_size_per_ready,
+            // Merge append messages queued for the same peer in one Ready.
+            batch_append: true,
             ..Default::default()
         }
     }

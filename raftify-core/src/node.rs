@@ -382,14 +382,29 @@ impl RaftHandle {
         }
     }
 
+    /// Like [`RaftHandle::call`] for requests whose deadline the loop
+    /// enforces itself (proposals, reads): no timer per request.
+    async fn call_untimed<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.cmd_tx.try_send(make(tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                Error::Overloaded(self.inner.config.max_pending_proposals)
+            }
+            mpsc::error::TrySendError::Closed(_) => self.closed_error(),
+        })?;
+        match rx.await {
+            Err(_) => Err(self.closed_error()),
+            Ok(result) => result,
+        }
+    }
+
     /// Proposes an already encoded user entry on this node (which must be
     /// the leader) and returns the state machine's output once the entry is
     /// committed and applied here.
     pub async fn propose_encoded(&self, encoded: &[u8]) -> Result<Vec<u8>> {
         let data = frame_user(encoded);
-        let timeout = self.inner.config.proposal_timeout;
         match self
-            .call(timeout, |reply| Command::Propose {
+            .call_untimed(|reply| Command::Propose {
                 kind: ProposalKind::User,
                 data,
                 reply,

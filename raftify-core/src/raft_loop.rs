@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch, RwLock};
+use tokio::time::Instant;
 
 /// Most commands or message batches taken per wake-up before handling Ready.
 const MAX_DRAIN: usize = 4096;
@@ -86,6 +87,15 @@ struct Pending {
     term: u64,
     kind: ProposalKind,
     reply: Reply<Applied>,
+    /// When the loop answers `Timeout` (callers set no timer of their own:
+    /// one per proposal would cost more than the proposal).
+    deadline: Instant,
+}
+
+/// Readers waiting on one ReadIndex round.
+struct ReadWaiters {
+    deadline: Instant,
+    waiters: Vec<Reply<u64>>,
 }
 
 /// Linearizable reads: requests arriving in one wake-up share one
@@ -93,8 +103,8 @@ struct Pending {
 #[derive(Default)]
 struct Reads {
     batch: Vec<Reply<u64>>,
-    inflight: HashMap<Vec<u8>, Vec<Reply<u64>>>,
-    waiting_apply: Vec<(u64, Vec<Reply<u64>>)>,
+    inflight: HashMap<Vec<u8>, ReadWaiters>,
+    waiting_apply: Vec<(u64, ReadWaiters)>,
     next_ctx: u64,
 }
 
@@ -121,6 +131,8 @@ pub(crate) struct RaftLoop<E, SM> {
     pending: BTreeMap<u64, Pending>,
     reads: Reads,
     transfer: Option<(u64, Reply<()>)>,
+    /// Proposals received in this wake-up, not yet handed to raft.
+    proposals: Vec<(ProposalKind, Vec<u8>, Reply<Applied>)>,
     /// Set by input handlers that find the node unable to continue safely.
     fatal: Option<Error>,
     /// Addresses of peers not (yet) in the address book, from their messages.
@@ -182,6 +194,7 @@ where
             pending: BTreeMap::new(),
             reads: Reads::default(),
             transfer: None,
+            proposals: Vec::new(),
             fatal: None,
             learned_addrs: HashMap::new(),
             snapshot_waiters: Vec::new(),
@@ -230,6 +243,7 @@ where
             if let Some(e) = self.fatal.take() {
                 break Some(e);
             }
+            self.flush_proposals();
             self.issue_read_batch();
             if let Err(e) = self.on_ready().await {
                 break Some(e);
@@ -250,6 +264,7 @@ where
         if self.ticks.is_multiple_of(self.config.heartbeat_tick as u64) {
             self.retry_reads();
         }
+        self.expire();
         // raft-rs abandons a transfer after an election timeout (the target
         // was slow to catch up): keep asking until the caller gives up.
         if let Some((to, reply)) = &self.transfer {
@@ -262,6 +277,42 @@ where
                 self.raw.transfer_leader(to);
             }
         }
+    }
+
+    /// Answers `Timeout` to proposals and reads past their deadline. Their
+    /// outcome is unknown: a timed-out entry may still commit.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in expired {
+            if let Some(p) = self.pending.remove(&index) {
+                Metrics::add(&self.metrics.proposals_failed, 1);
+                let timeout = match p.kind {
+                    ProposalKind::ConfChange => self.config.conf_change_timeout,
+                    _ => self.config.proposal_timeout,
+                };
+                let _ = p.reply.send(Err(Error::Timeout(timeout)));
+            }
+        }
+        let timeout = self.config.read_timeout;
+        let expire_reads = |w: &mut ReadWaiters| {
+            if w.deadline > now {
+                return true;
+            }
+            for r in w.waiters.drain(..) {
+                let _ = r.send(Err(Error::Timeout(timeout)));
+            }
+            false
+        };
+        self.reads.inflight.retain(|_, w| expire_reads(w));
+        self.reads
+            .waiting_apply
+            .retain_mut(|(_, w)| expire_reads(w));
     }
 
     fn on_messages(&mut self, from_addr: Option<String>, msgs: Vec<Message>) {
@@ -369,18 +420,62 @@ where
             .cloned()
     }
 
+    /// Queues a proposal; the whole wake-up's queue enters the log as one
+    /// raft `MsgPropose` (see [`RaftLoop::flush_proposals`]).
     fn propose(&mut self, kind: ProposalKind, data: Vec<u8>, reply: Reply<Applied>) {
+        self.proposals.push((kind, data, reply));
+    }
+
+    /// Appends every queued proposal with one raft step: one append message
+    /// per follower for the lot instead of one per proposal.
+    fn flush_proposals(&mut self) {
+        if self.proposals.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.proposals);
+        let n = batch.len() as u64;
         if self.raw.raft.state != StateRole::Leader {
-            Metrics::add(&self.metrics.proposals_failed, 1);
-            let _ = reply.send(Err(self.not_leader()));
+            Metrics::add(&self.metrics.proposals_failed, n);
+            for (_, _, reply) in batch {
+                let _ = reply.send(Err(self.not_leader()));
+            }
             return;
         }
-        if let Err(e) = self.raw.propose(vec![], data) {
-            Metrics::add(&self.metrics.proposals_failed, 1);
-            let _ = reply.send(Err(Error::ProposalDropped(e.to_string())));
+        let mut waiters = Vec::with_capacity(batch.len());
+        let mut entries = Vec::with_capacity(batch.len());
+        for (kind, data, reply) in batch {
+            entries.push(Entry {
+                data: data.into(),
+                ..Default::default()
+            });
+            waiters.push((kind, reply));
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.config.id;
+        m.set_entries(entries.into());
+        if let Err(e) = self.raw.raft.step(m) {
+            Metrics::add(&self.metrics.proposals_failed, n);
+            let reason = e.to_string();
+            for (_, reply) in waiters {
+                let _ = reply.send(Err(Error::ProposalDropped(reason.clone())));
+            }
             return;
         }
-        self.track(kind, reply);
+        // raft appended them in order at the end of its log, in this term.
+        Metrics::add(&self.metrics.proposals, n);
+        let term = self.raw.raft.term;
+        let first = self.raw.raft.raft_log.last_index() + 1 - n;
+        let deadline = Instant::now() + self.config.proposal_timeout;
+        for (i, (kind, reply)) in waiters.into_iter().enumerate() {
+            let p = Pending {
+                term,
+                kind,
+                reply,
+                deadline,
+            };
+            self.pending.insert(first + i as u64, p);
+        }
     }
 
     /// Remembers the `(term, index)` raft gave the entry just proposed.
@@ -388,10 +483,19 @@ where
         Metrics::add(&self.metrics.proposals, 1);
         let index = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
-        self.pending.insert(index, Pending { term, kind, reply });
+        let deadline = Instant::now() + self.config.conf_change_timeout;
+        let p = Pending {
+            term,
+            kind,
+            reply,
+            deadline,
+        };
+        self.pending.insert(index, p);
     }
 
     fn propose_conf_change(&mut self, cc: ConfChangeV2, reply: Reply<Applied>) {
+        // Keep the log in arrival order.
+        self.flush_proposals();
         if self.raw.raft.state != StateRole::Leader {
             let _ = reply.send(Err(self.not_leader()));
             return;
@@ -533,9 +637,16 @@ where
         let n = batch.entries.len() as u64;
         let result = if self.store.blocking_writes() {
             let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.write(batch)).await {
-                Ok(r) => r,
-                Err(e) => return Err(Error::Fatal(format!("storage write task failed: {e}"))),
+            let limit = self.config.storage_timeout;
+            let write = tokio::task::spawn_blocking(move || store.write(batch));
+            match tokio::time::timeout(limit, write).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(Error::Fatal(format!("storage write task failed: {e}"))),
+                Err(_) => {
+                    return Err(Error::Fatal(format!(
+                        "a storage write did not complete within {limit:?}"
+                    )))
+                }
             }
         } else {
             self.store.write(batch)
@@ -727,20 +838,25 @@ where
         let ctx = self.reads.next_ctx.to_be_bytes().to_vec();
         Metrics::add(&self.metrics.read_index_requests, 1);
         self.raw.read_index(ctx.clone());
+        let deadline = Instant::now() + self.config.read_timeout;
+        let batch = ReadWaiters {
+            deadline,
+            waiters: batch,
+        };
         self.reads.inflight.insert(ctx, batch);
     }
 
     fn retry_reads(&mut self) {
-        self.reads.inflight.retain(|_, waiters| {
-            waiters.retain(|w| !w.is_closed());
-            !waiters.is_empty()
+        self.reads.inflight.retain(|_, w| {
+            w.waiters.retain(|w| !w.is_closed());
+            !w.waiters.is_empty()
         });
         if self.reads.inflight.is_empty() {
             return;
         }
         if self.raw.raft.leader_id == 0 {
-            for (_, waiters) in self.reads.inflight.drain() {
-                for w in waiters {
+            for (_, w) in self.reads.inflight.drain() {
+                for w in w.waiters {
                     let _ = w.send(Err(Error::NoLeader));
                 }
             }
@@ -763,11 +879,11 @@ where
 
     fn answer_reads(&mut self) {
         let applied = self.applied;
-        self.reads.waiting_apply.retain_mut(|(index, waiters)| {
+        self.reads.waiting_apply.retain_mut(|(index, w)| {
             if *index > applied {
                 return true;
             }
-            for w in waiters.drain(..) {
+            for w in w.waiters.drain(..) {
                 let _ = w.send(Ok(*index));
             }
             false
@@ -1009,16 +1125,19 @@ where
         for (_, p) in std::mem::take(&mut self.pending) {
             let _ = p.reply.send(Err(err()));
         }
+        for (_, _, reply) in std::mem::take(&mut self.proposals) {
+            let _ = reply.send(Err(err()));
+        }
         for w in std::mem::take(&mut self.reads.batch) {
             let _ = w.send(Err(err()));
         }
         for (_, ws) in self.reads.inflight.drain() {
-            for w in ws {
+            for w in ws.waiters {
                 let _ = w.send(Err(err()));
             }
         }
         for (_, ws) in self.reads.waiting_apply.drain(..) {
-            for w in ws {
+            for w in ws.waiters {
                 let _ = w.send(Err(err()));
             }
         }

@@ -582,3 +582,36 @@ async fn lease_based_reads_serve_fresh_values() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_and_reads_time_out_when_no_quorum_answers() {
+    let c = Cluster::start_with(3, crate::factory(), |cfg| {
+        // Without check-quorum the cut-off leader keeps believing it leads,
+        // so only the deadline can answer its callers.
+        cfg.check_quorum = false;
+        cfg.proposal_timeout = Duration::from_millis(300);
+        cfg.read_timeout = Duration::from_millis(300);
+    })
+    .await
+    .unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    c.net.isolate(leader);
+    let started = Instant::now();
+    let r = c
+        .node(leader)
+        .propose(&KvCmd::Put {
+            key: "k".into(),
+            value: "v".into(),
+        })
+        .await;
+    assert!(matches!(r, Err(Error::Timeout(_))), "got {r:?}");
+    let r = c.node(leader).read_index().await;
+    assert!(matches!(r, Err(Error::Timeout(_))), "got {r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    c.net.heal();
+    c.shutdown().await;
+}
