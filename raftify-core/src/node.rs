@@ -645,6 +645,45 @@ impl RaftHandle {
         }
     }
 
+    /// Transfers leadership from this node (the leader) to the voter with
+    /// the most replicated log, and waits until a leader other than this node
+    /// is known.
+    async fn hand_over_leadership(&self) -> Result<()> {
+        let id = self.id();
+        let timeout = self.inner.config.conf_change_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.is_leader() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout(timeout));
+            }
+            let status = self.status().await?;
+            let voters = status.voters();
+            let target = status
+                .progress
+                .iter()
+                .filter(|(pid, _)| **pid != id && voters.contains(pid))
+                .max_by_key(|(_, p)| p.matched)
+                .map(|(pid, _)| *pid)
+                .ok_or_else(|| {
+                    Error::ConfChangeRejected(format!(
+                        "node {id} is the only voter: there is no one to hand leadership to"
+                    ))
+                })?;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = tokio::time::timeout(
+                remaining,
+                self.call(remaining, |reply| Command::TransferLeader {
+                    to: target,
+                    reply,
+                }),
+            )
+            .await;
+        }
+        // Wait until the new leader is known, so the request can follow it.
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.wait_for_leader(remaining).await.map(|_| ())
+    }
+
     /// Leaves the cluster: hands leadership over first if this node leads,
     /// then has the leader remove it. The last voter cannot leave.
     pub async fn leave(&self) -> Result<()> {
@@ -660,20 +699,15 @@ impl RaftHandle {
                 return Ok(());
             }
             if status.role == Role::Leader {
-                let target = status
-                    .progress
-                    .iter()
-                    .filter(|(pid, _)| **pid != id && status.voters().contains(pid))
-                    .max_by_key(|(_, p)| p.matched)
-                    .map(|(pid, _)| *pid);
-                let Some(target) = target else {
-                    return Err(Error::InvalidArgument(
-                        "the last voter cannot leave its cluster".into(),
-                    ));
-                };
-                // A failed transfer is retried until the deadline.
-                let _ = self.transfer_leader(target).await;
-                continue;
+                match self.hand_over_leadership().await {
+                    Err(Error::ConfChangeRejected(_)) => {
+                        return Err(Error::InvalidArgument(
+                            "the last voter cannot leave its cluster".into(),
+                        ))
+                    }
+                    // Retried until the deadline.
+                    _ => continue,
+                }
             }
             match self.remove_node(id).await {
                 Ok(_) => return Ok(()),
@@ -722,6 +756,17 @@ impl RaftHandle {
                 }))
             }
             ClusterRequest::ChangeMembership(changes) => {
+                let me = self.id();
+                let touches_me = changes.iter().any(|c| {
+                    matches!(c, MembershipChange::Remove { id } | MembershipChange::AddLearner { id, .. } if *id == me)
+                });
+                if touches_me && self.is_leader() {
+                    // Hand leadership over, then let the new leader do it.
+                    self.hand_over_leadership().await?;
+                    let addr = self.state().leader_addr.ok_or(Error::NoLeader)?;
+                    let request = ClusterRequest::ChangeMembership(changes);
+                    return self.inner.transport.call(&addr, request).await;
+                }
                 let members = self.change_membership_local(&changes).await?;
                 Ok(ClusterResponse::Members {
                     leader_id: self.leader_id().unwrap_or(0),

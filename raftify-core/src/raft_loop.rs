@@ -92,6 +92,13 @@ struct Pending {
     deadline: Instant,
 }
 
+/// What to do with a message from the network.
+enum Admit {
+    Step,
+    Drop(&'static str),
+    Fatal(Error),
+}
+
 /// Readers waiting on one ReadIndex round.
 struct ReadWaiters {
     deadline: Instant,
@@ -103,7 +110,7 @@ struct ReadWaiters {
 #[derive(Default)]
 struct Reads {
     batch: Vec<Reply<u64>>,
-    inflight: HashMap<Vec<u8>, ReadWaiters>,
+    inflight: BTreeMap<Vec<u8>, ReadWaiters>,
     waiting_apply: Vec<(u64, ReadWaiters)>,
     next_ctx: u64,
 }
@@ -329,38 +336,81 @@ where
             }
         }
         for m in msgs {
-            if m.to != self.config.id {
-                debug!(self.logger, "dropping message for another node"; "to" => m.to);
-                continue;
-            }
-            match m.get_msg_type() {
-                // Proposals only enter through this node's own API (framed and
-                // tracked); local message types never come from the network.
-                MessageType::MsgPropose => continue,
-                t if raft::raw_node::is_local_msg(t) => continue,
-                // The leader only sends a commit index this node acknowledged
-                // holding. More than our last index means our log lost
-                // acknowledged entries (wiped or unsynced data dir): raft-rs
-                // would panic on it, and raft cannot repair it (the leader
-                // never resends what it counts as replicated). Stop with an
-                // error that says what to do.
-                MessageType::MsgHeartbeat if m.commit > self.raw.raft.raft_log.last_index() => {
-                    let last = self.raw.raft.raft_log.last_index();
-                    self.fatal = Some(Error::Fatal(format!(
-                        "node {} lost acknowledged log entries: leader {} says it holds up to {}, \
-                         its log ends at {last} (data dir wiped or not synced?). Remove node {} \
-                         from the cluster and add it back as a new member, or rebuild its data \
-                         dir from a peer's (restore_wal_from)",
-                        self.config.id, m.from, m.commit, self.config.id
-                    )));
+            match self.admit(&m) {
+                Admit::Step => {
+                    if let Err(e) = self.raw.step(m) {
+                        debug!(self.logger, "raft refused a message"; "err" => %e);
+                    }
+                }
+                Admit::Drop(why) => {
+                    debug!(self.logger, "dropping a message"; "why" => why, "from" => m.from, "type" => ?m.get_msg_type());
+                }
+                Admit::Fatal(e) => {
+                    self.fatal = Some(e);
                     return;
                 }
-                _ => {}
-            }
-            if let Err(e) = self.raw.step(m) {
-                debug!(self.logger, "raft refused a message"; "err" => %e);
             }
         }
+    }
+
+    /// Decides whether a message from the network may reach raft-rs, which
+    /// trusts its input and panics on some malformed messages.
+    fn admit(&self, m: &Message) -> Admit {
+        let raft = &self.raw.raft;
+        let id = self.config.id;
+        if m.to != id {
+            return Admit::Drop("addressed to another node");
+        }
+        if m.from == 0 || m.from == id {
+            return Admit::Drop("impossible sender id");
+        }
+        // No cluster reaches 2^63 terms; raft-rs would overflow on term + 1.
+        if m.term >= u64::MAX / 2 {
+            return Admit::Drop("absurd term");
+        }
+        let t = m.get_msg_type();
+        // Proposals only enter through this node's own API (framed and
+        // tracked); local message types never come from the network.
+        if t == MessageType::MsgPropose || raft::raw_node::is_local_msg(t) {
+            return Admit::Drop("local message type");
+        }
+        // raft-rs treats term 0 as a local message; only a follower's
+        // forwarded read-index request legitimately has it.
+        if m.term == 0 && t != MessageType::MsgReadIndex {
+            return Admit::Drop("term 0");
+        }
+        match t {
+            MessageType::MsgReadIndex if m.entries.len() != 1 => {
+                return Admit::Drop("read index without exactly one context entry")
+            }
+            MessageType::MsgSnapshot if m.get_snapshot().get_metadata().index == 0 => {
+                return Admit::Drop("empty snapshot")
+            }
+            MessageType::MsgHeartbeat if m.commit > raft.raft_log.last_index() => {
+                // A stale or foreign heartbeat is harmless once dropped.
+                let voter = self.conf_state.voters.contains(&m.from)
+                    || self.conf_state.voters_outgoing.contains(&m.from);
+                if m.term < raft.term || !voter {
+                    return Admit::Drop("heartbeat committing beyond the log from a non-leader");
+                }
+                // A current leader only sends a commit index this node
+                // acknowledged holding. More than our last index means our
+                // log lost acknowledged entries (wiped or unsynced data
+                // dir): raft-rs would panic on it, and raft cannot repair it
+                // (the leader never resends what it counts as replicated).
+                // Stop with an error that says what to do.
+                let last = raft.raft_log.last_index();
+                return Admit::Fatal(Error::Fatal(format!(
+                    "node {id} lost acknowledged log entries: leader {} says it holds up to {}, \
+                     its log ends at {last} (data dir wiped or not synced?). Remove node {id} \
+                     from the cluster and add it back as a new member, or rebuild its data \
+                     dir from a peer's (restore_wal_from)",
+                    m.from, m.commit
+                )));
+            }
+            _ => {}
+        }
+        Admit::Step
     }
 
     fn on_feedback(&mut self, fb: FeedbackEvent) {
@@ -504,6 +554,21 @@ where
             let _ = reply.send(Err(Error::ConfChangeRejected(
                 "another membership change is still in progress; retry when it is applied".into(),
             )));
+            return;
+        }
+        // raft-rs 0.7 leaves a removed leader in charge of a cluster it is
+        // no longer part of: leadership must move first (the handle does).
+        let me = self.config.id;
+        if cc.changes.iter().any(|c| {
+            c.node_id == me
+                && matches!(
+                    c.get_change_type(),
+                    ConfChangeType::RemoveNode | ConfChangeType::AddLearnerNode
+                )
+        }) {
+            let _ = reply.send(Err(Error::ConfChangeRejected(format!(
+                "node {me} leads: transfer leadership before removing or demoting it"
+            ))));
             return;
         }
         let cs = &self.conf_state;
@@ -855,7 +920,7 @@ where
             return;
         }
         if self.raw.raft.leader_id == 0 {
-            for (_, w) in self.reads.inflight.drain() {
+            for (_, w) in std::mem::take(&mut self.reads.inflight) {
                 for w in w.waiters {
                     let _ = w.send(Err(Error::NoLeader));
                 }
@@ -1131,7 +1196,7 @@ where
         for w in std::mem::take(&mut self.reads.batch) {
             let _ = w.send(Err(err()));
         }
-        for (_, ws) in self.reads.inflight.drain() {
+        for (_, ws) in std::mem::take(&mut self.reads.inflight) {
             for w in ws.waiters {
                 let _ = w.send(Err(err()));
             }

@@ -615,3 +615,25 @@ async fn proposals_and_reads_time_out_when_no_quorum_answers() {
     c.net.heal();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_hands_leadership_over_first() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    c.put("k", "v").await.unwrap();
+    // Asked of the leader itself: it must not keep leading a cluster it left.
+    let members = c.node(leader).remove_node(leader).await.unwrap();
+    assert!(!members.iter().any(|m| m.id == leader), "{members:?}");
+    let rest: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    let new = c.wait_leader(&rest, WAIT).await.unwrap();
+    assert_ne!(new, leader);
+    c.node(new)
+        .propose(&KvCmd::Put {
+            key: "k2".into(),
+            value: "v".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!c.node(leader).is_leader());
+    c.shutdown().await;
+}
