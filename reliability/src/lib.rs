@@ -1,0 +1,27 @@
+//! # raftify-reliability
+//!
+//! raftify's reliability suite (not published). See `docs/RELIABILITY.md`.
+//!
+//! * [`sim`] — seeded simulation of 3–5 node clusters on the in-process
+//!   network with a paused tokio clock: partitions, one-way cuts, drops,
+//!   delays, crashes and restarts, OS crashes losing unsynced writes
+//!   ([`LossyStore`]), leader transfers, membership churn, snapshots.
+//! * [`invariants`] — the properties checked during and after every run.
+//! * [`history`] — client histories, checked for linearizability with
+//!   `stateright`'s `LinearizabilityTester`.
+//! * [`chaos`] — real `memstore` processes under HTTP load, SIGKILL,
+//!   SIGSTOP/SIGCONT, restarts (and network-namespace partitions as root).
+//!
+//! Run one seed: `RAFTIFY_SEED=42 cargo test -p raftify-reliability --test
+//! simulation -- --nocapture`.
+
+pub mod chaos;
+pub mod fuzz_targets;
+pub mod history;
+pub mod invariants;
+pub mod lossy_store;
+pub mod rng;
+pub mod sim;
+pub mod sm;
+
+pub use lossy_store::LossyStore;
