@@ -165,8 +165,11 @@ impl Config {
                 ReadMode::LeaseBased => raft::ReadOnlyOption::LeaseBased,
             },
             max_committed_size_per_ready: self.max_committed_size_per_ready,
-            // Merge append messages queued for the same peer in one Ready.
-            batch_append: true,
+            // raft-rs's batch_append can merge entries into an empty append
+            // whose index no longer precedes them (a misindexed message that
+            // panics the follower: found by the reliability soak). raftify
+            // batches proposals itself instead (one MsgPropose per wake-up).
+            batch_append: false,
             ..Default::default()
         }
     }
