@@ -420,10 +420,28 @@ impl RaftHandle {
     /// before the call (raft ReadIndex), and returns that index. After it
     /// returns, reading the local state machine is linearizable. Works on
     /// followers too (the leader confirms the index).
+    ///
+    /// A node that knows no leader yet (just started, or an election is
+    /// under way) waits up to two election timeouts for one before it
+    /// answers [`Error::NoLeader`].
     pub async fn read_index(&self) -> Result<u64> {
-        let timeout = self.inner.config.read_timeout;
-        self.call(timeout, |reply| Command::ReadIndex { reply })
+        match self
+            .call_untimed(|reply| Command::ReadIndex { reply })
             .await
+        {
+            Err(Error::NoLeader) if self.await_leader().await => {
+                self.call_untimed(|reply| Command::ReadIndex { reply })
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Waits (two election timeouts at most) for a leader to be known;
+    /// true when one is.
+    async fn await_leader(&self) -> bool {
+        let limit = self.inner.config.election_timeout() * 2;
+        self.wait_for_leader(limit).await.is_ok()
     }
 
     /// Alias of [`RaftHandle::read_index`], by openraft's name.
@@ -791,8 +809,14 @@ impl RaftHandle {
 
     /// Executes a cluster request here, or on the leader when this node is
     /// not it (one hop through the transport).
+    /// A node that knows no leader yet waits up to two election timeouts
+    /// for one first.
     pub async fn request(&self, request: ClusterRequest) -> Result<ClusterResponse> {
-        match self.handle_request(request.clone()).await {
+        let mut result = self.handle_request(request.clone()).await;
+        if matches!(result, Err(Error::NoLeader)) && self.await_leader().await {
+            result = self.handle_request(request.clone()).await;
+        }
+        match result {
             Err(Error::NotLeader {
                 leader_addr: Some(addr),
                 ..
