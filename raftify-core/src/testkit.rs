@@ -323,3 +323,114 @@ impl Cluster {
         }
     }
 }
+
+/// Throughput of a 3-node cluster in this process (the framework's own
+/// overhead): `proposers` tasks each propose 16-byte entries to the leader
+/// in a loop for `secs` seconds. Returns (proposals/s, mean latency in µs)
+/// per level. Used by the `inproc_bench` examples of raftify-core (memory)
+/// and raftify-storage (LMDB).
+pub async fn cluster_throughput(
+    factory: StoreFactory,
+    levels: &[usize],
+    secs: f64,
+) -> Result<Vec<(usize, f64, f64)>> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    #[derive(Default)]
+    struct Counter(u64);
+
+    #[async_trait::async_trait]
+    impl AbstractStateMachine<Vec<u8>> for Counter {
+        async fn apply(&mut self, _e: Vec<u8>) -> Result<Vec<u8>, BoxError> {
+            self.0 += 1;
+            Ok(Vec::new())
+        }
+        async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
+            Ok(self.0.to_be_bytes().to_vec())
+        }
+        async fn restore(&mut self, s: Vec<u8>) -> Result<(), BoxError> {
+            let b: [u8; 8] = s.as_slice().try_into()?;
+            self.0 = u64::from_be_bytes(b);
+            Ok(())
+        }
+    }
+
+    let net = InProcNetwork::new(7);
+    let members: BTreeMap<u64, String> = (1..=3).map(|i| (i, net.addr_of(i))).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let mut c = Config::new(id);
+        c.tick_interval = Duration::from_millis(50);
+        c.snapshot_threshold = 100_000;
+        c.snapshot_log_retention = 10_000;
+        let n: Raft<Vec<u8>, Counter> = Raft::builder(c, Counter::default())
+            .storage(factory(id))
+            .transport(net.transport(id))
+            .bootstrap(Bootstrap::Members(members.clone()))
+            .logger(crate::discard_logger())
+            .start()
+            .await?;
+        net.register(id, n.handle().clone());
+        nodes.push(n);
+    }
+    let leader_id = nodes[0].wait_for_leader(WAIT).await?;
+    let leader = nodes
+        .iter()
+        .find(|n| n.id() == leader_id)
+        .cloned()
+        .ok_or(Error::NoLeader)?;
+    let mut out = Vec::new();
+    for &n in levels {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let micros = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let (leader, stop, done, micros) =
+                (leader.clone(), stop.clone(), done.clone(), micros.clone());
+            tasks.push(tokio::spawn(async move {
+                let entry = vec![0u8; 16];
+                while !stop.load(Ordering::Relaxed) {
+                    let t = std::time::Instant::now();
+                    if leader.propose(&entry).await.is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        let start = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        stop.store(true, Ordering::Relaxed);
+        let elapsed = start.elapsed().as_secs_f64();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let d = done.load(Ordering::Relaxed);
+        let mean = micros.load(Ordering::Relaxed) as f64 / d.max(1) as f64;
+        out.push((n, d as f64 / elapsed, mean));
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(out)
+}
+
+/// Parses `[LEVELS...] [--secs S]` for the throughput examples.
+pub fn bench_args() -> (Vec<usize>, f64) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut secs = 3.0;
+    let mut levels = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--secs" {
+            secs = it.next().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+        } else if let Ok(n) = a.parse() {
+            levels.push(n);
+        }
+    }
+    if levels.is_empty() {
+        levels = vec![1, 64, 256, 1024];
+    }
+    (levels, secs)
+}

@@ -427,5 +427,9 @@ fn a_node_restarted_with_a_wiped_dir_stops_with_a_clear_error_and_is_rebuilt() {
         (get_value(&c.node(victim).http, "k20", true).as_deref() == Some("v")).then_some(())
     });
     let r = request(&c.node(victim).http, "PUT", "/kv/after", b"rebuild");
-    assert!(matches!(&r, Ok(r) if r.status == 200), "{r:?}\n{}", c.node(victim).log_text());
+    assert!(
+        matches!(&r, Ok(r) if r.status == 200),
+        "{r:?}\n{}",
+        c.node(victim).log_text()
+    );
 }
