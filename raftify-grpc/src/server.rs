@@ -401,7 +401,7 @@ impl RaftGrpcServer {
         let logger = self.logger.clone();
         let router = self.router()?;
         let task = tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
+            let incoming = nodelay(listener);
             let signal = async {
                 let _ = rx.await;
             };
@@ -425,7 +425,7 @@ impl RaftGrpcServer {
     ) -> Result<()> {
         let router = self.router()?;
         router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+            .serve_with_incoming_shutdown(nodelay(listener), signal)
             .await
             .map_err(|e| Error::Transport(format!("gRPC server: {e}")))
     }
@@ -461,6 +461,20 @@ impl RaftGrpcServer {
         }
         Ok(builder.add_service(InterceptedService::new(service, auth)))
     }
+}
+
+/// Accepted connections with TCP_NODELAY set: tonic ignores its own
+/// `tcp_nodelay` setting for listeners it did not bind, and Nagle's
+/// algorithm meeting delayed ACKs stalls small replies by ~40 ms.
+fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }
 
 /// A server running in the background.

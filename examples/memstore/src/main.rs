@@ -408,6 +408,10 @@ async fn run(args: Args) -> Result<()> {
     let mut state_rx = raft.subscribe();
     let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
     let fatal_seen = fatal.clone();
+    // TCP_NODELAY: small responses must not wait for delayed ACKs (Nagle).
+    let web = axum::serve::ListenerExt::tap_io(web, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http = axum::serve(web, router(state)).with_graceful_shutdown(async move {
         let node_failed = async {
             match state_rx
