@@ -85,7 +85,7 @@ cat >"$WORK/memstore_get.lua" <<'LUA'
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format("GET", "/kv/key" .. (n % 1000))
+  return wrk.format("GET", "/kv/key" .. ((n % 1000) + 1))
 end
 LUA
 # etcd's JSON gateway wants base64 keys and values: precompute them.
@@ -100,7 +100,7 @@ with open(f"{work}/etcd_put.lua", "w") as f:
     f.write(f'  local body = \'{{"key":"\' .. keys[(n % #keys) + 1] .. \'","value":"{val}"}}\'\n')
     f.write('  return wrk.format("POST", "/v3/kv/put", {["Content-Type"]="application/json"}, body)\nend\n')
 with open(f"{work}/etcd_get.lua", "w") as f:
-    f.write("local keys = {" + ",".join(f'"{k}"' for k in keys[:1000]) + "}\n")
+    f.write("local keys = {" + ",".join(f'"{k}"' for k in keys[1:1001]) + "}\n")
     f.write("local n = 0\nrequest = function()\n  n = n + 1\n")
     f.write("  local body = '{\"key\":\"' .. keys[(n % #keys) + 1] .. '\"}'\n")
     f.write('  return wrk.format("POST", "/v3/kv/range", {["Content-Type"]="application/json"}, body)\nend\n')
