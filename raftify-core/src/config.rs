@@ -66,6 +66,11 @@ pub struct Config {
     /// A storage write that takes longer than this stops the node with
     /// [`Error::Fatal`] (a hung disk must not hang every caller). Default 60 s.
     pub storage_timeout: Duration,
+    /// Seed for the randomized election timeouts. `None` (the default):
+    /// raft-rs's random choice. `Some(seed)`: a seeded sequence per node,
+    /// which removes raft-rs's own randomness from election timing (for
+    /// simulations and tests).
+    pub election_seed: Option<u64>,
     /// Max proposals waiting to enter the log; further ones fail fast with
     /// [`Error::Overloaded`]. Default 65 536.
     pub max_pending_proposals: usize,
@@ -92,6 +97,7 @@ impl Config {
             read_timeout: Duration::from_secs(5),
             read_mode: ReadMode::Safe,
             storage_timeout: Duration::from_secs(60),
+            election_seed: None,
             max_pending_proposals: 65_536,
         }
     }

@@ -142,6 +142,8 @@ pub(crate) struct RaftLoop<E, SM> {
     proposals: Vec<(ProposalKind, Vec<u8>, Reply<Applied>)>,
     /// Set by input handlers that find the node unable to continue safely.
     fatal: Option<Error>,
+    /// State of the seeded election-timeout generator (`Config::election_seed`).
+    election_rng: Option<u64>,
     /// Addresses of peers not (yet) in the address book, from their messages.
     learned_addrs: HashMap<u64, String>,
     snapshot_waiters: Vec<Reply<u64>>,
@@ -179,6 +181,11 @@ where
 {
     pub(crate) fn new(p: LoopParts<E, SM>) -> Self {
         let last_role = p.raw.raft.state;
+        let id = p.config.id;
+        let election_rng = p
+            .config
+            .election_seed
+            .map(|s| (s ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)).max(1));
         RaftLoop {
             raw: p.raw,
             store: p.store,
@@ -204,6 +211,7 @@ where
             proposals: Vec::new(),
             fatal: None,
             learned_addrs: HashMap::new(),
+            election_rng,
             snapshot_waiters: Vec::new(),
             pending_commit: None,
             ticks: 0,
@@ -252,12 +260,36 @@ where
             }
             self.flush_proposals();
             self.issue_read_batch();
+            self.reseed_election_timeout();
             if let Err(e) = self.on_ready().await {
                 break Some(e);
             }
             self.serve_snapshot_requests().await;
         };
         self.stop(fatal);
+    }
+
+    /// With `election_seed`, replaces raft-rs's `thread_rng` choice of
+    /// election timeout by a seeded one whenever the election clock was
+    /// just reset (re-choosing more often than raft-rs does is harmless: the
+    /// value stays in `[election_tick, 2 * election_tick)`).
+    fn reseed_election_timeout(&mut self) {
+        let Some(state) = self.election_rng.as_mut() else {
+            return;
+        };
+        if self.raw.raft.election_elapsed != 0 {
+            return;
+        }
+        // xorshift64*
+        let mut x = *state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        *state = x;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let min = self.config.election_tick;
+        let timeout = min + (r % min as u64) as usize;
+        self.raw.raft.set_randomized_election_timeout(timeout);
     }
 
     // ----- inputs -------------------------------------------------------

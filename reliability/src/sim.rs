@@ -277,6 +277,8 @@ impl World {
         c.conf_change_timeout = Duration::from_secs(5);
         c.snapshot_threshold = self.opts.snapshot_threshold;
         c.snapshot_log_retention = self.opts.snapshot_log_retention;
+        // Seeded election timeouts: with the paused clock, a seed replays.
+        c.election_seed = Some(self.opts.seed);
         c
     }
 }
