@@ -300,7 +300,7 @@ fn cli_debug_persisted_json_matches_what_was_written() {
     let status = get(&c.node(1).http, "/status").json();
     let last = status["last_index"].as_u64().expect("last_index");
     c.nodes.get_mut(&1).expect("node").terminate(T);
-    let cli = std::path::Path::new(env!("CARGO_BIN_EXE_memstore")).with_file_name("raftify-cli");
+    let cli = cli_path();
     let out = std::process::Command::new(&cli)
         .args(["debug", "persisted", "--json"])
         .arg(&c.node(1).dir)
@@ -330,8 +330,7 @@ fn cli_debug_persisted_json_matches_what_was_written() {
 }
 
 fn cli(args: &[&str]) -> std::process::Output {
-    let cli = std::path::Path::new(env!("CARGO_BIN_EXE_memstore")).with_file_name("raftify-cli");
-    std::process::Command::new(cli)
+    std::process::Command::new(cli_path())
         .args(args)
         .output()
         .expect("run raftify-cli (build it with the workspace)")

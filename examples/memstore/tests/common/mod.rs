@@ -219,3 +219,22 @@ pub fn leader_of(http: &str) -> Option<u64> {
     }
     r.json()["leader_id"].as_u64().filter(|l| *l != 0)
 }
+
+/// The `raftify-cli` binary next to `memstore`. `cargo test` builds only the
+/// binaries of the package under test, so the first caller builds the CLI
+/// (cargo does not hold its build lock while tests run).
+pub fn cli_path() -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let path = Path::new(env!("CARGO_BIN_EXE_memstore")).with_file_name("raftify-cli");
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "raftify-cli", "--bin", "raftify-cli"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for raftify-cli");
+        assert!(status.success(), "building raftify-cli failed");
+    }
+    assert!(path.exists(), "raftify-cli not found at {}", path.display());
+    path
+}
