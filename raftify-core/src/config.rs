@@ -67,9 +67,8 @@ pub struct Config {
     /// [`Error::Fatal`] (a hung disk must not hang every caller). Default 60 s.
     pub storage_timeout: Duration,
     /// Seed for the randomized election timeouts. `None` (the default):
-    /// raft-rs's random choice. `Some(seed)`: a seeded sequence per node,
-    /// which removes raft-rs's own randomness from election timing (for
-    /// simulations and tests).
+    /// raft-rs's random choice. `Some(seed)`: a seeded sequence per node, so
+    /// a simulation on tokio's paused clock replays exactly.
     pub election_seed: Option<u64>,
     /// Max proposals waiting to enter the log; further ones fail fast with
     /// [`Error::Overloaded`]. Default 65 536.

@@ -222,6 +222,8 @@ where
 
     /// Runs until shutdown or a fatal storage error.
     pub(crate) async fn run(mut self) {
+        // raft-rs chose the first timeout when the node was created.
+        self.reseed_election_timeout();
         let mut ticker = tokio::time::interval(self.config.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let fatal = loop {
@@ -854,6 +856,20 @@ where
                     }
                 }
                 info!(self.logger, "membership changed"; "voters" => ?cs.voters, "learners" => ?cs.learners, "outgoing" => ?cs.voters_outgoing);
+                // A leader that applied its own removal (the change was
+                // proposed before leadership moved to it) keeps leading in
+                // raft-rs 0.7, and panics on its next commit advance: step
+                // down; the remaining voters elect a leader.
+                let me = self.config.id;
+                let voter = cs.voters.contains(&me) || cs.voters_outgoing.contains(&me);
+                if !voter && self.raw.raft.state == StateRole::Leader {
+                    warn!(
+                        self.logger,
+                        "this leader is no longer a voter; stepping down"
+                    );
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term, raft::INVALID_ID);
+                }
                 self.conf_state = cs;
                 Ok(Applied::ConfChanged)
             }

@@ -299,7 +299,11 @@ async fn boot(w: &Arc<World>, id: u64, bootstrap: Bootstrap) -> Result<SimNode, 
         .storage(store.clone())
         .transport(w.net.transport(id))
         .bootstrap(bootstrap)
-        .logger(raftify_core::discard_logger())
+        .logger(if std::env::var_os("RAFTIFY_SIM_LOG").is_some() {
+            raftify_core::default_logger()
+        } else {
+            raftify_core::discard_logger()
+        })
         .start()
         .await?;
     w.net.register(id, node.handle().clone());
