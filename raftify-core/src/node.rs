@@ -666,7 +666,9 @@ impl RaftHandle {
     /// Transfers leadership from this node (the leader) to the voter with
     /// the most replicated log, and waits until a leader other than this node
     /// is known.
-    async fn hand_over_leadership(&self) -> Result<()> {
+    /// `avoid`: nodes that must not take over (those a pending change
+    /// removes or demotes), so leadership never bounces between them.
+    async fn hand_over_leadership(&self, avoid: &[u64]) -> Result<()> {
         let id = self.id();
         let timeout = self.inner.config.conf_change_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -679,12 +681,12 @@ impl RaftHandle {
             let target = status
                 .progress
                 .iter()
-                .filter(|(pid, _)| **pid != id && voters.contains(pid))
+                .filter(|(pid, _)| **pid != id && voters.contains(pid) && !avoid.contains(pid))
                 .max_by_key(|(_, p)| p.matched)
                 .map(|(pid, _)| *pid)
                 .ok_or_else(|| {
                     Error::ConfChangeRejected(format!(
-                        "node {id} is the only voter: there is no one to hand leadership to"
+                        "no voter that this change keeps can take over leadership from node {id}"
                     ))
                 })?;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -717,7 +719,7 @@ impl RaftHandle {
                 return Ok(());
             }
             if status.role == Role::Leader {
-                match self.hand_over_leadership().await {
+                match self.hand_over_leadership(&[id]).await {
                     Err(Error::ConfChangeRejected(_)) => {
                         return Err(Error::InvalidArgument(
                             "the last voter cannot leave its cluster".into(),
@@ -779,8 +781,17 @@ impl RaftHandle {
                     matches!(c, MembershipChange::Remove { id } | MembershipChange::AddLearner { id, .. } if *id == me)
                 });
                 if touches_me && self.is_leader() {
-                    // Hand leadership over, then let the new leader do it.
-                    self.hand_over_leadership().await?;
+                    // Hand leadership to a voter the change keeps, then let
+                    // it apply the change.
+                    let leaving: Vec<u64> = changes
+                        .iter()
+                        .filter_map(|c| match c {
+                            MembershipChange::Remove { id }
+                            | MembershipChange::AddLearner { id, .. } => Some(*id),
+                            MembershipChange::AddVoter { .. } => None,
+                        })
+                        .collect();
+                    self.hand_over_leadership(&leaving).await?;
                     let addr = self.state().leader_addr.ok_or(Error::NoLeader)?;
                     let request = ClusterRequest::ChangeMembership(changes);
                     return self.inner.transport.call(&addr, request).await;

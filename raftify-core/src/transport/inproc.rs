@@ -196,19 +196,27 @@ impl Transport for InProcTransport {
     }
 
     fn send(&self, to: u64, mut msgs: Vec<Message>, feedback: &Feedback) {
-        let Some(addr) = self.peer_addr(to) else {
+        let has_snapshot = msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        // An undeliverable snapshot must be reported as failed, or raft
+        // keeps the peer waiting for it forever (found by seed 2138).
+        let lost = |feedback: &Feedback| {
             feedback.unreachable(to);
+            if has_snapshot {
+                feedback.snapshot(to, false);
+            }
+        };
+        let Some(addr) = self.peer_addr(to) else {
+            lost(feedback);
             return;
         };
         let mut s = self.net.lock();
         let Some((target_id, target)) = s.nodes.get(&addr).cloned() else {
             drop(s);
-            feedback.unreachable(to);
+            lost(feedback);
             return;
         };
-        let has_snapshot = msgs
-            .iter()
-            .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
         if s.blocked(self.id, target_id) {
             s.dropped += msgs.len() as u64;
             drop(s);
