@@ -823,6 +823,11 @@ impl RaftHandle {
     /// A node that knows no leader yet waits up to two election timeouts
     /// for one first.
     pub async fn request(&self, request: ClusterRequest) -> Result<ClusterResponse> {
+        if self.is_leader() {
+            // The common case: no copy of the request kept for forwarding.
+            // (Losing leadership meanwhile answers a retryable error.)
+            return self.handle_request(request).await;
+        }
         let mut result = self.handle_request(request.clone()).await;
         if matches!(result, Err(Error::NoLeader)) && self.await_leader().await {
             result = self.handle_request(request.clone()).await;
