@@ -198,14 +198,6 @@ fn with_port(addr: &str, port: u16) -> String {
     }
 }
 
-/// This node's address in the replicated address book of its latest
-/// snapshot.
-fn own_addr_in_log(store: &dyn LogStore, id: u64) -> Option<String> {
-    let snap = store.snapshot().ok()?;
-    let env = raftify_core::codec::SnapshotEnvelope::decode(&snap.data).ok()?;
-    env.meta.peers.get(&id).cloned()
-}
-
 /// Everything `start` decided while holding the GIL.
 struct StartPlan {
     config: Config,
@@ -262,7 +254,7 @@ async fn start_node(plan: StartPlan) -> Result<(NodeRaft, ServerHandle, u64, Str
     let mut addr = config.raft_addr.trim().to_string();
     let unset = addr.is_empty() || port_of(&addr) == Some(0);
     if resumed && unset {
-        if let Some(logged) = own_addr_in_log(store.as_ref(), id) {
+        if let Some(logged) = raftify_core::storage::recorded_addr(store.as_ref(), id) {
             addr = logged;
         }
     }

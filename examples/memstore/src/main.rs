@@ -308,14 +308,6 @@ fn open_store(args: &Args, dir: &Path) -> Result<LmdbStore> {
         .with_context(|| format!("cannot open the data dir {}", dir.display()))
 }
 
-/// This node's address as recorded in the replicated address book of its
-/// latest snapshot (a restarted node need not be told it again).
-fn own_addr_in_log(store: &LmdbStore, id: u64) -> Option<String> {
-    let snap = store.snapshot().ok()?;
-    let env = raftify_core::codec::SnapshotEnvelope::decode(&snap.data).ok()?;
-    env.meta.peers.get(&id).cloned()
-}
-
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -351,7 +343,8 @@ async fn run(args: Args) -> Result<()> {
 
     let mut raft_addr = plan.raft_addr.clone();
     if raft_addr.is_empty() {
-        raft_addr = own_addr_in_log(&store, plan.id).unwrap_or_else(|| "127.0.0.1:60061".into());
+        raft_addr = raftify_core::storage::recorded_addr(&store, plan.id)
+            .unwrap_or_else(|| "127.0.0.1:60061".into());
     }
     let transport = Arc::new(
         GrpcTransport::with_logger(raft_addr.clone(), grpc.clone(), logger.clone())

@@ -238,3 +238,12 @@ pub fn limit_size(entries: &mut Vec<Entry>, max_size: Option<u64>) {
         .count();
     entries.truncate(keep.max(1));
 }
+
+/// Node `id`'s raft address as recorded in the replicated address book of
+/// the store's latest snapshot: a restarted node need not be told its own
+/// address again. `None` before the first snapshot that lists it.
+pub fn recorded_addr(store: &dyn LogStore, id: u64) -> Option<String> {
+    let snap = store.snapshot().ok()?;
+    let env = crate::codec::SnapshotEnvelope::decode(&snap.data).ok()?;
+    env.meta.peers.get(&id).cloned()
+}
