@@ -358,8 +358,19 @@ async fn a_learner_is_promoted_takes_leadership_and_leaves() {
     client.propose(put("a", "1")).await.unwrap();
 
     let learner = c.join(true).await;
-    let members = client.members().await.unwrap();
-    let m = members.iter().find(|m| m.id == learner).unwrap();
+    // The node asked may be a follower that has not applied the change yet.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let members = client.members().await.unwrap();
+        if let Some(m) = members.into_iter().find(|m| m.id == learner) {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "learner {learner} never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(m.role, MemberRole::Learner);
     c.wait_converged(&[1, 2, 3, learner], 1).await;
 
