@@ -677,6 +677,11 @@ impl RaftHandle {
                 return Err(Error::Timeout(timeout));
             }
             let status = self.status().await?;
+            if status.role != Role::Leader {
+                // Stepped down between the two looks (a transfer asked by an
+                // earlier round completed): progress is only known to a leader.
+                break;
+            }
             let voters = status.voters();
             let target = status
                 .progress
