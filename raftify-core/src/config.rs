@@ -73,6 +73,16 @@ pub struct Config {
     /// Max proposals waiting to enter the log; further ones fail fast with
     /// [`Error::Overloaded`]. Default 65 536.
     pub max_pending_proposals: usize,
+    /// Pipelined persistence: a writer task makes Readys durable while the
+    /// loop goes on stepping messages, sending and applying; every Ready
+    /// queued behind an in-flight commit joins the next one (one fsync for
+    /// all of them). Messages that must follow persistence (a follower's
+    /// append acknowledgements, votes) still wait for it, and only durable
+    /// entries are applied, so the guarantees are those of the synchronous
+    /// path. `None` (the default): on for stores whose writes block on I/O
+    /// ([`crate::storage::LogStore::blocking_writes`]), off for in-memory
+    /// ones, where one more task hop costs more than it saves.
+    pub pipeline_writes: Option<bool>,
 }
 
 impl Config {
@@ -93,6 +103,7 @@ impl Config {
             snapshot_log_retention: 1_000,
             proposal_timeout: Duration::from_secs(10),
             conf_change_timeout: Duration::from_secs(20),
+            pipeline_writes: None,
             read_timeout: Duration::from_secs(5),
             read_mode: ReadMode::Safe,
             storage_timeout: Duration::from_secs(60),

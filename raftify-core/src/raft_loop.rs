@@ -7,6 +7,15 @@
 //! write** (snapshot, entries, hard state) → a received snapshot installed →
 //! messages that must follow persistence sent → `advance`.
 //!
+//! With pipelined persistence (the default on disk stores) the storage write
+//! goes to a writer task instead and the loop calls `advance_append_async`
+//! at once: it keeps stepping messages, sending and applying while the
+//! commit is on its way, and the Readys queued meanwhile are merged into the
+//! next commit. The written entries stay readable through the storage
+//! overlay until durable; messages that must follow persistence are held
+//! until the write completes (`on_persisted` → `on_persist_ready`), and
+//! raft-rs hands out only durable entries to apply.
+//!
 //! Nothing a peer or a client sends can stop this loop: bad messages are
 //! logged and dropped, failed proposals are answered with an error. Only a
 //! storage failure is fatal, because raft's safety rests on it.
@@ -17,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::membership::{Member, MemberRole};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::{Metrics, NodeState, PeerProgress, Role, Status};
-use crate::storage::{LogStore, RaftStorage, WriteBatch};
+use crate::storage::{LogStore, RaftStorage, StorageError, WriteBatch};
 use crate::transport::{Feedback, FeedbackEvent, Transport};
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -27,9 +36,10 @@ use raft::eraftpb::{
 use raft::{RawNode, StateRole};
 use raft_proto::ConfChangeI;
 use slog::{debug, error, info, warn, Logger};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, RwLock};
 use tokio::time::Instant;
 
@@ -115,6 +125,29 @@ struct Reads {
     next_ctx: u64,
 }
 
+/// Pipelined persistence: Readys handed to the writer task, not yet durable.
+struct Pipeline {
+    /// Jobs for the writer: `(ready number, what it persists)`.
+    jobs: Option<mpsc::UnboundedSender<(u64, WriteBatch)>>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    /// Number of the last Ready handed to the writer.
+    submitted: u64,
+    /// Number of the last Ready the writer made durable.
+    persisted: u64,
+    /// Messages that may leave only once the writes up to the number are
+    /// durable (a follower's acknowledgements, votes).
+    held: VecDeque<(u64, Vec<Message>)>,
+    /// `campaign` requests waiting for the writes in flight (raft-rs requires
+    /// a durable log before a node can win an election).
+    campaigns: Vec<Reply<()>>,
+}
+
+impl Pipeline {
+    fn in_flight(&self) -> bool {
+        self.submitted > self.persisted
+    }
+}
+
 /// Everything the loop task owns.
 pub(crate) struct RaftLoop<E, SM> {
     pub(crate) raw: RawNode<RaftStorage>,
@@ -148,6 +181,9 @@ pub(crate) struct RaftLoop<E, SM> {
     learned_addrs: HashMap<u64, String>,
     snapshot_waiters: Vec<Reply<u64>>,
     pending_commit: Option<u64>,
+    pipeline: Option<Pipeline>,
+    /// Completions from the writer task: the last durable Ready's number.
+    persisted_rx: mpsc::UnboundedReceiver<Result<u64>>,
     ticks: u64,
     last_leader: u64,
     last_role: StateRole,
@@ -214,6 +250,8 @@ where
             election_rng,
             snapshot_waiters: Vec::new(),
             pending_commit: None,
+            pipeline: None,
+            persisted_rx: mpsc::unbounded_channel().1,
             ticks: 0,
             last_leader: 0,
             last_role,
@@ -224,6 +262,7 @@ where
     pub(crate) async fn run(mut self) {
         // raft-rs chose the first timeout when the node was created.
         self.reseed_election_timeout();
+        self.start_pipeline();
         let mut ticker = tokio::time::interval(self.config.tick_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let fatal = loop {
@@ -252,6 +291,12 @@ where
                     stop
                 }
                 Some(fb) = self.fb_rx.recv() => { self.on_feedback(fb); false }
+                Some(done) = self.persisted_rx.recv() => {
+                    if let Err(e) = self.on_persisted(done) {
+                        self.fatal = Some(e);
+                    }
+                    false
+                }
                 else => true,
             };
             if stop {
@@ -268,7 +313,76 @@ where
             }
             self.serve_snapshot_requests().await;
         };
-        self.stop(fatal);
+        self.stop(fatal).await;
+    }
+
+    /// Starts the writer task when persistence is pipelined.
+    fn start_pipeline(&mut self) {
+        let blocking = self.store.blocking_writes();
+        if !self.config.pipeline_writes.unwrap_or(blocking) {
+            return;
+        }
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_behind(
+            self.store.clone(),
+            blocking,
+            self.config.storage_timeout,
+            self.metrics.clone(),
+            jobs_rx,
+            done_tx,
+        ));
+        self.persisted_rx = done_rx;
+        self.pipeline = Some(Pipeline {
+            jobs: Some(jobs_tx),
+            writer: Some(writer),
+            submitted: 0,
+            persisted: 0,
+            held: VecDeque::new(),
+            campaigns: Vec::new(),
+        });
+    }
+
+    fn writes_in_flight(&self) -> bool {
+        self.pipeline.as_ref().is_some_and(Pipeline::in_flight)
+    }
+
+    /// The writer made every Ready up to `done` durable.
+    fn on_persisted(&mut self, done: Result<u64>) -> Result<()> {
+        let number = done?;
+        let Some(p) = self.pipeline.as_mut() else {
+            return Ok(());
+        };
+        p.persisted = number;
+        let mut ready: Vec<Message> = Vec::new();
+        while p.held.front().is_some_and(|(n, _)| *n <= number) {
+            if let Some((_, msgs)) = p.held.pop_front() {
+                ready.extend(msgs);
+            }
+        }
+        let campaigns = if p.in_flight() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut p.campaigns)
+        };
+        self.raw.mut_store().overlay.persisted(number);
+        self.raw.on_persist_ready(number);
+        self.send(ready);
+        for reply in campaigns {
+            let _ = reply.send(self.raw.campaign().map_err(Error::from));
+        }
+        Ok(())
+    }
+
+    /// Waits until every Ready handed to the writer is durable.
+    async fn drain_writes(&mut self) -> Result<()> {
+        while self.writes_in_flight() {
+            match self.persisted_rx.recv().await {
+                Some(done) => self.on_persisted(done)?,
+                None => return Err(Error::Fatal("the storage writer stopped".into())),
+            }
+        }
+        Ok(())
     }
 
     /// With `election_seed`, replaces raft-rs's `thread_rng` choice of
@@ -297,7 +411,18 @@ where
     // ----- inputs -------------------------------------------------------
 
     fn on_tick(&mut self) {
-        self.raw.tick();
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader
+            && self.writes_in_flight()
+            && raft.election_elapsed + 1 >= raft.randomized_election_timeout()
+        {
+            // raft-rs requires a durable log before a node campaigns (a sole
+            // voter wins at once): the election waits for the writer, which
+            // is a few milliseconds away (or the node stops on
+            // `storage_timeout`).
+        } else {
+            self.raw.tick();
+        }
         self.ticks += 1;
         // Read requests can be dropped by raft (no leader yet, a new leader
         // that has not committed in its term, lost messages): re-issue them
@@ -467,9 +592,13 @@ where
                 }
             }
             Command::TransferLeader { to, reply } => self.transfer_leader(to, reply),
-            Command::Campaign { reply } => {
-                let _ = reply.send(self.raw.campaign().map_err(Error::from));
-            }
+            Command::Campaign { reply } => match self.pipeline.as_mut() {
+                // See on_tick: elections wait for a durable log.
+                Some(p) if p.in_flight() => p.campaigns.push(reply),
+                _ => {
+                    let _ = reply.send(self.raw.campaign().map_err(Error::from));
+                }
+            },
             // Taken after this wake-up's Ready, so it covers everything
             // applied so far.
             Command::Snapshot { reply } => self.snapshot_waiters.push(reply),
@@ -673,6 +802,11 @@ where
     // ----- the Ready cycle ----------------------------------------------
 
     async fn on_ready(&mut self) -> Result<()> {
+        if self.raw.snap().is_some_and(|s| !s.is_empty()) {
+            // A snapshot from the leader replaces the log: it is installed
+            // on the synchronous path, after every write in flight.
+            self.drain_writes().await?;
+        }
         if !self.raw.has_ready() {
             return Ok(());
         }
@@ -683,6 +817,9 @@ where
         self.send(rd.take_messages());
 
         let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
+        if snapshot.is_none() && self.pipeline.is_some() {
+            return self.on_ready_pipelined(rd).await;
+        }
         if snapshot.is_none() {
             // raft-rs hands out only committed entries that are already
             // durable here, so they are applied — and their proposers
@@ -697,15 +834,7 @@ where
             entries: rd.take_entries(),
             hard_state: rd.hs().cloned(),
         };
-        if let Some(commit) = self.pending_commit {
-            if !batch.is_empty() {
-                let hs = batch
-                    .hard_state
-                    .get_or_insert_with(|| self.raw.raft.hard_state());
-                hs.commit = hs.commit.max(commit);
-                self.pending_commit = None;
-            }
-        }
+        self.add_pending_commit(&mut batch);
         self.persist(batch).await?;
 
         if let Some(snap) = snapshot {
@@ -729,33 +858,75 @@ where
         Ok(())
     }
 
-    async fn persist(&mut self, batch: WriteBatch) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
+    /// The pipelined Ready cycle: the write goes to the writer task and
+    /// raft-rs moves on at once (`advance_append_async`).
+    async fn on_ready_pipelined(&mut self, mut rd: raft::Ready) -> Result<()> {
+        // Committed entries are durable here too: raft-rs hands out only
+        // entries up to what `on_persist_ready` confirmed.
+        self.on_read_states(rd.take_read_states());
+        self.apply(rd.take_committed_entries()).await;
+
+        let number = rd.number();
+        let mut batch = WriteBatch {
+            snapshot: None,
+            entries: rd.take_entries(),
+            hard_state: rd.hs().cloned(),
+        };
+        self.add_pending_commit(&mut batch);
+        let msgs = rd.take_persisted_messages();
+        // raft-rs forgets the entries from its unstable log here and reads
+        // them back through storage: the overlay has them first.
+        if !batch.is_empty() {
+            self.raw.mut_store().overlay.push(number, &batch.entries);
         }
-        let n = batch.entries.len() as u64;
-        let result = if self.store.blocking_writes() {
-            let store = self.store.clone();
-            let limit = self.config.storage_timeout;
-            let write = tokio::task::spawn_blocking(move || store.write(batch));
-            match tokio::time::timeout(limit, write).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(Error::Fatal(format!("storage write task failed: {e}"))),
-                Err(_) => {
-                    return Err(Error::Fatal(format!(
-                        "a storage write did not complete within {limit:?}"
-                    )))
-                }
+        self.raw.advance_append_async(rd);
+        let Some(p) = self.pipeline.as_mut() else {
+            return Err(Error::Fatal("pipelined Ready without a writer".into()));
+        };
+        if !batch.is_empty() {
+            let sent = p
+                .jobs
+                .as_ref()
+                .is_some_and(|jobs| jobs.send((number, batch)).is_ok());
+            if !sent {
+                return Err(Error::Fatal("the storage writer stopped".into()));
+            }
+            p.submitted = number;
+        }
+        if p.in_flight() {
+            if !msgs.is_empty() {
+                p.held.push_back((p.submitted, msgs));
             }
         } else {
-            self.store.write(batch)
-        };
-        if let Err(e) = result {
-            return Err(Error::Fatal(format!("storage write failed: {e}")));
+            // Nothing of this Ready or before it awaits the disk.
+            self.send(msgs);
+            self.raw.on_persist_ready(number);
         }
-        Metrics::add(&self.metrics.storage_writes, 1);
-        Metrics::add(&self.metrics.persisted_entries, n);
+        self.raw.advance_apply_to(self.applied);
+
+        self.after_ready();
+        self.maybe_snapshot().await;
         Ok(())
+    }
+
+    /// A commit index learned after the last write (from a `LightReady`)
+    /// rides along with the next write.
+    fn add_pending_commit(&mut self, batch: &mut WriteBatch) {
+        if let Some(commit) = self.pending_commit {
+            if !batch.is_empty() {
+                let hs = batch
+                    .hard_state
+                    .get_or_insert_with(|| self.raw.raft.hard_state());
+                hs.commit = hs.commit.max(commit);
+                self.pending_commit = None;
+            }
+        }
+    }
+
+    async fn persist(&mut self, batch: WriteBatch) -> Result<()> {
+        let blocking = self.store.blocking_writes();
+        let limit = self.config.storage_timeout;
+        write_batch(&self.store, blocking, limit, &self.metrics, batch).await
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
@@ -1224,7 +1395,15 @@ where
         }
     }
 
-    fn stop(mut self, fatal: Option<Error>) {
+    async fn stop(mut self, fatal: Option<Error>) {
+        // Let the writer finish what it was given (the store outlives the
+        // loop in the same process: a restart must not race with it).
+        if let Some(p) = self.pipeline.as_mut() {
+            p.jobs = None;
+            if let Some(writer) = p.writer.take() {
+                let _ = tokio::time::timeout(self.config.storage_timeout, writer).await;
+            }
+        }
         let reason = fatal.as_ref().map(|e| e.to_string());
         if let Some(r) = &reason {
             error!(self.logger, "raft loop stopped"; "reason" => r);
@@ -1260,6 +1439,11 @@ where
         for w in std::mem::take(&mut self.snapshot_waiters) {
             let _ = w.send(Err(err()));
         }
+        if let Some(p) = self.pipeline.as_mut() {
+            for w in std::mem::take(&mut p.campaigns) {
+                let _ = w.send(Err(err()));
+            }
+        }
         self.cmd_rx.close();
         while let Ok(cmd) = self.cmd_rx.try_recv() {
             fail_command(cmd, err());
@@ -1270,6 +1454,67 @@ where
             s.leader_addr = None;
             s.fatal = reason.clone();
         });
+    }
+}
+
+/// One durable write, on tokio's blocking pool when it blocks on I/O;
+/// bounded by `limit` (a hung disk stops the node instead of every caller).
+async fn write_batch(
+    store: &Arc<dyn LogStore>,
+    blocking: bool,
+    limit: Duration,
+    metrics: &Metrics,
+    batch: WriteBatch,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let n = batch.entries.len() as u64;
+    let result: std::result::Result<(), StorageError> = if blocking {
+        let store = store.clone();
+        let write = tokio::task::spawn_blocking(move || store.write(batch));
+        match tokio::time::timeout(limit, write).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(Error::Fatal(format!("storage write task failed: {e}"))),
+            Err(_) => {
+                return Err(Error::Fatal(format!(
+                    "a storage write did not complete within {limit:?}"
+                )))
+            }
+        }
+    } else {
+        store.write(batch)
+    };
+    if let Err(e) = result {
+        return Err(Error::Fatal(format!("storage write failed: {e}")));
+    }
+    Metrics::add(&metrics.storage_writes, 1);
+    Metrics::add(&metrics.persisted_entries, n);
+    Ok(())
+}
+
+/// The writer task of pipelined persistence: takes every job queued while
+/// the previous commit ran, merges them into one batch, writes it, and
+/// reports the number of the last Ready it made durable. Stops after the
+/// first failure (reported) or when the loop drops its sender.
+async fn write_behind(
+    store: Arc<dyn LogStore>,
+    blocking: bool,
+    limit: Duration,
+    metrics: Arc<Metrics>,
+    mut jobs: mpsc::UnboundedReceiver<(u64, WriteBatch)>,
+    done: mpsc::UnboundedSender<Result<u64>>,
+) {
+    while let Some((mut number, mut batch)) = jobs.recv().await {
+        while let Ok((n, later)) = jobs.try_recv() {
+            batch.merge(later);
+            number = n;
+        }
+        let result = write_batch(&store, blocking, limit, &metrics, batch).await;
+        let failed = result.is_err();
+        if done.send(result.map(|()| number)).is_err() || failed {
+            return;
+        }
     }
 }
 

@@ -328,7 +328,8 @@ impl Cluster {
 /// overhead): `proposers` tasks each propose 16-byte entries to the leader
 /// in a loop for `secs` seconds. Returns (proposals/s, mean latency in µs)
 /// per level. Used by the `inproc_bench` examples of raftify-core (memory)
-/// and raftify-storage (LMDB).
+/// and raftify-storage (LMDB). `RAFTIFY_BENCH_PIPELINE=0` or `1` sets
+/// [`Config::pipeline_writes`] (default: the store's choice).
 pub async fn cluster_throughput(
     factory: StoreFactory,
     levels: &[usize],
@@ -363,6 +364,11 @@ pub async fn cluster_throughput(
         c.tick_interval = Duration::from_millis(50);
         c.snapshot_threshold = 100_000;
         c.snapshot_log_retention = 10_000;
+        // `RAFTIFY_BENCH_PIPELINE=0|1` overrides the store's default, to
+        // compare both persistence paths in one run.
+        c.pipeline_writes = std::env::var("RAFTIFY_BENCH_PIPELINE")
+            .ok()
+            .map(|v| v.trim() != "0");
         let n: Raft<Vec<u8>, Counter> = Raft::builder(c, Counter::default())
             .storage(factory(id))
             .transport(net.transport(id))

@@ -51,6 +51,9 @@ pub struct SimOptions {
     /// first; `tests/findings.rs` keeps the original failure as a
     /// regression test). `RAFTIFY_SIM_NO_REMOVE_LEADER=1` turns it off.
     pub remove_leader: bool,
+    /// Nodes persist through the pipelined writer task
+    /// ([`Config::pipeline_writes`]) instead of writing each Ready inline.
+    pub pipeline_writes: bool,
 }
 
 impl SimOptions {
@@ -68,6 +71,8 @@ impl SimOptions {
             snapshot_threshold: r.range(8, 40),
             snapshot_log_retention: r.range(1, 12),
             remove_leader: std::env::var_os("RAFTIFY_SIM_NO_REMOVE_LEADER").is_none(),
+            // Drawn last: earlier seeds keep the rest of their options.
+            pipeline_writes: r.chance(0.5),
         }
     }
 }
@@ -150,7 +155,7 @@ impl RunReport {
     /// One line of figures.
     pub fn summary(&self) -> String {
         format!(
-            "seed {} nodes {} clients {} keys {} no_sync {} churn {}: ops ok {} failed {} unknown {} (settled {:?}), \
+            "seed {} nodes {} clients {} keys {} no_sync {} churn {} pipelined {}: ops ok {} failed {} unknown {} (settled {:?}), \
              acked {} lost {}, commit {}, terms {}, faults {:?}, unsynced lost {}, msgs {:?}, {:?} cluster time, {}",
             self.options.seed,
             self.options.initial_nodes,
@@ -158,6 +163,7 @@ impl RunReport {
             self.options.keys,
             self.options.no_sync,
             self.options.churn,
+            self.options.pipeline_writes,
             self.ops.ok,
             self.ops.failed,
             self.ops.unknown,
@@ -279,6 +285,7 @@ impl World {
         c.snapshot_log_retention = self.opts.snapshot_log_retention;
         // Seeded election timeouts: with the paused clock, a seed replays.
         c.election_seed = Some(self.opts.seed);
+        c.pipeline_writes = Some(self.opts.pipeline_writes);
         c
     }
 }

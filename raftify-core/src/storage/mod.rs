@@ -8,8 +8,10 @@
 //! raftify-core ships [`MemStore`] for tests; `raftify-storage` provides LMDB.
 
 mod memory;
+mod overlay;
 
 pub use memory::{check_append, MemStore};
+pub(crate) use overlay::Overlay;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,6 +92,40 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
     }
+
+    /// Folds a later batch into this one, so that writing the result is the
+    /// same as writing `self` and then `later`: a later snapshot replaces
+    /// everything before it, later entries replace the suffix they overlap,
+    /// the later hard state wins. The loop uses it to write every Ready
+    /// queued behind an in-flight commit in one commit.
+    ///
+    /// ```
+    /// use raftify_core::raft::eraftpb::Entry;
+    /// use raftify_core::WriteBatch;
+    /// let e = |index, term| Entry { index, term, ..Default::default() };
+    /// let mut batch = WriteBatch { entries: vec![e(1, 1), e(2, 1), e(3, 1)], ..Default::default() };
+    /// batch.merge(WriteBatch { entries: vec![e(3, 2), e(4, 2)], ..Default::default() });
+    /// let got: Vec<(u64, u64)> = batch.entries.iter().map(|e| (e.index, e.term)).collect();
+    /// assert_eq!(got, vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+    /// ```
+    pub fn merge(&mut self, later: WriteBatch) {
+        if later.snapshot.is_some() {
+            self.snapshot = later.snapshot;
+            self.entries.clear();
+        }
+        if let Some(first) = later.entries.first() {
+            let keep = self
+                .entries
+                .iter()
+                .position(|e| e.index >= first.index)
+                .unwrap_or(self.entries.len());
+            self.entries.truncate(keep);
+            self.entries.extend(later.entries);
+        }
+        if later.hard_state.is_some() {
+            self.hard_state = later.hard_state;
+        }
+    }
 }
 
 /// Who a data directory belongs to: written once at first start, checked on
@@ -145,12 +181,14 @@ pub trait LogStore: Send + Sync + 'static {
 }
 
 /// Adapts a shared [`LogStore`] to raft-rs's [`raft::Storage`].
-#[derive(Clone)]
 pub(crate) struct RaftStorage {
     pub(crate) store: Arc<dyn LogStore>,
     /// Set when raft asked for a snapshot the store cannot serve yet (too
     /// old for the requesting peer); the loop then takes a fresh one.
     pub(crate) snapshot_wanted: Arc<AtomicBool>,
+    /// Entries given to the storage writer, not yet durable (pipelined
+    /// persistence); read in front of the store.
+    pub(crate) overlay: Overlay,
 }
 
 impl RaftStorage {
@@ -158,6 +196,7 @@ impl RaftStorage {
         RaftStorage {
             store,
             snapshot_wanted: Arc::new(AtomicBool::new(false)),
+            overlay: Overlay::default(),
         }
     }
 }
@@ -174,12 +213,39 @@ impl raft::Storage for RaftStorage {
         max_size: impl Into<Option<u64>>,
         _context: raft::GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        self.store
-            .entries(low, high, max_size.into())
-            .map_err(StorageError::into_raft)
+        let max_size = max_size.into();
+        let (Some(first), Some(last)) = (self.overlay.first_index(), self.overlay.last_index())
+        else {
+            return self
+                .store
+                .entries(low, high, max_size)
+                .map_err(StorageError::into_raft);
+        };
+        if high > last + 1 {
+            return Err(StorageError::Unavailable.into_raft());
+        }
+        let mut out = Vec::new();
+        if low < first {
+            out = self
+                .store
+                .entries(low, high.min(first), max_size)
+                .map_err(StorageError::into_raft)?;
+            if (out.len() as u64) < high.min(first) - low {
+                return Ok(out); // cut by max_size
+            }
+        }
+        out.extend(self.overlay.range(low, high).cloned());
+        limit_size(&mut out, max_size);
+        Ok(out)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
+        if let Some(e) = self.overlay.get(idx) {
+            return Ok(e.term);
+        }
+        if self.overlay.last_index().is_some_and(|l| idx > l) {
+            return Err(StorageError::Unavailable.into_raft());
+        }
         self.store.term(idx).map_err(StorageError::into_raft)
     }
 
@@ -188,7 +254,10 @@ impl raft::Storage for RaftStorage {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        self.store.last_index().map_err(StorageError::into_raft)
+        match self.overlay.last_index() {
+            Some(l) => Ok(l),
+            None => self.store.last_index().map_err(StorageError::into_raft),
+        }
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
