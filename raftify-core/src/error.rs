@@ -92,6 +92,121 @@ impl Error {
     }
 }
 
+/// An [`Error`] as plain data, for transports: every variant maps to a
+/// `kind` and back, so a caller on another node gets the same variant (a
+/// [`Error::NotLeader`] keeps its leader hint).
+///
+/// ```
+/// use raftify_core::{Error, ErrorInfo};
+/// let info = ErrorInfo::from(&Error::NotLeader { leader_id: 2, leader_addr: Some("10.0.0.2:60061".into()) });
+/// assert_eq!(info.kind, "not_leader");
+/// assert!(matches!(info.into_error(), Some(Error::NotLeader { leader_id: 2, .. })));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorInfo {
+    /// The variant, in snake case (`not_leader`, `timeout`, ...).
+    pub kind: String,
+    /// The variant's text payload, or the error's message.
+    pub message: String,
+    /// [`Error::NotLeader`]'s leader id.
+    pub leader_id: u64,
+    /// [`Error::NotLeader`]'s leader address.
+    pub leader_addr: Option<String>,
+    /// [`Error::Timeout`] in milliseconds, [`Error::Overloaded`]'s count.
+    pub number: u64,
+}
+
+impl Error {
+    /// The name of the variant, as used in [`ErrorInfo::kind`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotLeader { .. } => "not_leader",
+            Error::NoLeader => "no_leader",
+            Error::ProposalDropped(_) => "proposal_dropped",
+            Error::LeadershipLost => "leadership_lost",
+            Error::Timeout(_) => "timeout",
+            Error::Overloaded(_) => "overloaded",
+            Error::Shutdown => "shutdown",
+            Error::Encode(_) => "encode",
+            Error::StateMachine(_) => "state_machine",
+            Error::ConfChangeRejected(_) => "conf_change_rejected",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::InvalidConfig(_) => "invalid_config",
+            Error::Storage(_) => "storage",
+            Error::Fatal(_) => "fatal",
+            Error::Transport(_) => "transport",
+            Error::Raft(_) => "raft",
+        }
+    }
+}
+
+impl From<&Error> for ErrorInfo {
+    fn from(err: &Error) -> Self {
+        let message = match err {
+            Error::ProposalDropped(m)
+            | Error::Encode(m)
+            | Error::StateMachine(m)
+            | Error::ConfChangeRejected(m)
+            | Error::InvalidArgument(m)
+            | Error::InvalidConfig(m)
+            | Error::Fatal(m)
+            | Error::Transport(m)
+            | Error::Raft(m) => m.clone(),
+            other => other.to_string(),
+        };
+        let (leader_id, leader_addr) = match err {
+            Error::NotLeader {
+                leader_id,
+                leader_addr,
+            } => (*leader_id, leader_addr.clone()),
+            _ => (0, None),
+        };
+        let number = match err {
+            Error::Timeout(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            Error::Overloaded(n) => *n as u64,
+            _ => 0,
+        };
+        ErrorInfo {
+            kind: err.kind().to_string(),
+            message,
+            leader_id,
+            leader_addr,
+            number,
+        }
+    }
+}
+
+impl ErrorInfo {
+    /// The error this describes; `None` for an unknown kind (a newer peer).
+    pub fn into_error(self) -> Option<Error> {
+        let msg = self.message;
+        Some(match self.kind.as_str() {
+            "not_leader" => Error::NotLeader {
+                leader_id: self.leader_id,
+                leader_addr: self.leader_addr,
+            },
+            "no_leader" => Error::NoLeader,
+            "proposal_dropped" => Error::ProposalDropped(msg),
+            "leadership_lost" => Error::LeadershipLost,
+            "timeout" => Error::Timeout(std::time::Duration::from_millis(self.number)),
+            "overloaded" => Error::Overloaded(usize::try_from(self.number).unwrap_or(usize::MAX)),
+            "shutdown" => Error::Shutdown,
+            "encode" => Error::Encode(msg),
+            "state_machine" => Error::StateMachine(msg),
+            "conf_change_rejected" => Error::ConfChangeRejected(msg),
+            "invalid_argument" => Error::InvalidArgument(msg),
+            "invalid_config" => Error::InvalidConfig(msg),
+            "storage" => {
+                Error::Storage(StorageError::Backend(format!("remote node: {msg}").into()))
+            }
+            "fatal" => Error::Fatal(msg),
+            "transport" => Error::Transport(msg),
+            "raft" => Error::Raft(msg),
+            _ => return None,
+        })
+    }
+}
+
 impl From<raft::Error> for Error {
     fn from(e: raft::Error) -> Self {
         match e {

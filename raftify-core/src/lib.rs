@@ -98,6 +98,7 @@
 pub mod codec;
 mod config;
 mod error;
+mod forward;
 pub mod membership;
 mod node;
 mod raft_loop;
@@ -109,7 +110,7 @@ pub mod testkit;
 pub mod transport;
 
 pub use config::{Config, ReadMode};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorInfo, Result};
 pub use membership::{JoinTicket, Member, MemberRole, MembershipChange};
 pub use node::{
     call_cluster, default_logger, discard_logger, request_join_ticket, Bootstrap, Raft,

@@ -3,7 +3,8 @@
 
 use crate::codec::{frame_user, ClusterMeta, SnapshotEnvelope, TAG_RESERVE_ID};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorInfo, Result};
+use crate::forward::Forwarder;
 use crate::membership::{build_conf_change, validate_addr, JoinTicket, Member, MembershipChange};
 use crate::raft_loop::{Applied, Command, LoopParts, ProposalKind, RaftLoop, Reply};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
@@ -200,6 +201,7 @@ where
             _entry: PhantomData,
         });
         let task = tokio::spawn(event_loop.run());
+        let forwarder = Forwarder::start(transport.clone(), metrics.clone());
         let handle = RaftHandle {
             inner: Arc::new(HandleInner {
                 config,
@@ -207,6 +209,7 @@ where
                 msg_tx,
                 state_rx,
                 metrics,
+                forwarder,
                 transport,
                 store,
                 task: std::sync::Mutex::new(Some(task)),
@@ -307,6 +310,8 @@ struct HandleInner {
     state_rx: watch::Receiver<NodeState>,
     metrics: Arc<Metrics>,
     transport: Arc<dyn Transport>,
+    /// Coalesces the proposals this node forwards to the leader.
+    forwarder: Forwarder,
     store: Arc<dyn LogStore>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -414,6 +419,56 @@ impl RaftHandle {
             Applied::Output(out) => Ok(out),
             other => Err(Error::Raft(format!("unexpected apply result {other:?}"))),
         }
+    }
+
+    /// Proposes several encoded user entries on this node, which must be the
+    /// leader (else the whole batch fails with [`Error::NotLeader`] and
+    /// nothing is proposed). They enter the log together; each gets its own
+    /// outcome, in order.
+    pub async fn propose_encoded_batch(
+        &self,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<Vec<std::result::Result<Vec<u8>, ErrorInfo>>> {
+        let state = self.state();
+        if state.role != Role::Leader {
+            return Err(match state.leader_id {
+                0 => Error::NoLeader,
+                leader_id => Error::NotLeader {
+                    leader_id,
+                    leader_addr: state.leader_addr,
+                },
+            });
+        }
+        let mut waiting = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (reply, rx) = oneshot::channel();
+            let sent = self.inner.cmd_tx.try_send(Command::Propose {
+                kind: ProposalKind::User,
+                data: frame_user(&entry),
+                reply,
+            });
+            waiting.push(match sent {
+                Ok(()) => Ok(rx),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(Error::Overloaded(self.inner.config.max_pending_proposals))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed_error()),
+            });
+        }
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            let result = match w {
+                Ok(rx) => match rx.await {
+                    Err(_) => Err(self.closed_error()),
+                    Ok(Ok(Applied::Output(out))) => Ok(out),
+                    Ok(Ok(other)) => Err(Error::Raft(format!("unexpected apply result {other:?}"))),
+                    Ok(Err(e)) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            outcomes.push(result.map_err(|e| ErrorInfo::from(&e)));
+        }
+        Ok(outcomes)
     }
 
     /// Waits until this node's state machine reflects every write committed
@@ -754,6 +809,9 @@ impl RaftHandle {
             ClusterRequest::Propose(encoded) => Ok(ClusterResponse::Output(
                 self.propose_encoded(&encoded).await?,
             )),
+            ClusterRequest::ProposeBatch(entries) => Ok(ClusterResponse::Outputs(
+                self.propose_encoded_batch(entries).await?,
+            )),
             ClusterRequest::ReadIndex => Ok(ClusterResponse::ReadIndex(self.read_index().await?)),
             ClusterRequest::RequestId { addr } => {
                 validate_addr(&addr)?;
@@ -833,6 +891,15 @@ impl RaftHandle {
             // (Losing leadership meanwhile answers a retryable error.)
             return self.handle_request(request).await;
         }
+        let request = match request {
+            ClusterRequest::Propose(entry) => {
+                return self
+                    .forward_proposal(entry)
+                    .await
+                    .map(ClusterResponse::Output)
+            }
+            other => other,
+        };
         let mut result = self.handle_request(request.clone()).await;
         if matches!(result, Err(Error::NoLeader)) && self.await_leader().await {
             result = self.handle_request(request.clone()).await;
@@ -843,6 +910,47 @@ impl RaftHandle {
                 ..
             }) => self.inner.transport.call(&addr, request).await,
             other => other,
+        }
+    }
+
+    /// A proposal made on a follower: sent to the leader with the other
+    /// proposals forwarded at the same time (see `forward.rs`), following
+    /// one leader change.
+    async fn forward_proposal(&self, entry: Vec<u8>) -> Result<Vec<u8>> {
+        let mut state = self.state();
+        if state.leader_id == 0 && self.await_leader().await {
+            state = self.state();
+        }
+        if state.role == Role::Leader {
+            return self.propose_encoded(&entry).await;
+        }
+        let mut addr = match (state.leader_id, state.leader_addr) {
+            (0, _) => return Err(Error::NoLeader),
+            (_, Some(addr)) => addr,
+            (leader_id, None) => {
+                return Err(Error::NotLeader {
+                    leader_id,
+                    leader_addr: None,
+                })
+            }
+        };
+        let mut hops = 0;
+        loop {
+            match self
+                .inner
+                .forwarder
+                .forward(addr.clone(), entry.clone())
+                .await
+            {
+                Err(Error::NotLeader {
+                    leader_addr: Some(next),
+                    ..
+                }) if next != addr && hops == 0 => {
+                    hops += 1;
+                    addr = next;
+                }
+                other => return other,
+            }
         }
     }
 

@@ -143,6 +143,8 @@ pub struct Metrics {
     pub(crate) snapshots_created: AtomicU64,
     pub(crate) snapshots_installed: AtomicU64,
     pub(crate) read_index_requests: AtomicU64,
+    pub(crate) forwarded_proposals: AtomicU64,
+    pub(crate) forward_batches: AtomicU64,
 }
 
 /// A point-in-time copy of [`Metrics`].
@@ -172,6 +174,12 @@ pub struct MetricsSnapshot {
     pub snapshots_installed: u64,
     /// Read-index rounds issued (each may serve many reads).
     pub read_index_requests: u64,
+    /// Proposals this node forwarded to the leader (as a follower).
+    #[serde(default)]
+    pub forwarded_proposals: u64,
+    /// Requests that carried them (several proposals share one).
+    #[serde(default)]
+    pub forward_batches: u64,
 }
 
 impl Metrics {
@@ -195,6 +203,8 @@ impl Metrics {
             snapshots_created: g(&self.snapshots_created),
             snapshots_installed: g(&self.snapshots_installed),
             read_index_requests: g(&self.read_index_requests),
+            forwarded_proposals: g(&self.forwarded_proposals),
+            forward_batches: g(&self.forward_batches),
         }
     }
 }

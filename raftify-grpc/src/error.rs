@@ -8,7 +8,7 @@
 //! Statuses without that metadata (the transport itself failed, a proxy, a
 //! wrong token) map by code.
 
-use raftify_core::{Error, StorageError};
+use raftify_core::{Error, ErrorInfo};
 use std::time::Duration;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
@@ -28,57 +28,39 @@ fn get<'a>(md: &'a MetadataMap, key: &str) -> Option<&'a str> {
     md.get(key).and_then(|v| v.to_str().ok())
 }
 
+/// The gRPC code an error is sent with.
+pub fn code_of(err: &Error) -> Code {
+    match err {
+        Error::NotLeader { .. } | Error::ConfChangeRejected(_) => Code::FailedPrecondition,
+        Error::NoLeader | Error::Shutdown | Error::Transport(_) => Code::Unavailable,
+        Error::ProposalDropped(_) | Error::LeadershipLost => Code::Aborted,
+        Error::Timeout(_) => Code::DeadlineExceeded,
+        Error::Overloaded(_) => Code::ResourceExhausted,
+        Error::Encode(_) | Error::InvalidArgument(_) | Error::InvalidConfig(_) => {
+            Code::InvalidArgument
+        }
+        Error::StateMachine(_) => Code::Unknown,
+        Error::Storage(_) | Error::Fatal(_) | Error::Raft(_) => Code::Internal,
+    }
+}
+
 /// Converts a core error into a gRPC status carrying enough metadata to be
 /// turned back into the same error by [`status_to_error`].
 pub fn error_to_status(err: &Error) -> Status {
-    let (code, kind) = match err {
-        Error::NotLeader { .. } => (Code::FailedPrecondition, "not_leader"),
-        Error::NoLeader => (Code::Unavailable, "no_leader"),
-        Error::ProposalDropped(_) => (Code::Aborted, "proposal_dropped"),
-        Error::LeadershipLost => (Code::Aborted, "leadership_lost"),
-        Error::Timeout(_) => (Code::DeadlineExceeded, "timeout"),
-        Error::Overloaded(_) => (Code::ResourceExhausted, "overloaded"),
-        Error::Shutdown => (Code::Unavailable, "shutdown"),
-        Error::Encode(_) => (Code::InvalidArgument, "encode"),
-        Error::StateMachine(_) => (Code::Unknown, "state_machine"),
-        Error::ConfChangeRejected(_) => (Code::FailedPrecondition, "conf_change_rejected"),
-        Error::InvalidArgument(_) => (Code::InvalidArgument, "invalid_argument"),
-        Error::InvalidConfig(_) => (Code::InvalidArgument, "invalid_config"),
-        Error::Storage(_) => (Code::Internal, "storage"),
-        Error::Fatal(_) => (Code::Internal, "fatal"),
-        Error::Transport(_) => (Code::Unavailable, "transport"),
-        Error::Raft(_) => (Code::Internal, "raft"),
-    };
     // Variants with a payload send the payload alone as the message, so the
     // other side rebuilds the exact error; the rest send the error's text.
-    let message = match err {
-        Error::ProposalDropped(m)
-        | Error::Encode(m)
-        | Error::StateMachine(m)
-        | Error::ConfChangeRejected(m)
-        | Error::InvalidArgument(m)
-        | Error::InvalidConfig(m)
-        | Error::Fatal(m)
-        | Error::Transport(m)
-        | Error::Raft(m) => m.clone(),
-        other => other.to_string(),
-    };
-    let mut status = Status::new(code, message);
+    let info = ErrorInfo::from(err);
+    let mut status = Status::new(code_of(err), info.message);
     let md = status.metadata_mut();
-    put(md, KIND, kind);
-    match err {
-        Error::NotLeader {
-            leader_id,
-            leader_addr,
-        } => {
-            put(md, LEADER_ID, &leader_id.to_string());
-            if let Some(addr) = leader_addr {
-                put(md, LEADER_ADDR, addr);
-            }
+    put(md, KIND, &info.kind);
+    if let Error::NotLeader { .. } = err {
+        put(md, LEADER_ID, &info.leader_id.to_string());
+        if let Some(addr) = &info.leader_addr {
+            put(md, LEADER_ADDR, addr);
         }
-        Error::Timeout(d) => put(md, NUMBER, &d.as_millis().to_string()),
-        Error::Overloaded(n) => put(md, NUMBER, &n.to_string()),
-        _ => {}
+    }
+    if info.number != 0 {
+        put(md, NUMBER, &info.number.to_string());
     }
     status
 }
@@ -86,32 +68,17 @@ pub fn error_to_status(err: &Error) -> Status {
 /// Converts a gRPC status back into a core error (see [`error_to_status`]).
 pub fn status_to_error(status: &Status) -> Error {
     let md = status.metadata();
-    let msg = status.message().to_string();
-    let number = get(md, NUMBER).and_then(|n| n.parse::<u64>().ok());
-    match get(md, KIND) {
-        Some("not_leader") => Error::NotLeader {
-            leader_id: get(md, LEADER_ID).and_then(|s| s.parse().ok()).unwrap_or(0),
-            leader_addr: get(md, LEADER_ADDR).map(str::to_string),
-        },
-        Some("no_leader") => Error::NoLeader,
-        Some("proposal_dropped") => Error::ProposalDropped(msg),
-        Some("leadership_lost") => Error::LeadershipLost,
-        Some("timeout") => Error::Timeout(Duration::from_millis(number.unwrap_or(0))),
-        Some("overloaded") => Error::Overloaded(number.unwrap_or(0) as usize),
-        Some("shutdown") => Error::Shutdown,
-        Some("encode") => Error::Encode(msg),
-        Some("state_machine") => Error::StateMachine(msg),
-        Some("conf_change_rejected") => Error::ConfChangeRejected(msg),
-        Some("invalid_argument") => Error::InvalidArgument(msg),
-        Some("invalid_config") => Error::InvalidConfig(msg),
-        Some("storage") => {
-            Error::Storage(StorageError::Backend(format!("remote node: {msg}").into()))
-        }
-        Some("fatal") => Error::Fatal(msg),
-        Some("transport") => Error::Transport(msg),
-        Some("raft") => Error::Raft(msg),
-        _ => by_code(status),
-    }
+    let Some(kind) = get(md, KIND) else {
+        return by_code(status);
+    };
+    let info = ErrorInfo {
+        kind: kind.to_string(),
+        message: status.message().to_string(),
+        leader_id: get(md, LEADER_ID).and_then(|s| s.parse().ok()).unwrap_or(0),
+        leader_addr: get(md, LEADER_ADDR).map(str::to_string),
+        number: get(md, NUMBER).and_then(|n| n.parse().ok()).unwrap_or(0),
+    };
+    info.into_error().unwrap_or_else(|| by_code(status))
 }
 
 fn by_code(status: &Status) -> Error {

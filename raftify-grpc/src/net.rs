@@ -9,7 +9,7 @@ use crate::convert::{change_to_pb, members_from_pb, ticket_from_pb};
 use crate::error::status_to_error;
 use crate::pb;
 use crate::pb::raft_service_client::RaftServiceClient;
-use raftify_core::{ClusterRequest, ClusterResponse, Error, Result};
+use raftify_core::{ClusterRequest, ClusterResponse, Error, ErrorInfo, Result};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -137,6 +137,40 @@ pub(crate) fn rpc_error(status: Status, timeout: Duration) -> Error {
     }
 }
 
+/// One entry's outcome of a `ProposeBatch`, from the wire.
+fn outcome_from_pb(o: pb::ProposeOutcome) -> std::result::Result<Vec<u8>, ErrorInfo> {
+    match o.error {
+        None => Ok(o.output),
+        Some(e) => Err(ErrorInfo {
+            kind: e.kind,
+            message: e.message,
+            leader_id: e.leader_id,
+            leader_addr: (!e.leader_addr.is_empty()).then_some(e.leader_addr),
+            number: e.number,
+        }),
+    }
+}
+
+/// One entry's outcome of a `ProposeBatch`, to the wire.
+pub(crate) fn outcome_to_pb(o: std::result::Result<Vec<u8>, ErrorInfo>) -> pb::ProposeOutcome {
+    match o {
+        Ok(output) => pb::ProposeOutcome {
+            output,
+            error: None,
+        },
+        Err(e) => pb::ProposeOutcome {
+            output: Vec::new(),
+            error: Some(pb::ErrorDetail {
+                kind: e.kind,
+                message: e.message,
+                leader_id: e.leader_id,
+                leader_addr: e.leader_addr.unwrap_or_default(),
+                number: e.number,
+            }),
+        },
+    }
+}
+
 /// Performs a cluster request as one RPC.
 pub(crate) async fn perform(
     client: &mut Client,
@@ -153,6 +187,23 @@ pub(crate) async fn perform(
                     .await
                     .map_err(err)?;
                 ClusterResponse::Output(r.into_inner().output)
+            }
+            ClusterRequest::ProposeBatch(entries) => {
+                let r = client
+                    .propose_batch(request(
+                        pb::ProposeBatchRequest { entries },
+                        timeout,
+                        forwarded,
+                    ))
+                    .await
+                    .map_err(err)?;
+                ClusterResponse::Outputs(
+                    r.into_inner()
+                        .outcomes
+                        .into_iter()
+                        .map(outcome_from_pb)
+                        .collect(),
+                )
             }
             ClusterRequest::ReadIndex => {
                 let r = client

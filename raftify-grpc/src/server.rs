@@ -3,7 +3,7 @@
 use crate::config::GrpcConfig;
 use crate::convert::{change_from_pb, decode_msg, members_to_pb, ticket_to_pb};
 use crate::error::error_to_status;
-use crate::net::FORWARDED;
+use crate::net::{outcome_to_pb, FORWARDED};
 use crate::pb;
 use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
 use async_trait::async_trait;
@@ -266,6 +266,22 @@ impl RaftService for Service {
             ClusterResponse::Output(output) => Ok(Response::new(pb::ProposeReply { output })),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn propose_batch(
+        &self,
+        req: Request<pb::ProposeBatchRequest>,
+    ) -> std::result::Result<Response<pb::ProposeBatchReply>, Status> {
+        // Never forwarded again: the sender chose this node as the leader.
+        let entries = req.into_inner().entries;
+        let outcomes = self
+            .handle
+            .propose_encoded_batch(entries)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::ProposeBatchReply {
+            outcomes: outcomes.into_iter().map(outcome_to_pb).collect(),
+        }))
     }
 
     async fn read_index(

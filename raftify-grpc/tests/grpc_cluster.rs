@@ -283,6 +283,49 @@ async fn static_cluster_forwards_follower_proposals_and_serves_reads_and_status(
         }
         other => panic!("expected NotLeader, got {other:?}"),
     }
+    // A batch of proposals over the wire: one outcome each, in order.
+    let batch = raftify_core::ClusterRequest::ProposeBatch(vec![
+        put("b", "1"),
+        KvCmd::Fail.encode().unwrap(),
+        put("b", "2"),
+    ]);
+    match t.call(&c.addr(leader), batch.clone()).await {
+        Ok(raftify_core::ClusterResponse::Outputs(o)) => {
+            assert_eq!(o.len(), 3);
+            assert_eq!(o[0], Ok(Vec::new()));
+            assert!(
+                matches!(&o[1], Err(e) if e.kind == "state_machine"),
+                "{o:?}"
+            );
+            assert_eq!(o[2], Ok(b"1".to_vec()), "the second put sees the first");
+        }
+        other => panic!("expected outcomes, got {other:?}"),
+    }
+    // ... which a follower refuses whole, naming the leader.
+    match t.call(&c.addr(follower), batch).await {
+        Err(Error::NotLeader { leader_id, .. }) => assert_eq!(leader_id, leader),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    // Concurrent writes on the follower reach the leader in shared
+    // ProposeBatch requests, over gRPC.
+    let node = c.nodes[&follower].raft.clone();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            node.client_write(&KvCmd::Put {
+                key: format!("c{i}"),
+                value: "v".into(),
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), b"");
+    }
+    let m = c.nodes[&follower].raft.metrics();
+    assert!(m.forwarded_proposals >= 64, "{m:?}");
+    assert!(m.forward_batches < m.forwarded_proposals, "{m:?}");
     // An on-demand snapshot through the client.
     assert!(client.snapshot(&c.addr(leader)).await.unwrap() > 0);
     c.wait_converged(&[1, 2, 3], 1).await;

@@ -66,6 +66,12 @@ impl Feedback {
 pub enum ClusterRequest {
     /// Propose an encoded user entry; answered with the apply output.
     Propose(Vec<u8>),
+    /// Propose several encoded user entries at once (what a follower sends
+    /// the leader for the proposals it forwards); answered with
+    /// [`ClusterResponse::Outputs`], one outcome per entry, in order. Only
+    /// the node that receives it proposes them: a follower answers
+    /// [`crate::Error::NotLeader`] for the whole batch.
+    ProposeBatch(Vec<Vec<u8>>),
     /// Confirm leadership and return a read index (for linearizable reads).
     ReadIndex,
     /// Reserve a node id and return a join ticket for the node at `addr`.
@@ -86,6 +92,8 @@ pub enum ClusterRequest {
 pub enum ClusterResponse {
     /// The state machine's output for a proposal.
     Output(Vec<u8>),
+    /// The outcome of each entry of a [`ClusterRequest::ProposeBatch`].
+    Outputs(Vec<std::result::Result<Vec<u8>, crate::ErrorInfo>>),
     /// A confirmed read index.
     ReadIndex(u64),
     /// A join ticket.

@@ -96,6 +96,61 @@ async fn concurrent_proposals_all_complete_with_their_own_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_on_a_follower_are_forwarded_together_each_with_its_own_outcome() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    let node = c.node(follower).clone();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 50 == 7 {
+                return node.client_write(&KvCmd::Fail).await;
+            }
+            let key = format!("f{i}");
+            node.client_write(&KvCmd::Put {
+                key: key.clone(),
+                value: "a".into(),
+            })
+            .await?;
+            node.client_write(&KvCmd::Put {
+                key,
+                value: format!("b{i}"),
+            })
+            .await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Err(Error::StateMachine(m)) if i % 50 == 7 => {
+                assert!(m.contains("always fails"), "{m}")
+            }
+            // Each proposer gets its own key's previous value back.
+            Ok(out) if i % 50 != 7 => assert_eq!(out, b"a", "proposal {i}"),
+            other => panic!("proposal {i}: {other:?}"),
+        }
+    }
+    let m = node.metrics();
+    assert_eq!(m.forwarded_proposals, 196 * 2 + 4, "{m:?}");
+    assert!(
+        m.forward_batches < m.forwarded_proposals,
+        "concurrent proposals share requests: {m:?}"
+    );
+    // The batch request itself is for the leader only: nothing is proposed.
+    match node.propose_encoded_batch(vec![b"x".to_vec()]).await {
+        Err(Error::NotLeader { leader_id, .. }) => assert_eq!(leader_id, leader),
+        other => panic!("a follower must refuse a batch: {other:?}"),
+    }
+    c.wait_converged(&[1, 2, 3], 196, WAIT).await.unwrap();
+    assert_eq!(
+        c.map_of(leader).await.get("f0").map(String::as_str),
+        Some("b0")
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_refuses_proposals_and_names_the_leader_and_client_write_forwards() {
     let c = start(3).await.unwrap();
     let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
