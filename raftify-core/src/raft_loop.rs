@@ -179,7 +179,13 @@ pub(crate) struct RaftLoop<E, SM> {
     election_rng: Option<u64>,
     /// Addresses of peers not (yet) in the address book, from their messages.
     learned_addrs: HashMap<u64, String>,
-    snapshot_waiters: Vec<Reply<u64>>,
+    /// On-demand snapshot requests: answered by the first snapshot saved
+    /// at or after the index applied when they came.
+    snapshot_waiters: Vec<(u64, Reply<u64>)>,
+    /// The snapshot being saved in the background: (index, task).
+    snapshot_job: Option<(u64, tokio::task::JoinHandle<()>)>,
+    snapshot_done_tx: mpsc::UnboundedSender<(u64, u64, Result<()>)>,
+    snapshot_done_rx: mpsc::UnboundedReceiver<(u64, u64, Result<()>)>,
     pending_commit: Option<u64>,
     pipeline: Option<Pipeline>,
     /// Completions from the writer task: the last durable Ready's number.
@@ -222,6 +228,7 @@ where
             .config
             .election_seed
             .map(|s| (s ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)).max(1));
+        let (snapshot_done_tx, snapshot_done_rx) = mpsc::unbounded_channel();
         RaftLoop {
             raw: p.raw,
             store: p.store,
@@ -249,6 +256,9 @@ where
             learned_addrs: HashMap::new(),
             election_rng,
             snapshot_waiters: Vec::new(),
+            snapshot_job: None,
+            snapshot_done_tx,
+            snapshot_done_rx,
             pending_commit: None,
             pipeline: None,
             persisted_rx: mpsc::unbounded_channel().1,
@@ -291,6 +301,10 @@ where
                     stop
                 }
                 Some(fb) = self.fb_rx.recv() => { self.on_feedback(fb); false }
+                Some((index, keep_from, result)) = self.snapshot_done_rx.recv() => {
+                    self.on_snapshot_saved(index, keep_from, result);
+                    false
+                }
                 Some(done) = self.persisted_rx.recv() => {
                     if let Err(e) = self.on_persisted(done) {
                         self.fatal = Some(e);
@@ -601,7 +615,7 @@ where
             },
             // Taken after this wake-up's Ready, so it covers everything
             // applied so far.
-            Command::Snapshot { reply } => self.snapshot_waiters.push(reply),
+            Command::Snapshot { reply } => self.snapshot_waiters.push((self.applied, reply)),
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -1275,6 +1289,9 @@ where
     }
 
     async fn maybe_snapshot(&mut self) {
+        if self.snapshot_job.is_some() {
+            return;
+        }
         let threshold = self.config.snapshot_threshold;
         let wanted = self
             .raw
@@ -1282,42 +1299,54 @@ where
             .snapshot_wanted
             .swap(false, std::sync::atomic::Ordering::AcqRel);
         let due = threshold > 0 && self.applied.saturating_sub(self.snapshot_index) >= threshold;
-        if !wanted && !due {
-            return;
-        }
-        if let Err(e) = self.create_snapshot().await {
-            // Not fatal: the log just grows until the next attempt.
-            error!(self.logger, "snapshot failed"; "err" => %e);
+        if wanted || due {
+            self.start_snapshot().await;
         }
     }
 
     async fn serve_snapshot_requests(&mut self) {
-        if self.snapshot_waiters.is_empty() {
+        if self.snapshot_waiters.is_empty() || self.snapshot_job.is_some() {
             return;
         }
-        let waiters = std::mem::take(&mut self.snapshot_waiters);
-        match self.create_snapshot().await {
-            Ok(index) => waiters.into_iter().for_each(|w| {
-                let _ = w.send(Ok(index));
-            }),
-            Err(e) => {
-                let msg = e.to_string();
-                waiters.into_iter().for_each(|w| {
-                    let _ = w.send(Err(Error::StateMachine(msg.clone())));
-                })
-            }
+        // Those already covered (nothing applied since the last snapshot).
+        let covered = self.snapshot_index;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.snapshot_waiters)
+            .into_iter()
+            .partition(|(wanted, _)| *wanted <= covered);
+        for (_, w) in ready {
+            let _ = w.send(Ok(covered));
+        }
+        self.snapshot_waiters = waiting;
+        if !self.snapshot_waiters.is_empty() {
+            self.start_snapshot().await;
         }
     }
 
-    async fn create_snapshot(&mut self) -> Result<u64> {
-        if self.applied <= self.snapshot_index {
-            return Ok(self.snapshot_index);
+    /// Takes a snapshot of the state machine at the applied index (in the
+    /// loop: the state must not move meanwhile) and saves it — the slow part:
+    /// the whole state written and synced — in the background, where log
+    /// writes and everything else go on. One at a time.
+    async fn start_snapshot(&mut self) {
+        if self.snapshot_job.is_some() {
+            return;
         }
+        if self.applied <= self.snapshot_index {
+            // Nothing new: answer whoever waits.
+            self.on_snapshot_saved(self.snapshot_index, 0, Ok(()));
+            return;
+        }
+        let index = self.applied;
         let user = {
             let sm = self.sm.read().await;
-            sm.snapshot()
-                .await
-                .map_err(|e| Error::StateMachine(format!("snapshot: {e}")))?
+            sm.snapshot().await
+        };
+        let user = match user {
+            Ok(u) => u,
+            Err(e) => {
+                let err = Error::StateMachine(format!("snapshot: {e}"));
+                self.on_snapshot_saved(index, 0, Err(err));
+                return;
+            }
         };
         let env = SnapshotEnvelope {
             meta: self.meta.clone(),
@@ -1326,18 +1355,62 @@ where
         let mut snap = Snapshot::default();
         snap.data = env.encode().into();
         let md = snap.mut_metadata();
-        md.index = self.applied;
+        md.index = index;
         md.term = self.applied_term;
         md.set_conf_state(self.conf_state.clone());
-        self.store.save_snapshot(snap)?;
-        let keep_from = (self.applied + 1).saturating_sub(self.config.snapshot_log_retention);
-        if keep_from > 1 {
-            self.store.compact(keep_from)?;
+        let keep_from = (index + 1).saturating_sub(self.config.snapshot_log_retention);
+        let store = self.store.clone();
+        let save = move || -> Result<()> {
+            store.save_snapshot(snap)?;
+            if keep_from > 1 {
+                store.compact(keep_from)?;
+            }
+            Ok(())
+        };
+        if !self.store.blocking_writes() {
+            // In memory: nothing to wait for (and the simulation's clock
+            // stays deterministic).
+            self.on_snapshot_saved(index, keep_from, save());
+            return;
         }
-        self.snapshot_index = self.applied;
-        Metrics::add(&self.metrics.snapshots_created, 1);
-        info!(self.logger, "snapshot taken"; "index" => self.applied, "compacted_before" => keep_from);
-        Ok(self.applied)
+        let done = self.snapshot_done_tx.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _ = done.send((index, keep_from, save()));
+        });
+        self.snapshot_job = Some((index, task));
+    }
+
+    /// A snapshot at `index` was saved (or failed to be).
+    fn on_snapshot_saved(&mut self, index: u64, keep_from: u64, result: Result<()>) {
+        self.snapshot_job = None;
+        match result {
+            Ok(()) => {
+                if index > self.snapshot_index {
+                    self.snapshot_index = index;
+                    Metrics::add(&self.metrics.snapshots_created, 1);
+                    info!(self.logger, "snapshot taken"; "index" => index, "compacted_before" => keep_from);
+                }
+                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.snapshot_waiters)
+                    .into_iter()
+                    .partition(|(wanted, _)| *wanted <= index);
+                for (_, w) in ready {
+                    let _ = w.send(Ok(index));
+                }
+                self.snapshot_waiters = waiting;
+            }
+            Err(Error::Storage(StorageError::SnapshotOutOfDate)) => {
+                // A snapshot from the leader was installed meanwhile.
+                debug!(self.logger, "own snapshot superseded"; "index" => index);
+            }
+            Err(e) => {
+                // Not fatal: the log just grows until the next attempt.
+                error!(self.logger, "snapshot failed"; "index" => index, "err" => %e);
+                let msg = e.to_string();
+                for (_, w) in std::mem::take(&mut self.snapshot_waiters) {
+                    let _ = w.send(Err(Error::StateMachine(msg.clone())));
+                }
+            }
+        }
     }
 
     // ----- status and shutdown ------------------------------------------
@@ -1436,8 +1509,12 @@ where
         if let Some((_, reply)) = self.transfer.take() {
             let _ = reply.send(Err(err()));
         }
-        for w in std::mem::take(&mut self.snapshot_waiters) {
+        for (_, w) in std::mem::take(&mut self.snapshot_waiters) {
             let _ = w.send(Err(err()));
+        }
+        if let Some((_, task)) = self.snapshot_job.take() {
+            // The store outlives the loop: let the save finish first.
+            let _ = tokio::time::timeout(self.config.storage_timeout, task).await;
         }
         if let Some(p) = self.pipeline.as_mut() {
             for w in std::mem::take(&mut p.campaigns) {

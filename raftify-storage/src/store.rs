@@ -896,10 +896,15 @@ impl LmdbStore {
     pub(crate) fn create_snapshot_file(&self, snap: &Snapshot, seq: u64) -> StorageResult<String> {
         let m = snap.get_metadata();
         let name = format!("{seq:020}-{:020}-{:020}.snap", m.index, m.term);
-        let bytes = encode_snapshot_file(snap).map_err(StorageError::Invalid)?;
-        write_durable(&self.dir.join(SNAP_DIR).join(&name), &bytes)
-            .map_err(|e| self.lmdb_to_storage(e))?;
+        self.write_snapshot_file(snap, &name)?;
         Ok(name)
+    }
+
+    /// Writes a snapshot file durably (temp file, fsync, rename, dir fsync).
+    fn write_snapshot_file(&self, snap: &Snapshot, name: &str) -> StorageResult<()> {
+        let bytes = encode_snapshot_file(snap).map_err(StorageError::Invalid)?;
+        write_durable(&self.dir.join(SNAP_DIR).join(name), &bytes)
+            .map_err(|e| self.lmdb_to_storage(e))
     }
 
     fn remove_snapshot_file(&self, name: &str) {
@@ -1161,10 +1166,18 @@ impl LogStore for LmdbStore {
 
     fn save_snapshot(&self, snapshot: Snapshot) -> StorageResult<()> {
         self.ensure_writable()?;
+        // The file is the bulk of the work (the whole state, written and
+        // synced): it is written before taking the writer lock, so the log
+        // writes of a running node are not held up behind it. Only one own
+        // snapshot is saved at a time, so its name is unique; a crash before
+        // the commit below leaves an orphan that the next open removes.
+        let m = snapshot.get_metadata().clone();
+        let next_seq = self.read(|txn| Ok(self.read_meta(txn)?.snap_seq))? + 1;
+        let name = format!("{next_seq:020}-{:020}-{:020}-own.snap", m.index, m.term);
+        self.write_snapshot_file(&snapshot, &name)?;
         let _w = self.lock_writer();
-        let (old_file, new_file) = self.write_with_snapshot_file(|wtxn, created| {
+        let committed = self.write_txn(|wtxn| {
             let meta = self.read_meta(wtxn)?;
-            let m = snapshot.get_metadata();
             if m.index < meta.snap_meta.index {
                 return Err(StorageError::SnapshotOutOfDate.into());
             }
@@ -1176,22 +1189,19 @@ impl LogStore for LmdbStore {
                 ))
                 .into());
             }
-            let seq = meta.snap_seq + 1;
-            let name = match created {
-                Some(n) => n.clone(),
-                None => {
-                    let n = self.create_snapshot_file(&snapshot, seq)?;
-                    *created = Some(n.clone());
-                    n
-                }
-            };
-            self.put_snapshot_ref(wtxn, m, &name, seq)?;
+            self.put_snapshot_ref(wtxn, &m, &name, meta.snap_seq + 1)?;
             Ok(meta.snap_file)
-        })?;
-        if let Some(new) = new_file {
-            self.retire_snapshot(old_file, &new);
+        });
+        match committed {
+            Ok(old_file) => {
+                self.retire_snapshot(old_file, &name);
+                Ok(())
+            }
+            Err(e) => {
+                self.remove_snapshot_file(&name);
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     fn compact(&self, index: u64) -> StorageResult<()> {
