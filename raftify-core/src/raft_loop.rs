@@ -115,11 +115,14 @@ struct ReadWaiters {
     waiters: Vec<Reply<u64>>,
 }
 
-/// Linearizable reads: requests arriving in one wake-up share one
-/// ReadIndex round; answered once the state machine has applied the index.
+/// Linearizable reads: requests arriving while a ReadIndex round is in
+/// flight share the next round; answered once the state machine has applied
+/// the round's index.
 #[derive(Default)]
 struct Reads {
     batch: Vec<Reply<u64>>,
+    /// When the oldest read of `batch` arrived (its deadline counts from it).
+    batch_since: Option<Instant>,
     inflight: BTreeMap<Vec<u8>, ReadWaiters>,
     waiting_apply: Vec<(u64, ReadWaiters)>,
     next_ctx: u64,
@@ -493,6 +496,16 @@ where
         self.reads
             .waiting_apply
             .retain_mut(|(_, w)| expire_reads(w));
+        if self
+            .reads
+            .batch_since
+            .is_some_and(|since| since + timeout <= now)
+        {
+            self.reads.batch_since = None;
+            for r in std::mem::take(&mut self.reads.batch) {
+                let _ = r.send(Err(Error::Timeout(timeout)));
+            }
+        }
     }
 
     fn on_messages(&mut self, from_addr: Option<String>, msgs: Vec<Message>) {
@@ -602,6 +615,9 @@ where
                 if self.raw.raft.leader_id == 0 {
                     let _ = reply.send(Err(Error::NoLeader));
                 } else {
+                    if self.reads.batch.is_empty() {
+                        self.reads.batch_since = Some(Instant::now());
+                    }
                     self.reads.batch.push(reply);
                 }
             }
@@ -1127,16 +1143,22 @@ where
 
     // ----- reads ----------------------------------------------------------
 
+    /// Starts a ReadIndex round for the reads batched so far, unless one is
+    /// in flight: those that arrive meanwhile join the next round, so under
+    /// load a round (a heartbeat to every follower and back) serves every
+    /// read that came during the previous one, instead of one round per
+    /// wake-up. A read still only ever uses a round started after it came.
     fn issue_read_batch(&mut self) {
-        if self.reads.batch.is_empty() {
+        if self.reads.batch.is_empty() || !self.reads.inflight.is_empty() {
             return;
         }
         let batch = std::mem::take(&mut self.reads.batch);
+        let since = self.reads.batch_since.take().unwrap_or_else(Instant::now);
         self.reads.next_ctx += 1;
         let ctx = self.reads.next_ctx.to_be_bytes().to_vec();
         Metrics::add(&self.metrics.read_index_requests, 1);
         self.raw.read_index(ctx.clone());
-        let deadline = Instant::now() + self.config.read_timeout;
+        let deadline = since + self.config.read_timeout;
         let batch = ReadWaiters {
             deadline,
             waiters: batch,
