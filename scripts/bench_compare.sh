@@ -6,6 +6,10 @@
 #   scripts/bench_compare.sh [SECONDS] [CONNECTIONS...]
 #   e.g. scripts/bench_compare.sh 10 1 16 64 256
 #
+# TARGET=leader (default) sends the load to each cluster's leader,
+# TARGET=follower to one of its followers (writes then take one more hop in
+# both systems); the script finds the node and says which one it used.
+#
 # Installs etcd-server and wrk from Debian when missing (needs root/apt).
 # Prints a table and writes it as TSV to target/bench-compare/results.tsv.
 set -euo pipefail
@@ -14,6 +18,8 @@ ROOT=$PWD
 SECS=${1:-10}
 shift || true
 CONNS=("$@")
+TARGET=${TARGET:-leader}
+case "$TARGET" in leader|follower) ;; *) echo "TARGET must be leader or follower" >&2; exit 2 ;; esac
 [ ${#CONNS[@]} -gt 0 ] || CONNS=(1 16 64 256)
 OUT=$ROOT/target/bench-compare
 WORK=$(mktemp -d /tmp/raftify-bench.XXXXXX)
@@ -124,11 +130,16 @@ printf "system\top\tconns\treq_per_s\tp50\tp99\tnon2xx\n" >"$RESULTS"
 echo "starting memstore cluster ..." >&2
 start_memstore
 curl -fsS -XPUT http://127.0.0.1:18001/kv/warmup -d x >/dev/null
+leader=$(curl -fsS http://127.0.0.1:18001/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader_id"])')
+node=$leader
+[ "$TARGET" = follower ] && node=$(( leader % 3 + 1 ))
+MEMSTORE_URL=http://127.0.0.1:1800$node
+echo "memstore: node $leader leads; the load goes to node $node ($TARGET)" >&2
 for c in "${CONNS[@]}"; do
-  run_wrk memstore put "$c" http://127.0.0.1:18001 "$WORK/memstore_put.lua" | tee -a "$RESULTS"
+  run_wrk memstore put "$c" "$MEMSTORE_URL" "$WORK/memstore_put.lua" | tee -a "$RESULTS"
 done
 for c in "${CONNS[@]}"; do
-  run_wrk memstore get "$c" http://127.0.0.1:18001 "$WORK/memstore_get.lua" | tee -a "$RESULTS"
+  run_wrk memstore get "$c" "$MEMSTORE_URL" "$WORK/memstore_get.lua" | tee -a "$RESULTS"
 done
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
@@ -136,11 +147,19 @@ PIDS=()
 
 echo "starting etcd cluster ..." >&2
 start_etcd
+curl -fsS -o /dev/null -XPOST http://127.0.0.1:12379/v3/kv/put -d '{"key":"d2FybXVw","value":"eA=="}'
+ETCD_URL=
+for i in 1 2 3; do
+  role=$(curl -fsS -XPOST http://127.0.0.1:${i}2379/v3/maintenance/status -d '{}' |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print("leader" if d.get("leader")==d.get("header",{}).get("member_id") else "follower")')
+  if [ "$role" = "$TARGET" ] && [ -z "$ETCD_URL" ]; then ETCD_URL=http://127.0.0.1:${i}2379; echo "etcd: the load goes to e$i ($role)" >&2; fi
+done
+ETCD_URL=${ETCD_URL:-http://127.0.0.1:12379}
 for c in "${CONNS[@]}"; do
-  run_wrk etcd put "$c" http://127.0.0.1:12379 "$WORK/etcd_put.lua" | tee -a "$RESULTS"
+  run_wrk etcd put "$c" "$ETCD_URL" "$WORK/etcd_put.lua" | tee -a "$RESULTS"
 done
 for c in "${CONNS[@]}"; do
-  run_wrk etcd get "$c" http://127.0.0.1:12379 "$WORK/etcd_get.lua" | tee -a "$RESULTS"
+  run_wrk etcd get "$c" "$ETCD_URL" "$WORK/etcd_get.lua" | tee -a "$RESULTS"
 done
 
 echo

@@ -675,6 +675,18 @@ where
         if self.proposals.is_empty() {
             return;
         }
+        if self.writes_in_flight()
+            && self.raw.raft.state == StateRole::Leader
+            && self.proposals.len() < MAX_DRAIN
+        {
+            // Pipelined: while the leader's last write is on its way to
+            // disk, new proposals wait for it (as on the synchronous path)
+            // and then enter raft together — one append per follower and
+            // one commit for all of them instead of one per wake-up, which
+            // costs every node CPU. Acknowledgements, commits, applies and
+            // heartbeats go on meanwhile. The completion wakes the loop.
+            return;
+        }
         let batch = std::mem::take(&mut self.proposals);
         let n = batch.len() as u64;
         if self.raw.raft.state != StateRole::Leader {
