@@ -16,6 +16,7 @@ use raftify_core::{LogStore, StorageError, WriteBatch};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// On-disk format version written into new stores and checked on open.
@@ -173,6 +174,13 @@ pub struct LmdbStore {
     /// Serializes writers (LMDB would too) so snapshot files and the
     /// transaction that references them are created in one critical section.
     write_lock: Mutex<()>,
+    /// Bumped after every committed write transaction.
+    generation: AtomicU64,
+    /// `first_index` as of a generation: raft-rs asks for it on every Ready
+    /// check, and each answer would otherwise be a read transaction that
+    /// decodes the metadata. Not used by read-only handles (another
+    /// process writes).
+    first_index_cache: Mutex<Option<(u64, u64)>>,
     opts: LmdbOptions,
     read_only: bool,
     /// The exclusive lock on `raftify.lock`, held while the store is open
@@ -440,6 +448,8 @@ impl LmdbStore {
             meta_db,
             gate: RwLock::new(()),
             write_lock: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            first_index_cache: Mutex::new(None),
             opts,
             read_only,
             _lock: lock,
@@ -618,6 +628,12 @@ impl LmdbStore {
         self.gate.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn first_index_cache(&self) -> MutexGuard<'_, Option<(u64, u64)>> {
+        self.first_index_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_writer(&self) -> MutexGuard<'_, ()> {
         self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -680,7 +696,10 @@ impl LmdbStore {
             };
             drop(gate);
             match result {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                    return Ok(v);
+                }
                 Err(Fail::Store(e)) => return Err(e),
                 Err(Fail::MapFull) => self.grow()?,
             }
@@ -1061,7 +1080,22 @@ impl LogStore for LmdbStore {
     }
 
     fn first_index(&self) -> StorageResult<u64> {
-        self.read(|txn| Ok(self.read_meta(txn)?.offset + 1))
+        if self.read_only {
+            return self.read(|txn| Ok(self.read_meta(txn)?.offset + 1));
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((g, first)) = *self.first_index_cache() {
+            if g == generation {
+                return Ok(first);
+            }
+        }
+        let first = self.read(|txn| Ok(self.read_meta(txn)?.offset + 1))?;
+        // Kept only if no write committed meanwhile (the value might predate it).
+        let mut c = self.first_index_cache();
+        if self.generation.load(Ordering::Acquire) == generation {
+            *c = Some((generation, first));
+        }
+        Ok(first)
     }
 
     fn last_index(&self) -> StorageResult<u64> {
