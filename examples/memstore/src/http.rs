@@ -447,6 +447,18 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         "counter",
         m.read_index_requests,
     );
+    gauge(
+        "raftify_forwarded_proposals_total",
+        "Proposals this node forwarded to the leader.",
+        "counter",
+        m.forwarded_proposals,
+    );
+    gauge(
+        "raftify_forward_batches_total",
+        "Requests that carried them (several proposals share one).",
+        "counter",
+        m.forward_batches,
+    );
     gauge("memstore_keys", "Keys held.", "gauge", keys as u64);
     gauge(
         "memstore_data_bytes",

@@ -117,6 +117,13 @@ fn static_cluster_survives_leader_sigkill_and_the_old_leader_catches_up() {
         get_value(&c.node(leader).http, "k29", false).as_deref(),
         Some("v29")
     );
+    // They reached the leader through the follower's forwarder (ProposeBatch).
+    let metrics = get(&c.node(follower).http, "/metrics").text();
+    let forwarded = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("raftify_forwarded_proposals_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(forwarded >= Some(30), "{metrics}");
 
     c.nodes.get_mut(&leader).expect("leader").kill();
     let killed_at = std::time::Instant::now();

@@ -105,6 +105,8 @@ async fn status_cluster_health_metrics_snapshot() {
         assert!(m.contains("raftify_is_leader 1"), "{m}");
         assert!(m.contains("memstore_keys 1"), "{m}");
         assert!(m.contains("memstore_write_duration_seconds_count 1"), "{m}");
+        // A single node forwards nothing.
+        assert!(m.contains("raftify_forwarded_proposals_total 0"), "{m}");
         let snap = post(&addr, "/snapshot", b"").json();
         assert!(snap["snapshot_index"].as_u64().unwrap() >= 2);
         assert_eq!(
