@@ -761,7 +761,17 @@ impl RaftHandle {
         }
         // Wait until the new leader is known, so the request can follow it.
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.wait_for_leader(remaining).await.map(|_| ())
+        let mut rx = self.subscribe();
+        let wait = async move {
+            rx.wait_for(|s| (s.leader_id != 0 && s.leader_id != id) || s.role == Role::Stopped)
+                .await
+                .map(|s| s.role)
+        };
+        match tokio::time::timeout(remaining, wait).await {
+            Err(_) => Err(Error::Timeout(timeout)),
+            Ok(Ok(role)) if role != Role::Stopped => Ok(()),
+            Ok(_) => Err(self.closed_error()),
+        }
     }
 
     /// Leaves the cluster: hands leadership over first if this node leads,
