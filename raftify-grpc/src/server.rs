@@ -13,14 +13,14 @@ use raftify_core::{
     AbstractLogEntry, AbstractStateMachine, BoxError, ClusterRequest, ClusterResponse, Error,
     RaftHandle, Result,
 };
-use slog::{info, o, warn, Logger};
+use slog::{debug, info, o, warn, Logger};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, RwLock};
+use tokio::sync::{oneshot, watch, RwLock};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
@@ -103,10 +103,31 @@ struct Service {
     config: GrpcConfig,
     reader: Option<Arc<dyn ReadHandler>>,
     logger: Logger,
+    /// Turns true when the server shuts down: long-lived message streams
+    /// end then, instead of holding the graceful shutdown up.
+    stopping: watch::Receiver<bool>,
 }
 
 fn st(e: Error) -> Status {
     error_to_status(&e)
+}
+
+impl Service {
+    /// Decodes a batch of raft messages and hands it to the node.
+    fn step_batch(&self, batch: pb::MessageBatch) -> Result<()> {
+        let msgs = batch
+            .messages
+            .iter()
+            .map(|b| decode_msg(b))
+            .collect::<Result<Vec<_>>>()?;
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let from_addr = validate_addr(&batch.from_addr)
+            .is_ok()
+            .then_some(batch.from_addr);
+        self.handle.step_from(from_addr, msgs)
+    }
 }
 
 fn unexpected(resp: ClusterResponse) -> Status {
@@ -137,20 +158,36 @@ impl RaftService for Service {
         &self,
         req: Request<pb::MessageBatch>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
-        let batch = req.into_inner();
-        let msgs = batch
-            .messages
-            .iter()
-            .map(|b| decode_msg(b))
-            .collect::<Result<Vec<_>>>()
-            .map_err(st)?;
-        if msgs.is_empty() {
-            return Ok(Response::new(pb::Ack {}));
+        self.step_batch(req.into_inner()).map_err(st)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn message_stream(
+        &self,
+        req: Request<Streaming<pb::MessageBatch>>,
+    ) -> std::result::Result<Response<pb::Ack>, Status> {
+        let mut stream = req.into_inner();
+        let mut stopping = self.stopping.clone();
+        // A frame that does not decode ends the stream with its error; the
+        // sender opens a new one.
+        loop {
+            let batch = tokio::select! {
+                m = stream.message() => match m? {
+                    Some(batch) => batch,
+                    None => break,
+                },
+                _ = stopping.wait_for(|s| *s) => break,
+            };
+            match self.step_batch(batch) {
+                Ok(()) => {}
+                // A full inbox drops this batch, as the network could:
+                // raft sends again. The stream stays open.
+                Err(Error::Overloaded(n)) => {
+                    debug!(self.logger, "inbox full, raft messages dropped"; "capacity" => n)
+                }
+                Err(e) => return Err(st(e)),
+            }
         }
-        let from_addr = validate_addr(&batch.from_addr)
-            .is_ok()
-            .then_some(batch.from_addr);
-        self.handle.step_from(from_addr, msgs).map_err(st)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -415,11 +452,12 @@ impl RaftGrpcServer {
             .map_err(|e| Error::Transport(format!("listener address: {e}")))?;
         let (tx, rx) = oneshot::channel::<()>();
         let logger = self.logger.clone();
-        let router = self.router()?;
+        let (router, stopping) = self.router()?;
         let task = tokio::spawn(async move {
             let incoming = nodelay(listener);
-            let signal = async {
+            let signal = async move {
                 let _ = rx.await;
+                let _ = stopping.send(true);
             };
             if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
                 warn!(logger, "gRPC server stopped with an error"; "error" => %e);
@@ -439,15 +477,20 @@ impl RaftGrpcServer {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send,
     ) -> Result<()> {
-        let router = self.router()?;
+        let (router, stopping) = self.router()?;
+        let signal = async move {
+            signal.await;
+            let _ = stopping.send(true);
+        };
         router
             .serve_with_incoming_shutdown(nodelay(listener), signal)
             .await
             .map_err(|e| Error::Transport(format!("gRPC server: {e}")))
     }
 
-    fn router(self) -> Result<tonic::transport::server::Router> {
+    fn router(self) -> Result<(tonic::transport::server::Router, watch::Sender<bool>)> {
         self.config.validate()?;
+        let (stopping_tx, stopping) = watch::channel(false);
         let config = self.config.clone();
         let n = config.max_message_size;
         let expected = config
@@ -463,6 +506,7 @@ impl RaftGrpcServer {
             config: self.config,
             reader: self.reader,
             logger: self.logger,
+            stopping,
         })
         .max_decoding_message_size(n)
         .max_encoding_message_size(n);
@@ -475,7 +519,10 @@ impl RaftGrpcServer {
                 .tls_config(tls.server_config()?)
                 .map_err(|e| Error::InvalidConfig(format!("tls: {e}")))?;
         }
-        Ok(builder.add_service(InterceptedService::new(service, auth)))
+        Ok((
+            builder.add_service(InterceptedService::new(service, auth)),
+            stopping_tx,
+        ))
     }
 }
 

@@ -104,6 +104,8 @@ impl GrpcTransport {
             self_addr: self.inner.self_addr.clone(),
             pool: self.inner.pool.clone(),
             logger: self.inner.logger.new(o!("peer" => id)),
+            stream: Mutex::new(None),
+            unary_only: std::sync::atomic::AtomicBool::new(false),
         };
         tokio::spawn(worker.run(rx));
         Peer {
@@ -178,6 +180,18 @@ impl Transport for GrpcTransport {
     }
 }
 
+/// Opens a `MessageStream` call whose messages are whatever is sent into the
+/// returned sender; the call runs until the sender is dropped or it fails.
+fn open_stream(client: &Client) -> OpenStream {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let mut client = client.clone();
+    let call = tokio::spawn(async move {
+        let req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        client.message_stream(req).await.map(|_| ())
+    });
+    OpenStream { tx, call }
+}
+
 /// The background sender of one peer.
 struct PeerWorker {
     to: u64,
@@ -185,7 +199,24 @@ struct PeerWorker {
     self_addr: String,
     pool: Arc<ChannelPool>,
     logger: Logger,
+    /// The long-lived `MessageStream` call to the peer, when open.
+    stream: Mutex<Option<OpenStream>>,
+    /// The peer does not know `MessageStream` (an older version): unary
+    /// `SendMessages` calls from then on.
+    unary_only: std::sync::atomic::AtomicBool,
 }
+
+/// One open client-streaming `MessageStream` call: batches pushed into `tx`
+/// go out as frames of one HTTP/2 stream (no headers, no response, no task
+/// per batch on either side, unlike one unary call per batch).
+struct OpenStream {
+    tx: mpsc::Sender<pb::MessageBatch>,
+    call: tokio::task::JoinHandle<std::result::Result<(), tonic::Status>>,
+}
+
+/// Batches buffered in front of an open stream (HTTP/2 flow control
+/// applies behind it).
+const STREAM_BUFFER: usize = 64;
 
 /// Upper bound of messages drained into one round.
 const MAX_DRAIN: usize = 4096;
@@ -283,13 +314,88 @@ impl PeerWorker {
         true
     }
 
+    /// Sends one batch: on the peer's open message stream (opened on
+    /// demand), or as a unary call to a peer that has no streams. False when
+    /// the stream broke or the peer stopped reading for `message_timeout`;
+    /// the batch is lost then (raft sends again) and the next flush opens a
+    /// new stream.
     async fn flush(&self, client: &mut Client, from_id: u64, messages: Vec<Vec<u8>>) -> bool {
-        let timeout = self.pool.config().message_timeout;
         let batch = pb::MessageBatch {
             from_id,
             from_addr: self.self_addr.clone(),
             messages,
         };
+        if self.unary_only.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.flush_unary(client, batch).await;
+        }
+        // A call that ended since the last batch: this batch is lost (the
+        // caller reports it and backs off), the next one opens a new call.
+        let ended = self
+            .stream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_if(|s| s.call.is_finished());
+        if let Some(s) = ended {
+            return self.stream_ended(s.call, client, batch).await;
+        }
+        let tx = self
+            .stream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| open_stream(client))
+            .tx
+            .clone();
+        let timeout = self.pool.config().message_timeout;
+        match tokio::time::timeout(timeout, tx.send(batch)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(mpsc::error::SendError(batch))) => {
+                // The call ended (the receiving side dropped the stream).
+                let call = self
+                    .stream
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .map(|s| s.call);
+                match call {
+                    Some(call) => self.stream_ended(call, client, batch).await,
+                    None => false,
+                }
+            }
+            Err(_) => {
+                debug!(self.logger, "raft message stream stalled"; "addr" => &self.addr);
+                if let Some(s) = self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    s.call.abort();
+                }
+                false
+            }
+        }
+    }
+
+    /// A message stream call ended: a peer without streams gets `batch`
+    /// as a unary call (and every later one); otherwise the batch is lost.
+    async fn stream_ended(
+        &self,
+        call: tokio::task::JoinHandle<std::result::Result<(), tonic::Status>>,
+        client: &mut Client,
+        batch: pb::MessageBatch,
+    ) -> bool {
+        let status = call.await.ok().and_then(|r| r.err());
+        match status {
+            Some(st) if st.code() == tonic::Code::Unimplemented => {
+                debug!(self.logger, "peer has no message streams; unary calls from now on"; "addr" => &self.addr);
+                self.unary_only
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.flush_unary(client, batch).await
+            }
+            other => {
+                debug!(self.logger, "raft message stream ended"; "addr" => &self.addr, "status" => ?other);
+                false
+            }
+        }
+    }
+
+    async fn flush_unary(&self, client: &mut Client, batch: pb::MessageBatch) -> bool {
+        let timeout = self.pool.config().message_timeout;
         let fut = client.send_messages(request(batch, timeout, false));
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(_)) => true,

@@ -656,6 +656,29 @@ async fn bad_tokens_and_garbage_bytes_are_rejected_and_the_node_keeps_serving() 
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // The same on a message stream: an empty batch is fine, then the batch
+    // that does not decode ends the stream with InvalidArgument.
+    let batches = vec![
+        pb::MessageBatch::default(),
+        pb::MessageBatch {
+            from_id: 9,
+            from_addr: "127.0.0.1:9".into(),
+            messages: vec![vec![0xff, 0xff, 0xff, 0x01, 0x02]],
+        },
+    ];
+    let err = raw
+        .message_stream(authed(tokio_stream::iter(batches)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // Without the token a stream is refused before any batch is read.
+    let err = raw
+        .message_stream(tonic::Request::new(tokio_stream::iter(vec![
+            pb::MessageBatch::default(),
+        ])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     let chunks = vec![pb::SnapshotChunk {
         header: vec![0x0a, 0xff, 0xff],
         ..Default::default()
