@@ -7,9 +7,12 @@
 //! `.proto` is compiled at build time by a pure-Rust compiler (no `protoc`).
 //!
 //! * raft messages travel in per-peer batches on long-lived HTTP/2
-//!   connections, one bounded queue and sender task per peer; snapshots
-//!   are streamed in chunks.
-//! * Followers forward client writes to the leader; errors keep their
+//!   connections, one bounded queue and sender task per peer; the batches
+//!   are frames of one long-lived `MessageStream` call per peer (peers
+//!   without it get unary `SendMessages` calls); snapshots are streamed in
+//!   chunks.
+//! * Followers forward client writes to the leader, the writes that arrive
+//!   together in one `ProposeBatch` call; errors keep their
 //!   meaning across the wire ([`Error::NotLeader`](raftify_core::Error)
 //!   still names the leader, see [`error_to_status`]).
 //! * TLS and mutual TLS ([`TlsConfig`]), a shared auth token checked on
