@@ -10,6 +10,7 @@
 //! load a batch is a single proposal and costs no extra wait.
 
 use crate::error::{Error, ErrorInfo, Result};
+use crate::node::unexpected;
 use crate::status::Metrics;
 use crate::transport::{ClusterRequest, ClusterResponse, Transport};
 use std::sync::Arc;
@@ -95,7 +96,7 @@ async fn send(transport: Arc<dyn Transport>, addr: String, mut jobs: Vec<Job>) {
             .await
         {
             Ok(ClusterResponse::Output(out)) => Ok(out),
-            Ok(other) => Err(unexpected(&other)),
+            Ok(other) => Err(unexpected(other)),
             Err(e) => Err(e),
         };
         let _ = job.reply.send(result);
@@ -114,8 +115,9 @@ async fn send(transport: Arc<dyn Transport>, addr: String, mut jobs: Vec<Job>) {
             }
         }
         Ok(other) => {
+            let err = ErrorInfo::from(&unexpected(other));
             for reply in replies {
-                let _ = reply.send(Err(unexpected(&other)));
+                let _ = reply.send(Err(remote_error(err.clone())));
             }
         }
         Err(e) => {
@@ -135,21 +137,4 @@ fn remote_error(info: ErrorInfo) -> Error {
             "the leader answered an unknown error kind {kind:?}"
         ))
     })
-}
-
-fn unexpected(resp: &ClusterResponse) -> Error {
-    let what = match resp {
-        ClusterResponse::Output(_) => "an output",
-        ClusterResponse::Outputs(v) => {
-            return Error::Transport(format!(
-                "the leader answered {} outcomes for a batch of another size",
-                v.len()
-            ))
-        }
-        ClusterResponse::ReadIndex(_) => "a read index",
-        ClusterResponse::Ticket(_) => "a join ticket",
-        ClusterResponse::Members { .. } => "the members",
-        ClusterResponse::Done => "done",
-    };
-    Error::Transport(format!("the leader answered a proposal with {what}"))
 }

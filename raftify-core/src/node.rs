@@ -368,11 +368,12 @@ impl RaftHandle {
         }
     }
 
-    async fn call<T>(
+    /// Hands a command to the loop without waiting; a full inbox is
+    /// `Overloaded`, a stopped loop `Shutdown` (or the fatal error).
+    fn send_command<T>(
         &self,
-        timeout: Duration,
         make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T> {
+    ) -> Result<oneshot::Receiver<Result<T>>> {
         let (tx, rx) = oneshot::channel();
         self.inner.cmd_tx.try_send(make(tx)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
@@ -380,45 +381,39 @@ impl RaftHandle {
             }
             mpsc::error::TrySendError::Closed(_) => self.closed_error(),
         })?;
-        match tokio::time::timeout(timeout, rx).await {
+        Ok(rx)
+    }
+
+    /// The loop's answer to a command sent with `send_command`.
+    async fn await_reply<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        rx.await.unwrap_or_else(|_| Err(self.closed_error()))
+    }
+
+    async fn call<T>(
+        &self,
+        timeout: Duration,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T> {
+        let rx = self.send_command(make)?;
+        match tokio::time::timeout(timeout, self.await_reply(rx)).await {
             Err(_) => Err(Error::Timeout(timeout)),
-            Ok(Err(_)) => Err(self.closed_error()),
-            Ok(Ok(result)) => result,
+            Ok(result) => result,
         }
     }
 
     /// Like [`RaftHandle::call`] for requests whose deadline the loop
     /// enforces itself (proposals, reads): no timer per request.
     async fn call_untimed<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        self.inner.cmd_tx.try_send(make(tx)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                Error::Overloaded(self.inner.config.max_pending_proposals)
-            }
-            mpsc::error::TrySendError::Closed(_) => self.closed_error(),
-        })?;
-        match rx.await {
-            Err(_) => Err(self.closed_error()),
-            Ok(result) => result,
-        }
+        let rx = self.send_command(make)?;
+        self.await_reply(rx).await
     }
 
     /// Proposes an already encoded user entry on this node (which must be
     /// the leader) and returns the state machine's output once the entry is
     /// committed and applied here.
     pub async fn propose_encoded(&self, encoded: &[u8]) -> Result<Vec<u8>> {
-        let data = frame_user(encoded);
-        match self
-            .call_untimed(|reply| Command::Propose {
-                kind: ProposalKind::User,
-                data,
-                reply,
-            })
-            .await?
-        {
-            Applied::Output(out) => Ok(out),
-            other => Err(Error::Raft(format!("unexpected apply result {other:?}"))),
-        }
+        let rx = self.send_command(|reply| propose_user(encoded, reply))?;
+        user_output(self.await_reply(rx).await?)
     }
 
     /// Proposes several encoded user entries on this node, which must be the
@@ -439,31 +434,16 @@ impl RaftHandle {
                 },
             });
         }
-        let mut waiting = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let (reply, rx) = oneshot::channel();
-            let sent = self.inner.cmd_tx.try_send(Command::Propose {
-                kind: ProposalKind::User,
-                data: frame_user(&entry),
-                reply,
-            });
-            waiting.push(match sent {
-                Ok(()) => Ok(rx),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    Err(Error::Overloaded(self.inner.config.max_pending_proposals))
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(self.closed_error()),
-            });
-        }
+        // Every entry is handed to the loop before any answer is awaited, so
+        // they share the loop's next wake-up (and Ready).
+        let waiting: Vec<_> = entries
+            .iter()
+            .map(|entry| self.send_command(|reply| propose_user(entry, reply)))
+            .collect();
         let mut outcomes = Vec::with_capacity(waiting.len());
         for w in waiting {
             let result = match w {
-                Ok(rx) => match rx.await {
-                    Err(_) => Err(self.closed_error()),
-                    Ok(Ok(Applied::Output(out))) => Ok(out),
-                    Ok(Ok(other)) => Err(Error::Raft(format!("unexpected apply result {other:?}"))),
-                    Ok(Err(e)) => Err(e),
-                },
+                Ok(rx) => self.await_reply(rx).await.and_then(user_output),
                 Err(e) => Err(e),
             };
             outcomes.push(result.map_err(|e| ErrorInfo::from(&e)));
@@ -543,9 +523,14 @@ impl RaftHandle {
 
     /// Waits until a leader is known (or `timeout`), returning its id.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64> {
+        self.wait_for_leader_other_than(0, timeout).await
+    }
+
+    /// Waits until a leader other than node `not` is known.
+    async fn wait_for_leader_other_than(&self, not: u64, timeout: Duration) -> Result<u64> {
         let mut rx = self.subscribe();
         let wait = async move {
-            rx.wait_for(|s| s.leader_id != 0 || s.role == Role::Stopped)
+            rx.wait_for(|s| (s.leader_id != 0 && s.leader_id != not) || s.role == Role::Stopped)
                 .await
                 .map(|s| s.clone())
         };
@@ -761,17 +746,9 @@ impl RaftHandle {
         }
         // Wait until the new leader is known, so the request can follow it.
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let mut rx = self.subscribe();
-        let wait = async move {
-            rx.wait_for(|s| (s.leader_id != 0 && s.leader_id != id) || s.role == Role::Stopped)
-                .await
-                .map(|s| s.role)
-        };
-        match tokio::time::timeout(remaining, wait).await {
-            Err(_) => Err(Error::Timeout(timeout)),
-            Ok(Ok(role)) if role != Role::Stopped => Ok(()),
-            Ok(_) => Err(self.closed_error()),
-        }
+        self.wait_for_leader_other_than(id, remaining)
+            .await
+            .map(|_| ())
     }
 
     /// Leaves the cluster: hands leadership over first if this node leads,
@@ -1050,7 +1027,24 @@ pub async fn request_join_ticket(
     }
 }
 
-fn unexpected(resp: ClusterResponse) -> Error {
+/// The command proposing an encoded user entry.
+fn propose_user(encoded: &[u8], reply: Reply<Applied>) -> Command {
+    Command::Propose {
+        kind: ProposalKind::User,
+        data: frame_user(encoded),
+        reply,
+    }
+}
+
+/// The state machine's output of an applied user entry.
+fn user_output(applied: Applied) -> Result<Vec<u8>> {
+    match applied {
+        Applied::Output(out) => Ok(out),
+        other => Err(Error::Raft(format!("unexpected apply result {other:?}"))),
+    }
+}
+
+pub(crate) fn unexpected(resp: ClusterResponse) -> Error {
     Error::Transport(format!("unexpected response {resp:?}"))
 }
 

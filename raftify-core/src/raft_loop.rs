@@ -1343,14 +1343,7 @@ where
             return;
         }
         // Those already covered (nothing applied since the last snapshot).
-        let covered = self.snapshot_index;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.snapshot_waiters)
-            .into_iter()
-            .partition(|(wanted, _)| *wanted <= covered);
-        for (_, w) in ready {
-            let _ = w.send(Ok(covered));
-        }
-        self.snapshot_waiters = waiting;
+        self.answer_snapshot_waiters(self.snapshot_index);
         if !self.snapshot_waiters.is_empty() {
             self.start_snapshot().await;
         }
@@ -1414,6 +1407,17 @@ where
         self.snapshot_job = Some((index, task));
     }
 
+    /// Answers the on-demand requests that a snapshot at `index` covers.
+    fn answer_snapshot_waiters(&mut self, index: u64) {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.snapshot_waiters)
+            .into_iter()
+            .partition(|(wanted, _)| *wanted <= index);
+        for (_, w) in ready {
+            let _ = w.send(Ok(index));
+        }
+        self.snapshot_waiters = waiting;
+    }
+
     /// A snapshot at `index` was saved (or failed to be).
     fn on_snapshot_saved(&mut self, index: u64, keep_from: u64, result: Result<()>) {
         self.snapshot_job = None;
@@ -1424,13 +1428,7 @@ where
                     Metrics::add(&self.metrics.snapshots_created, 1);
                     info!(self.logger, "snapshot taken"; "index" => index, "compacted_before" => keep_from);
                 }
-                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.snapshot_waiters)
-                    .into_iter()
-                    .partition(|(wanted, _)| *wanted <= index);
-                for (_, w) in ready {
-                    let _ = w.send(Ok(index));
-                }
-                self.snapshot_waiters = waiting;
+                self.answer_snapshot_waiters(index);
             }
             Err(Error::Storage(StorageError::SnapshotOutOfDate)) => {
                 // A snapshot from the leader was installed meanwhile.

@@ -112,6 +112,11 @@ fn st(e: Error) -> Status {
     error_to_status(&e)
 }
 
+/// Whether a request is one node's on behalf of another (see `FORWARDED`).
+fn forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().get(FORWARDED).is_some()
+}
+
 impl Service {
     /// Decodes a batch of raft messages and hands it to the node.
     fn step_batch(&self, batch: pb::MessageBatch) -> Result<()> {
@@ -137,12 +142,11 @@ fn unexpected(resp: ClusterResponse) -> Status {
 impl Service {
     /// A forwarded request runs here; a client's is forwarded to the leader
     /// (one hop) when this node does not lead.
-    async fn cluster<T>(
+    async fn cluster(
         &self,
-        req: &Request<T>,
+        forwarded: bool,
         cluster_req: ClusterRequest,
     ) -> std::result::Result<ClusterResponse, Status> {
-        let forwarded = req.metadata().get(FORWARDED).is_some();
         let result = if forwarded {
             self.handle.handle_request(cluster_req).await
         } else {
@@ -246,7 +250,7 @@ impl RaftService for Service {
     ) -> std::result::Result<Response<pb::JoinTicketReply>, Status> {
         let addr = req.get_ref().addr.clone();
         match self
-            .cluster(&req, ClusterRequest::RequestId { addr })
+            .cluster(forwarded(&req), ClusterRequest::RequestId { addr })
             .await?
         {
             ClusterResponse::Ticket(t) => Ok(Response::new(ticket_to_pb(&t))),
@@ -266,7 +270,7 @@ impl RaftService for Service {
             .collect::<Result<Vec<_>>>()
             .map_err(st)?;
         match self
-            .cluster(&req, ClusterRequest::ChangeMembership(changes))
+            .cluster(forwarded(&req), ClusterRequest::ChangeMembership(changes))
             .await?
         {
             ClusterResponse::Members { leader_id, members } => {
@@ -289,7 +293,7 @@ impl RaftService for Service {
         req: Request<pb::TransferLeaderRequest>,
     ) -> std::result::Result<Response<pb::Empty>, Status> {
         let to = req.get_ref().to;
-        self.cluster(&req, ClusterRequest::TransferLeader(to))
+        self.cluster(forwarded(&req), ClusterRequest::TransferLeader(to))
             .await?;
         Ok(Response::new(pb::Empty {}))
     }
@@ -298,8 +302,12 @@ impl RaftService for Service {
         &self,
         req: Request<pb::ProposeRequest>,
     ) -> std::result::Result<Response<pb::ProposeReply>, Status> {
-        let data = req.get_ref().data.clone();
-        match self.cluster(&req, ClusterRequest::Propose(data)).await? {
+        let forwarded = forwarded(&req);
+        let data = req.into_inner().data;
+        match self
+            .cluster(forwarded, ClusterRequest::Propose(data))
+            .await?
+        {
             ClusterResponse::Output(output) => Ok(Response::new(pb::ProposeReply { output })),
             other => Err(unexpected(other)),
         }

@@ -330,18 +330,12 @@ impl PeerWorker {
         }
         // A call that ended since the last batch: this batch is lost (the
         // caller reports it and backs off), the next one opens a new call.
-        let ended = self
-            .stream
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take_if(|s| s.call.is_finished());
+        let ended = self.stream_slot().take_if(|s| s.call.is_finished());
         if let Some(s) = ended {
             return self.stream_ended(s.call, client, batch).await;
         }
         let tx = self
-            .stream
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .stream_slot()
             .get_or_insert_with(|| open_stream(client))
             .tx
             .clone();
@@ -350,12 +344,7 @@ impl PeerWorker {
             Ok(Ok(())) => true,
             Ok(Err(mpsc::error::SendError(batch))) => {
                 // The call ended (the receiving side dropped the stream).
-                let call = self
-                    .stream
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .map(|s| s.call);
+                let call = self.stream_slot().take().map(|s| s.call);
                 match call {
                     Some(call) => self.stream_ended(call, client, batch).await,
                     None => false,
@@ -363,12 +352,16 @@ impl PeerWorker {
             }
             Err(_) => {
                 debug!(self.logger, "raft message stream stalled"; "addr" => &self.addr);
-                if let Some(s) = self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                if let Some(s) = self.stream_slot().take() {
                     s.call.abort();
                 }
                 false
             }
         }
+    }
+
+    fn stream_slot(&self) -> std::sync::MutexGuard<'_, Option<OpenStream>> {
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A message stream call ended: a peer without streams gets `batch`
