@@ -3,9 +3,8 @@
 //! single-node cluster; the node must still commit a write afterwards.
 use libfuzzer_sys::fuzz_target;
 use raftify_core::raft::eraftpb::Message;
-use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Raft};
-use raftify_reliability::sm::{ApplyOracle, Cmd, RecKv, SimNode};
-use std::sync::Arc;
+use raftify_reliability::fuzz_targets::{paused_runtime, single_node};
+use raftify_reliability::sm::Cmd;
 use std::time::Duration;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,27 +19,9 @@ fuzz_target!(|data: &[u8]| {
     if msgs.is_empty() {
         return;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime().unwrap();
     rt.block_on(async move {
-        let net = InProcNetwork::new(1);
-        let node: SimNode = Raft::builder(
-            Config::new(1),
-            RecKv::new(1, ApplyOracle::new(Default::default())),
-        )
-        .storage(Arc::new(MemStore::new()))
-        .transport(net.transport(1))
-        .bootstrap(Bootstrap::Single {
-            addr: net.addr_of(1),
-        })
-        .logger(raftify_core::discard_logger())
-        .start()
-        .await
-        .unwrap();
-        node.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+        let node = single_node().await.unwrap();
         for m in msgs {
             let _ = node.step(vec![m]);
         }

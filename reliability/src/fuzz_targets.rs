@@ -116,3 +116,35 @@ pub fn grpc_status(code: i32, message: &str, kind: &str, number: &str, leader: &
         );
     }
 }
+
+/// A tokio runtime on a paused clock, as the message-stepping targets use:
+/// timeouts pass in no wall time.
+pub fn paused_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+}
+
+/// A single-node cluster on `MemStore` and the in-process network, with its
+/// leader elected: what the message-stepping targets poke at.
+pub async fn single_node() -> raftify_core::Result<crate::sm::SimNode> {
+    use crate::sm::{ApplyOracle, RecKv};
+    use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Raft};
+    let net = InProcNetwork::new(1);
+    let node = Raft::builder(
+        Config::new(1),
+        RecKv::new(1, ApplyOracle::new(Default::default())),
+    )
+    .storage(std::sync::Arc::new(MemStore::new()))
+    .transport(net.transport(1))
+    .bootstrap(Bootstrap::Single {
+        addr: net.addr_of(1),
+    })
+    .logger(raftify_core::discard_logger())
+    .start()
+    .await?;
+    node.wait_for_leader(std::time::Duration::from_secs(5))
+        .await?;
+    Ok(node)
+}

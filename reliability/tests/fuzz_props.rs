@@ -256,37 +256,18 @@ mod stepping {
 /// its next election computes `term + 1`: the raft loop panics with "attempt
 /// to add with overflow" in debug builds (wraps to term 0 in release). Any
 /// peer or anything that can reach the raft port can send it; every node it
-/// reaches is stuck for good, even across restarts. Suspected fix: drop
-/// incoming messages whose term is absurdly far ahead (e.g. above
-/// `u64::MAX / 2`) in `RaftLoop::on_messages`.
+/// reaches is stuck for good, even across restarts. Fixed: `RaftLoop::admit`
+/// drops incoming messages with a term of `u64::MAX / 2` or more.
 #[test]
 fn a_huge_term_from_the_network_does_not_kill_the_node() {
     use raftify_core::raft::eraftpb::{Message, MessageType};
-    use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Raft, Role};
-    use raftify_reliability::sm::{ApplyOracle, Cmd, RecKv, SimNode};
-    use std::sync::Arc;
+    use raftify_core::Role;
+    use raftify_reliability::fuzz_targets::{paused_runtime, single_node};
+    use raftify_reliability::sm::Cmd;
     use std::time::Duration;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime().unwrap();
     rt.block_on(async {
-        let net = InProcNetwork::new(1);
-        let node: SimNode = Raft::builder(
-            Config::new(1),
-            RecKv::new(1, ApplyOracle::new(Default::default())),
-        )
-        .storage(Arc::new(MemStore::new()))
-        .transport(net.transport(1))
-        .bootstrap(Bootstrap::Single {
-            addr: net.addr_of(1),
-        })
-        .logger(raftify_core::discard_logger())
-        .start()
-        .await
-        .unwrap();
-        node.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+        let node = single_node().await.unwrap();
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgTransferLeader);
         m.to = 1;
@@ -311,37 +292,17 @@ fn a_huge_term_from_the_network_does_not_kill_the_node() {
 /// with `commit` beyond the node's last index makes the node stop for good
 /// ("lost acknowledged log entries"), whoever sent it and whatever its term:
 /// here node 0 (never a member) at term 0 (stale), to a healthy single-node
-/// leader. The check in `RaftLoop::on_messages` should only trust a
-/// heartbeat from the node's current leader in the current term
-/// (`m.term == raft.term && m.from == raft.leader_id`), and drop others.
+/// leader. Fixed: `RaftLoop::admit` only believes such a heartbeat from a
+/// voter at the node's term or later, and drops the others.
 #[test]
 fn a_stale_heartbeat_from_a_non_member_does_not_make_the_node_fatal() {
     use raftify_core::raft::eraftpb::{Message, MessageType};
-    use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Raft};
-    use raftify_reliability::sm::{ApplyOracle, Cmd, RecKv, SimNode};
-    use std::sync::Arc;
+    use raftify_reliability::fuzz_targets::{paused_runtime, single_node};
+    use raftify_reliability::sm::Cmd;
     use std::time::Duration;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime().unwrap();
     rt.block_on(async {
-        let net = InProcNetwork::new(1);
-        let node: SimNode = Raft::builder(
-            Config::new(1),
-            RecKv::new(1, ApplyOracle::new(Default::default())),
-        )
-        .storage(Arc::new(MemStore::new()))
-        .transport(net.transport(1))
-        .bootstrap(Bootstrap::Single {
-            addr: net.addr_of(1),
-        })
-        .logger(raftify_core::discard_logger())
-        .start()
-        .await
-        .unwrap();
-        node.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+        let node = single_node().await.unwrap();
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgHeartbeat);
         m.to = 1;
@@ -368,38 +329,18 @@ fn a_stale_heartbeat_from_a_non_member_does_not_make_the_node_fatal() {
 /// raft-rs index `entries[0]` in `handle_ready_read_index` (raft.rs:2858):
 /// the leader's raft loop panics and the node is dead — while its published
 /// state still says `Leader` (a panicking loop never publishes `Stopped`,
-/// so callers only see timeouts). `RaftLoop::on_messages` filters local
-/// message types but not malformed ones: it should drop a `MsgReadIndex`
-/// (and `MsgReadIndexResp`) whose `entries.len() != 1`, and messages from
+/// so callers only see timeouts). Fixed: `RaftLoop::admit` drops a
+/// `MsgReadIndex` whose `entries.len() != 1`, and messages from
 /// node 0.
 #[test]
 fn read_index_without_entries_does_not_kill_the_leader() {
     use raftify_core::raft::eraftpb::{Message, MessageType};
-    use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Raft};
-    use raftify_reliability::sm::{ApplyOracle, Cmd, RecKv, SimNode};
-    use std::sync::Arc;
+    use raftify_reliability::fuzz_targets::{paused_runtime, single_node};
+    use raftify_reliability::sm::Cmd;
     use std::time::Duration;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime().unwrap();
     rt.block_on(async {
-        let net = InProcNetwork::new(1);
-        let node: SimNode = Raft::builder(
-            Config::new(1),
-            RecKv::new(1, ApplyOracle::new(Default::default())),
-        )
-        .storage(Arc::new(MemStore::new()))
-        .transport(net.transport(1))
-        .bootstrap(Bootstrap::Single {
-            addr: net.addr_of(1),
-        })
-        .logger(raftify_core::discard_logger())
-        .start()
-        .await
-        .unwrap();
-        node.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+        let node = single_node().await.unwrap();
         let put = Cmd::Put {
             key: "k".into(),
             value: "v".into(),
