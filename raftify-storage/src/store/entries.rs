@@ -1,0 +1,138 @@
+//! The records of the `entries` database: the log, one framed
+//! `eraftpb.Entry` per index (see [`crate::codec::frame`]).
+
+use super::meta::Meta;
+use super::txn::Fail;
+use super::LmdbStore;
+use crate::codec::decode_framed;
+use heed::{PutFlags, RoTxn, RwTxn};
+use raftify_core::raft::eraftpb::Entry;
+use raftify_core::storage::StorageResult;
+use raftify_core::StorageError;
+
+impl LmdbStore {
+    /// The last index in the log (`meta.offset` when it holds no entries).
+    pub(crate) fn last_index_txn(&self, txn: &RoTxn, meta: &Meta) -> StorageResult<u64> {
+        let last = self
+            .entries_db
+            .last(txn)
+            .map_err(|e| self.heed_err("read the last entry", e))?;
+        match last {
+            None => Ok(meta.offset),
+            Some((k, _)) if k > meta.offset => Ok(k),
+            Some((k, _)) => Err(self.corrupt(format!(
+                "entry {k} is stored although the log was compacted up to {}",
+                meta.offset
+            ))),
+        }
+    }
+
+    /// Decodes the record stored under `idx`, checking it holds entry `idx`.
+    pub(super) fn decode_entry(&self, idx: u64, raw: &[u8]) -> StorageResult<Entry> {
+        let e: Entry =
+            decode_framed(raw).map_err(|e| self.corrupt(format!("log entry {idx}: {e}")))?;
+        if e.index != idx {
+            return Err(self.corrupt(format!(
+                "the record under key {idx} holds entry {}",
+                e.index
+            )));
+        }
+        Ok(e)
+    }
+
+    /// The entry at `idx`, which the caller knows is within the log.
+    pub(crate) fn get_entry(&self, txn: &RoTxn, idx: u64) -> StorageResult<Entry> {
+        let raw = self
+            .entries_db
+            .get(txn, &idx)
+            .map_err(|e| self.heed_err(&format!("read log entry {idx}"), e))?
+            .ok_or_else(|| self.corrupt(format!("log entry {idx} is missing (gap in the log)")))?;
+        self.decode_entry(idx, raw)
+    }
+
+    /// The term of entry `idx`, given the log's metadata and last index.
+    pub(super) fn term_txn(
+        &self,
+        txn: &RoTxn,
+        meta: &Meta,
+        last: u64,
+        idx: u64,
+    ) -> StorageResult<u64> {
+        if idx == meta.offset {
+            return Ok(meta.offset_term);
+        }
+        if idx < meta.offset {
+            return Err(StorageError::Compacted);
+        }
+        if idx > last {
+            return Err(StorageError::Unavailable);
+        }
+        Ok(self.get_entry(txn, idx)?.term)
+    }
+
+    /// The entries `low..high`, which the caller has checked lie within the
+    /// log, cut to `max_size`.
+    pub(super) fn read_entries(
+        &self,
+        txn: &RoTxn,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> StorageResult<Vec<Entry>> {
+        let mut out = Vec::new();
+        if low == high {
+            return Ok(out);
+        }
+        let iter = self
+            .entries_db
+            .range(txn, &(low..high))
+            .map_err(|e| self.heed_err("read log entries", e))?;
+        let mut size = 0u64;
+        let mut expect = low;
+        for item in iter {
+            let (k, raw) = item.map_err(|e| self.heed_err("read log entries", e))?;
+            if k != expect {
+                return Err(self.corrupt(format!("log entry {expect} is missing (gap in the log)")));
+            }
+            let e = self.decode_entry(k, raw)?;
+            // Same rule as raftify_core::storage::limit_size: keep
+            // entries while the total stays within max_size, at least one.
+            if let Some(max) = max_size {
+                size += u64::from(raftify_core::protobuf::Message::compute_size(&e));
+                if !out.is_empty() && size > max {
+                    return Ok(out);
+                }
+            }
+            out.push(e);
+            expect += 1;
+        }
+        if expect != high {
+            return Err(self.corrupt(format!("log entry {expect} is missing (gap in the log)")));
+        }
+        Ok(out)
+    }
+
+    /// Appends already framed entry records with `MDB_APPEND` (keys must be
+    /// increasing and above every stored key).
+    pub(crate) fn append_raw(&self, wtxn: &mut RwTxn, idx: u64, framed: &[u8]) -> Result<(), Fail> {
+        self.entries_db
+            .put_with_flags(wtxn, PutFlags::APPEND, &idx, framed)
+            .map_err(|e| self.fail(&format!("append log entry {idx}"), e))
+    }
+
+    /// Deletes the entries from `idx` on.
+    pub(super) fn delete_from(&self, wtxn: &mut RwTxn, idx: u64) -> Result<(), Fail> {
+        self.entries_db
+            .delete_range(wtxn, &(idx..))
+            .map(|_| ())
+            .map_err(|e| self.fail(&format!("delete log entries from {idx}"), e))
+    }
+
+    /// Deletes the entries up to and including `idx`.
+    pub(super) fn delete_through(&self, wtxn: &mut RwTxn, idx: u64) -> Result<(), Fail> {
+        self.entries_db
+            .delete_range(wtxn, &(..=idx))
+            .map(|_| ())
+            .map_err(|e| self.fail(&format!("delete log entries up to {idx}"), e))
+    }
+}

@@ -1,0 +1,262 @@
+//! [`LogStore`] for [`LmdbStore`]: the raft-facing reads and the writes,
+//! each in one LMDB transaction.
+
+use super::LmdbStore;
+use crate::codec::{encode_msg, frame};
+use crate::files::{encode_archive, write_durable};
+use raftify_core::raft::eraftpb::{Entry, Snapshot};
+use raftify_core::raft::RaftState;
+use raftify_core::storage::{check_append, StorageResult, StoreIdentity};
+use raftify_core::{LogStore, StorageError, WriteBatch};
+use std::sync::atomic::Ordering;
+
+impl LogStore for LmdbStore {
+    fn initial_state(&self) -> StorageResult<RaftState> {
+        self.read(|txn| {
+            let meta = self.read_meta(txn)?;
+            Ok(RaftState::new(
+                meta.hard_state.clone(),
+                meta.snap_meta.get_conf_state().clone(),
+            ))
+        })
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> StorageResult<Vec<Entry>> {
+        self.read(|txn| {
+            let meta = self.read_meta(txn)?;
+            let last = self.last_index_txn(txn, &meta)?;
+            if low < meta.offset + 1 {
+                return Err(StorageError::Compacted);
+            }
+            if high > last + 1 || low > high {
+                return Err(StorageError::Unavailable);
+            }
+            self.read_entries(txn, low, high, max_size)
+        })
+    }
+
+    fn term(&self, idx: u64) -> StorageResult<u64> {
+        self.read(|txn| {
+            let meta = self.read_meta(txn)?;
+            if idx == meta.offset {
+                return Ok(meta.offset_term);
+            }
+            let last = self.last_index_txn(txn, &meta)?;
+            self.term_txn(txn, &meta, last, idx)
+        })
+    }
+
+    fn first_index(&self) -> StorageResult<u64> {
+        if self.read_only {
+            return self.read(|txn| Ok(self.read_meta(txn)?.offset + 1));
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((g, first)) = *self.first_index_cache() {
+            if g == generation {
+                return Ok(first);
+            }
+        }
+        let first = self.read(|txn| Ok(self.read_meta(txn)?.offset + 1))?;
+        // Kept only if no write committed meanwhile (the value might predate it).
+        let mut c = self.first_index_cache();
+        if self.generation.load(Ordering::Acquire) == generation {
+            *c = Some((generation, first));
+        }
+        Ok(first)
+    }
+
+    fn last_index(&self) -> StorageResult<u64> {
+        self.read(|txn| {
+            let meta = self.read_meta(txn)?;
+            self.last_index_txn(txn, &meta)
+        })
+    }
+
+    fn snapshot(&self) -> StorageResult<Snapshot> {
+        // A read-only handle can race with the writer replacing the file.
+        let mut attempts = 0;
+        loop {
+            match self.read(|txn| self.read_snapshot(txn)) {
+                Err(StorageError::SnapshotTemporarilyUnavailable) if attempts < 5 => {
+                    attempts += 1;
+                }
+                Err(StorageError::SnapshotTemporarilyUnavailable) => {
+                    return Err(self.corrupt("the current snapshot file is missing"));
+                }
+                other => return other.map(|(s, _)| s),
+            }
+        }
+    }
+
+    fn write(&self, batch: WriteBatch) -> StorageResult<()> {
+        self.ensure_writable()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let _w = self.lock_writer();
+        // Encode outside the transaction; it may run more than once.
+        let mut records = Vec::with_capacity(batch.entries.len());
+        for e in &batch.entries {
+            records.push(frame(&encode_msg(e).map_err(StorageError::Invalid)?));
+        }
+        let (old_file, new_file) = self.write_with_snapshot_file(|wtxn, created| {
+            let meta = self.read_meta(wtxn)?;
+            let last = self.last_index_txn(wtxn, &meta)?;
+            // Validate everything first so a failing batch changes nothing.
+            let (offset, new_last, keep) = match &batch.snapshot {
+                Some(snap) => {
+                    let m = snap.get_metadata();
+                    if m.index < meta.snap_meta.index {
+                        return Err(StorageError::SnapshotOutOfDate.into());
+                    }
+                    let keep =
+                        matches!(self.term_txn(wtxn, &meta, last, m.index), Ok(t) if t == m.term);
+                    (m.index, if keep { last } else { m.index }, keep)
+                }
+                None => (meta.offset, last, false),
+            };
+            check_append(offset, new_last, &batch.entries)?;
+
+            let mut hs = meta.hard_state.clone();
+            let mut replaced = None;
+            if let Some(snap) = &batch.snapshot {
+                let m = snap.get_metadata();
+                let seq = meta.snap_seq + 1;
+                let name = match created {
+                    Some(n) => n.clone(),
+                    None => {
+                        let n = self.create_snapshot_file(snap, seq)?;
+                        *created = Some(n.clone());
+                        n
+                    }
+                };
+                if keep {
+                    if m.index > 0 {
+                        self.delete_through(wtxn, m.index)?;
+                    }
+                } else {
+                    self.entries_db
+                        .clear(wtxn)
+                        .map_err(|e| self.fail("clear the log", e))?;
+                }
+                self.put_offset(wtxn, m.index, m.term)?;
+                self.put_snapshot_ref(wtxn, m, &name, seq)?;
+                hs.term = hs.term.max(m.term);
+                hs.commit = hs.commit.max(m.index);
+                replaced = Some(meta.snap_file.clone());
+            }
+            if let Some(first) = batch.entries.first() {
+                self.delete_from(wtxn, first.index)?;
+                for (e, rec) in batch.entries.iter().zip(&records) {
+                    self.append_raw(wtxn, e.index, rec)?;
+                }
+            }
+            if let Some(h) = &batch.hard_state {
+                hs = h.clone();
+            }
+            if batch.snapshot.is_some() || batch.hard_state.is_some() {
+                self.put_hard_state(wtxn, &hs)?;
+            }
+            Ok(replaced.flatten())
+        })?;
+        if let Some(new) = new_file {
+            self.retire_snapshot(old_file, &new);
+        }
+        Ok(())
+    }
+
+    fn save_snapshot(&self, snapshot: Snapshot) -> StorageResult<()> {
+        self.ensure_writable()?;
+        // The file is the bulk of the work (the whole state, written and
+        // synced): it is written before taking the writer lock, so the log
+        // writes of a running node are not held up behind it. Only one own
+        // snapshot is saved at a time, so its name is unique; a crash before
+        // the commit below leaves an orphan that the next open removes.
+        let m = snapshot.get_metadata().clone();
+        let next_seq = self.read(|txn| Ok(self.read_meta(txn)?.snap_seq))? + 1;
+        let name = format!("{next_seq:020}-{:020}-{:020}-own.snap", m.index, m.term);
+        self.write_snapshot_file(&snapshot, &name)?;
+        let _w = self.lock_writer();
+        let committed = self.write_txn(|wtxn| {
+            let meta = self.read_meta(wtxn)?;
+            if m.index < meta.snap_meta.index {
+                return Err(StorageError::SnapshotOutOfDate.into());
+            }
+            let last = self.last_index_txn(wtxn, &meta)?;
+            if m.index > last {
+                return Err(StorageError::Invalid(format!(
+                    "snapshot at index {} is beyond the last entry {last}",
+                    m.index
+                ))
+                .into());
+            }
+            self.put_snapshot_ref(wtxn, &m, &name, meta.snap_seq + 1)?;
+            Ok(meta.snap_file)
+        });
+        match committed {
+            Ok(old_file) => {
+                self.retire_snapshot(old_file, &name);
+                Ok(())
+            }
+            Err(e) => {
+                self.remove_snapshot_file(&name);
+                Err(e)
+            }
+        }
+    }
+
+    fn compact(&self, index: u64) -> StorageResult<()> {
+        self.ensure_writable()?;
+        let _w = self.lock_writer();
+        self.write_txn(|wtxn| {
+            let meta = self.read_meta(wtxn)?;
+            let first = meta.offset + 1;
+            if index <= first {
+                return Ok(());
+            }
+            let snap_index = meta.snap_meta.index;
+            if index > snap_index + 1 {
+                return Err(StorageError::Invalid(format!(
+                    "compact to {index} beyond snapshot index {snap_index}"
+                ))
+                .into());
+            }
+            let new_offset = index - 1;
+            let last = self.last_index_txn(wtxn, &meta)?;
+            let term = self.term_txn(wtxn, &meta, last, new_offset)?;
+            if let Some(archive) = &self.opts.archive_compacted {
+                let mut records = Vec::with_capacity((new_offset - meta.offset) as usize);
+                for idx in first..=new_offset {
+                    let raw = self
+                        .entries_db
+                        .get(wtxn, &idx)
+                        .map_err(|e| self.fail("read entries to archive", e))?
+                        .ok_or_else(|| self.corrupt(format!("log entry {idx} is missing")))?;
+                    // Verify before archiving: never archive garbage silently.
+                    self.decode_entry(idx, raw)?;
+                    records.push(raw.to_vec());
+                }
+                let path = archive.join(format!("compacted-{first:020}-{new_offset:020}.wal"));
+                write_durable(&path, &encode_archive(&records))
+                    .map_err(|e| self.lmdb_to_storage(e))?;
+            }
+            self.delete_through(wtxn, new_offset)?;
+            self.put_offset(wtxn, new_offset, term)?;
+            Ok(())
+        })
+    }
+
+    fn identity(&self) -> StorageResult<Option<StoreIdentity>> {
+        self.read(|txn| self.read_identity(txn))
+    }
+
+    fn set_identity(&self, identity: &StoreIdentity) -> StorageResult<()> {
+        self.ensure_writable()?;
+        let _w = self.lock_writer();
+        self.write_txn(|wtxn| self.put_identity(wtxn, identity))
+    }
+
+    fn blocking_writes(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,170 @@
+//! The records of the `meta` database: format version, hard state,
+//! snapshot reference, compaction offset and identity. Every value is
+//! framed with a CRC-32 (see [`crate::codec::frame`]).
+
+use super::txn::Fail;
+use super::{LmdbStore, MetaDb, FORMAT_VERSION};
+use crate::codec::{be_u64, decode_msg, encode_msg, frame, unframe};
+use heed::{RoTxn, RwTxn};
+use raftify_core::raft::eraftpb::{HardState, SnapshotMetadata};
+use raftify_core::storage::{StorageResult, StoreIdentity};
+use raftify_core::StorageError;
+
+pub(super) const K_VERSION: &str = "format_version";
+pub(super) const K_HARD_STATE: &str = "hard_state";
+pub(super) const K_SNAP_META: &str = "snapshot_meta";
+pub(super) const K_SNAP_FILE: &str = "snapshot_file";
+pub(super) const K_SNAP_SEQ: &str = "snapshot_seq";
+pub(super) const K_OFFSET: &str = "offset";
+pub(super) const K_IDENTITY: &str = "identity";
+
+/// The metadata records, decoded.
+#[derive(Default, Clone)]
+pub(crate) struct Meta {
+    pub(crate) hard_state: HardState,
+    pub(crate) snap_meta: SnapshotMetadata,
+    pub(crate) snap_file: Option<String>,
+    pub(crate) snap_seq: u64,
+    /// Index of the last compacted entry (entries start right after it).
+    pub(crate) offset: u64,
+    /// Term of the entry at `offset`.
+    pub(crate) offset_term: u64,
+}
+
+/// Records [`FORMAT_VERSION`] in a new store's `meta` database.
+pub(super) fn put_format_version(meta: &MetaDb, wtxn: &mut RwTxn) -> heed::Result<()> {
+    meta.put(wtxn, K_VERSION, &frame(&FORMAT_VERSION.to_be_bytes()))
+}
+
+impl LmdbStore {
+    /// The format version the store was created with.
+    pub(super) fn read_format_version(&self, txn: &RoTxn) -> StorageResult<u32> {
+        let version = self
+            .meta_db
+            .get(txn, K_VERSION)
+            .map_err(|e| self.heed_err("read the format version", e))?
+            .ok_or_else(|| self.corrupt("the format version record is missing"))?;
+        unframe(version)
+            .ok()
+            .and_then(|b| b.try_into().ok().map(u32::from_be_bytes))
+            .ok_or_else(|| self.corrupt("the format version record does not decode"))
+    }
+
+    fn get_meta<'t>(&self, txn: &'t RoTxn, key: &str) -> StorageResult<Option<&'t [u8]>> {
+        let raw = self
+            .meta_db
+            .get(txn, key)
+            .map_err(|e| self.heed_err(&format!("read metadata record `{key}`"), e))?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => unframe(raw)
+                .map(Some)
+                .map_err(|e| self.corrupt(format!("metadata record `{key}`: {e}"))),
+        }
+    }
+
+    pub(crate) fn read_meta(&self, txn: &RoTxn) -> StorageResult<Meta> {
+        let mut meta = Meta::default();
+        if let Some(b) = self.get_meta(txn, K_HARD_STATE)? {
+            meta.hard_state = decode_msg(b)
+                .map_err(|e| self.corrupt(format!("metadata record `{K_HARD_STATE}`: {e}")))?;
+        }
+        if let Some(b) = self.get_meta(txn, K_SNAP_META)? {
+            meta.snap_meta = decode_msg(b)
+                .map_err(|e| self.corrupt(format!("metadata record `{K_SNAP_META}`: {e}")))?;
+        }
+        if let Some(b) = self.get_meta(txn, K_SNAP_FILE)? {
+            let name = std::str::from_utf8(b)
+                .ok()
+                .filter(|n| !n.is_empty() && !n.contains('/') && !n.starts_with('.'))
+                .ok_or_else(|| {
+                    self.corrupt(format!(
+                        "metadata record `{K_SNAP_FILE}` is not a file name"
+                    ))
+                })?;
+            meta.snap_file = Some(name.to_string());
+        }
+        if let Some(b) = self.get_meta(txn, K_SNAP_SEQ)? {
+            meta.snap_seq = be_u64(b, 0).filter(|_| b.len() == 8).ok_or_else(|| {
+                self.corrupt(format!("metadata record `{K_SNAP_SEQ}` is malformed"))
+            })?;
+        }
+        if let Some(b) = self.get_meta(txn, K_OFFSET)? {
+            match (b.len(), be_u64(b, 0), be_u64(b, 8)) {
+                (16, Some(i), Some(t)) => {
+                    meta.offset = i;
+                    meta.offset_term = t;
+                }
+                _ => return Err(self.corrupt(format!("metadata record `{K_OFFSET}` is malformed"))),
+            }
+        }
+        Ok(meta)
+    }
+
+    fn put_meta(&self, wtxn: &mut RwTxn, key: &str, payload: &[u8]) -> Result<(), Fail> {
+        self.meta_db
+            .put(wtxn, key, &frame(payload))
+            .map_err(|e| self.fail(&format!("write metadata record `{key}`"), e))
+    }
+
+    pub(crate) fn put_hard_state(&self, wtxn: &mut RwTxn, hs: &HardState) -> Result<(), Fail> {
+        let b = encode_msg(hs).map_err(StorageError::Invalid)?;
+        self.put_meta(wtxn, K_HARD_STATE, &b)
+    }
+
+    pub(crate) fn put_offset(&self, wtxn: &mut RwTxn, index: u64, term: u64) -> Result<(), Fail> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&index.to_be_bytes());
+        b[8..].copy_from_slice(&term.to_be_bytes());
+        self.put_meta(wtxn, K_OFFSET, &b)
+    }
+
+    pub(crate) fn put_snapshot_ref(
+        &self,
+        wtxn: &mut RwTxn,
+        meta: &SnapshotMetadata,
+        file: &str,
+        seq: u64,
+    ) -> Result<(), Fail> {
+        let b = encode_msg(meta).map_err(StorageError::Invalid)?;
+        self.put_meta(wtxn, K_SNAP_META, &b)?;
+        self.put_meta(wtxn, K_SNAP_FILE, file.as_bytes())?;
+        self.put_meta(wtxn, K_SNAP_SEQ, &seq.to_be_bytes())
+    }
+
+    /// The recorded identity: node id (8 bytes, big-endian) then cluster id
+    /// (UTF-8).
+    pub(super) fn read_identity(&self, txn: &RoTxn) -> StorageResult<Option<StoreIdentity>> {
+        let Some(b) = self.get_meta(txn, K_IDENTITY)? else {
+            return Ok(None);
+        };
+        let node_id =
+            be_u64(b, 0).ok_or_else(|| self.corrupt("the identity record is too short"))?;
+        let cluster_id = std::str::from_utf8(&b[8..])
+            .map_err(|_| self.corrupt("the identity record's cluster id is not UTF-8"))?
+            .to_string();
+        Ok(Some(StoreIdentity {
+            node_id,
+            cluster_id,
+        }))
+    }
+
+    /// Records `identity` (encoded as [`LmdbStore::read_identity`] reads it).
+    pub(super) fn put_identity(
+        &self,
+        wtxn: &mut RwTxn,
+        identity: &StoreIdentity,
+    ) -> Result<(), Fail> {
+        let mut b = identity.node_id.to_be_bytes().to_vec();
+        b.extend_from_slice(identity.cluster_id.as_bytes());
+        self.put_meta(wtxn, K_IDENTITY, &b)
+    }
+
+    /// Removes the identity record, if any.
+    pub(super) fn delete_identity(&self, wtxn: &mut RwTxn) -> Result<(), Fail> {
+        self.meta_db
+            .delete(wtxn, K_IDENTITY)
+            .map(|_| ())
+            .map_err(|e| self.fail("delete the identity record", e))
+    }
+}

@@ -1,0 +1,377 @@
+//! Opening a store: creating or validating the directory and the LMDB
+//! environment, and taking the writer lock.
+
+use super::meta::put_format_version;
+use super::options::align_up;
+use super::{
+    EntriesDb, LmdbOptions, LmdbStore, MetaDb, DATA_FILE, ENTRIES_DB, FORMAT_VERSION,
+    LMDB_LOCK_FILE, LOCK_FILE, META_DB, SNAP_DIR,
+};
+use crate::error::LmdbError;
+use heed::types::Bytes;
+use heed::{Database, EnvFlags, EnvOpenOptions, MdbError};
+use raftify_core::StorageError;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, RwLock};
+
+/// Maps a failure to open the environment to an [`LmdbError`] naming the
+/// data file or directory.
+fn heed_open_error(dir: &Path, e: heed::Error) -> LmdbError {
+    match e {
+        heed::Error::Mdb(MdbError::Invalid) => LmdbError::corrupted(
+            dir.join(DATA_FILE),
+            "not a valid LMDB file (bad magic or meta pages: overwritten or truncated)",
+        ),
+        heed::Error::Mdb(MdbError::VersionMismatch) => LmdbError::corrupted(
+            dir.join(DATA_FILE),
+            "LMDB version mismatch (file written by an incompatible LMDB, or damaged)",
+        ),
+        heed::Error::Mdb(MdbError::Corrupted) | heed::Error::Mdb(MdbError::PageNotFound) => {
+            LmdbError::corrupted(dir.join(DATA_FILE), format!("{e}"))
+        }
+        heed::Error::EnvAlreadyOpened => LmdbError::Locked {
+            path: dir.to_path_buf(),
+            detail: "the LMDB environment is already open in this process".into(),
+        },
+        other => LmdbError::Lmdb {
+            op: "open the environment".into(),
+            path: dir.to_path_buf(),
+            source: other,
+        },
+    }
+}
+
+impl LmdbStore {
+    /// Opens (creating it if needed) the store in `dir` for reading and
+    /// writing.
+    ///
+    /// A missing or empty directory becomes a new store. An existing store is
+    /// reopened with exactly the state of its last committed write (after a
+    /// crash too: LMDB commits are atomic). The directory is locked
+    /// exclusively (`raftify.lock`, an `flock`) until the store is dropped;
+    /// a second writer, in this or another process, gets
+    /// [`LmdbError::Locked`].
+    ///
+    /// Errors name the directory: [`LmdbError::NotAStore`] for a non-empty
+    /// directory without a store, [`LmdbError::Corrupted`] for truncated or
+    /// overwritten files and undecodable records,
+    /// [`LmdbError::UnsupportedVersion`], [`LmdbError::Io`] and
+    /// [`LmdbError::Lmdb`] otherwise.
+    pub fn open(dir: impl AsRef<Path>, opts: LmdbOptions) -> Result<Self, LmdbError> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| LmdbError::io("create directory", &dir, e))?;
+        if !dir.is_dir() {
+            return Err(LmdbError::NotAStore {
+                path: dir,
+                reason: "not a directory".into(),
+            });
+        }
+        let data = dir.join(DATA_FILE);
+        if !data.exists() {
+            // Refuse to scatter LMDB files into some unrelated directory.
+            let foreign: Vec<String> = fs::read_dir(&dir)
+                .map_err(|e| LmdbError::io("list directory", &dir, e))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != LOCK_FILE && n != LMDB_LOCK_FILE && n != SNAP_DIR)
+                .collect();
+            if !foreign.is_empty() {
+                return Err(LmdbError::NotAStore {
+                    path: dir,
+                    reason: format!(
+                        "the directory is not empty ({}) and has no {DATA_FILE}",
+                        foreign.join(", ")
+                    ),
+                });
+            }
+        }
+        let lock = take_lock(&dir)?;
+        Self::open_env(dir, opts, false, Some(lock))
+    }
+
+    /// Opens an existing store read-only, e.g. for a CLI inspecting the
+    /// directory of a node that may be running.
+    ///
+    /// No lock is taken and nothing is written: LMDB readers never block the
+    /// writer and always see a consistent committed state. Write methods
+    /// return [`StorageError::Invalid`]. A missing directory or one without
+    /// `data.mdb` is [`LmdbError::Missing`].
+    ///
+    /// heed allows one environment per path per process, so this fails with
+    /// [`LmdbError::Locked`] if the same process already has the store open;
+    /// use that handle instead.
+    pub fn open_read_only(dir: impl AsRef<Path>, opts: LmdbOptions) -> Result<Self, LmdbError> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(LmdbError::Missing {
+                path: dir,
+                what: "a raftify store directory".into(),
+            });
+        }
+        if !dir.join(DATA_FILE).is_file() {
+            return Err(LmdbError::Missing {
+                path: dir.join(DATA_FILE),
+                what: "the LMDB data file of a raftify store".into(),
+            });
+        }
+        Self::open_env(dir, opts, true, None)
+    }
+
+    fn open_env(
+        dir: PathBuf,
+        opts: LmdbOptions,
+        read_only: bool,
+        lock: Option<File>,
+    ) -> Result<Self, LmdbError> {
+        let data = dir.join(DATA_FILE);
+        // LMDB treats an empty data file as a new environment: a store
+        // truncated to nothing would silently come back empty. Refuse.
+        if let Ok(md) = fs::metadata(&data) {
+            if md.len() < 2 * 4096 {
+                return Err(LmdbError::corrupted(
+                    &data,
+                    format!(
+                        "truncated: {} bytes, smaller than LMDB's two meta pages",
+                        md.len()
+                    ),
+                ));
+            }
+        }
+        let mut flags = EnvFlags::empty();
+        if read_only {
+            flags |= EnvFlags::READ_ONLY;
+        }
+        if opts.no_sync && !read_only {
+            flags |= EnvFlags::NO_SYNC;
+        }
+        let mut eo = EnvOpenOptions::new().read_txn_without_tls();
+        eo.map_size(align_up(opts.map_size)).max_dbs(4);
+        // SAFETY: NO_SYNC only weakens durability (documented on
+        // `LmdbOptions::no_sync`); the data file is only modified through
+        // this environment: writers are excluded by `raftify.lock`, and heed
+        // refuses a second environment on the same path in one process.
+        let env = unsafe {
+            eo.flags(flags);
+            eo.open(&dir)
+        }
+        .map_err(|e| heed_open_error(&dir, e))?;
+
+        // A data file shorter than its last committed page would make LMDB
+        // read past the end of the mapping (SIGBUS); catch it here.
+        let info = env.info();
+        let page = env.stat().page_size as u64;
+        let need = (info.last_page_number as u64 + 1) * page;
+        let have = fs::metadata(&data)
+            .map_err(|e| LmdbError::io("stat", &data, e))?
+            .len();
+        if have < need {
+            return Err(LmdbError::corrupted(
+                &data,
+                format!("truncated: {have} bytes, but committed pages reach byte {need}"),
+            ));
+        }
+        if !read_only {
+            // Reader slots of crashed processes would pin old pages forever.
+            let _ = env.clear_stale_readers();
+        }
+
+        let lmdb = |op: &str, e: heed::Error| -> LmdbError {
+            match e {
+                heed::Error::Mdb(MdbError::Corrupted)
+                | heed::Error::Mdb(MdbError::PageNotFound)
+                | heed::Error::Mdb(MdbError::Incompatible) => {
+                    LmdbError::corrupted(&data, format!("{op}: {e}"))
+                }
+                e => LmdbError::Lmdb {
+                    op: op.to_string(),
+                    path: dir.clone(),
+                    source: e,
+                },
+            }
+        };
+
+        let (entries_db, meta_db) = if read_only {
+            let rtxn = env
+                .read_txn()
+                .map_err(|e| lmdb("begin a read transaction", e))?;
+            let meta: Option<MetaDb> = env
+                .open_database(&rtxn, Some(META_DB))
+                .map_err(|e| lmdb("open the meta database", e))?;
+            let entries: Option<EntriesDb> = env
+                .open_database(&rtxn, Some(ENTRIES_DB))
+                .map_err(|e| lmdb("open the entries database", e))?;
+            let (Some(meta), Some(entries)) = (meta, entries) else {
+                return Err(LmdbError::NotAStore {
+                    path: dir,
+                    reason: "the LMDB environment has no raftify `meta`/`entries` databases".into(),
+                });
+            };
+            rtxn.commit()
+                .map_err(|e| lmdb("end the read transaction", e))?;
+            (entries, meta)
+        } else {
+            let mut wtxn = env
+                .write_txn()
+                .map_err(|e| lmdb("begin a write transaction", e))?;
+            let meta: Option<MetaDb> = env
+                .open_database(&wtxn, Some(META_DB))
+                .map_err(|e| lmdb("open the meta database", e))?;
+            let dbs = match meta {
+                Some(meta) => {
+                    let entries: Option<EntriesDb> = env
+                        .open_database(&wtxn, Some(ENTRIES_DB))
+                        .map_err(|e| lmdb("open the entries database", e))?;
+                    let Some(entries) = entries else {
+                        return Err(LmdbError::corrupted(
+                            &dir,
+                            "the `entries` database is missing",
+                        ));
+                    };
+                    (entries, meta)
+                }
+                None => {
+                    // New store, unless the environment holds someone else's data.
+                    let main: Database<Bytes, Bytes> = env
+                        .open_database(&wtxn, None)
+                        .map_err(|e| lmdb("open the main database", e))?
+                        .ok_or_else(|| LmdbError::corrupted(&data, "no main database"))?;
+                    let used = main
+                        .len(&wtxn)
+                        .map_err(|e| lmdb("count the main database", e))?;
+                    if used > 0 {
+                        return Err(LmdbError::NotAStore {
+                            path: dir,
+                            reason: "an LMDB environment without raftify metadata".into(),
+                        });
+                    }
+                    let meta: MetaDb = env
+                        .create_database(&mut wtxn, Some(META_DB))
+                        .map_err(|e| lmdb("create the meta database", e))?;
+                    let entries: EntriesDb = env
+                        .create_database(&mut wtxn, Some(ENTRIES_DB))
+                        .map_err(|e| lmdb("create the entries database", e))?;
+                    put_format_version(&meta, &mut wtxn)
+                        .map_err(|e| lmdb("write the format version", e))?;
+                    (entries, meta)
+                }
+            };
+            wtxn.commit().map_err(|e| lmdb("commit", e))?;
+            dbs
+        };
+
+        let store = LmdbStore {
+            dir,
+            env,
+            entries_db,
+            meta_db,
+            gate: RwLock::new(()),
+            write_lock: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            first_index_cache: Mutex::new(None),
+            opts,
+            read_only,
+            _lock: lock,
+        };
+        store.validate()?;
+        if !read_only {
+            store.remove_orphan_snapshots();
+        }
+        Ok(store)
+    }
+
+    /// Checks the format version and the invariants of the metadata and the
+    /// log ends (not every entry: that would read the whole log).
+    fn validate(&self) -> Result<(), LmdbError> {
+        let corrupted = |e: StorageError| match e {
+            StorageError::Corrupted(reason) => LmdbError::corrupted(&self.dir, reason),
+            other => LmdbError::Store {
+                path: self.dir.clone(),
+                source: other,
+            },
+        };
+        self.read(|txn| {
+            let version = self.read_format_version(txn)?;
+            if version != FORMAT_VERSION {
+                return Err(StorageError::Invalid(format!("version:{version}")));
+            }
+            let meta = self.read_meta(txn)?;
+            let last = self.last_index_txn(txn, &meta)?;
+            if last > meta.offset {
+                let first = self
+                    .entries_db
+                    .first(txn)
+                    .map_err(|e| self.heed_err("read the first entry", e))?;
+                match first {
+                    Some((k, _)) if k == meta.offset + 1 => {}
+                    Some((k, _)) => {
+                        return Err(self.corrupt(format!(
+                            "the first stored entry is {k} but the log starts at {}",
+                            meta.offset + 1
+                        )))
+                    }
+                    None => {}
+                }
+                self.get_entry(txn, last)?;
+                self.get_entry(txn, meta.offset + 1)?;
+            }
+            if let Some(name) = &meta.snap_file {
+                let path = self.dir.join(SNAP_DIR).join(name);
+                if !path.is_file() {
+                    return Err(self.corrupt(format!(
+                        "the current snapshot file {} is missing",
+                        path.display()
+                    )));
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            StorageError::Invalid(v) if v.starts_with("version:") => {
+                LmdbError::UnsupportedVersion {
+                    path: self.dir.clone(),
+                    found: v["version:".len()..].parse().unwrap_or(0),
+                    supported: FORMAT_VERSION,
+                }
+            }
+            other => corrupted(other),
+        })
+    }
+}
+
+/// Takes the exclusive `raftify.lock` of a store directory.
+fn take_lock(dir: &Path) -> Result<File, LmdbError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| LmdbError::io("open lock file", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(LmdbError::Locked {
+                path: dir.to_path_buf(),
+                detail: if holder.is_empty() {
+                    format!("{} is held", path.display())
+                } else {
+                    format!("{} is held by pid {holder}", path.display())
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(LmdbError::io("lock", &path, e));
+        }
+    }
+    // Informational only: the flock is what excludes other writers.
+    let _ = file.set_len(0);
+    let _ = write!(file, "{}", std::process::id());
+    let _ = file.sync_all();
+    Ok(file)
+}
