@@ -6,8 +6,9 @@ use super::txn::Fail;
 use super::LmdbStore;
 use crate::codec::decode_framed;
 use heed::{PutFlags, RoTxn, RwTxn};
+use raftify_core::protobuf::Message;
 use raftify_core::raft::eraftpb::Entry;
-use raftify_core::storage::StorageResult;
+use raftify_core::storage::{limit_size, StorageResult};
 use raftify_core::StorageError;
 
 impl LmdbStore {
@@ -71,7 +72,12 @@ impl LmdbStore {
     }
 
     /// The entries `low..high`, which the caller has checked lie within the
-    /// log, cut to `max_size`.
+    /// log, cut to `max_size` by raft's rule ([`limit_size`]).
+    ///
+    /// Reading stops at the first entry that takes the total past
+    /// `max_size`, and `limit_size` then decides what is kept: raft-rs asks
+    /// for ranges up to the last index with a message-size limit, so reading
+    /// the whole range first would decode entries only to drop them.
     pub(super) fn read_entries(
         &self,
         txn: &RoTxn,
@@ -95,17 +101,17 @@ impl LmdbStore {
                 return Err(self.corrupt(format!("log entry {expect} is missing (gap in the log)")));
             }
             let e = self.decode_entry(k, raw)?;
-            // Same rule as raftify_core::storage::limit_size: keep
-            // entries while the total stays within max_size, at least one.
-            if let Some(max) = max_size {
-                size += u64::from(raftify_core::protobuf::Message::compute_size(&e));
-                if !out.is_empty() && size > max {
-                    return Ok(out);
-                }
+            if max_size.is_some() {
+                size += u64::from(e.compute_size());
             }
             out.push(e);
             expect += 1;
+            if max_size.is_some_and(|max| size > max) {
+                limit_size(&mut out, max_size);
+                return Ok(out);
+            }
         }
+        // Not cut: the total of what was read is within `max_size`.
         if expect != high {
             return Err(self.corrupt(format!("log entry {expect} is missing (gap in the log)")));
         }
