@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     rt.block_on(async move {
         let node = single_node().await.unwrap();
         for m in msgs {
-            let _ = node.step(vec![m]);
+            let _ = node.handle().inbound().step_from(None, vec![m]);
         }
         let put = Cmd::Put {
             key: "k".into(),
@@ -39,6 +39,6 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert!(ok, "node stopped serving: {:?}", node.state());
-        node.shutdown().await;
+        node.handle().shutdown().await;
     });
 });

@@ -110,7 +110,9 @@ fn propose_round_trip(c: &mut Criterion) {
             .logger(raftify_core::discard_logger())
             .start()
             .await?;
-        raft.wait_for_leader(Duration::from_secs(5)).await?;
+        raft.handle()
+            .wait_for_leader(Duration::from_secs(5))
+            .await?;
         Ok::<_, raftify_core::Error>(raft)
     });
     let node = match node {
@@ -135,7 +137,7 @@ fn propose_round_trip(c: &mut Criterion) {
         })
     });
     g.finish();
-    rt.block_on(node.shutdown());
+    rt.block_on(node.handle().shutdown());
 }
 
 criterion_group!(benches, codec, storage, propose_round_trip);

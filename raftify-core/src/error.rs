@@ -1,21 +1,106 @@
-//! The errors raftify returns, split by what the caller should do.
+//! The errors raftify returns, and the one classification every front-end
+//! maps them by.
 //!
-//! * Retry elsewhere: [`Error::NotLeader`] (go to `leader_addr`),
-//!   [`Error::NoLeader`] (retry after an election).
-//! * Outcome unknown: [`Error::LeadershipLost`], [`Error::Timeout`] — the
-//!   entry may or may not have been committed; make commands idempotent or
-//!   read back.
-//! * Not applied: [`Error::ProposalDropped`], [`Error::Overloaded`].
-//! * The request itself is wrong: [`Error::InvalidArgument`],
-//!   [`Error::ConfChangeRejected`], [`Error::Encode`].
-//! * The node is gone or broken: [`Error::Shutdown`], [`Error::Storage`].
+//! Each [`Error`] has an [`ErrorClass`] that says what the caller may do:
+//!
+//! * [`ErrorClass::Redirect`] — send it to the leader ([`Error::NotLeader`]
+//!   names it). Nothing was applied.
+//! * [`ErrorClass::RetryLater`] — nothing was applied; the same request may
+//!   be sent again after a pause ([`Error::NoLeader`],
+//!   [`Error::ProposalDropped`], [`Error::Overloaded`], [`Error::Unreachable`],
+//!   a membership change while another is in progress, ...).
+//! * [`ErrorClass::OutcomeUnknown`] — the request may or may not have been
+//!   applied ([`Error::Timeout`], [`Error::LeadershipLost`],
+//!   [`Error::Interrupted`], [`Error::Transport`]). Only an idempotent request
+//!   may be sent again; anything else must be read back first.
+//! * [`ErrorClass::Rejected`] — the request itself is wrong or was refused
+//!   for good; sending it again gives the same answer.
+//! * [`ErrorClass::Fatal`] — this node cannot serve (it stopped, or its
+//!   storage failed); another node may.
+//!
+//! gRPC codes, memstore's HTTP statuses and the Python exception classes are
+//! all derived from this classification; retries ([`crate::retry`]) are
+//! decided by it, never by an error's text.
 
 use crate::storage::StorageError;
+use std::time::Duration;
 
 /// Result alias used across raftify-core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything a raftify node call can fail with.
+/// What a caller may do after an error. See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// Not applied; send the request to the leader the error names.
+    Redirect,
+    /// Not applied; the same request may be sent again after a pause.
+    RetryLater,
+    /// May or may not have been applied.
+    OutcomeUnknown,
+    /// Refused for good: the request is invalid or not allowed.
+    Rejected,
+    /// This node cannot serve; another node may.
+    Fatal,
+}
+
+impl ErrorClass {
+    /// Whether a request that failed with this class may be sent again
+    /// without risk of applying it twice: always after `Redirect` and
+    /// `RetryLater`, after `OutcomeUnknown` only when the request is
+    /// idempotent (a read, or a write that carries an exactly-once session).
+    pub fn may_retry(self, idempotent: bool) -> bool {
+        match self {
+            ErrorClass::Redirect | ErrorClass::RetryLater => true,
+            ErrorClass::OutcomeUnknown => idempotent,
+            ErrorClass::Rejected | ErrorClass::Fatal => false,
+        }
+    }
+
+    /// The class's name in snake case (`redirect`, `retry_later`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Redirect => "redirect",
+            ErrorClass::RetryLater => "retry_later",
+            ErrorClass::OutcomeUnknown => "outcome_unknown",
+            ErrorClass::Rejected => "rejected",
+            ErrorClass::Fatal => "fatal",
+        }
+    }
+}
+
+/// Why a membership change was refused before it entered the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Another membership change is still being applied; retry when it is.
+    InProgress,
+    /// The change removes or demotes the leader: leadership must move to a
+    /// voter the change keeps first (the handle's membership calls do it).
+    LeaderMustMove,
+    /// No voter that the change keeps can take leadership over.
+    NoSuccessor,
+    /// The change is impossible in the current configuration.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::InProgress => f.write_str(
+                "another membership change is still in progress; retry when it is applied",
+            ),
+            Rejection::LeaderMustMove => {
+                f.write_str("the change removes or demotes the leader: transfer leadership first")
+            }
+            Rejection::NoSuccessor => {
+                f.write_str("no voter that this change keeps can take over leadership")
+            }
+            Rejection::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Everything a raftify node call can fail with. [`Error::class`] says what
+/// the caller may do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// This node is not the leader; send the request to `leader_addr`.
@@ -39,12 +124,17 @@ pub enum Error {
     #[error("leadership lost while the request was in flight; its outcome is unknown")]
     LeadershipLost,
     /// The request did not complete in time; its outcome is unknown.
-    #[error("timed out after {0:?}")]
-    Timeout(std::time::Duration),
+    #[error("timed out after {0:?}; the outcome is unknown")]
+    Timeout(Duration),
+    /// The request was in the log (or on its way to a leader) when it was
+    /// cut off — the node stopped, a forwarding task ended; its outcome is
+    /// unknown.
+    #[error("interrupted before its outcome was known: {0}")]
+    Interrupted(String),
     /// Too many proposals are waiting; back off.
     #[error("too many pending proposals ({0}); back off and retry")]
     Overloaded(usize),
-    /// The node is shutting down or has stopped.
+    /// The node is shutting down or has stopped; the request was not taken.
     #[error("the raft node has shut down")]
     Shutdown,
     /// The log entry could not be encoded or decoded.
@@ -54,15 +144,29 @@ pub enum Error {
     /// entry is committed; every node saw the same error).
     #[error("state machine error: {0}")]
     StateMachine(String),
-    /// A membership change was refused (invalid, or another one is pending).
+    /// A membership change was refused before it entered the log.
     #[error("membership change rejected: {0}")]
-    ConfChangeRejected(String),
+    ConfChangeRejected(Rejection),
+    /// The node named by a membership change or a transfer is not a member.
+    #[error("node {0} is not a member")]
+    NotAMember(u64),
+    /// A leadership transfer ended with another node leading.
+    #[error("leadership went to node {leader} instead of {to}")]
+    TransferFailed {
+        /// The node leadership was to go to.
+        to: u64,
+        /// The node that leads now.
+        leader: u64,
+    },
     /// A request argument is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The configuration is invalid.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// The server refused the caller's credentials.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// The storage failed; the node stops accepting work.
     #[error("storage error: {0}")]
     Storage(#[from] StorageError),
@@ -70,7 +174,11 @@ pub enum Error {
     /// replicated data); it must be restarted or replaced.
     #[error("the raft node stopped after a fatal error: {0}")]
     Fatal(String),
-    /// A request to another node failed.
+    /// The request could not be delivered (connection refused, the node is
+    /// not on the network): it was not applied.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// A request to another node failed after it may have been delivered.
     #[error("transport error: {0}")]
     Transport(String),
     /// raft-rs reported an error.
@@ -79,45 +187,35 @@ pub enum Error {
 }
 
 impl Error {
-    /// True for errors after which the same request may simply be retried
-    /// (possibly on another node) without risk of double application.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::NotLeader { .. }
-                | Error::NoLeader
-                | Error::ProposalDropped(_)
-                | Error::Overloaded(_)
-        )
+    /// What the caller may do about this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::NotLeader { .. } => ErrorClass::Redirect,
+            Error::NoLeader
+            | Error::ProposalDropped(_)
+            | Error::Overloaded(_)
+            | Error::Unreachable(_)
+            | Error::TransferFailed { .. }
+            | Error::ConfChangeRejected(Rejection::InProgress | Rejection::LeaderMustMove) => {
+                ErrorClass::RetryLater
+            }
+            Error::LeadershipLost
+            | Error::Timeout(_)
+            | Error::Interrupted(_)
+            | Error::Transport(_) => ErrorClass::OutcomeUnknown,
+            Error::Encode(_)
+            | Error::StateMachine(_)
+            | Error::ConfChangeRejected(Rejection::NoSuccessor | Rejection::Invalid(_))
+            | Error::NotAMember(_)
+            | Error::InvalidArgument(_)
+            | Error::InvalidConfig(_)
+            | Error::Unauthenticated(_)
+            | Error::Raft(_) => ErrorClass::Rejected,
+            Error::Shutdown | Error::Storage(_) | Error::Fatal(_) => ErrorClass::Fatal,
+        }
     }
-}
 
-/// An [`Error`] as plain data, for transports: every variant maps to a
-/// `kind` and back, so a caller on another node gets the same variant (a
-/// [`Error::NotLeader`] keeps its leader hint).
-///
-/// ```
-/// use raftify_core::{Error, ErrorInfo};
-/// let info = ErrorInfo::from(&Error::NotLeader { leader_id: 2, leader_addr: Some("10.0.0.2:60061".into()) });
-/// assert_eq!(info.kind, "not_leader");
-/// assert!(matches!(info.into_error(), Some(Error::NotLeader { leader_id: 2, .. })));
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ErrorInfo {
-    /// The variant, in snake case (`not_leader`, `timeout`, ...).
-    pub kind: String,
-    /// The variant's text payload, or the error's message.
-    pub message: String,
-    /// [`Error::NotLeader`]'s leader id.
-    pub leader_id: u64,
-    /// [`Error::NotLeader`]'s leader address.
-    pub leader_addr: Option<String>,
-    /// [`Error::Timeout`] in milliseconds, [`Error::Overloaded`]'s count.
-    pub number: u64,
-}
-
-impl Error {
-    /// The name of the variant, as used in [`ErrorInfo::kind`].
+    /// The name of the variant, as used in [`ErrorInfo::kind`](crate::ErrorInfo).
     pub fn kind(&self) -> &'static str {
         match self {
             Error::NotLeader { .. } => "not_leader",
@@ -125,85 +223,28 @@ impl Error {
             Error::ProposalDropped(_) => "proposal_dropped",
             Error::LeadershipLost => "leadership_lost",
             Error::Timeout(_) => "timeout",
+            Error::Interrupted(_) => "interrupted",
             Error::Overloaded(_) => "overloaded",
             Error::Shutdown => "shutdown",
             Error::Encode(_) => "encode",
             Error::StateMachine(_) => "state_machine",
-            Error::ConfChangeRejected(_) => "conf_change_rejected",
+            Error::ConfChangeRejected(r) => match r {
+                Rejection::InProgress => "conf_change_in_progress",
+                Rejection::LeaderMustMove => "conf_change_leader_must_move",
+                Rejection::NoSuccessor => "conf_change_no_successor",
+                Rejection::Invalid(_) => "conf_change_rejected",
+            },
+            Error::NotAMember(_) => "not_a_member",
+            Error::TransferFailed { .. } => "transfer_failed",
             Error::InvalidArgument(_) => "invalid_argument",
             Error::InvalidConfig(_) => "invalid_config",
+            Error::Unauthenticated(_) => "unauthenticated",
             Error::Storage(_) => "storage",
             Error::Fatal(_) => "fatal",
+            Error::Unreachable(_) => "unreachable",
             Error::Transport(_) => "transport",
             Error::Raft(_) => "raft",
         }
-    }
-}
-
-impl From<&Error> for ErrorInfo {
-    fn from(err: &Error) -> Self {
-        let message = match err {
-            Error::ProposalDropped(m)
-            | Error::Encode(m)
-            | Error::StateMachine(m)
-            | Error::ConfChangeRejected(m)
-            | Error::InvalidArgument(m)
-            | Error::InvalidConfig(m)
-            | Error::Fatal(m)
-            | Error::Transport(m)
-            | Error::Raft(m) => m.clone(),
-            other => other.to_string(),
-        };
-        let (leader_id, leader_addr) = match err {
-            Error::NotLeader {
-                leader_id,
-                leader_addr,
-            } => (*leader_id, leader_addr.clone()),
-            _ => (0, None),
-        };
-        let number = match err {
-            Error::Timeout(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
-            Error::Overloaded(n) => *n as u64,
-            _ => 0,
-        };
-        ErrorInfo {
-            kind: err.kind().to_string(),
-            message,
-            leader_id,
-            leader_addr,
-            number,
-        }
-    }
-}
-
-impl ErrorInfo {
-    /// The error this describes; `None` for an unknown kind (a newer peer).
-    pub fn into_error(self) -> Option<Error> {
-        let msg = self.message;
-        Some(match self.kind.as_str() {
-            "not_leader" => Error::NotLeader {
-                leader_id: self.leader_id,
-                leader_addr: self.leader_addr,
-            },
-            "no_leader" => Error::NoLeader,
-            "proposal_dropped" => Error::ProposalDropped(msg),
-            "leadership_lost" => Error::LeadershipLost,
-            "timeout" => Error::Timeout(std::time::Duration::from_millis(self.number)),
-            "overloaded" => Error::Overloaded(usize::try_from(self.number).unwrap_or(usize::MAX)),
-            "shutdown" => Error::Shutdown,
-            "encode" => Error::Encode(msg),
-            "state_machine" => Error::StateMachine(msg),
-            "conf_change_rejected" => Error::ConfChangeRejected(msg),
-            "invalid_argument" => Error::InvalidArgument(msg),
-            "invalid_config" => Error::InvalidConfig(msg),
-            "storage" => {
-                Error::Storage(StorageError::Backend(format!("remote node: {msg}").into()))
-            }
-            "fatal" => Error::Fatal(msg),
-            "transport" => Error::Transport(msg),
-            "raft" => Error::Raft(msg),
-            _ => return None,
-        })
     }
 }
 
@@ -212,6 +253,39 @@ impl From<raft::Error> for Error {
         match e {
             raft::Error::ProposalDropped => Error::ProposalDropped("raft refused it".into()),
             other => Error::Raft(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_outcomes_are_only_retried_when_idempotent() {
+        for e in [
+            Error::Timeout(Duration::from_secs(1)),
+            Error::LeadershipLost,
+            Error::Interrupted("stopping".into()),
+            Error::Transport("reset".into()),
+        ] {
+            assert_eq!(e.class(), ErrorClass::OutcomeUnknown, "{e}");
+            assert!(!e.class().may_retry(false), "{e}");
+            assert!(e.class().may_retry(true), "{e}");
+        }
+        for e in [
+            Error::NoLeader,
+            Error::Unreachable("refused".into()),
+            Error::ConfChangeRejected(Rejection::InProgress),
+        ] {
+            assert!(e.class().may_retry(false), "{e}");
+        }
+        for e in [
+            Error::NotAMember(3),
+            Error::ConfChangeRejected(Rejection::Invalid("x".into())),
+            Error::Shutdown,
+        ] {
+            assert!(!e.class().may_retry(true), "{e}");
         }
     }
 }

@@ -15,13 +15,18 @@
 //! * `apply` is called once per committed entry, in log order, on every
 //!   node; it must be deterministic. Its output goes back to the proposer.
 //! * [`Raft::propose`] resolves after the entry is committed **and applied
-//!   on this node**; on a follower it fails with [`Error::NotLeader`], which
-//!   names the leader ([`Raft::client_write`] forwards for you).
-//! * Reads through [`Raft::state_machine`] are local and may be stale;
+//!   on the leader**, with the state machine's output; on a follower the
+//!   entry is forwarded to the leader ([`Raft::propose_local`] refuses with
+//!   [`Error::NotLeader`] instead).
+//! * [`Raft::stale_read`] reads the local state machine (maybe stale);
 //!   [`Raft::linearizable_read`] first confirms the read index with a quorum.
-//! * Errors say what to do: retry elsewhere ([`Error::NotLeader`]), retry
-//!   later ([`Error::NoLeader`]), or outcome unknown ([`Error::Timeout`],
-//!   [`Error::LeadershipLost`]). See [`Error`].
+//!   The state machine only ever changes through the log.
+//! * Every error has an [`ErrorClass`] that says what to do: go to the
+//!   leader, retry later, outcome unknown (read back before retrying a
+//!   write), rejected, or this node is dead. [`retry`] holds the one
+//!   retry loop, which never resends a write whose outcome is unknown.
+//! * Membership, status, leadership and shutdown are on the untyped
+//!   [`RaftHandle`] ([`Raft::handle`]).
 //!
 //! ## A replicated hash map
 //!
@@ -76,21 +81,21 @@
 //!     .logger(raftify_core::discard_logger())
 //!     .start()
 //!     .await?;
-//! net.register(1, raft.handle().clone());
-//! raft.wait_for_leader(std::time::Duration::from_secs(5)).await?;
+//! net.register(1, raft.handle().inbound());
+//! raft.handle().wait_for_leader(std::time::Duration::from_secs(5)).await?;
 //!
 //! raft.propose(&Put::Set("k".into(), "v1".into())).await?;
 //! let previous = raft.propose(&Put::Set("k".into(), "v2".into())).await?;
 //! assert_eq!(previous, b"v1");
 //! let value = raft.linearizable_read(|s| s.0.get("k").cloned()).await?;
 //! assert_eq!(value.as_deref(), Some("v2"));
-//! raft.shutdown().await;
+//! raft.handle().shutdown().await;
 //! # Ok(())
 //! # }
 //! ```
 //!
 //! A cluster is the same with [`Bootstrap::Members`] on every initial node,
-//! or [`RaftHandle::request_id`] + [`RaftHandle::join_cluster`] to grow one.
+//! or [`request_join_ticket`] + [`RaftHandle::join_cluster`] to grow one.
 #![deny(missing_docs)]
 // rust-protobuf messages are built field by field, as raft-rs itself does.
 #![allow(clippy::field_reassign_with_default)]
@@ -98,10 +103,11 @@
 pub mod codec;
 mod config;
 mod error;
-mod forward;
+mod error_info;
 pub mod membership;
 mod node;
 mod raft_loop;
+pub mod retry;
 mod state_machine;
 pub mod status;
 pub mod storage;
@@ -110,16 +116,19 @@ pub mod testkit;
 pub mod transport;
 
 pub use config::{Config, ReadMode};
-pub use error::{Error, ErrorInfo, Result};
+pub use error::{Error, ErrorClass, Rejection, Result};
+pub use error_info::ErrorInfo;
 pub use membership::{JoinTicket, Member, MemberRole, MembershipChange};
 pub use node::{
-    call_cluster, default_logger, discard_logger, request_join_ticket, Bootstrap, Raft,
-    RaftBuilder, RaftHandle,
+    default_logger, discard_logger, stderr_logger, Bootstrap, Raft, RaftBuilder, RaftHandle,
 };
 pub use state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError};
 pub use status::{MetricsSnapshot, NodeState, Role, Status};
 pub use storage::{LogStore, MemStore, StorageError, WriteBatch};
-pub use transport::{ClusterRequest, ClusterResponse, Feedback, InProcNetwork, Transport};
+pub use transport::{
+    call_cluster, request_join_ticket, ClusterApi, Feedback, InProcNetwork, Inbound, Membership,
+    Outcome, Transport,
+};
 
 /// The protobuf runtime raft-rs's messages are built on.
 pub use protobuf;

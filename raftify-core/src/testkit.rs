@@ -188,7 +188,7 @@ impl Cluster {
             .logger(test_logger())
             .start()
             .await?;
-        self.net.register(id, node.handle().clone());
+        self.net.register(id, node.handle().inbound());
         self.nodes.insert(id, node);
         Ok(())
     }
@@ -211,12 +211,14 @@ impl Cluster {
     pub async fn wait_leader(&self, among: &[u64], timeout: Duration) -> Result<u64> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let leaders: Vec<Option<u64>> =
-                among.iter().map(|id| self.node(*id).leader_id()).collect();
+            let leaders: Vec<Option<u64>> = among
+                .iter()
+                .map(|id| self.node(*id).handle().leader_id())
+                .collect();
             if let Some(Some(l)) = leaders.first() {
                 if among.contains(l)
                     && leaders.iter().all(|x| *x == Some(*l))
-                    && self.node(*l).is_leader()
+                    && self.node(*l).handle().is_leader()
                 {
                     return Ok(*l);
                 }
@@ -231,7 +233,7 @@ impl Cluster {
     /// Waits until every node in `ids` has applied at least `index`.
     pub async fn wait_applied(&self, ids: &[u64], index: u64, timeout: Duration) -> Result<()> {
         for id in ids {
-            let mut rx = self.node(*id).subscribe();
+            let mut rx = self.node(*id).handle().subscribe();
             let wait = async move { rx.wait_for(|s| s.applied_index >= index).await.map(|_| ()) };
             match tokio::time::timeout(timeout, wait).await {
                 Ok(Ok(())) => {}
@@ -246,13 +248,13 @@ impl Cluster {
     pub async fn write(&self, cmd: KvCmd) -> Result<Vec<u8>> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let leader = self.nodes.values().find(|n| n.is_leader());
+            let leader = self.nodes.values().find(|n| n.handle().is_leader());
             let result = match leader {
                 Some(n) => n.propose(&cmd).await,
                 None => Err(Error::NoLeader),
             };
             match result {
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                Err(e) if e.class().may_retry(false) && tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 other => return other,
@@ -302,7 +304,7 @@ impl Cluster {
     pub async fn crash(&mut self, id: u64) {
         self.net.unregister(id);
         if let Some(node) = self.nodes.remove(&id) {
-            node.shutdown().await;
+            node.handle().shutdown().await;
         }
     }
 
@@ -376,13 +378,13 @@ pub async fn cluster_throughput(
             .logger(crate::discard_logger())
             .start()
             .await?;
-        net.register(id, n.handle().clone());
+        net.register(id, n.handle().inbound());
         nodes.push(n);
     }
-    let leader_id = nodes[0].wait_for_leader(WAIT).await?;
+    let leader_id = nodes[0].handle().wait_for_leader(WAIT).await?;
     let leader = nodes
         .iter()
-        .find(|n| n.id() == leader_id)
+        .find(|n| n.handle().id() == leader_id)
         .cloned()
         .ok_or(Error::NoLeader)?;
     let mut out = Vec::new();
@@ -417,7 +419,7 @@ pub async fn cluster_throughput(
         out.push((n, d as f64 / elapsed, mean));
     }
     for n in nodes {
-        n.shutdown().await;
+        n.handle().shutdown().await;
     }
     Ok(out)
 }

@@ -1,11 +1,10 @@
 //! [`RaftClient`]: the application's way into a raftify cluster.
 
-use crate::config::{backoff, GrpcConfig};
-use crate::net::{perform, request, rpc_error, ChannelPool, Client};
+use crate::config::GrpcConfig;
+use crate::net::{request, rpc_error, ChannelPool, GrpcNode};
 use crate::pb;
-use raftify_core::{
-    ClusterRequest, ClusterResponse, Error, JoinTicket, Member, MembershipChange, Result, Status,
-};
+use raftify_core::retry::{seek_leader, Idempotence};
+use raftify_core::{ClusterApi, Error, JoinTicket, Member, MembershipChange, Result, Status};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,25 +23,19 @@ pub struct LeaderInfo {
 /// * Connections are pooled by address (one HTTP/2 connection each).
 /// * Requests go to the last known leader; a node that is not the leader
 ///   forwards writes itself, and a `NotLeader` answer's hint is followed.
-/// * Retryable failures (no leader yet, dropped proposals, overload, an
-///   unreachable or stopping node) are retried on other nodes with jittered
-///   exponential backoff until [`GrpcConfig::request_timeout`].
-///
-/// A proposal whose connection broke may have been applied: like every
-/// raft client, make commands idempotent when that matters (see
-/// [`raftify_core::Error`]).
+/// * Failures are retried by their [`ErrorClass`](raftify_core::ErrorClass)
+///   through raftify-core's one retry loop ([`seek_leader`]) until
+///   [`GrpcConfig::request_timeout`], with jittered exponential backoff
+///   ([`GrpcConfig::backoff_base`] to [`GrpcConfig::backoff_max`]).
+/// * A proposal whose outcome is unknown (the connection broke after it was
+///   sent, a timeout, a leader change) is **not** sent again: it fails with
+///   an `OutcomeUnknown` error, and the caller decides (read back, or make
+///   the command idempotent). Reads and other idempotent requests are
+///   retried.
 pub struct RaftClient {
     addrs: Vec<String>,
     pool: ChannelPool,
     leader: Mutex<Option<String>>,
-}
-
-fn unexpected(resp: ClusterResponse) -> Error {
-    Error::Transport(format!("unexpected response {resp:?}"))
-}
-
-fn retryable(e: &Error) -> bool {
-    e.is_retryable() || matches!(e, Error::Transport(_) | Error::Shutdown)
 }
 
 impl RaftClient {
@@ -79,93 +72,63 @@ impl RaftClient {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
     }
 
-    /// Runs `op` against the leader (or any node), following hints and
-    /// retrying retryable failures until the deadline.
-    async fn retry<T, F, Fut>(&self, mut op: F) -> Result<T>
+    /// The cluster API of the node at `addr` as a client sees it: a node
+    /// that does not lead forwards writes to the leader itself.
+    fn node(&self, addr: &str) -> Result<GrpcNode> {
+        Ok(GrpcNode {
+            client: self.pool.client(addr)?,
+            timeout: self.timeout(),
+            forwarded: false,
+        })
+    }
+
+    /// Runs `op` against the last known leader (or any node), following
+    /// hints and retrying what its error class allows until the deadline.
+    async fn retry<T, F, Fut>(&self, idempotence: Idempotence, mut op: F) -> Result<T>
     where
-        F: FnMut(Client) -> Fut,
+        F: FnMut(GrpcNode) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let timeout = self.timeout();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut next = self.hint();
-        let mut round = 0usize;
-        let mut attempt = 0u32;
-        let mut hops = 0u32;
-        loop {
-            let addr = match next.take() {
-                Some(a) => a,
-                None => {
-                    round += 1;
-                    self.addrs[(round - 1) % self.addrs.len()].clone()
-                }
-            };
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let result = match self.pool.client(&addr) {
-                Ok(client) => match tokio::time::timeout(remaining, op(client)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::Timeout(timeout)),
-                },
-                Err(e) => Err(e),
-            };
-            let err = match result {
-                Ok(v) => {
-                    self.set_hint(Some(addr));
-                    return Ok(v);
-                }
-                Err(e) => e,
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(err);
+        let result = seek_leader(
+            &self.addrs,
+            self.hint(),
+            &self.pool.config().retry_policy(),
+            idempotence,
+            |addr| {
+                let call = self.node(&addr).map(&mut op);
+                async move { call?.await }
+            },
+        )
+        .await;
+        match result {
+            Ok((v, addr)) => {
+                self.set_hint(Some(addr));
+                Ok(v)
             }
-            match &err {
-                Error::NotLeader {
-                    leader_addr: Some(leader),
-                    ..
-                } if *leader != addr && hops < 3 => {
-                    hops += 1;
-                    self.set_hint(Some(leader.clone()));
-                    next = Some(leader.clone());
-                    continue;
-                }
-                e if retryable(e) => {
-                    if self.hint().as_deref() == Some(addr.as_str()) {
-                        self.set_hint(None);
-                    }
-                    hops = 0;
-                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    tokio::time::sleep(backoff(self.pool.config(), attempt).min(remaining)).await;
-                    attempt = attempt.saturating_add(1);
-                }
-                _ => return Err(err),
+            Err(e) => {
+                self.set_hint(None);
+                Err(e)
             }
         }
     }
 
-    async fn cluster(&self, req: ClusterRequest) -> Result<ClusterResponse> {
-        let timeout = self.timeout();
-        self.retry(|mut client| {
-            let req = req.clone();
-            async move { perform(&mut client, req, timeout, false).await }
+    /// Proposes an encoded entry (through the leader) and returns the state
+    /// machine's output. Not sent again once its outcome is unknown.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        let data = &data;
+        self.retry(Idempotence::NotIdempotent, |n| async move {
+            n.propose(data.clone()).await
         })
         .await
     }
 
-    /// Proposes an encoded entry (through the leader) and returns the state
-    /// machine's output.
-    pub async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
-        match self.cluster(ClusterRequest::Propose(data)).await? {
-            ClusterResponse::Output(out) => Ok(out),
-            other => Err(unexpected(other)),
-        }
-    }
-
     /// A linearizable read index confirmed by the leader.
     pub async fn read_index(&self) -> Result<u64> {
-        match self.cluster(ClusterRequest::ReadIndex).await? {
-            ClusterResponse::ReadIndex(i) => Ok(i),
-            other => Err(unexpected(other)),
-        }
+        self.retry(
+            Idempotence::Idempotent,
+            |n| async move { n.read_index().await },
+        )
+        .await
     }
 
     /// A linearizable read on the node at `addr` (any member, followers
@@ -206,8 +169,9 @@ impl RaftClient {
     /// A linearizable read on whichever node answers (the leader first).
     pub async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>> {
         let timeout = self.timeout();
-        self.retry(|mut client| {
+        self.retry(Idempotence::Idempotent, |n| {
             let query = query.clone();
+            let mut client = n.client;
             async move {
                 let r = client
                     .read(request(
@@ -229,10 +193,12 @@ impl RaftClient {
     /// The current members, as the leader (or the first node that answers)
     /// sees them.
     pub async fn members(&self) -> Result<Vec<Member>> {
-        match self.cluster(ClusterRequest::Members).await? {
-            ClusterResponse::Members { members, .. } => Ok(members),
-            other => Err(unexpected(other)),
-        }
+        self.retry(
+            Idempotence::Idempotent,
+            |n| async move { n.members().await },
+        )
+        .await
+        .map(|m| m.members)
     }
 
     /// The leader, as the first node that answers knows it (None while an
@@ -240,7 +206,8 @@ impl RaftClient {
     pub async fn leader(&self) -> Result<Option<LeaderInfo>> {
         let timeout = self.timeout();
         let info = self
-            .retry(|mut client| async move {
+            .retry(Idempotence::Idempotent, |n| async move {
+                let mut client = n.client;
                 let r = client
                     .get_leader(request(pb::Empty {}, timeout, false))
                     .await
@@ -277,36 +244,32 @@ impl RaftClient {
 
     /// Transfers leadership to node `to` and waits until it leads.
     pub async fn transfer_leader(&self, to: u64) -> Result<()> {
-        match self.cluster(ClusterRequest::TransferLeader(to)).await? {
-            ClusterResponse::Done => {
-                self.set_hint(None);
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        }
+        self.retry(Idempotence::Idempotent, |n| async move {
+            n.transfer_leader(to).await
+        })
+        .await?;
+        self.set_hint(None);
+        Ok(())
     }
 
     /// Applies membership changes atomically (joint consensus when several)
     /// and returns the members after them.
     pub async fn change_config(&self, changes: Vec<MembershipChange>) -> Result<Vec<Member>> {
-        match self
-            .cluster(ClusterRequest::ChangeMembership(changes))
-            .await?
-        {
-            ClusterResponse::Members { members, .. } => Ok(members),
-            other => Err(unexpected(other)),
-        }
+        let changes = &changes;
+        self.retry(Idempotence::NotIdempotent, |n| async move {
+            n.change_membership(changes.clone()).await
+        })
+        .await
+        .map(|m| m.members)
     }
 
     /// Reserves a node id for a node that will listen at `addr`.
     pub async fn request_id(&self, addr: &str) -> Result<JoinTicket> {
-        let req = ClusterRequest::RequestId {
-            addr: addr.to_string(),
-        };
-        match self.cluster(req).await? {
-            ClusterResponse::Ticket(t) => Ok(t),
-            other => Err(unexpected(other)),
-        }
+        // A reservation whose answer was lost only leaves an unused id.
+        self.retry(Idempotence::Idempotent, |n| async move {
+            n.request_id(addr.to_string()).await
+        })
+        .await
     }
 
     /// Takes a snapshot on the node at `addr`; returns its index.

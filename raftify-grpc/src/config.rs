@@ -2,6 +2,7 @@
 //! [`RaftGrpcServer`](crate::RaftGrpcServer) and
 //! [`RaftClient`](crate::RaftClient).
 
+use raftify_core::retry::RetryPolicy;
 use raftify_core::{Error, Result};
 use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -191,16 +192,23 @@ impl GrpcConfig {
     }
 }
 
-/// Exponential backoff with full jitter: a random delay in
-/// `[d/2, d]` with `d = min(base * 2^attempt, max)`.
+impl GrpcConfig {
+    /// The retry policy of this layer: [`GrpcConfig::request_timeout`]
+    /// overall, pauses from [`GrpcConfig::backoff_base`] to
+    /// [`GrpcConfig::backoff_max`].
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            timeout: self.request_timeout,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+            ..RetryPolicy::default()
+        }
+    }
+}
+
+/// The pause before retrying an unreachable peer (`attempt` from 0).
 pub(crate) fn backoff(config: &GrpcConfig, attempt: u32) -> Duration {
-    let exp = config
-        .backoff_base
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(config.backoff_max);
-    let half = exp / 2;
-    let jitter_ms = half.as_millis().min(u64::MAX as u128) as u64;
-    half + Duration::from_millis(fastrand::u64(0..=jitter_ms))
+    config.retry_policy().backoff(attempt)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use crate::pb;
 use raftify_core::protobuf::Message as _;
 use raftify_core::raft::eraftpb::Message;
-use raftify_core::{Error, JoinTicket, Member, MemberRole, MembershipChange, Result};
+use raftify_core::{Error, JoinTicket, Member, MemberRole, Membership, MembershipChange, Result};
 
 pub(crate) fn encode_msg(m: &Message) -> Result<Vec<u8>> {
     m.write_to_bytes()
@@ -71,15 +71,18 @@ pub(crate) fn member_from_pb(m: &pb::Member) -> Member {
     }
 }
 
-pub(crate) fn members_to_pb(leader_id: u64, members: &[Member]) -> pb::MembersReply {
+pub(crate) fn members_to_pb(m: &Membership) -> pb::MembersReply {
     pb::MembersReply {
-        leader_id,
-        members: members.iter().map(member_to_pb).collect(),
+        leader_id: m.leader_id,
+        members: m.members.iter().map(member_to_pb).collect(),
     }
 }
 
-pub(crate) fn members_from_pb(r: &pb::MembersReply) -> (u64, Vec<Member>) {
-    (r.leader_id, r.members.iter().map(member_from_pb).collect())
+pub(crate) fn members_from_pb(r: &pb::MembersReply) -> Membership {
+    Membership {
+        leader_id: r.leader_id,
+        members: r.members.iter().map(member_from_pb).collect(),
+    }
 }
 
 pub(crate) fn ticket_to_pb(t: &JoinTicket) -> pb::JoinTicketReply {

@@ -8,7 +8,7 @@
 //! Statuses without that metadata (the transport itself failed, a proxy, a
 //! wrong token) map by code.
 
-use raftify_core::{Error, ErrorInfo};
+use raftify_core::{Error, ErrorClass, ErrorInfo};
 use std::time::Duration;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
@@ -28,19 +28,25 @@ fn get<'a>(md: &'a MetadataMap, key: &str) -> Option<&'a str> {
     md.get(key).and_then(|v| v.to_str().ok())
 }
 
-/// The gRPC code an error is sent with.
+/// The gRPC code an error is sent with: by its [`ErrorClass`], refined per
+/// variant where gRPC has a closer code. (The receiving side rebuilds the
+/// exact variant from the metadata; the code is for other gRPC clients.)
 pub fn code_of(err: &Error) -> Code {
-    match err {
-        Error::NotLeader { .. } | Error::ConfChangeRejected(_) => Code::FailedPrecondition,
-        Error::NoLeader | Error::Shutdown | Error::Transport(_) => Code::Unavailable,
-        Error::ProposalDropped(_) | Error::LeadershipLost => Code::Aborted,
-        Error::Timeout(_) => Code::DeadlineExceeded,
-        Error::Overloaded(_) => Code::ResourceExhausted,
-        Error::Encode(_) | Error::InvalidArgument(_) | Error::InvalidConfig(_) => {
-            Code::InvalidArgument
+    match (err.class(), err) {
+        (_, Error::Overloaded(_)) => Code::ResourceExhausted,
+        (_, Error::Timeout(_)) => Code::DeadlineExceeded,
+        (_, Error::ProposalDropped(_) | Error::LeadershipLost | Error::Interrupted(_)) => {
+            Code::Aborted
         }
-        Error::StateMachine(_) => Code::Unknown,
-        Error::Storage(_) | Error::Fatal(_) | Error::Raft(_) => Code::Internal,
+        (_, Error::StateMachine(_)) => Code::Unknown,
+        (_, Error::Unauthenticated(_)) => Code::Unauthenticated,
+        (_, Error::NotAMember(_)) => Code::NotFound,
+        (ErrorClass::Redirect, _) => Code::FailedPrecondition,
+        (_, Error::ConfChangeRejected(_)) => Code::FailedPrecondition,
+        (ErrorClass::RetryLater | ErrorClass::OutcomeUnknown, _) => Code::Unavailable,
+        (ErrorClass::Rejected, _) => Code::InvalidArgument,
+        (ErrorClass::Fatal, Error::Shutdown) => Code::Unavailable,
+        (ErrorClass::Fatal, _) => Code::Internal,
     }
 }
 
@@ -89,17 +95,58 @@ fn by_code(status: &Status) -> Error {
             Error::InvalidArgument(format!("rejected by the server: {msg}"))
         }
         Code::ResourceExhausted => Error::Transport(format!("resource exhausted: {msg}")),
-        // A wrong or missing token is a configuration problem: not retried.
-        Code::Unauthenticated => Error::InvalidConfig(format!("unauthenticated: {msg}")),
-        Code::PermissionDenied => Error::InvalidConfig(format!("permission denied: {msg}")),
+        // A wrong or missing credential: not retried.
+        Code::Unauthenticated => Error::Unauthenticated(msg.to_string()),
+        Code::PermissionDenied => Error::Unauthenticated(format!("permission denied: {msg}")),
         Code::Unimplemented => Error::Transport(format!("unimplemented: {msg}")),
-        code => Error::Transport(format!("{code:?}: {msg}")),
+        Code::Unavailable if never_sent(status) => {
+            Error::Unreachable(format!("cannot connect: {}", describe(status)))
+        }
+        code => Error::Transport(format!("{code:?}: {}", describe(status))),
     }
+}
+
+/// Whether the RPC failed before any of it could reach a server: the
+/// connection was never established (refused, no route, connect timeout).
+/// Anything later (a reset, a broken stream) may have been delivered.
+fn never_sent(status: &Status) -> bool {
+    use std::error::Error as _;
+    let mut source = status.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A status's message with its causes (`message: cause: cause`).
+fn describe(status: &Status) -> String {
+    use std::error::Error as _;
+    let mut out = status.message().to_string();
+    let mut source = status.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raftify_core::Rejection;
 
     fn roundtrip(e: Error) -> Error {
         status_to_error(&error_to_status(&e))
@@ -142,8 +189,8 @@ mod tests {
             Error::Overloaded(7)
         ));
         assert!(matches!(
-            roundtrip(Error::ConfChangeRejected("pending".into())),
-            Error::ConfChangeRejected(m) if m == "pending"
+            roundtrip(Error::ConfChangeRejected(Rejection::InProgress)),
+            Error::ConfChangeRejected(Rejection::InProgress)
         ));
         assert!(matches!(
             roundtrip(Error::StateMachine("boom".into())),

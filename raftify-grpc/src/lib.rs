@@ -45,7 +45,7 @@
 //!     .await?;
 //! // 3. Serve the node's handle.
 //! let server = RaftGrpcServer::new(raft.handle().clone(), grpc.clone()).spawn(listener)?;
-//! raft.wait_for_leader(std::time::Duration::from_secs(5)).await?;
+//! raft.handle().wait_for_leader(std::time::Duration::from_secs(5)).await?;
 //!
 //! // An application talks to the cluster through a client.
 //! let client = RaftClient::new([addr], grpc)?;
@@ -54,7 +54,7 @@
 //! assert_eq!(previous, b"");
 //!
 //! server.shutdown().await;
-//! raft.shutdown().await;
+//! raft.handle().shutdown().await;
 //! # Ok(())
 //! # }
 //! ```

@@ -1,6 +1,6 @@
 //! Client-side plumbing shared by the transport and [`RaftClient`]: a pool
-//! of HTTP/2 channels by address, the auth interceptor, and the mapping of
-//! [`ClusterRequest`]s onto RPCs.
+//! of HTTP/2 channels by address, the auth interceptor, and [`GrpcNode`],
+//! the typed [`ClusterApi`] of a remote node (one RPC per call).
 //!
 //! [`RaftClient`]: crate::RaftClient
 
@@ -9,8 +9,12 @@ use crate::convert::{change_to_pb, members_from_pb, ticket_from_pb};
 use crate::error::status_to_error;
 use crate::pb;
 use crate::pb::raft_service_client::RaftServiceClient;
-use raftify_core::{ClusterRequest, ClusterResponse, Error, ErrorInfo, Result};
+use async_trait::async_trait;
+use raftify_core::{
+    ClusterApi, Error, ErrorInfo, JoinTicket, Membership, MembershipChange, Outcome, Result,
+};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -171,89 +175,84 @@ pub(crate) fn outcome_to_pb(o: std::result::Result<Vec<u8>, ErrorInfo>) -> pb::P
     }
 }
 
-/// Performs a cluster request as one RPC.
-pub(crate) async fn perform(
-    client: &mut Client,
-    req: ClusterRequest,
-    timeout: Duration,
-    forwarded: bool,
-) -> Result<ClusterResponse> {
-    let fut = async {
-        let err = |s: Status| rpc_error(s, timeout);
-        Ok(match req {
-            ClusterRequest::Propose(data) => {
-                let r = client
-                    .propose(request(pb::ProposeRequest { data }, timeout, forwarded))
-                    .await
-                    .map_err(err)?;
-                ClusterResponse::Output(r.into_inner().output)
-            }
-            ClusterRequest::ProposeBatch(entries) => {
-                let r = client
-                    .propose_batch(request(
-                        pb::ProposeBatchRequest { entries },
-                        timeout,
-                        forwarded,
-                    ))
-                    .await
-                    .map_err(err)?;
-                ClusterResponse::Outputs(
-                    r.into_inner()
-                        .outcomes
-                        .into_iter()
-                        .map(outcome_from_pb)
-                        .collect(),
-                )
-            }
-            ClusterRequest::ReadIndex => {
-                let r = client
-                    .read_index(request(pb::Empty {}, timeout, forwarded))
-                    .await
-                    .map_err(err)?;
-                ClusterResponse::ReadIndex(r.into_inner().index)
-            }
-            ClusterRequest::RequestId { addr } => {
-                let r = client
-                    .request_id(request(pb::RequestIdRequest { addr }, timeout, forwarded))
-                    .await
-                    .map_err(err)?;
-                ClusterResponse::Ticket(ticket_from_pb(r.into_inner()))
-            }
-            ClusterRequest::ChangeMembership(changes) => {
-                let msg = pb::ChangeConfigRequest {
-                    changes: changes.iter().map(change_to_pb).collect(),
-                };
-                let r = client
-                    .change_config(request(msg, timeout, forwarded))
-                    .await
-                    .map_err(err)?;
-                let (leader_id, members) = members_from_pb(r.get_ref());
-                ClusterResponse::Members { leader_id, members }
-            }
-            ClusterRequest::TransferLeader(to) => {
-                client
-                    .transfer_leader(request(
-                        pb::TransferLeaderRequest { to },
-                        timeout,
-                        forwarded,
-                    ))
-                    .await
-                    .map_err(err)?;
-                ClusterResponse::Done
-            }
-            ClusterRequest::Members => {
-                let r = client
-                    .members(request(pb::Empty {}, timeout, forwarded))
-                    .await
-                    .map_err(err)?;
-                let (leader_id, members) = members_from_pb(r.get_ref());
-                ClusterResponse::Members { leader_id, members }
-            }
-        })
-    };
-    // The gRPC deadline covers the server; this also bounds connecting.
-    match tokio::time::timeout(timeout + Duration::from_millis(500), fut).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout(timeout)),
+/// The cluster API of the node behind `client`, one RPC per call. With
+/// `forwarded`, requests are marked as a node's on behalf of another: the
+/// receiver runs them and does not forward them again.
+pub(crate) struct GrpcNode {
+    pub(crate) client: Client,
+    pub(crate) timeout: Duration,
+    pub(crate) forwarded: bool,
+}
+
+impl GrpcNode {
+    fn req<T>(&self, msg: T) -> Request<T> {
+        request(msg, self.timeout, self.forwarded)
+    }
+
+    /// Runs one RPC; the gRPC deadline covers the server, this also bounds
+    /// connecting.
+    async fn rpc<T>(
+        &self,
+        call: impl Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout + Duration::from_millis(500), call).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(rpc_error(status, self.timeout)),
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+}
+
+#[async_trait]
+impl ClusterApi for GrpcNode {
+    async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        let mut c = self.client.clone();
+        let r = self
+            .rpc(c.propose(self.req(pb::ProposeRequest { data })))
+            .await?;
+        Ok(r.output)
+    }
+
+    async fn propose_batch(&self, entries: Vec<Vec<u8>>) -> Result<Vec<Outcome>> {
+        let mut c = self.client.clone();
+        let r = self
+            .rpc(c.propose_batch(self.req(pb::ProposeBatchRequest { entries })))
+            .await?;
+        Ok(r.outcomes.into_iter().map(outcome_from_pb).collect())
+    }
+
+    async fn read_index(&self) -> Result<u64> {
+        let mut c = self.client.clone();
+        Ok(self.rpc(c.read_index(self.req(pb::Empty {}))).await?.index)
+    }
+
+    async fn request_id(&self, addr: String) -> Result<JoinTicket> {
+        let mut c = self.client.clone();
+        let r = self
+            .rpc(c.request_id(self.req(pb::RequestIdRequest { addr })))
+            .await?;
+        Ok(ticket_from_pb(r))
+    }
+
+    async fn change_membership(&self, changes: Vec<MembershipChange>) -> Result<Membership> {
+        let msg = pb::ChangeConfigRequest {
+            changes: changes.iter().map(change_to_pb).collect(),
+        };
+        let mut c = self.client.clone();
+        let r = self.rpc(c.change_config(self.req(msg))).await?;
+        Ok(members_from_pb(&r))
+    }
+
+    async fn transfer_leader(&self, to: u64) -> Result<()> {
+        let mut c = self.client.clone();
+        self.rpc(c.transfer_leader(self.req(pb::TransferLeaderRequest { to })))
+            .await?;
+        Ok(())
+    }
+
+    async fn members(&self) -> Result<Membership> {
+        let mut c = self.client.clone();
+        let r = self.rpc(c.members(self.req(pb::Empty {}))).await?;
+        Ok(members_from_pb(&r))
     }
 }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use raftify_core::membership::validate_addr;
 use raftify_core::raft::eraftpb::MessageType;
 use raftify_core::{
-    AbstractLogEntry, AbstractStateMachine, BoxError, ClusterRequest, ClusterResponse, Error,
-    RaftHandle, Result,
+    AbstractLogEntry, AbstractStateMachine, BoxError, Error, Inbound, Membership, RaftHandle,
+    Result,
 };
 use slog::{debug, info, o, warn, Logger};
 use std::future::Future;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, RwLock};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
@@ -40,20 +40,20 @@ pub trait ReadHandler: Send + Sync + 'static {
     async fn read(&self, query: &[u8]) -> std::result::Result<Vec<u8>, BoxError>;
 }
 
-struct SmReader<SM, F> {
-    sm: Arc<RwLock<SM>>,
+struct SmReader<E, SM, F> {
+    raft: raftify_core::Raft<E, SM>,
     f: F,
 }
 
 #[async_trait]
-impl<SM, F> ReadHandler for SmReader<SM, F>
+impl<E, SM, F> ReadHandler for SmReader<E, SM, F>
 where
-    SM: Send + Sync + 'static,
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
     F: Fn(&SM, &[u8]) -> std::result::Result<Vec<u8>, BoxError> + Send + Sync + 'static,
 {
     async fn read(&self, query: &[u8]) -> std::result::Result<Vec<u8>, BoxError> {
-        let sm = self.sm.read().await;
-        (self.f)(&sm, query)
+        self.raft.stale_read(|sm| (self.f)(sm, query)).await
     }
 }
 
@@ -68,7 +68,7 @@ where
     F: Fn(&SM, &[u8]) -> std::result::Result<Vec<u8>, BoxError> + Send + Sync + 'static,
 {
     Arc::new(SmReader {
-        sm: raft.state_machine().clone(),
+        raft: raft.clone(),
         f,
     })
 }
@@ -100,6 +100,8 @@ impl Interceptor for AuthCheck {
 
 struct Service {
     handle: RaftHandle,
+    /// Runs requests here, for those another node forwarded.
+    inbound: Arc<dyn Inbound>,
     config: GrpcConfig,
     reader: Option<Arc<dyn ReadHandler>>,
     logger: Logger,
@@ -131,28 +133,7 @@ impl Service {
         let from_addr = validate_addr(&batch.from_addr)
             .is_ok()
             .then_some(batch.from_addr);
-        self.handle.step_from(from_addr, msgs)
-    }
-}
-
-fn unexpected(resp: ClusterResponse) -> Status {
-    Status::internal(format!("unexpected response {resp:?}"))
-}
-
-impl Service {
-    /// A forwarded request runs here; a client's is forwarded to the leader
-    /// (one hop) when this node does not lead.
-    async fn cluster(
-        &self,
-        forwarded: bool,
-        cluster_req: ClusterRequest,
-    ) -> std::result::Result<ClusterResponse, Status> {
-        let result = if forwarded {
-            self.handle.handle_request(cluster_req).await
-        } else {
-            self.handle.request(cluster_req).await
-        };
-        result.map_err(st)
+        self.inbound.step_from(from_addr, msgs)
     }
 }
 
@@ -240,7 +221,7 @@ impl RaftService for Service {
             .is_ok()
             .then_some(first.from_addr);
         info!(self.logger, "snapshot received"; "from" => first.from_id, "bytes" => cap);
-        self.handle.step_from(from_addr, vec![msg]).map_err(st)?;
+        self.inbound.step_from(from_addr, vec![msg]).map_err(st)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -248,14 +229,14 @@ impl RaftService for Service {
         &self,
         req: Request<pb::RequestIdRequest>,
     ) -> std::result::Result<Response<pb::JoinTicketReply>, Status> {
-        let addr = req.get_ref().addr.clone();
-        match self
-            .cluster(forwarded(&req), ClusterRequest::RequestId { addr })
-            .await?
-        {
-            ClusterResponse::Ticket(t) => Ok(Response::new(ticket_to_pb(&t))),
-            other => Err(unexpected(other)),
-        }
+        let forwarded = forwarded(&req);
+        let addr = req.into_inner().addr;
+        let ticket = if forwarded {
+            self.inbound.request_id(addr).await
+        } else {
+            self.handle.request_id(&addr).await
+        };
+        Ok(Response::new(ticket_to_pb(&ticket.map_err(st)?)))
     }
 
     async fn change_config(
@@ -269,15 +250,18 @@ impl RaftService for Service {
             .map(change_from_pb)
             .collect::<Result<Vec<_>>>()
             .map_err(st)?;
-        match self
-            .cluster(forwarded(&req), ClusterRequest::ChangeMembership(changes))
-            .await?
-        {
-            ClusterResponse::Members { leader_id, members } => {
-                Ok(Response::new(members_to_pb(leader_id, &members)))
-            }
-            other => Err(unexpected(other)),
-        }
+        let membership = if forwarded(&req) {
+            self.inbound.change_membership(changes).await
+        } else {
+            self.handle
+                .change_membership(changes)
+                .await
+                .map(|members| Membership {
+                    leader_id: self.handle.leader_id().unwrap_or(0),
+                    members,
+                })
+        };
+        Ok(Response::new(members_to_pb(&membership.map_err(st)?)))
     }
 
     async fn leave(
@@ -293,8 +277,12 @@ impl RaftService for Service {
         req: Request<pb::TransferLeaderRequest>,
     ) -> std::result::Result<Response<pb::Empty>, Status> {
         let to = req.get_ref().to;
-        self.cluster(forwarded(&req), ClusterRequest::TransferLeader(to))
-            .await?;
+        if forwarded(&req) {
+            self.inbound.transfer_leader(to).await
+        } else {
+            self.handle.transfer_leader(to).await
+        }
+        .map_err(st)?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -304,13 +292,14 @@ impl RaftService for Service {
     ) -> std::result::Result<Response<pb::ProposeReply>, Status> {
         let forwarded = forwarded(&req);
         let data = req.into_inner().data;
-        match self
-            .cluster(forwarded, ClusterRequest::Propose(data))
-            .await?
-        {
-            ClusterResponse::Output(output) => Ok(Response::new(pb::ProposeReply { output })),
-            other => Err(unexpected(other)),
-        }
+        let output = if forwarded {
+            self.inbound.propose(data).await
+        } else {
+            self.handle.propose(data).await
+        };
+        Ok(Response::new(pb::ProposeReply {
+            output: output.map_err(st)?,
+        }))
     }
 
     async fn propose_batch(
@@ -319,11 +308,7 @@ impl RaftService for Service {
     ) -> std::result::Result<Response<pb::ProposeBatchReply>, Status> {
         // Never forwarded again: the sender chose this node as the leader.
         let entries = req.into_inner().entries;
-        let outcomes = self
-            .handle
-            .propose_encoded_batch(entries)
-            .await
-            .map_err(st)?;
+        let outcomes = self.inbound.propose_batch(entries).await.map_err(st)?;
         Ok(Response::new(pb::ProposeBatchReply {
             outcomes: outcomes.into_iter().map(outcome_to_pb).collect(),
         }))
@@ -358,13 +343,8 @@ impl RaftService for Service {
         &self,
         _req: Request<pb::Empty>,
     ) -> std::result::Result<Response<pb::MembersReply>, Status> {
-        match self.handle.handle_request(ClusterRequest::Members).await {
-            Ok(ClusterResponse::Members { leader_id, members }) => {
-                Ok(Response::new(members_to_pb(leader_id, &members)))
-            }
-            Ok(other) => Err(unexpected(other)),
-            Err(e) => Err(st(e)),
-        }
+        let membership = self.inbound.members().await.map_err(st)?;
+        Ok(Response::new(members_to_pb(&membership)))
     }
 
     async fn get_leader(
@@ -402,7 +382,7 @@ impl RaftService for Service {
         &self,
         _req: Request<pb::Empty>,
     ) -> std::result::Result<Response<pb::CreateSnapshotReply>, Status> {
-        let index = self.handle.take_snapshot().await.map_err(st)?;
+        let index = self.handle.snapshot().await.map_err(st)?;
         Ok(Response::new(pb::CreateSnapshotReply { index }))
     }
 }
@@ -510,6 +490,7 @@ impl RaftGrpcServer {
             logger: self.logger.clone(),
         };
         let service = RaftServiceServer::new(Service {
+            inbound: self.handle.inbound(),
             handle: self.handle,
             config: self.config,
             reader: self.reader,

@@ -2,11 +2,10 @@
 
 use crate::config::{backoff, GrpcConfig};
 use crate::convert::encode_msg;
-use crate::net::{perform, request, ChannelPool, Client};
+use crate::net::{request, ChannelPool, Client, GrpcNode};
 use crate::pb;
-use async_trait::async_trait;
 use raftify_core::raft::eraftpb::{Message, MessageType};
-use raftify_core::{ClusterRequest, ClusterResponse, Feedback, Result, Transport};
+use raftify_core::{ClusterApi, Feedback, Result, Transport};
 use slog::{debug, o, Logger};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,7 +44,8 @@ struct Inner {
 ///   outcome is reported with [`Feedback::snapshot`].
 /// * After a failed delivery the peer is backed off (exponential, jittered);
 ///   messages for it are dropped and reported unreachable until then.
-/// * [`Transport::call`] uses a pool of channels by address.
+/// * [`Transport::node`] gives a node's cluster API over a pool of
+///   channels by address.
 ///
 /// Cheap to clone; clones share peers and connections.
 #[derive(Clone)]
@@ -125,7 +125,6 @@ fn report_lost(to: u64, msgs: &[Message], feedback: &Feedback) {
     }
 }
 
-#[async_trait]
 impl Transport for GrpcTransport {
     fn set_peer(&self, id: u64, addr: &str) {
         let mut peers = self.peers();
@@ -171,12 +170,14 @@ impl Transport for GrpcTransport {
         }
     }
 
-    async fn call(&self, addr: &str, req: ClusterRequest) -> Result<ClusterResponse> {
-        let mut client = self.inner.pool.client(addr)?;
-        let timeout = self.config().request_timeout;
-        // Marked as forwarded: the receiver executes it and does not forward
-        // it again (call_cluster and RaftHandle::request do the routing).
-        perform(&mut client, req, timeout, true).await
+    fn node(&self, addr: &str) -> Result<Arc<dyn ClusterApi>> {
+        // Marked as forwarded: the receiver executes each request and does
+        // not forward it again (the sending node did the routing).
+        Ok(Arc::new(GrpcNode {
+            client: self.inner.pool.client(addr)?,
+            timeout: self.config().request_timeout,
+            forwarded: true,
+        }))
     }
 }
 
@@ -485,10 +486,10 @@ mod tests {
         t.send(3, vec![Message::default()], &feedback);
         t.remove_peer(2);
         assert!(t.peer_addr(2).is_none());
-        let err = t
-            .call("127.0.0.1:1", ClusterRequest::Members)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, raftify_core::Error::Transport(_)), "{err:?}");
+        let err = t.node("127.0.0.1:1").unwrap().members().await.unwrap_err();
+        assert!(
+            matches!(err, raftify_core::Error::Unreachable(_)),
+            "nothing listens: the request was never delivered: {err:?}"
+        );
     }
 }

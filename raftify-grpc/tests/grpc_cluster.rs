@@ -137,12 +137,14 @@ impl GCluster {
     async fn wait_leader(&self, among: &[u64]) -> u64 {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let leaders: Vec<Option<u64>> =
-                among.iter().map(|id| self.node(*id).leader_id()).collect();
+            let leaders: Vec<Option<u64>> = among
+                .iter()
+                .map(|id| self.node(*id).handle().leader_id())
+                .collect();
             if let Some(Some(l)) = leaders.first() {
                 if among.contains(l)
                     && leaders.iter().all(|x| *x == Some(*l))
-                    && self.node(*l).is_leader()
+                    && self.node(*l).handle().is_leader()
                 {
                     return *l;
                 }
@@ -194,6 +196,7 @@ impl GCluster {
         )
         .await;
         node.raft
+            .handle()
             .join_cluster(&ticket, &addr, as_learner)
             .await
             .unwrap();
@@ -203,7 +206,7 @@ impl GCluster {
 
     async fn stop(&mut self, id: u64) {
         if let Some(n) = self.nodes.remove(&id) {
-            n.raft.shutdown().await;
+            n.raft.handle().shutdown().await;
             n.server.shutdown().await;
         }
     }
@@ -268,10 +271,9 @@ async fn static_cluster_forwards_follower_proposals_and_serves_reads_and_status(
     // leader: NotLeader survives the wire for call_cluster.
     let t = GrpcTransport::new("127.0.0.1:1", GrpcConfig::default()).unwrap();
     match t
-        .call(
-            &c.addr(follower),
-            raftify_core::ClusterRequest::Propose(put("x", "y")),
-        )
+        .node(&c.addr(follower))
+        .unwrap()
+        .propose(put("x", "y"))
         .await
     {
         Err(Error::NotLeader {
@@ -284,13 +286,14 @@ async fn static_cluster_forwards_follower_proposals_and_serves_reads_and_status(
         other => panic!("expected NotLeader, got {other:?}"),
     }
     // A batch of proposals over the wire: one outcome each, in order.
-    let batch = raftify_core::ClusterRequest::ProposeBatch(vec![
-        put("b", "1"),
-        KvCmd::Fail.encode().unwrap(),
-        put("b", "2"),
-    ]);
-    match t.call(&c.addr(leader), batch.clone()).await {
-        Ok(raftify_core::ClusterResponse::Outputs(o)) => {
+    let batch = vec![put("b", "1"), KvCmd::Fail.encode().unwrap(), put("b", "2")];
+    match t
+        .node(&c.addr(leader))
+        .unwrap()
+        .propose_batch(batch.clone())
+        .await
+    {
+        Ok(o) => {
             assert_eq!(o.len(), 3);
             assert_eq!(o[0], Ok(Vec::new()));
             assert!(
@@ -302,7 +305,12 @@ async fn static_cluster_forwards_follower_proposals_and_serves_reads_and_status(
         other => panic!("expected outcomes, got {other:?}"),
     }
     // ... which a follower refuses whole, naming the leader.
-    match t.call(&c.addr(follower), batch).await {
+    match t
+        .node(&c.addr(follower))
+        .unwrap()
+        .propose_batch(batch)
+        .await
+    {
         Err(Error::NotLeader { leader_id, .. }) => assert_eq!(leader_id, leader),
         other => panic!("expected NotLeader, got {other:?}"),
     }
@@ -313,7 +321,7 @@ async fn static_cluster_forwards_follower_proposals_and_serves_reads_and_status(
     for i in 0..64 {
         let node = node.clone();
         tasks.push(tokio::spawn(async move {
-            node.client_write(&KvCmd::Put {
+            node.propose(&KvCmd::Put {
                 key: format!("c{i}"),
                 value: "v".into(),
             })
@@ -323,7 +331,7 @@ async fn static_cluster_forwards_follower_proposals_and_serves_reads_and_status(
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), b"");
     }
-    let m = c.nodes[&follower].raft.metrics();
+    let m = c.nodes[&follower].raft.handle().metrics();
     assert!(m.forwarded_proposals >= 64, "{m:?}");
     assert!(m.forward_batches < m.forwarded_proposals, "{m:?}");
     // An on-demand snapshot through the client.
@@ -363,7 +371,11 @@ async fn nodes_join_dynamically_with_tickets() {
     assert_eq!(ticket.cluster_id, "raftify");
     let b = ticket.reserved_id;
     let node = start_node(b, l, &addr, Bootstrap::None, &grpc, no_tweak).await;
-    node.raft.join_cluster(&ticket, &addr, false).await.unwrap();
+    node.raft
+        .handle()
+        .join_cluster(&ticket, &addr, false)
+        .await
+        .unwrap();
     c.nodes.insert(b, node);
 
     let members = client.members().await.unwrap();
@@ -475,11 +487,11 @@ async fn a_node_joining_after_compaction_gets_a_chunked_snapshot() {
     c.wait_converged(&[1, 2, 3, new], 10).await;
     // The metric is bumped right after the state machine is restored.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while c.node(new).metrics().snapshots_installed == 0 {
+    while c.node(new).handle().metrics().snapshots_installed == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no snapshot installed: {:?}",
-            c.node(new).metrics()
+            c.node(new).handle().metrics()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -636,7 +648,7 @@ async fn bad_tokens_and_garbage_bytes_are_rejected_and_the_node_keeps_serving() 
     )
     .unwrap();
     match wrong.propose(put("x", "y")).await {
-        Err(Error::InvalidConfig(m)) => assert!(m.contains("unauthenticated"), "{m}"),
+        Err(Error::Unauthenticated(m)) => assert!(m.contains("auth token"), "{m}"),
         other => panic!("expected an auth failure, got {other:?}"),
     }
 

@@ -144,7 +144,8 @@ pub async fn single_node() -> raftify_core::Result<crate::sm::SimNode> {
     .logger(raftify_core::discard_logger())
     .start()
     .await?;
-    node.wait_for_leader(std::time::Duration::from_secs(5))
+    node.handle()
+        .wait_for_leader(std::time::Duration::from_secs(5))
         .await?;
     Ok(node)
 }

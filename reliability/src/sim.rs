@@ -255,7 +255,7 @@ impl World {
     fn leader(&self) -> Option<(u64, SimNode)> {
         self.running()
             .into_iter()
-            .find(|(_, n)| n.state().role == Role::Leader)
+            .find(|(_, n)| n.handle().state().role == Role::Leader)
     }
 
     fn new_store(&self, id: u64) -> Arc<LossyStore> {
@@ -313,9 +313,9 @@ async fn boot(w: &Arc<World>, id: u64, bootstrap: Bootstrap) -> Result<SimNode, 
         })
         .start()
         .await?;
-    w.net.register(id, node.handle().clone());
+    w.net.register(id, node.handle().inbound());
     w.slots().get_mut(&id).expect("slot exists").running = Some(node.clone());
-    let mut rx = node.subscribe();
+    let mut rx = node.handle().subscribe();
     let world = w.clone();
     tokio::spawn(async move {
         loop {
@@ -347,7 +347,7 @@ async fn crash(w: &Arc<World>, id: u64) {
     w.net.unregister(id);
     let node = w.slots().get_mut(&id).and_then(|s| s.running.take());
     if let Some(n) = node {
-        n.shutdown().await;
+        n.handle().shutdown().await;
     }
 }
 
@@ -421,7 +421,7 @@ async fn client(w: Arc<World>, cid: u64, mut rng: SimRng, stop: Arc<AtomicBool>)
         let id = w
             .history
             .invoke_tagged(thread, &key, op.clone(), Some(cmd.digest()));
-        let r = tokio::time::timeout(OP_TIMEOUT, node.client_write(&cmd)).await;
+        let r = tokio::time::timeout(OP_TIMEOUT, node.propose(&cmd)).await;
         match r {
             Ok(Ok(out)) => {
                 let Some(out) = ApplyOut::decode(&out) else {
@@ -447,7 +447,7 @@ async fn client(w: Arc<World>, cid: u64, mut rng: SimRng, stop: Arc<AtomicBool>)
                 }
                 w.history.end(id, Outcome::Ok(ret));
             }
-            Ok(Err(e)) if e.is_retryable() => w.history.end(id, Outcome::Failed),
+            Ok(Err(e)) if e.class().may_retry(false) => w.history.end(id, Outcome::Failed),
             _ => {
                 w.history.end(id, Outcome::Unknown);
                 generation += 1;
@@ -459,7 +459,7 @@ async fn client(w: Arc<World>, cid: u64, mut rng: SimRng, stop: Arc<AtomicBool>)
 /// The members (id, role) and leader, asked of the current leader.
 async fn membership(w: &Arc<World>) -> Option<(u64, Vec<(u64, MemberRole)>)> {
     let (lid, leader) = w.leader()?;
-    let st = tokio::time::timeout(Duration::from_secs(1), leader.status())
+    let st = tokio::time::timeout(Duration::from_secs(1), leader.handle().status())
         .await
         .ok()?
         .ok()?;
@@ -559,9 +559,11 @@ async fn nemesis(w: Arc<World>, mut rng: SimRng, next_id: Arc<AtomicU64>) {
             }
             12 => {
                 if let (Some((_, leader)), Some(to)) = (w.leader(), rng.pick(&live)) {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(2), leader.transfer_leader(to))
-                            .await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        leader.handle().transfer_leader(to),
+                    )
+                    .await;
                     w.fault("transfer_leader");
                 }
             }
@@ -569,8 +571,8 @@ async fn nemesis(w: Arc<World>, mut rng: SimRng, next_id: Arc<AtomicU64>) {
                 if let Some(id) = rng.pick(&live) {
                     let node = w.slots()[&id].running.clone();
                     if let Some(n) = node {
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(2), n.take_snapshot()).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), n.handle().snapshot())
+                            .await;
                         w.fault("snapshot");
                     }
                 }
@@ -592,7 +594,7 @@ async fn nemesis(w: Arc<World>, mut rng: SimRng, next_id: Arc<AtomicU64>) {
                         if let Some((_, l)) = w.leader() {
                             let _ = tokio::time::timeout(
                                 Duration::from_secs(5),
-                                l.add_voter(id, &addr),
+                                l.handle().add_voter(id, &addr),
                             )
                             .await;
                         }
@@ -609,9 +611,11 @@ async fn nemesis(w: Arc<World>, mut rng: SimRng, next_id: Arc<AtomicU64>) {
                     };
                     let via = w.running().into_iter().find(|(id, _)| Some(*id) != victim);
                     if let (Some(victim), Some((_, via))) = (victim, via) {
-                        let r =
-                            tokio::time::timeout(Duration::from_secs(5), via.remove_node(victim))
-                                .await;
+                        let r = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            via.handle().remove_node(victim),
+                        )
+                        .await;
                         if matches!(r, Ok(Ok(_))) {
                             crash(&w, victim).await;
                             if let Some(s) = w.slots().get_mut(&victim) {
@@ -769,7 +773,7 @@ async fn run_async(opts: SimOptions) -> RunReport {
         acked_lost = check_acked(&acked, &records, &w.violations);
     }
     for (_, n) in w.running() {
-        n.shutdown().await;
+        n.handle().shutdown().await;
     }
     // Operations whose outcome the clients did not learn: after the probe
     // write committed everywhere, a command never applied never will be.

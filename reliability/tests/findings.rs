@@ -40,12 +40,12 @@ fn removing_the_leader_does_not_kill_it_and_the_rest_elect_a_new_one() {
                 .start()
                 .await
                 .unwrap();
-            net.register(id, n.handle().clone());
+            net.register(id, n.handle().inbound());
             nodes.push(n);
         }
         let mut leader = None;
         for _ in 0..200 {
-            leader = nodes.iter().find(|n| n.state().role == Role::Leader).cloned();
+            leader = nodes.iter().find(|n| n.handle().state().role == Role::Leader).cloned();
             if leader.is_some() {
                 break;
             }
@@ -55,7 +55,7 @@ fn removing_the_leader_does_not_kill_it_and_the_rest_elect_a_new_one() {
         // Writes in flight while the removal commits: entries after the
         // conf change commit once it is applied, through maybe_commit.
         let l = leader.clone();
-        let removal = tokio::spawn(async move { l.remove_node(l.id()).await });
+        let removal = tokio::spawn(async move { l.handle().remove_node(l.handle().id()).await });
         let mut writes = Vec::new();
         for i in 0..20 {
             let l = leader.clone();
@@ -70,13 +70,13 @@ fn removing_the_leader_does_not_kill_it_and_the_rest_elect_a_new_one() {
             let _ = w.await;
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let others: Vec<&SimNode> = nodes.iter().filter(|n| n.id() != leader.id()).collect();
-        let new_leader = others.iter().find(|n| n.state().role == Role::Leader);
+        let others: Vec<&SimNode> = nodes.iter().filter(|n| n.handle().id() != leader.handle().id()).collect();
+        let new_leader = others.iter().find(|n| n.handle().state().role == Role::Leader);
         assert!(
             new_leader.is_some(),
             "no remaining voter leads 5 s after the leader's removal; removed leader state: {:?}, others see leader {:?}",
-            leader.state(),
-            others.iter().map(|n| n.leader_id()).collect::<Vec<_>>()
+            leader.handle().state(),
+            others.iter().map(|n| n.handle().leader_id()).collect::<Vec<_>>()
         );
     });
 }

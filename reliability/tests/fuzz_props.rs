@@ -212,8 +212,8 @@ mod stepping {
                     .start()
                     .await
                     .unwrap();
-                net.register(1, node.handle().clone());
-                node.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+                net.register(1, node.handle().inbound());
+                node.handle().wait_for_leader(Duration::from_secs(5)).await.unwrap();
                 let put = Cmd::Put { key: "k".into(), value: "v".into() };
                 node.propose(&put).await.unwrap();
                 for m in msgs {
@@ -227,13 +227,13 @@ mod stepping {
                         || (m.get_msg_type() == MessageType::MsgSnapshot
                             && m.get_snapshot().get_metadata().index != 0);
                     if !byzantine {
-                        let _ = node.step(vec![m]);
+                        let _ = node.handle().inbound().step_from(None, vec![m]);
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 let mut ok = false;
                 for _ in 0..50 {
-                    if node.state().role == Role::Stopped {
+                    if node.handle().state().role == Role::Stopped {
                         break;
                     }
                     if matches!(tokio::time::timeout(Duration::from_secs(1), node.propose(&put)).await, Ok(Ok(_))) {
@@ -242,8 +242,8 @@ mod stepping {
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                let state = node.state();
-                node.shutdown().await;
+                let state = node.handle().state();
+                node.handle().shutdown().await;
                 (ok, state)
             });
             prop_assert!(alive.0, "node stopped serving after the messages: {:?}", alive.1);
@@ -272,7 +272,7 @@ fn a_huge_term_from_the_network_does_not_kill_the_node() {
         m.set_msg_type(MessageType::MsgTransferLeader);
         m.to = 1;
         m.term = u64::MAX;
-        node.step(vec![m]).unwrap();
+        node.handle().inbound().step_from(None, vec![m]).unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         let put = Cmd::Put {
             key: "k".into(),
@@ -282,9 +282,9 @@ fn a_huge_term_from_the_network_does_not_kill_the_node() {
         assert!(
             matches!(r, Ok(Ok(_))),
             "node no longer serves: {r:?}, state {:?}",
-            node.state()
+            node.handle().state()
         );
-        assert_ne!(node.state().role, Role::Stopped);
+        assert_ne!(node.handle().state().role, Role::Stopped);
     });
 }
 
@@ -309,7 +309,7 @@ fn a_stale_heartbeat_from_a_non_member_does_not_make_the_node_fatal() {
         m.from = 0;
         m.term = 0;
         m.commit = 1_000;
-        node.step(vec![m]).unwrap();
+        node.handle().inbound().step_from(None, vec![m]).unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let put = Cmd::Put {
             key: "k".into(),
@@ -319,7 +319,7 @@ fn a_stale_heartbeat_from_a_non_member_does_not_make_the_node_fatal() {
         assert!(
             matches!(r, Ok(Ok(_))),
             "node no longer serves: {r:?}, state {:?}",
-            node.state()
+            node.handle().state()
         );
     });
 }
@@ -349,13 +349,13 @@ fn read_index_without_entries_does_not_kill_the_leader() {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgReadIndex);
         m.to = 1;
-        node.step(vec![m]).unwrap();
+        node.handle().inbound().step_from(None, vec![m]).unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let r = tokio::time::timeout(Duration::from_secs(5), node.propose(&put)).await;
         assert!(
             matches!(r, Ok(Ok(_))),
             "node no longer serves: {r:?}, state {:?}",
-            node.state()
+            node.handle().state()
         );
     });
 }

@@ -25,7 +25,7 @@ async fn cluster(net: &InProcNetwork) -> Vec<SimNode> {
             .start()
             .await
             .unwrap();
-        net.register(id, n.handle().clone());
+        net.register(id, n.handle().inbound());
         nodes.push(n);
     }
     nodes
@@ -33,7 +33,10 @@ async fn cluster(net: &InProcNetwork) -> Vec<SimNode> {
 
 async fn leader_among(nodes: &[&SimNode]) -> SimNode {
     for _ in 0..400 {
-        if let Some(n) = nodes.iter().find(|n| n.state().role == Role::Leader) {
+        if let Some(n) = nodes
+            .iter()
+            .find(|n| n.handle().state().role == Role::Leader)
+        {
             return (*n).clone();
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -60,10 +63,13 @@ async fn a_stale_read_on_a_deposed_leader_is_caught_and_readindex_refuses_it() {
     write(&h, 1, &old, "a").await;
 
     // The old leader is cut off; the others elect a new one and write "b".
-    net.isolate(old.id());
-    let others: Vec<&SimNode> = nodes.iter().filter(|n| n.id() != old.id()).collect();
+    net.isolate(old.handle().id());
+    let others: Vec<&SimNode> = nodes
+        .iter()
+        .filter(|n| n.handle().id() != old.handle().id())
+        .collect();
     let new = leader_among(&others).await;
-    assert_ne!(new.id(), old.id());
+    assert_ne!(new.handle().id(), old.handle().id());
     write(&h, 2, &new, "b").await;
 
     // Through ReadIndex, the deposed leader refuses to answer.
@@ -96,7 +102,7 @@ async fn a_stale_read_on_a_deposed_leader_is_caught_and_readindex_refuses_it() {
         if let Ok(v) = old.linearizable_read(|s| s.map.get("x").cloned()).await {
             assert_eq!(v.as_deref(), Some("b"));
             for n in &nodes {
-                n.shutdown().await;
+                n.handle().shutdown().await;
             }
             return;
         }

@@ -37,31 +37,45 @@ fn class_of(e: &Error) -> &'static str {
         Error::ProposalDropped(_) => "ProposalDroppedError",
         Error::LeadershipLost => "LeadershipLostError",
         Error::Timeout(_) => "TimeoutError",
+        Error::Interrupted(_) => "OutcomeUnknownError",
         Error::Overloaded(_) => "OverloadedError",
         Error::Shutdown => "ShutdownError",
         Error::Encode(_) => "CodecError",
         Error::StateMachine(_) => "StateMachineError",
         Error::ConfChangeRejected(_) => "ConfChangeError",
+        Error::NotAMember(_) => "NotAMemberError",
+        Error::TransferFailed { .. } => "TransferFailedError",
         Error::InvalidArgument(_) => "InvalidArgumentError",
         Error::InvalidConfig(_) => "ConfigError",
+        Error::Unauthenticated(_) => "UnauthenticatedError",
         Error::Storage(_) => "StorageError",
         Error::Fatal(_) => "FatalError",
+        Error::Unreachable(_) => "UnreachableError",
         Error::Transport(_) => "TransportError",
         Error::Raft(_) => "RaftError",
     }
 }
 
-/// Converts a core error into the matching Python exception.
+/// Converts a core error into the matching Python exception, with its
+/// `error_class` and `retryable` set from the error's class (the same
+/// classification every front-end maps by).
 pub fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
     let message = e.to_string();
-    match e {
+    let class = e.class();
+    let err = match e {
         Error::NotLeader {
             leader_id,
             leader_addr,
         } => raftify_err(py, "NotLeaderError", (message, leader_id, leader_addr)),
         Error::Timeout(d) => raftify_err(py, "TimeoutError", (message, d.as_secs_f64())),
         other => raftify_msg(py, class_of(&other), message),
-    }
+    };
+    let value = err.value(py);
+    // Attribute writes on a fresh exception instance cannot fail in practice;
+    // if one did, the class attributes still give the right answer.
+    let _ = value.setattr("error_class", class.as_str());
+    let _ = value.setattr("retryable", class.may_retry(false));
+    err
 }
 
 /// An error in the bindings' own plumbing (should not happen).

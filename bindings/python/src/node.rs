@@ -16,7 +16,7 @@ use raftify_core::{
 };
 use raftify_grpc::{state_machine_reader, GrpcConfig, GrpcTransport, RaftGrpcServer, ServerHandle};
 use raftify_storage::{LmdbOptions, LmdbStore};
-use slog::{o, Drain, Logger};
+use slog::Logger;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -174,16 +174,7 @@ impl Fail {
 fn make_logger(level: Option<slog::Level>) -> Logger {
     match level {
         None => raftify_core::discard_logger(),
-        Some(level) => {
-            let decorator = slog_term::PlainDecorator::new(std::io::stderr());
-            let drain = slog_term::FullFormat::new(decorator).build().fuse();
-            let drain = slog_async::Async::new(drain)
-                .chan_size(4096)
-                .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
-                .build()
-                .fuse();
-            Logger::root(slog::LevelFilter::new(drain, level).fuse(), o!())
-        }
+        Some(level) => raftify_core::stderr_logger(level),
     }
 }
 
@@ -364,16 +355,16 @@ async fn start_node(plan: StartPlan) -> Result<(NodeRaft, ServerHandle, u64, Str
     let server = match server.spawn(listener) {
         Ok(s) => s,
         Err(e) => {
-            raft.shutdown().await;
+            raft.handle().shutdown().await;
             return Err(e.into());
         }
     };
 
     // 6. Joining: ask the leader to add this node.
     if let Some(t) = &ticket {
-        if let Err(e) = raft.join_cluster(t, &addr, as_learner).await {
+        if let Err(e) = raft.handle().join_cluster(t, &addr, as_learner).await {
             server.shutdown().await;
-            raft.shutdown().await;
+            raft.handle().shutdown().await;
             return Err(e.into());
         }
         // Until this node applies the change that added it, it knows the
@@ -383,12 +374,12 @@ async fn start_node(plan: StartPlan) -> Result<(NodeRaft, ServerHandle, u64, Str
             + Duration::try_from_secs_f64(config.conf_change_timeout)
                 .unwrap_or(Duration::from_secs(20));
         while tokio::time::Instant::now() < deadline {
-            match raft.status().await {
+            match raft.handle().status().await {
                 Ok(s) if s.members.iter().any(|m| m.id == id) => break,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(config.tick_ms)).await,
                 Err(e) => {
                     server.shutdown().await;
-                    raft.shutdown().await;
+                    raft.handle().shutdown().await;
                     return Err(e.into());
                 }
             }
@@ -652,9 +643,9 @@ fn propose_future(
     let raft = r.raft.clone();
     async move {
         if forward {
-            raft.client_write(&data).await
-        } else {
             raft.propose(&data).await
+        } else {
+            raft.propose_local(&data).await
         }
     }
 }
@@ -665,7 +656,7 @@ fn wait_leader_future(
 ) -> impl Future<Output = Result<u64, Error>> + Send + 'static {
     let raft = r.raft.clone();
     let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
-    async move { raft.wait_for_leader(timeout).await }
+    async move { raft.handle().wait_for_leader(timeout).await }
 }
 
 #[pymethods]
@@ -840,7 +831,7 @@ impl Node {
     fn read_index(&self, py: Python<'_>) -> PyResult<u64> {
         self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.read_index().await }
+            async move { raft.handle().read_index().await }
         })
     }
 
@@ -850,7 +841,7 @@ impl Node {
             py,
             |r| {
                 let raft = r.raft.clone();
-                async move { raft.read_index().await }
+                async move { raft.handle().read_index().await }
             },
             int_out,
         )
@@ -879,22 +870,22 @@ impl Node {
 
     /// The known leader's id, or None.
     fn leader_id(&self, py: Python<'_>) -> PyResult<Option<u64>> {
-        Ok(self.live(py)?.raft.leader_id())
+        Ok(self.live(py)?.raft.handle().leader_id())
     }
 
     /// The known leader's raft address, or None.
     fn leader_addr(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        Ok(self.live(py)?.raft.state().leader_addr)
+        Ok(self.live(py)?.raft.handle().state().leader_addr)
     }
 
     /// True when this node is the leader.
     fn is_leader(&self, py: Python<'_>) -> PyResult<bool> {
-        Ok(self.live(py)?.raft.is_leader())
+        Ok(self.live(py)?.raft.handle().is_leader())
     }
 
     /// Role, term, leader and applied index, without waiting.
     fn state(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let s = self.live(py)?.raft.state();
+        let s = self.live(py)?.raft.handle().state();
         let v = serde_json::to_value(&s).map_err(|e| internal(e.to_string()))?;
         json_to_py(py, &v)
     }
@@ -904,7 +895,7 @@ impl Node {
     fn status(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let s = self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.status().await }
+            async move { raft.handle().status().await }
         })?;
         status_dict(py, &s)
     }
@@ -915,7 +906,7 @@ impl Node {
             py,
             |r| {
                 let raft = r.raft.clone();
-                async move { raft.status().await }
+                async move { raft.handle().status().await }
             },
             |py, s| status_dict(py, &s),
         )
@@ -925,7 +916,7 @@ impl Node {
     fn members(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let s = self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.status().await }
+            async move { raft.handle().status().await }
         })?;
         members_list(py, &s.members)
     }
@@ -934,7 +925,7 @@ impl Node {
     fn peers(&self, py: Python<'_>) -> PyResult<BTreeMap<u64, String>> {
         let s = self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.status().await }
+            async move { raft.handle().status().await }
         })?;
         Ok(s.members
             .into_iter()
@@ -944,7 +935,7 @@ impl Node {
 
     /// Counters (proposals, applied entries, snapshots, ...).
     fn metrics(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let m = self.live(py)?.raft.metrics();
+        let m = self.live(py)?.raft.handle().metrics();
         let v = serde_json::to_value(&m).map_err(|e| internal(e.to_string()))?;
         json_to_py(py, &v)
     }
@@ -953,7 +944,7 @@ impl Node {
     fn add_voter(&self, py: Python<'_>, node_id: u64, addr: String) -> PyResult<Py<PyAny>> {
         let m = self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.add_voter(node_id, &addr).await }
+            async move { raft.handle().add_voter(node_id, &addr).await }
         })?;
         members_list(py, &m)
     }
@@ -964,7 +955,7 @@ impl Node {
             py,
             |r| {
                 let raft = r.raft.clone();
-                async move { raft.add_voter(node_id, &addr).await }
+                async move { raft.handle().add_voter(node_id, &addr).await }
             },
             members_out,
         )
@@ -974,7 +965,7 @@ impl Node {
     fn add_learner(&self, py: Python<'_>, node_id: u64, addr: String) -> PyResult<Py<PyAny>> {
         let m = self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.add_learner(node_id, &addr).await }
+            async move { raft.handle().add_learner(node_id, &addr).await }
         })?;
         members_list(py, &m)
     }
@@ -985,7 +976,7 @@ impl Node {
             py,
             |r| {
                 let raft = r.raft.clone();
-                async move { raft.add_learner(node_id, &addr).await }
+                async move { raft.handle().add_learner(node_id, &addr).await }
             },
             members_out,
         )
@@ -995,7 +986,7 @@ impl Node {
     fn promote_learner(&self, py: Python<'_>, node_id: u64) -> PyResult<Py<PyAny>> {
         let m = self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.promote_learner(node_id).await }
+            async move { raft.handle().promote_learner(node_id).await }
         })?;
         members_list(py, &m)
     }
@@ -1004,7 +995,7 @@ impl Node {
     fn remove_node(&self, py: Python<'_>, node_id: u64) -> PyResult<Py<PyAny>> {
         let m = self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.remove_node(node_id).await }
+            async move { raft.handle().remove_node(node_id).await }
         })?;
         members_list(py, &m)
     }
@@ -1015,7 +1006,7 @@ impl Node {
             py,
             |r| {
                 let raft = r.raft.clone();
-                async move { raft.remove_node(node_id).await }
+                async move { raft.handle().remove_node(node_id).await }
             },
             members_out,
         )
@@ -1026,7 +1017,7 @@ impl Node {
     fn leave(&self, py: Python<'_>) -> PyResult<()> {
         self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.leave().await }
+            async move { raft.handle().leave().await }
         })
     }
 
@@ -1036,7 +1027,7 @@ impl Node {
             py,
             |r| {
                 let raft = r.raft.clone();
-                async move { raft.leave().await }
+                async move { raft.handle().leave().await }
             },
             none_out,
         )
@@ -1046,7 +1037,7 @@ impl Node {
     fn transfer_leader(&self, py: Python<'_>, node_id: u64) -> PyResult<()> {
         self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.transfer_leader(node_id).await }
+            async move { raft.handle().transfer_leader(node_id).await }
         })
     }
 
@@ -1056,7 +1047,7 @@ impl Node {
             py,
             |r| {
                 let raft = r.raft.clone();
-                async move { raft.transfer_leader(node_id).await }
+                async move { raft.handle().transfer_leader(node_id).await }
             },
             none_out,
         )
@@ -1066,7 +1057,7 @@ impl Node {
     fn campaign(&self, py: Python<'_>) -> PyResult<()> {
         self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.campaign().await }
+            async move { raft.handle().campaign().await }
         })
     }
 
@@ -1074,7 +1065,7 @@ impl Node {
     fn take_snapshot(&self, py: Python<'_>) -> PyResult<u64> {
         self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.take_snapshot().await }
+            async move { raft.handle().snapshot().await }
         })
     }
 
@@ -1084,7 +1075,7 @@ impl Node {
             py,
             |r| {
                 let raft = r.raft.clone();
-                async move { raft.take_snapshot().await }
+                async move { raft.handle().snapshot().await }
             },
             int_out,
         )
@@ -1095,7 +1086,7 @@ impl Node {
     fn request_id(&self, py: Python<'_>, addr: String) -> PyResult<JoinTicket> {
         let t = self.block(py, |r| {
             let raft = r.raft.clone();
-            async move { raft.request_id(&addr).await }
+            async move { raft.handle().request_id(&addr).await }
         })?;
         Ok(t.into())
     }
@@ -1115,14 +1106,14 @@ impl Node {
             let addr = r.raft_addr.clone();
             let id = r.id;
             async move {
-                let status = raft.status().await?;
+                let status = raft.handle().status().await?;
                 if status.members.iter().any(|m| m.id == id) {
                     return Err(Error::InvalidArgument(format!(
                         "node {id} already belongs to a cluster (its storage holds a membership); \
                          join_cluster is for a node started with bootstrap=\"none\""
                     )));
                 }
-                raft.join_cluster(&t, &addr, as_learner).await
+                raft.handle().join_cluster(&t, &addr, as_learner).await
             }
         })?;
         members_list(py, &m)
@@ -1175,7 +1166,7 @@ impl Node {
 
 fn stop_running(r: &Running) {
     r.rt.get().block_on(async {
-        r.raft.shutdown().await;
+        r.raft.handle().shutdown().await;
         let server = r.server.lock().ok().and_then(|mut s| s.take());
         if let Some(server) = server {
             server.shutdown().await;

@@ -121,7 +121,7 @@ async fn not_found() -> ApiError {
 
 async fn write(state: &AppState, entry: KvEntry) -> Result<ApplyOutput, ApiError> {
     let started = Instant::now();
-    let out = state.raft.client_write(&entry).await;
+    let out = state.raft.propose(&entry).await;
     state.latency.write.observe(started.elapsed());
     let out = out?;
     ApplyOutput::decode(&out).map_err(|e| {
@@ -198,7 +198,7 @@ async fn get_key(
     let started = Instant::now();
     match params.consistency.as_deref() {
         None | Some("linearizable") => {
-            let r = state.raft.read_index().await;
+            let r = state.raft.handle().read_index().await;
             state.latency.read.observe(started.elapsed());
             r?;
         }
@@ -223,7 +223,7 @@ async fn get_key(
 }
 
 async fn status(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let s = state.raft.status().await?;
+    let s = state.raft.handle().status().await?;
     Ok(Json(json!({
         "id": s.id,
         "role": s.role.as_str(),
@@ -241,7 +241,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<serde_json::Value>
 }
 
 async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let s = state.raft.status().await?;
+    let s = state.raft.handle().status().await?;
     let members: Vec<_> = s
         .members
         .iter()
@@ -269,7 +269,7 @@ async fn add_learner(
     body: Result<Json<MemberBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(b) = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
-    state.raft.add_learner(b.id, &b.raft_addr).await?;
+    state.raft.handle().add_learner(b.id, &b.raft_addr).await?;
     cluster(State(state)).await
 }
 
@@ -278,7 +278,7 @@ async fn add_voter(
     body: Result<Json<MemberBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(b) = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
-    state.raft.add_voter(b.id, &b.raft_addr).await?;
+    state.raft.handle().add_voter(b.id, &b.raft_addr).await?;
     cluster(State(state)).await
 }
 
@@ -295,7 +295,7 @@ async fn remove_member(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(id)?;
-    state.raft.remove_node(id).await?;
+    state.raft.handle().remove_node(id).await?;
     cluster(State(state)).await
 }
 
@@ -304,22 +304,22 @@ async fn transfer_leader(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(id)?;
-    state.raft.transfer_leader(id).await?;
+    state.raft.handle().transfer_leader(id).await?;
     Ok(Json(json!({ "leader_id": id })))
 }
 
 async fn leave(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    state.raft.leave().await?;
-    Ok(Json(json!({ "left": state.raft.id() })))
+    state.raft.handle().leave().await?;
+    Ok(Json(json!({ "left": state.raft.handle().id() })))
 }
 
 async fn snapshot(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let index = state.raft.take_snapshot().await?;
+    let index = state.raft.handle().snapshot().await?;
     Ok(Json(json!({ "snapshot_index": index })))
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let s = state.raft.state();
+    let s = state.raft.handle().state();
     if s.leader_id != 0 && s.role != Role::Stopped {
         (
             StatusCode::OK,
@@ -332,8 +332,8 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let s = state.raft.status().await?;
-    let m = state.raft.metrics();
+    let s = state.raft.handle().status().await?;
+    let m = state.raft.handle().metrics();
     let (keys, bytes) = state
         .raft
         .stale_read(|st| (st.len(), st.data_bytes()))

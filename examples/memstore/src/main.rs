@@ -381,6 +381,7 @@ async fn run(args: Args) -> Result<()> {
 
     if let Some(ticket) = &plan.ticket {
         let members = raft
+            .handle()
             .join_cluster(ticket, &raft_addr, args.join_as_learner)
             .await
             .context("the cluster refused to add this node")?;
@@ -398,7 +399,7 @@ async fn run(args: Args) -> Result<()> {
     // process with an error, so a supervisor notices.
     let stopping = raft.clone();
     let stop_logger = logger.clone();
-    let mut state_rx = raft.subscribe();
+    let mut state_rx = raft.handle().subscribe();
     let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
     let fatal_seen = fatal.clone();
     // TCP_NODELAY: small responses must not wait for delayed ACKs (Nagle).
@@ -424,12 +425,12 @@ async fn run(args: Args) -> Result<()> {
                 }
             }
         }
-        stopping.shutdown().await;
+        stopping.handle().shutdown().await;
     });
     if let Err(e) = http.await {
         warn!(logger, "HTTP server error"; "err" => %e);
     }
-    raft.shutdown().await;
+    raft.handle().shutdown().await;
     grpc_server.shutdown().await;
     let reason = fatal.lock().ok().and_then(|f| f.clone());
     if let Some(reason) = reason {

@@ -23,8 +23,11 @@ async fn serve() -> (String, memstore::http::Node) {
         .start()
         .await
         .unwrap();
-    net.register(1, raft.handle().clone());
-    raft.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    net.register(1, raft.handle().inbound());
+    raft.handle()
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .unwrap();
     let state = AppState {
         raft: raft.clone(),
         max_value_size: 1024,
@@ -74,7 +77,7 @@ async fn put_get_delete_cas_round_trip() {
         assert_eq!(get(&addr, "/kv/greeting").status, 404);
     })
     .await;
-    raft.shutdown().await;
+    raft.handle().shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +118,7 @@ async fn status_cluster_health_metrics_snapshot() {
         );
     })
     .await;
-    raft.shutdown().await;
+    raft.handle().shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,5 +153,5 @@ async fn bad_requests_get_json_errors_and_the_node_keeps_serving() {
         assert_eq!(get(&addr, "/kv/still").body, b"alive");
     })
     .await;
-    raft.shutdown().await;
+    raft.handle().shutdown().await;
 }

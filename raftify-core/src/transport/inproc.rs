@@ -4,9 +4,9 @@
 //! delay them) — like raft-rs's harness `Network`, but driving real async
 //! nodes.
 
-use super::{ClusterRequest, ClusterResponse, Feedback, Transport};
+use super::{ClusterApi, Feedback, Inbound, Membership, Outcome, Transport};
 use crate::error::{Error, Result};
-use crate::node::RaftHandle;
+use crate::membership::{JoinTicket, MembershipChange};
 use async_trait::async_trait;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::{HashMap, HashSet};
@@ -16,8 +16,10 @@ use std::time::Duration;
 #[derive(Default)]
 struct NetState {
     /// addr -> (id, node)
-    nodes: HashMap<String, (u64, RaftHandle)>,
+    nodes: HashMap<String, (u64, Arc<dyn Inbound>)>,
     isolated: HashSet<u64>,
+    /// Nodes whose answers to cluster requests are lost after they ran.
+    lossy_replies: HashSet<u64>,
     /// Directed cuts: (from, to).
     cut: HashSet<(u64, u64)>,
     /// Probability in [0, 1] that a message is dropped.
@@ -91,10 +93,11 @@ impl InProcNetwork {
         })
     }
 
-    /// Makes node `id` reachable at [`InProcNetwork::addr_of`].
-    pub fn register(&self, id: u64, handle: RaftHandle) {
+    /// Makes node `id` reachable at [`InProcNetwork::addr_of`]; `node` is
+    /// what it serves ([`RaftHandle::inbound`](crate::RaftHandle::inbound)).
+    pub fn register(&self, id: u64, node: Arc<dyn Inbound>) {
         let addr = self.addr_of(id);
-        self.lock().nodes.insert(addr, (id, handle));
+        self.lock().nodes.insert(addr, (id, node));
     }
 
     /// Takes node `id` off the network (as if its process died).
@@ -136,6 +139,13 @@ impl InProcNetwork {
         }
     }
 
+    /// Cluster requests served by `id` still run there, but their answers
+    /// are lost: the caller gets [`Error::Transport`], as when a connection
+    /// breaks after the request was delivered.
+    pub fn lose_replies_from(&self, id: u64) {
+        self.lock().lossy_replies.insert(id);
+    }
+
     /// Drops each message with probability `rate` (0 to 1).
     pub fn set_drop_rate(&self, rate: f64) {
         self.lock().drop_rate = rate.clamp(0.0, 1.0);
@@ -151,6 +161,7 @@ impl InProcNetwork {
         let mut s = self.lock();
         s.isolated.clear();
         s.cut.clear();
+        s.lossy_replies.clear();
         s.drop_rate = 0.0;
         s.delay = None;
     }
@@ -179,7 +190,6 @@ impl InProcTransport {
     }
 }
 
-#[async_trait]
 impl Transport for InProcTransport {
     fn set_peer(&self, id: u64, addr: &str) {
         self.peers
@@ -265,14 +275,75 @@ impl Transport for InProcTransport {
         }
     }
 
-    async fn call(&self, addr: &str, request: ClusterRequest) -> Result<ClusterResponse> {
-        let target = {
-            let s = self.net.lock();
-            match s.nodes.get(addr) {
-                Some((id, h)) if !s.blocked(self.id, *id) && !s.blocked(*id, self.id) => h.clone(),
-                _ => return Err(Error::Transport(format!("{addr} is unreachable"))),
+    fn node(&self, addr: &str) -> Result<Arc<dyn ClusterApi>> {
+        Ok(Arc::new(InProcNode {
+            net: self.net.clone(),
+            from: self.id,
+            addr: addr.to_string(),
+        }))
+    }
+}
+
+/// A node's cluster API as another node of the network reaches it.
+struct InProcNode {
+    net: InProcNetwork,
+    from: u64,
+    addr: String,
+}
+
+impl InProcNode {
+    /// The node, if the network lets the request through both ways.
+    fn target(&self) -> Result<(Arc<dyn Inbound>, bool)> {
+        let s = self.net.lock();
+        match s.nodes.get(&self.addr) {
+            Some((id, node)) if !s.blocked(self.from, *id) && !s.blocked(*id, self.from) => {
+                Ok((node.clone(), s.lossy_replies.contains(id)))
             }
-        };
-        target.handle_request(request).await
+            _ => Err(Error::Unreachable(format!("{} is unreachable", self.addr))),
+        }
+    }
+
+    /// Runs a request on the target and passes its answer back, or loses it.
+    async fn run<T, F>(&self, request: impl FnOnce(Arc<dyn Inbound>) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let (node, lossy) = self.target()?;
+        let answer = request(node).await;
+        if lossy {
+            return Err(Error::Transport(format!(
+                "the connection to {} broke after the request was delivered",
+                self.addr
+            )));
+        }
+        answer
+    }
+}
+
+#[async_trait]
+impl ClusterApi for InProcNode {
+    async fn propose(&self, entry: Vec<u8>) -> Result<Vec<u8>> {
+        self.run(|n| async move { n.propose(entry).await }).await
+    }
+    async fn propose_batch(&self, entries: Vec<Vec<u8>>) -> Result<Vec<Outcome>> {
+        self.run(|n| async move { n.propose_batch(entries).await })
+            .await
+    }
+    async fn read_index(&self) -> Result<u64> {
+        self.run(|n| async move { n.read_index().await }).await
+    }
+    async fn request_id(&self, addr: String) -> Result<JoinTicket> {
+        self.run(|n| async move { n.request_id(addr).await }).await
+    }
+    async fn change_membership(&self, changes: Vec<MembershipChange>) -> Result<Membership> {
+        self.run(|n| async move { n.change_membership(changes).await })
+            .await
+    }
+    async fn transfer_leader(&self, to: u64) -> Result<()> {
+        self.run(|n| async move { n.transfer_leader(to).await })
+            .await
+    }
+    async fn members(&self) -> Result<Membership> {
+        self.run(|n| async move { n.members().await }).await
     }
 }

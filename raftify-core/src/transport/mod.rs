@@ -3,26 +3,30 @@
 //! The core knows no network. A [`Transport`] sends batches of raft messages
 //! to peers by id (it learns their addresses from [`Transport::set_peer`],
 //! which the node calls whenever its replicated address book changes) and
-//! performs [`ClusterRequest`]s against a node by address, which is how a
+//! gives the typed [`ClusterApi`] of a node by address, which is how a
 //! follower forwards work to the leader and how a new node joins.
 //!
-//! Messages arriving from the network go into the receiving node through
-//! [`RaftHandle::step`](crate::RaftHandle::step); cluster requests through
-//! [`RaftHandle::handle_request`](crate::RaftHandle::handle_request).
+//! On the receiving side a transport hands what arrives to the node's
+//! [`Inbound`] ([`RaftHandle::inbound`](crate::RaftHandle::inbound)): raft
+//! messages to [`Inbound::step_from`], requests to its [`ClusterApi`].
 //!
 //! raftify-core ships [`InProcNetwork`] (nodes in one process, with fault
 //! injection); `raftify-grpc` provides gRPC.
 
+mod client;
 mod inproc;
 
+pub use client::{call_cluster, request_join_ticket};
 pub use inproc::{InProcNetwork, InProcTransport};
 
 use crate::error::Result;
+use crate::error_info::ErrorInfo;
 use crate::membership::{JoinTicket, Member, MembershipChange};
 use async_trait::async_trait;
 use raft::eraftpb::Message;
 use raft::SnapshotStatus;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Delivery outcomes a transport reports back to the node, so raft can
@@ -61,52 +65,53 @@ impl Feedback {
     }
 }
 
-/// A request one node (or a client) makes of a cluster member.
+/// One entry's outcome in a [`ClusterApi::propose_batch`]: the state
+/// machine's output, or the error as data.
+pub type Outcome = std::result::Result<Vec<u8>, ErrorInfo>;
+
+/// The members of a cluster and its leader, as one node knows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClusterRequest {
-    /// Propose an encoded user entry; answered with the apply output.
-    Propose(Vec<u8>),
-    /// Propose several encoded user entries at once (what a follower sends
-    /// the leader for the proposals it forwards); answered with
-    /// [`ClusterResponse::Outputs`], one outcome per entry, in order. Only
-    /// the node that receives it proposes them: a follower answers
-    /// [`crate::Error::NotLeader`] for the whole batch.
-    ProposeBatch(Vec<Vec<u8>>),
-    /// Confirm leadership and return a read index (for linearizable reads).
-    ReadIndex,
-    /// Reserve a node id and return a join ticket for the node at `addr`.
-    RequestId {
-        /// Raft address of the node that wants to join.
-        addr: String,
-    },
-    /// Change the membership (atomically when several changes are given).
-    ChangeMembership(Vec<MembershipChange>),
-    /// Transfer leadership to the given node.
-    TransferLeader(u64),
-    /// The current members.
-    Members,
+pub struct Membership {
+    /// The leader, 0 when unknown.
+    pub leader_id: u64,
+    /// Every voter and learner.
+    pub members: Vec<Member>,
 }
 
-/// The answer to a [`ClusterRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClusterResponse {
-    /// The state machine's output for a proposal.
-    Output(Vec<u8>),
-    /// The outcome of each entry of a [`ClusterRequest::ProposeBatch`].
-    Outputs(Vec<std::result::Result<Vec<u8>, crate::ErrorInfo>>),
-    /// A confirmed read index.
-    ReadIndex(u64),
-    /// A join ticket.
-    Ticket(JoinTicket),
-    /// The membership after the request.
-    Members {
-        /// The leader, 0 when unknown.
-        leader_id: u64,
-        /// Every voter and learner.
-        members: Vec<Member>,
-    },
-    /// Done, nothing to return.
-    Done,
+/// The requests a node serves for its peers and clients, each typed with
+/// its own answer. A transport gives the API of a remote node
+/// ([`Transport::node`]); a node's own executor is its [`Inbound`]. A
+/// request sent this way runs on the node that receives it: it is not
+/// forwarded again.
+#[async_trait]
+pub trait ClusterApi: Send + Sync {
+    /// Proposes an encoded user entry (the receiver must lead); answers the
+    /// state machine's output.
+    async fn propose(&self, entry: Vec<u8>) -> Result<Vec<u8>>;
+    /// Proposes several encoded entries together (what a follower sends for
+    /// the proposals it forwards); one outcome per entry, in order. A
+    /// follower answers [`crate::Error::NotLeader`] for the whole batch.
+    async fn propose_batch(&self, entries: Vec<Vec<u8>>) -> Result<Vec<Outcome>>;
+    /// Confirms leadership and returns a read index.
+    async fn read_index(&self) -> Result<u64>;
+    /// Reserves a node id through the log and returns a join ticket for the
+    /// node at `addr`.
+    async fn request_id(&self, addr: String) -> Result<JoinTicket>;
+    /// Changes the membership (atomically when several changes are given).
+    async fn change_membership(&self, changes: Vec<MembershipChange>) -> Result<Membership>;
+    /// Transfers leadership to node `to` and waits until it leads.
+    async fn transfer_leader(&self, to: u64) -> Result<()>;
+    /// The members and leader as the receiver knows them.
+    async fn members(&self) -> Result<Membership>;
+}
+
+/// What a transport delivers to a node: raft messages, and the cluster
+/// requests it executes.
+pub trait Inbound: ClusterApi {
+    /// Delivers raft messages received from the network, with the sender's
+    /// raft address when the transport knows it. Never blocks: a full inbox
+    /// drops the batch with [`crate::Error::Overloaded`] (raft resends).
+    fn step_from(&self, from_addr: Option<String>, msgs: Vec<Message>) -> Result<()>;
 }
 
 /// Moves raft messages and cluster requests between nodes.
@@ -114,7 +119,6 @@ pub enum ClusterResponse {
 /// `send` must not block: queue the messages and return. When a queue is
 /// full or a peer cannot be reached, drop the messages and report it through
 /// `feedback`; raft retransmits.
-#[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Learn (or update) a peer's address.
     fn set_peer(&self, id: u64, addr: &str);
@@ -122,6 +126,6 @@ pub trait Transport: Send + Sync + 'static {
     fn remove_peer(&self, id: u64);
     /// Queue a batch of raft messages for one peer.
     fn send(&self, to: u64, msgs: Vec<Message>, feedback: &Feedback);
-    /// Perform a cluster request on the node at `addr`.
-    async fn call(&self, addr: &str, request: ClusterRequest) -> Result<ClusterResponse>;
+    /// The cluster API of the node at `addr`, through this transport.
+    fn node(&self, addr: &str) -> Result<Arc<dyn ClusterApi>>;
 }

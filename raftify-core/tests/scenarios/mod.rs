@@ -19,14 +19,14 @@ async fn one_leader_is_elected_and_all_agree() {
     let leaders: Vec<_> = c
         .ids()
         .iter()
-        .filter(|id| c.node(**id).is_leader())
+        .filter(|id| c.node(**id).handle().is_leader())
         .copied()
         .collect();
     assert_eq!(leaders, vec![leader]);
-    let term = c.node(leader).state().term;
+    let term = c.node(leader).handle().state().term;
     for id in c.ids() {
         assert_eq!(
-            c.node(id).state().term,
+            c.node(id).handle().state().term,
             term,
             "node {id} is in another term"
         );
@@ -87,7 +87,7 @@ async fn concurrent_proposals_all_complete_with_their_own_output() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), b"a");
     }
-    let m = node.metrics();
+    let m = node.handle().metrics();
     assert!(
         m.storage_writes < m.persisted_entries,
         "proposals share storage writes: {m:?}"
@@ -106,15 +106,15 @@ async fn proposals_on_a_follower_are_forwarded_together_each_with_its_own_outcom
         let node = node.clone();
         tasks.push(tokio::spawn(async move {
             if i % 50 == 7 {
-                return node.client_write(&KvCmd::Fail).await;
+                return node.propose(&KvCmd::Fail).await;
             }
             let key = format!("f{i}");
-            node.client_write(&KvCmd::Put {
+            node.propose(&KvCmd::Put {
                 key: key.clone(),
                 value: "a".into(),
             })
             .await?;
-            node.client_write(&KvCmd::Put {
+            node.propose(&KvCmd::Put {
                 key,
                 value: format!("b{i}"),
             })
@@ -131,14 +131,19 @@ async fn proposals_on_a_follower_are_forwarded_together_each_with_its_own_outcom
             other => panic!("proposal {i}: {other:?}"),
         }
     }
-    let m = node.metrics();
+    let m = node.handle().metrics();
     assert_eq!(m.forwarded_proposals, 196 * 2 + 4, "{m:?}");
     assert!(
         m.forward_batches < m.forwarded_proposals,
         "concurrent proposals share requests: {m:?}"
     );
     // The batch request itself is for the leader only: nothing is proposed.
-    match node.propose_encoded_batch(vec![b"x".to_vec()]).await {
+    match node
+        .handle()
+        .inbound()
+        .propose_batch(vec![b"x".to_vec()])
+        .await
+    {
         Err(Error::NotLeader { leader_id, .. }) => assert_eq!(leader_id, leader),
         other => panic!("a follower must refuse a batch: {other:?}"),
     }
@@ -151,7 +156,7 @@ async fn proposals_on_a_follower_are_forwarded_together_each_with_its_own_outcom
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_refuses_proposals_and_names_the_leader_and_client_write_forwards() {
+async fn a_local_proposal_on_a_follower_names_the_leader_and_propose_forwards() {
     let c = start(3).await.unwrap();
     let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
     let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
@@ -159,7 +164,7 @@ async fn a_follower_refuses_proposals_and_names_the_leader_and_client_write_forw
         key: "f".into(),
         value: "1".into(),
     };
-    match c.node(follower).propose(&cmd).await {
+    match c.node(follower).propose_local(&cmd).await {
         Err(Error::NotLeader {
             leader_id,
             leader_addr,
@@ -169,10 +174,10 @@ async fn a_follower_refuses_proposals_and_names_the_leader_and_client_write_forw
         }
         other => panic!("expected NotLeader, got {other:?}"),
     }
-    c.node(follower).client_write(&cmd).await.unwrap();
+    c.node(follower).propose(&cmd).await.unwrap();
     let out = c
         .node(follower)
-        .client_write(&KvCmd::Put {
+        .propose(&KvCmd::Put {
             key: "f".into(),
             value: "2".into(),
         })
@@ -262,8 +267,8 @@ async fn nodes_join_with_tickets_get_unique_ids_and_can_be_removed() {
     let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
     let (addr_a, addr_b) = (c.net.addr_of(100), c.net.addr_of(101));
     let (a, b) = tokio::join!(
-        c.node(leader).request_id(&addr_a),
-        c.node(follower).request_id(&addr_b),
+        c.node(leader).handle().request_id(&addr_a),
+        c.node(follower).handle().request_id(&addr_b),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_ne!(a.reserved_id, b.reserved_id, "two joins got the same id");
@@ -274,6 +279,7 @@ async fn nodes_join_with_tickets_get_unique_ids_and_can_be_removed() {
     c.start_empty(id).await.unwrap();
     let members = c
         .node(id)
+        .handle()
         .join_cluster(&a, &c.net.addr_of(id), false)
         .await
         .unwrap();
@@ -286,11 +292,11 @@ async fn nodes_join_with_tickets_get_unique_ids_and_can_be_removed() {
     let mut wrong = b.clone();
     wrong.cluster_id = "other".into();
     assert!(matches!(
-        c.node(id).join_cluster(&wrong, "x:1", false).await,
+        c.node(id).handle().join_cluster(&wrong, "x:1", false).await,
         Err(Error::InvalidArgument(_))
     ));
 
-    let members = c.node(leader).remove_node(id).await.unwrap();
+    let members = c.node(leader).handle().remove_node(id).await.unwrap();
     assert!(!members.iter().any(|m| m.id == id));
     c.put("after-remove", "v").await.unwrap();
     c.shutdown().await;
@@ -304,6 +310,7 @@ async fn a_learner_is_added_receives_the_log_and_is_promoted() {
     c.start_empty(4).await.unwrap();
     let members = c
         .node(leader)
+        .handle()
         .add_learner(4, &c.net.addr_of(4))
         .await
         .unwrap();
@@ -311,13 +318,20 @@ async fn a_learner_is_added_receives_the_log_and_is_promoted() {
         .iter()
         .any(|m| m.id == 4 && m.role == MemberRole::Learner));
     c.wait_converged(&[1, 4], 1, WAIT).await.unwrap();
-    assert!(c.node(4).status().await.unwrap().learners().contains(&4));
+    assert!(c
+        .node(4)
+        .handle()
+        .status()
+        .await
+        .unwrap()
+        .learners()
+        .contains(&4));
 
-    let members = c.node(leader).promote_learner(4).await.unwrap();
+    let members = c.node(leader).handle().promote_learner(4).await.unwrap();
     assert!(members
         .iter()
         .any(|m| m.id == 4 && m.role == MemberRole::Voter));
-    let st = c.node(leader).status().await.unwrap();
+    let st = c.node(leader).handle().status().await.unwrap();
     assert_eq!(st.voters(), vec![1, 2, 3, 4]);
     c.shutdown().await;
 }
@@ -340,11 +354,15 @@ async fn two_members_change_at_once_through_joint_consensus() {
         },
         MembershipChange::Remove { id: removed },
     ];
-    c.node(leader).change_membership(changes).await.unwrap();
+    c.node(leader)
+        .handle()
+        .change_membership(changes)
+        .await
+        .unwrap();
     // The joint configuration is left automatically.
     let deadline = Instant::now() + WAIT;
     loop {
-        let st = c.node(leader).status().await.unwrap();
+        let st = c.node(leader).handle().status().await.unwrap();
         if !st.joint {
             let mut expect: Vec<u64> = [1, 2, 3, 4, 5]
                 .into_iter()
@@ -367,11 +385,11 @@ async fn invalid_membership_changes_are_refused_and_the_node_keeps_serving() {
     let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
     let n = c.node(leader);
     assert!(matches!(
-        n.add_voter(7, "not an address").await,
+        n.handle().add_voter(7, "not an address").await,
         Err(Error::InvalidArgument(_))
     ));
     assert!(matches!(
-        n.add_voter(0, "127.0.0.1:1").await,
+        n.handle().add_voter(0, "127.0.0.1:1").await,
         Err(Error::InvalidArgument(_))
     ));
     let dup = vec![
@@ -382,7 +400,7 @@ async fn invalid_membership_changes_are_refused_and_the_node_keeps_serving() {
         MembershipChange::Remove { id: 8 },
     ];
     assert!(matches!(
-        n.change_membership(dup).await,
+        n.handle().change_membership(dup).await,
         Err(Error::InvalidArgument(_))
     ));
     // Removing every voter is impossible.
@@ -392,7 +410,7 @@ async fn invalid_membership_changes_are_refused_and_the_node_keeps_serving() {
         MembershipChange::Remove { id: 3 },
     ];
     assert!(matches!(
-        n.change_membership(all).await,
+        n.handle().change_membership(all).await,
         Err(Error::ConfChangeRejected(_))
     ));
     assert!(matches!(
@@ -415,7 +433,7 @@ async fn leadership_is_transferred_on_request() {
         .iter()
         .find(|id| **id != leader && **id != target)
         .unwrap();
-    c.node(via).transfer_leader(target).await.unwrap();
+    c.node(via).handle().transfer_leader(target).await.unwrap();
     assert_eq!(c.wait_leader(&[1, 2, 3], WAIT).await.unwrap(), target);
     c.put("k2", "v").await.unwrap();
     c.shutdown().await;
@@ -435,13 +453,13 @@ async fn a_follower_behind_a_compacted_log_catches_up_by_snapshot() {
     for i in 0..100 {
         c.put(&format!("k{i}"), "v").await.unwrap();
     }
-    let st = c.node(leader).status().await.unwrap();
+    let st = c.node(leader).handle().status().await.unwrap();
     assert!(st.snapshot_index >= 80, "leader took no snapshot: {st:?}");
     assert!(st.first_index > 10, "leader log not compacted: {st:?}");
     c.net.heal();
     c.wait_converged(&[1, 2, 3], 100, WAIT).await.unwrap();
     assert!(
-        c.node(lagging).metrics().snapshots_installed >= 1,
+        c.node(lagging).handle().metrics().snapshots_installed >= 1,
         "caught up without a snapshot"
     );
     c.shutdown().await;
@@ -545,10 +563,10 @@ async fn a_leader_leaves_after_handing_over_leadership() {
     let c = start(3).await.unwrap();
     let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
     c.put("k", "v").await.unwrap();
-    c.node(leader).leave().await.unwrap();
+    c.node(leader).handle().leave().await.unwrap();
     let rest: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
     let new = c.wait_leader(&rest, WAIT).await.unwrap();
-    let st = c.node(new).status().await.unwrap();
+    let st = c.node(new).handle().status().await.unwrap();
     assert!(
         !st.voters().contains(&leader),
         "left node still a voter: {st:?}"
@@ -588,7 +606,7 @@ async fn pending_proposals_fail_clearly_when_leadership_is_lost_and_on_shutdown(
         n.propose(&KvCmd::Fail).await,
         Err(Error::Shutdown)
     ));
-    assert_eq!(n.state().role, Role::Stopped);
+    assert_eq!(n.handle().state().role, Role::Stopped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,8 +616,8 @@ async fn on_demand_snapshot_compacts_and_survives_restart() {
     for i in 0..30 {
         c.put(&format!("k{i}"), "v").await.unwrap();
     }
-    let idx = c.node(1).take_snapshot().await.unwrap();
-    let st = c.node(1).status().await.unwrap();
+    let idx = c.node(1).handle().snapshot().await.unwrap();
+    let st = c.node(1).handle().status().await.unwrap();
     assert_eq!(st.snapshot_index, idx);
     assert!(idx >= 31);
     c.crash(1).await;
@@ -660,7 +678,7 @@ async fn proposals_and_reads_time_out_when_no_quorum_answers() {
         })
         .await;
     assert!(matches!(r, Err(Error::Timeout(_))), "got {r:?}");
-    let r = c.node(leader).read_index().await;
+    let r = c.node(leader).handle().read_index().await;
     assert!(matches!(r, Err(Error::Timeout(_))), "got {r:?}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -677,7 +695,7 @@ async fn removing_the_leader_hands_leadership_over_first() {
     let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
     c.put("k", "v").await.unwrap();
     // Asked of the leader itself: it must not keep leading a cluster it left.
-    let members = c.node(leader).remove_node(leader).await.unwrap();
+    let members = c.node(leader).handle().remove_node(leader).await.unwrap();
     assert!(!members.iter().any(|m| m.id == leader), "{members:?}");
     let rest: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
     let new = c.wait_leader(&rest, WAIT).await.unwrap();
@@ -689,6 +707,6 @@ async fn removing_the_leader_hands_leadership_over_first() {
         })
         .await
         .unwrap();
-    assert!(!c.node(leader).is_leader());
+    assert!(!c.node(leader).handle().is_leader());
     c.shutdown().await;
 }

@@ -28,10 +28,13 @@ pub async fn check(members: &[(u64, SimNode)], timeout: Duration) -> Result<Live
     let leader = loop {
         let leaders: Vec<u64> = members
             .iter()
-            .filter(|(_, n)| n.state().role == Role::Leader)
+            .filter(|(_, n)| n.handle().state().role == Role::Leader)
             .map(|(id, _)| *id)
             .collect();
-        let seen: Vec<Option<u64>> = members.iter().map(|(_, n)| n.leader_id()).collect();
+        let seen: Vec<Option<u64>> = members
+            .iter()
+            .map(|(_, n)| n.handle().leader_id())
+            .collect();
         if leaders.len() == 1 && seen.iter().all(|s| *s == Some(leaders[0])) {
             break leaders[0];
         }
@@ -74,7 +77,7 @@ pub async fn check(members: &[(u64, SimNode)], timeout: Duration) -> Result<Live
     loop {
         let mut states = Vec::new();
         for (id, n) in members {
-            let applied = n.state().applied_index;
+            let applied = n.handle().state().applied_index;
             let s = n.stale_read(|s| (s.map.clone(), s.record.clone())).await;
             states.push((*id, applied, s));
         }
@@ -105,7 +108,7 @@ pub async fn check(members: &[(u64, SimNode)], timeout: Duration) -> Result<Live
 pub async fn describe(members: &[(u64, SimNode)]) -> String {
     let mut out = Vec::new();
     for (id, n) in members {
-        match tokio::time::timeout(Duration::from_secs(1), n.status()).await {
+        match tokio::time::timeout(Duration::from_secs(1), n.handle().status()).await {
             Ok(Ok(s)) => out.push(format!(
                 "node {id}: {:?} term {} vote {} leader {} commit {} applied {} log {}..={} snap {} members {:?} joint {}",
                 s.role,

@@ -28,7 +28,9 @@ from ._errors import (
     InvalidArgumentError,
     LeadershipLostError,
     NoLeaderError,
+    NotAMemberError,
     NotLeaderError,
+    OutcomeUnknownError,
     OverloadedError,
     ProposalDroppedError,
     RaftError,
@@ -37,7 +39,10 @@ from ._errors import (
     StateMachineError,
     StorageError,
     TimeoutError,
+    TransferFailedError,
     TransportError,
+    UnauthenticatedError,
+    UnreachableError,
 )
 from ._raftify import Config, JoinTicket, Node, __version__, request_join_ticket
 
@@ -132,8 +137,10 @@ __all__ = [
     "LeadershipLostError",
     "Member",
     "NoLeaderError",
+    "NotAMemberError",
     "Node",
     "NotLeaderError",
+    "OutcomeUnknownError",
     "OverloadedError",
     "PeerProgress",
     "ProposalDroppedError",
@@ -145,7 +152,10 @@ __all__ = [
     "Status",
     "StorageError",
     "TimeoutError",
+    "TransferFailedError",
     "TransportError",
+    "UnauthenticatedError",
+    "UnreachableError",
     "__version__",
     "request_join_ticket",
 ]

@@ -26,8 +26,10 @@ __all__ = [
     "LeadershipLostError",
     "Member",
     "NoLeaderError",
+    "NotAMemberError",
     "Node",
     "NotLeaderError",
+    "OutcomeUnknownError",
     "OverloadedError",
     "PeerProgress",
     "ProposalDroppedError",
@@ -39,7 +41,10 @@ __all__ = [
     "Status",
     "StorageError",
     "TimeoutError",
+    "TransferFailedError",
     "TransportError",
+    "UnauthenticatedError",
+    "UnreachableError",
     "__version__",
     "request_join_ticket",
 ]
@@ -50,6 +55,9 @@ _Addrs = Union[str, Sequence[str]]
 
 class RaftifyError(Exception):
     retryable: bool
+    error_class: str
+
+class OutcomeUnknownError(RaftifyError): ...
 
 class NotLeaderError(RaftifyError):
     leader_id: int
@@ -60,11 +68,11 @@ class NotLeaderError(RaftifyError):
 
 class NoLeaderError(RaftifyError): ...
 
-class TimeoutError(RaftifyError, builtins.TimeoutError):
+class TimeoutError(OutcomeUnknownError, builtins.TimeoutError):
     timeout: Optional[float]
     def __init__(self, message: str, timeout: Optional[float] = None) -> None: ...
 
-class LeadershipLostError(RaftifyError): ...
+class LeadershipLostError(OutcomeUnknownError): ...
 class ProposalDroppedError(RaftifyError): ...
 class OverloadedError(RaftifyError): ...
 class ShutdownError(RaftifyError): ...
@@ -76,6 +84,10 @@ class ConfigError(InvalidArgumentError): ...
 class StorageError(RaftifyError): ...
 class FatalError(RaftifyError): ...
 class TransportError(RaftifyError): ...
+class UnreachableError(TransportError): ...
+class NotAMemberError(InvalidArgumentError): ...
+class TransferFailedError(RaftifyError): ...
+class UnauthenticatedError(RaftifyError): ...
 class RaftError(RaftifyError): ...
 
 # ---- user protocols -----------------------------------------------------

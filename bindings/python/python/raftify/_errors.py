@@ -7,11 +7,29 @@ from typing import Optional
 
 
 class RaftifyError(Exception):
-    """Base class of every raftify error."""
+    """Base class of every raftify error.
+
+    ``error_class`` says what the caller may do (the same classification as
+    the Rust ``ErrorClass``): ``"redirect"`` (go to the leader),
+    ``"retry_later"`` (nothing was applied), ``"outcome_unknown"`` (the
+    request may or may not have been applied: read back before retrying a
+    write), ``"rejected"`` (refused for good) or ``"fatal"`` (this node
+    cannot serve).
+    """
 
     #: True when the same request may simply be retried (possibly on another
     #: node) without risk of applying it twice.
     retryable: bool = False
+    #: What the caller may do; see the class docstring.
+    error_class: str = "rejected"
+
+
+class OutcomeUnknownError(RaftifyError):
+    """The request may or may not have been applied (it was cut off after it
+    left: a timeout, a lost leadership, a stopping node, a broken
+    connection). Never resend a write after it without reading back."""
+
+    error_class = "outcome_unknown"
 
 
 class NotLeaderError(RaftifyError):
@@ -33,7 +51,7 @@ class NoLeaderError(RaftifyError):
     retryable = True
 
 
-class TimeoutError(RaftifyError, builtins.TimeoutError):
+class TimeoutError(OutcomeUnknownError, builtins.TimeoutError):
     """The request did not complete in time; its outcome is unknown."""
 
     def __init__(self, message: str, timeout: Optional[float] = None) -> None:
@@ -41,7 +59,7 @@ class TimeoutError(RaftifyError, builtins.TimeoutError):
         self.timeout = timeout
 
 
-class LeadershipLostError(RaftifyError):
+class LeadershipLostError(OutcomeUnknownError):
     """Leadership changed while the request was in flight; its outcome is
     unknown (the new leader may still commit it)."""
 
@@ -93,7 +111,33 @@ class FatalError(RaftifyError):
 
 
 class TransportError(RaftifyError):
-    """A request to another node failed."""
+    """A request to another node failed. Its ``error_class`` says whether
+    it may have been delivered (``"outcome_unknown"``) or not."""
+
+    error_class = "outcome_unknown"
+
+
+class UnreachableError(TransportError):
+    """The request could not be delivered (connection refused, no route):
+    nothing was applied."""
+
+    retryable = True
+    error_class = "retry_later"
+
+
+class NotAMemberError(InvalidArgumentError):
+    """The node a request names is not a member of the cluster."""
+
+
+class TransferFailedError(RaftifyError):
+    """A leadership transfer ended with another node leading; retry."""
+
+    retryable = True
+    error_class = "retry_later"
+
+
+class UnauthenticatedError(RaftifyError):
+    """The server refused the credentials (a missing or wrong token)."""
 
 
 class RaftError(RaftifyError):

@@ -1,0 +1,111 @@
+//! Admission: which messages from the network may reach raft-rs, which
+//! trusts its input and panics on some malformed messages.
+
+use super::RaftLoop;
+use crate::error::Error;
+use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
+use crate::status::Metrics;
+use raft::eraftpb::{Message, MessageType};
+use slog::debug;
+
+/// What to do with a message from the network.
+enum Admit {
+    Step,
+    Drop(&'static str),
+    Fatal(Error),
+}
+
+impl<E, SM> RaftLoop<E, SM>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    pub(super) fn on_messages(&mut self, from_addr: Option<String>, msgs: Vec<Message>) {
+        if self.fatal.is_some() {
+            return;
+        }
+        Metrics::add(&self.metrics.messages_received, msgs.len() as u64);
+        if let (Some(addr), Some(first)) = (from_addr, msgs.first()) {
+            // Only the transport learns it: the replicated address book
+            // changes through the log alone.
+            if first.from != self.config.id && !self.meta.peers.contains_key(&first.from) {
+                self.transport.set_peer(first.from, &addr);
+                self.learned_addrs.insert(first.from, addr);
+            }
+        }
+        for m in msgs {
+            match self.admit(&m) {
+                Admit::Step => {
+                    if let Err(e) = self.raw.step(m) {
+                        debug!(self.logger, "raft refused a message"; "err" => %e);
+                    }
+                }
+                Admit::Drop(why) => {
+                    debug!(self.logger, "dropping a message"; "why" => why, "from" => m.from, "type" => ?m.get_msg_type());
+                }
+                Admit::Fatal(e) => {
+                    self.fatal = Some(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&self, m: &Message) -> Admit {
+        let raft = &self.raw.raft;
+        let id = self.config.id;
+        if m.to != id {
+            return Admit::Drop("addressed to another node");
+        }
+        if m.from == 0 || m.from == id {
+            return Admit::Drop("impossible sender id");
+        }
+        // No cluster reaches 2^63 terms; raft-rs would overflow on term + 1.
+        if m.term >= u64::MAX / 2 {
+            return Admit::Drop("absurd term");
+        }
+        let t = m.get_msg_type();
+        // Proposals only enter through this node's own API (framed and
+        // tracked); local message types never come from the network.
+        if t == MessageType::MsgPropose || raft::raw_node::is_local_msg(t) {
+            return Admit::Drop("local message type");
+        }
+        // raft-rs treats term 0 as a local message; only a follower's
+        // forwarded read-index request legitimately has it.
+        if m.term == 0 && t != MessageType::MsgReadIndex {
+            return Admit::Drop("term 0");
+        }
+        match t {
+            MessageType::MsgReadIndex if m.entries.len() != 1 => {
+                return Admit::Drop("read index without exactly one context entry")
+            }
+            MessageType::MsgSnapshot if m.get_snapshot().get_metadata().index == 0 => {
+                return Admit::Drop("empty snapshot")
+            }
+            MessageType::MsgHeartbeat if m.commit > raft.raft_log.last_index() => {
+                // A stale or foreign heartbeat is harmless once dropped.
+                let voter = self.conf_state.voters.contains(&m.from)
+                    || self.conf_state.voters_outgoing.contains(&m.from);
+                if m.term < raft.term || !voter {
+                    return Admit::Drop("heartbeat committing beyond the log from a non-leader");
+                }
+                // A current leader only sends a commit index this node
+                // acknowledged holding. More than our last index means our
+                // log lost acknowledged entries (wiped or unsynced data
+                // dir): raft-rs would panic on it, and raft cannot repair it
+                // (the leader never resends what it counts as replicated).
+                // Stop with an error that says what to do.
+                let last = raft.raft_log.last_index();
+                return Admit::Fatal(Error::Fatal(format!(
+                    "node {id} lost acknowledged log entries: leader {} says it holds up to {}, \
+                     its log ends at {last} (data dir wiped or not synced?). Remove node {id} \
+                     from the cluster and add it back as a new member, or rebuild its data \
+                     dir from a peer's (--restore-wal-from in memstore)",
+                    m.from, m.commit
+                )));
+            }
+            _ => {}
+        }
+        Admit::Step
+    }
+}

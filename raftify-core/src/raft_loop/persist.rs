@@ -1,0 +1,266 @@
+//! Persistence: each Ready's entries and hard state in one storage write,
+//! made in the loop or — pipelined, the default on stores whose writes
+//! block — by a writer task that merges every Ready queued behind the
+//! commit in flight into the next one.
+//!
+//! Pipelined, the loop calls `advance_append_async` at once and goes on
+//! stepping, sending and applying while the commit is on its way. The
+//! written entries stay readable through the storage overlay until durable
+//! (raft-rs forgets them from its unstable log); messages that must follow
+//! persistence are held until the write completes (`on_persisted` →
+//! `on_persist_ready`), and raft-rs hands out only durable entries to
+//! apply. A write in the loop is the same cycle with nothing in flight.
+
+use super::RaftLoop;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
+use crate::status::Metrics;
+use crate::storage::{LogStore, StorageError, WriteBatch};
+use raft::eraftpb::Message;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The writer task of pipelined persistence.
+struct Writer {
+    /// Jobs for the writer: `(ready number, what it persists)`.
+    jobs: Option<mpsc::UnboundedSender<(u64, WriteBatch)>>,
+    task: Option<JoinHandle<()>>,
+}
+
+pub(super) struct Persistence {
+    /// None: writes are made in the loop.
+    writer: Option<Writer>,
+    /// Number of the last Ready handed to the writer.
+    submitted: u64,
+    /// Number of the last Ready the writer made durable.
+    persisted: u64,
+    /// Messages that may leave only once the writes up to the number are
+    /// durable (a follower's acknowledgements, votes).
+    held: VecDeque<(u64, Vec<Message>)>,
+    /// Completions from the writer: the last durable Ready's number.
+    pub(super) done_rx: mpsc::UnboundedReceiver<Result<u64>>,
+    store: Arc<dyn LogStore>,
+    blocking: bool,
+    limit: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Persistence {
+    /// Starts the writer task when persistence is pipelined
+    /// ([`Config::pipeline_writes`]).
+    pub(super) fn start(
+        config: &Config,
+        store: &Arc<dyn LogStore>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let blocking = store.blocking_writes();
+        let limit = config.storage_timeout;
+        let (writer, done_rx) = if config.pipeline_writes.unwrap_or(blocking) {
+            let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+            let (done_tx, done_rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(write_behind(
+                store.clone(),
+                blocking,
+                limit,
+                metrics.clone(),
+                jobs_rx,
+                done_tx,
+            ));
+            let writer = Writer {
+                jobs: Some(jobs_tx),
+                task: Some(task),
+            };
+            (Some(writer), done_rx)
+        } else {
+            // Never yields: the loop's select skips it.
+            (None, mpsc::unbounded_channel().1)
+        };
+        Persistence {
+            writer,
+            submitted: 0,
+            persisted: 0,
+            held: VecDeque::new(),
+            done_rx,
+            store: store.clone(),
+            blocking,
+            limit,
+            metrics: metrics.clone(),
+        }
+    }
+
+    pub(super) fn in_flight(&self) -> bool {
+        self.submitted > self.persisted
+    }
+
+    pub(super) fn pipelined(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// Writes `batch` now, in the loop (bounded by the storage timeout).
+    pub(super) async fn write_now(&self, batch: WriteBatch) -> Result<()> {
+        write_batch(&self.store, self.blocking, self.limit, &self.metrics, batch).await
+    }
+
+    /// Lets the writer finish what it was given.
+    pub(super) async fn finish(&mut self, limit: Duration) {
+        if let Some(w) = self.writer.as_mut() {
+            w.jobs = None;
+            if let Some(task) = w.task.take() {
+                let _ = tokio::time::timeout(limit, task).await;
+            }
+        }
+    }
+
+    /// Shutdown: held messages are dropped (raft resends); no caller waits
+    /// on this part.
+    pub(super) fn fail_all(&mut self, _refused: &dyn Fn() -> Error) {
+        self.held.clear();
+    }
+}
+
+impl<E, SM> RaftLoop<E, SM>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    /// Persists the Ready's `batch`, advances the Ready, and lets `msgs`
+    /// leave once the batch is durable. The entries are readable (from the
+    /// store, or the overlay while pipelined) before raft-rs forgets them.
+    pub(super) async fn submit(
+        &mut self,
+        rd: raft::Ready,
+        batch: WriteBatch,
+        msgs: Vec<Message>,
+    ) -> Result<()> {
+        let number = rd.number();
+        if !self.persist.pipelined() {
+            self.persist.write_now(batch).await?;
+            self.raw.advance_append_async(rd);
+            self.raw.on_persist_ready(number);
+            self.send(msgs);
+            return Ok(());
+        }
+        // raft-rs forgets the entries from its unstable log here and reads
+        // them back through storage: the overlay has them first.
+        if !batch.is_empty() {
+            self.raw.mut_store().overlay.push(number, &batch.entries);
+        }
+        self.raw.advance_append_async(rd);
+        let p = &mut self.persist;
+        if !batch.is_empty() {
+            let sent = p
+                .writer
+                .as_ref()
+                .and_then(|w| w.jobs.as_ref())
+                .is_some_and(|jobs| jobs.send((number, batch)).is_ok());
+            if !sent {
+                return Err(Error::Fatal("the storage writer stopped".into()));
+            }
+            p.submitted = number;
+        }
+        if p.in_flight() {
+            if !msgs.is_empty() {
+                p.held.push_back((p.submitted, msgs));
+            }
+        } else {
+            // Nothing of this Ready or before it awaits the disk.
+            self.send(msgs);
+            self.raw.on_persist_ready(number);
+        }
+        Ok(())
+    }
+
+    /// The writer made every Ready up to `done` durable.
+    pub(super) fn on_persisted(&mut self, done: Result<u64>) -> Result<()> {
+        let number = done?;
+        let p = &mut self.persist;
+        p.persisted = number;
+        let mut ready: Vec<Message> = Vec::new();
+        while p.held.front().is_some_and(|(n, _)| *n <= number) {
+            if let Some((_, msgs)) = p.held.pop_front() {
+                ready.extend(msgs);
+            }
+        }
+        self.raw.mut_store().overlay.persisted(number);
+        self.raw.on_persist_ready(number);
+        self.send(ready);
+        self.release_campaigns();
+        Ok(())
+    }
+
+    /// Waits until every Ready handed to the writer is durable.
+    pub(super) async fn drain_writes(&mut self) -> Result<()> {
+        while self.persist.in_flight() {
+            match self.persist.done_rx.recv().await {
+                Some(done) => self.on_persisted(done)?,
+                None => return Err(Error::Fatal("the storage writer stopped".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One durable write, on tokio's blocking pool when it blocks on I/O;
+/// bounded by `limit` (a hung disk stops the node instead of every caller).
+async fn write_batch(
+    store: &Arc<dyn LogStore>,
+    blocking: bool,
+    limit: Duration,
+    metrics: &Metrics,
+    batch: WriteBatch,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let n = batch.entries.len() as u64;
+    let result: std::result::Result<(), StorageError> = if blocking {
+        let store = store.clone();
+        let write = tokio::task::spawn_blocking(move || store.write(batch));
+        match tokio::time::timeout(limit, write).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(Error::Fatal(format!("storage write task failed: {e}"))),
+            Err(_) => {
+                return Err(Error::Fatal(format!(
+                    "a storage write did not complete within {limit:?}"
+                )))
+            }
+        }
+    } else {
+        store.write(batch)
+    };
+    if let Err(e) = result {
+        return Err(Error::Fatal(format!("storage write failed: {e}")));
+    }
+    Metrics::add(&metrics.storage_writes, 1);
+    Metrics::add(&metrics.persisted_entries, n);
+    Ok(())
+}
+
+/// The writer task: takes every job queued while the previous commit ran,
+/// merges them into one batch, writes it, and reports the number of the
+/// last Ready it made durable. Stops after the first failure (reported) or
+/// when the loop drops its sender.
+async fn write_behind(
+    store: Arc<dyn LogStore>,
+    blocking: bool,
+    limit: Duration,
+    metrics: Arc<Metrics>,
+    mut jobs: mpsc::UnboundedReceiver<(u64, WriteBatch)>,
+    done: mpsc::UnboundedSender<Result<u64>>,
+) {
+    while let Some((mut number, mut batch)) = jobs.recv().await {
+        while let Ok((n, later)) = jobs.try_recv() {
+            batch.merge(later);
+            number = n;
+        }
+        let result = write_batch(&store, blocking, limit, &metrics, batch).await;
+        let failed = result.is_err();
+        if done.send(result.map(|()| number)).is_err() || failed {
+            return;
+        }
+    }
+}

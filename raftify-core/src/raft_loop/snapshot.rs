@@ -1,0 +1,219 @@
+//! Snapshots: taken by threshold or on demand and saved in the background;
+//! a leader's snapshot installed in place of the log.
+
+use super::{RaftLoop, Reply};
+use crate::codec::SnapshotEnvelope;
+use crate::error::{Error, Result};
+use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
+use crate::status::Metrics;
+use crate::storage::StorageError;
+use raft::eraftpb::Snapshot;
+use slog::{debug, error, info};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// A saved snapshot: `(index, first index kept in the log, outcome)`.
+type Saved = (u64, u64, Result<()>);
+
+pub(super) struct Snapshots {
+    /// Index of the latest snapshot saved or installed.
+    pub(super) index: u64,
+    /// On-demand requests: answered by the first snapshot saved at or after
+    /// the index applied when they came.
+    pub(super) waiters: Vec<(u64, Reply<u64>)>,
+    /// The snapshot being saved in the background: (index, task).
+    job: Option<(u64, JoinHandle<()>)>,
+    done_tx: mpsc::UnboundedSender<Saved>,
+    pub(super) done_rx: mpsc::UnboundedReceiver<Saved>,
+}
+
+impl Snapshots {
+    pub(super) fn new(index: u64) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Snapshots {
+            index,
+            waiters: Vec::new(),
+            job: None,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    /// Lets the save in progress finish (the store outlives the loop).
+    pub(super) async fn finish(&mut self, limit: Duration) {
+        if let Some((_, task)) = self.job.take() {
+            let _ = tokio::time::timeout(limit, task).await;
+        }
+    }
+
+    pub(super) fn fail_all(&mut self, err: &dyn Fn() -> Error) {
+        for (_, w) in std::mem::take(&mut self.waiters) {
+            let _ = w.send(Err(err()));
+        }
+    }
+
+    /// Answers the on-demand requests that a snapshot at `index` covers.
+    fn answer(&mut self, index: u64) {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(wanted, _)| *wanted <= index);
+        for (_, w) in ready {
+            let _ = w.send(Ok(index));
+        }
+        self.waiters = waiting;
+    }
+}
+
+impl<E, SM> RaftLoop<E, SM>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    pub(super) async fn install_snapshot(&mut self, snap: Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        let env = SnapshotEnvelope::decode(&snap.data).map_err(|e| {
+            Error::Fatal(format!(
+                "snapshot at index {} from the leader is unreadable: {e}",
+                meta.index
+            ))
+        })?;
+        if let Some(user) = env.user {
+            let mut sm = self.sm.write().await;
+            sm.restore(user)
+                .await
+                .map_err(|e| Error::Fatal(format!("state machine restore failed: {e}")))?;
+        }
+        for (id, addr) in &env.meta.peers {
+            if *id != self.config.id {
+                self.transport.set_peer(*id, addr);
+            }
+        }
+        for id in self.meta.peers.keys() {
+            if !env.meta.peers.contains_key(id) {
+                self.transport.remove_peer(*id);
+            }
+        }
+        self.meta = env.meta;
+        self.conf_state = meta.get_conf_state().clone();
+        self.applied = meta.index;
+        self.applied_term = meta.term;
+        self.snapshots.index = meta.index;
+        Metrics::add(&self.metrics.snapshots_installed, 1);
+        info!(self.logger, "installed snapshot"; "index" => meta.index, "term" => meta.term);
+        self.proposals.superseded_through(meta.index);
+        Ok(())
+    }
+
+    pub(super) async fn maybe_snapshot(&mut self) {
+        if self.snapshots.job.is_some() {
+            return;
+        }
+        let threshold = self.config.snapshot_threshold;
+        let wanted = self
+            .raw
+            .store()
+            .snapshot_wanted
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        let due = threshold > 0 && self.applied.saturating_sub(self.snapshots.index) >= threshold;
+        if wanted || due {
+            self.start_snapshot().await;
+        }
+    }
+
+    pub(super) async fn serve_snapshot_requests(&mut self) {
+        if self.snapshots.waiters.is_empty() || self.snapshots.job.is_some() {
+            return;
+        }
+        // Those already covered (nothing applied since the last snapshot).
+        let index = self.snapshots.index;
+        self.snapshots.answer(index);
+        if !self.snapshots.waiters.is_empty() {
+            self.start_snapshot().await;
+        }
+    }
+
+    /// Takes a snapshot of the state machine at the applied index (in the
+    /// loop: the state must not move meanwhile) and saves it — the slow part:
+    /// the whole state written and synced — in the background, where log
+    /// writes and everything else go on. One at a time.
+    async fn start_snapshot(&mut self) {
+        if self.snapshots.job.is_some() {
+            return;
+        }
+        if self.applied <= self.snapshots.index {
+            // Nothing new: answer whoever waits.
+            self.on_snapshot_saved(self.snapshots.index, 0, Ok(()));
+            return;
+        }
+        let index = self.applied;
+        let user = {
+            let sm = self.sm.read().await;
+            sm.snapshot().await
+        };
+        let user = match user {
+            Ok(u) => u,
+            Err(e) => {
+                let err = Error::StateMachine(format!("snapshot: {e}"));
+                self.on_snapshot_saved(index, 0, Err(err));
+                return;
+            }
+        };
+        let env = SnapshotEnvelope {
+            meta: self.meta.clone(),
+            user: Some(user),
+        };
+        let mut snap = Snapshot::default();
+        snap.data = env.encode().into();
+        let md = snap.mut_metadata();
+        md.index = index;
+        md.term = self.applied_term;
+        md.set_conf_state(self.conf_state.clone());
+        let keep_from = (index + 1).saturating_sub(self.config.snapshot_log_retention);
+        let store = self.store.clone();
+        let save = move || -> Result<()> {
+            store.save_snapshot(snap)?;
+            if keep_from > 1 {
+                store.compact(keep_from)?;
+            }
+            Ok(())
+        };
+        if !self.store.blocking_writes() {
+            // In memory: nothing to wait for (and the simulation's clock
+            // stays deterministic).
+            self.on_snapshot_saved(index, keep_from, save());
+            return;
+        }
+        let done = self.snapshots.done_tx.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _ = done.send((index, keep_from, save()));
+        });
+        self.snapshots.job = Some((index, task));
+    }
+
+    /// A snapshot at `index` was saved (or failed to be).
+    pub(super) fn on_snapshot_saved(&mut self, index: u64, keep_from: u64, result: Result<()>) {
+        self.snapshots.job = None;
+        match result {
+            Ok(()) => {
+                if index > self.snapshots.index {
+                    self.snapshots.index = index;
+                    Metrics::add(&self.metrics.snapshots_created, 1);
+                    info!(self.logger, "snapshot taken"; "index" => index, "compacted_before" => keep_from);
+                }
+                self.snapshots.answer(index);
+            }
+            Err(Error::Storage(StorageError::SnapshotOutOfDate)) => {
+                // A snapshot from the leader was installed meanwhile.
+                debug!(self.logger, "own snapshot superseded"; "index" => index);
+            }
+            Err(e) => {
+                // Not fatal: the log just grows until the next attempt.
+                error!(self.logger, "snapshot failed"; "index" => index, "err" => %e);
+                let msg = e.to_string();
+                self.snapshots
+                    .fail_all(&|| Error::StateMachine(msg.clone()));
+            }
+        }
+    }
+}
