@@ -39,6 +39,12 @@ pub enum KvCmd {
         /// New value.
         new: String,
     },
+    /// Adds 1 to the integer at `key` (absent: 0); outputs the new value.
+    /// Not idempotent: applied twice, it counts twice.
+    Incr {
+        /// Key.
+        key: String,
+    },
     /// Always fails in `apply` (to test error propagation).
     Fail,
 }
@@ -79,6 +85,14 @@ impl AbstractStateMachine<KvCmd> for KvStore {
                 } else {
                     b"mismatch".to_vec()
                 }
+            }
+            KvCmd::Incr { key } => {
+                let n = match self.map.get(&key) {
+                    Some(v) => v.parse::<u64>()? + 1,
+                    None => 1,
+                };
+                self.map.insert(key, n.to_string());
+                n.to_string().into_bytes()
             }
             KvCmd::Fail => return Err("the Fail command always fails".into()),
         })

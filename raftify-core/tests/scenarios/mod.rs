@@ -9,7 +9,8 @@ use raftify_core::testkit::{Cluster, KvCmd, WAIT};
 fn start(n: u64) -> impl std::future::Future<Output = raftify_core::Result<Cluster>> {
     Cluster::start_with(n, crate::factory(), |_| {})
 }
-use raftify_core::{Error, MemberRole, MembershipChange, Role};
+use raftify_core::retry::Idempotence;
+use raftify_core::{AbstractLogEntry, Error, ErrorClass, MemberRole, MembershipChange, Role};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,5 +709,51 @@ async fn removing_the_leader_hands_leadership_over_first() {
         .await
         .unwrap();
     assert!(!c.node(leader).handle().is_leader());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_is_lost_is_applied_once_and_reported_as_unknown() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
+    let incr = KvCmd::Incr { key: "n".into() };
+
+    // A follower forwards the increment; the leader applies it, but the
+    // answer is lost on the way back, as when a connection breaks after
+    // the request left.
+    c.net.lose_replies_from(leader);
+    let err = c.node(follower).propose(&incr).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::OutcomeUnknown, "{err}");
+
+    // The same through the cluster client, from outside the cluster.
+    let outside = c.net.transport(99);
+    let addrs = vec![c.net.addr_of(leader), c.net.addr_of(follower)];
+    let encoded = incr.encode().unwrap();
+    let err = raftify_core::call_cluster(
+        outside.as_ref(),
+        &addrs,
+        WAIT,
+        Idempotence::NotIdempotent,
+        |node| {
+            let e = encoded.clone();
+            async move { node.propose(e).await }
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::OutcomeUnknown, "{err}");
+    c.net.heal();
+
+    // Each was delivered once and applied once: never resent.
+    let value = c
+        .node(leader)
+        .linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("2"));
+    // The next increment counts from there.
+    assert_eq!(c.write(incr).await.unwrap(), b"3");
+    c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
     c.shutdown().await;
 }

@@ -1,0 +1,143 @@
+//! A write whose connection breaks after it was delivered: the client must
+//! report the outcome as unknown and must not send it again (it may have
+//! been applied, and an increment applied twice counts twice). Real gRPC,
+//! a real TCP proxy that swallows the answer and then cuts the connection.
+
+mod common;
+
+use common::*;
+use raftify_core::testkit::KvCmd;
+use raftify_core::{AbstractLogEntry, ErrorClass};
+use raftify_grpc::{GrpcConfig, RaftClient};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// A TCP proxy to `target`. Once `swallow` is set, nothing the server sends
+/// reaches the client; `cut` closes every proxied connection.
+struct Proxy {
+    addr: String,
+    swallow: Arc<AtomicBool>,
+    cut: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let swallow = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(Notify::new());
+        let (s, c) = (swallow.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                tokio::spawn(pump(client, server, s.clone(), c.clone()));
+            }
+        });
+        Proxy {
+            addr,
+            swallow,
+            cut,
+            task,
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(client: TcpStream, server: TcpStream, swallow: Arc<AtomicBool>, cut: Arc<Notify>) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if swallow.load(Ordering::SeqCst) => {}
+                Ok(n) => {
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    // Dropping both halves closes the connection on both sides.
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = cut.notified() => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_whose_connection_breaks_after_delivery_is_not_sent_again() {
+    let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let proxy = Proxy::start(c.addr(leader)).await;
+    let config = GrpcConfig {
+        request_timeout: Duration::from_secs(10),
+        ..GrpcConfig::default()
+    };
+    // The client knows the cluster only through the proxy (the retry loop
+    // would go there again).
+    let client = RaftClient::new([proxy.addr.clone()], config).unwrap();
+    let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
+    // A first write through the proxy opens the connection.
+    assert_eq!(client.propose(incr.clone()).await.unwrap(), b"1");
+
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let pending = {
+        let incr = incr.clone();
+        tokio::spawn(async move { client.propose(incr).await })
+    };
+    // The leader applies the second increment; its answer never arrives.
+    let node = c.node(leader).clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node
+        .stale_read(|s| s.map.get("n").cloned())
+        .await
+        .as_deref()
+        != Some("2")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.swallow.store(false, Ordering::SeqCst);
+    proxy.cut.notify_waiters();
+
+    let err = pending.await.unwrap().unwrap_err();
+    assert_eq!(err.class(), ErrorClass::OutcomeUnknown, "{err}");
+    // Not sent again: still applied once. A read through the leader is
+    // linearizable, so a resend that was in flight would show.
+    let value = node
+        .linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("2"));
+    drop(proxy);
+    c.shutdown().await;
+}
