@@ -10,12 +10,9 @@ use crate::errors::{internal, raftify_msg, to_pyerr};
 use crate::sm::{input_bytes, output_bytes, PyStateMachine};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
-use raftify_core::{
-    Bootstrap, Error, JoinTicket as CoreTicket, LogStore, MemStore, Member, MemberRole, Raft,
-    Status,
-};
-use raftify_grpc::{state_machine_reader, GrpcConfig, GrpcTransport, RaftGrpcServer, ServerHandle};
-use raftify_storage::{LmdbOptions, LmdbStore};
+use raftify::{launch, LaunchError, NodeSpec, ReadFn, Start, Storage};
+use raftify_core::{Error, JoinTicket as CoreTicket, Member, MemberRole, Raft, Status};
+use raftify_grpc::{GrpcConfig, GrpcTransport, ServerHandle};
 use slog::Logger;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -178,17 +175,6 @@ fn make_logger(level: Option<slog::Level>) -> Logger {
     }
 }
 
-fn port_of(addr: &str) -> Option<u16> {
-    addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
-}
-
-fn with_port(addr: &str, port: u16) -> String {
-    match addr.rsplit_once(':') {
-        Some((host, _)) => format!("{host}:{port}"),
-        None => format!("{addr}:{port}"),
-    }
-}
-
 /// Everything `start` decided while holding the GIL.
 struct StartPlan {
     config: Config,
@@ -201,6 +187,23 @@ struct StartPlan {
     as_learner: bool,
 }
 
+impl From<LaunchError> for Fail {
+    fn from(e: LaunchError) -> Self {
+        match e {
+            LaunchError::Config(m) => config_fail(m),
+            LaunchError::MissingId => {
+                config_fail("node_id is required (0 is only allowed with join=, which assigns one)")
+            }
+            LaunchError::MissingAddr => config_fail("raft_addr is required"),
+            e @ LaunchError::Bind { .. } => Fail::Class("TransportError", e.to_string()),
+            e @ LaunchError::Storage { .. } => Fail::Class("StorageError", e.to_string()),
+            LaunchError::Node(e) => Fail::Core(e),
+        }
+    }
+}
+
+/// Starts the node through raftify's launcher (the one every front-end
+/// uses), as `start()`'s arguments and the config describe.
 async fn start_node(plan: StartPlan) -> Result<(NodeRaft, ServerHandle, u64, String), Fail> {
     let StartPlan {
         config,
@@ -212,180 +215,48 @@ async fn start_node(plan: StartPlan) -> Result<(NodeRaft, ServerHandle, u64, Str
         join,
         as_learner,
     } = plan;
-
-    // 1. Storage: does it hold a node already?
-    let store: Arc<dyn LogStore> = match config.storage.as_str() {
-        "memory" => Arc::new(MemStore::new()),
-        _ => {
-            let dir = config.data_dir.clone().unwrap_or_default();
-            let opts = LmdbOptions::new().no_sync(config.no_sync);
-            let store = LmdbStore::open(&dir, opts).map_err(|e| {
-                Fail::Class("StorageError", format!("cannot open data_dir {dir}: {e}"))
-            })?;
-            Arc::new(store)
-        }
+    let mut spec = NodeSpec::new();
+    spec.id = (config.node_id != 0).then_some(config.node_id);
+    spec.raft_addr = Some(config.raft_addr.trim().to_string()).filter(|a| !a.is_empty());
+    spec.listen_addr = config.listen_addr.clone().filter(|l| !l.trim().is_empty());
+    spec.storage = match config.storage.as_str() {
+        "memory" => Storage::Memory,
+        _ => Storage::Dir(config.data_dir.clone().unwrap_or_default().into()),
     };
-    let resumed = store.last_index()? > 0 || store.snapshot()?.get_metadata().index > 0;
-    let stored_id = store.identity()?.map(|i| i.node_id);
-
-    // 2. Which id.
-    let mut id = config.node_id;
-    if resumed {
-        if id == 0 {
-            id = stored_id.ok_or_else(|| config_fail("node_id is required"))?;
-        }
-    } else if join.is_none() && id == 0 {
-        return Err(config_fail(
-            "node_id is required (0 is only allowed with join=, which assigns one)",
-        ));
-    }
-
-    // 3. Which address: a restarted node may take its address from the log;
-    // a static member from `peers`; port 0 picks a free port.
-    let mut addr = config.raft_addr.trim().to_string();
-    let unset = addr.is_empty() || port_of(&addr) == Some(0);
-    if resumed && unset {
-        if let Some(logged) = raftify_core::storage::recorded_addr(store.as_ref(), id) {
-            addr = logged;
-        }
-    }
-    if !resumed && join.is_none() {
-        if let Some(own) = config.peers.get(&id) {
-            if addr.is_empty() || port_of(&addr) == Some(0) {
-                addr = own.clone();
-            } else if *own != addr {
-                return Err(config_fail(format!(
-                    "raft_addr {addr} differs from this node's entry in peers ({own})"
-                )));
-            }
-        }
-    }
-    if addr.is_empty() {
-        return Err(config_fail("raft_addr is required"));
-    }
-    let listen = config
-        .listen_addr
-        .clone()
-        .filter(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| addr.clone());
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .map_err(|e| Fail::Class("TransportError", format!("cannot bind {listen}: {e}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| Fail::Class("TransportError", format!("listener address: {e}")))?;
-    if port_of(&addr) == Some(0) {
-        addr = with_port(&addr, bound.port());
-    }
-    raftify_core::membership::validate_addr(&addr).map_err(|e| config_fail(e.to_string()))?;
-
-    let transport = Arc::new(
-        GrpcTransport::with_logger(addr.clone(), grpc.clone(), logger.clone())
-            .map_err(|e| config_fail(e.to_string()))?,
-    );
-
-    // 4. How the membership starts.
-    let mut ticket = None;
-    let boot = if resumed {
-        Bootstrap::None
-    } else if let Some(join_addrs) = &join {
-        let timeout = Duration::try_from_secs_f64(config.conf_change_timeout)
-            .unwrap_or(Duration::from_secs(20));
-        let t = raftify_core::request_join_ticket(transport.as_ref(), join_addrs, &addr, timeout)
-            .await?;
-        if t.cluster_id != config.cluster_id {
-            return Err(Fail::Class(
-                "InvalidArgumentError",
-                format!(
-                    "{join_addrs:?} belongs to cluster {:?}, not {:?}",
-                    t.cluster_id, config.cluster_id
-                ),
-            ));
-        }
-        if config.node_id != 0 && config.node_id != t.reserved_id {
-            return Err(config_fail(format!(
-                "node_id {} given, but the cluster reserved id {} for this node; use node_id=0 to join",
-                config.node_id, t.reserved_id
-            )));
-        }
-        id = t.reserved_id;
-        ticket = Some(t);
-        Bootstrap::None
-    } else {
-        match bootstrap.as_str() {
-            "auto" if !config.peers.is_empty() => Bootstrap::Members(config.peers.clone()),
-            "auto" | "single" => Bootstrap::Single { addr: addr.clone() },
+    spec.no_sync = config.no_sync;
+    spec.start = match join {
+        Some(via) => Start::Join { via, as_learner },
+        None => match bootstrap.as_str() {
+            "auto" => Start::Auto(config.peers.clone()),
+            "single" => Start::Single,
             "members" if config.peers.is_empty() => {
                 return Err(config_fail("bootstrap=\"members\" needs peers"))
             }
-            "members" => Bootstrap::Members(config.peers.clone()),
-            "none" => Bootstrap::None,
+            "members" => Start::Members(config.peers.clone()),
+            "none" => Start::Wait,
             other => {
                 return Err(Fail::Class(
                     "InvalidArgumentError",
                     format!("bootstrap must be auto, single, members or none, got {other:?}"),
                 ))
             }
-        }
+        },
     };
-
-    // 5. The node and its server.
-    let core = config.core_config(id).map_err(config_fail)?;
-    let raft = Raft::builder(core, sm)
-        .storage(store)
-        .transport(transport)
-        .bootstrap(boot)
-        .logger(logger.clone())
-        .start()
-        .await?;
-    let mut server = RaftGrpcServer::new(raft.handle().clone(), grpc).logger(logger);
-    if has_read {
-        server = server.reader(state_machine_reader(
-            &raft,
-            |sm: &PyStateMachine, query: &[u8]| {
-                Python::attach(|py| {
-                    let q = PyBytes::new(py, query).into_any();
-                    sm.read_py(py, &q)
-                        .and_then(|out| output_bytes(out.bind(py), "read"))
-                        .map_err(|e| crate::errors::describe(py, &e).into())
-                })
-            },
-        ));
-    }
-    let server = match server.spawn(listener) {
-        Ok(s) => s,
-        Err(e) => {
-            raft.handle().shutdown().await;
-            return Err(e.into());
-        }
-    };
-
-    // 6. Joining: ask the leader to add this node.
-    if let Some(t) = &ticket {
-        if let Err(e) = raft.handle().join_cluster(t, &addr, as_learner).await {
-            server.shutdown().await;
-            raft.handle().shutdown().await;
-            return Err(e.into());
-        }
-        // Until this node applies the change that added it, it knows the
-        // leader's id but not its address, and could not forward proposals:
-        // wait (bounded) for its log to reach that change.
-        let deadline = tokio::time::Instant::now()
-            + Duration::try_from_secs_f64(config.conf_change_timeout)
-                .unwrap_or(Duration::from_secs(20));
-        while tokio::time::Instant::now() < deadline {
-            match raft.handle().status().await {
-                Ok(s) if s.members.iter().any(|m| m.id == id) => break,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(config.tick_ms)).await,
-                Err(e) => {
-                    server.shutdown().await;
-                    raft.handle().shutdown().await;
-                    return Err(e.into());
-                }
-            }
-        }
-    }
-    Ok((raft, server, id, addr))
+    spec.config = config.core_config(1).map_err(config_fail)?;
+    spec.grpc = grpc;
+    spec.logger = logger;
+    let reader: Option<ReadFn<PyStateMachine>> = has_read.then(|| {
+        Arc::new(|sm: &PyStateMachine, query: &[u8]| {
+            Python::attach(|py| {
+                let q = PyBytes::new(py, query).into_any();
+                sm.read_py(py, &q)
+                    .and_then(|out| output_bytes(out.bind(py), "read"))
+                    .map_err(|e| crate::errors::describe(py, &e).into())
+            })
+        }) as ReadFn<PyStateMachine>
+    });
+    let node = launch(spec, sm, reader).await?;
+    Ok((node.raft, node.server, node.id, node.raft_addr))
 }
 
 /// A raftify node: a Python state machine replicated with Raft over gRPC.

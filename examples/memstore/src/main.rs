@@ -8,16 +8,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use memstore::http::{router, AppState, Latencies};
 use memstore::store::HashStore;
-use raftify_core::{request_join_ticket, Bootstrap, Config, JoinTicket, LogStore, Raft};
-use raftify_grpc::{state_machine_reader, GrpcConfig, GrpcTransport, RaftGrpcServer, TlsConfig};
-use raftify_storage::{restore_wal_from, restore_wal_snapshot_from, LmdbOptions, LmdbStore};
+use raftify::{launch, parse_members, NodeSpec, ReadFn, Restore, Start, Storage};
+use raftify_core::Config;
+use raftify_grpc::{GrpcConfig, TlsConfig};
 use slog::{info, o, warn};
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The raft address of a node given none.
+const DEFAULT_RAFT_ADDR: &str = "127.0.0.1:60061";
 
 /// One node of a highly available key-value cache replicated with raftify.
 ///
@@ -91,31 +92,6 @@ struct Args {
     max_value_size: usize,
 }
 
-fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>> {
-    let mut peers = BTreeMap::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--peers entry {part:?} is not ID=HOST:PORT"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("--peers entry {part:?}: {id:?} is not a node id"))?;
-        if id == 0 {
-            bail!("--peers entry {part:?}: node id 0 is reserved");
-        }
-        raftify_core::membership::validate_addr(addr.trim())
-            .map_err(|e| anyhow!("--peers entry {part:?}: {e}"))?;
-        if peers.insert(id, addr.trim().to_string()).is_some() {
-            bail!("--peers lists node {id} twice");
-        }
-    }
-    if peers.is_empty() {
-        bail!("--peers is empty");
-    }
-    Ok(peers)
-}
-
 fn read_pem(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
@@ -141,171 +117,55 @@ fn grpc_config(args: &Args) -> Result<GrpcConfig> {
     Ok(cfg)
 }
 
-fn default_dir(id: u64) -> PathBuf {
-    PathBuf::from("data").join(format!("node-{id}"))
-}
-
-fn holds_store(dir: &Path) -> bool {
-    dir.join("data.mdb").is_file()
-}
-
-async fn resolve(addr: &str) -> Result<SocketAddr> {
-    tokio::net::lookup_host(addr)
-        .await
-        .with_context(|| format!("cannot resolve {addr}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{addr} resolves to no address"))
-}
-
-/// How this start goes: resume, bootstrap, or join.
-struct Plan {
-    id: u64,
-    raft_addr: String,
-    data_dir: PathBuf,
-    bootstrap: Bootstrap,
-    ticket: Option<JoinTicket>,
-}
-
-async fn plan(args: &Args, grpc: &GrpcConfig, logger: &slog::Logger) -> Result<Plan> {
+/// The launcher's spec for these flags.
+fn node_spec(args: &Args, grpc: GrpcConfig, logger: &slog::Logger) -> Result<NodeSpec> {
     if args.join.is_some() && args.peers.is_some() {
         bail!("--join and --peers exclude each other: --peers bootstraps a new cluster");
     }
     if args.restore_wal_from.is_some() && args.restore_snapshot_from.is_some() {
         bail!("--restore-wal-from and --restore-snapshot-from exclude each other");
     }
-    let peers = args.peers.as_deref().map(parse_peers).transpose()?;
-    let existing_dir = args
-        .data_dir
-        .clone()
-        .or_else(|| args.id.map(default_dir))
-        .filter(|d| holds_store(d));
-
-    // A node with data resumes from it, whatever else is asked.
-    if let Some(dir) = existing_dir {
-        if args.restore_wal_from.is_some() || args.restore_snapshot_from.is_some() {
-            bail!(
-                "{} already holds data; restore into a new or empty directory",
-                dir.display()
-            );
-        }
-        let identity = LmdbStore::open_read_only(&dir, LmdbOptions::default())
-            .ok()
-            .and_then(|s| s.identity().ok().flatten());
-        let id = match (args.id, identity) {
-            (Some(a), Some(i)) if a != i.node_id => bail!(
-                "{} holds node {}'s data, not node {a}'s",
-                dir.display(),
-                i.node_id
-            ),
-            (Some(a), _) => a,
-            (None, Some(i)) => i.node_id,
-            (None, None) => 1,
-        };
-        // Empty when unknown: taken from the replicated address book below.
-        let raft_addr = args
-            .raft_addr
-            .clone()
-            .or_else(|| peers.as_ref().and_then(|p| p.get(&id).cloned()))
-            .unwrap_or_default();
-        return Ok(Plan {
-            id,
-            raft_addr,
-            data_dir: dir,
-            bootstrap: Bootstrap::None,
-            ticket: None,
-        });
+    if args.join.is_some() && args.raft_addr.is_none() {
+        bail!("--join needs --raft-addr: the address the cluster will reach this node at");
     }
-
-    if let Some(join) = &args.join {
-        let raft_addr = args.raft_addr.clone().ok_or_else(|| {
-            anyhow!("--join needs --raft-addr: the address the cluster will reach this node at")
-        })?;
-        let transport =
-            GrpcTransport::new(raft_addr.clone(), grpc.clone()).map_err(|e| anyhow!("{e}"))?;
-        info!(logger, "asking the cluster for a node id"; "via" => join);
-        let ticket = request_join_ticket(
-            &transport,
-            std::slice::from_ref(join),
-            &raft_addr,
-            Duration::from_secs(30),
-        )
-        .await
-        .with_context(|| format!("cannot get a join ticket from {join}"))?;
-        if let Some(id) = args.id {
-            if id != ticket.reserved_id {
-                bail!("--id {id} given, but the cluster reserved id {} for this node; omit --id when joining", ticket.reserved_id);
-            }
-        }
-        if ticket.cluster_id != args.cluster_id {
-            bail!(
-                "{join} belongs to cluster {:?}, not {:?}",
-                ticket.cluster_id,
-                args.cluster_id
-            );
-        }
-        let id = ticket.reserved_id;
-        return Ok(Plan {
-            id,
-            raft_addr,
-            data_dir: args.data_dir.clone().unwrap_or_else(|| default_dir(id)),
-            bootstrap: Bootstrap::None,
-            ticket: Some(ticket),
-        });
-    }
-
-    let id = args.id.unwrap_or(1);
-    let (raft_addr, bootstrap) = match peers {
-        Some(peers) => {
-            let own = peers
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| anyhow!("--peers does not list this node's id {id}"))?;
-            if let Some(a) = &args.raft_addr {
-                if *a != own {
-                    bail!("--raft-addr {a} differs from this node's --peers entry {own}");
-                }
-            }
-            (own, Bootstrap::Members(peers))
-        }
-        None => {
-            let addr = args
-                .raft_addr
-                .clone()
-                .unwrap_or_else(|| "127.0.0.1:60061".into());
-            (addr.clone(), Bootstrap::Single { addr })
-        }
+    let peers = args
+        .peers
+        .as_deref()
+        .map(parse_members)
+        .transpose()
+        .map_err(|e| anyhow!("--peers: {e}"))?;
+    let mut config = Config::new(1);
+    config.cluster_id = args.cluster_id.clone();
+    config.tick_interval = Duration::from_millis(args.tick_ms.max(1));
+    config.snapshot_threshold = args.snapshot_threshold;
+    let mut spec = NodeSpec::new();
+    spec.id = args.id;
+    spec.default_id = Some(1);
+    spec.raft_addr = args.raft_addr.clone();
+    spec.fallback_raft_addr = Some(DEFAULT_RAFT_ADDR.into());
+    spec.listen_addr = args.raft_listen.clone();
+    spec.storage = match &args.data_dir {
+        Some(dir) => Storage::Dir(dir.clone()),
+        None => Storage::PerNode(PathBuf::from("data")),
     };
-    Ok(Plan {
-        id,
-        raft_addr,
-        data_dir: args.data_dir.clone().unwrap_or_else(|| default_dir(id)),
-        bootstrap,
-        ticket: None,
-    })
-}
-
-fn open_store(args: &Args, dir: &Path) -> Result<LmdbStore> {
-    let opts = LmdbOptions::new().no_sync(args.no_sync);
-    if let Some(src) = &args.restore_wal_from {
-        return restore_wal_from(src, dir, opts).with_context(|| {
-            format!(
-                "cannot restore {} from the WAL in {}",
-                dir.display(),
-                src.display()
-            )
-        });
-    }
-    if let Some(src) = &args.restore_snapshot_from {
-        return restore_wal_snapshot_from(src, dir, opts).with_context(|| {
-            format!(
-                "cannot restore {} from the snapshot {}",
-                dir.display(),
-                src.display()
-            )
-        });
-    }
-    LmdbStore::open(dir, opts)
-        .with_context(|| format!("cannot open the data dir {}", dir.display()))
+    spec.no_sync = args.no_sync;
+    spec.start = match (&args.join, peers) {
+        (Some(join), _) => Start::Join {
+            via: vec![join.clone()],
+            as_learner: args.join_as_learner,
+        },
+        (None, Some(peers)) => Start::Members(peers),
+        (None, None) => Start::Single,
+    };
+    spec.restore = match (&args.restore_wal_from, &args.restore_snapshot_from) {
+        (Some(src), _) => Some(Restore::WalFrom(src.clone())),
+        (_, Some(src)) => Some(Restore::SnapshotFrom(src.clone())),
+        _ => None,
+    };
+    spec.config = config;
+    spec.grpc = grpc;
+    spec.logger = logger.clone();
+    Ok(spec)
 }
 
 async fn shutdown_signal() {
@@ -332,61 +192,24 @@ async fn shutdown_signal() {
 async fn run(args: Args) -> Result<()> {
     let logger = raftify_core::default_logger().new(o!("app" => "memstore"));
     let grpc = grpc_config(&args)?;
-    let plan = plan(&args, &grpc, &logger).await?;
-    let store = open_store(&args, &plan.data_dir)?;
-
-    let mut config = Config::new(plan.id);
-    config.cluster_id = args.cluster_id.clone();
-    config.tick_interval = Duration::from_millis(args.tick_ms.max(1));
-    config.snapshot_threshold = args.snapshot_threshold;
-    config.validate()?;
-
-    let mut raft_addr = plan.raft_addr.clone();
-    if raft_addr.is_empty() {
-        raft_addr = raftify_core::storage::recorded_addr(&store, plan.id)
-            .unwrap_or_else(|| "127.0.0.1:60061".into());
-    }
-    let transport = Arc::new(
-        GrpcTransport::with_logger(raft_addr.clone(), grpc.clone(), logger.clone())
-            .map_err(|e| anyhow!("{e}"))?,
-    );
-    let raft = Raft::builder(config, HashStore::default())
-        .storage(Arc::new(store))
-        .transport(transport)
-        .bootstrap(plan.bootstrap.clone())
-        .logger(logger.clone())
-        .start()
+    let spec = node_spec(&args, grpc, &logger)?;
+    // Both ports are taken before anything is written.
+    let web = tokio::net::TcpListener::bind(&args.web_server)
         .await
-        .context("cannot start the raft node")?;
-
-    let listen = resolve(args.raft_listen.as_deref().unwrap_or(&raft_addr)).await?;
-    let reader = state_machine_reader(&raft, |sm: &HashStore, key: &[u8]| {
+        .with_context(|| format!("cannot bind the HTTP API to {}", args.web_server))?;
+    let reader: ReadFn<HashStore> = Arc::new(|sm: &HashStore, key: &[u8]| {
         let key = std::str::from_utf8(key)?;
         Ok(match sm.get(key) {
             Some(v) => [&[1u8][..], v].concat(),
             None => vec![0],
         })
     });
-    let grpc_server = RaftGrpcServer::new(raft.handle().clone(), grpc.clone())
-        .logger(logger.clone())
-        .reader(reader)
-        .bind(listen)
+    let node = launch(spec, HashStore::default(), Some(reader))
         .await
-        .map_err(|e| anyhow!("cannot serve raft on {listen}: {e}"))?;
-
-    let web = tokio::net::TcpListener::bind(&args.web_server)
-        .await
-        .with_context(|| format!("cannot bind the HTTP API to {}", args.web_server))?;
-    info!(logger, "memstore node up"; "id" => plan.id, "raft" => %raft_addr, "http" => %args.web_server, "data_dir" => %plan.data_dir.display());
-
-    if let Some(ticket) = &plan.ticket {
-        let members = raft
-            .handle()
-            .join_cluster(ticket, &raft_addr, args.join_as_learner)
-            .await
-            .context("the cluster refused to add this node")?;
-        info!(logger, "joined the cluster"; "members" => ?members.iter().map(|m| m.id).collect::<Vec<_>>());
-    }
+        .context("cannot start the node")?;
+    let raft = node.raft.clone();
+    info!(logger, "memstore node up"; "id" => node.id, "raft" => %node.raft_addr, "http" => %args.web_server,
+        "data_dir" => %node.data_dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default());
 
     let state = AppState {
         raft: raft.clone(),
@@ -430,8 +253,7 @@ async fn run(args: Args) -> Result<()> {
     if let Err(e) = http.await {
         warn!(logger, "HTTP server error"; "err" => %e);
     }
-    raft.handle().shutdown().await;
-    grpc_server.shutdown().await;
+    node.shutdown().await;
     let reason = fatal.lock().ok().and_then(|f| f.clone());
     if let Some(reason) = reason {
         bail!("{reason}");
