@@ -1,10 +1,12 @@
-//! [`RaftClient`]: the application's way into a raftify cluster.
+//! [`RaftClient`]: the application's way into a raftify cluster, through
+//! the nodes' client service.
 
 use crate::config::GrpcConfig;
-use crate::net::{request, rpc_error, ChannelPool, GrpcNode};
+use crate::convert::{change_to_pb, members_from_pb, ticket_from_pb};
+use crate::net::{request, rpc, ApiClient, ChannelPool, Credential};
 use crate::pb;
 use raftify_core::retry::{seek_leader, Idempotence};
-use raftify_core::{ClusterApi, Error, JoinTicket, Member, MembershipChange, Result, Status};
+use raftify_core::{Error, JoinTicket, Member, MembershipChange, Result, Status};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -18,7 +20,8 @@ pub struct LeaderInfo {
     pub addr: Option<String>,
 }
 
-/// A client of a raftify cluster over gRPC.
+/// A client of a raftify cluster over gRPC, authenticated with the client
+/// token ([`GrpcConfig::auth_token`]).
 ///
 /// * Connections are pooled by address (one HTTP/2 connection each).
 /// * Requests go to the last known leader; a node that is not the leader
@@ -52,7 +55,7 @@ impl RaftClient {
         }
         Ok(RaftClient {
             addrs,
-            pool: ChannelPool::new(config)?,
+            pool: ChannelPool::new(config, Credential::Client)?,
             leader: Mutex::new(None),
         })
     }
@@ -72,33 +75,19 @@ impl RaftClient {
         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
     }
 
-    /// The cluster API of the node at `addr` as a client sees it: a node
-    /// that does not lead forwards writes to the leader itself.
-    fn node(&self, addr: &str) -> Result<GrpcNode> {
-        Ok(GrpcNode {
-            client: self.pool.client(addr)?,
-            timeout: self.timeout(),
-            forwarded: false,
-        })
-    }
-
-    /// Runs `op` against the last known leader (or any node), following
-    /// hints and retrying what its error class allows until the deadline.
+    /// Runs `op` on the client service of the last known leader (or any
+    /// node), following hints and retrying what its error class allows
+    /// until the deadline.
     async fn retry<T, F, Fut>(&self, idempotence: Idempotence, mut op: F) -> Result<T>
     where
-        F: FnMut(GrpcNode) -> Fut,
+        F: FnMut(ApiClient) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let result = seek_leader(
-            &self.addrs,
-            self.hint(),
-            &self.pool.config().retry_policy(),
-            idempotence,
-            |addr| {
-                let call = self.node(&addr).map(&mut op);
-                async move { call?.await }
-            },
-        )
+        let policy = self.pool.config().retry_policy();
+        let result = seek_leader(&self.addrs, self.hint(), &policy, idempotence, |addr| {
+            let call = self.pool.api(&addr).map(&mut op);
+            async move { call?.await }
+        })
         .await;
         match result {
             Ok((v, addr)) => {
@@ -112,80 +101,64 @@ impl RaftClient {
         }
     }
 
+    /// One RPC on the node at `addr`, not retried.
+    async fn at<T, F, Fut>(&self, addr: &str, op: F) -> Result<T>
+    where
+        F: FnOnce(ApiClient) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        op(self.pool.api(addr)?).await
+    }
+
     /// Proposes an encoded entry (through the leader) and returns the state
     /// machine's output. Not sent again once its outcome is unknown.
     pub async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
-        let data = &data;
-        self.retry(Idempotence::NotIdempotent, |n| async move {
-            n.propose(data.clone()).await
+        let (data, t) = (&data, self.timeout());
+        self.retry(Idempotence::NotIdempotent, |mut c| async move {
+            let msg = pb::ProposeRequest { data: data.clone() };
+            Ok(rpc(t, c.propose(request(msg, t))).await?.output)
         })
         .await
     }
 
     /// A linearizable read index confirmed by the leader.
     pub async fn read_index(&self) -> Result<u64> {
-        self.retry(
-            Idempotence::Idempotent,
-            |n| async move { n.read_index().await },
-        )
+        let t = self.timeout();
+        self.retry(Idempotence::Idempotent, |mut c| async move {
+            Ok(rpc(t, c.read_index(request(pb::Empty {}, t))).await?.index)
+        })
         .await
+    }
+
+    async fn read_on(
+        mut c: ApiClient,
+        query: Vec<u8>,
+        stale: bool,
+        t: Duration,
+    ) -> Result<Vec<u8>> {
+        let msg = pb::ReadRequest { query, stale };
+        Ok(rpc(t, c.read(request(msg, t))).await?.data)
     }
 
     /// A linearizable read on the node at `addr` (any member, followers
     /// included), answered by its server's [`ReadHandler`](crate::ReadHandler).
     pub async fn read_at(&self, addr: &str, query: Vec<u8>) -> Result<Vec<u8>> {
-        let timeout = self.timeout();
-        let mut client = self.pool.client(addr)?;
-        let r = client
-            .read(request(
-                pb::ReadRequest {
-                    query,
-                    stale: false,
-                },
-                timeout,
-                false,
-            ))
-            .await
-            .map_err(|s| rpc_error(s, timeout))?;
-        Ok(r.into_inner().data)
+        let t = self.timeout();
+        self.at(addr, |c| Self::read_on(c, query, false, t)).await
     }
 
     /// A local, possibly stale read on the node at `addr`: no read index is
     /// confirmed, so it answers even without a leader.
     pub async fn read_stale_at(&self, addr: &str, query: Vec<u8>) -> Result<Vec<u8>> {
-        let timeout = self.timeout();
-        let mut client = self.pool.client(addr)?;
-        let r = client
-            .read(request(
-                pb::ReadRequest { query, stale: true },
-                timeout,
-                false,
-            ))
-            .await
-            .map_err(|s| rpc_error(s, timeout))?;
-        Ok(r.into_inner().data)
+        let t = self.timeout();
+        self.at(addr, |c| Self::read_on(c, query, true, t)).await
     }
 
     /// A linearizable read on whichever node answers (the leader first).
     pub async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>> {
-        let timeout = self.timeout();
-        self.retry(Idempotence::Idempotent, |n| {
-            let query = query.clone();
-            let mut client = n.client;
-            async move {
-                let r = client
-                    .read(request(
-                        pb::ReadRequest {
-                            query,
-                            stale: false,
-                        },
-                        timeout,
-                        false,
-                    ))
-                    .await
-                    .map_err(|s| rpc_error(s, timeout))?;
-                Ok(r.into_inner().data)
-            }
+        let (query, t) = (&query, self.timeout());
+        self.retry(Idempotence::Idempotent, |c| {
+            Self::read_on(c, query.clone(), false, t)
         })
         .await
     }
@@ -193,27 +166,21 @@ impl RaftClient {
     /// The current members, as the leader (or the first node that answers)
     /// sees them.
     pub async fn members(&self) -> Result<Vec<Member>> {
-        self.retry(
-            Idempotence::Idempotent,
-            |n| async move { n.members().await },
-        )
+        let t = self.timeout();
+        self.retry(Idempotence::Idempotent, |mut c| async move {
+            let r = rpc(t, c.members(request(pb::Empty {}, t))).await?;
+            Ok(members_from_pb(&r).members)
+        })
         .await
-        .map(|m| m.members)
     }
 
     /// The leader, as the first node that answers knows it (None while an
     /// election is in progress).
     pub async fn leader(&self) -> Result<Option<LeaderInfo>> {
-        let timeout = self.timeout();
+        let t = self.timeout();
         let info = self
-            .retry(Idempotence::Idempotent, |n| async move {
-                let mut client = n.client;
-                let r = client
-                    .get_leader(request(pb::Empty {}, timeout, false))
-                    .await
-                    .map_err(|s| rpc_error(s, timeout))?
-                    .into_inner();
-                Ok(r)
+            .retry(Idempotence::Idempotent, |mut c| async move {
+                rpc(t, c.get_leader(request(pb::Empty {}, t))).await
             })
             .await?;
         if info.leader_id == 0 {
@@ -231,21 +198,22 @@ impl RaftClient {
 
     /// The full status of the node at `addr`.
     pub async fn status(&self, addr: &str) -> Result<Status> {
-        let timeout = self.timeout();
-        let mut client = self.pool.client(addr)?;
-        let r = client
-            .status(request(pb::Empty {}, timeout, false))
-            .await
-            .map_err(|s| rpc_error(s, timeout))?
-            .into_inner();
+        let t = self.timeout();
+        let r = self
+            .at(addr, |mut c| async move {
+                rpc(t, c.status(request(pb::Empty {}, t))).await
+            })
+            .await?;
         serde_json::from_str(&r.status_json)
             .map_err(|e| Error::Transport(format!("malformed status from {addr}: {e}")))
     }
 
     /// Transfers leadership to node `to` and waits until it leads.
     pub async fn transfer_leader(&self, to: u64) -> Result<()> {
-        self.retry(Idempotence::Idempotent, |n| async move {
-            n.transfer_leader(to).await
+        let t = self.timeout();
+        self.retry(Idempotence::Idempotent, |mut c| async move {
+            let msg = pb::TransferLeaderRequest { to };
+            rpc(t, c.transfer_leader(request(msg, t))).await.map(|_| ())
         })
         .await?;
         self.set_hint(None);
@@ -255,43 +223,49 @@ impl RaftClient {
     /// Applies membership changes atomically (joint consensus when several)
     /// and returns the members after them.
     pub async fn change_config(&self, changes: Vec<MembershipChange>) -> Result<Vec<Member>> {
-        let changes = &changes;
-        self.retry(Idempotence::NotIdempotent, |n| async move {
-            n.change_membership(changes.clone()).await
+        let (changes, t) = (&changes, self.timeout());
+        self.retry(Idempotence::NotIdempotent, |mut c| async move {
+            let msg = pb::ChangeConfigRequest {
+                changes: changes.iter().map(change_to_pb).collect(),
+            };
+            let r = rpc(t, c.change_config(request(msg, t))).await?;
+            Ok(members_from_pb(&r).members)
         })
         .await
-        .map(|m| m.members)
     }
 
     /// Reserves a node id for a node that will listen at `addr`.
     pub async fn request_id(&self, addr: &str) -> Result<JoinTicket> {
+        let t = self.timeout();
         // A reservation whose answer was lost only leaves an unused id.
-        self.retry(Idempotence::Idempotent, |n| async move {
-            n.request_id(addr.to_string()).await
+        self.retry(Idempotence::Idempotent, |mut c| async move {
+            let msg = pb::RequestIdRequest {
+                addr: addr.to_string(),
+            };
+            Ok(ticket_from_pb(rpc(t, c.request_id(request(msg, t))).await?))
         })
         .await
     }
 
     /// Takes a snapshot on the node at `addr`; returns its index.
     pub async fn snapshot(&self, addr: &str) -> Result<u64> {
-        let timeout = self.timeout();
-        let mut client = self.pool.client(addr)?;
-        let r = client
-            .create_snapshot(request(pb::Empty {}, timeout, false))
-            .await
-            .map_err(|s| rpc_error(s, timeout))?;
-        Ok(r.into_inner().index)
+        let t = self.timeout();
+        self.at(addr, |mut c| async move {
+            Ok(rpc(t, c.create_snapshot(request(pb::Empty {}, t)))
+                .await?
+                .index)
+        })
+        .await
     }
 
     /// Makes the node at `addr` leave its cluster (it hands leadership over
     /// first when it leads).
     pub async fn leave(&self, addr: &str) -> Result<()> {
-        let timeout = self.timeout();
-        let mut client = self.pool.client(addr)?;
-        client
-            .leave(request(pb::Empty {}, timeout, false))
-            .await
-            .map_err(|s| rpc_error(s, timeout))?;
+        let t = self.timeout();
+        self.at(addr, |mut c| async move {
+            rpc(t, c.leave(request(pb::Empty {}, t))).await.map(|_| ())
+        })
+        .await?;
         if self.hint().as_deref() == Some(addr) {
             self.set_hint(None);
         }

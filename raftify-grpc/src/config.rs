@@ -84,9 +84,16 @@ fn host_of(addr: &str) -> &str {
 pub struct GrpcConfig {
     /// TLS for every connection (None: plaintext HTTP/2).
     pub tls: Option<TlsConfig>,
-    /// Shared secret sent with every RPC (`authorization: Bearer <token>`)
-    /// and, on servers, required on every RPC. None disables the check.
+    /// The client token: sent by [`RaftClient`](crate::RaftClient) with
+    /// every RPC (`authorization: Bearer <token>`), and required by servers
+    /// on every call of the client service. None disables the check.
     pub auth_token: Option<String>,
+    /// The peer token: sent by the transport to other members, and required
+    /// by servers on every call of the peer service (raft messages,
+    /// snapshots, forwarded requests). A call that presents the client
+    /// token there is refused, and the peer token is refused on the client
+    /// service. None: peers use `auth_token` (one shared secret for both).
+    pub peer_token: Option<String>,
     /// Time allowed to establish a connection. Default 2 s.
     pub connect_timeout: Duration,
     /// Timeout of one batch of raft messages. Default 5 s.
@@ -123,6 +130,7 @@ impl Default for GrpcConfig {
         GrpcConfig {
             tls: None,
             auth_token: None,
+            peer_token: None,
             connect_timeout: Duration::from_secs(2),
             message_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
@@ -169,10 +177,20 @@ impl GrpcConfig {
         if self.backoff_max < self.backoff_base {
             return bad("backoff_max must be at least backoff_base");
         }
-        if let Some(token) = &self.auth_token {
-            if token.is_empty() || !token.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-                return bad("auth_token must be non-empty visible ASCII");
+        for (name, token) in [
+            ("auth_token", &self.auth_token),
+            ("peer_token", &self.peer_token),
+        ] {
+            if let Some(token) = token {
+                if token.is_empty() || !token.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                    return Err(Error::InvalidConfig(format!(
+                        "{name} must be non-empty visible ASCII"
+                    )));
+                }
             }
+        }
+        if self.peer_token.is_some() && self.peer_token == self.auth_token {
+            return bad("peer_token must differ from auth_token (or be left unset to share it)");
         }
         if let Some(tls) = &self.tls {
             if tls.cert_pem.is_some() != tls.key_pem.is_some() {
@@ -180,6 +198,11 @@ impl GrpcConfig {
             }
         }
         Ok(())
+    }
+
+    /// The token peers present to each other.
+    pub(crate) fn peer_credential(&self) -> Option<&str> {
+        self.peer_token.as_deref().or(self.auth_token.as_deref())
     }
 
     /// The scheme to dial with.

@@ -71,10 +71,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod client;
+mod client_service;
 mod config;
 mod convert;
 mod error;
 mod net;
+mod peer_service;
+mod read;
 mod server;
 mod transport;
 
@@ -94,5 +97,6 @@ pub mod pb {
 pub use client::{LeaderInfo, RaftClient};
 pub use config::{GrpcConfig, TlsConfig};
 pub use error::{error_to_status, status_to_error};
-pub use server::{state_machine_reader, RaftGrpcServer, ReadHandler, ServerHandle, SHUTDOWN_GRACE};
+pub use read::{state_machine_reader, ReadHandler};
+pub use server::{RaftGrpcServer, ServerHandle, SHUTDOWN_GRACE};
 pub use transport::GrpcTransport;

@@ -1,6 +1,7 @@
 //! Client-side plumbing shared by the transport and [`RaftClient`]: a pool
-//! of HTTP/2 channels by address, the auth interceptor, and [`GrpcNode`],
-//! the typed [`ClusterApi`] of a remote node (one RPC per call).
+//! of HTTP/2 channels by address with the credential each presents, and
+//! [`PeerNode`], a member's peer service as a typed [`ClusterApi`] (one RPC
+//! per call).
 //!
 //! [`RaftClient`]: crate::RaftClient
 
@@ -8,7 +9,8 @@ use crate::config::GrpcConfig;
 use crate::convert::{change_to_pb, members_from_pb, ticket_from_pb};
 use crate::error::status_to_error;
 use crate::pb;
-use crate::pb::raft_service_client::RaftServiceClient;
+use crate::pb::raft_client_client::RaftClientClient;
+use crate::pb::raft_peer_client::RaftPeerClient;
 use async_trait::async_trait;
 use raftify_core::{
     ClusterApi, Error, ErrorInfo, JoinTicket, Membership, MembershipChange, Outcome, Result,
@@ -22,11 +24,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
-
-/// Metadata key marking a request a node sends on behalf of another
-/// (forwarded or `call_cluster`): the receiver executes it locally and does
-/// not forward it again.
-pub(crate) const FORWARDED: &str = "x-raftify-forwarded";
 
 /// Adds `authorization: Bearer <token>` to every outgoing request.
 #[derive(Clone)]
@@ -43,24 +40,42 @@ impl Interceptor for AuthInterceptor {
     }
 }
 
-/// The generated client, authenticated.
-pub(crate) type Client = RaftServiceClient<InterceptedService<Channel, AuthInterceptor>>;
+/// An authenticated channel.
+type Authed = InterceptedService<Channel, AuthInterceptor>;
+/// The generated client of the peer service, with the peer credential.
+pub(crate) type PeerClient = RaftPeerClient<Authed>;
+/// The generated client of the client service, with the client credential.
+pub(crate) type ApiClient = RaftClientClient<Authed>;
 
 /// Long-lived channels by address; a channel multiplexes every RPC to its
-/// address over one HTTP/2 connection and reconnects on its own.
+/// address over one HTTP/2 connection and reconnects on its own. Every
+/// request carries the pool's credential.
 pub(crate) struct ChannelPool {
     config: GrpcConfig,
     auth: AuthInterceptor,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
+/// Which credential a pool presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Credential {
+    /// The peer token (a node's transport).
+    Peer,
+    /// The client token (applications, the CLI).
+    Client,
+}
+
 impl ChannelPool {
-    pub(crate) fn new(config: GrpcConfig) -> Result<Self> {
+    pub(crate) fn new(config: GrpcConfig, credential: Credential) -> Result<Self> {
         config.validate()?;
-        let token = match &config.auth_token {
+        let secret = match credential {
+            Credential::Peer => config.peer_credential(),
+            Credential::Client => config.auth_token.as_deref(),
+        };
+        let token = match secret {
             Some(t) => Some(
                 MetadataValue::try_from(format!("Bearer {t}"))
-                    .map_err(|_| Error::InvalidConfig("auth_token is not valid ASCII".into()))?,
+                    .map_err(|_| Error::InvalidConfig("a token is not valid ASCII".into()))?,
             ),
             None => None,
         };
@@ -99,11 +114,21 @@ impl ChannelPool {
         Ok(channel)
     }
 
-    /// A client for `addr` on the pooled channel (created lazily).
-    pub(crate) fn client(&self, addr: &str) -> Result<Client> {
+    /// A peer-service client for `addr` on the pooled channel.
+    pub(crate) fn peer(&self, addr: &str) -> Result<PeerClient> {
         let n = self.config.max_message_size;
         Ok(
-            RaftServiceClient::with_interceptor(self.channel(addr)?, self.auth.clone())
+            RaftPeerClient::with_interceptor(self.channel(addr)?, self.auth.clone())
+                .max_decoding_message_size(n)
+                .max_encoding_message_size(n),
+        )
+    }
+
+    /// A client-service client for `addr` on the pooled channel.
+    pub(crate) fn api(&self, addr: &str) -> Result<ApiClient> {
+        let n = self.config.max_message_size;
+        Ok(
+            RaftClientClient::with_interceptor(self.channel(addr)?, self.auth.clone())
                 .max_decoding_message_size(n)
                 .max_encoding_message_size(n),
         )
@@ -119,14 +144,10 @@ impl ChannelPool {
     }
 }
 
-/// A request with a deadline, optionally marked as forwarded.
-pub(crate) fn request<T>(msg: T, timeout: Duration, forwarded: bool) -> Request<T> {
+/// A request with a deadline.
+pub(crate) fn request<T>(msg: T, timeout: Duration) -> Request<T> {
     let mut req = Request::new(msg);
     req.set_timeout(timeout);
-    if forwarded {
-        req.metadata_mut()
-            .insert(FORWARDED, MetadataValue::from_static("1"));
-    }
     req
 }
 
@@ -175,36 +196,42 @@ pub(crate) fn outcome_to_pb(o: std::result::Result<Vec<u8>, ErrorInfo>) -> pb::P
     }
 }
 
-/// The cluster API of the node behind `client`, one RPC per call. With
-/// `forwarded`, requests are marked as a node's on behalf of another: the
-/// receiver runs them and does not forward them again.
-pub(crate) struct GrpcNode {
-    pub(crate) client: Client,
-    pub(crate) timeout: Duration,
-    pub(crate) forwarded: bool,
+/// Runs one RPC with a deadline: the gRPC deadline covers the server; this
+/// also bounds connecting.
+pub(crate) async fn rpc<T>(
+    timeout: Duration,
+    call: impl Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout + Duration::from_millis(500), call).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(status)) => Err(rpc_error(status, timeout)),
+        Err(_) => Err(Error::Timeout(timeout)),
+    }
 }
 
-impl GrpcNode {
+/// A member's peer service as a [`ClusterApi`]: what a node's transport
+/// gives for an address. Requests run on that member; it does not forward
+/// them again.
+pub(crate) struct PeerNode {
+    pub(crate) client: PeerClient,
+    pub(crate) timeout: Duration,
+}
+
+impl PeerNode {
     fn req<T>(&self, msg: T) -> Request<T> {
-        request(msg, self.timeout, self.forwarded)
+        request(msg, self.timeout)
     }
 
-    /// Runs one RPC; the gRPC deadline covers the server, this also bounds
-    /// connecting.
     async fn rpc<T>(
         &self,
         call: impl Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout + Duration::from_millis(500), call).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(status)) => Err(rpc_error(status, self.timeout)),
-            Err(_) => Err(Error::Timeout(self.timeout)),
-        }
+        rpc(self.timeout, call).await
     }
 }
 
 #[async_trait]
-impl ClusterApi for GrpcNode {
+impl ClusterApi for PeerNode {
     async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
         let mut c = self.client.clone();
         let r = self

@@ -1,19 +1,14 @@
-//! [`RaftGrpcServer`]: serves a node's [`RaftHandle`] over gRPC.
+//! [`RaftGrpcServer`]: serves a node over gRPC — the peer service and the
+//! client service on one port, each behind its own credential.
 
+use crate::client_service::ClientService;
 use crate::config::GrpcConfig;
-use crate::convert::{change_from_pb, decode_msg, members_to_pb, ticket_to_pb};
-use crate::error::error_to_status;
-use crate::net::{outcome_to_pb, FORWARDED};
-use crate::pb;
-use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
-use async_trait::async_trait;
-use raftify_core::membership::validate_addr;
-use raftify_core::raft::eraftpb::MessageType;
-use raftify_core::{
-    AbstractLogEntry, AbstractStateMachine, BoxError, Error, Inbound, Membership, RaftHandle,
-    Result,
-};
-use slog::{debug, info, o, warn, Logger};
+use crate::pb::raft_client_server::RaftClientServer;
+use crate::pb::raft_peer_server::RaftPeerServer;
+use crate::peer_service::PeerService;
+use crate::read::ReadHandler;
+use raftify_core::{Error, RaftHandle, Result};
+use slog::{o, warn, Logger};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,58 +21,29 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::Server;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status};
 
 /// How long [`ServerHandle::shutdown`] waits for in-flight RPCs before it
 /// drops the remaining connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Answers `Read` RPCs: runs an application query on the local state
-/// machine, after the server has confirmed a linearizable read index.
-#[async_trait]
-pub trait ReadHandler: Send + Sync + 'static {
-    /// Executes `query` on the local state machine.
-    async fn read(&self, query: &[u8]) -> std::result::Result<Vec<u8>, BoxError>;
-}
-
-struct SmReader<E, SM, F> {
-    raft: raftify_core::Raft<E, SM>,
-    f: F,
-}
-
-#[async_trait]
-impl<E, SM, F> ReadHandler for SmReader<E, SM, F>
-where
-    E: AbstractLogEntry,
-    SM: AbstractStateMachine<E>,
-    F: Fn(&SM, &[u8]) -> std::result::Result<Vec<u8>, BoxError> + Send + Sync + 'static,
-{
-    async fn read(&self, query: &[u8]) -> std::result::Result<Vec<u8>, BoxError> {
-        self.raft.stale_read(|sm| (self.f)(sm, query)).await
-    }
-}
-
-/// A [`ReadHandler`] that runs `f` on the state machine of `raft`.
-pub fn state_machine_reader<E, SM, F>(
-    raft: &raftify_core::Raft<E, SM>,
-    f: F,
-) -> Arc<dyn ReadHandler>
-where
-    E: AbstractLogEntry,
-    SM: AbstractStateMachine<E>,
-    F: Fn(&SM, &[u8]) -> std::result::Result<Vec<u8>, BoxError> + Send + Sync + 'static,
-{
-    Arc::new(SmReader {
-        raft: raft.clone(),
-        f,
-    })
-}
-
-/// Checks the shared auth token on every RPC, in constant time.
+/// Checks a service's token on every RPC, in constant time.
 #[derive(Clone)]
 struct AuthCheck {
     expected: Option<Arc<Vec<u8>>>,
+    /// Which credential (`peer`, `client`), for the log and the answer.
+    which: &'static str,
     logger: Logger,
+}
+
+impl AuthCheck {
+    fn new(token: Option<&str>, which: &'static str, logger: &Logger) -> Self {
+        AuthCheck {
+            expected: token.map(|t| Arc::new(format!("Bearer {t}").into_bytes())),
+            which,
+            logger: logger.clone(),
+        }
+    }
 }
 
 impl Interceptor for AuthCheck {
@@ -92,307 +58,25 @@ impl Interceptor for AuthCheck {
         if ok {
             Ok(req)
         } else {
-            warn!(self.logger, "rejected an RPC with a missing or wrong auth token"; "remote" => ?req.remote_addr());
-            Err(Status::unauthenticated("missing or invalid auth token"))
+            warn!(self.logger, "rejected an RPC with a missing or wrong token"; "service" => self.which, "remote" => ?req.remote_addr());
+            Err(Status::unauthenticated(format!(
+                "missing or invalid auth token for the {} service",
+                self.which
+            )))
         }
     }
 }
 
-struct Service {
-    handle: RaftHandle,
-    /// Runs requests here, for those another node forwarded.
-    inbound: Arc<dyn Inbound>,
-    config: GrpcConfig,
-    reader: Option<Arc<dyn ReadHandler>>,
-    logger: Logger,
-    /// Turns true when the server shuts down: long-lived message streams
-    /// end then, instead of holding the graceful shutdown up.
-    stopping: watch::Receiver<bool>,
-}
-
-fn st(e: Error) -> Status {
-    error_to_status(&e)
-}
-
-/// Whether a request is one node's on behalf of another (see `FORWARDED`).
-fn forwarded<T>(req: &Request<T>) -> bool {
-    req.metadata().get(FORWARDED).is_some()
-}
-
-impl Service {
-    /// Decodes a batch of raft messages and hands it to the node.
-    fn step_batch(&self, batch: pb::MessageBatch) -> Result<()> {
-        let msgs = batch
-            .messages
-            .iter()
-            .map(|b| decode_msg(b))
-            .collect::<Result<Vec<_>>>()?;
-        if msgs.is_empty() {
-            return Ok(());
-        }
-        let from_addr = validate_addr(&batch.from_addr)
-            .is_ok()
-            .then_some(batch.from_addr);
-        self.inbound.step_from(from_addr, msgs)
-    }
-}
-
-#[async_trait]
-impl RaftService for Service {
-    async fn send_messages(
-        &self,
-        req: Request<pb::MessageBatch>,
-    ) -> std::result::Result<Response<pb::Ack>, Status> {
-        self.step_batch(req.into_inner()).map_err(st)?;
-        Ok(Response::new(pb::Ack {}))
-    }
-
-    async fn message_stream(
-        &self,
-        req: Request<Streaming<pb::MessageBatch>>,
-    ) -> std::result::Result<Response<pb::Ack>, Status> {
-        let mut stream = req.into_inner();
-        let mut stopping = self.stopping.clone();
-        // A frame that does not decode ends the stream with its error; the
-        // sender opens a new one.
-        loop {
-            let batch = tokio::select! {
-                m = stream.message() => match m? {
-                    Some(batch) => batch,
-                    None => break,
-                },
-                _ = stopping.wait_for(|s| *s) => break,
-            };
-            match self.step_batch(batch) {
-                Ok(()) => {}
-                // A full inbox drops this batch, as the network could:
-                // raft sends again. The stream stays open.
-                Err(Error::Overloaded(n)) => {
-                    debug!(self.logger, "inbox full, raft messages dropped"; "capacity" => n)
-                }
-                Err(e) => return Err(st(e)),
-            }
-        }
-        Ok(Response::new(pb::Ack {}))
-    }
-
-    async fn install_snapshot(
-        &self,
-        req: Request<Streaming<pb::SnapshotChunk>>,
-    ) -> std::result::Result<Response<pb::Ack>, Status> {
-        let mut stream = req.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let mut msg = decode_msg(&first.header).map_err(st)?;
-        if msg.get_msg_type() != MessageType::MsgSnapshot {
-            return Err(Status::invalid_argument(
-                "the first chunk is not a snapshot message",
-            ));
-        }
-        let total = first.total_size;
-        if total > self.config.max_snapshot_size {
-            return Err(Status::resource_exhausted(format!(
-                "snapshot of {total} bytes exceeds the limit of {}",
-                self.config.max_snapshot_size
-            )));
-        }
-        let cap =
-            usize::try_from(total).map_err(|_| Status::resource_exhausted("snapshot too large"))?;
-        let mut data = Vec::with_capacity(cap.min(64 * 1024 * 1024));
-        data.extend_from_slice(&first.data);
-        while let Some(chunk) = stream.message().await? {
-            if data.len() + chunk.data.len() > cap {
-                return Err(Status::invalid_argument(
-                    "snapshot data exceeds its announced size",
-                ));
-            }
-            data.extend_from_slice(&chunk.data);
-        }
-        if data.len() != cap {
-            return Err(Status::invalid_argument(format!(
-                "truncated snapshot: {} of {cap} bytes",
-                data.len()
-            )));
-        }
-        msg.mut_snapshot().data = data.into();
-        let from_addr = validate_addr(&first.from_addr)
-            .is_ok()
-            .then_some(first.from_addr);
-        info!(self.logger, "snapshot received"; "from" => first.from_id, "bytes" => cap);
-        self.inbound.step_from(from_addr, vec![msg]).map_err(st)?;
-        Ok(Response::new(pb::Ack {}))
-    }
-
-    async fn request_id(
-        &self,
-        req: Request<pb::RequestIdRequest>,
-    ) -> std::result::Result<Response<pb::JoinTicketReply>, Status> {
-        let forwarded = forwarded(&req);
-        let addr = req.into_inner().addr;
-        let ticket = if forwarded {
-            self.inbound.request_id(addr).await
-        } else {
-            self.handle.request_id(&addr).await
-        };
-        Ok(Response::new(ticket_to_pb(&ticket.map_err(st)?)))
-    }
-
-    async fn change_config(
-        &self,
-        req: Request<pb::ChangeConfigRequest>,
-    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
-        let changes = req
-            .get_ref()
-            .changes
-            .iter()
-            .map(change_from_pb)
-            .collect::<Result<Vec<_>>>()
-            .map_err(st)?;
-        let membership = if forwarded(&req) {
-            self.inbound.change_membership(changes).await
-        } else {
-            self.handle
-                .change_membership(changes)
-                .await
-                .map(|members| Membership {
-                    leader_id: self.handle.leader_id().unwrap_or(0),
-                    members,
-                })
-        };
-        Ok(Response::new(members_to_pb(&membership.map_err(st)?)))
-    }
-
-    async fn leave(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::Empty>, Status> {
-        self.handle.leave().await.map_err(st)?;
-        Ok(Response::new(pb::Empty {}))
-    }
-
-    async fn transfer_leader(
-        &self,
-        req: Request<pb::TransferLeaderRequest>,
-    ) -> std::result::Result<Response<pb::Empty>, Status> {
-        let to = req.get_ref().to;
-        if forwarded(&req) {
-            self.inbound.transfer_leader(to).await
-        } else {
-            self.handle.transfer_leader(to).await
-        }
-        .map_err(st)?;
-        Ok(Response::new(pb::Empty {}))
-    }
-
-    async fn propose(
-        &self,
-        req: Request<pb::ProposeRequest>,
-    ) -> std::result::Result<Response<pb::ProposeReply>, Status> {
-        let forwarded = forwarded(&req);
-        let data = req.into_inner().data;
-        let output = if forwarded {
-            self.inbound.propose(data).await
-        } else {
-            self.handle.propose(data).await
-        };
-        Ok(Response::new(pb::ProposeReply {
-            output: output.map_err(st)?,
-        }))
-    }
-
-    async fn propose_batch(
-        &self,
-        req: Request<pb::ProposeBatchRequest>,
-    ) -> std::result::Result<Response<pb::ProposeBatchReply>, Status> {
-        // Never forwarded again: the sender chose this node as the leader.
-        let entries = req.into_inner().entries;
-        let outcomes = self.inbound.propose_batch(entries).await.map_err(st)?;
-        Ok(Response::new(pb::ProposeBatchReply {
-            outcomes: outcomes.into_iter().map(outcome_to_pb).collect(),
-        }))
-    }
-
-    async fn read_index(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::ReadIndexReply>, Status> {
-        let index = self.handle.read_index().await.map_err(st)?;
-        Ok(Response::new(pb::ReadIndexReply { index }))
-    }
-
-    async fn read(
-        &self,
-        req: Request<pb::ReadRequest>,
-    ) -> std::result::Result<Response<pb::ReadReply>, Status> {
-        let Some(reader) = &self.reader else {
-            return Err(Status::unimplemented("this server has no read handler"));
-        };
-        if !req.get_ref().stale {
-            self.handle.read_index().await.map_err(st)?;
-        }
-        let data = reader
-            .read(&req.get_ref().query)
-            .await
-            .map_err(|e| st(Error::StateMachine(format!("read: {e}"))))?;
-        Ok(Response::new(pb::ReadReply { data }))
-    }
-
-    async fn members(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
-        let membership = self.inbound.members().await.map_err(st)?;
-        Ok(Response::new(members_to_pb(&membership)))
-    }
-
-    async fn get_leader(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::LeaderReply>, Status> {
-        let state = self.handle.state();
-        Ok(Response::new(pb::LeaderReply {
-            leader_id: state.leader_id,
-            leader_addr: state.leader_addr.unwrap_or_default(),
-        }))
-    }
-
-    async fn status(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::StatusReply>, Status> {
-        let status = self.handle.status().await.map_err(st)?;
-        let json = |v: std::result::Result<String, serde_json::Error>| {
-            v.map_err(|e| Status::internal(format!("status to JSON: {e}")))
-        };
-        Ok(Response::new(pb::StatusReply {
-            id: status.id,
-            role: status.role.as_str().to_string(),
-            term: status.term,
-            leader_id: status.leader_id,
-            commit_index: status.commit_index,
-            applied_index: status.applied_index,
-            status_json: json(serde_json::to_string(&status))?,
-            metrics_json: json(serde_json::to_string(&self.handle.metrics()))?,
-        }))
-    }
-
-    async fn create_snapshot(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::CreateSnapshotReply>, Status> {
-        let index = self.handle.snapshot().await.map_err(st)?;
-        Ok(Response::new(pb::CreateSnapshotReply { index }))
-    }
-}
-
-/// Serves a node over gRPC: raft traffic from peers, cluster requests from
-/// peers, and the client API (see [`RaftClient`](crate::RaftClient)).
+/// Serves a node over gRPC: the peer service (raft messages, snapshots,
+/// requests members make of each other) and the client service (see
+/// [`RaftClient`](crate::RaftClient)).
 ///
-/// Every RPC is checked against [`GrpcConfig::auth_token`]; TLS (and mutual
-/// TLS when [`TlsConfig::ca_pem`](crate::TlsConfig::ca_pem) is set) comes
-/// from [`GrpcConfig::tls`]; messages are limited to
+/// The peer service requires the peer token ([`GrpcConfig::peer_token`],
+/// or the shared [`GrpcConfig::auth_token`] when there is none), the client
+/// service the client token ([`GrpcConfig::auth_token`]); one is refused
+/// where the other is required. TLS (and mutual TLS when
+/// [`TlsConfig::ca_pem`](crate::TlsConfig::ca_pem) is set) comes from
+/// [`GrpcConfig::tls`]; messages are limited to
 /// [`GrpcConfig::max_message_size`].
 pub struct RaftGrpcServer {
     handle: RaftHandle,
@@ -481,21 +165,19 @@ impl RaftGrpcServer {
         let (stopping_tx, stopping) = watch::channel(false);
         let config = self.config.clone();
         let n = config.max_message_size;
-        let expected = config
-            .auth_token
-            .as_ref()
-            .map(|t| Arc::new(format!("Bearer {t}").into_bytes()));
-        let auth = AuthCheck {
-            expected,
-            logger: self.logger.clone(),
-        };
-        let service = RaftServiceServer::new(Service {
+        let peer_auth = AuthCheck::new(config.peer_credential(), "peer", &self.logger);
+        let client_auth = AuthCheck::new(config.auth_token.as_deref(), "client", &self.logger);
+        let peers = RaftPeerServer::new(PeerService {
             inbound: self.handle.inbound(),
-            handle: self.handle,
             config: self.config,
-            reader: self.reader,
             logger: self.logger,
             stopping,
+        })
+        .max_decoding_message_size(n)
+        .max_encoding_message_size(n);
+        let clients = RaftClientServer::new(ClientService {
+            handle: self.handle,
+            reader: self.reader,
         })
         .max_decoding_message_size(n)
         .max_encoding_message_size(n);
@@ -508,10 +190,10 @@ impl RaftGrpcServer {
                 .tls_config(tls.server_config()?)
                 .map_err(|e| Error::InvalidConfig(format!("tls: {e}")))?;
         }
-        Ok((
-            builder.add_service(InterceptedService::new(service, auth)),
-            stopping_tx,
-        ))
+        let router = builder
+            .add_service(InterceptedService::new(peers, peer_auth))
+            .add_service(InterceptedService::new(clients, client_auth));
+        Ok((router, stopping_tx))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::config::{backoff, GrpcConfig};
 use crate::convert::encode_msg;
-use crate::net::{request, ChannelPool, Client, GrpcNode};
+use crate::net::{request, ChannelPool, Credential, PeerClient as Client, PeerNode};
 use crate::pb;
 use raftify_core::raft::eraftpb::{Message, MessageType};
 use raftify_core::{ClusterApi, Feedback, Result, Transport};
@@ -70,7 +70,7 @@ impl GrpcTransport {
         Ok(GrpcTransport {
             inner: Arc::new(Inner {
                 self_addr: self_addr.into(),
-                pool: Arc::new(ChannelPool::new(config)?),
+                pool: Arc::new(ChannelPool::new(config, Credential::Peer)?),
                 peers: Mutex::new(HashMap::new()),
                 logger: logger.new(o!("component" => "grpc-transport")),
             }),
@@ -171,12 +171,11 @@ impl Transport for GrpcTransport {
     }
 
     fn node(&self, addr: &str) -> Result<Arc<dyn ClusterApi>> {
-        // Marked as forwarded: the receiver executes each request and does
-        // not forward it again (the sending node did the routing).
-        Ok(Arc::new(GrpcNode {
-            client: self.inner.pool.client(addr)?,
+        // The peer service: the receiver runs each request and does not
+        // forward it again (the sending node did the routing).
+        Ok(Arc::new(PeerNode {
+            client: self.inner.pool.peer(addr)?,
             timeout: self.config().request_timeout,
-            forwarded: true,
         }))
     }
 }
@@ -252,7 +251,7 @@ impl PeerWorker {
     /// Sends `msgs` in order; false (everything not delivered reported) on
     /// the first failure.
     async fn deliver(&self, msgs: Vec<Message>, feedback: &Feedback) -> bool {
-        let mut client = match self.pool.client(&self.addr) {
+        let mut client = match self.pool.peer(&self.addr) {
             Ok(c) => c,
             Err(e) => {
                 debug!(self.logger, "no client"; "addr" => &self.addr, "error" => %e);
@@ -390,7 +389,7 @@ impl PeerWorker {
 
     async fn flush_unary(&self, client: &mut Client, batch: pb::MessageBatch) -> bool {
         let timeout = self.pool.config().message_timeout;
-        let fut = client.send_messages(request(batch, timeout, false));
+        let fut = client.send_messages(request(batch, timeout));
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(_)) => true,
             Ok(Err(status)) => {
@@ -437,7 +436,7 @@ impl PeerWorker {
             }
         });
         let timeout = config.snapshot_timeout;
-        let req = request(tokio_stream::iter(chunks), timeout, false);
+        let req = request(tokio_stream::iter(chunks), timeout);
         match tokio::time::timeout(timeout, client.install_snapshot(req)).await {
             Ok(Ok(_)) => {
                 debug!(self.logger, "snapshot sent"; "bytes" => total, "chunks" => count);

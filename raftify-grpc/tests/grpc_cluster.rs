@@ -5,7 +5,8 @@ use raftify_core::testkit::KvCmd;
 use raftify_core::{
     AbstractLogEntry, Bootstrap, Config, Error, MemberRole, MembershipChange, Transport,
 };
-use raftify_grpc::pb::raft_service_client::RaftServiceClient;
+use raftify_grpc::pb::raft_client_client::RaftClientClient;
+use raftify_grpc::pb::raft_peer_client::RaftPeerClient;
 use raftify_grpc::{pb, GrpcConfig, GrpcTransport, RaftClient, TlsConfig};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -416,13 +417,14 @@ async fn bad_tokens_and_garbage_bytes_are_rejected_and_the_node_keeps_serving() 
     let url = format!("http://{addr}");
 
     // No token and a wrong token: Unauthenticated.
-    let mut raw = RaftServiceClient::connect(url.clone()).await.unwrap();
-    let err = raw.get_leader(pb::Empty {}).await.unwrap_err();
+    let mut api = RaftClientClient::connect(url.clone()).await.unwrap();
+    let mut raw = RaftPeerClient::connect(url.clone()).await.unwrap();
+    let err = api.get_leader(pb::Empty {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     let mut req = tonic::Request::new(pb::Empty {});
     req.metadata_mut()
         .insert("authorization", "Bearer wrong-token".parse().unwrap());
-    let err = raw.get_leader(req).await.unwrap_err();
+    let err = api.get_leader(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     // RaftClient with a wrong token fails fast, without retrying.
     let wrong = RaftClient::new(
@@ -538,7 +540,7 @@ async fn bad_tokens_and_garbage_bytes_are_rejected_and_the_node_keeps_serving() 
         let _ = s.shutdown().await;
     }
     // A message over the 64 MiB limit is refused by the server.
-    let err = raw
+    let err = api
         .propose(authed(pb::ProposeRequest {
             data: vec![b'z'; 65 * 1024 * 1024],
         }))
@@ -556,5 +558,92 @@ async fn bad_tokens_and_garbage_bytes_are_rejected_and_the_node_keeps_serving() 
     // Still serving.
     assert_eq!(client.propose(put("k", "v")).await.unwrap(), b"");
     assert_eq!(client.read(b"k".to_vec()).await.unwrap(), b"v");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_and_clients_have_separate_credentials() {
+    let grpc = GrpcConfig {
+        auth_token: Some("client-secret".into()),
+        peer_token: Some("peer-secret".into()),
+        ..GrpcConfig::default()
+    };
+    // Peers talk with the peer token: the cluster elects and replicates.
+    let c = GCluster::start(3, grpc.clone(), no_tweak).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    // Clients use the client token; a follower forwards their writes to
+    // the leader over the peer service.
+    let client = RaftClient::new([c.addr(follower)], grpc.clone()).unwrap();
+    assert_eq!(client.propose(put("k", "v")).await.unwrap(), b"");
+
+    fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    }
+    let url = format!("http://{}", c.addr(leader));
+    let mut peer = RaftPeerClient::connect(url.clone()).await.unwrap();
+    let mut api = RaftClientClient::connect(url).await.unwrap();
+    // The client token does not open the peer service: no raft messages,
+    // no snapshots, no node-to-node requests.
+    let err = peer
+        .send_messages(bearer(pb::MessageBatch::default(), "client-secret"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = peer
+        .message_stream(bearer(
+            tokio_stream::iter(vec![pb::MessageBatch::default()]),
+            "client-secret",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = peer
+        .install_snapshot(bearer(
+            tokio_stream::iter(vec![pb::SnapshotChunk::default()]),
+            "client-secret",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let err = peer
+        .propose(bearer(
+            pb::ProposeRequest {
+                data: put("x", "y"),
+            },
+            "client-secret",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    // ... and the peer token does not open the client service.
+    let err = api
+        .propose(bearer(
+            pb::ProposeRequest {
+                data: put("x", "y"),
+            },
+            "peer-secret",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    // Each token opens its own service.
+    let ok = peer
+        .members(bearer(pb::Empty {}, "peer-secret"))
+        .await
+        .unwrap();
+    assert_eq!(ok.into_inner().members.len(), 3);
+    let ok = api
+        .members(bearer(pb::Empty {}, "client-secret"))
+        .await
+        .unwrap();
+    assert_eq!(ok.into_inner().members.len(), 3);
+    // Nothing was applied by the refused calls.
+    c.wait_converged(&[1, 2, 3], 1).await;
+    let keys = c.node(leader).stale_read(|s| s.map.len()).await;
+    assert_eq!(keys, 1);
     c.shutdown().await;
 }

@@ -370,6 +370,10 @@ impl Proc {
             .arg(&self.dir)
             .args(["--peers", peers])
             .args(["--tick-ms", &tick_ms.to_string()])
+            // Separate credentials: members use the peer token, the HTTP
+            // front-end's forwarding goes through them too.
+            .args(["--auth-token", "chaos-client-token"])
+            .args(["--peer-token", "chaos-peer-token"])
             .args(["--snapshot-threshold", "200"])
             .stdin(Stdio::null());
         match log.and_then(|l| l.try_clone().ok().map(|c| (l, c))) {

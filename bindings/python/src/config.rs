@@ -30,6 +30,7 @@ pub struct Config {
     pub tls_key: Option<String>,
     pub tls_ca: Option<String>,
     pub auth_token: Option<String>,
+    pub peer_token: Option<String>,
     pub log_level: String,
 }
 
@@ -59,6 +60,7 @@ impl Config {
         tls_ca = None,
         auth_token = None,
         log_level = "info",
+        peer_token = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -83,6 +85,7 @@ impl Config {
         tls_ca: Option<String>,
         auth_token: Option<String>,
         log_level: &str,
+        peer_token: Option<String>,
     ) -> Self {
         // LMDB when a data directory is given, memory otherwise.
         let storage = storage.unwrap_or_else(|| {
@@ -113,6 +116,7 @@ impl Config {
             tls_key,
             tls_ca,
             auth_token,
+            peer_token,
             log_level: log_level.to_string(),
         }
     }
@@ -200,6 +204,7 @@ impl Config {
     pub fn grpc_config(&self) -> Result<GrpcConfig, String> {
         let mut g = GrpcConfig {
             auth_token: self.auth_token.clone(),
+            peer_token: self.peer_token.clone(),
             ..GrpcConfig::default()
         };
         match (&self.tls_cert, &self.tls_key, &self.tls_ca) {

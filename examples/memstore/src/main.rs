@@ -66,9 +66,15 @@ struct Args {
     /// must be new or empty.
     #[arg(long, env = "RAFTIFY_RESTORE_SNAPSHOT_FROM")]
     restore_snapshot_from: Option<PathBuf>,
-    /// Shared secret required on every raft RPC and sent on every outgoing one.
+    /// The client token: required from clients on the gRPC client service
+    /// (and sent by this node's tools). Without --peer-token, also the
+    /// token peers use with each other.
     #[arg(long, env = "RAFTIFY_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
+    /// The peer token: what members present to each other (raft messages,
+    /// snapshots, forwarded requests); the client token is refused there.
+    #[arg(long, env = "RAFTIFY_PEER_TOKEN", hide_env_values = true)]
+    peer_token: Option<String>,
     /// TLS certificate (PEM) of this node, for its server and as client.
     #[arg(long, env = "RAFTIFY_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -99,6 +105,7 @@ fn read_pem(path: &Path, what: &str) -> Result<String> {
 fn grpc_config(args: &Args) -> Result<GrpcConfig> {
     let mut cfg = GrpcConfig {
         auth_token: args.auth_token.clone(),
+        peer_token: args.peer_token.clone(),
         ..GrpcConfig::default()
     };
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {

@@ -158,6 +158,7 @@ class Config:
     tls_key: Optional[str]
     tls_ca: Optional[str]
     auth_token: Optional[str]
+    peer_token: Optional[str]
     log_level: str
     def __new__(
         cls,
@@ -183,6 +184,7 @@ class Config:
         tls_ca: Optional[str] = None,
         auth_token: Optional[str] = None,
         log_level: str = "info",
+        peer_token: Optional[str] = None,
     ) -> Config: ...
     def validate(self) -> None: ...
 

@@ -1,0 +1,152 @@
+//! The client service: what applications and operators call. Writes and
+//! membership changes made on a follower go to the leader (the node does
+//! the routing); reads are confirmed with ReadIndex.
+
+use crate::convert::{change_from_pb, members_to_pb, ticket_to_pb};
+use crate::error::error_to_status;
+use crate::pb;
+use crate::pb::raft_client_server::RaftClient;
+use crate::read::ReadHandler;
+use async_trait::async_trait;
+use raftify_core::{Error, Membership, RaftHandle, Result};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub(crate) struct ClientService {
+    pub(crate) handle: RaftHandle,
+    pub(crate) reader: Option<Arc<dyn ReadHandler>>,
+}
+
+fn st(e: Error) -> Status {
+    error_to_status(&e)
+}
+
+#[async_trait]
+impl RaftClient for ClientService {
+    async fn propose(
+        &self,
+        req: Request<pb::ProposeRequest>,
+    ) -> std::result::Result<Response<pb::ProposeReply>, Status> {
+        let output = self.handle.propose(req.into_inner().data).await;
+        Ok(Response::new(pb::ProposeReply {
+            output: output.map_err(st)?,
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::ReadIndexReply>, Status> {
+        let index = self.handle.read_index().await.map_err(st)?;
+        Ok(Response::new(pb::ReadIndexReply { index }))
+    }
+
+    async fn request_id(
+        &self,
+        req: Request<pb::RequestIdRequest>,
+    ) -> std::result::Result<Response<pb::JoinTicketReply>, Status> {
+        let ticket = self.handle.request_id(&req.into_inner().addr).await;
+        Ok(Response::new(ticket_to_pb(&ticket.map_err(st)?)))
+    }
+
+    async fn change_config(
+        &self,
+        req: Request<pb::ChangeConfigRequest>,
+    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
+        let changes = req
+            .get_ref()
+            .changes
+            .iter()
+            .map(change_from_pb)
+            .collect::<Result<Vec<_>>>()
+            .map_err(st)?;
+        let members = self.handle.change_membership(changes).await.map_err(st)?;
+        Ok(Response::new(members_to_pb(&Membership {
+            leader_id: self.handle.leader_id().unwrap_or(0),
+            members,
+        })))
+    }
+
+    async fn leave(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::Empty>, Status> {
+        self.handle.leave().await.map_err(st)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> std::result::Result<Response<pb::Empty>, Status> {
+        self.handle
+            .transfer_leader(req.get_ref().to)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
+        let membership = self.handle.members().await.map_err(st)?;
+        Ok(Response::new(members_to_pb(&membership)))
+    }
+
+    async fn read(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> std::result::Result<Response<pb::ReadReply>, Status> {
+        let Some(reader) = &self.reader else {
+            return Err(Status::unimplemented("this server has no read handler"));
+        };
+        if !req.get_ref().stale {
+            self.handle.read_index().await.map_err(st)?;
+        }
+        let data = reader
+            .read(&req.get_ref().query)
+            .await
+            .map_err(|e| st(Error::StateMachine(format!("read: {e}"))))?;
+        Ok(Response::new(pb::ReadReply { data }))
+    }
+
+    async fn get_leader(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::LeaderReply>, Status> {
+        let state = self.handle.state();
+        Ok(Response::new(pb::LeaderReply {
+            leader_id: state.leader_id,
+            leader_addr: state.leader_addr.unwrap_or_default(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::StatusReply>, Status> {
+        let status = self.handle.status().await.map_err(st)?;
+        let json = |v: std::result::Result<String, serde_json::Error>| {
+            v.map_err(|e| Status::internal(format!("status to JSON: {e}")))
+        };
+        Ok(Response::new(pb::StatusReply {
+            id: status.id,
+            role: status.role.as_str().to_string(),
+            term: status.term,
+            leader_id: status.leader_id,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            status_json: json(serde_json::to_string(&status))?,
+            metrics_json: json(serde_json::to_string(&self.handle.metrics()))?,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::CreateSnapshotReply>, Status> {
+        let index = self.handle.snapshot().await.map_err(st)?;
+        Ok(Response::new(pb::CreateSnapshotReply { index }))
+    }
+}

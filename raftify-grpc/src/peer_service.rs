@@ -1,0 +1,210 @@
+//! The peer service: what other members send — raft messages, snapshots,
+//! and the cluster requests one member makes of another. Every call runs
+//! on this node (the sender did the routing); none is forwarded again.
+
+use crate::config::GrpcConfig;
+use crate::convert::{change_from_pb, decode_msg, members_to_pb, ticket_to_pb};
+use crate::error::error_to_status;
+use crate::net::outcome_to_pb;
+use crate::pb;
+use crate::pb::raft_peer_server::RaftPeer;
+use async_trait::async_trait;
+use raftify_core::membership::validate_addr;
+use raftify_core::raft::eraftpb::MessageType;
+use raftify_core::{Error, Inbound, Result};
+use slog::{debug, info, Logger};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+
+pub(crate) struct PeerService {
+    /// The node's receiving side.
+    pub(crate) inbound: Arc<dyn Inbound>,
+    pub(crate) config: GrpcConfig,
+    pub(crate) logger: Logger,
+    /// Turns true when the server shuts down: long-lived message streams
+    /// end then, instead of holding the graceful shutdown up.
+    pub(crate) stopping: watch::Receiver<bool>,
+}
+
+fn st(e: Error) -> Status {
+    error_to_status(&e)
+}
+
+impl PeerService {
+    /// Decodes a batch of raft messages and hands it to the node.
+    fn step_batch(&self, batch: pb::MessageBatch) -> Result<()> {
+        let msgs = batch
+            .messages
+            .iter()
+            .map(|b| decode_msg(b))
+            .collect::<Result<Vec<_>>>()?;
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let from_addr = validate_addr(&batch.from_addr)
+            .is_ok()
+            .then_some(batch.from_addr);
+        self.inbound.step_from(from_addr, msgs)
+    }
+}
+
+#[async_trait]
+impl RaftPeer for PeerService {
+    async fn send_messages(
+        &self,
+        req: Request<pb::MessageBatch>,
+    ) -> std::result::Result<Response<pb::Ack>, Status> {
+        self.step_batch(req.into_inner()).map_err(st)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn message_stream(
+        &self,
+        req: Request<Streaming<pb::MessageBatch>>,
+    ) -> std::result::Result<Response<pb::Ack>, Status> {
+        let mut stream = req.into_inner();
+        let mut stopping = self.stopping.clone();
+        // A frame that does not decode ends the stream with its error; the
+        // sender opens a new one.
+        loop {
+            let batch = tokio::select! {
+                m = stream.message() => match m? {
+                    Some(batch) => batch,
+                    None => break,
+                },
+                _ = stopping.wait_for(|s| *s) => break,
+            };
+            match self.step_batch(batch) {
+                Ok(()) => {}
+                // A full inbox drops this batch, as the network could:
+                // raft sends again. The stream stays open.
+                Err(Error::Overloaded(n)) => {
+                    debug!(self.logger, "inbox full, raft messages dropped"; "capacity" => n)
+                }
+                Err(e) => return Err(st(e)),
+            }
+        }
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> std::result::Result<Response<pb::Ack>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let mut msg = decode_msg(&first.header).map_err(st)?;
+        if msg.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "the first chunk is not a snapshot message",
+            ));
+        }
+        let total = first.total_size;
+        if total > self.config.max_snapshot_size {
+            return Err(Status::resource_exhausted(format!(
+                "snapshot of {total} bytes exceeds the limit of {}",
+                self.config.max_snapshot_size
+            )));
+        }
+        let cap =
+            usize::try_from(total).map_err(|_| Status::resource_exhausted("snapshot too large"))?;
+        let mut data = Vec::with_capacity(cap.min(64 * 1024 * 1024));
+        data.extend_from_slice(&first.data);
+        while let Some(chunk) = stream.message().await? {
+            if data.len() + chunk.data.len() > cap {
+                return Err(Status::invalid_argument(
+                    "snapshot data exceeds its announced size",
+                ));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        if data.len() != cap {
+            return Err(Status::invalid_argument(format!(
+                "truncated snapshot: {} of {cap} bytes",
+                data.len()
+            )));
+        }
+        msg.mut_snapshot().data = data.into();
+        let from_addr = validate_addr(&first.from_addr)
+            .is_ok()
+            .then_some(first.from_addr);
+        info!(self.logger, "snapshot received"; "from" => first.from_id, "bytes" => cap);
+        self.inbound.step_from(from_addr, vec![msg]).map_err(st)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn propose(
+        &self,
+        req: Request<pb::ProposeRequest>,
+    ) -> std::result::Result<Response<pb::ProposeReply>, Status> {
+        let output = self.inbound.propose(req.into_inner().data).await;
+        Ok(Response::new(pb::ProposeReply {
+            output: output.map_err(st)?,
+        }))
+    }
+
+    async fn propose_batch(
+        &self,
+        req: Request<pb::ProposeBatchRequest>,
+    ) -> std::result::Result<Response<pb::ProposeBatchReply>, Status> {
+        let entries = req.into_inner().entries;
+        let outcomes = self.inbound.propose_batch(entries).await.map_err(st)?;
+        Ok(Response::new(pb::ProposeBatchReply {
+            outcomes: outcomes.into_iter().map(outcome_to_pb).collect(),
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::ReadIndexReply>, Status> {
+        let index = self.inbound.read_index().await.map_err(st)?;
+        Ok(Response::new(pb::ReadIndexReply { index }))
+    }
+
+    async fn request_id(
+        &self,
+        req: Request<pb::RequestIdRequest>,
+    ) -> std::result::Result<Response<pb::JoinTicketReply>, Status> {
+        let ticket = self.inbound.request_id(req.into_inner().addr).await;
+        Ok(Response::new(ticket_to_pb(&ticket.map_err(st)?)))
+    }
+
+    async fn change_config(
+        &self,
+        req: Request<pb::ChangeConfigRequest>,
+    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
+        let changes = req
+            .get_ref()
+            .changes
+            .iter()
+            .map(change_from_pb)
+            .collect::<Result<Vec<_>>>()
+            .map_err(st)?;
+        let membership = self.inbound.change_membership(changes).await.map_err(st)?;
+        Ok(Response::new(members_to_pb(&membership)))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> std::result::Result<Response<pb::Empty>, Status> {
+        self.inbound
+            .transfer_leader(req.get_ref().to)
+            .await
+            .map_err(st)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<pb::Empty>,
+    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
+        let membership = self.inbound.members().await.map_err(st)?;
+        Ok(Response::new(members_to_pb(&membership)))
+    }
+}
