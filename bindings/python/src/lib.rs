@@ -5,9 +5,15 @@
 //! typing protocols. See `bindings/python/README.md`.
 
 mod config;
+mod convert;
 mod errors;
+mod lifecycle;
 mod node;
+mod running;
+mod runtime;
 mod sm;
+mod start;
+mod ticket;
 
 use pyo3::prelude::*;
 
@@ -16,8 +22,8 @@ use pyo3::prelude::*;
 fn _raftify(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<config::Config>()?;
     m.add_class::<node::Node>()?;
-    m.add_class::<node::JoinTicket>()?;
-    m.add_function(wrap_pyfunction!(node::request_join_ticket, m)?)?;
+    m.add_class::<ticket::JoinTicket>()?;
+    m.add_function(wrap_pyfunction!(ticket::request_join_ticket, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
