@@ -98,7 +98,11 @@ fn by_code(status: &Status) -> Error {
         // A wrong or missing credential: not retried.
         Code::Unauthenticated => Error::Unauthenticated(msg.to_string()),
         Code::PermissionDenied => Error::Unauthenticated(format!("permission denied: {msg}")),
-        Code::Unimplemented => Error::Transport(format!("unimplemented: {msg}")),
+        // Refused for good: the server is another raftify version, or not
+        // a raftify raft port at all.
+        Code::Unimplemented => Error::InvalidArgument(format!(
+            "the server does not serve this call (another raftify version, or not a raftify raft port?): {msg}"
+        )),
         Code::Unavailable if never_sent(status) => {
             Error::Unreachable(format!("cannot connect: {}", describe(status)))
         }

@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use raftify_core::{Error, MemberRole, Raft, Role};
+use raftify_core::{Error, ErrorClass, MemberRole, Raft, Role};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,49 +34,62 @@ pub struct AppState {
     pub latency: Arc<Latencies>,
 }
 
-/// An HTTP error: a status and `{"error": "..."}`.
-pub struct ApiError(StatusCode, String);
+/// An HTTP error: a status and `{"error": "...", "class": "..."}` (the
+/// class, when the error came from raftify: what the client may do).
+pub struct ApiError(StatusCode, String, Option<ErrorClass>);
 
 impl ApiError {
+    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        ApiError(status, msg.into(), None)
+    }
+
     fn bad_request(msg: impl Into<String>) -> Self {
-        ApiError(StatusCode::BAD_REQUEST, msg.into())
+        ApiError::new(StatusCode::BAD_REQUEST, msg)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let body = match self.2 {
+            Some(class) => json!({ "error": self.1, "class": class.as_str() }),
+            None => json!({ "error": self.1 }),
+        };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+/// The HTTP status of an error, by its class: 503 when nothing was applied
+/// and a retry may work, 504 when the outcome is unknown (a write must be
+/// read back, not blindly retried), 409 for refused membership changes,
+/// 400/401/404 for rejected requests, 503 when this node cannot serve.
+fn status_of(e: &Error) -> StatusCode {
+    match (e.class(), e) {
+        (_, Error::ConfChangeRejected(_)) => StatusCode::CONFLICT,
+        (_, Error::NotAMember(_)) => StatusCode::NOT_FOUND,
+        (_, Error::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
+        (ErrorClass::Redirect | ErrorClass::RetryLater | ErrorClass::Fatal, _) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        (ErrorClass::OutcomeUnknown, _) => StatusCode::GATEWAY_TIMEOUT,
+        (ErrorClass::Rejected, Error::StateMachine(_) | Error::Raft(_)) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        (ErrorClass::Rejected, _) => StatusCode::BAD_REQUEST,
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::NotLeader { .. }
-            | Error::NoLeader
-            | Error::LeadershipLost
-            | Error::ProposalDropped(_)
-            | Error::Overloaded(_)
-            | Error::Shutdown
-            | Error::Fatal(_)
-            | Error::Transport(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::InvalidArgument(_) | Error::InvalidConfig(_) | Error::Encode(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            Error::ConfChangeRejected(_) => StatusCode::CONFLICT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(status, e.to_string())
+        ApiError(status_of(&e), e.to_string(), Some(e.class()))
     }
 }
 
 fn body_error(r: BytesRejection) -> ApiError {
     let status = r.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError(status, "value too large".into())
+        ApiError::new(status, "value too large")
     } else {
-        ApiError(status, r.body_text())
+        ApiError::new(status, r.body_text())
     }
 }
 
@@ -116,7 +129,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, "no such route".into())
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
 
 async fn write(state: &AppState, entry: KvEntry) -> Result<ApplyOutput, ApiError> {
@@ -125,7 +138,7 @@ async fn write(state: &AppState, entry: KvEntry) -> Result<ApplyOutput, ApiError
     state.latency.write.observe(started.elapsed());
     let out = out?;
     ApplyOutput::decode(&out).map_err(|e| {
-        ApiError(
+        ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("bad apply output: {e}"),
         )
@@ -171,7 +184,7 @@ async fn cas_key(
     body: Result<Json<CasBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = check_key(key)?;
-    let Json(body) = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
+    let Json(body) = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
     let out = write(
         &state,
         KvEntry::Cas {
@@ -215,7 +228,7 @@ async fn get_key(
         .await;
     match value {
         Some(v) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()),
-        None => Err(ApiError(
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("key {key:?} not found"),
         )),
@@ -268,7 +281,7 @@ async fn add_learner(
     State(state): State<AppState>,
     body: Result<Json<MemberBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(b) = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
+    let Json(b) = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
     state.raft.handle().add_learner(b.id, &b.raft_addr).await?;
     cluster(State(state)).await
 }
@@ -277,7 +290,7 @@ async fn add_voter(
     State(state): State<AppState>,
     body: Result<Json<MemberBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(b) = body.map_err(|r| ApiError(r.status(), r.body_text()))?;
+    let Json(b) = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
     state.raft.handle().add_voter(b.id, &b.raft_addr).await?;
     cluster(State(state)).await
 }
@@ -327,7 +340,7 @@ async fn health(State(state): State<AppState>) -> Response {
         )
             .into_response()
     } else {
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, "no leader known".into()).into_response()
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader known").into_response()
     }
 }
 
