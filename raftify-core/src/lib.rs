@@ -122,7 +122,7 @@ pub use membership::{JoinTicket, Member, MemberRole, MembershipChange};
 pub use node::{
     default_logger, discard_logger, stderr_logger, Bootstrap, Raft, RaftBuilder, RaftHandle,
 };
-pub use state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError};
+pub use state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError, SnapshotView};
 pub use status::{MetricsSnapshot, NodeState, Role, Status};
 pub use storage::{LogStore, MemStore, StorageError, WriteBatch};
 pub use transport::{

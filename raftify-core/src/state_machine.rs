@@ -64,8 +64,49 @@ pub trait AbstractStateMachine<E: AbstractLogEntry>: Send + Sync + 'static {
         let _ = index;
         self.apply(entry).await
     }
-    /// Serializes the whole state (for snapshots).
+    /// Serializes the whole state (for snapshots). Called in the raft loop,
+    /// which waits meanwhile; see [`AbstractStateMachine::snapshot_view`]
+    /// for large states.
     async fn snapshot(&self) -> Result<Vec<u8>, BoxError>;
+
+    /// A frozen view of the state, serialized off the raft loop while apply
+    /// goes on. raftify calls this, in the loop, when it takes a snapshot;
+    /// the view's [`SnapshotView::write_to`] then runs on a blocking thread
+    /// and must write what [`AbstractStateMachine::restore`] reads. Make it
+    /// cheap: a clone of a persistent (structurally shared) map, an `Arc`
+    /// of copy-on-write data, a database's read transaction.
+    ///
+    /// The default, `None`, uses [`AbstractStateMachine::snapshot`] in the
+    /// loop: fine for small states, a pause of the whole node for large
+    /// ones.
+    fn snapshot_view(&self) -> Option<Box<dyn SnapshotView>> {
+        None
+    }
     /// Replaces the whole state with a snapshot produced by `snapshot`.
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError>;
+}
+
+/// A frozen copy of a state machine's state that can be serialized while
+/// the state machine moves on (see [`AbstractStateMachine::snapshot_view`]).
+///
+/// ```
+/// use raftify_core::{BoxError, SnapshotView};
+/// use std::sync::Arc;
+///
+/// // A state shared behind an Arc: the view is one more reference.
+/// struct View(Arc<Vec<(String, String)>>);
+/// impl SnapshotView for View {
+///     fn write_to(self: Box<Self>, out: &mut Vec<u8>) -> Result<(), BoxError> {
+///         out.extend_from_slice(&serde_json::to_vec(&*self.0)?);
+///         Ok(())
+///     }
+/// }
+/// let mut out = Vec::new();
+/// Box::new(View(Arc::new(vec![("k".into(), "v".into())]))).write_to(&mut out).unwrap();
+/// assert_eq!(out, br#"[["k","v"]]"#);
+/// ```
+pub trait SnapshotView: Send + 'static {
+    /// Appends the snapshot's bytes — what
+    /// [`AbstractStateMachine::restore`] reads — to `out`.
+    fn write_to(self: Box<Self>, out: &mut Vec<u8>) -> Result<(), BoxError>;
 }

@@ -3,8 +3,8 @@
 //! Entries and snapshots use a small length-prefixed binary format; every
 //! decoder checks bounds and returns an error on anything malformed.
 
-use raftify_core::{AbstractLogEntry, AbstractStateMachine, BoxError};
-use std::collections::HashMap;
+use raftify_core::{AbstractLogEntry, AbstractStateMachine, BoxError, SnapshotView};
+use std::sync::Arc;
 
 /// A command replicated through the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,10 +172,16 @@ impl ApplyOutput {
     }
 }
 
+/// The map: a persistent (structurally shared) hash map, so a snapshot
+/// takes a copy of it in O(1) and serializes that off the raft loop while
+/// writes go on. Keys and values are reference-counted: the nodes a write
+/// copies after a snapshot copy pointers, not the data.
+type Map = imbl::HashMap<Arc<str>, Arc<[u8]>>;
+
 /// The replicated map: string keys, byte values.
 #[derive(Debug, Default)]
 pub struct HashStore {
-    map: HashMap<String, Vec<u8>>,
+    map: Map,
     /// Bytes of keys and values held (for metrics).
     data_bytes: u64,
 }
@@ -183,7 +189,7 @@ pub struct HashStore {
 impl HashStore {
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&[u8]> {
-        self.map.get(key).map(Vec::as_slice)
+        self.map.get(key).map(|v| &v[..])
     }
 
     /// Number of keys.
@@ -203,8 +209,9 @@ impl HashStore {
 
     fn insert(&mut self, key: String, value: Vec<u8>) {
         let add = (key.len() + value.len()) as u64;
-        if let Some(old) = self.map.insert(key.clone(), value) {
-            self.data_bytes -= (key.len() + old.len()) as u64;
+        let klen = key.len() as u64;
+        if let Some(old) = self.map.insert(Arc::from(key), Arc::from(value)) {
+            self.data_bytes -= klen + old.len() as u64;
         }
         self.data_bytes += add;
     }
@@ -238,7 +245,7 @@ impl AbstractStateMachine<KvEntry> for HashStore {
                 expected,
                 value,
             } => {
-                if self.map.get(&key) == expected.as_ref() {
+                if self.map.get(key.as_str()).map(|v| &v[..]) == expected.as_deref() {
                     self.insert(key, value);
                     true
                 } else {
@@ -250,13 +257,13 @@ impl AbstractStateMachine<KvEntry> for HashStore {
     }
 
     async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
-        let mut out = Vec::with_capacity(self.data_bytes as usize + self.map.len() * 8 + 8);
-        out.extend_from_slice(&(self.map.len() as u64).to_be_bytes());
-        for (k, v) in &self.map {
-            put_bytes(&mut out, k.as_bytes());
-            put_bytes(&mut out, v);
-        }
+        let mut out = Vec::new();
+        Box::new(MapView(self.map.clone())).write_to(&mut out)?;
         Ok(out)
+    }
+
+    fn snapshot_view(&self) -> Option<Box<dyn SnapshotView>> {
+        Some(Box::new(MapView(self.map.clone())))
     }
 
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError> {
@@ -270,6 +277,23 @@ impl AbstractStateMachine<KvEntry> for HashStore {
         }
         r.end()?;
         *self = next;
+        Ok(())
+    }
+}
+
+/// A snapshot's copy of the map: `u64` count, then length-prefixed key and
+/// value of each entry.
+struct MapView(Map);
+
+impl SnapshotView for MapView {
+    fn write_to(self: Box<Self>, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        let bytes: usize = self.0.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        out.reserve(bytes + 8);
+        out.extend_from_slice(&(self.0.len() as u64).to_be_bytes());
+        for (k, v) in &self.0 {
+            put_bytes(out, k.as_bytes());
+            put_bytes(out, v);
+        }
         Ok(())
     }
 }
@@ -372,6 +396,27 @@ mod tests {
         .unwrap();
         assert_eq!(s.data_bytes(), 2 + 3);
         let snap = s.snapshot().await.unwrap();
+        // The view taken at the same point serializes the same state, even
+        // after the map moved on.
+        let view = s.snapshot_view().unwrap();
+        s.apply_at(
+            9,
+            KvEntry::Put {
+                key: "c".into(),
+                value: b"later".to_vec(),
+            },
+        )
+        .await
+        .unwrap();
+        let mut from_view = Vec::new();
+        view.write_to(&mut from_view).unwrap();
+        assert_eq!(from_view.len(), snap.len());
+        let mut u = HashStore::default();
+        u.restore(from_view).await.unwrap();
+        assert_eq!((u.len(), u.get("c")), (2, None));
+        s.apply_at(10, KvEntry::Delete { key: "c".into() })
+            .await
+            .unwrap();
         let mut t = HashStore::default();
         t.restore(snap.clone()).await.unwrap();
         assert_eq!(t.get("a"), Some(&b"3"[..]));
@@ -381,12 +426,12 @@ mod tests {
         assert!(t.restore(bad).await.is_err());
         assert_eq!(t.len(), 2, "a failed restore changes nothing");
         let del = s
-            .apply_at(9, KvEntry::Delete { key: "a".into() })
+            .apply_at(11, KvEntry::Delete { key: "a".into() })
             .await
             .unwrap();
         assert!(ApplyOutput::decode(&del).unwrap().ok);
         let del = s
-            .apply_at(10, KvEntry::Delete { key: "a".into() })
+            .apply_at(12, KvEntry::Delete { key: "a".into() })
             .await
             .unwrap();
         assert!(!ApplyOutput::decode(&del).unwrap().ok);

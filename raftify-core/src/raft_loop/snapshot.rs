@@ -4,7 +4,7 @@
 use super::{RaftLoop, Reply};
 use crate::codec::SnapshotEnvelope;
 use crate::error::{Error, Result};
-use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
+use crate::state_machine::{AbstractLogEntry, AbstractStateMachine, SnapshotView};
 use crate::status::Metrics;
 use crate::storage::StorageError;
 use raft::eraftpb::Snapshot;
@@ -12,6 +12,13 @@ use slog::{debug, error, info};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// The state machine's part of a snapshot: serialized, or a view to
+/// serialize off the loop.
+enum UserState {
+    Bytes(Vec<u8>),
+    View(Box<dyn SnapshotView>),
+}
 
 /// A saved snapshot: `(index, first index kept in the log, outcome)`.
 type Saved = (u64, u64, Result<()>);
@@ -133,10 +140,12 @@ where
         }
     }
 
-    /// Takes a snapshot of the state machine at the applied index (in the
-    /// loop: the state must not move meanwhile) and saves it — the slow part:
-    /// the whole state written and synced — in the background, where log
-    /// writes and everything else go on. One at a time.
+    /// Takes the state machine's state at the applied index — in the loop,
+    /// where it cannot move meanwhile: a view
+    /// ([`AbstractStateMachine::snapshot_view`]) or else the serialized
+    /// bytes — and saves it in the background (the view serialized, the
+    /// envelope built, the file written and synced, the log compacted),
+    /// where log writes and everything else go on. One at a time.
     async fn start_snapshot(&mut self) {
         if self.snapshots.job.is_some() {
             return;
@@ -147,31 +156,47 @@ where
             return;
         }
         let index = self.applied;
-        let user = {
+        // A view is taken here and serialized with the rest of the save, off
+        // the loop; without one the state is serialized now, in the loop.
+        let state = {
             let sm = self.sm.read().await;
-            sm.snapshot().await
+            match sm.snapshot_view() {
+                Some(view) => Ok(UserState::View(view)),
+                None => sm.snapshot().await.map(UserState::Bytes),
+            }
         };
-        let user = match user {
-            Ok(u) => u,
+        let state = match state {
+            Ok(s) => s,
             Err(e) => {
                 let err = Error::StateMachine(format!("snapshot: {e}"));
                 self.on_snapshot_saved(index, 0, Err(err));
                 return;
             }
         };
-        let env = SnapshotEnvelope {
-            meta: self.meta.clone(),
-            user: Some(user),
-        };
-        let mut snap = Snapshot::default();
-        snap.data = env.encode().into();
-        let md = snap.mut_metadata();
+        let meta = self.meta.clone();
+        let mut md = raft::eraftpb::SnapshotMetadata::default();
         md.index = index;
         md.term = self.applied_term;
         md.set_conf_state(self.conf_state.clone());
         let keep_from = (index + 1).saturating_sub(self.config.snapshot_log_retention);
         let store = self.store.clone();
         let save = move || -> Result<()> {
+            let user = match state {
+                UserState::Bytes(b) => b,
+                UserState::View(view) => {
+                    let mut out = Vec::new();
+                    view.write_to(&mut out)
+                        .map_err(|e| Error::StateMachine(format!("snapshot: {e}")))?;
+                    out
+                }
+            };
+            let env = SnapshotEnvelope {
+                meta,
+                user: Some(user),
+            };
+            let mut snap = Snapshot::default();
+            snap.data = env.encode().into();
+            snap.set_metadata(md);
             store.save_snapshot(snap)?;
             if keep_from > 1 {
                 store.compact(keep_from)?;
