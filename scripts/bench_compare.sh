@@ -6,6 +6,7 @@
 #   scripts/bench_compare.sh [SECONDS] [CONNECTIONS...]
 #   e.g. scripts/bench_compare.sh 10 1 16 64 256
 #
+# MEMSTORE_BIN=path measures that memstore binary (default: builds this tree's).
 # TARGET=leader (default) sends the load to each cluster's leader,
 # TARGET=follower to one of its followers (writes then take one more hop in
 # both systems); the script finds the node and says which one it used.
@@ -43,9 +44,15 @@ need() {
 need wrk wrk
 need etcd etcd-server
 
-echo "building memstore (release) ..." >&2
-cargo build --release -q -p memstore
-MEMSTORE=$ROOT/target/release/memstore
+# MEMSTORE_BIN: a memstore binary to measure instead of this tree's (to
+# compare two builds in one sitting).
+if [ -n "${MEMSTORE_BIN:-}" ]; then
+  MEMSTORE=$MEMSTORE_BIN
+else
+  echo "building memstore (release) ..." >&2
+  cargo build --release -q -p memstore
+  MEMSTORE=$ROOT/target/release/memstore
+fi
 mkdir -p "$OUT"
 
 wait_http() { # url

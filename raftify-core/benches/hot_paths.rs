@@ -77,8 +77,9 @@ struct Nop;
 
 #[async_trait::async_trait]
 impl AbstractStateMachine<Vec<u8>> for Nop {
-    async fn apply(&mut self, _: Vec<u8>) -> Result<Vec<u8>, BoxError> {
-        Ok(Vec::new())
+    type Output = ();
+    async fn apply(&mut self, _: Vec<u8>) -> Result<(), BoxError> {
+        Ok(())
     }
     async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
         Ok(Vec::new())

@@ -183,7 +183,7 @@ impl Config {
             max_committed_size_per_ready: self.max_committed_size_per_ready,
             // raft-rs's batch_append can merge entries into an empty append
             // whose index no longer precedes them (a misindexed message that
-            // panics the follower: found by the reliability soak). raftify
+            // panics the follower). raftify
             // batches proposals itself instead (one MsgPropose per wake-up).
             batch_append: false,
             ..Default::default()

@@ -56,10 +56,10 @@
 //! struct HashStore(HashMap<String, String>);
 //! #[async_trait::async_trait]
 //! impl AbstractStateMachine<Put> for HashStore {
-//!     async fn apply(&mut self, entry: Put) -> Result<Vec<u8>, BoxError> {
+//!     type Output = Option<String>; // the previous value
+//!     async fn apply(&mut self, entry: Put) -> Result<Option<String>, BoxError> {
 //!         let Put::Set(k, v) = entry;
-//!         let old = self.0.insert(k, v);
-//!         Ok(old.unwrap_or_default().into_bytes()) // the previous value
+//!         Ok(self.0.insert(k, v))
 //!     }
 //!     async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
 //!         Ok(serde_json::to_vec(&self.0)?)
@@ -86,7 +86,7 @@
 //!
 //! raft.propose(&Put::Set("k".into(), "v1".into())).await?;
 //! let previous = raft.propose(&Put::Set("k".into(), "v2".into())).await?;
-//! assert_eq!(previous, b"v1");
+//! assert_eq!(previous.as_deref(), Some("v1"));
 //! let value = raft.linearizable_read(|s| s.0.get("k").cloned()).await?;
 //! assert_eq!(value.as_deref(), Some("v2"));
 //! raft.handle().shutdown().await;
@@ -122,7 +122,7 @@ pub use membership::{JoinTicket, Member, MemberRole, MembershipChange};
 pub use node::{
     default_logger, discard_logger, stderr_logger, Bootstrap, Raft, RaftBuilder, RaftHandle,
 };
-pub use state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError, SnapshotView};
+pub use state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError, Payload, SnapshotView};
 pub use status::{MetricsSnapshot, NodeState, Role, Status};
 pub use storage::{LogStore, MemStore, StorageError, WriteBatch};
 pub use transport::{

@@ -44,6 +44,100 @@ impl AbstractLogEntry for Vec<u8> {
     }
 }
 
+/// A value that travels between nodes as bytes: a state machine's apply
+/// output, which goes back to the proposer (on another node when the
+/// proposal was forwarded). Implemented for bytes, strings, integers, `()`,
+/// `bool` and `Option` of those; implement it for your own output types.
+pub trait Payload: Sized + Send + 'static {
+    /// The bytes.
+    fn encode(&self) -> Result<Vec<u8>, BoxError>;
+    /// The value back from [`Payload::encode`]'s bytes; an error, never a
+    /// panic, on anything else.
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError>;
+}
+
+impl Payload for Vec<u8> {
+    fn encode(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.clone())
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        Ok(bytes.to_vec())
+    }
+}
+
+impl Payload for String {
+    fn encode(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.as_bytes().to_vec())
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        Ok(std::str::from_utf8(bytes)?.to_string())
+    }
+}
+
+impl Payload for () {
+    fn encode(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(Vec::new())
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        if bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("expected no bytes, got {}", bytes.len()).into())
+        }
+    }
+}
+
+impl Payload for bool {
+    fn encode(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(vec![u8::from(*self)])
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        match bytes {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            _ => Err("expected one byte, 0 or 1".into()),
+        }
+    }
+}
+
+macro_rules! int_payload {
+    ($($t:ty),*) => {$(
+        impl Payload for $t {
+            fn encode(&self) -> Result<Vec<u8>, BoxError> {
+                Ok(self.to_be_bytes().to_vec())
+            }
+            fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+                let b: [u8; std::mem::size_of::<$t>()] = bytes
+                    .try_into()
+                    .map_err(|_| format!("expected {} bytes, got {}", std::mem::size_of::<$t>(), bytes.len()))?;
+                Ok(<$t>::from_be_bytes(b))
+            }
+        }
+    )*};
+}
+int_payload!(u64, i64, u32, i32);
+
+/// `None` is no bytes; `Some(v)` a byte 1 and `v`'s bytes.
+impl<T: Payload> Payload for Option<T> {
+    fn encode(&self) -> Result<Vec<u8>, BoxError> {
+        match self {
+            None => Ok(Vec::new()),
+            Some(v) => {
+                let mut out = vec![1];
+                out.extend(v.encode()?);
+                Ok(out)
+            }
+        }
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+        match bytes.split_first() {
+            None => Ok(None),
+            Some((1, rest)) => Ok(Some(T::decode(rest)?)),
+            Some((tag, _)) => Err(format!("bad option tag {tag}").into()),
+        }
+    }
+}
+
 /// The replicated state: every node applies the same entries in the same
 /// order.
 ///
@@ -53,14 +147,18 @@ impl AbstractLogEntry for Vec<u8> {
 /// reported and retried later.
 #[async_trait]
 pub trait AbstractStateMachine<E: AbstractLogEntry>: Send + Sync + 'static {
+    /// What applying an entry gives back to its proposer
+    /// ([`Raft::propose`](crate::Raft::propose) returns it).
+    type Output: Payload;
+
     /// Applies one committed entry; the output goes back to the proposer.
-    async fn apply(&mut self, entry: E) -> Result<Vec<u8>, BoxError>;
+    async fn apply(&mut self, entry: E) -> Result<Self::Output, BoxError>;
 
     /// Applies the committed entry at log `index`. raftify calls this one;
     /// the default forwards to [`AbstractStateMachine::apply`]. Override it
     /// when the state machine needs the index (to return it to clients, or
     /// to make re-application after a restart idempotent).
-    async fn apply_at(&mut self, index: u64, entry: E) -> Result<Vec<u8>, BoxError> {
+    async fn apply_at(&mut self, index: u64, entry: E) -> Result<Self::Output, BoxError> {
         let _ = index;
         self.apply(entry).await
     }
@@ -109,4 +207,32 @@ pub trait SnapshotView: Send + 'static {
     /// Appends the snapshot's bytes — what
     /// [`AbstractStateMachine::restore`] reads — to `out`.
     fn write_to(self: Box<Self>, out: &mut Vec<u8>) -> Result<(), BoxError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Payload + PartialEq + std::fmt::Debug>(v: T) {
+        let bytes = v.encode().unwrap();
+        assert_eq!(T::decode(&bytes).unwrap(), v);
+    }
+
+    #[test]
+    fn payloads_round_trip_and_refuse_garbage() {
+        round_trip(b"bytes".to_vec());
+        round_trip("text".to_string());
+        round_trip(());
+        round_trip(true);
+        round_trip(u64::MAX);
+        round_trip(-7i64);
+        round_trip(Some("x".to_string()));
+        round_trip(None::<String>);
+        round_trip(Some(Some(3u32)));
+        assert!(String::decode(&[0xff]).is_err());
+        assert!(<()>::decode(&[1]).is_err());
+        assert!(bool::decode(&[2]).is_err());
+        assert!(u64::decode(&[1, 2, 3]).is_err());
+        assert!(Option::<u64>::decode(&[9]).is_err());
+    }
 }

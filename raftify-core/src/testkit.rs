@@ -71,6 +71,8 @@ pub struct KvStore {
 
 #[async_trait::async_trait]
 impl AbstractStateMachine<KvCmd> for KvStore {
+    type Output = Vec<u8>;
+
     async fn apply(&mut self, entry: KvCmd) -> Result<Vec<u8>, BoxError> {
         self.applied += 1;
         Ok(match entry {
@@ -358,9 +360,10 @@ pub async fn cluster_throughput(
 
     #[async_trait::async_trait]
     impl AbstractStateMachine<Vec<u8>> for Counter {
-        async fn apply(&mut self, _e: Vec<u8>) -> Result<Vec<u8>, BoxError> {
+        type Output = ();
+        async fn apply(&mut self, _e: Vec<u8>) -> Result<(), BoxError> {
             self.0 += 1;
-            Ok(Vec::new())
+            Ok(())
         }
         async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
             Ok(self.0.to_be_bytes().to_vec())

@@ -70,7 +70,7 @@ pub fn raft_message(data: &[u8]) -> Option<Message> {
 /// round-trip.
 pub fn memstore_codecs(data: &[u8]) {
     use memstore::store::{ApplyOutput, KvEntry};
-    use raftify_core::AbstractLogEntry;
+    use raftify_core::{AbstractLogEntry, Payload};
     if let Ok(e) = KvEntry::decode(data) {
         assert_eq!(
             e.encode().expect("encode"),
@@ -78,8 +78,12 @@ pub fn memstore_codecs(data: &[u8]) {
             "KvEntry encoding is canonical"
         );
     }
-    if let Ok(o) = ApplyOutput::decode(data) {
-        assert_eq!(ApplyOutput::decode(&o.encode()).expect("round trip"), o);
+    if let Ok(o) = <ApplyOutput as Payload>::decode(data) {
+        let bytes = Payload::encode(&o).expect("encode");
+        assert_eq!(
+            <ApplyOutput as Payload>::decode(&bytes).expect("round trip"),
+            o
+        );
     }
 }
 

@@ -182,6 +182,8 @@ impl RecKv {
 
 #[async_trait::async_trait]
 impl AbstractStateMachine<Cmd> for RecKv {
+    type Output = Vec<u8>;
+
     async fn apply(&mut self, _entry: Cmd) -> Result<Vec<u8>, BoxError> {
         Err("RecKv needs the index: raftify calls apply_at".into())
     }

@@ -131,6 +131,8 @@ pub fn input_bytes(v: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
 
 #[async_trait::async_trait]
 impl AbstractStateMachine<Vec<u8>> for PyStateMachine {
+    type Output = Vec<u8>;
+
     async fn apply(&mut self, entry: Vec<u8>) -> Result<Vec<u8>, BoxError> {
         self.apply_py(0, &entry)
     }

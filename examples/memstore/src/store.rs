@@ -3,7 +3,7 @@
 //! Entries and snapshots use a small length-prefixed binary format; every
 //! decoder checks bounds and returns an error on anything malformed.
 
-use raftify_core::{AbstractLogEntry, AbstractStateMachine, BoxError, SnapshotView};
+use raftify_core::{AbstractLogEntry, AbstractStateMachine, BoxError, Payload, SnapshotView};
 use std::sync::Arc;
 
 /// A command replicated through the log.
@@ -154,16 +154,15 @@ pub struct ApplyOutput {
     pub ok: bool,
 }
 
-impl ApplyOutput {
-    /// 8 bytes of index then one byte of `ok`.
-    pub fn encode(&self) -> Vec<u8> {
+/// 8 bytes of index then one byte of `ok`.
+impl Payload for ApplyOutput {
+    fn encode(&self) -> Result<Vec<u8>, BoxError> {
         let mut out = self.index.to_be_bytes().to_vec();
         out.push(self.ok as u8);
-        out
+        Ok(out)
     }
 
-    /// Parses [`ApplyOutput::encode`].
-    pub fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
+    fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
         let mut r = Reader(bytes);
         let index = r.u64()?;
         let ok = r.u8()? != 0;
@@ -229,11 +228,13 @@ impl HashStore {
 
 #[async_trait::async_trait]
 impl AbstractStateMachine<KvEntry> for HashStore {
-    async fn apply(&mut self, entry: KvEntry) -> Result<Vec<u8>, BoxError> {
+    type Output = ApplyOutput;
+
+    async fn apply(&mut self, entry: KvEntry) -> Result<ApplyOutput, BoxError> {
         self.apply_at(0, entry).await
     }
 
-    async fn apply_at(&mut self, index: u64, entry: KvEntry) -> Result<Vec<u8>, BoxError> {
+    async fn apply_at(&mut self, index: u64, entry: KvEntry) -> Result<ApplyOutput, BoxError> {
         let ok = match entry {
             KvEntry::Put { key, value } => {
                 self.insert(key, value);
@@ -253,7 +254,7 @@ impl AbstractStateMachine<KvEntry> for HashStore {
                 }
             }
         };
-        Ok(ApplyOutput { index, ok }.encode())
+        Ok(ApplyOutput { index, ok })
     }
 
     async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
@@ -361,30 +362,19 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(
-            ApplyOutput::decode(&out).unwrap(),
-            ApplyOutput { index: 5, ok: true }
-        );
+        assert_eq!(out, ApplyOutput { index: 5, ok: true });
         let cas = KvEntry::Cas {
             key: "a".into(),
             expected: Some(b"2".to_vec()),
             value: b"3".to_vec(),
         };
-        assert!(
-            !ApplyOutput::decode(&s.apply_at(6, cas).await.unwrap())
-                .unwrap()
-                .ok
-        );
+        assert!(!s.apply_at(6, cas).await.unwrap().ok);
         let cas = KvEntry::Cas {
             key: "a".into(),
             expected: Some(b"1".to_vec()),
             value: b"3".to_vec(),
         };
-        assert!(
-            ApplyOutput::decode(&s.apply_at(7, cas).await.unwrap())
-                .unwrap()
-                .ok
-        );
+        assert!(s.apply_at(7, cas).await.unwrap().ok);
         s.apply_at(
             8,
             KvEntry::Put {
@@ -429,11 +419,11 @@ mod tests {
             .apply_at(11, KvEntry::Delete { key: "a".into() })
             .await
             .unwrap();
-        assert!(ApplyOutput::decode(&del).unwrap().ok);
+        assert!(del.ok);
         let del = s
             .apply_at(12, KvEntry::Delete { key: "a".into() })
             .await
             .unwrap();
-        assert!(!ApplyOutput::decode(&del).unwrap().ok);
+        assert!(!del.ok);
     }
 }

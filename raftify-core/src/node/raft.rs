@@ -4,7 +4,7 @@ use super::builder::RaftBuilder;
 use super::handle::RaftHandle;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
+use crate::state_machine::{AbstractLogEntry, AbstractStateMachine, Payload};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use tokio::sync::RwLock;
@@ -61,16 +61,16 @@ where
     /// committed and applied. On a follower the entry goes to the leader
     /// (with the other writes forwarded at the same time). See
     /// [`Raft::propose_local`] to refuse instead.
-    pub async fn propose(&self, entry: &E) -> Result<Vec<u8>> {
+    pub async fn propose(&self, entry: &E) -> Result<SM::Output> {
         let encoded = entry.encode().map_err(|e| Error::Encode(e.to_string()))?;
-        self.handle.propose(encoded).await
+        output::<E, SM>(self.handle.propose(encoded).await?)
     }
 
     /// Like [`Raft::propose`], but only on this node: a follower answers
     /// [`Error::NotLeader`], which names the leader.
-    pub async fn propose_local(&self, entry: &E) -> Result<Vec<u8>> {
+    pub async fn propose_local(&self, entry: &E) -> Result<SM::Output> {
         let encoded = entry.encode().map_err(|e| Error::Encode(e.to_string()))?;
-        self.handle.propose_here(&encoded).await
+        output::<E, SM>(self.handle.propose_here(&encoded).await?)
     }
 
     /// Runs `read` on the state machine after confirming, through raft's
@@ -86,4 +86,17 @@ where
         let sm = self.sm.read().await;
         read(&sm)
     }
+}
+
+/// The state machine's output, from the bytes the applying node sent.
+fn output<E, SM>(bytes: Vec<u8>) -> Result<SM::Output>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    SM::Output::decode(&bytes).map_err(|e| {
+        Error::Encode(format!(
+            "the entry was applied, but its output does not decode: {e}"
+        ))
+    })
 }

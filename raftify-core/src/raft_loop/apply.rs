@@ -4,7 +4,7 @@
 use super::{Applied, RaftLoop};
 use crate::codec::{parse_entry, ConfChangeContext, EntryPayload};
 use crate::error::{Error, Rejection, Result};
-use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
+use crate::state_machine::{AbstractLogEntry, AbstractStateMachine, Payload};
 use crate::status::Metrics;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
@@ -31,11 +31,14 @@ where
                 EntryType::EntryNormal => match parse_entry(&entry.data) {
                     Ok(EntryPayload::Noop) => Ok(Applied::Output(Vec::new())),
                     Ok(EntryPayload::User(bytes)) => match E::decode(bytes) {
-                        Ok(cmd) => sm
-                            .apply_at(entry.index, cmd)
-                            .await
-                            .map(Applied::Output)
-                            .map_err(|e| Error::StateMachine(e.to_string())),
+                        Ok(cmd) => match sm.apply_at(entry.index, cmd).await {
+                            Ok(out) => out.encode().map(Applied::Output).map_err(|e| {
+                                Error::StateMachine(format!(
+                                    "the apply output does not encode: {e}"
+                                ))
+                            }),
+                            Err(e) => Err(Error::StateMachine(e.to_string())),
+                        },
                         Err(e) => {
                             warn!(self.logger, "committed entry does not decode"; "index" => entry.index, "err" => %e);
                             Err(Error::Encode(e.to_string()))

@@ -210,7 +210,7 @@ impl Transport for InProcTransport {
             .iter()
             .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
         // An undeliverable snapshot must be reported as failed, or raft
-        // keeps the peer waiting for it forever (found by seed 2138).
+        // keeps the peer waiting for it forever.
         let lost = |feedback: &Feedback| {
             feedback.unreachable(to);
             if has_snapshot {
