@@ -6,7 +6,8 @@
 #   scripts/bench_compare.sh [SECONDS] [CONNECTIONS...]
 #   e.g. scripts/bench_compare.sh 10 1 16 64 256
 #
-# MEMSTORE_BIN=path measures that memstore binary (default: builds this tree's).
+# MEMSTORE_BIN=path measures that memstore binary (default: builds this tree's);
+# MEMSTORE_ARGS adds flags to every memstore node; NO_ETCD=1 skips etcd.
 # TARGET=leader (default) sends the load to each cluster's leader,
 # TARGET=follower to one of its followers (writes then take one more hop in
 # both systems); the script finds the node and says which one it used.
@@ -67,8 +68,9 @@ wait_http() { # url
 start_memstore() {
   local peers="1=127.0.0.1:61061,2=127.0.0.1:61062,3=127.0.0.1:61063"
   for i in 1 2 3; do
+    # shellcheck disable=SC2086
     "$MEMSTORE" --id $i --peers "$peers" --web-server 127.0.0.1:1800$i \
-      --data-dir "$WORK/memstore-$i" >"$WORK/memstore-$i.log" 2>&1 &
+      --data-dir "$WORK/memstore-$i" ${MEMSTORE_ARGS:-} >"$WORK/memstore-$i.log" 2>&1 &
     PIDS+=($!)
   done
   for i in 1 2 3; do wait_http "http://127.0.0.1:1800$i/health"; done
@@ -152,6 +154,10 @@ for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
 PIDS=()
 
+if [ -n "${NO_ETCD:-}" ]; then
+  echo "NO_ETCD set: memstore only" >&2
+  exit 0
+fi
 echo "starting etcd cluster ..." >&2
 start_etcd
 curl -fsS -o /dev/null -XPOST http://127.0.0.1:12379/v3/kv/put -d '{"key":"d2FybXVw","value":"eA=="}'

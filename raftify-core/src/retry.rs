@@ -100,6 +100,7 @@ where
     let idempotent = idempotence == Idempotence::Idempotent;
     let deadline = Instant::now() + policy.timeout;
     let mut next = hint;
+    let mut last = String::new();
     let mut turn = 0usize;
     let mut attempt = 0u32;
     let mut redirects = 0u32;
@@ -107,14 +108,15 @@ where
     loop {
         let addr = match next.take() {
             Some(a) => a,
-            None if addrs.is_empty() => {
-                return Err(ambiguous.unwrap_or(Error::Timeout(policy.timeout)))
-            }
+            // Only a hint was given: ask it again (a node in an election
+            // names the new leader once it knows it).
+            None if addrs.is_empty() => last.clone(),
             None => {
                 turn += 1;
                 addrs[(turn - 1) % addrs.len()].clone()
             }
         };
+        last = addr.clone();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let err = match tokio::time::timeout(remaining, op(addr.clone())).await {
             Ok(Ok(v)) => return Ok((v, addr)),
@@ -245,6 +247,31 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(v, 4);
+    }
+
+    #[tokio::test]
+    async fn with_only_a_hint_it_is_asked_again() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let (v, at) = seek_leader(
+            &[],
+            Some("h:1".into()),
+            &quick(),
+            Idempotence::NotIdempotent,
+            |a| {
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match n {
+                        0 => Err(Error::NoLeader),
+                        _ => Ok(a),
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((v.as_str(), at.as_str()), ("h:1", "h:1"));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -48,14 +48,7 @@ impl Rt {
         F: Future<Output = Result<T, Error>> + Send,
         T: Send,
     {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(raftify_msg(
-                py,
-                "RaftifyError",
-                "blocking node methods cannot run on raftify's own threads (inside apply, \
-                 snapshot, restore or read); use the *_async methods from asyncio code",
-            ));
-        }
+        not_on_runtime(py)?;
         py.detach(|| self.get().block_on(fut))
             .map_err(|e| to_pyerr(py, e))
     }
@@ -110,4 +103,19 @@ fn resolve_later(
     };
     // Fails only when the loop is closed: nobody is waiting any more.
     let _ = event_loop.call_method1(py, "call_soon_threadsafe", (resolve, future, ok, value));
+}
+
+/// Refuses to block on raftify's own threads (inside apply, snapshot,
+/// restore or read), where waiting would block the runtime (and tokio
+/// would panic on a nested runtime).
+pub fn not_on_runtime(py: Python<'_>) -> PyResult<()> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(raftify_msg(
+            py,
+            "RaftifyError",
+            "blocking node methods cannot run on raftify's own threads (inside apply, \
+             snapshot, restore or read); use the *_async methods from asyncio code",
+        ));
+    }
+    Ok(())
 }

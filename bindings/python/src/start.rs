@@ -171,6 +171,7 @@ pub fn start_running(
         codec.map(|c| c.clone_ref(py)),
     )?;
     let has_read = state_machine.bind(py).hasattr("read")?;
+    crate::runtime::not_on_runtime(py)?;
     let rt = Rt::multi_thread()?;
     let plan = StartPlan {
         config,

@@ -109,6 +109,7 @@ pub fn request_join_ticket(
         None => GrpcConfig::default(),
     };
     let timeout = Duration::try_from_secs_f64(timeout.max(0.001)).unwrap_or(Duration::MAX);
+    crate::runtime::not_on_runtime(py)?;
     let rt = Rt::current_thread()?;
     let result = py.detach(|| {
         rt.get().block_on(async {
