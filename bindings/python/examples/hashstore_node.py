@@ -180,7 +180,7 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--http", help="serve the HTTP API on HOST:PORT (port 0: pick one)")
     p.add_argument("--cluster-id", default="raftify")
     p.add_argument("--tick-ms", type=int, default=100)
-    p.add_argument("--snapshot-threshold", type=int, default=10_000)
+    p.add_argument("--snapshot-threshold", type=int, default=100_000)
     p.add_argument("--no-sync", action="store_true", help="do not fsync the log")
     p.add_argument("--auth-token")
     p.add_argument("--tls-cert")

@@ -50,7 +50,7 @@ impl Config {
         tick_ms = 100,
         election_tick = 10,
         heartbeat_tick = 2,
-        snapshot_threshold = 10_000,
+        snapshot_threshold = 100_000,
         snapshot_log_retention = 1_000,
         proposal_timeout = 10.0,
         read_timeout = 5.0,

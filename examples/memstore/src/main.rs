@@ -88,7 +88,7 @@ struct Args {
     #[arg(long, env = "RAFTIFY_CLUSTER_ID", default_value = "raftify")]
     cluster_id: String,
     /// Take a snapshot and compact the log every N applied entries.
-    #[arg(long, env = "RAFTIFY_SNAPSHOT_THRESHOLD", default_value_t = 10_000)]
+    #[arg(long, env = "RAFTIFY_SNAPSHOT_THRESHOLD", default_value_t = 100_000)]
     snapshot_threshold: u64,
     /// Raft tick in milliseconds (elections after 10-20 ticks, heartbeats every 2).
     #[arg(long, env = "RAFTIFY_TICK_MS", default_value_t = 100)]

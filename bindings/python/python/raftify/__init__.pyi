@@ -174,7 +174,7 @@ class Config:
         tick_ms: int = 100,
         election_tick: int = 10,
         heartbeat_tick: int = 2,
-        snapshot_threshold: int = 10000,
+        snapshot_threshold: int = 100000,
         snapshot_log_retention: int = 1000,
         proposal_timeout: float = 10.0,
         read_timeout: float = 5.0,
