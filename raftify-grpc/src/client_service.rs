@@ -2,69 +2,41 @@
 //! membership changes made on a follower go to the leader (the node does
 //! the routing); reads are confirmed with ReadIndex.
 
-use crate::convert::{change_from_pb, members_to_pb, ticket_to_pb};
-use crate::error::error_to_status;
+use crate::calls::{self, st, Answer};
 use crate::pb;
 use crate::pb::raft_client_server::RaftClient;
 use crate::read::ReadHandler;
 use async_trait::async_trait;
-use raftify_core::{Error, Membership, RaftHandle, Result};
+use raftify_core::{ClusterApi, Error, RaftHandle};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub(crate) struct ClientService {
     pub(crate) handle: RaftHandle,
+    /// The node's API with requests routed to the leader.
+    pub(crate) routed: Arc<dyn ClusterApi>,
     pub(crate) reader: Option<Arc<dyn ReadHandler>>,
-}
-
-fn st(e: Error) -> Status {
-    error_to_status(&e)
 }
 
 #[async_trait]
 impl RaftClient for ClientService {
-    async fn propose(
-        &self,
-        req: Request<pb::ProposeRequest>,
-    ) -> std::result::Result<Response<pb::ProposeReply>, Status> {
-        let output = self.handle.propose(req.into_inner().data).await;
-        Ok(Response::new(pb::ProposeReply {
-            output: output.map_err(st)?,
-        }))
+    async fn propose(&self, req: Request<pb::ProposeRequest>) -> Answer<pb::ProposeReply> {
+        calls::propose(&*self.routed, req).await
     }
 
-    async fn read_index(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::ReadIndexReply>, Status> {
-        let index = self.handle.read_index().await.map_err(st)?;
-        Ok(Response::new(pb::ReadIndexReply { index }))
+    async fn read_index(&self, _req: Request<pb::Empty>) -> Answer<pb::ReadIndexReply> {
+        calls::read_index(&*self.routed).await
     }
 
-    async fn request_id(
-        &self,
-        req: Request<pb::RequestIdRequest>,
-    ) -> std::result::Result<Response<pb::JoinTicketReply>, Status> {
-        let ticket = self.handle.request_id(&req.into_inner().addr).await;
-        Ok(Response::new(ticket_to_pb(&ticket.map_err(st)?)))
+    async fn request_id(&self, req: Request<pb::RequestIdRequest>) -> Answer<pb::JoinTicketReply> {
+        calls::request_id(&*self.routed, req).await
     }
 
     async fn change_config(
         &self,
         req: Request<pb::ChangeConfigRequest>,
-    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
-        let changes = req
-            .get_ref()
-            .changes
-            .iter()
-            .map(change_from_pb)
-            .collect::<Result<Vec<_>>>()
-            .map_err(st)?;
-        let members = self.handle.change_membership(changes).await.map_err(st)?;
-        Ok(Response::new(members_to_pb(&Membership {
-            leader_id: self.handle.leader_id().unwrap_or(0),
-            members,
-        })))
+    ) -> Answer<pb::MembersReply> {
+        calls::change_config(&*self.routed, req).await
     }
 
     async fn leave(
@@ -75,23 +47,12 @@ impl RaftClient for ClientService {
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn transfer_leader(
-        &self,
-        req: Request<pb::TransferLeaderRequest>,
-    ) -> std::result::Result<Response<pb::Empty>, Status> {
-        self.handle
-            .transfer_leader(req.get_ref().to)
-            .await
-            .map_err(st)?;
-        Ok(Response::new(pb::Empty {}))
+    async fn transfer_leader(&self, req: Request<pb::TransferLeaderRequest>) -> Answer<pb::Empty> {
+        calls::transfer_leader(&*self.routed, req).await
     }
 
-    async fn members(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
-        let membership = self.handle.members().await.map_err(st)?;
-        Ok(Response::new(members_to_pb(&membership)))
+    async fn members(&self, _req: Request<pb::Empty>) -> Answer<pb::MembersReply> {
+        calls::members(&*self.routed).await
     }
 
     async fn read(

@@ -2,9 +2,9 @@
 //! and the cluster requests one member makes of another. Every call runs
 //! on this node (the sender did the routing); none is forwarded again.
 
+use crate::calls::{self, st, Answer};
 use crate::config::GrpcConfig;
-use crate::convert::{change_from_pb, decode_msg, members_to_pb, ticket_to_pb};
-use crate::error::error_to_status;
+use crate::convert::decode_msg;
 use crate::net::outcome_to_pb;
 use crate::pb;
 use crate::pb::raft_peer_server::RaftPeer;
@@ -25,10 +25,6 @@ pub(crate) struct PeerService {
     /// Turns true when the server shuts down: long-lived message streams
     /// end then, instead of holding the graceful shutdown up.
     pub(crate) stopping: watch::Receiver<bool>,
-}
-
-fn st(e: Error) -> Status {
-    error_to_status(&e)
 }
 
 impl PeerService {
@@ -137,20 +133,14 @@ impl RaftPeer for PeerService {
         Ok(Response::new(pb::Ack {}))
     }
 
-    async fn propose(
-        &self,
-        req: Request<pb::ProposeRequest>,
-    ) -> std::result::Result<Response<pb::ProposeReply>, Status> {
-        let output = self.inbound.propose(req.into_inner().data).await;
-        Ok(Response::new(pb::ProposeReply {
-            output: output.map_err(st)?,
-        }))
+    async fn propose(&self, req: Request<pb::ProposeRequest>) -> Answer<pb::ProposeReply> {
+        calls::propose(&*self.inbound, req).await
     }
 
     async fn propose_batch(
         &self,
         req: Request<pb::ProposeBatchRequest>,
-    ) -> std::result::Result<Response<pb::ProposeBatchReply>, Status> {
+    ) -> Answer<pb::ProposeBatchReply> {
         let entries = req.into_inner().entries;
         let outcomes = self.inbound.propose_batch(entries).await.map_err(st)?;
         Ok(Response::new(pb::ProposeBatchReply {
@@ -158,53 +148,26 @@ impl RaftPeer for PeerService {
         }))
     }
 
-    async fn read_index(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::ReadIndexReply>, Status> {
-        let index = self.inbound.read_index().await.map_err(st)?;
-        Ok(Response::new(pb::ReadIndexReply { index }))
+    async fn read_index(&self, _req: Request<pb::Empty>) -> Answer<pb::ReadIndexReply> {
+        calls::read_index(&*self.inbound).await
     }
 
-    async fn request_id(
-        &self,
-        req: Request<pb::RequestIdRequest>,
-    ) -> std::result::Result<Response<pb::JoinTicketReply>, Status> {
-        let ticket = self.inbound.request_id(req.into_inner().addr).await;
-        Ok(Response::new(ticket_to_pb(&ticket.map_err(st)?)))
+    async fn request_id(&self, req: Request<pb::RequestIdRequest>) -> Answer<pb::JoinTicketReply> {
+        calls::request_id(&*self.inbound, req).await
     }
 
     async fn change_config(
         &self,
         req: Request<pb::ChangeConfigRequest>,
-    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
-        let changes = req
-            .get_ref()
-            .changes
-            .iter()
-            .map(change_from_pb)
-            .collect::<Result<Vec<_>>>()
-            .map_err(st)?;
-        let membership = self.inbound.change_membership(changes).await.map_err(st)?;
-        Ok(Response::new(members_to_pb(&membership)))
+    ) -> Answer<pb::MembersReply> {
+        calls::change_config(&*self.inbound, req).await
     }
 
-    async fn transfer_leader(
-        &self,
-        req: Request<pb::TransferLeaderRequest>,
-    ) -> std::result::Result<Response<pb::Empty>, Status> {
-        self.inbound
-            .transfer_leader(req.get_ref().to)
-            .await
-            .map_err(st)?;
-        Ok(Response::new(pb::Empty {}))
+    async fn transfer_leader(&self, req: Request<pb::TransferLeaderRequest>) -> Answer<pb::Empty> {
+        calls::transfer_leader(&*self.inbound, req).await
     }
 
-    async fn members(
-        &self,
-        _req: Request<pb::Empty>,
-    ) -> std::result::Result<Response<pb::MembersReply>, Status> {
-        let membership = self.inbound.members().await.map_err(st)?;
-        Ok(Response::new(members_to_pb(&membership)))
+    async fn members(&self, _req: Request<pb::Empty>) -> Answer<pb::MembersReply> {
+        calls::members(&*self.inbound).await
     }
 }

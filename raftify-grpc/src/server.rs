@@ -176,6 +176,7 @@ impl RaftGrpcServer {
         .max_decoding_message_size(n)
         .max_encoding_message_size(n);
         let clients = RaftClientServer::new(ClientService {
+            routed: self.handle.routed(),
             handle: self.handle,
             reader: self.reader,
         })

@@ -1,9 +1,11 @@
-//! What a peer's (or a forwarding node's) request does on this node: the
-//! node's [`Inbound`], which transports deliver to. Requests run here and
-//! are never forwarded again — the sender chose this node.
+//! The node's cluster API, two ways: its [`Inbound`] — what a peer's (or a
+//! forwarding node's) request does here, never forwarded again, since the
+//! sender chose this node — and the routed API a client service serves,
+//! where writes and membership changes go to the leader.
 
 use super::RaftHandle;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::error_info::ErrorInfo;
 use crate::membership::{JoinTicket, MembershipChange};
 use crate::transport::{ClusterApi, Inbound, Membership, Outcome};
 use async_trait::async_trait;
@@ -13,11 +15,66 @@ use std::sync::Arc;
 /// A node as its transport sees it.
 struct NodeInbound(RaftHandle);
 
+/// A node as its clients see it: requests go to the leader.
+struct Routed(RaftHandle);
+
 impl RaftHandle {
     /// This node's receiving side, for transports: raft messages and the
     /// cluster requests peers send it (run here, not forwarded).
     pub fn inbound(&self) -> Arc<dyn Inbound> {
         Arc::new(NodeInbound(self.clone()))
+    }
+
+    /// This node's cluster API as a client service serves it: writes,
+    /// membership changes, transfers and id reservations go to the leader
+    /// (this node when it leads); reads confirm with it.
+    pub fn routed(&self) -> Arc<dyn ClusterApi> {
+        Arc::new(Routed(self.clone()))
+    }
+}
+
+#[async_trait]
+impl ClusterApi for Routed {
+    async fn propose(&self, entry: Vec<u8>) -> Result<Vec<u8>> {
+        self.0.propose(entry).await
+    }
+    async fn propose_batch(&self, entries: Vec<Vec<u8>>) -> Result<Vec<Outcome>> {
+        // Proposed concurrently (on a follower the forwarder batches them
+        // again); one outcome each, in order.
+        let tasks: Vec<_> = entries
+            .into_iter()
+            .map(|e| {
+                let h = self.0.clone();
+                tokio::spawn(async move { h.propose(e).await })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let outcome = t
+                .await
+                .unwrap_or_else(|_| Err(Error::Interrupted("the proposing task ended".into())));
+            outcomes.push(outcome.map_err(|e| ErrorInfo::from(&e)));
+        }
+        Ok(outcomes)
+    }
+    async fn read_index(&self) -> Result<u64> {
+        self.0.read_index().await
+    }
+    async fn request_id(&self, addr: String) -> Result<JoinTicket> {
+        self.0.request_id(&addr).await
+    }
+    async fn change_membership(&self, changes: Vec<MembershipChange>) -> Result<Membership> {
+        let members = self.0.change_membership(changes).await?;
+        Ok(Membership {
+            leader_id: self.0.leader_id().unwrap_or(0),
+            members,
+        })
+    }
+    async fn transfer_leader(&self, to: u64) -> Result<()> {
+        self.0.transfer_leader(to).await
+    }
+    async fn members(&self) -> Result<Membership> {
+        self.0.members().await
     }
 }
 
