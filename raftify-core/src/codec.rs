@@ -3,8 +3,10 @@
 //! * A normal entry's data is empty (raft's own no-op), or a tag byte followed
 //!   by the payload: [`TAG_USER`] + the user's encoded entry, or
 //!   [`TAG_RESERVE_ID`] (a join-ticket id reservation, no payload).
-//! * A snapshot's data is an [`SnapshotEnvelope`]: raftify's own replicated
-//!   metadata (the address book, the next free node id) and the user's bytes.
+//! * A snapshot's data is raftify's own replicated metadata (the address
+//!   book, the next free node id) and the state machine's bytes
+//!   ([`encode_snapshot`], [`decode_snapshot`], [`SnapshotEnvelope`]); the
+//!   state is written in place and read in place, never copied.
 //! * A configuration change carries a [`ConfChangeContext`] (the addresses of
 //!   the nodes it adds) in its context, so every node's address book follows
 //!   the log and survives restarts.
@@ -46,7 +48,12 @@ pub fn parse_entry(data: &[u8]) -> Result<EntryPayload<'_>, String> {
     }
 }
 
-const SNAPSHOT_MAGIC: &[u8; 4] = b"RFS1";
+/// Snapshot data written by raftify before 0.1's reshape (still read).
+const SNAPSHOT_MAGIC_V1: &[u8; 4] = b"RFS1";
+/// Snapshot data as written now.
+const SNAPSHOT_MAGIC: &[u8; 4] = b"RFS2";
+/// The state-length field of a snapshot without state (the bootstrap one).
+const NO_STATE: u64 = u64::MAX;
 
 /// raftify's replicated metadata, stored in every snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,60 +74,122 @@ pub struct SnapshotEnvelope {
     pub user: Option<Vec<u8>>,
 }
 
-impl SnapshotEnvelope {
-    /// `RFS1`, u32 BE header length, JSON header (with the state's length),
-    /// then the state bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Header<'a> {
-            meta: &'a ClusterMeta,
-            user_len: Option<usize>,
-        }
-        let header = serde_json::to_vec(&Header {
-            meta: &self.meta,
-            user_len: self.user.as_ref().map(Vec::len),
-        })
-        .unwrap_or_default(); // ok: serializing plain maps and integers cannot fail
-        let user = self.user.as_deref().unwrap_or_default();
-        let mut out = Vec::with_capacity(8 + header.len() + user.len());
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(user);
-        out
+/// Writes snapshot data — `RFS2`, u32 BE header length, JSON header (the
+/// metadata), u64 BE state length (`u64::MAX`: no state), the state — in
+/// one buffer: `write_state` appends the state where it belongs, so a large
+/// state is never copied to make room for the header. `None`: no state.
+pub fn encode_snapshot<E>(
+    meta: &ClusterMeta,
+    write_state: Option<impl FnOnce(&mut Vec<u8>) -> Result<(), E>>,
+) -> Result<Vec<u8>, E> {
+    let header = serde_json::to_vec(meta).unwrap_or_default(); // ok: plain maps and integers
+    let mut out = Vec::with_capacity(16 + header.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    out.extend_from_slice(&header);
+    let at = out.len();
+    out.extend_from_slice(&NO_STATE.to_be_bytes());
+    if let Some(write) = write_state {
+        let start = out.len();
+        write(&mut out)?;
+        let len = (out.len() - start) as u64;
+        out[at..at + 8].copy_from_slice(&len.to_be_bytes());
     }
+    Ok(out)
+}
 
-    /// Parses [`SnapshotEnvelope::encode`]'s output; an error for anything else.
-    pub fn decode(data: &[u8]) -> Result<Self, String> {
-        #[derive(Deserialize)]
-        struct Header {
-            meta: ClusterMeta,
-            user_len: Option<usize>,
-        }
-        let rest = data
-            .strip_prefix(SNAPSHOT_MAGIC.as_slice())
-            .ok_or("snapshot data does not start with the raftify magic")?;
-        if rest.len() < 4 {
-            return Err("snapshot data truncated in its header length".into());
-        }
-        let (len, rest) = rest.split_at(4);
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if rest.len() < len {
-            return Err("snapshot data truncated in its header".into());
-        }
-        let (header, user) = rest.split_at(len);
-        let header: Header = serde_json::from_slice(header)
-            .map_err(|e| format!("snapshot header does not parse: {e}"))?;
-        if user.len() != header.user_len.unwrap_or(0) {
+/// Reads snapshot data (`RFS2`, or the older `RFS1`) without copying the
+/// state: the metadata, and the state's bytes within `data`.
+pub fn decode_snapshot(data: &[u8]) -> Result<(ClusterMeta, Option<&[u8]>), String> {
+    if data.starts_with(SNAPSHOT_MAGIC_V1) {
+        return decode_v1(data);
+    }
+    let rest = data
+        .strip_prefix(SNAPSHOT_MAGIC.as_slice())
+        .ok_or("snapshot data does not start with the raftify magic")?;
+    let (header, rest) = split_header(rest)?;
+    let meta: ClusterMeta = serde_json::from_slice(header)
+        .map_err(|e| format!("snapshot header does not parse: {e}"))?;
+    if rest.len() < 8 {
+        return Err("snapshot data truncated in its state length".into());
+    }
+    let (len, state) = rest.split_at(8);
+    let len = u64::from_be_bytes([
+        len[0], len[1], len[2], len[3], len[4], len[5], len[6], len[7],
+    ]);
+    if len == NO_STATE {
+        if !state.is_empty() {
             return Err(format!(
-                "snapshot data has {} state bytes, its header says {:?}",
-                user.len(),
-                header.user_len
+                "snapshot without state has {} trailing bytes",
+                state.len()
             ));
         }
+        return Ok((meta, None));
+    }
+    if state.len() as u64 != len {
+        return Err(format!(
+            "snapshot data has {} state bytes, its header says {len}",
+            state.len()
+        ));
+    }
+    Ok((meta, Some(state)))
+}
+
+/// `u32` BE length, then that many bytes: the header and what follows.
+fn split_header(rest: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    if rest.len() < 4 {
+        return Err("snapshot data truncated in its header length".into());
+    }
+    let (len, rest) = rest.split_at(4);
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if rest.len() < len {
+        return Err("snapshot data truncated in its header".into());
+    }
+    Ok(rest.split_at(len))
+}
+
+/// `RFS1`: the state's length in the JSON header.
+fn decode_v1(data: &[u8]) -> Result<(ClusterMeta, Option<&[u8]>), String> {
+    #[derive(Deserialize)]
+    struct Header {
+        meta: ClusterMeta,
+        user_len: Option<usize>,
+    }
+    let rest = &data[SNAPSHOT_MAGIC_V1.len()..];
+    let (header, user) = split_header(rest)?;
+    let header: Header = serde_json::from_slice(header)
+        .map_err(|e| format!("snapshot header does not parse: {e}"))?;
+    if user.len() != header.user_len.unwrap_or(0) {
+        return Err(format!(
+            "snapshot data has {} state bytes, its header says {:?}",
+            user.len(),
+            header.user_len
+        ));
+    }
+    Ok((header.meta, header.user_len.map(|_| user)))
+}
+
+impl SnapshotEnvelope {
+    /// The snapshot data of this metadata and state (see [`encode_snapshot`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let write = self.user.as_ref().map(|u| {
+            |out: &mut Vec<u8>| {
+                out.extend_from_slice(u);
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
+        match encode_snapshot(&self.meta, write) {
+            Ok(out) => out,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Parses snapshot data (see [`decode_snapshot`]), copying the state.
+    pub fn decode(data: &[u8]) -> Result<Self, String> {
+        let (meta, user) = decode_snapshot(data)?;
         Ok(SnapshotEnvelope {
-            meta: header.meta,
-            user: header.user_len.map(|_| user.to_vec()),
+            meta,
+            user: user.map(<[u8]>::to_vec),
         })
     }
 }
@@ -164,6 +233,34 @@ mod tests {
         );
         assert!(parse_entry(&[7, 1, 2]).is_err());
         assert!(parse_entry(&[TAG_RESERVE_ID, 1]).is_err());
+    }
+
+    #[test]
+    fn the_state_is_read_in_place_and_old_snapshots_still_decode() {
+        let mut meta = ClusterMeta::default();
+        meta.peers.insert(2, "127.0.0.1:2".into());
+        let data = encode_snapshot(
+            &meta,
+            Some(|out: &mut Vec<u8>| {
+                out.extend_from_slice(b"the state");
+                Ok::<(), String>(())
+            }),
+        )
+        .unwrap();
+        let (m, state) = decode_snapshot(&data).unwrap();
+        assert_eq!((m, state), (meta.clone(), Some(&b"the state"[..])));
+        // The state is a slice of the data, not a copy.
+        let at = state.unwrap().as_ptr() as usize - data.as_ptr() as usize;
+        assert_eq!(at, data.len() - 9);
+        // RFS1, as written before: the length in the JSON header.
+        let header = serde_json::json!({ "meta": meta, "user_len": 3 }).to_string();
+        let mut v1 = b"RFS1".to_vec();
+        v1.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        v1.extend_from_slice(header.as_bytes());
+        v1.extend_from_slice(b"old");
+        assert_eq!(decode_snapshot(&v1).unwrap(), (meta, Some(&b"old"[..])));
+        v1.push(0);
+        assert!(decode_snapshot(&v1).is_err());
     }
 
     #[test]

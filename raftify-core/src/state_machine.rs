@@ -182,6 +182,21 @@ pub trait AbstractStateMachine<E: AbstractLogEntry>: Send + Sync + 'static {
     }
     /// Replaces the whole state with a snapshot produced by `snapshot`.
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError>;
+
+    /// Replaces the whole state with the snapshot read from `reader`.
+    /// raftify calls this one, over the snapshot's bytes in place; the
+    /// default reads them into a `Vec` and calls
+    /// [`AbstractStateMachine::restore`]. Override it to build the state as
+    /// it reads, so a large snapshot is not held twice (its bytes and a copy
+    /// for `restore`) next to the state being built.
+    async fn restore_from(
+        &mut self,
+        reader: &mut (dyn std::io::Read + Send),
+    ) -> Result<(), BoxError> {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes)?;
+        self.restore(bytes).await
+    }
 }
 
 /// A frozen copy of a state machine's state that can be serialized while

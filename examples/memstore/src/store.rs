@@ -4,6 +4,7 @@
 //! decoder checks bounds and returns an error on anything malformed.
 
 use raftify_core::{AbstractLogEntry, AbstractStateMachine, BoxError, Payload, SnapshotView};
+use std::io::Read;
 use std::sync::Arc;
 
 /// A command replicated through the log.
@@ -268,18 +269,53 @@ impl AbstractStateMachine<KvEntry> for HashStore {
     }
 
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError> {
-        let mut r = Reader(&snapshot);
-        let n = r.u64()?;
+        self.restore_from(&mut &snapshot[..]).await
+    }
+
+    /// Builds the map as it reads the snapshot (no copy of its bytes); a
+    /// snapshot that does not parse to its end changes nothing.
+    async fn restore_from(
+        &mut self,
+        reader: &mut (dyn Read + Send),
+    ) -> Result<(), BoxError> {
+        let n = u64::from_be_bytes(read_array(reader)?);
         let mut next = HashStore::default();
         for _ in 0..n {
-            let k = r.string()?;
-            let v = r.bytes()?.to_vec();
-            next.insert(k, v);
+            let key = String::from_utf8(read_field(reader)?)?;
+            let value = read_field(reader)?;
+            next.insert(key, value);
         }
-        r.end()?;
+        let mut extra = [0u8; 1];
+        if reader.read(&mut extra)? != 0 {
+            return Err("trailing bytes after the snapshot's entries".into());
+        }
         *self = next;
         Ok(())
     }
+}
+
+fn read_array<const N: usize>(reader: &mut dyn Read) -> Result<[u8; N], BoxError> {
+    let mut b = [0u8; N];
+    reader
+        .read_exact(&mut b)
+        .map_err(|e| format!("truncated snapshot: {e}"))?;
+    Ok(b)
+}
+
+/// A length-prefixed field. The length is not trusted for allocation: the
+/// buffer grows with what is actually read.
+fn read_field(reader: &mut dyn Read) -> Result<Vec<u8>, BoxError> {
+    let len = u32::from_be_bytes(read_array(reader)?) as u64;
+    let mut out = Vec::new();
+    Read::take(reader, len).read_to_end(&mut out)?;
+    if out.len() as u64 != len {
+        return Err(format!(
+            "truncated snapshot: a field of {len} bytes has {}",
+            out.len()
+        )
+        .into());
+    }
+    Ok(out)
 }
 
 /// A snapshot's copy of the map: `u64` count, then length-prefixed key and

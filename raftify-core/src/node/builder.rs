@@ -6,7 +6,7 @@ use super::forward::Forwarder;
 use super::handle::{HandleInner, RaftHandle, INBOX_CAPACITY};
 use super::logging::default_logger;
 use super::raft::Raft;
-use crate::codec::{ClusterMeta, SnapshotEnvelope};
+use crate::codec::{decode_snapshot, ClusterMeta, SnapshotEnvelope};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::membership::validate_addr;
@@ -266,16 +266,16 @@ where
     if md.index == 0 {
         return Ok((ClusterMeta::default(), 0, 0));
     }
-    let env = SnapshotEnvelope::decode(&snap.data).map_err(|e| {
+    let (meta, state) = decode_snapshot(&snap.data).map_err(|e| {
         Error::Storage(crate::storage::StorageError::Corrupted(format!(
             "snapshot at index {}: {e}",
             md.index
         )))
     })?;
-    if let Some(user) = env.user {
-        sm.restore(user)
+    if let Some(mut state) = state {
+        sm.restore_from(&mut state)
             .await
             .map_err(|e| Error::StateMachine(format!("restore from snapshot: {e}")))?;
     }
-    Ok((env.meta, md.index, md.term))
+    Ok((meta, md.index, md.term))
 }

@@ -2,7 +2,7 @@
 //! a leader's snapshot installed in place of the log.
 
 use super::{RaftLoop, Reply};
-use crate::codec::SnapshotEnvelope;
+use crate::codec::{decode_snapshot, encode_snapshot};
 use crate::error::{Error, Result};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine, SnapshotView};
 use crate::status::Metrics;
@@ -79,29 +79,29 @@ where
 {
     pub(super) async fn install_snapshot(&mut self, snap: Snapshot) -> Result<()> {
         let meta = snap.get_metadata();
-        let env = SnapshotEnvelope::decode(&snap.data).map_err(|e| {
+        let (cluster, state) = decode_snapshot(&snap.data).map_err(|e| {
             Error::Fatal(format!(
                 "snapshot at index {} from the leader is unreadable: {e}",
                 meta.index
             ))
         })?;
-        if let Some(user) = env.user {
+        if let Some(mut state) = state {
             let mut sm = self.sm.write().await;
-            sm.restore(user)
+            sm.restore_from(&mut state)
                 .await
                 .map_err(|e| Error::Fatal(format!("state machine restore failed: {e}")))?;
         }
-        for (id, addr) in &env.meta.peers {
+        for (id, addr) in &cluster.peers {
             if *id != self.config.id {
                 self.transport.set_peer(*id, addr);
             }
         }
         for id in self.meta.peers.keys() {
-            if !env.meta.peers.contains_key(id) {
+            if !cluster.peers.contains_key(id) {
                 self.transport.remove_peer(*id);
             }
         }
-        self.meta = env.meta;
+        self.meta = cluster;
         self.conf_state = meta.get_conf_state().clone();
         self.applied = meta.index;
         self.applied_term = meta.term;
@@ -181,21 +181,22 @@ where
         let keep_from = (index + 1).saturating_sub(self.config.snapshot_log_retention);
         let store = self.store.clone();
         let save = move || -> Result<()> {
-            let user = match state {
-                UserState::Bytes(b) => b,
-                UserState::View(view) => {
-                    let mut out = Vec::new();
-                    view.write_to(&mut out)
-                        .map_err(|e| Error::StateMachine(format!("snapshot: {e}")))?;
-                    out
-                }
-            };
-            let env = SnapshotEnvelope {
-                meta,
-                user: Some(user),
-            };
+            // The state is written where it belongs in the snapshot's data:
+            // a large one is never copied.
+            let data = encode_snapshot(
+                &meta,
+                Some(|out: &mut Vec<u8>| match state {
+                    UserState::Bytes(b) => {
+                        out.extend_from_slice(&b);
+                        Ok(())
+                    }
+                    UserState::View(view) => view
+                        .write_to(out)
+                        .map_err(|e| Error::StateMachine(format!("snapshot: {e}"))),
+                }),
+            )?;
             let mut snap = Snapshot::default();
-            snap.data = env.encode().into();
+            snap.data = data.into();
             snap.set_metadata(md);
             store.save_snapshot(snap)?;
             if keep_from > 1 {

@@ -313,6 +313,6 @@ pub fn limit_size(entries: &mut Vec<Entry>, max_size: Option<u64>) {
 /// address again. `None` before the first snapshot that lists it.
 pub fn recorded_addr(store: &dyn LogStore, id: u64) -> Option<String> {
     let snap = store.snapshot().ok()?;
-    let env = crate::codec::SnapshotEnvelope::decode(&snap.data).ok()?;
-    env.meta.peers.get(&id).cloned()
+    let (meta, _) = crate::codec::decode_snapshot(&snap.data).ok()?;
+    meta.peers.get(&id).cloned()
 }
