@@ -274,10 +274,7 @@ impl AbstractStateMachine<KvEntry> for HashStore {
 
     /// Builds the map as it reads the snapshot (no copy of its bytes); a
     /// snapshot that does not parse to its end changes nothing.
-    async fn restore_from(
-        &mut self,
-        reader: &mut (dyn Read + Send),
-    ) -> Result<(), BoxError> {
+    async fn restore_from(&mut self, reader: &mut (dyn Read + Send)) -> Result<(), BoxError> {
         let n = u64::from_be_bytes(read_array(reader)?);
         let mut next = HashStore::default();
         for _ in 0..n {
