@@ -136,7 +136,10 @@ pub enum HttpResult {
     Answer(u16, Vec<u8>),
 }
 
-/// One request with `Connection: close`.
+/// The client token the chaos nodes require on their HTTP API.
+const CLIENT_TOKEN: &str = "chaos-client-token";
+
+/// One request with `Connection: close`, with the client token.
 pub fn http(addr: &str, method: &str, path: &str, body: &[u8], timeout: Duration) -> HttpResult {
     let sock: SocketAddr = match addr.parse() {
         Ok(s) => s,
@@ -149,7 +152,8 @@ pub fn http(addr: &str, method: &str, path: &str, body: &[u8], timeout: Duration
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Authorization: Bearer {CLIENT_TOKEN}\r\nContent-Length: {}\r\n",
         body.len()
     )
     .into_bytes();
@@ -372,7 +376,7 @@ impl Proc {
             .args(["--tick-ms", &tick_ms.to_string()])
             // Separate credentials: members use the peer token, the HTTP
             // front-end's forwarding goes through them too.
-            .args(["--auth-token", "chaos-client-token"])
+            .args(["--auth-token", CLIENT_TOKEN])
             .args(["--peer-token", "chaos-peer-token"])
             .args(["--snapshot-threshold", "200"])
             .stdin(Stdio::null());

@@ -16,12 +16,64 @@ use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use subtle::ConstantTimeEq;
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
 
 /// The node type memstore runs.
 pub type Node = Raft<KvEntry, HashStore>;
+
+/// Who may call the HTTP API.
+#[derive(Debug, Clone, Default)]
+pub struct HttpAuth {
+    /// The client token: when set, every request but `GET /health` must
+    /// carry `Authorization: Bearer <token>` (401 otherwise).
+    pub token: Option<String>,
+    /// `GET /metrics` without the token (for scrapers on a trusted network).
+    pub metrics_public: bool,
+}
+
+impl HttpAuth {
+    /// Whether `req` may pass: open paths, or the right token (compared in
+    /// constant time).
+    fn allows(&self, req: &axum::extract::Request) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let path = req.uri().path();
+        let is_get = req.method() == axum::http::Method::GET;
+        if is_get && (path == "/health" || (path == "/metrics" && self.metrics_public)) {
+            return true;
+        }
+        let expected = format!("Bearer {token}");
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .is_some_and(|got| bool::from(got.as_bytes().ct_eq(expected.as_bytes())))
+    }
+}
+
+/// Refuses requests without the client token (see [`HttpAuth`]).
+async fn authenticate(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.auth.allows(&req) {
+        return next.run(req).await;
+    }
+    let mut resp = ApiError(
+        StatusCode::UNAUTHORIZED,
+        "missing or invalid token: send Authorization: Bearer <the --auth-token>".into(),
+        Some(ErrorClass::Rejected),
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -32,6 +84,8 @@ pub struct AppState {
     pub max_value_size: usize,
     /// Request latency histograms.
     pub latency: Arc<Latencies>,
+    /// Who may call.
+    pub auth: HttpAuth,
 }
 
 /// An HTTP error: a status and `{"error": "...", "class": "..."}` (the
@@ -125,6 +179,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .with_state(state)
 }
 

@@ -6,7 +6,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use memstore::http::{router, AppState, Latencies};
+use memstore::http::{router, AppState, HttpAuth, Latencies};
 use memstore::store::HashStore;
 use raftify::{launch, parse_members, NodeSpec, ReadFn, Restore, Start, Storage};
 use raftify_core::Config;
@@ -66,11 +66,16 @@ struct Args {
     /// must be new or empty.
     #[arg(long, env = "RAFTIFY_RESTORE_SNAPSHOT_FROM")]
     restore_snapshot_from: Option<PathBuf>,
-    /// The client token: required from clients on the gRPC client service
-    /// (and sent by this node's tools). Without --peer-token, also the
-    /// token peers use with each other.
+    /// The client token: required on the HTTP API (`Authorization: Bearer
+    /// T`; every endpoint but GET /health, and GET /metrics with
+    /// --metrics-public) and on the gRPC client service. Without
+    /// --peer-token, also the token peers use with each other.
     #[arg(long, env = "RAFTIFY_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
+    /// Serve GET /metrics without the client token (for a scraper on a
+    /// trusted network).
+    #[arg(long, env = "RAFTIFY_METRICS_PUBLIC")]
+    metrics_public: bool,
     /// The peer token: what members present to each other (raft messages,
     /// snapshots, forwarded requests); the client token is refused there.
     #[arg(long, env = "RAFTIFY_PEER_TOKEN", hide_env_values = true)]
@@ -222,6 +227,10 @@ async fn run(args: Args) -> Result<()> {
         raft: raft.clone(),
         max_value_size: args.max_value_size,
         latency: Arc::new(Latencies::default()),
+        auth: HttpAuth {
+            token: args.auth_token.clone(),
+            metrics_public: args.metrics_public,
+        },
     };
     // On SIGTERM/SIGINT: stop the raft node first so requests waiting on it
     // are answered with an error, then let the HTTP server drain. A raft
@@ -269,8 +278,22 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Any panic, in any task, ends the process with exit code 101 after the
+/// usual message: a node whose loop died must not stay up answering 503s
+/// that no supervisor notices. (A corrupted log entry, for one, makes
+/// raft-rs panic with the store's "storage corrupted: ..." error.)
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("memstore: a task panicked; the node stops (exit code 101)");
+        std::process::exit(101);
+    }));
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    exit_on_panic();
     let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -126,7 +126,7 @@ fn static_cluster_survives_leader_sigkill_and_the_old_leader_catches_up() {
     assert!(forwarded >= Some(30), "{metrics}");
 
     c.nodes.get_mut(&leader).expect("leader").kill();
-    let killed_at = std::time::Instant::now();
+    let killed_at = Instant::now();
     let new_leader = c.wait_leader();
     assert_ne!(new_leader, leader);
     // A new leader serves writes within a few seconds.
@@ -438,4 +438,51 @@ fn a_node_restarted_with_a_wiped_dir_stops_with_a_clear_error_and_is_rebuilt() {
         "{r:?}\n{}",
         c.node(victim).log_text()
     );
+}
+
+#[test]
+fn a_node_with_a_corrupted_log_entry_exits_non_zero_saying_corrupt() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader();
+    let marker = "CORRUPT-ME-7f3a9c1e5b";
+    assert!(put_ok(&c.node(leader).http, "poison", marker));
+    let victim = c.follower_of(leader);
+    wait_for("the follower to apply the entry", T, || {
+        (get_value(&c.node(victim).http, "poison", true).as_deref() == Some(marker)).then_some(())
+    });
+    c.nodes.get_mut(&victim).expect("node").kill();
+    // Flip one bit of the entry wherever its bytes are in the LMDB file
+    // (copy-on-write may have left older copies of the page too).
+    let path = c.node(victim).dir.join("data.mdb");
+    let mut bytes = std::fs::read(&path).expect("read data.mdb");
+    let mut flipped = 0;
+    let mut at = 0;
+    while let Some(i) = bytes[at..]
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+    {
+        bytes[at + i + 3] ^= 0x01;
+        flipped += 1;
+        at += i + marker.len();
+    }
+    assert!(flipped > 0, "the entry is in the file");
+    std::fs::write(&path, bytes).expect("write data.mdb");
+
+    // Restarted, the node re-applies its committed log and reads the
+    // entry: it must stop, loudly, instead of staying up without its data.
+    c.restart(victim, &[]);
+    let started = Instant::now();
+    let status = wait_for("the node with a corrupted entry to exit", T, || {
+        c.nodes
+            .get_mut(&victim)
+            .and_then(|n| n.child.as_mut())
+            .and_then(|ch| ch.try_wait().ok().flatten())
+    });
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(!status.success(), "{status:?}");
+    let log = c.node(victim).log_text();
+    assert!(log.to_lowercase().contains("corrupt"), "{log}");
+    c.nodes.get_mut(&victim).expect("node").child = None;
+    // The others go on.
+    assert!(put_ok(&c.node(leader).http, "after", "v"));
 }

@@ -3,13 +3,17 @@
 mod common;
 
 use common::*;
-use memstore::http::{router, AppState, Latencies};
+use memstore::http::{router, AppState, HttpAuth, Latencies};
 use memstore::store::HashStore;
 use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Raft};
 use std::sync::Arc;
 use std::time::Duration;
 
 async fn serve() -> (String, memstore::http::Node) {
+    serve_with(HttpAuth::default()).await
+}
+
+async fn serve_with(auth: HttpAuth) -> (String, memstore::http::Node) {
     let net = InProcNetwork::new(1);
     let mut config = Config::new(1);
     config.tick_interval = Duration::from_millis(20);
@@ -32,6 +36,7 @@ async fn serve() -> (String, memstore::http::Node) {
         raft: raft.clone(),
         max_value_size: 1024,
         latency: Arc::new(Latencies::default()),
+        auth,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -154,4 +159,86 @@ async fn bad_requests_get_json_errors_and_the_node_keeps_serving() {
     })
     .await;
     raft.handle().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_token_guards_every_endpoint_but_health() {
+    let auth = HttpAuth {
+        token: Some("s3cret".into()),
+        metrics_public: false,
+    };
+    let (addr, raft) = serve_with(auth).await;
+    blocking(move || {
+        let bearer = ["Authorization: Bearer s3cret"];
+        let wrong = ["Authorization: Bearer s3cre7"];
+        // Without the token, or with another one: 401, and nothing changes.
+        for headers in [&[][..], &wrong[..]] {
+            for (method, path, body) in [
+                ("PUT", "/kv/k", &b"v"[..]),
+                ("GET", "/kv/k", b""),
+                ("DELETE", "/kv/k", b""),
+                ("POST", "/cas/k", br#"{"expected":null,"value":"x"}"#),
+                ("GET", "/status", b""),
+                ("GET", "/cluster", b""),
+                (
+                    "POST",
+                    "/cluster/voters",
+                    br#"{"id":9,"raft_addr":"127.0.0.1:9"}"#,
+                ),
+                ("DELETE", "/cluster/members/1", b""),
+                ("POST", "/cluster/transfer-leader/1", b""),
+                ("POST", "/cluster/leave", b""),
+                ("POST", "/snapshot", b""),
+                ("GET", "/metrics", b""),
+            ] {
+                let r = request_with(&addr, method, path, body, headers).unwrap();
+                assert_eq!(r.status, 401, "{method} {path} {headers:?}: {}", r.text());
+            }
+        }
+        // /health stays open for probes.
+        assert_eq!(get(&addr, "/health").status, 200);
+        // With the token: served.
+        let r = request_with(&addr, "PUT", "/kv/k", b"v", &bearer).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = request_with(&addr, "GET", "/kv/k", b"", &bearer).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"v"[..]));
+        let r = request_with(&addr, "GET", "/metrics", b"", &bearer).unwrap();
+        assert_eq!(r.status, 200);
+        // The refused requests wrote nothing: one key, one member.
+        let r = request_with(&addr, "GET", "/cluster", b"", &bearer).unwrap();
+        assert_eq!(r.json()["members"].as_array().map(Vec::len), Some(1));
+    })
+    .await;
+    let keys = raft.stale_read(|s| s.len()).await;
+    assert_eq!(keys, 1);
+
+    // --metrics-public opens /metrics, and only it.
+    let (addr, _raft) = serve_with(HttpAuth {
+        token: Some("s3cret".into()),
+        metrics_public: true,
+    })
+    .await;
+    blocking(move || {
+        assert_eq!(get(&addr, "/metrics").status, 200);
+        assert_eq!(get(&addr, "/status").status, 401);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_members_address_is_refused_with_409() {
+    let (addr, raft) = serve().await;
+    blocking(move || {
+        let r = post(
+            &addr,
+            "/cluster/voters",
+            br#"{"id":1,"raft_addr":"127.0.0.1:9"}"#,
+        );
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert!(r.text().contains("cannot move"), "{}", r.text());
+    })
+    .await;
+    let members = raft.handle().members().await.unwrap().members;
+    assert_eq!(members.len(), 1);
+    assert_ne!(members[0].addr.as_deref(), Some("127.0.0.1:9"));
 }

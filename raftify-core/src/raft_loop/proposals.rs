@@ -2,6 +2,7 @@
 //! by `(term, index)` until applied, lost leadership or deadline.
 
 use super::{Applied, ProposalKind, RaftLoop, Reply, MAX_DRAIN};
+use crate::codec::ConfChangeContext;
 use crate::error::{Error, Rejection};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::Metrics;
@@ -194,6 +195,7 @@ where
         {
             return Err(Error::NotAMember(c.node_id));
         }
+        self.check_addresses(cc)?;
         let mut changer = raft::Changer::new(self.raw.raft.prs());
         let check = if cc.changes.len() == 1 {
             changer.simple(&cc.changes).map(|_| ())
@@ -201,6 +203,35 @@ where
             changer.enter_joint(true, &cc.changes).map(|_| ())
         };
         check.map_err(|e| Error::ConfChangeRejected(Rejection::Invalid(e.to_string())))
+    }
+
+    /// A change may not move an existing member to another address (a typo,
+    /// or an attacker's listener, would then receive the cluster's traffic
+    /// and credentials: remove the member, then add it), nor give a new
+    /// node an address a member already has (two nodes cannot share one).
+    fn check_addresses(&self, cc: &ConfChangeV2) -> crate::Result<()> {
+        let ctx = ConfChangeContext::decode(&cc.context)
+            .map_err(|e| Error::ConfChangeRejected(Rejection::Invalid(e)))?;
+        for (id, addr) in &ctx.addrs {
+            match self.meta.peers.get(id) {
+                Some(known) if known != addr => {
+                    return Err(Error::ConfChangeRejected(Rejection::Invalid(format!(
+                        "node {id} is a member at {known}; it cannot move to {addr}: \
+                         remove it, then add it with the new address"
+                    ))))
+                }
+                Some(_) => {}
+                None => {
+                    if let Some((other, _)) = self.meta.peers.iter().find(|(_, a)| *a == addr) {
+                        return Err(Error::ConfChangeRejected(Rejection::Invalid(format!(
+                            "{addr} is the address of member {other}; restart node {other} \
+                             with its data dir instead of joining it again"
+                        ))));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Answers `Timeout` to proposals past their deadline. Their outcome is

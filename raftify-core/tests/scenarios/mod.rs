@@ -757,3 +757,44 @@ async fn a_write_whose_answer_is_lost_is_applied_once_and_reported_as_unknown() 
     c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_be_moved_to_another_address_nor_an_address_given_twice() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
+    let node = c.node(follower).handle().clone();
+    let before = node.members().await.unwrap().members;
+
+    // An existing voter "re-added" at another address: refused before it
+    // enters the log, whichever node is asked.
+    for target in [leader, follower] {
+        let err = c
+            .node(target)
+            .handle()
+            .add_voter(follower, "127.0.0.1:9")
+            .await
+            .unwrap_err();
+        match err {
+            Error::ConfChangeRejected(raftify_core::Rejection::Invalid(m)) => {
+                assert!(m.contains("cannot move"), "{m}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // A new node at an existing member's address: refused too.
+    let taken = c.net.addr_of(leader);
+    let err = node.add_learner(9, &taken).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::ConfChangeRejected(raftify_core::Rejection::Invalid(m)) if m.contains("address of member")),
+        "{err:?}"
+    );
+    // Re-adding a member at its own address (a promotion) is fine, and
+    // nothing changed.
+    let again = node
+        .add_voter(follower, &c.net.addr_of(follower))
+        .await
+        .unwrap();
+    assert_eq!(again, before);
+    c.shutdown().await;
+}

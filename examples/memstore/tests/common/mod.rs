@@ -41,11 +41,27 @@ pub fn raw_with_timeout(addr: &str, request: &[u8], timeout: Duration) -> std::i
 
 /// One request with `Connection: close`.
 pub fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<Resp> {
+    request_with(addr, method, path, body, &[])
+}
+
+/// One request with `Connection: close` and extra header lines
+/// (`"Authorization: Bearer t"`).
+pub fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[&str],
+) -> std::io::Result<Resp> {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     )
     .into_bytes();
+    for h in headers {
+        req.extend_from_slice(h.as_bytes());
+        req.extend_from_slice(b"\r\n");
+    }
     if body.first() == Some(&b'{') {
         req.extend_from_slice(b"Content-Type: application/json\r\n");
     }
