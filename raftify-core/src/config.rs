@@ -76,6 +76,12 @@ pub struct Config {
     /// Max proposals waiting to enter the log; further ones fail fast with
     /// [`Error::Overloaded`]. Default 65 536.
     pub max_pending_proposals: usize,
+    /// Largest encoded entry a proposal may carry, checked on every node a
+    /// proposal passes (before it is forwarded, and before it enters the
+    /// log) for every front-end. It must fit in what the transport carries
+    /// (gRPC: `GrpcConfig::max_message_size`, 64 MiB by default, with room
+    /// for the message around it). Default 8 MiB.
+    pub max_entry_size: usize,
     /// Pipelined persistence: a writer task makes Readys durable while the
     /// loop goes on stepping messages, sending and applying; every Ready
     /// queued behind an in-flight commit joins the next one (one fsync for
@@ -112,6 +118,7 @@ impl Config {
             storage_timeout: Duration::from_secs(60),
             election_seed: None,
             max_pending_proposals: 65_536,
+            max_entry_size: 8 * 1024 * 1024,
         }
     }
 
@@ -162,6 +169,9 @@ impl Config {
             if d.is_zero() {
                 return bad(format!("{name} must be positive"));
             }
+        }
+        if self.max_entry_size == 0 {
+            return bad("max_entry_size must be positive".into());
         }
         if self.max_pending_proposals == 0 {
             return bad("max_pending_proposals must be positive".into());

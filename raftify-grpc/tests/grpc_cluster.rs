@@ -555,6 +555,12 @@ async fn bad_tokens_and_garbage_bytes_are_rejected_and_the_node_keeps_serving() 
     );
 
     let client = RaftClient::new([addr.clone()], grpc.clone()).unwrap();
+    // An entry over the core's max_entry_size (8 MiB by default) but within
+    // gRPC's 64 MiB message limit: refused before it enters the log.
+    match client.propose(vec![b'z'; 9 * 1024 * 1024]).await {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("max_entry_size"), "{m}"),
+        other => panic!("expected a size refusal, got {other:?}"),
+    }
     // Still serving.
     assert_eq!(client.propose(put("k", "v")).await.unwrap(), b"");
     assert_eq!(client.read(b"k".to_vec()).await.unwrap(), b"v");

@@ -227,6 +227,15 @@ fn check(spec: &NodeSpec) -> Result<(), LaunchError> {
         }
         _ => {}
     }
+    // An entry must fit in a gRPC message, with room for the batch around it.
+    let room = spec.config.max_entry_size.saturating_add(64 * 1024);
+    if room > spec.grpc.max_message_size {
+        return Err(LaunchError::Config(format!(
+            "max_entry_size ({}) does not fit in the gRPC max_message_size ({}) with room for \
+             the message around it",
+            spec.config.max_entry_size, spec.grpc.max_message_size
+        )));
+    }
     if let Start::Join { via, .. } = &spec.start {
         if via.is_empty() {
             return bad("joining needs the address of at least one member");

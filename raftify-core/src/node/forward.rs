@@ -213,6 +213,7 @@ impl RaftHandle {
     /// after it left) is not sent again: it fails with an
     /// [`ErrorClass::OutcomeUnknown`](crate::ErrorClass) error.
     pub async fn propose(&self, encoded: Vec<u8>) -> Result<Vec<u8>> {
+        self.check_entry_size(&encoded)?;
         if self.is_leader() {
             // The common case: no copy of the entry kept for forwarding.
             return self.propose_here(&encoded).await;

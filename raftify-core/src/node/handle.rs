@@ -136,6 +136,7 @@ impl RaftHandle {
     /// Proposes an encoded user entry on this node, which must lead; the
     /// state machine's output once the entry is committed and applied here.
     pub(crate) async fn propose_here(&self, encoded: &[u8]) -> Result<Vec<u8>> {
+        self.check_entry_size(encoded)?;
         let rx = self.send_command(|reply| propose_user(encoded, reply))?;
         user_output(self.await_reply(rx).await?)
     }
@@ -159,7 +160,10 @@ impl RaftHandle {
         // they share the loop's next wake-up (and Ready).
         let waiting: Vec<_> = entries
             .iter()
-            .map(|entry| self.send_command(|reply| propose_user(entry, reply)))
+            .map(|entry| {
+                self.check_entry_size(entry)?;
+                self.send_command(|reply| propose_user(entry, reply))
+            })
             .collect();
         let mut outcomes = Vec::with_capacity(waiting.len());
         for w in waiting {
@@ -170,6 +174,19 @@ impl RaftHandle {
             outcomes.push(result.map_err(|e| ErrorInfo::from(&e)));
         }
         Ok(outcomes)
+    }
+
+    /// Refuses an entry over [`Config::max_entry_size`] before it goes
+    /// anywhere.
+    pub(super) fn check_entry_size(&self, encoded: &[u8]) -> Result<()> {
+        let limit = self.inner.config.max_entry_size;
+        if encoded.len() > limit {
+            return Err(Error::InvalidArgument(format!(
+                "the entry is {} bytes; the limit is {limit} (max_entry_size)",
+                encoded.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Proposes a raftify-internal entry (a node id reservation) here.

@@ -798,3 +798,42 @@ async fn a_member_cannot_be_moved_to_another_address_nor_an_address_given_twice(
     assert_eq!(again, before);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_over_the_size_limit_is_refused_everywhere_before_the_log() {
+    let c = Cluster::start_with(3, crate::factory(), |cfg| cfg.max_entry_size = 1024)
+        .await
+        .unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
+    let big = KvCmd::Put {
+        key: "big".into(),
+        value: "x".repeat(2000),
+    };
+    for id in [leader, follower] {
+        match c.node(id).propose(&big).await {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("max_entry_size"), "{m}"),
+            other => panic!("node {id}: expected a refusal, got {other:?}"),
+        }
+    }
+    // A forwarded batch is checked on the leader too.
+    let outcomes = c
+        .node(leader)
+        .handle()
+        .inbound()
+        .propose_batch(vec![big.encode().unwrap()])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcomes[0], Err(e) if e.kind == "invalid_argument"),
+        "{outcomes:?}"
+    );
+    let last = c.node(leader).handle().status().await.unwrap().last_index;
+    c.put("small", "ok").await.unwrap();
+    assert_eq!(
+        c.node(leader).handle().status().await.unwrap().last_index,
+        last + 1,
+        "only the small entry entered the log"
+    );
+    c.shutdown().await;
+}
