@@ -6,11 +6,20 @@ use crate::error::Error;
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::Metrics;
 use raft::eraftpb::{Message, MessageType};
-use slog::debug;
+use slog::{debug, warn};
+
+/// The furthest a message's term may run ahead of this node's: elections
+/// raise terms one at a time, so a jump of millions is forged or garbage,
+/// and following it would move the whole cluster to a term whose next
+/// elections its peers refuse (or overflow).
+const MAX_TERM_JUMP: u64 = 1 << 20;
 
 /// What to do with a message from the network.
 enum Admit {
     Step,
+    /// Step it with its commit index lowered to this node's own (raft-rs
+    /// would panic on one beyond its log).
+    StepWithCommit(u64),
     Drop(&'static str),
     Fatal(Error),
 }
@@ -40,6 +49,13 @@ where
                         debug!(self.logger, "raft refused a message"; "err" => %e);
                     }
                 }
+                Admit::StepWithCommit(commit) => {
+                    let mut m = m;
+                    m.commit = commit;
+                    if let Err(e) = self.raw.step(m) {
+                        debug!(self.logger, "raft refused a message"; "err" => %e);
+                    }
+                }
                 Admit::Drop(why) => {
                     debug!(self.logger, "dropping a message"; "why" => why, "from" => m.from, "type" => ?m.get_msg_type());
                 }
@@ -61,7 +77,7 @@ where
             return Admit::Drop("impossible sender id");
         }
         // No cluster reaches 2^63 terms; raft-rs would overflow on term + 1.
-        if m.term >= u64::MAX / 2 {
+        if m.term >= u64::MAX / 2 || m.term > raft.term.saturating_add(MAX_TERM_JUMP) {
             return Admit::Drop("absurd term");
         }
         let t = m.get_msg_type();
@@ -83,11 +99,21 @@ where
                 return Admit::Drop("empty snapshot")
             }
             MessageType::MsgHeartbeat if m.commit > raft.raft_log.last_index() => {
-                // A stale or foreign heartbeat is harmless once dropped.
+                // Only the leader this node already follows, in its term,
+                // is believed. A stale or foreign heartbeat is dropped; one
+                // from a voter this node does not follow yet (a new leader,
+                // or a forgery) is stepped with the commit this node already
+                // has, so raft learns of it without committing anything —
+                // and if it is the leader, its next heartbeat is believed.
                 let voter = self.conf_state.voters.contains(&m.from)
                     || self.conf_state.voters_outgoing.contains(&m.from);
                 if m.term < raft.term || !voter {
                     return Admit::Drop("heartbeat committing beyond the log from a non-leader");
+                }
+                if m.term > raft.term || m.from != raft.leader_id {
+                    warn!(self.logger, "a heartbeat from a node this node does not follow commits beyond its log; its commit is ignored";
+                        "from" => m.from, "term" => m.term, "commit" => m.commit, "leader" => raft.leader_id);
+                    return Admit::StepWithCommit(raft.raft_log.committed);
                 }
                 // A current leader only sends a commit index this node
                 // acknowledged holding. More than our last index means our

@@ -837,3 +837,46 @@ async fn an_entry_over_the_size_limit_is_refused_everywhere_before_the_log() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_terms_and_commits_from_a_peer_neither_stall_nor_kill_the_cluster() {
+    use raftify_core::raft::eraftpb::{Message, MessageType};
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let followers: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    let (a, b) = (followers[0], followers[1]);
+    let term = c.node(a).handle().state().term;
+    let forged = |from: u64, to: u64, term: u64, commit: u64| {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.from = from;
+        m.to = to;
+        m.term = term;
+        m.commit = commit;
+        m
+    };
+    // A voter that does not lead claims a commit far beyond the log: not
+    // the leader this node follows, so it is dropped, not fatal.
+    let msgs = vec![forged(b, a, term, 1_000_000)];
+    c.node(a).handle().inbound().step_from(None, msgs).unwrap();
+    // A term near 2^63: every node would follow it, and then refuse each
+    // other's next election. Dropped.
+    for id in [a, b, leader] {
+        let msgs = vec![forged(leader, id, (1 << 63) - 2, 0)];
+        c.node(id).handle().inbound().step_from(None, msgs).unwrap();
+    }
+    c.put("after", "forgery").await.unwrap();
+    for id in c.ids() {
+        let state = c.node(id).handle().state();
+        assert_ne!(state.role, Role::Stopped, "node {id}");
+        assert!(
+            state.term < 1 << 20,
+            "node {id} took a forged term: {state:?}"
+        );
+    }
+    // Elections still work: move leadership, write again.
+    c.node(leader).handle().transfer_leader(a).await.unwrap();
+    c.put("after", "election").await.unwrap();
+    c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
+    c.shutdown().await;
+}
