@@ -5,4 +5,5 @@
 //! to LMDB storage and gRPC transport.
 
 pub mod http;
+pub mod serve;
 pub mod store;

@@ -7,11 +7,12 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use memstore::http::{router, AppState, HttpAuth, Latencies};
+use memstore::serve::{serve, Limits};
 use memstore::store::HashStore;
 use raftify::{launch, parse_members, NodeSpec, ReadFn, Restore, Start, Storage};
 use raftify_core::Config;
 use raftify_grpc::{GrpcConfig, TlsConfig};
-use slog::{info, o, warn};
+use slog::{info, o};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -72,6 +73,10 @@ struct Args {
     /// --peer-token, also the token peers use with each other.
     #[arg(long, env = "RAFTIFY_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
+    /// Most HTTP connections served at once; more are closed at once.
+    /// (A connection must send its request headers within 10 s.)
+    #[arg(long, env = "RAFTIFY_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
     /// Serve GET /metrics without the client token (for a scraper on a
     /// trusted network).
     #[arg(long, env = "RAFTIFY_METRICS_PUBLIC")]
@@ -241,11 +246,11 @@ async fn run(args: Args) -> Result<()> {
     let mut state_rx = raft.handle().subscribe();
     let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
     let fatal_seen = fatal.clone();
-    // TCP_NODELAY: small responses must not wait for delayed ACKs (Nagle).
-    let web = axum::serve::ListenerExt::tap_io(web, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http = axum::serve(web, router(state)).with_graceful_shutdown(async move {
+    let limits = Limits {
+        max_connections: args.max_connections,
+        ..Limits::default()
+    };
+    let stop = async move {
         let node_failed = async {
             match state_rx
                 .wait_for(|s| s.fatal.is_some())
@@ -265,10 +270,8 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         stopping.handle().shutdown().await;
-    });
-    if let Err(e) = http.await {
-        warn!(logger, "HTTP server error"; "err" => %e);
-    }
+    };
+    serve(web, router(state), limits, stop).await;
     node.shutdown().await;
     let reason = fatal.lock().ok().and_then(|f| f.clone());
     if let Some(reason) = reason {

@@ -486,3 +486,54 @@ fn a_node_with_a_corrupted_log_entry_exits_non_zero_saying_corrupt() {
     // The others go on.
     assert!(put_ok(&c.node(leader).http, "after", "v"));
 }
+
+#[test]
+fn silent_http_connections_are_closed_and_the_connection_cap_holds() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let raft = format!("127.0.0.1:{}", free_port());
+    let node = Node::spawn(
+        1,
+        &http,
+        &raft,
+        &dir.path().join("n1"),
+        &["--max-connections", "4"],
+    );
+    wait_for("the node to serve", T, || leader_of(&node.http));
+
+    // Connections that send nothing take the slots; once the four are
+    // taken, the next is closed at once instead of waiting. (Probing with a
+    // short read: a held connection times out, a refused one reads EOF.)
+    let mut buf = [0u8; 16];
+    let mut silent = Vec::new();
+    let started = Instant::now();
+    loop {
+        let mut c = std::net::TcpStream::connect(&http).expect("connect");
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => panic!("the server sent {n} bytes unasked"),
+            Err(_) => silent.push(c),
+        }
+        assert!(silent.len() <= 4, "more connections held than the cap");
+    }
+    assert!(!silent.is_empty(), "no connection was held");
+
+    // Each silent connection is closed by the server within 15 s.
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "closed, no data");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "silent connections held for {:?}",
+        started.elapsed()
+    );
+    // The slots are free again: requests are served.
+    assert_eq!(get(&http, "/health").status, 200);
+    assert!(put_ok(&http, "k", "v"));
+}
