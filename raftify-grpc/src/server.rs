@@ -1,6 +1,7 @@
 //! [`RaftGrpcServer`]: serves a node over gRPC — the peer service and the
 //! client service on one port, each behind its own credential.
 
+use crate::auth::{AuthCheck, RefusalLog};
 use crate::client_service::ClientService;
 use crate::config::GrpcConfig;
 use crate::pb::raft_client_server::RaftClientServer;
@@ -13,59 +14,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::Interceptor;
 use tonic::transport::Server;
-use tonic::{Request, Status};
 
 /// How long [`ServerHandle::shutdown`] waits for in-flight RPCs before it
 /// drops the remaining connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-/// Checks a service's token on every RPC, in constant time.
-#[derive(Clone)]
-struct AuthCheck {
-    expected: Option<Arc<Vec<u8>>>,
-    /// Which credential (`peer`, `client`), for the log and the answer.
-    which: &'static str,
-    logger: Logger,
-}
-
-impl AuthCheck {
-    fn new(token: Option<&str>, which: &'static str, logger: &Logger) -> Self {
-        AuthCheck {
-            expected: token.map(|t| Arc::new(format!("Bearer {t}").into_bytes())),
-            which,
-            logger: logger.clone(),
-        }
-    }
-}
-
-impl Interceptor for AuthCheck {
-    fn call(&mut self, req: Request<()>) -> std::result::Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else {
-            return Ok(req);
-        };
-        let ok = match req.metadata().get("authorization") {
-            Some(got) => bool::from(got.as_bytes().ct_eq(expected.as_slice())),
-            None => false,
-        };
-        if ok {
-            Ok(req)
-        } else {
-            warn!(self.logger, "rejected an RPC with a missing or wrong token"; "service" => self.which, "remote" => ?req.remote_addr());
-            Err(Status::unauthenticated(format!(
-                "missing or invalid auth token for the {} service",
-                self.which
-            )))
-        }
-    }
-}
 
 /// Serves a node over gRPC: the peer service (raft messages, snapshots,
 /// requests members make of each other) and the client service (see
@@ -165,8 +123,9 @@ impl RaftGrpcServer {
         let (stopping_tx, stopping) = watch::channel(false);
         let config = self.config.clone();
         let n = config.max_message_size;
-        let peer_auth = AuthCheck::new(config.peer_credential(), "peer", &self.logger);
-        let client_auth = AuthCheck::new(config.auth_token.as_deref(), "client", &self.logger);
+        let refusals = Arc::new(RefusalLog::new(self.logger.clone()));
+        let peer_auth = AuthCheck::new(config.peer_credential(), "peer", &refusals);
+        let client_auth = AuthCheck::new(config.auth_token.as_deref(), "client", &refusals);
         let peers = RaftPeerServer::new(PeerService {
             inbound: self.handle.inbound(),
             config: self.config,

@@ -653,3 +653,67 @@ async fn peers_and_clients_have_separate_credentials() {
     assert_eq!(keys, 1);
     c.shutdown().await;
 }
+
+/// Counts the records whose message contains a word.
+struct CountingDrain(std::sync::Arc<std::sync::atomic::AtomicUsize>, &'static str);
+
+impl slog::Drain for CountingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, r: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        if r.msg().to_string().contains(self.1) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_tokens_is_refused_without_flooding_the_log() {
+    use raftify_core::testkit::{test_config, KvStore};
+    use raftify_core::{MemStore, Raft};
+    use raftify_grpc::RaftGrpcServer;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let grpc = GrpcConfig {
+        auth_token: Some("right".into()),
+        ..GrpcConfig::default()
+    };
+    let (listener, addr) = bind().await;
+    let raft = Raft::builder(test_config(1), KvStore::default())
+        .storage(Arc::new(MemStore::new()))
+        .transport(Arc::new(
+            GrpcTransport::new(addr.clone(), grpc.clone()).unwrap(),
+        ))
+        .bootstrap(Bootstrap::Single { addr: addr.clone() })
+        .logger(raftify_core::discard_logger())
+        .start()
+        .await
+        .unwrap();
+    let lines = Arc::new(AtomicUsize::new(0));
+    let logger = slog::Logger::root(
+        slog::Drain::fuse(CountingDrain(lines.clone(), "rejected")),
+        slog::o!(),
+    );
+    let server = RaftGrpcServer::new(raft.handle().clone(), grpc.clone())
+        .logger(logger)
+        .spawn(listener)
+        .unwrap();
+    let mut api = RaftClientClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    for _ in 0..300 {
+        let mut req = tonic::Request::new(pb::Empty {});
+        req.metadata_mut()
+            .insert("authorization", "Bearer wrong".parse().unwrap());
+        let err = api.get_leader(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+    let logged = lines.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&logged),
+        "300 refusals from one address wrote {logged} lines"
+    );
+    server.shutdown().await;
+    raft.handle().shutdown().await;
+}
