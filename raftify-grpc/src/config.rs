@@ -121,6 +121,12 @@ pub struct GrpcConfig {
     /// timeout, so a peer that comes back is heard from before it starts an
     /// election.
     pub backoff_max: Duration,
+    /// Connections a server serves at once; beyond, new ones are closed at
+    /// accept. Default 4096.
+    pub max_connections: usize,
+    /// Time a new connection has to send the HTTP/2 preface (or a TLS
+    /// handshake's first bytes) before the server closes it. Default 10 s.
+    pub preface_timeout: Duration,
     /// HTTP/2 keep-alive ping interval on client connections. Default 10 s.
     pub keepalive_interval: Option<Duration>,
 }
@@ -143,6 +149,8 @@ impl Default for GrpcConfig {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),
             keepalive_interval: Some(Duration::from_secs(10)),
+            max_connections: 4096,
+            preface_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -157,6 +165,9 @@ impl GrpcConfig {
         if self.snapshot_chunk_size + 4096 > self.max_message_size {
             return bad("snapshot_chunk_size must be well below max_message_size");
         }
+        if self.max_connections == 0 {
+            return bad("max_connections must be positive");
+        }
         if self.peer_queue_capacity == 0 {
             return bad("peer_queue_capacity must be positive");
         }
@@ -169,6 +180,7 @@ impl GrpcConfig {
             ("request_timeout", self.request_timeout),
             ("snapshot_timeout", self.snapshot_timeout),
             ("backoff_base", self.backoff_base),
+            ("preface_timeout", self.preface_timeout),
         ] {
             if d.is_zero() {
                 return Err(Error::InvalidConfig(format!("{name} must be positive")));

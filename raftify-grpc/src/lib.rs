@@ -75,6 +75,7 @@ mod calls;
 mod client;
 mod client_service;
 mod config;
+mod conn;
 mod convert;
 mod error;
 mod net;

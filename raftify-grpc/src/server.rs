@@ -4,6 +4,7 @@
 use crate::auth::{AuthCheck, RefusalLog};
 use crate::client_service::ClientService;
 use crate::config::GrpcConfig;
+use crate::conn::guarded;
 use crate::pb::raft_client_server::RaftClientServer;
 use crate::pb::raft_peer_server::RaftPeerServer;
 use crate::peer_service::PeerService;
@@ -17,7 +18,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
@@ -82,9 +82,13 @@ impl RaftGrpcServer {
             .map_err(|e| Error::Transport(format!("listener address: {e}")))?;
         let (tx, rx) = oneshot::channel::<()>();
         let logger = self.logger.clone();
+        let incoming = guarded(
+            listener,
+            self.config.max_connections,
+            self.config.preface_timeout,
+        );
         let (router, stopping) = self.router()?;
         let task = tokio::spawn(async move {
-            let incoming = nodelay(listener);
             let signal = async move {
                 let _ = rx.await;
                 let _ = stopping.send(true);
@@ -107,13 +111,18 @@ impl RaftGrpcServer {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send,
     ) -> Result<()> {
+        let incoming = guarded(
+            listener,
+            self.config.max_connections,
+            self.config.preface_timeout,
+        );
         let (router, stopping) = self.router()?;
         let signal = async move {
             signal.await;
             let _ = stopping.send(true);
         };
         router
-            .serve_with_incoming_shutdown(nodelay(listener), signal)
+            .serve_with_incoming_shutdown(incoming, signal)
             .await
             .map_err(|e| Error::Transport(format!("gRPC server: {e}")))
     }
@@ -155,20 +164,6 @@ impl RaftGrpcServer {
             .add_service(InterceptedService::new(clients, client_auth));
         Ok((router, stopping_tx))
     }
-}
-
-/// Accepted connections with TCP_NODELAY set: tonic ignores its own
-/// `tcp_nodelay` setting for listeners it did not bind, and Nagle's
-/// algorithm meeting delayed ACKs stalls small replies by ~40 ms.
-fn nodelay(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok(conn)
-    })
 }
 
 /// A server running in the background.

@@ -717,3 +717,55 @@ async fn a_flood_of_bad_tokens_is_refused_without_flooding_the_log() {
     server.shutdown().await;
     raft.handle().shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_the_connection_cap_holds() {
+    use tokio::io::AsyncReadExt;
+    let grpc = GrpcConfig {
+        max_connections: 3,
+        ..GrpcConfig::default()
+    };
+    let c = GCluster::start(1, grpc.clone(), no_tweak).await;
+    c.wait_leader(&[1]).await;
+    let addr = c.addr(1);
+    // Silent connections take the slots; once the three are taken, the
+    // next is closed at once (a held one times out on a short read, a
+    // refused one reads EOF).
+    let started = tokio::time::Instant::now();
+    let mut silent = Vec::new();
+    let mut buf = [0u8; 16];
+    loop {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // A served connection gets the server's SETTINGS frame (or nothing
+        // yet); a refused one is closed at once.
+        match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) | Err(_) => silent.push(s),
+        }
+        assert!(silent.len() <= 3, "more connections held than the cap");
+    }
+    assert!(!silent.is_empty());
+    // Each is closed once it has not sent the preface within 10 s (after
+    // whatever the server sent first).
+    for mut s in silent {
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a silent connection stayed open");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // The slots are free: clients are served.
+    let client = RaftClient::new([addr], grpc).unwrap();
+    assert_eq!(client.propose(put("k", "v")).await.unwrap(), b"");
+    c.shutdown().await;
+}

@@ -73,8 +73,9 @@ struct Args {
     /// --peer-token, also the token peers use with each other.
     #[arg(long, env = "RAFTIFY_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
-    /// Most HTTP connections served at once; more are closed at once.
-    /// (A connection must send its request headers within 10 s.)
+    /// Most connections served at once on each port (HTTP and raft); more
+    /// are closed at once. (A connection must send its HTTP request headers,
+    /// or the HTTP/2 preface on the raft port, within 10 s.)
     #[arg(long, env = "RAFTIFY_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
     /// Serve GET /metrics without the client token (for a scraper on a
@@ -116,6 +117,7 @@ fn grpc_config(args: &Args) -> Result<GrpcConfig> {
     let mut cfg = GrpcConfig {
         auth_token: args.auth_token.clone(),
         peer_token: args.peer_token.clone(),
+        max_connections: args.max_connections,
         ..GrpcConfig::default()
     };
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
