@@ -62,6 +62,31 @@ pub struct ClusterMeta {
     pub peers: BTreeMap<u64, String>,
     /// The smallest id a join ticket may still reserve.
     pub next_node_id: u64,
+    /// The cluster's identity, derived when it was bootstrapped (0: unknown,
+    /// for data written before it existed). Carried on every message between
+    /// members, so two clusters that share a name never mix.
+    #[serde(default)]
+    pub cluster_uid: u64,
+}
+
+/// A cluster's identity: FNV-1a over its name and initial members, the same
+/// on every initial member (each derives it on its own, as etcd derives its
+/// cluster ID), different for another member list or name. Never 0.
+pub fn cluster_uid(name: &str, members: &BTreeMap<u64, String>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(name.as_bytes());
+    for (id, addr) in members {
+        eat(b"\n");
+        eat(&id.to_be_bytes());
+        eat(addr.as_bytes());
+    }
+    h.max(1)
 }
 
 /// What raftify stores as a raft snapshot's data.

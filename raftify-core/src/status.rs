@@ -58,6 +58,10 @@ pub struct NodeState {
     pub leader_addr: Option<String>,
     /// Index of the last applied entry.
     pub applied_index: u64,
+    /// The cluster's identity (0 while unknown: a new node before its first
+    /// snapshot from the leader).
+    #[serde(default)]
+    pub cluster_uid: u64,
     /// Why the node stopped, after a fatal error.
     pub fatal: Option<String>,
 }
@@ -82,6 +86,9 @@ pub struct Status {
     pub id: u64,
     /// The cluster it belongs to.
     pub cluster_id: String,
+    /// The cluster's identity (see [`NodeState::cluster_uid`]).
+    #[serde(default)]
+    pub cluster_uid: u64,
     /// Its role.
     pub role: Role,
     /// The current term.

@@ -30,7 +30,13 @@ impl RefusalLog {
         }
     }
 
-    fn refused(&self, which: &'static str, remote: Option<std::net::SocketAddr>) {
+    /// Logs that a call on the `which` service was refused for `reason`.
+    pub(crate) fn refused(
+        &self,
+        reason: &'static str,
+        which: &'static str,
+        remote: Option<std::net::SocketAddr>,
+    ) {
         let ip = remote.map(|r| r.ip());
         let now = Instant::now();
         let held_back = {
@@ -47,7 +53,7 @@ impl RefusalLog {
             *entry = (now, 0);
             held_back
         };
-        warn!(self.logger, "rejected an RPC with a missing or wrong token";
+        warn!(self.logger, "{}", reason;
             "service" => which, "remote" => ?remote, "more_since_last_line" => held_back);
     }
 }
@@ -87,7 +93,8 @@ impl Interceptor for AuthCheck {
         if ok {
             return Ok(req);
         }
-        self.refusals.refused(self.which, req.remote_addr());
+        let reason = "rejected an RPC with a missing or wrong token";
+        self.refusals.refused(reason, self.which, req.remote_addr());
         Err(Status::unauthenticated(format!(
             "missing or invalid auth token for the {} service",
             self.which

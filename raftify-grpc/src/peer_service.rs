@@ -2,6 +2,7 @@
 //! and the cluster requests one member makes of another. Every call runs
 //! on this node (the sender did the routing); none is forwarded again.
 
+use crate::auth::RefusalLog;
 use crate::calls::{self, st, Answer};
 use crate::config::GrpcConfig;
 use crate::convert::decode_msg;
@@ -11,7 +12,7 @@ use crate::pb::raft_peer_server::RaftPeer;
 use async_trait::async_trait;
 use raftify_core::membership::validate_addr;
 use raftify_core::raft::eraftpb::MessageType;
-use raftify_core::{Error, Inbound, Result};
+use raftify_core::{Error, Inbound, RaftHandle, Result};
 use slog::{debug, info, Logger};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -20,6 +21,10 @@ use tonic::{Request, Response, Status, Streaming};
 pub(crate) struct PeerService {
     /// The node's receiving side.
     pub(crate) inbound: Arc<dyn Inbound>,
+    /// The node, for its cluster identity.
+    pub(crate) handle: RaftHandle,
+    /// Where refusals are logged (rate-limited).
+    pub(crate) refusals: Arc<RefusalLog>,
     pub(crate) config: GrpcConfig,
     pub(crate) logger: Logger,
     /// Turns true when the server shuts down: long-lived message streams
@@ -28,6 +33,26 @@ pub(crate) struct PeerService {
 }
 
 impl PeerService {
+    /// Refuses what a node of another cluster sent (a node given another
+    /// cluster's member list, or a data dir reused from another cluster):
+    /// both ends know their cluster and they differ.
+    fn check_cluster(
+        &self,
+        theirs: u64,
+        remote: Option<std::net::SocketAddr>,
+    ) -> std::result::Result<(), Status> {
+        let mine = self.handle.cluster_uid();
+        if theirs == 0 || mine == 0 || theirs == mine {
+            return Ok(());
+        }
+        let reason = "refused raft traffic from a node of another cluster (cluster ID mismatch)";
+        self.refusals.refused(reason, "peer", remote);
+        Err(Status::failed_precondition(format!(
+            "cluster ID mismatch: this node belongs to cluster {mine:016x}, the sender to \
+             {theirs:016x} (another cluster's member, or a data dir reused from one)"
+        )))
+    }
+
     /// Decodes a batch of raft messages and hands it to the node.
     fn step_batch(&self, batch: pb::MessageBatch) -> Result<()> {
         let msgs = batch
@@ -51,6 +76,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::MessageBatch>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
+        self.check_cluster(req.get_ref().cluster_uid, req.remote_addr())?;
         self.step_batch(req.into_inner()).map_err(st)?;
         Ok(Response::new(pb::Ack {}))
     }
@@ -59,6 +85,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<pb::MessageBatch>>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
+        let remote = req.remote_addr();
         let mut stream = req.into_inner();
         let mut stopping = self.stopping.clone();
         // A frame that does not decode ends the stream with its error; the
@@ -71,6 +98,7 @@ impl RaftPeer for PeerService {
                 },
                 _ = stopping.wait_for(|s| *s) => break,
             };
+            self.check_cluster(batch.cluster_uid, remote)?;
             match self.step_batch(batch) {
                 Ok(()) => {}
                 // A full inbox drops this batch, as the network could:
@@ -88,11 +116,13 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
+        let remote = req.remote_addr();
         let mut stream = req.into_inner();
         let first = stream
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        self.check_cluster(first.cluster_uid, remote)?;
         let mut msg = decode_msg(&first.header).map_err(st)?;
         if msg.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument(

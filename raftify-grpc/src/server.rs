@@ -137,6 +137,8 @@ impl RaftGrpcServer {
         let client_auth = AuthCheck::new(config.auth_token.as_deref(), "client", &refusals);
         let peers = RaftPeerServer::new(PeerService {
             inbound: self.handle.inbound(),
+            handle: self.handle.clone(),
+            refusals: refusals.clone(),
             config: self.config,
             logger: self.logger,
             stopping,

@@ -8,6 +8,7 @@ use raftify_core::raft::eraftpb::{Message, MessageType};
 use raftify_core::{ClusterApi, Feedback, Result, Transport};
 use slog::{debug, o, Logger};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -25,6 +26,8 @@ struct Peer {
 
 struct Inner {
     self_addr: String,
+    /// This node's cluster identity, sent with every batch (0: unknown).
+    cluster_uid: Arc<AtomicU64>,
     pool: Arc<ChannelPool>,
     peers: Mutex<HashMap<u64, Peer>>,
     logger: Logger,
@@ -70,6 +73,7 @@ impl GrpcTransport {
         Ok(GrpcTransport {
             inner: Arc::new(Inner {
                 self_addr: self_addr.into(),
+                cluster_uid: Arc::new(AtomicU64::new(0)),
                 pool: Arc::new(ChannelPool::new(config, Credential::Peer)?),
                 peers: Mutex::new(HashMap::new()),
                 logger: logger.new(o!("component" => "grpc-transport")),
@@ -102,6 +106,7 @@ impl GrpcTransport {
             to: id,
             addr: addr.to_string(),
             self_addr: self.inner.self_addr.clone(),
+            cluster_uid: self.inner.cluster_uid.clone(),
             pool: self.inner.pool.clone(),
             logger: self.inner.logger.new(o!("peer" => id)),
             stream: Mutex::new(None),
@@ -126,6 +131,10 @@ fn report_lost(to: u64, msgs: &[Message], feedback: &Feedback) {
 }
 
 impl Transport for GrpcTransport {
+    fn set_cluster_uid(&self, uid: u64) {
+        self.inner.cluster_uid.store(uid, Ordering::Relaxed);
+    }
+
     fn set_peer(&self, id: u64, addr: &str) {
         let mut peers = self.peers();
         if peers.get(&id).is_some_and(|p| p.addr == addr) {
@@ -197,6 +206,7 @@ struct PeerWorker {
     to: u64,
     addr: String,
     self_addr: String,
+    cluster_uid: Arc<AtomicU64>,
     pool: Arc<ChannelPool>,
     logger: Logger,
     /// The long-lived `MessageStream` call to the peer, when open.
@@ -324,6 +334,7 @@ impl PeerWorker {
             from_id,
             from_addr: self.self_addr.clone(),
             messages,
+            cluster_uid: self.cluster_uid.load(Ordering::Relaxed),
         };
         if self.unary_only.load(std::sync::atomic::Ordering::Relaxed) {
             return self.flush_unary(client, batch).await;
@@ -418,6 +429,7 @@ impl PeerWorker {
         let count = total.div_ceil(chunk).max(1);
         let from_id = m.from;
         let from_addr = self.self_addr.clone();
+        let cluster_uid = self.cluster_uid.load(Ordering::Relaxed);
         let chunks = (0..count).map(move |i| {
             let piece = data.slice((i * chunk).min(total)..((i + 1) * chunk).min(total));
             if i == 0 {
@@ -427,6 +439,7 @@ impl PeerWorker {
                     header: header.clone(),
                     total_size: total as u64,
                     data: piece,
+                    cluster_uid,
                 }
             } else {
                 pb::SnapshotChunk {

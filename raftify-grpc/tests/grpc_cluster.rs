@@ -452,6 +452,7 @@ async fn bad_tokens_and_garbage_bytes_are_rejected_and_the_node_keeps_serving() 
             from_id: 9,
             from_addr: "127.0.0.1:9".into(),
             messages: vec![vec![0xff, 0xff, 0xff, 0x01, 0x02]],
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -464,6 +465,7 @@ async fn bad_tokens_and_garbage_bytes_are_rejected_and_the_node_keeps_serving() 
             from_id: 9,
             from_addr: "127.0.0.1:9".into(),
             messages: vec![vec![0xff, 0xff, 0xff, 0x01, 0x02]],
+            ..Default::default()
         },
     ];
     let err = raw

@@ -13,15 +13,19 @@ fn envelope() -> impl Strategy<Value = SnapshotEnvelope> {
     (
         proptest::collection::btree_map(1u64..100, "[a-z0-9.:-]{0,20}", 0..5),
         any::<u64>(),
+        any::<u64>(),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
     )
-        .prop_map(|(peers, next_node_id, user)| SnapshotEnvelope {
-            meta: ClusterMeta {
-                peers,
-                next_node_id,
+        .prop_map(
+            |(peers, next_node_id, cluster_uid, user)| SnapshotEnvelope {
+                meta: ClusterMeta {
+                    peers,
+                    next_node_id,
+                    cluster_uid,
+                },
+                user,
             },
-            user,
-        })
+        )
 }
 
 /// Flips, truncates or extends valid bytes: the inputs that get furthest.

@@ -537,3 +537,70 @@ fn silent_http_connections_are_closed_and_the_connection_cap_holds() {
     assert_eq!(get(&http, "/health").status, 200);
     assert!(put_ok(&http, "k", "v"));
 }
+
+#[test]
+fn a_data_dir_of_another_cluster_never_joins_this_one() {
+    // The README's quick start leaves a single-node cluster in node 1's
+    // dir; the walkthrough then starts three nodes with node 1 on that dir.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports: Vec<(String, String)> = (0..3)
+        .map(|_| {
+            (
+                format!("127.0.0.1:{}", free_port()),
+                format!("127.0.0.1:{}", free_port()),
+            )
+        })
+        .collect();
+    let d1 = dir.path().join("node-1");
+    {
+        let single = Node::spawn(1, &ports[0].0, &ports[0].1, &d1, &[]);
+        wait_for("the single node to lead", T, || leader_of(&single.http));
+        assert!(put_ok(&single.http, "mine", "1"));
+    }
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, raft))| format!("{}={raft}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes: Vec<Node> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (http, raft))| {
+            let d = dir.path().join(format!("node-{}", i + 1));
+            Node::spawn(i as u64 + 1, http, raft, &d, &["--peers", &peers])
+        })
+        .collect();
+    // Nodes 2 and 3 form the new cluster and take writes.
+    let leader = wait_for("nodes 2 and 3 to elect a leader", T, || {
+        let l = leader_of(&nodes[1].http)?;
+        (l != 1 && leader_of(&nodes[2].http) == Some(l)).then_some(l)
+    });
+    assert!(put_ok(&nodes[leader as usize - 1].http, "probe", "x"));
+    // Node 1 keeps its own one-node cluster: it never follows their leader
+    // and never lists their members; their traffic is refused, loudly.
+    wait_for("a refusal to be logged", T, || {
+        nodes
+            .iter()
+            .any(|n| n.log_text().contains("cluster ID mismatch"))
+            .then_some(())
+    });
+    let s = get(&nodes[0].http, "/status").json();
+    assert_eq!(s["leader_id"].as_u64(), Some(1), "{s}");
+    let c = get(&nodes[0].http, "/cluster").json();
+    assert_eq!(c["members"].as_array().map(Vec::len), Some(1), "{c}");
+    assert_eq!(get_value(&nodes[0].http, "probe", false), None);
+    assert_eq!(
+        get_value(&nodes[0].http, "mine", false).as_deref(),
+        Some("1")
+    );
+    // And it said at start that its data dir ignores --peers.
+    assert!(
+        nodes[0].log_text().contains("members differ"),
+        "{}",
+        nodes[0].log_text()
+    );
+    for n in &mut nodes {
+        n.kill();
+    }
+}

@@ -6,7 +6,7 @@ use super::forward::Forwarder;
 use super::handle::{HandleInner, RaftHandle, INBOX_CAPACITY};
 use super::logging::default_logger;
 use super::raft::Raft;
-use crate::codec::{decode_snapshot, ClusterMeta, SnapshotEnvelope};
+use crate::codec::{cluster_uid, decode_snapshot, ClusterMeta, SnapshotEnvelope};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::membership::validate_addr;
@@ -139,6 +139,7 @@ where
                 transport.set_peer(*id, addr);
             }
         }
+        transport.set_cluster_uid(meta.cluster_uid);
 
         let raft_config = config.to_raft_config(applied);
         let mut raw = raft::RawNode::new(&raft_config, RaftStorage::new(store.clone()), &logger)
@@ -157,6 +158,7 @@ where
             leader_id: 0,
             leader_addr: None,
             applied_index: applied,
+            cluster_uid: meta.cluster_uid,
             fatal: None,
         });
         let metrics = Arc::new(Metrics::default());
@@ -238,6 +240,7 @@ fn bootstrap_storage(store: &dyn LogStore, config: &Config, bootstrap: &Bootstra
     }
     let meta = ClusterMeta {
         next_node_id: members.keys().max().copied().unwrap_or(0) + 1,
+        cluster_uid: cluster_uid(&config.cluster_id, &members),
         peers: members.clone(),
     };
     let mut snap = Snapshot::default();

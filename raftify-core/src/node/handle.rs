@@ -255,6 +255,11 @@ impl RaftHandle {
         (id != 0).then_some(id)
     }
 
+    /// The identity of the cluster this node belongs to (0 while unknown).
+    pub fn cluster_uid(&self) -> u64 {
+        self.inner.state_rx.borrow().cluster_uid
+    }
+
     /// True when this node is the leader.
     pub fn is_leader(&self) -> bool {
         self.inner.state_rx.borrow().role == Role::Leader

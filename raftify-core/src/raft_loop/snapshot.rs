@@ -101,6 +101,9 @@ where
                 self.transport.remove_peer(*id);
             }
         }
+        if cluster.cluster_uid != self.meta.cluster_uid {
+            self.transport.set_cluster_uid(cluster.cluster_uid);
+        }
         self.meta = cluster;
         self.conf_state = meta.get_conf_state().clone();
         self.applied = meta.index;

@@ -57,6 +57,7 @@ where
             leader_id: raft.leader_id,
             commit_index: raft.raft_log.committed,
             applied_index: self.applied,
+            cluster_uid: self.meta.cluster_uid,
             first_index: raft.raft_log.first_index(),
             last_index: raft.raft_log.last_index(),
             snapshot_index: self.snapshots.index,
@@ -73,6 +74,7 @@ where
             leader_id: self.raw.raft.leader_id,
             leader_addr: self.peer_addr(self.raw.raft.leader_id),
             applied_index: self.applied,
+            cluster_uid: self.meta.cluster_uid,
             fatal: None,
         };
         self.state_tx.send_if_modified(|cur| {

@@ -124,6 +124,12 @@ pub trait Transport: Send + Sync + 'static {
     fn set_peer(&self, id: u64, addr: &str);
     /// Forget a peer (removed from the cluster).
     fn remove_peer(&self, id: u64);
+    /// The cluster this node belongs to (see `ClusterMeta::cluster_uid`;
+    /// 0 while unknown), to carry on what it sends so receivers can refuse
+    /// another cluster's traffic. The default ignores it.
+    fn set_cluster_uid(&self, uid: u64) {
+        let _ = uid;
+    }
     /// Queue a batch of raft messages for one peer.
     fn send(&self, to: u64, msgs: Vec<Message>, feedback: &Feedback);
     /// The cluster API of the node at `addr`, through this transport.
