@@ -4,7 +4,7 @@
 
 use crate::store::{ApplyOutput, HashStore, KvEntry};
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -233,10 +233,10 @@ struct CasBody {
 async fn cas_key(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
-    body: Result<Json<CasBody>, JsonRejection>,
+    body: Result<JsonBody<CasBody>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = check_key(key)?;
-    let Json(body) = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    let JsonBody(body) = body?;
     let out = write(
         &state,
         KvEntry::Cas {
@@ -307,8 +307,12 @@ async fn status(State(state): State<AppState>) -> Result<Json<serde_json::Value>
 
 async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let s = state.raft.handle().status().await?;
-    let members: Vec<_> = s
-        .members
+    Ok(membership_json(s.leader_id, &s.members))
+}
+
+/// `{"leader_id", "members": [{"id", "raft_addr", "role"}]}`.
+fn membership_json(leader_id: u64, members: &[raftify_core::Member]) -> Json<serde_json::Value> {
+    let members: Vec<_> = members
         .iter()
         .map(|m| {
             json!({
@@ -318,9 +322,32 @@ async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value
             })
         })
         .collect();
-    Ok(Json(
-        json!({ "leader_id": s.leader_id, "members": members }),
-    ))
+    Json(json!({ "leader_id": leader_id, "members": members }))
+}
+
+/// The membership a change produced, as the node that made it (the leader)
+/// saw it once the change was applied: a follower's own view may lag.
+fn changed(state: &AppState, members: Vec<raftify_core::Member>) -> Json<serde_json::Value> {
+    membership_json(state.raft.handle().leader_id().unwrap_or(0), &members)
+}
+
+/// A JSON body, whatever its Content-Type says (`curl -d` sends a form
+/// type): 400 when it does not parse.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("the body is not the JSON expected: {e}")))
+    }
 }
 
 #[derive(Deserialize)]
@@ -331,20 +358,20 @@ struct MemberBody {
 
 async fn add_learner(
     State(state): State<AppState>,
-    body: Result<Json<MemberBody>, JsonRejection>,
+    body: Result<JsonBody<MemberBody>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(b) = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
-    state.raft.handle().add_learner(b.id, &b.raft_addr).await?;
-    cluster(State(state)).await
+    let JsonBody(b) = body?;
+    let members = state.raft.handle().add_learner(b.id, &b.raft_addr).await?;
+    Ok(changed(&state, members))
 }
 
 async fn add_voter(
     State(state): State<AppState>,
-    body: Result<Json<MemberBody>, JsonRejection>,
+    body: Result<JsonBody<MemberBody>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(b) = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
-    state.raft.handle().add_voter(b.id, &b.raft_addr).await?;
-    cluster(State(state)).await
+    let JsonBody(b) = body?;
+    let members = state.raft.handle().add_voter(b.id, &b.raft_addr).await?;
+    Ok(changed(&state, members))
 }
 
 fn parse_id(id: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
@@ -360,8 +387,8 @@ async fn remove_member(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(id)?;
-    state.raft.handle().remove_node(id).await?;
-    cluster(State(state)).await
+    let members = state.raft.handle().remove_node(id).await?;
+    Ok(changed(&state, members))
 }
 
 async fn transfer_leader(

@@ -242,3 +242,27 @@ async fn changing_a_members_address_is_refused_with_409() {
     assert_eq!(members.len(), 1);
     assert_ne!(members[0].addr.as_deref(), Some("127.0.0.1:9"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_bodies_are_read_whatever_their_content_type() {
+    let (addr, _raft) = serve().await;
+    blocking(move || {
+        // What `curl -d '{...}'` sends: a form content type (the leading
+        // space keeps the test client from adding its JSON one).
+        let form = ["Content-Type: application/x-www-form-urlencoded"];
+        let body = br#" {"expected":null,"value":"x"}"#;
+        let r = request_with(&addr, "POST", "/cas/k", body, &form).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["succeeded"], true);
+        let r = request_with(&addr, "POST", "/cas/k", body, &[]).unwrap();
+        assert_eq!(
+            (r.status, r.json()["succeeded"].as_bool()),
+            (200, Some(false))
+        );
+        // Not JSON at all: 400 with a message, not 415.
+        let r = request_with(&addr, "POST", "/cas/k", b"value=x", &form).unwrap();
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("JSON"), "{}", r.text());
+    })
+    .await;
+}
