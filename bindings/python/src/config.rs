@@ -59,7 +59,7 @@ impl Config {
         tls_key = None,
         tls_ca = None,
         auth_token = None,
-        log_level = "info",
+        log_level = "warning",
         peer_token = None,
     ))]
     #[allow(clippy::too_many_arguments)]

@@ -108,7 +108,7 @@ def test_error_hierarchy() -> None:
 def test_config_defaults_and_validation(tmp_path: Path) -> None:
     c = raftify.Config(7)
     assert (c.node_id, c.raft_addr, c.storage, c.cluster_id, c.tick_ms) == (7, "127.0.0.1:0", "memory", "raftify", 100)
-    assert (c.election_tick, c.heartbeat_tick, c.snapshot_threshold, c.log_level) == (10, 2, 100_000, "info")
+    assert (c.election_tick, c.heartbeat_tick, c.snapshot_threshold, c.log_level) == (10, 2, 100_000, "warning")
     assert raftify.Config(1, data_dir=str(tmp_path)).storage == "lmdb"
     c.validate()
     c.peers = {1: "127.0.0.1:1", 2: "127.0.0.1:2"}

@@ -183,7 +183,7 @@ class Config:
         tls_key: Optional[str] = None,
         tls_ca: Optional[str] = None,
         auth_token: Optional[str] = None,
-        log_level: str = "info",
+        log_level: str = "warning",
         peer_token: Optional[str] = None,
     ) -> Config: ...
     def validate(self) -> None: ...
