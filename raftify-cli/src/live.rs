@@ -1,7 +1,7 @@
 //! Commands against running nodes, over gRPC.
 
 use anyhow::{anyhow, Context, Result};
-use raftify_core::MemberRole;
+use raftify_core::{MemberRole, MembershipChange};
 use raftify_grpc::{GrpcConfig, RaftClient, TlsConfig};
 use serde_json::json;
 use std::path::PathBuf;
@@ -166,5 +166,57 @@ pub async fn snapshot(addr: &str, conn: &ConnArgs) -> Result<()> {
     let client = conn.client(addr)?;
     let index = client.snapshot(addr).await.map_err(|e| net(e, addr))?;
     println!("snapshot taken at index {index}");
+    Ok(())
+}
+
+/// `add-learner`, `add-voter`, `remove`: one membership change, through any
+/// member (it goes to the leader); prints the members after it.
+pub async fn change(addr: &str, changes: Vec<MembershipChange>, conn: &ConnArgs) -> Result<()> {
+    let client = conn.client(addr)?;
+    let members = client
+        .change_config(changes)
+        .await
+        .map_err(|e| net(e, addr))?;
+    let leader_id = client
+        .leader()
+        .await
+        .map_err(|e| net(e, addr))?
+        .map(|l| l.id)
+        .unwrap_or(0);
+    print_members(&members, leader_id);
+    Ok(())
+}
+
+/// `promote`: a learner becomes a voter at the address the cluster knows.
+pub async fn promote(addr: &str, id: u64, conn: &ConnArgs) -> Result<()> {
+    let client = conn.client(addr)?;
+    let members = client.members().await.map_err(|e| net(e, addr))?;
+    let member = members
+        .iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| anyhow!("node {id} is not a member"))?;
+    if member.role == MemberRole::Voter {
+        return Err(anyhow!("node {id} is already a voter"));
+    }
+    let node_addr = member
+        .addr
+        .clone()
+        .ok_or_else(|| anyhow!("the cluster knows no address for node {id}"))?;
+    change(
+        addr,
+        vec![MembershipChange::AddVoter {
+            id,
+            addr: node_addr,
+        }],
+        conn,
+    )
+    .await
+}
+
+/// `leave`: the node at `addr` leaves its cluster.
+pub async fn leave(addr: &str, conn: &ConnArgs) -> Result<()> {
+    let client = conn.client(addr)?;
+    client.leave(addr).await.map_err(|e| net(e, addr))?;
+    println!("{addr} left the cluster");
     Ok(())
 }

@@ -9,6 +9,7 @@ mod live;
 mod persisted;
 
 use clap::{Parser, Subcommand};
+use raftify_core::MembershipChange;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,7 +17,8 @@ use std::process::ExitCode;
 #[command(
     name = "raftify-cli",
     version,
-    about = "Inspect and administer raftify nodes"
+    about = "Inspect and administer raftify nodes",
+    long_about = "Inspect and administer raftify nodes.\n\nEvery RAFT_ADDR is a node's raft (gRPC) address, e.g. 127.0.0.1:60061 — not memstore's HTTP port. Administration goes through the node's client service: pass the cluster's client token with --auth-token."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,6 +56,44 @@ enum Command {
         raft_addr: String,
         /// The node to lead.
         id: u64,
+    },
+    /// Add a learner (a node that receives the log without voting).
+    AddLearner {
+        /// Raft address of any member.
+        raft_addr: String,
+        /// The new node's id.
+        id: u64,
+        /// The new node's raft address.
+        node_addr: String,
+    },
+    /// Add a voter (or promote a learner, given its address).
+    AddVoter {
+        /// Raft address of any member.
+        raft_addr: String,
+        /// The node's id.
+        id: u64,
+        /// The node's raft address.
+        node_addr: String,
+    },
+    /// Promote a learner to voter (keeping its known address).
+    Promote {
+        /// Raft address of any member.
+        raft_addr: String,
+        /// The learner's id.
+        id: u64,
+    },
+    /// Remove a voter or learner from the cluster.
+    Remove {
+        /// Raft address of any member.
+        raft_addr: String,
+        /// The node to remove.
+        id: u64,
+    },
+    /// Make the node at RAFT_ADDR leave its cluster (it hands leadership
+    /// over first when it leads).
+    Leave {
+        /// Raft address of the node that leaves.
+        raft_addr: String,
     },
     /// Take a snapshot on a node now (and compact its log).
     Snapshot {
@@ -134,6 +174,40 @@ fn main() -> ExitCode {
         Command::TransferLeader { raft_addr, id } => live(Box::pin(async move {
             live::transfer_leader(&raft_addr, id, &conn).await
         })),
+        Command::AddLearner {
+            raft_addr,
+            id,
+            node_addr,
+        } => live(Box::pin(async move {
+            let change = MembershipChange::AddLearner {
+                id,
+                addr: node_addr,
+            };
+            live::change(&raft_addr, vec![change], &conn).await
+        })),
+        Command::AddVoter {
+            raft_addr,
+            id,
+            node_addr,
+        } => live(Box::pin(async move {
+            let change = MembershipChange::AddVoter {
+                id,
+                addr: node_addr,
+            };
+            live::change(&raft_addr, vec![change], &conn).await
+        })),
+        Command::Promote { raft_addr, id } => live(Box::pin(async move {
+            live::promote(&raft_addr, id, &conn).await
+        })),
+        Command::Remove { raft_addr, id } => live(Box::pin(async move {
+            let change = MembershipChange::Remove { id };
+            live::change(&raft_addr, vec![change], &conn).await
+        })),
+        Command::Leave { raft_addr } => {
+            live(Box::pin(
+                async move { live::leave(&raft_addr, &conn).await },
+            ))
+        }
         Command::Snapshot { raft_addr } => {
             live(Box::pin(
                 async move { live::snapshot(&raft_addr, &conn).await },

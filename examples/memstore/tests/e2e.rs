@@ -383,6 +383,50 @@ fn cli_live_commands_administer_a_running_cluster() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Membership administration, as the HTTP API offers it: a learner at an
+    // address nothing listens on (the three others keep the quorum), its
+    // promotion, its removal; then a real member leaves.
+    // The members as `any` sees them, once `expect` holds (a follower
+    // applies a change a moment after the leader answered).
+    let members = |what: &str, expect: &dyn Fn(&[serde_json::Value]) -> bool| {
+        wait_for(what, T, || {
+            let out = cli(&["members", &any, "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let m = v["members"].as_array()?.clone();
+            expect(&m).then_some(m)
+        })
+    };
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let ok = |args: &[&str]| {
+        let out = cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = ok(&["add-learner", &any, "9", &nowhere]);
+    assert!(printed.contains("learner"), "{printed}");
+    members("node 9 as a learner", &|m| {
+        m.iter().any(|x| x["id"] == 9 && x["role"] == "learner")
+    });
+    ok(&["promote", &any, "9"]);
+    members("node 9 as a voter", &|m| {
+        m.iter().any(|x| x["id"] == 9 && x["role"] == "voter")
+    });
+    ok(&["remove", &any, "9"]);
+    members("node 9 removed", &|m| m.iter().all(|x| x["id"] != 9));
+    // Moving a member to another address is refused, exit code 1.
+    let out = cli(&["add-voter", &any, &target.to_string(), &nowhere]);
+    assert_eq!(out.status.code(), Some(1));
+    let leaving = c.follower_of(target);
+    ok(&["leave", &c.node(leaving).raft]);
+    let m = members("the node to leave", &|m| {
+        m.iter().all(|x| x["id"] != leaving)
+    });
+    assert_eq!(m.len(), 2);
+
     // An unreachable node: a one-line error and exit code 1.
     let dead = format!("127.0.0.1:{}", free_port());
     let out = cli(&["leader", &dead, "--timeout", "2"]);
