@@ -57,6 +57,8 @@ fn make_logger(level: Option<slog::Level>) -> Logger {
 /// Everything `start` decided while holding the GIL.
 struct StartPlan {
     config: Config,
+    /// The raft settings, checked once (the launcher sets the id).
+    core: raftify_core::Config,
     grpc: GrpcConfig,
     logger: Logger,
     sm: PyStateMachine,
@@ -86,6 +88,7 @@ impl From<LaunchError> for Fail {
 async fn start_node(plan: StartPlan) -> Result<(NodeRaft, ServerHandle, u64, String), Fail> {
     let StartPlan {
         config,
+        core,
         grpc,
         logger,
         sm,
@@ -121,7 +124,7 @@ async fn start_node(plan: StartPlan) -> Result<(NodeRaft, ServerHandle, u64, Str
             }
         },
     };
-    spec.config = config.core_config(1).map_err(config_fail)?;
+    spec.config = core;
     spec.grpc = grpc;
     spec.logger = logger;
     let reader: Option<ReadFn<PyStateMachine>> = has_read.then(|| {
@@ -154,7 +157,7 @@ pub fn start_running(
     config
         .check()
         .map_err(|m| raftify_msg(py, "ConfigError", m))?;
-    config
+    let core = config
         .core_config(config.node_id.max(1))
         .map_err(|m| raftify_msg(py, "ConfigError", m))?;
     let grpc = config
@@ -175,6 +178,7 @@ pub fn start_running(
     let rt = Rt::multi_thread()?;
     let plan = StartPlan {
         config,
+        core,
         grpc,
         logger: make_logger(level),
         sm,

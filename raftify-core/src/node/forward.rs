@@ -213,11 +213,13 @@ impl RaftHandle {
     /// after it left) is not sent again: it fails with an
     /// [`ErrorClass::OutcomeUnknown`](crate::ErrorClass) error.
     pub async fn propose(&self, encoded: Vec<u8>) -> Result<Vec<u8>> {
-        self.check_entry_size(&encoded)?;
         if self.is_leader() {
-            // The common case: no copy of the entry kept for forwarding.
+            // The common case: no copy of the entry kept for forwarding
+            // (`propose_here` checks its size).
             return self.propose_here(&encoded).await;
         }
+        // Refused here rather than after a trip to the leader.
+        self.check_entry_size(&encoded)?;
         let entry = &encoded;
         let forwarder = &self.inner.forwarder;
         self.on_leader(

@@ -316,7 +316,7 @@ where
         self.reads.fail_all(&refused);
         self.leadership.fail_all(&refused);
         self.snapshots.fail_all(&refused);
-        self.persist.fail_all(&refused);
+        self.persist.drop_held();
         self.cmd_rx.close();
         while let Ok(cmd) = self.cmd_rx.try_recv() {
             cmd.fail(refused());

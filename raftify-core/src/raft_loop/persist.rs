@@ -117,7 +117,7 @@ impl Persistence {
 
     /// Shutdown: held messages are dropped (raft resends); no caller waits
     /// on this part.
-    pub(super) fn fail_all(&mut self, _refused: &dyn Fn() -> Error) {
+    pub(super) fn drop_held(&mut self) {
         self.held.clear();
     }
 }
