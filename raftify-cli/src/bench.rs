@@ -163,11 +163,12 @@ pub async fn run(args: BenchArgs, conn: ConnArgs) -> Result<()> {
         bail!("--read-ratio must be between 0 and 1");
     }
     // Fail fast with a clear error when the cluster is unreachable.
-    let probe = conn.client(&args.raft_addrs[0])?;
-    probe
+    let first = &args.raft_addrs[0];
+    conn.connect(first)
+        .await?
         .leader()
         .await
-        .map_err(|e| anyhow!("{}: {e}", args.raft_addrs[0]))?;
+        .map_err(|e| conn.explain(e, first, "leader"))?;
 
     let duration = match (args.requests, args.duration) {
         (Some(_), _) => None,

@@ -1,6 +1,7 @@
 //! Commands against running nodes, over gRPC.
 
-use anyhow::{anyhow, Context, Result};
+use crate::probe::{probe, Found, NoConnection};
+use anyhow::{anyhow, bail, Context, Result};
 use raftify_core::{MemberRole, MembershipChange};
 use raftify_grpc::{GrpcConfig, RaftClient, TlsConfig};
 use serde_json::json;
@@ -58,20 +59,86 @@ impl ConnArgs {
         Ok(cfg)
     }
 
-    /// A client of the node at `addr`.
+    /// A client of the node at `addr` (connects lazily; [`Self::connect`]
+    /// checks the address first).
     pub fn client(&self, addr: &str) -> Result<RaftClient> {
         RaftClient::new([addr.to_string()], self.config()?).map_err(|e| anyhow!("{e}"))
     }
-}
 
-fn net(e: raftify_core::Error, addr: &str) -> anyhow::Error {
-    anyhow!("{addr}: {e}")
+    /// Time allowed to connect (and for the probe's answer).
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout.clamp(1, 5))
+    }
+
+    fn tls(&self) -> bool {
+        self.tls_ca.is_some() || self.tls_cert.is_some()
+    }
+
+    /// A client of the node at `addr`, after [`probe`] checked that a gRPC
+    /// server with the right transport security listens there: a refused
+    /// connection, memstore's HTTP port or a TLS mismatch fail at once with
+    /// a plain message.
+    pub async fn connect(&self, addr: &str) -> Result<RaftClient> {
+        let client = self.client(addr)?;
+        let t = self.connect_timeout();
+        let tls = self.tls();
+        match probe(addr, t).await {
+            Err(NoConnection::Refused) => bail!("connection refused: nothing listens at {addr}"),
+            Err(NoConnection::TimedOut) => {
+                bail!("timed out after {t:?} connecting to {addr}")
+            }
+            Err(NoConnection::Io(e)) => bail!("cannot connect to {addr}: {e}"),
+            Ok(Found::Http1) => bail!(
+                "{addr} answers HTTP/1: this looks like memstore's HTTP port; use the raft (gRPC) port (e.g. 60061)"
+            ),
+            Ok(Found::Tls) if !tls => bail!(
+                "{addr}: the server wants TLS: pass --tls-ca (and --tls-cert/--tls-key for mutual TLS)"
+            ),
+            Ok(Found::Grpc) if tls => bail!(
+                "{addr} serves plaintext gRPC, not TLS: drop --tls-ca/--tls-cert/--tls-key (or start the node with TLS)"
+            ),
+            Ok(Found::Silent) => bail!(
+                "timed out after {t:?} waiting for {addr} to answer: it accepted the connection but sent nothing (is it a node's raft port?)"
+            ),
+            Ok(Found::Other(first)) => bail!(
+                "{addr} does not speak gRPC (it answered {:?}): use a node's raft (gRPC) port",
+                String::from_utf8_lossy(&first)
+            ),
+            Ok(Found::Grpc | Found::Tls | Found::Closed) => Ok(client),
+        }
+    }
+
+    /// Explains a failed `what` on `addr` by its error class: what to pass
+    /// for a refused credential, what timed out, where.
+    pub fn explain(&self, e: raftify_core::Error, addr: &str, what: &str) -> anyhow::Error {
+        use raftify_core::Error;
+        match e {
+            Error::Unauthenticated(_) => {
+                let given = if self.auth_token.is_some() {
+                    " (the token given was refused)"
+                } else {
+                    ""
+                };
+                anyhow!("{addr}: unauthenticated: pass --auth-token (the cluster's client token){given}")
+            }
+            Error::Timeout(d) => {
+                anyhow!("timed out after {d:?} waiting for {addr} to answer `{what}`")
+            }
+            Error::Transport(m) if self.tls() && self.tls_cert.is_none() => anyhow!(
+                "{addr}: {what} failed: {m} (if the node requires mutual TLS, pass --tls-cert and --tls-key)"
+            ),
+            e => anyhow!("{addr}: {what} failed: {e}"),
+        }
+    }
 }
 
 /// `debug node`: the live status of one node.
 pub async fn node(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
-    let client = conn.client(addr)?;
-    let s = client.status(addr).await.map_err(|e| net(e, addr))?;
+    let client = conn.connect(addr).await?;
+    let s = client
+        .status(addr)
+        .await
+        .map_err(|e| conn.explain(e, addr, "status"))?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -121,9 +188,15 @@ fn print_members(members: &[raftify_core::Member], leader: u64) {
 
 /// `members`.
 pub async fn members(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
-    let client = conn.client(addr)?;
-    let members = client.members().await.map_err(|e| net(e, addr))?;
-    let leader = client.leader().await.map_err(|e| net(e, addr))?;
+    let client = conn.connect(addr).await?;
+    let members = client
+        .members()
+        .await
+        .map_err(|e| conn.explain(e, addr, "members"))?;
+    let leader = client
+        .leader()
+        .await
+        .map_err(|e| conn.explain(e, addr, "leader"))?;
     let leader_id = leader.map(|l| l.id).unwrap_or(0);
     if json_out {
         let out = json!({
@@ -143,8 +216,11 @@ pub async fn members(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> 
 
 /// `leader`.
 pub async fn leader(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
-    let client = conn.client(addr)?;
-    let leader = client.leader().await.map_err(|e| net(e, addr))?;
+    let client = conn.connect(addr).await?;
+    let leader = client
+        .leader()
+        .await
+        .map_err(|e| conn.explain(e, addr, "leader"))?;
     match (leader, json_out) {
         (Some(l), true) => println!("{}", json!({"leader_id": l.id, "raft_addr": l.addr})),
         (Some(l), false) => println!("{} {}", l.id, l.addr.as_deref().unwrap_or("?")),
@@ -155,16 +231,22 @@ pub async fn leader(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
 
 /// `transfer-leader`.
 pub async fn transfer_leader(addr: &str, to: u64, conn: &ConnArgs) -> Result<()> {
-    let client = conn.client(addr)?;
-    client.transfer_leader(to).await.map_err(|e| net(e, addr))?;
+    let client = conn.connect(addr).await?;
+    client
+        .transfer_leader(to)
+        .await
+        .map_err(|e| conn.explain(e, addr, "transfer-leader"))?;
     println!("node {to} is the leader");
     Ok(())
 }
 
 /// `snapshot`.
 pub async fn snapshot(addr: &str, conn: &ConnArgs) -> Result<()> {
-    let client = conn.client(addr)?;
-    let index = client.snapshot(addr).await.map_err(|e| net(e, addr))?;
+    let client = conn.connect(addr).await?;
+    let index = client
+        .snapshot(addr)
+        .await
+        .map_err(|e| conn.explain(e, addr, "snapshot"))?;
     println!("snapshot taken at index {index}");
     Ok(())
 }
@@ -172,15 +254,15 @@ pub async fn snapshot(addr: &str, conn: &ConnArgs) -> Result<()> {
 /// `add-learner`, `add-voter`, `remove`: one membership change, through any
 /// member (it goes to the leader); prints the members after it.
 pub async fn change(addr: &str, changes: Vec<MembershipChange>, conn: &ConnArgs) -> Result<()> {
-    let client = conn.client(addr)?;
+    let client = conn.connect(addr).await?;
     let members = client
         .change_config(changes)
         .await
-        .map_err(|e| net(e, addr))?;
+        .map_err(|e| conn.explain(e, addr, "change-config"))?;
     let leader_id = client
         .leader()
         .await
-        .map_err(|e| net(e, addr))?
+        .map_err(|e| conn.explain(e, addr, "leader"))?
         .map(|l| l.id)
         .unwrap_or(0);
     print_members(&members, leader_id);
@@ -189,8 +271,11 @@ pub async fn change(addr: &str, changes: Vec<MembershipChange>, conn: &ConnArgs)
 
 /// `promote`: a learner becomes a voter at the address the cluster knows.
 pub async fn promote(addr: &str, id: u64, conn: &ConnArgs) -> Result<()> {
-    let client = conn.client(addr)?;
-    let members = client.members().await.map_err(|e| net(e, addr))?;
+    let client = conn.connect(addr).await?;
+    let members = client
+        .members()
+        .await
+        .map_err(|e| conn.explain(e, addr, "members"))?;
     let member = members
         .iter()
         .find(|m| m.id == id)
@@ -215,8 +300,11 @@ pub async fn promote(addr: &str, id: u64, conn: &ConnArgs) -> Result<()> {
 
 /// `leave`: the node at `addr` leaves its cluster.
 pub async fn leave(addr: &str, conn: &ConnArgs) -> Result<()> {
-    let client = conn.client(addr)?;
-    client.leave(addr).await.map_err(|e| net(e, addr))?;
+    let client = conn.connect(addr).await?;
+    client
+        .leave(addr)
+        .await
+        .map_err(|e| conn.explain(e, addr, "leave"))?;
     println!("{addr} left the cluster");
     Ok(())
 }

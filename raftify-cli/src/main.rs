@@ -7,6 +7,7 @@
 mod bench;
 mod live;
 mod persisted;
+mod probe;
 
 use clap::{Parser, Subcommand};
 use raftify_core::MembershipChange;

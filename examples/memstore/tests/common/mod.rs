@@ -236,9 +236,16 @@ pub fn leader_of(http: &str) -> Option<u64> {
     r.json()["leader_id"].as_u64().filter(|l| *l != 0)
 }
 
-/// The `raftify-cli` binary next to `memstore`. `cargo test` builds only the
-/// binaries of the package under test, so the first caller builds the CLI
-/// (cargo does not hold its build lock while tests run).
+/// The `raftify-cli` binary, next to `memstore`'s.
+///
+/// `cargo test --workspace` (or `-p raftify-cli -p memstore`) builds it
+/// before any test runs: raftify-cli has integration tests, and cargo
+/// builds a package's binaries with them. Only `cargo test -p memstore`
+/// alone leaves it unbuilt; then the first caller builds it as a fallback
+/// (a build of its own, with its own feature resolution, so it compiles
+/// many dependencies again — cargo does not hold its build lock while tests
+/// run). An existing binary is used as it is: after changing raftify-cli,
+/// test it with the workspace.
 pub fn cli_path() -> PathBuf {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let path = Path::new(env!("CARGO_BIN_EXE_memstore")).with_file_name("raftify-cli");
