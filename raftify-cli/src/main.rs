@@ -5,6 +5,7 @@
 //! store.
 
 mod bench;
+mod decode;
 mod live;
 mod persisted;
 mod probe;
@@ -121,6 +122,15 @@ enum Debug {
         /// Last log index to list.
         #[arg(long)]
         to: Option<u64>,
+        /// Decode user entries: memstore's commands (keys, values), or the
+        /// bytes as utf8, hex or json.
+        #[arg(long, value_enum)]
+        decode: Option<decode::Format>,
+        /// Decode user entries with a program of yours: run through `sh -c`
+        /// once per entry with its bytes on stdin; the first line it prints
+        /// is shown (e.g. 'protoc --decode_raw').
+        #[arg(long, value_name = "PROGRAM", conflicts_with = "decode")]
+        decode_cmd: Option<String>,
     },
     /// Live status of a running node.
     Node {
@@ -153,13 +163,20 @@ fn main() -> ExitCode {
                     json,
                     from,
                     to,
+                    decode,
+                    decode_cmd,
                 },
         } => {
             if !dir.exists() {
                 eprintln!("error: {} does not exist", dir.display());
                 return ExitCode::from(3);
             }
-            persisted::run(&dir, json, from, to).map_err(|e| (3u8, e))
+            let decoder = match (decode, decode_cmd) {
+                (Some(format), _) => Some(decode::builtin(format)),
+                (None, Some(program)) => Some(Box::new(decode::Program(program)) as _),
+                (None, None) => None,
+            };
+            persisted::run(&dir, json, from, to, decoder.as_deref()).map_err(|e| (3u8, e))
         }
         Command::Debug {
             what: Debug::Node { raft_addr, json },

@@ -1,5 +1,6 @@
 //! `raftify-cli debug persisted`: what a node's data directory holds.
 
+use crate::decode::Decoder;
 use anyhow::{Context, Result};
 use raftify_core::codec::{parse_entry, ConfChangeContext, EntryPayload, SnapshotEnvelope};
 use raftify_core::protobuf::Message as _;
@@ -25,6 +26,12 @@ pub struct EntryView {
     /// What raftify made of it: `noop`, `user`, `reserve_id`, the decoded
     /// configuration change, or an error.
     pub detail: String,
+    /// A user entry as the `--decode` decoder read it (or `{"error": ...}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<serde_json::Value>,
+    /// The same, as a line for the table.
+    #[serde(skip)]
+    pub decoded_text: Option<String>,
 }
 
 fn conf_state_json(cs: &ConfState) -> serde_json::Value {
@@ -37,13 +44,17 @@ fn conf_state_json(cs: &ConfState) -> serde_json::Value {
     })
 }
 
-fn describe(e: &Entry) -> EntryView {
+fn describe(e: &Entry, decoder: Option<&dyn Decoder>) -> EntryView {
+    let mut decoded = None;
     let (kind, detail) = match e.get_entry_type() {
         EntryType::EntryNormal => (
             "normal",
             match parse_entry(&e.data) {
                 Ok(EntryPayload::Noop) => "noop".to_string(),
-                Ok(EntryPayload::User(b)) => format!("user ({} bytes)", b.len()),
+                Ok(EntryPayload::User(b)) => {
+                    decoded = decoder.map(|d| d.decode(&b));
+                    format!("user ({} bytes)", b.len())
+                }
                 Ok(EntryPayload::ReserveId) => "reserve_id (join ticket)".to_string(),
                 Err(err) => format!("not a raftify entry: {err}"),
             },
@@ -81,12 +92,27 @@ fn describe(e: &Entry) -> EntryView {
         term: e.term,
         kind,
         data_len: e.data.len(),
+        decoded_text: decoded.as_ref().map(|d| match d {
+            Ok(d) => format!("user {}", d.text),
+            Err(err) => format!("{detail}; cannot decode: {err}"),
+        }),
+        decoded: decoded.map(|d| match d {
+            Ok(d) => d.json,
+            Err(err) => json!({ "error": err }),
+        }),
         detail,
     }
 }
 
-/// Prints the persisted state of `dir` as tables, or as JSON.
-pub fn run(dir: &Path, json_out: bool, from: Option<u64>, to: Option<u64>) -> Result<()> {
+/// Prints the persisted state of `dir` as tables, or as JSON; user entries
+/// are shown through `decoder` when one is given.
+pub fn run(
+    dir: &Path,
+    json_out: bool,
+    from: Option<u64>,
+    to: Option<u64>,
+    decoder: Option<&dyn Decoder>,
+) -> Result<()> {
     let store = LmdbStore::open_read_only(dir, LmdbOptions::default())
         .with_context(|| format!("cannot open {} as a raftify data directory", dir.display()))?;
     let state = store.initial_state()?;
@@ -112,7 +138,7 @@ pub fn run(dir: &Path, json_out: bool, from: Option<u64>, to: Option<u64>) -> Re
         let Some(last_in_batch) = batch.last().map(|e| e.index) else {
             break;
         };
-        entries.extend(batch.iter().map(describe));
+        entries.extend(batch.iter().map(|e| describe(e, decoder)));
         next = last_in_batch + 1;
     }
 
@@ -183,7 +209,11 @@ pub fn run(dir: &Path, json_out: bool, from: Option<u64>, to: Option<u64>) -> Re
     for e in &entries {
         println!(
             "{:>10}  {:>6}  {:<15}  {:>8}  {}",
-            e.index, e.term, e.kind, e.data_len, e.detail
+            e.index,
+            e.term,
+            e.kind,
+            e.data_len,
+            e.decoded_text.as_ref().unwrap_or(&e.detail)
         );
     }
     Ok(())

@@ -5,6 +5,9 @@
 //! * a connection must send the 24 bytes of the HTTP/2 preface (or of a TLS
 //!   handshake) within [`GrpcConfig::preface_timeout`], or it is closed: a
 //!   silent connection no longer holds a descriptor forever;
+//! * once the server is shutting down, a connection that has not sent its
+//!   preface yet is closed at once: it has no request in flight, and the
+//!   graceful shutdown would otherwise wait for it for the whole grace;
 //! * TCP_NODELAY on every one (tonic ignores its own setting for listeners
 //!   it did not bind, and Nagle meeting delayed ACKs stalls small replies).
 //!
@@ -19,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt};
@@ -33,6 +36,9 @@ pub(crate) struct Guarded {
     inner: TcpStream,
     /// Armed until the first [`PREFACE_LEN`] bytes arrived.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Completes when the server starts shutting down; polled until the
+    /// preface arrived.
+    stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     received: usize,
     _slot: OwnedSemaphorePermit,
 }
@@ -42,6 +48,7 @@ pub(crate) fn guarded(
     listener: TcpListener,
     max_connections: usize,
     preface_timeout: Duration,
+    stopping: watch::Receiver<bool>,
 ) -> impl Stream<Item = io::Result<Guarded>> {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     TcpListenerStream::new(listener).filter_map(move |conn| {
@@ -55,10 +62,16 @@ pub(crate) fn guarded(
         Some(Ok(Guarded {
             inner: conn,
             deadline: Some(Box::pin(tokio::time::sleep(preface_timeout))),
+            stopping: Some(Box::pin(stopped(stopping.clone()))),
             received: 0,
             _slot: slot,
         }))
     })
+}
+
+/// Completes once `stopping` turns true (or its sender is gone).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 impl AsyncRead for Guarded {
@@ -73,16 +86,25 @@ impl AsyncRead for Guarded {
                 self.received += buf.filled().len() - before;
                 if self.received >= PREFACE_LEN {
                     self.deadline = None;
+                    self.stopping = None;
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no HTTP/2 preface in time",
-                ))),
-                _ => Poll::Pending,
-            },
+            Poll::Pending => {
+                if let Some(Poll::Ready(())) = self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface in time",
+                    )));
+                }
+                if let Some(Poll::Ready(())) = self.stopping.as_mut().map(|s| s.as_mut().poll(cx)) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the server is shutting down",
+                    )));
+                }
+                Poll::Pending
+            }
         }
     }
 }

@@ -82,12 +82,9 @@ impl RaftGrpcServer {
             .map_err(|e| Error::Transport(format!("listener address: {e}")))?;
         let (tx, rx) = oneshot::channel::<()>();
         let logger = self.logger.clone();
-        let incoming = guarded(
-            listener,
-            self.config.max_connections,
-            self.config.preface_timeout,
-        );
+        let (max, preface) = (self.config.max_connections, self.config.preface_timeout);
         let (router, stopping) = self.router()?;
+        let incoming = guarded(listener, max, preface, stopping.subscribe());
         let task = tokio::spawn(async move {
             let signal = async move {
                 let _ = rx.await;
@@ -111,12 +108,9 @@ impl RaftGrpcServer {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send,
     ) -> Result<()> {
-        let incoming = guarded(
-            listener,
-            self.config.max_connections,
-            self.config.preface_timeout,
-        );
+        let (max, preface) = (self.config.max_connections, self.config.preface_timeout);
         let (router, stopping) = self.router()?;
+        let incoming = guarded(listener, max, preface, stopping.subscribe());
         let signal = async move {
             signal.await;
             let _ = stopping.send(true);

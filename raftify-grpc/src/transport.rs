@@ -8,10 +8,11 @@ use raftify_core::raft::eraftpb::{Message, MessageType};
 use raftify_core::{ClusterApi, Feedback, Result, Transport};
 use slog::{debug, o, Logger};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_stream::StreamExt as _;
 
 /// A queued batch for one peer.
 struct Batch {
@@ -39,14 +40,22 @@ struct Inner {
 ///   ([`GrpcConfig::peer_queue_capacity`] batches). [`Transport::send`]
 ///   never blocks: when the queue is full the batch is dropped and the peer
 ///   reported unreachable (raft retransmits).
-/// * The task drains its queue and sends everything queued as one
-///   `SendMessages` RPC (split at [`GrpcConfig::max_batch_bytes`]), in
-///   order, over a long-lived HTTP/2 connection that is opened lazily.
+/// * The task drains its queue and sends everything queued as one batch
+///   (split at [`GrpcConfig::max_batch_bytes`]), in order, as a frame of
+///   its long-lived `MessageStream` call on an HTTP/2 connection that is
+///   opened lazily (a unary `SendMessages` call to peers without streams).
 /// * A snapshot message is streamed in
 ///   [`GrpcConfig::snapshot_chunk_size`] chunks by `InstallSnapshot`; the
 ///   outcome is reported with [`Feedback::snapshot`].
-/// * After a failed delivery the peer is backed off (exponential, jittered);
-///   messages for it are dropped and reported unreachable until then.
+/// * A batch counts as delivered once it is on a connected stream. When
+///   the stream to a peer has ended (the peer restarted, the connection
+///   broke), the next batch opens a new one at once and goes out on it
+///   instead of being dropped: the first messages after a peer's restart
+///   (a `MsgTimeoutNow`, a vote) are not lost.
+/// * After a failed delivery (no connection could be made, everything in
+///   it reported unreachable) the peer is backed off (exponential,
+///   jittered): the next attempt waits until then, with whatever queued
+///   meanwhile.
 /// * [`Transport::node`] gives a node's cluster API over a pool of
 ///   channels by address.
 ///
@@ -110,7 +119,7 @@ impl GrpcTransport {
             pool: self.inner.pool.clone(),
             logger: self.inner.logger.new(o!("peer" => id)),
             stream: Mutex::new(None),
-            unary_only: std::sync::atomic::AtomicBool::new(false),
+            unary_only: AtomicBool::new(false),
         };
         tokio::spawn(worker.run(rx));
         Peer {
@@ -191,14 +200,27 @@ impl Transport for GrpcTransport {
 
 /// Opens a `MessageStream` call whose messages are whatever is sent into the
 /// returned sender; the call runs until the sender is dropped or it fails.
-fn open_stream(client: &Client) -> OpenStream {
+/// The call's request stream is polled only once the connection is made and
+/// the HTTP/2 stream is open, so the first message taken from it marks
+/// the call as connected.
+fn open_stream(client: &Client) -> (OpenStream, oneshot::Receiver<()>) {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let (connected_tx, connected) = oneshot::channel();
+    let mut connected_tx = Some(connected_tx);
+    let batches = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |batch| {
+        if let Some(c) = connected_tx.take() {
+            let _ = c.send(());
+        }
+        batch
+    });
     let mut client = client.clone();
     let call = tokio::spawn(async move {
-        let req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        client.message_stream(req).await.map(|_| ())
+        client
+            .message_stream(tonic::Request::new(batches))
+            .await
+            .map(|_| ())
     });
-    OpenStream { tx, call }
+    (OpenStream { tx, call }, connected)
 }
 
 /// The background sender of one peer.
@@ -213,7 +235,7 @@ struct PeerWorker {
     stream: Mutex<Option<OpenStream>>,
     /// The peer does not know `MessageStream` (an older version): unary
     /// `SendMessages` calls from then on.
-    unary_only: std::sync::atomic::AtomicBool,
+    unary_only: AtomicBool,
 }
 
 /// One open client-streaming `MessageStream` call: batches pushed into `tx`
@@ -236,6 +258,13 @@ impl PeerWorker {
         let mut failures: u32 = 0;
         let mut retry_at: Option<Instant> = None;
         while let Some(first) = rx.recv().await {
+            // Backing off after a failed delivery: the batch waits (later
+            // ones queue behind it; beyond the queue's capacity `send`
+            // reports them lost), so what is sent the moment the peer is
+            // back, a `MsgTimeoutNow` for one, is not dropped.
+            if let Some(t) = retry_at.take() {
+                tokio::time::sleep_until(t).await;
+            }
             let feedback = first.feedback;
             let mut msgs = first.msgs;
             while msgs.len() < MAX_DRAIN {
@@ -244,13 +273,8 @@ impl PeerWorker {
                     Err(_) => break,
                 }
             }
-            if retry_at.is_some_and(|t| Instant::now() < t) {
-                report_lost(self.to, &msgs, &feedback);
-                continue;
-            }
             if self.deliver(msgs, &feedback).await {
                 failures = 0;
-                retry_at = None;
             } else {
                 retry_at = Some(Instant::now() + backoff(self.pool.config(), failures));
                 failures = failures.saturating_add(1);
@@ -324,11 +348,13 @@ impl PeerWorker {
         true
     }
 
-    /// Sends one batch: on the peer's open message stream (opened on
-    /// demand), or as a unary call to a peer that has no streams. False when
-    /// the stream broke or the peer stopped reading for `message_timeout`;
-    /// the batch is lost then (raft sends again) and the next flush opens a
-    /// new stream.
+    /// Sends one batch on the peer's open message stream, or as a unary
+    /// call to a peer that has no streams. When the stream's call has ended
+    /// since the last batch (the peer restarted, the connection broke), a
+    /// new call is opened at once and carries this batch: a restart loses
+    /// no message. False when no connection could be made (the batch is
+    /// reported lost, raft sends again) or the peer stopped reading for
+    /// `message_timeout`.
     async fn flush(&self, client: &mut Client, from_id: u64, messages: Vec<Vec<u8>>) -> bool {
         let batch = pb::MessageBatch {
             from_id,
@@ -336,36 +362,75 @@ impl PeerWorker {
             messages,
             cluster_uid: self.cluster_uid.load(Ordering::Relaxed),
         };
-        if self.unary_only.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.unary_only.load(Ordering::Relaxed) {
             return self.flush_unary(client, batch).await;
         }
-        // A call that ended since the last batch: this batch is lost (the
-        // caller reports it and backs off), the next one opens a new call.
         let ended = self.stream_slot().take_if(|s| s.call.is_finished());
-        if let Some(s) = ended {
-            return self.stream_ended(s.call, client, batch).await;
-        }
-        let tx = self
-            .stream_slot()
-            .get_or_insert_with(|| open_stream(client))
-            .tx
-            .clone();
-        let timeout = self.pool.config().message_timeout;
-        match tokio::time::timeout(timeout, tx.send(batch)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(mpsc::error::SendError(batch))) => {
-                // The call ended (the receiving side dropped the stream).
-                let call = self.stream_slot().take().map(|s| s.call);
-                match call {
-                    Some(call) => self.stream_ended(call, client, batch).await,
-                    None => false,
+        let open = self.stream_slot().as_ref().map(|s| s.tx.clone());
+        let batch = match (ended, open) {
+            (Some(ended), _) => {
+                if self.stream_ended(ended.call).await {
+                    return self.flush_unary(client, batch).await;
+                }
+                batch
+            }
+            (None, Some(tx)) => {
+                let timeout = self.pool.config().message_timeout;
+                match tokio::time::timeout(timeout, tx.send(batch)).await {
+                    Ok(Ok(())) => return true,
+                    // The call ended between the check and the send.
+                    Ok(Err(mpsc::error::SendError(batch))) => {
+                        let call = self.stream_slot().take().map(|s| s.call);
+                        if let Some(call) = call {
+                            if self.stream_ended(call).await {
+                                return self.flush_unary(client, batch).await;
+                            }
+                        }
+                        batch
+                    }
+                    Err(_) => {
+                        debug!(self.logger, "raft message stream stalled"; "addr" => &self.addr);
+                        if let Some(s) = self.stream_slot().take() {
+                            s.call.abort();
+                        }
+                        return false;
+                    }
                 }
             }
-            Err(_) => {
-                debug!(self.logger, "raft message stream stalled"; "addr" => &self.addr);
-                if let Some(s) = self.stream_slot().take() {
-                    s.call.abort();
+            (None, None) => batch,
+        };
+        self.send_on_new_stream(client, batch).await
+    }
+
+    /// Opens a new message stream carrying `batch` first; true once the
+    /// connection is made (the call then stays open for the next batches),
+    /// false when it fails or takes longer than `connect_timeout`.
+    async fn send_on_new_stream(&self, client: &mut Client, batch: pb::MessageBatch) -> bool {
+        let (mut stream, mut connected) = open_stream(client);
+        if stream.tx.try_send(batch).is_err() {
+            // A new call's buffer has room; it only fails if the call is gone.
+            stream.call.abort();
+            return false;
+        }
+        let limit = self.pool.config().connect_timeout;
+        tokio::select! {
+            Ok(()) = &mut connected => {
+                *self.stream_slot() = Some(stream);
+                true
+            }
+            ended = &mut stream.call => {
+                let status = ended.ok().and_then(|r| r.err());
+                if status.as_ref().is_some_and(|st| st.code() == tonic::Code::Unimplemented) {
+                    self.no_streams();
+                } else {
+                    debug!(self.logger, "cannot open a raft message stream"; "addr" => &self.addr, "status" => ?status);
                 }
+                false
+            }
+            _ = tokio::time::sleep(limit) => {
+                // Still connecting: the call stays; later batches queue on it.
+                debug!(self.logger, "raft message stream still connecting"; "addr" => &self.addr);
+                *self.stream_slot() = Some(stream);
                 false
             }
         }
@@ -375,24 +440,25 @@ impl PeerWorker {
         self.stream.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A message stream call ended: a peer without streams gets `batch`
-    /// as a unary call (and every later one); otherwise the batch is lost.
+    fn no_streams(&self) {
+        debug!(self.logger, "peer has no message streams; unary calls from now on"; "addr" => &self.addr);
+        self.unary_only.store(true, Ordering::Relaxed);
+    }
+
+    /// A message stream call ended: true when the peer has no streams (an
+    /// older version; unary calls from now on).
     async fn stream_ended(
         &self,
         call: tokio::task::JoinHandle<std::result::Result<(), tonic::Status>>,
-        client: &mut Client,
-        batch: pb::MessageBatch,
     ) -> bool {
         let status = call.await.ok().and_then(|r| r.err());
         match status {
             Some(st) if st.code() == tonic::Code::Unimplemented => {
-                debug!(self.logger, "peer has no message streams; unary calls from now on"; "addr" => &self.addr);
-                self.unary_only
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                self.flush_unary(client, batch).await
+                self.no_streams();
+                true
             }
             other => {
-                debug!(self.logger, "raft message stream ended"; "addr" => &self.addr, "status" => ?other);
+                debug!(self.logger, "raft message stream ended; opening a new one"; "addr" => &self.addr, "status" => ?other);
                 false
             }
         }

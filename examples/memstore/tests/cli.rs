@@ -1,0 +1,253 @@
+//! `raftify-cli` against real `memstore` processes: its view of a data
+//! directory, its live commands, its error messages.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn cli_debug_persisted_json_matches_what_was_written() {
+    let mut c = Cluster::start(1);
+    c.wait_leader();
+    for i in 0..10 {
+        assert!(put_ok(&c.node(1).http, &format!("k{i}"), "v"));
+    }
+    let status = get(&c.node(1).http, "/status").json();
+    let last = status["last_index"].as_u64().expect("last_index");
+    c.nodes.get_mut(&1).expect("node").terminate(T);
+    let cli = cli_path();
+    let out = std::process::Command::new(&cli)
+        .args(["debug", "persisted", "--json"])
+        .arg(&c.node(1).dir)
+        .output()
+        .expect("run raftify-cli (build it with the workspace)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["last_index"].as_u64(), Some(last));
+    assert_eq!(v["identity"]["node_id"], 1);
+    let users = v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["detail"].as_str().is_some_and(|d| d.starts_with("user")))
+        .count();
+    assert_eq!(users, 10, "{v}");
+    // --decode memstore: the keys and values that were written.
+    let out = std::process::Command::new(&cli)
+        .args(["debug", "persisted", "--json", "--decode", "memstore"])
+        .arg(&c.node(1).dir)
+        .output()
+        .expect("run raftify-cli");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let decoded: Vec<&serde_json::Value> = v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e.get("decoded"))
+        .collect();
+    let expect: Vec<serde_json::Value> = (0..10)
+        .map(|i| serde_json::json!({"op": "put", "key": format!("k{i}"), "value": "v"}))
+        .collect();
+    assert_eq!(decoded, expect.iter().collect::<Vec<_>>(), "{v}");
+    let out = std::process::Command::new(&cli)
+        .args(["debug", "persisted", "--decode", "memstore"])
+        .arg(&c.node(1).dir)
+        .output()
+        .expect("run raftify-cli");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(r#"user put "k9" = "v""#), "{table}");
+    // A codec of the user's: a program that gets each entry on stdin.
+    let out = std::process::Command::new(&cli)
+        .args(["debug", "persisted", "--json", "--decode-cmd", "wc -c"])
+        .arg(&c.node(1).dir)
+        .output()
+        .expect("run raftify-cli");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let sizes: Vec<String> = v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| {
+            Some(format!(
+                "{} {}",
+                e.get("decoded")?.as_str()?.trim(),
+                e["data_len"]
+            ))
+        })
+        .collect();
+    assert_eq!(sizes.len(), 10, "{v}");
+    // A missing dir is a clear error with its own exit code.
+    let out = std::process::Command::new(&cli)
+        .args(["debug", "persisted", "/nonexistent/raftify"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(cli_path())
+        .args(args)
+        .output()
+        .expect("run raftify-cli (build it with the workspace)")
+}
+
+#[test]
+fn cli_live_commands_administer_a_running_cluster() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader();
+    let any = c.node(c.follower_of(leader)).raft.clone();
+
+    let out = cli(&["members", &any, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["leader_id"].as_u64(), Some(leader));
+    assert_eq!(v["members"].as_array().map(Vec::len), Some(3));
+
+    let out = cli(&["leader", &any, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["leader_id"].as_u64(), Some(leader));
+
+    let out = cli(&["debug", "node", &c.node(leader).raft, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["role"], "leader");
+
+    let target = c.follower_of(leader);
+    let out = cli(&["transfer-leader", &any, &target.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.wait_leader(), target);
+
+    let out = cli(&["snapshot", &c.node(target).raft]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Membership administration, as the HTTP API offers it: a learner at an
+    // address nothing listens on (the three others keep the quorum), its
+    // promotion, its removal; then a real member leaves.
+    // The members as `any` sees them, once `expect` holds (a follower
+    // applies a change a moment after the leader answered).
+    let members = |what: &str, expect: &dyn Fn(&[serde_json::Value]) -> bool| {
+        wait_for(what, T, || {
+            let out = cli(&["members", &any, "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let m = v["members"].as_array()?.clone();
+            expect(&m).then_some(m)
+        })
+    };
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let ok = |args: &[&str]| {
+        let out = cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = ok(&["add-learner", &any, "9", &nowhere]);
+    assert!(printed.contains("learner"), "{printed}");
+    members("node 9 as a learner", &|m| {
+        m.iter().any(|x| x["id"] == 9 && x["role"] == "learner")
+    });
+    ok(&["promote", &any, "9"]);
+    members("node 9 as a voter", &|m| {
+        m.iter().any(|x| x["id"] == 9 && x["role"] == "voter")
+    });
+    ok(&["remove", &any, "9"]);
+    members("node 9 removed", &|m| m.iter().all(|x| x["id"] != 9));
+    // Moving a member to another address is refused, exit code 1.
+    let out = cli(&["add-voter", &any, &target.to_string(), &nowhere]);
+    assert_eq!(out.status.code(), Some(1));
+    let leaving = c.follower_of(target);
+    ok(&["leave", &c.node(leaving).raft]);
+    let m = members("the node to leave", &|m| {
+        m.iter().all(|x| x["id"] != leaving)
+    });
+    assert_eq!(m.len(), 2);
+
+    // An unreachable node: a one-line error and exit code 1, at once.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let out = cli(&["leader", &dead]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("connection refused: nothing listens at"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // memstore's HTTP port instead of its raft port: said so, at once.
+    let started = Instant::now();
+    let out = cli(&["members", &c.node(target).http]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("this looks like memstore's HTTP port; use the raft (gRPC) port"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Wrong token: refused.
+    let out = cli(&["members", &any, "--auth-token", "nope", "--timeout", "2"]);
+    assert!(
+        out.status.success(),
+        "no token configured on the cluster: any token passes"
+    );
+}
+
+/// A follower's restart must not lose the next messages to it: raft
+/// messages to it go out on a new connection at once (not dropped with the
+/// stale one, nor during a backoff), so a leadership transfer to it right
+/// after the restart succeeds every time, and at once: a lost
+/// `MsgTimeoutNow` would show as a transfer that took the transfer timeout
+/// (one election timeout, 300 ms at --tick-ms 30) before it was retried.
+#[test]
+fn transfer_leader_to_a_node_that_just_restarted_succeeds_every_time() {
+    const ROUNDS: usize = 8;
+    let mut c = Cluster::start(3);
+    let mut leader = c.wait_leader();
+    let mut slow = Vec::new();
+    for round in 0..ROUNDS {
+        let target = c.follower_of(leader);
+        assert!(put_ok(&c.node(leader).http, &format!("r{round}"), "v"));
+        c.nodes.get_mut(&target).expect("node").kill();
+        c.restart(target, &[]);
+        // As soon as its raft port takes connections again.
+        let raft = c.node(target).raft.clone();
+        wait_for("the restarted node's raft port", T, || {
+            std::net::TcpStream::connect(&raft).ok()
+        });
+        let via = c.node(leader).raft.clone();
+        let started = Instant::now();
+        let out = cli(&["transfer-leader", &via, &target.to_string()]);
+        let took = started.elapsed();
+        assert!(
+            out.status.success(),
+            "round {round}: transfer to node {target}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.node(target).log_text()
+        );
+        assert_eq!(c.wait_leader(), target, "round {round}");
+        if took >= Duration::from_millis(290) {
+            slow.push((round, took));
+        }
+        leader = target;
+    }
+    // Before the fix most rounds took ~300 ms; one slow round is left to a
+    // loaded machine.
+    assert!(slow.len() <= 1, "transfers that needed a retry: {slow:?}");
+}
