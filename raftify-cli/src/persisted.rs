@@ -52,7 +52,7 @@ fn describe(e: &Entry, decoder: Option<&dyn Decoder>) -> EntryView {
             match parse_entry(&e.data) {
                 Ok(EntryPayload::Noop) => "noop".to_string(),
                 Ok(EntryPayload::User(b)) => {
-                    decoded = decoder.map(|d| d.decode(&b));
+                    decoded = decoder.map(|d| d.decode(b));
                     format!("user ({} bytes)", b.len())
                 }
                 Ok(EntryPayload::ReserveId) => "reserve_id (join ticket)".to_string(),

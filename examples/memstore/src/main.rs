@@ -208,8 +208,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(args: Args) -> Result<()> {
-    let logger = raftify_core::default_logger().new(o!("app" => "memstore"));
+async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     let grpc = grpc_config(&args)?;
     let spec = node_spec(&args, grpc, &logger)?;
     // Both ports are taken before anything is written.
@@ -296,11 +295,23 @@ fn exit_on_panic() {
     }));
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     exit_on_panic();
     let args = Args::parse();
-    match run(args).await {
+    // The logger outlives the runtime: once the runtime (and every task
+    // holding a clone) is gone, dropping it writes out the lines still
+    // queued — the last ones ("memstore node stopped") were sometimes lost
+    // at exit when the logger was a static that is never dropped.
+    let logger = raftify_core::stderr_logger(slog::Level::Info).new(o!("app" => "memstore"));
+    let result = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(args, logger.clone())),
+        Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
+    };
+    drop(logger);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("memstore: {e:#}");

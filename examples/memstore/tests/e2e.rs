@@ -100,6 +100,13 @@ fn a_full_restart_keeps_every_acknowledged_write_and_sigterm_exits_cleanly() {
             "node {id} took {took:?} to exit after SIGTERM: {}",
             c.node(id).log_text()
         );
+        // Its last line is written before it exits (it used to be lost now
+        // and then: the logger's queue was never flushed at exit).
+        assert!(
+            c.node(id).log_text().contains("memstore node stopped"),
+            "{}",
+            c.node(id).log_text()
+        );
     }
     drop(silent);
     // Nothing listens any more (the raft loop and both servers stopped).
