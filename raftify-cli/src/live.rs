@@ -75,9 +75,10 @@ impl ConnArgs {
     }
 
     /// A client of the node at `addr`, after [`probe`] checked that a gRPC
-    /// server with the right transport security listens there: a refused
-    /// connection, memstore's HTTP port or a TLS mismatch fail at once with
-    /// a plain message.
+    /// server with the right transport security listens there and the node
+    /// answered one `status` call: a refused connection, memstore's HTTP
+    /// port, a TLS mismatch, a refused certificate or token fail at once
+    /// with a plain message.
     pub async fn connect(&self, addr: &str) -> Result<RaftClient> {
         let client = self.client(addr)?;
         let t = self.connect_timeout();
@@ -104,8 +105,17 @@ impl ConnArgs {
                 "{addr} does not speak gRPC (it answered {:?}): use a node's raft (gRPC) port",
                 String::from_utf8_lossy(&first)
             ),
-            Ok(Found::Grpc | Found::Tls | Found::Closed) => Ok(client),
+            Ok(Found::Grpc | Found::Tls | Found::Closed) => {}
         }
+        // One call that is not retried: a TLS handshake the server refuses
+        // (or whose certificate this side refuses) or a refused token fails
+        // here at once with its own error, rather than being retried
+        // until the timeout by the command's call.
+        client
+            .status(addr)
+            .await
+            .map_err(|e| self.explain(e, addr, "status"))?;
+        Ok(client)
     }
 
     /// Explains a failed `what` on `addr` by its error class: what to pass
@@ -124,9 +134,17 @@ impl ConnArgs {
             Error::Timeout(d) => {
                 anyhow!("timed out after {d:?} waiting for {addr} to answer `{what}`")
             }
-            Error::Transport(m) if self.tls() && self.tls_cert.is_none() => anyhow!(
-                "{addr}: {what} failed: {m} (if the node requires mutual TLS, pass --tls-cert and --tls-key)"
-            ),
+            Error::Transport(m) if self.tls() => {
+                // rustls' words for a server certificate this side refused.
+                let hint = if m.contains("invalid peer certificate") {
+                    " (the node's certificate does not verify against --tls-ca for the name dialed; --tls-domain sets that name)"
+                } else if self.tls_cert.is_none() {
+                    " (if the node requires mutual TLS, pass --tls-cert and --tls-key)"
+                } else {
+                    ""
+                };
+                anyhow!("{addr}: {what} failed: {m}{hint}")
+            }
             e => anyhow!("{addr}: {what} failed: {e}"),
         }
     }

@@ -277,3 +277,54 @@ fn tls_mismatches_and_tokens_are_explained() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn refused_certificates_fail_at_once_with_the_tls_error() {
+    let pki = pki();
+    let other = pki_other_ca();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).expect("write pem");
+        p.to_string_lossy().into_owned()
+    };
+    let (ca, other_ca) = (write("ca.pem", &pki.ca), write("other.pem", &other));
+    // Mutual TLS: the node wants a client certificate signed by its CA.
+    let node = Node::start(GrpcConfig {
+        tls: Some(TlsConfig {
+            cert_pem: Some(pki.cert.clone()),
+            key_pem: Some(pki.key.clone()),
+            ca_pem: Some(pki.ca.clone()),
+            domain: None,
+        }),
+        ..GrpcConfig::default()
+    });
+    let addr = node.addr.as_str();
+    fails(
+        &[
+            "members",
+            addr,
+            "--tls-ca",
+            &ca,
+            "--tls-domain",
+            "localhost",
+        ],
+        FAST,
+        &[addr, "pass --tls-cert and --tls-key"],
+    );
+    // The node's certificate is not signed by the CA given.
+    fails(
+        &["members", addr, "--tls-ca", &other_ca],
+        FAST,
+        &[addr, "does not verify against --tls-ca"],
+    );
+}
+
+/// A CA that signed nothing here.
+fn pki_other_ca() -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.self_signed(&key).expect("CA").pem()
+}
