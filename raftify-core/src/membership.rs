@@ -76,6 +76,11 @@ pub struct JoinTicket {
     pub leader_id: u64,
     /// Current members and their addresses.
     pub peers: BTreeMap<u64, String>,
+    /// The cluster's identity (see [`crate::codec::ClusterMeta::cluster_uid`]);
+    /// the joining node adopts it and refuses traffic from other clusters
+    /// from the start. 0: unknown (a ticket from an older node).
+    #[serde(default)]
+    pub cluster_uid: u64,
 }
 
 /// Checks that `addr` looks like `host:port` (a hostname or IP, and a port).

@@ -91,6 +91,7 @@ pub(crate) fn ticket_to_pb(t: &JoinTicket) -> pb::JoinTicketReply {
         cluster_id: t.cluster_id.clone(),
         leader_id: t.leader_id,
         peers: t.peers.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        cluster_uid: t.cluster_uid,
     }
 }
 
@@ -100,6 +101,7 @@ pub(crate) fn ticket_from_pb(t: pb::JoinTicketReply) -> JoinTicket {
         cluster_id: t.cluster_id,
         leader_id: t.leader_id,
         peers: t.peers.into_iter().collect(),
+        cluster_uid: t.cluster_uid,
     }
 }
 
@@ -139,6 +141,7 @@ mod tests {
             cluster_id: "c".into(),
             leader_id: 1,
             peers: [(1, "x:1".to_string())].into_iter().collect(),
+            cluster_uid: 0xfeed,
         };
         assert_eq!(ticket_from_pb(ticket_to_pb(&t)), t);
         assert!(decode_msg(b"\xff\xff\xff garbage").is_err());

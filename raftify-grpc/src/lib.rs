@@ -78,6 +78,7 @@ mod config;
 mod conn;
 mod convert;
 mod error;
+mod identity;
 mod net;
 mod peer_service;
 mod read;
@@ -100,6 +101,7 @@ pub mod pb {
 pub use client::{LeaderInfo, RaftClient};
 pub use config::{GrpcConfig, TlsConfig};
 pub use error::{error_to_status, status_to_error};
+pub use identity::NODE_NAME_PREFIX;
 pub use read::{state_machine_reader, ReadHandler};
 pub use server::{RaftGrpcServer, ServerHandle, SHUTDOWN_GRACE};
 pub use transport::GrpcTransport;

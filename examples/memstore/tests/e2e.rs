@@ -607,42 +607,56 @@ fn a_data_dir_of_another_cluster_never_joins_this_one() {
         .map(|(i, (_, raft))| format!("{}={raft}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
+    // Node 1 on that dir with --peers that share no other member refuses
+    // to start, and says why (and which flag).
+    let mut refused = Node::spawn(1, &ports[0].0, &ports[0].1, &d1, &["--peers", &peers]);
+    let status = wait_for("node 1 to refuse to start", T, || {
+        refused
+            .child
+            .as_mut()
+            .and_then(|ch| ch.try_wait().ok().flatten())
+    });
+    assert!(!status.success(), "{status:?}");
+    let said = refused.log_text();
+    assert!(
+        said.contains("another cluster") && said.contains("--peers"),
+        "{said}"
+    );
+    // Nodes 2 and 3 form the new cluster and take writes.
     let mut nodes: Vec<Node> = ports
         .iter()
         .enumerate()
+        .skip(1)
         .map(|(i, (http, raft))| {
             let d = dir.path().join(format!("node-{}", i + 1));
             Node::spawn(i as u64 + 1, http, raft, &d, &["--peers", &peers])
         })
         .collect();
-    // Nodes 2 and 3 form the new cluster and take writes.
     let leader = wait_for("nodes 2 and 3 to elect a leader", T, || {
-        let l = leader_of(&nodes[1].http)?;
-        (l != 1 && leader_of(&nodes[2].http) == Some(l)).then_some(l)
+        let l = leader_of(&nodes[0].http)?;
+        (l != 1 && leader_of(&nodes[1].http) == Some(l)).then_some(l)
     });
-    assert!(put_ok(&nodes[leader as usize - 1].http, "probe", "x"));
-    // Node 1 keeps its own one-node cluster: it never follows their leader
-    // and never lists their members; their traffic is refused, loudly.
+    assert!(put_ok(&nodes[leader as usize - 2].http, "probe", "x"));
+    // Node 1 started without --peers resumes its own one-node cluster at
+    // the address the new cluster expects node 1 at: it never follows their
+    // leader and never lists their members; their traffic is refused,
+    // loudly.
+    nodes.insert(0, Node::spawn(1, &ports[0].0, &ports[0].1, &d1, &[]));
     wait_for("a refusal to be logged", T, || {
         nodes
             .iter()
             .any(|n| n.log_text().contains("cluster ID mismatch"))
             .then_some(())
     });
-    let s = get(&nodes[0].http, "/status").json();
-    assert_eq!(s["leader_id"].as_u64(), Some(1), "{s}");
+    wait_for("node 1 to lead its own cluster", T, || {
+        (leader_of(&nodes[0].http) == Some(1)).then_some(())
+    });
     let c = get(&nodes[0].http, "/cluster").json();
     assert_eq!(c["members"].as_array().map(Vec::len), Some(1), "{c}");
     assert_eq!(get_value(&nodes[0].http, "probe", false), None);
     assert_eq!(
         get_value(&nodes[0].http, "mine", false).as_deref(),
         Some("1")
-    );
-    // And it said at start that its data dir ignores --peers.
-    assert!(
-        nodes[0].log_text().contains("members differ"),
-        "{}",
-        nodes[0].log_text()
     );
     for n in &mut nodes {
         n.kill();

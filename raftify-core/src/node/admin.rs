@@ -152,6 +152,7 @@ impl RaftHandle {
         let status = self.status().await?;
         Ok(JoinTicket {
             reserved_id,
+            cluster_uid: status.cluster_uid,
             cluster_id: self.config().cluster_id.clone(),
             leader_id: self.id(),
             peers: status
@@ -184,6 +185,14 @@ impl RaftHandle {
                 "the ticket reserved id {}, this node has id {}",
                 ticket.reserved_id, config.id
             )));
+        }
+        if ticket.cluster_uid != 0 {
+            // From now on this node talks only with the ticket's cluster.
+            self.call(config.conf_change_timeout, |reply| Command::AdoptCluster {
+                uid: ticket.cluster_uid,
+                reply,
+            })
+            .await?;
         }
         let (id, addr) = (config.id, self_addr.to_string());
         let change = if as_learner {
