@@ -75,6 +75,8 @@ pub(crate) fn members_to_pb(m: &Membership) -> pb::MembersReply {
     pb::MembersReply {
         leader_id: m.leader_id,
         members: m.members.iter().map(member_to_pb).collect(),
+        node_id: m.node_id,
+        cluster_uid: m.cluster_uid,
     }
 }
 
@@ -82,6 +84,8 @@ pub(crate) fn members_from_pb(r: &pb::MembersReply) -> Membership {
     Membership {
         leader_id: r.leader_id,
         members: r.members.iter().map(member_from_pb).collect(),
+        node_id: r.node_id,
+        cluster_uid: r.cluster_uid,
     }
 }
 

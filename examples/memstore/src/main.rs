@@ -107,6 +107,11 @@ struct Args {
     /// Largest value accepted, in bytes.
     #[arg(long, env = "RAFTIFY_MAX_VALUE_SIZE", default_value_t = 1024 * 1024)]
     max_value_size: usize,
+    /// Largest snapshot this node accepts from its leader, in bytes (the
+    /// announced size is checked first; a larger one is refused and the
+    /// node cannot catch up by snapshot: raise it with the data set).
+    #[arg(long, env = "RAFTIFY_MAX_SNAPSHOT_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    max_snapshot_bytes: u64,
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<String> {
@@ -118,6 +123,7 @@ fn grpc_config(args: &Args) -> Result<GrpcConfig> {
         auth_token: args.auth_token.clone(),
         peer_token: args.peer_token.clone(),
         max_connections: args.max_connections,
+        max_snapshot_size: args.max_snapshot_bytes,
         ..GrpcConfig::default()
     };
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
