@@ -228,19 +228,34 @@ async fn the_client_token_guards_every_endpoint_but_health() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_a_members_address_is_refused_with_409() {
     let (addr, raft) = serve().await;
+    // An attacker's listener: the cluster must never connect to it (it
+    // would present the peer token there).
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_addr = trap.local_addr().unwrap().to_string();
+    let body = format!(r#"{{"id":1,"raft_addr":"{trap_addr}"}}"#);
     blocking(move || {
-        let r = post(
-            &addr,
-            "/cluster/voters",
-            br#"{"id":1,"raft_addr":"127.0.0.1:9"}"#,
-        );
-        assert_eq!(r.status, 409, "{}", r.text());
-        assert!(r.text().contains("cannot move"), "{}", r.text());
+        for path in ["/cluster/voters", "/cluster/learners"] {
+            let r = post(&addr, path, body.as_bytes());
+            assert_eq!(r.status, 409, "{}", r.text());
+            assert!(r.text().contains("cannot move"), "{}", r.text());
+        }
     })
     .await;
     let members = raft.handle().members().await.unwrap().members;
     assert_eq!(members.len(), 1);
-    assert_ne!(members[0].addr.as_deref(), Some("127.0.0.1:9"));
+    assert_ne!(members[0].addr.as_deref(), Some(trap_addr.as_str()));
+    // Give a stray connection time to arrive (a bounded look, not a sync).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    while std::time::Instant::now() < deadline {
+        match trap.accept() {
+            Ok((_, from)) => panic!("the cluster connected to the new address from {from}"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

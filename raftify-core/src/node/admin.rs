@@ -6,7 +6,9 @@
 use super::RaftHandle;
 use crate::codec::TAG_RESERVE_ID;
 use crate::error::{Error, Rejection, Result};
-use crate::membership::{build_conf_change, validate_addr, JoinTicket, Member, MembershipChange};
+use crate::membership::{
+    build_conf_change, refuse_move, validate_addr, JoinTicket, Member, MembershipChange,
+};
 use crate::raft_loop::{Applied, Command, ProposalKind};
 use crate::retry::Idempotence;
 use crate::status::Role;
@@ -88,6 +90,22 @@ impl RaftHandle {
         changes: Vec<MembershipChange>,
     ) -> Result<Membership> {
         let me = self.id();
+        // A move is refused before anything else happens (a hand-over of
+        // leadership, a question to the new address); the loop checks again.
+        let known = self.status().await?.members;
+        for change in &changes {
+            if let MembershipChange::AddVoter { id, addr }
+            | MembershipChange::AddLearner { id, addr } = change
+            {
+                if let Some(at) = known
+                    .iter()
+                    .find(|m| m.id == *id)
+                    .and_then(|m| m.addr.as_deref())
+                {
+                    refuse_move(*id, at, addr)?;
+                }
+            }
+        }
         let leaving: Vec<u64> = changes
             .iter()
             .filter_map(|c| match c {
@@ -147,12 +165,14 @@ impl RaftHandle {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => {
                     return Err(refuse(format!(
-                        "it does not answer ({e}); start the node first"
+                        "it did not answer as a node of this cluster ({e}); check the address, \
+                         and start the node before adding it"
                     )))
                 }
                 Err(_) => {
                     return Err(refuse(format!(
-                        "it did not answer within {timeout:?}; start the node first"
+                        "it did not answer within {timeout:?}; check the address, and start \
+                         the node before adding it"
                     )))
                 }
             };
