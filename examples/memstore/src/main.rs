@@ -40,7 +40,7 @@ struct Args {
     /// --raft-addr (e.g. 0.0.0.0:60061 in a container). Default: --raft-addr.
     #[arg(long, env = "RAFTIFY_RAFT_LISTEN")]
     raft_listen: Option<String>,
-    /// Address of the HTTP API.
+    /// Address of the HTTP API (HTTPS with --web-tls-cert).
     #[arg(long, env = "RAFTIFY_WEB_SERVER", default_value = "127.0.0.1:8001")]
     web_server: String,
     /// Data directory (default ./data/node-<id>, relative to the working
