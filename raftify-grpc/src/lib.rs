@@ -16,7 +16,9 @@
 //!   meaning across the wire ([`Error::NotLeader`](raftify_core::Error)
 //!   still names the leader, see [`error_to_status`]).
 //! * TLS and mutual TLS ([`TlsConfig`]), a shared auth token checked on
-//!   every RPC, message size limits ([`GrpcConfig`]).
+//!   every RPC, message size limits ([`GrpcConfig`]); [`tls`] loads PEM
+//!   files (errors naming the file) and builds rustls server configs for
+//!   an application's other servers on the same TLS stack.
 //!
 //! ## Wiring a node
 //!
@@ -83,6 +85,9 @@ mod net;
 mod peer_service;
 mod read;
 mod server;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod tls;
 mod transport;
 
 /// The generated protobuf messages and tonic service (package

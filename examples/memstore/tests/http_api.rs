@@ -3,10 +3,7 @@
 mod common;
 
 use common::*;
-use memstore::http::{router, AppState, HttpAuth, Latencies};
-use memstore::store::HashStore;
-use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Raft};
-use std::sync::Arc;
+use memstore::http::{router, HttpAuth};
 use std::time::Duration;
 
 async fn serve() -> (String, memstore::http::Node) {
@@ -14,30 +11,8 @@ async fn serve() -> (String, memstore::http::Node) {
 }
 
 async fn serve_with(auth: HttpAuth) -> (String, memstore::http::Node) {
-    let net = InProcNetwork::new(1);
-    let mut config = Config::new(1);
-    config.tick_interval = Duration::from_millis(20);
-    let raft = Raft::builder(config, HashStore::default())
-        .storage(Arc::new(MemStore::new()))
-        .transport(net.transport(1))
-        .bootstrap(Bootstrap::Single {
-            addr: net.addr_of(1),
-        })
-        .logger(raftify_core::discard_logger())
-        .start()
-        .await
-        .unwrap();
-    net.register(1, raft.handle().inbound());
-    raft.handle()
-        .wait_for_leader(Duration::from_secs(5))
-        .await
-        .unwrap();
-    let state = AppState {
-        raft: raft.clone(),
-        max_value_size: 1024,
-        latency: Arc::new(Latencies::default()),
-        auth,
-    };
+    let state = single_node_state(auth).await;
+    let raft = state.raft.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
