@@ -8,7 +8,7 @@ use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::Metrics;
 use raft::StateRole;
 use slog::info;
-use std::time::Instant;
+use tokio::time::Instant;
 
 pub(super) struct Leadership {
     /// A transfer under way: its target and its caller.
