@@ -199,6 +199,10 @@ cmd_status() {
     for n in $(known_nodes); do
         if pid="$(live_pid "$n")"; then
             st="$(http_get "$n" /status || true)"
+            if [ -z "$st" ]; then
+                echo "node $n: pid $pid, alive, not answering on http $(http_addr "$n")"
+                continue
+            fi
             echo "node $n: pid $pid, alive, role $(json_field "$st" role), leader $(json_field "$st" leader_id), http $(http_addr "$n"), raft $(raft_addr "$n")"
         elif [ -e "$(node_dir "$n")" ] || [ -f "$(pid_file "$n")" ]; then
             echo "node $n: not running"

@@ -243,6 +243,30 @@ fn free_range(n: u16, held: &mut Vec<TcpListener>) -> u16 {
     panic!("no range of {n} free ports found on 127.0.0.1");
 }
 
+/// `bash` in `cwd` with `env`, and nothing from the developer's shell that
+/// would change what the README's commands do (a RAFTIFY_* flag, another
+/// LOCAL_CLUSTER_DIR, whose nodes `stop` would stop).
+fn bash_in(cwd: &Path, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RAFTIFY_")
+            || [
+                "LOCAL_CLUSTER_DIR",
+                "LOCAL_CLUSTER_TIMEOUT",
+                "CARGO_TARGET_DIR",
+            ]
+            .contains(&key.as_str())
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
 /// The bash session the README's commands run in, and the cleanup of all it
 /// started.
 struct Session {
@@ -279,24 +303,12 @@ impl Session {
             ("RAFT_PORT_BASE".to_string(), raft_base.to_string()),
             ("HTTP_PORT_BASE".to_string(), http_base.to_string()),
         ];
-        let mut cmd = Command::new("bash");
-        cmd.args(["--noprofile", "--norc", "-s"])
-            .current_dir(&cwd)
+        let mut bash = bash_in(&cwd, &env)
+            .args(["--noprofile", "--norc", "-s"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        // Nothing from the developer's shell changes what the README runs.
-        for (key, _) in std::env::vars() {
-            if key.starts_with("RAFTIFY_")
-                || key == "LOCAL_CLUSTER_DIR"
-                || key == "CARGO_TARGET_DIR"
-            {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        let mut bash = cmd.spawn().expect("spawn bash");
+            .process_group(0)
+            .spawn()
+            .expect("spawn bash");
         let stdin = bash.stdin.take().expect("bash stdin");
         Session {
             bash,
@@ -373,13 +385,9 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // The script's own stop (SIGTERM by pid file, bounded, then SIGKILL).
-        let _ = Command::new("bash")
+        let _ = bash_in(&self.cwd, &self.env)
             .args(["scripts/local-cluster.sh", "stop"])
-            .current_dir(&self.cwd)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("LOCAL_CLUSTER_TIMEOUT", "5")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .status();
         // Whatever is left in the session's process group (all started here).
         unsafe {
