@@ -470,6 +470,10 @@ fn a_node_restarted_with_a_wiped_dir_stops_with_a_clear_error_and_is_rebuilt() {
         assert!(put_ok(&c.node(leader).http, &format!("k{i}"), "v"));
     }
     let victim = c.follower_of(leader);
+    // It holds (and so acknowledged) every write before it loses them.
+    wait_for("the victim to hold every write", T, || {
+        (get_value(&c.node(victim).http, "k19", true).as_deref() == Some("v")).then_some(())
+    });
     c.nodes.get_mut(&victim).expect("node").kill();
     std::fs::remove_dir_all(&c.node(victim).dir).expect("wipe");
     // Restarted with the same flags over an empty dir, the node has lost
