@@ -245,6 +245,32 @@ fn a_node_joins_dynamically_and_a_lost_node_is_rebuilt_from_a_wal_copy() {
     );
     drop(joined);
 
+    // The README's --join run again for the stopped node (a new data dir,
+    // the same raft address): refused, saying how to restart node 4.
+    let again_log = c.dir.path().join("joined-again.log");
+    let out = std::fs::File::create(&again_log).expect("log");
+    let mut again = std::process::Command::new(env!("CARGO_BIN_EXE_memstore"))
+        .args(["--web-server", &http4, "--raft-addr", &raft4])
+        .args(["--join", &c.node(follower).raft, "--tick-ms", "30"])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("node-joined-again"))
+        .stdout(out.try_clone().expect("log fd"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn joiner");
+    let status = wait_for("the second join to be refused", T, || {
+        again.try_wait().ok().flatten()
+    });
+    assert!(!status.success());
+    let said = std::fs::read_to_string(&again_log).unwrap_or_default();
+    assert!(said.contains("restart node 4"), "{said}");
+    let cluster = get(&c.node(leader).http, "/cluster").json();
+    assert_eq!(
+        cluster["members"].as_array().map(Vec::len),
+        Some(4),
+        "{cluster}"
+    );
+
     // Node 3 loses its disk; it is rebuilt from a copy of node 1's WAL.
     let victim = 3;
     c.nodes.get_mut(&victim).expect("node").kill();

@@ -242,6 +242,20 @@ impl RaftHandle {
 
     pub(crate) async fn request_id_here(&self, addr: &str) -> Result<JoinTicket> {
         validate_addr(addr)?;
+        // A member's address: that member is being started again with
+        // --join (no id is reserved for it).
+        let status = self.status().await?;
+        if let Some(m) = status
+            .members
+            .iter()
+            .find(|m| m.addr.as_deref() == Some(addr))
+        {
+            return Err(Error::ConfChangeRejected(Rejection::Invalid(format!(
+                "{addr} is the address of member {id}; restart node {id} with its data dir \
+                 (memstore: --id {id} and its --data-dir) instead of joining it again",
+                id = m.id
+            ))));
+        }
         let applied = self
             .propose_internal(ProposalKind::ReserveId, vec![TAG_RESERVE_ID])
             .await?;
