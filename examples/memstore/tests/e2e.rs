@@ -714,3 +714,66 @@ fn a_data_dir_of_another_cluster_never_joins_this_one() {
         n.kill();
     }
 }
+
+#[test]
+fn a_restore_checks_its_ports_first_and_runs_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = || format!("127.0.0.1:{}", free_port());
+    // A source WAL with data.
+    let src = dir.path().join("source");
+    let (http_a, raft_a) = (port(), port());
+    let mut a = Node::spawn(1, &http_a, &raft_a, &src, &[]);
+    wait_for("the source node to lead", T, || leader_of(&a.http));
+    assert!(put_ok(&a.http, "kept", "yes"));
+    let src_arg = src.to_string_lossy().into_owned();
+    // A restore whose raft port is taken (the source node still runs
+    // there) fails before it writes anything.
+    let target = dir.path().join("restored");
+    let mut busy = Node::spawn(
+        1,
+        &port(),
+        &raft_a,
+        &target,
+        &["--restore-wal-from", &src_arg],
+    );
+    let status = wait_for("the restore to fail on the busy port", T, || {
+        busy.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    });
+    assert!(!status.success());
+    assert!(
+        busy.log_text().contains("cannot bind"),
+        "{}",
+        busy.log_text()
+    );
+    assert!(
+        !target.join("data.mdb").exists(),
+        "the failed restore wrote {}",
+        target.display()
+    );
+    assert!(a.terminate(T).is_some_and(|s| s.success()));
+    // On free ports it restores; started again with the same flags (a
+    // supervisor's restart), it resumes and notes that the restore is done.
+    let (http_b, raft_b) = (port(), port());
+    for round in 0..2 {
+        let mut b = Node::spawn(
+            1,
+            &http_b,
+            &raft_b,
+            &target,
+            &["--restore-wal-from", &src_arg],
+        );
+        wait_for("the restored node to serve", T, || {
+            (get_value(&b.http, "kept", false).as_deref() == Some("yes")).then_some(())
+        });
+        if round == 1 {
+            assert!(
+                b.log_text().contains("restore is skipped"),
+                "{}",
+                b.log_text()
+            );
+        }
+        assert!(b.terminate(T).is_some_and(|s| s.success()));
+    }
+}
