@@ -1,7 +1,7 @@
 //! Membership: who is in the cluster, and how it changes.
 
 use crate::codec::ConfChangeContext;
-use crate::error::{Error, Result};
+use crate::error::{Error, Rejection, Result};
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,6 +76,11 @@ pub struct JoinTicket {
     pub leader_id: u64,
     /// Current members and their addresses.
     pub peers: BTreeMap<u64, String>,
+    /// The cluster's identity (see [`crate::codec::ClusterMeta::cluster_uid`]);
+    /// the joining node adopts it and refuses traffic from other clusters
+    /// from the start. 0: unknown (a ticket from an older node).
+    #[serde(default)]
+    pub cluster_uid: u64,
 }
 
 /// Checks that `addr` looks like `host:port` (a hostname or IP, and a port).
@@ -94,6 +99,19 @@ pub fn validate_addr(addr: &str) -> Result<()> {
         Ok(p) if p > 0 => Ok(()),
         _ => bad("port must be 1-65535"),
     }
+}
+
+/// Refuses to move member `id`, known at `known`, to `addr`: a typo, or an
+/// attacker's listener, would then receive the cluster's traffic and
+/// credentials. Remove the member, then add it with the new address.
+pub(crate) fn refuse_move(id: u64, known: &str, addr: &str) -> Result<()> {
+    if known == addr {
+        return Ok(());
+    }
+    Err(Error::ConfChangeRejected(Rejection::Invalid(format!(
+        "node {id} is a member at {known}; it cannot move to {addr}: remove it, then add it \
+         with the new address"
+    ))))
 }
 
 /// Checks a list of changes on its own (ids, addresses, duplicates) and

@@ -88,11 +88,31 @@ pub async fn seek_leader<T, F, Fut>(
     hint: Option<String>,
     policy: &RetryPolicy,
     idempotence: Idempotence,
+    op: F,
+) -> Result<(T, String)>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    seek_leader_following(addrs, hint, || None, policy, idempotence, op).await
+}
+
+/// [`seek_leader`] for a caller that learns of leaders on its own (a
+/// node, from raft): when only a hint was given, each retry asks
+/// `leader_now` first and goes to the leader it names — a leader elected
+/// after the hinted one died — instead of asking the dead one again.
+pub async fn seek_leader_following<T, F, Fut, L>(
+    addrs: &[String],
+    hint: Option<String>,
+    mut leader_now: L,
+    policy: &RetryPolicy,
+    idempotence: Idempotence,
     mut op: F,
 ) -> Result<(T, String)>
 where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = Result<T>>,
+    L: FnMut() -> Option<String>,
 {
     if addrs.is_empty() && hint.is_none() {
         return Err(Error::InvalidArgument("no cluster address given".into()));
@@ -108,9 +128,10 @@ where
     loop {
         let addr = match next.take() {
             Some(a) => a,
-            // Only a hint was given: ask it again (a node in an election
-            // names the new leader once it knows it).
-            None if addrs.is_empty() => last.clone(),
+            // Only a hint was given: the leader known now, else the hint
+            // again (a node in an election names the new leader once it
+            // knows it).
+            None if addrs.is_empty() => leader_now().unwrap_or_else(|| last.clone()),
             None => {
                 turn += 1;
                 addrs[(turn - 1) % addrs.len()].clone()

@@ -107,8 +107,15 @@ pub struct GrpcConfig {
     pub snapshot_chunk_size: usize,
     /// Largest gRPC message accepted or sent. Default 64 MiB.
     pub max_message_size: usize,
-    /// Largest snapshot a server accepts. Default 4 GiB.
+    /// Largest snapshot a server accepts (the announced size is checked
+    /// before anything is received). Default 1 GiB.
     pub max_snapshot_size: u64,
+    /// Snapshot installs a server receives at once; more are refused with
+    /// `RESOURCE_EXHAUSTED` (the leader retries later). Default 2.
+    pub max_concurrent_snapshot_installs: usize,
+    /// Longest wait for the next chunk of a snapshot being received; a
+    /// stalled stream is cut off. Default 30 s.
+    pub snapshot_idle_timeout: Duration,
     /// Raft message batches queued per peer before new ones are dropped
     /// (and the peer reported unreachable). Default 1024.
     pub peer_queue_capacity: usize,
@@ -143,7 +150,9 @@ impl Default for GrpcConfig {
             snapshot_timeout: Duration::from_secs(300),
             snapshot_chunk_size: 1024 * 1024,
             max_message_size: 64 * 1024 * 1024,
-            max_snapshot_size: 4 * 1024 * 1024 * 1024,
+            max_snapshot_size: 1024 * 1024 * 1024,
+            max_concurrent_snapshot_installs: 2,
+            snapshot_idle_timeout: Duration::from_secs(30),
             peer_queue_capacity: 1024,
             max_batch_bytes: 4 * 1024 * 1024,
             backoff_base: Duration::from_millis(50),
@@ -168,6 +177,12 @@ impl GrpcConfig {
         if self.max_connections == 0 {
             return bad("max_connections must be positive");
         }
+        if self.max_concurrent_snapshot_installs == 0 {
+            return bad("max_concurrent_snapshot_installs must be positive");
+        }
+        if self.max_snapshot_size == 0 {
+            return bad("max_snapshot_size must be positive");
+        }
         if self.peer_queue_capacity == 0 {
             return bad("peer_queue_capacity must be positive");
         }
@@ -179,6 +194,7 @@ impl GrpcConfig {
             ("message_timeout", self.message_timeout),
             ("request_timeout", self.request_timeout),
             ("snapshot_timeout", self.snapshot_timeout),
+            ("snapshot_idle_timeout", self.snapshot_idle_timeout),
             ("backoff_base", self.backoff_base),
             ("preface_timeout", self.preface_timeout),
         ] {

@@ -75,6 +75,8 @@ pub(crate) fn members_to_pb(m: &Membership) -> pb::MembersReply {
     pb::MembersReply {
         leader_id: m.leader_id,
         members: m.members.iter().map(member_to_pb).collect(),
+        node_id: m.node_id,
+        cluster_uid: m.cluster_uid,
     }
 }
 
@@ -82,6 +84,8 @@ pub(crate) fn members_from_pb(r: &pb::MembersReply) -> Membership {
     Membership {
         leader_id: r.leader_id,
         members: r.members.iter().map(member_from_pb).collect(),
+        node_id: r.node_id,
+        cluster_uid: r.cluster_uid,
     }
 }
 
@@ -91,6 +95,7 @@ pub(crate) fn ticket_to_pb(t: &JoinTicket) -> pb::JoinTicketReply {
         cluster_id: t.cluster_id.clone(),
         leader_id: t.leader_id,
         peers: t.peers.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        cluster_uid: t.cluster_uid,
     }
 }
 
@@ -100,6 +105,7 @@ pub(crate) fn ticket_from_pb(t: pb::JoinTicketReply) -> JoinTicket {
         cluster_id: t.cluster_id,
         leader_id: t.leader_id,
         peers: t.peers.into_iter().collect(),
+        cluster_uid: t.cluster_uid,
     }
 }
 
@@ -139,6 +145,7 @@ mod tests {
             cluster_id: "c".into(),
             leader_id: 1,
             peers: [(1, "x:1".to_string())].into_iter().collect(),
+            cluster_uid: 0xfeed,
         };
         assert_eq!(ticket_from_pb(ticket_to_pb(&t)), t);
         assert!(decode_msg(b"\xff\xff\xff garbage").is_err());

@@ -16,7 +16,9 @@
 //!   meaning across the wire ([`Error::NotLeader`](raftify_core::Error)
 //!   still names the leader, see [`error_to_status`]).
 //! * TLS and mutual TLS ([`TlsConfig`]), a shared auth token checked on
-//!   every RPC, message size limits ([`GrpcConfig`]).
+//!   every RPC, message size limits ([`GrpcConfig`]); [`tls`] loads PEM
+//!   files (errors naming the file) and builds rustls server configs for
+//!   an application's other servers on the same TLS stack.
 //!
 //! ## Wiring a node
 //!
@@ -78,10 +80,14 @@ mod config;
 mod conn;
 mod convert;
 mod error;
+mod identity;
 mod net;
 mod peer_service;
 mod read;
 mod server;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod tls;
 mod transport;
 
 /// The generated protobuf messages and tonic service (package
@@ -100,6 +106,7 @@ pub mod pb {
 pub use client::{LeaderInfo, RaftClient};
 pub use config::{GrpcConfig, TlsConfig};
 pub use error::{error_to_status, status_to_error};
+pub use identity::NODE_NAME_PREFIX;
 pub use read::{state_machine_reader, ReadHandler};
 pub use server::{RaftGrpcServer, ServerHandle, SHUTDOWN_GRACE};
 pub use transport::GrpcTransport;

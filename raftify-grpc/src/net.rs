@@ -17,7 +17,8 @@ use raftify_core::{
 };
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -25,10 +26,16 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-/// Adds `authorization: Bearer <token>` to every outgoing request.
+/// The request header naming the sender's cluster on node-to-node calls
+/// (16 hex digits; absent while the sender knows none).
+pub(crate) const CLUSTER_HEADER: &str = "raftify-cluster-uid";
+
+/// Adds `authorization: Bearer <token>` to every outgoing request, and on
+/// a node's own calls the cluster it belongs to ([`CLUSTER_HEADER`]).
 #[derive(Clone)]
 pub(crate) struct AuthInterceptor {
     token: Option<MetadataValue<Ascii>>,
+    cluster_uid: Arc<AtomicU64>,
 }
 
 impl Interceptor for AuthInterceptor {
@@ -36,8 +43,24 @@ impl Interceptor for AuthInterceptor {
         if let Some(t) = &self.token {
             req.metadata_mut().insert("authorization", t.clone());
         }
+        let uid = self.cluster_uid.load(Ordering::Relaxed);
+        if uid != 0 {
+            if let Ok(v) = MetadataValue::try_from(format!("{uid:016x}")) {
+                req.metadata_mut().insert(CLUSTER_HEADER, v);
+            }
+        }
         Ok(req)
     }
+}
+
+/// The cluster a request's [`CLUSTER_HEADER`] names (0: none, or not
+/// readable).
+pub(crate) fn cluster_of<T>(req: &Request<T>) -> u64 {
+    req.metadata()
+        .get(CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0)
 }
 
 /// An authenticated channel.
@@ -81,13 +104,22 @@ impl ChannelPool {
         };
         Ok(ChannelPool {
             config,
-            auth: AuthInterceptor { token },
+            auth: AuthInterceptor {
+                token,
+                cluster_uid: Arc::new(AtomicU64::new(0)),
+            },
             channels: Mutex::new(HashMap::new()),
         })
     }
 
     pub(crate) fn config(&self) -> &GrpcConfig {
         &self.config
+    }
+
+    /// The cluster identity this pool's requests carry (a node's
+    /// transport sets it; client pools leave it 0).
+    pub(crate) fn cluster_uid(&self) -> &Arc<AtomicU64> {
+        &self.auth.cluster_uid
     }
 
     fn channel(&self, addr: &str) -> Result<Channel> {

@@ -6,10 +6,12 @@ use crate::auth::RefusalLog;
 use crate::calls::{self, st, Answer};
 use crate::config::GrpcConfig;
 use crate::convert::decode_msg;
-use crate::net::outcome_to_pb;
+use crate::identity::PeerIdentity;
+use crate::net::{cluster_of, outcome_to_pb};
 use crate::pb;
 use crate::pb::raft_peer_server::RaftPeer;
 use async_trait::async_trait;
+use raftify_core::codec::crc32;
 use raftify_core::membership::validate_addr;
 use raftify_core::raft::eraftpb::MessageType;
 use raftify_core::{Error, Inbound, RaftHandle, Result};
@@ -27,6 +29,9 @@ pub(crate) struct PeerService {
     pub(crate) refusals: Arc<RefusalLog>,
     pub(crate) config: GrpcConfig,
     pub(crate) logger: Logger,
+    /// Snapshot installs in progress (at most
+    /// [`GrpcConfig::max_concurrent_snapshot_installs`]).
+    pub(crate) installs: Arc<tokio::sync::Semaphore>,
     /// Turns true when the server shuts down: long-lived message streams
     /// end then, instead of holding the graceful shutdown up.
     pub(crate) stopping: watch::Receiver<bool>,
@@ -53,20 +58,59 @@ impl PeerService {
         )))
     }
 
-    /// Decodes a batch of raft messages and hands it to the node.
-    fn step_batch(&self, batch: pb::MessageBatch) -> Result<()> {
+    /// Refuses a node-to-node request from a node of another cluster (its
+    /// [`crate::net::CLUSTER_HEADER`]).
+    fn check_call<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
+        self.check_cluster(cluster_of(req), req.remote_addr())
+    }
+
+    /// The next chunk of a snapshot stream, or an error once the sender has
+    /// been silent for [`GrpcConfig::snapshot_idle_timeout`].
+    async fn next_chunk(
+        &self,
+        stream: &mut Streaming<pb::SnapshotChunk>,
+    ) -> std::result::Result<Option<pb::SnapshotChunk>, Status> {
+        let idle = self.config.snapshot_idle_timeout;
+        match tokio::time::timeout(idle, stream.message()).await {
+            Ok(chunk) => chunk,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "snapshot stream idle for {idle:?}; cut off"
+            ))),
+        }
+    }
+
+    /// Decodes a batch of raft messages, checks their senders against the
+    /// peer's certificate, and hands it to the node.
+    fn step_batch(
+        &self,
+        batch: pb::MessageBatch,
+        identity: &PeerIdentity,
+    ) -> std::result::Result<(), Status> {
         let msgs = batch
             .messages
             .iter()
             .map(|b| decode_msg(b))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()
+            .map_err(st)?;
         if msgs.is_empty() {
             return Ok(());
+        }
+        for m in &msgs {
+            identity.check(m.from)?;
         }
         let from_addr = validate_addr(&batch.from_addr)
             .is_ok()
             .then_some(batch.from_addr);
-        self.inbound.step_from(from_addr, msgs)
+        match self.inbound.step_from(from_addr, msgs) {
+            Ok(()) => Ok(()),
+            // A full inbox drops this batch, as the network could: raft
+            // sends again.
+            Err(Error::Overloaded(n)) => {
+                debug!(self.logger, "inbox full, raft messages dropped"; "capacity" => n);
+                Ok(())
+            }
+            Err(e) => Err(st(e)),
+        }
     }
 }
 
@@ -77,7 +121,8 @@ impl RaftPeer for PeerService {
         req: Request<pb::MessageBatch>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
         self.check_cluster(req.get_ref().cluster_uid, req.remote_addr())?;
-        self.step_batch(req.into_inner()).map_err(st)?;
+        let identity = PeerIdentity::of(&req);
+        self.step_batch(req.into_inner(), &identity)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -86,6 +131,7 @@ impl RaftPeer for PeerService {
         req: Request<Streaming<pb::MessageBatch>>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
         let remote = req.remote_addr();
+        let identity = PeerIdentity::of(&req);
         let mut stream = req.into_inner();
         let mut stopping = self.stopping.clone();
         // A frame that does not decode ends the stream with its error; the
@@ -99,15 +145,7 @@ impl RaftPeer for PeerService {
                 _ = stopping.wait_for(|s| *s) => break,
             };
             self.check_cluster(batch.cluster_uid, remote)?;
-            match self.step_batch(batch) {
-                Ok(()) => {}
-                // A full inbox drops this batch, as the network could:
-                // raft sends again. The stream stays open.
-                Err(Error::Overloaded(n)) => {
-                    debug!(self.logger, "inbox full, raft messages dropped"; "capacity" => n)
-                }
-                Err(e) => return Err(st(e)),
-            }
+            self.step_batch(batch, &identity)?;
         }
         Ok(Response::new(pb::Ack {}))
     }
@@ -117,9 +155,18 @@ impl RaftPeer for PeerService {
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
         let remote = req.remote_addr();
+        let identity = PeerIdentity::of(&req);
+        // Held until the snapshot is handed to the node: installs beyond
+        // the cap are refused at once, and the leader sends again later.
+        let Ok(_slot) = self.installs.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{} snapshot installs already in progress",
+                self.config.max_concurrent_snapshot_installs
+            )));
+        };
         let mut stream = req.into_inner();
-        let first = stream
-            .message()
+        let first = self
+            .next_chunk(&mut stream)
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         self.check_cluster(first.cluster_uid, remote)?;
@@ -129,18 +176,20 @@ impl RaftPeer for PeerService {
                 "the first chunk is not a snapshot message",
             ));
         }
+        identity.check(msg.from)?;
         let total = first.total_size;
         if total > self.config.max_snapshot_size {
             return Err(Status::resource_exhausted(format!(
-                "snapshot of {total} bytes exceeds the limit of {}",
+                "snapshot of {total} bytes exceeds the limit of {} (max_snapshot_size)",
                 self.config.max_snapshot_size
             )));
         }
         let cap =
             usize::try_from(total).map_err(|_| Status::resource_exhausted("snapshot too large"))?;
-        let mut data = Vec::with_capacity(cap.min(64 * 1024 * 1024));
+        // Memory grows with what arrives, not with what is announced.
+        let mut data = Vec::with_capacity(cap.min(8 * 1024 * 1024));
         data.extend_from_slice(&first.data);
-        while let Some(chunk) = stream.message().await? {
+        while let Some(chunk) = self.next_chunk(&mut stream).await? {
             if data.len() + chunk.data.len() > cap {
                 return Err(Status::invalid_argument(
                     "snapshot data exceeds its announced size",
@@ -154,6 +203,7 @@ impl RaftPeer for PeerService {
                 data.len()
             )));
         }
+        let data = verify_checksum(data, first.checksum).await?;
         msg.mut_snapshot().data = data.into();
         let from_addr = validate_addr(&first.from_addr)
             .is_ok()
@@ -164,6 +214,7 @@ impl RaftPeer for PeerService {
     }
 
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Answer<pb::ProposeReply> {
+        self.check_call(&req)?;
         calls::propose(&*self.inbound, req).await
     }
 
@@ -171,6 +222,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::ProposeBatchRequest>,
     ) -> Answer<pb::ProposeBatchReply> {
+        self.check_call(&req)?;
         let entries = req.into_inner().entries;
         let outcomes = self.inbound.propose_batch(entries).await.map_err(st)?;
         Ok(Response::new(pb::ProposeBatchReply {
@@ -178,11 +230,13 @@ impl RaftPeer for PeerService {
         }))
     }
 
-    async fn read_index(&self, _req: Request<pb::Empty>) -> Answer<pb::ReadIndexReply> {
+    async fn read_index(&self, req: Request<pb::Empty>) -> Answer<pb::ReadIndexReply> {
+        self.check_call(&req)?;
         calls::read_index(&*self.inbound).await
     }
 
     async fn request_id(&self, req: Request<pb::RequestIdRequest>) -> Answer<pb::JoinTicketReply> {
+        self.check_call(&req)?;
         calls::request_id(&*self.inbound, req).await
     }
 
@@ -190,14 +244,41 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::ChangeConfigRequest>,
     ) -> Answer<pb::MembersReply> {
+        self.check_call(&req)?;
         calls::change_config(&*self.inbound, req).await
     }
 
     async fn transfer_leader(&self, req: Request<pb::TransferLeaderRequest>) -> Answer<pb::Empty> {
+        self.check_call(&req)?;
         calls::transfer_leader(&*self.inbound, req).await
     }
 
-    async fn members(&self, _req: Request<pb::Empty>) -> Answer<pb::MembersReply> {
+    async fn members(&self, req: Request<pb::Empty>) -> Answer<pb::MembersReply> {
+        self.check_call(&req)?;
         calls::members(&*self.inbound).await
     }
+}
+
+/// Checks snapshot data against the checksum its sender computed (off the
+/// async workers: the data may be large). Senders before the checksum
+/// existed send none.
+async fn verify_checksum(
+    data: Vec<u8>,
+    expected: Option<u32>,
+) -> std::result::Result<Vec<u8>, Status> {
+    let Some(expected) = expected else {
+        return Ok(data);
+    };
+    let (data, actual) = tokio::task::spawn_blocking(move || {
+        let sum = crc32(&data);
+        (data, sum)
+    })
+    .await
+    .map_err(|_| Status::internal("checksumming the snapshot failed"))?;
+    if actual != expected {
+        return Err(Status::data_loss(format!(
+            "snapshot data is corrupt: checksum {actual:#010x}, the sender's {expected:#010x}"
+        )));
+    }
+    Ok(data)
 }

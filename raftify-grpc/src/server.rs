@@ -133,6 +133,9 @@ impl RaftGrpcServer {
             inbound: self.handle.inbound(),
             handle: self.handle.clone(),
             refusals: refusals.clone(),
+            installs: Arc::new(tokio::sync::Semaphore::new(
+                self.config.max_concurrent_snapshot_installs,
+            )),
             config: self.config,
             logger: self.logger,
             stopping,

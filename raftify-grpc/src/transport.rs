@@ -4,6 +4,7 @@ use crate::config::{backoff, GrpcConfig};
 use crate::convert::encode_msg;
 use crate::net::{request, ChannelPool, Credential, PeerClient as Client, PeerNode};
 use crate::pb;
+use raftify_core::codec::crc32;
 use raftify_core::raft::eraftpb::{Message, MessageType};
 use raftify_core::{ClusterApi, Feedback, Result, Transport};
 use slog::{debug, o, Logger};
@@ -79,11 +80,13 @@ impl GrpcTransport {
         config: GrpcConfig,
         logger: Logger,
     ) -> Result<Self> {
+        let pool = ChannelPool::new(config, Credential::Peer)?;
         Ok(GrpcTransport {
             inner: Arc::new(Inner {
                 self_addr: self_addr.into(),
-                cluster_uid: Arc::new(AtomicU64::new(0)),
-                pool: Arc::new(ChannelPool::new(config, Credential::Peer)?),
+                // Shared with the pool: node-to-node calls carry it too.
+                cluster_uid: pool.cluster_uid().clone(),
+                pool: Arc::new(pool),
                 peers: Mutex::new(HashMap::new()),
                 logger: logger.new(o!("component" => "grpc-transport")),
             }),
@@ -490,6 +493,11 @@ impl PeerWorker {
                 return false;
             }
         };
+        // Large data: checksummed off the async workers.
+        let summed = data.clone();
+        let Ok(checksum) = tokio::task::spawn_blocking(move || crc32(&summed)).await else {
+            return false;
+        };
         let chunk = config.snapshot_chunk_size.max(1);
         let total = data.len();
         let count = total.div_ceil(chunk).max(1);
@@ -506,6 +514,7 @@ impl PeerWorker {
                     total_size: total as u64,
                     data: piece,
                     cluster_uid,
+                    checksum: Some(checksum),
                 }
             } else {
                 pb::SnapshotChunk {

@@ -7,6 +7,7 @@ use raftify_core::{
 };
 use raftify_grpc::pb::raft_client_client::RaftClientClient;
 use raftify_grpc::pb::raft_peer_client::RaftPeerClient;
+use raftify_grpc::testkit::TestPki;
 use raftify_grpc::{pb, GrpcConfig, GrpcTransport, RaftClient, TlsConfig};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -289,48 +290,9 @@ async fn a_node_joining_after_compaction_gets_a_chunked_snapshot() {
     c.shutdown().await;
 }
 
-struct Pki {
-    ca: String,
-    node_cert: String,
-    node_key: String,
-    other_ca: String,
-}
-
-fn pki() -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    };
-    let make_ca = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        let cert = p.self_signed(&key).unwrap();
-        (cert, key)
-    };
-    let (ca, ca_key) = make_ca("raftify test CA");
-    let (other, _) = make_ca("some other CA");
-    let key = KeyPair::generate().unwrap();
-    let mut p =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    p.distinguished_name
-        .push(DnType::CommonName, "raftify node");
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
-    Pki {
-        ca: ca.pem(),
-        node_cert: cert.pem(),
-        node_key: key.serialize_pem(),
-        other_ca: other.pem(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_runs_over_mutual_tls_with_a_token() {
-    let pki = pki();
+    let pki = TestPki::generate();
     let tls = TlsConfig {
         cert_pem: Some(pki.node_cert.clone()),
         key_pem: Some(pki.node_key.clone()),

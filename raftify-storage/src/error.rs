@@ -113,8 +113,12 @@ impl LmdbError {
 impl From<LmdbError> for StorageError {
     fn from(e: LmdbError) -> Self {
         match e {
-            LmdbError::Corrupted { .. } | LmdbError::UnsupportedVersion { .. } => {
-                StorageError::Corrupted(e.to_string())
+            LmdbError::Corrupted { path, reason } => {
+                StorageError::corrupted(reason, path.display().to_string())
+            }
+            LmdbError::UnsupportedVersion { ref path, .. } => {
+                let location = path.display().to_string();
+                StorageError::corrupted(e.to_string(), location)
             }
             LmdbError::Missing { .. }
             | LmdbError::Locked { .. }
@@ -144,7 +148,10 @@ mod tests {
     fn conversion_keeps_the_kind_and_the_path() {
         let e = LmdbError::corrupted("/data/n1/data.mdb", "truncated");
         match StorageError::from(e) {
-            StorageError::Corrupted(m) => assert!(m.contains("/data/n1/data.mdb"), "{m}"),
+            StorageError::Corrupted { what, location } => {
+                assert_eq!(location, "/data/n1/data.mdb");
+                assert_eq!(what, "truncated");
+            }
             other => panic!("{other:?}"),
         }
         let e = LmdbError::Locked {

@@ -76,7 +76,7 @@ fn truncated_data_file_is_corrupted() {
         // And it converts into the core's typed error.
         assert!(matches!(
             StorageError::from(err),
-            StorageError::Corrupted(_)
+            StorageError::Corrupted { .. }
         ));
     }
 }
@@ -353,7 +353,7 @@ fn damaged_snapshot_files_are_detected() {
     bytes[n - 3] ^= 0x01;
     fs::write(file, &bytes).unwrap();
     let err = s.snapshot().unwrap_err();
-    assert!(matches!(err, StorageError::Corrupted(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Corrupted { .. }), "{err:?}");
     assert!(err.to_string().contains("checksum"), "{err}");
     // Truncated.
     fs::write(file, &bytes[..n - 5]).unwrap();
@@ -525,7 +525,7 @@ fn write_failure_child() {
             Err(e) => {
                 let kind = match &e {
                     StorageError::Backend(_) => "Backend",
-                    StorageError::Corrupted(_) => "Corrupted",
+                    StorageError::Corrupted { .. } => "Corrupted",
                     StorageError::Invalid(_) => "Invalid",
                     _ => "Other",
                 };
@@ -624,4 +624,67 @@ fn readers_run_while_the_writer_grows_the_map() {
     }
     assert!(s.map_size() > initial, "the map grew");
     assert_eq!(s.last_index().unwrap(), 400);
+}
+
+/// A tmpfs of `size` mounted on a temp dir (root only); unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// A full disk is reported as such ("no space left on device"), not as an
+/// I/O error, and the store keeps answering reads. Needs root (to mount a
+/// small tmpfs), as CI runs; elsewhere it says so and checks nothing.
+#[test]
+fn a_full_disk_says_no_space_left_on_device() {
+    let Some(disk) = SmallDisk::mount("2m") else {
+        eprintln!(
+            "a_full_disk_says_no_space_left_on_device: not root, cannot mount a tmpfs; skipped"
+        );
+        return;
+    };
+    let dir = disk.dir.path().join("store");
+    let s = LmdbStore::open(&dir, LmdbOptions::new().map_size(64 << 20)).unwrap();
+    let mut next = 1;
+    let err = loop {
+        let r = s.write(WriteBatch {
+            entries: (next..next + 4).map(|i| entry(i, 32 * 1024)).collect(),
+            ..Default::default()
+        });
+        match r {
+            Ok(()) => next += 4,
+            Err(e) => break e,
+        }
+        assert!(next < 10_000, "a 2 MiB disk never filled up");
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("no space left on device"), "{msg}");
+    assert!(msg.contains(&dir.display().to_string()), "{msg}");
+    assert_eq!(
+        s.last_index().unwrap(),
+        next - 1,
+        "acknowledged entries stay"
+    );
+    drop(s);
 }

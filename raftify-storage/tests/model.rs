@@ -109,7 +109,7 @@ fn norm<T>(r: StorageResult<T>) -> Result<T, &'static str> {
         StorageError::Unavailable => "Unavailable",
         StorageError::SnapshotOutOfDate => "SnapshotOutOfDate",
         StorageError::SnapshotTemporarilyUnavailable => "SnapshotTemporarilyUnavailable",
-        StorageError::Corrupted(m) => panic!("unexpected Corrupted: {m}"),
+        StorageError::Corrupted { what, .. } => panic!("unexpected Corrupted: {what}"),
         StorageError::Invalid(_) => "Invalid",
         StorageError::Backend(e) => panic!("unexpected backend error: {e}"),
     })

@@ -308,7 +308,21 @@ fn resume(spec: &NodeSpec) -> Result<Option<Found>, LaunchError> {
         let stored: BTreeSet<u64> = cs.voters.iter().chain(&cs.learners).copied().collect();
         let given: BTreeSet<u64> = members.keys().copied().collect();
         if stored != given {
-            warn!(logger, "the data dir holds a cluster whose members differ from the initial members given; they are ignored and the node resumes its own cluster";
+            // Membership drifts (members join and leave), but a stored
+            // cluster that shares no other member with the list given is
+            // another cluster: resuming it would leave this node outside
+            // the cluster its peers form.
+            if !stored.iter().any(|m| *m != id && given.contains(m)) {
+                return Err(LaunchError::Config(format!(
+                    "{} holds node {id}'s data of another cluster (members {stored:?}); the \
+                     initial members given (--peers) are {given:?} and share no other member \
+                     with it. To start a node of the cluster given, use a new data dir (or \
+                     remove this one); to resume the stored cluster, start without the \
+                     initial members",
+                    dir.display()
+                )));
+            }
+            warn!(logger, "the data dir holds a cluster whose members differ from the initial members given (--peers); the stored membership wins and the flag is ignored";
                 "dir" => %dir.display(), "stored_members" => ?stored, "given_members" => ?given);
         }
     }

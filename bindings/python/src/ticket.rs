@@ -20,6 +20,8 @@ pub struct JoinTicket {
     pub cluster_id: String,
     pub leader_id: u64,
     pub peers: BTreeMap<u64, String>,
+    /// The cluster's identity (0: unknown).
+    pub cluster_uid: u64,
 }
 
 impl From<CoreTicket> for JoinTicket {
@@ -29,6 +31,7 @@ impl From<CoreTicket> for JoinTicket {
             cluster_id: t.cluster_id,
             leader_id: t.leader_id,
             peers: t.peers,
+            cluster_uid: t.cluster_uid,
         }
     }
 }
@@ -40,6 +43,7 @@ impl From<&JoinTicket> for CoreTicket {
             cluster_id: t.cluster_id.clone(),
             leader_id: t.leader_id,
             peers: t.peers.clone(),
+            cluster_uid: t.cluster_uid,
         }
     }
 }
@@ -47,17 +51,20 @@ impl From<&JoinTicket> for CoreTicket {
 #[pymethods]
 impl JoinTicket {
     #[new]
+    #[pyo3(signature = (reserved_id, cluster_id, leader_id, peers, cluster_uid = 0))]
     fn new(
         reserved_id: u64,
         cluster_id: String,
         leader_id: u64,
         peers: BTreeMap<u64, String>,
+        cluster_uid: u64,
     ) -> Self {
         JoinTicket {
             reserved_id,
             cluster_id,
             leader_id,
             peers,
+            cluster_uid,
         }
     }
 

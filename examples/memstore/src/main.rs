@@ -7,10 +7,12 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use memstore::http::{router, AppState, HttpAuth, Latencies};
+use memstore::serve::ServerConfig;
 use memstore::serve::{serve, Limits};
 use memstore::store::HashStore;
 use raftify::{launch, parse_members, NodeSpec, ReadFn, Restore, Start, Storage};
 use raftify_core::Config;
+use raftify_grpc::tls::{load_pem, PemKind};
 use raftify_grpc::{GrpcConfig, TlsConfig};
 use slog::{info, o};
 use std::path::{Path, PathBuf};
@@ -38,7 +40,7 @@ struct Args {
     /// --raft-addr (e.g. 0.0.0.0:60061 in a container). Default: --raft-addr.
     #[arg(long, env = "RAFTIFY_RAFT_LISTEN")]
     raft_listen: Option<String>,
-    /// Address of the HTTP API.
+    /// Address of the HTTP API (HTTPS with --web-tls-cert).
     #[arg(long, env = "RAFTIFY_WEB_SERVER", default_value = "127.0.0.1:8001")]
     web_server: String,
     /// Data directory (default ./data/node-<id>, relative to the working
@@ -55,6 +57,13 @@ struct Args {
     /// Join as a learner (non-voting) instead of a voter.
     #[arg(long, env = "RAFTIFY_JOIN_AS_LEARNER")]
     join_as_learner: bool,
+    /// Start with no membership and wait until the cluster's leader adds
+    /// this node (`raftify-cli add-learner` / `add-voter`, or POST
+    /// /cluster/learners): the operator-driven alternative to --join. Needs
+    /// --id and --raft-addr; the leader checks that this address answers as
+    /// this id before it adds it.
+    #[arg(long, env = "RAFTIFY_WAIT_TO_BE_ADDED", conflicts_with_all = ["peers", "join"])]
+    wait_to_be_added: bool,
     /// Do not fsync the log: faster, but an OS crash or power loss can lose
     /// acknowledged writes and votes.
     #[arg(long, env = "RAFTIFY_NO_SYNC")]
@@ -74,8 +83,10 @@ struct Args {
     #[arg(long, env = "RAFTIFY_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
     /// Most connections served at once on each port (HTTP and raft); more
-    /// are closed at once. (A connection must send its HTTP request headers,
-    /// or the HTTP/2 preface on the raft port, within 10 s.)
+    /// are closed at once. (A connection must finish its TLS handshake and
+    /// send its HTTP request headers, or the HTTP/2 preface on the raft
+    /// port, within 10 s; an idle HTTP keep-alive connection is closed
+    /// after 10 s.)
     #[arg(long, env = "RAFTIFY_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
     /// Serve GET /metrics without the client token (for a scraper on a
@@ -95,6 +106,22 @@ struct Args {
     /// CA (PEM) that signs peers' certificates; enables mutual TLS.
     #[arg(long, env = "RAFTIFY_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    /// Serve the HTTP API over HTTPS with this certificate (PEM, chain leaf
+    /// first); needs --web-tls-key. Default: plain HTTP.
+    #[arg(long, env = "RAFTIFY_WEB_TLS_CERT", requires = "web_tls_key")]
+    web_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --web-tls-cert.
+    #[arg(long, env = "RAFTIFY_WEB_TLS_KEY", requires = "web_tls_cert")]
+    web_tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs HTTP clients' certificates: HTTPS clients must
+    /// present one (mutual TLS). Needs --web-tls-cert.
+    #[arg(long, env = "RAFTIFY_WEB_TLS_CLIENT_CA", requires = "web_tls_cert")]
+    web_tls_client_ca: Option<PathBuf>,
+    /// Seconds an HTTP request's body has to arrive in full after its
+    /// headers; slower requests get 408 and their connection is closed.
+    #[arg(long, env = "RAFTIFY_HTTP_BODY_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    http_body_timeout: u64,
     /// Name of the cluster; nodes refuse data and tickets of another one.
     #[arg(long, env = "RAFTIFY_CLUSTER_ID", default_value = "raftify")]
     cluster_id: String,
@@ -107,33 +134,67 @@ struct Args {
     /// Largest value accepted, in bytes.
     #[arg(long, env = "RAFTIFY_MAX_VALUE_SIZE", default_value_t = 1024 * 1024)]
     max_value_size: usize,
+    /// Largest snapshot this node accepts from its leader, in bytes (the
+    /// announced size is checked first; a larger one is refused and the
+    /// node cannot catch up by snapshot: raise it with the data set).
+    #[arg(long, env = "RAFTIFY_MAX_SNAPSHOT_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    max_snapshot_bytes: u64,
 }
 
-fn read_pem(path: &Path, what: &str) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))
+/// TLS material from the PEM files named by a cert, key and CA flag (the
+/// flags' names, for errors); None without cert and key. Each file is read
+/// and checked now, so a bad one stops the start, naming the flag and file.
+fn tls_files(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    ca: Option<&Path>,
+    flags: [&str; 3],
+) -> Result<Option<TlsConfig>> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let load = |path: &Path, kind: PemKind, flag: &str| {
+        load_pem(path, kind).map_err(|e| anyhow!("{flag}: {e}"))
+    };
+    Ok(Some(TlsConfig {
+        cert_pem: Some(load(cert, PemKind::Certificates, flags[0])?),
+        key_pem: Some(load(key, PemKind::PrivateKey, flags[1])?),
+        ca_pem: ca
+            .map(|p| load(p, PemKind::CaCertificates, flags[2]))
+            .transpose()?,
+        domain: None,
+    }))
 }
 
 fn grpc_config(args: &Args) -> Result<GrpcConfig> {
-    let mut cfg = GrpcConfig {
+    let cfg = GrpcConfig {
         auth_token: args.auth_token.clone(),
         peer_token: args.peer_token.clone(),
         max_connections: args.max_connections,
+        max_snapshot_size: args.max_snapshot_bytes,
+        tls: tls_files(
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+            args.tls_ca.as_deref(),
+            ["--tls-cert", "--tls-key", "--tls-ca"],
+        )?,
         ..GrpcConfig::default()
     };
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        cfg.tls = Some(TlsConfig {
-            cert_pem: Some(read_pem(cert, "TLS certificate")?),
-            key_pem: Some(read_pem(key, "TLS key")?),
-            ca_pem: args
-                .tls_ca
-                .as_deref()
-                .map(|p| read_pem(p, "TLS CA"))
-                .transpose()?,
-            domain: None,
-        });
-    }
     cfg.validate().map_err(|e| anyhow!("{e}"))?;
     Ok(cfg)
+}
+
+/// The rustls configuration of the HTTPS API, or None for plain HTTP.
+fn web_tls(args: &Args) -> Result<Option<Arc<ServerConfig>>> {
+    let tls = tls_files(
+        args.web_tls_cert.as_deref(),
+        args.web_tls_key.as_deref(),
+        args.web_tls_client_ca.as_deref(),
+        ["--web-tls-cert", "--web-tls-key", "--web-tls-client-ca"],
+    )?;
+    tls.map(|t| t.rustls_server_config(&[b"http/1.1"]))
+        .transpose()
+        .map_err(|e| anyhow!("HTTPS: {e}"))
 }
 
 /// The launcher's spec for these flags.
@@ -146,6 +207,11 @@ fn node_spec(args: &Args, grpc: GrpcConfig, logger: &slog::Logger) -> Result<Nod
     }
     if args.join.is_some() && args.raft_addr.is_none() {
         bail!("--join needs --raft-addr: the address the cluster will reach this node at");
+    }
+    if args.wait_to_be_added && (args.id.is_none() || args.raft_addr.is_none()) {
+        bail!(
+            "--wait-to-be-added needs --id and --raft-addr: the id and address the leader will add"
+        );
     }
     let peers = args
         .peers
@@ -174,6 +240,7 @@ fn node_spec(args: &Args, grpc: GrpcConfig, logger: &slog::Logger) -> Result<Nod
             as_learner: args.join_as_learner,
         },
         (None, Some(peers)) => Start::Members(peers),
+        (None, None) if args.wait_to_be_added => Start::Wait,
         (None, None) => Start::Single,
     };
     spec.restore = match (&args.restore_wal_from, &args.restore_snapshot_from) {
@@ -210,6 +277,7 @@ async fn shutdown_signal() {
 
 async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     let grpc = grpc_config(&args)?;
+    let web_tls = web_tls(&args)?;
     let spec = node_spec(&args, grpc, &logger)?;
     // Both ports are taken before anything is written.
     let web = tokio::net::TcpListener::bind(&args.web_server)
@@ -226,7 +294,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         .await
         .context("cannot start the node")?;
     let raft = node.raft.clone();
-    info!(logger, "memstore node up"; "id" => node.id, "raft" => %node.raft_addr, "http" => %args.web_server,
+    info!(logger, "memstore node up"; "id" => node.id, "raft" => %node.raft_addr, "http" => %args.web_server, "https" => web_tls.is_some(),
         "data_dir" => %node.data_dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default());
 
     let state = AppState {
@@ -249,6 +317,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     let fatal_seen = fatal.clone();
     let limits = Limits {
         max_connections: args.max_connections,
+        body_timeout: Duration::from_secs(args.http_body_timeout),
         ..Limits::default()
     };
     let stop = async move {
@@ -272,7 +341,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         }
         stopping.handle().shutdown().await;
     };
-    serve(web, router(state), limits, stop).await;
+    serve(web, router(state), limits, web_tls, stop).await;
     node.shutdown().await;
     let reason = fatal.lock().ok().and_then(|f| f.clone());
     if let Some(reason) = reason {

@@ -1,31 +1,60 @@
 //! The HTTP server loop: axum's router over hyper's HTTP/1 connections,
-//! with the limits `axum::serve` does not set. Every port survives silent
-//! connections and floods:
+//! plain or over TLS, with the limits `axum::serve` does not set. Every
+//! port survives silent connections, slow clients and floods:
 //!
+//! * with TLS, the handshake must finish within [`Limits::header_timeout`]
+//!   of connecting, or the connection is closed; it runs in the
+//!   connection's own task (never in the accept loop), and a failed
+//!   handshake closes just that connection;
 //! * a connection must send a request's headers within
-//!   [`Limits::header_timeout`] (10 s) of connecting or of the previous
-//!   answer, or it is closed;
-//! * at most [`Limits::max_connections`] are served at once; beyond that a
-//!   new connection is closed at once (not queued);
+//!   [`Limits::header_timeout`] (10 s) of connecting (of the end of the
+//!   handshake, with TLS) or of the previous answer: an idle keep-alive
+//!   connection is closed after that long too;
+//! * a request's body must arrive in full within [`Limits::body_timeout`]
+//!   (30 s) of its headers, or the request is answered `408 Request
+//!   Timeout` and the connection closed;
+//! * at most [`Limits::max_connections`] are served at once (a connection
+//!   in its TLS handshake counts); beyond that a new connection is closed at
+//!   once (not queued);
 //! * when the process is out of file descriptors, accepting pauses briefly
 //!   instead of spinning.
+//!
+//! Not bounded here: how long the client takes to read an answer (answers
+//! are small, except `GET /metrics`, and a connection slot is the cost).
 
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
 use axum::Router;
+use hyper::body::{Frame, SizeHint};
+use hyper::server::conn::http1::Builder;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+pub use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 
 /// The limits of the HTTP server.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Time a connection has to send a request's headers. Default 10 s.
+    /// Time a connection has to finish its TLS handshake (HTTPS), and then
+    /// to send a request's headers: from connecting (or the handshake's
+    /// end), and from the previous answer on a kept-alive connection (so an
+    /// idle keep-alive connection is closed after this long). Default 10 s.
     pub header_timeout: Duration,
-    /// Connections served at once. Default 4096.
+    /// Time a request's body has to arrive in full, from the end of its
+    /// headers; a slower request is answered `408 Request Timeout` and its
+    /// connection closed. Default 30 s.
+    pub body_timeout: Duration,
+    /// Connections served at once (including those in their TLS
+    /// handshake). Default 4096.
     pub max_connections: usize,
     /// Time in-flight requests get to finish on shutdown. Default 3 s.
     pub shutdown_grace: Duration,
@@ -35,23 +64,49 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(3),
         }
     }
 }
 
+/// The error a request body yields when it did not arrive within
+/// [`Limits::body_timeout`]; the API answers it with 408.
+#[derive(Debug)]
+pub struct BodyTimedOut(pub Duration);
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body did not arrive within {} s",
+            self.0.as_secs_f64()
+        )
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets
-/// in-flight requests finish (up to [`Limits::shutdown_grace`]).
+/// in-flight requests finish (up to [`Limits::shutdown_grace`]). With
+/// `tls` (see [`raftify_grpc::TlsConfig::rustls_server_config`]) every
+/// connection is HTTPS; without, plain HTTP.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let app = app.layer(axum::middleware::map_request_with_state(
+        limits.body_timeout,
+        time_body,
+    ));
+    let tls = tls.map(TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
@@ -78,13 +133,88 @@ pub async fn serve(
         // Small answers must not wait for delayed ACKs (Nagle).
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            let _ = conn.await;
-            drop(slot);
+            let _slot = slot;
+            match tls {
+                None => serve_connection(builder, stream, service, watcher).await,
+                Some(acceptor) => {
+                    // A slow, stalled or failed handshake: the connection
+                    // is dropped (closed), nothing else is affected.
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                    {
+                        serve_connection(builder, stream, service, watcher).await;
+                    }
+                }
+            }
         });
     }
     drop(listener);
     let _ = tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await;
+}
+
+/// Serves HTTP/1 requests on one connection (plain or TLS) until it
+/// closes, or until a graceful shutdown lets its last request finish.
+async fn serve_connection<I>(
+    builder: Builder,
+    io: I,
+    service: TowerToHyperService<Router>,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let _ = watcher.watch(conn).await;
+}
+
+/// Puts the body-read deadline on every request that has a body.
+async fn time_body(State(timeout): State<Duration>, req: Request) -> Request {
+    if req.body().is_end_stream() {
+        return req;
+    }
+    req.map(|body| {
+        Body::new(TimedBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+        })
+    })
+}
+
+/// A request body that fails with [`BodyTimedOut`] if it has not ended by
+/// its deadline.
+struct TimedBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(BodyTimedOut(self.timeout)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -155,7 +155,28 @@ fn cli_live_commands_administer_a_running_cluster() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let printed = ok(&["add-learner", &any, "9", &nowhere]);
+    // Nothing answers at `nowhere`: the leader refuses to add it.
+    let out = cli(&["add-learner", &any, "9", &nowhere]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("did not answer"), "{said}");
+    // A node started to wait for its addition answers as node 9.
+    let dir9 = tempfile::tempdir().expect("tempdir");
+    let raft9 = format!("127.0.0.1:{}", free_port());
+    let http9 = format!("127.0.0.1:{}", free_port());
+    let mut node9 = Node::spawn(
+        9,
+        &http9,
+        &raft9,
+        &dir9.path().join("node-9"),
+        &["--wait-to-be-added"],
+    );
+    let printed = wait_for("node 9 to be added", T, || {
+        let out = cli(&["add-learner", &any, "9", &raft9]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
     assert!(printed.contains("learner"), "{printed}");
     members("node 9 as a learner", &|m| {
         m.iter().any(|x| x["id"] == 9 && x["role"] == "learner")
@@ -166,6 +187,7 @@ fn cli_live_commands_administer_a_running_cluster() {
     });
     ok(&["remove", &any, "9"]);
     members("node 9 removed", &|m| m.iter().all(|x| x["id"] != 9));
+    node9.kill();
     // Moving a member to another address is refused, exit code 1.
     let out = cli(&["add-voter", &any, &target.to_string(), &nowhere]);
     assert_eq!(out.status.code(), Some(1));

@@ -177,6 +177,32 @@ fn a_node_joins_dynamically_and_a_lost_node_is_rebuilt_from_a_wal_copy() {
     );
     drop(joined);
 
+    // The README's --join run again for the stopped node (a new data dir,
+    // the same raft address): refused, saying how to restart node 4.
+    let again_log = c.dir.path().join("joined-again.log");
+    let out = std::fs::File::create(&again_log).expect("log");
+    let mut again = std::process::Command::new(env!("CARGO_BIN_EXE_memstore"))
+        .args(["--web-server", &http4, "--raft-addr", &raft4])
+        .args(["--join", &c.node(follower).raft, "--tick-ms", "30"])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("node-joined-again"))
+        .stdout(out.try_clone().expect("log fd"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn joiner");
+    let status = wait_for("the second join to be refused", T, || {
+        again.try_wait().ok().flatten()
+    });
+    assert!(!status.success());
+    let said = std::fs::read_to_string(&again_log).unwrap_or_default();
+    assert!(said.contains("restart node 4"), "{said}");
+    let cluster = get(&c.node(leader).http, "/cluster").json();
+    assert_eq!(
+        cluster["members"].as_array().map(Vec::len),
+        Some(4),
+        "{cluster}"
+    );
+
     // Node 3 loses its disk; it is rebuilt from a copy of node 1's WAL.
     let victim = 3;
     c.nodes.get_mut(&victim).expect("node").kill();
@@ -237,6 +263,10 @@ fn a_node_restarted_with_a_wiped_dir_stops_with_a_clear_error_and_is_rebuilt() {
         assert!(put_ok(&c.node(leader).http, &format!("k{i}"), "v"));
     }
     let victim = c.follower_of(leader);
+    // It holds (and so acknowledged) every write before it loses them.
+    wait_for("the victim to hold every write", T, || {
+        (get_value(&c.node(victim).http, "k19", true).as_deref() == Some("v")).then_some(())
+    });
     c.nodes.get_mut(&victim).expect("node").kill();
     std::fs::remove_dir_all(&c.node(victim).dir).expect("wipe");
     // Restarted with the same flags over an empty dir, the node has lost
@@ -398,30 +428,50 @@ fn a_data_dir_of_another_cluster_never_joins_this_one() {
         .map(|(i, (_, raft))| format!("{}={raft}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
+    // Node 1 on that dir with --peers that share no other member refuses
+    // to start, and says why (and which flag).
+    let mut refused = Node::spawn(1, &ports[0].0, &ports[0].1, &d1, &["--peers", &peers]);
+    let status = wait_for("node 1 to refuse to start", T, || {
+        refused
+            .child
+            .as_mut()
+            .and_then(|ch| ch.try_wait().ok().flatten())
+    });
+    assert!(!status.success(), "{status:?}");
+    let said = refused.log_text();
+    assert!(
+        said.contains("another cluster") && said.contains("--peers"),
+        "{said}"
+    );
+    // Nodes 2 and 3 form the new cluster and take writes.
     let mut nodes: Vec<Node> = ports
         .iter()
         .enumerate()
+        .skip(1)
         .map(|(i, (http, raft))| {
             let d = dir.path().join(format!("node-{}", i + 1));
             Node::spawn(i as u64 + 1, http, raft, &d, &["--peers", &peers])
         })
         .collect();
-    // Nodes 2 and 3 form the new cluster and take writes.
     let leader = wait_for("nodes 2 and 3 to elect a leader", T, || {
-        let l = leader_of(&nodes[1].http)?;
-        (l != 1 && leader_of(&nodes[2].http) == Some(l)).then_some(l)
+        let l = leader_of(&nodes[0].http)?;
+        (l != 1 && leader_of(&nodes[1].http) == Some(l)).then_some(l)
     });
-    assert!(put_ok(&nodes[leader as usize - 1].http, "probe", "x"));
-    // Node 1 keeps its own one-node cluster: it never follows their leader
-    // and never lists their members; their traffic is refused, loudly.
+    assert!(put_ok(&nodes[leader as usize - 2].http, "probe", "x"));
+    // Node 1 started without --peers resumes its own one-node cluster at
+    // the address the new cluster expects node 1 at: it never follows their
+    // leader and never lists their members; their traffic is refused,
+    // loudly.
+    nodes.insert(0, Node::spawn(1, &ports[0].0, &ports[0].1, &d1, &[]));
     wait_for("a refusal to be logged", T, || {
         nodes
             .iter()
             .any(|n| n.log_text().contains("cluster ID mismatch"))
             .then_some(())
     });
-    let s = get(&nodes[0].http, "/status").json();
-    assert_eq!(s["leader_id"].as_u64(), Some(1), "{s}");
+    wait_for("node 1 to lead its own cluster", T, || {
+        (leader_of(&nodes[0].http) == Some(1)).then_some(())
+    });
     let c = get(&nodes[0].http, "/cluster").json();
     assert_eq!(c["members"].as_array().map(Vec::len), Some(1), "{c}");
     assert_eq!(get_value(&nodes[0].http, "probe", false), None);
@@ -429,13 +479,70 @@ fn a_data_dir_of_another_cluster_never_joins_this_one() {
         get_value(&nodes[0].http, "mine", false).as_deref(),
         Some("1")
     );
-    // And it said at start that its data dir ignores --peers.
-    assert!(
-        nodes[0].log_text().contains("members differ"),
-        "{}",
-        nodes[0].log_text()
-    );
     for n in &mut nodes {
         n.kill();
+    }
+}
+
+#[test]
+fn a_restore_checks_its_ports_first_and_runs_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = || format!("127.0.0.1:{}", free_port());
+    // A source WAL with data.
+    let src = dir.path().join("source");
+    let (http_a, raft_a) = (port(), port());
+    let mut a = Node::spawn(1, &http_a, &raft_a, &src, &[]);
+    wait_for("the source node to lead", T, || leader_of(&a.http));
+    assert!(put_ok(&a.http, "kept", "yes"));
+    let src_arg = src.to_string_lossy().into_owned();
+    // A restore whose raft port is taken (the source node still runs
+    // there) fails before it writes anything.
+    let target = dir.path().join("restored");
+    let mut busy = Node::spawn(
+        1,
+        &port(),
+        &raft_a,
+        &target,
+        &["--restore-wal-from", &src_arg],
+    );
+    let status = wait_for("the restore to fail on the busy port", T, || {
+        busy.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    });
+    assert!(!status.success());
+    assert!(
+        busy.log_text().contains("cannot bind"),
+        "{}",
+        busy.log_text()
+    );
+    assert!(
+        !target.join("data.mdb").exists(),
+        "the failed restore wrote {}",
+        target.display()
+    );
+    assert!(a.terminate(T).is_some_and(|s| s.success()));
+    // On free ports it restores; started again with the same flags (a
+    // supervisor's restart), it resumes and notes that the restore is done.
+    let (http_b, raft_b) = (port(), port());
+    for round in 0..2 {
+        let mut b = Node::spawn(
+            1,
+            &http_b,
+            &raft_b,
+            &target,
+            &["--restore-wal-from", &src_arg],
+        );
+        wait_for("the restored node to serve", T, || {
+            (get_value(&b.http, "kept", false).as_deref() == Some("yes")).then_some(())
+        });
+        if round == 1 {
+            assert!(
+                b.log_text().contains("restore is skipped"),
+                "{}",
+                b.log_text()
+            );
+        }
+        assert!(b.terminate(T).is_some_and(|s| s.success()));
     }
 }

@@ -3,10 +3,7 @@
 mod common;
 
 use common::*;
-use memstore::http::{router, AppState, HttpAuth, Latencies};
-use memstore::store::HashStore;
-use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Raft};
-use std::sync::Arc;
+use memstore::http::{router, HttpAuth};
 use std::time::Duration;
 
 async fn serve() -> (String, memstore::http::Node) {
@@ -14,30 +11,8 @@ async fn serve() -> (String, memstore::http::Node) {
 }
 
 async fn serve_with(auth: HttpAuth) -> (String, memstore::http::Node) {
-    let net = InProcNetwork::new(1);
-    let mut config = Config::new(1);
-    config.tick_interval = Duration::from_millis(20);
-    let raft = Raft::builder(config, HashStore::default())
-        .storage(Arc::new(MemStore::new()))
-        .transport(net.transport(1))
-        .bootstrap(Bootstrap::Single {
-            addr: net.addr_of(1),
-        })
-        .logger(raftify_core::discard_logger())
-        .start()
-        .await
-        .unwrap();
-    net.register(1, raft.handle().inbound());
-    raft.handle()
-        .wait_for_leader(Duration::from_secs(5))
-        .await
-        .unwrap();
-    let state = AppState {
-        raft: raft.clone(),
-        max_value_size: 1024,
-        latency: Arc::new(Latencies::default()),
-        auth,
-    };
+    let state = single_node_state(auth).await;
+    let raft = state.raft.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
@@ -228,19 +203,34 @@ async fn the_client_token_guards_every_endpoint_but_health() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_a_members_address_is_refused_with_409() {
     let (addr, raft) = serve().await;
+    // An attacker's listener: the cluster must never connect to it (it
+    // would present the peer token there).
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_addr = trap.local_addr().unwrap().to_string();
+    let body = format!(r#"{{"id":1,"raft_addr":"{trap_addr}"}}"#);
     blocking(move || {
-        let r = post(
-            &addr,
-            "/cluster/voters",
-            br#"{"id":1,"raft_addr":"127.0.0.1:9"}"#,
-        );
-        assert_eq!(r.status, 409, "{}", r.text());
-        assert!(r.text().contains("cannot move"), "{}", r.text());
+        for path in ["/cluster/voters", "/cluster/learners"] {
+            let r = post(&addr, path, body.as_bytes());
+            assert_eq!(r.status, 409, "{}", r.text());
+            assert!(r.text().contains("cannot move"), "{}", r.text());
+        }
     })
     .await;
     let members = raft.handle().members().await.unwrap().members;
     assert_eq!(members.len(), 1);
-    assert_ne!(members[0].addr.as_deref(), Some("127.0.0.1:9"));
+    assert_ne!(members[0].addr.as_deref(), Some(trap_addr.as_str()));
+    // Give a stray connection time to arrive (a bounded look, not a sync).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    while std::time::Instant::now() < deadline {
+        match trap.accept() {
+            Ok((_, from)) => panic!("the cluster connected to the new address from {from}"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,12 +6,17 @@
 use super::RaftHandle;
 use crate::codec::TAG_RESERVE_ID;
 use crate::error::{Error, Rejection, Result};
-use crate::membership::{build_conf_change, validate_addr, JoinTicket, Member, MembershipChange};
+use crate::membership::{
+    build_conf_change, refuse_move, validate_addr, JoinTicket, Member, MembershipChange,
+};
 use crate::raft_loop::{Applied, Command, ProposalKind};
 use crate::retry::Idempotence;
 use crate::status::Role;
 use crate::transport::{call_cluster, Membership};
 use std::time::Duration;
+
+/// Longest wait for a new member's address to answer before it is added.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RaftHandle {
     /// Changes the membership, from any node (a follower sends it to the
@@ -72,6 +77,8 @@ impl RaftHandle {
         Ok(Membership {
             leader_id: status.leader_id,
             members: status.members,
+            node_id: self.id(),
+            cluster_uid: status.cluster_uid,
         })
     }
 
@@ -83,6 +90,22 @@ impl RaftHandle {
         changes: Vec<MembershipChange>,
     ) -> Result<Membership> {
         let me = self.id();
+        // A move is refused before anything else happens (a hand-over of
+        // leadership, a question to the new address); the loop checks again.
+        let known = self.status().await?.members;
+        for change in &changes {
+            if let MembershipChange::AddVoter { id, addr }
+            | MembershipChange::AddLearner { id, addr } = change
+            {
+                if let Some(at) = known
+                    .iter()
+                    .find(|m| m.id == *id)
+                    .and_then(|m| m.addr.as_deref())
+                {
+                    refuse_move(*id, at, addr)?;
+                }
+            }
+        }
         let leaving: Vec<u64> = changes
             .iter()
             .filter_map(|c| match c {
@@ -98,19 +121,95 @@ impl RaftHandle {
             return self.remote(&addr)?.change_membership(changes).await;
         }
         let cc = build_conf_change(&changes)?;
+        self.probe_new_members(&changes).await?;
         let timeout = self.config().conf_change_timeout;
         self.call(timeout, |reply| Command::ConfChange { cc, reply })
             .await?;
         self.members().await
     }
 
+    /// Before a node is added, its address must answer as that node, of
+    /// this cluster or of none yet: a typo, another cluster's node or a
+    /// stranger's listener is not made a member (and gets no more traffic
+    /// than this one question). Members already known are not asked (their
+    /// address cannot change).
+    async fn probe_new_members(&self, changes: &[MembershipChange]) -> Result<()> {
+        let status = self.status().await?;
+        let mine = status.cluster_uid;
+        let timeout = self.config().conf_change_timeout.min(PROBE_TIMEOUT);
+        for change in changes {
+            let (id, addr) = match change {
+                MembershipChange::AddVoter { id, addr }
+                | MembershipChange::AddLearner { id, addr } => (*id, addr),
+                MembershipChange::Remove { .. } => continue,
+            };
+            // A member's id or address: the loop refuses or accepts it
+            // without asking anyone.
+            if status
+                .members
+                .iter()
+                .any(|m| m.id == id || m.addr.as_deref() == Some(addr))
+            {
+                continue;
+            }
+            let refuse = |why: String| {
+                Error::ConfChangeRejected(Rejection::Invalid(format!(
+                    "node {id} cannot be added at {addr}: {why}"
+                )))
+            };
+            let asked = tokio::time::timeout(timeout, async {
+                self.transport().node(addr)?.members().await
+            })
+            .await;
+            let answer = match asked {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => {
+                    return Err(refuse(format!(
+                        "it did not answer as a node of this cluster ({e}); check the address, \
+                         and start the node before adding it"
+                    )))
+                }
+                Err(_) => {
+                    return Err(refuse(format!(
+                        "it did not answer within {timeout:?}; check the address, and start \
+                         the node before adding it"
+                    )))
+                }
+            };
+            if answer.node_id != id {
+                return Err(refuse(format!(
+                    "that address answers as node {}",
+                    answer.node_id
+                )));
+            }
+            if answer.cluster_uid != 0 && answer.cluster_uid != mine {
+                return Err(refuse(format!(
+                    "that node belongs to cluster {:016x}, this one is {mine:016x}",
+                    answer.cluster_uid
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Transfers leadership to `to` and waits until it leads; from any node
     /// (a follower sends it to the leader). When another node wins the
-    /// election the transfer started, it is asked once more.
+    /// election the transfer started, it is asked once more. A leader takes
+    /// one transfer at a time, and only after it has led for an election
+    /// timeout (so leadership cannot flap faster than elections): until
+    /// then the request waits its turn, up to the membership timeout.
     pub async fn transfer_leader(&self, to: u64) -> Result<()> {
-        match self.transfer_leader_once(to).await {
-            Err(Error::TransferFailed { .. }) => self.transfer_leader_once(to).await,
-            other => other,
+        let config = self.config();
+        let deadline = tokio::time::Instant::now() + config.conf_change_timeout;
+        let mut asked_again = false;
+        loop {
+            match self.transfer_leader_once(to).await {
+                Err(Error::TransferFailed { .. }) if !asked_again => asked_again = true,
+                Err(Error::ProposalDropped(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(config.tick_interval).await
+                }
+                other => return other,
+            }
         }
     }
 
@@ -143,6 +242,20 @@ impl RaftHandle {
 
     pub(crate) async fn request_id_here(&self, addr: &str) -> Result<JoinTicket> {
         validate_addr(addr)?;
+        // A member's address: that member is being started again with
+        // --join (no id is reserved for it).
+        let status = self.status().await?;
+        if let Some(m) = status
+            .members
+            .iter()
+            .find(|m| m.addr.as_deref() == Some(addr))
+        {
+            return Err(Error::ConfChangeRejected(Rejection::Invalid(format!(
+                "{addr} is the address of member {id}; restart node {id} with its data dir \
+                 (memstore: --id {id} and its --data-dir) instead of joining it again",
+                id = m.id
+            ))));
+        }
         let applied = self
             .propose_internal(ProposalKind::ReserveId, vec![TAG_RESERVE_ID])
             .await?;
@@ -152,6 +265,7 @@ impl RaftHandle {
         let status = self.status().await?;
         Ok(JoinTicket {
             reserved_id,
+            cluster_uid: status.cluster_uid,
             cluster_id: self.config().cluster_id.clone(),
             leader_id: self.id(),
             peers: status
@@ -184,6 +298,14 @@ impl RaftHandle {
                 "the ticket reserved id {}, this node has id {}",
                 ticket.reserved_id, config.id
             )));
+        }
+        if ticket.cluster_uid != 0 {
+            // From now on this node talks only with the ticket's cluster.
+            self.call(config.conf_change_timeout, |reply| Command::AdoptCluster {
+                uid: ticket.cluster_uid,
+                reply,
+            })
+            .await?;
         }
         let (id, addr) = (config.id, self_addr.to_string());
         let change = if as_learner {
@@ -263,12 +385,16 @@ impl RaftHandle {
                 .map(|(pid, _)| *pid)
                 .ok_or(Error::ConfChangeRejected(Rejection::NoSuccessor))?;
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let _ = self
+            let asked = self
                 .call(remaining, |reply| Command::TransferLeader {
                     to: target,
                     reply,
                 })
                 .await;
+            if let Err(Error::ProposalDropped(_)) = asked {
+                // Another transfer, or this leader's minimum tenure: wait.
+                tokio::time::sleep(self.config().tick_interval).await;
+            }
         }
         // Wait until the new leader is known, so the request can follow it.
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -270,10 +270,10 @@ where
         return Ok((ClusterMeta::default(), 0, 0));
     }
     let (meta, state) = decode_snapshot(&snap.data).map_err(|e| {
-        Error::Storage(crate::storage::StorageError::Corrupted(format!(
-            "snapshot at index {}: {e}",
-            md.index
-        )))
+        Error::Storage(crate::storage::StorageError::corrupted(
+            format!("the snapshot at index {} does not decode: {e}", md.index),
+            "the stored snapshot",
+        ))
     })?;
     if let Some(mut state) = state {
         sm.restore_from(&mut state)

@@ -14,7 +14,7 @@
 use super::RaftHandle;
 use crate::error::{Error, Result};
 use crate::error_info::ErrorInfo;
-use crate::retry::{seek_leader, Idempotence, RetryPolicy};
+use crate::retry::{seek_leader_following, Idempotence, RetryPolicy};
 use crate::status::{Metrics, Role};
 use crate::transport::{ClusterApi, Outcome, Transport};
 use std::future::Future;
@@ -193,7 +193,13 @@ impl RaftHandle {
             }
         };
         let policy = RetryPolicy::with_timeout(self.config().proposal_timeout);
-        seek_leader(&[], Some(hint), &policy, idempotence, there)
+        // Retries follow the leader this node knows by then (itself
+        // included): not the hinted one again, which may have died.
+        let leader_now = || {
+            let s = self.state();
+            s.leader_addr.filter(|_| s.leader_id != 0)
+        };
+        seek_leader_following(&[], Some(hint), leader_now, &policy, idempotence, there)
             .await
             .map(|(answer, _)| answer)
     }

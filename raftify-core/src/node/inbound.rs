@@ -68,6 +68,8 @@ impl ClusterApi for Routed {
         Ok(Membership {
             leader_id: self.0.leader_id().unwrap_or(0),
             members,
+            node_id: self.0.id(),
+            cluster_uid: self.0.cluster_uid(),
         })
     }
     async fn transfer_leader(&self, to: u64) -> Result<()> {

@@ -2,6 +2,7 @@
 //! trusts its input and panics on some malformed messages.
 
 use super::RaftLoop;
+use crate::codec::decode_snapshot;
 use crate::error::Error;
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::Metrics;
@@ -67,6 +68,34 @@ where
         }
     }
 
+    /// Whether a snapshot from the network can be installed: its data
+    /// decodes, it belongs to this cluster, and its membership has an
+    /// address for every member.
+    fn check_snapshot(&self, m: &Message) -> std::result::Result<(), String> {
+        let snap = m.get_snapshot();
+        let (cluster, _) = decode_snapshot(&snap.data)?;
+        let mine = self.meta.cluster_uid;
+        if mine != 0 && cluster.cluster_uid != 0 && cluster.cluster_uid != mine {
+            return Err(format!(
+                "it belongs to cluster {:016x}, this node to {mine:016x}",
+                cluster.cluster_uid
+            ));
+        }
+        let cs = snap.get_metadata().get_conf_state();
+        if cs.voters.is_empty() {
+            return Err("its membership has no voter".into());
+        }
+        if let Some(id) = cs
+            .voters
+            .iter()
+            .chain(&cs.learners)
+            .find(|id| !cluster.peers.contains_key(id))
+        {
+            return Err(format!("its address book has no address for member {id}"));
+        }
+        Ok(())
+    }
+
     fn admit(&self, m: &Message) -> Admit {
         let raft = &self.raw.raft;
         let id = self.config.id;
@@ -97,6 +126,14 @@ where
             }
             MessageType::MsgSnapshot if m.get_snapshot().get_metadata().index == 0 => {
                 return Admit::Drop("empty snapshot")
+            }
+            MessageType::MsgSnapshot => {
+                // Checked before raft-rs takes it: an accepted snapshot is
+                // persisted and replaces the log.
+                if let Err(why) = self.check_snapshot(m) {
+                    warn!(self.logger, "refused a snapshot"; "from" => m.from, "index" => m.get_snapshot().get_metadata().index, "why" => &why);
+                    return Admit::Drop("unusable snapshot");
+                }
             }
             MessageType::MsgHeartbeat if m.commit > raft.raft_log.last_index() => {
                 // Only the leader this node already follows, in its term,

@@ -45,6 +45,11 @@ pub(crate) enum Command {
     Campaign {
         reply: Reply<()>,
     },
+    /// A joining node takes on its cluster's identity (from its ticket).
+    AdoptCluster {
+        uid: u64,
+        reply: Reply<()>,
+    },
     Snapshot {
         reply: Reply<u64>,
     },
@@ -64,7 +69,9 @@ impl Command {
             Command::ReadIndex { reply } | Command::Snapshot { reply } => {
                 let _ = reply.send(Err(err));
             }
-            Command::TransferLeader { reply, .. } | Command::Campaign { reply } => {
+            Command::TransferLeader { reply, .. }
+            | Command::Campaign { reply }
+            | Command::AdoptCluster { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
             Command::Status { .. } | Command::Shutdown => {}

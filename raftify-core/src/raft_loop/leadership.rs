@@ -8,6 +8,7 @@ use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::Metrics;
 use raft::StateRole;
 use slog::info;
+use tokio::time::Instant;
 
 pub(super) struct Leadership {
     /// A transfer under way: its target and its caller.
@@ -19,6 +20,10 @@ pub(super) struct Leadership {
     election_rng: Option<u64>,
     last_leader: u64,
     last_role: StateRole,
+    /// When this node last became leader: it hands leadership on only
+    /// after an election timeout of tenure, so transfer requests cannot
+    /// make leadership flap faster than elections would.
+    led_since: Option<Instant>,
 }
 
 impl Leadership {
@@ -32,6 +37,7 @@ impl Leadership {
             election_rng,
             last_leader: 0,
             last_role: role,
+            led_since: None,
         }
     }
 
@@ -68,10 +74,25 @@ where
             let _ = reply.send(Err(err));
             return;
         }
-        if let Some((_, old)) = self.leadership.transfer.take() {
-            let _ = old.send(Err(Error::ProposalDropped(
-                "superseded by a newer leadership transfer".into(),
-            )));
+        // One transfer at a time, each after a minimum tenure: callers get a
+        // retryable refusal (the handle's calls back off and ask again).
+        if let Some((current, waiting)) = &self.leadership.transfer {
+            if !waiting.is_closed() {
+                let _ = reply.send(Err(Error::ProposalDropped(format!(
+                    "a leadership transfer to node {current} is in progress; retry when it ends"
+                ))));
+                return;
+            }
+        }
+        let tenure = self.config.tick_interval * self.config.election_tick as u32;
+        if let Some(since) = self.leadership.led_since {
+            let held = since.elapsed();
+            if held < tenure {
+                let _ = reply.send(Err(Error::ProposalDropped(format!(
+                    "this node has led for {held:?} only; leadership moves again after {tenure:?}"
+                ))));
+                return;
+            }
         }
         self.raw.transfer_leader(to);
         self.leadership.transfer = Some((to, reply));
@@ -150,6 +171,9 @@ where
         let last_role = self.leadership.last_role;
         if role != last_role && last_role == StateRole::Leader {
             self.proposals.lose_leadership(&self.metrics);
+        }
+        if role != last_role {
+            self.leadership.led_since = (role == StateRole::Leader).then(Instant::now);
         }
         if leader != self.leadership.last_leader {
             Metrics::add(&self.metrics.leader_changes, 1);

@@ -250,6 +250,9 @@ where
             Command::ReadIndex { reply } => self.queue_read(reply),
             Command::TransferLeader { to, reply } => self.transfer_leader(to, reply),
             Command::Campaign { reply } => self.campaign(reply),
+            Command::AdoptCluster { uid, reply } => {
+                let _ = reply.send(self.adopt_cluster(uid));
+            }
             // Taken after this wake-up's Ready, so it covers everything
             // applied so far.
             Command::Snapshot { reply } => self.snapshots.waiters.push((self.applied, reply)),
@@ -259,6 +262,25 @@ where
             Command::Shutdown => return true,
         }
         false
+    }
+
+    /// Takes on the cluster identity a join ticket carries. A node that
+    /// already belongs to a cluster keeps its own, and refuses another.
+    fn adopt_cluster(&mut self, uid: u64) -> crate::error::Result<()> {
+        let mine = self.meta.cluster_uid;
+        if mine == uid {
+            return Ok(());
+        }
+        if mine != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "this node's data belongs to cluster {mine:016x}, the ticket is for cluster \
+                 {uid:016x}: join with a new, empty data dir"
+            )));
+        }
+        self.meta.cluster_uid = uid;
+        self.transport.set_cluster_uid(uid);
+        self.publish_state();
+        Ok(())
     }
 
     fn not_leader(&self) -> Error {

@@ -4,6 +4,7 @@
 use super::{Applied, ProposalKind, RaftLoop, Reply, MAX_DRAIN};
 use crate::codec::ConfChangeContext;
 use crate::error::{Error, Rejection};
+use crate::membership::refuse_move;
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::Metrics;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, Message, MessageType};
@@ -214,13 +215,7 @@ where
             .map_err(|e| Error::ConfChangeRejected(Rejection::Invalid(e)))?;
         for (id, addr) in &ctx.addrs {
             match self.meta.peers.get(id) {
-                Some(known) if known != addr => {
-                    return Err(Error::ConfChangeRejected(Rejection::Invalid(format!(
-                        "node {id} is a member at {known}; it cannot move to {addr}: \
-                         remove it, then add it with the new address"
-                    ))))
-                }
-                Some(_) => {}
+                Some(known) => refuse_move(*id, known, addr)?,
                 None => {
                     if let Some((other, _)) = self.meta.peers.iter().find(|(_, a)| *a == addr) {
                         return Err(Error::ConfChangeRejected(Rejection::Invalid(format!(

@@ -41,7 +41,9 @@ where
         // 1. A leader may send before persisting its own entries.
         self.send(rd.take_messages());
 
-        // 2. A snapshot from the leader is written and installed first.
+        // 2. A snapshot from the leader is installed, then written, first:
+        // one the state machine cannot restore stops the node before it
+        // replaces the stored log.
         let mut batch = WriteBatch {
             snapshot: None,
             entries: rd.take_entries(),
@@ -49,9 +51,9 @@ where
         };
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
-            batch.snapshot = Some(snap.clone());
+            self.install_snapshot(snap.clone()).await?;
+            batch.snapshot = Some(snap);
             self.persist.write_now(std::mem::take(&mut batch)).await?;
-            self.install_snapshot(snap).await?;
         }
 
         // 3. raft-rs hands out only committed entries that are durable here,

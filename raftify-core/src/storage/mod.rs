@@ -36,9 +36,20 @@ pub enum StorageError {
     /// No snapshot can be produced right now; raft-rs retries later.
     #[error("snapshot temporarily unavailable")]
     SnapshotTemporarilyUnavailable,
-    /// The stored data does not decode or violates the log's invariants.
-    #[error("storage corrupted: {0}")]
-    Corrupted(String),
+    /// The stored data does not decode, fails its checksum, or violates the
+    /// log's invariants. The node cannot go on with this data: rebuild its
+    /// data dir from a healthy peer's, or replace the node.
+    #[error(
+        "storage corrupted: {what} (in {location}); this node's data cannot be used: rebuild its \
+         data dir from a healthy peer's (memstore: --restore-wal-from PEER_DATA_DIR) or remove \
+         the node and add it back"
+    )]
+    Corrupted {
+        /// What is damaged, and how it shows.
+        what: String,
+        /// The file or store it is in.
+        location: String,
+    },
     /// The caller asked for something the store cannot do (a gap in the log,
     /// an overwrite of compacted entries, ...).
     #[error("invalid storage operation: {0}")]
@@ -49,6 +60,14 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Damage: `what` is wrong, in the file or store `location`.
+    pub fn corrupted(what: impl Into<String>, location: impl Into<String>) -> Self {
+        StorageError::Corrupted {
+            what: what.into(),
+            location: location.into(),
+        }
+    }
+
     /// Wraps any backend error.
     pub fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
         StorageError::Backend(Box::new(e))

@@ -76,6 +76,13 @@ pub struct Membership {
     pub leader_id: u64,
     /// Every voter and learner.
     pub members: Vec<Member>,
+    /// The node that answered (0: unknown). A leader checks it before it
+    /// adds a node: the address must answer as the node being added.
+    #[serde(default)]
+    pub node_id: u64,
+    /// The cluster the answering node belongs to (0: none yet).
+    #[serde(default)]
+    pub cluster_uid: u64,
 }
 
 /// The requests a node serves for its peers and clients, each typed with

@@ -880,3 +880,25 @@ async fn forged_terms_and_commits_from_a_peer_neither_stall_nor_kill_the_cluster
     c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_as_the_leader_dies_follows_the_next_leader() {
+    for _ in 0..3 {
+        let mut c = start(3).await.unwrap();
+        let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+        let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
+        c.crash(leader).await;
+        // Sent while the follower still names the dead leader: the retries
+        // go to whichever node leads next, not to the dead one until the
+        // proposal times out.
+        let put = KvCmd::Put {
+            key: "k".into(),
+            value: "after".into(),
+        }
+        .encode()
+        .unwrap();
+        let answer = c.node(follower).handle().propose(put).await;
+        assert!(answer.is_ok(), "{answer:?}");
+        c.shutdown().await;
+    }
+}

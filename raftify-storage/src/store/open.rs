@@ -286,7 +286,7 @@ impl LmdbStore {
     /// log ends (not every entry: that would read the whole log).
     fn validate(&self) -> Result<(), LmdbError> {
         let corrupted = |e: StorageError| match e {
-            StorageError::Corrupted(reason) => LmdbError::corrupted(&self.dir, reason),
+            StorageError::Corrupted { what, .. } => LmdbError::corrupted(&self.dir, what),
             other => LmdbError::Store {
                 path: self.dir.clone(),
                 source: other,

@@ -40,14 +40,14 @@ fn undecodable_entry_record_is_corrupted_error() {
     s.entries_db.put(&mut wtxn, &3, &garbage).unwrap();
     wtxn.commit().unwrap();
     let err = s.entries(1, 6, None).unwrap_err();
-    assert!(matches!(err, StorageError::Corrupted(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Corrupted { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
         msg.contains("log entry 3") && msg.contains("cannot decode"),
         "{msg}"
     );
     assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
-    assert!(matches!(s.term(3), Err(StorageError::Corrupted(_))));
+    assert!(matches!(s.term(3), Err(StorageError::Corrupted { .. })));
     // Entries that are fine still read.
     assert_eq!(s.entries(1, 3, None).unwrap().len(), 2);
 }
@@ -88,7 +88,10 @@ fn damaged_metadata_fails_open_with_corrupted() {
             .put(&mut wtxn, K_HARD_STATE, b"\x00\x01\x02\x03junk")
             .unwrap();
         wtxn.commit().unwrap();
-        assert!(matches!(s.initial_state(), Err(StorageError::Corrupted(_))));
+        assert!(matches!(
+            s.initial_state(),
+            Err(StorageError::Corrupted { .. })
+        ));
     }
     let err = LmdbStore::open(dir.path(), LmdbOptions::new().map_size(1 << 20)).unwrap_err();
     assert!(matches!(err, LmdbError::Corrupted { .. }), "{err:?}");

@@ -27,9 +27,12 @@ impl From<StorageError> for Fail {
 impl LmdbStore {
     // ----- error helpers -------------------------------------------------
 
-    /// A [`StorageError::Corrupted`] naming the store directory.
+    /// A [`StorageError::Corrupted`] naming the store's data file.
     pub(crate) fn corrupt(&self, what: impl std::fmt::Display) -> StorageError {
-        StorageError::Corrupted(format!("LMDB store {}: {what}", self.dir.display()))
+        StorageError::corrupted(
+            what.to_string(),
+            self.dir.join("data.mdb").display().to_string(),
+        )
     }
 
     /// Converts a heed error from trying to `op`: damage LMDB detects is
@@ -41,9 +44,15 @@ impl LmdbStore {
             | heed::Error::Mdb(MdbError::Incompatible) => {
                 self.corrupt(format!("LMDB reports damage while trying to {op}: {e}"))
             }
-            heed::Error::Mdb(MdbError::Other(28)) | heed::Error::Io(_) if is_enospc(&e) => {
+            // LMDB reports a short write as EIO: a full disk shows as an
+            // I/O error unless the free space is looked at.
+            e if is_enospc(&e) || (is_eio(&e) && disk_full(&self.dir)) => {
                 StorageError::backend(LmdbError::Lmdb {
-                    op: format!("{op} (the disk is full)"),
+                    op: format!(
+                        "{op}: no space left on device (the file system of {} is full; free \
+                         space or grow the volume, then restart the node)",
+                        self.dir.display()
+                    ),
                     path: self.dir.clone(),
                     source: e,
                 })
@@ -178,6 +187,24 @@ impl LmdbStore {
         // SAFETY: the exclusive gate guarantees no transaction of this
         // process is active, which is what mdb_env_set_mapsize requires.
         unsafe { self.env.resize(new) }.map_err(|e| self.heed_err("grow the map", e))
+    }
+}
+
+/// Whether `e` is `EIO`.
+fn is_eio(e: &heed::Error) -> bool {
+    match e {
+        heed::Error::Io(io) => io.raw_os_error() == Some(5),
+        heed::Error::Mdb(MdbError::Other(5)) => true,
+        _ => false,
+    }
+}
+
+/// Whether the file system holding `dir` has (nearly) no space left for
+/// unprivileged writers: less than one LMDB page.
+pub(crate) fn disk_full(dir: &std::path::Path) -> bool {
+    match rustix::fs::statvfs(dir) {
+        Ok(s) => s.f_bavail.saturating_mul(s.f_frsize) < 4096,
+        Err(_) => false,
     }
 }
 

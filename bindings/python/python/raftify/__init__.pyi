@@ -198,8 +198,15 @@ class JoinTicket:
     def leader_id(self) -> int: ...
     @property
     def peers(self) -> Dict[int, str]: ...
+    @property
+    def cluster_uid(self) -> int: ...
     def __new__(
-        cls, reserved_id: int, cluster_id: str, leader_id: int, peers: Dict[int, str]
+        cls,
+        reserved_id: int,
+        cluster_id: str,
+        leader_id: int,
+        peers: Dict[int, str],
+        cluster_uid: int = 0,
     ) -> JoinTicket: ...
     def to_json(self) -> str: ...
     @staticmethod

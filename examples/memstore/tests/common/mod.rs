@@ -5,9 +5,14 @@
 mod cluster;
 #[allow(unused_imports)]
 pub use cluster::*;
+pub mod tls;
 
+use memstore::http::{AppState, HttpAuth, Latencies};
+use memstore::store::HashStore;
+use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Raft};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A parsed response.
@@ -57,6 +62,18 @@ pub fn request_with(
     body: &[u8],
     headers: &[&str],
 ) -> std::io::Result<Resp> {
+    let out = raw(addr, &request_bytes(addr, method, path, body, headers))?;
+    parse_response(&out)
+}
+
+/// The bytes of one request with `Connection: close`.
+pub fn request_bytes(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[&str],
+) -> Vec<u8> {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -71,9 +88,13 @@ pub fn request_with(
     }
     req.extend_from_slice(b"\r\n");
     req.extend_from_slice(body);
-    let out = raw(addr, &req)?;
-    parse(&out).ok_or_else(|| {
-        std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&out)))
+    req
+}
+
+/// A whole response, or an error naming what came back.
+pub fn parse_response(out: &[u8]) -> std::io::Result<Resp> {
+    parse(out).ok_or_else(|| {
+        std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(out)))
     })
 }
 
@@ -277,4 +298,34 @@ pub fn cli_path() -> PathBuf {
     }
     assert!(path.exists(), "raftify-cli not found at {}", path.display());
     path
+}
+
+/// The HTTP API's state over a single-node cluster in this process
+/// (in-process network, memory storage) that has elected itself; values up
+/// to 1 KiB. `state.raft.handle().shutdown()` stops it.
+pub async fn single_node_state(auth: HttpAuth) -> AppState {
+    let net = InProcNetwork::new(1);
+    let mut config = Config::new(1);
+    config.tick_interval = Duration::from_millis(20);
+    let raft = Raft::builder(config, HashStore::default())
+        .storage(Arc::new(MemStore::new()))
+        .transport(net.transport(1))
+        .bootstrap(Bootstrap::Single {
+            addr: net.addr_of(1),
+        })
+        .logger(raftify_core::discard_logger())
+        .start()
+        .await
+        .expect("start the node");
+    net.register(1, raft.handle().inbound());
+    raft.handle()
+        .wait_for_leader(Duration::from_secs(5))
+        .await
+        .expect("a leader");
+    AppState {
+        raft,
+        max_value_size: 1024,
+        latency: Arc::new(Latencies::default()),
+        auth,
+    }
 }
