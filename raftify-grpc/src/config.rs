@@ -116,6 +116,11 @@ pub struct GrpcConfig {
     /// Longest wait for the next chunk of a snapshot being received; a
     /// stalled stream is cut off. Default 30 s.
     pub snapshot_idle_timeout: Duration,
+    /// Where incoming snapshots are spooled while they arrive (streamed to
+    /// disk, then handed to raft as a mapped file): a node's memory does
+    /// not grow with the snapshots it receives. The launcher sets it to
+    /// `<data dir>/incoming-snapshots`. `None`: received in memory.
+    pub snapshot_spool_dir: Option<std::path::PathBuf>,
     /// Raft message batches queued per peer before new ones are dropped
     /// (and the peer reported unreachable). Default 1024.
     pub peer_queue_capacity: usize,
@@ -153,6 +158,7 @@ impl Default for GrpcConfig {
             max_snapshot_size: 1024 * 1024 * 1024,
             max_concurrent_snapshot_installs: 2,
             snapshot_idle_timeout: Duration::from_secs(30),
+            snapshot_spool_dir: None,
             peer_queue_capacity: 1024,
             max_batch_bytes: 4 * 1024 * 1024,
             backoff_base: Duration::from_millis(50),

@@ -85,6 +85,7 @@ mod net;
 mod peer_service;
 mod read;
 mod server;
+mod snapshot_rx;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;

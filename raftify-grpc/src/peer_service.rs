@@ -10,8 +10,8 @@ use crate::identity::PeerIdentity;
 use crate::net::{cluster_of, outcome_to_pb};
 use crate::pb;
 use crate::pb::raft_peer_server::RaftPeer;
+use crate::snapshot_rx::Receiving;
 use async_trait::async_trait;
-use raftify_core::codec::crc32;
 use raftify_core::membership::validate_addr;
 use raftify_core::raft::eraftpb::MessageType;
 use raftify_core::{Error, Inbound, RaftHandle, Result};
@@ -186,25 +186,12 @@ impl RaftPeer for PeerService {
         }
         let cap =
             usize::try_from(total).map_err(|_| Status::resource_exhausted("snapshot too large"))?;
-        // Memory grows with what arrives, not with what is announced.
-        let mut data = Vec::with_capacity(cap.min(8 * 1024 * 1024));
-        data.extend_from_slice(&first.data);
+        let mut receiving = Receiving::new(cap, self.config.snapshot_spool_dir.as_deref())?;
+        receiving.push(first.data).await?;
         while let Some(chunk) = self.next_chunk(&mut stream).await? {
-            if data.len() + chunk.data.len() > cap {
-                return Err(Status::invalid_argument(
-                    "snapshot data exceeds its announced size",
-                ));
-            }
-            data.extend_from_slice(&chunk.data);
+            receiving.push(chunk.data).await?;
         }
-        if data.len() != cap {
-            return Err(Status::invalid_argument(format!(
-                "truncated snapshot: {} of {cap} bytes",
-                data.len()
-            )));
-        }
-        let data = verify_checksum(data, first.checksum).await?;
-        msg.mut_snapshot().data = data.into();
+        msg.mut_snapshot().data = receiving.finish(first.checksum).await?;
         let from_addr = validate_addr(&first.from_addr)
             .is_ok()
             .then_some(first.from_addr);
@@ -257,28 +244,4 @@ impl RaftPeer for PeerService {
         self.check_call(&req)?;
         calls::members(&*self.inbound).await
     }
-}
-
-/// Checks snapshot data against the checksum its sender computed (off the
-/// async workers: the data may be large). Senders before the checksum
-/// existed send none.
-async fn verify_checksum(
-    data: Vec<u8>,
-    expected: Option<u32>,
-) -> std::result::Result<Vec<u8>, Status> {
-    let Some(expected) = expected else {
-        return Ok(data);
-    };
-    let (data, actual) = tokio::task::spawn_blocking(move || {
-        let sum = crc32(&data);
-        (data, sum)
-    })
-    .await
-    .map_err(|_| Status::internal("checksumming the snapshot failed"))?;
-    if actual != expected {
-        return Err(Status::data_loss(format!(
-            "snapshot data is corrupt: checksum {actual:#010x}, the sender's {expected:#010x}"
-        )));
-    }
-    Ok(data)
 }

@@ -255,8 +255,11 @@ fn compact_often(c: &mut Config) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_after_compaction_gets_a_chunked_snapshot() {
+    // Received into a spool file (streamed to disk), as launched nodes do.
+    let spool = tempfile::tempdir().unwrap();
     let grpc = GrpcConfig {
         snapshot_chunk_size: 128 * 1024,
+        snapshot_spool_dir: Some(spool.path().to_path_buf()),
         ..GrpcConfig::default()
     };
     let mut c = GCluster::start(3, grpc, compact_often).await;
@@ -287,6 +290,9 @@ async fn a_node_joining_after_compaction_gets_a_chunked_snapshot() {
     assert!(status.snapshot_index > 1, "{status:?}");
     client.propose(put("after", "1")).await.unwrap();
     c.wait_converged(&[1, 2, 3, new], 11).await;
+    // The spool file was removed once the snapshot was handed over.
+    let left: Vec<_> = std::fs::read_dir(spool.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
     c.shutdown().await;
 }
 

@@ -204,11 +204,27 @@ fn snapshot_header(from: u64, to: u64, term: u64, index: u64) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshot_installs_are_checked_and_bounded() {
+async fn snapshot_installs_are_checked_and_bounded_in_memory() {
+    snapshot_installs_are_checked_and_bounded(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_installs_are_checked_and_bounded_on_disk() {
+    let spool = tempfile::tempdir().expect("tempdir");
+    snapshot_installs_are_checked_and_bounded(Some(spool.path())).await;
+    // Refused and cut-off streams leave no spool file behind.
+    let left: Vec<_> = std::fs::read_dir(spool.path())
+        .expect("spool dir")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+async fn snapshot_installs_are_checked_and_bounded(spool: Option<&std::path::Path>) {
     let grpc = GrpcConfig {
         max_snapshot_size: 1024 * 1024,
         max_concurrent_snapshot_installs: 1,
         snapshot_idle_timeout: Duration::from_millis(500),
+        snapshot_spool_dir: spool.map(|p| p.to_path_buf()),
         ..peer_grpc()
     };
     let c = GCluster::start(1, grpc, no_tweak).await;
@@ -264,37 +280,48 @@ async fn snapshot_installs_are_checked_and_bounded() {
     .expect("delivered");
 
     // A stalled stream holds the only install slot until it is cut off;
-    // meanwhile another install is refused at once.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(chunk(vec![0; 10], 100, None)).await.expect("send");
-    let mut stalled_client = peer_client(&addr).await;
-    let started = Instant::now();
-    let stalled = tokio::spawn(async move {
-        stalled_client
-            .install_snapshot(bearer(tokio_stream::wrappers::ReceiverStream::new(rx)))
-            .await
-    });
-    let mut refused = None;
-    for _ in 0..50 {
+    // meanwhile another install is refused at once. (Which of the two the
+    // server takes first is a race: a stalled stream refused because the
+    // probe held the slot is started again.)
+    let stall = || {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let first = chunk(vec![0; 10], 100, None);
+        let addr = addr.clone();
+        let call = tokio::spawn(async move {
+            let mut client = peer_client(&addr).await;
+            tx.send(first).await.expect("send");
+            let answer = client
+                .install_snapshot(bearer(tokio_stream::wrappers::ReceiverStream::new(rx)))
+                .await;
+            drop(tx);
+            answer
+        });
+        (Instant::now(), call)
+    };
+    let (mut started, mut stalled) = stall();
+    let mut refused = false;
+    for _ in 0..100 {
+        if stalled.is_finished() {
+            (started, stalled) = stall();
+        }
         match peer
             .install_snapshot(bearer(tokio_stream::iter(vec![chunk(vec![], 10, None)])))
             .await
         {
             Err(e) if e.code() == tonic::Code::ResourceExhausted => {
-                refused = Some(e);
+                refused = true;
                 break;
             }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
-    assert!(refused.is_some(), "a second install was not refused");
+    assert!(refused, "a second install was never refused");
     let err = stalled
         .await
         .expect("join")
         .expect_err("the stalled stream is cut off");
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    drop(tx);
 
     // Nothing was installed; the node serves and keeps its data.
     node.propose(put("k2", "after"))

@@ -176,8 +176,11 @@ where
         .logger(logger.clone())
         .start()
         .await?;
-    let mut server =
-        RaftGrpcServer::new(raft.handle().clone(), spec.grpc.clone()).logger(logger.clone());
+    let mut grpc = spec.grpc.clone();
+    if grpc.snapshot_spool_dir.is_none() {
+        grpc.snapshot_spool_dir = found.dir.as_deref().map(spool_dir);
+    }
+    let mut server = RaftGrpcServer::new(raft.handle().clone(), grpc).logger(logger.clone());
     if let Some(read) = reader {
         server = server.reader(state_machine_reader(&raft, move |sm: &SM, q: &[u8]| {
             read(sm, q)
@@ -334,6 +337,21 @@ fn resume(spec: &NodeSpec) -> Result<Option<Found>, LaunchError> {
         store: Arc::new(store),
         raft_addr,
     }))
+}
+
+/// Where a node with data dir `dir` spools incoming snapshots. Files left
+/// there by a process that died while receiving one are removed.
+fn spool_dir(dir: &Path) -> PathBuf {
+    let spool = dir.join("incoming-snapshots");
+    if let Ok(entries) = std::fs::read_dir(&spool) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("incoming-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    spool
 }
 
 /// The raft address the spec gives node `id`: its own, or its entry in
