@@ -428,11 +428,15 @@ fn with_credential<T>(msg: T, credential: Credential) -> tonic::Request<T> {
 }
 
 impl Fuzzed {
-    /// Sends one call; `Err` names what went wrong (a stall, a broken
-    /// connection, a wrong credential served).
-    async fn call(&self, call: &PeerCall) -> Result<(), String> {
-        let rpc = call.rpc;
-        let mut frames: Vec<Vec<u8>> = call.frames.iter().map(|f| sanitize(rpc, f)).collect();
+    /// Sends `frames` as they are on `rpc` (a unary call: the first), with
+    /// `credential`; `Err` when no answer came within twice
+    /// [`CALL_TIMEOUT`].
+    async fn send(
+        &self,
+        rpc: PeerRpc,
+        credential: Credential,
+        frames: Vec<Vec<u8>>,
+    ) -> Result<Result<(), Status>, String> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         let path = PathAndQuery::from_static(rpc.path());
         let answer = async {
@@ -440,17 +444,29 @@ impl Fuzzed {
                 .await
                 .map_err(|e| Status::from_error(Box::new(e)))?;
             if rpc.streaming() {
-                let stream = tokio_stream::iter(frames);
-                let req = with_credential(stream, call.credential);
+                let req = with_credential(tokio_stream::iter(frames), credential);
                 grpc.client_streaming(req, path, RawCodec).await
             } else {
-                let req = with_credential(frames.swap_remove(0), call.credential);
-                grpc.unary(req, path, RawCodec).await
+                let first = frames.into_iter().next().unwrap_or_default();
+                grpc.unary(with_credential(first, credential), path, RawCodec)
+                    .await
             }
         };
-        let answer = tokio::time::timeout(CALL_TIMEOUT * 2, answer)
-            .await
-            .map_err(|_| format!("{rpc:?} did not answer within {:?}", CALL_TIMEOUT * 2))?;
+        match tokio::time::timeout(CALL_TIMEOUT * 2, answer).await {
+            Ok(answer) => Ok(answer.map(|_| ())),
+            Err(_) => Err(format!(
+                "{rpc:?} did not answer within {:?}",
+                CALL_TIMEOUT * 2
+            )),
+        }
+    }
+
+    /// Sends one call of an input; `Err` names what went wrong (a stall, a
+    /// broken call, a wrong credential served).
+    async fn call(&self, call: &PeerCall) -> Result<(), String> {
+        let rpc = call.rpc;
+        let frames = call.frames.iter().map(|f| sanitize(rpc, f)).collect();
+        let answer = self.send(rpc, call.credential, frames).await?;
         match (call.credential, answer) {
             (Credential::Peer, Ok(_)) => Ok(()),
             (Credential::Peer, Err(st)) => served_status(rpc, &st),
@@ -502,23 +518,10 @@ impl Fuzzed {
             .await
             .map_err(|_| "status timed out".to_string())?
             .map_err(|e| format!("status: {e}"))?;
-        let probe = PeerCall {
-            rpc: PeerRpc::InstallSnapshot,
-            credential: Credential::Peer,
-            frames: vec![empty_snapshot_chunk(handle.state().term)],
-        };
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        let req = with_credential(tokio_stream::iter(probe.frames), Credential::Peer);
-        let path = PathAndQuery::from_static(PeerRpc::InstallSnapshot.path());
-        let answer = tokio::time::timeout(CALL_TIMEOUT, async {
-            grpc.ready()
-                .await
-                .map_err(|e| Status::from_error(Box::new(e)))?;
-            grpc.client_streaming(req, path, RawCodec).await
-        })
-        .await
-        .map_err(|_| "a well-formed snapshot stream timed out".to_string())?;
-        answer.map_err(|e| format!("a well-formed snapshot stream was refused: {e:?}"))?;
+        let probe = vec![empty_snapshot_chunk(handle.state().term)];
+        self.send(PeerRpc::InstallSnapshot, Credential::Peer, probe)
+            .await?
+            .map_err(|e| format!("a well-formed snapshot stream was refused: {e:?}"))?;
         let violations = self.violations.all();
         if !violations.is_empty() {
             return Err(format!("state machine violations: {violations:?}"));
