@@ -6,7 +6,9 @@
 
 use raftify_core::codec::{parse_entry, ConfChangeContext, EntryPayload, SnapshotEnvelope};
 use raftify_core::protobuf::Message as _;
-use raftify_core::raft::eraftpb::Message;
+use raftify_core::raft::eraftpb::{Message, MessageType};
+
+pub use crate::fuzz_peer::peer_service;
 
 /// `codec::parse_entry`: never panics; a user payload re-frames to the input.
 pub fn codec_entry(data: &[u8]) {
@@ -64,6 +66,18 @@ pub fn raft_message(data: &[u8]) -> Option<Message> {
     };
     assert_eq!(key(&again), key(&m));
     Some(m)
+}
+
+/// Whether a correct peer could never send `m` to a node that leads alone
+/// (Byzantine input, outside Raft's fault model, which the stepping
+/// targets leave out): an append (only a leader sends them, and one that
+/// contradicts committed entries is a lie), or a non-empty snapshot from a
+/// non-leader (it would be installed as the truth; empty ones are dropped
+/// by raftify). See RELIABILITY.md, "stepping findings".
+pub fn byzantine(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgAppend
+        || (m.get_msg_type() == MessageType::MsgSnapshot
+            && m.get_snapshot().get_metadata().index != 0)
 }
 
 /// memstore's `KvEntry::decode` and `ApplyOutput::decode`: never panic;

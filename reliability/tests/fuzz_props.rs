@@ -132,7 +132,9 @@ mod stepping {
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn message() -> impl Strategy<Value = Message> {
+    /// Raft messages to node 1 from non-members (some parsed from raw
+    /// bytes).
+    pub(super) fn message() -> impl Strategy<Value = Message> {
         (
             0i32..20,
             // Never node 1 itself nor node 0: forged sender ids are
@@ -221,16 +223,9 @@ mod stepping {
                 let put = Cmd::Put { key: "k".into(), value: "v".into() };
                 node.propose(&put).await.unwrap();
                 for m in msgs {
-                    // Byzantine: a correct peer never sends entries at or
-                    // below our commit index that differ from ours.
-                    // Only a leader sends appends; nodes 2..4 are not members.
-                    let byzantine = m.get_msg_type() == MessageType::MsgAppend
-                        // A non-empty snapshot from a non-leader would be
-                        // installed as the truth (empty ones are dropped by
-                        // raftify and stay in).
-                        || (m.get_msg_type() == MessageType::MsgSnapshot
-                            && m.get_snapshot().get_metadata().index != 0);
-                    if !byzantine {
+                    // Nodes 2..4 are not members: their appends and
+                    // non-empty snapshots are Byzantine.
+                    if !raftify_reliability::fuzz_targets::byzantine(&m) {
                         let _ = node.handle().inbound().step_from(None, vec![m]);
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -251,6 +246,189 @@ mod stepping {
                 (ok, state)
             });
             prop_assert!(alive.0, "node stopped serving after the messages: {:?}", alive.1);
+        }
+    }
+}
+
+mod peer_service {
+    use super::stepping::message;
+    use proptest::prelude::*;
+    use prost::Message as _;
+    use raftify_core::protobuf::Message as _;
+    use raftify_core::raft::eraftpb::{Message, MessageType};
+    use raftify_grpc::pb;
+    use raftify_reliability::fuzz_peer::{encode_calls, Credential, PeerCall, PeerRpc};
+    use raftify_reliability::fuzz_targets::peer_service;
+
+    fn credential() -> impl Strategy<Value = Credential> {
+        prop_oneof![
+            8 => Just(Credential::Peer),
+            1 => Just(Credential::Client),
+            1 => Just(Credential::Missing),
+        ]
+    }
+
+    fn addr() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("127.0.0.1:1".to_string()),
+            Just(String::new()),
+            ".{0,12}"
+        ]
+    }
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+
+    /// A valid batch of generated raft messages (some raw garbage among
+    /// them), as one frame.
+    fn batch() -> impl Strategy<Value = Vec<u8>> {
+        (
+            proptest::collection::vec(
+                prop_oneof![
+                    4 => message().prop_map(|m| m.write_to_bytes().unwrap_or_default()),
+                    1 => bytes(24),
+                ],
+                0..5,
+            ),
+            0u64..5,
+            addr(),
+            prop_oneof![Just(0u64), any::<u64>()],
+        )
+            .prop_map(|(messages, from_id, from_addr, cluster_uid)| {
+                pb::MessageBatch {
+                    from_id,
+                    from_addr,
+                    messages,
+                    cluster_uid,
+                }
+                .encode_to_vec()
+            })
+    }
+
+    /// A snapshot stream: a header chunk, then data in chunks of random
+    /// sizes, announced with a random (often right) size and checksum.
+    fn snapshot_stream() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        (
+            bytes(600),
+            proptest::collection::vec(1usize..200, 0..6),
+            0u64..8,
+            prop_oneof![Just(0i64), -3i64..3, Just(i64::MAX)],
+            prop_oneof![Just(0u8), Just(1), Just(2)],
+            prop_oneof![
+                Just(MessageType::MsgSnapshot),
+                Just(MessageType::MsgHeartbeat)
+            ],
+            prop_oneof![Just(0u64), 1u64..50],
+            addr(),
+        )
+            .prop_map(
+                |(data, cuts, term, size_delta, sum, kind, index, from_addr)| {
+                    let mut m = Message::default();
+                    m.set_msg_type(kind);
+                    m.to = 1;
+                    m.from = 2;
+                    m.term = term;
+                    m.mut_snapshot().mut_metadata().index = index;
+                    let total = (data.len() as i64).saturating_add(size_delta).max(0) as u64;
+                    let checksum = match sum {
+                        0 => Some(raftify_core::codec::crc32(&data)),
+                        1 => Some(raftify_core::codec::crc32(&data) ^ 1),
+                        _ => None,
+                    };
+                    let mut pieces = Vec::new();
+                    let mut rest = &data[..];
+                    for n in cuts {
+                        let (a, b) = rest.split_at(n.min(rest.len()));
+                        pieces.push(a.to_vec());
+                        rest = b;
+                    }
+                    pieces.push(rest.to_vec());
+                    let mut frames = vec![pb::SnapshotChunk {
+                        from_id: 2,
+                        from_addr,
+                        header: m.write_to_bytes().unwrap_or_default(),
+                        total_size: total,
+                        data: pieces.remove(0).into(),
+                        cluster_uid: 0,
+                        checksum,
+                    }
+                    .encode_to_vec()];
+                    frames.extend(pieces.into_iter().map(|p| {
+                        pb::SnapshotChunk {
+                            data: p.into(),
+                            ..Default::default()
+                        }
+                        .encode_to_vec()
+                    }));
+                    frames
+                },
+            )
+    }
+
+    fn change() -> impl Strategy<Value = pb::Change> {
+        (0i32..5, 0u64..5, addr()).prop_map(|(kind, id, addr)| pb::Change { kind, id, addr })
+    }
+
+    /// A call of any RPC with a request of its type (or garbage).
+    fn call() -> impl Strategy<Value = PeerCall> {
+        let put = raftify_reliability::sm::Cmd::Put {
+            key: "p".into(),
+            value: "q".into(),
+        };
+        let entry = prop_oneof![
+            Just(raftify_core::AbstractLogEntry::encode(&put).unwrap_or_default()),
+            bytes(32),
+        ];
+        let request = prop_oneof![
+            batch().prop_map(|b| (PeerRpc::SendMessages, vec![b])),
+            proptest::collection::vec(prop_oneof![4 => batch(), 1 => bytes(16)], 0..4)
+                .prop_map(|f| (PeerRpc::MessageStream, f)),
+            snapshot_stream().prop_map(|f| (PeerRpc::InstallSnapshot, f)),
+            entry.clone().prop_map(|data| (
+                PeerRpc::Propose,
+                vec![pb::ProposeRequest { data }.encode_to_vec()]
+            )),
+            proptest::collection::vec(entry, 0..4).prop_map(|entries| (
+                PeerRpc::ProposeBatch,
+                vec![pb::ProposeBatchRequest { entries }.encode_to_vec()]
+            )),
+            addr().prop_map(|addr| (
+                PeerRpc::RequestId,
+                vec![pb::RequestIdRequest { addr }.encode_to_vec()]
+            )),
+            proptest::collection::vec(change(), 0..3).prop_map(|changes| (
+                PeerRpc::ChangeConfig,
+                vec![pb::ChangeConfigRequest { changes }.encode_to_vec()]
+            )),
+            (0u64..5).prop_map(|to| (
+                PeerRpc::TransferLeader,
+                vec![pb::TransferLeaderRequest { to }.encode_to_vec()]
+            )),
+            (0usize..10, bytes(24)).prop_map(|(i, b)| (PeerRpc::ALL[i], vec![b])),
+        ];
+        (request, credential()).prop_map(|((rpc, frames), credential)| PeerCall {
+            rpc,
+            credential,
+            frames,
+        })
+    }
+
+    proptest! {
+        // One node serves every case (see fuzz_peer), so a failing case
+        // is not shrunk: later runs would only see a broken node.
+        #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 0, ..ProptestConfig::default() })]
+
+        /// Arbitrary and well-formed calls on the peer service, with the
+        /// peer token (and some with the client token or none, which must
+        /// be refused), never stop, stall or break the node.
+        #[test]
+        fn peer_service_inputs_never_stop_a_node(
+            raw in bytes(256),
+            calls in proptest::collection::vec(call(), 1..6),
+        ) {
+            peer_service(&raw);
+            peer_service(&encode_calls(&calls));
         }
     }
 }
