@@ -238,11 +238,22 @@ async fn a_learner_is_promoted_takes_leadership_and_leaves() {
     c.stop(learner).await;
     let new_leader = c.wait_leader(&[1, 2, 3]).await;
     assert_ne!(new_leader, learner);
-    let members = client.members().await.unwrap();
-    assert_eq!(
-        members.iter().map(|m| m.id).collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
+    // The node asked may not have applied the removal yet.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ids: Vec<u64> = client
+            .members()
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        if ids == vec![1, 2, 3] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "members {ids:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     client.propose(put("c", "3")).await.unwrap();
     c.wait_converged(&[1, 2, 3], 3).await;
     c.shutdown().await;
