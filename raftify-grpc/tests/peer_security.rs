@@ -81,23 +81,12 @@ impl Ca {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_certificate_naming_a_node_may_only_speak_as_that_node() {
     let ca = Ca::new();
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(bind().await);
-    }
-    let members: BTreeMap<u64, String> = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, (_, a))| (i as u64 + 1, a.clone()))
+    let certs: BTreeMap<u64, (String, String)> = (1..=3)
+        .map(|id| (id, ca.issue(&[&format!("raftify-node-{id}"), "localhost"])))
         .collect();
-    let mut nodes = BTreeMap::new();
-    let mut certs = BTreeMap::new();
-    for (i, (l, addr)) in listeners.into_iter().enumerate() {
-        let id = i as u64 + 1;
-        let name = format!("raftify-node-{id}");
-        let (cert, key) = ca.issue(&[&name, "localhost"]);
-        certs.insert(id, (cert.clone(), key.clone()));
-        let grpc = GrpcConfig {
+    let grpc_of = |id: u64| {
+        let (cert, key) = certs[&id].clone();
+        GrpcConfig {
             tls: Some(TlsConfig {
                 cert_pem: Some(cert),
                 key_pem: Some(key),
@@ -105,24 +94,10 @@ async fn a_peer_certificate_naming_a_node_may_only_speak_as_that_node() {
                 domain: Some("localhost".into()),
             }),
             ..peer_grpc()
-        };
-        let node = start_node(
-            id,
-            l,
-            &addr,
-            Bootstrap::Members(members.clone()),
-            &grpc,
-            no_tweak,
-        )
-        .await;
-        nodes.insert(id, node);
-    }
-    // Nodes bound to their names elect and replicate as usual.
-    let c = GCluster {
-        nodes,
-        grpc: peer_grpc(),
-        tweak: no_tweak,
+        }
     };
+    // Nodes bound to their names elect and replicate as usual.
+    let c = GCluster::start_each(3, peer_grpc(), grpc_of, no_tweak).await;
     let leader = c.wait_leader(&[1, 2, 3]).await;
     c.node(leader)
         .handle()

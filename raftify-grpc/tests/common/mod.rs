@@ -87,6 +87,18 @@ pub async fn start_node_with(
 
 impl GCluster {
     pub async fn start(n: u64, grpc: GrpcConfig, tweak: fn(&mut Config)) -> GCluster {
+        let each = grpc.clone();
+        Self::start_each(n, grpc, move |_| each.clone(), tweak).await
+    }
+
+    /// Like `start`, node `id` with `grpc_of(id)` (its own certificate, say);
+    /// `grpc` is what `client()` and `join` use.
+    pub async fn start_each(
+        n: u64,
+        grpc: GrpcConfig,
+        grpc_of: impl Fn(u64) -> GrpcConfig,
+        tweak: fn(&mut Config),
+    ) -> GCluster {
         let mut listeners = Vec::new();
         for _ in 0..n {
             listeners.push(bind().await);
@@ -104,7 +116,7 @@ impl GCluster {
                 l,
                 &addr,
                 Bootstrap::Members(members.clone()),
-                &grpc,
+                &grpc_of(id),
                 tweak,
             )
             .await;
