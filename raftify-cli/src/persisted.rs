@@ -56,6 +56,15 @@ fn describe(e: &Entry, decoder: Option<&dyn Decoder>) -> EntryView {
                     format!("user ({} bytes)", b.len())
                 }
                 Ok(EntryPayload::ReserveId) => "reserve_id (join ticket)".to_string(),
+                Ok(EntryPayload::SessionOpen { idle_ms, .. }) => {
+                    format!("session_open (expires after {idle_ms} ms idle)")
+                }
+                Ok(EntryPayload::SessionWrite {
+                    session, seq, user, ..
+                }) => {
+                    decoded = decoder.map(|d| d.decode(user));
+                    format!("session {session} write {seq} ({} bytes)", user.len())
+                }
                 Err(err) => format!("not a raftify entry: {err}"),
             },
         ),

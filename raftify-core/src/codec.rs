@@ -1,8 +1,11 @@
 //! How raftify frames what it puts in the log and in snapshots.
 //!
 //! * A normal entry's data is empty (raft's own no-op), or a tag byte followed
-//!   by the payload: [`TAG_USER`] + the user's encoded entry, or
-//!   [`TAG_RESERVE_ID`] (a join-ticket id reservation, no payload).
+//!   by the payload: [`TAG_USER`] + the user's encoded entry,
+//!   [`TAG_RESERVE_ID`] (a join-ticket id reservation, no payload),
+//!   [`TAG_SESSION_OPEN`] (idle timeout, leader stamp) or
+//!   [`TAG_SESSION_WRITE`] (session, seq, acked, leader stamp, then the
+//!   user's encoded entry), all integers u64 big-endian.
 //! * A snapshot's data is raftify's own replicated metadata (the address
 //!   book, the next free node id) and the state machine's bytes
 //!   ([`encode_snapshot`], [`decode_snapshot`], [`SnapshotEnvelope`]); the
@@ -11,6 +14,7 @@
 //!   the nodes it adds) in its context, so every node's address book follows
 //!   the log and survives restarts.
 
+use crate::sessions::Sessions;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -18,6 +22,10 @@ use std::collections::BTreeMap;
 pub const TAG_USER: u8 = 0;
 /// Tag of an entry reserving a node id for a join ticket.
 pub const TAG_RESERVE_ID: u8 = 1;
+/// Tag of an entry opening a client session (see [`crate::sessions`]).
+pub const TAG_SESSION_OPEN: u8 = 2;
+/// Tag of a user command written in a client session.
+pub const TAG_SESSION_WRITE: u8 = 3;
 
 /// A decoded normal entry.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,6 +36,67 @@ pub enum EntryPayload<'a> {
     User(&'a [u8]),
     /// A node id reservation.
     ReserveId,
+    /// A session opened with this idle timeout, at the leader's `stamp_ms`.
+    SessionOpen {
+        /// Idle time after which the session expires.
+        idle_ms: u64,
+        /// The proposing leader's wall clock.
+        stamp_ms: u64,
+    },
+    /// A user command in a session.
+    SessionWrite {
+        /// The session (the index of the entry that opened it).
+        session: u64,
+        /// This write's sequence number in the session.
+        seq: u64,
+        /// The lowest sequence number whose answer the client still awaits.
+        acked: u64,
+        /// The proposing leader's wall clock.
+        stamp_ms: u64,
+        /// The user's encoded entry.
+        user: &'a [u8],
+    },
+}
+
+/// Frames a session opening.
+pub fn frame_session_open(idle_ms: u64, stamp_ms: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(17);
+    v.push(TAG_SESSION_OPEN);
+    v.extend_from_slice(&idle_ms.to_be_bytes());
+    v.extend_from_slice(&stamp_ms.to_be_bytes());
+    v
+}
+
+/// Frames a user command written in a session.
+pub fn frame_session_write(
+    session: u64,
+    seq: u64,
+    acked: u64,
+    stamp_ms: u64,
+    encoded: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(33 + encoded.len());
+    v.push(TAG_SESSION_WRITE);
+    for n in [session, seq, acked, stamp_ms] {
+        v.extend_from_slice(&n.to_be_bytes());
+    }
+    v.extend_from_slice(encoded);
+    v
+}
+
+/// `n` big-endian u64s at the start of `data`, and the rest.
+fn take_u64s<const N: usize>(data: &[u8]) -> Option<([u64; N], &[u8])> {
+    if data.len() < N * 8 {
+        return None;
+    }
+    let (head, rest) = data.split_at(N * 8);
+    let mut out = [0u64; N];
+    for (i, chunk) in head.chunks_exact(8).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        out[i] = u64::from_be_bytes(b);
+    }
+    Some((out, rest))
 }
 
 /// Frames a user command.
@@ -44,6 +113,20 @@ pub fn parse_entry(data: &[u8]) -> Result<EntryPayload<'_>, String> {
         None => Ok(EntryPayload::Noop),
         Some((&TAG_USER, rest)) => Ok(EntryPayload::User(rest)),
         Some((&TAG_RESERVE_ID, [])) => Ok(EntryPayload::ReserveId),
+        Some((&TAG_SESSION_OPEN, rest)) => match take_u64s::<2>(rest) {
+            Some(([idle_ms, stamp_ms], [])) => Ok(EntryPayload::SessionOpen { idle_ms, stamp_ms }),
+            _ => Err("malformed session opening".into()),
+        },
+        Some((&TAG_SESSION_WRITE, rest)) => match take_u64s::<4>(rest) {
+            Some(([session, seq, acked, stamp_ms], user)) => Ok(EntryPayload::SessionWrite {
+                session,
+                seq,
+                acked,
+                stamp_ms,
+                user,
+            }),
+            None => Err("malformed session write".into()),
+        },
         Some((tag, _)) => Err(format!("unknown raftify entry tag {tag}")),
     }
 }
@@ -127,6 +210,10 @@ pub struct ClusterMeta {
     /// members, so two clusters that share a name never mix.
     #[serde(default)]
     pub cluster_uid: u64,
+    /// The open client sessions (exactly-once writes); absent from the
+    /// snapshots of clusters that use none.
+    #[serde(default, skip_serializing_if = "Sessions::is_empty")]
+    pub sessions: Sessions,
 }
 
 /// A cluster's identity: FNV-1a over its name and initial members, the same

@@ -60,6 +60,11 @@ pub struct Config {
     pub snapshot_log_retention: u64,
     /// Default timeout of `propose`. Default 10 s.
     pub proposal_timeout: Duration,
+    /// How long a client session may stay idle before it expires, by the
+    /// leader's clock (exactly-once writes; see [`crate::sessions`]). The
+    /// leader that opens a session puts this into the log, so every node
+    /// expires it at the same entry. Default 1 h.
+    pub session_idle_timeout: Duration,
     /// Timeout of membership changes and leadership transfers. Default 20 s.
     pub conf_change_timeout: Duration,
     /// Timeout of linearizable reads. Default 5 s.
@@ -111,6 +116,7 @@ impl Config {
             snapshot_threshold: 100_000,
             snapshot_log_retention: 1_000,
             proposal_timeout: Duration::from_secs(10),
+            session_idle_timeout: Duration::from_secs(3600),
             conf_change_timeout: Duration::from_secs(20),
             pipeline_writes: None,
             read_timeout: Duration::from_secs(5),

@@ -147,6 +147,11 @@ pub enum Error {
     /// A membership change was refused before it entered the log.
     #[error("membership change rejected: {0}")]
     ConfChangeRejected(Rejection),
+    /// A session write whose session expired (idle too long) or whose
+    /// sequence number is older than what the session keeps: it was not
+    /// applied now, and may have been before. Open a new session.
+    #[error("session expired: {0}")]
+    SessionExpired(String),
     /// The node named by a membership change or a transfer is not a member.
     #[error("node {0} is not a member")]
     NotAMember(u64),
@@ -207,6 +212,7 @@ impl Error {
             | Error::StateMachine(_)
             | Error::ConfChangeRejected(Rejection::NoSuccessor | Rejection::Invalid(_))
             | Error::NotAMember(_)
+            | Error::SessionExpired(_)
             | Error::InvalidArgument(_)
             | Error::InvalidConfig(_)
             | Error::Unauthenticated(_)
@@ -221,6 +227,7 @@ impl Error {
             Error::NotLeader { .. } => "not_leader",
             Error::NoLeader => "no_leader",
             Error::ProposalDropped(_) => "proposal_dropped",
+            Error::SessionExpired(_) => "session_expired",
             Error::LeadershipLost => "leadership_lost",
             Error::Timeout(_) => "timeout",
             Error::Interrupted(_) => "interrupted",

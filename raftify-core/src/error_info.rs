@@ -33,6 +33,7 @@ impl From<&Error> for ErrorInfo {
     fn from(err: &Error) -> Self {
         let message = match err {
             Error::ProposalDropped(m)
+            | Error::SessionExpired(m)
             | Error::Interrupted(m)
             | Error::Encode(m)
             | Error::StateMachine(m)
@@ -81,6 +82,7 @@ impl ErrorInfo {
             },
             "no_leader" => Error::NoLeader,
             "proposal_dropped" => Error::ProposalDropped(msg),
+            "session_expired" => Error::SessionExpired(msg),
             "leadership_lost" => Error::LeadershipLost,
             "timeout" => Error::Timeout(Duration::from_millis(self.number)),
             "interrupted" => Error::Interrupted(msg),
@@ -125,6 +127,7 @@ mod tests {
             },
             Error::NoLeader,
             Error::ProposalDropped("x".into()),
+            Error::SessionExpired("gone".into()),
             Error::LeadershipLost,
             Error::Timeout(Duration::from_millis(1500)),
             Error::Interrupted("stop".into()),

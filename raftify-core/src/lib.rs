@@ -108,6 +108,7 @@ pub mod membership;
 mod node;
 mod raft_loop;
 pub mod retry;
+pub mod sessions;
 mod state_machine;
 pub mod status;
 pub mod storage;
@@ -121,7 +122,9 @@ pub use error_info::ErrorInfo;
 pub use membership::{JoinTicket, Member, MemberRole, MembershipChange};
 pub use node::{
     default_logger, discard_logger, stderr_logger, Bootstrap, Raft, RaftBuilder, RaftHandle,
+    Session, SessionTarget,
 };
+pub use sessions::SessionWrite;
 pub use state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError, Payload, SnapshotView};
 pub use status::{MetricsSnapshot, NodeState, Role, Status};
 pub use storage::{LogStore, MemStore, StorageError, WriteBatch};

@@ -5,7 +5,7 @@
 use crate::convert::{change_from_pb, members_to_pb, ticket_to_pb};
 use crate::error::error_to_status;
 use crate::pb;
-use raftify_core::{ClusterApi, Error, Result};
+use raftify_core::{ClusterApi, Error, Result, SessionWrite};
 use tonic::{Request, Response, Status};
 
 /// A call's answer on the wire.
@@ -20,6 +20,25 @@ pub(crate) async fn propose(
     req: Request<pb::ProposeRequest>,
 ) -> Answer<pb::ProposeReply> {
     let output = api.propose(req.into_inner().data).await.map_err(st)?;
+    Ok(Response::new(pb::ProposeReply { output }))
+}
+
+pub(crate) async fn open_session(api: &dyn ClusterApi) -> Answer<pb::OpenSessionReply> {
+    let session = api.open_session().await.map_err(st)?;
+    Ok(Response::new(pb::OpenSessionReply { session }))
+}
+
+pub(crate) async fn propose_in_session(
+    api: &dyn ClusterApi,
+    req: Request<pb::SessionProposeRequest>,
+) -> Answer<pb::ProposeReply> {
+    let r = req.into_inner();
+    let w = SessionWrite {
+        session: r.session,
+        seq: r.seq,
+        acked: r.acked,
+    };
+    let output = api.propose_in_session(w, r.data).await.map_err(st)?;
     Ok(Response::new(pb::ProposeReply { output }))
 }
 

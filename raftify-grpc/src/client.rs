@@ -6,9 +6,12 @@ use crate::convert::{change_to_pb, members_from_pb, ticket_from_pb};
 use crate::net::{request, rpc, ApiClient, ChannelPool, Credential};
 use crate::pb;
 use raftify_core::retry::{seek_leader, Idempotence};
-use raftify_core::{Error, JoinTicket, Member, MembershipChange, Result, Status};
+use raftify_core::{
+    Error, JoinTicket, Member, MembershipChange, Result, Session, SessionTarget, SessionWrite,
+    Status,
+};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The leader as a node knows it.
@@ -119,6 +122,45 @@ impl RaftClient {
             Ok(rpc(t, c.propose(request(msg, t))).await?.output)
         })
         .await
+    }
+
+    /// Opens a client session (exactly-once writes; see
+    /// [`raftify_core::sessions`]) and returns its id.
+    pub async fn open_session(&self) -> Result<u64> {
+        let t = self.timeout();
+        // A retried opening may open a second session: unused, it expires.
+        self.retry(Idempotence::Idempotent, |mut c| async move {
+            Ok(rpc(t, c.open_session(request(pb::Empty {}, t)))
+                .await?
+                .session)
+        })
+        .await
+    }
+
+    /// Proposes an encoded entry as write `w` of a session: applied at
+    /// most once, so it is retried after an ambiguous failure like a read.
+    pub async fn propose_in_session(&self, w: SessionWrite, data: Vec<u8>) -> Result<Vec<u8>> {
+        let (data, t) = (&data, self.timeout());
+        self.retry(Idempotence::Idempotent, |mut c| async move {
+            let msg = pb::SessionProposeRequest {
+                session: w.session,
+                seq: w.seq,
+                acked: w.acked,
+                data: data.clone(),
+            };
+            Ok(rpc(t, c.propose_in_session(request(msg, t))).await?.output)
+        })
+        .await
+    }
+
+    /// Opens a session and returns its client side (with its own
+    /// connections to the same addresses), which numbers writes and retries
+    /// each until its outcome is known (within three request timeouts).
+    pub async fn session(&self) -> Result<Session> {
+        let id = self.open_session().await?;
+        let budget = self.timeout() * 3;
+        let own = RaftClient::new(self.addrs.clone(), self.pool.config().clone())?;
+        Ok(Session::new(Arc::new(own), id, budget))
     }
 
     /// A linearizable read index confirmed by the leader.
@@ -270,5 +312,12 @@ impl RaftClient {
             self.set_hint(None);
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionTarget for RaftClient {
+    async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>> {
+        RaftClient::propose_in_session(self, w, entry).await
     }
 }

@@ -28,6 +28,17 @@ impl RaftClient for ClientService {
         calls::read_index(&*self.routed).await
     }
 
+    async fn open_session(&self, _req: Request<pb::Empty>) -> Answer<pb::OpenSessionReply> {
+        calls::open_session(&*self.routed).await
+    }
+
+    async fn propose_in_session(
+        &self,
+        req: Request<pb::SessionProposeRequest>,
+    ) -> Answer<pb::ProposeReply> {
+        calls::propose_in_session(&*self.routed, req).await
+    }
+
     async fn request_id(&self, req: Request<pb::RequestIdRequest>) -> Answer<pb::JoinTicketReply> {
         calls::request_id(&*self.routed, req).await
     }

@@ -14,6 +14,7 @@ use crate::pb::raft_peer_client::RaftPeerClient;
 use async_trait::async_trait;
 use raftify_core::{
     ClusterApi, Error, ErrorInfo, JoinTicket, Membership, MembershipChange, Outcome, Result,
+    SessionWrite,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -313,5 +314,24 @@ impl ClusterApi for PeerNode {
         let mut c = self.client.clone();
         let r = self.rpc(c.members(self.req(pb::Empty {}))).await?;
         Ok(members_from_pb(&r))
+    }
+
+    async fn open_session(&self) -> Result<u64> {
+        let mut c = self.client.clone();
+        Ok(self
+            .rpc(c.open_session(self.req(pb::Empty {})))
+            .await?
+            .session)
+    }
+
+    async fn propose_in_session(&self, w: SessionWrite, data: Vec<u8>) -> Result<Vec<u8>> {
+        let msg = pb::SessionProposeRequest {
+            session: w.session,
+            seq: w.seq,
+            acked: w.acked,
+            data,
+        };
+        let mut c = self.client.clone();
+        Ok(self.rpc(c.propose_in_session(self.req(msg))).await?.output)
     }
 }

@@ -240,6 +240,19 @@ impl RaftPeer for PeerService {
         calls::transfer_leader(&*self.inbound, req).await
     }
 
+    async fn open_session(&self, req: Request<pb::Empty>) -> Answer<pb::OpenSessionReply> {
+        self.check_call(&req)?;
+        calls::open_session(&*self.inbound).await
+    }
+
+    async fn propose_in_session(
+        &self,
+        req: Request<pb::SessionProposeRequest>,
+    ) -> Answer<pb::ProposeReply> {
+        self.check_call(&req)?;
+        calls::propose_in_session(&*self.inbound, req).await
+    }
+
     async fn members(&self, req: Request<pb::Empty>) -> Answer<pb::MembersReply> {
         self.check_call(&req)?;
         calls::members(&*self.inbound).await

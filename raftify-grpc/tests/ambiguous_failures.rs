@@ -143,3 +143,47 @@ async fn a_proposal_whose_connection_breaks_after_delivery_is_not_sent_again() {
     drop(proxy);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_write_whose_connection_breaks_after_delivery_is_retried_and_applied_once() {
+    let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let proxy = Proxy::start(c.addr(leader)).await;
+    let config = GrpcConfig {
+        request_timeout: Duration::from_secs(10),
+        ..GrpcConfig::default()
+    };
+    let client = RaftClient::new([proxy.addr.clone()], config).unwrap();
+    let session = client.session().await.unwrap();
+    let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
+    assert_eq!(session.propose(incr.clone()).await.unwrap(), b"1");
+
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let pending = {
+        let incr = incr.clone();
+        tokio::spawn(async move { session.propose(incr).await })
+    };
+    let node = c.node(leader).clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node
+        .stale_read(|s| s.map.get("n").cloned())
+        .await
+        .as_deref()
+        != Some("2")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The connection breaks after the increment was applied; then answers
+    // flow again. The session sends it again, with the same number.
+    proxy.cut.notify_waiters();
+    proxy.swallow.store(false, Ordering::SeqCst);
+    assert_eq!(pending.await.unwrap().unwrap(), b"2");
+    let value = node
+        .linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("2"), "applied once");
+    drop(proxy);
+    c.shutdown().await;
+}

@@ -22,6 +22,7 @@ fn envelope() -> impl Strategy<Value = SnapshotEnvelope> {
                     peers,
                     next_node_id,
                     cluster_uid,
+                    ..ClusterMeta::default()
                 },
                 user,
             },

@@ -35,6 +35,7 @@ fn class_of(e: &Error) -> &'static str {
         Error::NotLeader { .. } => "NotLeaderError",
         Error::NoLeader => "NoLeaderError",
         Error::ProposalDropped(_) => "ProposalDroppedError",
+        Error::SessionExpired(_) => "SessionExpiredError",
         Error::LeadershipLost => "LeadershipLostError",
         Error::Timeout(_) => "TimeoutError",
         Error::Interrupted(_) => "OutcomeUnknownError",

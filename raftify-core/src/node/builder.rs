@@ -239,6 +239,7 @@ fn bootstrap_storage(store: &dyn LogStore, config: &Config, bootstrap: &Bootstra
         validate_addr(addr).map_err(|e| Error::InvalidConfig(e.to_string()))?;
     }
     let meta = ClusterMeta {
+        sessions: Default::default(),
         next_node_id: members.keys().max().copied().unwrap_or(0) + 1,
         cluster_uid: cluster_uid(&config.cluster_id, &members),
         peers: members.clone(),

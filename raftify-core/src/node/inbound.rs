@@ -7,6 +7,7 @@ use super::RaftHandle;
 use crate::error::{Error, Result};
 use crate::error_info::ErrorInfo;
 use crate::membership::{JoinTicket, MembershipChange};
+use crate::sessions::SessionWrite;
 use crate::transport::{ClusterApi, Inbound, Membership, Outcome};
 use async_trait::async_trait;
 use raft::eraftpb::Message;
@@ -78,6 +79,12 @@ impl ClusterApi for Routed {
     async fn members(&self) -> Result<Membership> {
         self.0.members().await
     }
+    async fn open_session(&self) -> Result<u64> {
+        self.0.open_session().await
+    }
+    async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>> {
+        self.0.propose_in_session(w, entry).await
+    }
 }
 
 impl Inbound for NodeInbound {
@@ -108,5 +115,11 @@ impl ClusterApi for NodeInbound {
     }
     async fn members(&self) -> Result<Membership> {
         self.0.members().await
+    }
+    async fn open_session(&self) -> Result<u64> {
+        self.0.open_session_here().await
+    }
+    async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>> {
+        self.0.propose_in_session_here(w, &entry).await
     }
 }

@@ -5,9 +5,11 @@
 //!    task that coalesces forwarded proposals;
 //! 3. `admin.rs` — membership administration (changes, joins, leave,
 //!    transfers, id reservations);
-//! 4. `inbound.rs` — what a peer's request does here (the node's
+//! 4. `session.rs` — exactly-once writes: sessions opened through the log,
+//!    writes numbered in them, and [`Session`], the client side;
+//! 5. `inbound.rs` — what a peer's request does here (the node's
 //!    [`Inbound`](crate::transport::Inbound));
-//! 5. `builder.rs` and `raft.rs` — starting a node, and the typed [`Raft`]
+//! 6. `builder.rs` and `raft.rs` — starting a node, and the typed [`Raft`]
 //!    facade.
 //!
 //! `logging.rs` holds the default loggers.
@@ -19,8 +21,10 @@ mod handle;
 mod inbound;
 mod logging;
 mod raft;
+mod session;
 
 pub use self::raft::Raft;
 pub use builder::{Bootstrap, RaftBuilder};
 pub use handle::RaftHandle;
 pub use logging::{default_logger, discard_logger, stderr_logger};
+pub use session::{Session, SessionTarget};

@@ -4,6 +4,7 @@
 use super::{Applied, RaftLoop};
 use crate::codec::{parse_entry, ConfChangeContext, EntryPayload};
 use crate::error::{Error, Rejection, Result};
+use crate::sessions::{Answer, Decision};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine, Payload};
 use crate::status::Metrics;
 use protobuf::Message as _;
@@ -30,21 +31,40 @@ where
             let result = match entry.get_entry_type() {
                 EntryType::EntryNormal => match parse_entry(&entry.data) {
                     Ok(EntryPayload::Noop) => Ok(Applied::Output(Vec::new())),
-                    Ok(EntryPayload::User(bytes)) => match E::decode(bytes) {
-                        Ok(cmd) => match sm.apply_at(entry.index, cmd).await {
-                            Ok(out) => out.encode().map(Applied::Output).map_err(|e| {
-                                Error::StateMachine(format!(
-                                    "the apply output does not encode: {e}"
-                                ))
-                            }),
-                            Err(e) => Err(Error::StateMachine(e.to_string())),
-                        },
-                        Err(e) => {
-                            warn!(self.logger, "committed entry does not decode"; "index" => entry.index, "err" => %e);
-                            Err(Error::Encode(e.to_string()))
-                        }
-                    },
+                    Ok(EntryPayload::User(bytes)) => {
+                        self.apply_user(&mut sm, entry.index, bytes).await
+                    }
                     Ok(EntryPayload::ReserveId) => Ok(Applied::NodeId(self.reserve_id())),
+                    Ok(EntryPayload::SessionOpen { idle_ms, stamp_ms }) => {
+                        let sessions = &mut self.meta.sessions;
+                        sessions.advance(stamp_ms);
+                        sessions.open(entry.index, idle_ms);
+                        Ok(Applied::SessionId(entry.index))
+                    }
+                    Ok(EntryPayload::SessionWrite {
+                        session,
+                        seq,
+                        acked,
+                        stamp_ms,
+                        user,
+                    }) => {
+                        self.meta.sessions.advance(stamp_ms);
+                        match self.meta.sessions.check(session, seq, acked) {
+                            Decision::Apply => {
+                                let result = self.apply_user(&mut sm, entry.index, user).await;
+                                let answer = match &result {
+                                    Ok(Applied::Output(out)) => Answer::Output(out.clone()),
+                                    Ok(_) => Answer::Output(Vec::new()),
+                                    Err(e) => Answer::Failed(e.to_string()),
+                                };
+                                self.meta.sessions.record(session, seq, answer);
+                                result
+                            }
+                            Decision::Replay(Answer::Output(out)) => Ok(Applied::Output(out)),
+                            Decision::Replay(Answer::Failed(e)) => Err(Error::StateMachine(e)),
+                            Decision::Refuse(why) => Err(Error::SessionExpired(why)),
+                        }
+                    }
                     Err(e) => {
                         warn!(self.logger, "committed entry is not a raftify entry"; "index" => entry.index, "err" => %e);
                         Err(Error::Encode(e))
@@ -61,6 +81,22 @@ where
         }
         drop(sm);
         self.answer_reads();
+    }
+
+    /// Applies a user command to the state machine.
+    async fn apply_user(&self, sm: &mut SM, index: u64, bytes: &[u8]) -> Result<Applied> {
+        match E::decode(bytes) {
+            Ok(cmd) => match sm.apply_at(index, cmd).await {
+                Ok(out) => out.encode().map(Applied::Output).map_err(|e| {
+                    Error::StateMachine(format!("the apply output does not encode: {e}"))
+                }),
+                Err(e) => Err(Error::StateMachine(e.to_string())),
+            },
+            Err(e) => {
+                warn!(self.logger, "committed entry does not decode"; "index" => index, "err" => %e);
+                Err(Error::Encode(e.to_string()))
+            }
+        }
     }
 
     fn apply_conf_change(&mut self, entry: &Entry) -> Result<Applied> {

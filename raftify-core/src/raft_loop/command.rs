@@ -11,6 +11,7 @@ pub(crate) enum Applied {
     Output(Vec<u8>),
     ConfChanged,
     NodeId(u64),
+    SessionId(u64),
 }
 
 /// What a proposal is, so its apply result can be checked against it.
@@ -19,6 +20,7 @@ pub(crate) enum ProposalKind {
     User,
     ConfChange,
     ReserveId,
+    OpenSession,
 }
 
 /// Where the loop sends a command's answer.

@@ -280,7 +280,8 @@ where
             (_, Err(e)) => Err(e),
             (ProposalKind::User, Ok(out @ Applied::Output(_)))
             | (ProposalKind::ConfChange, Ok(out @ Applied::ConfChanged))
-            | (ProposalKind::ReserveId, Ok(out @ Applied::NodeId(_))) => Ok(out),
+            | (ProposalKind::ReserveId, Ok(out @ Applied::NodeId(_)))
+            | (ProposalKind::OpenSession, Ok(out @ Applied::SessionId(_))) => Ok(out),
             // raft-rs turns a conf change into an empty entry when another
             // change is pending.
             (ProposalKind::ConfChange, Ok(_)) => {

@@ -7,6 +7,7 @@
 use super::{ClusterApi, Feedback, Inbound, Membership, Outcome, Transport};
 use crate::error::{Error, Result};
 use crate::membership::{JoinTicket, MembershipChange};
+use crate::sessions::SessionWrite;
 use async_trait::async_trait;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::{HashMap, HashSet};
@@ -345,5 +346,12 @@ impl ClusterApi for InProcNode {
     }
     async fn members(&self) -> Result<Membership> {
         self.run(|n| async move { n.members().await }).await
+    }
+    async fn open_session(&self) -> Result<u64> {
+        self.run(|n| async move { n.open_session().await }).await
+    }
+    async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>> {
+        self.run(|n| async move { n.propose_in_session(w, entry).await })
+            .await
     }
 }

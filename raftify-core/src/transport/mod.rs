@@ -22,6 +22,7 @@ pub use inproc::{InProcNetwork, InProcTransport};
 use crate::error::Result;
 use crate::error_info::ErrorInfo;
 use crate::membership::{JoinTicket, Member, MembershipChange};
+use crate::sessions::SessionWrite;
 use async_trait::async_trait;
 use raft::eraftpb::Message;
 use raft::SnapshotStatus;
@@ -110,6 +111,12 @@ pub trait ClusterApi: Send + Sync {
     async fn transfer_leader(&self, to: u64) -> Result<()>;
     /// The members and leader as the receiver knows them.
     async fn members(&self) -> Result<Membership>;
+    /// Opens a client session through the log (the receiver must lead);
+    /// answers its id.
+    async fn open_session(&self) -> Result<u64>;
+    /// Proposes an encoded user entry as write `w` of a session (the
+    /// receiver must lead); applied at most once however often it is sent.
+    async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>>;
 }
 
 /// What a transport delivers to a node: raft messages, and the cluster

@@ -902,3 +902,114 @@ async fn a_write_sent_as_the_leader_dies_follows_the_next_leader() {
         c.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_write_whose_answer_is_lost_is_retried_and_applied_once() {
+    let c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
+    let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
+    let session = c.node(follower).handle().session().await.unwrap();
+
+    // The leader applies the forwarded increment; its answer is lost.
+    c.net.lose_replies_from(leader);
+    let pending = {
+        let incr = incr.clone();
+        tokio::spawn(async move { session.propose(incr).await.map(|out| (out, session)) })
+    };
+    let node = c.node(leader).clone();
+    let deadline = Instant::now() + WAIT;
+    while node
+        .stale_read(|s| s.map.get("n").cloned())
+        .await
+        .as_deref()
+        != Some("1")
+    {
+        assert!(Instant::now() < deadline, "never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.net.heal();
+    // The session retries with the same number: the answer of the first
+    // application, and no second one.
+    let (out, session) = pending.await.unwrap().unwrap();
+    assert_eq!(out, b"1");
+    assert_eq!(session.propose(incr.clone()).await.unwrap(), b"2");
+    let value = node
+        .linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("2"));
+
+    // A write sent again with a number already applied is answered from
+    // the session table; one older than it keeps, or in an unknown
+    // session, is refused — never applied again.
+    let h = c.node(leader).handle();
+    let w = |seq, acked| raftify_core::SessionWrite {
+        session: session.id(),
+        seq,
+        acked,
+    };
+    assert_eq!(
+        h.propose_in_session(w(2, 2), incr.clone()).await.unwrap(),
+        b"2"
+    );
+    assert!(matches!(
+        h.propose_in_session(w(1, 2), incr.clone()).await,
+        Err(Error::SessionExpired(_))
+    ));
+    let unknown = raftify_core::SessionWrite {
+        session: 999_999,
+        seq: 1,
+        acked: 1,
+    };
+    assert!(matches!(
+        h.propose_in_session(unknown, incr.clone()).await,
+        Err(Error::SessionExpired(_))
+    ));
+    // Every node holds the same table (it is replicated state) and the
+    // same counter.
+    c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
+    let value = node.stale_read(|s| s.map.get("n").cloned()).await;
+    assert_eq!(value.as_deref(), Some("2"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_snapshots_restarts_and_leader_changes() {
+    let mut c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
+    let session = c.node(leader).handle().session().await.unwrap();
+    assert_eq!(session.propose(incr.clone()).await.unwrap(), b"1");
+    // Every node snapshots (the table goes into the snapshot), and the one
+    // that restarts rebuilds it from there.
+    c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
+    for id in c.ids() {
+        c.node(id).handle().snapshot().await.unwrap();
+    }
+    let other = *c.ids().iter().find(|id| **id != leader).unwrap();
+    c.crash(other).await;
+    c.restart(other).await.unwrap();
+    c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
+    // The restarted node leads now; the write sent again is answered from
+    // its table, not applied a second time.
+    c.node(leader)
+        .handle()
+        .transfer_leader(other)
+        .await
+        .unwrap();
+    let w = raftify_core::SessionWrite {
+        session: session.id(),
+        seq: 1,
+        acked: 1,
+    };
+    let h = c.node(other).handle();
+    assert_eq!(h.propose_in_session(w, incr.clone()).await.unwrap(), b"1");
+    let value = c
+        .node(other)
+        .linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("1"));
+    c.shutdown().await;
+}

@@ -71,6 +71,12 @@ class ProposalDroppedError(RaftifyError):
     retryable = True
 
 
+class SessionExpiredError(RaftifyError):
+    """A session write whose session expired (idle too long) or whose
+    sequence number is older than what the session keeps: not applied now
+    (it may have been before). Open a new session."""
+
+
 class OverloadedError(RaftifyError):
     """Too many requests are waiting; back off and retry."""
 
