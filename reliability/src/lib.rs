@@ -16,6 +16,7 @@
 //! simulation -- --nocapture`.
 
 pub mod chaos;
+pub mod counter;
 pub mod fuzz_peer;
 pub mod fuzz_targets;
 pub mod history;

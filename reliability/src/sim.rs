@@ -10,11 +10,12 @@
 //! [`crate::invariants`] is checked during and after the run, and the
 //! client history is checked for linearizability.
 
+use crate::counter;
 use crate::history::{Checked, History, Op, Outcome, Ret};
 use crate::invariants::no_lost_commits::{check_acked, Acked, Committed};
 use crate::invariants::{
-    election_safety::LeaderLog, leader_completeness, liveness, log_matching, state_machine_safety,
-    Violation, Violations,
+    election_safety::LeaderLog, exactly_once, leader_completeness, liveness, log_matching,
+    state_machine_safety, Violation, Violations,
 };
 use crate::lossy_store::LossyStore;
 use crate::rng::SimRng;
@@ -92,6 +93,8 @@ pub struct RunReport {
     pub violations: Vec<Violation>,
     /// Writes acknowledged to clients.
     pub acked_writes: u64,
+    /// Counter increments in sessions: (acknowledged, outcome unknown).
+    pub increments: (u64, u64),
     /// Unknown-outcome writes settled from the apply oracle: (took
     /// effect, never did).
     pub resolved_unknown: (u64, u64),
@@ -156,7 +159,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         format!(
             "seed {} nodes {} clients {} keys {} no_sync {} churn {} pipelined {}: ops ok {} failed {} unknown {} (settled {:?}), \
-             acked {} lost {}, commit {}, terms {}, faults {:?}, unsynced lost {}, msgs {:?}, {:?} cluster time, {}",
+             acked {} lost {}, increments {:?}, commit {}, terms {}, faults {:?}, unsynced lost {}, msgs {:?}, {:?} cluster time, {}",
             self.options.seed,
             self.options.initial_nodes,
             self.options.clients,
@@ -170,6 +173,7 @@ impl RunReport {
             self.resolved_unknown,
             self.acked_writes,
             self.acked_lost,
+            self.increments,
             self.commit_index,
             self.terms,
             self.faults,
@@ -686,6 +690,24 @@ async fn run_async(opts: SimOptions) -> RunReport {
             stop.clone(),
         )));
     }
+    // Counter clients (one or two; not drawn from `rng`, so the other
+    // choices of a seed stay as they were).
+    let tally = Arc::new(counter::Tally::default());
+    for cid in 1..=(1 + opts.seed % 2) {
+        let w2 = w.clone();
+        let pick = move |r: &mut SimRng| {
+            let running = w2.running();
+            let i = r.below(running.len().max(1) as u64) as usize;
+            running.get(i).map(|(_, n)| n.clone())
+        };
+        clients.push(tokio::spawn(counter::run(
+            cid,
+            SimRng::new(opts.seed ^ cid.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            pick,
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
     let next_id = Arc::new(AtomicU64::new(opts.initial_nodes + 1));
     nemesis(w.clone(), rng.fork(), next_id).await;
 
@@ -767,10 +789,24 @@ async fn run_async(opts: SimOptions) -> RunReport {
     }
     let acked = w.acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut acked_lost = 0;
+    let increments = (
+        tally.acked.load(Ordering::Relaxed),
+        tally.unresolved.load(Ordering::Relaxed),
+    );
     if live.is_ok() {
         w.committed.check_present(&member_stores, &w.violations);
         state_machine_safety::check_records(&records, &w.violations);
         acked_lost = check_acked(&acked, &records, &w.violations);
+        if !w.violations.data_lost() {
+            let mut counters = Vec::new();
+            for (id, n) in &members {
+                let v = n
+                    .stale_read(|s| s.map.get(counter::COUNTER_KEY).cloned())
+                    .await;
+                counters.push((*id, v.and_then(|v| v.parse().ok()).unwrap_or(0)));
+            }
+            exactly_once::check_counter(&counters, increments.0, increments.1, &w.violations);
+        }
     }
     for (_, n) in w.running() {
         n.handle().shutdown().await;
@@ -807,6 +843,7 @@ async fn run_async(opts: SimOptions) -> RunReport {
         faults,
         violations: w.violations.all(),
         acked_writes: acked.len() as u64,
+        increments,
         resolved_unknown: resolved,
         acked_lost,
         unsynced_writes_lost,

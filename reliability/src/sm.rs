@@ -30,6 +30,14 @@ pub enum Cmd {
         /// New value.
         new: String,
     },
+    /// Add one to the integer in `key` (absent: 0), in a client session.
+    Incr {
+        /// Key.
+        key: String,
+        /// Unique per intended increment (`client.seq`): a second apply of
+        /// the same increment has the same digest.
+        nonce: String,
+    },
 }
 
 impl AbstractLogEntry for Cmd {
@@ -121,6 +129,15 @@ impl ApplyOracle {
         }
     }
 
+    /// A command that must be applied once (a session increment: unique
+    /// per intended increment) applied at `index`.
+    fn on_applied_once(&self, index: u64, d: u64) {
+        let m = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((first, ..)) = m.get(&d) {
+            crate::invariants::exactly_once::check_single_apply(d, *first, index, &self.violations);
+        }
+    }
+
     fn on_apply(&self, node: u64, index: u64, d: u64) {
         self.applies
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -202,6 +219,9 @@ impl AbstractStateMachine<Cmd> for RecKv {
                 );
             }
             o.on_apply(self.node, index, d);
+            if matches!(entry, Cmd::Incr { .. }) {
+                o.on_applied_once(index, d);
+            }
         }
         self.record.push((index, d));
         let ok = match entry {
@@ -216,6 +236,11 @@ impl AbstractStateMachine<Cmd> for RecKv {
                 } else {
                     false
                 }
+            }
+            Cmd::Incr { key, .. } => {
+                let n: i64 = self.map.get(&key).and_then(|v| v.parse().ok()).unwrap_or(0);
+                self.map.insert(key, (n + 1).to_string());
+                true
             }
         };
         if let Some(o) = &self.oracle {

@@ -19,12 +19,15 @@ fn run_many(first: u64, count: u64) {
     let mut failed: Vec<RunReport> = Vec::new();
     let (mut ops, mut acked, mut lost, mut faults, mut lossy) = (0, 0, 0, 0, 0);
     let mut lost_after_data_loss = 0;
+    let (mut incr_acked, mut incr_unknown) = (0, 0);
     for seed in first..first + count {
         let t = Instant::now();
         let r = run_seed(seed);
         println!("{} [{:?} wall]", r.summary(), t.elapsed());
         ops += r.ops.ok + r.ops.unknown;
         acked += r.acked_writes;
+        incr_acked += r.increments.0;
+        incr_unknown += r.increments.1;
         if r.unsynced_writes_lost > 0 {
             lost_after_data_loss += r.acked_lost;
         } else {
@@ -66,6 +69,7 @@ fn run_many(first: u64, count: u64) {
         "simulation: {count} runs (seeds {first}..={}), {ops} operations checked, {acked} writes acknowledged, \
          {lost} acknowledged writes lost ({lost_after_data_loss} more in runs after no_sync data loss), \
          {faults} faults injected, {lossy} runs with no_sync data loss, \
+         {incr_acked} session increments acknowledged ({incr_unknown} unknown at the end), \
          {} failed, {:?} wall",
         first + count - 1,
         failed.len(),

@@ -11,8 +11,10 @@
 //! | [`state_machine_safety`] | every node applies the same command at each index, in order |
 //! | [`no_lost_commits`] | a committed entry never changes or disappears; an acknowledged write is applied everywhere |
 //! | [`liveness`] | once faults stop: one leader, new writes succeed, state machines converge |
+//! | [`exactly_once`] | a command is applied at one index at most; session increments are counted once |
 
 pub mod election_safety;
+pub mod exactly_once;
 pub mod leader_completeness;
 pub mod liveness;
 pub mod log_matching;
