@@ -153,7 +153,12 @@ impl Sessions {
         self.by_expiry.insert((now.saturating_add(s.idle_ms), id));
         if acked > s.acked {
             s.acked = acked;
-            s.answers = s.answers.split_off(&acked);
+            while let Some(e) = s.answers.first_entry() {
+                if *e.key() >= acked {
+                    break;
+                }
+                e.remove();
+            }
         }
         if let Some(answer) = s.answers.get(&seq) {
             return Decision::Replay(answer.clone());

@@ -347,7 +347,9 @@ impl Cluster {
 /// in a loop for `secs` seconds. Returns (proposals/s, mean latency in µs)
 /// per level. Used by the `inproc_bench` examples of raftify-core (memory)
 /// and raftify-storage (LMDB). `RAFTIFY_BENCH_PIPELINE=0` or `1` sets
-/// [`Config::pipeline_writes`] (default: the store's choice).
+/// [`Config::pipeline_writes`] (default: the store's choice);
+/// `RAFTIFY_BENCH_SESSIONS=1` makes each proposer write in its own client
+/// session (exactly-once writes), to measure what sessions cost.
 pub async fn cluster_throughput(
     factory: StoreFactory,
     levels: &[usize],
@@ -404,6 +406,7 @@ pub async fn cluster_throughput(
         .find(|n| n.handle().id() == leader_id)
         .cloned()
         .ok_or(Error::NoLeader)?;
+    let sessions = std::env::var("RAFTIFY_BENCH_SESSIONS").is_ok_and(|v| v.trim() == "1");
     let mut out = Vec::new();
     for &n in levels {
         let stop = Arc::new(AtomicBool::new(false));
@@ -415,9 +418,17 @@ pub async fn cluster_throughput(
                 (leader.clone(), stop.clone(), done.clone(), micros.clone());
             tasks.push(tokio::spawn(async move {
                 let entry = vec![0u8; 16];
+                let session = match sessions {
+                    true => leader.handle().session().await.ok(),
+                    false => None,
+                };
                 while !stop.load(Ordering::Relaxed) {
                     let t = std::time::Instant::now();
-                    if leader.propose(&entry).await.is_ok() {
+                    let ok = match &session {
+                        Some(s) => s.propose(entry.clone()).await.is_ok(),
+                        None => leader.propose(&entry).await.is_ok(),
+                    };
+                    if ok {
                         done.fetch_add(1, Ordering::Relaxed);
                         micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                     }

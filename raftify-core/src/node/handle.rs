@@ -91,7 +91,7 @@ impl RaftHandle {
 
     /// Hands a command to the loop without waiting; a full inbox is
     /// `Overloaded`, a stopped loop `Shutdown` (or the fatal error).
-    fn send_command<T>(
+    pub(super) fn send_command<T>(
         &self,
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<oneshot::Receiver<Result<T>>> {
@@ -108,7 +108,7 @@ impl RaftHandle {
     /// The loop's answer to a command sent with `send_command`. A loop that
     /// ended without answering stopped after taking the command: its outcome
     /// is unknown.
-    async fn await_reply<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+    pub(super) async fn await_reply<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
         rx.await
             .unwrap_or_else(|_| Err(Error::Interrupted("the raft loop ended".into())))
     }

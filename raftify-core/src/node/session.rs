@@ -62,6 +62,10 @@ impl RaftHandle {
     /// entry is applied at most once: sent again with the same `w`, it
     /// answers what the first application answered.
     pub async fn propose_in_session(&self, w: SessionWrite, encoded: Vec<u8>) -> Result<Vec<u8>> {
+        if self.is_leader() {
+            // The common case, as for `propose`: no routing.
+            return self.propose_in_session_here(w, &encoded).await;
+        }
         self.check_entry_size(&encoded)?;
         let entry = &encoded;
         self.on_leader(
@@ -83,15 +87,13 @@ impl RaftHandle {
     ) -> Result<Vec<u8>> {
         self.check_entry_size(encoded)?;
         let data = frame_session_write(w.session, w.seq, w.acked, now_ms(), encoded);
-        let timeout = self.config().proposal_timeout;
-        let applied = self
-            .call(timeout, |reply| Command::Propose {
-                kind: ProposalKind::User,
-                data,
-                reply,
-            })
-            .await?;
-        match applied {
+        // The loop times proposals out itself (as for `propose`).
+        let rx = self.send_command(|reply| Command::Propose {
+            kind: ProposalKind::User,
+            data,
+            reply,
+        })?;
+        match self.await_reply(rx).await? {
             Applied::Output(out) => Ok(out),
             other => Err(Error::Raft(format!("unexpected apply result {other:?}"))),
         }
