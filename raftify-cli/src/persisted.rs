@@ -65,6 +65,15 @@ fn describe(e: &Entry, decoder: Option<&dyn Decoder>) -> EntryView {
                     decoded = decoder.map(|d| d.decode(user));
                     format!("session {session} write {seq} ({} bytes)", user.len())
                 }
+                Ok(EntryPayload::KeyedWrite {
+                    key, ttl_ms, user, ..
+                }) => {
+                    decoded = decoder.map(|d| d.decode(user));
+                    format!(
+                        "keyed write {key:?} (remembered {ttl_ms} ms, {} bytes)",
+                        user.len()
+                    )
+                }
                 Err(err) => format!("not a raftify entry: {err}"),
             },
         ),

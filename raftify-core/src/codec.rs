@@ -5,7 +5,9 @@
 //!   [`TAG_RESERVE_ID`] (a join-ticket id reservation, no payload),
 //!   [`TAG_SESSION_OPEN`] (idle timeout, leader stamp) or
 //!   [`TAG_SESSION_WRITE`] (session, seq, acked, leader stamp, then the
-//!   user's encoded entry), all integers u64 big-endian.
+//!   user's encoded entry) or [`TAG_KEYED_WRITE`] (key length u16, the
+//!   key's UTF-8 bytes, time-to-live, leader stamp, then the user's encoded
+//!   entry), all integers big-endian, u64 unless said.
 //! * A snapshot's data is raftify's own replicated metadata (the address
 //!   book, the next free node id) and the state machine's bytes
 //!   ([`encode_snapshot`], [`decode_snapshot`], [`SnapshotEnvelope`]); the
@@ -26,6 +28,10 @@ pub const TAG_RESERVE_ID: u8 = 1;
 pub const TAG_SESSION_OPEN: u8 = 2;
 /// Tag of a user command written in a client session.
 pub const TAG_SESSION_WRITE: u8 = 3;
+/// Tag of a user command carrying an idempotency key.
+pub const TAG_KEYED_WRITE: u8 = 4;
+/// The longest idempotency key, in bytes (the shortest is 1).
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// A decoded normal entry.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,6 +57,17 @@ pub enum EntryPayload<'a> {
         seq: u64,
         /// The lowest sequence number whose answer the client still awaits.
         acked: u64,
+        /// The proposing leader's wall clock.
+        stamp_ms: u64,
+        /// The user's encoded entry.
+        user: &'a [u8],
+    },
+    /// A user command with an idempotency key.
+    KeyedWrite {
+        /// The key (1..=[`MAX_IDEMPOTENCY_KEY`] bytes).
+        key: &'a str,
+        /// How long the answer is remembered, in ms.
+        ttl_ms: u64,
         /// The proposing leader's wall clock.
         stamp_ms: u64,
         /// The user's encoded entry.
@@ -82,6 +99,50 @@ pub fn frame_session_write(
     }
     v.extend_from_slice(encoded);
     v
+}
+
+/// Frames a user command with an idempotency key (checked by
+/// [`check_idempotency_key`] before).
+pub fn frame_keyed_write(key: &str, ttl_ms: u64, stamp_ms: u64, encoded: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(key.len()).unwrap_or(u16::MAX);
+    let key = &key.as_bytes()[..usize::from(len)];
+    let mut v = Vec::with_capacity(19 + key.len() + encoded.len());
+    v.push(TAG_KEYED_WRITE);
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(key);
+    v.extend_from_slice(&ttl_ms.to_be_bytes());
+    v.extend_from_slice(&stamp_ms.to_be_bytes());
+    v.extend_from_slice(encoded);
+    v
+}
+
+/// Whether `key` may be an idempotency key: 1..=[`MAX_IDEMPOTENCY_KEY`]
+/// bytes.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(format!(
+            "an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} bytes, not {}",
+            key.len()
+        ));
+    }
+    Ok(())
+}
+
+fn parse_keyed_write(rest: &[u8]) -> Option<EntryPayload<'_>> {
+    let (len, rest) = rest.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    if len == 0 || len > MAX_IDEMPOTENCY_KEY || rest.len() < len {
+        return None;
+    }
+    let (key, rest) = rest.split_at(len);
+    let key = std::str::from_utf8(key).ok()?;
+    let ([ttl_ms, stamp_ms], user) = take_u64s::<2>(rest)?;
+    Some(EntryPayload::KeyedWrite {
+        key,
+        ttl_ms,
+        stamp_ms,
+        user,
+    })
 }
 
 /// `n` big-endian u64s at the start of `data`, and the rest.
@@ -127,6 +188,9 @@ pub fn parse_entry(data: &[u8]) -> Result<EntryPayload<'_>, String> {
             }),
             None => Err("malformed session write".into()),
         },
+        Some((&TAG_KEYED_WRITE, rest)) => {
+            parse_keyed_write(rest).ok_or_else(|| "malformed keyed write".into())
+        }
         Some((tag, _)) => Err(format!("unknown raftify entry tag {tag}")),
     }
 }
@@ -405,6 +469,33 @@ mod tests {
         );
         assert!(parse_entry(&[7, 1, 2]).is_err());
         assert!(parse_entry(&[TAG_RESERVE_ID, 1]).is_err());
+    }
+
+    #[test]
+    fn keyed_writes_round_trip_and_malformed_ones_are_errors() {
+        let framed = frame_keyed_write("k-1", 60_000, 1_234, b"cmd");
+        assert_eq!(
+            parse_entry(&framed).unwrap(),
+            EntryPayload::KeyedWrite {
+                key: "k-1",
+                ttl_ms: 60_000,
+                stamp_ms: 1_234,
+                user: b"cmd",
+            }
+        );
+        // Every truncation short of the user entry is an error.
+        for cut in 1..framed.len() - 3 {
+            assert!(parse_entry(&framed[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut empty_key = vec![TAG_KEYED_WRITE, 0, 0];
+        empty_key.extend_from_slice(&[0; 16]);
+        assert!(parse_entry(&empty_key).is_err());
+        let mut not_utf8 = vec![TAG_KEYED_WRITE, 0, 1, 0xff];
+        not_utf8.extend_from_slice(&[0; 16]);
+        assert!(parse_entry(&not_utf8).is_err());
+        assert!(check_idempotency_key("").is_err());
+        assert!(check_idempotency_key(&"x".repeat(MAX_IDEMPOTENCY_KEY)).is_ok());
+        assert!(check_idempotency_key(&"x".repeat(MAX_IDEMPOTENCY_KEY + 1)).is_err());
     }
 
     #[test]

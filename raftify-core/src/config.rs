@@ -65,6 +65,14 @@ pub struct Config {
     /// leader that opens a session puts this into the log, so every node
     /// expires it at the same entry. Default 1 h.
     pub session_idle_timeout: Duration,
+    /// How long the answer of a write with an idempotency key is
+    /// remembered, by the leader's clock: a repeat of the key within this
+    /// time returns the first answer and changes nothing. The leader puts it
+    /// into each keyed entry, so every node forgets a key at the same entry.
+    /// Default 24 h (the HTTP `Idempotency-Key` convention: long enough for
+    /// any client's retries, and every remembered answer is kept in memory
+    /// and in snapshots, so not forever).
+    pub idempotency_key_ttl: Duration,
     /// Timeout of membership changes and leadership transfers. Default 20 s.
     pub conf_change_timeout: Duration,
     /// Timeout of linearizable reads. Default 5 s.
@@ -117,6 +125,7 @@ impl Config {
             snapshot_log_retention: 1_000,
             proposal_timeout: Duration::from_secs(10),
             session_idle_timeout: Duration::from_secs(3600),
+            idempotency_key_ttl: Duration::from_secs(24 * 3600),
             conf_change_timeout: Duration::from_secs(20),
             pipeline_writes: None,
             read_timeout: Duration::from_secs(5),

@@ -13,6 +13,12 @@
 //! leader that proposed it, and the table's clock is the largest stamp
 //! applied so far. A session idle for longer than its timeout (chosen when
 //! it was opened, and in the log) expires on every node at the same entry.
+//!
+//! Idempotency keys are the other way to write exactly once: a write that
+//! carries a client-chosen key (the HTTP `Idempotency-Key` convention) is
+//! applied the first time, its answer is kept for the time-to-live written
+//! into its entry, and a repeat of the key meanwhile gets that answer and
+//! changes nothing. Keys expire by the same leader clock as sessions.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,8 +71,17 @@ pub(crate) enum Decision {
     Refuse(String),
 }
 
-/// Every open session: part of raftify's replicated metadata (in every
-/// snapshot), identical on every node.
+/// The answer of a keyed write, kept until the table's clock passes
+/// `expires_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Keyed {
+    /// The clock (ms) after which the key is forgotten.
+    expires_ms: u64,
+    answer: Answer,
+}
+
+/// Every open session and remembered idempotency key: part of raftify's
+/// replicated metadata (in every snapshot), identical on every node.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sessions {
     sessions: BTreeMap<u64, Session>,
@@ -76,20 +91,29 @@ pub struct Sessions {
     /// after a snapshot is read.
     #[serde(skip)]
     by_expiry: BTreeSet<(u64, u64)>,
+    /// The answers of keyed writes, by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    keys: BTreeMap<String, Keyed>,
+    /// `(expiry, key)` of every key; rebuilt after a snapshot is read.
+    #[serde(skip)]
+    keys_by_expiry: BTreeSet<(u64, String)>,
 }
 
 impl PartialEq for Sessions {
     fn eq(&self, other: &Self) -> bool {
-        self.sessions == other.sessions && self.clock_ms == other.clock_ms
+        self.sessions == other.sessions
+            && self.clock_ms == other.clock_ms
+            && self.keys == other.keys
     }
 }
 
 impl Eq for Sessions {}
 
 impl Sessions {
-    /// No session open (then snapshots carry nothing for them).
+    /// No session open and no key remembered (then snapshots carry
+    /// nothing for them).
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
+        self.sessions.is_empty() && self.keys.is_empty()
     }
 
     /// The number of open sessions.
@@ -102,14 +126,27 @@ impl Sessions {
         self.sessions.contains_key(&id)
     }
 
+    /// The number of remembered idempotency keys.
+    pub fn keys_len(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Moves the clock to a leader stamp (never back) and expires the
-    /// sessions idle for longer than their timeout.
+    /// sessions idle for longer than their timeout and the keys past their
+    /// time-to-live.
     pub(crate) fn advance(&mut self, stamp_ms: u64) {
         if self.by_expiry.len() != self.sessions.len() {
             self.by_expiry = self
                 .sessions
                 .iter()
                 .map(|(id, s)| (s.active_ms.saturating_add(s.idle_ms), *id))
+                .collect();
+        }
+        if self.keys_by_expiry.len() != self.keys.len() {
+            self.keys_by_expiry = self
+                .keys
+                .iter()
+                .map(|(k, v)| (v.expires_ms, k.clone()))
                 .collect();
         }
         self.clock_ms = self.clock_ms.max(stamp_ms);
@@ -120,6 +157,35 @@ impl Sessions {
             self.by_expiry.pop_first();
             self.sessions.remove(&id);
         }
+        while let Some((expiry, _)) = self.keys_by_expiry.first() {
+            if *expiry >= self.clock_ms {
+                break;
+            }
+            if let Some((_, key)) = self.keys_by_expiry.pop_first() {
+                self.keys.remove(&key);
+            }
+        }
+    }
+
+    /// The answer of the first write with idempotency key `key`, if it is
+    /// still remembered (`None`: apply the write, then
+    /// [`Sessions::record_key`]).
+    pub(crate) fn keyed(&self, key: &str) -> Option<Answer> {
+        self.keys.get(key).map(|k| k.answer.clone())
+    }
+
+    /// Remembers the answer of the write with key `key` for `ttl_ms` from
+    /// now (the table's clock).
+    pub(crate) fn record_key(&mut self, key: &str, ttl_ms: u64, answer: Answer) {
+        let expires_ms = self.clock_ms.saturating_add(ttl_ms);
+        if let Some(old) = self
+            .keys
+            .insert(key.to_owned(), Keyed { expires_ms, answer })
+        {
+            self.keys_by_expiry
+                .remove(&(old.expires_ms, key.to_owned()));
+        }
+        self.keys_by_expiry.insert((expires_ms, key.to_owned()));
     }
 
     /// Opens session `id` (the index of the entry that opens it).
@@ -279,5 +345,38 @@ mod tests {
             back.is_empty(),
             "expiry works on a table read from a snapshot"
         );
+    }
+
+    #[test]
+    fn keys_answer_their_first_write_until_their_ttl_passes() {
+        let mut t = Sessions::default();
+        t.advance(1_000);
+        assert_eq!(t.keyed("a"), None);
+        t.record_key("a", 5_000, out("1"));
+        t.advance(2_000);
+        t.record_key("b", 1_000, Answer::Failed("no".into()));
+        assert!(!t.is_empty());
+        assert_eq!(t.keyed("a"), Some(out("1")));
+        assert_eq!(t.keyed("b"), Some(Answer::Failed("no".into())));
+        t.advance(3_001); // b recorded at 2 s for 1 s
+        assert_eq!((t.keyed("a"), t.keyed("b")), (Some(out("1")), None));
+        t.advance(1_000); // a slower clock: nothing comes back or goes
+        assert_eq!(t.keyed("a"), Some(out("1")));
+        t.advance(6_001);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn keys_survive_a_snapshot_round_trip_and_still_expire() {
+        let mut t = Sessions::default();
+        assert!(!serde_json::to_string(&t).unwrap().contains("keys"));
+        t.advance(100);
+        t.record_key("order-17", 1_000, out("ok"));
+        let json = serde_json::to_string(&t).unwrap();
+        let mut back: Sessions = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.keyed("order-17"), Some(out("ok")));
+        back.advance(1_101);
+        assert!(back.is_empty(), "{json}");
     }
 }

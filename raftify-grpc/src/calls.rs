@@ -42,6 +42,15 @@ pub(crate) async fn propose_in_session(
     Ok(Response::new(pb::ProposeReply { output }))
 }
 
+pub(crate) async fn propose_with_key(
+    api: &dyn ClusterApi,
+    req: Request<pb::KeyedProposeRequest>,
+) -> Answer<pb::ProposeReply> {
+    let r = req.into_inner();
+    let output = api.propose_with_key(r.key, r.data).await.map_err(st)?;
+    Ok(Response::new(pb::ProposeReply { output }))
+}
+
 pub(crate) async fn read_index(api: &dyn ClusterApi) -> Answer<pb::ReadIndexReply> {
     let index = api.read_index().await.map_err(st)?;
     Ok(Response::new(pb::ReadIndexReply { index }))

@@ -153,6 +153,23 @@ impl RaftClient {
         .await
     }
 
+    /// Proposes an encoded entry with an idempotency key (see
+    /// `RaftHandle::propose_with_key`): applied at most once while the key
+    /// is remembered, so it is retried after an ambiguous failure like a
+    /// read.
+    pub async fn propose_with_key(&self, key: &str, data: Vec<u8>) -> Result<Vec<u8>> {
+        raftify_core::codec::check_idempotency_key(key).map_err(Error::InvalidArgument)?;
+        let (data, t) = (&data, self.timeout());
+        self.retry(Idempotence::Idempotent, |mut c| async move {
+            let msg = pb::KeyedProposeRequest {
+                key: key.to_owned(),
+                data: data.clone(),
+            };
+            Ok(rpc(t, c.propose_with_key(request(msg, t))).await?.output)
+        })
+        .await
+    }
+
     /// Opens a session and returns its client side (with its own
     /// connections to the same addresses), which numbers writes and retries
     /// each until its outcome is known (within three request timeouts).

@@ -39,6 +39,13 @@ impl RaftClient for ClientService {
         calls::propose_in_session(&*self.routed, req).await
     }
 
+    async fn propose_with_key(
+        &self,
+        req: Request<pb::KeyedProposeRequest>,
+    ) -> Answer<pb::ProposeReply> {
+        calls::propose_with_key(&*self.routed, req).await
+    }
+
     async fn request_id(&self, req: Request<pb::RequestIdRequest>) -> Answer<pb::JoinTicketReply> {
         calls::request_id(&*self.routed, req).await
     }

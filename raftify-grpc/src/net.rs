@@ -334,4 +334,10 @@ impl ClusterApi for PeerNode {
         let mut c = self.client.clone();
         Ok(self.rpc(c.propose_in_session(self.req(msg))).await?.output)
     }
+
+    async fn propose_with_key(&self, key: String, data: Vec<u8>) -> Result<Vec<u8>> {
+        let msg = pb::KeyedProposeRequest { key, data };
+        let mut c = self.client.clone();
+        Ok(self.rpc(c.propose_with_key(self.req(msg))).await?.output)
+    }
 }

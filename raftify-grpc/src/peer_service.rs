@@ -253,6 +253,14 @@ impl RaftPeer for PeerService {
         calls::propose_in_session(&*self.inbound, req).await
     }
 
+    async fn propose_with_key(
+        &self,
+        req: Request<pb::KeyedProposeRequest>,
+    ) -> Answer<pb::ProposeReply> {
+        self.check_call(&req)?;
+        calls::propose_with_key(&*self.inbound, req).await
+    }
+
     async fn members(&self, req: Request<pb::Empty>) -> Answer<pb::MembersReply> {
         self.check_call(&req)?;
         calls::members(&*self.inbound).await

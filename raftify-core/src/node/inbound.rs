@@ -85,6 +85,9 @@ impl ClusterApi for Routed {
     async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>> {
         self.0.propose_in_session(w, entry).await
     }
+    async fn propose_with_key(&self, key: String, entry: Vec<u8>) -> Result<Vec<u8>> {
+        self.0.propose_with_key(&key, entry).await
+    }
 }
 
 impl Inbound for NodeInbound {
@@ -121,5 +124,8 @@ impl ClusterApi for NodeInbound {
     }
     async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>> {
         self.0.propose_in_session_here(w, &entry).await
+    }
+    async fn propose_with_key(&self, key: String, entry: Vec<u8>) -> Result<Vec<u8>> {
+        self.0.propose_with_key_here(&key, &entry).await
     }
 }

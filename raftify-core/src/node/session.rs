@@ -9,7 +9,9 @@
 //! change) is safe, and [`Session::propose`] does.
 
 use super::RaftHandle;
-use crate::codec::{frame_session_open, frame_session_write};
+use crate::codec::{
+    check_idempotency_key, frame_keyed_write, frame_session_open, frame_session_write,
+};
 use crate::error::{Error, ErrorClass, Result};
 use crate::raft_loop::{Applied, Command, ProposalKind};
 use crate::retry::{Idempotence, RetryPolicy};
@@ -87,6 +89,50 @@ impl RaftHandle {
     ) -> Result<Vec<u8>> {
         self.check_entry_size(encoded)?;
         let data = frame_session_write(w.session, w.seq, w.acked, now_ms(), encoded);
+        self.propose_framed_user(data).await
+    }
+
+    /// Proposes an encoded user entry with an idempotency key (on the
+    /// leader; from any node) and returns the state machine's output. While
+    /// the key is remembered
+    /// ([`Config::idempotency_key_ttl`](crate::Config::idempotency_key_ttl)
+    /// from its first application), the entry is applied at most once:
+    /// sent again with the same key — whatever the entry — it answers what
+    /// the first application answered (its output or its error) and
+    /// changes nothing. A key is 1 to 256 bytes
+    /// ([`Error::InvalidArgument`] otherwise).
+    pub async fn propose_with_key(&self, key: &str, encoded: Vec<u8>) -> Result<Vec<u8>> {
+        check_idempotency_key(key).map_err(Error::InvalidArgument)?;
+        if self.is_leader() {
+            // The common case, as for `propose`: no routing.
+            return self.propose_with_key_here(key, &encoded).await;
+        }
+        self.check_entry_size(&encoded)?;
+        let entry = &encoded;
+        self.on_leader(
+            Idempotence::Idempotent,
+            |h| async move { h.propose_with_key_here(key, entry).await },
+            |addr| async move {
+                self.remote(&addr)?
+                    .propose_with_key(key.to_owned(), entry.clone())
+                    .await
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn propose_with_key_here(&self, key: &str, encoded: &[u8]) -> Result<Vec<u8>> {
+        check_idempotency_key(key).map_err(Error::InvalidArgument)?;
+        self.check_entry_size(encoded)?;
+        let ttl = self.config().idempotency_key_ttl;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let data = frame_keyed_write(key, ttl_ms, now_ms(), encoded);
+        self.propose_framed_user(data).await
+    }
+
+    /// Proposes a framed user write (in a session or keyed) and returns its
+    /// output.
+    async fn propose_framed_user(&self, data: Vec<u8>) -> Result<Vec<u8>> {
         // The loop times proposals out itself (as for `propose`).
         let rx = self.send_command(|reply| Command::Propose {
             kind: ProposalKind::User,

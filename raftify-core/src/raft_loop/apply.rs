@@ -13,6 +13,23 @@ use raft::StateRole;
 use raft_proto::ConfChangeI;
 use slog::{info, warn};
 
+/// What a write answered, as the session table keeps it.
+fn answer_of(result: &Result<Applied>) -> Answer {
+    match result {
+        Ok(Applied::Output(out)) => Answer::Output(out.clone()),
+        Ok(_) => Answer::Output(Vec::new()),
+        Err(e) => Answer::Failed(e.to_string()),
+    }
+}
+
+/// A write's first answer, given again.
+fn replay(answer: Answer) -> Result<Applied> {
+    match answer {
+        Answer::Output(out) => Ok(Applied::Output(out)),
+        Answer::Failed(e) => Err(Error::StateMachine(e)),
+    }
+}
+
 impl<E, SM> RaftLoop<E, SM>
 where
     E: AbstractLogEntry,
@@ -52,17 +69,28 @@ where
                         match self.meta.sessions.check(session, seq, acked) {
                             Decision::Apply => {
                                 let result = self.apply_user(&mut sm, entry.index, user).await;
-                                let answer = match &result {
-                                    Ok(Applied::Output(out)) => Answer::Output(out.clone()),
-                                    Ok(_) => Answer::Output(Vec::new()),
-                                    Err(e) => Answer::Failed(e.to_string()),
-                                };
-                                self.meta.sessions.record(session, seq, answer);
+                                self.meta.sessions.record(session, seq, answer_of(&result));
                                 result
                             }
-                            Decision::Replay(Answer::Output(out)) => Ok(Applied::Output(out)),
-                            Decision::Replay(Answer::Failed(e)) => Err(Error::StateMachine(e)),
+                            Decision::Replay(answer) => replay(answer),
                             Decision::Refuse(why) => Err(Error::SessionExpired(why)),
+                        }
+                    }
+                    Ok(EntryPayload::KeyedWrite {
+                        key,
+                        ttl_ms,
+                        stamp_ms,
+                        user,
+                    }) => {
+                        self.meta.sessions.advance(stamp_ms);
+                        match self.meta.sessions.keyed(key) {
+                            Some(answer) => replay(answer),
+                            None => {
+                                let result = self.apply_user(&mut sm, entry.index, user).await;
+                                let answer = answer_of(&result);
+                                self.meta.sessions.record_key(key, ttl_ms, answer);
+                                result
+                            }
                         }
                     }
                     Err(e) => {

@@ -354,4 +354,8 @@ impl ClusterApi for InProcNode {
         self.run(|n| async move { n.propose_in_session(w, entry).await })
             .await
     }
+    async fn propose_with_key(&self, key: String, entry: Vec<u8>) -> Result<Vec<u8>> {
+        self.run(|n| async move { n.propose_with_key(key, entry).await })
+            .await
+    }
 }

@@ -117,6 +117,10 @@ pub trait ClusterApi: Send + Sync {
     /// Proposes an encoded user entry as write `w` of a session (the
     /// receiver must lead); applied at most once however often it is sent.
     async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>>;
+    /// Proposes an encoded user entry with idempotency key `key` (the
+    /// receiver must lead); applied at most once while the key is
+    /// remembered, a repeat answering the first answer.
+    async fn propose_with_key(&self, key: String, entry: Vec<u8>) -> Result<Vec<u8>>;
 }
 
 /// What a transport delivers to a node: raft messages, and the cluster

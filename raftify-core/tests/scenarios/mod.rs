@@ -1013,3 +1013,81 @@ async fn sessions_survive_snapshots_restarts_and_leader_changes() {
     assert_eq!(value.as_deref(), Some("1"));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_write_is_applied_once_per_key_through_lost_answers_and_restarts() {
+    let mut c = start(3).await.unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
+    let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
+    let node = c.node(leader).clone();
+
+    // The leader applies the forwarded increment; its answer is lost, and
+    // the follower retries it with the same key.
+    c.net.lose_replies_from(leader);
+    let pending = {
+        let (h, incr) = (c.node(follower).handle().clone(), incr.clone());
+        tokio::spawn(async move { h.propose_with_key("order-1", incr).await })
+    };
+    let deadline = Instant::now() + WAIT;
+    while node
+        .stale_read(|s| s.map.get("n").cloned())
+        .await
+        .as_deref()
+        != Some("1")
+    {
+        assert!(Instant::now() < deadline, "never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.net.heal();
+    assert_eq!(pending.await.unwrap().unwrap(), b"1");
+    // Sent again: the first answer, nothing applied; another key applies.
+    let h = c.node(follower).handle();
+    assert_eq!(
+        h.propose_with_key("order-1", incr.clone()).await.unwrap(),
+        b"1"
+    );
+    assert_eq!(
+        h.propose_with_key("order-2", incr.clone()).await.unwrap(),
+        b"2"
+    );
+    assert!(matches!(
+        h.propose_with_key("", incr.clone()).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        h.propose_with_key(&"k".repeat(257), incr.clone()).await,
+        Err(Error::InvalidArgument(_))
+    ));
+
+    // The keys go into snapshots: a node restarted from one, leading,
+    // answers both from its table.
+    c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
+    for id in c.ids() {
+        c.node(id).handle().snapshot().await.unwrap();
+    }
+    c.crash(follower).await;
+    c.restart(follower).await.unwrap();
+    c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
+    c.node(leader)
+        .handle()
+        .transfer_leader(follower)
+        .await
+        .unwrap();
+    let h = c.node(follower).handle();
+    assert_eq!(
+        h.propose_with_key("order-2", incr.clone()).await.unwrap(),
+        b"2"
+    );
+    assert_eq!(
+        h.propose_with_key("order-1", incr.clone()).await.unwrap(),
+        b"1"
+    );
+    let value = c
+        .node(follower)
+        .linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("2"));
+    c.shutdown().await;
+}
