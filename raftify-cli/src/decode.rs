@@ -109,6 +109,12 @@ impl Decoder for Memstore {
                 let was = expected.as_deref().map(show).unwrap_or("absent".into());
                 format!("cas {key:?} if {was} then {}", show(value))
             }
+            KvEntry::Incr { key, delta } => {
+                obj.insert("op".into(), json!("incr"));
+                obj.insert("key".into(), json!(key));
+                obj.insert("delta".into(), json!(delta));
+                format!("incr {key:?} by {delta}")
+            }
         };
         Ok(Decoded {
             text,

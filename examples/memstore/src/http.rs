@@ -7,7 +7,7 @@ use crate::store::{ApplyOutput, HashStore, KvEntry};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -177,6 +177,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/kv/{key}", get(get_key).put(put_key).delete(delete_key))
         .route("/cas/{key}", post(cas_key))
+        .route("/incr/{key}", post(incr_key))
         .route("/status", get(status))
         .route("/cluster", get(cluster))
         .route("/cluster/learners", post(add_learner))
@@ -200,15 +201,50 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
 
-async fn write(state: &AppState, entry: KvEntry) -> Result<ApplyOutput, ApiError> {
+/// The header that makes a write idempotent: applied at most once per key
+/// while raftify remembers the key, a repeat answering the first answer.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The request's `Idempotency-Key`, if any (400 when it is not text; its
+/// length is checked by raftify).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| ApiError::bad_request("the Idempotency-Key header is not text"))
+        })
+        .transpose()
+}
+
+/// Proposes a write (with the request's idempotency key, if it has one).
+async fn propose(
+    state: &AppState,
+    headers: &HeaderMap,
+    entry: KvEntry,
+) -> Result<Result<ApplyOutput, Error>, ApiError> {
+    let key = idempotency_key(headers)?;
     let started = Instant::now();
-    let out = state.raft.propose(&entry).await;
+    let out = match key {
+        Some(key) => state.raft.propose_with_key(&key, &entry).await,
+        None => state.raft.propose(&entry).await,
+    };
     state.latency.write.observe(started.elapsed());
-    Ok(out?)
+    Ok(out)
+}
+
+async fn write(
+    state: &AppState,
+    headers: &HeaderMap,
+    entry: KvEntry,
+) -> Result<ApplyOutput, ApiError> {
+    Ok(propose(state, headers, entry).await??)
 }
 
 async fn put_key(
     State(state): State<AppState>,
+    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -216,6 +252,7 @@ async fn put_key(
     let value = body.map_err(body_error)?;
     let out = write(
         &state,
+        &headers,
         KvEntry::Put {
             key,
             value: value.to_vec(),
@@ -227,10 +264,11 @@ async fn put_key(
 
 async fn delete_key(
     State(state): State<AppState>,
+    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = check_key(key)?;
-    let out = write(&state, KvEntry::Delete { key }).await?;
+    let out = write(&state, &headers, KvEntry::Delete { key }).await?;
     Ok(Json(json!({ "index": out.index, "deleted": out.ok })))
 }
 
@@ -242,6 +280,7 @@ struct CasBody {
 
 async fn cas_key(
     State(state): State<AppState>,
+    headers: HeaderMap,
     key: Result<Path<String>, PathRejection>,
     body: Result<JsonBody<CasBody>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -249,6 +288,7 @@ async fn cas_key(
     let JsonBody(body) = body?;
     let out = write(
         &state,
+        &headers,
         KvEntry::Cas {
             key,
             expected: body.expected.map(String::into_bytes),
@@ -257,6 +297,38 @@ async fn cas_key(
     )
     .await?;
     Ok(Json(json!({ "index": out.index, "succeeded": out.ok })))
+}
+
+/// `POST /incr/{key}`: adds the body (a decimal integer; empty: 1) to the
+/// integer at the key. 409 when the value is not an integer or the sum
+/// would overflow (the state machine refused: nothing changed).
+async fn incr_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = check_key(key)?;
+    let body = body.map_err(body_error)?;
+    let text = std::str::from_utf8(&body)
+        .map(str::trim)
+        .unwrap_or("\u{fffd}");
+    let delta = if text.is_empty() {
+        1
+    } else {
+        text.parse::<i64>().map_err(|_| {
+            ApiError::bad_request("the body must be an integer delta (or empty for 1)")
+        })?
+    };
+    match propose(&state, &headers, KvEntry::Incr { key, delta }).await? {
+        Ok(out) => Ok(Json(json!({ "index": out.index, "value": out.value }))),
+        Err(Error::StateMachine(why)) => Err(ApiError(
+            StatusCode::CONFLICT,
+            why,
+            Some(ErrorClass::Rejected),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]

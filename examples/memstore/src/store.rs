@@ -32,11 +32,21 @@ pub enum KvEntry {
         /// New value.
         value: Vec<u8>,
     },
+    /// Add `delta` to the integer (decimal string) at `key`, 0 when absent;
+    /// fails, changing nothing, when the value is not an integer or the sum
+    /// overflows an `i64`.
+    Incr {
+        /// Key.
+        key: String,
+        /// What to add.
+        delta: i64,
+    },
 }
 
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
 const TAG_CAS: u8 = 3;
+const TAG_INCR: u8 = 4;
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_be_bytes());
@@ -67,6 +77,9 @@ impl<'a> Reader<'a> {
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
+    }
+    fn i64(&mut self) -> Result<i64, BoxError> {
+        Ok(i64::from_be_bytes(self.u64()?.to_be_bytes()))
     }
     fn bytes(&mut self) -> Result<&'a [u8], BoxError> {
         let n = self.u32()? as usize;
@@ -113,6 +126,11 @@ impl AbstractLogEntry for KvEntry {
                 }
                 put_bytes(&mut out, value);
             }
+            KvEntry::Incr { key, delta } => {
+                out.push(TAG_INCR);
+                put_bytes(&mut out, key.as_bytes());
+                out.extend_from_slice(&delta.to_be_bytes());
+            }
         }
         Ok(out)
     }
@@ -138,6 +156,10 @@ impl AbstractLogEntry for KvEntry {
                     value: r.bytes()?.to_vec(),
                 }
             }
+            TAG_INCR => KvEntry::Incr {
+                key: r.string()?,
+                delta: r.i64()?,
+            },
             t => return Err(format!("unknown entry tag {t}").into()),
         };
         r.end()?;
@@ -150,16 +172,21 @@ impl AbstractLogEntry for KvEntry {
 pub struct ApplyOutput {
     /// The log index of the entry.
     pub index: u64,
-    /// Put: always true. Delete: whether the key existed. Cas: whether it
-    /// swapped.
+    /// Put, Incr: always true. Delete: whether the key existed. Cas:
+    /// whether it swapped.
     pub ok: bool,
+    /// Incr: the new value.
+    pub value: Option<i64>,
 }
 
-/// 8 bytes of index then one byte of `ok`.
+/// 8 bytes of index, one byte of `ok`, then (Incr) 8 bytes of value.
 impl Payload for ApplyOutput {
     fn encode(&self) -> Result<Vec<u8>, BoxError> {
         let mut out = self.index.to_be_bytes().to_vec();
         out.push(self.ok as u8);
+        if let Some(v) = self.value {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
         Ok(out)
     }
 
@@ -167,8 +194,9 @@ impl Payload for ApplyOutput {
         let mut r = Reader(bytes);
         let index = r.u64()?;
         let ok = r.u8()? != 0;
+        let value = if r.0.is_empty() { None } else { Some(r.i64()?) };
         r.end()?;
-        Ok(ApplyOutput { index, ok })
+        Ok(ApplyOutput { index, ok, value })
     }
 }
 
@@ -216,6 +244,24 @@ impl HashStore {
         self.data_bytes += add;
     }
 
+    /// Adds `delta` to the integer at `key` (0 when absent) and returns the
+    /// sum; an error, changing nothing, when the value is not a decimal
+    /// `i64` or the sum overflows.
+    fn incr(&mut self, key: String, delta: i64) -> Result<i64, BoxError> {
+        let current = match self.map.get(key.as_str()) {
+            None => 0,
+            Some(v) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| format!("the value of {key:?} is not an integer"))?,
+        };
+        let sum = current
+            .checked_add(delta)
+            .ok_or_else(|| format!("{current} + {delta} overflows the value of {key:?}"))?;
+        self.insert(key, sum.to_string().into_bytes());
+        Ok(sum)
+    }
+
     fn remove(&mut self, key: &str) -> bool {
         match self.map.remove(key) {
             Some(old) => {
@@ -237,6 +283,14 @@ impl AbstractStateMachine<KvEntry> for HashStore {
 
     async fn apply_at(&mut self, index: u64, entry: KvEntry) -> Result<ApplyOutput, BoxError> {
         let ok = match entry {
+            KvEntry::Incr { key, delta } => {
+                let value = self.incr(key, delta)?;
+                return Ok(ApplyOutput {
+                    index,
+                    ok: true,
+                    value: Some(value),
+                });
+            }
             KvEntry::Put { key, value } => {
                 self.insert(key, value);
                 true
@@ -255,7 +309,11 @@ impl AbstractStateMachine<KvEntry> for HashStore {
                 }
             }
         };
-        Ok(ApplyOutput { index, ok })
+        Ok(ApplyOutput {
+            index,
+            ok,
+            value: None,
+        })
     }
 
     async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
@@ -357,6 +415,10 @@ mod tests {
                 expected: Some(b"v".to_vec()),
                 value: vec![0, 255],
             },
+            KvEntry::Incr {
+                key: "n".into(),
+                delta: -3,
+            },
         ]
     }
 
@@ -395,7 +457,14 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(out, ApplyOutput { index: 5, ok: true });
+        assert_eq!(
+            out,
+            ApplyOutput {
+                index: 5,
+                ok: true,
+                value: None
+            }
+        );
         let cas = KvEntry::Cas {
             key: "a".into(),
             expected: Some(b"2".to_vec()),
@@ -458,5 +527,32 @@ mod tests {
             .await
             .unwrap();
         assert!(!del.ok);
+    }
+
+    #[tokio::test]
+    async fn incr_counts_from_zero_and_refuses_non_integers_and_overflow() {
+        let mut s = HashStore::default();
+        let incr = |delta| KvEntry::Incr {
+            key: "n".into(),
+            delta,
+        };
+        let out = s.apply_at(1, incr(5)).await.unwrap();
+        assert_eq!((out.index, out.value), (1, Some(5)));
+        assert_eq!(s.apply_at(2, incr(-7)).await.unwrap().value, Some(-2));
+        assert_eq!(s.get("n"), Some(&b"-2"[..]));
+        let out = ApplyOutput::decode(&out.encode().unwrap()).unwrap();
+        assert_eq!(out.value, Some(5));
+        s.apply_at(3, incr(i64::MAX - 1)).await.unwrap();
+        let err = s.apply_at(4, incr(4)).await.unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
+        assert_eq!(s.get("n"), Some(&b"9223372036854775804"[..]));
+        let put = KvEntry::Put {
+            key: "n".into(),
+            value: b"abc".to_vec(),
+        };
+        s.apply_at(5, put).await.unwrap();
+        let err = s.apply_at(6, incr(1)).await.unwrap_err();
+        assert!(err.to_string().contains("not an integer"), "{err}");
+        assert_eq!(s.get("n"), Some(&b"abc"[..]));
     }
 }

@@ -546,3 +546,36 @@ fn a_restore_checks_its_ports_first_and_runs_once() {
         assert!(b.terminate(T).is_some_and(|s| s.success()));
     }
 }
+
+#[test]
+fn an_idempotency_key_is_remembered_across_a_leader_sigkill() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader();
+    let follower = c.follower_of(leader);
+    let incr = |http: &str, key: &str| {
+        let header = format!("Idempotency-Key: {key}");
+        request_with(http, "POST", "/incr/n", b"5", &[&header])
+    };
+    let first = incr(&c.node(follower).http, "transfer-1").unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.json()["value"].as_i64(), Some(5));
+
+    c.nodes.get_mut(&leader).expect("leader").kill();
+    let new_leader = c.wait_leader();
+    assert_ne!(new_leader, leader);
+    // The same key, at another node under another leader: the first
+    // answer, and the counter unchanged.
+    let other = c.follower_of(new_leader);
+    for http in [&c.node(other).http, &c.node(new_leader).http] {
+        let again = wait_for("the repeat answered", T, || {
+            incr(http, "transfer-1").ok().filter(|r| r.status == 200)
+        });
+        assert_eq!(again.body, first.body, "{}", again.text());
+    }
+    assert_eq!(
+        get_value(&c.node(other).http, "n", false).as_deref(),
+        Some("5")
+    );
+    let next = incr(&c.node(new_leader).http, "transfer-2").unwrap();
+    assert_eq!(next.json()["value"].as_i64(), Some(10), "{}", next.text());
+}

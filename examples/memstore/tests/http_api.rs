@@ -256,3 +256,73 @@ async fn json_bodies_are_read_whatever_their_content_type() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incr_counts_and_an_idempotency_key_applies_a_write_once() {
+    let (addr, raft) = serve().await;
+    blocking(move || {
+        let send = |method: &str, path: &str, body: &[u8], key: Option<&str>| {
+            let header = key.map(|k| format!("Idempotency-Key: {k}"));
+            let headers: Vec<&str> = header.iter().map(String::as_str).collect();
+            request_with(&addr, method, path, body, &headers).unwrap()
+        };
+        let r = send("POST", "/incr/n", b"", None);
+        assert_eq!((r.status, r.json()["value"].as_i64()), (200, Some(1)));
+        assert!(r.json()["index"].as_u64().is_some(), "{}", r.text());
+        let r = send("POST", "/incr/n", b" 41\n", None);
+        assert_eq!(r.json()["value"].as_i64(), Some(42));
+        for garbage in [&b"x"[..], b"1.5", b"99999999999999999999", &[0xff]] {
+            let r = send("POST", "/incr/n", garbage, None);
+            assert_eq!(r.status, 400, "{garbage:?}: {}", r.text());
+        }
+
+        // The same key twice: the first answer, byte for byte, and one
+        // increment; another key applies again.
+        let first = send("POST", "/incr/n", b"10", Some("pay-1"));
+        assert_eq!(first.json()["value"].as_i64(), Some(52));
+        let again = send("POST", "/incr/n", b"10", Some("pay-1"));
+        assert_eq!(
+            (again.status, again.body.clone()),
+            (200, first.body.clone())
+        );
+        assert_eq!(get(&addr, "/kv/n").body, b"52");
+        let other = send("POST", "/incr/n", b"10", Some("pay-2"));
+        assert_eq!(other.json()["value"].as_i64(), Some(62));
+        // Every write takes a key; its repeat changes nothing, even after
+        // the key was written since.
+        let r = send("PUT", "/kv/k", b"a", Some("put-1"));
+        assert_eq!(r.status, 200);
+        put(&addr, "/kv/k", b"b");
+        let again = send("PUT", "/kv/k", b"a", Some("put-1"));
+        assert_eq!(again.body, r.body);
+        assert_eq!(get(&addr, "/kv/k").body, b"b");
+        let r = send("DELETE", "/kv/k", b"", Some("del-1"));
+        assert_eq!(r.json()["deleted"], true);
+        assert_eq!(send("DELETE", "/kv/k", b"", Some("del-1")).body, r.body);
+        let cas = br#"{"expected":null,"value":"c"}"#;
+        let r = send("POST", "/cas/k", cas, Some("cas-1"));
+        assert_eq!(r.json()["succeeded"], true);
+        delete(&addr, "/kv/k");
+        assert_eq!(send("POST", "/cas/k", cas, Some("cas-1")).body, r.body);
+        assert_eq!(get(&addr, "/kv/k").status, 404);
+
+        // A refused increment is refused again with the same answer.
+        put(&addr, "/kv/word", b"abc");
+        let r = send("POST", "/incr/word", b"", Some("w-1"));
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert!(r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an integer"));
+        put(&addr, "/kv/word", b"7");
+        let again = send("POST", "/incr/word", b"", Some("w-1"));
+        assert_eq!((again.status, again.body), (409, r.body));
+        assert_eq!(get(&addr, "/kv/word").body, b"7");
+        put(&addr, "/kv/big", i64::MAX.to_string().as_bytes());
+        assert_eq!(send("POST", "/incr/big", b"", None).status, 409);
+        let long = "k".repeat(257);
+        assert_eq!(send("POST", "/incr/n", b"", Some(&long)).status, 400);
+    })
+    .await;
+    raft.handle().shutdown().await;
+}

@@ -66,6 +66,14 @@ where
         output::<E, SM>(self.handle.propose(encoded).await?)
     }
 
+    /// Like [`Raft::propose`], with an idempotency key: applied at most
+    /// once while the key is remembered, a repeat answering the first
+    /// answer (see [`RaftHandle::propose_with_key`]).
+    pub async fn propose_with_key(&self, key: &str, entry: &E) -> Result<SM::Output> {
+        let encoded = entry.encode().map_err(|e| Error::Encode(e.to_string()))?;
+        output::<E, SM>(self.handle.propose_with_key(key, encoded).await?)
+    }
+
     /// Like [`Raft::propose`], but only on this node: a follower answers
     /// [`Error::NotLeader`], which names the leader.
     pub async fn propose_local(&self, entry: &E) -> Result<SM::Output> {

@@ -13,11 +13,14 @@ use raft::StateRole;
 use raft_proto::ConfChangeI;
 use slog::{info, warn};
 
-/// What a write answered, as the session table keeps it.
+/// What a write answered, as the session table keeps it (a state
+/// machine's error by its own message, so that [`replay`] gives the same
+/// error back).
 fn answer_of(result: &Result<Applied>) -> Answer {
     match result {
         Ok(Applied::Output(out)) => Answer::Output(out.clone()),
         Ok(_) => Answer::Output(Vec::new()),
+        Err(Error::StateMachine(why)) => Answer::Failed(why.clone()),
         Err(e) => Answer::Failed(e.to_string()),
     }
 }
