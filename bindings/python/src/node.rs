@@ -184,31 +184,39 @@ impl Node {
 
     /// Proposes `entry` and returns the state machine's output once it is
     /// committed and applied on this node. A follower forwards it to the
-    /// leader (`forward=False` raises `NotLeaderError` instead).
-    #[pyo3(signature = (entry, *, forward = true))]
+    /// leader (`forward=False` raises `NotLeaderError` instead). With an
+    /// `idempotency_key` (1 to 256 bytes), the entry is applied at most
+    /// once per key while raftify remembers it (24 h by default): a repeat
+    /// returns the first output (or raises the first error) and changes
+    /// nothing.
+    #[pyo3(signature = (entry, *, forward = true, idempotency_key = None))]
     fn propose(
         &self,
         py: Python<'_>,
         entry: &Bound<'_, PyAny>,
         forward: bool,
+        idempotency_key: Option<String>,
     ) -> PyResult<Py<PyBytes>> {
         let data = self.encode_entry(py, entry)?;
         let r = self.lifecycle.live(py)?;
-        let out = r.rt.block(py, propose_future(&r, data, forward))?;
+        let out =
+            r.rt.block(py, propose_future(&r, data, forward, idempotency_key))?;
         Ok(PyBytes::new(py, &out).unbind())
     }
 
     /// `propose` for asyncio.
-    #[pyo3(signature = (entry, *, forward = true))]
+    #[pyo3(signature = (entry, *, forward = true, idempotency_key = None))]
     fn propose_async(
         &self,
         py: Python<'_>,
         entry: &Bound<'_, PyAny>,
         forward: bool,
+        idempotency_key: Option<String>,
     ) -> PyResult<Py<PyAny>> {
         let data = self.encode_entry(py, entry)?;
         let r = self.lifecycle.live(py)?;
-        r.rt.spawn(py, propose_future(&r, data, forward), bytes_out)
+        let proposal = propose_future(&r, data, forward, idempotency_key);
+        r.rt.spawn(py, proposal, bytes_out)
     }
 
     /// Linearizable read: confirms through raft's ReadIndex that this node

@@ -33,17 +33,25 @@ pub fn read_future(
     }
 }
 
+/// Proposes `data`: forwarded to the leader unless `forward` is false,
+/// and applied at most once per `key` when one is given (a keyed write
+/// always goes to the leader).
 pub fn propose_future(
     r: &Running,
     data: Vec<u8>,
     forward: bool,
+    key: Option<String>,
 ) -> impl Future<Output = Result<Vec<u8>, Error>> + Send + 'static {
     let raft = r.raft.clone();
     async move {
-        if forward {
-            raft.propose(&data).await
-        } else {
-            raft.propose_local(&data).await
+        match (key, forward) {
+            (Some(key), true) => raft.propose_with_key(&key, &data).await,
+            (Some(_), false) => Err(Error::InvalidArgument(
+                "idempotency_key needs forward=True: a keyed write is always sent to the leader"
+                    .into(),
+            )),
+            (None, true) => raft.propose(&data).await,
+            (None, false) => raft.propose_local(&data).await,
         }
     }
 }

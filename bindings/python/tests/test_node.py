@@ -177,6 +177,32 @@ def test_propose_read_and_status(node: raftify.Node) -> None:
     assert "running" in repr(node)
 
 
+def test_a_write_with_an_idempotency_key_is_applied_once(node: raftify.Node) -> None:
+    first = {"op": "set", "k": "a", "v": 1}
+    assert node.propose(first, idempotency_key="req-1") == b"null"
+    assert node.propose({"op": "set", "k": "a", "v": 2}) == b"1"
+    applied = node.metrics()["applied_entries"]
+    # The repeat answers the first output and does not set "a" back to 1.
+    assert node.propose(first, idempotency_key="req-1") == b"null"
+    assert node.read("a") == 2
+    assert node.metrics()["applied_entries"] == applied + 1, "the repeat is one entry, not applied"
+    # Another key applies again; a refused write is refused again.
+    assert node.propose({"op": "set", "k": "a", "v": 3}, idempotency_key="req-2") == b"2"
+    for _ in range(2):
+        with pytest.raises(raftify.StateMachineError, match="ValueError: once"):
+            node.propose({"op": "raise", "msg": "once"}, idempotency_key="req-3")
+
+    async def main() -> bytes:
+        return await node.propose_async({"op": "set", "k": "b", "v": 0}, idempotency_key="req-2")
+
+    assert asyncio.run(main()) == b"2", "the first answer of req-2"
+    assert node.read("b") is None
+    with pytest.raises(raftify.InvalidArgumentError, match="idempotency key"):
+        node.propose(first, idempotency_key="")
+    with pytest.raises(raftify.InvalidArgumentError, match="forward=True"):
+        node.propose(first, idempotency_key="req-4", forward=False)
+
+
 def test_apply_exception_reaches_proposer_and_node_keeps_serving(node: raftify.Node) -> None:
     with pytest.raises(raftify.StateMachineError, match="ValueError: kaboom"):
         node.propose({"op": "raise", "msg": "kaboom"})
