@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use raftify_core::testkit::KvCmd;
+use raftify_core::testkit::{KvCmd, Node};
 use raftify_core::{AbstractLogEntry, ErrorClass};
 use raftify_grpc::{GrpcConfig, RaftClient};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,6 +93,20 @@ async fn pump(client: TcpStream, server: TcpStream, swallow: Arc<AtomicBool>, cu
     }
 }
 
+/// Waits until `node` has applied counter `n` up to `value`.
+async fn wait_counter(node: &Node, value: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node
+        .stale_read(|s| s.map.get("n").cloned())
+        .await
+        .as_deref()
+        != Some(value)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never applied");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_whose_connection_breaks_after_delivery_is_not_sent_again() {
     let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
@@ -116,16 +130,7 @@ async fn a_proposal_whose_connection_breaks_after_delivery_is_not_sent_again() {
     };
     // The leader applies the second increment; its answer never arrives.
     let node = c.node(leader).clone();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while node
-        .stale_read(|s| s.map.get("n").cloned())
-        .await
-        .as_deref()
-        != Some("2")
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never applied");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_counter(&node, "2").await;
     // Still swallowing while the connection is cut: the answer may leave
     // the leader after its apply became visible. (A resend would go out on
     // a new connection and show as a third increment below.)
@@ -164,16 +169,7 @@ async fn a_session_write_whose_connection_breaks_after_delivery_is_retried_and_a
         tokio::spawn(async move { session.propose(incr).await })
     };
     let node = c.node(leader).clone();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while node
-        .stale_read(|s| s.map.get("n").cloned())
-        .await
-        .as_deref()
-        != Some("2")
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never applied");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_counter(&node, "2").await;
     // The connection breaks after the increment was applied; then answers
     // flow again. The session sends it again, with the same number.
     proxy.cut.notify_waiters();
@@ -184,6 +180,51 @@ async fn a_session_write_whose_connection_breaks_after_delivery_is_retried_and_a
         .await
         .unwrap();
     assert_eq!(value.as_deref(), Some("2"), "applied once");
+    drop(proxy);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_write_whose_connection_breaks_after_delivery_is_retried_and_applied_once() {
+    let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    // Through a follower: its peer service forwards the keyed write.
+    let proxy = Proxy::start(c.addr(follower)).await;
+    let config = GrpcConfig {
+        request_timeout: Duration::from_secs(10),
+        ..GrpcConfig::default()
+    };
+    let client = RaftClient::new([proxy.addr.clone()], config).unwrap();
+    let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
+    assert_eq!(
+        client.propose_with_key("a", incr.clone()).await.unwrap(),
+        b"1"
+    );
+
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let client = Arc::new(client);
+    let pending = {
+        let (client, incr) = (client.clone(), incr.clone());
+        tokio::spawn(async move { client.propose_with_key("b", incr).await })
+    };
+    let node = c.node(leader).clone();
+    wait_counter(&node, "2").await;
+    // The answer is lost with the connection; the client sends the same
+    // key again and gets the first answer.
+    proxy.cut.notify_waiters();
+    proxy.swallow.store(false, Ordering::SeqCst);
+    assert_eq!(pending.await.unwrap().unwrap(), b"2");
+    assert_eq!(
+        client.propose_with_key("a", incr.clone()).await.unwrap(),
+        b"1"
+    );
+    assert!(client.propose_with_key("", incr.clone()).await.is_err());
+    let value = node
+        .linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("2"), "applied once per key");
     drop(proxy);
     c.shutdown().await;
 }
