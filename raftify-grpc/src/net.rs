@@ -37,6 +37,33 @@ pub(crate) const CLUSTER_HEADER: &str = "raftify-cluster-uid";
 pub(crate) struct AuthInterceptor {
     token: Option<MetadataValue<Ascii>>,
     cluster_uid: Arc<AtomicU64>,
+    /// The header of the last identity seen: formatted once, not per call.
+    cluster_header: Arc<Mutex<Option<CachedHeader>>>,
+}
+
+/// A cluster identity and its formatted [`CLUSTER_HEADER`] value.
+type CachedHeader = (u64, MetadataValue<Ascii>);
+
+impl AuthInterceptor {
+    /// The [`CLUSTER_HEADER`] value of the current identity (None: unknown).
+    fn cluster_value(&self) -> Option<MetadataValue<Ascii>> {
+        let uid = self.cluster_uid.load(Ordering::Relaxed);
+        if uid == 0 {
+            return None;
+        }
+        let mut cached = self
+            .cluster_header
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((at, v)) if *at == uid => Some(v.clone()),
+            _ => {
+                let v = MetadataValue::try_from(format!("{uid:016x}")).ok()?;
+                *cached = Some((uid, v.clone()));
+                Some(v)
+            }
+        }
+    }
 }
 
 impl Interceptor for AuthInterceptor {
@@ -44,11 +71,8 @@ impl Interceptor for AuthInterceptor {
         if let Some(t) = &self.token {
             req.metadata_mut().insert("authorization", t.clone());
         }
-        let uid = self.cluster_uid.load(Ordering::Relaxed);
-        if uid != 0 {
-            if let Ok(v) = MetadataValue::try_from(format!("{uid:016x}")) {
-                req.metadata_mut().insert(CLUSTER_HEADER, v);
-            }
+        if let Some(v) = self.cluster_value() {
+            req.metadata_mut().insert(CLUSTER_HEADER, v);
         }
         Ok(req)
     }
@@ -108,6 +132,7 @@ impl ChannelPool {
             auth: AuthInterceptor {
                 token,
                 cluster_uid: Arc::new(AtomicU64::new(0)),
+                cluster_header: Arc::new(Mutex::new(None)),
             },
             channels: Mutex::new(HashMap::new()),
         })

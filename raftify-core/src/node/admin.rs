@@ -11,7 +11,7 @@ use crate::membership::{
 };
 use crate::raft_loop::{Applied, Command, ProposalKind};
 use crate::retry::Idempotence;
-use crate::status::Role;
+use crate::status::{Role, Status};
 use crate::transport::{call_cluster, Membership};
 use std::time::Duration;
 
@@ -92,7 +92,8 @@ impl RaftHandle {
         let me = self.id();
         // A move is refused before anything else happens (a hand-over of
         // leadership, a question to the new address); the loop checks again.
-        let known = self.status().await?.members;
+        let status = self.status().await?;
+        let known = &status.members;
         for change in &changes {
             if let MembershipChange::AddVoter { id, addr }
             | MembershipChange::AddLearner { id, addr } = change
@@ -121,7 +122,7 @@ impl RaftHandle {
             return self.remote(&addr)?.change_membership(changes).await;
         }
         let cc = build_conf_change(&changes)?;
-        self.probe_new_members(&changes).await?;
+        self.probe_new_members(&changes, &status).await?;
         let timeout = self.config().conf_change_timeout;
         self.call(timeout, |reply| Command::ConfChange { cc, reply })
             .await?;
@@ -133,8 +134,7 @@ impl RaftHandle {
     /// stranger's listener is not made a member (and gets no more traffic
     /// than this one question). Members already known are not asked (their
     /// address cannot change).
-    async fn probe_new_members(&self, changes: &[MembershipChange]) -> Result<()> {
-        let status = self.status().await?;
+    async fn probe_new_members(&self, changes: &[MembershipChange], status: &Status) -> Result<()> {
         let mine = status.cluster_uid;
         let timeout = self.config().conf_change_timeout.min(PROBE_TIMEOUT);
         for change in changes {
@@ -262,7 +262,8 @@ impl RaftHandle {
         let Applied::NodeId(reserved_id) = applied else {
             return Err(Error::Raft(format!("unexpected apply result {applied:?}")));
         };
-        let status = self.status().await?;
+        // The members as they were before the reservation: reserving an id
+        // changes none of them.
         Ok(JoinTicket {
             reserved_id,
             cluster_uid: status.cluster_uid,

@@ -352,7 +352,7 @@ fn propose_user(encoded: &[u8], reply: Reply<Applied>) -> Command {
 }
 
 /// The state machine's output of an applied user entry.
-fn user_output(applied: Applied) -> Result<Vec<u8>> {
+pub(super) fn user_output(applied: Applied) -> Result<Vec<u8>> {
     match applied {
         Applied::Output(out) => Ok(out),
         other => Err(Error::Raft(format!("unexpected apply result {other:?}"))),

@@ -8,6 +8,7 @@
 //! ambiguous failure (a timeout, a connection lost after it left, a leader
 //! change) is safe, and [`Session::propose`] does.
 
+use super::handle::user_output;
 use super::RaftHandle;
 use crate::codec::{
     check_idempotency_key, frame_keyed_write, frame_session_open, frame_session_write,
@@ -139,10 +140,7 @@ impl RaftHandle {
             data,
             reply,
         })?;
-        match self.await_reply(rx).await? {
-            Applied::Output(out) => Ok(out),
-            other => Err(Error::Raft(format!("unexpected apply result {other:?}"))),
-        }
+        user_output(self.await_reply(rx).await?)
     }
 
     /// Opens a session and returns its client side.
