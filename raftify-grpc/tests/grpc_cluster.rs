@@ -309,7 +309,7 @@ async fn a_node_joining_after_compaction_gets_a_chunked_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_runs_over_mutual_tls_with_a_token() {
-    let pki = TestPki::generate();
+    let pki = TestPki::generate().expect("a test PKI");
     let tls = TlsConfig {
         cert_pem: Some(pki.node_cert.clone()),
         key_pem: Some(pki.node_key.clone()),

@@ -8,6 +8,7 @@ use raftify_core::protobuf::Message as _;
 use raftify_core::raft::eraftpb::{ConfState, Message, MessageType};
 use raftify_core::{Bootstrap, Error, Rejection};
 use raftify_grpc::pb::raft_peer_client::RaftPeerClient;
+use raftify_grpc::testkit::TestCa;
 use raftify_grpc::{pb, GrpcConfig, TlsConfig};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -46,43 +47,17 @@ fn encoded(m: &Message) -> Vec<u8> {
     m.write_to_bytes().expect("encode")
 }
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let key = KeyPair::generate().expect("key");
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(DnType::CommonName, "raftify test CA");
-        let cert = p.self_signed(&key).expect("ca");
-        Ca { cert, key }
-    }
-
-    /// A node certificate for `names` (server and client use), PEM cert and key.
-    fn issue(&self, names: &[&str]) -> (String, String) {
-        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
-        let key = KeyPair::generate().expect("key");
-        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("params");
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = p.signed_by(&key, &self.cert, &self.key).expect("sign");
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_certificate_naming_a_node_may_only_speak_as_that_node() {
-    let ca = Ca::new();
+    let ca = TestCa::new("raftify test CA").expect("a CA");
     let certs: BTreeMap<u64, (String, String)> = (1..=3)
-        .map(|id| (id, ca.issue(&[&format!("raftify-node-{id}"), "localhost"])))
+        .map(|id| {
+            (
+                id,
+                ca.issue(&[&format!("raftify-node-{id}"), "localhost"])
+                    .expect("a certificate"),
+            )
+        })
         .collect();
     let grpc_of = |id: u64| {
         let (cert, key) = certs[&id].clone();
@@ -90,7 +65,7 @@ async fn a_peer_certificate_naming_a_node_may_only_speak_as_that_node() {
             tls: Some(TlsConfig {
                 cert_pem: Some(cert),
                 key_pem: Some(key),
-                ca_pem: Some(ca.cert.pem()),
+                ca_pem: Some(ca.pem()),
                 domain: Some("localhost".into()),
             }),
             ..peer_grpc()
@@ -112,7 +87,7 @@ async fn a_peer_certificate_naming_a_node_may_only_speak_as_that_node() {
     // A client holding node `speaker`'s certificate (and the peer token).
     let (cert, key) = &certs[&speaker];
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca.cert.pem()))
+        .ca_certificate(Certificate::from_pem(ca.pem()))
         .identity(Identity::from_pem(cert, key))
         .domain_name("localhost");
     let channel = Endpoint::from_shared(format!("https://{}", c.addr(target)))

@@ -56,7 +56,7 @@ fn closed_by_server(s: &mut impl Read) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_round_trip_and_plain_http_to_the_https_port_fails_cleanly() {
-    let pki = TestPki::generate();
+    let pki = TestPki::generate().expect("a test PKI");
     let (addr, raft) = start(Limits::default(), Some(server_tls(&pki, false))).await;
     blocking(move || {
         let client = tls::client_config(&pki.ca, None);
@@ -89,7 +89,7 @@ async fn https_round_trip_and_plain_http_to_the_https_port_fails_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_ca() {
-    let pki = TestPki::generate();
+    let pki = TestPki::generate().expect("a test PKI");
     let (addr, raft) = start(Limits::default(), Some(server_tls(&pki, true))).await;
     blocking(move || {
         let anonymous = tls::client_config(&pki.ca, None);
@@ -111,7 +111,7 @@ async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_stalled_handshakes_are_closed_within_15_s_and_block_no_one() {
-    let pki = TestPki::generate();
+    let pki = TestPki::generate().expect("a test PKI");
     // The default limits: the handshake gets the 10 s header timeout.
     let (addr, raft) = start(Limits::default(), Some(server_tls(&pki, false))).await;
     blocking(move || {
@@ -242,7 +242,7 @@ fn write_pki(pki: &TestPki, dir: &std::path::Path) {
 
 #[test]
 fn the_binary_serves_https_with_mutual_tls() {
-    let pki = TestPki::generate();
+    let pki = TestPki::generate().expect("a test PKI");
     let dir = tempfile::tempdir().unwrap();
     write_pki(&pki, dir.path());
     let p = |f: &str| dir.path().join(f).display().to_string();
@@ -290,7 +290,7 @@ fn failed_start(dir: &std::path::Path, flags: &[&str]) -> String {
 
 #[test]
 fn bad_https_flags_stop_the_start_with_a_clear_error() {
-    let pki = TestPki::generate();
+    let pki = TestPki::generate().expect("a test PKI");
     let dir = tempfile::tempdir().unwrap();
     write_pki(&pki, dir.path());
     let p = |f: &str| dir.path().join(f).display().to_string();
