@@ -11,6 +11,8 @@
 # TARGET=leader (default) sends the load to each cluster's leader,
 # TARGET=follower to one of its followers (writes then take one more hop in
 # both systems); the script finds the node and says which one it used.
+# OPS="put" (default "put get") limits the operations measured;
+# IDEMPOTENCY_KEYS=1 gives every memstore PUT a unique Idempotency-Key.
 #
 # Installs etcd-server and wrk from Debian when missing (needs root/apt).
 # Prints a table and writes it as TSV to target/bench-compare/results.tsv.
@@ -21,6 +23,7 @@ SECS=${1:-10}
 shift || true
 CONNS=("$@")
 TARGET=${TARGET:-leader}
+OPS=${OPS:-put get}
 case "$TARGET" in leader|follower) ;; *) echo "TARGET must be leader or follower" >&2; exit 2 ;; esac
 [ ${#CONNS[@]} -gt 0 ] || CONNS=(1 16 64 256)
 OUT=$ROOT/target/bench-compare
@@ -91,9 +94,19 @@ start_etcd() {
 
 cat >"$WORK/memstore_put.lua" <<'LUA'
 local n = 0
+local threads = 0
+local keyed = os.getenv("IDEMPOTENCY_KEYS") == "1"
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
 request = function()
   n = n + 1
-  return wrk.format("PUT", "/kv/key" .. (n % 100000), nil, string.rep("x", 100))
+  local headers = nil
+  if keyed then
+    headers = {["Idempotency-Key"] = "bench-" .. tid .. "-" .. n}
+  end
+  return wrk.format("PUT", "/kv/key" .. (n % 100000), headers, string.rep("x", 100))
 end
 LUA
 cat >"$WORK/memstore_get.lua" <<'LUA'
@@ -144,11 +157,10 @@ node=$leader
 [ "$TARGET" = follower ] && node=$(( leader % 3 + 1 ))
 MEMSTORE_URL=http://127.0.0.1:1800$node
 echo "memstore: node $leader leads; the load goes to node $node ($TARGET)" >&2
-for c in "${CONNS[@]}"; do
-  run_wrk memstore put "$c" "$MEMSTORE_URL" "$WORK/memstore_put.lua" | tee -a "$RESULTS"
-done
-for c in "${CONNS[@]}"; do
-  run_wrk memstore get "$c" "$MEMSTORE_URL" "$WORK/memstore_get.lua" | tee -a "$RESULTS"
+for op in $OPS; do
+  for c in "${CONNS[@]}"; do
+    run_wrk memstore "$op" "$c" "$MEMSTORE_URL" "$WORK/memstore_$op.lua" | tee -a "$RESULTS"
+  done
 done
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
@@ -168,11 +180,10 @@ for i in 1 2 3; do
   if [ "$role" = "$TARGET" ] && [ -z "$ETCD_URL" ]; then ETCD_URL=http://127.0.0.1:${i}2379; echo "etcd: the load goes to e$i ($role)" >&2; fi
 done
 ETCD_URL=${ETCD_URL:-http://127.0.0.1:12379}
-for c in "${CONNS[@]}"; do
-  run_wrk etcd put "$c" "$ETCD_URL" "$WORK/etcd_put.lua" | tee -a "$RESULTS"
-done
-for c in "${CONNS[@]}"; do
-  run_wrk etcd get "$c" "$ETCD_URL" "$WORK/etcd_get.lua" | tee -a "$RESULTS"
+for op in $OPS; do
+  for c in "${CONNS[@]}"; do
+    run_wrk etcd "$op" "$c" "$ETCD_URL" "$WORK/etcd_$op.lua" | tee -a "$RESULTS"
+  done
 done
 
 echo

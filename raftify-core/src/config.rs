@@ -73,6 +73,15 @@ pub struct Config {
     /// any client's retries, and every remembered answer is kept in memory
     /// and in snapshots, so not forever).
     pub idempotency_key_ttl: Duration,
+    /// Whether a follower forwards proposals to the leader as writes in its
+    /// own client session (opened on the first one). Then a forwarded
+    /// proposal whose outcome is unknown (the connection broke after it
+    /// left, the leader changed) is sent again and still applied once;
+    /// off, it is sent once and fails as
+    /// [`ErrorClass::OutcomeUnknown`](crate::ErrorClass). Costs each
+    /// forwarded entry 33 bytes and an entry in the session table. Default
+    /// on.
+    pub forward_in_session: bool,
     /// Timeout of membership changes and leadership transfers. Default 20 s.
     pub conf_change_timeout: Duration,
     /// Timeout of linearizable reads. Default 5 s.
@@ -126,6 +135,7 @@ impl Config {
             proposal_timeout: Duration::from_secs(10),
             session_idle_timeout: Duration::from_secs(3600),
             idempotency_key_ttl: Duration::from_secs(24 * 3600),
+            forward_in_session: true,
             conf_change_timeout: Duration::from_secs(20),
             pipeline_writes: None,
             read_timeout: Duration::from_secs(5),

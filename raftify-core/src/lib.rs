@@ -100,6 +100,7 @@
 // rust-protobuf messages are built field by field, as raft-rs itself does.
 #![allow(clippy::field_reassign_with_default)]
 
+pub mod client_session;
 pub mod codec;
 mod config;
 mod error;
@@ -116,13 +117,13 @@ pub mod storage;
 pub mod testkit;
 pub mod transport;
 
+pub use client_session::{cluster_session, LazySession, Session, SessionTarget};
 pub use config::{Config, ReadMode};
 pub use error::{Error, ErrorClass, Rejection, Result};
 pub use error_info::ErrorInfo;
 pub use membership::{JoinTicket, Member, MemberRole, MembershipChange};
 pub use node::{
     default_logger, discard_logger, stderr_logger, Bootstrap, Raft, RaftBuilder, RaftHandle,
-    Session, SessionTarget,
 };
 pub use sessions::SessionWrite;
 pub use state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError, Payload, SnapshotView};

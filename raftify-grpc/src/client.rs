@@ -7,8 +7,8 @@ use crate::net::{request, rpc, ApiClient, ChannelPool, Credential};
 use crate::pb;
 use raftify_core::retry::{seek_leader, Idempotence};
 use raftify_core::{
-    Error, JoinTicket, Member, MembershipChange, Result, Session, SessionTarget, SessionWrite,
-    Status,
+    Error, JoinTicket, LazySession, Member, MembershipChange, Result, Session, SessionTarget,
+    SessionWrite, Status,
 };
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -33,15 +33,19 @@ pub struct LeaderInfo {
 ///   through raftify-core's one retry loop ([`seek_leader`]) until
 ///   [`GrpcConfig::request_timeout`], with jittered exponential backoff
 ///   ([`GrpcConfig::backoff_base`] to [`GrpcConfig::backoff_max`]).
-/// * A proposal whose outcome is unknown (the connection broke after it was
-///   sent, a timeout, a leader change) is **not** sent again: it fails with
-///   an `OutcomeUnknown` error, and the caller decides (read back, or make
-///   the command idempotent). Reads and other idempotent requests are
-///   retried.
+/// * [`RaftClient::propose`] writes in the client's own session (opened on
+///   its first write; see [`raftify_core::client_session`]): a proposal
+///   whose outcome is unknown (the connection broke after it was sent, a
+///   timeout, a leader change) is sent again with the same number, and
+///   applied once. With [`GrpcConfig::client_session`] off it is **not**
+///   sent again: it fails with an `OutcomeUnknown` error, and the caller
+///   decides (read back, or make the command idempotent). Reads and other
+///   idempotent requests are retried.
 pub struct RaftClient {
     addrs: Vec<String>,
     pool: ChannelPool,
     leader: Mutex<Option<String>>,
+    session: LazySession,
 }
 
 impl RaftClient {
@@ -60,6 +64,7 @@ impl RaftClient {
             addrs,
             pool: ChannelPool::new(config, Credential::Client)?,
             leader: Mutex::new(None),
+            session: LazySession::new(),
         })
     }
 
@@ -114,8 +119,15 @@ impl RaftClient {
     }
 
     /// Proposes an encoded entry (through the leader) and returns the state
-    /// machine's output. Not sent again once its outcome is unknown.
+    /// machine's output: applied exactly once when it returns `Ok`, at most
+    /// once otherwise. In the client's session (see [`RaftClient`]), it is
+    /// retried until its outcome is known, for up to
+    /// [`GrpcConfig::request_timeout`]; without, it is not sent again once
+    /// its outcome is unknown.
     pub async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        if self.pool.config().client_session {
+            return self.session.propose(self, self.timeout(), data).await;
+        }
         let (data, t) = (&data, self.timeout());
         self.retry(Idempotence::NotIdempotent, |mut c| async move {
             let msg = pb::ProposeRequest { data: data.clone() };
@@ -334,6 +346,9 @@ impl RaftClient {
 
 #[async_trait::async_trait]
 impl SessionTarget for RaftClient {
+    async fn open_session(&self) -> Result<u64> {
+        RaftClient::open_session(self).await
+    }
     async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>> {
         RaftClient::propose_in_session(self, w, entry).await
     }

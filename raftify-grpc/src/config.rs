@@ -141,6 +141,12 @@ pub struct GrpcConfig {
     pub preface_timeout: Duration,
     /// HTTP/2 keep-alive ping interval on client connections. Default 10 s.
     pub keepalive_interval: Option<Duration>,
+    /// Whether [`RaftClient::propose`](crate::RaftClient::propose) writes
+    /// in the client's own session (opened on its first write): a write
+    /// whose outcome is unknown is then sent again and still applied once.
+    /// Off, it is sent once and such a failure is an `OutcomeUnknown`
+    /// error. Default on.
+    pub client_session: bool,
 }
 
 impl Default for GrpcConfig {
@@ -166,6 +172,7 @@ impl Default for GrpcConfig {
             keepalive_interval: Some(Duration::from_secs(10)),
             max_connections: 4096,
             preface_timeout: Duration::from_secs(10),
+            client_session: true,
         }
     }
 }

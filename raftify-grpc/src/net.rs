@@ -365,4 +365,24 @@ impl ClusterApi for PeerNode {
         let mut c = self.client.clone();
         Ok(self.rpc(c.propose_with_key(self.req(msg))).await?.output)
     }
+
+    async fn propose_session_batch(
+        &self,
+        writes: Vec<(SessionWrite, Vec<u8>)>,
+    ) -> Result<Vec<Outcome>> {
+        let writes = writes
+            .into_iter()
+            .map(|(w, data)| pb::SessionProposeRequest {
+                session: w.session,
+                seq: w.seq,
+                acked: w.acked,
+                data,
+            })
+            .collect();
+        let mut c = self.client.clone();
+        let r = self
+            .rpc(c.propose_session_batch(self.req(pb::SessionBatchRequest { writes })))
+            .await?;
+        Ok(r.outcomes.into_iter().map(outcome_from_pb).collect())
+    }
 }

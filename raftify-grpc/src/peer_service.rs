@@ -14,7 +14,7 @@ use crate::snapshot_rx::Receiving;
 use async_trait::async_trait;
 use raftify_core::membership::validate_addr;
 use raftify_core::raft::eraftpb::MessageType;
-use raftify_core::{Error, Inbound, RaftHandle, Result};
+use raftify_core::{Error, Inbound, RaftHandle, Result, SessionWrite};
 use slog::{debug, info, Logger};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -212,6 +212,34 @@ impl RaftPeer for PeerService {
         self.check_call(&req)?;
         let entries = req.into_inner().entries;
         let outcomes = self.inbound.propose_batch(entries).await.map_err(st)?;
+        Ok(Response::new(pb::ProposeBatchReply {
+            outcomes: outcomes.into_iter().map(outcome_to_pb).collect(),
+        }))
+    }
+
+    async fn propose_session_batch(
+        &self,
+        req: Request<pb::SessionBatchRequest>,
+    ) -> Answer<pb::ProposeBatchReply> {
+        self.check_call(&req)?;
+        let writes = req
+            .into_inner()
+            .writes
+            .into_iter()
+            .map(|r| {
+                let w = SessionWrite {
+                    session: r.session,
+                    seq: r.seq,
+                    acked: r.acked,
+                };
+                (w, r.data)
+            })
+            .collect();
+        let outcomes = self
+            .inbound
+            .propose_session_batch(writes)
+            .await
+            .map_err(st)?;
         Ok(Response::new(pb::ProposeBatchReply {
             outcomes: outcomes.into_iter().map(outcome_to_pb).collect(),
         }))

@@ -1,7 +1,9 @@
-//! A write whose connection breaks after it was delivered: the client must
-//! report the outcome as unknown and must not send it again (it may have
-//! been applied, and an increment applied twice counts twice). Real gRPC,
-//! a real TCP proxy that swallows the answer and then cuts the connection.
+//! A write whose connection breaks after it was delivered: a write in a
+//! session (the default for `RaftClient::propose` and for a follower's
+//! forwarded proposals) is sent again and applied once; a plain one must be
+//! reported as unknown and not sent again (it may have been applied, and an
+//! increment applied twice counts twice). Real gRPC, a real TCP proxy that
+//! swallows the answer and then cuts the connection.
 
 mod common;
 
@@ -108,12 +110,13 @@ async fn wait_counter(node: &Node, value: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proposal_whose_connection_breaks_after_delivery_is_not_sent_again() {
+async fn without_a_client_session_a_proposal_whose_connection_breaks_is_not_sent_again() {
     let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
     let leader = c.wait_leader(&[1, 2, 3]).await;
     let proxy = Proxy::start(c.addr(leader)).await;
     let config = GrpcConfig {
         request_timeout: Duration::from_secs(10),
+        client_session: false,
         ..GrpcConfig::default()
     };
     // The client knows the cluster only through the proxy (the retry loop
@@ -147,6 +150,97 @@ async fn a_proposal_whose_connection_breaks_after_delivery_is_not_sent_again() {
     assert_eq!(value.as_deref(), Some("2"));
     drop(proxy);
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_whose_connection_breaks_after_delivery_is_retried_in_the_clients_session() {
+    let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let proxy = Proxy::start(c.addr(leader)).await;
+    let config = GrpcConfig {
+        request_timeout: Duration::from_secs(10),
+        ..GrpcConfig::default()
+    };
+    let client = Arc::new(RaftClient::new([proxy.addr.clone()], config).unwrap());
+    let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
+    // The first write opens the client's session.
+    assert_eq!(client.propose(incr.clone()).await.unwrap(), b"1");
+
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let pending = {
+        let (client, incr) = (client.clone(), incr.clone());
+        tokio::spawn(async move { client.propose(incr).await })
+    };
+    let node = c.node(leader).clone();
+    wait_counter(&node, "2").await;
+    proxy.cut.notify_waiters();
+    proxy.swallow.store(false, Ordering::SeqCst);
+    // Sent again with the same number: the first application's answer.
+    assert_eq!(pending.await.unwrap().unwrap(), b"2");
+    assert_eq!(client.propose(incr).await.unwrap(), b"3");
+    let value = node
+        .linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("3"), "each applied once");
+    drop(proxy);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_whose_connection_to_the_leader_breaks_is_retried_and_applied_once() {
+    // Every node is reached through a proxy of its own: the addresses in
+    // the membership are the proxies', so a follower's connection to the
+    // leader goes through the leader's proxy.
+    let grpc = GrpcConfig::default();
+    let mut listeners = Vec::new();
+    let mut proxies = std::collections::BTreeMap::new();
+    for id in 1..=3u64 {
+        let (l, real) = bind().await;
+        proxies.insert(id, Proxy::start(real).await);
+        listeners.push((id, l));
+    }
+    let members: std::collections::BTreeMap<u64, String> = proxies
+        .iter()
+        .map(|(id, p)| (*id, p.addr.clone()))
+        .collect();
+    let mut nodes = std::collections::BTreeMap::new();
+    for (id, l) in listeners {
+        let boot = raftify_core::Bootstrap::Members(members.clone());
+        let node = start_node(id, l, &members[&id], boot, &grpc, no_tweak).await;
+        nodes.insert(id, node);
+    }
+    let c = GCluster {
+        nodes,
+        grpc,
+        tweak: no_tweak,
+    };
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let incr = KvCmd::Incr { key: "n".into() };
+    // The follower's first forwarded write opens its session.
+    assert_eq!(c.node(follower).propose(&incr).await.unwrap(), b"1");
+
+    let proxy = &proxies[&leader];
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let pending = {
+        let (f, incr) = (c.node(follower).clone(), incr.clone());
+        tokio::spawn(async move { f.propose(&incr).await })
+    };
+    let node = c.node(leader).clone();
+    wait_counter(&node, "2").await;
+    // The forwarded batch was applied; its answer is lost with the
+    // connection. The follower sends it again in its session.
+    proxy.cut.notify_waiters();
+    proxy.swallow.store(false, Ordering::SeqCst);
+    assert_eq!(pending.await.unwrap().unwrap(), b"2");
+    let value = node
+        .linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("2"), "applied once");
+    c.shutdown().await;
+    drop(proxies);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@
 //! A sequence of calls (at most [`MAX_CALLS`]), each `selector, len (u16
 //! LE), body[len]` (a short last body takes what is left):
 //!
-//! * `selector & 0x0f` (mod 10) picks the RPC ([`PeerRpc::ALL`], in the
+//! * `selector & 0x0f` (mod 14) picks the RPC ([`PeerRpc::ALL`], in the
 //!   order of `raftify.proto`); `(selector >> 4) & 3` the credential: 2 the
 //!   client token, 3 none (both must be refused with `UNAUTHENTICATED`),
 //!   else the peer token.
@@ -90,11 +90,19 @@ pub enum PeerRpc {
     TransferLeader,
     /// `Members(Empty)`.
     Members,
+    /// `OpenSession(Empty)`.
+    OpenSession,
+    /// `ProposeInSession(SessionProposeRequest)`.
+    ProposeInSession,
+    /// `ProposeWithKey(KeyedProposeRequest)`.
+    ProposeWithKey,
+    /// `ProposeSessionBatch(SessionBatchRequest)`.
+    ProposeSessionBatch,
 }
 
 impl PeerRpc {
     /// Every RPC, in the order of the selector byte.
-    pub const ALL: [PeerRpc; 10] = [
+    pub const ALL: [PeerRpc; 14] = [
         PeerRpc::SendMessages,
         PeerRpc::MessageStream,
         PeerRpc::InstallSnapshot,
@@ -105,6 +113,10 @@ impl PeerRpc {
         PeerRpc::ChangeConfig,
         PeerRpc::TransferLeader,
         PeerRpc::Members,
+        PeerRpc::OpenSession,
+        PeerRpc::ProposeInSession,
+        PeerRpc::ProposeWithKey,
+        PeerRpc::ProposeSessionBatch,
     ];
 
     fn path(self) -> &'static str {
@@ -119,6 +131,10 @@ impl PeerRpc {
             PeerRpc::ChangeConfig => "/raftify.v1.RaftPeer/ChangeConfig",
             PeerRpc::TransferLeader => "/raftify.v1.RaftPeer/TransferLeader",
             PeerRpc::Members => "/raftify.v1.RaftPeer/Members",
+            PeerRpc::OpenSession => "/raftify.v1.RaftPeer/OpenSession",
+            PeerRpc::ProposeInSession => "/raftify.v1.RaftPeer/ProposeInSession",
+            PeerRpc::ProposeWithKey => "/raftify.v1.RaftPeer/ProposeWithKey",
+            PeerRpc::ProposeSessionBatch => "/raftify.v1.RaftPeer/ProposeSessionBatch",
         }
     }
 
@@ -292,7 +308,11 @@ fn sanitize(rpc: PeerRpc, frame: &[u8]) -> Vec<u8> {
         | PeerRpc::ProposeBatch
         | PeerRpc::ReadIndex
         | PeerRpc::TransferLeader
-        | PeerRpc::Members => frame.to_vec(),
+        | PeerRpc::Members
+        | PeerRpc::OpenSession
+        | PeerRpc::ProposeInSession
+        | PeerRpc::ProposeWithKey
+        | PeerRpc::ProposeSessionBatch => frame.to_vec(),
     }
 }
 

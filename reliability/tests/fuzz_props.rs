@@ -406,7 +406,7 @@ mod peer_service {
                 PeerRpc::TransferLeader,
                 vec![pb::TransferLeaderRequest { to }.encode_to_vec()]
             )),
-            (0usize..10, bytes(24)).prop_map(|(i, b)| (PeerRpc::ALL[i], vec![b])),
+            (0usize..PeerRpc::ALL.len(), bytes(24)).prop_map(|(i, b)| (PeerRpc::ALL[i], vec![b])),
         ];
         (request, credential()).prop_map(|((rpc, frames), credential)| PeerCall {
             rpc,

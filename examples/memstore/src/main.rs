@@ -139,6 +139,13 @@ struct Args {
     /// node cannot catch up by snapshot: raise it with the data set).
     #[arg(long, env = "RAFTIFY_MAX_SNAPSHOT_BYTES", default_value_t = 1024 * 1024 * 1024)]
     max_snapshot_bytes: u64,
+    /// Forward writes made on a follower to the leader as plain writes
+    /// rather than in this node's client session: a forwarded write whose
+    /// connection breaks after it left is then answered 504 (outcome
+    /// unknown) instead of being sent again and applied once. For
+    /// measuring what sessions cost; not for production.
+    #[arg(long, env = "RAFTIFY_NO_FORWARD_SESSION")]
+    no_forward_session: bool,
 }
 
 /// TLS material from the PEM files named by a cert, key and CA flag (the
@@ -223,6 +230,7 @@ fn node_spec(args: &Args, grpc: GrpcConfig, logger: &slog::Logger) -> Result<Nod
     config.cluster_id = args.cluster_id.clone();
     config.tick_interval = Duration::from_millis(args.tick_ms.max(1));
     config.snapshot_threshold = args.snapshot_threshold;
+    config.forward_in_session = !args.no_forward_session;
     let mut spec = NodeSpec::new();
     spec.id = args.id;
     spec.default_id = Some(1);

@@ -6,6 +6,7 @@ use super::forward::Forwarder;
 use super::handle::{HandleInner, RaftHandle, INBOX_CAPACITY};
 use super::logging::default_logger;
 use super::raft::Raft;
+use crate::client_session::LazySession;
 use crate::codec::{cluster_uid, decode_snapshot, ClusterMeta, SnapshotEnvelope};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -193,6 +194,7 @@ where
                 state_rx,
                 metrics,
                 forwarder,
+                forward_session: LazySession::new(),
                 transport,
                 store,
                 task: std::sync::Mutex::new(Some(task)),

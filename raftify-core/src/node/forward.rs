@@ -15,6 +15,7 @@ use super::RaftHandle;
 use crate::error::{Error, Result};
 use crate::error_info::ErrorInfo;
 use crate::retry::{seek_leader_following, Idempotence, RetryPolicy};
+use crate::sessions::SessionWrite;
 use crate::status::{Metrics, Role};
 use crate::transport::{ClusterApi, Outcome, Transport};
 use std::future::Future;
@@ -28,6 +29,8 @@ const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 struct Job {
     addr: String,
+    /// Set for a write in a session (sent in a session batch).
+    session: Option<SessionWrite>,
     entry: Vec<u8>,
     reply: oneshot::Sender<Result<Vec<u8>>>,
 }
@@ -45,12 +48,23 @@ impl Forwarder {
         Forwarder { tx }
     }
 
-    /// Proposes an encoded user entry on the leader at `addr`; returns the
-    /// state machine's output.
-    pub(crate) async fn forward(&self, addr: String, entry: Vec<u8>) -> Result<Vec<u8>> {
+    /// Proposes an encoded user entry (as write `session` of a session,
+    /// when given) on the leader at `addr`; returns the state machine's
+    /// output.
+    pub(crate) async fn forward(
+        &self,
+        addr: String,
+        session: Option<SessionWrite>,
+        entry: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { addr, entry, reply })
+            .send(Job {
+                addr,
+                session,
+                entry,
+                reply,
+            })
             .map_err(|_| Error::Shutdown)?;
         // A forwarder that ended without answering may have sent it.
         rx.await
@@ -68,25 +82,30 @@ async fn run(
         // queue their proposals first: woken by a send, this task would
         // otherwise run at once and forward every proposal alone.
         tokio::task::yield_now().await;
-        // Per leader address (it changes rarely; two only around an election).
-        let mut batches: Vec<(String, Vec<Job>, usize)> = Vec::new();
+        // Per leader address (it changes rarely; two only around an
+        // election), session writes apart from plain ones.
+        let mut batches: Vec<(String, bool, Vec<Job>, usize)> = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
             let size = job.entry.len();
-            match batches.iter_mut().find(|(addr, jobs, bytes)| {
-                *addr == job.addr && jobs.len() < MAX_BATCH && *bytes + size <= MAX_BATCH_BYTES
+            let in_session = job.session.is_some();
+            match batches.iter_mut().find(|(addr, s, jobs, bytes)| {
+                *addr == job.addr
+                    && *s == in_session
+                    && jobs.len() < MAX_BATCH
+                    && *bytes + size <= MAX_BATCH_BYTES
             }) {
-                Some((_, jobs, bytes)) => {
+                Some((_, _, jobs, bytes)) => {
                     jobs.push(job);
                     *bytes += size;
                 }
-                None => batches.push((job.addr.clone(), vec![job], size)),
+                None => batches.push((job.addr.clone(), in_session, vec![job], size)),
             }
             if batches.len() < 8 {
                 next = rx.try_recv().ok();
             }
         }
-        for (addr, jobs, _) in batches {
+        for (addr, _, jobs, _) in batches {
             Metrics::add(&metrics.forward_batches, 1);
             Metrics::add(&metrics.forwarded_proposals, jobs.len() as u64);
             tokio::spawn(send(transport.clone(), addr, jobs));
@@ -108,13 +127,31 @@ async fn send(transport: Arc<dyn Transport>, addr: String, mut jobs: Vec<Job>) {
     };
     if jobs.len() == 1 {
         let Some(job) = jobs.pop() else { return };
-        let _ = job.reply.send(leader.propose(job.entry).await);
+        let answer = match job.session {
+            Some(w) => leader.propose_in_session(w, job.entry).await,
+            None => leader.propose(job.entry).await,
+        };
+        let _ = job.reply.send(answer);
         return;
     }
-    let (entries, replies): (Vec<Vec<u8>>, Vec<_>) =
-        jobs.into_iter().map(|j| (j.entry, j.reply)).unzip();
-    let n = entries.len();
-    let outcomes: Vec<Outcome> = match leader.propose_batch(entries).await {
+    let n = jobs.len();
+    let mut replies = Vec::with_capacity(n);
+    let mut plain = Vec::new();
+    let mut in_session = Vec::new();
+    for job in jobs {
+        replies.push(job.reply);
+        match job.session {
+            Some(w) => in_session.push((w, job.entry)),
+            None => plain.push(job.entry),
+        }
+    }
+    // A batch is all plain or all in a session (see `run`).
+    let answer = if in_session.is_empty() {
+        leader.propose_batch(plain).await
+    } else {
+        leader.propose_session_batch(in_session).await
+    };
+    let outcomes: Vec<Outcome> = match answer {
         Ok(outcomes) if outcomes.len() == n => outcomes,
         Ok(outcomes) => {
             // The leader ran the batch but its answer does not match it:
@@ -215,8 +252,12 @@ impl RaftHandle {
     /// machine's output once the entry is committed and applied on the
     /// leader.
     ///
-    /// A forwarded proposal whose outcome is unknown (the connection broke
-    /// after it left) is not sent again: it fails with an
+    /// A forwarded proposal is a write in this node's own client session
+    /// (opened on the first one, see [`crate::client_session`]): when its
+    /// outcome is unknown (the connection broke after it left, the leader
+    /// changed) it is sent again with the same number, and applied once.
+    /// With [`Config::forward_in_session`](crate::Config::forward_in_session)
+    /// off it is sent once, and such a failure is an
     /// [`ErrorClass::OutcomeUnknown`](crate::ErrorClass) error.
     pub async fn propose(&self, encoded: Vec<u8>) -> Result<Vec<u8>> {
         if self.is_leader() {
@@ -226,12 +267,20 @@ impl RaftHandle {
         }
         // Refused here rather than after a trip to the leader.
         self.check_entry_size(&encoded)?;
+        if self.config().forward_in_session {
+            let budget = self.config().proposal_timeout;
+            return self
+                .inner
+                .forward_session
+                .propose(self, budget, encoded)
+                .await;
+        }
         let entry = &encoded;
         let forwarder = &self.inner.forwarder;
         self.on_leader(
             Idempotence::NotIdempotent,
             |h| async move { h.propose_here(entry).await },
-            |addr| forwarder.forward(addr, entry.clone()),
+            |addr| forwarder.forward(addr, None, entry.clone()),
         )
         .await
     }

@@ -4,6 +4,7 @@
 //! it.
 
 use super::forward::Forwarder;
+use crate::client_session::LazySession;
 use crate::codec::frame_user;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -31,6 +32,8 @@ pub(super) struct HandleInner {
     pub(super) transport: Arc<dyn Transport>,
     /// Coalesces the proposals this node forwards to the leader.
     pub(super) forwarder: Forwarder,
+    /// The session this node's forwarded proposals are written in.
+    pub(super) forward_session: LazySession,
     pub(super) store: Arc<dyn LogStore>,
     pub(super) task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -146,6 +149,20 @@ impl RaftHandle {
     /// proposed). They enter the log together; each gets its own outcome,
     /// in order.
     pub(crate) async fn propose_batch_here(&self, entries: Vec<Vec<u8>>) -> Result<Vec<Outcome>> {
+        let framed = entries
+            .iter()
+            .map(|entry| self.check_entry_size(entry).map(|()| frame_user(entry)))
+            .collect();
+        self.propose_framed_batch_here(framed).await
+    }
+
+    /// Proposes framed user writes (each already refused when `Err`) on
+    /// this node, which must lead, as [`RaftHandle::propose_batch_here`]
+    /// does.
+    pub(super) async fn propose_framed_batch_here(
+        &self,
+        framed: Vec<Result<Vec<u8>>>,
+    ) -> Result<Vec<Outcome>> {
         let state = self.state();
         if state.role != Role::Leader {
             return Err(match state.leader_id {
@@ -158,11 +175,15 @@ impl RaftHandle {
         }
         // Every entry is handed to the loop before any answer is awaited, so
         // they share the loop's next wake-up (and Ready).
-        let waiting: Vec<_> = entries
-            .iter()
-            .map(|entry| {
-                self.check_entry_size(entry)?;
-                self.send_command(|reply| propose_user(entry, reply))
+        let waiting: Vec<_> = framed
+            .into_iter()
+            .map(|data| {
+                let data = data?;
+                self.send_command(|reply| Command::Propose {
+                    kind: ProposalKind::User,
+                    data,
+                    reply,
+                })
             })
             .collect();
         let mut outcomes = Vec::with_capacity(waiting.len());

@@ -42,21 +42,23 @@ impl ClusterApi for Routed {
     async fn propose_batch(&self, entries: Vec<Vec<u8>>) -> Result<Vec<Outcome>> {
         // Proposed concurrently (on a follower the forwarder batches them
         // again); one outcome each, in order.
-        let tasks: Vec<_> = entries
-            .into_iter()
-            .map(|e| {
-                let h = self.0.clone();
-                tokio::spawn(async move { h.propose(e).await })
-            })
-            .collect();
-        let mut outcomes = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            let outcome = t
-                .await
-                .unwrap_or_else(|_| Err(Error::Interrupted("the proposing task ended".into())));
-            outcomes.push(outcome.map_err(|e| ErrorInfo::from(&e)));
-        }
-        Ok(outcomes)
+        let h = &self.0;
+        Ok(each_spawned(entries, |e| {
+            let h = h.clone();
+            async move { h.propose(e).await }
+        })
+        .await)
+    }
+    async fn propose_session_batch(
+        &self,
+        writes: Vec<(SessionWrite, Vec<u8>)>,
+    ) -> Result<Vec<Outcome>> {
+        let h = &self.0;
+        Ok(each_spawned(writes, |(w, e)| {
+            let h = h.clone();
+            async move { h.propose_in_session(w, e).await }
+        })
+        .await)
     }
     async fn read_index(&self) -> Result<u64> {
         self.0.read_index().await
@@ -104,6 +106,12 @@ impl ClusterApi for NodeInbound {
     async fn propose_batch(&self, entries: Vec<Vec<u8>>) -> Result<Vec<Outcome>> {
         self.0.propose_batch_here(entries).await
     }
+    async fn propose_session_batch(
+        &self,
+        writes: Vec<(SessionWrite, Vec<u8>)>,
+    ) -> Result<Vec<Outcome>> {
+        self.0.propose_session_batch_here(writes).await
+    }
     async fn read_index(&self) -> Result<u64> {
         self.0.read_index().await
     }
@@ -128,4 +136,21 @@ impl ClusterApi for NodeInbound {
     async fn propose_with_key(&self, key: String, entry: Vec<u8>) -> Result<Vec<u8>> {
         self.0.propose_with_key_here(&key, &entry).await
     }
+}
+
+/// Runs `op` on every item in a task of its own; their outcomes, in order.
+async fn each_spawned<I, F, Fut>(items: Vec<I>, op: F) -> Vec<Outcome>
+where
+    F: Fn(I) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<u8>>> + Send + 'static,
+{
+    let tasks: Vec<_> = items.into_iter().map(|i| tokio::spawn(op(i))).collect();
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let outcome = t
+            .await
+            .unwrap_or_else(|_| Err(Error::Interrupted("the proposing task ended".into())));
+        outcomes.push(outcome.map_err(|e| ErrorInfo::from(&e)));
+    }
+    outcomes
 }

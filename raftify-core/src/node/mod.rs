@@ -6,7 +6,8 @@
 //! 3. `admin.rs` — membership administration (changes, joins, leave,
 //!    transfers, id reservations);
 //! 4. `session.rs` — exactly-once writes: sessions opened through the log,
-//!    writes numbered in them, and [`Session`], the client side;
+//!    writes numbered in them, and the handle as a
+//!    [`SessionTarget`](crate::SessionTarget);
 //! 5. `inbound.rs` — what a peer's request does here (the node's
 //!    [`Inbound`](crate::transport::Inbound));
 //! 6. `builder.rs` and `raft.rs` — starting a node, and the typed [`Raft`]
@@ -27,4 +28,3 @@ pub use self::raft::Raft;
 pub use builder::{Bootstrap, RaftBuilder};
 pub use handle::RaftHandle;
 pub use logging::{default_logger, discard_logger, stderr_logger};
-pub use session::{Session, SessionTarget};

@@ -1,7 +1,8 @@
 //! Exactly-once writes on a handle: sessions opened through the log
 //! ([`RaftHandle::open_session`]), writes numbered in them
-//! ([`RaftHandle::propose_in_session`]), and [`Session`], the client side
-//! that numbers writes and retries them until their outcome is known.
+//! ([`RaftHandle::propose_in_session`]), and the handle as the target of a
+//! [`Session`] (the client side, in [`crate::client_session`]), which
+//! numbers writes and retries them until their outcome is known.
 //!
 //! A write that carries `(session, seq)` is applied at most once, however
 //! often it is sent (see [`crate::sessions`]): retrying it after an
@@ -10,18 +11,18 @@
 
 use super::handle::user_output;
 use super::RaftHandle;
+use crate::client_session::{Session, SessionTarget};
 use crate::codec::{
     check_idempotency_key, frame_keyed_write, frame_session_open, frame_session_write,
 };
-use crate::error::{Error, ErrorClass, Result};
+use crate::error::{Error, Result};
 use crate::raft_loop::{Applied, Command, ProposalKind};
-use crate::retry::{Idempotence, RetryPolicy};
+use crate::retry::Idempotence;
 use crate::sessions::SessionWrite;
+use crate::transport::Outcome;
 use async_trait::async_trait;
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The leader's wall clock, in ms since the epoch: the time stamped into
 /// session entries (a clock before 1970 counts as 0).
@@ -71,14 +72,12 @@ impl RaftHandle {
         }
         self.check_entry_size(&encoded)?;
         let entry = &encoded;
+        let forwarder = &self.inner.forwarder;
+        // Forwarded together with the node's other proposals.
         self.on_leader(
             Idempotence::Idempotent,
             |h| async move { h.propose_in_session_here(w, entry).await },
-            |addr| async move {
-                self.remote(&addr)?
-                    .propose_in_session(w, entry.clone())
-                    .await
-            },
+            |addr| forwarder.forward(addr, Some(w), entry.clone()),
         )
         .await
     }
@@ -91,6 +90,24 @@ impl RaftHandle {
         self.check_entry_size(encoded)?;
         let data = frame_session_write(w.session, w.seq, w.acked, now_ms(), encoded);
         self.propose_framed_user(data).await
+    }
+
+    /// Proposes session writes on this node, which must lead (else the
+    /// whole batch fails with [`Error::NotLeader`]); they enter the log
+    /// together, each with its own outcome, in order.
+    pub(crate) async fn propose_session_batch_here(
+        &self,
+        writes: Vec<(SessionWrite, Vec<u8>)>,
+    ) -> Result<Vec<Outcome>> {
+        let now = now_ms();
+        let framed = writes
+            .iter()
+            .map(|(w, entry)| {
+                self.check_entry_size(entry)?;
+                Ok(frame_session_write(w.session, w.seq, w.acked, now, entry))
+            })
+            .collect();
+        self.propose_framed_batch_here(framed).await
     }
 
     /// Proposes an encoded user entry with an idempotency key (on the
@@ -151,89 +168,12 @@ impl RaftHandle {
     }
 }
 
-/// Where a [`Session`] sends its writes: a node's handle, or a gRPC
-/// client (`raftify_grpc::RaftClient`).
-#[async_trait]
-pub trait SessionTarget: Send + Sync {
-    /// Proposes `entry` as write `w` (see [`RaftHandle::propose_in_session`]).
-    async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>>;
-}
-
 #[async_trait]
 impl SessionTarget for RaftHandle {
+    async fn open_session(&self) -> Result<u64> {
+        RaftHandle::open_session(self).await
+    }
     async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>> {
         RaftHandle::propose_in_session(self, w, entry).await
-    }
-}
-
-/// The client side of a session: numbers each write, remembers which are
-/// still in flight (so the session keeps their answers), and retries a
-/// write whose outcome is unknown — with the same number, so it is applied
-/// once — until it has an answer or the retry budget
-/// is spent (for a handle's sessions,
-/// [`Config::proposal_timeout`](crate::Config::proposal_timeout) × 3). Writes may be issued concurrently.
-pub struct Session {
-    target: Arc<dyn SessionTarget>,
-    id: u64,
-    budget: Duration,
-    next: AtomicU64,
-    in_flight: Mutex<BTreeSet<u64>>,
-}
-
-impl Session {
-    /// The client side of session `id` (opened with
-    /// [`RaftHandle::open_session`]), retrying each write for up to
-    /// `budget`.
-    pub fn new(target: Arc<dyn SessionTarget>, id: u64, budget: Duration) -> Session {
-        Session {
-            target,
-            id,
-            budget,
-            next: AtomicU64::new(1),
-            in_flight: Mutex::new(BTreeSet::new()),
-        }
-    }
-
-    /// The session's id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn flights(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Proposes an encoded user entry as the session's next write; applied
-    /// exactly once if it returns `Ok`, at most once otherwise.
-    pub async fn propose(&self, encoded: Vec<u8>) -> Result<Vec<u8>> {
-        let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        self.flights().insert(seq);
-        let policy = RetryPolicy::with_timeout(self.budget);
-        let deadline = tokio::time::Instant::now() + policy.timeout;
-        let mut attempt = 0u32;
-        let result = loop {
-            let acked = self.flights().first().copied().unwrap_or(seq);
-            let w = SessionWrite {
-                session: self.id,
-                seq,
-                acked,
-            };
-            let r = self.target.propose_in_session(w, encoded.clone()).await;
-            match &r {
-                Err(e)
-                    if matches!(
-                        e.class(),
-                        ErrorClass::OutcomeUnknown | ErrorClass::RetryLater
-                    ) && tokio::time::Instant::now() < deadline =>
-                {
-                    let pause: Duration = policy.backoff(attempt);
-                    attempt = attempt.saturating_add(1);
-                    tokio::time::sleep(pause).await;
-                }
-                _ => break r,
-            }
-        };
-        self.flights().remove(&seq);
-        result
     }
 }

@@ -330,6 +330,13 @@ impl ClusterApi for InProcNode {
         self.run(|n| async move { n.propose_batch(entries).await })
             .await
     }
+    async fn propose_session_batch(
+        &self,
+        writes: Vec<(SessionWrite, Vec<u8>)>,
+    ) -> Result<Vec<Outcome>> {
+        self.run(|n| async move { n.propose_session_batch(writes).await })
+            .await
+    }
     async fn read_index(&self) -> Result<u64> {
         self.run(|n| async move { n.read_index().await }).await
     }

@@ -117,6 +117,14 @@ pub trait ClusterApi: Send + Sync {
     /// Proposes an encoded user entry as write `w` of a session (the
     /// receiver must lead); applied at most once however often it is sent.
     async fn propose_in_session(&self, w: SessionWrite, entry: Vec<u8>) -> Result<Vec<u8>>;
+    /// Proposes several session writes together (what a follower sends for
+    /// the proposals it forwards in its session); one outcome per write, in
+    /// order. A follower answers [`crate::Error::NotLeader`] for the whole
+    /// batch.
+    async fn propose_session_batch(
+        &self,
+        writes: Vec<(SessionWrite, Vec<u8>)>,
+    ) -> Result<Vec<Outcome>>;
     /// Proposes an encoded user entry with idempotency key `key` (the
     /// receiver must lead); applied at most once while the key is
     /// remembered, a repeat answering the first answer.

@@ -4,7 +4,7 @@
 //! The storage comes from `crate::factory()`: raftify-core runs these on
 //! `MemStore`, raftify-storage runs the very same file on LMDB.
 
-use raftify_core::testkit::{Cluster, KvCmd, WAIT};
+use raftify_core::testkit::{Cluster, KvCmd, Node, WAIT};
 
 fn start(n: u64) -> impl std::future::Future<Output = raftify_core::Result<Cluster>> {
     Cluster::start_with(n, crate::factory(), |_| {})
@@ -712,27 +712,69 @@ async fn removing_the_leader_hands_leadership_over_first() {
     c.shutdown().await;
 }
 
+/// Waits until `node` has applied counter `n` up to `value`.
+async fn wait_counter(node: &Node, value: &str) {
+    let deadline = Instant::now() + WAIT;
+    while node
+        .stale_read(|s| s.map.get("n").cloned())
+        .await
+        .as_deref()
+        != Some(value)
+    {
+        assert!(Instant::now() < deadline, "never applied {value}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_whose_answer_is_lost_is_applied_once_and_reported_as_unknown() {
+async fn a_forwarded_write_whose_answer_is_lost_is_retried_in_the_nodes_session_and_applied_once() {
     let c = start(3).await.unwrap();
     let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
     let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
     let incr = KvCmd::Incr { key: "n".into() };
+    let node = c.node(leader).clone();
+    // The follower's first forwarded write opens its session.
+    let put = KvCmd::Put {
+        key: "k".into(),
+        value: "v".into(),
+    };
+    c.node(follower).propose(&put).await.unwrap();
 
     // A follower forwards the increment; the leader applies it, but the
     // answer is lost on the way back, as when a connection breaks after
-    // the request left.
+    // the request left. The follower's own session sends it again with
+    // the same number once answers flow: the first application's answer.
     c.net.lose_replies_from(leader);
-    let err = c.node(follower).propose(&incr).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::OutcomeUnknown, "{err}");
+    let pending = {
+        let (f, incr) = (c.node(follower).clone(), incr.clone());
+        tokio::spawn(async move { f.propose(&incr).await })
+    };
+    wait_counter(&node, "1").await;
+    c.net.heal();
+    assert_eq!(pending.await.unwrap().unwrap(), b"1");
 
-    // The same through the cluster client, from outside the cluster.
+    // The same through a session on the cluster client, from outside.
     let outside = c.net.transport(99);
-    let addrs = vec![c.net.addr_of(leader), c.net.addr_of(follower)];
+    let addrs = vec![c.net.addr_of(follower), c.net.addr_of(leader)];
+    let session = raftify_core::cluster_session(outside.clone(), addrs.clone(), WAIT);
     let encoded = incr.encode().unwrap();
+    assert_eq!(session.propose(encoded.clone()).await.unwrap(), b"2");
+    c.net.lose_replies_from(leader);
+    c.net.lose_replies_from(follower);
+    let pending = {
+        let encoded = encoded.clone();
+        tokio::spawn(async move { session.propose(encoded).await })
+    };
+    wait_counter(&node, "3").await;
+    c.net.heal();
+    assert_eq!(pending.await.unwrap().unwrap(), b"3");
+
+    // A plain call through the cluster client is not sent again: its
+    // outcome is reported as unknown.
+    c.net.lose_replies_from(leader);
     let err = raftify_core::call_cluster(
         outside.as_ref(),
-        &addrs,
+        &[c.net.addr_of(leader)],
         WAIT,
         Idempotence::NotIdempotent,
         |node| {
@@ -745,16 +787,38 @@ async fn a_write_whose_answer_is_lost_is_applied_once_and_reported_as_unknown() 
     assert_eq!(err.class(), ErrorClass::OutcomeUnknown, "{err}");
     c.net.heal();
 
-    // Each was delivered once and applied once: never resent.
+    // Each was applied once.
+    let value = node
+        .linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("4"));
+    assert_eq!(c.write(incr).await.unwrap(), b"5");
+    c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_forwarding_sessions_a_write_whose_answer_is_lost_is_reported_as_unknown() {
+    let c = Cluster::start_with(3, crate::factory(), |config| {
+        config.forward_in_session = false
+    })
+    .await
+    .unwrap();
+    let leader = c.wait_leader(&[1, 2, 3], WAIT).await.unwrap();
+    let follower = *c.ids().iter().find(|id| **id != leader).unwrap();
+    let incr = KvCmd::Incr { key: "n".into() };
+    c.net.lose_replies_from(leader);
+    let err = c.node(follower).propose(&incr).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::OutcomeUnknown, "{err}");
+    c.net.heal();
+    // Delivered once and applied once: never resent.
     let value = c
         .node(leader)
         .linearizable_read(|s| s.map.get("n").cloned())
         .await
         .unwrap();
-    assert_eq!(value.as_deref(), Some("2"));
-    // The next increment counts from there.
-    assert_eq!(c.write(incr).await.unwrap(), b"3");
-    c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
+    assert_eq!(value.as_deref(), Some("1"));
     c.shutdown().await;
 }
 
