@@ -13,6 +13,12 @@
 # both systems); the script finds the node and says which one it used.
 # OPS="put" (default "put get") limits the operations measured;
 # IDEMPOTENCY_KEYS=1 gives every memstore PUT a unique Idempotency-Key.
+# The disk's raw rate of 4 KiB write + fdatasync is measured first (3 s, in
+# the work directory) and printed. FSYNC_STATS=1 also counts, during each
+# memstore PUT run, every node's storage commits and explicit syncs (from
+# /metrics) and fdatasync/fsync calls (perf tracepoints; needs perf and
+# root), and prints the syncs per commit (TSV in fsync.tsv next to the
+# results).
 #
 # Installs etcd-server and wrk from Debian when missing (needs root/apt).
 # Prints a table and writes it as TSV to target/bench-compare/results.tsv.
@@ -149,6 +155,58 @@ run_wrk() { # system op conns url script
 RESULTS=$OUT/results.tsv
 printf "system\top\tconns\treq_per_s\tp50\tp99\tnon2xx\n" >"$RESULTS"
 
+# The disk's raw sync rate, on the file system the nodes write to.
+RAW_SYNC=$(python3 - "$WORK" <<'PY'
+import os, sys, time
+path = os.path.join(sys.argv[1], "fdatasync.bin")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+block, n, start = b"\x5a" * 4096, 0, time.monotonic()
+while time.monotonic() - start < 3:
+    os.pwrite(fd, block, 0)
+    os.fdatasync(fd)
+    n += 1
+os.close(fd)
+os.remove(path)
+print(f"{n / (time.monotonic() - start):.0f}")
+PY
+)
+echo "disk: raw 4 KiB write + fdatasync: $RAW_SYNC/s" >&2
+printf "raw_fdatasync_per_s\t%s\n" "$RAW_SYNC" >"$OUT/disk.tsv"
+
+FSYNCS=$OUT/fsync.tsv
+printf "conns\tnode\trole\tcommits\texplicit_syncs\tfdatasync_calls\tfsync_calls\tsyncs_per_commit\n" >"$FSYNCS"
+metric() { # url name (0 when the binary does not export it)
+  local v
+  v=$(curl -fsS "$1/metrics" | awk -v n="$2" '$1==n {print $2}')
+  echo "${v:-0}"
+}
+# Runs "$@" while perf counts each memstore node's sync calls.
+with_fsync_stats() { # conns cmd...
+  local conns=$1; shift
+  if [ -z "${FSYNC_STATS:-}" ]; then "$@"; return; fi
+  local i before_w=() before_s=() perfs=()
+  for i in 1 2 3; do
+    before_w[$i]=$(metric http://127.0.0.1:1800$i raftify_storage_writes_total)
+    before_s[$i]=$(metric http://127.0.0.1:1800$i raftify_storage_syncs_total)
+    perf stat -x, -e syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync \
+      -p "${PIDS[$((i-1))]}" -o "$WORK/perf-$i.csv" >/dev/null 2>&1 &
+    perfs[$i]=$!
+  done
+  "$@"
+  for i in 1 2 3; do kill -INT "${perfs[$i]}" 2>/dev/null || true; wait "${perfs[$i]}" 2>/dev/null || true; done
+  for i in 1 2 3; do
+    local w s fd fs role
+    w=$(( $(metric http://127.0.0.1:1800$i raftify_storage_writes_total) - before_w[$i] ))
+    s=$(( $(metric http://127.0.0.1:1800$i raftify_storage_syncs_total) - before_s[$i] ))
+    fd=$(awk -F, '/sys_enter_fdatasync/ {print $1}' "$WORK/perf-$i.csv")
+    fs=$(awk -F, '/sys_enter_fsync/ {print $1}' "$WORK/perf-$i.csv")
+    role=follower; [ "$i" = "$leader" ] && role=leader
+    printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$conns" "$i" "$role" "$w" "$s" "${fd:-?}" "${fs:-?}" \
+      "$(python3 -c "import sys; w,f,g=sys.argv[1:]; print(f'{(int(f)+int(g))/int(w):.2f}' if w!='0' and f.isdigit() and g.isdigit() else '?')" "$w" "${fd:-x}" "${fs:-x}")" |
+      tee -a "$FSYNCS" >&2
+  done
+}
+
 echo "starting memstore cluster ..." >&2
 start_memstore
 curl -fsS -XPUT http://127.0.0.1:18001/kv/warmup -d x >/dev/null
@@ -159,7 +217,11 @@ MEMSTORE_URL=http://127.0.0.1:1800$node
 echo "memstore: node $leader leads; the load goes to node $node ($TARGET)" >&2
 for op in $OPS; do
   for c in "${CONNS[@]}"; do
-    run_wrk memstore "$op" "$c" "$MEMSTORE_URL" "$WORK/memstore_$op.lua" | tee -a "$RESULTS"
+    if [ "$op" = put ]; then
+      with_fsync_stats "$c" run_wrk memstore "$op" "$c" "$MEMSTORE_URL" "$WORK/memstore_$op.lua" | tee -a "$RESULTS"
+    else
+      run_wrk memstore "$op" "$c" "$MEMSTORE_URL" "$WORK/memstore_$op.lua" | tee -a "$RESULTS"
+    fi
   done
 done
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -213,10 +213,13 @@ impl Sessions {
                  open a new one"
             ));
         };
-        self.by_expiry
-            .remove(&(s.active_ms.saturating_add(s.idle_ms), id));
-        s.active_ms = now;
-        self.by_expiry.insert((now.saturating_add(s.idle_ms), id));
+        // Writes of a busy session mostly share the clock's millisecond.
+        if s.active_ms != now {
+            self.by_expiry
+                .remove(&(s.active_ms.saturating_add(s.idle_ms), id));
+            s.active_ms = now;
+            self.by_expiry.insert((now.saturating_add(s.idle_ms), id));
+        }
         if acked > s.acked {
             s.acked = acked;
             while let Some(e) = s.answers.first_entry() {

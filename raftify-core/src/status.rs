@@ -144,6 +144,7 @@ pub struct Metrics {
     pub(crate) leader_changes: AtomicU64,
     pub(crate) readys: AtomicU64,
     pub(crate) storage_writes: AtomicU64,
+    pub(crate) storage_syncs: AtomicU64,
     pub(crate) persisted_entries: AtomicU64,
     pub(crate) messages_sent: AtomicU64,
     pub(crate) messages_received: AtomicU64,
@@ -169,6 +170,12 @@ pub struct MetricsSnapshot {
     pub readys: u64,
     /// Storage write batches (group commits).
     pub storage_writes: u64,
+    /// Syncs the storage writer asked for on their own, to make a write
+    /// durable that no later write followed (see
+    /// [`Durability`](crate::storage::Durability)); always 0 on a store
+    /// whose writes are durable at once.
+    #[serde(default)]
+    pub storage_syncs: u64,
     /// Entries persisted.
     pub persisted_entries: u64,
     /// Raft messages sent.
@@ -204,6 +211,7 @@ impl Metrics {
             leader_changes: g(&self.leader_changes),
             readys: g(&self.readys),
             storage_writes: g(&self.storage_writes),
+            storage_syncs: g(&self.storage_syncs),
             persisted_entries: g(&self.persisted_entries),
             messages_sent: g(&self.messages_sent),
             messages_received: g(&self.messages_received),

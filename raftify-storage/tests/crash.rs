@@ -1,5 +1,6 @@
 //! Crash safety with a real process: a child (this test binary re-executed)
-//! appends batches and prints every index `write` acknowledged; the parent
+//! appends batches (`write`, or `write_deferred` with and without a `sync`
+//! after it) and prints every index a write acknowledged; the parent
 //! SIGKILLs it at random moments and checks that every acknowledged entry
 //! is on disk and intact after reopening.
 
@@ -71,14 +72,25 @@ fn crash_child() {
         let mut hs = HardState::default();
         hs.term = term_of(last);
         hs.commit = last;
-        store
-            .write(WriteBatch {
-                entries,
-                hard_state: Some(hs),
-                snapshot: None,
-            })
-            .expect("child: write");
-        // Acknowledge only after write() returned.
+        let batch = WriteBatch {
+            entries,
+            hard_state: Some(hs),
+            snapshot: None,
+        };
+        // Half the batches as the node's writer makes them under load: a
+        // deferred commit (its meta page synced by the next one, or now
+        // and then by an explicit sync). A process kill loses neither.
+        match rng.below(4) {
+            0 | 1 => store.write(batch).expect("child: write"),
+            2 => {
+                store.write_deferred(batch).expect("child: write_deferred");
+            }
+            _ => {
+                store.write_deferred(batch).expect("child: write_deferred");
+                store.sync().expect("child: sync");
+            }
+        }
+        // Acknowledge only after the write returned.
         writeln!(out, "ACK {last}").expect("child: stdout");
         out.flush().expect("child: flush");
         // Now and then: snapshot + compaction, so kills also land there.

@@ -6,7 +6,7 @@
 
 use proptest::prelude::*;
 use raftify_core::raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
-use raftify_core::storage::{StorageResult, StoreIdentity};
+use raftify_core::storage::{Durability, StorageResult, StoreIdentity};
 use raftify_core::{LogStore, MemStore, StorageError, WriteBatch};
 use raftify_storage::{LmdbOptions, LmdbStore};
 use std::path::Path;
@@ -22,6 +22,9 @@ enum Op {
         term_up: u64,
         size: usize,
         hard_state: Option<(u64, u64, u64)>,
+        /// Written with `write_deferred` (durable with the next write or
+        /// sync) instead of `write`.
+        deferred: bool,
     },
     HardState(u64, u64, u64),
     Compact(u64),
@@ -41,6 +44,8 @@ enum Op {
         data: usize,
     },
     Identity(u64),
+    /// `sync()`: makes every deferred write durable.
+    Sync,
     Reopen,
 }
 
@@ -50,9 +55,10 @@ fn hs_strategy() -> impl Strategy<Value = Option<(u64, u64, u64)>> {
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u64..4, prop::bool::weighted(0.05), 0u64..6, 0u64..2, 0usize..120, hs_strategy())
-            .prop_map(|(back, gap, count, term_up, size, hard_state)| Op::Append {
-                back, gap, count, term_up, size, hard_state
+        6 => (0u64..4, prop::bool::weighted(0.05), 0u64..6, 0u64..2, 0usize..120, hs_strategy(),
+              prop::bool::ANY)
+            .prop_map(|(back, gap, count, term_up, size, hard_state, deferred)| Op::Append {
+                back, gap, count, term_up, size, hard_state, deferred
             }),
         2 => (0u64..10, 0u64..4, 0u64..40).prop_map(|(t, v, c)| Op::HardState(t, v, c)),
         2 => (0u64..64).prop_map(Op::Compact),
@@ -64,6 +70,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (0u64..64, prop::collection::vec(1u64..6, 0..3), 0usize..64)
             .prop_map(|(at, voters, data)| Op::Save { at, voters, data }),
         1 => (1u64..5).prop_map(Op::Identity),
+        1 => Just(Op::Sync),
         1 => Just(Op::Reopen),
     ]
 }
@@ -115,14 +122,15 @@ fn norm<T>(r: StorageResult<T>) -> Result<T, &'static str> {
     })
 }
 
-fn opts() -> LmdbOptions {
-    // A tiny map so the sequences also exercise map growth; no fsync to keep
-    // the run short (durability is tested by the crash test).
-    LmdbOptions::new().map_size(64 * 1024).no_sync(true)
+fn opts(synced: bool) -> LmdbOptions {
+    // A tiny map so the sequences also exercise map growth; most runs
+    // without fsync to keep them short (durability is tested by the crash
+    // test), some with (then commits defer their meta page's sync).
+    LmdbOptions::new().map_size(64 * 1024).no_sync(!synced)
 }
 
-fn open(dir: &Path) -> LmdbStore {
-    LmdbStore::open(dir, opts()).expect("open store")
+fn open(dir: &Path, synced: bool) -> LmdbStore {
+    LmdbStore::open(dir, opts(synced)).expect("open store")
 }
 
 fn compare(model: &MemStore, store: &LmdbStore, step: usize) {
@@ -178,7 +186,7 @@ fn compare(model: &MemStore, store: &LmdbStore, step: usize) {
     }
 }
 
-fn apply(op: &Op, model: &MemStore, store: &mut LmdbStore, dir: &Path, step: usize) {
+fn apply(op: &Op, model: &MemStore, store: &mut LmdbStore, dir: &Path, synced: bool, step: usize) {
     let last = model.last_index().unwrap();
     let first = model.first_index().unwrap();
     match op {
@@ -189,6 +197,7 @@ fn apply(op: &Op, model: &MemStore, store: &mut LmdbStore, dir: &Path, step: usi
             term_up,
             size,
             hard_state: hs,
+            deferred,
         } => {
             let start = if *gap {
                 last + 2
@@ -204,7 +213,20 @@ fn apply(op: &Op, model: &MemStore, store: &mut LmdbStore, dir: &Path, step: usi
                 hard_state: hard_state(*hs),
                 snapshot: None,
             };
-            let (m, s) = (model.write(batch.clone()), store.write(batch));
+            let m = model.write(batch.clone());
+            let s = if *deferred {
+                store.write_deferred(batch).map(|d| {
+                    // Only a store with fsync on defers.
+                    let want = if synced {
+                        Durability::UntilNext
+                    } else {
+                        Durability::Durable
+                    };
+                    assert_eq!(d, want, "durability at step {step}");
+                })
+            } else {
+                store.write(batch)
+            };
             assert_eq!(norm(s), norm(m), "append result at step {step}: {op:?}");
         }
         Op::HardState(t, v, c) => {
@@ -259,12 +281,14 @@ fn apply(op: &Op, model: &MemStore, store: &mut LmdbStore, dir: &Path, step: usi
             model.set_identity(&id).unwrap();
             store.set_identity(&id).unwrap();
         }
+        Op::Sync => store.sync().unwrap(),
         Op::Reopen => {
-            // Close the environment first: heed allows one per path.
+            // Close the environment first: heed allows one per path. A
+            // process crash loses nothing, deferred writes included.
             let placeholder = tempfile::tempdir().unwrap();
-            let old = std::mem::replace(store, open(placeholder.path()));
+            let old = std::mem::replace(store, open(placeholder.path(), false));
             drop(old);
-            *store = open(dir);
+            *store = open(dir, synced);
             drop(placeholder);
         }
     }
@@ -278,18 +302,21 @@ proptest! {
     })]
 
     #[test]
-    fn lmdb_store_matches_mem_store(ops in prop::collection::vec(op_strategy(), 1..35)) {
+    fn lmdb_store_matches_mem_store(
+        ops in prop::collection::vec(op_strategy(), 1..35),
+        synced in prop::bool::weighted(0.3),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let model = MemStore::new();
-        let mut store = open(dir.path());
+        let mut store = open(dir.path(), synced);
         compare(&model, &store, 0);
         for (step, op) in ops.iter().enumerate() {
-            apply(op, &model, &mut store, dir.path(), step + 1);
+            apply(op, &model, &mut store, dir.path(), synced, step + 1);
             compare(&model, &store, step + 1);
         }
         // Whatever happened, a final reopen shows the same state.
         drop(store);
-        let store = open(dir.path());
+        let store = open(dir.path(), synced);
         compare(&model, &store, ops.len() + 1);
     }
 }
@@ -309,6 +336,7 @@ fn synced_store_follows_model_on_a_typical_history() {
             term_up: 0,
             size: 30,
             hard_state: Some((1, 1, 3)),
+            deferred: true,
         },
         Op::Append {
             back: 2,
@@ -317,7 +345,9 @@ fn synced_store_follows_model_on_a_typical_history() {
             term_up: 1,
             size: 10,
             hard_state: Some((2, 1, 5)),
+            deferred: false,
         },
+        Op::Sync,
         Op::Save {
             at: 5,
             voters: vec![1, 2, 3],
@@ -341,11 +371,12 @@ fn synced_store_follows_model_on_a_typical_history() {
             term_up: 0,
             size: 5,
             hard_state: Some((4, 2, 12)),
+            deferred: true,
         },
         Op::Reopen,
     ];
     for (step, op) in ops.iter().enumerate() {
-        apply(op, &model, &mut store, dir.path(), step + 1);
+        apply(op, &model, &mut store, dir.path(), true, step + 1);
         compare(&model, &store, step + 1);
     }
 }

@@ -1,13 +1,18 @@
 //! [`LossyStore`]: a [`LogStore`] that models a disk with or without fsync.
 //!
 //! Every write is applied to an in-memory [`MemStore`] (what the running
-//! node sees: the OS page cache). With `no_sync` off, every write is durable
-//! at once. With `no_sync` on, writes stay in an *unsynced tail* until the
-//! "OS" flushes them (a seeded coin after each write); an OS crash
-//! ([`LossyStore::os_crash`]) then drops that tail, leaving exactly the
-//! state after some earlier write — the guarantee `raftify-storage`
-//! documents for `no_sync` (LMDB's commits stay atomic; the last ones may
-//! be lost). A process crash loses nothing in either mode.
+//! node sees: the OS page cache). With `no_sync` off, the store behaves as
+//! `raftify-storage`'s LMDB store with fsync does: a `write` (and every
+//! snapshot, compaction, identity) is durable at once, and a
+//! `write_deferred` is durable once the next write or `sync` returns
+//! ([`Durability::UntilNext`]: LMDB's meta page, synced by the next
+//! commit). With `no_sync` on, writes stay in an *unsynced tail* until the
+//! "OS" flushes them (a seeded coin after each write). An OS crash
+//! ([`LossyStore::os_crash`]) drops the unsynced tail, leaving exactly the
+//! state after some earlier write — with fsync, only writes nobody was
+//! told were durable; with `no_sync`, the loss `raftify-storage` documents
+//! (LMDB's commits stay atomic; the last ones may be lost). A process
+//! crash loses nothing in either mode.
 //!
 //! The store also watches the hard states it persists, to check that a node
 //! never votes for two candidates in one term (see
@@ -16,8 +21,8 @@
 use crate::invariants::Violations;
 use crate::rng::SimRng;
 use raft::eraftpb::{Entry, Snapshot};
-use raftify_core::storage::{StorageResult, StoreIdentity};
-use raftify_core::{LogStore, MemStore, WriteBatch};
+use raftify_core::storage::{Durability, StorageResult, StoreIdentity};
+use raftify_core::{LogStore, MemStore, StorageError, WriteBatch};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
@@ -37,7 +42,15 @@ struct Inner {
     /// term -> the candidate this node voted for (durably).
     votes: BTreeMap<u64, u64>,
     lost_ops: u64,
+    /// Writes not yet durable lost by power cuts with fsync on.
+    tail_lost: u64,
     os_crashes: u64,
+    /// Set by [`LossyStore::power_cut`]: every write fails until
+    /// [`LossyStore::os_crash`].
+    powered_off: bool,
+    /// Set by [`LossyStore::arm_power_cut`]: the power goes out right
+    /// after the next write.
+    cut_armed: bool,
 }
 
 /// A log store with an optional unsynced tail; see the module docs.
@@ -71,7 +84,10 @@ impl LossyStore {
                 rng,
                 votes: BTreeMap::new(),
                 lost_ops: 0,
+                tail_lost: 0,
                 os_crashes: 0,
+                powered_off: false,
+                cut_armed: false,
             }),
             violations,
         }
@@ -88,7 +104,11 @@ impl LossyStore {
 
     fn record(&self, inner: &mut Inner, op: Op) {
         if !self.no_sync {
-            return; // durable at once; nothing to replay ever
+            // Durable at once, with every deferred write before it.
+            let tail = std::mem::take(&mut inner.unsynced);
+            inner.synced.extend(tail);
+            inner.synced.push(op);
+            return;
         }
         inner.unsynced.push(op);
         if inner.rng.chance(self.flush_chance) {
@@ -97,17 +117,66 @@ impl LossyStore {
         }
     }
 
+    /// The power goes out: from now on every write and sync fails (the
+    /// node cannot make anything durable any more, as if it were dead),
+    /// until [`LossyStore::os_crash`] brings the store back with its
+    /// durable state. Call it before stopping the node, so that its
+    /// shutdown cannot sync what the power cut lost.
+    pub fn power_cut(&self) {
+        self.lock().powered_off = true;
+    }
+
+    /// The power goes out right after the next write returns (when a
+    /// deferred write's sync is still to come: the moment that tests
+    /// whether the node waited for durability before it acknowledged).
+    pub fn arm_power_cut(&self) {
+        self.lock().cut_armed = true;
+    }
+
+    /// Whether the power is out.
+    pub fn powered_off(&self) -> bool {
+        self.lock().powered_off
+    }
+
+    /// Cuts the power if a cut is armed (after a write).
+    fn maybe_cut(inner: &mut Inner) {
+        if std::mem::take(&mut inner.cut_armed) {
+            inner.powered_off = true;
+        }
+    }
+
+    /// Fails when the power is out (see [`LossyStore::power_cut`]).
+    fn powered(&self, inner: &Inner) -> StorageResult<()> {
+        if inner.powered_off {
+            return Err(StorageError::backend(std::io::Error::other(
+                "the power is out",
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes not yet reported durable that power cuts lost with fsync on
+    /// (never acknowledged; not a data loss).
+    pub fn tail_lost(&self) -> u64 {
+        self.lock().tail_lost
+    }
+
     /// Simulates an OS crash or power loss: the unsynced tail is gone.
     /// Returns the number of writes lost. The node must be stopped first.
     pub fn os_crash(&self) -> u64 {
         let mut inner = self.lock();
         inner.os_crashes += 1;
-        if !self.no_sync {
-            return 0;
-        }
         let lost = inner.unsynced.len() as u64;
         inner.unsynced.clear();
-        inner.lost_ops += lost;
+        // With fsync, only writes not yet reported durable are lost: no
+        // loss the node may have acknowledged, so none to excuse.
+        if self.no_sync {
+            inner.lost_ops += lost;
+        } else {
+            inner.tail_lost += lost;
+        }
+        inner.powered_off = false;
+        inner.cut_armed = false;
         let fresh = MemStore::new();
         for op in &inner.synced {
             // Replaying a prefix of successful writes cannot fail.
@@ -143,7 +212,9 @@ impl LossyStore {
         lost
     }
 
-    /// Writes lost by OS crashes so far.
+    /// Writes lost by OS crashes so far in `no_sync` mode (the documented
+    /// loss; with fsync, a crash loses only writes never reported durable,
+    /// which are not counted).
     pub fn lost_ops(&self) -> u64 {
         self.lock().lost_ops
     }
@@ -230,7 +301,73 @@ impl LogStore for LossyStore {
     }
     fn write(&self, batch: WriteBatch) -> StorageResult<()> {
         let mut inner = self.lock();
-        let op = self.no_sync.then(|| Op::Write(batch.clone()));
+        self.powered(&inner)?;
+        let op = Op::Write(batch.clone());
+        self.apply(&mut inner, batch)?;
+        self.record(&mut inner, op);
+        Self::maybe_cut(&mut inner);
+        Ok(())
+    }
+    fn write_deferred(&self, batch: WriteBatch) -> StorageResult<Durability> {
+        let mut inner = self.lock();
+        self.powered(&inner)?;
+        let op = Op::Write(batch.clone());
+        self.apply(&mut inner, batch)?;
+        if self.no_sync {
+            self.record(&mut inner, op);
+            Self::maybe_cut(&mut inner);
+            return Ok(Durability::Durable);
+        }
+        // This write's data sync made the previous one durable; its own
+        // meta page waits for the next write or sync.
+        let tail = std::mem::take(&mut inner.unsynced);
+        inner.synced.extend(tail);
+        inner.unsynced.push(op);
+        Self::maybe_cut(&mut inner);
+        Ok(Durability::UntilNext)
+    }
+    fn sync(&self) -> StorageResult<()> {
+        let mut inner = self.lock();
+        self.powered(&inner)?;
+        if !self.no_sync {
+            let tail = std::mem::take(&mut inner.unsynced);
+            inner.synced.extend(tail);
+        }
+        Ok(())
+    }
+    fn save_snapshot(&self, snapshot: Snapshot) -> StorageResult<()> {
+        let mut inner = self.lock();
+        self.powered(&inner)?;
+        let op = Op::SaveSnapshot(snapshot.clone());
+        inner.current.save_snapshot(snapshot)?;
+        self.record(&mut inner, op);
+        Ok(())
+    }
+    fn compact(&self, index: u64) -> StorageResult<()> {
+        let mut inner = self.lock();
+        self.powered(&inner)?;
+        inner.current.compact(index)?;
+        self.record(&mut inner, Op::Compact(index));
+        Ok(())
+    }
+    fn identity(&self) -> StorageResult<Option<StoreIdentity>> {
+        self.lock().current.identity()
+    }
+    fn set_identity(&self, identity: &StoreIdentity) -> StorageResult<()> {
+        let mut inner = self.lock();
+        self.powered(&inner)?;
+        inner.current.set_identity(identity)?;
+        self.record(&mut inner, Op::Identity(identity.clone()));
+        Ok(())
+    }
+    fn blocking_writes(&self) -> bool {
+        false // in memory; also keeps tokio's paused clock deterministic
+    }
+}
+
+impl LossyStore {
+    /// Applies a write to what the node sees, and watches its vote.
+    fn apply(&self, inner: &mut Inner, batch: WriteBatch) -> StorageResult<()> {
         let hs = batch.hard_state.clone();
         inner.current.write(batch)?;
         if let Some(hs) = hs {
@@ -249,36 +386,6 @@ impl LogStore for LossyStore {
                 }
             }
         }
-        if let Some(op) = op {
-            self.record(&mut inner, op);
-        }
         Ok(())
-    }
-    fn save_snapshot(&self, snapshot: Snapshot) -> StorageResult<()> {
-        let mut inner = self.lock();
-        let op = self.no_sync.then(|| Op::SaveSnapshot(snapshot.clone()));
-        inner.current.save_snapshot(snapshot)?;
-        if let Some(op) = op {
-            self.record(&mut inner, op);
-        }
-        Ok(())
-    }
-    fn compact(&self, index: u64) -> StorageResult<()> {
-        let mut inner = self.lock();
-        inner.current.compact(index)?;
-        self.record(&mut inner, Op::Compact(index));
-        Ok(())
-    }
-    fn identity(&self) -> StorageResult<Option<StoreIdentity>> {
-        self.lock().current.identity()
-    }
-    fn set_identity(&self, identity: &StoreIdentity) -> StorageResult<()> {
-        let mut inner = self.lock();
-        inner.current.set_identity(identity)?;
-        self.record(&mut inner, Op::Identity(identity.clone()));
-        Ok(())
-    }
-    fn blocking_writes(&self) -> bool {
-        false // in memory; also keeps tokio's paused clock deterministic
     }
 }

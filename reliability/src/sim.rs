@@ -102,6 +102,10 @@ pub struct RunReport {
     pub acked_lost: u64,
     /// Unsynced writes dropped by OS crashes (no_sync runs).
     pub unsynced_writes_lost: u64,
+    /// Writes not yet durable (so never acknowledged) dropped by power
+    /// cuts in runs with fsync: no data loss, but the runs that must show
+    /// it was never acknowledged.
+    pub undurable_writes_lost: u64,
     /// The liveness verdict.
     pub liveness: Result<liveness::Live, String>,
     /// Highest committed index seen.
@@ -159,7 +163,7 @@ impl RunReport {
     pub fn summary(&self) -> String {
         format!(
             "seed {} nodes {} clients {} keys {} no_sync {} churn {} pipelined {}: ops ok {} failed {} unknown {} (settled {:?}), \
-             acked {} lost {}, increments {:?}, commit {}, terms {}, faults {:?}, unsynced lost {}, msgs {:?}, {:?} cluster time, {}",
+             acked {} lost {}, increments {:?}, commit {}, terms {}, faults {:?}, unsynced lost {}, undurable lost {}, msgs {:?}, {:?} cluster time, {}",
             self.options.seed,
             self.options.initial_nodes,
             self.options.clients,
@@ -178,6 +182,7 @@ impl RunReport {
             self.terms,
             self.faults,
             self.unsynced_writes_lost,
+            self.undurable_writes_lost,
             self.messages,
             self.virtual_time,
             if self.failed() {
@@ -348,7 +353,18 @@ async fn boot(w: &Arc<World>, id: u64, bootstrap: Bootstrap) -> Result<SimNode, 
 
 /// Process crash: the node stops and leaves the network; its store stays.
 async fn crash(w: &Arc<World>, id: u64) {
+    crash_with(w, id, false).await
+}
+
+/// Stops node `id` abruptly; with `power_cut`, its store loses power first
+/// (nothing more becomes durable, not even during the shutdown).
+async fn crash_with(w: &Arc<World>, id: u64, power_cut: bool) {
     w.net.unregister(id);
+    if power_cut {
+        if let Some(slot) = w.slots().get(&id) {
+            slot.store.power_cut();
+        }
+    }
     let node = w.slots().get_mut(&id).and_then(|s| s.running.take());
     if let Some(n) = node {
         n.handle().shutdown().await;
@@ -536,13 +552,27 @@ async fn nemesis(w: Arc<World>, mut rng: SimRng, next_id: Arc<AtomicU64>) {
             8 | 9 => {
                 let victim = if can_crash { rng.pick(&live) } else { None };
                 if let Some(id) = victim {
-                    crash(&w, id).await;
+                    // Half the crashes are power losses: with fsync they
+                    // undo only writes not yet durable (never acknowledged),
+                    // with no_sync any unsynced tail (documented loss).
+                    let power_cut = rng.chance(0.5);
+                    if power_cut {
+                        // The power goes out right after one of the node's
+                        // next writes (or now, if it writes nothing soon).
+                        let store = w.slots()[&id].store.clone();
+                        store.arm_power_cut();
+                        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+                        while !store.powered_off() && tokio::time::Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                    crash_with(&w, id, power_cut).await;
                     w.fault("crash");
-                    if w.opts.no_sync && rng.chance(0.5) {
+                    if power_cut {
                         let store = w.slots()[&id].store.clone();
                         let lost = store.os_crash();
                         w.fault("os_crash");
-                        if lost > 0 {
+                        if lost > 0 && w.opts.no_sync {
                             w.violations.mark_data_lost();
                         }
                     }
@@ -836,6 +866,7 @@ async fn run_async(opts: SimOptions) -> RunReport {
         }
     };
     let unsynced_writes_lost = stores.iter().map(|(_, s)| s.lost_ops()).sum();
+    let undurable_writes_lost = stores.iter().map(|(_, s)| s.tail_lost()).sum();
     let faults = w.faults.lock().unwrap_or_else(|p| p.into_inner()).clone();
     RunReport {
         ops,
@@ -847,6 +878,7 @@ async fn run_async(opts: SimOptions) -> RunReport {
         resolved_unknown: resolved,
         acked_lost,
         unsynced_writes_lost,
+        undurable_writes_lost,
         liveness: live,
         commit_index: w.committed.max_index(),
         applies: w.oracle.applies(),

@@ -20,6 +20,7 @@ fn run_many(first: u64, count: u64) {
     let (mut ops, mut acked, mut lost, mut faults, mut lossy) = (0, 0, 0, 0, 0);
     let mut lost_after_data_loss = 0;
     let (mut incr_acked, mut incr_unknown) = (0, 0);
+    let (mut undurable, mut undurable_runs) = (0, 0);
     for seed in first..first + count {
         let t = Instant::now();
         let r = run_seed(seed);
@@ -35,6 +36,8 @@ fn run_many(first: u64, count: u64) {
         }
         faults += r.faults.values().sum::<u64>();
         lossy += u64::from(r.unsynced_writes_lost > 0);
+        undurable += r.undurable_writes_lost;
+        undurable_runs += u64::from(r.undurable_writes_lost > 0);
         for v in &r.violations {
             println!(
                 "  {} [{}] {}",
@@ -69,6 +72,7 @@ fn run_many(first: u64, count: u64) {
         "simulation: {count} runs (seeds {first}..={}), {ops} operations checked, {acked} writes acknowledged, \
          {lost} acknowledged writes lost ({lost_after_data_loss} more in runs after no_sync data loss), \
          {faults} faults injected, {lossy} runs with no_sync data loss, \
+         {undurable} writes not yet durable lost to power cuts in {undurable_runs} runs, \
          {incr_acked} session increments acknowledged ({incr_unknown} unknown at the end), \
          {} failed, {:?} wall",
         first + count - 1,

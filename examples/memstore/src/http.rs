@@ -586,6 +586,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         m.storage_writes,
     );
     gauge(
+        "raftify_storage_syncs_total",
+        "Syncs the storage writer made on their own (a write no later one made durable).",
+        "counter",
+        m.storage_syncs,
+    );
+    gauge(
         "raftify_persisted_entries_total",
         "Entries persisted.",
         "counter",

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::Metrics;
-use crate::storage::{LogStore, StorageError, WriteBatch};
+use crate::storage::{Durability, LogStore, StorageError, WriteBatch};
 use raft::eraftpb::Message;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -204,8 +204,35 @@ where
     }
 }
 
-/// One durable write, on tokio's blocking pool when it blocks on I/O;
-/// bounded by `limit` (a hung disk stops the node instead of every caller).
+/// Runs `op` on the store: on tokio's blocking pool when the store's
+/// writes block on I/O; bounded by `limit` (a hung disk stops the node
+/// instead of every caller).
+async fn on_store<T: Send + 'static>(
+    store: &Arc<dyn LogStore>,
+    blocking: bool,
+    limit: Duration,
+    what: &str,
+    op: impl FnOnce(&dyn LogStore) -> std::result::Result<T, StorageError> + Send + 'static,
+) -> Result<T> {
+    let result = if blocking {
+        let store = store.clone();
+        let task = tokio::task::spawn_blocking(move || op(store.as_ref()));
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(Error::Fatal(format!("storage {what} task failed: {e}"))),
+            Err(_) => {
+                return Err(Error::Fatal(format!(
+                    "a storage {what} did not complete within {limit:?}"
+                )))
+            }
+        }
+    } else {
+        op(store.as_ref())
+    };
+    result.map_err(|e| Error::Fatal(format!("storage {what} failed: {e}")))
+}
+
+/// One durable write (see [`on_store`]).
 async fn write_batch(
     store: &Arc<dyn LogStore>,
     blocking: bool,
@@ -217,24 +244,7 @@ async fn write_batch(
         return Ok(());
     }
     let n = batch.entries.len() as u64;
-    let result: std::result::Result<(), StorageError> = if blocking {
-        let store = store.clone();
-        let write = tokio::task::spawn_blocking(move || store.write(batch));
-        match tokio::time::timeout(limit, write).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(Error::Fatal(format!("storage write task failed: {e}"))),
-            Err(_) => {
-                return Err(Error::Fatal(format!(
-                    "a storage write did not complete within {limit:?}"
-                )))
-            }
-        }
-    } else {
-        store.write(batch)
-    };
-    if let Err(e) = result {
-        return Err(Error::Fatal(format!("storage write failed: {e}")));
-    }
+    on_store(store, blocking, limit, "write", move |s| s.write(batch)).await?;
     Metrics::add(&metrics.storage_writes, 1);
     Metrics::add(&metrics.persisted_entries, n);
     Ok(())
@@ -244,6 +254,13 @@ async fn write_batch(
 /// merges them into one batch, writes it, and reports the number of the
 /// last Ready it made durable. Stops after the first failure (reported) or
 /// when the loop drops its sender.
+///
+/// A store may make a write durable only with the next one
+/// ([`Durability::UntilNext`]: LMDB's meta page, synced by the next
+/// commit's data sync). Then, while Readys queue up, each commit makes the
+/// previous one durable — one sync per commit — and when nothing is queued
+/// behind a write the task syncs at once, so an idle node's last write
+/// waits for no later one.
 async fn write_behind(
     store: Arc<dyn LogStore>,
     blocking: bool,
@@ -252,14 +269,66 @@ async fn write_behind(
     mut jobs: mpsc::UnboundedReceiver<(u64, WriteBatch)>,
     done: mpsc::UnboundedSender<Result<u64>>,
 ) {
-    while let Some((mut number, mut batch)) = jobs.recv().await {
+    // The last Ready written but durable only with the next write or sync.
+    let mut pending: Option<u64> = None;
+    // Whether the task already yielded once for the pending write.
+    let mut yielded = false;
+    loop {
+        let job = match pending {
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+            Some(p) => match jobs.try_recv() {
+                Ok(job) => job,
+                // The loop may be about to hand over the next Ready (it
+                // ran while this write did): let it, once, so that write's
+                // sync also covers this one.
+                Err(mpsc::error::TryRecvError::Empty) if !yielded => {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                // Nothing queued behind it (or the loop is stopping).
+                Err(_) => {
+                    pending = None;
+                    let synced = on_store(&store, blocking, limit, "sync", |s| s.sync()).await;
+                    Metrics::add(&metrics.storage_syncs, 1);
+                    let failed = synced.is_err();
+                    if done.send(synced.map(|()| p)).is_err() || failed {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        yielded = false;
+        let (mut number, mut batch) = job;
         while let Ok((n, later)) = jobs.try_recv() {
             batch.merge(later);
             number = n;
         }
-        let result = write_batch(&store, blocking, limit, &metrics, batch).await;
-        let failed = result.is_err();
-        if done.send(result.map(|()| number)).is_err() || failed {
+        let entries = batch.entries.len() as u64;
+        let written = on_store(&store, blocking, limit, "write", move |s| {
+            s.write_deferred(batch)
+        })
+        .await;
+        Metrics::add(&metrics.storage_writes, 1);
+        Metrics::add(&metrics.persisted_entries, entries);
+        let report = match written {
+            Ok(Durability::Durable) => {
+                pending = None;
+                Ok(number)
+            }
+            // This write's sync made the pending one durable.
+            Ok(Durability::UntilNext) => match pending.replace(number) {
+                Some(p) => Ok(p),
+                None => continue,
+            },
+            Err(e) => Err(e),
+        };
+        let failed = report.is_err();
+        if done.send(report).is_err() || failed {
             return;
         }
     }

@@ -147,6 +147,19 @@ impl WriteBatch {
     }
 }
 
+/// How durable a [`LogStore::write_deferred`] is when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// This write and every earlier one survive a power loss.
+    Durable,
+    /// Every earlier write survives a power loss; this one does once the
+    /// next `write_deferred`, `write` or `sync` returns (until then a power
+    /// loss may undo it — whole, never in part — though a process crash
+    /// cannot). What a store whose commit needs two syncs returns when it
+    /// lets the next commit's sync carry the second one.
+    UntilNext,
+}
+
 /// Who a data directory belongs to: written once at first start, checked on
 /// every later start so a node never runs on another node's or another
 /// cluster's log.
@@ -183,6 +196,19 @@ pub trait LogStore: Send + Sync + 'static {
     fn snapshot(&self) -> StorageResult<Snapshot>;
     /// Persists one Ready's worth of state atomically and durably.
     fn write(&self, batch: WriteBatch) -> StorageResult<()>;
+    /// Persists one Ready's worth of state atomically, and durably either
+    /// now or once the next write or [`LogStore::sync`] returns (see
+    /// [`Durability`]). The loop's storage writer uses it: while Readys
+    /// queue up, each commit's sync also makes the previous commit durable,
+    /// and when none is queued it calls `sync`. Default: [`LogStore::write`],
+    /// [`Durability::Durable`].
+    fn write_deferred(&self, batch: WriteBatch) -> StorageResult<Durability> {
+        self.write(batch).map(|()| Durability::Durable)
+    }
+    /// Makes every write so far durable. Default: nothing to do.
+    fn sync(&self) -> StorageResult<()> {
+        Ok(())
+    }
     /// Stores a snapshot this node created from its own state machine. It
     /// does not touch the log; [`LogStore::compact`] is called afterwards.
     fn save_snapshot(&self, snapshot: Snapshot) -> StorageResult<()>;

@@ -22,7 +22,7 @@ impl LmdbStore {
         loop {
             let res = self.read(|rtxn| {
                 let (snap, meta) = self.read_snapshot(rtxn)?;
-                let (_, created) = dst.write_with_snapshot_file(|wtxn, created| {
+                let (_, created) = dst.write_with_snapshot_file(true, |wtxn, created| {
                     dst.entries_db
                         .clear(wtxn)
                         .map_err(|e| dst.fail("clear the log", e))?;

@@ -6,7 +6,7 @@ use crate::codec::{encode_msg, frame};
 use crate::files::{encode_archive, write_durable};
 use raftify_core::raft::eraftpb::{Entry, Snapshot};
 use raftify_core::raft::RaftState;
-use raftify_core::storage::{check_append, StorageResult, StoreIdentity};
+use raftify_core::storage::{check_append, Durability, StorageResult, StoreIdentity};
 use raftify_core::{LogStore, StorageError, WriteBatch};
 use std::sync::atomic::Ordering;
 
@@ -89,80 +89,24 @@ impl LogStore for LmdbStore {
     }
 
     fn write(&self, batch: WriteBatch) -> StorageResult<()> {
-        self.ensure_writable()?;
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let _w = self.lock_writer();
-        // Encode outside the transaction; it may run more than once.
-        let mut records = Vec::with_capacity(batch.entries.len());
-        for e in &batch.entries {
-            records.push(frame(&encode_msg(e).map_err(StorageError::Invalid)?));
-        }
-        let (old_file, new_file) = self.write_with_snapshot_file(|wtxn, created| {
-            let meta = self.read_meta(wtxn)?;
-            let last = self.last_index_txn(wtxn, &meta)?;
-            // Validate everything first so a failing batch changes nothing.
-            let (offset, new_last, keep) = match &batch.snapshot {
-                Some(snap) => {
-                    let m = snap.get_metadata();
-                    if m.index < meta.snap_meta.index {
-                        return Err(StorageError::SnapshotOutOfDate.into());
-                    }
-                    let keep =
-                        matches!(self.term_txn(wtxn, &meta, last, m.index), Ok(t) if t == m.term);
-                    (m.index, if keep { last } else { m.index }, keep)
-                }
-                None => (meta.offset, last, false),
-            };
-            check_append(offset, new_last, &batch.entries)?;
+        self.write_batch(batch, true)
+    }
 
-            let mut hs = meta.hard_state.clone();
-            let mut replaced = None;
-            if let Some(snap) = &batch.snapshot {
-                let m = snap.get_metadata();
-                let seq = meta.snap_seq + 1;
-                let name = match created {
-                    Some(n) => n.clone(),
-                    None => {
-                        let n = self.create_snapshot_file(snap, seq)?;
-                        *created = Some(n.clone());
-                        n
-                    }
-                };
-                if keep {
-                    if m.index > 0 {
-                        self.delete_through(wtxn, m.index)?;
-                    }
-                } else {
-                    self.entries_db
-                        .clear(wtxn)
-                        .map_err(|e| self.fail("clear the log", e))?;
-                }
-                self.put_offset(wtxn, m.index, m.term)?;
-                self.put_snapshot_ref(wtxn, m, &name, seq)?;
-                hs.term = hs.term.max(m.term);
-                hs.commit = hs.commit.max(m.index);
-                replaced = Some(meta.snap_file.clone());
-            }
-            if let Some(first) = batch.entries.first() {
-                self.delete_from(wtxn, first.index)?;
-                for (e, rec) in batch.entries.iter().zip(&records) {
-                    self.append_raw(wtxn, e.index, rec)?;
-                }
-            }
-            if let Some(h) = &batch.hard_state {
-                hs = h.clone();
-            }
-            if batch.snapshot.is_some() || batch.hard_state.is_some() {
-                self.put_hard_state(wtxn, &hs)?;
-            }
-            Ok(replaced.flatten())
-        })?;
-        if let Some(new) = new_file {
-            self.retire_snapshot(old_file, &new);
-        }
-        Ok(())
+    fn write_deferred(&self, batch: WriteBatch) -> StorageResult<Durability> {
+        // A snapshot install retires the previous snapshot file after its
+        // commit: that commit must be durable first.
+        let durable = batch.snapshot.is_some() || !self.defers_meta_sync();
+        self.write_batch(batch, durable)?;
+        Ok(if durable {
+            Durability::Durable
+        } else {
+            Durability::UntilNext
+        })
+    }
+
+    fn sync(&self) -> StorageResult<()> {
+        self.ensure_writable()?;
+        self.sync_meta()
     }
 
     fn save_snapshot(&self, snapshot: Snapshot) -> StorageResult<()> {
@@ -258,5 +202,87 @@ impl LogStore for LmdbStore {
 
     fn blocking_writes(&self) -> bool {
         true
+    }
+}
+
+impl LmdbStore {
+    /// Writes one Ready's batch in one transaction; durable now when
+    /// `durable`, else once the next commit or sync returns.
+    fn write_batch(&self, batch: WriteBatch, durable: bool) -> StorageResult<()> {
+        self.ensure_writable()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+
+        let _w = self.lock_writer();
+        // Encode outside the transaction; it may run more than once.
+        let mut records = Vec::with_capacity(batch.entries.len());
+        for e in &batch.entries {
+            records.push(frame(&encode_msg(e).map_err(StorageError::Invalid)?));
+        }
+        let (old_file, new_file) = self.write_with_snapshot_file(durable, |wtxn, created| {
+            let meta = self.read_meta(wtxn)?;
+            let last = self.last_index_txn(wtxn, &meta)?;
+            // Validate everything first so a failing batch changes nothing.
+            let (offset, new_last, keep) = match &batch.snapshot {
+                Some(snap) => {
+                    let m = snap.get_metadata();
+                    if m.index < meta.snap_meta.index {
+                        return Err(StorageError::SnapshotOutOfDate.into());
+                    }
+                    let keep =
+                        matches!(self.term_txn(wtxn, &meta, last, m.index), Ok(t) if t == m.term);
+                    (m.index, if keep { last } else { m.index }, keep)
+                }
+                None => (meta.offset, last, false),
+            };
+            check_append(offset, new_last, &batch.entries)?;
+
+            let mut hs = meta.hard_state.clone();
+            let mut replaced = None;
+            if let Some(snap) = &batch.snapshot {
+                let m = snap.get_metadata();
+                let seq = meta.snap_seq + 1;
+                let name = match created {
+                    Some(n) => n.clone(),
+                    None => {
+                        let n = self.create_snapshot_file(snap, seq)?;
+                        *created = Some(n.clone());
+                        n
+                    }
+                };
+                if keep {
+                    if m.index > 0 {
+                        self.delete_through(wtxn, m.index)?;
+                    }
+                } else {
+                    self.entries_db
+                        .clear(wtxn)
+                        .map_err(|e| self.fail("clear the log", e))?;
+                }
+                self.put_offset(wtxn, m.index, m.term)?;
+                self.put_snapshot_ref(wtxn, m, &name, seq)?;
+                hs.term = hs.term.max(m.term);
+                hs.commit = hs.commit.max(m.index);
+                replaced = Some(meta.snap_file.clone());
+            }
+            if let Some(first) = batch.entries.first() {
+                self.delete_from(wtxn, first.index)?;
+                for (e, rec) in batch.entries.iter().zip(&records) {
+                    self.append_raw(wtxn, e.index, rec)?;
+                }
+            }
+            if let Some(h) = &batch.hard_state {
+                hs = h.clone();
+            }
+            if batch.snapshot.is_some() || batch.hard_state.is_some() {
+                self.put_hard_state(wtxn, &hs)?;
+            }
+            Ok(replaced.flatten())
+        })?;
+        if let Some(new) = new_file {
+            self.retire_snapshot(old_file, &new);
+        }
+        Ok(())
     }
 }

@@ -146,6 +146,10 @@ impl LmdbStore {
         }
         if opts.no_sync && !read_only {
             flags |= EnvFlags::NO_SYNC;
+        } else if !read_only {
+            // Commits sync their data pages; the meta page is synced by the
+            // next commit or an explicit sync (see `defers_meta_sync`).
+            flags |= EnvFlags::NO_META_SYNC;
         }
         let mut eo = EnvOpenOptions::new().read_txn_without_tls();
         eo.map_size(align_up(opts.map_size)).max_dbs(4);
@@ -259,6 +263,10 @@ impl LmdbStore {
                 }
             };
             wtxn.commit().map_err(|e| lmdb("commit", e))?;
+            if !opts.no_sync {
+                env.force_sync()
+                    .map_err(|e| lmdb("sync the new store", e))?;
+            }
             dbs
         };
 

@@ -97,13 +97,19 @@ impl LmdbStore {
     }
 
     /// Runs a write that may create a snapshot file: the file is removed
-    /// again when the transaction does not commit.
+    /// again when the transaction does not commit. The commit is durable
+    /// at once when `durable` (see [`LmdbStore::write_txn_deferred`]).
     pub(super) fn write_with_snapshot_file<T>(
         &self,
+        durable: bool,
         mut f: impl FnMut(&mut RwTxn, &mut Option<String>) -> Result<T, Fail>,
     ) -> StorageResult<(T, Option<String>)> {
         let mut created: Option<String> = None;
-        let result = self.write_txn(|wtxn| f(wtxn, &mut created));
+        let result = if durable {
+            self.write_txn(|wtxn| f(wtxn, &mut created))
+        } else {
+            self.write_txn_deferred(|wtxn| f(wtxn, &mut created))
+        };
         match result {
             Ok(v) => Ok((v, created)),
             Err(e) => {

@@ -132,10 +132,44 @@ impl LmdbStore {
         }
     }
 
-    /// Runs `f` in one write transaction and commits it. On `MDB_MAP_FULL`
-    /// (from `f` or the commit) the transaction is aborted, the map doubled
-    /// and `f` run again in a fresh transaction.
+    /// Runs `f` in one write transaction and commits it durably. On
+    /// `MDB_MAP_FULL` (from `f` or the commit) the transaction is aborted,
+    /// the map doubled and `f` run again in a fresh transaction.
     pub(crate) fn write_txn<T>(
+        &self,
+        f: impl FnMut(&mut RwTxn) -> Result<T, Fail>,
+    ) -> StorageResult<T> {
+        let v = self.write_txn_deferred(f)?;
+        self.sync_meta()?;
+        Ok(v)
+    }
+
+    /// Makes the last commit's meta page durable (a no-op unless commits
+    /// defer it: see [`LmdbStore::defers_meta_sync`]).
+    pub(crate) fn sync_meta(&self) -> StorageResult<()> {
+        if !self.defers_meta_sync() {
+            return Ok(());
+        }
+        let _gate = self.gate_read();
+        self.env
+            .force_sync()
+            .map_err(|e| self.heed_err("sync the data file", e))
+    }
+
+    /// Whether a commit syncs its data pages but leaves its meta page to
+    /// the next commit's sync (or [`LmdbStore::sync_meta`]): LMDB's
+    /// `MDB_NOMETASYNC`, on every store opened for writing with syncs on.
+    /// Such a commit survives a process crash at once, and a power loss
+    /// once the next sync returns; before that, a power loss undoes it
+    /// whole (LMDB keeps the previous meta page and the pages it points
+    /// to).
+    pub(crate) fn defers_meta_sync(&self) -> bool {
+        !self.read_only && !self.opts.no_sync
+    }
+
+    /// [`LmdbStore::write_txn`] without syncing the meta page: durable once
+    /// the next commit or [`LmdbStore::sync_meta`] returns.
+    pub(crate) fn write_txn_deferred<T>(
         &self,
         mut f: impl FnMut(&mut RwTxn) -> Result<T, Fail>,
     ) -> StorageResult<T> {
