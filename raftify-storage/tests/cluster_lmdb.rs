@@ -1,5 +1,8 @@
-//! raftify-core's cluster scenarios, run on LMDB stores (fsync on) in temp
-//! dirs: the same file as core's in-memory run.
+//! raftify-core's cluster scenarios, run on LMDB stores in temp dirs: the
+//! same file as core's in-memory run. Even-numbered nodes run without
+//! fsync (their appends run inline on the runtime, see
+//! `LogStore::inline_appends`), the others with fsync (commits durable with
+//! the next one's sync): every scenario mixes both write paths.
 
 use raftify_core::testkit::StoreFactory;
 use raftify_core::LogStore;
@@ -15,7 +18,8 @@ fn factory() -> StoreFactory {
         // handles may still be dropping, so a held lock is retried briefly.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match LmdbStore::open(&path, LmdbOptions::new().map_size(64 << 20)) {
+            let opts = LmdbOptions::new().map_size(64 << 20).no_sync(id % 2 == 0);
+            match LmdbStore::open(&path, opts) {
                 Ok(store) => return Arc::new(store) as Arc<dyn LogStore>,
                 Err(LmdbError::Locked { .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10))

@@ -49,6 +49,13 @@ pub(super) struct Persistence {
     metrics: Arc<Metrics>,
 }
 
+/// Whether writing `batch` goes to the blocking pool: on a store whose
+/// writes block, unless it runs appends inline
+/// ([`LogStore::inline_appends`]) and the batch installs no snapshot.
+fn blocks(store: &Arc<dyn LogStore>, blocking: bool, batch: &WriteBatch) -> bool {
+    blocking && !(batch.snapshot.is_none() && store.inline_appends())
+}
+
 impl Persistence {
     /// Starts the writer task when persistence is pipelined
     /// ([`Config::pipeline_writes`]).
@@ -244,6 +251,7 @@ async fn write_batch(
         return Ok(());
     }
     let n = batch.entries.len() as u64;
+    let blocking = blocks(store, blocking, &batch);
     on_store(store, blocking, limit, "write", move |s| s.write(batch)).await?;
     Metrics::add(&metrics.storage_writes, 1);
     Metrics::add(&metrics.persisted_entries, n);
@@ -309,6 +317,7 @@ async fn write_behind(
             number = n;
         }
         let entries = batch.entries.len() as u64;
+        let blocking = blocks(&store, blocking, &batch);
         let written = on_store(&store, blocking, limit, "write", move |s| {
             s.write_deferred(batch)
         })

@@ -223,6 +223,15 @@ pub trait LogStore: Send + Sync + 'static {
     fn blocking_writes(&self) -> bool {
         true
     }
+    /// Whether a write of log entries and hard state (no snapshot) is cheap
+    /// enough to run on the async runtime although
+    /// [`LogStore::blocking_writes`] is true: a store that does not sync
+    /// (a few microseconds a commit), whose snapshots and compactions still
+    /// go to the blocking pool. Saves a thread hop per commit. Default
+    /// false.
+    fn inline_appends(&self) -> bool {
+        false
+    }
 }
 
 /// Adapts a shared [`LogStore`] to raft-rs's [`raft::Storage`].

@@ -203,6 +203,11 @@ impl LogStore for LmdbStore {
     fn blocking_writes(&self) -> bool {
         true
     }
+
+    fn inline_appends(&self) -> bool {
+        // Without fsync a commit only copies pages into the page cache.
+        self.options().no_sync
+    }
 }
 
 impl LmdbStore {
