@@ -109,6 +109,24 @@ async fn wait_counter(node: &Node, value: &str) {
     }
 }
 
+/// Swallows the answers through `proxy` while `write` runs, until `node`
+/// has applied counter `n` up to `value`; then cuts the connection (the
+/// answer is lost with it), lets answers flow again and returns what the
+/// write returned in the end.
+async fn lose_the_answer<T: Send + 'static>(
+    proxy: &Proxy,
+    node: &Node,
+    value: &str,
+    write: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let pending = tokio::spawn(write);
+    wait_counter(node, value).await;
+    proxy.cut.notify_waiters();
+    proxy.swallow.store(false, Ordering::SeqCst);
+    pending.await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_client_session_a_proposal_whose_connection_breaks_is_not_sent_again() {
     let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
@@ -166,17 +184,14 @@ async fn a_proposal_whose_connection_breaks_after_delivery_is_retried_in_the_cli
     // The first write opens the client's session.
     assert_eq!(client.propose(incr.clone()).await.unwrap(), b"1");
 
-    proxy.swallow.store(true, Ordering::SeqCst);
-    let pending = {
-        let (client, incr) = (client.clone(), incr.clone());
-        tokio::spawn(async move { client.propose(incr).await })
-    };
     let node = c.node(leader).clone();
-    wait_counter(&node, "2").await;
-    proxy.cut.notify_waiters();
-    proxy.swallow.store(false, Ordering::SeqCst);
+    let write = {
+        let (client, incr) = (client.clone(), incr.clone());
+        async move { client.propose(incr).await }
+    };
     // Sent again with the same number: the first application's answer.
-    assert_eq!(pending.await.unwrap().unwrap(), b"2");
+    let answer = lose_the_answer(&proxy, &node, "2", write).await;
+    assert_eq!(answer.unwrap(), b"2");
     assert_eq!(client.propose(incr).await.unwrap(), b"3");
     let value = node
         .linearizable_read(|s| s.map.get("n").cloned())
@@ -221,19 +236,15 @@ async fn a_forwarded_write_whose_connection_to_the_leader_breaks_is_retried_and_
     // The follower's first forwarded write opens its session.
     assert_eq!(c.node(follower).propose(&incr).await.unwrap(), b"1");
 
-    let proxy = &proxies[&leader];
-    proxy.swallow.store(true, Ordering::SeqCst);
-    let pending = {
-        let (f, incr) = (c.node(follower).clone(), incr.clone());
-        tokio::spawn(async move { f.propose(&incr).await })
-    };
     let node = c.node(leader).clone();
-    wait_counter(&node, "2").await;
-    // The forwarded batch was applied; its answer is lost with the
+    let write = {
+        let (f, incr) = (c.node(follower).clone(), incr.clone());
+        async move { f.propose(&incr).await }
+    };
+    // The forwarded batch is applied; its answer is lost with the
     // connection. The follower sends it again in its session.
-    proxy.cut.notify_waiters();
-    proxy.swallow.store(false, Ordering::SeqCst);
-    assert_eq!(pending.await.unwrap().unwrap(), b"2");
+    let answer = lose_the_answer(&proxies[&leader], &node, "2", write).await;
+    assert_eq!(answer.unwrap(), b"2");
     let value = node
         .linearizable_read(|s| s.map.get("n").cloned())
         .await
@@ -257,18 +268,15 @@ async fn a_session_write_whose_connection_breaks_after_delivery_is_retried_and_a
     let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
     assert_eq!(session.propose(incr.clone()).await.unwrap(), b"1");
 
-    proxy.swallow.store(true, Ordering::SeqCst);
-    let pending = {
-        let incr = incr.clone();
-        tokio::spawn(async move { session.propose(incr).await })
-    };
     let node = c.node(leader).clone();
-    wait_counter(&node, "2").await;
+    let write = {
+        let incr = incr.clone();
+        async move { session.propose(incr).await }
+    };
     // The connection breaks after the increment was applied; then answers
     // flow again. The session sends it again, with the same number.
-    proxy.cut.notify_waiters();
-    proxy.swallow.store(false, Ordering::SeqCst);
-    assert_eq!(pending.await.unwrap().unwrap(), b"2");
+    let answer = lose_the_answer(&proxy, &node, "2", write).await;
+    assert_eq!(answer.unwrap(), b"2");
     let value = node
         .linearizable_read(|s| s.map.get("n").cloned())
         .await
@@ -296,19 +304,16 @@ async fn a_keyed_write_whose_connection_breaks_after_delivery_is_retried_and_app
         b"1"
     );
 
-    proxy.swallow.store(true, Ordering::SeqCst);
     let client = Arc::new(client);
-    let pending = {
-        let (client, incr) = (client.clone(), incr.clone());
-        tokio::spawn(async move { client.propose_with_key("b", incr).await })
-    };
     let node = c.node(leader).clone();
-    wait_counter(&node, "2").await;
+    let write = {
+        let (client, incr) = (client.clone(), incr.clone());
+        async move { client.propose_with_key("b", incr).await }
+    };
     // The answer is lost with the connection; the client sends the same
     // key again and gets the first answer.
-    proxy.cut.notify_waiters();
-    proxy.swallow.store(false, Ordering::SeqCst);
-    assert_eq!(pending.await.unwrap().unwrap(), b"2");
+    let answer = lose_the_answer(&proxy, &node, "2", write).await;
+    assert_eq!(answer.unwrap(), b"2");
     assert_eq!(
         client.propose_with_key("a", incr.clone()).await.unwrap(),
         b"1"
