@@ -109,6 +109,37 @@ async fn wait_counter(node: &Node, value: &str) {
     }
 }
 
+/// A 3-node cluster, its leader, and a proxy to the leader (or, with
+/// `via_follower`, to a follower), with a client that knows the cluster
+/// only through the proxy (the retry loop would go there again).
+async fn cluster_behind_proxy(
+    via_follower: bool,
+    client_session: bool,
+) -> (GCluster, u64, Proxy, RaftClient) {
+    let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let target = match via_follower {
+        true => [1, 2, 3].into_iter().find(|id| *id != leader).unwrap(),
+        false => leader,
+    };
+    let proxy = Proxy::start(c.addr(target)).await;
+    let config = GrpcConfig {
+        request_timeout: Duration::from_secs(10),
+        client_session,
+        ..GrpcConfig::default()
+    };
+    let client = RaftClient::new([proxy.addr.clone()], config).unwrap();
+    (c, leader, proxy, client)
+}
+
+/// Counter `n` as a linearizable read on `node` sees it (a resend still in
+/// flight would show).
+async fn counter(node: &Node) -> Option<String> {
+    node.linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap()
+}
+
 /// Swallows the answers through `proxy` while `write` runs, until `node`
 /// has applied counter `n` up to `value`; then cuts the connection (the
 /// answer is lost with it), lets answers flow again and returns what the
@@ -129,17 +160,7 @@ async fn lose_the_answer<T: Send + 'static>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_client_session_a_proposal_whose_connection_breaks_is_not_sent_again() {
-    let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
-    let leader = c.wait_leader(&[1, 2, 3]).await;
-    let proxy = Proxy::start(c.addr(leader)).await;
-    let config = GrpcConfig {
-        request_timeout: Duration::from_secs(10),
-        client_session: false,
-        ..GrpcConfig::default()
-    };
-    // The client knows the cluster only through the proxy (the retry loop
-    // would go there again).
-    let client = RaftClient::new([proxy.addr.clone()], config).unwrap();
+    let (c, leader, proxy, client) = cluster_behind_proxy(false, false).await;
     let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
     // A first write through the proxy opens the connection.
     assert_eq!(client.propose(incr.clone()).await.unwrap(), b"1");
@@ -161,25 +182,15 @@ async fn without_a_client_session_a_proposal_whose_connection_breaks_is_not_sent
     assert_eq!(err.class(), ErrorClass::OutcomeUnknown, "{err}");
     // Not sent again: still applied once. A read through the leader is
     // linearizable, so a resend that was in flight would show.
-    let value = node
-        .linearizable_read(|s| s.map.get("n").cloned())
-        .await
-        .unwrap();
-    assert_eq!(value.as_deref(), Some("2"));
+    assert_eq!(counter(&node).await.as_deref(), Some("2"));
     drop(proxy);
     c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_whose_connection_breaks_after_delivery_is_retried_in_the_clients_session() {
-    let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
-    let leader = c.wait_leader(&[1, 2, 3]).await;
-    let proxy = Proxy::start(c.addr(leader)).await;
-    let config = GrpcConfig {
-        request_timeout: Duration::from_secs(10),
-        ..GrpcConfig::default()
-    };
-    let client = Arc::new(RaftClient::new([proxy.addr.clone()], config).unwrap());
+    let (c, leader, proxy, client) = cluster_behind_proxy(false, true).await;
+    let client = Arc::new(client);
     let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
     // The first write opens the client's session.
     assert_eq!(client.propose(incr.clone()).await.unwrap(), b"1");
@@ -193,11 +204,11 @@ async fn a_proposal_whose_connection_breaks_after_delivery_is_retried_in_the_cli
     let answer = lose_the_answer(&proxy, &node, "2", write).await;
     assert_eq!(answer.unwrap(), b"2");
     assert_eq!(client.propose(incr).await.unwrap(), b"3");
-    let value = node
-        .linearizable_read(|s| s.map.get("n").cloned())
-        .await
-        .unwrap();
-    assert_eq!(value.as_deref(), Some("3"), "each applied once");
+    assert_eq!(
+        counter(&node).await.as_deref(),
+        Some("3"),
+        "each applied once"
+    );
     drop(proxy);
     c.shutdown().await;
 }
@@ -245,25 +256,14 @@ async fn a_forwarded_write_whose_connection_to_the_leader_breaks_is_retried_and_
     // connection. The follower sends it again in its session.
     let answer = lose_the_answer(&proxies[&leader], &node, "2", write).await;
     assert_eq!(answer.unwrap(), b"2");
-    let value = node
-        .linearizable_read(|s| s.map.get("n").cloned())
-        .await
-        .unwrap();
-    assert_eq!(value.as_deref(), Some("2"), "applied once");
+    assert_eq!(counter(&node).await.as_deref(), Some("2"), "applied once");
     c.shutdown().await;
     drop(proxies);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_write_whose_connection_breaks_after_delivery_is_retried_and_applied_once() {
-    let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
-    let leader = c.wait_leader(&[1, 2, 3]).await;
-    let proxy = Proxy::start(c.addr(leader)).await;
-    let config = GrpcConfig {
-        request_timeout: Duration::from_secs(10),
-        ..GrpcConfig::default()
-    };
-    let client = RaftClient::new([proxy.addr.clone()], config).unwrap();
+    let (c, leader, proxy, client) = cluster_behind_proxy(false, true).await;
     let session = client.session().await.unwrap();
     let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
     assert_eq!(session.propose(incr.clone()).await.unwrap(), b"1");
@@ -277,27 +277,15 @@ async fn a_session_write_whose_connection_breaks_after_delivery_is_retried_and_a
     // flow again. The session sends it again, with the same number.
     let answer = lose_the_answer(&proxy, &node, "2", write).await;
     assert_eq!(answer.unwrap(), b"2");
-    let value = node
-        .linearizable_read(|s| s.map.get("n").cloned())
-        .await
-        .unwrap();
-    assert_eq!(value.as_deref(), Some("2"), "applied once");
+    assert_eq!(counter(&node).await.as_deref(), Some("2"), "applied once");
     drop(proxy);
     c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_write_whose_connection_breaks_after_delivery_is_retried_and_applied_once() {
-    let c = GCluster::start(3, GrpcConfig::default(), no_tweak).await;
-    let leader = c.wait_leader(&[1, 2, 3]).await;
-    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     // Through a follower: its peer service forwards the keyed write.
-    let proxy = Proxy::start(c.addr(follower)).await;
-    let config = GrpcConfig {
-        request_timeout: Duration::from_secs(10),
-        ..GrpcConfig::default()
-    };
-    let client = RaftClient::new([proxy.addr.clone()], config).unwrap();
+    let (c, leader, proxy, client) = cluster_behind_proxy(true, true).await;
     let incr = KvCmd::Incr { key: "n".into() }.encode().unwrap();
     assert_eq!(
         client.propose_with_key("a", incr.clone()).await.unwrap(),
@@ -319,11 +307,11 @@ async fn a_keyed_write_whose_connection_breaks_after_delivery_is_retried_and_app
         b"1"
     );
     assert!(client.propose_with_key("", incr.clone()).await.is_err());
-    let value = node
-        .linearizable_read(|s| s.map.get("n").cloned())
-        .await
-        .unwrap();
-    assert_eq!(value.as_deref(), Some("2"), "applied once per key");
+    assert_eq!(
+        counter(&node).await.as_deref(),
+        Some("2"),
+        "applied once per key"
+    );
     drop(proxy);
     c.shutdown().await;
 }
