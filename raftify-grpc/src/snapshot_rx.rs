@@ -66,7 +66,7 @@ impl Receiving {
                 let mut file = slot
                     .take()
                     .ok_or_else(|| Status::internal("snapshot spool file lost"))?;
-                let mut crc = self.crc;
+                let mut crc = std::mem::take(&mut self.crc);
                 // Off the async workers: a write may wait for the disk.
                 let (file, crc, written) = tokio::task::spawn_blocking(move || {
                     crc.update(&data);
