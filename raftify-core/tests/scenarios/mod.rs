@@ -982,16 +982,7 @@ async fn a_session_write_whose_answer_is_lost_is_retried_and_applied_once() {
         tokio::spawn(async move { session.propose(incr).await.map(|out| (out, session)) })
     };
     let node = c.node(leader).clone();
-    let deadline = Instant::now() + WAIT;
-    while node
-        .stale_read(|s| s.map.get("n").cloned())
-        .await
-        .as_deref()
-        != Some("1")
-    {
-        assert!(Instant::now() < deadline, "never applied");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_counter(&node, "1").await;
     c.net.heal();
     // The session retries with the same number: the answer of the first
     // application, and no second one.
@@ -1093,16 +1084,7 @@ async fn a_keyed_write_is_applied_once_per_key_through_lost_answers_and_restarts
         let (h, incr) = (c.node(follower).handle().clone(), incr.clone());
         tokio::spawn(async move { h.propose_with_key("order-1", incr).await })
     };
-    let deadline = Instant::now() + WAIT;
-    while node
-        .stale_read(|s| s.map.get("n").cloned())
-        .await
-        .as_deref()
-        != Some("1")
-    {
-        assert!(Instant::now() < deadline, "never applied");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_counter(&node, "1").await;
     c.net.heal();
     assert_eq!(pending.await.unwrap().unwrap(), b"1");
     // Sent again: the first answer, nothing applied; another key applies.
