@@ -712,6 +712,13 @@ async fn removing_the_leader_hands_leadership_over_first() {
     c.shutdown().await;
 }
 
+/// Counter `n` as a linearizable read on `node` sees it.
+async fn counter(node: &Node) -> Option<String> {
+    node.linearizable_read(|s| s.map.get("n").cloned())
+        .await
+        .unwrap()
+}
+
 /// Waits until `node` has applied counter `n` up to `value`.
 async fn wait_counter(node: &Node, value: &str) {
     let deadline = Instant::now() + WAIT;
@@ -788,11 +795,7 @@ async fn a_forwarded_write_whose_answer_is_lost_is_retried_in_the_nodes_session_
     c.net.heal();
 
     // Each was applied once.
-    let value = node
-        .linearizable_read(|s| s.map.get("n").cloned())
-        .await
-        .unwrap();
-    assert_eq!(value.as_deref(), Some("4"));
+    assert_eq!(counter(&node).await.as_deref(), Some("4"));
     assert_eq!(c.write(incr).await.unwrap(), b"5");
     c.wait_converged(&[1, 2, 3], 1, WAIT).await.unwrap();
     c.shutdown().await;
@@ -813,12 +816,7 @@ async fn without_forwarding_sessions_a_write_whose_answer_is_lost_is_reported_as
     assert_eq!(err.class(), ErrorClass::OutcomeUnknown, "{err}");
     c.net.heal();
     // Delivered once and applied once: never resent.
-    let value = c
-        .node(leader)
-        .linearizable_read(|s| s.map.get("n").cloned())
-        .await
-        .unwrap();
-    assert_eq!(value.as_deref(), Some("1"));
+    assert_eq!(counter(c.node(leader)).await.as_deref(), Some("1"));
     c.shutdown().await;
 }
 
@@ -989,11 +987,7 @@ async fn a_session_write_whose_answer_is_lost_is_retried_and_applied_once() {
     let (out, session) = pending.await.unwrap().unwrap();
     assert_eq!(out, b"1");
     assert_eq!(session.propose(incr.clone()).await.unwrap(), b"2");
-    let value = node
-        .linearizable_read(|s| s.map.get("n").cloned())
-        .await
-        .unwrap();
-    assert_eq!(value.as_deref(), Some("2"));
+    assert_eq!(counter(&node).await.as_deref(), Some("2"));
 
     // A write sent again with a number already applied is answered from
     // the session table; one older than it keeps, or in an unknown
@@ -1060,12 +1054,7 @@ async fn sessions_survive_snapshots_restarts_and_leader_changes() {
     };
     let h = c.node(other).handle();
     assert_eq!(h.propose_in_session(w, incr.clone()).await.unwrap(), b"1");
-    let value = c
-        .node(other)
-        .linearizable_read(|s| s.map.get("n").cloned())
-        .await
-        .unwrap();
-    assert_eq!(value.as_deref(), Some("1"));
+    assert_eq!(counter(c.node(other)).await.as_deref(), Some("1"));
     c.shutdown().await;
 }
 
@@ -1129,11 +1118,6 @@ async fn a_keyed_write_is_applied_once_per_key_through_lost_answers_and_restarts
         h.propose_with_key("order-1", incr.clone()).await.unwrap(),
         b"1"
     );
-    let value = c
-        .node(follower)
-        .linearizable_read(|s| s.map.get("n").cloned())
-        .await
-        .unwrap();
-    assert_eq!(value.as_deref(), Some("2"));
+    assert_eq!(counter(c.node(follower)).await.as_deref(), Some("2"));
     c.shutdown().await;
 }
