@@ -2,10 +2,10 @@
 //! over a node's [`ClusterApi`]: the peer service passes the node's
 //! `Inbound` (run here), the client service its routed API (to the leader).
 
-use crate::convert::{change_from_pb, members_to_pb, ticket_to_pb};
+use crate::convert::{change_from_pb, members_to_pb, session_write_from_pb, ticket_to_pb};
 use crate::error::error_to_status;
 use crate::pb;
-use raftify_core::{ClusterApi, Error, Result, SessionWrite};
+use raftify_core::{ClusterApi, Error, Result};
 use tonic::{Request, Response, Status};
 
 /// A call's answer on the wire.
@@ -32,13 +32,8 @@ pub(crate) async fn propose_in_session(
     api: &dyn ClusterApi,
     req: Request<pb::SessionProposeRequest>,
 ) -> Answer<pb::ProposeReply> {
-    let r = req.into_inner();
-    let w = SessionWrite {
-        session: r.session,
-        seq: r.seq,
-        acked: r.acked,
-    };
-    let output = api.propose_in_session(w, r.data).await.map_err(st)?;
+    let (w, data) = session_write_from_pb(req.into_inner());
+    let output = api.propose_in_session(w, data).await.map_err(st)?;
     Ok(Response::new(pb::ProposeReply { output }))
 }
 

@@ -2,7 +2,7 @@
 //! the nodes' client service.
 
 use crate::config::GrpcConfig;
-use crate::convert::{change_to_pb, members_from_pb, ticket_from_pb};
+use crate::convert::{change_to_pb, members_from_pb, session_write_to_pb, ticket_from_pb};
 use crate::net::{request, rpc, ApiClient, ChannelPool, Credential};
 use crate::pb;
 use raftify_core::retry::{seek_leader, Idempotence};
@@ -154,12 +154,7 @@ impl RaftClient {
     pub async fn propose_in_session(&self, w: SessionWrite, data: Vec<u8>) -> Result<Vec<u8>> {
         let (data, t) = (&data, self.timeout());
         self.retry(Idempotence::Idempotent, |mut c| async move {
-            let msg = pb::SessionProposeRequest {
-                session: w.session,
-                seq: w.seq,
-                acked: w.acked,
-                data: data.clone(),
-            };
+            let msg = session_write_to_pb(w, data.clone());
             Ok(rpc(t, c.propose_in_session(request(msg, t))).await?.output)
         })
         .await

@@ -3,7 +3,29 @@
 use crate::pb;
 use raftify_core::protobuf::Message as _;
 use raftify_core::raft::eraftpb::Message;
-use raftify_core::{Error, JoinTicket, Member, MemberRole, Membership, MembershipChange, Result};
+use raftify_core::{
+    Error, JoinTicket, Member, MemberRole, Membership, MembershipChange, Result, SessionWrite,
+};
+
+/// A session write and its entry, as sent.
+pub(crate) fn session_write_to_pb(w: SessionWrite, data: Vec<u8>) -> pb::SessionProposeRequest {
+    pb::SessionProposeRequest {
+        session: w.session,
+        seq: w.seq,
+        acked: w.acked,
+        data,
+    }
+}
+
+/// A session write and its entry, as received.
+pub(crate) fn session_write_from_pb(r: pb::SessionProposeRequest) -> (SessionWrite, Vec<u8>) {
+    let w = SessionWrite {
+        session: r.session,
+        seq: r.seq,
+        acked: r.acked,
+    };
+    (w, r.data)
+}
 
 pub(crate) fn encode_msg(m: &Message) -> Result<Vec<u8>> {
     m.write_to_bytes()

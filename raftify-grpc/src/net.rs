@@ -6,7 +6,7 @@
 //! [`RaftClient`]: crate::RaftClient
 
 use crate::config::GrpcConfig;
-use crate::convert::{change_to_pb, members_from_pb, ticket_from_pb};
+use crate::convert::{change_to_pb, members_from_pb, session_write_to_pb, ticket_from_pb};
 use crate::error::status_to_error;
 use crate::pb;
 use crate::pb::raft_client_client::RaftClientClient;
@@ -350,12 +350,7 @@ impl ClusterApi for PeerNode {
     }
 
     async fn propose_in_session(&self, w: SessionWrite, data: Vec<u8>) -> Result<Vec<u8>> {
-        let msg = pb::SessionProposeRequest {
-            session: w.session,
-            seq: w.seq,
-            acked: w.acked,
-            data,
-        };
+        let msg = session_write_to_pb(w, data);
         let mut c = self.client.clone();
         Ok(self.rpc(c.propose_in_session(self.req(msg))).await?.output)
     }
@@ -372,12 +367,7 @@ impl ClusterApi for PeerNode {
     ) -> Result<Vec<Outcome>> {
         let writes = writes
             .into_iter()
-            .map(|(w, data)| pb::SessionProposeRequest {
-                session: w.session,
-                seq: w.seq,
-                acked: w.acked,
-                data,
-            })
+            .map(|(w, data)| session_write_to_pb(w, data))
             .collect();
         let mut c = self.client.clone();
         let r = self

@@ -5,7 +5,7 @@
 use crate::auth::RefusalLog;
 use crate::calls::{self, st, Answer};
 use crate::config::GrpcConfig;
-use crate::convert::decode_msg;
+use crate::convert::{decode_msg, session_write_from_pb};
 use crate::identity::PeerIdentity;
 use crate::net::{cluster_of, outcome_to_pb};
 use crate::pb;
@@ -14,7 +14,7 @@ use crate::snapshot_rx::Receiving;
 use async_trait::async_trait;
 use raftify_core::membership::validate_addr;
 use raftify_core::raft::eraftpb::MessageType;
-use raftify_core::{Error, Inbound, RaftHandle, Result, SessionWrite};
+use raftify_core::{Error, Inbound, RaftHandle, Result};
 use slog::{debug, info, Logger};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -226,14 +226,7 @@ impl RaftPeer for PeerService {
             .into_inner()
             .writes
             .into_iter()
-            .map(|r| {
-                let w = SessionWrite {
-                    session: r.session,
-                    seq: r.seq,
-                    acked: r.acked,
-                };
-                (w, r.data)
-            })
+            .map(session_write_from_pb)
             .collect();
         let outcomes = self
             .inbound
