@@ -36,7 +36,7 @@
 //! Every call is bounded by [`CALL_TIMEOUT`]; an answer must be a gRPC
 //! status sent by the server, never a broken connection.
 
-use crate::fuzz_targets::{byzantine, raft_message};
+use crate::fuzz_targets::byzantine;
 use crate::invariants::Violations;
 use crate::sm::{ApplyOracle, Cmd, RecKv, SimNode};
 use prost::Message as _;
@@ -253,7 +253,7 @@ fn local_only(addr: &mut String) {
 /// A raft message as a correct peer could send it to node 1, or the raw
 /// bytes when they do not parse; `None` for a Byzantine message.
 fn sane_raft_message(bytes: &[u8]) -> Option<Vec<u8>> {
-    let Some(mut m) = raft_message(bytes) else {
+    let Ok(mut m) = Message::parse_from_bytes(bytes) else {
         return Some(bytes.to_vec());
     };
     m.to = 1;
@@ -285,7 +285,7 @@ fn sanitize(rpc: PeerRpc, frame: &[u8]) -> Vec<u8> {
         }),
         PeerRpc::InstallSnapshot => re(frame, |c: &mut pb::SnapshotChunk| {
             local_only(&mut c.from_addr);
-            if let Some(mut m) = raft_message(&c.header) {
+            if let Ok(mut m) = Message::parse_from_bytes(&c.header) {
                 m.to = 1;
                 if byzantine(&m) {
                     m.mut_snapshot().mut_metadata().index = 0;
