@@ -6,7 +6,7 @@
 //! before anything reaches the node.
 
 use bytes::Bytes;
-use raftify_core::codec::Crc32;
+use raftify_core::codec::{crc32, Crc32};
 use std::io::Write;
 use std::path::Path;
 use tempfile::NamedTempFile;
@@ -97,9 +97,8 @@ impl Receiving {
         let (data, actual) = match self.sink {
             Sink::Memory(buf) => {
                 let (buf, sum) = tokio::task::spawn_blocking(move || {
-                    let mut crc = Crc32::new();
-                    crc.update(&buf);
-                    (buf, crc.finish())
+                    let sum = crc32(&buf);
+                    (buf, sum)
                 })
                 .await
                 .map_err(|_| Status::internal("checksumming the snapshot failed"))?;
@@ -107,7 +106,14 @@ impl Receiving {
             }
             Sink::Spool(slot) => {
                 let file = slot.ok_or_else(|| Status::internal("snapshot spool file lost"))?;
-                (map(file)?, self.crc.finish())
+                // The length is known (it was counted as it arrived): an
+                // empty snapshot maps nothing.
+                let data = if self.len == 0 {
+                    Bytes::new()
+                } else {
+                    map(file)?
+                };
+                (data, self.crc.finish())
             }
         };
         match expected {
@@ -121,9 +127,6 @@ impl Receiving {
 
 /// Maps a complete spool file and removes it.
 fn map(file: NamedTempFile) -> Result<Bytes, Status> {
-    if file.as_file().metadata().map(|m| m.len()).unwrap_or(0) == 0 {
-        return Ok(Bytes::new());
-    }
     // SAFETY: the file is this stream's own (a fresh temp file nobody else
     // opens), complete, never written again, and unlinked right below, so
     // the mapped bytes cannot change under the mapping.
