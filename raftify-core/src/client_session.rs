@@ -15,7 +15,7 @@
 //! attempt may have applied.
 
 use crate::error::{Error, ErrorClass, Result};
-use crate::retry::{Idempotence, RetryPolicy};
+use crate::retry::{deadline_after, Idempotence, RetryPolicy};
 use crate::sessions::SessionWrite;
 use crate::transport::{call_cluster, Transport};
 use async_trait::async_trait;
@@ -128,7 +128,7 @@ impl LazySession {
         entry: Vec<u8>,
     ) -> Result<Vec<u8>> {
         let policy = RetryPolicy::with_timeout(budget);
-        let deadline = tokio::time::Instant::now() + policy.timeout;
+        let deadline = deadline_after(policy.timeout);
         // Set once an attempt may have been applied.
         let mut sent = false;
         let mut attempt = 0u32;
@@ -327,7 +327,7 @@ pub fn cluster_session(
         addrs,
         timeout,
     };
-    Session::lazy(Arc::new(target), timeout * 3)
+    Session::lazy(Arc::new(target), timeout.saturating_mul(3))
 }
 
 #[cfg(test)]

@@ -66,6 +66,16 @@ impl RetryPolicy {
     }
 }
 
+/// The instant `timeout` from now, or a century from now when `timeout` is
+/// too long to add (a deadline of "never" from a huge configured timeout
+/// must not overflow).
+pub fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// Whether a request may be sent twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Idempotence {
@@ -118,7 +128,7 @@ where
         return Err(Error::InvalidArgument("no cluster address given".into()));
     }
     let idempotent = idempotence == Idempotence::Idempotent;
-    let deadline = Instant::now() + policy.timeout;
+    let deadline = deadline_after(policy.timeout);
     let mut next = hint;
     let mut last = String::new();
     let mut turn = 0usize;
@@ -185,6 +195,14 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_huge_timeout_gives_a_far_deadline_instead_of_overflowing() {
+        let d = deadline_after(Duration::MAX);
+        assert!(d > Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        let near = deadline_after(Duration::from_secs(1));
+        assert!(near <= Instant::now() + Duration::from_secs(1));
+    }
 
     fn addrs() -> Vec<String> {
         vec!["a:1".into(), "b:1".into(), "c:1".into()]

@@ -182,7 +182,7 @@ impl RaftClient {
     /// each until its outcome is known (within three request timeouts).
     pub async fn session(&self) -> Result<Session> {
         let id = self.open_session().await?;
-        let budget = self.timeout() * 3;
+        let budget = self.timeout().saturating_mul(3);
         let own = RaftClient::new(self.addrs.clone(), self.pool.config().clone())?;
         Ok(Session::new(Arc::new(own), id, budget))
     }

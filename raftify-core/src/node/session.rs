@@ -163,7 +163,7 @@ impl RaftHandle {
     /// Opens a session and returns its client side.
     pub async fn session(&self) -> Result<Session> {
         let id = self.open_session().await?;
-        let budget = self.config().proposal_timeout * 3;
+        let budget = self.config().proposal_timeout.saturating_mul(3);
         Ok(Session::new(Arc::new(self.clone()), id, budget))
     }
 }
