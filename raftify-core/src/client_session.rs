@@ -133,17 +133,8 @@ impl LazySession {
         let mut sent = false;
         let mut attempt = 0u32;
         let mut open = self.session(target).await?;
-        let mut seq = begin(&open);
+        let mut w = begin(&open);
         let result = loop {
-            let w = {
-                let o = lock(&open);
-                SessionWrite {
-                    session: o.id,
-                    seq,
-                    // Every lower number has its answer.
-                    acked: o.in_flight.first().copied().unwrap_or(seq),
-                }
-            };
             let r = target.propose_in_session(w, entry.clone()).await;
             let retry_at = |attempt: u32| {
                 let now = tokio::time::Instant::now();
@@ -153,13 +144,13 @@ impl LazySession {
                 // Gone (idle too long): nothing of this write was applied,
                 // since no attempt may have been; a new session takes it.
                 Err(Error::SessionExpired(_)) if self.reopen && !sent => {
-                    finish(&open, seq);
+                    finish(&open, w.seq);
                     self.drop_session(&open);
                     if tokio::time::Instant::now() >= deadline {
                         break Err(Error::Timeout(budget));
                     }
                     open = self.session(target).await?;
-                    seq = begin(&open);
+                    w = begin(&open);
                 }
                 Err(Error::SessionExpired(why)) if sent => {
                     break Err(Error::Interrupted(format!(
@@ -172,13 +163,15 @@ impl LazySession {
                         sent |= e.class() == ErrorClass::OutcomeUnknown;
                         attempt = attempt.saturating_add(1);
                         tokio::time::sleep(pause).await;
+                        // Writes answered meanwhile raise `acked`.
+                        w = again(&open, w.seq);
                     }
                     None => break Err(e),
                 },
                 other => break other,
             }
         };
-        finish(&open, seq);
+        finish(&open, w.seq);
         result
     }
 }
@@ -193,13 +186,28 @@ fn lock(o: &Arc<Mutex<Opened>>) -> std::sync::MutexGuard<'_, Opened> {
     o.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Takes the session's next number and marks it in flight.
-fn begin(open: &Arc<Mutex<Opened>>) -> u64 {
+/// Takes the session's next number, marks it in flight, and returns the
+/// write (one lock).
+fn begin(open: &Arc<Mutex<Opened>>) -> SessionWrite {
     let mut o = lock(open);
     let seq = o.next;
     o.next += 1;
     o.in_flight.insert(seq);
-    seq
+    written(&o, seq)
+}
+
+/// Write `seq` again, acknowledging what was answered since.
+fn again(open: &Arc<Mutex<Opened>>, seq: u64) -> SessionWrite {
+    written(&lock(open), seq)
+}
+
+fn written(o: &Opened, seq: u64) -> SessionWrite {
+    SessionWrite {
+        session: o.id,
+        seq,
+        // Every lower number has its answer.
+        acked: o.in_flight.first().copied().unwrap_or(seq),
+    }
 }
 
 /// Marks write `seq` answered (or given up on).

@@ -94,7 +94,7 @@ impl RaftHandle {
 
     /// Hands a command to the loop without waiting; a full inbox is
     /// `Overloaded`, a stopped loop `Shutdown` (or the fatal error).
-    pub(super) fn send_command<T>(
+    fn send_command<T>(
         &self,
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<oneshot::Receiver<Result<T>>> {
@@ -111,7 +111,7 @@ impl RaftHandle {
     /// The loop's answer to a command sent with `send_command`. A loop that
     /// ended without answering stopped after taking the command: its outcome
     /// is unknown.
-    pub(super) async fn await_reply<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+    async fn await_reply<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
         rx.await
             .unwrap_or_else(|_| Err(Error::Interrupted("the raft loop ended".into())))
     }
@@ -131,7 +131,10 @@ impl RaftHandle {
 
     /// A command whose deadline the loop enforces itself (proposals,
     /// reads): no timer per request.
-    async fn call_untimed<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+    pub(super) async fn call_untimed<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T> {
         let rx = self.send_command(make)?;
         self.await_reply(rx).await
     }

@@ -152,12 +152,14 @@ impl RaftHandle {
     /// output.
     async fn propose_framed_user(&self, data: Vec<u8>) -> Result<Vec<u8>> {
         // The loop times proposals out itself (as for `propose`).
-        let rx = self.send_command(|reply| Command::Propose {
-            kind: ProposalKind::User,
-            data,
-            reply,
-        })?;
-        user_output(self.await_reply(rx).await?)
+        let applied = self
+            .call_untimed(|reply| Command::Propose {
+                kind: ProposalKind::User,
+                data,
+                reply,
+            })
+            .await?;
+        user_output(applied)
     }
 
     /// Opens a session and returns its client side.
