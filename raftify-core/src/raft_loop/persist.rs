@@ -109,7 +109,10 @@ impl Persistence {
 
     /// Writes `batch` now, in the loop (bounded by the storage timeout).
     pub(super) async fn write_now(&self, batch: WriteBatch) -> Result<()> {
-        write_batch(&self.store, self.blocking, self.limit, &self.metrics, batch).await
+        let (store, metrics) = (&self.store, &self.metrics);
+        write_batch(store, self.blocking, self.limit, metrics, batch, false)
+            .await
+            .map(|_| ())
     }
 
     /// Lets the writer finish what it was given.
@@ -239,23 +242,29 @@ async fn on_store<T: Send + 'static>(
     result.map_err(|e| Error::Fatal(format!("storage {what} failed: {e}")))
 }
 
-/// One durable write (see [`on_store`]).
+/// One write (see [`on_store`]): durable at once, or — `deferred` — as
+/// [`LogStore::write_deferred`] says.
 async fn write_batch(
     store: &Arc<dyn LogStore>,
     blocking: bool,
     limit: Duration,
     metrics: &Metrics,
     batch: WriteBatch,
-) -> Result<()> {
+    deferred: bool,
+) -> Result<Durability> {
     if batch.is_empty() {
-        return Ok(());
+        return Ok(Durability::Durable);
     }
     let n = batch.entries.len() as u64;
     let blocking = blocks(store, blocking, &batch);
-    on_store(store, blocking, limit, "write", move |s| s.write(batch)).await?;
+    let durability = on_store(store, blocking, limit, "write", move |s| match deferred {
+        true => s.write_deferred(batch),
+        false => s.write(batch).map(|()| Durability::Durable),
+    })
+    .await?;
     Metrics::add(&metrics.storage_writes, 1);
     Metrics::add(&metrics.persisted_entries, n);
-    Ok(())
+    Ok(durability)
 }
 
 /// The writer task: takes every job queued while the previous commit ran,
@@ -316,14 +325,7 @@ async fn write_behind(
             batch.merge(later);
             number = n;
         }
-        let entries = batch.entries.len() as u64;
-        let blocking = blocks(&store, blocking, &batch);
-        let written = on_store(&store, blocking, limit, "write", move |s| {
-            s.write_deferred(batch)
-        })
-        .await;
-        Metrics::add(&metrics.storage_writes, 1);
-        Metrics::add(&metrics.persisted_entries, entries);
+        let written = write_batch(&store, blocking, limit, &metrics, batch, true).await;
         let report = match written {
             Ok(Durability::Durable) => {
                 pending = None;
