@@ -115,20 +115,20 @@ impl IntoResponse for ApiError {
 
 /// The HTTP status of an error, by its class: 503 when nothing was applied
 /// and a retry may work, 504 when the outcome is unknown (a write must be
-/// read back, not blindly retried), 409 for refused membership changes,
-/// 400/401/404 for rejected requests, 503 when this node cannot serve.
+/// read back, not blindly retried), 409 for refused membership changes and
+/// for commands the state machine refused (on every node alike: nothing
+/// changed, e.g. an increment of a non-integer), 400/401/404 for rejected
+/// requests, 503 when this node cannot serve.
 fn status_of(e: &Error) -> StatusCode {
     match (e.class(), e) {
-        (_, Error::ConfChangeRejected(_)) => StatusCode::CONFLICT,
+        (_, Error::ConfChangeRejected(_) | Error::StateMachine(_)) => StatusCode::CONFLICT,
         (_, Error::NotAMember(_)) => StatusCode::NOT_FOUND,
         (_, Error::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
         (ErrorClass::Redirect | ErrorClass::RetryLater | ErrorClass::Fatal, _) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         (ErrorClass::OutcomeUnknown, _) => StatusCode::GATEWAY_TIMEOUT,
-        (ErrorClass::Rejected, Error::StateMachine(_) | Error::Raft(_)) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        (ErrorClass::Rejected, Error::Raft(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         (ErrorClass::Rejected, _) => StatusCode::BAD_REQUEST,
     }
 }
@@ -207,39 +207,30 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The request's `Idempotency-Key`, if any (400 when it is not text; its
 /// length is checked by raftify).
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     headers
         .get(IDEMPOTENCY_KEY)
         .map(|v| {
             v.to_str()
-                .map(str::to_owned)
                 .map_err(|_| ApiError::bad_request("the Idempotency-Key header is not text"))
         })
         .transpose()
 }
 
 /// Proposes a write (with the request's idempotency key, if it has one).
-async fn propose(
-    state: &AppState,
-    headers: &HeaderMap,
-    entry: KvEntry,
-) -> Result<Result<ApplyOutput, Error>, ApiError> {
-    let key = idempotency_key(headers)?;
-    let started = Instant::now();
-    let out = match key {
-        Some(key) => state.raft.propose_with_key(&key, &entry).await,
-        None => state.raft.propose(&entry).await,
-    };
-    state.latency.write.observe(started.elapsed());
-    Ok(out)
-}
-
 async fn write(
     state: &AppState,
     headers: &HeaderMap,
     entry: KvEntry,
 ) -> Result<ApplyOutput, ApiError> {
-    Ok(propose(state, headers, entry).await??)
+    let key = idempotency_key(headers)?;
+    let started = Instant::now();
+    let out = match key {
+        Some(key) => state.raft.propose_with_key(key, &entry).await,
+        None => state.raft.propose(&entry).await,
+    };
+    state.latency.write.observe(started.elapsed());
+    Ok(out?)
 }
 
 async fn put_key(
@@ -310,25 +301,15 @@ async fn incr_key(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = check_key(key)?;
     let body = body.map_err(body_error)?;
-    let text = std::str::from_utf8(&body)
-        .map(str::trim)
-        .unwrap_or("\u{fffd}");
+    let bad = || ApiError::bad_request("the body must be an integer delta (or empty for 1)");
+    let text = std::str::from_utf8(&body).map_err(|_| bad())?.trim();
     let delta = if text.is_empty() {
         1
     } else {
-        text.parse::<i64>().map_err(|_| {
-            ApiError::bad_request("the body must be an integer delta (or empty for 1)")
-        })?
+        text.parse::<i64>().map_err(|_| bad())?
     };
-    match propose(&state, &headers, KvEntry::Incr { key, delta }).await? {
-        Ok(out) => Ok(Json(json!({ "index": out.index, "value": out.value }))),
-        Err(Error::StateMachine(why)) => Err(ApiError(
-            StatusCode::CONFLICT,
-            why,
-            Some(ErrorClass::Rejected),
-        )),
-        Err(e) => Err(e.into()),
-    }
+    let out = write(&state, &headers, KvEntry::Incr { key, delta }).await?;
+    Ok(Json(json!({ "index": out.index, "value": out.value })))
 }
 
 #[derive(Deserialize)]
