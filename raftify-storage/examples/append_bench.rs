@@ -1,9 +1,11 @@
 //! Append throughput of `LmdbStore` (entries/s and commits/s) with 1, 64 and
 //! 512 entries of 100 bytes per commit, next to the raw fdatasync rate of
-//! the same disk measured in the same run, in three modes: `sync` (every
-//! commit durable on its own: `write`), `deferred` (back-to-back
-//! `write_deferred`s, each made durable by the next one's sync, as the
-//! node's storage writer does under load; a final `sync`) and `no_sync`.
+//! the same disk measured in the same run, in four modes: `journal` (the
+//! default: every write one journal record and one `fdatasync`, LMDB
+//! checkpointed behind), `sync` (journal off: every write an LMDB commit,
+//! durable on its own), `deferred` (journal off: back-to-back
+//! `write_deferred`s, each made durable by the next one's sync, a final
+//! `sync`) and `no_sync`.
 //!
 //! ```text
 //! cargo run --release -p raftify-storage --example append_bench -- [--dir DIR] [--secs N]
@@ -54,6 +56,7 @@ fn raw_fdatasync(dir: &Path, secs: Duration, overwrite: bool) -> f64 {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
+    Journal,
     Sync,
     Deferred,
     NoSync,
@@ -62,6 +65,7 @@ enum Mode {
 impl Mode {
     fn name(self) -> &'static str {
         match self {
+            Mode::Journal => "journal",
             Mode::Sync => "sync",
             Mode::Deferred => "deferred",
             Mode::NoSync => "no_sync",
@@ -72,8 +76,10 @@ impl Mode {
 fn append(dir: &Path, per_commit: u64, mode: Mode, secs: Duration) -> (f64, f64) {
     let store_dir = dir.join(format!("store-{per_commit}-{}", mode.name()));
     let no_sync = mode == Mode::NoSync;
-    let store =
-        LmdbStore::open(&store_dir, LmdbOptions::new().no_sync(no_sync)).expect("open store");
+    let opts = LmdbOptions::new()
+        .no_sync(no_sync)
+        .journal(mode == Mode::Journal);
+    let store = LmdbStore::open(&store_dir, opts).expect("open store");
     let payload = vec![0xABu8; 100];
     let mut next = 1u64;
     let mut commits = 0u64;
@@ -160,7 +166,7 @@ fn main() {
     println!(
         "|----------|---------------:|----------:|----------:|-----------------------------------:|"
     );
-    for mode in [Mode::Sync, Mode::Deferred, Mode::NoSync] {
+    for mode in [Mode::Journal, Mode::Sync, Mode::Deferred, Mode::NoSync] {
         for per in [1u64, 64, 512] {
             let (eps, cps) = append(&dir, per, mode, secs);
             println!(

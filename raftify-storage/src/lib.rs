@@ -47,6 +47,8 @@
 //! * `snap/<seq>-<index>-<term>.snap` — the current snapshot, with its data
 //!   (format: see [`write_snapshot_file`]).
 //! * `raftify.lock` — the exclusive writer lock (`flock`), holding the pid.
+//! * `wal/<id>.jnl` — the journal's segments (with fsync on, see
+//!   [Durability](#durability)).
 //!
 //! # Why snapshot data lives in files, not in LMDB
 //!
@@ -66,14 +68,22 @@
 //!
 //! # Durability
 //!
-//! [`LogStore::write`](raftify_core::LogStore::write) applies a whole
+//! [`LogStore::write`](raftify_core::LogStore::write) makes a whole
 //! [`WriteBatch`](raftify_core::WriteBatch) (snapshot install, truncation
-//! of a conflicting suffix, appended entries, hard state) in **one** LMDB
-//! write transaction, committed with one fsync (group commit): when it
-//! returns `Ok`, all of it survives a process or machine crash; when it
-//! fails, none of it was applied. With [`LmdbOptions::no_sync`] commits
-//! are not fsynced: they survive a process crash but not an OS crash or
-//! power loss.
+//! of a conflicting suffix, appended entries, hard state) durable as one
+//! unit (group commit): when it returns `Ok`, all of it survives a process
+//! or machine crash; when validation fails, none of it was applied.
+//!
+//! With fsync on, an append is one record of an append-only journal
+//! (`wal/`) and **one `fdatasync`**; a background thread moves the journal
+//! into LMDB in large transactions ("checkpoints", LMDB's two syncs shared
+//! by every write since the last one), and every open applies what the
+//! journal holds beyond LMDB. Reads see journaled writes at once.
+//! Snapshot installs, compaction and own snapshots go to LMDB directly
+//! (after a checkpoint). [`LmdbOptions::journal`]`(false)` makes every
+//! write an LMDB commit instead. With [`LmdbOptions::no_sync`] nothing is
+//! fsynced: writes survive a process crash but not an OS crash or power
+//! loss. `docs/STORAGE.md` gives the formats and why they are safe.
 //!
 //! When a write finds the map full, the store doubles the map (up to
 //! [`LmdbOptions::max_map_size`]) and retries the transaction.
@@ -94,6 +104,7 @@
 mod codec;
 mod error;
 mod files;
+mod journal;
 mod restore;
 mod store;
 

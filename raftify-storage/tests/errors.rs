@@ -28,7 +28,8 @@ fn opts() -> LmdbOptions {
     LmdbOptions::new().map_size(4 << 20)
 }
 
-/// A store with `n` entries of `size` bytes, closed again.
+/// A store with `n` entries of `size` bytes, all in LMDB (the tests
+/// damage its data file), closed again.
 fn make_store(dir: &Path, n: u64, size: usize) {
     let s = LmdbStore::open(dir, opts()).unwrap();
     for chunk in (1..=n).collect::<Vec<_>>().chunks(100) {
@@ -38,6 +39,7 @@ fn make_store(dir: &Path, n: u64, size: usize) {
         })
         .unwrap();
     }
+    s.checkpoint().unwrap();
 }
 
 fn names_dir(err: &LmdbError, dir: &Path) {
@@ -259,7 +261,9 @@ fn lock_held_by_another_process() {
 #[test]
 fn full_map_grows_and_retries() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = LmdbOptions::new().map_size(64 * 1024);
+    // LMDB's own write path (the journal's checkpoints grow the map the
+    // same way, in the background).
+    let o = LmdbOptions::new().map_size(64 * 1024).journal(false);
     let s = LmdbStore::open(tmp.path(), o.clone()).unwrap();
     let initial = s.map_size();
     // 2000 entries of 1 KiB, in batches: far beyond 64 KiB.
@@ -298,7 +302,8 @@ fn growth_stops_at_max_map_size_with_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let o = LmdbOptions::new()
         .map_size(64 * 1024)
-        .max_map_size(256 * 1024);
+        .max_map_size(256 * 1024)
+        .journal(false);
     let s = LmdbStore::open(tmp.path(), o).unwrap();
     s.write(WriteBatch {
         entries: vec![entry(1, 100)],
@@ -322,6 +327,46 @@ fn growth_stops_at_max_map_size_with_an_error() {
     })
     .unwrap();
     assert_eq!(s.last_index().unwrap(), 2);
+}
+
+/// With the journal, a write is durable before LMDB holds it: one that
+/// LMDB then cannot take (map at `max_map_size`) stops the store with an
+/// error naming the limit, loses nothing, and goes in once the store is
+/// reopened with a larger limit.
+#[test]
+fn a_checkpoint_beyond_max_map_size_stops_writes_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = LmdbOptions::new()
+        .map_size(64 * 1024)
+        .max_map_size(256 * 1024);
+    let s = LmdbStore::open(tmp.path(), small.clone()).unwrap();
+    for i in 1..=3 {
+        s.write(WriteBatch {
+            entries: vec![entry(i, 200 * 1024)],
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let err = s.checkpoint().unwrap_err();
+    let msg = format!("{err}");
+    assert!(matches!(err, StorageError::Backend(_)), "{err:?}");
+    assert!(msg.contains("max_map_size"), "{msg}");
+    let later = s
+        .write(WriteBatch {
+            entries: vec![entry(4, 10)],
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(later.to_string().contains("max_map_size"), "{later}");
+    // What was acknowledged is still read.
+    assert_eq!(s.last_index().unwrap(), 3);
+    drop(s);
+    let err = LmdbStore::open(tmp.path(), small).unwrap_err();
+    assert!(err.to_string().contains("max_map_size"), "{err}");
+    let s = LmdbStore::open(tmp.path(), LmdbOptions::new().map_size(64 * 1024)).unwrap();
+    let all = s.entries(1, 4, None).unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|e| e.data.len() == 200 * 1024));
 }
 
 #[test]
@@ -586,7 +631,8 @@ fn readers_run_while_the_writer_grows_the_map() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let tmp = tempfile::tempdir().unwrap();
-    let s = Arc::new(LmdbStore::open(tmp.path(), LmdbOptions::new().map_size(64 * 1024)).unwrap());
+    let o = LmdbOptions::new().map_size(64 * 1024).journal(false);
+    let s = Arc::new(LmdbStore::open(tmp.path(), o).unwrap());
     s.write(WriteBatch {
         entries: vec![entry(1, 500)],
         ..Default::default()

@@ -46,7 +46,25 @@ enum Op {
     Identity(u64),
     /// `sync()`: makes every deferred write durable.
     Sync,
+    /// `checkpoint()`: moves the journaled writes into LMDB.
+    Checkpoint,
     Reopen,
+}
+
+/// How the store under test is opened.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// `no_sync`: LMDB commits without fsync.
+    NoSync,
+    /// fsync on, through the journal (the default), with small segments
+    /// so that sequences switch and reuse them.
+    Journal,
+    /// fsync on, every write an LMDB commit (`journal(false)`).
+    Direct,
+}
+
+fn mode_strategy() -> impl Strategy<Value = Mode> {
+    prop_oneof![5 => Just(Mode::NoSync), 3 => Just(Mode::Journal), 2 => Just(Mode::Direct)]
 }
 
 fn hs_strategy() -> impl Strategy<Value = Option<(u64, u64, u64)>> {
@@ -71,6 +89,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(at, voters, data)| Op::Save { at, voters, data }),
         1 => (1u64..5).prop_map(Op::Identity),
         1 => Just(Op::Sync),
+        1 => Just(Op::Checkpoint),
         1 => Just(Op::Reopen),
     ]
 }
@@ -122,15 +141,20 @@ fn norm<T>(r: StorageResult<T>) -> Result<T, &'static str> {
     })
 }
 
-fn opts(synced: bool) -> LmdbOptions {
-    // A tiny map so the sequences also exercise map growth; most runs
+fn opts(mode: Mode) -> LmdbOptions {
+    // A tiny map so the sequences also exercise map growth; half the runs
     // without fsync to keep them short (durability is tested by the crash
-    // test), some with (then commits defer their meta page's sync).
-    LmdbOptions::new().map_size(64 * 1024).no_sync(!synced)
+    // test), the others through the journal or with LMDB commits that
+    // defer their meta page's sync.
+    LmdbOptions::new()
+        .map_size(64 * 1024)
+        .no_sync(mode == Mode::NoSync)
+        .journal(mode == Mode::Journal)
+        .journal_segment_size(8 * 1024)
 }
 
-fn open(dir: &Path, synced: bool) -> LmdbStore {
-    LmdbStore::open(dir, opts(synced)).expect("open store")
+fn open(dir: &Path, mode: Mode) -> LmdbStore {
+    LmdbStore::open(dir, opts(mode)).expect("open store")
 }
 
 fn compare(model: &MemStore, store: &LmdbStore, step: usize) {
@@ -186,7 +210,7 @@ fn compare(model: &MemStore, store: &LmdbStore, step: usize) {
     }
 }
 
-fn apply(op: &Op, model: &MemStore, store: &mut LmdbStore, dir: &Path, synced: bool, step: usize) {
+fn apply(op: &Op, model: &MemStore, store: &mut LmdbStore, dir: &Path, mode: Mode, step: usize) {
     let last = model.last_index().unwrap();
     let first = model.first_index().unwrap();
     match op {
@@ -216,8 +240,8 @@ fn apply(op: &Op, model: &MemStore, store: &mut LmdbStore, dir: &Path, synced: b
             let m = model.write(batch.clone());
             let s = if *deferred {
                 store.write_deferred(batch).map(|d| {
-                    // Only a store with fsync on defers.
-                    let want = if synced {
+                    // Only LMDB commits with fsync on defer.
+                    let want = if mode == Mode::Direct {
                         Durability::UntilNext
                     } else {
                         Durability::Durable
@@ -282,13 +306,14 @@ fn apply(op: &Op, model: &MemStore, store: &mut LmdbStore, dir: &Path, synced: b
             store.set_identity(&id).unwrap();
         }
         Op::Sync => store.sync().unwrap(),
+        Op::Checkpoint => store.checkpoint().unwrap(),
         Op::Reopen => {
             // Close the environment first: heed allows one per path. A
             // process crash loses nothing, deferred writes included.
             let placeholder = tempfile::tempdir().unwrap();
-            let old = std::mem::replace(store, open(placeholder.path(), false));
+            let old = std::mem::replace(store, open(placeholder.path(), Mode::NoSync));
             drop(old);
-            *store = open(dir, synced);
+            *store = open(dir, mode);
             drop(placeholder);
         }
     }
@@ -304,29 +329,41 @@ proptest! {
     #[test]
     fn lmdb_store_matches_mem_store(
         ops in prop::collection::vec(op_strategy(), 1..35),
-        synced in prop::bool::weighted(0.3),
+        mode in mode_strategy(),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let model = MemStore::new();
-        let mut store = open(dir.path(), synced);
+        let mut store = open(dir.path(), mode);
         compare(&model, &store, 0);
         for (step, op) in ops.iter().enumerate() {
-            apply(op, &model, &mut store, dir.path(), synced, step + 1);
+            apply(op, &model, &mut store, dir.path(), mode, step + 1);
             compare(&model, &store, step + 1);
         }
-        // Whatever happened, a final reopen shows the same state.
+        // Whatever happened, a read-only handle (LMDB and the journal's
+        // tail, still unapplied after a close) and a final reopen show the
+        // same state.
         drop(store);
-        let store = open(dir.path(), synced);
+        let store = LmdbStore::open_read_only(dir.path(), opts(mode)).expect("open read-only");
         compare(&model, &store, ops.len() + 1);
+        drop(store);
+        let store = open(dir.path(), mode);
+        compare(&model, &store, ops.len() + 2);
     }
 }
 
-/// A fixed sequence with fsync on, covering the common raft path.
+/// A fixed sequence with fsync on, covering the common raft path, through
+/// the journal and with LMDB commits.
 #[test]
 fn synced_store_follows_model_on_a_typical_history() {
+    for mode in [Mode::Journal, Mode::Direct] {
+        typical_history(mode);
+    }
+}
+
+fn typical_history(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
     let model = MemStore::new();
-    let mut store = LmdbStore::open(dir.path(), LmdbOptions::new().map_size(1 << 20)).unwrap();
+    let mut store = LmdbStore::open(dir.path(), opts(mode).map_size(1 << 20)).unwrap();
     assert!(store.blocking_writes());
     let ops = [
         Op::Append {
@@ -376,7 +413,7 @@ fn synced_store_follows_model_on_a_typical_history() {
         Op::Reopen,
     ];
     for (step, op) in ops.iter().enumerate() {
-        apply(op, &model, &mut store, dir.path(), true, step + 1);
+        apply(op, &model, &mut store, dir.path(), mode, step + 1);
         compare(&model, &store, step + 1);
     }
 }

@@ -383,23 +383,42 @@ fn a_node_with_a_corrupted_log_entry_exits_non_zero_saying_corrupt() {
     wait_for("the follower to apply the entry", T, || {
         (get_value(&c.node(victim).http, "poison", true).as_deref() == Some(marker)).then_some(())
     });
+    // More writes after it: the entry is not the journal's last record
+    // (a damaged last record is what a crash mid-write leaves, and is
+    // dropped as unacknowledged; one followed by intact records is damage).
+    assert!(put_ok(&c.node(leader).http, "after-poison", "v"));
+    wait_for("the follower to apply the later entry", T, || {
+        (get_value(&c.node(victim).http, "after-poison", true).as_deref() == Some("v"))
+            .then_some(())
+    });
     c.nodes.get_mut(&victim).expect("node").kill();
-    // Flip one bit of the entry wherever its bytes are in the LMDB file
-    // (copy-on-write may have left older copies of the page too).
-    let path = c.node(victim).dir.join("data.mdb");
-    let mut bytes = std::fs::read(&path).expect("read data.mdb");
-    let mut flipped = 0;
-    let mut at = 0;
-    while let Some(i) = bytes[at..]
-        .windows(marker.len())
-        .position(|w| w == marker.as_bytes())
-    {
-        bytes[at + i + 3] ^= 0x01;
-        flipped += 1;
-        at += i + marker.len();
+    // Flip one bit of the entry wherever its bytes are: in LMDB's file
+    // (copy-on-write may have left older copies of the page too) and in
+    // the journal, whichever holds it now.
+    let dir = c.node(victim).dir.clone();
+    let mut files = vec![dir.join("data.mdb")];
+    if let Ok(rd) = std::fs::read_dir(dir.join("wal")) {
+        files.extend(rd.flatten().map(|e| e.path()));
     }
-    assert!(flipped > 0, "the entry is in the file");
-    std::fs::write(&path, bytes).expect("write data.mdb");
+    let mut flipped = 0;
+    for path in files {
+        let mut bytes = std::fs::read(&path).expect("read a store file");
+        let mut at = 0;
+        let mut here = 0;
+        while let Some(i) = bytes[at..]
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())
+        {
+            bytes[at + i + 3] ^= 0x01;
+            here += 1;
+            at += i + marker.len();
+        }
+        if here > 0 {
+            std::fs::write(&path, bytes).expect("write a store file");
+            flipped += here;
+        }
+    }
+    assert!(flipped > 0, "the entry is in the store's files");
 
     // Restarted, the node re-applies its committed log and reads the
     // entry: it must stop, loudly, instead of staying up without its data.

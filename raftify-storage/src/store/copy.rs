@@ -17,6 +17,11 @@ impl LmdbStore {
     /// compaction offset; not the identity) into `dst`, which must be empty,
     /// in one read transaction here and one write transaction there.
     pub(crate) fn copy_state_into(&self, dst: &LmdbStore) -> StorageResult<()> {
+        // A store journaling here: its whole state in LMDB, appends held.
+        self.with_tail_checkpointed(|| self.copy_lmdb_into(dst))
+    }
+
+    fn copy_lmdb_into(&self, dst: &LmdbStore) -> StorageResult<()> {
         let _w = dst.lock_writer();
         let mut attempts = 0;
         loop {
@@ -38,6 +43,12 @@ impl LmdbStore {
                     }
                     dst.put_offset(wtxn, meta.offset, meta.offset_term)?;
                     dst.put_hard_state(wtxn, &meta.hard_state)?;
+                    // A read-only source: its journal's records after what
+                    // this transaction sees checkpointed.
+                    if let Some(tail) = &self.read_only_tail {
+                        let after = self.read_wal_seq(rtxn)?;
+                        dst.apply_pending(wtxn, &tail.0.records_after(after), None)?;
+                    }
                     if meta.snap_file.is_some() {
                         let name = match created {
                             Some(n) => n.clone(),

@@ -1,49 +1,86 @@
 //! [`LogStore`] for [`LmdbStore`]: the raft-facing reads and the writes,
 //! each in one LMDB transaction.
 
+use super::tail::View;
 use super::LmdbStore;
 use crate::codec::{encode_msg, frame};
 use crate::files::{encode_archive, write_durable};
+use heed::RoTxn;
 use raftify_core::raft::eraftpb::{Entry, Snapshot};
 use raftify_core::raft::RaftState;
-use raftify_core::storage::{check_append, Durability, StorageResult, StoreIdentity};
+use raftify_core::storage::{check_append, limit_size, Durability, StorageResult, StoreIdentity};
 use raftify_core::{LogStore, StorageError, WriteBatch};
 use std::sync::atomic::Ordering;
 
 impl LogStore for LmdbStore {
     fn initial_state(&self) -> StorageResult<RaftState> {
-        self.read(|txn| {
-            let meta = self.read_meta(txn)?;
-            Ok(RaftState::new(
-                meta.hard_state.clone(),
-                meta.snap_meta.get_conf_state().clone(),
-            ))
-        })
+        self.view_then_read(
+            |v| v.hard_state.clone(),
+            |txn, hs| {
+                let meta = self.read_meta(txn)?;
+                Ok(RaftState::new(
+                    hs.unwrap_or(meta.hard_state),
+                    meta.snap_meta.get_conf_state().clone(),
+                ))
+            },
+        )
     }
 
     fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> StorageResult<Vec<Entry>> {
-        self.read(|txn| {
-            let meta = self.read_meta(txn)?;
-            let last = self.last_index_txn(txn, &meta)?;
-            if low < meta.offset + 1 {
-                return Err(StorageError::Compacted);
-            }
-            if high > last + 1 || low > high {
-                return Err(StorageError::Unavailable);
-            }
-            self.read_entries(txn, low, high, max_size)
-        })
+        self.view_then_read(
+            |v| (v.from, v.last(), v.slice(low, high, max_size)),
+            |txn, (from, tail_last, tail)| {
+                let meta = self.read_meta(txn)?;
+                let last = match tail_last {
+                    Some(l) => l,
+                    None => self.last_index_txn(txn, &meta)?,
+                };
+                if low < meta.offset + 1 {
+                    return Err(StorageError::Compacted);
+                }
+                if high > last + 1 || low > high {
+                    return Err(StorageError::Unavailable);
+                }
+                if from == 0 || high <= from {
+                    return self.read_entries(txn, low, high, max_size);
+                }
+                let mut out = Vec::new();
+                if low < from {
+                    out = self.read_entries(txn, low, from, max_size)?;
+                    if (out.len() as u64) < from - low {
+                        return Ok(out); // cut by max_size
+                    }
+                }
+                out.extend(tail);
+                limit_size(&mut out, max_size);
+                Ok(out)
+            },
+        )
     }
 
     fn term(&self, idx: u64) -> StorageResult<u64> {
-        self.read(|txn| {
-            let meta = self.read_meta(txn)?;
-            if idx == meta.offset {
-                return Ok(meta.offset_term);
-            }
-            let last = self.last_index_txn(txn, &meta)?;
-            self.term_txn(txn, &meta, last, idx)
-        })
+        self.view_then_read(
+            |v| (v.from, v.last(), v.term(idx)),
+            |txn, (from, tail_last, tail_term)| {
+                let meta = self.read_meta(txn)?;
+                if idx == meta.offset {
+                    return Ok(meta.offset_term);
+                }
+                if idx < meta.offset {
+                    return Err(StorageError::Compacted);
+                }
+                if let Some(t) = tail_term {
+                    return Ok(t);
+                }
+                let last = match tail_last {
+                    // At or after `from` the tail answers: past its end.
+                    Some(_) if idx >= from => return Err(StorageError::Unavailable),
+                    Some(l) => l,
+                    None => self.last_index_txn(txn, &meta)?,
+                };
+                self.term_txn(txn, &meta, last, idx)
+            },
+        )
     }
 
     fn first_index(&self) -> StorageResult<u64> {
@@ -66,10 +103,16 @@ impl LogStore for LmdbStore {
     }
 
     fn last_index(&self) -> StorageResult<u64> {
-        self.read(|txn| {
-            let meta = self.read_meta(txn)?;
-            self.last_index_txn(txn, &meta)
-        })
+        self.view_then_read(
+            |v| v.last(),
+            |txn, tail_last| match tail_last {
+                Some(l) => Ok(l),
+                None => {
+                    let meta = self.read_meta(txn)?;
+                    self.last_index_txn(txn, &meta)
+                }
+            },
+        )
     }
 
     fn snapshot(&self) -> StorageResult<Snapshot> {
@@ -89,10 +132,26 @@ impl LogStore for LmdbStore {
     }
 
     fn write(&self, batch: WriteBatch) -> StorageResult<()> {
-        self.write_batch(batch, true)
+        match &self.wal {
+            Some(_) => self.write_deferred(batch).map(|_| ()),
+            None => self.write_batch(batch, true),
+        }
     }
 
     fn write_deferred(&self, batch: WriteBatch) -> StorageResult<Durability> {
+        self.ensure_writable()?;
+        if let Some(wal) = &self.wal {
+            // One journal record and one sync; a snapshot install goes to
+            // LMDB, after the journaled tail.
+            if batch.snapshot.is_none() {
+                if !batch.is_empty() {
+                    self.journal_append(wal, &batch.entries, batch.hard_state.as_ref())?;
+                }
+            } else {
+                self.with_tail_checkpointed(|| self.write_batch(batch, true))?;
+            }
+            return Ok(Durability::Durable);
+        }
         // A snapshot install retires the previous snapshot file after its
         // commit: that commit must be durable first.
         let durable = batch.snapshot.is_some() || !self.defers_meta_sync();
@@ -106,7 +165,11 @@ impl LogStore for LmdbStore {
 
     fn sync(&self) -> StorageResult<()> {
         self.ensure_writable()?;
-        self.sync_meta()
+        match &self.wal {
+            // Journaled writes are durable when they return.
+            Some(_) => Ok(()),
+            None => self.sync_meta(),
+        }
     }
 
     fn save_snapshot(&self, snapshot: Snapshot) -> StorageResult<()> {
@@ -120,22 +183,24 @@ impl LogStore for LmdbStore {
         let next_seq = self.read(|txn| Ok(self.read_meta(txn)?.snap_seq))? + 1;
         let name = format!("{next_seq:020}-{:020}-{:020}-own.snap", m.index, m.term);
         self.write_snapshot_file(&snapshot, &name)?;
-        let _w = self.lock_writer();
-        let committed = self.write_txn(|wtxn| {
-            let meta = self.read_meta(wtxn)?;
-            if m.index < meta.snap_meta.index {
-                return Err(StorageError::SnapshotOutOfDate.into());
-            }
-            let last = self.last_index_txn(wtxn, &meta)?;
-            if m.index > last {
-                return Err(StorageError::Invalid(format!(
-                    "snapshot at index {} is beyond the last entry {last}",
-                    m.index
-                ))
-                .into());
-            }
-            self.put_snapshot_ref(wtxn, &m, &name, meta.snap_seq + 1)?;
-            Ok(meta.snap_file)
+        let committed = self.with_tail_checkpointed(|| {
+            let _w = self.lock_writer();
+            self.write_txn(|wtxn| {
+                let meta = self.read_meta(wtxn)?;
+                if m.index < meta.snap_meta.index {
+                    return Err(StorageError::SnapshotOutOfDate.into());
+                }
+                let last = self.last_index_txn(wtxn, &meta)?;
+                if m.index > last {
+                    return Err(StorageError::Invalid(format!(
+                        "snapshot at index {} is beyond the last entry {last}",
+                        m.index
+                    ))
+                    .into());
+                }
+                self.put_snapshot_ref(wtxn, &m, &name, meta.snap_seq + 1)?;
+                Ok(meta.snap_file)
+            })
         });
         match committed {
             Ok(old_file) => {
@@ -151,6 +216,55 @@ impl LogStore for LmdbStore {
 
     fn compact(&self, index: u64) -> StorageResult<()> {
         self.ensure_writable()?;
+        self.with_tail_checkpointed(|| self.compact_lmdb(index))
+    }
+
+    fn identity(&self) -> StorageResult<Option<StoreIdentity>> {
+        self.read(|txn| self.read_identity(txn))
+    }
+
+    fn set_identity(&self, identity: &StoreIdentity) -> StorageResult<()> {
+        self.ensure_writable()?;
+        let _w = self.lock_writer();
+        self.write_txn(|wtxn| self.put_identity(wtxn, identity))
+    }
+
+    fn blocking_writes(&self) -> bool {
+        true
+    }
+
+    fn inline_appends(&self) -> bool {
+        // Without fsync a commit only copies pages into the page cache.
+        self.options().no_sync
+    }
+}
+
+impl LmdbStore {
+    /// Reads `pick` of the journaled tail, then runs `body` in a read
+    /// transaction with it. In that order: a checkpoint commits before the
+    /// tail forgets what it moved, so LMDB read afterwards has it (see
+    /// `tail.rs`). A read-only handle uses its journal records after the
+    /// `wal_seq` its transaction sees.
+    fn view_then_read<V, T>(
+        &self,
+        pick: impl FnOnce(&View) -> V,
+        body: impl FnOnce(&RoTxn, V) -> StorageResult<T>,
+    ) -> StorageResult<T> {
+        match (&self.wal, &self.read_only_tail) {
+            (Some(wal), _) => {
+                let v = wal.read(pick);
+                self.read(|txn| body(txn, v))
+            }
+            (None, Some(tail)) => self.read(|txn| {
+                let view = tail.0.view_after(self.read_wal_seq(txn)?);
+                body(txn, pick(&view))
+            }),
+            (None, None) => self.read(|txn| body(txn, pick(&View::default()))),
+        }
+    }
+
+    /// Compaction in LMDB (with the tail already checkpointed).
+    fn compact_lmdb(&self, index: u64) -> StorageResult<()> {
         let _w = self.lock_writer();
         self.write_txn(|wtxn| {
             let meta = self.read_meta(wtxn)?;
@@ -190,27 +304,6 @@ impl LogStore for LmdbStore {
         })
     }
 
-    fn identity(&self) -> StorageResult<Option<StoreIdentity>> {
-        self.read(|txn| self.read_identity(txn))
-    }
-
-    fn set_identity(&self, identity: &StoreIdentity) -> StorageResult<()> {
-        self.ensure_writable()?;
-        let _w = self.lock_writer();
-        self.write_txn(|wtxn| self.put_identity(wtxn, identity))
-    }
-
-    fn blocking_writes(&self) -> bool {
-        true
-    }
-
-    fn inline_appends(&self) -> bool {
-        // Without fsync a commit only copies pages into the page cache.
-        self.options().no_sync
-    }
-}
-
-impl LmdbStore {
     /// Writes one Ready's batch in one transaction; durable now when
     /// `durable`, else once the next commit or sync returns.
     fn write_batch(&self, batch: WriteBatch, durable: bool) -> StorageResult<()> {

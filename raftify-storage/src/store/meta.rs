@@ -17,6 +17,8 @@ pub(super) const K_SNAP_FILE: &str = "snapshot_file";
 pub(super) const K_SNAP_SEQ: &str = "snapshot_seq";
 pub(super) const K_OFFSET: &str = "offset";
 pub(super) const K_IDENTITY: &str = "identity";
+/// Sequence number of the last journal record applied to LMDB.
+pub(super) const K_WAL_SEQ: &str = "wal_seq";
 
 /// The metadata records, decoded.
 #[derive(Default, Clone)]
@@ -99,6 +101,20 @@ impl LmdbStore {
             }
         }
         Ok(meta)
+    }
+
+    /// The last journal record applied to LMDB (0: none).
+    pub(super) fn read_wal_seq(&self, txn: &RoTxn) -> StorageResult<u64> {
+        match self.get_meta(txn, K_WAL_SEQ)? {
+            None => Ok(0),
+            Some(b) => be_u64(b, 0)
+                .filter(|_| b.len() == 8)
+                .ok_or_else(|| self.corrupt(format!("metadata record `{K_WAL_SEQ}` is malformed"))),
+        }
+    }
+
+    pub(super) fn put_wal_seq(&self, wtxn: &mut RwTxn, seq: u64) -> Result<(), Fail> {
+        self.put_meta(wtxn, K_WAL_SEQ, &seq.to_be_bytes())
     }
 
     fn put_meta(&self, wtxn: &mut RwTxn, key: &str, payload: &[u8]) -> Result<(), Fail> {

@@ -9,7 +9,10 @@
 //! * `entries.rs`: the records of the `entries` database (the log);
 //! * `snapshot_files.rs`: the snapshot files in `snap/`;
 //! * `log_store.rs`: the `LogStore` implementation on top of those;
-//! * `copy.rs`: copying a store's state into another one (for restores).
+//! * `copy.rs`: copying a store's state into another one (for restores);
+//! * `tail.rs`: journaled writes not yet in LMDB, and the log they show;
+//! * `checkpoint.rs`: the journal path of a store with fsync on, and the
+//!   checkpoints that move it into LMDB.
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64};
@@ -17,8 +20,10 @@ use heed::{Database, Env, WithoutTls};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
 
+mod checkpoint;
 mod copy;
 mod entries;
 mod log_store;
@@ -26,6 +31,7 @@ mod meta;
 mod open;
 mod options;
 mod snapshot_files;
+mod tail;
 mod txn;
 
 #[cfg(test)]
@@ -64,22 +70,41 @@ pub struct LmdbStore {
     pub(crate) meta_db: MetaDb,
     /// Every transaction holds this shared; resizing the map holds it
     /// exclusively, as LMDB requires that no transaction be active then.
-    gate: RwLock<()>,
+    gate: Arc<RwLock<()>>,
     /// Serializes writers (LMDB would too) so snapshot files and the
     /// transaction that references them are created in one critical section.
-    write_lock: Mutex<()>,
+    write_lock: Arc<Mutex<()>>,
     /// Bumped after every committed write transaction.
-    generation: AtomicU64,
+    generation: Arc<AtomicU64>,
     /// `first_index` as of a generation: raft-rs asks for it on every Ready
     /// check, and each answer would otherwise be a read transaction that
     /// decodes the metadata. Not used by read-only handles (another
     /// process writes).
-    first_index_cache: Mutex<Option<(u64, u64)>>,
+    first_index_cache: Arc<Mutex<Option<(u64, u64)>>>,
     opts: LmdbOptions,
     read_only: bool,
+    /// The journal, on a store opened for writing with fsync on
+    /// ([`LmdbOptions::journal`]).
+    wal: Option<Arc<checkpoint::Wal>>,
+    /// A read-only handle's copy of the journal's records.
+    read_only_tail: Option<Arc<checkpoint::ReadOnlyTail>>,
+    /// The checkpoint thread (on the handle `open` returned, not on the
+    /// thread's own handle).
+    checkpointer: Option<JoinHandle<()>>,
     /// The exclusive lock on `raftify.lock`, held while the store is open
     /// for writing; released when the file is closed (or the process dies).
-    _lock: Option<File>,
+    _lock: Option<Arc<File>>,
+}
+
+impl Drop for LmdbStore {
+    fn drop(&mut self) {
+        // The thread ends; its handle (and its clone of the environment)
+        // is gone before this one's. What is still only in the journal is
+        // applied by the next open.
+        if let (Some(thread), Some(wal)) = (self.checkpointer.take(), &self.wal) {
+            wal.stop(thread);
+        }
+    }
 }
 
 impl std::fmt::Debug for LmdbStore {
@@ -93,6 +118,27 @@ impl std::fmt::Debug for LmdbStore {
 }
 
 impl LmdbStore {
+    /// Another handle on the same environment, journal and locks, for the
+    /// checkpoint thread.
+    fn handle(&self) -> LmdbStore {
+        LmdbStore {
+            dir: self.dir.clone(),
+            env: self.env.clone(),
+            entries_db: self.entries_db,
+            meta_db: self.meta_db,
+            gate: self.gate.clone(),
+            write_lock: self.write_lock.clone(),
+            generation: self.generation.clone(),
+            first_index_cache: self.first_index_cache.clone(),
+            opts: self.opts.clone(),
+            read_only: self.read_only,
+            wal: self.wal.clone(),
+            read_only_tail: self.read_only_tail.clone(),
+            checkpointer: None,
+            _lock: self._lock.clone(),
+        }
+    }
+
     /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -8,6 +8,7 @@ use super::{
     LMDB_LOCK_FILE, LOCK_FILE, META_DB, SNAP_DIR,
 };
 use crate::error::LmdbError;
+use crate::journal::JOURNAL_DIR;
 use heed::types::Bytes;
 use heed::{Database, EnvFlags, EnvOpenOptions, MdbError};
 use raftify_core::StorageError;
@@ -15,7 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Maps a failure to open the environment to an [`LmdbError`] naming the
 /// data file or directory.
@@ -76,7 +77,9 @@ impl LmdbStore {
                 .map_err(|e| LmdbError::io("list directory", &dir, e))?
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != LOCK_FILE && n != LMDB_LOCK_FILE && n != SNAP_DIR)
+                .filter(|n| {
+                    n != LOCK_FILE && n != LMDB_LOCK_FILE && n != SNAP_DIR && n != JOURNAL_DIR
+                })
                 .collect();
             if !foreign.is_empty() {
                 return Err(LmdbError::NotAStore {
@@ -270,22 +273,46 @@ impl LmdbStore {
             dbs
         };
 
-        let store = LmdbStore {
+        let journals = !read_only && opts.journals();
+        let mut store = LmdbStore {
             dir,
             env,
             entries_db,
             meta_db,
-            gate: RwLock::new(()),
-            write_lock: Mutex::new(()),
-            generation: AtomicU64::new(0),
-            first_index_cache: Mutex::new(None),
+            gate: Arc::new(RwLock::new(())),
+            write_lock: Arc::new(Mutex::new(())),
+            generation: Arc::new(AtomicU64::new(0)),
+            first_index_cache: Arc::new(Mutex::new(None)),
             opts,
             read_only,
-            _lock: lock,
+            wal: None,
+            read_only_tail: None,
+            checkpointer: None,
+            _lock: lock.map(Arc::new),
         };
         store.validate()?;
-        if !read_only {
+        let journal_error = |store: &LmdbStore, e: StorageError| match e {
+            StorageError::Corrupted { what, .. } => {
+                LmdbError::corrupted(store.dir.join(JOURNAL_DIR), what)
+            }
+            other => LmdbError::Store {
+                path: store.dir.join(JOURNAL_DIR),
+                source: other,
+            },
+        };
+        if read_only {
+            if let Err(e) = store.load_read_only_tail() {
+                return Err(journal_error(&store, e));
+            }
+        } else {
             store.remove_orphan_snapshots();
+            let started = store.recover_journal().and_then(|last| match journals {
+                true => store.start_journal(last),
+                false => Ok(()),
+            });
+            if let Err(e) = started {
+                return Err(journal_error(&store, e));
+            }
         }
         Ok(store)
     }

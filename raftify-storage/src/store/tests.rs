@@ -27,6 +27,8 @@ fn store_with_entries(dir: &Path) -> LmdbStore {
         ..Default::default()
     })
     .unwrap();
+    // The damage below is done to LMDB: move the journaled writes there.
+    s.checkpoint().unwrap();
     s
 }
 

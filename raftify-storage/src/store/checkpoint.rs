@@ -1,0 +1,345 @@
+//! Journaled writes and checkpoints: the store's fsync-on path.
+//!
+//! An append (entries and/or hard state, no snapshot) is one journal record
+//! and one `fdatasync` (see [`crate::journal`]); it is then durable and
+//! visible through the tail ([`super::tail`]). A background thread moves
+//! the tail into LMDB in one transaction every [`CHECKPOINT_EVERY`] or
+//! once the tail holds [`LmdbOptions::journal_segment_size`] / 2 bytes,
+//! recording the last journal sequence number it applied (`wal_seq`) in the
+//! same transaction; the commit is durable (LMDB's two syncs, shared by
+//! every write since the last checkpoint) before the tail forgets those
+//! records and their journal segments become reusable.
+//!
+//! Every other LMDB write (snapshot install, own snapshot, compaction,
+//! identity) first stops appends and checkpoints the whole tail, so LMDB
+//! alone is the state they change.
+//!
+//! On open, the journal records after `wal_seq` are applied to LMDB the
+//! same way before anything else happens.
+
+use super::tail::{decode, encode, Pending, Tail, View};
+use super::txn::Fail;
+use super::{LmdbOptions, LmdbStore};
+use crate::journal::{self, Journal, Record};
+use heed::RwTxn;
+use raftify_core::raft::eraftpb::{Entry, HardState};
+use raftify_core::storage::{check_append, StorageResult};
+use raftify_core::{LogStore, StorageError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Longest time a write stays only in the journal when the tail is small.
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// The journal and its tail, shared by the store and its checkpoint thread.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    /// Taken by appends for their whole write (and by the writes that must
+    /// see no append in flight).
+    journal: Mutex<Journal>,
+    tail: Mutex<Tail>,
+    /// Last journal sequence number durable in LMDB.
+    checkpointed: AtomicU64,
+    /// Why a background checkpoint failed; later writes fail with it.
+    failed: Mutex<Option<String>>,
+    /// The checkpoint thread's wake-up: `true` asks it to stop.
+    wake: (Mutex<bool>, Condvar),
+    threshold: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Wal {
+    /// Runs `f` on the tail's view, under its lock (keep it short).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&View) -> T) -> T {
+        f(lock(&self.tail).view())
+    }
+
+    fn failure(&self) -> Option<StorageError> {
+        lock(&self.failed)
+            .as_ref()
+            .map(|why| StorageError::backend(std::io::Error::other(why.clone())))
+    }
+
+    /// Wakes the checkpoint thread to stop, and waits for it.
+    pub(crate) fn stop(&self, thread: JoinHandle<()>) {
+        *lock(&self.wake.0) = true;
+        self.wake.1.notify_all();
+        let _ = thread.join();
+    }
+}
+
+/// A read-only handle's journal: the records after LMDB's `wal_seq` as of
+/// opening (the writer may checkpoint past some of them meanwhile; each
+/// read uses only those after the `wal_seq` it sees).
+#[derive(Debug, Default)]
+pub(crate) struct ReadOnlyTail(pub(crate) Tail);
+
+impl LmdbStore {
+    /// Applies what the journal holds after LMDB's `wal_seq` to LMDB
+    /// (on every open for writing, journaling or not: a store journaled in
+    /// an earlier run must not lose its tail) and returns the last journal
+    /// sequence number now in LMDB.
+    pub(super) fn recover_journal(&self) -> StorageResult<u64> {
+        journal::remove_tmp_files(&self.dir);
+        let after = self.read(|txn| self.read_wal_seq(txn))?;
+        let records = journal::read_after(&self.dir, after).map_err(|e| self.journal_read(e))?;
+        Ok(self.apply_records(&records)?.unwrap_or(after))
+    }
+
+    /// A failure to read the journal: damage is `Corrupted`.
+    fn journal_read(&self, e: std::io::Error) -> StorageError {
+        match e.kind() {
+            std::io::ErrorKind::InvalidData => self.corrupt_journal(e.to_string()),
+            _ => self.journal_io("read", e),
+        }
+    }
+
+    fn journal_io(&self, op: &str, e: std::io::Error) -> StorageError {
+        let dir = self.dir.join(journal::JOURNAL_DIR);
+        let full = e.raw_os_error() == Some(28) || e.to_string().contains("os error 28");
+        let why = match full {
+            true => format!(
+                "no space left on device (the file system of {} is full; free space or grow \
+                 the volume, then restart the node)",
+                dir.display()
+            ),
+            false => e.to_string(),
+        };
+        StorageError::backend(std::io::Error::new(
+            e.kind(),
+            format!("{op} the journal in {}: {why}", dir.display()),
+        ))
+    }
+
+    /// Starts journaling appends after sequence number `last` (see
+    /// [`LmdbStore::recover_journal`]), and the checkpoint thread.
+    pub(super) fn start_journal(&mut self, last: u64) -> StorageResult<()> {
+        let journal = Journal::open(&self.dir, self.opts.journal_segment_size as u64, last)
+            .map_err(|e| self.journal_io("open", e))?;
+        let wal = Arc::new(Wal {
+            journal: Mutex::new(journal),
+            tail: Mutex::new(Tail::default()),
+            checkpointed: AtomicU64::new(last),
+            failed: Mutex::new(None),
+            wake: (Mutex::new(false), Condvar::new()),
+            threshold: (self.opts.journal_segment_size / 2).max(1),
+        });
+        self.wal = Some(wal);
+        let worker = self.handle();
+        let thread = std::thread::Builder::new()
+            .name("raftify-checkpoint".into())
+            .spawn(move || worker.checkpoint_loop())
+            .map_err(|e| self.journal_io("start the checkpoint thread of", e))?;
+        self.checkpointer = Some(thread);
+        Ok(())
+    }
+
+    /// A read-only handle's view of the journal: the records after LMDB's
+    /// `wal_seq` now.
+    pub(super) fn load_read_only_tail(&mut self) -> StorageResult<()> {
+        let after = self.read(|txn| self.read_wal_seq(txn))?;
+        let records = journal::read_after(&self.dir, after).map_err(|e| self.journal_read(e))?;
+        let mut tail = Tail::default();
+        for r in &records {
+            tail.push(decode(r.seq, &r.payload).map_err(|e| self.corrupt_journal(e))?);
+        }
+        self.read_only_tail = Some(Arc::new(ReadOnlyTail(tail)));
+        Ok(())
+    }
+
+    fn corrupt_journal(&self, what: String) -> StorageError {
+        StorageError::corrupted(
+            what,
+            self.dir.join(journal::JOURNAL_DIR).display().to_string(),
+        )
+    }
+
+    /// Applies journal records to LMDB in one durable transaction that
+    /// records the last one's number; returns it (None: nothing to apply).
+    fn apply_records(&self, records: &[Record]) -> StorageResult<Option<u64>> {
+        let Some(last) = records.last().map(|r| r.seq) else {
+            return Ok(None);
+        };
+        let mut pending = Vec::with_capacity(records.len());
+        for r in records {
+            pending.push(Arc::new(
+                decode(r.seq, &r.payload).map_err(|e| self.corrupt_journal(e))?,
+            ));
+        }
+        let _w = self.lock_writer();
+        self.write_txn(|wtxn| self.apply_pending(wtxn, &pending, Some(last)))?;
+        Ok(Some(last))
+    }
+
+    /// Writes `records` into LMDB as the log's continuation, in the
+    /// caller's transaction, and records `seq` as the last journal record
+    /// applied (None: they come from another store's journal).
+    pub(super) fn apply_pending(
+        &self,
+        wtxn: &mut RwTxn,
+        records: &[Arc<Pending>],
+        seq: Option<u64>,
+    ) -> Result<(), Fail> {
+        let mut hs: Option<&HardState> = None;
+        for p in records {
+            if let Some(first) = p.entries.first() {
+                let meta = self.read_meta(wtxn)?;
+                let last = self.last_index_txn(wtxn, &meta)?;
+                check_append(meta.offset, last, &p.entries)
+                    .map_err(|e| self.corrupt_journal(format!("journal record {}: {e}", p.seq)))?;
+                self.delete_from(wtxn, first.index)?;
+                for (e, rec) in p.entries.iter().zip(&p.framed) {
+                    self.append_raw(wtxn, e.index, rec)?;
+                }
+            }
+            if let Some(h) = &p.hard_state {
+                hs = Some(h);
+            }
+        }
+        if let Some(h) = hs {
+            self.put_hard_state(wtxn, h)?;
+        }
+        match seq {
+            Some(seq) => self.put_wal_seq(wtxn, seq),
+            None => Ok(()),
+        }
+    }
+
+    /// Journals one append (entries and/or hard state): durable when this
+    /// returns `Ok`.
+    pub(super) fn journal_append(
+        &self,
+        wal: &Wal,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> StorageResult<()> {
+        if let Some(e) = wal.failure() {
+            return Err(e);
+        }
+        let (payload, framed) = encode(entries, hard_state)?;
+        let mut journal = lock(&wal.journal);
+        if !entries.is_empty() {
+            let offset = self.first_index()? - 1;
+            let last = self.last_index()?;
+            check_append(offset, last, entries)?;
+        }
+        let checkpointed = wal.checkpointed.load(Ordering::Acquire);
+        let seq = journal
+            .append(&payload, checkpointed)
+            .map_err(|e| self.journal_io("write", e))?;
+        let bytes = payload.len();
+        let mut tail = lock(&wal.tail);
+        tail.push(Pending {
+            seq,
+            entries: entries.to_vec(),
+            framed,
+            hard_state: hard_state.cloned(),
+            bytes,
+        });
+        let full = tail.bytes() >= wal.threshold;
+        drop(tail);
+        drop(journal);
+        if full {
+            wal.wake.1.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with appends stopped and the whole tail in LMDB.
+    pub(super) fn with_tail_checkpointed<T>(
+        &self,
+        f: impl FnOnce() -> StorageResult<T>,
+    ) -> StorageResult<T> {
+        let Some(wal) = &self.wal else {
+            return f();
+        };
+        let _appends = lock(&wal.journal);
+        self.checkpoint_wal(wal)?;
+        f()
+    }
+
+    /// Moves every journaled write into LMDB now (the store does it in the
+    /// background anyway; this is for tests and tools).
+    pub fn checkpoint(&self) -> StorageResult<()> {
+        match &self.wal {
+            Some(wal) => self.checkpoint_wal(wal),
+            None => Ok(()),
+        }
+    }
+
+    fn checkpoint_wal(&self, wal: &Wal) -> StorageResult<()> {
+        if let Some(e) = wal.failure() {
+            return Err(e);
+        }
+        // Under the writer lock: two checkpoints never apply the same
+        // records (an older set applied after a newer one would undo it).
+        let _w = self.lock_writer();
+        let records = lock(&wal.tail).records();
+        let Some(seq) = records.last().map(|r| r.seq) else {
+            return Ok(());
+        };
+        let result = self.write_txn(|wtxn| self.apply_pending(wtxn, &records, Some(seq)));
+        if let Err(e) = result {
+            *lock(&wal.failed) = Some(format!("checkpointing the journal into LMDB failed: {e}"));
+            return Err(e);
+        }
+        lock(&wal.tail).drop_through(seq);
+        wal.checkpointed.store(seq, Ordering::Release);
+        Ok(())
+    }
+
+    /// The checkpoint thread: checkpoints when the tail is large, or has
+    /// waited [`CHECKPOINT_EVERY`]. Asked to stop, it just ends: the next
+    /// open applies the journal (a clean close and a crash take the same
+    /// path, which keeps that path tested).
+    fn checkpoint_loop(self) {
+        let Some(wal) = self.wal.clone() else {
+            return;
+        };
+        let mut since: Option<Instant> = None;
+        loop {
+            let stop = {
+                let guard = lock(&wal.wake.0);
+                if *guard {
+                    true
+                } else {
+                    let (guard, _) = wal
+                        .wake
+                        .1
+                        .wait_timeout(guard, CHECKPOINT_EVERY / 4)
+                        .unwrap_or_else(|p| p.into_inner());
+                    *guard
+                }
+            };
+            let (empty, bytes) = {
+                let t = lock(&wal.tail);
+                (t.is_empty(), t.bytes())
+            };
+            if empty {
+                since = None;
+            } else {
+                let first_seen = *since.get_or_insert_with(Instant::now);
+                if !stop && (bytes >= wal.threshold || first_seen.elapsed() >= CHECKPOINT_EVERY) {
+                    // A failure is kept in `failed` and fails later writes.
+                    let _ = self.checkpoint_wal(&wal);
+                    since = None;
+                }
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+}
+
+impl LmdbOptions {
+    /// Whether stores opened with these options journal their appends.
+    pub(crate) fn journals(&self) -> bool {
+        self.journal && !self.no_sync
+    }
+}

@@ -1,0 +1,304 @@
+//! The journaled tail: writes that are durable in the journal but not yet
+//! checkpointed into LMDB, and the view of the log they give.
+//!
+//! Reads combine LMDB with the tail: every entry from [`View::from`] on,
+//! and the hard state if a tail write set one, come from the tail. That is
+//! consistent whatever LMDB holds at the moment: a checkpoint writes into
+//! LMDB only what the tail already shows (entries at or after `from`, the
+//! tail's hard state) and drops records from the tail only after its commit.
+
+use crate::codec::{decode_framed, decode_msg, encode_msg, frame};
+use raftify_core::protobuf::Message;
+use raftify_core::raft::eraftpb::{Entry, HardState};
+use raftify_core::storage::StorageResult;
+use raftify_core::StorageError;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// One journaled write: what it appends (from `entries[0].index` on,
+/// replacing what the log held there) and the hard state it sets.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) seq: u64,
+    pub(crate) entries: Vec<Entry>,
+    /// The entries as stored in LMDB (`crc32 ++ eraftpb.Entry`).
+    pub(crate) framed: Vec<Vec<u8>>,
+    pub(crate) hard_state: Option<HardState>,
+    /// Journal payload size, for the checkpoint threshold.
+    pub(crate) bytes: usize,
+}
+
+/// Encodes a write as a journal payload:
+/// `flags (u8: 1 = hard state) [len (u32 LE) ++ HardState] count (u32 LE)
+/// { len (u32 LE) ++ crc32 ++ Entry }*`.
+pub(crate) fn encode(
+    entries: &[Entry],
+    hard_state: Option<&HardState>,
+) -> StorageResult<(Vec<u8>, Vec<Vec<u8>>)> {
+    let mut framed = Vec::with_capacity(entries.len());
+    for e in entries {
+        framed.push(frame(&encode_msg(e).map_err(StorageError::Invalid)?));
+    }
+    let hs = match hard_state {
+        Some(h) => Some(encode_msg(h).map_err(StorageError::Invalid)?),
+        None => None,
+    };
+    let size = framed.iter().map(|f| f.len() + 4).sum::<usize>() + 64;
+    let mut out = Vec::with_capacity(size);
+    out.push(u8::from(hs.is_some()));
+    if let Some(h) = &hs {
+        put_len(&mut out, h.len())?;
+        out.extend_from_slice(h);
+    }
+    put_len(&mut out, framed.len())?;
+    for f in &framed {
+        put_len(&mut out, f.len())?;
+        out.extend_from_slice(f);
+    }
+    Ok((out, framed))
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) -> StorageResult<()> {
+    let n = u32::try_from(n)
+        .map_err(|_| StorageError::Invalid("a write is limited to 4 GiB per part".into()))?;
+    out.extend_from_slice(&n.to_le_bytes());
+    Ok(())
+}
+
+/// Decodes a journal payload (a record that passed its CRC, so a failure
+/// here is damage or a foreign format).
+pub(crate) fn decode(seq: u64, payload: &[u8]) -> Result<Pending, String> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let b = payload
+            .get(at..at + n)
+            .ok_or_else(|| format!("journal record {seq} is truncated"))?;
+        at += n;
+        Ok(b)
+    };
+    let len = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let flags = take(1)?[0];
+    let hard_state = if flags & 1 == 1 {
+        let n = len(take(4)?);
+        Some(decode_msg(take(n)?).map_err(|e| format!("journal record {seq}: {e}"))?)
+    } else {
+        None
+    };
+    let count = len(take(4)?);
+    let mut entries = Vec::with_capacity(count.min(1 << 16));
+    let mut framed = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let n = len(take(4)?);
+        let f = take(n)?.to_vec();
+        let e: Entry = decode_framed(&f).map_err(|e| format!("journal record {seq}: {e}"))?;
+        entries.push(e);
+        framed.push(f);
+    }
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index + 1 {
+            return Err(format!("journal record {seq}: entries are not contiguous"));
+        }
+    }
+    Ok(Pending {
+        seq,
+        entries,
+        framed,
+        hard_state,
+        bytes: payload.len(),
+    })
+}
+
+/// What the tail shows: entries `from ..= from + len - 1` (replacing
+/// everything LMDB holds from `from` on) and the latest hard state set.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct View {
+    /// First index the tail replaces; 0: the tail holds no entries.
+    pub(crate) from: u64,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) hard_state: Option<HardState>,
+}
+
+impl View {
+    /// The last index the tail holds, if it holds entries.
+    pub(crate) fn last(&self) -> Option<u64> {
+        (self.from > 0).then(|| self.from + self.entries.len() as u64 - 1)
+    }
+
+    fn apply(&mut self, p: &Pending) {
+        if let Some(first) = p.entries.first() {
+            if self.from == 0 || first.index < self.from {
+                self.from = first.index;
+                self.entries.clear();
+            } else {
+                let keep = (first.index - self.from) as usize;
+                self.entries.truncate(keep);
+            }
+            self.entries.extend(p.entries.iter().cloned());
+        }
+        if let Some(hs) = &p.hard_state {
+            self.hard_state = Some(hs.clone());
+        }
+    }
+
+    /// Copies of the entries `low..high` the tail holds, stopping after
+    /// the first one that takes their total size past `max_size` (the
+    /// caller cuts by raft's rule).
+    pub(crate) fn slice(&self, low: u64, high: u64, max_size: Option<u64>) -> Vec<Entry> {
+        if self.from == 0 || high <= self.from {
+            return Vec::new();
+        }
+        let lo = (low.max(self.from) - self.from) as usize;
+        let hi = ((high - self.from) as usize).min(self.entries.len());
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for e in self.entries.get(lo..hi).unwrap_or_default() {
+            out.push(e.clone());
+            size += u64::from(e.compute_size());
+            if max_size.is_some_and(|max| size > max) {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The term of entry `idx`, if the tail holds it.
+    pub(crate) fn term(&self, idx: u64) -> Option<u64> {
+        if self.from == 0 || idx < self.from {
+            return None;
+        }
+        self.entries.get((idx - self.from) as usize).map(|e| e.term)
+    }
+}
+
+/// The records not yet checkpointed, and their view.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    records: VecDeque<Arc<Pending>>,
+    view: View,
+    bytes: usize,
+}
+
+impl Tail {
+    pub(crate) fn push(&mut self, p: Pending) {
+        self.view.apply(&p);
+        self.bytes += p.bytes;
+        self.records.push_back(Arc::new(p));
+    }
+
+    pub(crate) fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// Payload bytes not yet checkpointed.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records to checkpoint (all of them, in order).
+    pub(crate) fn records(&self) -> Vec<Arc<Pending>> {
+        self.records.iter().cloned().collect()
+    }
+
+    /// Forgets the records up to `seq` (now in LMDB) and rebuilds the view
+    /// from the rest.
+    pub(crate) fn drop_through(&mut self, seq: u64) {
+        while self.records.front().is_some_and(|r| r.seq <= seq) {
+            if let Some(r) = self.records.pop_front() {
+                self.bytes -= r.bytes;
+            }
+        }
+        let mut view = View::default();
+        for r in &self.records {
+            view.apply(r);
+        }
+        self.view = view;
+    }
+
+    /// The records after `seq`.
+    pub(crate) fn records_after(&self, seq: u64) -> Vec<Arc<Pending>> {
+        self.records
+            .iter()
+            .filter(|r| r.seq > seq)
+            .cloned()
+            .collect()
+    }
+
+    /// The view of the records after `seq` only (for a read-only handle,
+    /// whose LMDB may have been checkpointed past some of its records).
+    pub(crate) fn view_after(&self, seq: u64) -> View {
+        let mut view = View::default();
+        for r in self.records.iter().filter(|r| r.seq > seq) {
+            view.apply(r);
+        }
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::field_reassign_with_default)]
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8; 3].into();
+        e
+    }
+
+    fn pending(seq: u64, entries: Vec<Entry>, hs_term: Option<u64>) -> Pending {
+        let hs = hs_term.map(|t| {
+            let mut h = HardState::default();
+            h.term = t;
+            h
+        });
+        let (payload, _) = encode(&entries, hs.as_ref()).unwrap();
+        decode(seq, &payload).unwrap()
+    }
+
+    #[test]
+    fn payloads_round_trip_and_damage_is_an_error() {
+        let (payload, framed) = encode(&[entry(5, 2), entry(6, 2)], None).unwrap();
+        let p = decode(9, &payload).unwrap();
+        assert_eq!(p.entries, vec![entry(5, 2), entry(6, 2)]);
+        assert_eq!(p.framed, framed);
+        assert!(p.hard_state.is_none());
+        assert!(decode(9, &payload[..payload.len() - 1]).is_err());
+        let mut bad = payload.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert!(decode(9, &bad).is_err());
+    }
+
+    #[test]
+    fn the_view_follows_appends_truncations_and_checkpoints() {
+        let mut t = Tail::default();
+        t.push(pending(
+            1,
+            vec![entry(10, 1), entry(11, 1), entry(12, 1)],
+            Some(1),
+        ));
+        t.push(pending(2, vec![entry(12, 2), entry(13, 2)], None));
+        assert_eq!(t.view().from, 10);
+        assert_eq!(t.view().last(), Some(13));
+        assert_eq!(
+            t.view().slice(11, 14, None),
+            vec![entry(11, 1), entry(12, 2), entry(13, 2)]
+        );
+        // A conflict below the tail replaces everything from there.
+        t.push(pending(3, vec![entry(8, 3)], Some(3)));
+        assert_eq!((t.view().from, t.view().last()), (8, Some(8)));
+        assert_eq!(t.view().hard_state.as_ref().map(|h| h.term), Some(3));
+        t.drop_through(2);
+        assert_eq!((t.view().from, t.view().last()), (8, Some(8)));
+        t.drop_through(3);
+        assert!(t.is_empty());
+        assert_eq!(t.view().last(), None);
+        assert_eq!(t.bytes(), 0);
+    }
+}
