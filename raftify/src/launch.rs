@@ -263,7 +263,9 @@ fn dir_of(storage: &Storage, id: Option<u64>) -> Option<PathBuf> {
 }
 
 fn lmdb_options(spec: &NodeSpec) -> LmdbOptions {
-    LmdbOptions::new().no_sync(spec.no_sync)
+    LmdbOptions::new()
+        .no_sync(spec.no_sync)
+        .journal(spec.journal)
 }
 
 fn open(dir: &Path, opts: LmdbOptions) -> Result<LmdbStore, LaunchError> {

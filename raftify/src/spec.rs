@@ -76,6 +76,10 @@ pub struct NodeSpec {
     pub storage: Storage,
     /// Do not fsync the log (an OS crash can lose acknowledged writes).
     pub no_sync: bool,
+    /// With fsync on: write the log through the storage journal, one
+    /// `fdatasync` per write (default true); false makes every write an
+    /// LMDB commit (two). See `raftify_storage::LmdbOptions::journal`.
+    pub journal: bool,
     /// How an empty node starts.
     pub start: Start,
     /// Rebuild the (empty) data dir first. A data dir that already holds a
@@ -103,6 +107,7 @@ impl NodeSpec {
             listen_addr: None,
             storage: Storage::Memory,
             no_sync: false,
+            journal: true,
             start: Start::Single,
             restore: None,
             config: Config::new(1),

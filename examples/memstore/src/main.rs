@@ -68,6 +68,11 @@ struct Args {
     /// acknowledged writes and votes.
     #[arg(long, env = "RAFTIFY_NO_SYNC")]
     no_sync: bool,
+    /// With fsync on, write every raft write as an LMDB commit (two
+    /// fdatasyncs) instead of through the storage journal (one); for
+    /// comparisons and as a fallback.
+    #[arg(long, env = "RAFTIFY_NO_JOURNAL")]
+    no_journal: bool,
     /// Start from a copy of another node's WAL directory (the data dir must
     /// be new or empty; the source is not modified).
     #[arg(long, env = "RAFTIFY_RESTORE_WAL_FROM")]
@@ -242,6 +247,7 @@ fn node_spec(args: &Args, grpc: GrpcConfig, logger: &slog::Logger) -> Result<Nod
         None => Storage::PerNode(PathBuf::from("data")),
     };
     spec.no_sync = args.no_sync;
+    spec.journal = !args.no_journal;
     spec.start = match (&args.join, peers) {
         (Some(join), _) => Start::Join {
             via: vec![join.clone()],

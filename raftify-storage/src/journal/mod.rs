@@ -213,10 +213,12 @@ fn records_of(bytes: &[u8], first_seq: u64, salt: u64, after: u64) -> Result<Vec
 /// Reads every record of the journal in `store_dir` after sequence number
 /// `after` (what the store has already checkpointed), in order, stopping at
 /// the first invalid record (a write torn by a crash). Read-only: changes
-/// nothing on disk. Damage that a crash cannot explain (a damaged record
-/// followed by an intact one, a segment starting after a gap) is an
-/// `InvalidData` error.
-pub(crate) fn read_after(store_dir: &Path, after: u64) -> io::Result<Vec<Record>> {
+/// nothing on disk. When `strict`, damage that a crash cannot explain (a
+/// damaged record followed by an intact one, a segment starting after a
+/// gap) is an `InvalidData` error; not strict (a read-only handle, whose
+/// writer may be appending and reusing segments while they are read), it
+/// ends the records read like a torn write does.
+pub(crate) fn read_after(store_dir: &Path, after: u64, strict: bool) -> io::Result<Vec<Record>> {
     let mut segments = Vec::new();
     for (_, path) in list(&store_dir.join(JOURNAL_DIR))? {
         let mut bytes = Vec::new();
@@ -237,10 +239,17 @@ pub(crate) fn read_after(store_dir: &Path, after: u64) -> io::Result<Vec<Record>
     let mut out: Vec<Record> = Vec::new();
     let mut next = after + 1;
     for (first, salt, bytes, path) in segments {
-        let records = records_of(&bytes, first, salt, after).map_err(|e| damaged(&path, e))?;
+        let records = match records_of(&bytes, first, salt, after) {
+            Ok(r) => r,
+            Err(e) if strict => return Err(damaged(&path, e)),
+            Err(_) => break,
+        };
         if first > next {
             if records.is_empty() {
                 continue; // only its header reached the disk
+            }
+            if !strict {
+                break;
             }
             return Err(damaged(
                 &path,

@@ -126,7 +126,7 @@ fn crash_and_check(
     let k = rng.below(life.len() as u64 - 1) as usize;
     let (synced, acked, ckpt, _) = &life[k];
     write_image(store, &crash_image(synced, &life[k + 1].0, rng));
-    let got = read_after(store, *ckpt).unwrap();
+    let got = read_after(store, *ckpt, true).unwrap();
     let written: Vec<_> = life.iter().filter(|w| w.1 > *ckpt).collect();
     let seqs: Vec<u64> = got.iter().map(|r| r.seq).collect();
     assert!(
@@ -169,12 +169,12 @@ fn damage_before_intact_records_is_an_error_not_a_torn_tail() {
     let last = HEADER as usize + 4 * (RECORD_HEADER as usize + 300) + 100;
     bytes[last + 50] ^= 1;
     fs::write(path, &bytes).unwrap();
-    assert_eq!(read_after(tmp.path(), 0).unwrap().len(), 4);
+    assert_eq!(read_after(tmp.path(), 0, true).unwrap().len(), 4);
     // The second one damaged: an error naming the file.
     let mut bytes = clean.clone();
     bytes[HEADER as usize + RECORD_HEADER as usize + 300 + 100] ^= 1;
     fs::write(path, &bytes).unwrap();
-    let err = read_after(tmp.path(), 0).unwrap_err();
+    let err = read_after(tmp.path(), 0, true).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     assert!(err.to_string().contains("record 2 is damaged"), "{err}");
     assert!(err.to_string().contains(".jnl"), "{err}");
@@ -183,7 +183,7 @@ fn damage_before_intact_records_is_an_error_not_a_torn_tail() {
     let mut bytes = clean;
     bytes[HEADER as usize + RECORD_HEADER as usize + 300] ^= 0x40;
     fs::write(path, &bytes).unwrap();
-    assert!(read_after(tmp.path(), 0).is_err());
+    assert!(read_after(tmp.path(), 0, true).is_err());
 }
 
 #[test]
@@ -194,7 +194,7 @@ fn a_record_larger_than_a_segment_gets_its_own_and_it_goes_once_free() {
     let big = vec![7u8; 20_000];
     j.append(&big, 0).unwrap();
     j.append(&[3; 100], 0).unwrap();
-    let got = read_after(tmp.path(), 0).unwrap();
+    let got = read_after(tmp.path(), 0, true).unwrap();
     assert_eq!(got.len(), 3);
     assert_eq!(got[1].payload, big);
     assert_eq!(j.segment_count(), 2);

@@ -10,9 +10,11 @@
 //! every write since the last checkpoint) before the tail forgets those
 //! records and their journal segments become reusable.
 //!
-//! Every other LMDB write (snapshot install, own snapshot, compaction,
-//! identity) first stops appends and checkpoints the whole tail, so LMDB
-//! alone is the state they change.
+//! A snapshot install (and a copy of the store) first stops appends and
+//! checkpoints the whole tail, so LMDB alone is the state it changes. An
+//! own snapshot and a compaction checkpoint first but let appends go on:
+//! they concern applied entries, and appends only add entries after the
+//! commit index.
 //!
 //! On open, the journal records after `wal_seq` are applied to LMDB the
 //! same way before anything else happens.
@@ -87,7 +89,8 @@ impl LmdbStore {
     pub(super) fn recover_journal(&self) -> StorageResult<u64> {
         journal::remove_tmp_files(&self.dir);
         let after = self.read(|txn| self.read_wal_seq(txn))?;
-        let records = journal::read_after(&self.dir, after).map_err(|e| self.journal_read(e))?;
+        let records =
+            journal::read_after(&self.dir, after, true).map_err(|e| self.journal_read(e))?;
         Ok(self.apply_records(&records)?.unwrap_or(after))
     }
 
@@ -143,7 +146,9 @@ impl LmdbStore {
     /// `wal_seq` now.
     pub(super) fn load_read_only_tail(&mut self) -> StorageResult<()> {
         let after = self.read(|txn| self.read_wal_seq(txn))?;
-        let records = journal::read_after(&self.dir, after).map_err(|e| self.journal_read(e))?;
+        // Not strict: the writer may be appending while this reads.
+        let records =
+            journal::read_after(&self.dir, after, false).map_err(|e| self.journal_read(e))?;
         let mut tail = Tail::default();
         for r in &records {
             tail.push(decode(r.seq, &r.payload).map_err(|e| self.corrupt_journal(e))?);
@@ -264,7 +269,7 @@ impl LmdbStore {
     }
 
     /// Moves every journaled write into LMDB now (the store does it in the
-    /// background anyway; this is for tests and tools).
+    /// background anyway, and before a compaction or an own snapshot).
     pub fn checkpoint(&self) -> StorageResult<()> {
         match &self.wal {
             Some(wal) => self.checkpoint_wal(wal),

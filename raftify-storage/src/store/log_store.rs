@@ -183,7 +183,9 @@ impl LogStore for LmdbStore {
         let next_seq = self.read(|txn| Ok(self.read_meta(txn)?.snap_seq))? + 1;
         let name = format!("{next_seq:020}-{:020}-{:020}-own.snap", m.index, m.term);
         self.write_snapshot_file(&snapshot, &name)?;
-        let committed = self.with_tail_checkpointed(|| {
+        // What the snapshot covers was applied, so it is in the log: in
+        // LMDB once the tail is checkpointed (appends go on meanwhile).
+        let committed = self.checkpoint().and_then(|()| {
             let _w = self.lock_writer();
             self.write_txn(|wtxn| {
                 let meta = self.read_meta(wtxn)?;
@@ -216,7 +218,12 @@ impl LogStore for LmdbStore {
 
     fn compact(&self, index: u64) -> StorageResult<()> {
         self.ensure_writable()?;
-        self.with_tail_checkpointed(|| self.compact_lmdb(index))
+        // The entries it removes are applied, so they are in the tail or
+        // LMDB; once checkpointed, the tail holds only later appends (raft
+        // never rewrites applied entries), which compaction does not
+        // touch: appends go on meanwhile.
+        self.checkpoint()?;
+        self.compact_lmdb(index)
     }
 
     fn identity(&self) -> StorageResult<Option<StoreIdentity>> {
