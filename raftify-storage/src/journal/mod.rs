@@ -60,6 +60,9 @@ const HEADER: u64 = 32;
 const RECORD_HEADER: u64 = 24;
 /// Segments are sized in multiples of this.
 const BLOCK: u64 = 4096;
+/// How far after a damaged record reading looks for an intact one (see
+/// `records_of`).
+const DAMAGE_SCAN: usize = 256 * 1024;
 
 /// A journal record read back: its sequence number and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,22 +193,35 @@ fn records_of(bytes: &[u8], first_seq: u64, salt: u64, after: u64) -> Result<Vec
     if expect <= after {
         return Ok(out);
     }
-    // Where the segment's salt occurs again, a later record may start.
+    // A damaged record followed by an intact one: look where the damaged
+    // one's length says the next starts, and for the segment's salt in the
+    // bytes after it (its length may be what is damaged). The search is
+    // bounded: damage further from the last valid record than that is
+    // taken for a torn write (it would need a record that large).
+    let intact_after = |start: usize| {
+        start > pos && matches!(record_at(bytes, start, salt), Some((seq, _, _)) if seq > expect)
+    };
+    let implied = bytes
+        .get(pos..pos + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .and_then(|len| pos.checked_add(RECORD_HEADER as usize + len as usize));
     let needle = salt.to_le_bytes();
-    let rest = bytes.get(pos + 1..).unwrap_or_default();
-    for (i, w) in rest.windows(8).enumerate() {
-        let Some(start) = (pos + 1 + i).checked_sub(16) else {
-            continue;
-        };
-        if w == needle && start > pos {
-            if let Some((seq, _, _)) = record_at(bytes, start, salt) {
-                if seq > expect {
-                    return Err(format!(
-                        "journal record {expect} is damaged but record {seq} after it is intact"
-                    ));
-                }
-            }
-        }
+    let window = bytes
+        .get(pos + 1..)
+        .unwrap_or_default()
+        .iter()
+        .take(DAMAGE_SCAN);
+    let found = implied.is_some_and(intact_after)
+        || window.enumerate().any(|(i, &b)| {
+            b == needle[0]
+                && bytes.get(pos + 1 + i..pos + 9 + i) == Some(&needle[..])
+                && (pos + 1 + i).checked_sub(16).is_some_and(intact_after)
+        });
+    if found {
+        return Err(format!(
+            "journal record {expect} is damaged but a later record after it is intact"
+        ));
     }
     Ok(out)
 }
