@@ -177,7 +177,7 @@ FSYNCS=$OUT/fsync.tsv
 printf "conns\tnode\trole\tcommits\texplicit_syncs\tfdatasync_calls\tfsync_calls\tsyncs_per_commit\n" >"$FSYNCS"
 metric() { # url name (0 when the binary does not export it)
   local v
-  v=$(curl -fsS "$1/metrics" | awk -v n="$2" '$1==n {print $2}')
+  v=$(curl -fsS "$1/metrics" | awk -v n="$2" '{name=$1; sub(/\{.*/, "", name)} name==n {print $2}')
   echo "${v:-0}"
 }
 # Runs "$@" while perf counts each memstore node's sync calls.

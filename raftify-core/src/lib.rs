@@ -106,6 +106,7 @@ mod config;
 mod error;
 mod error_info;
 pub mod membership;
+pub mod metrics;
 mod node;
 mod raft_loop;
 pub mod retry;
@@ -135,6 +136,7 @@ pub use transport::{
 };
 
 /// The protobuf runtime raft-rs's messages are built on.
+pub use prometheus_client;
 pub use protobuf;
 /// raft-rs, re-exported so users and backends use the same version.
 pub use raft;

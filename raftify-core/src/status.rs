@@ -4,7 +4,6 @@
 use crate::membership::{Member, MemberRole};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A node's role in its current term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,25 +134,7 @@ impl Status {
     }
 }
 
-/// Counters a node keeps for metrics (monotonic unless noted).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub(crate) proposals: AtomicU64,
-    pub(crate) proposals_failed: AtomicU64,
-    pub(crate) applied_entries: AtomicU64,
-    pub(crate) leader_changes: AtomicU64,
-    pub(crate) readys: AtomicU64,
-    pub(crate) storage_writes: AtomicU64,
-    pub(crate) storage_syncs: AtomicU64,
-    pub(crate) persisted_entries: AtomicU64,
-    pub(crate) messages_sent: AtomicU64,
-    pub(crate) messages_received: AtomicU64,
-    pub(crate) snapshots_created: AtomicU64,
-    pub(crate) snapshots_installed: AtomicU64,
-    pub(crate) read_index_requests: AtomicU64,
-    pub(crate) forwarded_proposals: AtomicU64,
-    pub(crate) forward_batches: AtomicU64,
-}
+pub use crate::metrics::Metrics;
 
 /// A point-in-time copy of [`Metrics`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,13 +178,9 @@ pub struct MetricsSnapshot {
 }
 
 impl Metrics {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// Copies the counters.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let g = |c: &prometheus_client::metrics::counter::Counter| c.get();
         MetricsSnapshot {
             proposals: g(&self.proposals),
             proposals_failed: g(&self.proposals_failed),

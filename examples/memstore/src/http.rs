@@ -11,10 +11,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use raftify_core::metrics::{self, Latency, MetricsRegistry};
+use raftify_core::prometheus_client::metrics::gauge::Gauge;
+use raftify_core::prometheus_client::registry::Unit;
 use raftify_core::{Error, ErrorClass, MemberRole, Raft, Role};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
@@ -487,203 +489,53 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let s = state.raft.handle().status().await?;
-    let m = state.raft.handle().metrics();
     let (keys, bytes) = state
         .raft
         .stale_read(|st| (st.len(), st.data_bytes()))
         .await;
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-        ));
-    };
-    gauge("raftify_term", "Current raft term.", "gauge", s.term);
-    gauge(
-        "raftify_is_leader",
-        "1 when this node leads.",
-        "gauge",
-        (s.role == Role::Leader) as u64,
-    );
-    gauge(
-        "raftify_leader_id",
-        "Known leader id (0: none).",
-        "gauge",
-        s.leader_id,
-    );
-    gauge(
-        "raftify_commit_index",
-        "Highest committed index.",
-        "gauge",
-        s.commit_index,
-    );
-    gauge(
-        "raftify_applied_index",
-        "Highest applied index.",
-        "gauge",
-        s.applied_index,
-    );
-    gauge(
-        "raftify_last_index",
-        "Last log index.",
-        "gauge",
-        s.last_index,
-    );
-    gauge(
-        "raftify_snapshot_index",
-        "Index of the latest snapshot.",
-        "gauge",
-        s.snapshot_index,
-    );
-    gauge(
-        "raftify_proposals_total",
-        "Proposals accepted by this node as leader.",
-        "counter",
-        m.proposals,
-    );
-    gauge(
-        "raftify_proposals_failed_total",
-        "Proposals that failed.",
-        "counter",
-        m.proposals_failed,
-    );
-    gauge(
-        "raftify_leader_changes_total",
-        "Leader changes seen.",
-        "counter",
-        m.leader_changes,
-    );
-    gauge(
-        "raftify_applied_entries_total",
-        "Entries applied.",
-        "counter",
-        m.applied_entries,
-    );
-    gauge(
-        "raftify_storage_writes_total",
-        "Storage group commits.",
-        "counter",
-        m.storage_writes,
-    );
-    gauge(
-        "raftify_storage_syncs_total",
-        "Syncs the storage writer made on their own (a write no later one made durable).",
-        "counter",
-        m.storage_syncs,
-    );
-    gauge(
-        "raftify_persisted_entries_total",
-        "Entries persisted.",
-        "counter",
-        m.persisted_entries,
-    );
-    gauge(
-        "raftify_messages_sent_total",
-        "Raft messages sent.",
-        "counter",
-        m.messages_sent,
-    );
-    gauge(
-        "raftify_messages_received_total",
-        "Raft messages received.",
-        "counter",
-        m.messages_received,
-    );
-    gauge(
-        "raftify_snapshots_created_total",
-        "Snapshots taken.",
-        "counter",
-        m.snapshots_created,
-    );
-    gauge(
-        "raftify_snapshots_installed_total",
-        "Snapshots installed from the leader.",
-        "counter",
-        m.snapshots_installed,
-    );
-    gauge(
-        "raftify_read_index_total",
-        "ReadIndex rounds issued.",
-        "counter",
-        m.read_index_requests,
-    );
-    gauge(
-        "raftify_forwarded_proposals_total",
-        "Proposals this node forwarded to the leader.",
-        "counter",
-        m.forwarded_proposals,
-    );
-    gauge(
-        "raftify_forward_batches_total",
-        "Requests that carried them (several proposals share one).",
-        "counter",
-        m.forward_batches,
-    );
-    gauge("memstore_keys", "Keys held.", "gauge", keys as u64);
-    gauge(
-        "memstore_data_bytes",
-        "Bytes of keys and values held.",
-        "gauge",
-        bytes,
-    );
-    state.latency.write.render(
-        "memstore_write_duration_seconds",
-        "Latency of writes (PUT, DELETE, CAS).",
-        &mut out,
-    );
-    state.latency.read.render(
-        "memstore_linearizable_read_duration_seconds",
-        "Latency of ReadIndex confirmations.",
-        &mut out,
-    );
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    let gauge = |g: &Gauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    gauge(&state.latency.keys, keys as u64);
+    gauge(&state.latency.data_bytes, bytes);
+    let text = state.raft.handle().metrics_registry().encode();
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
-/// Upper bounds (seconds) of the latency histogram buckets.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
-];
-
-/// A lock-free Prometheus histogram.
-#[derive(Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.counts[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let c = self.counts[i].load(Ordering::Relaxed);
-            out.push_str(&format!("{name}_bucket{{le=\"{b}\"}} {c}\n"));
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        out.push_str(&format!("{name}_sum {sum}\n{name}_count {count}\n"));
-    }
-}
-
-/// Latency histograms kept by the HTTP layer.
+/// The HTTP layer's metrics, registered into the node's registry with the
+/// core's (see [`Latencies::register`]).
 #[derive(Default)]
 pub struct Latencies {
-    /// Writes.
-    pub write: Histogram,
-    /// Linearizable read confirmations.
-    pub read: Histogram,
+    /// Latency of writes (PUT, DELETE, CAS).
+    pub write: Latency,
+    /// Latency of linearizable reads' ReadIndex confirmations.
+    pub read: Latency,
+    /// Keys held (set when scraped).
+    pub keys: Gauge,
+    /// Bytes of keys and values held (set when scraped).
+    pub data_bytes: Gauge,
+}
+
+impl Latencies {
+    /// New metrics, registered into `registry` as `memstore_*`.
+    pub fn register(registry: &MetricsRegistry) -> Self {
+        let l = Latencies::default();
+        registry.register_with_unit(
+            "memstore_write_duration",
+            "Latency of writes (PUT, DELETE, CAS).",
+            Unit::Seconds,
+            l.write.0.clone(),
+        );
+        registry.register_with_unit(
+            "memstore_linearizable_read_duration",
+            "Latency of ReadIndex confirmations.",
+            Unit::Seconds,
+            l.read.0.clone(),
+        );
+        registry.register("memstore_keys", "Keys held.", l.keys.clone());
+        registry.register(
+            "memstore_data_bytes",
+            "Bytes of keys and values held.",
+            l.data_bytes.clone(),
+        );
+        l
+    }
 }

@@ -314,7 +314,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     let state = AppState {
         raft: raft.clone(),
         max_value_size: args.max_value_size,
-        latency: Arc::new(Latencies::default()),
+        latency: Arc::new(Latencies::register(&raft.handle().metrics_registry())),
         auth: HttpAuth {
             token: args.auth_token.clone(),
             metrics_public: args.metrics_public,

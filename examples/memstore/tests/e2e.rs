@@ -28,11 +28,24 @@ fn static_cluster_survives_leader_sigkill_and_the_old_leader_catches_up() {
     );
     // They reached the leader through the follower's forwarder (ProposeBatch).
     let metrics = get(&c.node(follower).http, "/metrics").text();
-    let forwarded = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("raftify_forwarded_proposals_total "))
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    assert!(forwarded >= Some(30), "{metrics}");
+    let forwarded = metric_value(&metrics, "raftify_forwarded_proposals_total");
+    assert!(forwarded >= Some(30.0), "{metrics}");
+    // The leader publishes each follower's progress (on its next tick):
+    // both caught up with its log.
+    let scrape = |c: &Cluster, id: u64| get(&c.node(id).http, "/metrics").text();
+    wait_for("the leader's per-peer metrics", T, || {
+        let m = scrape(&c, leader);
+        let last = metric_value(&m, "raftify_last_index")?;
+        let peers: Vec<_> = parse_metrics(&m)
+            .into_iter()
+            .filter(|(n, _, v)| n == "raftify_peer_match_index" && *v == last)
+            .collect();
+        (peers.len() == 2).then_some(())
+    });
+    let before = scrape(&c, follower);
+    let term_before = metric_value(&before, "raftify_term").expect("term");
+    let changes_before =
+        metric_value(&before, "raftify_leader_changes_total").expect("leader changes");
 
     c.nodes.get_mut(&leader).expect("leader").kill();
     let killed_at = Instant::now();
@@ -46,6 +59,44 @@ fn static_cluster_survives_leader_sigkill_and_the_old_leader_catches_up() {
         killed_at.elapsed() < Duration::from_secs(8),
         "failover took {:?}",
         killed_at.elapsed()
+    );
+    // The metrics follow: a new leader, a higher term, one more leader
+    // change seen by the surviving follower; a snapshot is counted.
+    let m = scrape(&c, new_leader);
+    assert_eq!(metric_value(&m, "raftify_is_leader"), Some(1.0), "{m}");
+    assert!(metric_value(&m, "raftify_term") > Some(term_before), "{m}");
+    let other = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader && *id != new_leader)
+        .expect("the third node");
+    let o = scrape(&c, other);
+    assert_eq!(
+        metric_value(&o, "raftify_leader_id"),
+        Some(new_leader as f64),
+        "{o}"
+    );
+    if other == follower {
+        assert!(
+            metric_value(&o, "raftify_leader_changes_total") > Some(changes_before),
+            "{o}"
+        );
+    }
+    let snaps = metric_value(&m, "raftify_snapshots_created_total").unwrap_or(0.0);
+    assert_eq!(
+        request(&c.node(new_leader).http, "POST", "/snapshot", b"")
+            .map(|r| r.status)
+            .ok(),
+        Some(200)
+    );
+    let m = scrape(&c, new_leader);
+    assert_eq!(
+        metric_value(&m, "raftify_snapshots_created_total"),
+        Some(snaps + 1.0),
+        "{m}"
+    );
+    assert!(
+        metric_value(&m, "raftify_snapshot_size_bytes") > Some(0.0),
+        "{m}"
     );
     for (i, key) in acked.iter().enumerate() {
         assert_eq!(

@@ -84,12 +84,46 @@ async fn status_cluster_health_metrics_snapshot() {
         assert_eq!(c["members"][0]["role"], "voter");
         assert_eq!(c["members"][0]["id"], 1);
         assert_eq!(get(&addr, "/health").status, 200);
-        let m = get(&addr, "/metrics").text();
-        assert!(m.contains("raftify_is_leader 1"), "{m}");
-        assert!(m.contains("memstore_keys 1"), "{m}");
-        assert!(m.contains("memstore_write_duration_seconds_count 1"), "{m}");
+        let r = get(&addr, "/metrics");
+        let m = r.text();
+        let value = |name: &str| metric_value(&m, name);
+        assert_eq!(value("raftify_is_leader"), Some(1.0), "{m}");
+        assert_eq!(value("memstore_keys"), Some(1.0), "{m}");
         // A single node forwards nothing.
-        assert!(m.contains("raftify_forwarded_proposals_total 0"), "{m}");
+        assert_eq!(value("raftify_forwarded_proposals_total"), Some(0.0), "{m}");
+        assert!(value("raftify_proposals_total") >= Some(1.0), "{m}");
+        assert!(value("raftify_term") >= Some(1.0), "{m}");
+        // Every series names the node; the families the operators' guide
+        // lists are there.
+        let samples = parse_metrics(&m);
+        assert!(samples
+            .iter()
+            .all(|(_, l, _)| l.get("node").map(String::as_str) == Some("1")));
+        let names: std::collections::BTreeSet<&str> =
+            samples.iter().map(|(n, _, _)| n.as_str()).collect();
+        for family in [
+            "raftify_term",
+            "raftify_is_leader",
+            "raftify_leader_id",
+            "raftify_commit_index",
+            "raftify_applied_index",
+            "raftify_last_index",
+            "raftify_snapshot_index",
+            "raftify_leader_changes_total",
+            "raftify_applied_entries_total",
+            "raftify_storage_writes_total",
+            "raftify_storage_write_bytes_total",
+            "raftify_storage_write_duration_seconds",
+            "raftify_proposal_duration_seconds",
+            "raftify_read_index_duration_seconds",
+            "raftify_snapshot_duration_seconds",
+            "raftify_inbox_depth",
+            "memstore_write_duration_seconds",
+            "memstore_linearizable_read_duration_seconds",
+            "memstore_data_bytes",
+        ] {
+            assert!(names.contains(family), "no {family} in {names:?}");
+        }
         let snap = post(&addr, "/snapshot", b"").json();
         assert!(snap["snapshot_index"].as_u64().unwrap() >= 2);
         assert_eq!(

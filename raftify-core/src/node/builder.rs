@@ -11,6 +11,7 @@ use crate::codec::{cluster_uid, decode_snapshot, ClusterMeta, SnapshotEnvelope};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::membership::validate_addr;
+use crate::metrics::MetricsRegistry;
 use crate::raft_loop::{LoopParts, RaftLoop};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::{Metrics, NodeState, Role};
@@ -163,6 +164,8 @@ where
             fatal: None,
         });
         let metrics = Arc::new(Metrics::default());
+        let registry = MetricsRegistry::for_node(config.id);
+        metrics.register(&registry);
         let sm = Arc::new(RwLock::new(sm));
         info!(logger, "raft node starting"; "applied" => applied, "voters" => ?conf_state.voters, "learners" => ?conf_state.learners);
         let event_loop = RaftLoop::<E, SM>::new(LoopParts {
@@ -193,6 +196,7 @@ where
                 msg_tx,
                 state_rx,
                 metrics,
+                registry,
                 forwarder,
                 forward_session: LazySession::new(),
                 transport,

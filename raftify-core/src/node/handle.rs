@@ -8,6 +8,7 @@ use crate::client_session::LazySession;
 use crate::codec::frame_user;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics::MetricsRegistry;
 use crate::raft_loop::{Applied, Command, ProposalKind, Reply};
 use crate::status::{Metrics, MetricsSnapshot, NodeState, Role, Status};
 use crate::storage::LogStore;
@@ -29,6 +30,7 @@ pub(super) struct HandleInner {
     pub(super) msg_tx: mpsc::Sender<(Option<String>, Vec<Message>)>,
     pub(super) state_rx: watch::Receiver<NodeState>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) registry: MetricsRegistry,
     pub(super) transport: Arc<dyn Transport>,
     /// Coalesces the proposals this node forwards to the leader.
     pub(super) forwarder: Forwarder,
@@ -292,6 +294,13 @@ impl RaftHandle {
     /// Counters for metrics.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.metrics.snapshot()
+    }
+
+    /// The node's Prometheus registry: the core's metrics (labelled
+    /// `node="<id>"`), to which a front-end adds its own and which it
+    /// serves ([`MetricsRegistry::encode`]).
+    pub fn metrics_registry(&self) -> MetricsRegistry {
+        self.inner.registry.clone()
     }
 
     /// Waits until a leader is known (or `timeout`), returning its id.

@@ -5,7 +5,6 @@ use super::RaftLoop;
 use crate::codec::decode_snapshot;
 use crate::error::Error;
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
-use crate::status::Metrics;
 use raft::eraftpb::{Message, MessageType};
 use slog::{debug, warn};
 
@@ -34,7 +33,22 @@ where
         if self.fatal.is_some() {
             return;
         }
-        Metrics::add(&self.metrics.messages_received, msgs.len() as u64);
+        // A batch comes from one peer (the transport sends per peer); count
+        // runs all the same.
+        let mut run: Option<(u64, u64)> = None;
+        for m in &msgs {
+            match run {
+                Some((from, n)) if from == m.from => run = Some((from, n + 1)),
+                Some((from, n)) => {
+                    self.metrics.received(from, n);
+                    run = Some((m.from, 1));
+                }
+                None => run = Some((m.from, 1)),
+            }
+        }
+        if let Some((from, n)) = run {
+            self.metrics.received(from, n);
+        }
         if let (Some(addr), Some(first)) = (from_addr, msgs.first()) {
             // Only the transport learns it: the replicated address book
             // changes through the log alone.

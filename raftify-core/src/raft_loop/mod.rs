@@ -92,6 +92,8 @@ pub(crate) struct RaftLoop<E, SM> {
     fatal: Option<Error>,
     /// Addresses of peers not (yet) in the address book, from their messages.
     learned_addrs: HashMap<u64, String>,
+    /// When each peer last had every entry (leader only; for metrics).
+    caught_up: HashMap<u64, std::time::Instant>,
     ticks: u64,
 }
 
@@ -148,6 +150,7 @@ where
             persist,
             fatal: None,
             learned_addrs: HashMap::new(),
+            caught_up: HashMap::new(),
             ticks: 0,
             config: p.config,
         }
@@ -233,6 +236,12 @@ where
         self.expire_proposals();
         self.expire_reads();
         self.keep_transferring();
+        self.publish_progress();
+    }
+
+    /// Message batches waiting in the inbox.
+    fn inbox_len(&self) -> usize {
+        self.msg_rx.len()
     }
 
     fn on_feedback(&mut self, fb: FeedbackEvent) {

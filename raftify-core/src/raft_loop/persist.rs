@@ -256,6 +256,8 @@ async fn write_batch(
         return Ok(Durability::Durable);
     }
     let n = batch.entries.len() as u64;
+    let bytes: u64 = batch.entries.iter().map(|e| e.data.len() as u64).sum();
+    let started = std::time::Instant::now();
     let blocking = blocks(store, blocking, &batch);
     let durability = on_store(store, blocking, limit, "write", move |s| match deferred {
         true => s.write_deferred(batch),
@@ -264,6 +266,8 @@ async fn write_batch(
     .await?;
     Metrics::add(&metrics.storage_writes, 1);
     Metrics::add(&metrics.persisted_entries, n);
+    Metrics::add(&metrics.storage_write_bytes, bytes);
+    metrics.storage_write_seconds.since(started);
     Ok(durability)
 }
 

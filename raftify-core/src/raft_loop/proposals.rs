@@ -19,6 +19,8 @@ struct Pending {
     /// When the loop answers `Timeout` (callers set no timer of their own:
     /// one per proposal would cost more than the proposal).
     deadline: Instant,
+    /// When it entered the log (for the proposal latency histogram).
+    since: Instant,
 }
 
 /// Proposals not yet in raft (`queued`) and in its log (`pending`).
@@ -39,7 +41,7 @@ impl Proposals {
     /// committed by the next leader, so their outcome is unknown.
     pub(super) fn lose_leadership(&mut self, metrics: &Metrics) {
         for (_, p) in std::mem::take(&mut self.pending) {
-            Metrics::add(&metrics.proposals_failed, 1);
+            metrics.proposals_failed("leadership_lost", 1);
             let _ = p.reply.send(Err(Error::LeadershipLost));
         }
     }
@@ -92,7 +94,7 @@ where
         let batch = std::mem::take(&mut self.proposals.queued);
         let n = batch.len() as u64;
         if !self.is_leader() {
-            Metrics::add(&self.metrics.proposals_failed, n);
+            self.metrics.proposals_failed("not_leader", n);
             for (_, _, reply) in batch {
                 let _ = reply.send(Err(self.not_leader()));
             }
@@ -112,7 +114,7 @@ where
         m.from = self.config.id;
         m.set_entries(entries.into());
         if let Err(e) = self.raw.raft.step(m) {
-            Metrics::add(&self.metrics.proposals_failed, n);
+            self.metrics.proposals_failed("dropped", n);
             let reason = e.to_string();
             for (_, reply) in waiters {
                 let _ = reply.send(Err(Error::ProposalDropped(reason.clone())));
@@ -123,13 +125,15 @@ where
         Metrics::add(&self.metrics.proposals, n);
         let term = self.raw.raft.term;
         let first = self.raw.raft.raft_log.last_index() + 1 - n;
-        let deadline = Instant::now() + self.config.proposal_timeout;
+        let now = Instant::now();
+        let deadline = now + self.config.proposal_timeout;
         for (i, (kind, reply)) in waiters.into_iter().enumerate() {
             let p = Pending {
                 term,
                 kind,
                 reply,
                 deadline,
+                since: now,
             };
             self.proposals.pending.insert(first + i as u64, p);
         }
@@ -154,6 +158,7 @@ where
             kind: ProposalKind::ConfChange,
             reply,
             deadline: Instant::now() + self.config.conf_change_timeout,
+            since: Instant::now(),
         };
         self.proposals
             .pending
@@ -242,7 +247,7 @@ where
             .collect();
         for index in expired {
             if let Some(p) = self.proposals.pending.remove(&index) {
-                Metrics::add(&self.metrics.proposals_failed, 1);
+                self.metrics.proposals_failed("timeout", 1);
                 let timeout = match p.kind {
                     ProposalKind::ConfChange => self.config.conf_change_timeout,
                     _ => self.config.proposal_timeout,
@@ -270,7 +275,7 @@ where
             return;
         };
         if p.term != term {
-            Metrics::add(&self.metrics.proposals_failed, 1);
+            self.metrics.proposals_failed("replaced", 1);
             let _ = p.reply.send(Err(Error::ProposalDropped(format!(
                 "the entry was replaced by the leader of term {term}"
             ))));
@@ -290,8 +295,9 @@ where
             (_, Ok(_)) => Err(Error::ProposalDropped("entry type changed".into())),
         };
         if result.is_err() {
-            Metrics::add(&self.metrics.proposals_failed, 1);
+            self.metrics.proposals_failed("rejected", 1);
         }
+        self.metrics.proposal_seconds.observe(p.since.elapsed());
         let _ = p.reply.send(result);
     }
 }

@@ -150,6 +150,10 @@ where
     pub(super) fn on_read_states(&mut self, states: Vec<raft::ReadState>) {
         for rs in states {
             if let Some(waiters) = self.reads.inflight.remove(&rs.request_ctx) {
+                let since = waiters.deadline.checked_sub(self.config.read_timeout);
+                if let Some(since) = since {
+                    self.metrics.read_index_seconds.observe(since.elapsed());
+                }
                 self.reads.waiting_apply.push((rs.index, waiters));
             }
         }

@@ -74,7 +74,6 @@ where
         if msgs.is_empty() {
             return;
         }
-        Metrics::add(&self.metrics.messages_sent, msgs.len() as u64);
         // Keep per-peer order; one batch per peer.
         let mut by_peer: Vec<(u64, Vec<Message>)> = Vec::new();
         for m in msgs {
@@ -84,6 +83,7 @@ where
             }
         }
         for (to, batch) in by_peer {
+            self.metrics.sent(to, batch.len() as u64);
             self.transport.send(to, batch, &self.feedback);
         }
     }

@@ -159,6 +159,7 @@ where
             return;
         }
         let index = self.applied;
+        let started = std::time::Instant::now();
         // A view is taken here and serialized with the rest of the save, off
         // the loop; without one the state is serialized now, in the loop.
         let state = {
@@ -183,6 +184,7 @@ where
         md.set_conf_state(self.conf_state.clone());
         let keep_from = (index + 1).saturating_sub(self.config.snapshot_log_retention);
         let store = self.store.clone();
+        let metrics = self.metrics.clone();
         let save = move || -> Result<()> {
             // The state is written where it belongs in the snapshot's data:
             // a large one is never copied.
@@ -198,10 +200,15 @@ where
                         .map_err(|e| Error::StateMachine(format!("snapshot: {e}"))),
                 }),
             )?;
+            let size = data.len();
             let mut snap = Snapshot::default();
             snap.data = data.into();
             snap.set_metadata(md);
             store.save_snapshot(snap)?;
+            metrics
+                .snapshot_bytes
+                .set(i64::try_from(size).unwrap_or(i64::MAX));
+            metrics.snapshot_seconds.since(started);
             if keep_from > 1 {
                 store.compact(keep_from)?;
             }

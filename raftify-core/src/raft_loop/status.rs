@@ -67,7 +67,79 @@ where
         }
     }
 
+    /// Publishes role, term and leader (the `watch` channel) and sets the
+    /// gauges of the node's metrics.
+    /// Sets the per-peer gauges (on the leader; cleared elsewhere) and the
+    /// inbox depth. `caught_up` remembers when each peer last had every
+    /// entry, for the lag in seconds.
+    pub(super) fn publish_progress(&mut self) {
+        let m = self.metrics.clone();
+        m.inbox_depth
+            .set(i64::try_from(self.inbox_len()).unwrap_or(i64::MAX));
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            if !self.caught_up.is_empty() {
+                self.caught_up.clear();
+                m.peer_match_index.clear();
+                m.peer_lag_entries.clear();
+                m.peer_lag_seconds.clear();
+            }
+            return;
+        }
+        let last = raft.raft_log.last_index();
+        let now = std::time::Instant::now();
+        let mut seen = Vec::new();
+        for (id, pr) in raft.prs().iter() {
+            if *id == self.config.id {
+                continue;
+            }
+            seen.push(*id);
+            let label = crate::metrics::PeerLabel::of(*id);
+            let since = self.caught_up.entry(*id).or_insert(now);
+            if pr.matched >= last {
+                *since = now;
+            }
+            let lag = last.saturating_sub(pr.matched);
+            m.peer_match_index
+                .get_or_create(&label)
+                .set(i64::try_from(pr.matched).unwrap_or(i64::MAX));
+            m.peer_lag_entries
+                .get_or_create(&label)
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            m.peer_lag_seconds
+                .get_or_create(&label)
+                .set(now.duration_since(*since).as_secs_f64());
+        }
+        // Peers removed from the configuration go.
+        let gone: Vec<u64> = self
+            .caught_up
+            .keys()
+            .filter(|id| !seen.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.caught_up.remove(&id);
+            let label = crate::metrics::PeerLabel::of(id);
+            m.peer_match_index.remove(&label);
+            m.peer_lag_entries.remove(&label);
+            m.peer_lag_seconds.remove(&label);
+        }
+    }
+
     pub(super) fn publish_state(&self) {
+        let raft = &self.raw.raft;
+        let m = &self.metrics;
+        let set = |g: &prometheus_client::metrics::gauge::Gauge, v: u64| {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(&m.term, raft.term);
+        set(&m.is_leader, u64::from(raft.state == StateRole::Leader));
+        set(&m.leader_id, raft.leader_id);
+        set(&m.commit_index, raft.raft_log.committed);
+        set(&m.applied_index, self.applied);
+        set(&m.first_index, raft.raft_log.first_index());
+        set(&m.last_index, raft.raft_log.last_index());
+        set(&m.snapshot_index, self.snapshots.index);
         let next = NodeState {
             role: Role::from_raft(self.raw.raft.state),
             term: self.raw.raft.term,

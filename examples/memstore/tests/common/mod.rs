@@ -322,10 +322,46 @@ pub async fn single_node_state(auth: HttpAuth) -> AppState {
         .wait_for_leader(Duration::from_secs(5))
         .await
         .expect("a leader");
+    let latency = Arc::new(Latencies::register(&raft.handle().metrics_registry()));
     AppState {
         raft,
         max_value_size: 1024,
-        latency: Arc::new(Latencies::default()),
+        latency,
         auth,
     }
+}
+
+/// The samples of a `/metrics` text, parsed with a Prometheus text-format
+/// parser: `(name, labels, value)`.
+pub fn parse_metrics(text: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("the metrics text parses");
+    scrape
+        .samples
+        .into_iter()
+        .map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                prometheus_parse::Value::Histogram(_) | prometheus_parse::Value::Summary(_) => {
+                    f64::NAN
+                }
+            };
+            let labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (s.metric, labels, value)
+        })
+        .collect()
+}
+
+/// The value of the sample `name` (any labels) in a `/metrics` text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    parse_metrics(text)
+        .into_iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, _, v)| v)
 }
