@@ -78,6 +78,19 @@ pub struct PeerProgress {
     pub recent_active: bool,
 }
 
+/// Something that happened to a node (leader changes, snapshots), kept
+/// in [`Status::events`] for status pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What, in words.
+    pub what: String,
+}
+
+/// How many events a node keeps.
+pub const EVENTS_KEPT: usize = 32;
+
 /// A full picture of a node, for `status` endpoints and debugging.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -112,6 +125,14 @@ pub struct Status {
     pub joint: bool,
     /// Per-peer progress (on the leader only).
     pub progress: BTreeMap<u64, PeerProgress>,
+    /// The node's recent events, oldest first (at most [`EVENTS_KEPT`]).
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// When this status was taken, in milliseconds since the Unix epoch
+    /// (the node's clock: rates drawn from successive statuses do not
+    /// depend on the reader's timers).
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 impl Status {

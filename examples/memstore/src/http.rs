@@ -46,7 +46,9 @@ impl HttpAuth {
         };
         let path = req.uri().path();
         let is_get = req.method() == axum::http::Method::GET;
-        if is_get && (path == "/health" || (path == "/metrics" && self.metrics_public)) {
+        // The status page holds no data (what it polls needs the token).
+        let open = matches!(path, "/health" | "/" | "/dashboard");
+        if is_get && (open || (path == "/metrics" && self.metrics_public)) {
             return true;
         }
         let expected = format!("Bearer {token}");
@@ -190,6 +192,8 @@ pub fn router(state: AppState) -> Router {
         .route("/snapshot", post(snapshot))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard))
+        .route("/dashboard", get(dashboard))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
@@ -367,6 +371,9 @@ async fn status(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         "cluster_id": s.cluster_id,
         "joint": s.joint,
         "progress": s.progress,
+        "members": members_json(&s.members),
+        "events": s.events,
+        "at_ms": s.at_ms,
     })))
 }
 
@@ -377,7 +384,12 @@ async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value
 
 /// `{"leader_id", "members": [{"id", "raft_addr", "role"}]}`.
 fn membership_json(leader_id: u64, members: &[raftify_core::Member]) -> Json<serde_json::Value> {
-    let members: Vec<_> = members
+    Json(json!({ "leader_id": leader_id, "members": members_json(members) }))
+}
+
+/// `[{"id", "raft_addr", "role"}]`.
+fn members_json(members: &[raftify_core::Member]) -> Vec<serde_json::Value> {
+    members
         .iter()
         .map(|m| {
             json!({
@@ -386,8 +398,7 @@ fn membership_json(leader_id: u64, members: &[raftify_core::Member]) -> Json<ser
                 "role": match m.role { MemberRole::Voter => "voter", MemberRole::Learner => "learner" },
             })
         })
-        .collect();
-    Json(json!({ "leader_id": leader_id, "members": members }))
+        .collect()
 }
 
 /// The membership a change produced, as the node that made it (the leader)
@@ -486,6 +497,15 @@ async fn health(State(state): State<AppState>) -> Response {
     } else {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no leader known").into_response()
     }
+}
+
+/// The status page ([`raftify::dashboard`]).
+async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, raftify::dashboard::CONTENT_TYPE)],
+        raftify::dashboard::HTML,
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -178,6 +178,12 @@ where
         if leader != self.leadership.last_leader {
             Metrics::add(&self.metrics.leader_changes, 1);
             info!(self.logger, "leader changed"; "leader" => leader, "term" => self.raw.raft.term, "role" => ?role);
+            let term = self.raw.raft.term;
+            self.event(match leader {
+                0 => format!("no leader (term {term})"),
+                l if l == self.config.id => format!("node {l} leads (term {term}): this node"),
+                l => format!("node {l} leads (term {term})"),
+            });
             if let Some((to, reply)) = self.leadership.transfer.take() {
                 if leader == to {
                     let _ = reply.send(Ok(()));

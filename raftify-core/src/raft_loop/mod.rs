@@ -94,6 +94,8 @@ pub(crate) struct RaftLoop<E, SM> {
     learned_addrs: HashMap<u64, String>,
     /// When each peer last had every entry (leader only; for metrics).
     caught_up: HashMap<u64, std::time::Instant>,
+    /// Recent events, for [`crate::Status::events`].
+    events: std::collections::VecDeque<crate::status::Event>,
     ticks: u64,
 }
 
@@ -151,6 +153,7 @@ where
             fatal: None,
             learned_addrs: HashMap::new(),
             caught_up: HashMap::new(),
+            events: Default::default(),
             ticks: 0,
             config: p.config,
         }

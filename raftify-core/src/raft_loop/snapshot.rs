@@ -110,6 +110,10 @@ where
         self.applied_term = meta.term;
         self.snapshots.index = meta.index;
         Metrics::add(&self.metrics.snapshots_installed, 1);
+        self.event(format!(
+            "snapshot installed from the leader at index {}",
+            meta.index
+        ));
         info!(self.logger, "installed snapshot"; "index" => meta.index, "term" => meta.term);
         self.proposals.superseded_through(meta.index);
         Ok(())
@@ -235,6 +239,7 @@ where
                 if index > self.snapshots.index {
                     self.snapshots.index = index;
                     Metrics::add(&self.metrics.snapshots_created, 1);
+                    self.event(format!("snapshot taken at index {index}"));
                     info!(self.logger, "snapshot taken"; "index" => index, "compacted_before" => keep_from);
                 }
                 self.snapshots.answer(index);

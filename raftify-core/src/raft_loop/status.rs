@@ -64,7 +64,18 @@ where
             members,
             joint: !cs.voters_outgoing.is_empty(),
             progress,
+            events: self.events.iter().cloned().collect(),
+            at_ms: unix_ms(),
         }
+    }
+
+    /// Remembers an event for [`Status::events`].
+    pub(super) fn event(&mut self, what: String) {
+        let at_ms = unix_ms();
+        if self.events.len() >= crate::status::EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(crate::status::Event { at_ms, what });
     }
 
     /// Publishes role, term and leader (the `watch` channel) and sets the
@@ -158,4 +169,12 @@ where
             }
         });
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
