@@ -9,6 +9,7 @@ mod decode;
 mod live;
 mod persisted;
 mod probe;
+mod top;
 
 use clap::{Parser, Subcommand};
 use raftify_core::MembershipChange;
@@ -104,6 +105,27 @@ enum Command {
     },
     /// Load-test a memstore cluster: throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    /// A live view of the cluster (members, roles, match index and lag,
+    /// commit and apply rates), refreshed every second; Ctrl-C stops it.
+    Top {
+        /// Raft address of any member.
+        raft_addr: String,
+        /// Refresh period, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many frames (default: run until stopped).
+        #[arg(long)]
+        iterations: Option<u64>,
+    },
+    /// Print the leader, then a line (UTC time, term, leader) at every
+    /// change of leader or term, as they happen; Ctrl-C stops it.
+    Watch {
+        /// Raft address of any member.
+        raft_addr: String,
+        /// Stop after this many changes (default: run until stopped).
+        #[arg(long)]
+        changes: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,6 +253,17 @@ fn main() -> ExitCode {
                 async move { live::snapshot(&raft_addr, &conn).await },
             ))
         }
+        Command::Top {
+            raft_addr,
+            interval_ms,
+            iterations,
+        } => live(Box::pin(async move {
+            let every = std::time::Duration::from_millis(interval_ms.max(100));
+            top::top(&raft_addr, &conn, every, iterations).await
+        })),
+        Command::Watch { raft_addr, changes } => live(Box::pin(async move {
+            top::watch(&raft_addr, &conn, changes).await
+        })),
         Command::Bench(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

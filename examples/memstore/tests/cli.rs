@@ -269,3 +269,107 @@ fn transfer_leader_to_a_node_that_just_restarted_succeeds_every_time() {
     // loaded machine.
     assert!(slow.len() <= 1, "transfers that needed a retry: {slow:?}");
 }
+
+/// `top` in a pseudo-terminal (util-linux `script` provides one): it
+/// redraws in place and shows the three members with the leader, and each
+/// follower's match index and lag.
+#[test]
+fn top_shows_the_members_in_a_terminal() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader();
+    let any = c.node(c.follower_of(leader)).raft.clone();
+    let cmd = format!(
+        "{} top {any} --iterations 2 --interval-ms 300",
+        cli_path().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .output()
+        .expect("run script(1) (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // A terminal gets the clear-screen sequence before every frame.
+    assert_eq!(text.matches("\x1b[H\x1b[2J").count(), 2, "{text:?}");
+    let last_frame = text.rsplit("\x1b[H\x1b[2J").next().unwrap_or_default();
+    let rows: Vec<&str> = last_frame
+        .lines()
+        .filter(|l| {
+            let mut w = l.split_whitespace();
+            w.next().is_some_and(|id| id.parse::<u64>().is_ok())
+                && matches!(w.next(), Some("leader" | "voter"))
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{last_frame}");
+    let leader_row = rows
+        .iter()
+        .find(|r| r.contains("leader"))
+        .expect("a leader row");
+    assert!(
+        leader_row.trim_start().starts_with(&leader.to_string()),
+        "{last_frame}"
+    );
+    // The leader's view: every member's match index, and a lag.
+    assert!(rows.iter().all(|r| r.contains("replicate")), "{last_frame}");
+    assert!(
+        last_frame.contains(&format!("leader {leader}")),
+        "{last_frame}"
+    );
+}
+
+/// `watch` prints the leader, then the new one after the leader is killed
+/// (going on through another member if the one it asks dies).
+#[test]
+fn watch_prints_leader_changes_as_they_happen() {
+    use std::io::BufRead;
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader();
+    let any = c.node(c.follower_of(leader)).raft.clone();
+    let mut child = std::process::Command::new(cli_path())
+        .args(["watch", &any, "--changes", "5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start raftify-cli watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(T).expect("watch prints the leader");
+    assert!(first.contains(&format!("leader {leader} (")), "{first}");
+    c.nodes.get_mut(&leader).expect("leader").kill();
+    let new_leader = c.wait_leader();
+    let deadline = Instant::now() + T;
+    let mut seen = vec![first];
+    while !seen
+        .last()
+        .is_some_and(|l| l.contains(&format!("leader {new_leader} (")))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("watch never printed leader {new_leader}: {seen:?}"),
+        }
+    }
+    // Terms only grow along the lines.
+    let terms: Vec<u64> = seen
+        .iter()
+        .filter_map(|l| {
+            l.split("term ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(terms.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
