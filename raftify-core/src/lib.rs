@@ -124,7 +124,8 @@ pub use error::{Error, ErrorClass, Rejection, Result};
 pub use error_info::ErrorInfo;
 pub use membership::{JoinTicket, Member, MemberRole, MembershipChange};
 pub use node::{
-    default_logger, discard_logger, stderr_logger, Bootstrap, Raft, RaftBuilder, RaftHandle,
+    default_logger, discard_logger, stderr_logger, stderr_logger_as, Bootstrap, LogFormat, Raft,
+    RaftBuilder, RaftHandle,
 };
 pub use sessions::SessionWrite;
 pub use state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError, Payload, SnapshotView};

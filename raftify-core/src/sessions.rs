@@ -36,6 +36,24 @@ pub struct SessionWrite {
     pub acked: u64,
 }
 
+impl SessionWrite {
+    /// The write's request id in logs: `<session in hex>-<number>`, the
+    /// same on the node that forwards it and on the leader that proposes
+    /// it (and on a retry).
+    pub fn request_id(&self) -> String {
+        format!("{:x}-{}", self.session, self.seq)
+    }
+}
+
+/// The request ids of session writes, comma-separated (for logs).
+pub(crate) fn request_ids<'a>(writes: impl IntoIterator<Item = &'a SessionWrite>) -> String {
+    writes
+        .into_iter()
+        .map(SessionWrite::request_id)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What a session write answered: the state machine's encoded output, or
 /// its error (a retry gets the same answer either way).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,6 +73,15 @@ struct Args {
     /// comparisons and as a fallback.
     #[arg(long, env = "RAFTIFY_NO_JOURNAL")]
     no_journal: bool,
+    /// Log format on stderr: `text` (one line per record) or `json` (one
+    /// JSON object per line, for log collectors).
+    #[arg(long, env = "RAFTIFY_LOG_FORMAT", default_value = "text")]
+    log_format: raftify_core::LogFormat,
+    /// Lowest level logged: error, warning, info, debug or trace (debug
+    /// adds each forwarded write's request id on the follower and on the
+    /// leader, to follow a write across nodes).
+    #[arg(long, env = "RAFTIFY_LOG_LEVEL", default_value = "info", value_parser = parse_level)]
+    log_level: slog::Level,
     /// Start from a copy of another node's WAL directory (the data dir must
     /// be new or empty; the source is not modified).
     #[arg(long, env = "RAFTIFY_RESTORE_WAL_FROM")]
@@ -378,6 +387,11 @@ fn exit_on_panic() {
     }));
 }
 
+fn parse_level(s: &str) -> Result<slog::Level, String> {
+    s.parse()
+        .map_err(|()| format!("unknown log level {s:?} (error, warning, info, debug, trace)"))
+}
+
 fn main() -> ExitCode {
     exit_on_panic();
     let args = Args::parse();
@@ -385,7 +399,8 @@ fn main() -> ExitCode {
     // holding a clone) is gone, dropping it writes out the lines still
     // queued — the last ones ("memstore node stopped") were sometimes lost
     // at exit when the logger was a static that is never dropped.
-    let logger = raftify_core::stderr_logger(slog::Level::Info).new(o!("app" => "memstore"));
+    let logger = raftify_core::stderr_logger_as(args.log_level, args.log_format)
+        .new(o!("app" => "memstore"));
     let result = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

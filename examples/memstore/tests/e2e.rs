@@ -717,3 +717,72 @@ fn an_idempotency_key_is_remembered_across_a_leader_sigkill() {
     let next = incr(&c.node(new_leader).http, "transfer-2").unwrap();
     assert_eq!(next.json()["value"].as_i64(), Some(10), "{}", next.text());
 }
+
+/// `--log-format json`: every line on stderr is one JSON object with the
+/// time, the level and the message, from the first line to the last.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = format!("127.0.0.1:{}", free_port());
+    let raft = format!("127.0.0.1:{}", free_port());
+    let mut node = Node::spawn(
+        1,
+        &http,
+        &raft,
+        &dir.path().join("n1"),
+        &["--log-format", "json"],
+    );
+    wait_for("the node to serve", T, || leader_of(&node.http));
+    assert!(put_ok(&node.http, "k", "v"));
+    let status = node.terminate(T).expect("the node stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let log = node.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for key in ["ts", "level", "msg"] {
+            assert!(v.get(key).is_some(), "no {key} in {line}");
+        }
+    }
+    assert!(log.contains("memstore node stopped"), "{log}");
+}
+
+/// At debug level, a write sent to a follower can be followed across
+/// nodes: the follower logs its request id when it forwards it, the leader
+/// when it proposes it.
+#[test]
+fn a_forwarded_write_carries_one_request_id_across_nodes() {
+    let mut c = Cluster::start_with(3, &["--log-format", "json", "--log-level", "debug"]);
+    let leader = c.wait_leader();
+    let follower = c.follower_of(leader);
+    assert!(put_ok(&c.node(follower).http, "traced", "v"));
+    let ids = |id: u64, msg: &str| -> Vec<String> {
+        c.node(id)
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["msg"] == msg)
+            .filter_map(|v| {
+                let one = v["request_id"].as_str().map(str::to_string);
+                one.or_else(|| v["request_ids"].as_str().map(str::to_string))
+            })
+            .flat_map(|s| s.split(',').map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    };
+    let forwarded = wait_for("the follower's forwarding log line", T, || {
+        let v = ids(follower, "forwarding writes to the leader");
+        (!v.is_empty()).then_some(v)
+    });
+    let id = forwarded.last().cloned().expect("a request id");
+    assert!(id.contains('-'), "{id}");
+    wait_for("the same request id in the leader's log", T, || {
+        let on_leader = ids(leader, "proposing session writes");
+        let single = ids(leader, "proposing a session write");
+        (on_leader.contains(&id) || single.contains(&id)).then_some(())
+    });
+    for n in [1, 2, 3] {
+        c.nodes.get_mut(&n).expect("node").kill();
+    }
+}

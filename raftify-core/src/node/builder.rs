@@ -188,7 +188,7 @@ where
             _entry: PhantomData,
         });
         let task = tokio::spawn(event_loop.run());
-        let forwarder = Forwarder::start(transport.clone(), metrics.clone());
+        let forwarder = Forwarder::start(transport.clone(), metrics.clone(), logger.clone());
         let handle = RaftHandle {
             inner: Arc::new(HandleInner {
                 config,
@@ -197,6 +197,7 @@ where
                 state_rx,
                 metrics,
                 registry,
+                logger: logger.clone(),
                 forwarder,
                 forward_session: LazySession::new(),
                 transport,

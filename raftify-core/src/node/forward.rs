@@ -15,7 +15,7 @@ use super::RaftHandle;
 use crate::error::{Error, Result};
 use crate::error_info::ErrorInfo;
 use crate::retry::{seek_leader_following, Idempotence, RetryPolicy};
-use crate::sessions::SessionWrite;
+use crate::sessions::{request_ids, SessionWrite};
 use crate::status::{Metrics, Role};
 use crate::transport::{ClusterApi, Outcome, Transport};
 use std::future::Future;
@@ -42,9 +42,13 @@ pub(crate) struct Forwarder {
 
 impl Forwarder {
     /// Starts the forwarder task; needs a tokio runtime.
-    pub(crate) fn start(transport: Arc<dyn Transport>, metrics: Arc<Metrics>) -> Forwarder {
+    pub(crate) fn start(
+        transport: Arc<dyn Transport>,
+        metrics: Arc<Metrics>,
+        logger: slog::Logger,
+    ) -> Forwarder {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(transport, metrics, rx));
+        tokio::spawn(run(transport, metrics, logger, rx));
         Forwarder { tx }
     }
 
@@ -75,6 +79,7 @@ impl Forwarder {
 async fn run(
     transport: Arc<dyn Transport>,
     metrics: Arc<Metrics>,
+    logger: slog::Logger,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -108,6 +113,10 @@ async fn run(
         for (addr, _, jobs, _) in batches {
             Metrics::add(&metrics.forward_batches, 1);
             Metrics::add(&metrics.forwarded_proposals, jobs.len() as u64);
+            if jobs.iter().any(|j| j.session.is_some()) {
+                let ids = request_ids(jobs.iter().filter_map(|j| j.session.as_ref()));
+                slog::debug!(logger, "forwarding writes to the leader"; "leader" => &addr, "request_ids" => ids);
+            }
             tokio::spawn(send(transport.clone(), addr, jobs));
         }
     }

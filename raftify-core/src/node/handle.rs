@@ -31,6 +31,7 @@ pub(super) struct HandleInner {
     pub(super) state_rx: watch::Receiver<NodeState>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) registry: MetricsRegistry,
+    pub(super) logger: slog::Logger,
     pub(super) transport: Arc<dyn Transport>,
     /// Coalesces the proposals this node forwards to the leader.
     pub(super) forwarder: Forwarder,

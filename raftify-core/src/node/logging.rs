@@ -18,14 +18,60 @@ pub fn default_logger() -> Logger {
 /// each, through a bounded queue (records are dropped, and the drop is
 /// reported, rather than blocking the node when stderr is slow).
 pub fn stderr_logger(level: slog::Level) -> Logger {
-    let decorator = slog_term::TermDecorator::new().stderr().build();
-    let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let drain = slog_async::Async::new(drain)
+    stderr_logger_as(level, LogFormat::Text)
+}
+
+/// How log records are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per record.
+    #[default]
+    Text,
+    /// One JSON object per line (`ts`, `level`, `msg` and every key-value
+    /// of the record), for log collectors.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?} (text or json)")),
+        }
+    }
+}
+
+/// [`stderr_logger`] in the given format.
+pub fn stderr_logger_as(level: slog::Level, format: LogFormat) -> Logger {
+    let drain = match format {
+        LogFormat::Text => {
+            let decorator = slog_term::TermDecorator::new().stderr().build();
+            queued(slog_term::FullFormat::new(decorator).build().fuse())
+        }
+        LogFormat::Json => queued(
+            slog_json::Json::new(std::io::stderr())
+                .add_default_keys()
+                .build()
+                .fuse(),
+        ),
+    };
+    Logger::root(slog::LevelFilter::new(drain, level).fuse(), o!())
+}
+
+/// Behind a bounded queue: a slow stderr drops records (and says so)
+/// instead of blocking the node.
+fn queued<D>(drain: D) -> slog::Fuse<slog_async::Async>
+where
+    D: Drain<Err = slog::Never, Ok = ()> + Send + 'static,
+{
+    slog_async::Async::new(drain)
         .chan_size(4096)
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
         .build()
-        .fuse();
-    Logger::root(slog::LevelFilter::new(drain, level).fuse(), o!())
+        .fuse()
 }
 
 /// A logger that discards everything (tests, benchmarks).

@@ -27,4 +27,4 @@ mod session;
 pub use self::raft::Raft;
 pub use builder::{Bootstrap, RaftBuilder};
 pub use handle::RaftHandle;
-pub use logging::{default_logger, discard_logger, stderr_logger};
+pub use logging::{default_logger, discard_logger, stderr_logger, stderr_logger_as, LogFormat};

@@ -18,7 +18,7 @@ use crate::codec::{
 use crate::error::{Error, Result};
 use crate::raft_loop::{Applied, Command, ProposalKind};
 use crate::retry::Idempotence;
-use crate::sessions::SessionWrite;
+use crate::sessions::{request_ids, SessionWrite};
 use crate::transport::Outcome;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -88,6 +88,7 @@ impl RaftHandle {
         encoded: &[u8],
     ) -> Result<Vec<u8>> {
         self.check_entry_size(encoded)?;
+        slog::debug!(self.inner.logger, "proposing a session write"; "request_id" => w.request_id());
         let data = frame_session_write(w.session, w.seq, w.acked, now_ms(), encoded);
         self.propose_framed_user(data).await
     }
@@ -100,6 +101,8 @@ impl RaftHandle {
         writes: Vec<(SessionWrite, Vec<u8>)>,
     ) -> Result<Vec<Outcome>> {
         let now = now_ms();
+        slog::debug!(self.inner.logger, "proposing session writes";
+            "request_ids" => request_ids(writes.iter().map(|(w, _)| w)));
         let framed = writes
             .iter()
             .map(|(w, entry)| {

@@ -19,6 +19,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes (ids 1..=n) that bootstrap one cluster.
     pub fn start(n: u64) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` flags for every node.
+    pub fn start_with(n: u64, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u64, String, String)> = (1..=n)
             .map(|id| {
@@ -37,7 +42,9 @@ impl Cluster {
         let mut nodes = BTreeMap::new();
         for (id, http, raft) in &ports {
             let d = dir.path().join(format!("node-{id}"));
-            nodes.insert(*id, Node::spawn(*id, http, raft, &d, &["--peers", &peers]));
+            let mut args = vec!["--peers", &peers];
+            args.extend_from_slice(extra);
+            nodes.insert(*id, Node::spawn(*id, http, raft, &d, &args));
         }
         Cluster { nodes, peers, dir }
     }
