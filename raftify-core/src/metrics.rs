@@ -66,13 +66,16 @@ impl MetricsRegistry {
     /// Names follow Prometheus conventions: a prefix of the component
     /// (`raftify_`, `memstore_`), base units, `_total` for counters.
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
-        self.lock().register(name, help, metric);
+        // The encoder ends every help text with a period.
+        self.lock()
+            .register(name, help.trim_end_matches('.'), metric);
     }
 
     /// Registers `metric` as `name` with a unit (appended to the name:
     /// `_seconds`, `_bytes`).
     pub fn register_with_unit(&self, name: &str, help: &str, unit: Unit, metric: impl Metric) {
-        self.lock().register_with_unit(name, help, unit, metric);
+        self.lock()
+            .register_with_unit(name, help.trim_end_matches('.'), unit, metric);
     }
 
     /// The registry's metrics in the OpenMetrics text format
@@ -119,6 +122,50 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label of a front-end's or transport's server (`http`, `grpc`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// The server.
+    pub server: &'static str,
+}
+
+/// A server's connection and authentication metrics
+/// ([`crate::RaftHandle::server_metrics`]).
+#[derive(Clone, Debug)]
+pub struct ServerMetrics {
+    connections: Gauge,
+    refused: Counter,
+    auth_failures: Counter,
+}
+
+impl ServerMetrics {
+    /// A connection was accepted: counted until the slot is dropped.
+    pub fn connection(&self) -> ConnectionSlot {
+        self.connections.inc();
+        ConnectionSlot(self.connections.clone())
+    }
+
+    /// A connection was refused (over the server's connection cap).
+    pub fn refused(&self) {
+        self.refused.inc();
+    }
+
+    /// A request was refused for a missing or wrong credential.
+    pub fn auth_failed(&self) {
+        self.auth_failures.inc();
+    }
+}
+
+/// An open connection in `raftify_connections`; dropping it closes it.
+#[derive(Debug)]
+pub struct ConnectionSlot(Gauge);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The metrics a node keeps (see the module docs). The counters of
 /// [`crate::MetricsSnapshot`] are read from here.
 #[derive(Debug, Default)]
@@ -158,6 +205,11 @@ pub struct Metrics {
     pub(crate) last_index: Gauge,
     pub(crate) snapshot_index: Gauge,
     pub(crate) inbox_depth: Gauge,
+    pub(crate) inbox_dropped: Counter,
+    pub(crate) connections: Family<ServerLabel, Gauge>,
+    pub(crate) connections_refused: Family<ServerLabel, Counter>,
+    pub(crate) auth_failures: Family<ServerLabel, Counter>,
+    pub(crate) peer_unreachable: Family<PeerLabel, Counter>,
     pub(crate) peer_match_index: Family<PeerLabel, Gauge>,
     pub(crate) peer_lag_entries: Family<PeerLabel, Gauge>,
     pub(crate) peer_lag_seconds: Family<PeerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -212,6 +264,16 @@ impl Metrics {
         self.messages_received_from
             .get_or_create(&PeerLabel::of(peer))
             .inc_by(n);
+    }
+
+    /// The connection and authentication metrics of `server`.
+    pub fn server(&self, server: &'static str) -> ServerMetrics {
+        let label = ServerLabel { server };
+        ServerMetrics {
+            connections: self.connections.get_or_create(&label).clone(),
+            refused: self.connections_refused.get_or_create(&label).clone(),
+            auth_failures: self.auth_failures.get_or_create(&label).clone(),
+        }
     }
 
     /// Registers every metric into `registry` under `raftify_` names.
@@ -355,6 +417,31 @@ impl Metrics {
             "inbox_depth",
             "Raft messages waiting in the loop's inbox.",
             &self.inbox_depth,
+        );
+        c(
+            "inbox_dropped_messages",
+            "Raft messages dropped because the inbox was full (raft sends them again)",
+            &self.inbox_dropped,
+        );
+        registry.register(
+            "raftify_peer_unreachable",
+            "Message batches the transport could not deliver to each peer (dropped; raft sends again)",
+            self.peer_unreachable.clone(),
+        );
+        registry.register(
+            "raftify_connections",
+            "Open connections, by server",
+            self.connections.clone(),
+        );
+        registry.register(
+            "raftify_connections_refused",
+            "Connections refused over the server's connection cap, by server",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "raftify_auth_failures",
+            "Requests refused for a missing or wrong credential, by server",
+            self.auth_failures.clone(),
         );
         registry.register_with_unit(
             "raftify_snapshot_size",

@@ -1,6 +1,7 @@
 //! Each service's token, checked on every call in constant time, and
 //! refusals logged without letting a flood of bad calls flood the log.
 
+use raftify_core::metrics::ServerMetrics;
 use slog::{warn, Logger};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -65,6 +66,8 @@ pub(crate) struct AuthCheck {
     /// Which credential (`peer`, `client`), for the log and the answer.
     which: &'static str,
     refusals: Arc<RefusalLog>,
+    /// Counts the refusals (`raftify_auth_failures_total{server="grpc"}`).
+    metrics: ServerMetrics,
 }
 
 impl AuthCheck {
@@ -72,11 +75,13 @@ impl AuthCheck {
         token: Option<&str>,
         which: &'static str,
         refusals: &Arc<RefusalLog>,
+        metrics: &ServerMetrics,
     ) -> Self {
         AuthCheck {
             expected: token.map(|t| Arc::new(format!("Bearer {t}").into_bytes())),
             which,
             refusals: refusals.clone(),
+            metrics: metrics.clone(),
         }
     }
 }
@@ -94,6 +99,7 @@ impl Interceptor for AuthCheck {
             return Ok(req);
         }
         let reason = "rejected an RPC with a missing or wrong token";
+        self.metrics.auth_failed();
         self.refusals.refused(reason, self.which, req.remote_addr());
         Err(Status::unauthenticated(format!(
             "missing or invalid auth token for the {} service",

@@ -14,6 +14,7 @@
 //! [`GrpcConfig::max_connections`]: crate::GrpcConfig::max_connections
 //! [`GrpcConfig::preface_timeout`]: crate::GrpcConfig::preface_timeout
 
+use raftify_core::metrics::{ConnectionSlot, ServerMetrics};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -41,6 +42,8 @@ pub(crate) struct Guarded {
     stopping: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     received: usize,
     _slot: OwnedSemaphorePermit,
+    /// Counted in `raftify_connections{server="grpc"}` while open.
+    _counted: ConnectionSlot,
 }
 
 /// The listener's connections, guarded (see the module docs).
@@ -49,6 +52,7 @@ pub(crate) fn guarded(
     max_connections: usize,
     preface_timeout: Duration,
     stopping: watch::Receiver<bool>,
+    metrics: ServerMetrics,
 ) -> impl Stream<Item = io::Result<Guarded>> {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     TcpListenerStream::new(listener).filter_map(move |conn| {
@@ -57,7 +61,10 @@ pub(crate) fn guarded(
             Err(e) => return Some(Err(e)),
         };
         // Over the cap: dropped here, which closes it.
-        let slot = slots.clone().try_acquire_owned().ok()?;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.refused();
+            return None;
+        };
         let _ = conn.set_nodelay(true);
         Some(Ok(Guarded {
             inner: conn,
@@ -65,6 +72,7 @@ pub(crate) fn guarded(
             stopping: Some(Box::pin(stopped(stopping.clone()))),
             received: 0,
             _slot: slot,
+            _counted: metrics.connection(),
         }))
     })
 }

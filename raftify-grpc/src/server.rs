@@ -83,8 +83,9 @@ impl RaftGrpcServer {
         let (tx, rx) = oneshot::channel::<()>();
         let logger = self.logger.clone();
         let (max, preface) = (self.config.max_connections, self.config.preface_timeout);
+        let metrics = self.handle.server_metrics("grpc");
         let (router, stopping) = self.router()?;
-        let incoming = guarded(listener, max, preface, stopping.subscribe());
+        let incoming = guarded(listener, max, preface, stopping.subscribe(), metrics);
         let task = tokio::spawn(async move {
             let signal = async move {
                 let _ = rx.await;
@@ -109,8 +110,9 @@ impl RaftGrpcServer {
         signal: impl Future<Output = ()> + Send,
     ) -> Result<()> {
         let (max, preface) = (self.config.max_connections, self.config.preface_timeout);
+        let metrics = self.handle.server_metrics("grpc");
         let (router, stopping) = self.router()?;
-        let incoming = guarded(listener, max, preface, stopping.subscribe());
+        let incoming = guarded(listener, max, preface, stopping.subscribe(), metrics);
         let signal = async move {
             signal.await;
             let _ = stopping.send(true);
@@ -127,8 +129,10 @@ impl RaftGrpcServer {
         let config = self.config.clone();
         let n = config.max_message_size;
         let refusals = Arc::new(RefusalLog::new(self.logger.clone()));
-        let peer_auth = AuthCheck::new(config.peer_credential(), "peer", &refusals);
-        let client_auth = AuthCheck::new(config.auth_token.as_deref(), "client", &refusals);
+        let metrics = self.handle.server_metrics("grpc");
+        let peer_auth = AuthCheck::new(config.peer_credential(), "peer", &refusals, &metrics);
+        let client_auth =
+            AuthCheck::new(config.auth_token.as_deref(), "client", &refusals, &metrics);
         let peers = RaftPeerServer::new(PeerService {
             inbound: self.handle.inbound(),
             handle: self.handle.clone(),

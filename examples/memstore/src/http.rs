@@ -67,6 +67,7 @@ async fn authenticate(
     if state.auth.allows(&req) {
         return next.run(req).await;
     }
+    state.raft.handle().server_metrics("http").auth_failed();
     let mut resp = ApiError(
         StatusCode::UNAUTHORIZED,
         "missing or invalid token: send Authorization: Bearer <the --auth-token>".into(),

@@ -364,7 +364,8 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         }
         stopping.handle().shutdown().await;
     };
-    serve(web, router(state), limits, web_tls, stop).await;
+    let metrics = raft.handle().server_metrics("http");
+    serve(web, router(state), limits, metrics, web_tls, stop).await;
     node.shutdown().await;
     let reason = fatal.lock().ok().and_then(|f| f.clone());
     if let Some(reason) = reason {

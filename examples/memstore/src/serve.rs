@@ -30,6 +30,7 @@ use hyper::server::conn::http1::Builder;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use raftify_core::metrics::ServerMetrics;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -96,6 +97,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    metrics: ServerMetrics,
     tls: Option<Arc<ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -127,9 +129,11 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Over the cap: closed at once, so the client fails fast.
+            metrics.refused();
             drop(stream);
             continue;
         };
+        let counted = metrics.connection();
         // Small answers must not wait for delayed ACKs (Nagle).
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
@@ -138,7 +142,7 @@ pub async fn serve(
         let tls = tls.clone();
         let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, counted);
             match tls {
                 None => serve_connection(builder, stream, service, watcher).await,
                 Some(acceptor) => {

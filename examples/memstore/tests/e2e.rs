@@ -42,6 +42,18 @@ fn static_cluster_survives_leader_sigkill_and_the_old_leader_catches_up() {
             .collect();
         (peers.len() == 2).then_some(())
     });
+    // Connections are counted per server (this scrape is one of them).
+    let m = scrape(&c, leader);
+    let open = |server: &str| {
+        parse_metrics(&m)
+            .into_iter()
+            .find(|(n, l, _)| {
+                n == "raftify_connections" && l.get("server").map(String::as_str) == Some(server)
+            })
+            .map(|(_, _, v)| v)
+    };
+    assert!(open("http") >= Some(1.0), "{m}");
+    assert!(open("grpc") >= Some(1.0), "{m}");
     let before = scrape(&c, follower);
     let term_before = metric_value(&before, "raftify_term").expect("term");
     let changes_before =

@@ -213,6 +213,15 @@ async fn the_client_token_guards_every_endpoint_but_health() {
         assert_eq!((r.status, r.body.as_slice()), (200, &b"v"[..]));
         let r = request_with(&addr, "GET", "/metrics", b"", &bearer).unwrap();
         assert_eq!(r.status, 200);
+        // Every refusal was counted.
+        let refused = parse_metrics(&r.text())
+            .into_iter()
+            .find(|(n, l, _)| {
+                n == "raftify_auth_failures_total"
+                    && l.get("server").map(String::as_str) == Some("http")
+            })
+            .map(|(_, _, v)| v);
+        assert!(refused >= Some(2.0), "{}", r.text());
         // The refused requests wrote nothing: one key, one member.
         let r = request_with(&addr, "GET", "/cluster", b"", &bearer).unwrap();
         assert_eq!(r.json()["members"].as_array().map(Vec::len), Some(1));

@@ -83,7 +83,10 @@ impl RaftHandle {
             .msg_tx
             .try_send((from_addr, msgs))
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => Error::Overloaded(INBOX_CAPACITY),
+                mpsc::error::TrySendError::Full((_, msgs)) => {
+                    Metrics::add(&self.inner.metrics.inbox_dropped, msgs.len() as u64);
+                    Error::Overloaded(INBOX_CAPACITY)
+                }
                 mpsc::error::TrySendError::Closed(_) => self.closed_error(),
             })
     }
@@ -295,6 +298,14 @@ impl RaftHandle {
     /// Counters for metrics.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.metrics.snapshot()
+    }
+
+    /// The connection and authentication metrics of a server that serves
+    /// this node (`raftify_connections{server}`,
+    /// `raftify_connections_refused_total{server}`,
+    /// `raftify_auth_failures_total{server}`).
+    pub fn server_metrics(&self, server: &'static str) -> crate::metrics::ServerMetrics {
+        self.inner.metrics.server(server)
     }
 
     /// The node's Prometheus registry: the core's metrics (labelled

@@ -249,7 +249,13 @@ where
 
     fn on_feedback(&mut self, fb: FeedbackEvent) {
         match fb {
-            FeedbackEvent::Unreachable(id) => self.raw.report_unreachable(id),
+            FeedbackEvent::Unreachable(id) => {
+                self.metrics
+                    .peer_unreachable
+                    .get_or_create(&crate::metrics::PeerLabel::of(id))
+                    .inc();
+                self.raw.report_unreachable(id)
+            }
             FeedbackEvent::Snapshot(id, status) => self.raw.report_snapshot(id, status),
         }
     }
