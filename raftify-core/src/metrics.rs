@@ -187,6 +187,8 @@ pub struct Metrics {
     pub(crate) messages_received: Counter,
     pub(crate) messages_sent_to: Family<PeerLabel, Counter>,
     pub(crate) messages_received_from: Family<PeerLabel, Counter>,
+    pub(crate) bytes_sent_to: Family<PeerLabel, Counter>,
+    pub(crate) bytes_received_from: Family<PeerLabel, Counter>,
     pub(crate) snapshots_created: Counter,
     pub(crate) snapshots_installed: Counter,
     pub(crate) snapshot_seconds: Latency,
@@ -250,20 +252,20 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Counts `n` messages sent to `peer`.
-    pub(crate) fn sent(&self, peer: u64, n: u64) {
+    /// Counts `n` messages of `bytes` (encoded) sent to `peer`.
+    pub(crate) fn sent(&self, peer: u64, n: u64, bytes: u64) {
         self.messages_sent.inc_by(n);
-        self.messages_sent_to
-            .get_or_create(&PeerLabel::of(peer))
-            .inc_by(n);
+        let label = PeerLabel::of(peer);
+        self.messages_sent_to.get_or_create(&label).inc_by(n);
+        self.bytes_sent_to.get_or_create(&label).inc_by(bytes);
     }
 
-    /// Counts `n` messages received from `peer`.
-    pub(crate) fn received(&self, peer: u64, n: u64) {
+    /// Counts `n` messages of `bytes` (encoded) received from `peer`.
+    pub(crate) fn received(&self, peer: u64, n: u64, bytes: u64) {
         self.messages_received.inc_by(n);
-        self.messages_received_from
-            .get_or_create(&PeerLabel::of(peer))
-            .inc_by(n);
+        let label = PeerLabel::of(peer);
+        self.messages_received_from.get_or_create(&label).inc_by(n);
+        self.bytes_received_from.get_or_create(&label).inc_by(bytes);
     }
 
     /// The connection and authentication metrics of `server`.
@@ -427,6 +429,18 @@ impl Metrics {
             "raftify_peer_unreachable",
             "Message batches the transport could not deliver to each peer (dropped; raft sends again)",
             self.peer_unreachable.clone(),
+        );
+        registry.register_with_unit(
+            "raftify_message_sent",
+            "Encoded size of the raft messages sent, by peer",
+            Unit::Bytes,
+            self.bytes_sent_to.clone(),
+        );
+        registry.register_with_unit(
+            "raftify_message_received",
+            "Encoded size of the raft messages received, by peer",
+            Unit::Bytes,
+            self.bytes_received_from.clone(),
         );
         registry.register(
             "raftify_connections",

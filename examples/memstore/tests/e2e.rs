@@ -54,6 +54,25 @@ fn static_cluster_survives_leader_sigkill_and_the_old_leader_catches_up() {
     };
     assert!(open("http") >= Some(1.0), "{m}");
     assert!(open("grpc") >= Some(1.0), "{m}");
+    // Raft traffic is counted per peer, in messages and bytes.
+    let to_follower = |name: &str| {
+        parse_metrics(&m)
+            .into_iter()
+            .find(|(n, l, _)| n == name && l.get("peer") == Some(&follower.to_string()))
+            .map(|(_, _, v)| v)
+    };
+    assert!(
+        to_follower("raftify_messages_sent_total") > Some(0.0),
+        "{m}"
+    );
+    assert!(
+        to_follower("raftify_message_sent_bytes_total") > Some(0.0),
+        "{m}"
+    );
+    assert!(
+        to_follower("raftify_message_received_bytes_total") > Some(0.0),
+        "{m}"
+    );
     let before = scrape(&c, follower);
     let term_before = metric_value(&before, "raftify_term").expect("term");
     let changes_before =

@@ -5,6 +5,7 @@ use super::RaftLoop;
 use crate::codec::decode_snapshot;
 use crate::error::Error;
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
+use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use slog::{debug, warn};
 
@@ -35,19 +36,20 @@ where
         }
         // A batch comes from one peer (the transport sends per peer); count
         // runs all the same.
-        let mut run: Option<(u64, u64)> = None;
+        let mut run: Option<(u64, u64, u64)> = None;
         for m in &msgs {
+            let size = u64::from(m.compute_size());
             match run {
-                Some((from, n)) if from == m.from => run = Some((from, n + 1)),
-                Some((from, n)) => {
-                    self.metrics.received(from, n);
-                    run = Some((m.from, 1));
+                Some((from, n, b)) if from == m.from => run = Some((from, n + 1, b + size)),
+                Some((from, n, b)) => {
+                    self.metrics.received(from, n, b);
+                    run = Some((m.from, 1, size));
                 }
-                None => run = Some((m.from, 1)),
+                None => run = Some((m.from, 1, size)),
             }
         }
-        if let Some((from, n)) = run {
-            self.metrics.received(from, n);
+        if let Some((from, n, b)) = run {
+            self.metrics.received(from, n, b);
         }
         if let (Some(addr), Some(first)) = (from_addr, msgs.first()) {
             // Only the transport learns it: the replicated address book

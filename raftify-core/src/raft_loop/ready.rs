@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::Metrics;
 use crate::storage::WriteBatch;
+use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 /// Most Ready cycles in one pass: a write made in the loop (or nothing in
@@ -83,7 +84,8 @@ where
             }
         }
         for (to, batch) in by_peer {
-            self.metrics.sent(to, batch.len() as u64);
+            let bytes = batch.iter().map(|m| u64::from(m.compute_size())).sum();
+            self.metrics.sent(to, batch.len() as u64, bytes);
             self.transport.send(to, batch, &self.feedback);
         }
     }
