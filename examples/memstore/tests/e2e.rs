@@ -622,10 +622,21 @@ fn a_data_dir_of_another_cluster_never_joins_this_one() {
             Node::spawn(i as u64 + 1, http, raft, &d, &["--peers", &peers])
         })
         .collect();
-    let leader = wait_for("nodes 2 and 3 to elect a leader", T, || {
-        let l = leader_of(&nodes[0].http)?;
-        (l != 1 && leader_of(&nodes[1].http) == Some(l)).then_some(l)
-    });
+    let leader = wait_for_or(
+        "nodes 2 and 3 to elect a leader",
+        T,
+        || {
+            let l = leader_of(&nodes[0].http)?;
+            (l != 1 && leader_of(&nodes[1].http) == Some(l)).then_some(l)
+        },
+        || {
+            nodes
+                .iter()
+                .map(|n| format!("--- node log:\n{}", n.log_text()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
     assert!(put_ok(&nodes[leader as usize - 2].http, "probe", "x"));
     // Node 1 started without --peers resumes its own one-node cluster at
     // the address the new cluster expects node 1 at: it never follows their
