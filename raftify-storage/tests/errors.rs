@@ -711,7 +711,12 @@ fn a_full_disk_says_no_space_left_on_device() {
         return;
     };
     let dir = disk.dir.path().join("store");
-    let s = LmdbStore::open(&dir, LmdbOptions::new().map_size(64 << 20)).unwrap();
+    // Small journal segments: the disk fills through the writes (a store
+    // whose first 16 MiB segment does not fit fails to open, saying so).
+    let opts = LmdbOptions::new()
+        .map_size(64 << 20)
+        .journal_segment_size(64 * 1024);
+    let s = LmdbStore::open(&dir, opts).unwrap();
     let mut next = 1;
     let err = loop {
         let r = s.write(WriteBatch {

@@ -319,7 +319,7 @@ impl Journal {
                 last_seq: 0,
             });
         }
-        Ok(Journal {
+        let mut journal = Journal {
             dir,
             segment_size: segment_size.max(2 * BLOCK).div_ceil(BLOCK) * BLOCK,
             segments,
@@ -327,7 +327,14 @@ impl Journal {
             next_seq: last_seq + 1,
             next_id,
             failed: None,
-        })
+        };
+        // The first segment is made now, not by the first write: zero-filling
+        // it takes a while on a busy disk, and the first write is often a
+        // vote that an election waits for.
+        if journal.segments.is_empty() {
+            journal.create_segment(journal.segment_size)?;
+        }
+        Ok(journal)
     }
 
     /// Appends one record and syncs it: when this returns `Ok(seq)` the
