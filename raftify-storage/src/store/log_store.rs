@@ -27,6 +27,16 @@ impl LogStore for LmdbStore {
     }
 
     fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> StorageResult<Vec<Entry>> {
+        // Replication reads the newest entries: usually all in the tail.
+        let in_tail = self.from_tail(|v| {
+            let inside = v.from > 0 && v.from <= low && low <= high;
+            (inside && v.last().is_some_and(|l| high <= l + 1))
+                .then(|| v.slice(low, high, max_size))
+        });
+        if let Some(mut out) = in_tail {
+            limit_size(&mut out, max_size);
+            return Ok(out);
+        }
         self.view_then_read(
             |v| (v.from, v.last(), v.slice(low, high, max_size)),
             |txn, (from, tail_last, tail)| {
@@ -59,6 +69,9 @@ impl LogStore for LmdbStore {
     }
 
     fn term(&self, idx: u64) -> StorageResult<u64> {
+        if let Some(t) = self.from_tail(|v| v.term(idx)) {
+            return Ok(t);
+        }
         self.view_then_read(
             |v| (v.from, v.last(), v.term(idx)),
             |txn, (from, tail_last, tail_term)| {
@@ -103,6 +116,9 @@ impl LogStore for LmdbStore {
     }
 
     fn last_index(&self) -> StorageResult<u64> {
+        if let Some(l) = self.from_tail(View::last) {
+            return Ok(l);
+        }
         self.view_then_read(
             |v| v.last(),
             |txn, tail_last| match tail_last {
@@ -247,6 +263,15 @@ impl LogStore for LmdbStore {
 }
 
 impl LmdbStore {
+    /// What the journaled tail alone answers, without a read transaction
+    /// (the raft loop's hot reads: the newest entries, their terms, the
+    /// last index). Every index the tail holds is above the compacted
+    /// prefix: appends only write after the commit index, and compaction
+    /// checkpoints the tail first.
+    fn from_tail<T>(&self, f: impl FnOnce(&View) -> Option<T>) -> Option<T> {
+        self.wal.as_ref().and_then(|wal| wal.read(f))
+    }
+
     /// Reads `pick` of the journaled tail, then runs `body` in a read
     /// transaction with it. In that order: a checkpoint commits before the
     /// tail forgets what it moved, so LMDB read afterwards has it (see
