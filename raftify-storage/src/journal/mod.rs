@@ -226,6 +226,15 @@ fn records_of(bytes: &[u8], first_seq: u64, salt: u64, after: u64) -> Result<Vec
     Ok(out)
 }
 
+/// A record buffer: space for the record's header, to which the caller
+/// appends the payload before [`Journal::append`] (which fills the header
+/// in place, so the payload is written without a copy).
+pub(crate) fn new_record(payload_capacity: usize) -> Vec<u8> {
+    let mut r = Vec::with_capacity(RECORD_HEADER as usize + payload_capacity);
+    r.resize(RECORD_HEADER as usize, 0);
+    r
+}
+
 /// Reads every record of the journal in `store_dir` after sequence number
 /// `after` (what the store has already checkpointed), in order, stopping at
 /// the first invalid record (a write torn by a crash). Read-only: changes
@@ -346,17 +355,22 @@ impl Journal {
     /// or may not be on disk) and every later append fails with the same
     /// reason. A failure to make room (a new segment on a full disk) leaves
     /// nothing behind and is not sticky.
-    pub(crate) fn append(&mut self, payload: &[u8], checkpointed: u64) -> io::Result<u64> {
+    pub(crate) fn append(&mut self, record: &mut [u8], checkpointed: u64) -> io::Result<u64> {
         if let Some(why) = &self.failed {
             return Err(io::Error::other(format!(
                 "the journal failed earlier and takes no more writes: {why}"
             )));
         }
-        self.try_append(payload, checkpointed)
+        self.try_append(record, checkpointed)
     }
 
-    fn try_append(&mut self, payload: &[u8], checkpointed: u64) -> io::Result<u64> {
-        let len = u32::try_from(payload.len())
+    /// See [`Journal::append`]; `record` is [`new_record`] and the payload.
+    fn try_append(&mut self, record: &mut [u8], checkpointed: u64) -> io::Result<u64> {
+        let payload_len = record
+            .len()
+            .checked_sub(RECORD_HEADER as usize)
+            .ok_or_else(|| io::Error::other("a journal record lacks its header space"))?;
+        let len = u32::try_from(payload_len)
             .map_err(|_| io::Error::other("a journal record is limited to 4 GiB"))?;
         let need = RECORD_HEADER + u64::from(len);
         let room = self
@@ -369,30 +383,23 @@ impl Journal {
             return Err(io::Error::other("no journal segment is active"));
         };
         let seq = self.next_seq;
-        let mut buf = Vec::with_capacity((HEADER + need) as usize);
-        let at = if a.pos == HEADER {
-            buf.extend_from_slice(&header(seq, a.salt));
-            0
-        } else {
-            a.pos
-        };
-        let rec_at = buf.len();
-        buf.extend_from_slice(&len.to_le_bytes());
-        buf.extend_from_slice(&[0u8; 4]);
-        buf.extend_from_slice(&seq.to_le_bytes());
-        buf.extend_from_slice(&a.salt.to_le_bytes());
-        buf.extend_from_slice(payload);
-        let crc = crc32(&buf[rec_at + 8..]);
-        buf[rec_at + 4..rec_at + 8].copy_from_slice(&crc.to_le_bytes());
+        // The header is filled in place: the payload is never copied.
+        record[..4].copy_from_slice(&len.to_le_bytes());
+        record[8..16].copy_from_slice(&seq.to_le_bytes());
+        record[16..24].copy_from_slice(&a.salt.to_le_bytes());
+        let crc = crc32(&record[8..]);
+        record[4..8].copy_from_slice(&crc.to_le_bytes());
         let seg = self
             .segments
             .iter_mut()
             .find(|s| s.id == a.id)
             .ok_or_else(|| io::Error::other("the active journal segment is gone"))?;
-        // From here a failure leaves the record's fate unknown.
-        let written = seg
-            .file
-            .write_all_at(&buf, at)
+        // From here a failure leaves the record's fate unknown. A new
+        // segment's header goes with its first record, under one sync.
+        let header = (a.pos == HEADER).then(|| header(seq, a.salt));
+        let written = header
+            .map_or(Ok(()), |h| seg.file.write_all_at(&h, 0))
+            .and_then(|()| seg.file.write_all_at(record, a.pos))
             .and_then(|()| seg.file.sync_data());
         if let Err(e) = written {
             self.failed = Some(e.to_string());

@@ -8,6 +8,13 @@
 //! journal.
 
 use super::*;
+
+/// A record buffer holding `payload`.
+fn rec(payload: &[u8]) -> Vec<u8> {
+    let mut r = new_record(payload.len());
+    r.extend_from_slice(payload);
+    r
+}
 use std::collections::BTreeMap;
 
 type Image = BTreeMap<String, Vec<u8>>;
@@ -104,7 +111,7 @@ fn life(
     let mut checkpointed = after;
     for _ in 0..n {
         let p = payload(life_no, j.next_seq, rng);
-        let seq = j.append(&p, checkpointed).unwrap();
+        let seq = j.append(&mut rec(&p), checkpointed).unwrap();
         if rng.below(4) == 0 {
             checkpointed = seq.saturating_sub(rng.below(4)).max(checkpointed);
         }
@@ -160,7 +167,7 @@ fn damage_before_intact_records_is_an_error_not_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
     let mut j = Journal::open(tmp.path(), 64 * 1024, 0).unwrap();
     for i in 0..5u8 {
-        j.append(&[i; 300], 0).unwrap();
+        j.append(&mut rec(&[i; 300]), 0).unwrap();
     }
     let path = &segment_paths(tmp.path())[0];
     let clean = fs::read(path).unwrap();
@@ -190,10 +197,10 @@ fn damage_before_intact_records_is_an_error_not_a_torn_tail() {
 fn a_record_larger_than_a_segment_gets_its_own_and_it_goes_once_free() {
     let tmp = tempfile::tempdir().unwrap();
     let mut j = Journal::open(tmp.path(), 8 * 1024, 0).unwrap();
-    j.append(&[1; 100], 0).unwrap();
+    j.append(&mut rec(&[1; 100]), 0).unwrap();
     let big = vec![7u8; 20_000];
-    j.append(&big, 0).unwrap();
-    j.append(&[3; 100], 0).unwrap();
+    j.append(&mut rec(&big), 0).unwrap();
+    j.append(&mut rec(&[3; 100]), 0).unwrap();
     let got = read_after(tmp.path(), 0, true).unwrap();
     assert_eq!(got.len(), 3);
     assert_eq!(got[1].payload, big);
@@ -202,7 +209,7 @@ fn a_record_larger_than_a_segment_gets_its_own_and_it_goes_once_free() {
     // next starts a segment.
     let mut last = 3;
     for _ in 0..200 {
-        last = j.append(&[4; 100], last).unwrap();
+        last = j.append(&mut rec(&[4; 100]), last).unwrap();
     }
     assert!(segment_paths(tmp.path())
         .iter()

@@ -91,7 +91,7 @@ impl LmdbStore {
         let after = self.read(|txn| self.read_wal_seq(txn))?;
         let records =
             journal::read_after(&self.dir, after, true).map_err(|e| self.journal_read(e))?;
-        Ok(self.apply_records(&records)?.unwrap_or(after))
+        Ok(self.apply_records(records)?.unwrap_or(after))
     }
 
     /// A failure to read the journal: damage is `Corrupted`.
@@ -150,8 +150,8 @@ impl LmdbStore {
         let records =
             journal::read_after(&self.dir, after, false).map_err(|e| self.journal_read(e))?;
         let mut tail = Tail::default();
-        for r in &records {
-            tail.push(decode(r.seq, &r.payload).map_err(|e| self.corrupt_journal(e))?);
+        for r in records {
+            tail.push(decode(r.seq, r.payload).map_err(|e| self.corrupt_journal(e))?);
         }
         self.read_only_tail = Some(Arc::new(ReadOnlyTail(tail)));
         Ok(())
@@ -166,14 +166,14 @@ impl LmdbStore {
 
     /// Applies journal records to LMDB in one durable transaction that
     /// records the last one's number; returns it (None: nothing to apply).
-    fn apply_records(&self, records: &[Record]) -> StorageResult<Option<u64>> {
+    fn apply_records(&self, records: Vec<Record>) -> StorageResult<Option<u64>> {
         let Some(last) = records.last().map(|r| r.seq) else {
             return Ok(None);
         };
         let mut pending = Vec::with_capacity(records.len());
         for r in records {
             pending.push(Arc::new(
-                decode(r.seq, &r.payload).map_err(|e| self.corrupt_journal(e))?,
+                decode(r.seq, r.payload).map_err(|e| self.corrupt_journal(e))?,
             ));
         }
         let _w = self.lock_writer();
@@ -198,7 +198,7 @@ impl LmdbStore {
                 check_append(meta.offset, last, &p.entries)
                     .map_err(|e| self.corrupt_journal(format!("journal record {}: {e}", p.seq)))?;
                 self.delete_from(wtxn, first.index)?;
-                for (e, rec) in p.entries.iter().zip(&p.framed) {
+                for (e, rec) in p.framed() {
                     self.append_raw(wtxn, e.index, rec)?;
                 }
             }
@@ -220,32 +220,25 @@ impl LmdbStore {
     pub(super) fn journal_append(
         &self,
         wal: &Wal,
-        entries: &[Entry],
-        hard_state: Option<&HardState>,
+        entries: Vec<Entry>,
+        hard_state: Option<HardState>,
     ) -> StorageResult<()> {
         if let Some(e) = wal.failure() {
             return Err(e);
         }
-        let (payload, framed) = encode(entries, hard_state)?;
+        let mut encoded = encode(&entries, hard_state.as_ref())?;
         let mut journal = lock(&wal.journal);
         if !entries.is_empty() {
             let offset = self.first_index()? - 1;
             let last = self.last_index()?;
-            check_append(offset, last, entries)?;
+            check_append(offset, last, &entries)?;
         }
         let checkpointed = wal.checkpointed.load(Ordering::Acquire);
         let seq = journal
-            .append(&payload, checkpointed)
+            .append(&mut encoded.record, checkpointed)
             .map_err(|e| self.journal_io("write", e))?;
-        let bytes = payload.len();
         let mut tail = lock(&wal.tail);
-        tail.push(Pending {
-            seq,
-            entries: entries.to_vec(),
-            framed,
-            hard_state: hard_state.cloned(),
-            bytes,
-        });
+        tail.push(Pending::new(seq, entries, hard_state, encoded));
         let full = tail.bytes() >= wal.threshold;
         drop(tail);
         drop(journal);

@@ -28,7 +28,7 @@ impl LogStore for LmdbStore {
 
     fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> StorageResult<Vec<Entry>> {
         // Replication reads the newest entries: usually all in the tail.
-        let in_tail = self.from_tail(|v| {
+        let in_tail = self.tail_answer(|v| {
             let inside = v.from > 0 && v.from <= low && low <= high;
             (inside && v.last().is_some_and(|l| high <= l + 1))
                 .then(|| v.slice(low, high, max_size))
@@ -69,7 +69,7 @@ impl LogStore for LmdbStore {
     }
 
     fn term(&self, idx: u64) -> StorageResult<u64> {
-        if let Some(t) = self.from_tail(|v| v.term(idx)) {
+        if let Some(t) = self.tail_answer(|v| v.term(idx)) {
             return Ok(t);
         }
         self.view_then_read(
@@ -116,7 +116,7 @@ impl LogStore for LmdbStore {
     }
 
     fn last_index(&self) -> StorageResult<u64> {
-        if let Some(l) = self.from_tail(View::last) {
+        if let Some(l) = self.tail_answer(View::last) {
             return Ok(l);
         }
         self.view_then_read(
@@ -161,7 +161,7 @@ impl LogStore for LmdbStore {
             // LMDB, after the journaled tail.
             if batch.snapshot.is_none() {
                 if !batch.is_empty() {
-                    self.journal_append(wal, &batch.entries, batch.hard_state.as_ref())?;
+                    self.journal_append(wal, batch.entries, batch.hard_state)?;
                 }
             } else {
                 self.with_tail_checkpointed(|| self.write_batch(batch, true))?;
@@ -268,7 +268,7 @@ impl LmdbStore {
     /// last index). Every index the tail holds is above the compacted
     /// prefix: appends only write after the commit index, and compaction
     /// checkpoints the tail first.
-    fn from_tail<T>(&self, f: impl FnOnce(&View) -> Option<T>) -> Option<T> {
+    fn tail_answer<T>(&self, f: impl FnOnce(&View) -> Option<T>) -> Option<T> {
         self.wal.as_ref().and_then(|wal| wal.read(f))
     }
 

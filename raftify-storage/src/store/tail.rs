@@ -7,12 +7,14 @@
 //! LMDB only what the tail already shows (entries at or after `from`, the
 //! tail's hard state) and drops records from the tail only after its commit.
 
-use crate::codec::{decode_framed, decode_msg, encode_msg, frame};
+use crate::codec::{crc32, decode_framed, decode_msg, encode_msg};
+use crate::journal;
 use raftify_core::protobuf::Message;
 use raftify_core::raft::eraftpb::{Entry, HardState};
 use raftify_core::storage::StorageResult;
 use raftify_core::StorageError;
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// One journaled write: what it appends (from `entries[0].index` on,
@@ -21,41 +23,91 @@ use std::sync::Arc;
 pub(crate) struct Pending {
     pub(crate) seq: u64,
     pub(crate) entries: Vec<Entry>,
-    /// The entries as stored in LMDB (`crc32 ++ eraftpb.Entry`).
-    pub(crate) framed: Vec<Vec<u8>>,
+    /// The journal record (or its payload, read back) ...
+    record: Vec<u8>,
+    /// ... and where in it each entry is as stored in LMDB
+    /// (`crc32 ++ eraftpb.Entry`).
+    framed: Vec<Range<usize>>,
     pub(crate) hard_state: Option<HardState>,
     /// Journal payload size, for the checkpoint threshold.
     pub(crate) bytes: usize,
 }
 
-/// Encodes a write as a journal payload:
+impl Pending {
+    /// A write just encoded by [`encode`] and journaled as `seq`.
+    pub(crate) fn new(
+        seq: u64,
+        entries: Vec<Entry>,
+        hard_state: Option<HardState>,
+        encoded: Encoded,
+    ) -> Self {
+        let bytes = encoded.record.len() - encoded.payload_at;
+        Pending {
+            seq,
+            entries,
+            record: encoded.record,
+            framed: encoded.framed,
+            hard_state,
+            bytes,
+        }
+    }
+
+    /// The entries with their LMDB records.
+    pub(crate) fn framed(&self) -> impl Iterator<Item = (&Entry, &[u8])> {
+        let record = &self.record;
+        self.entries
+            .iter()
+            .zip(self.framed.iter().map(move |r| &record[r.clone()]))
+    }
+}
+
+/// A write encoded as a journal record ([`crate::journal::new_record`]
+/// and the payload), with where its entries' LMDB records are.
+pub(crate) struct Encoded {
+    /// Handed to [`crate::journal::Journal::append`].
+    pub(crate) record: Vec<u8>,
+    payload_at: usize,
+    framed: Vec<Range<usize>>,
+}
+
+/// Encodes a write as a journal payload, each entry written once, in
+/// place:
 /// `flags (u8: 1 = hard state) [len (u32 LE) ++ HardState] count (u32 LE)
 /// { len (u32 LE) ++ crc32 ++ Entry }*`.
-pub(crate) fn encode(
-    entries: &[Entry],
-    hard_state: Option<&HardState>,
-) -> StorageResult<(Vec<u8>, Vec<Vec<u8>>)> {
+pub(crate) fn encode(entries: &[Entry], hard_state: Option<&HardState>) -> StorageResult<Encoded> {
+    let size: usize = entries
+        .iter()
+        .map(|e| e.compute_size() as usize + 8)
+        .sum::<usize>()
+        + 64;
+    let mut out = journal::new_record(size);
+    let payload_at = out.len();
+    out.push(u8::from(hard_state.is_some()));
+    if let Some(h) = hard_state {
+        let b = encode_msg(h).map_err(StorageError::Invalid)?;
+        put_len(&mut out, b.len())?;
+        out.extend_from_slice(&b);
+    }
+    put_len(&mut out, entries.len())?;
     let mut framed = Vec::with_capacity(entries.len());
     for e in entries {
-        framed.push(frame(&encode_msg(e).map_err(StorageError::Invalid)?));
+        let len_at = out.len();
+        out.extend_from_slice(&[0u8; 8]);
+        e.write_to_vec(&mut out)
+            .map_err(|err| StorageError::Invalid(format!("cannot encode Entry: {err}")))?;
+        let crc = crc32(&out[len_at + 8..]);
+        let framed_len = out.len() - len_at - 4;
+        let n = u32::try_from(framed_len)
+            .map_err(|_| StorageError::Invalid("an entry is limited to 4 GiB".into()))?;
+        out[len_at..len_at + 4].copy_from_slice(&n.to_le_bytes());
+        out[len_at + 4..len_at + 8].copy_from_slice(&crc.to_le_bytes());
+        framed.push(len_at + 4..out.len());
     }
-    let hs = match hard_state {
-        Some(h) => Some(encode_msg(h).map_err(StorageError::Invalid)?),
-        None => None,
-    };
-    let size = framed.iter().map(|f| f.len() + 4).sum::<usize>() + 64;
-    let mut out = Vec::with_capacity(size);
-    out.push(u8::from(hs.is_some()));
-    if let Some(h) = &hs {
-        put_len(&mut out, h.len())?;
-        out.extend_from_slice(h);
-    }
-    put_len(&mut out, framed.len())?;
-    for f in &framed {
-        put_len(&mut out, f.len())?;
-        out.extend_from_slice(f);
-    }
-    Ok((out, framed))
+    Ok(Encoded {
+        record: out,
+        payload_at,
+        framed,
+    })
 }
 
 fn put_len(out: &mut Vec<u8>, n: usize) -> StorageResult<()> {
@@ -67,32 +119,41 @@ fn put_len(out: &mut Vec<u8>, n: usize) -> StorageResult<()> {
 
 /// Decodes a journal payload (a record that passed its CRC, so a failure
 /// here is damage or a foreign format).
-pub(crate) fn decode(seq: u64, payload: &[u8]) -> Result<Pending, String> {
+pub(crate) fn decode(seq: u64, payload: Vec<u8>) -> Result<Pending, String> {
+    let truncated = || format!("journal record {seq} is truncated");
     let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], String> {
-        let b = payload
-            .get(at..at + n)
-            .ok_or_else(|| format!("journal record {seq} is truncated"))?;
-        at += n;
-        Ok(b)
+    let mut take = |n: usize| -> Result<Range<usize>, String> {
+        let r = at..at.checked_add(n).ok_or_else(truncated)?;
+        if r.end > payload.len() {
+            return Err(truncated());
+        }
+        at = r.end;
+        Ok(r)
     };
-    let len = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-    let flags = take(1)?[0];
+    let len = |p: &[u8], r: Range<usize>| {
+        p.get(r)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .map(|n| n as usize)
+            .ok_or_else(truncated)
+    };
+    let flags = payload.get(take(1)?.start).copied().ok_or_else(truncated)?;
     let hard_state = if flags & 1 == 1 {
-        let n = len(take(4)?);
-        Some(decode_msg(take(n)?).map_err(|e| format!("journal record {seq}: {e}"))?)
+        let n = len(&payload, take(4)?)?;
+        Some(decode_msg(&payload[take(n)?]).map_err(|e| format!("journal record {seq}: {e}"))?)
     } else {
         None
     };
-    let count = len(take(4)?);
+    let count = len(&payload, take(4)?)?;
     let mut entries = Vec::with_capacity(count.min(1 << 16));
     let mut framed = Vec::with_capacity(count.min(1 << 16));
     for _ in 0..count {
-        let n = len(take(4)?);
-        let f = take(n)?.to_vec();
-        let e: Entry = decode_framed(&f).map_err(|e| format!("journal record {seq}: {e}"))?;
+        let n = len(&payload, take(4)?)?;
+        let r = take(n)?;
+        let e: Entry =
+            decode_framed(&payload[r.clone()]).map_err(|e| format!("journal record {seq}: {e}"))?;
         entries.push(e);
-        framed.push(f);
+        framed.push(r);
     }
     for pair in entries.windows(2) {
         if pair[1].index != pair[0].index + 1 {
@@ -102,9 +163,10 @@ pub(crate) fn decode(seq: u64, payload: &[u8]) -> Result<Pending, String> {
     Ok(Pending {
         seq,
         entries,
+        bytes: payload.len(),
+        record: payload,
         framed,
         hard_state,
-        bytes: payload.len(),
     })
 }
 
@@ -257,22 +319,26 @@ mod tests {
             h.term = t;
             h
         });
-        let (payload, _) = encode(&entries, hs.as_ref()).unwrap();
-        decode(seq, &payload).unwrap()
+        let enc = encode(&entries, hs.as_ref()).unwrap();
+        decode(seq, enc.record[enc.payload_at..].to_vec()).unwrap()
     }
 
     #[test]
     fn payloads_round_trip_and_damage_is_an_error() {
-        let (payload, framed) = encode(&[entry(5, 2), entry(6, 2)], None).unwrap();
-        let p = decode(9, &payload).unwrap();
+        let enc = encode(&[entry(5, 2), entry(6, 2)], None).unwrap();
+        let payload = enc.record[enc.payload_at..].to_vec();
+        let p = decode(9, payload.clone()).unwrap();
         assert_eq!(p.entries, vec![entry(5, 2), entry(6, 2)]);
-        assert_eq!(p.framed, framed);
+        // Each entry's LMDB record is the framed entry, as LMDB stores it.
+        for (e, f) in p.framed() {
+            assert_eq!(f, &crate::codec::frame(&e.write_to_bytes().unwrap())[..]);
+        }
         assert!(p.hard_state.is_none());
-        assert!(decode(9, &payload[..payload.len() - 1]).is_err());
+        assert!(decode(9, payload[..payload.len() - 1].to_vec()).is_err());
         let mut bad = payload.clone();
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
-        assert!(decode(9, &bad).is_err());
+        assert!(decode(9, bad).is_err());
     }
 
     #[test]
