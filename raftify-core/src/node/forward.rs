@@ -114,7 +114,10 @@ async fn run(
             Metrics::add(&metrics.forward_batches, 1);
             Metrics::add(&metrics.forwarded_proposals, jobs.len() as u64);
             if jobs.iter().any(|j| j.session.is_some()) {
-                let ids = request_ids(jobs.iter().filter_map(|j| j.session.as_ref()));
+                // Built only when a debug record is written.
+                let ids = slog::FnValue(|_: &slog::Record| {
+                    request_ids(jobs.iter().filter_map(|j| j.session.as_ref()))
+                });
                 slog::debug!(logger, "forwarding writes to the leader"; "leader" => &addr, "request_ids" => ids);
             }
             tokio::spawn(send(transport.clone(), addr, jobs));

@@ -49,21 +49,23 @@ pub fn stderr_logger_as(level: slog::Level, format: LogFormat) -> Logger {
     let drain = match format {
         LogFormat::Text => {
             let decorator = slog_term::TermDecorator::new().stderr().build();
-            queued(slog_term::FullFormat::new(decorator).build().fuse())
+            queued(slog_term::FullFormat::new(decorator).build().ignore_res())
         }
         LogFormat::Json => queued(
             slog_json::Json::new(std::io::stderr())
                 .add_default_keys()
                 .build()
-                .fuse(),
+                .ignore_res(),
         ),
     };
     Logger::root(slog::LevelFilter::new(drain, level).fuse(), o!())
 }
 
 /// Behind a bounded queue: a slow stderr drops records (and says so)
-/// instead of blocking the node.
-fn queued<D>(drain: D) -> slog::Fuse<slog_async::Async>
+/// instead of blocking the node. A failing stderr (a closed pipe, a full
+/// disk) loses records, never stops the node: write errors are ignored,
+/// not turned into a panic.
+fn queued<D>(drain: D) -> slog::IgnoreResult<slog_async::Async>
 where
     D: Drain<Err = slog::Never, Ok = ()> + Send + 'static,
 {
@@ -71,7 +73,7 @@ where
         .chan_size(4096)
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
         .build()
-        .fuse()
+        .ignore_res()
 }
 
 /// A logger that discards everything (tests, benchmarks).

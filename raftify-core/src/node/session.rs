@@ -19,19 +19,13 @@ use crate::error::{Error, Result};
 use crate::raft_loop::{Applied, Command, ProposalKind};
 use crate::retry::Idempotence;
 use crate::sessions::{request_ids, SessionWrite};
+use crate::status::unix_ms;
 use crate::transport::Outcome;
 use async_trait::async_trait;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The leader's wall clock, in ms since the epoch: the time stamped into
 /// session entries (a clock before 1970 counts as 0).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 impl RaftHandle {
     /// Opens a client session through the log (on the leader; from any
@@ -51,7 +45,7 @@ impl RaftHandle {
     pub(crate) async fn open_session_here(&self) -> Result<u64> {
         let idle = self.config().session_idle_timeout;
         let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-        let data = frame_session_open(idle_ms, now_ms());
+        let data = frame_session_open(idle_ms, unix_ms());
         match self
             .propose_internal(ProposalKind::OpenSession, data)
             .await?
@@ -88,8 +82,9 @@ impl RaftHandle {
         encoded: &[u8],
     ) -> Result<Vec<u8>> {
         self.check_entry_size(encoded)?;
-        slog::debug!(self.inner.logger, "proposing a session write"; "request_id" => w.request_id());
-        let data = frame_session_write(w.session, w.seq, w.acked, now_ms(), encoded);
+        let id = slog::FnValue(|_: &slog::Record| w.request_id());
+        slog::debug!(self.inner.logger, "proposing a session write"; "request_id" => id);
+        let data = frame_session_write(w.session, w.seq, w.acked, unix_ms(), encoded);
         self.propose_framed_user(data).await
     }
 
@@ -100,9 +95,10 @@ impl RaftHandle {
         &self,
         writes: Vec<(SessionWrite, Vec<u8>)>,
     ) -> Result<Vec<Outcome>> {
-        let now = now_ms();
-        slog::debug!(self.inner.logger, "proposing session writes";
-            "request_ids" => request_ids(writes.iter().map(|(w, _)| w)));
+        let now = unix_ms();
+        // Built only when a debug record is written.
+        let ids = slog::FnValue(|_: &slog::Record| request_ids(writes.iter().map(|(w, _)| w)));
+        slog::debug!(self.inner.logger, "proposing session writes"; "request_ids" => ids);
         let framed = writes
             .iter()
             .map(|(w, entry)| {
@@ -147,7 +143,7 @@ impl RaftHandle {
         self.check_entry_size(encoded)?;
         let ttl = self.config().idempotency_key_ttl;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let data = frame_keyed_write(key, ttl_ms, now_ms(), encoded);
+        let data = frame_keyed_write(key, ttl_ms, unix_ms(), encoded);
         self.propose_framed_user(data).await
     }
 

@@ -92,8 +92,9 @@ pub(crate) struct RaftLoop<E, SM> {
     fatal: Option<Error>,
     /// Addresses of peers not (yet) in the address book, from their messages.
     learned_addrs: HashMap<u64, String>,
-    /// When each peer last had every entry (leader only; for metrics).
-    caught_up: HashMap<u64, std::time::Instant>,
+    /// Per peer: a log end it is to reach, and when it was the end
+    /// (leader only; for the lag in seconds).
+    caught_up: HashMap<u64, (u64, std::time::Instant)>,
     /// Recent events, for [`crate::Status::events`].
     events: std::collections::VecDeque<crate::status::Event>,
     ticks: u64,

@@ -4,7 +4,7 @@
 use super::RaftLoop;
 use crate::membership::{Member, MemberRole};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
-use crate::status::{NodeState, PeerProgress, Role, Status};
+use crate::status::{unix_ms, NodeState, PeerProgress, Role, Status};
 use raft::StateRole;
 use std::collections::BTreeMap;
 
@@ -78,11 +78,9 @@ where
         self.events.push_back(crate::status::Event { at_ms, what });
     }
 
-    /// Publishes role, term and leader (the `watch` channel) and sets the
-    /// gauges of the node's metrics.
     /// Sets the per-peer gauges (on the leader; cleared elsewhere) and the
-    /// inbox depth. `caught_up` remembers when each peer last had every
-    /// entry, for the lag in seconds.
+    /// inbox depth. `caught_up` remembers, per peer, a log end and when it
+    /// was the end, for the lag in seconds.
     pub(super) fn publish_progress(&mut self) {
         let m = self.metrics.clone();
         m.inbox_depth
@@ -106,10 +104,18 @@ where
             }
             seen.push(*id);
             let label = crate::metrics::PeerLabel::of(*id);
-            let since = self.caught_up.entry(*id).or_insert(now);
-            if pr.matched >= last {
-                *since = now;
+            // The lag in time: how long ago the leader's log ended where
+            // this peer's match index is now. Each tick, a peer that
+            // reached the index noted earlier gets the current end (and
+            // now) to reach next.
+            let (target, since) = self.caught_up.entry(*id).or_insert((last, now));
+            if pr.matched >= *target {
+                (*target, *since) = (last, now);
             }
+            let lag_seconds = match pr.matched >= last {
+                true => 0.0,
+                false => now.duration_since(*since).as_secs_f64(),
+            };
             let lag = last.saturating_sub(pr.matched);
             m.peer_match_index
                 .get_or_create(&label)
@@ -117,9 +123,7 @@ where
             m.peer_lag_entries
                 .get_or_create(&label)
                 .set(i64::try_from(lag).unwrap_or(i64::MAX));
-            m.peer_lag_seconds
-                .get_or_create(&label)
-                .set(now.duration_since(*since).as_secs_f64());
+            m.peer_lag_seconds.get_or_create(&label).set(lag_seconds);
         }
         // Peers removed from the configuration go.
         let gone: Vec<u64> = self
@@ -137,6 +141,8 @@ where
         }
     }
 
+    /// Publishes role, term and leader (the `watch` channel) and sets the
+    /// gauges of the node's metrics.
     pub(super) fn publish_state(&self) {
         let raft = &self.raw.raft;
         let m = &self.metrics;
@@ -169,12 +175,4 @@ where
             }
         });
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
