@@ -24,9 +24,6 @@ use crate::transport::Outcome;
 use async_trait::async_trait;
 use std::sync::Arc;
 
-/// The leader's wall clock, in ms since the epoch: the time stamped into
-/// session entries (a clock before 1970 counts as 0).
-
 impl RaftHandle {
     /// Opens a client session through the log (on the leader; from any
     /// node) and returns its id. It expires after

@@ -60,6 +60,8 @@ const HEADER: u64 = 32;
 const RECORD_HEADER: u64 = 24;
 /// Segments are sized in multiples of this.
 const BLOCK: u64 = 4096;
+/// Largest segment size taken from the options (1 GiB).
+const MAX_SEGMENT: u64 = 1 << 30;
 /// How far after a damaged record reading looks for an intact one (see
 /// `records_of`).
 const DAMAGE_SCAN: usize = 256 * 1024;
@@ -187,7 +189,7 @@ fn records_of(bytes: &[u8], first_seq: u64, salt: u64, after: u64) -> Result<Vec
             seq,
             payload: payload.to_vec(),
         });
-        expect += 1;
+        expect = expect.saturating_add(1);
         pos = end;
     }
     if expect <= after {
@@ -262,7 +264,7 @@ pub(crate) fn read_after(store_dir: &Path, after: u64, strict: bool) -> io::Resu
     // an abandoned one; the abandoned one's records are then invalid.
     segments.sort_by_key(|s| s.0);
     let mut out: Vec<Record> = Vec::new();
-    let mut next = after + 1;
+    let mut next = after.saturating_add(1);
     for (first, salt, bytes, path) in segments {
         let records = match records_of(&bytes, first, salt, after) {
             Ok(r) => r,
@@ -283,7 +285,7 @@ pub(crate) fn read_after(store_dir: &Path, after: u64, strict: bool) -> io::Resu
         }
         for r in records {
             if r.seq == next {
-                next += 1;
+                next = next.saturating_add(1);
                 out.push(r);
             }
         }
@@ -319,7 +321,7 @@ impl Journal {
         for (id, path) in list(&dir)? {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let len = file.metadata()?.len();
-            next_id = next_id.max(id + 1);
+            next_id = next_id.max(id.saturating_add(1));
             segments.push(Segment {
                 id,
                 file,
@@ -330,10 +332,10 @@ impl Journal {
         }
         let mut journal = Journal {
             dir,
-            segment_size: segment_size.max(2 * BLOCK).div_ceil(BLOCK) * BLOCK,
+            segment_size: segment_size.clamp(2 * BLOCK, MAX_SEGMENT).div_ceil(BLOCK) * BLOCK,
             segments,
             active: None,
-            next_seq: last_seq + 1,
+            next_seq: last_seq.saturating_add(1),
             next_id,
             failed: None,
         };
@@ -466,24 +468,35 @@ impl Journal {
         let id = self.next_id;
         let path = self.dir.join(segment_name(id));
         let tmp = self.dir.join(format!(".{}.tmp", segment_name(id)));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        // Real zero blocks, not a sparse or fallocated file: later syncs
-        // then flush data only (see the module docs).
-        let zeros = vec![0u8; (1 << 20).min(size) as usize];
-        let mut at = 0;
-        while at < size {
-            let n = (size - at).min(zeros.len() as u64) as usize;
-            file.write_all_at(&zeros[..n], at)?;
-            at += n as u64;
-        }
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()?;
+        let made = (|| {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            // Real zero blocks, not a sparse or fallocated file: later
+            // syncs then flush data only (see the module docs).
+            let zeros = vec![0u8; (1 << 20).min(size) as usize];
+            let mut at = 0;
+            while at < size {
+                let n = (size - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()?;
+            Ok(file)
+        })();
+        let file = match made {
+            Ok(f) => f,
+            Err(e) => {
+                // A full disk must not keep a segment-sized leftover.
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         self.next_id += 1;
         self.segments.push(Segment {
             id,

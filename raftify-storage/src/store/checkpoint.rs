@@ -20,7 +20,7 @@
 //! same way before anything else happens.
 
 use super::tail::{decode, encode, Pending, Tail, View};
-use super::txn::Fail;
+use super::txn::{io_disk_full, no_space, Fail};
 use super::{LmdbOptions, LmdbStore};
 use crate::journal::{self, Journal, Record};
 use heed::RwTxn;
@@ -59,6 +59,11 @@ impl Wal {
     /// Runs `f` on the tail's view, under its lock (keep it short).
     pub(crate) fn read<T>(&self, f: impl FnOnce(&View) -> T) -> T {
         f(lock(&self.tail).view())
+    }
+
+    /// The records not yet checkpointed.
+    pub(crate) fn records(&self) -> Vec<Arc<Pending>> {
+        lock(&self.tail).records()
     }
 
     fn failure(&self) -> Option<StorageError> {
@@ -104,13 +109,8 @@ impl LmdbStore {
 
     fn journal_io(&self, op: &str, e: std::io::Error) -> StorageError {
         let dir = self.dir.join(journal::JOURNAL_DIR);
-        let full = e.raw_os_error() == Some(28) || e.to_string().contains("os error 28");
-        let why = match full {
-            true => format!(
-                "no space left on device (the file system of {} is full; free space or grow \
-                 the volume, then restart the node)",
-                dir.display()
-            ),
+        let why = match io_disk_full(&e, &self.dir) {
+            true => no_space(&self.dir),
             false => e.to_string(),
         };
         StorageError::backend(std::io::Error::new(
@@ -246,6 +246,16 @@ impl LmdbStore {
             wal.wake.1.notify_all();
         }
         Ok(())
+    }
+
+    /// The journaled records not (or, for a read-only handle, not as of
+    /// opening) in LMDB.
+    pub(super) fn tail_records(&self) -> Vec<Arc<Pending>> {
+        match (&self.wal, &self.read_only_tail) {
+            (Some(wal), _) => wal.records(),
+            (None, Some(tail)) => tail.0.records(),
+            (None, None) => Vec::new(),
+        }
     }
 
     /// Runs `f` with appends stopped and the whole tail in LMDB.

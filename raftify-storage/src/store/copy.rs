@@ -16,15 +16,16 @@ impl LmdbStore {
     /// Copies this store's whole state (entries, hard state, snapshot,
     /// compaction offset; not the identity) into `dst`, which must be empty,
     /// in one read transaction here and one write transaction there.
+    ///
+    /// Journaled writes not yet in LMDB are copied too, without holding up
+    /// this store's writer: its tail's records are taken before the read
+    /// transaction, and those a checkpoint moved into LMDB meanwhile are
+    /// skipped (the transaction sees them there, below its `wal_seq`).
     pub(crate) fn copy_state_into(&self, dst: &LmdbStore) -> StorageResult<()> {
-        // A store journaling here: its whole state in LMDB, appends held.
-        self.with_tail_checkpointed(|| self.copy_lmdb_into(dst))
-    }
-
-    fn copy_lmdb_into(&self, dst: &LmdbStore) -> StorageResult<()> {
         let _w = dst.lock_writer();
         let mut attempts = 0;
         loop {
+            let tail = self.tail_records();
             let res = self.read(|rtxn| {
                 let (snap, meta) = self.read_snapshot(rtxn)?;
                 let (_, created) = dst.write_with_snapshot_file(true, |wtxn, created| {
@@ -43,11 +44,11 @@ impl LmdbStore {
                     }
                     dst.put_offset(wtxn, meta.offset, meta.offset_term)?;
                     dst.put_hard_state(wtxn, &meta.hard_state)?;
-                    // A read-only source: its journal's records after what
-                    // this transaction sees checkpointed.
-                    if let Some(tail) = &self.read_only_tail {
+                    if !tail.is_empty() {
                         let after = self.read_wal_seq(rtxn)?;
-                        dst.apply_pending(wtxn, &tail.0.records_after(after), None)?;
+                        let newer: Vec<_> =
+                            tail.iter().filter(|r| r.seq > after).cloned().collect();
+                        dst.apply_pending(wtxn, &newer, None)?;
                     }
                     if meta.snap_file.is_some() {
                         let name = match created {

@@ -49,7 +49,7 @@ pub struct LmdbOptions {
     pub journal: bool,
     /// Size of one journal segment file (zero-filled when created, reused
     /// once checkpointed; a store keeps two or three). Rounded up to 4 KiB,
-    /// at least 8 KiB. Default 16 MiB.
+    /// between 8 KiB and 1 GiB. Default 16 MiB.
     pub journal_segment_size: usize,
 }
 

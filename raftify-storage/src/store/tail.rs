@@ -280,15 +280,6 @@ impl Tail {
         self.view = view;
     }
 
-    /// The records after `seq`.
-    pub(crate) fn records_after(&self, seq: u64) -> Vec<Arc<Pending>> {
-        self.records
-            .iter()
-            .filter(|r| r.seq > seq)
-            .cloned()
-            .collect()
-    }
-
     /// The view of the records after `seq` only (for a read-only handle,
     /// whose LMDB may have been checkpointed past some of its records).
     pub(crate) fn view_after(&self, seq: u64) -> View {

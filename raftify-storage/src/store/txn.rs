@@ -48,11 +48,7 @@ impl LmdbStore {
             // I/O error unless the free space is looked at.
             e if is_enospc(&e) || (is_eio(&e) && disk_full(&self.dir)) => {
                 StorageError::backend(LmdbError::Lmdb {
-                    op: format!(
-                        "{op}: no space left on device (the file system of {} is full; free \
-                         space or grow the volume, then restart the node)",
-                        self.dir.display()
-                    ),
+                    op: format!("{op}: {}", no_space(&self.dir)),
                     path: self.dir.clone(),
                     source: e,
                 })
@@ -222,6 +218,21 @@ impl LmdbStore {
         // process is active, which is what mdb_env_set_mapsize requires.
         unsafe { self.env.resize(new) }.map_err(|e| self.heed_err("grow the map", e))
     }
+}
+
+/// What a write that found the disk full says.
+pub(crate) fn no_space(dir: &std::path::Path) -> String {
+    format!(
+        "no space left on device (the file system of {} is full; free space or grow the \
+         volume, then restart the node)",
+        dir.display()
+    )
+}
+
+/// Whether a file write's error means the disk is full: `ENOSPC`, or
+/// `EIO` with no space left (see [`disk_full`]).
+pub(crate) fn io_disk_full(e: &std::io::Error, dir: &std::path::Path) -> bool {
+    e.raw_os_error() == Some(28) || (e.raw_os_error() == Some(5) && disk_full(dir))
 }
 
 /// Whether `e` is `EIO`.
