@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use raftify_core::metrics::{self, Latency, MetricsRegistry};
+use raftify_core::metrics::{self, Latency, MetricsRegistry, ServerMetrics};
 use raftify_core::prometheus_client::metrics::gauge::Gauge;
 use raftify_core::prometheus_client::registry::Unit;
 use raftify_core::{Error, ErrorClass, MemberRole, Raft, Role};
@@ -67,7 +67,7 @@ async fn authenticate(
     if state.auth.allows(&req) {
         return next.run(req).await;
     }
-    state.raft.handle().server_metrics("http").auth_failed();
+    state.server.auth_failed();
     let mut resp = ApiError(
         StatusCode::UNAUTHORIZED,
         "missing or invalid token: send Authorization: Bearer <the --auth-token>".into(),
@@ -92,6 +92,8 @@ pub struct AppState {
     pub latency: Arc<Latencies>,
     /// Who may call.
     pub auth: HttpAuth,
+    /// The HTTP server's connection and authentication metrics.
+    pub server: ServerMetrics,
 }
 
 /// An HTTP error: a status and `{"error": "...", "class": "..."}` (the
@@ -120,13 +122,14 @@ impl IntoResponse for ApiError {
 
 /// The HTTP status of an error, by its class: 503 when nothing was applied
 /// and a retry may work, 504 when the outcome is unknown (a write must be
-/// read back, not blindly retried), 409 for refused membership changes and
-/// for commands the state machine refused (on every node alike: nothing
-/// changed, e.g. an increment of a non-integer), 400/401/404 for rejected
+/// read back, not blindly retried), 409 for refused membership changes,
+/// 500 when the state machine failed (a snapshot it could not take; a
+/// write it refused is a 409, see `write`), 400/401/404 for rejected
 /// requests, 503 when this node cannot serve.
 fn status_of(e: &Error) -> StatusCode {
     match (e.class(), e) {
-        (_, Error::ConfChangeRejected(_) | Error::StateMachine(_)) => StatusCode::CONFLICT,
+        (_, Error::ConfChangeRejected(_)) => StatusCode::CONFLICT,
+        (_, Error::StateMachine(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         (_, Error::NotAMember(_)) => StatusCode::NOT_FOUND,
         (_, Error::Unauthenticated(_)) => StatusCode::UNAUTHORIZED,
         (ErrorClass::Redirect | ErrorClass::RetryLater | ErrorClass::Fatal, _) => {
@@ -237,7 +240,12 @@ async fn write(
         None => state.raft.propose(&entry).await,
     };
     state.latency.write.observe(started.elapsed());
-    Ok(out?)
+    out.map_err(|e| match e {
+        // The state machine refused the command, on every node alike:
+        // nothing changed (e.g. an increment of a non-integer).
+        Error::StateMachine(_) => ApiError(StatusCode::CONFLICT, e.to_string(), Some(e.class())),
+        e => e.into(),
+    })
 }
 
 async fn put_key(

@@ -328,6 +328,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
             token: args.auth_token.clone(),
             metrics_public: args.metrics_public,
         },
+        server: raft.handle().server_metrics("http"),
     };
     // On SIGTERM/SIGINT: stop the raft node first so requests waiting on it
     // are answered with an error, then let the HTTP server drain. A raft
@@ -364,7 +365,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         }
         stopping.handle().shutdown().await;
     };
-    let metrics = raft.handle().server_metrics("http");
+    let metrics = state.server.clone();
     serve(web, router(state), limits, metrics, web_tls, stop).await;
     node.shutdown().await;
     let reason = fatal.lock().ok().and_then(|f| f.clone());

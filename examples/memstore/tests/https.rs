@@ -20,7 +20,7 @@ async fn start(limits: Limits, tls: Option<TlsConfig>) -> (String, memstore::htt
     let tls = tls.map(|t| t.rustls_server_config(&[b"http/1.1"]).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let metrics = raft.handle().server_metrics("http");
+    let metrics = state.server.clone();
     tokio::spawn(serve(
         listener,
         router(state),

@@ -323,11 +323,13 @@ pub async fn single_node_state(auth: HttpAuth) -> AppState {
         .await
         .expect("a leader");
     let latency = Arc::new(Latencies::register(&raft.handle().metrics_registry()));
+    let server = raft.handle().server_metrics("http");
     AppState {
         raft,
         max_value_size: 1024,
         latency,
         auth,
+        server,
     }
 }
 
