@@ -9,6 +9,7 @@
 use crate::live::ConnArgs;
 use anyhow::{anyhow, Result};
 use raftify_core::{MemberRole, Status};
+use raftify_grpc::RaftClient;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,21 +18,28 @@ use std::time::{Duration, Instant, SystemTime};
 /// `first`.
 struct Poller<'a> {
     conn: &'a ConnArgs,
+    /// One client (one connection pool) for every member asked.
+    client: RaftClient,
     /// Raft addresses of the members seen, by id (0: the address given).
     addrs: BTreeMap<u64, String>,
+    /// The member that answered last: asked first next time.
+    last_ok: Option<String>,
 }
 
 impl<'a> Poller<'a> {
-    fn new(first: &str, conn: &'a ConnArgs) -> Self {
-        Poller {
+    /// Connects to `first` (explaining a wrong address, as every live
+    /// command does).
+    async fn new(first: &str, conn: &'a ConnArgs) -> Result<Poller<'a>> {
+        Ok(Poller {
             conn,
+            client: conn.connect(first).await?,
             addrs: BTreeMap::from([(0, first.to_string())]),
-        }
+            last_ok: None,
+        })
     }
 
     async fn status_of(&self, addr: &str) -> Result<Status> {
-        let client = self.conn.client(addr)?;
-        client
+        self.client
             .status(addr)
             .await
             .map_err(|e| self.conn.explain(e, addr, "status"))
@@ -41,10 +49,17 @@ impl<'a> Poller<'a> {
     /// leader it names when that is another node.
     async fn poll(&mut self) -> Result<(Status, Option<Status>)> {
         let mut last_err = anyhow!("no member to ask");
-        let addrs: Vec<String> = self.addrs.values().cloned().collect();
+        let mut addrs: Vec<String> = self.last_ok.iter().cloned().collect();
+        addrs.extend(
+            self.addrs
+                .values()
+                .filter(|a| Some(*a) != self.last_ok.as_ref())
+                .cloned(),
+        );
         for addr in addrs {
             match self.status_of(&addr).await {
                 Ok(s) => {
+                    self.last_ok = Some(addr);
                     for m in &s.members {
                         if let Some(a) = &m.addr {
                             self.addrs.insert(m.id, a.clone());
@@ -131,23 +146,28 @@ pub async fn top(
     interval: Duration,
     iterations: Option<u64>,
 ) -> Result<()> {
-    let mut poller = Poller::new(addr, conn);
+    let mut poller = Poller::new(addr, conn).await?;
     let tty = std::io::stdout().is_terminal();
-    let mut prev: Option<(Instant, u64, u64)> = None;
+    // (node read, its clock, commit, applied) of the previous frame.
+    let mut prev: Option<(u64, u64, u64, u64)> = None;
     let mut n = 0u64;
     loop {
         let started = Instant::now();
         let text = match poller.poll().await {
             Ok((seen, leader)) => {
                 let l = leader.as_ref().unwrap_or(&seen);
-                let rate = prev.map(|(at, c, a)| {
-                    let dt = started.duration_since(at).as_secs_f64().max(1e-3);
-                    (
-                        l.commit_index.saturating_sub(c) as f64 / dt,
-                        l.applied_index.saturating_sub(a) as f64 / dt,
-                    )
+                // Rates from the same node's successive statuses, by its
+                // clock; none across a change of the node read.
+                let rate = prev.and_then(|(id, at, c, a)| {
+                    let dt = l.at_ms.checked_sub(at).filter(|d| *d > 0)? as f64 / 1000.0;
+                    (id == l.id).then(|| {
+                        (
+                            l.commit_index.saturating_sub(c) as f64 / dt,
+                            l.applied_index.saturating_sub(a) as f64 / dt,
+                        )
+                    })
                 });
-                prev = Some((started, l.commit_index, l.applied_index));
+                prev = Some((l.id, l.at_ms, l.commit_index, l.applied_index));
                 frame(&seen, leader.as_ref(), rate)
             }
             Err(e) => format!("no member answers: {e:#}\n"),
@@ -178,7 +198,7 @@ fn now_utc() -> String {
 /// `watch`: prints the leader now and a line at every change of leader
 /// or term, until `changes` changes were printed (forever if None).
 pub async fn watch(addr: &str, conn: &ConnArgs, changes: Option<u64>) -> Result<()> {
-    let mut poller = Poller::new(addr, conn);
+    let mut poller = Poller::new(addr, conn).await?;
     let mut last: Option<(u64, u64)> = None;
     let mut printed = 0u64;
     let mut unreachable_since: Option<Instant> = None;
