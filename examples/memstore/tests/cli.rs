@@ -230,15 +230,17 @@ fn cli_live_commands_administer_a_running_cluster() {
 /// A follower's restart must not lose the next messages to it: raft
 /// messages to it go out on a new connection at once (not dropped with the
 /// stale one, nor during a backoff), so a leadership transfer to it right
-/// after the restart succeeds every time, and at once: a lost
-/// `MsgTimeoutNow` would show as a transfer that took the transfer timeout
-/// (one election timeout, 300 ms at --tick-ms 30) before it was retried.
+/// after the restart succeeds on its first `MsgTimeoutNow`. A lost one
+/// shows in the logs as a leader that sent the message again (raft-rs gives
+/// a transfer up after an election timeout and the loop asks again) to a
+/// target that received fewer. Durations are not asserted: the new leader's
+/// minimum tenure alone makes each transfer wait up to an election timeout.
 #[test]
 fn transfer_leader_to_a_node_that_just_restarted_succeeds_every_time() {
     const ROUNDS: usize = 8;
     let mut c = Cluster::start(3);
     let mut leader = c.wait_leader();
-    let mut slow = Vec::new();
+    let mut lost = Vec::new();
     for round in 0..ROUNDS {
         let target = c.follower_of(leader);
         assert!(put_ok(&c.node(leader).http, &format!("r{round}"), "v"));
@@ -250,9 +252,7 @@ fn transfer_leader_to_a_node_that_just_restarted_succeeds_every_time() {
             std::net::TcpStream::connect(&raft).ok()
         });
         let via = c.node(leader).raft.clone();
-        let started = Instant::now();
         let out = cli(&["transfer-leader", &via, &target.to_string()]);
-        let took = started.elapsed();
         assert!(
             out.status.success(),
             "round {round}: transfer to node {target}: {}\n{}",
@@ -260,14 +260,58 @@ fn transfer_leader_to_a_node_that_just_restarted_succeeds_every_time() {
             c.node(target).log_text()
         );
         assert_eq!(c.wait_leader(), target, "round {round}");
-        if took >= Duration::from_millis(290) {
-            slow.push((round, took));
+        // Each log holds one life of its node: the leader's holds this
+        // round's transfer only (it was last restarted as a target), the
+        // target's starts at its restart.
+        let sent = count_lines(
+            &c.node(leader).log_text(),
+            &format!("MsgTimeoutNow to {target}"),
+        );
+        let received = count_lines(
+            &c.node(target).log_text(),
+            &format!("received MsgTimeoutNow from {leader}"),
+        );
+        assert!(
+            sent >= 1 && received >= 1,
+            "round {round}: sent {sent}, received {received}\n{}",
+            transfer_lines(&c)
+        );
+        if received < sent {
+            lost.push((round, sent, received, transfer_lines(&c)));
         }
         leader = target;
     }
-    // Before the fix most rounds took ~300 ms; one slow round is left to a
-    // loaded machine.
-    assert!(slow.len() <= 1, "transfers that needed a retry: {slow:?}");
+    // Before the fix most rounds lost one. One is left to a target whose
+    // election outlived the transfer (a second `MsgTimeoutNow` reaching a
+    // candidate is ignored, unlogged at info).
+    assert!(
+        lost.len() <= 1,
+        "rounds with a lost MsgTimeoutNow: {lost:#?}"
+    );
+}
+
+fn count_lines(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// What each node logged about leadership transfers and elections.
+fn transfer_lines(c: &Cluster) -> String {
+    let mut out = String::new();
+    for (id, n) in &c.nodes {
+        for line in n.log_text().lines() {
+            let l = line.to_ascii_lowercase();
+            if l.contains("timeoutnow")
+                || l.contains("campaign")
+                || l.contains("transfer")
+                || l.contains("election")
+                || l.contains("became")
+                || l.contains("starting")
+            {
+                out.push_str(&format!("node {id}: {line}\n"));
+            }
+        }
+    }
+    out
 }
 
 /// `top` in a pseudo-terminal (util-linux `script` provides one): it
