@@ -27,7 +27,8 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     let mode = match (no_sync, journal) {
-        (true, _) => "no_sync",
+        (true, true) => "no_sync, journal",
+        (true, false) => "no_sync, LMDB commits",
         (false, true) => "fsync, journal",
         (false, false) => "fsync, LMDB commits",
     };

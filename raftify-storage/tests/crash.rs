@@ -2,7 +2,9 @@
 //! appends batches (`write`, or `write_deferred` with and without a `sync`
 //! after it) and prints every index a write acknowledged; the parent
 //! SIGKILLs it at random moments and checks that every acknowledged entry
-//! is on disk and intact after reopening.
+//! is on disk and intact after reopening; with fsync on, and with
+//! `no_sync` (whose journal a process kill must not lose either: it is in
+//! the page cache).
 
 #![allow(clippy::field_reassign_with_default)]
 
@@ -16,6 +18,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "RAFTIFY_STORAGE_CRASH_CHILD_DIR";
+/// `1` for a child that opens its store with `no_sync`.
+const NO_SYNC_ENV: &str = "RAFTIFY_STORAGE_CRASH_NO_SYNC";
 
 /// xorshift64*: deterministic, dependency-free randomness.
 struct Rng(u64);
@@ -41,9 +45,9 @@ fn term_of(index: u64) -> u64 {
     1 + index / 1000
 }
 
-fn opts() -> LmdbOptions {
+fn opts(no_sync: bool) -> LmdbOptions {
     // Small map: the child also goes through map growth while being killed.
-    LmdbOptions::new().map_size(256 * 1024)
+    LmdbOptions::new().map_size(256 * 1024).no_sync(no_sync)
 }
 
 /// The child: runs only when re-executed by the parent.
@@ -52,7 +56,8 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let store = LmdbStore::open(&dir, opts()).expect("child: open");
+    let no_sync = std::env::var(NO_SYNC_ENV).is_ok_and(|v| v == "1");
+    let store = LmdbStore::open(&dir, opts(no_sync)).expect("child: open");
     let mut rng = Rng(u64::from(std::process::id()) | 1);
     let mut next = store.last_index().expect("child: last_index") + 1;
     let mut out = std::io::stdout();
@@ -106,8 +111,8 @@ fn crash_child() {
     }
 }
 
-fn verify(dir: &Path, acked: u64) -> u64 {
-    let store = LmdbStore::open(dir, opts()).expect("reopen after SIGKILL");
+fn verify(dir: &Path, acked: u64, no_sync: bool) -> u64 {
+    let store = LmdbStore::open(dir, opts(no_sync)).expect("reopen after SIGKILL");
     let first = store.first_index().unwrap();
     let last = store.last_index().unwrap();
     assert!(
@@ -147,6 +152,15 @@ fn verify(dir: &Path, acked: u64) -> u64 {
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
+    sigkill_rounds(false);
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill_without_fsync() {
+    sigkill_rounds(true);
+}
+
+fn sigkill_rounds(no_sync: bool) {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -159,6 +173,7 @@ fn acknowledged_writes_survive_sigkill() {
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
+            .env(NO_SYNC_ENV, if no_sync { "1" } else { "" })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -200,7 +215,7 @@ fn acknowledged_writes_survive_sigkill() {
         for n in rx.try_iter() {
             acked = acked.max(n);
         }
-        let last = verify(dir.path(), acked);
+        let last = verify(dir.path(), acked, no_sync);
         unacked_seen += last - acked;
     }
     assert!(rounds >= 3, "only {rounds} rounds ran");

@@ -5,7 +5,9 @@
 //! to the journal and syncs it once; the write is then durable. The store
 //! moves journaled writes into LMDB later, in large batches
 //! ("checkpoints", see `store/checkpoint.rs`); a journal record is needed
-//! only until the checkpoint that covers it is durable.
+//! only until the checkpoint that covers it is durable. A store opened with
+//! `no_sync` journals the same way without syncing: a write is then one
+//! `pwrite` instead of an LMDB commit's page writes.
 //!
 //! # Files
 //!
@@ -106,6 +108,10 @@ pub(crate) struct Journal {
     /// Set by a failed write or sync: what is on disk is then unknown, so
     /// the journal takes no more writes.
     failed: Option<String>,
+    /// Whether appends (and new segments) are synced. Off for a store
+    /// opened with `no_sync`: a record then survives a process crash (it
+    /// is in the page cache) but not necessarily a power loss.
+    sync: bool,
 }
 
 fn segment_name(id: u64) -> String {
@@ -312,8 +318,14 @@ fn new_salt(first_seq: u64, id: u64) -> u64 {
 impl Journal {
     /// Opens the journal of `store_dir` for appending after sequence number
     /// `last_seq`, which the store has checkpointed: every existing segment
-    /// is free for reuse. Creates the folder if needed.
-    pub(crate) fn open(store_dir: &Path, segment_size: u64, last_seq: u64) -> io::Result<Self> {
+    /// is free for reuse. Creates the folder if needed. `sync`: whether
+    /// appends are synced (see [`Journal::append`]).
+    pub(crate) fn open(
+        store_dir: &Path,
+        segment_size: u64,
+        last_seq: u64,
+        sync: bool,
+    ) -> io::Result<Self> {
         let dir = store_dir.join(JOURNAL_DIR);
         fs::create_dir_all(&dir)?;
         let mut segments = Vec::new();
@@ -338,6 +350,7 @@ impl Journal {
             next_seq: last_seq.saturating_add(1),
             next_id,
             failed: None,
+            sync,
         };
         // The first segment is made now, not by the first write: zero-filling
         // it takes a while on a busy disk, and the first write is often a
@@ -349,9 +362,10 @@ impl Journal {
     }
 
     /// Appends one record and syncs it: when this returns `Ok(seq)` the
-    /// record survives a power loss. `checkpointed` is the last sequence
-    /// number the store has made durable in LMDB: segments holding nothing
-    /// after it may be reused.
+    /// record survives a power loss (a process crash only, for a journal
+    /// opened without syncs). `checkpointed` is the last sequence number
+    /// the store has made durable in LMDB: segments holding nothing after
+    /// it may be reused.
     ///
     /// After a failed write or sync the outcome is unknown (the record may
     /// or may not be on disk) and every later append fails with the same
@@ -402,7 +416,10 @@ impl Journal {
         let written = header
             .map_or(Ok(()), |h| seg.file.write_all_at(&h, 0))
             .and_then(|()| seg.file.write_all_at(record, a.pos))
-            .and_then(|()| seg.file.sync_data());
+            .and_then(|()| match self.sync {
+                true => seg.file.sync_data(),
+                false => Ok(()),
+            });
         if let Err(e) = written {
             self.failed = Some(e.to_string());
             return Err(e);
@@ -484,9 +501,13 @@ impl Journal {
                 file.write_all_at(&zeros[..n], at)?;
                 at += n as u64;
             }
-            file.sync_all()?;
+            if self.sync {
+                file.sync_all()?;
+            }
             fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()?;
+            if self.sync {
+                File::open(&self.dir)?.sync_all()?;
+            }
             Ok(file)
         })();
         let file = match made {

@@ -106,7 +106,7 @@ fn life(
     n: u64,
     rng: &mut Rng,
 ) -> Vec<(Image, u64, u64, Vec<u8>)> {
-    let mut j = Journal::open(store, 8 * 1024, after).unwrap();
+    let mut j = Journal::open(store, 8 * 1024, after, true).unwrap();
     let mut out = Vec::new();
     let mut checkpointed = after;
     for _ in 0..n {
@@ -165,7 +165,7 @@ fn any_power_loss_image_reads_back_a_prefix_with_everything_acknowledged() {
 #[test]
 fn damage_before_intact_records_is_an_error_not_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut j = Journal::open(tmp.path(), 64 * 1024, 0).unwrap();
+    let mut j = Journal::open(tmp.path(), 64 * 1024, 0, true).unwrap();
     for i in 0..5u8 {
         j.append(&mut rec(&[i; 300]), 0).unwrap();
     }
@@ -196,7 +196,7 @@ fn damage_before_intact_records_is_an_error_not_a_torn_tail() {
 #[test]
 fn a_record_larger_than_a_segment_gets_its_own_and_it_goes_once_free() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut j = Journal::open(tmp.path(), 8 * 1024, 0).unwrap();
+    let mut j = Journal::open(tmp.path(), 8 * 1024, 0, true).unwrap();
     j.append(&mut rec(&[1; 100]), 0).unwrap();
     let big = vec![7u8; 20_000];
     j.append(&mut rec(&big), 0).unwrap();

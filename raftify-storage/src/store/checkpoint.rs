@@ -122,7 +122,8 @@ impl LmdbStore {
     /// Starts journaling appends after sequence number `last` (see
     /// [`LmdbStore::recover_journal`]), and the checkpoint thread.
     pub(super) fn start_journal(&mut self, last: u64) -> StorageResult<()> {
-        let journal = Journal::open(&self.dir, self.opts.journal_segment_size as u64, last)
+        let segment = self.opts.journal_segment_size as u64;
+        let journal = Journal::open(&self.dir, segment, last, !self.opts.no_sync)
             .map_err(|e| self.journal_io("open", e))?;
         let wal = Arc::new(Wal {
             journal: Mutex::new(journal),
@@ -346,8 +347,9 @@ impl LmdbStore {
 }
 
 impl LmdbOptions {
-    /// Whether stores opened with these options journal their appends.
+    /// Whether stores opened with these options journal their appends
+    /// (synced unless `no_sync`).
     pub(crate) fn journals(&self) -> bool {
-        self.journal && !self.no_sync
+        self.journal
     }
 }

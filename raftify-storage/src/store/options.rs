@@ -39,13 +39,18 @@ pub struct LmdbOptions {
     /// (`compacted-<first>-<last>.wal`, see [`crate::read_archive_file`]),
     /// durably, before deleting them.
     pub archive_compacted: Option<PathBuf>,
-    /// With fsync on (not [`LmdbOptions::no_sync`]): write each raft write
-    /// to an append-only journal in `<dir>/wal/` with one `fdatasync`, and
-    /// move the journal into LMDB in the background, in large transactions
-    /// (every 200 ms, or when half a segment is pending). Off, every write
-    /// is an LMDB commit: two syncs (data pages, then the meta page). Both
-    /// keep every acknowledged write through a power loss; see
-    /// `docs/STORAGE.md`. Default true.
+    /// Write each raft write to an append-only journal in `<dir>/wal/` with
+    /// one `fdatasync`, and move the journal into LMDB in the background,
+    /// in large transactions (every 200 ms, or when half a segment is
+    /// pending). Off, every write is an LMDB commit: two syncs (data pages,
+    /// then the meta page). Both keep every acknowledged write through a
+    /// power loss; see `docs/STORAGE.md`. With [`LmdbOptions::no_sync`] the
+    /// journal is written without syncs: one `pwrite` per raft write
+    /// instead of an LMDB commit's page writes, and the newest entries are
+    /// read from memory. After an OS crash or power loss such a journal may
+    /// have lost pages out of order; the store then refuses to open
+    /// (`Corrupted`) rather than resume with a hole in its log. Default
+    /// true.
     pub journal: bool,
     /// Size of one journal segment file (zero-filled when created, reused
     /// once checkpointed; a store keeps two or three). Rounded up to 4 KiB,
