@@ -53,7 +53,7 @@ use proposals::Proposals;
 use raft::eraftpb::{ConfState, Message};
 use raft::{RawNode, StateRole};
 use reads::Reads;
-use slog::{error, info, Logger};
+use slog::{error, info, warn, Logger};
 use snapshot::Snapshots;
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -334,6 +334,11 @@ where
     /// race with them), then fails everything still waiting.
     async fn stop(mut self, fatal: Option<Error>) {
         self.persist.finish(self.config.storage_timeout).await;
+        if fatal.is_none() {
+            if let Err(e) = self.persist.write_lazy_hs().await {
+                warn!(self.logger, "could not write the commit index at shutdown"; "error" => %e);
+            }
+        }
         self.snapshots.finish(self.config.storage_timeout).await;
         let reason = fatal.as_ref().map(|e| e.to_string());
         if let Some(r) = &reason {

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::Metrics;
 use crate::storage::{Durability, LogStore, StorageError, WriteBatch};
-use raft::eraftpb::Message;
+use raft::eraftpb::{HardState, Message};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,13 @@ pub(super) struct Persistence {
     held: VecDeque<(u64, Vec<Message>)>,
     /// Completions from the writer: the last durable Ready's number.
     pub(super) done_rx: mpsc::UnboundedReceiver<Result<u64>>,
+    /// A hard state that only moved the commit index (raft-rs's
+    /// `must_sync` false, no entries): Raft needs the commit index nowhere
+    /// durable — a restarted node learns it again from the leader, and the
+    /// loop raises it to the snapshot's index — so it is not written on its
+    /// own (no sync) but with the next write, or when the loop stops
+    /// (etcd's `MustSync` rule).
+    lazy_hs: Option<HardState>,
     store: Arc<dyn LogStore>,
     blocking: bool,
     limit: Duration,
@@ -92,6 +99,7 @@ impl Persistence {
             persisted: 0,
             held: VecDeque::new(),
             done_rx,
+            lazy_hs: None,
             store: store.clone(),
             blocking,
             limit,
@@ -105,6 +113,38 @@ impl Persistence {
 
     pub(super) fn pipelined(&self) -> bool {
         self.writer.is_some()
+    }
+
+    /// Holds back a hard state that only moves the commit index (no
+    /// entries, `must_sync` false) instead of writing it (see `lazy_hs`);
+    /// the next write without a hard state of its own carries it, one with
+    /// its own (newer) replaces it.
+    pub(super) fn defer_commit_only(&mut self, batch: &mut WriteBatch, must_sync: bool) {
+        if batch.entries.is_empty() && batch.snapshot.is_none() && !must_sync {
+            if let Some(hs) = batch.hard_state.take() {
+                self.lazy_hs = Some(hs);
+            }
+        } else if batch.hard_state.is_some() {
+            // Newer than the one held back.
+            self.lazy_hs = None;
+        } else if !batch.is_empty() {
+            batch.hard_state = self.lazy_hs.take();
+        }
+    }
+
+    /// Writes the commit-only hard state held back, if any (the loop is
+    /// stopping: a restart then knows the commit index at once).
+    pub(super) async fn write_lazy_hs(&mut self) -> Result<()> {
+        match self.lazy_hs.take() {
+            Some(hs) => {
+                self.write_now(WriteBatch {
+                    hard_state: Some(hs),
+                    ..WriteBatch::default()
+                })
+                .await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Writes `batch` now, in the loop (bounded by the storage timeout).

@@ -50,6 +50,9 @@ where
             entries: rd.take_entries(),
             hard_state: rd.hs().cloned(),
         };
+        // A hard state that only moves the commit index waits for the next
+        // write (`must_sync` is set by a snapshot, a term or a vote).
+        self.persist.defer_commit_only(&mut batch, rd.must_sync());
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
             self.install_snapshot(snap.clone()).await?;
