@@ -258,7 +258,8 @@ fn dir_of(storage: &Storage, id: Option<u64>) -> Option<PathBuf> {
         (Storage::Memory, _) => None,
         (Storage::Dir(p), _) => Some(p.clone()),
         (Storage::PerNode(root), Some(id)) => Some(root.join(format!("node-{id}"))),
-        (Storage::PerNode(_), None) => None,
+        (Storage::PerNodeNamed(root, name), Some(id)) => Some(root.join(format!("{name}-{id}"))),
+        (Storage::PerNode(_) | Storage::PerNodeNamed(..), None) => None,
     }
 }
 

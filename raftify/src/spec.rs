@@ -17,6 +17,9 @@ pub enum Storage {
     /// LMDB in `<root>/node-<id>`, once the id is known (for a joining
     /// node, after the cluster reserved it).
     PerNode(PathBuf),
+    /// LMDB in `<root>/<name>-<id>`, once the id is known (as `PerNode`,
+    /// for a front-end that names its data dirs after itself).
+    PerNodeNamed(PathBuf, String),
 }
 
 /// How a node whose storage is empty gets its membership. A node whose
