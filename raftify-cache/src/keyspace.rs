@@ -1,0 +1,360 @@
+//! The keyspace: keys, their typed values and TTLs, and the replicated
+//! clock expiry is judged against.
+//!
+//! Every collection is a persistent (structurally shared) map from `imbl`:
+//! a snapshot is a clone, serialized while the cache goes on. Hashing is
+//! deterministic (the same on every node), so a command that picks
+//! members by iteration order (`SPOP`) picks the same ones everywhere.
+
+use bytes::Bytes;
+use std::cmp::Ordering;
+use std::hash::BuildHasherDefault;
+
+/// The hasher of every map: deterministic across nodes.
+pub type Hasher = BuildHasherDefault<std::hash::DefaultHasher>;
+/// A persistent hash map with the deterministic hasher.
+pub type Map<K, V> = imbl::GenericHashMap<K, V, Hasher, imbl::shared_ptr::DefaultSharedPtr>;
+/// A persistent hash set with the deterministic hasher.
+pub type Set<A> = imbl::GenericHashSet<A, Hasher, imbl::shared_ptr::DefaultSharedPtr>;
+
+/// A sorted-set score, ordered totally (`NaN` never gets in).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score(pub f64);
+
+impl Eq for Score {}
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// A sorted set: members by score, then by member bytes.
+#[derive(Debug, Clone, Default)]
+pub struct ZSet {
+    /// Each member's score.
+    pub scores: Map<Bytes, Score>,
+    /// `(score, member)` in order.
+    pub ordered: imbl::OrdSet<(Score, Bytes)>,
+}
+
+impl ZSet {
+    /// Sets `member`'s score; returns whether it is new.
+    pub fn insert(&mut self, member: Bytes, score: f64) -> bool {
+        let old = self.scores.insert(member.clone(), Score(score));
+        if let Some(old) = old {
+            self.ordered.remove(&(old, member.clone()));
+        }
+        self.ordered.insert((Score(score), member));
+        old.is_none()
+    }
+
+    /// Removes `member`; returns whether it was there.
+    pub fn remove(&mut self, member: &Bytes) -> bool {
+        match self.scores.remove(member) {
+            Some(s) => {
+                self.ordered.remove(&(s, member.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The members.
+    pub fn len(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Whether it has no members.
+    pub fn is_empty(&self) -> bool {
+        self.scores.is_empty()
+    }
+
+    /// `member`'s 0-based rank by ascending score.
+    pub fn rank(&self, member: &Bytes) -> Option<usize> {
+        let s = self.scores.get(member)?;
+        Some(self.ordered.range(..(*s, member.clone())).count())
+    }
+}
+
+/// A key's value.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// A string (also an integer or a float, as text).
+    Str(Bytes),
+    /// A hash: field → value.
+    Hash(Map<Bytes, Bytes>),
+    /// A list.
+    List(imbl::Vector<Bytes>),
+    /// A set.
+    Set(Set<Bytes>),
+    /// A sorted set.
+    ZSet(ZSet),
+}
+
+impl Value {
+    /// Redis's name of the type (`TYPE`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "string",
+            Value::Hash(_) => "hash",
+            Value::List(_) => "list",
+            Value::Set(_) => "set",
+            Value::ZSet(_) => "zset",
+        }
+    }
+
+    /// Whether a collection became empty (Redis then deletes the key).
+    pub fn is_empty_collection(&self) -> bool {
+        match self {
+            Value::Str(_) => false,
+            Value::Hash(h) => h.is_empty(),
+            Value::List(l) => l.is_empty(),
+            Value::Set(s) => s.is_empty(),
+            Value::ZSet(z) => z.is_empty(),
+        }
+    }
+
+    /// An estimate of the bytes the value holds (payload plus a fixed
+    /// overhead per element), for `maxmemory` and `INFO memory`.
+    pub fn weight(&self) -> usize {
+        const PER_ELEMENT: usize = 48;
+        match self {
+            Value::Str(s) => s.len(),
+            Value::Hash(h) => h.iter().map(|(k, v)| k.len() + v.len() + PER_ELEMENT).sum(),
+            Value::List(l) => l.iter().map(|v| v.len() + PER_ELEMENT).sum(),
+            Value::Set(s) => s.iter().map(|v| v.len() + PER_ELEMENT).sum(),
+            Value::ZSet(z) => z.scores.keys().map(|m| 2 * (m.len() + PER_ELEMENT)).sum(),
+        }
+    }
+}
+
+/// A key's value and its expiry (ms on the replicated clock).
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The value.
+    pub value: Value,
+    /// When it expires; `None`: never.
+    pub expire_at: Option<u64>,
+}
+
+/// Fixed bytes counted per key on top of its key and value.
+pub const PER_KEY: usize = 96;
+
+/// The keys and the replicated clock.
+#[derive(Debug, Clone, Default)]
+pub struct Keyspace {
+    items: Map<Bytes, Item>,
+    /// `(expire_at, key)` of every key with a TTL.
+    expiries: imbl::OrdSet<(u64, Bytes)>,
+    /// The replicated clock: the largest entry stamp applied (ms).
+    clock_ms: u64,
+    /// Estimated bytes held (see [`Value::weight`]).
+    used: usize,
+}
+
+impl Keyspace {
+    /// The replicated clock (ms since the Unix epoch).
+    pub fn clock(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Moves the replicated clock to `stamp` if it is later (never back).
+    pub fn advance_clock(&mut self, stamp: u64) {
+        self.clock_ms = self.clock_ms.max(stamp);
+    }
+
+    /// Estimated bytes held by keys and values.
+    pub fn used_memory(&self) -> usize {
+        self.used
+    }
+
+    /// Keys, expired ones not yet deleted included.
+    pub fn raw_len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn live(&self, item: &Item) -> bool {
+        item.expire_at.is_none_or(|t| t > self.clock_ms)
+    }
+
+    /// The key's item, unless missing or expired.
+    pub fn get(&self, key: &[u8]) -> Option<&Item> {
+        self.items.get(key).filter(|i| self.live(i))
+    }
+
+    /// Whether the key exists (and has not expired).
+    pub fn exists(&self, key: &[u8]) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The key's item for changing it; an expired one is deleted first.
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut Item> {
+        if self.items.get(key).is_some_and(|i| !self.live(i)) {
+            self.remove(key);
+        }
+        let item = self.items.get_mut(key)?;
+        self.used = self.used.saturating_sub(item.value.weight());
+        Some(item)
+    }
+
+    /// Puts the weight of a value changed through [`Keyspace::get_mut`]
+    /// back, and deletes the key if its collection became empty.
+    pub fn settle(&mut self, key: &[u8]) {
+        let Some(item) = self.items.get(key) else {
+            return;
+        };
+        if item.value.is_empty_collection() {
+            // Its weight was taken off by `get_mut`.
+            let key = Bytes::copy_from_slice(key);
+            if let Some(old) = self.items.remove(&key) {
+                self.used = self.used.saturating_sub(key.len() + PER_KEY);
+                if let Some(t) = old.expire_at {
+                    self.expiries.remove(&(t, key));
+                }
+            }
+        } else {
+            self.used += item.value.weight();
+        }
+    }
+
+    /// Sets the key to `value` with `expire_at`, replacing what was there.
+    pub fn insert(&mut self, key: Bytes, value: Value, expire_at: Option<u64>) {
+        self.remove(&key);
+        self.used += key.len() + PER_KEY + value.weight();
+        if let Some(t) = expire_at {
+            self.expiries.insert((t, key.clone()));
+        }
+        self.items.insert(key, Item { value, expire_at });
+    }
+
+    /// Deletes the key (expired or not); returns its item.
+    pub fn remove(&mut self, key: &[u8]) -> Option<Item> {
+        let key = Bytes::copy_from_slice(key);
+        let old = self.items.remove(&key)?;
+        self.used = self
+            .used
+            .saturating_sub(key.len() + PER_KEY + old.value.weight());
+        if let Some(t) = old.expire_at {
+            self.expiries.remove(&(t, key));
+        }
+        Some(old)
+    }
+
+    /// Sets or clears a live key's expiry; false when the key is missing.
+    pub fn set_expiry(&mut self, key: &[u8], expire_at: Option<u64>) -> bool {
+        let clock = self.clock_ms;
+        let key = Bytes::copy_from_slice(key);
+        let Some(item) = self.items.get_mut(&key) else {
+            return false;
+        };
+        if item.expire_at.is_some_and(|t| t <= clock) {
+            self.remove(&key);
+            return false;
+        }
+        if let Some(old) = item.expire_at {
+            self.expiries.remove(&(old, key.clone()));
+        }
+        item.expire_at = expire_at;
+        if let Some(t) = expire_at {
+            self.expiries.insert((t, key));
+        }
+        true
+    }
+
+    /// The earliest expiry of any key, if one has a TTL.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiries.get_min().map(|(t, _)| *t)
+    }
+
+    /// Deletes every key expired by the replicated clock; returns how many.
+    pub fn purge_expired(&mut self) -> usize {
+        let mut n = 0;
+        while let Some((t, key)) = self.expiries.get_min().cloned() {
+            if t > self.clock_ms {
+                break;
+            }
+            self.remove(&key);
+            n += 1;
+        }
+        n
+    }
+
+    /// Every live key and item, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Item)> + '_ {
+        self.items.iter().filter(|(_, i)| self.live(i))
+    }
+
+    /// Deletes every key.
+    pub fn clear(&mut self) {
+        self.items = Map::default();
+        self.expiries = imbl::OrdSet::new();
+        self.used = 0;
+    }
+
+    /// Keys with a TTL (live ones).
+    pub fn expiring(&self) -> usize {
+        self.expiries
+            .iter()
+            .filter(|(t, _)| *t > self.clock_ms)
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_follows_the_replicated_clock_only() {
+        let mut ks = Keyspace::default();
+        ks.advance_clock(1_000);
+        ks.insert(Bytes::from("a"), Value::Str(Bytes::from("1")), Some(1_500));
+        ks.insert(Bytes::from("b"), Value::Str(Bytes::from("2")), None);
+        assert!(ks.exists(b"a"));
+        assert_eq!(ks.next_expiry(), Some(1_500));
+        ks.advance_clock(1_499);
+        assert!(ks.exists(b"a"));
+        ks.advance_clock(1_500);
+        assert!(!ks.exists(b"a"), "expired at its deadline");
+        ks.advance_clock(10);
+        assert_eq!(ks.clock(), 1_500, "the clock never goes back");
+        assert_eq!(ks.purge_expired(), 1);
+        assert_eq!(ks.raw_len(), 1);
+        assert_eq!(ks.next_expiry(), None);
+    }
+
+    #[test]
+    fn used_memory_returns_to_zero() {
+        let mut ks = Keyspace::default();
+        ks.insert(Bytes::from("k"), Value::Str(Bytes::from("vvvv")), Some(5));
+        assert!(ks.used_memory() > 0);
+        if let Some(item) = ks.get_mut(b"k") {
+            item.value = Value::Str(Bytes::from("longer value"));
+        }
+        ks.settle(b"k");
+        ks.remove(b"k");
+        assert_eq!(ks.used_memory(), 0);
+    }
+
+    #[test]
+    fn zset_orders_by_score_then_member() {
+        let mut z = ZSet::default();
+        assert!(z.insert(Bytes::from("b"), 1.0));
+        assert!(z.insert(Bytes::from("a"), 1.0));
+        assert!(z.insert(Bytes::from("c"), 0.5));
+        assert!(!z.insert(Bytes::from("c"), 2.0));
+        let order: Vec<_> = z.ordered.iter().map(|(_, m)| m.clone()).collect();
+        assert_eq!(
+            order,
+            vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]
+        );
+        assert_eq!(z.rank(&Bytes::from("c")), Some(2));
+        assert!(z.remove(&Bytes::from("a")));
+        assert_eq!(z.len(), 2);
+    }
+}
