@@ -1,0 +1,129 @@
+//! Connections: the accept loop with its `--maxclients` cap, and each
+//! connection's read → answer → write cycle. Pipelined commands are
+//! answered in order; replies pile up to at most [`MAX_OUTPUT`] before the
+//! next read, so a client that sends without reading is disconnected
+//! rather than held in memory. A protocol error is answered, then the
+//! connection closed, as Redis does; no input reaches a panic.
+
+use crate::protocol::{encode, next_command, Next};
+use crate::server::{Server, Session};
+use bytes::BytesMut;
+use raftify_cache::Reply;
+use slog::{debug, warn, Logger};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Most reply bytes held for a client before they are written (Redis's
+/// client-output-buffer-limit for normal clients is unlimited; a bound
+/// keeps a client that never reads from growing the server).
+pub const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+/// Longest a reply write may wait for the client to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts clients until `stop` resolves.
+pub async fn accept_loop(
+    listener: TcpListener,
+    server: Arc<Server>,
+    logger: Logger,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment.
+                warn!(logger, "accept failed"; "error" => %e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        let logger = logger.clone();
+        tokio::spawn(async move {
+            let open = server.clients.fetch_add(1, Ordering::AcqRel) + 1;
+            if open > server.max_clients {
+                let mut s = stream;
+                let _ = s.write_all(b"-ERR max number of clients reached\r\n").await;
+            } else {
+                if let Err(e) = serve(stream, &server).await {
+                    debug!(logger, "client connection ended"; "peer" => %peer, "error" => %e);
+                }
+            }
+            server.clients.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Serves one client until it closes, errs or quits.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    server: &Server,
+) -> std::io::Result<()> {
+    let mut session = Session {
+        id: server.next_client_id.fetch_add(1, Ordering::Relaxed) + 1,
+        authed: server.requirepass.is_none(),
+        ..Session::default()
+    };
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = BytesMut::with_capacity(16 * 1024);
+    loop {
+        // Answer every whole request buffered, in order.
+        loop {
+            match next_command(&mut input, server.max_bulk) {
+                Next::Incomplete => break,
+                Next::Command(argv) if argv.is_empty() => continue,
+                Next::Command(argv) => {
+                    let reply = server.handle(&mut session, argv).await;
+                    encode(&reply, session.resp3, &mut output);
+                    if session.closing {
+                        write_out(&mut stream, &mut output).await?;
+                        return Ok(());
+                    }
+                    if output.len() > MAX_OUTPUT {
+                        return Err(std::io::Error::other("client output buffer limit reached"));
+                    }
+                }
+                Next::Error(msg) => {
+                    encode(&Reply::err(msg), session.resp3, &mut output);
+                    write_out(&mut stream, &mut output).await?;
+                    return Ok(());
+                }
+            }
+        }
+        write_out(&mut stream, &mut output).await?;
+        if input.capacity() - input.len() < 4096 {
+            input.reserve(16 * 1024);
+        }
+        if stream.read_buf(&mut input).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+async fn write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    output: &mut BytesMut,
+) -> std::io::Result<()> {
+    if output.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(output)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(std::io::Error::other(
+                "the client does not read its replies",
+            ))
+        }
+    }
+    output.clear();
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Active expiry: the leader proposes [`Op::Expire`] when the earliest
+//! TTL is due on its clock, which advances the replicated clock and
+//! deletes the expired keys on every node at once. (Reads already treat a
+//! key past its TTL on the replicated clock as missing.)
+
+use crate::server::{now_ms, Node};
+use raftify_cache::{CacheEntry, Op};
+use slog::{debug, Logger};
+use std::time::Duration;
+
+/// Longest pause between two looks at the earliest TTL.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Runs until the node stops.
+pub async fn run(node: Node, logger: Logger) {
+    let mut state = node.handle().subscribe();
+    loop {
+        if state.borrow().fatal.is_some() || matches!(state.borrow().role, raftify::Role::Stopped) {
+            return;
+        }
+        let mut pause = POLL;
+        if node.handle().is_leader() {
+            let due = node.stale_read(|sm| sm.keyspace().next_expiry()).await;
+            let now = now_ms();
+            match due {
+                Some(t) if t <= now => {
+                    let entry = CacheEntry {
+                        clock_ms: now,
+                        op: Op::Expire,
+                    };
+                    if let Err(e) = node.propose_local(&entry).await {
+                        debug!(logger, "expiry proposal failed; retrying"; "error" => %e);
+                    }
+                    continue;
+                }
+                Some(t) => pause = pause.min(Duration::from_millis(t - now)),
+                None => {}
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            changed = state.changed() => if changed.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! # raftify-redis
+//!
+//! A Redis-compatible server on a raftify cluster: the replicated cache of
+//! `raftify-cache` behind the Redis protocol (RESP2 and RESP3, inline
+//! commands, pipelining), so stock clients (`redis-cli`, redis-py, ...)
+//! use a fault-tolerant cache unchanged. Writes go through the Raft log
+//! (from any node: a follower forwards them to the leader); reads are
+//! linearizable (a ReadIndex) unless the connection sent `READONLY` or the
+//! server runs with `--openreads`.
+#![deny(missing_docs)]
+
+pub mod conn;
+pub mod expiry;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,132 @@
+//! `raftify-redis`: one node of a Redis-compatible, Raft-replicated cache.
+//!
+//! With no arguments: a single node, Redis protocol on 127.0.0.1:6379, raft
+//! on 127.0.0.1:60061, data in `./data/redis-1`. See `raftify-redis --help`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use raftify::cli::{exit_on_panic, shutdown_signal, NodeArgs};
+use raftify::launch;
+use raftify_cache::CacheState;
+use raftify_redis::conn::accept_loop;
+use raftify_redis::server::Server;
+use slog::{info, o};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One node of a Redis-compatible cache replicated with raftify.
+///
+/// Every flag can also be set through the environment variable shown.
+#[derive(Parser, Debug)]
+#[command(name = "raftify-redis", version)]
+struct Args {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The Redis protocol port.
+    #[arg(long, env = "RAFTIFY_PORT", default_value_t = 6379)]
+    port: u16,
+    /// The address to bind the Redis port to.
+    #[arg(long, env = "RAFTIFY_BIND", default_value = "127.0.0.1")]
+    bind: String,
+    /// Require clients to `AUTH` with this password first.
+    #[arg(long, env = "RAFTIFY_REQUIREPASS", hide_env_values = true)]
+    requirepass: Option<String>,
+    /// Most clients connected at once; more get
+    /// "-ERR max number of clients reached" and are closed.
+    #[arg(long, env = "RAFTIFY_MAXCLIENTS", default_value_t = 10_000)]
+    maxclients: usize,
+    /// Largest bulk string accepted in a request, in bytes; a larger one
+    /// is a protocol error (the connection is closed).
+    #[arg(long, env = "RAFTIFY_PROTO_MAX_BULK_LEN", default_value_t = 512 * 1024 * 1024)]
+    proto_max_bulk_len: usize,
+    /// Serve reads from this node's copy without checking with the leader
+    /// (faster, possibly stale), as every connection that sent READONLY.
+    #[arg(long, env = "RAFTIFY_OPENREADS")]
+    openreads: bool,
+}
+
+async fn run(args: Args, logger: slog::Logger) -> Result<()> {
+    let mut spec = args.node.node_spec("redis", &logger)?;
+    spec.grpc = args.node.grpc_config(args.maxclients.saturating_add(64))?;
+    let addr = format!("{}:{}", args.bind, args.port);
+    // The client port is taken before anything is written.
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot bind the Redis port to {addr}"))?;
+    let launched = launch(spec, CacheState::new(), None)
+        .await
+        .context("cannot start the node")?;
+    let node = launched.raft.clone();
+    info!(logger, "raftify-redis node up"; "id" => launched.id, "raft" => %launched.raft_addr, "redis" => %addr,
+        "data_dir" => %launched.data_dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default());
+    let server = Arc::new(Server {
+        node: node.clone(),
+        requirepass: args.requirepass.clone(),
+        openreads: args.openreads,
+        max_bulk: args.proto_max_bulk_len,
+        max_clients: args.maxclients,
+        port: args.port,
+        clients: AtomicUsize::new(0),
+        next_client_id: AtomicU64::new(0),
+        commands: AtomicU64::new(0),
+        started: Instant::now(),
+    });
+    let expiry = tokio::spawn(raftify_redis::expiry::run(node.clone(), logger.clone()));
+    let mut state_rx = node.handle().subscribe();
+    let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
+    let fatal_seen = fatal.clone();
+    let stop_logger = logger.clone();
+    let stop = async move {
+        let node_failed = async {
+            match state_rx
+                .wait_for(|s| s.fatal.is_some())
+                .await
+                .map(|s| s.fatal.clone())
+            {
+                Ok(reason) => reason,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown_signal() => info!(stop_logger, "signal received; shutting down"),
+            reason = node_failed => {
+                if let Ok(mut f) = fatal_seen.lock() {
+                    *f = reason;
+                }
+            }
+        }
+    };
+    accept_loop(listener, server, logger.clone(), stop).await;
+    launched.shutdown().await;
+    expiry.abort();
+    let reason = fatal.lock().ok().and_then(|f| f.clone());
+    if let Some(reason) = reason {
+        bail!("{reason}");
+    }
+    info!(logger, "raftify-redis node stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    exit_on_panic("raftify-redis");
+    let args = Args::parse();
+    let logger = raftify_core::stderr_logger_as(args.node.log_level, args.node.log_format)
+        .new(o!("app" => "raftify-redis"));
+    let result = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(args, logger.clone())),
+        Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
+    };
+    drop(logger);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftify-redis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! What a command does: connection and server commands here, data
+//! commands through the node (writes proposed to the log, reads served
+//! after a ReadIndex), with the answers Redis gives.
+
+use bytes::Bytes;
+use raftify::{Error, ErrorClass, Raft};
+use raftify_cache::table::{lookup, COMMANDS};
+use raftify_cache::{errors, CacheEntry, CacheState, Op, Reply};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// The node as the Redis front-end sees it.
+pub type Node = Raft<CacheEntry, CacheState>;
+
+/// Settings and counters shared by every connection.
+pub struct Server {
+    /// The raft node.
+    pub node: Node,
+    /// `--requirepass`.
+    pub requirepass: Option<String>,
+    /// `--openreads`: reads from this node's copy without a ReadIndex.
+    pub openreads: bool,
+    /// `--proto-max-bulk-len`.
+    pub max_bulk: usize,
+    /// `--maxclients`.
+    pub max_clients: usize,
+    /// The client port.
+    pub port: u16,
+    /// Connections open now.
+    pub clients: AtomicUsize,
+    /// Client ids given out.
+    pub next_client_id: AtomicU64,
+    /// Commands served.
+    pub commands: AtomicU64,
+    /// When the server started.
+    pub started: Instant,
+}
+
+/// One connection's state.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// `CLIENT ID`.
+    pub id: u64,
+    /// RESP3 after `HELLO 3`.
+    pub resp3: bool,
+    /// Authenticated (or no password required).
+    pub authed: bool,
+    /// `CLIENT SETNAME`.
+    pub name: Option<Bytes>,
+    /// Inside `MULTI`: the commands queued.
+    pub multi: Option<Vec<Vec<Bytes>>>,
+    /// A command queued in `MULTI` was refused: `EXEC` aborts.
+    pub multi_failed: bool,
+    /// `READONLY`: reads may be served from this node's copy.
+    pub readonly: bool,
+    /// `QUIT` was received: close after the reply.
+    pub closing: bool,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A core error as a Redis error reply. An outcome that is not known is
+/// never reported as a definite failure.
+pub fn error_reply(e: &Error) -> Reply {
+    match e.class() {
+        ErrorClass::OutcomeUnknown => Reply::Error(format!(
+            "UNKNOWN the write may or may not have been applied: {e}"
+        )),
+        ErrorClass::RetryLater if matches!(e, Error::NoLeader) => {
+            Reply::Error("CLUSTERDOWN The cluster is down (no leader)".into())
+        }
+        ErrorClass::RetryLater | ErrorClass::Redirect => Reply::Error(format!("TRYAGAIN {e}")),
+        ErrorClass::Rejected => Reply::err(e),
+        ErrorClass::Fatal => Reply::err(format!("the node cannot serve: {e}")),
+    }
+}
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+fn unknown_command(argv: &[Bytes]) -> Reply {
+    let args: String = argv[1..]
+        .iter()
+        .take(20)
+        .map(|a| format!("'{}' ", String::from_utf8_lossy(a)))
+        .collect();
+    Reply::err(format!(
+        "unknown command '{}', with args beginning with: {args}",
+        String::from_utf8_lossy(&argv[0])
+    ))
+}
+
+/// Connection and server commands: name, arity (Redis's convention).
+const SERVER_COMMANDS: &[(&str, i32)] = &[
+    ("ping", -1),
+    ("echo", 2),
+    ("quit", -1),
+    ("reset", 1),
+    ("auth", -2),
+    ("hello", -1),
+    ("select", 2),
+    ("client", -2),
+    ("command", -1),
+    ("info", -1),
+    ("config", -2),
+    ("time", 1),
+    ("multi", 1),
+    ("exec", 1),
+    ("discard", 1),
+    ("readonly", 1),
+    ("readwrite", 1),
+    ("publish", 3),
+    ("raft", -2),
+];
+
+impl Server {
+    /// Answers one command of `session`'s connection.
+    pub async fn handle(&self, session: &mut Session, argv: Vec<Bytes>) -> Reply {
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        let name = lower(&argv[0]);
+        if !session.authed && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset") {
+            return Reply::Error("NOAUTH Authentication required.".into());
+        }
+        if session.multi.is_some()
+            && !matches!(
+                name.as_str(),
+                "exec" | "discard" | "multi" | "quit" | "reset"
+            )
+        {
+            return self.queue(session, argv);
+        }
+        if let Some(&(_, arity)) = SERVER_COMMANDS.iter().find(|(n, _)| *n == name) {
+            if !arity_ok(arity, argv.len()) {
+                return errors::arity(&name);
+            }
+            return self.server_command(session, &name, argv).await;
+        }
+        match lookup(&argv[0]) {
+            None => unknown_command(&argv),
+            Some(c) if !c.arity_ok(argv.len()) => errors::arity(c.name),
+            Some(c) if c.is_write() => self.write(vec![argv], false).await,
+            Some(_) => self.read(session, argv).await,
+        }
+    }
+
+    fn queue(&self, session: &mut Session, argv: Vec<Bytes>) -> Reply {
+        let name = lower(&argv[0]);
+        let refused = match lookup(&argv[0]) {
+            Some(c) if c.arity_ok(argv.len()) => None,
+            Some(c) => Some(errors::arity(c.name)),
+            None if name == "watch" => Some(Reply::err("WATCH inside MULTI is not allowed")),
+            None => Some(unknown_command(&argv)),
+        };
+        if let Some(r) = refused {
+            session.multi_failed = true;
+            return r;
+        }
+        if let Some(q) = session.multi.as_mut() {
+            q.push(argv);
+        }
+        Reply::Simple("QUEUED".into())
+    }
+
+    /// Proposes write commands (one, or a transaction) to the log.
+    pub async fn write(&self, commands: Vec<Vec<Bytes>>, transaction: bool) -> Reply {
+        let entry = CacheEntry {
+            clock_ms: now_ms(),
+            op: Op::Exec {
+                commands,
+                transaction,
+            },
+        };
+        match self.node.propose(&entry).await {
+            Ok(r) => r,
+            Err(e) => error_reply(&e),
+        }
+    }
+
+    async fn read(&self, session: &Session, argv: Vec<Bytes>) -> Reply {
+        if self.openreads || session.readonly {
+            return self.node.stale_read(|sm| sm.read(&argv)).await;
+        }
+        match self.node.linearizable_read(|sm| sm.read(&argv)).await {
+            Ok(r) => r,
+            Err(e) => error_reply(&e),
+        }
+    }
+
+    async fn server_command(&self, s: &mut Session, name: &str, argv: Vec<Bytes>) -> Reply {
+        let arg = |i: usize| argv.get(i).map(|a| lower(a)).unwrap_or_default();
+        match name {
+            "ping" => match argv.get(1) {
+                None => Reply::Simple("PONG".into()),
+                Some(m) if argv.len() == 2 => Reply::Bulk(m.clone()),
+                Some(_) => errors::arity("ping"),
+            },
+            "echo" => Reply::Bulk(argv[1].clone()),
+            "quit" => {
+                s.closing = true;
+                Reply::Ok
+            }
+            "reset" => {
+                *s = Session {
+                    id: s.id,
+                    authed: self.requirepass.is_none(),
+                    ..Session::default()
+                };
+                Reply::Simple("RESET".into())
+            }
+            "auth" => self.auth(s, &argv[1..]),
+            "hello" => self.hello(s, &argv[1..]),
+            "select" => match &argv[1][..] {
+                b"0" => Reply::Ok,
+                _ => Reply::err("SELECT is not allowed in cluster mode"),
+            },
+            "client" => self.client(s, &argv),
+            "command" => command(&argv),
+            "info" => Reply::Bulk(Bytes::from(self.info(&arg(1)).await)),
+            "config" => match (arg(1).as_str(), argv.len()) {
+                ("get", 3) => self.config_get(&argv[2]),
+                ("get", _) => errors::arity("config|get"),
+                _ => Reply::err(format!("unknown subcommand '{}'. Try CONFIG HELP.", arg(1))),
+            },
+            "time" => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                Reply::bulks([
+                    Bytes::from(now.as_secs().to_string()),
+                    Bytes::from(now.subsec_micros().to_string()),
+                ])
+            }
+            "multi" if s.multi.is_some() => Reply::err("MULTI calls can not be nested"),
+            "multi" => {
+                s.multi = Some(Vec::new());
+                s.multi_failed = false;
+                Reply::Ok
+            }
+            "discard" => match s.multi.take() {
+                Some(_) => Reply::Ok,
+                None => Reply::err("DISCARD without MULTI"),
+            },
+            "exec" => {
+                let Some(queued) = s.multi.take() else {
+                    return Reply::err("EXEC without MULTI");
+                };
+                if std::mem::take(&mut s.multi_failed) {
+                    return Reply::Error(
+                        "EXECABORT Transaction discarded because of previous errors.".into(),
+                    );
+                }
+                if queued.is_empty() {
+                    return Reply::Array(Vec::new());
+                }
+                self.write(queued, true).await
+            }
+            "readonly" => {
+                s.readonly = true;
+                Reply::Ok
+            }
+            "readwrite" => {
+                s.readonly = false;
+                Reply::Ok
+            }
+            "publish" => {
+                let entry = CacheEntry {
+                    clock_ms: now_ms(),
+                    op: Op::Publish {
+                        channel: argv[1].clone(),
+                        message: argv[2].clone(),
+                    },
+                };
+                match self.node.propose(&entry).await {
+                    Ok(r) => r,
+                    Err(e) => error_reply(&e),
+                }
+            }
+            "raft" => self.raft_command(&argv).await,
+            _ => unknown_command(&argv),
+        }
+    }
+
+    fn auth(&self, s: &mut Session, args: &[Bytes]) -> Reply {
+        let pass = match args {
+            [p] => p,
+            [user, p] if &user[..] == b"default" => p,
+            [_, _] => {
+                return Reply::Error(
+                    "WRONGPASS invalid username-password pair or user is disabled.".into(),
+                )
+            }
+            _ => return errors::syntax(),
+        };
+        match &self.requirepass {
+            None => Reply::err(
+                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+            ),
+            Some(want) if constant_time_eq(want.as_bytes(), pass) => {
+                s.authed = true;
+                Reply::Ok
+            }
+            Some(_) => Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into()),
+        }
+    }
+
+    fn hello(&self, s: &mut Session, args: &[Bytes]) -> Reply {
+        let mut i = 0;
+        let mut proto = if s.resp3 { 3 } else { 2 };
+        if let Some(v) = args.first() {
+            match raftify_cache::commands::parse_i64(v) {
+                Some(p @ (2 | 3)) => proto = p,
+                Some(_) | None => {
+                    return Reply::Error("NOPROTO unsupported protocol version".into());
+                }
+            }
+            i = 1;
+        }
+        while i < args.len() {
+            let opt = lower(&args[i]);
+            if opt == "auth" && i + 2 < args.len() + 1 && args.len() >= i + 3 {
+                let r = self.auth(s, &args[i + 1..i + 3]);
+                if r.is_error() {
+                    return r;
+                }
+                i += 3;
+            } else if opt == "setname" && i + 1 < args.len() {
+                s.name = Some(args[i + 1].clone());
+                i += 2;
+            } else {
+                return Reply::err(format!("Syntax error in HELLO option '{opt}'"));
+            }
+        }
+        if !s.authed {
+            return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
+        }
+        s.resp3 = proto == 3;
+        let role = if self.node.handle().is_leader() {
+            "master"
+        } else {
+            "replica"
+        };
+        Reply::Map(vec![
+            (Reply::bulk("server"), Reply::bulk("redis")),
+            (Reply::bulk("version"), Reply::bulk("7.2.0")),
+            (Reply::bulk("proto"), Reply::Int(proto)),
+            (Reply::bulk("id"), Reply::Int(s.id as i64)),
+            (Reply::bulk("mode"), Reply::bulk("standalone")),
+            (Reply::bulk("role"), Reply::bulk(role)),
+            (Reply::bulk("modules"), Reply::Array(Vec::new())),
+        ])
+    }
+
+    fn client(&self, s: &mut Session, argv: &[Bytes]) -> Reply {
+        let sub = lower(&argv[1]);
+        match (sub.as_str(), argv.len()) {
+            ("id", 2) => Reply::Int(s.id as i64),
+            ("setname", 3) => {
+                if argv[2].iter().any(|b| *b <= b' ' || *b > b'~') {
+                    return Reply::err(
+                        "Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                s.name = (!argv[2].is_empty()).then(|| argv[2].clone());
+                Reply::Ok
+            }
+            ("getname", 2) => Reply::opt(s.name.clone()),
+            ("setinfo", 4) => Reply::Ok,
+            ("info", 2) | ("list", _) => Reply::Bulk(Bytes::from(format!(
+                "id={} name={} db=0 resp={} cmd=client|{}\n",
+                s.id,
+                s.name
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default(),
+                if s.resp3 { 3 } else { 2 },
+                sub
+            ))),
+            _ => Reply::err(format!(
+                "unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
+            )),
+        }
+    }
+
+    fn config_get(&self, pattern: &[u8]) -> Reply {
+        let values = [
+            ("maxclients", self.max_clients.to_string()),
+            ("proto-max-bulk-len", self.max_bulk.to_string()),
+            ("port", self.port.to_string()),
+            ("databases", "1".to_string()),
+            ("cluster-enabled", "no".to_string()),
+            ("appendonly", "no".to_string()),
+            ("save", String::new()),
+        ];
+        Reply::Map(
+            values
+                .iter()
+                .filter(|(k, _)| {
+                    raftify_cache::commands::glob_match(&pattern.to_ascii_lowercase(), k.as_bytes())
+                })
+                .map(|(k, v)| (Reply::bulk(*k), Reply::Bulk(Bytes::from(v.clone()))))
+                .collect(),
+        )
+    }
+
+    async fn info(&self, section: &str) -> String {
+        let status = self.node.handle().status().await.ok();
+        let state = self.node.handle().state();
+        let (keys, expiring, used) = self
+            .node
+            .stale_read(|sm| {
+                let ks = sm.keyspace();
+                (ks.raw_len(), ks.expiring(), ks.used_memory())
+            })
+            .await;
+        let all = matches!(section, "" | "all" | "everything" | "default");
+        let mut out = String::new();
+        let mut add = |name: &str, body: String| {
+            if all || section == name {
+                out.push_str(&format!("# {}\r\n{body}\r\n", capitalize(name)));
+            }
+        };
+        add(
+            "server",
+            format!(
+                "redis_version:7.2.0\r\nraftify_version:{}\r\nredis_mode:standalone\r\nos:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::process::id(),
+                self.port,
+                self.started.elapsed().as_secs()
+            ),
+        );
+        add(
+            "clients",
+            format!(
+                "connected_clients:{}\r\nmaxclients:{}\r\n",
+                self.clients.load(Ordering::Relaxed),
+                self.max_clients
+            ),
+        );
+        add(
+            "memory",
+            format!("used_memory:{used}\r\nused_memory_dataset:{used}\r\n"),
+        );
+        add(
+            "stats",
+            format!(
+                "total_commands_processed:{}\r\ntotal_connections_received:{}\r\n",
+                self.commands.load(Ordering::Relaxed),
+                self.next_client_id.load(Ordering::Relaxed)
+            ),
+        );
+        let leader = state.leader_id;
+        add(
+            "replication",
+            format!(
+                "role:{}\r\n",
+                if leader == self.node.handle().id() {
+                    "master"
+                } else {
+                    "slave"
+                }
+            ),
+        );
+        if let Some(st) = &status {
+            add(
+                "raft",
+                format!(
+                    "raft_node_id:{}\r\nraft_role:{:?}\r\nraft_state:up\r\nraft_leader_id:{}\r\nraft_current_term:{}\r\nraft_commit_index:{}\r\nraft_last_applied_index:{}\r\nraft_num_nodes:{}\r\n",
+                    st.id,
+                    st.role,
+                    st.leader_id,
+                    st.term,
+                    st.commit_index,
+                    st.applied_index,
+                    st.members.len()
+                ),
+            );
+        }
+        add("cluster", "cluster_enabled:0\r\n".to_string());
+        add(
+            "keyspace",
+            if keys > 0 {
+                format!("db0:keys={keys},expires={expiring},avg_ttl=0\r\n")
+            } else {
+                String::new()
+            },
+        );
+        out
+    }
+
+    async fn raft_command(&self, argv: &[Bytes]) -> Reply {
+        let h = self.node.handle();
+        match lower(&argv[1]).as_str() {
+            "leader" => match h.state().leader_addr {
+                Some(addr) => Reply::Bulk(Bytes::from(addr)),
+                None if h.is_leader() => Reply::Bulk(Bytes::from(format!("node {}", h.id()))),
+                None => Reply::Error("CLUSTERDOWN The cluster is down (no leader)".into()),
+            },
+            "info" => match h.status().await {
+                Ok(st) => Reply::Map(vec![
+                    (Reply::bulk("id"), Reply::Int(st.id as i64)),
+                    (
+                        Reply::bulk("role"),
+                        Reply::Bulk(Bytes::from(format!("{:?}", st.role).to_lowercase())),
+                    ),
+                    (Reply::bulk("leader_id"), Reply::Int(st.leader_id as i64)),
+                    (Reply::bulk("term"), Reply::Int(st.term as i64)),
+                    (
+                        Reply::bulk("commit_index"),
+                        Reply::Int(st.commit_index as i64),
+                    ),
+                    (
+                        Reply::bulk("applied_index"),
+                        Reply::Int(st.applied_index as i64),
+                    ),
+                ]),
+                Err(e) => error_reply(&e),
+            },
+            "transfer" if argv.len() == 3 => match raftify_cache::commands::parse_i64(&argv[2]) {
+                Some(id) if id > 0 => match h.transfer_leader(id as u64).await {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => error_reply(&e),
+                },
+                _ => errors::not_integer(),
+            },
+            "snapshot" if argv.len() == 3 && lower(&argv[2]) == "now" => match h.snapshot().await {
+                Ok(index) => Reply::Int(index as i64),
+                Err(e) => error_reply(&e),
+            },
+            "help" => Reply::bulks(
+                [
+                    "RAFT LEADER",
+                    "RAFT INFO",
+                    "RAFT TRANSFER <id>",
+                    "RAFT SNAPSHOT NOW",
+                    "RAFT HELP",
+                ]
+                .into_iter()
+                .map(|s: &'static str| Bytes::from_static(s.as_bytes())),
+            ),
+            _ => Reply::err("unknown RAFT subcommand or wrong number of arguments. Try RAFT HELP."),
+        }
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn arity_ok(arity: i32, argc: usize) -> bool {
+    if arity >= 0 {
+        argc == arity as usize
+    } else {
+        argc >= arity.unsigned_abs() as usize
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND DOCS`.
+fn command(argv: &[Bytes]) -> Reply {
+    let describe = |name: &str| -> Reply {
+        if let Some(c) = lookup(name.as_bytes()) {
+            let flag = if c.is_write() { "write" } else { "readonly" };
+            return Reply::Array(vec![
+                Reply::bulk(c.name),
+                Reply::Int(c.arity.into()),
+                Reply::Array(vec![Reply::Simple(flag.into())]),
+                Reply::Int(c.first_key.into()),
+                Reply::Int(c.last_key.into()),
+                Reply::Int(c.step.into()),
+            ]);
+        }
+        match SERVER_COMMANDS.iter().find(|(n, _)| *n == name) {
+            Some((n, arity)) => Reply::Array(vec![
+                Reply::bulk(*n),
+                Reply::Int((*arity).into()),
+                Reply::Array(vec![Reply::Simple("fast".into())]),
+                Reply::Int(0),
+                Reply::Int(0),
+                Reply::Int(0),
+            ]),
+            None => Reply::Nil,
+        }
+    };
+    let all = || {
+        COMMANDS
+            .iter()
+            .map(|c| c.name)
+            .chain(SERVER_COMMANDS.iter().map(|(n, _)| *n))
+    };
+    match argv.get(1).map(|a| lower(a)).as_deref() {
+        None => Reply::Array(all().map(describe).collect()),
+        Some("count") => Reply::Int(all().count() as i64),
+        Some("info") => Reply::Array(argv[2..].iter().map(|n| describe(&lower(n))).collect()),
+        Some("docs") => Reply::Map(Vec::new()),
+        Some("getkeys") if argv.len() >= 3 => match lookup(&argv[2]) {
+            Some(c) if c.arity_ok(argv.len() - 2) => {
+                let keys = c.key_positions(argv.len() - 2);
+                if keys.is_empty() {
+                    Reply::err("The command has no key arguments")
+                } else {
+                    Reply::Array(
+                        keys.into_iter()
+                            .map(|p| Reply::Bulk(argv[p + 2].clone()))
+                            .collect(),
+                    )
+                }
+            }
+            Some(_) => Reply::err("Invalid number of arguments specified for command"),
+            None => Reply::err("Invalid command specified"),
+        },
+        Some(sub) => Reply::err(format!("unknown subcommand '{sub}'. Try COMMAND HELP.")),
+    }
+}
+
+/// Shared handle to the server.
+pub type Shared = Arc<Server>;
