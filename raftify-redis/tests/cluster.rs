@@ -1,0 +1,280 @@
+//! A 3-node raftify-redis cluster driven over the Redis protocol: writes
+//! on any node, linearizable reads everywhere, transactions, TTLs that end
+//! on every node, and a leader SIGKILL under concurrent INCRs and
+//! transactional appends with a checker (every acknowledged write present
+//! exactly once; none reported failed that was applied).
+
+mod common;
+
+use common::*;
+use redis_protocol::resp2::types::BytesFrame as Frame;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[test]
+fn writes_on_any_node_are_read_everywhere_and_ttls_end_everywhere() {
+    let c = Cluster::start(3, &["--no-sync"]);
+    let leader = c.wait_leader();
+    let follower = c.follower_of(leader);
+    let mut f = c.node(follower).client();
+    // A write on a follower is forwarded to the leader.
+    assert_eq!(show(&f.cmd(&["SET", "k", "v"])), "+OK");
+    assert_eq!(show(&f.cmd(&["INCRBY", "n", "5"])), ":5");
+    for id in 1..=3 {
+        let mut cl = c.node(id).client();
+        assert_eq!(show(&cl.cmd(&["GET", "k"])), "$v", "node {id}");
+        assert_eq!(show(&cl.cmd(&["GET", "n"])), "$5", "node {id}");
+    }
+    // A transaction is one entry: applied whole, in order.
+    assert_eq!(show(&f.cmd(&["MULTI"])), "+OK");
+    assert_eq!(show(&f.cmd(&["RPUSH", "l", "a"])), "+QUEUED");
+    assert_eq!(show(&f.cmd(&["INCR", "k"])), "+QUEUED");
+    assert_eq!(show(&f.cmd(&["RPUSH", "l", "b"])), "+QUEUED");
+    assert_eq!(
+        show(&f.cmd(&["EXEC"])),
+        "[:1, -ERR value is not an integer or out of range, :2]"
+    );
+    // A refused command inside MULTI aborts EXEC.
+    f.cmd(&["MULTI"]);
+    assert!(show(&f.cmd(&["NOSUCH"])).starts_with("-ERR unknown command"));
+    assert_eq!(
+        show(&f.cmd(&["EXEC"])),
+        "-EXECABORT Transaction discarded because of previous errors."
+    );
+    // TTLs: expired on every node, by the replicated clock.
+    assert_eq!(show(&f.cmd(&["SET", "t", "x", "PX", "300"])), "+OK");
+    let ttl = f.cmd(&["PTTL", "t"]);
+    assert!(
+        matches!(ttl, Frame::Integer(ms) if ms > 0 && ms <= 300),
+        "{ttl:?}"
+    );
+    for id in 1..=3 {
+        let mut cl = c.node(id).client();
+        wait_for(&format!("t to expire on node {id}"), T, || {
+            (show(&cl.cmd(&["GET", "t"])) == "(nil)").then_some(())
+        });
+        assert_eq!(show(&cl.cmd(&["EXISTS", "t"])), ":0");
+    }
+    // And the leader deleted it (active expiry through the log).
+    let mut l = c.node(leader).client();
+    wait_for("the expired key to be deleted", T, || {
+        (show(&l.cmd(&["DBSIZE"])) == ":3").then_some(())
+    });
+    assert_eq!(show(&l.cmd(&["LRANGE", "l", "0", "-1"])), "[$a, $b]");
+}
+
+/// What one writer saw.
+#[derive(Default, Debug)]
+struct Tally {
+    /// INCRs answered with a number.
+    acked: u64,
+    /// INCRs whose outcome is not known (UNKNOWN, or the connection broke
+    /// after sending).
+    unknown: u64,
+    /// Values appended (in a MULTI) and acknowledged.
+    appended: Vec<String>,
+    /// Values whose append outcome is not known.
+    maybe: Vec<String>,
+}
+
+fn writer(addrs: Vec<String>, w: usize, stop: Arc<AtomicBool>) -> Tally {
+    let mut t = Tally::default();
+    let mut seq = 0u64;
+    let mut at = w;
+    let mut conn: Option<Client> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let addr = &addrs[at % addrs.len()];
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Client::connect(addr) {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    at += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            },
+        };
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok();
+        seq += 1;
+        let value = format!("w{w}-{seq}");
+        let r = if seq.is_multiple_of(2) {
+            c.call(&["INCR", "counter"]).map(|f| (true, f))
+        } else {
+            // An append in a transaction: sent as one pipeline.
+            let sent = c
+                .send(&[b"MULTI"])
+                .and_then(|()| c.send(&[b"RPUSH", b"appends", value.as_bytes()]))
+                .and_then(|()| c.send(&[b"EXEC"]));
+            sent.and_then(|()| {
+                let _ = c.read()?;
+                let _ = c.read()?;
+                c.read()
+            })
+            .map(|f| (false, f))
+        };
+        match r {
+            Ok((true, Frame::Integer(_))) => t.acked += 1,
+            Ok((false, Frame::Array(items)))
+                if matches!(items.first(), Some(Frame::Integer(_))) =>
+            {
+                t.appended.push(value)
+            }
+            Ok((incr, Frame::Error(e))) => {
+                let e = e.to_string();
+                if e.starts_with("UNKNOWN") {
+                    if incr {
+                        t.unknown += 1;
+                    } else {
+                        t.maybe.push(value);
+                    }
+                } else {
+                    assert!(
+                        e.starts_with("CLUSTERDOWN")
+                            || e.starts_with("TRYAGAIN")
+                            || e.contains("node cannot serve"),
+                        "a definite error must be one the write was not applied for: {e}"
+                    );
+                }
+                at += 1;
+                conn = None;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok((_, other)) => panic!("unexpected reply {other:?}"),
+            Err(_) => {
+                // Sent, then the connection broke: the outcome is not known.
+                if seq.is_multiple_of(2) {
+                    t.unknown += 1;
+                } else {
+                    t.maybe.push(value);
+                }
+                at += 1;
+                conn = None;
+            }
+        }
+    }
+    t
+}
+
+#[test]
+fn a_leader_kill_loses_no_acknowledged_increment_or_append() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader();
+    let addrs: Vec<String> = c.nodes.values().map(|n| n.addr()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (addrs, stop) = (addrs.clone(), stop.clone());
+            std::thread::spawn(move || writer(addrs, w, stop))
+        })
+        .collect();
+    // Let them write, kill the leader, wait for a new one, let them write on.
+    let mut probe = c.node(leader).client();
+    wait_for("some increments", T, || {
+        matches!(probe.cmd(&["GET", "counter"]), Frame::BulkString(b) if b.len() >= 2).then_some(())
+    });
+    c.nodes.get_mut(&leader).expect("leader").kill();
+    let survivors: Vec<u64> = c.nodes.keys().copied().filter(|id| *id != leader).collect();
+    let new_leader = c.wait_leader();
+    assert_ne!(new_leader, leader);
+    let mut p = c.node(survivors[0]).client();
+    let before: i64 = match p.cmd(&["GET", "counter"]) {
+        Frame::BulkString(b) => String::from_utf8_lossy(&b).parse().expect("a number"),
+        other => panic!("{other:?}"),
+    };
+    wait_for("increments after the election", T, || {
+        match p.cmd(&["GET", "counter"]) {
+            Frame::BulkString(b) => {
+                (String::from_utf8_lossy(&b).parse::<i64>().ok()? >= before + 100).then_some(())
+            }
+            _ => None,
+        }
+    });
+    // The old leader comes back as a follower.
+    c.restart(leader);
+    stop.store(true, Ordering::Relaxed);
+    let tallies: Vec<Tally> = writers
+        .into_iter()
+        .map(|h| h.join().expect("writer"))
+        .collect();
+    c.wait_leader();
+
+    let acked: u64 = tallies.iter().map(|t| t.acked).sum();
+    let unknown: u64 = tallies.iter().map(|t| t.unknown).sum();
+    for id in 1..=3 {
+        let mut cl = c.node(id).client();
+        let counter: u64 = match cl.cmd(&["GET", "counter"]) {
+            Frame::BulkString(b) => String::from_utf8_lossy(&b).parse().expect("a number"),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            acked <= counter && counter <= acked + unknown,
+            "node {id}: counter {counter}, acknowledged {acked}, unknown {unknown}"
+        );
+        let Frame::Array(items) = cl.cmd(&["LRANGE", "appends", "0", "-1"]) else {
+            panic!("LRANGE")
+        };
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for i in items {
+            if let Frame::BulkString(b) = i {
+                *seen
+                    .entry(String::from_utf8_lossy(&b).into_owned())
+                    .or_default() += 1;
+            }
+        }
+        for t in &tallies {
+            for v in &t.appended {
+                assert_eq!(seen.get(v), Some(&1), "node {id}: acknowledged append {v}");
+            }
+            for v in &t.maybe {
+                assert!(
+                    seen.get(v).copied().unwrap_or(0) <= 1,
+                    "node {id}: append {v} twice"
+                );
+            }
+        }
+        let known: usize = tallies
+            .iter()
+            .map(|t| t.appended.len() + t.maybe.len())
+            .sum();
+        assert!(
+            seen.values().sum::<usize>() <= known,
+            "node {id}: appends nobody made"
+        );
+    }
+    let appended: usize = tallies.iter().map(|t| t.appended.len()).sum();
+    let maybe: usize = tallies.iter().map(|t| t.maybe.len()).sum();
+    eprintln!("{acked} increments acknowledged, {unknown} unknown; {appended} appends acknowledged, {maybe} unknown");
+    assert!(
+        acked > 20 && appended > 20,
+        "too few writes to mean anything: {acked}, {appended}"
+    );
+}
+
+#[test]
+fn sigterm_stops_a_node_cleanly() {
+    let mut c = Cluster::start(1, &["--no-sync"]);
+    c.wait_leader();
+    let mut cl = c.node(1).client();
+    assert_eq!(show(&cl.cmd(&["SET", "a", "1"])), "+OK");
+    let st = c
+        .nodes
+        .get_mut(&1)
+        .expect("node")
+        .terminate(T)
+        .expect("exited");
+    assert!(st.success(), "{}", c.node(1).log_text());
+    assert!(c.node(1).log_text().contains("raftify-redis node stopped"));
+    c.restart(1);
+    c.wait_leader();
+    let mut cl = c.node(1).client();
+    assert_eq!(
+        show(&cl.cmd(&["GET", "a"])),
+        "$1",
+        "kept across the restart"
+    );
+}

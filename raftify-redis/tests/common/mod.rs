@@ -1,0 +1,310 @@
+//! Test harness: `raftify-redis` processes on ephemeral ports in temp dirs,
+//! a blocking RESP client (frames decoded by `redis-protocol`), and
+//! bounded waits.
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use redis_protocol::resp2::decode::decode_bytes_mut;
+use redis_protocol::resp2::types::BytesFrame as Frame;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the tests wait for anything.
+pub const T: Duration = Duration::from_secs(20);
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `f` until it gives a value, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a program is on the PATH; with `RAFTIFY_REQUIRE_REDIS=1` (CI) a
+/// missing one fails the test instead of skipping it.
+pub fn have(program: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("RAFTIFY_REQUIRE_REDIS").as_deref() != Ok("1"),
+            "{program} is required (RAFTIFY_REQUIRE_REDIS=1): apt-get install redis-server redis-tools"
+        );
+        eprintln!("skipped: {program} is not installed");
+    }
+    found
+}
+
+/// A blocking RESP2 client.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    pub fn connect(addr: &str) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(T))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            stream,
+            buf: BytesMut::new(),
+        })
+    }
+
+    pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.stream.write_all(&out)
+    }
+
+    pub fn read(&mut self) -> std::io::Result<Frame> {
+        loop {
+            match decode_bytes_mut(&mut self.buf) {
+                Ok(Some((f, _, _))) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::other(format!("bad reply: {e}"))),
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// One command, its reply.
+    pub fn call(&mut self, args: &[&str]) -> std::io::Result<Frame> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.send(&args)?;
+        self.read()
+    }
+
+    /// One command; panics on I/O errors.
+    pub fn cmd(&mut self, args: &[&str]) -> Frame {
+        self.call(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+}
+
+/// A reply as text, for comparisons and messages: `+OK`, `:1`, `$v`,
+/// `(nil)`, `-ERR ...`, `[a, b]`.
+pub fn show(f: &Frame) -> String {
+    match f {
+        Frame::SimpleString(s) => format!("+{}", String::from_utf8_lossy(s)),
+        Frame::Error(e) => format!("-{e}"),
+        Frame::Integer(i) => format!(":{i}"),
+        Frame::BulkString(b) => format!("${}", String::from_utf8_lossy(b)),
+        Frame::Null => "(nil)".into(),
+        Frame::Array(items) => format!(
+            "[{}]",
+            items.iter().map(show).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// A `raftify-redis` process; SIGKILLed on drop if still running.
+pub struct Node {
+    pub id: u64,
+    pub port: u16,
+    pub raft: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Node {
+    pub fn spawn(id: u64, port: u16, raft: &str, dir: &Path, extra: &[&str]) -> Node {
+        let log = dir.with_extension("log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_raftify-redis"))
+            .args([
+                "--id",
+                &id.to_string(),
+                "--port",
+                &port.to_string(),
+                "--raft-addr",
+                raft,
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--tick-ms", "30"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log fd"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn raftify-redis");
+        Node {
+            id,
+            port,
+            raft: raft.into(),
+            dir: dir.into(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> Client {
+        let addr = self.addr();
+        wait_for(&format!("node {} to take connections", self.id), T, || {
+            Client::connect(&addr).ok()
+        })
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The leader this node reports (`INFO raft`), if any.
+    pub fn leader(&self) -> Option<u64> {
+        let mut c = Client::connect(&self.addr()).ok()?;
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .ok()?;
+        let Frame::BulkString(info) = c.call(&["INFO", "raft"]).ok()? else {
+            return None;
+        };
+        let text = String::from_utf8_lossy(&info).into_owned();
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("raft_leader_id:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        (id != 0).then_some(id)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Nodes 1..=n bootstrapping one cluster.
+pub struct Cluster {
+    pub nodes: BTreeMap<u64, Node>,
+    pub peers: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u64, u16, String)> = (1..=n)
+            .map(|id| (id, free_port(), format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let peers = ports
+            .iter()
+            .map(|(id, _, raft)| format!("{id}={raft}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = BTreeMap::new();
+        for (id, port, raft) in &ports {
+            let mut args = vec!["--peers", &peers];
+            args.extend_from_slice(extra);
+            nodes.insert(
+                *id,
+                Node::spawn(*id, *port, raft, &dir.path().join(format!("n{id}")), &args),
+            );
+        }
+        Cluster { nodes, peers, dir }
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[&id]
+    }
+
+    /// The leader every running node agrees on.
+    pub fn wait_leader(&self) -> u64 {
+        wait_for("a leader every node agrees on", T, || {
+            let seen: Vec<Option<u64>> = self
+                .nodes
+                .values()
+                .filter(|n| n.child.is_some())
+                .map(|n| n.leader())
+                .collect();
+            match seen.first() {
+                Some(Some(l))
+                    if seen.iter().all(|x| x == &Some(*l)) && self.nodes[l].child.is_some() =>
+                {
+                    Some(*l)
+                }
+                _ => None,
+            }
+        })
+    }
+
+    pub fn follower_of(&self, leader: u64) -> u64 {
+        *self
+            .nodes
+            .keys()
+            .find(|id| **id != leader && self.nodes[id].child.is_some())
+            .expect("a running follower")
+    }
+
+    /// Restarts a stopped node on its ports and data dir.
+    pub fn restart(&mut self, id: u64) {
+        let old = self.nodes.remove(&id).expect("node");
+        let args = ["--peers", self.peers.as_str()];
+        let n = Node::spawn(id, old.port, &old.raft, &old.dir, &args);
+        drop(old);
+        self.nodes.insert(id, n);
+    }
+}
