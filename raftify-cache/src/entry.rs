@@ -32,6 +32,14 @@ pub enum Op {
         /// The message.
         message: Bytes,
     },
+    /// A member tells the cluster the address its clients reach it at
+    /// (for `CLUSTER SLOTS` and redirections).
+    Announce {
+        /// The member's raft id.
+        id: u64,
+        /// Its client address, `host:port`.
+        addr: Bytes,
+    },
 }
 
 /// A log entry: an operation and the proposer's wall clock when it was
@@ -51,6 +59,7 @@ const OP_EXEC: u8 = 1;
 const OP_EXPIRE: u8 = 2;
 const OP_EVICT: u8 = 3;
 const OP_PUBLISH: u8 = 4;
+const OP_ANNOUNCE: u8 = 5;
 
 fn put(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BoxError> {
     let n = u32::try_from(b.len()).map_err(|_| "an argument over 4 GiB")?;
@@ -128,6 +137,11 @@ impl AbstractLogEntry for CacheEntry {
                 put(&mut out, channel)?;
                 put(&mut out, message)?;
             }
+            Op::Announce { id, addr } => {
+                out.push(OP_ANNOUNCE);
+                out.extend_from_slice(&id.to_be_bytes());
+                put(&mut out, addr)?;
+            }
         }
         Ok(out)
     }
@@ -162,6 +176,13 @@ impl AbstractLogEntry for CacheEntry {
                 channel: r.bytes()?,
                 message: r.bytes()?,
             },
+            OP_ANNOUNCE => {
+                let id: [u8; 8] = r.take(8)?.try_into()?;
+                Op::Announce {
+                    id: u64::from_be_bytes(id),
+                    addr: r.bytes()?,
+                }
+            }
             t => return Err(format!("unknown cache operation {t}").into()),
         };
         if !r.0.is_empty() {
@@ -201,6 +222,13 @@ mod tests {
                 op: Op::Publish {
                     channel: Bytes::from("c"),
                     message: Bytes::from("m"),
+                },
+            },
+            CacheEntry {
+                clock_ms: 11,
+                op: Op::Announce {
+                    id: 3,
+                    addr: Bytes::from("127.0.0.1:6379"),
                 },
             },
         ];

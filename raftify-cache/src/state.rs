@@ -9,6 +9,7 @@ use crate::table::{lookup, Handler};
 use async_trait::async_trait;
 use bytes::Bytes;
 use raftify_core::{AbstractStateMachine, BoxError, SnapshotView};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ pub type PublishHook = Arc<dyn Fn(&Bytes, &Bytes) -> i64 + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct CacheState {
     keys: Keyspace,
+    /// Each member's announced client address.
+    members: BTreeMap<u64, String>,
     applied: u64,
     on_publish: Option<PublishHook>,
 }
@@ -47,6 +50,11 @@ impl CacheState {
     /// The keyspace, for reads.
     pub fn keyspace(&self) -> &Keyspace {
         &self.keys
+    }
+
+    /// The client address each member announced ([`Op::Announce`]).
+    pub fn member_addrs(&self) -> &BTreeMap<u64, String> {
+        &self.members
     }
 
     /// The last log index applied.
@@ -99,6 +107,13 @@ impl CacheState {
                     .as_ref()
                     .map_or(0, |hook| hook(channel, message)),
             ),
+            Op::Announce { id, addr } => match std::str::from_utf8(addr) {
+                Ok(a) if !a.is_empty() && a.len() <= 255 => {
+                    self.members.insert(*id, a.to_string());
+                    Reply::Ok
+                }
+                _ => Reply::err("an announced address must be UTF-8, 1 to 255 bytes"),
+            },
         }
     }
 }
@@ -133,12 +148,12 @@ impl AbstractStateMachine<CacheEntry> for CacheState {
 
     async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
         let mut out = Vec::new();
-        Box::new(View(self.keys.clone())).write_to(&mut out)?;
+        Box::new(View(self.keys.clone(), self.members.clone())).write_to(&mut out)?;
         Ok(out)
     }
 
     fn snapshot_view(&self) -> Option<Box<dyn SnapshotView>> {
-        Some(Box::new(View(self.keys.clone())))
+        Some(Box::new(View(self.keys.clone(), self.members.clone())))
     }
 
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError> {
@@ -146,7 +161,9 @@ impl AbstractStateMachine<CacheEntry> for CacheState {
     }
 
     async fn restore_from(&mut self, reader: &mut (dyn Read + Send)) -> Result<(), BoxError> {
-        self.keys = read_snapshot(reader)?;
+        let (keys, members) = read_snapshot(reader)?;
+        self.keys = keys;
+        self.members = members;
         Ok(())
     }
 }
@@ -158,9 +175,9 @@ const V_LIST: u8 = 3;
 const V_SET: u8 = 4;
 const V_ZSET: u8 = 5;
 
-/// A frozen keyspace (a clone of the persistent maps), serialized off the
-/// raft loop.
-struct View(Keyspace);
+/// A frozen keyspace (a clone of the persistent maps) and the members'
+/// addresses, serialized off the raft loop.
+struct View(Keyspace, BTreeMap<u64, String>);
 
 fn put(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BoxError> {
     let n = u32::try_from(b.len()).map_err(|_| "a value over 4 GiB")?;
@@ -178,6 +195,11 @@ impl SnapshotView for View {
         let ks = &self.0;
         out.extend_from_slice(MAGIC);
         put_u64(out, ks.clock());
+        put_u64(out, self.1.len() as u64);
+        for (id, addr) in &self.1 {
+            put_u64(out, *id);
+            put(out, addr.as_bytes())?;
+        }
         let items: Vec<_> = ks.iter().collect();
         put_u64(out, items.len() as u64);
         for (key, item) in items {
@@ -225,7 +247,7 @@ impl SnapshotView for View {
 }
 
 /// Reads a snapshot element by element (never the whole of it at once).
-fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<Keyspace, BoxError> {
+fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<(Keyspace, BTreeMap<u64, String>), BoxError> {
     fn exact<const N: usize>(r: &mut (dyn Read + Send)) -> Result<[u8; N], BoxError> {
         let mut b = [0u8; N];
         r.read_exact(&mut b)
@@ -249,6 +271,13 @@ fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<Keyspace, BoxError> {
     }
     let mut ks = Keyspace::default();
     ks.advance_clock(u64_(r)?);
+    let mut members = BTreeMap::new();
+    for _ in 0..u64_(r)? {
+        let id = u64_(r)?;
+        let addr =
+            String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a member address is not UTF-8")?;
+        members.insert(id, addr);
+    }
     let n = u64_(r)?;
     for _ in 0..n {
         let key = bytes(r)?;
@@ -297,7 +326,7 @@ fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<Keyspace, BoxError> {
         };
         ks.insert(key, value, expire_at);
     }
-    Ok(ks)
+    Ok((ks, members))
 }
 
 #[cfg(test)]
@@ -329,6 +358,14 @@ mod tests {
         run(&mut sm, 3, 1_000, "RPUSH l x y z");
         run(&mut sm, 4, 1_000, "SADD set m1 m2");
         run(&mut sm, 5, 1_000, "ZADD z 1.5 a -inf b");
+        let announce = CacheEntry {
+            clock_ms: 1_000,
+            op: Op::Announce {
+                id: 2,
+                addr: Bytes::from("127.0.0.1:7000"),
+            },
+        };
+        sm.apply_entry(6, &announce);
         let bytes = sm.snapshot().await.unwrap();
         let mut back = CacheState::new();
         back.restore(bytes.clone()).await.unwrap();
@@ -342,6 +379,11 @@ mod tests {
         ] {
             assert_eq!(back.read(&argv(cmd)), sm.read(&argv(cmd)), "{cmd}");
         }
+        assert_eq!(back.member_addrs(), sm.member_addrs());
+        assert_eq!(
+            back.member_addrs().get(&2).map(String::as_str),
+            Some("127.0.0.1:7000")
+        );
         for cut in [0, 5, 9, bytes.len() / 2, bytes.len() - 1] {
             assert!(
                 CacheState::new()

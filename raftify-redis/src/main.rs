@@ -41,6 +41,11 @@ struct Args {
     /// is a protocol error (the connection is closed).
     #[arg(long, env = "RAFTIFY_PROTO_MAX_BULK_LEN", default_value_t = 512 * 1024 * 1024)]
     proto_max_bulk_len: usize,
+    /// The address cluster clients reach this node's Redis port at, as
+    /// `CLUSTER SLOTS`/`NODES`/`SHARDS` and `-MOVED` give it (default:
+    /// --bind:--port; set it when binding 0.0.0.0 or behind NAT).
+    #[arg(long, env = "RAFTIFY_ADVERTISE")]
+    advertise: Option<String>,
     /// Serve reads from this node's copy without checking with the leader
     /// (faster, possibly stale), as every connection that sent READONLY.
     #[arg(long, env = "RAFTIFY_OPENREADS")]
@@ -51,6 +56,13 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     let mut spec = args.node.node_spec("redis", &logger)?;
     spec.grpc = args.node.grpc_config(args.maxclients.saturating_add(64))?;
     let addr = format!("{}:{}", args.bind, args.port);
+    let advertise = args.advertise.clone().unwrap_or_else(|| addr.clone());
+    if args.advertise.is_none() && (args.bind == "0.0.0.0" || args.bind == "::") {
+        slog::warn!(
+            logger,
+            "binding all interfaces without --advertise: cluster clients are told {advertise}"
+        );
+    }
     // The client port is taken before anything is written.
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -74,6 +86,11 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         started: Instant::now(),
     });
     let expiry = tokio::spawn(raftify_redis::expiry::run(node.clone(), logger.clone()));
+    let announce = tokio::spawn(raftify_redis::cluster::announce(
+        node.clone(),
+        advertise,
+        logger.clone(),
+    ));
     let mut state_rx = node.handle().subscribe();
     let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
     let fatal_seen = fatal.clone();
@@ -101,6 +118,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     accept_loop(listener, server, logger.clone(), stop).await;
     launched.shutdown().await;
     expiry.abort();
+    announce.abort();
     let reason = fatal.lock().ok().and_then(|f| f.clone());
     if let Some(reason) = reason {
         bail!("{reason}");

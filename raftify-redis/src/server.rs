@@ -56,6 +56,10 @@ pub struct Session {
     pub readonly: bool,
     /// `QUIT` was received: close after the reply.
     pub closing: bool,
+    /// The connection asked for the cluster's layout (`CLUSTER SLOTS`,
+    /// `SHARDS` or `NODES`): it is a cluster client, and a follower
+    /// answers its writes with `-MOVED` to the leader.
+    pub cluster: bool,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -119,6 +123,7 @@ const SERVER_COMMANDS: &[(&str, i32)] = &[
     ("readwrite", 1),
     ("publish", 3),
     ("raft", -2),
+    ("cluster", -2),
 ];
 
 impl Server {
@@ -146,7 +151,15 @@ impl Server {
         match lookup(&argv[0]) {
             None => unknown_command(&argv),
             Some(c) if !c.arity_ok(argv.len()) => errors::arity(c.name),
-            Some(c) if c.is_write() => self.write(vec![argv], false).await,
+            Some(c) if c.is_write() => {
+                if let Some(moved) = self
+                    .moved(session, &argv, &c.key_positions(argv.len()))
+                    .await
+                {
+                    return moved;
+                }
+                self.write(vec![argv], false).await
+            }
             Some(_) => self.read(session, argv).await,
         }
     }
@@ -284,6 +297,7 @@ impl Server {
                 }
             }
             "raft" => self.raft_command(&argv).await,
+            "cluster" => self.cluster_command(s, &argv).await,
             _ => unknown_command(&argv),
         }
     }
@@ -352,7 +366,7 @@ impl Server {
             (Reply::bulk("version"), Reply::bulk("7.2.0")),
             (Reply::bulk("proto"), Reply::Int(proto)),
             (Reply::bulk("id"), Reply::Int(s.id as i64)),
-            (Reply::bulk("mode"), Reply::bulk("standalone")),
+            (Reply::bulk("mode"), Reply::bulk("cluster")),
             (Reply::bulk("role"), Reply::bulk(role)),
             (Reply::bulk("modules"), Reply::Array(Vec::new())),
         ])
@@ -395,7 +409,7 @@ impl Server {
             ("proto-max-bulk-len", self.max_bulk.to_string()),
             ("port", self.port.to_string()),
             ("databases", "1".to_string()),
-            ("cluster-enabled", "no".to_string()),
+            ("cluster-enabled", "yes".to_string()),
             ("appendonly", "no".to_string()),
             ("save", String::new()),
         ];
@@ -430,7 +444,7 @@ impl Server {
         add(
             "server",
             format!(
-                "redis_version:7.2.0\r\nraftify_version:{}\r\nredis_mode:standalone\r\nos:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
+                "redis_version:7.2.0\r\nraftify_version:{}\r\nredis_mode:cluster\r\nos:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
                 env!("CARGO_PKG_VERSION"),
                 std::env::consts::OS,
                 std::process::id(),
@@ -485,7 +499,7 @@ impl Server {
                 ),
             );
         }
-        add("cluster", "cluster_enabled:0\r\n".to_string());
+        add("cluster", "cluster_enabled:1\r\n".to_string());
         add(
             "keyspace",
             if keys > 0 {

@@ -278,3 +278,68 @@ fn sigterm_stops_a_node_cleanly() {
         "kept across the restart"
     );
 }
+
+#[test]
+fn cluster_commands_show_one_shard_led_by_the_leader_and_followers_redirect_cluster_clients() {
+    let c = Cluster::start(3, &["--no-sync"]);
+    let leader = c.wait_leader();
+    let follower = c.follower_of(leader);
+    let leader_addr = c.node(leader).addr();
+    let mut f = c.node(follower).client();
+    // Every member announces its client address through the log.
+    let slots = wait_for("every member's address in CLUSTER SLOTS", T, || {
+        let s = f.cmd(&["CLUSTER", "SLOTS"]);
+        match &s {
+            Frame::Array(shards) if matches!(shards.first(), Some(Frame::Array(x)) if x.len() == 5) => {
+                Some(s)
+            }
+            _ => None,
+        }
+    });
+    let Frame::Array(shards) = slots else {
+        unreachable!()
+    };
+    let Frame::Array(shard) = &shards[0] else {
+        panic!("{shards:?}")
+    };
+    assert_eq!(show(&shard[0]), ":0");
+    assert_eq!(show(&shard[1]), ":16383");
+    let Frame::Array(master) = &shard[2] else {
+        panic!("{shard:?}")
+    };
+    assert_eq!(
+        format!(
+            "{}:{}",
+            show(&master[0]).trim_start_matches('$'),
+            show(&master[1]).trim_start_matches(':')
+        ),
+        leader_addr,
+        "the leader is the master"
+    );
+    assert_eq!(show(&f.cmd(&["CLUSTER", "KEYSLOT", "foo"])), ":12182");
+    let info = show(&f.cmd(&["CLUSTER", "INFO"]));
+    assert!(
+        info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3"),
+        "{info}"
+    );
+    let nodes = show(&f.cmd(&["CLUSTER", "NODES"]));
+    assert_eq!(nodes.matches("master").count(), 1, "{nodes}");
+    assert_eq!(nodes.matches("slave").count(), 2, "{nodes}");
+    assert!(nodes.contains("myself,slave"), "{nodes}");
+    // This connection asked for the layout: a follower redirects its writes.
+    assert_eq!(
+        show(&f.cmd(&["SET", "foo", "bar"])),
+        format!("-MOVED 12182 {leader_addr}")
+    );
+    // A plain connection's writes are forwarded instead.
+    let mut plain = c.node(follower).client();
+    assert_eq!(show(&plain.cmd(&["SET", "foo", "bar"])), "+OK");
+    // redis-cli -c on a follower (when installed).
+    if have("redis-cli") {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-c", "-p", &c.node(follower).port.to_string(), "GET", "foo"])
+            .output()
+            .expect("redis-cli");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bar");
+    }
+}

@@ -1,0 +1,240 @@
+//! Redis Cluster's view of a raft group: one shard owning all 16384 slots,
+//! the leader its master and the other members its replicas, at the
+//! client addresses they announced through the log. Cluster clients
+//! (redis-py `RedisCluster`, redis-rs, `redis-cli -c`) discover the leader
+//! from `CLUSTER SLOTS`/`SHARDS`/`NODES` and follow leader changes by the
+//! `-MOVED` a follower answers them for a write.
+
+use crate::server::{error_reply, now_ms, Node, Server, Session};
+use bytes::Bytes;
+use raftify_cache::{errors, CacheEntry, Op, Reply};
+use slog::{debug, Logger};
+use std::time::Duration;
+
+/// Slots of the one shard.
+const LAST_SLOT: i64 = 16383;
+
+/// Tells the cluster this node's client address through the log, again
+/// whenever the replicated one differs (a restart with a new address, a
+/// snapshot from before the announcement), until the node stops.
+pub async fn announce(node: Node, addr: String, logger: Logger) {
+    let id = node.handle().id();
+    let mut state = node.handle().subscribe();
+    loop {
+        if state.borrow().fatal.is_some() || matches!(state.borrow().role, raftify::Role::Stopped) {
+            return;
+        }
+        let known = node
+            .stale_read(|sm| sm.member_addrs().get(&id).cloned())
+            .await;
+        let mut pause = Duration::from_secs(2);
+        if known.as_deref() != Some(addr.as_str()) && state.borrow().leader_id != 0 {
+            let entry = CacheEntry {
+                clock_ms: now_ms(),
+                op: Op::Announce {
+                    id,
+                    addr: Bytes::from(addr.clone()),
+                },
+            };
+            if let Err(e) = node.propose(&entry).await {
+                debug!(logger, "announcing the client address failed; retrying"; "error" => %e);
+                pause = Duration::from_millis(300);
+            } else {
+                continue;
+            }
+        } else if known.is_none() {
+            pause = Duration::from_millis(100);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            changed = state.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// A member as Redis Cluster shows it.
+struct Shown {
+    id: u64,
+    host: String,
+    port: i64,
+    leader: bool,
+}
+
+/// Redis Cluster's 40-character node id for raft member `id`.
+pub fn node_id(cluster_uid: u64, id: u64) -> String {
+    format!("{cluster_uid:016x}{id:024x}")
+}
+
+fn split_addr(addr: &str) -> (String, i64) {
+    match addr.rsplit_once(':') {
+        Some((h, p)) => (
+            h.trim_matches(['[', ']']).to_string(),
+            p.parse().unwrap_or(0),
+        ),
+        None => (addr.to_string(), 0),
+    }
+}
+
+impl Server {
+    /// The members with announced addresses, the leader first.
+    async fn topology(&self) -> Result<(Vec<Shown>, u64), Reply> {
+        let status = self
+            .node
+            .handle()
+            .status()
+            .await
+            .map_err(|e| error_reply(&e))?;
+        let addrs = self.node.stale_read(|sm| sm.member_addrs().clone()).await;
+        let mut shown: Vec<Shown> = status
+            .members
+            .iter()
+            .filter_map(|m| {
+                let (host, port) = split_addr(addrs.get(&m.id)?);
+                Some(Shown {
+                    id: m.id,
+                    host,
+                    port,
+                    leader: m.id == status.leader_id,
+                })
+            })
+            .collect();
+        shown.sort_by_key(|s| (!s.leader, s.id));
+        Ok((shown, status.term))
+    }
+
+    /// `CLUSTER ...`.
+    pub async fn cluster_command(&self, s: &mut Session, argv: &[Bytes]) -> Reply {
+        let sub = String::from_utf8_lossy(&argv[1]).to_ascii_lowercase();
+        let uid = self.node.handle().cluster_uid();
+        let me = self.node.handle().id();
+        match (sub.as_str(), argv.len()) {
+            ("keyslot", 3) => Reply::Int(redis_protocol::redis_keyslot(&argv[2]).into()),
+            ("myid", 2) => Reply::bulk(node_id(uid, me)),
+            ("help", 2) => Reply::bulks(
+                [
+                    "CLUSTER INFO",
+                    "CLUSTER NODES",
+                    "CLUSTER SLOTS",
+                    "CLUSTER SHARDS",
+                    "CLUSTER MYID",
+                    "CLUSTER KEYSLOT <key>",
+                    "CLUSTER HELP",
+                ]
+                .into_iter()
+                .map(|t: &'static str| Bytes::from_static(t.as_bytes())),
+            ),
+            ("info", 2) => {
+                let (nodes, term) = match self.topology().await {
+                    Ok(t) => t,
+                    Err(e) => return e,
+                };
+                let ok = nodes.first().is_some_and(|n| n.leader);
+                Reply::Bulk(Bytes::from(format!(
+                    "cluster_state:{}\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:{}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{}\r\ncluster_size:1\r\ncluster_current_epoch:{term}\r\ncluster_my_epoch:{term}\r\n",
+                    if ok { "ok" } else { "fail" },
+                    if ok { 16384 } else { 0 },
+                    if ok { 0 } else { 16384 },
+                    nodes.len(),
+                )))
+            }
+            ("slots" | "shards" | "nodes", 2) => {
+                s.cluster = true;
+                let (nodes, term) = match self.topology().await {
+                    Ok(t) => t,
+                    Err(e) => return e,
+                };
+                if !nodes.first().is_some_and(|n| n.leader) {
+                    return Reply::Error("CLUSTERDOWN The cluster is down (no leader)".into());
+                }
+                match sub.as_str() {
+                    "slots" => {
+                        let mut shard = vec![Reply::Int(0), Reply::Int(LAST_SLOT)];
+                        shard.extend(nodes.iter().map(|n| {
+                            Reply::Array(vec![
+                                Reply::bulk(n.host.clone()),
+                                Reply::Int(n.port),
+                                Reply::bulk(node_id(uid, n.id)),
+                            ])
+                        }));
+                        Reply::Array(vec![Reply::Array(shard)])
+                    }
+                    "shards" => {
+                        let applied = self.node.handle().state().applied_index as i64;
+                        let shown = nodes
+                            .iter()
+                            .map(|n| {
+                                Reply::Map(vec![
+                                    (Reply::bulk("id"), Reply::bulk(node_id(uid, n.id))),
+                                    (Reply::bulk("port"), Reply::Int(n.port)),
+                                    (Reply::bulk("ip"), Reply::bulk(n.host.clone())),
+                                    (Reply::bulk("endpoint"), Reply::bulk(n.host.clone())),
+                                    (
+                                        Reply::bulk("role"),
+                                        Reply::bulk(if n.leader { "master" } else { "replica" }),
+                                    ),
+                                    (Reply::bulk("replication-offset"), Reply::Int(applied)),
+                                    (Reply::bulk("health"), Reply::bulk("online")),
+                                ])
+                            })
+                            .collect();
+                        Reply::Array(vec![Reply::Map(vec![
+                            (
+                                Reply::bulk("slots"),
+                                Reply::Array(vec![Reply::Int(0), Reply::Int(LAST_SLOT)]),
+                            ),
+                            (Reply::bulk("nodes"), Reply::Array(shown)),
+                        ])])
+                    }
+                    _ => {
+                        let leader_id = node_id(uid, nodes[0].id);
+                        let lines: String = nodes
+                            .iter()
+                            .map(|n| {
+                                let myself = if n.id == me { "myself," } else { "" };
+                                let (role, master, slots) = if n.leader {
+                                    ("master", "-".to_string(), " 0-16383")
+                                } else {
+                                    ("slave", leader_id.clone(), "")
+                                };
+                                format!(
+                                    "{} {}:{}@{} {myself}{role} {master} 0 {} {term} connected{slots}\n",
+                                    node_id(uid, n.id),
+                                    n.host,
+                                    n.port,
+                                    n.port + 10000,
+                                    now_ms()
+                                )
+                            })
+                            .collect();
+                        Reply::Bulk(Bytes::from(lines))
+                    }
+                }
+            }
+            (_, 2) | (_, 3) => Reply::err(format!("unknown subcommand '{sub}'. Try CLUSTER HELP.")),
+            _ => errors::arity(&format!("cluster|{sub}")),
+        }
+    }
+
+    /// For a connection that discovered the cluster: `-MOVED` to the
+    /// leader for a write on a follower (None: serve it here, forwarding).
+    pub async fn moved(&self, s: &Session, argv: &[Bytes], keys: &[usize]) -> Option<Reply> {
+        if !s.cluster || self.node.handle().is_leader() {
+            return None;
+        }
+        let key = argv.get(*keys.first()?)?;
+        let leader = self.node.handle().state().leader_id;
+        if leader == 0 {
+            return Some(Reply::Error(
+                "CLUSTERDOWN The cluster is down (no leader)".into(),
+            ));
+        }
+        let addr = self
+            .node
+            .stale_read(|sm| sm.member_addrs().get(&leader).cloned())
+            .await?;
+        Some(Reply::Error(format!(
+            "MOVED {} {addr}",
+            redis_protocol::redis_keyslot(key)
+        )))
+    }
+}
