@@ -1,13 +1,15 @@
 //! Connections: the accept loop with its `--maxclients` cap, and each
 //! connection's read → answer → write cycle. Pipelined commands are
-//! answered in order; replies pile up to at most [`MAX_OUTPUT`] before the
+//! answered in order: a run of data commands read together goes through
+//! the log as one entry (applied atomically, each command answered), or,
+//! all reads, after one ReadIndex; replies pile up to at most [`MAX_OUTPUT`] before the
 //! next read, so a client that sends without reading is disconnected
 //! rather than held in memory. A protocol error is answered, then the
 //! connection closed, as Redis does; no input reaches a panic.
 
 use crate::protocol::{encode, next_command, Next};
 use crate::server::{Server, Session};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use raftify_cache::Reply;
 use slog::{debug, warn, Logger};
 use std::sync::atomic::Ordering;
@@ -20,6 +22,8 @@ use tokio::net::TcpListener;
 /// client-output-buffer-limit for normal clients is unlimited; a bound
 /// keeps a client that never reads from growing the server).
 pub const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+/// Most pipelined commands answered together (one log entry).
+const MAX_BATCH: usize = 512;
 /// Longest a reply write may wait for the client to read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -75,29 +79,45 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
+    let mut batch: Vec<Vec<Bytes>> = Vec::new();
     loop {
-        // Answer every whole request buffered, in order.
+        // Answer every whole request buffered, in order: runs of data
+        // commands together (one log entry, or one ReadIndex), anything
+        // else on its own.
+        let mut failed: Option<String> = None;
         loop {
             match next_command(&mut input, server.max_bulk) {
                 Next::Incomplete => break,
                 Next::Command(argv) if argv.is_empty() => continue,
+                Next::Command(argv) if server.batchable(&session, &argv) => {
+                    batch.push(argv);
+                    if batch.len() >= MAX_BATCH {
+                        flush(server, &mut session, &mut batch, &mut output).await;
+                    }
+                }
                 Next::Command(argv) => {
+                    flush(server, &mut session, &mut batch, &mut output).await;
                     let reply = server.handle(&mut session, argv).await;
                     encode(&reply, session.resp3, &mut output);
                     if session.closing {
                         write_out(&mut stream, &mut output).await?;
                         return Ok(());
                     }
-                    if output.len() > MAX_OUTPUT {
-                        return Err(std::io::Error::other("client output buffer limit reached"));
-                    }
                 }
                 Next::Error(msg) => {
-                    encode(&Reply::err(msg), session.resp3, &mut output);
-                    write_out(&mut stream, &mut output).await?;
-                    return Ok(());
+                    failed = Some(msg);
+                    break;
                 }
             }
+            if output.len() > MAX_OUTPUT {
+                return Err(std::io::Error::other("client output buffer limit reached"));
+            }
+        }
+        flush(server, &mut session, &mut batch, &mut output).await;
+        if let Some(msg) = failed {
+            encode(&Reply::err(msg), session.resp3, &mut output);
+            write_out(&mut stream, &mut output).await?;
+            return Ok(());
         }
         write_out(&mut stream, &mut output).await?;
         if input.capacity() - input.len() < 4096 {
@@ -105,6 +125,29 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if stream.read_buf(&mut input).await? == 0 {
             return Ok(());
+        }
+    }
+}
+
+/// Answers the batched data commands, in order.
+async fn flush(
+    server: &Server,
+    session: &mut Session,
+    batch: &mut Vec<Vec<Bytes>>,
+    output: &mut BytesMut,
+) {
+    match batch.len() {
+        0 => {}
+        1 => {
+            if let Some(argv) = batch.pop() {
+                let reply = server.handle(session, argv).await;
+                encode(&reply, session.resp3, output);
+            }
+        }
+        _ => {
+            for reply in server.run_batch(session, std::mem::take(batch)).await {
+                encode(&reply, session.resp3, output);
+            }
         }
     }
 }

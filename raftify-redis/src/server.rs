@@ -164,6 +164,50 @@ impl Server {
         }
     }
 
+    /// Whether `argv` may be answered together with the data commands
+    /// around it (see [`Server::run_batch`]).
+    pub fn batchable(&self, s: &Session, argv: &[Bytes]) -> bool {
+        s.authed
+            && s.multi.is_none()
+            && !s.cluster
+            && lookup(&argv[0]).is_some_and(|c| c.arity_ok(argv.len()))
+    }
+
+    /// Answers pipelined data commands together, in order: with a write
+    /// among them, as one log entry (applied atomically on every node,
+    /// reads included at their place); all reads, after one ReadIndex.
+    pub async fn run_batch(&self, s: &Session, batch: Vec<Vec<Bytes>>) -> Vec<Reply> {
+        let n = batch.len();
+        self.commands.fetch_add(n as u64, Ordering::Relaxed);
+        let writes = batch
+            .iter()
+            .any(|a| lookup(&a[0]).is_some_and(|c| c.is_write()));
+        let replies = if writes {
+            self.write(batch, true).await
+        } else if self.openreads || s.readonly {
+            Reply::Array(
+                self.node
+                    .stale_read(|sm| batch.iter().map(|a| sm.read(a)).collect())
+                    .await,
+            )
+        } else {
+            match self
+                .node
+                .linearizable_read(|sm| batch.iter().map(|a| sm.read(a)).collect::<Vec<_>>())
+                .await
+            {
+                Ok(r) => Reply::Array(r),
+                Err(e) => error_reply(&e),
+            }
+        };
+        match replies {
+            Reply::Array(r) if r.len() == n => r,
+            // The entry failed as a whole (no leader, outcome unknown):
+            // every command gets that answer.
+            other => vec![other; n],
+        }
+    }
+
     fn queue(&self, session: &mut Session, argv: Vec<Bytes>) -> Reply {
         let name = lower(&argv[0]);
         let refused = match lookup(&argv[0]) {
