@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 /// Most reply bytes held for a client before they are written (Redis's
 /// client-output-buffer-limit for normal clients is unlimited; a bound
@@ -27,9 +28,13 @@ const MAX_BATCH: usize = 512;
 /// Longest a reply write may wait for the client to read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Accepts clients until `stop` resolves.
+/// Longest a TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts clients until `stop` resolves; over TLS with `tls`.
 pub async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     server: Arc<Server>,
     logger: Logger,
     stop: impl std::future::Future<Output = ()>,
@@ -52,18 +57,50 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         let logger = logger.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let open = server.clients.fetch_add(1, Ordering::AcqRel) + 1;
-            if open > server.max_clients {
-                let mut s = stream;
-                let _ = s.write_all(b"-ERR max number of clients reached\r\n").await;
+            let ended = if open > server.max_clients {
+                refuse(stream, tls).await;
+                Ok(())
             } else {
-                if let Err(e) = serve(stream, &server).await {
-                    debug!(logger, "client connection ended"; "peer" => %peer, "error" => %e);
+                match tls {
+                    None => serve(stream, &server).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(stream)) => serve(stream, &server).await,
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => Err(std::io::Error::other("no TLS handshake within 10 s")),
+                        }
+                    }
                 }
+            };
+            if let Err(e) = ended {
+                debug!(logger, "client connection ended"; "peer" => %peer, "error" => %e);
             }
             server.clients.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+}
+
+/// Tells a client over the limit so (after its TLS handshake, on the TLS
+/// port), and closes.
+async fn refuse(stream: tokio::net::TcpStream, tls: Option<TlsAcceptor>) {
+    const MSG: &[u8] = b"-ERR max number of clients reached\r\n";
+    match tls {
+        None => {
+            let mut s = stream;
+            let _ = s.write_all(MSG).await;
+        }
+        Some(acceptor) => {
+            if let Ok(Ok(mut s)) =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            {
+                let _ = s.write_all(MSG).await;
+                let _ = s.shutdown().await;
+            }
+        }
     }
 }
 

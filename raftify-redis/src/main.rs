@@ -46,6 +46,16 @@ struct Args {
     /// --bind:--port; set it when binding 0.0.0.0 or behind NAT).
     #[arg(long, env = "RAFTIFY_ADVERTISE")]
     advertise: Option<String>,
+    /// Also serve the Redis protocol over TLS on this port, with the
+    /// node's certificate (--tls-cert, --tls-key). With --tls-ca, TLS
+    /// clients must present a certificate signed by it (as Redis's
+    /// tls-auth-clients yes) unless --tls-auth-clients no.
+    #[arg(long, env = "RAFTIFY_TLS_PORT", requires = "tls_cert")]
+    tls_port: Option<u16>,
+    /// With --tls-ca: whether TLS clients must present a certificate
+    /// (`yes`, the default) or not (`no`; the CA then only checks peers).
+    #[arg(long, env = "RAFTIFY_TLS_AUTH_CLIENTS", default_value = "yes", value_parser = ["yes", "no"])]
+    tls_auth_clients: String,
     /// Serve reads from this node's copy without checking with the leader
     /// (faster, possibly stale), as every connection that sent READONLY.
     #[arg(long, env = "RAFTIFY_OPENREADS")]
@@ -67,6 +77,25 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot bind the Redis port to {addr}"))?;
+    let tls_listener = match args.tls_port {
+        None => None,
+        Some(port) => {
+            let Some(mut tls) = args.node.tls()? else {
+                bail!("--tls-port needs --tls-cert and --tls-key");
+            };
+            if args.tls_auth_clients == "no" {
+                tls.ca_pem = None;
+            }
+            let config = tls
+                .rustls_server_config(&[])
+                .map_err(|e| anyhow!("--tls-port: {e}"))?;
+            let addr = format!("{}:{port}", args.bind);
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot bind the Redis TLS port to {addr}"))?;
+            Some((listener, tokio_rustls::TlsAcceptor::from(config)))
+        }
+    };
     let launched = launch(spec, CacheState::new(), None)
         .await
         .context("cannot start the node")?;
@@ -115,7 +144,21 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
             }
         }
     };
-    accept_loop(listener, server, logger.clone(), stop).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tls_task = tls_listener.map(|(l, acceptor)| {
+        let (server, logger, mut rx) = (server.clone(), logger.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            accept_loop(l, Some(acceptor), server, logger, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    });
+    accept_loop(listener, None, server, logger.clone(), stop).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = tls_task {
+        let _ = t.await;
+    }
     launched.shutdown().await;
     expiry.abort();
     announce.abort();
