@@ -18,6 +18,10 @@ pub enum Op {
         /// Whether the reply is an array of every command's reply
         /// (a transaction), not the single command's reply.
         transaction: bool,
+        /// `WATCH`ed keys and the version each had when watched: if any
+        /// changed since, nothing is applied and the reply is the null
+        /// array (an aborted `EXEC`).
+        watched: Vec<(Bytes, u64)>,
     },
     /// Advances the replicated clock and deletes every key whose TTL has
     /// passed (proposed by the leader when the earliest one is due).
@@ -118,9 +122,16 @@ impl AbstractLogEntry for CacheEntry {
             Op::Exec {
                 commands,
                 transaction,
+                watched,
             } => {
                 out.push(OP_EXEC);
                 out.push(u8::from(*transaction));
+                let w = u32::try_from(watched.len()).map_err(|_| "too many watched keys")?;
+                out.extend_from_slice(&w.to_be_bytes());
+                for (key, version) in watched {
+                    put(&mut out, key)?;
+                    out.extend_from_slice(&version.to_be_bytes());
+                }
                 let n = u32::try_from(commands.len()).map_err(|_| "too many commands")?;
                 out.extend_from_slice(&n.to_be_bytes());
                 for c in commands {
@@ -163,11 +174,19 @@ impl AbstractLogEntry for CacheEntry {
                     1 => true,
                     b => return Err(format!("bad transaction flag {b}").into()),
                 };
+                let w = r.count()?;
+                let mut watched = Vec::with_capacity(w);
+                for _ in 0..w {
+                    let key = r.bytes()?;
+                    let v: [u8; 8] = r.take(8)?.try_into()?;
+                    watched.push((key, u64::from_be_bytes(v)));
+                }
                 let n = r.count()?;
                 let commands = (0..n).map(|_| r.list()).collect::<Result<_, _>>()?;
                 Op::Exec {
                     commands,
                     transaction,
+                    watched,
                 }
             }
             OP_EXPIRE => Op::Expire,
@@ -207,6 +226,7 @@ mod tests {
                         vec![Bytes::from("INCR"), Bytes::from("n")],
                     ],
                     transaction: true,
+                    watched: vec![(Bytes::from("w"), 42)],
                 },
             },
             CacheEntry {

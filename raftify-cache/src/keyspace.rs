@@ -133,13 +133,16 @@ impl Value {
     }
 }
 
-/// A key's value and its expiry (ms on the replicated clock).
+/// A key's value, its expiry (ms on the replicated clock) and version.
 #[derive(Debug, Clone)]
 pub struct Item {
     /// The value.
     pub value: Value,
     /// When it expires; `None`: never.
     pub expire_at: Option<u64>,
+    /// The log index of the entry that last changed it (value or TTL): the
+    /// same on every node, what `WATCH` compares.
+    pub version: u64,
 }
 
 /// Fixed bytes counted per key on top of its key and value.
@@ -155,6 +158,8 @@ pub struct Keyspace {
     clock_ms: u64,
     /// Estimated bytes held (see [`Value::weight`]).
     used: usize,
+    /// The log index being applied: the version of what it changes.
+    index: u64,
 }
 
 impl Keyspace {
@@ -166,6 +171,16 @@ impl Keyspace {
     /// Moves the replicated clock to `stamp` if it is later (never back).
     pub fn advance_clock(&mut self, stamp: u64) {
         self.clock_ms = self.clock_ms.max(stamp);
+    }
+
+    /// Sets the log index being applied (versions of changed keys).
+    pub fn set_index(&mut self, index: u64) {
+        self.index = index;
+    }
+
+    /// The key's version ([`Item::version`]); 0 when missing or expired.
+    pub fn version(&self, key: &[u8]) -> u64 {
+        self.get(key).map_or(0, |i| i.version)
     }
 
     /// Estimated bytes held by keys and values.
@@ -199,6 +214,7 @@ impl Keyspace {
         }
         let item = self.items.get_mut(key)?;
         self.used = self.used.saturating_sub(item.value.weight());
+        item.version = self.index;
         Some(item)
     }
 
@@ -229,7 +245,28 @@ impl Keyspace {
         if let Some(t) = expire_at {
             self.expiries.insert((t, key.clone()));
         }
-        self.items.insert(key, Item { value, expire_at });
+        let version = self.index;
+        self.items.insert(
+            key,
+            Item {
+                value,
+                expire_at,
+                version,
+            },
+        );
+    }
+
+    /// [`Keyspace::insert`] keeping a version read from a snapshot.
+    pub fn insert_versioned(
+        &mut self,
+        key: Bytes,
+        value: Value,
+        expire_at: Option<u64>,
+        version: u64,
+    ) {
+        let index = std::mem::replace(&mut self.index, version);
+        self.insert(key, value, expire_at);
+        self.index = index;
     }
 
     /// Deletes the key (expired or not); returns its item.
@@ -260,6 +297,7 @@ impl Keyspace {
             self.expiries.remove(&(old, key.clone()));
         }
         item.expire_at = expire_at;
+        item.version = self.index;
         if let Some(t) = expire_at {
             self.expiries.insert((t, key));
         }

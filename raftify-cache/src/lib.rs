@@ -21,7 +21,7 @@
 //! use raftify_cache::{CacheEntry, CacheState, Op, Reply};
 //! let argv = |s: &str| s.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect::<Vec<_>>();
 //! let mut cache = CacheState::new();
-//! let set = CacheEntry { clock_ms: 1_000, op: Op::Exec { commands: vec![argv("SET k v PX 500")], transaction: false } };
+//! let set = CacheEntry { clock_ms: 1_000, op: Op::Exec { commands: vec![argv("SET k v PX 500")], transaction: false, watched: vec![] } };
 //! assert_eq!(cache.apply_entry(1, &set), Reply::Ok);
 //! assert_eq!(cache.read(&argv("GET k")), Reply::bulk("v"));
 //! // Half a second later on the replicated clock, on every node at once:

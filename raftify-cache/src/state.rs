@@ -79,13 +79,18 @@ impl CacheState {
     /// directly for tests and embedding).
     pub fn apply_entry(&mut self, index: u64, entry: &CacheEntry) -> Reply {
         self.applied = index;
+        self.keys.set_index(index);
         self.keys.advance_clock(entry.clock_ms);
         let mut ctx = WriteCtx::new(index ^ entry.clock_ms.rotate_left(32));
         match &entry.op {
             Op::Exec {
                 commands,
                 transaction,
+                watched,
             } => {
+                if watched.iter().any(|(k, v)| self.keys.version(k) != *v) {
+                    return Reply::NilArray;
+                }
                 let mut replies: Vec<Reply> = commands
                     .iter()
                     .map(|c| exec(&mut self.keys, c, &mut ctx))
@@ -168,7 +173,7 @@ impl AbstractStateMachine<CacheEntry> for CacheState {
     }
 }
 
-const MAGIC: &[u8; 8] = b"RFTYKV01";
+const MAGIC: &[u8; 8] = b"RFTYKV02";
 const V_STR: u8 = 1;
 const V_HASH: u8 = 2;
 const V_LIST: u8 = 3;
@@ -205,6 +210,7 @@ impl SnapshotView for View {
         for (key, item) in items {
             put(out, key)?;
             put_u64(out, item.expire_at.unwrap_or(0));
+            put_u64(out, item.version);
             match &item.value {
                 Value::Str(s) => {
                     out.push(V_STR);
@@ -285,6 +291,7 @@ fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<(Keyspace, BTreeMap<u64, S
             0 => None,
             t => Some(t),
         };
+        let version = u64_(r)?;
         let tag = exact::<1>(r)?[0];
         let value = match tag {
             V_STR => Value::Str(bytes(r)?),
@@ -324,7 +331,7 @@ fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<(Keyspace, BTreeMap<u64, S
             }
             t => return Err(format!("unknown value type {t} in a cache snapshot").into()),
         };
-        ks.insert(key, value, expire_at);
+        ks.insert_versioned(key, value, expire_at, version);
     }
     Ok((ks, members))
 }
@@ -345,6 +352,7 @@ mod tests {
             op: Op::Exec {
                 commands: vec![argv(cmd)],
                 transaction: false,
+                watched: vec![],
             },
         };
         sm.apply_entry(i, &e)
@@ -408,6 +416,7 @@ mod tests {
                     argv("LRANGE l 0 -1"),
                 ],
                 transaction: true,
+                watched: vec![],
             },
         };
         let r = sm.apply_entry(1, &e);
@@ -418,6 +427,37 @@ mod tests {
         assert!(matches!(&items[1], Reply::Error(e) if e.starts_with("WRONGTYPE")));
         assert_eq!(items[2], Reply::Int(2));
         assert_eq!(items[3], Reply::bulks([Bytes::from("a"), Bytes::from("b")]));
+    }
+
+    #[test]
+    fn a_watched_key_changed_since_aborts_the_transaction() {
+        let mut sm = CacheState::new();
+        run(&mut sm, 1, 1, "SET k a");
+        let v = sm.keyspace().version(b"k");
+        assert_eq!(v, 1);
+        assert_eq!(sm.keyspace().version(b"missing"), 0);
+        let tx = |watched: Vec<(Bytes, u64)>| CacheEntry {
+            clock_ms: 2,
+            op: Op::Exec {
+                commands: vec![argv("SET k b")],
+                transaction: true,
+                watched,
+            },
+        };
+        assert_eq!(
+            sm.apply_entry(2, &tx(vec![(Bytes::from("k"), v)])),
+            Reply::Array(vec![Reply::Ok])
+        );
+        // k changed at index 2: a transaction watching version 1 aborts.
+        assert_eq!(
+            sm.apply_entry(3, &tx(vec![(Bytes::from("k"), v)])),
+            Reply::NilArray
+        );
+        // A TTL change is a change too; so is expiry.
+        run(&mut sm, 4, 2, "PEXPIRE k 10");
+        assert_eq!(sm.keyspace().version(b"k"), 4);
+        run(&mut sm, 5, 100, "GET k");
+        assert_eq!(sm.keyspace().version(b"k"), 0, "expired: as missing");
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Session {
     pub multi: Option<Vec<Vec<Bytes>>>,
     /// A command queued in `MULTI` was refused: `EXEC` aborts.
     pub multi_failed: bool,
+    /// `WATCH`ed keys and their versions when watched.
+    pub watched: Vec<(Bytes, u64)>,
     /// `READONLY`: reads may be served from this node's copy.
     pub readonly: bool,
     /// `QUIT` was received: close after the reply.
@@ -124,6 +126,8 @@ const SERVER_COMMANDS: &[(&str, i32)] = &[
     ("publish", 3),
     ("raft", -2),
     ("cluster", -2),
+    ("watch", -2),
+    ("unwatch", 1),
 ];
 
 impl Server {
@@ -214,6 +218,7 @@ impl Server {
             Some(c) if c.arity_ok(argv.len()) => None,
             Some(c) => Some(errors::arity(c.name)),
             None if name == "watch" => Some(Reply::err("WATCH inside MULTI is not allowed")),
+            None if name == "unwatch" => None,
             None => Some(unknown_command(&argv)),
         };
         if let Some(r) = refused {
@@ -228,11 +233,23 @@ impl Server {
 
     /// Proposes write commands (one, or a transaction) to the log.
     pub async fn write(&self, commands: Vec<Vec<Bytes>>, transaction: bool) -> Reply {
+        self.write_watched(commands, transaction, Vec::new()).await
+    }
+
+    /// [`Server::write`] for a transaction under `WATCH`: applied only if
+    /// no watched key changed since it was watched.
+    async fn write_watched(
+        &self,
+        commands: Vec<Vec<Bytes>>,
+        transaction: bool,
+        watched: Vec<(Bytes, u64)>,
+    ) -> Reply {
         let entry = CacheEntry {
             clock_ms: now_ms(),
             op: Op::Exec {
                 commands,
                 transaction,
+                watched,
             },
         };
         match self.node.propose(&entry).await {
@@ -302,22 +319,58 @@ impl Server {
                 Reply::Ok
             }
             "discard" => match s.multi.take() {
-                Some(_) => Reply::Ok,
+                Some(_) => {
+                    s.watched.clear();
+                    Reply::Ok
+                }
                 None => Reply::err("DISCARD without MULTI"),
             },
+            "watch" => {
+                let keys: Vec<Bytes> = argv[1..].to_vec();
+                let versions = if self.openreads || s.readonly {
+                    Ok(self
+                        .node
+                        .stale_read(|sm| {
+                            keys.iter()
+                                .map(|k| sm.keyspace().version(k))
+                                .collect::<Vec<_>>()
+                        })
+                        .await)
+                } else {
+                    self.node
+                        .linearizable_read(|sm| {
+                            keys.iter()
+                                .map(|k| sm.keyspace().version(k))
+                                .collect::<Vec<_>>()
+                        })
+                        .await
+                };
+                match versions {
+                    Ok(v) => {
+                        s.watched.extend(keys.into_iter().zip(v));
+                        Reply::Ok
+                    }
+                    Err(e) => error_reply(&e),
+                }
+            }
+            "unwatch" => {
+                s.watched.clear();
+                Reply::Ok
+            }
             "exec" => {
                 let Some(queued) = s.multi.take() else {
                     return Reply::err("EXEC without MULTI");
                 };
+                let watched = std::mem::take(&mut s.watched);
                 if std::mem::take(&mut s.multi_failed) {
                     return Reply::Error(
                         "EXECABORT Transaction discarded because of previous errors.".into(),
                     );
                 }
-                if queued.is_empty() {
+                if queued.is_empty() && watched.is_empty() {
                     return Reply::Array(Vec::new());
                 }
-                self.write(queued, true).await
+                self.write_watched(queued, true, watched).await
             }
             "readonly" => {
                 s.readonly = true;

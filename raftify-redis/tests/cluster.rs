@@ -43,6 +43,21 @@ fn writes_on_any_node_are_read_everywhere_and_ttls_end_everywhere() {
         show(&f.cmd(&["EXEC"])),
         "-EXECABORT Transaction discarded because of previous errors."
     );
+    // WATCH: a transaction aborts (a null reply) when a watched key
+    // changed since, on any node.
+    let mut other = c.node(leader).client();
+    assert_eq!(show(&f.cmd(&["WATCH", "w", "k"])), "+OK");
+    assert_eq!(show(&other.cmd(&["SET", "w", "changed"])), "+OK");
+    f.cmd(&["MULTI"]);
+    f.cmd(&["SET", "w", "mine"]);
+    assert_eq!(show(&f.cmd(&["EXEC"])), "(nil)");
+    assert_eq!(show(&f.cmd(&["GET", "w"])), "$changed");
+    assert_eq!(show(&f.cmd(&["WATCH", "w"])), "+OK");
+    f.cmd(&["MULTI"]);
+    f.cmd(&["SET", "w", "mine"]);
+    assert_eq!(show(&f.cmd(&["EXEC"])), "[+OK]");
+    assert_eq!(show(&other.cmd(&["GET", "w"])), "$mine");
+    assert_eq!(show(&other.cmd(&["DEL", "w"])), ":1");
     // TTLs: expired on every node, by the replicated clock.
     assert_eq!(show(&f.cmd(&["SET", "t", "x", "PX", "300"])), "+OK");
     let ttl = f.cmd(&["PTTL", "t"]);
