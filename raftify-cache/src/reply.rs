@@ -32,6 +32,9 @@ pub enum Reply {
     /// Pairs (`ZRANGE ... WITHSCORES`): an array of two-element arrays in
     /// RESP3, a flat array in RESP2.
     Pairs(Vec<(Reply, Reply)>),
+    /// Out-of-band data (published messages, subscription confirmations):
+    /// a push in RESP3, an array in RESP2.
+    Push(Vec<Reply>),
 }
 
 impl Reply {
@@ -114,6 +117,7 @@ const T_ARRAY: u8 = 7;
 const T_DOUBLE: u8 = 8;
 const T_MAP: u8 = 9;
 const T_PAIRS: u8 = 10;
+const T_PUSH: u8 = 11;
 /// Deepest nesting decoded (replies nest two or three levels).
 const MAX_DEPTH: usize = 16;
 
@@ -146,8 +150,12 @@ fn encode_into(r: &Reply, out: &mut Vec<u8>) -> Result<(), BoxError> {
         }
         Reply::Nil => out.push(T_NIL),
         Reply::NilArray => out.push(T_NIL_ARRAY),
-        Reply::Array(items) => {
-            out.push(T_ARRAY);
+        Reply::Array(items) | Reply::Push(items) => {
+            out.push(if matches!(r, Reply::Array(_)) {
+                T_ARRAY
+            } else {
+                T_PUSH
+            });
             put_len(out, items.len())?;
             for i in items {
                 encode_into(i, out)?;
@@ -224,13 +232,17 @@ fn decode_from(c: &mut Cursor<'_>, depth: usize) -> Result<Reply, BoxError> {
         }
         T_NIL => Reply::Nil,
         T_NIL_ARRAY => Reply::NilArray,
-        T_ARRAY => {
+        tag @ (T_ARRAY | T_PUSH) => {
             let n = c.count()?;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 items.push(decode_from(c, depth + 1)?);
             }
-            Reply::Array(items)
+            if tag == T_ARRAY {
+                Reply::Array(items)
+            } else {
+                Reply::Push(items)
+            }
         }
         T_DOUBLE => Reply::Double(f64::from_bits(c.u64()?)),
         tag @ (T_MAP | T_PAIRS) => {
@@ -284,6 +296,7 @@ mod tests {
             Reply::Double(1.5),
             Reply::Map(vec![(Reply::bulk("k"), Reply::Int(1))]),
             Reply::Pairs(vec![(Reply::bulk("m"), Reply::Double(2.0))]),
+            Reply::Push(vec![Reply::bulk("message")]),
         ]);
         let bytes = r.encode().unwrap();
         assert_eq!(Reply::decode(&bytes).unwrap(), r);

@@ -106,7 +106,7 @@ async fn refuse(stream: tokio::net::TcpStream, tls: Option<TlsAcceptor>) {
 
 /// Serves one client until it closes, errs or quits.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+    stream: S,
     server: &Server,
 ) -> std::io::Result<()> {
     let mut session = Session {
@@ -114,6 +114,17 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         authed: server.requirepass.is_none(),
         ..Session::default()
     };
+    let id = session.id;
+    let ended = serve_session(stream, server, &mut session).await;
+    server.hub.remove(id);
+    ended
+}
+
+async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    server: &Server,
+    session: &mut Session,
+) -> std::io::Result<()> {
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
     let mut batch: Vec<Vec<Bytes>> = Vec::new();
@@ -126,16 +137,27 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             match next_command(&mut input, server.max_bulk) {
                 Next::Incomplete => break,
                 Next::Command(argv) if argv.is_empty() => continue,
-                Next::Command(argv) if server.batchable(&session, &argv) => {
+                Next::Command(argv)
+                    if server.batchable(session, &argv) && session.inbox.count() == 0 =>
+                {
                     batch.push(argv);
                     if batch.len() >= MAX_BATCH {
-                        flush(server, &mut session, &mut batch, &mut output).await;
+                        flush(server, session, &mut batch, &mut output).await;
                     }
                 }
                 Next::Command(argv) => {
-                    flush(server, &mut session, &mut batch, &mut output).await;
-                    let reply = server.handle(&mut session, argv).await;
-                    encode(&reply, session.resp3, &mut output);
+                    flush(server, session, &mut batch, &mut output).await;
+                    match server.pubsub(session, &argv) {
+                        Some(replies) => {
+                            for r in replies {
+                                encode(&r, session.resp3, &mut output);
+                            }
+                        }
+                        None => {
+                            let reply = server.handle(session, argv).await;
+                            encode(&reply, session.resp3, &mut output);
+                        }
+                    }
                     if session.closing {
                         write_out(&mut stream, &mut output).await?;
                         return Ok(());
@@ -150,7 +172,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 return Err(std::io::Error::other("client output buffer limit reached"));
             }
         }
-        flush(server, &mut session, &mut batch, &mut output).await;
+        flush(server, session, &mut batch, &mut output).await;
         if let Some(msg) = failed {
             encode(&Reply::err(msg), session.resp3, &mut output);
             write_out(&mut stream, &mut output).await?;
@@ -160,7 +182,27 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if input.capacity() - input.len() < 4096 {
             input.reserve(16 * 1024);
         }
-        if stream.read_buf(&mut input).await? == 0 {
+        // Read more, and meanwhile pass on published messages.
+        let read = match session.inbox.rx.as_mut() {
+            None => stream.read_buf(&mut input).await?,
+            Some(rx) => tokio::select! {
+                r = stream.read_buf(&mut input) => r?,
+                m = rx.recv() => {
+                    let Some(m) = m else {
+                        return Err(std::io::Error::other("a subscriber fell too far behind"));
+                    };
+                    encode(&m.reply(), session.resp3, &mut output);
+                    while let Ok(m) = rx.try_recv() {
+                        encode(&m.reply(), session.resp3, &mut output);
+                        if output.len() > MAX_OUTPUT / 4 {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        if read == 0 {
             return Ok(());
         }
     }

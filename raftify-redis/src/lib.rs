@@ -13,4 +13,5 @@ pub mod cluster;
 pub mod conn;
 pub mod expiry;
 pub mod protocol;
+pub mod pubsub;
 pub mod server;

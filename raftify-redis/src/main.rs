@@ -96,7 +96,13 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
             Some((listener, tokio_rustls::TlsAcceptor::from(config)))
         }
     };
-    let launched = launch(spec, CacheState::new(), None)
+    let hub = Arc::new(raftify_redis::pubsub::Hub::default());
+    let mut state = CacheState::new();
+    let delivering = hub.clone();
+    state.set_publish_hook(Arc::new(move |channel, message| {
+        delivering.publish(channel, message)
+    }));
+    let launched = launch(spec, state, None)
         .await
         .context("cannot start the node")?;
     let node = launched.raft.clone();
@@ -110,6 +116,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         max_clients: args.maxclients,
         port: args.port,
         clients: AtomicUsize::new(0),
+        hub,
         next_client_id: AtomicU64::new(0),
         commands: AtomicU64::new(0),
         started: Instant::now(),

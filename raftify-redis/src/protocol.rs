@@ -237,7 +237,9 @@ fn to_resp2(r: &Reply) -> Frame2 {
         Reply::Int(i) => Frame2::Integer(*i),
         Reply::Bulk(b) => Frame2::BulkString(b.clone()),
         Reply::Nil | Reply::NilArray => Frame2::Null,
-        Reply::Array(items) => Frame2::Array(items.iter().map(to_resp2).collect()),
+        Reply::Array(items) | Reply::Push(items) => {
+            Frame2::Array(items.iter().map(to_resp2).collect())
+        }
         Reply::Double(d) => Frame2::BulkString(double_text(*d)),
         Reply::Map(pairs) | Reply::Pairs(pairs) => Frame2::Array(
             pairs
@@ -284,6 +286,10 @@ fn to_resp3(r: &Reply) -> Frame3 {
                 .iter()
                 .map(|(k, v)| (to_resp3(k), to_resp3(v)))
                 .collect(),
+            attributes: None,
+        },
+        Reply::Push(items) => Frame3::Push {
+            data: items.iter().map(to_resp3).collect(),
             attributes: None,
         },
         Reply::Pairs(pairs) => Frame3::Array {

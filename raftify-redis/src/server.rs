@@ -29,6 +29,8 @@ pub struct Server {
     pub port: u16,
     /// Connections open now.
     pub clients: AtomicUsize,
+    /// This node's subscribers.
+    pub hub: Arc<crate::pubsub::Hub>,
     /// Client ids given out.
     pub next_client_id: AtomicU64,
     /// Commands served.
@@ -54,6 +56,8 @@ pub struct Session {
     pub multi_failed: bool,
     /// `WATCH`ed keys and their versions when watched.
     pub watched: Vec<(Bytes, u64)>,
+    /// Subscriptions (`SUBSCRIBE`, `PSUBSCRIBE`) and their messages.
+    pub inbox: crate::pubsub::Inbox,
     /// `READONLY`: reads may be served from this node's copy.
     pub readonly: bool,
     /// `QUIT` was received: close after the reply.
@@ -282,6 +286,7 @@ impl Server {
                 Reply::Ok
             }
             "reset" => {
+                self.hub.remove(s.id);
                 *s = Session {
                     id: s.id,
                     authed: self.requirepass.is_none(),

@@ -358,3 +358,67 @@ fn cluster_commands_show_one_shard_led_by_the_leader_and_followers_redirect_clus
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bar");
     }
 }
+
+#[test]
+fn a_message_published_on_any_node_reaches_subscribers_on_every_node_in_order() {
+    let c = Cluster::start(3, &["--no-sync"]);
+    let leader = c.wait_leader();
+    let follower = c.follower_of(leader);
+    let mut subs: Vec<Client> = (1..=3).map(|id| c.node(id).client()).collect();
+    for s in &mut subs {
+        assert_eq!(
+            show(&s.cmd(&["SUBSCRIBE", "news", "other"])),
+            "[$subscribe, $news, :1]"
+        );
+        assert_eq!(
+            show(&s.read().expect("second confirmation")),
+            "[$subscribe, $other, :2]"
+        );
+        assert_eq!(
+            show(&s.cmd(&["PSUBSCRIBE", "n*"])),
+            "[$psubscribe, $n*, :3]"
+        );
+        // In RESP2 a subscribed connection only (un)subscribes and pings.
+        assert!(show(&s.cmd(&["GET", "k"])).starts_with("-ERR Can't execute 'get'"));
+        assert_eq!(show(&s.cmd(&["PING"])), "[$pong, $]");
+    }
+    let mut publisher = c.node(follower).client();
+    for i in 0..20 {
+        // Each subscriber gets it twice (the channel and the pattern); the
+        // reply counts this node's receivers.
+        let got = publisher.cmd(&["PUBLISH", "news", &format!("m{i}")]);
+        assert!(matches!(got, Frame::Integer(n) if n >= 0), "{got:?}");
+    }
+    for (n, s) in subs.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        while seen.len() < 40 {
+            let f = s.read().expect("a message");
+            seen.push(show(&f));
+        }
+        let direct: Vec<&String> = seen.iter().filter(|m| m.starts_with("[$message")).collect();
+        let expected: Vec<String> = (0..20)
+            .map(|i| format!("[$message, $news, $m{i}]"))
+            .collect();
+        assert_eq!(
+            direct.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            expected.iter().map(String::as_str).collect::<Vec<_>>(),
+            "subscriber on node {}",
+            n + 1
+        );
+        assert_eq!(
+            seen.iter()
+                .filter(|m| m.starts_with("[$pmessage, $n*, $news"))
+                .count(),
+            20
+        );
+    }
+    // Unsubscribing from everything leaves subscribed mode.
+    let s = &mut subs[0];
+    assert_eq!(show(&s.cmd(&["PUNSUBSCRIBE"])), "[$punsubscribe, $n*, :2]");
+    assert_eq!(show(&s.cmd(&["UNSUBSCRIBE"])), "[$unsubscribe, $news, :1]");
+    assert_eq!(
+        show(&s.read().expect("second")),
+        "[$unsubscribe, $other, :0]"
+    );
+    assert_eq!(show(&s.cmd(&["PING"])), "+PONG");
+}

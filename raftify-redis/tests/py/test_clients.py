@@ -160,3 +160,22 @@ def test_redis_cluster_follows_a_killed_leader():
         rc.close()
     finally:
         c.stop()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_pubsub_across_nodes(cluster3, protocol):
+    cluster3.leader()
+    sub = cluster3.client(1, protocol=protocol, decode_responses=True).pubsub()
+    sub.subscribe("events")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    pub = cluster3.client(3, decode_responses=True)
+    for i in range(5):
+        pub.publish("events", f"e{i}")
+    got = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(got) < 5 and time.monotonic() < deadline:
+        m = sub.get_message(timeout=1)
+        if m and m["type"] == "message":
+            got.append(m["data"])
+    assert got == [f"e{i}" for i in range(5)]
+    sub.close()

@@ -1,0 +1,341 @@
+//! Publish/subscribe. `PUBLISH` goes through the log; as each node applies
+//! it, the node hands the message to its own subscribers ([`Hub::publish`]),
+//! so a subscriber on any node receives every message published on any
+//! node, in log order. A subscriber that does not read keeps at most
+//! [`QUEUE`] messages queued; past that it is disconnected (Redis's
+//! pubsub output-buffer limit), never slowing the node down.
+
+use bytes::Bytes;
+use raftify_cache::commands::glob_match;
+use raftify_cache::Reply;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// Most messages queued for one subscriber.
+pub const QUEUE: usize = 4096;
+
+/// A message for a subscriber.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// On a channel it subscribed to.
+    Message {
+        /// The channel.
+        channel: Bytes,
+        /// The payload.
+        data: Bytes,
+    },
+    /// On a channel matching a pattern it subscribed to.
+    PMessage {
+        /// The pattern.
+        pattern: Bytes,
+        /// The channel.
+        channel: Bytes,
+        /// The payload.
+        data: Bytes,
+    },
+}
+
+impl Message {
+    /// The message as Redis pushes it.
+    pub fn reply(self) -> Reply {
+        match self {
+            Message::Message { channel, data } => Reply::Push(vec![
+                Reply::bulk("message"),
+                Reply::Bulk(channel),
+                Reply::Bulk(data),
+            ]),
+            Message::PMessage {
+                pattern,
+                channel,
+                data,
+            } => Reply::Push(vec![
+                Reply::bulk("pmessage"),
+                Reply::Bulk(pattern),
+                Reply::Bulk(channel),
+                Reply::Bulk(data),
+            ]),
+        }
+    }
+}
+
+/// Where a subscriber's messages go.
+pub type Sender = mpsc::Sender<Message>;
+
+#[derive(Default)]
+struct Subs {
+    channels: HashMap<Bytes, HashMap<u64, Sender>>,
+    patterns: HashMap<Bytes, HashMap<u64, Sender>>,
+}
+
+/// This node's subscribers.
+#[derive(Default)]
+pub struct Hub {
+    subs: Mutex<Subs>,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subs> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Delivers a message applied from the log to this node's
+    /// subscribers; returns how many got it. A subscriber whose queue is
+    /// full loses all its subscriptions (its connection then closes).
+    pub fn publish(&self, channel: &Bytes, data: &Bytes) -> i64 {
+        let mut subs = self.lock();
+        let mut delivered = 0;
+        let mut overflowed = Vec::new();
+        if let Some(clients) = subs.channels.get(channel) {
+            for (id, tx) in clients {
+                match tx.try_send(Message::Message {
+                    channel: channel.clone(),
+                    data: data.clone(),
+                }) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(*id),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        for (pattern, clients) in &subs.patterns {
+            if !glob_match(pattern, channel) {
+                continue;
+            }
+            for (id, tx) in clients {
+                let m = Message::PMessage {
+                    pattern: pattern.clone(),
+                    channel: channel.clone(),
+                    data: data.clone(),
+                };
+                match tx.try_send(m) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(*id),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        for id in overflowed {
+            remove_client(&mut subs, id);
+        }
+        delivered
+    }
+
+    /// Subscribes client `id` to a channel (`pattern`: a glob).
+    pub fn subscribe(&self, id: u64, name: Bytes, pattern: bool, tx: Sender) {
+        let mut subs = self.lock();
+        let map = if pattern {
+            &mut subs.patterns
+        } else {
+            &mut subs.channels
+        };
+        map.entry(name).or_default().insert(id, tx);
+    }
+
+    /// Unsubscribes client `id` from a channel or pattern.
+    pub fn unsubscribe(&self, id: u64, name: &Bytes, pattern: bool) {
+        let mut subs = self.lock();
+        let map = if pattern {
+            &mut subs.patterns
+        } else {
+            &mut subs.channels
+        };
+        if let Some(clients) = map.get_mut(name) {
+            clients.remove(&id);
+            if clients.is_empty() {
+                map.remove(name);
+            }
+        }
+    }
+
+    /// Drops every subscription of client `id` (its connection ended).
+    pub fn remove(&self, id: u64) {
+        remove_client(&mut self.lock(), id);
+    }
+
+    /// Channels with subscribers, and pattern subscriptions.
+    pub fn counts(&self) -> (usize, usize) {
+        let subs = self.lock();
+        (
+            subs.channels.len(),
+            subs.patterns.values().map(HashMap::len).sum(),
+        )
+    }
+}
+
+fn remove_client(subs: &mut Subs, id: u64) {
+    for map in [&mut subs.channels, &mut subs.patterns] {
+        map.retain(|_, clients| {
+            clients.remove(&id);
+            !clients.is_empty()
+        });
+    }
+}
+
+/// A connection's subscriptions and its message queue.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    /// Channels subscribed to.
+    pub channels: std::collections::BTreeSet<Bytes>,
+    /// Patterns subscribed to.
+    pub patterns: std::collections::BTreeSet<Bytes>,
+    /// The queue's receiving end (while subscribed to anything).
+    pub rx: Option<mpsc::Receiver<Message>>,
+    /// The queue's sending end, for more subscriptions; the hub holds the
+    /// strong ones (dropped when it gives up on a slow subscriber).
+    tx: Option<mpsc::WeakSender<Message>>,
+}
+
+impl Inbox {
+    /// Subscriptions held.
+    pub fn count(&self) -> usize {
+        self.channels.len() + self.patterns.len()
+    }
+}
+
+impl Hub {
+    /// `SUBSCRIBE`/`PSUBSCRIBE` (`pattern`) of `names` by client `id`:
+    /// a confirmation per name; None when the hub already dropped this
+    /// client for not reading (it is then disconnected).
+    pub fn add(
+        &self,
+        id: u64,
+        inbox: &mut Inbox,
+        names: &[Bytes],
+        pattern: bool,
+    ) -> Option<Vec<Reply>> {
+        let tx = match inbox.tx.as_ref().and_then(mpsc::WeakSender::upgrade) {
+            Some(tx) if inbox.count() > 0 => tx,
+            Some(_) | None if inbox.count() > 0 => return None,
+            _ => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                inbox.rx = Some(rx);
+                inbox.tx = Some(tx.downgrade());
+                tx
+            }
+        };
+        let kind = if pattern { "psubscribe" } else { "subscribe" };
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let set = if pattern {
+                &mut inbox.patterns
+            } else {
+                &mut inbox.channels
+            };
+            set.insert(name.clone());
+            self.subscribe(id, name.clone(), pattern, tx.clone());
+            out.push(Reply::Push(vec![
+                Reply::bulk(kind),
+                Reply::Bulk(name.clone()),
+                Reply::Int(inbox.count() as i64),
+            ]));
+        }
+        Some(out)
+    }
+
+    /// `UNSUBSCRIBE`/`PUNSUBSCRIBE` of `names` (none: all of that kind).
+    pub fn drop_subs(
+        &self,
+        id: u64,
+        inbox: &mut Inbox,
+        names: &[Bytes],
+        pattern: bool,
+    ) -> Vec<Reply> {
+        let kind = if pattern {
+            "punsubscribe"
+        } else {
+            "unsubscribe"
+        };
+        let names: Vec<Bytes> = if names.is_empty() {
+            let set = if pattern {
+                &inbox.patterns
+            } else {
+                &inbox.channels
+            };
+            set.iter().cloned().collect()
+        } else {
+            names.to_vec()
+        };
+        if names.is_empty() {
+            return vec![Reply::Push(vec![
+                Reply::bulk(kind),
+                Reply::Nil,
+                Reply::Int(inbox.count() as i64),
+            ])];
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let set = if pattern {
+                &mut inbox.patterns
+            } else {
+                &mut inbox.channels
+            };
+            set.remove(&name);
+            self.unsubscribe(id, &name, pattern);
+            out.push(Reply::Push(vec![
+                Reply::bulk(kind),
+                Reply::Bulk(name),
+                Reply::Int(inbox.count() as i64),
+            ]));
+        }
+        if inbox.count() == 0 {
+            inbox.rx = None;
+            inbox.tx = None;
+        }
+        out
+    }
+}
+
+impl crate::server::Server {
+    /// The subscription commands, which answer with a reply per channel;
+    /// None for any other command. In RESP2, a subscribed connection may
+    /// only (un)subscribe, `PING`, `QUIT` and `RESET`.
+    pub fn pubsub(&self, s: &mut crate::server::Session, argv: &[Bytes]) -> Option<Vec<Reply>> {
+        let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
+        let (pattern, subscribe) = match name.as_str() {
+            "subscribe" => (false, true),
+            "psubscribe" => (true, true),
+            "unsubscribe" => (false, false),
+            "punsubscribe" => (true, false),
+            "ping" if s.inbox.count() > 0 && !s.resp3 && argv.len() <= 2 => {
+                let msg = argv.get(1).cloned().unwrap_or_default();
+                return Some(vec![Reply::Array(vec![
+                    Reply::bulk("pong"),
+                    Reply::Bulk(msg),
+                ])]);
+            }
+            "ping" | "quit" | "reset" => return None,
+            _ if s.inbox.count() > 0 && !s.resp3 => {
+                return Some(vec![Reply::err(format!(
+                    "Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                ))]);
+            }
+            _ => return None,
+        };
+        if !s.authed {
+            return Some(vec![Reply::Error("NOAUTH Authentication required.".into())]);
+        }
+        if s.multi.is_some() {
+            s.multi_failed = true;
+            return Some(vec![Reply::err(format!(
+                "Command not allowed inside a transaction: '{name}'"
+            ))]);
+        }
+        if subscribe && argv.len() < 2 {
+            return Some(vec![raftify_cache::errors::arity(&name)]);
+        }
+        if subscribe {
+            match self.hub.add(s.id, &mut s.inbox, &argv[1..], pattern) {
+                Some(replies) => Some(replies),
+                None => {
+                    s.closing = true;
+                    Some(vec![Reply::err(
+                        "this subscriber fell too far behind and was disconnected",
+                    )])
+                }
+            }
+        } else {
+            Some(self.hub.drop_subs(s.id, &mut s.inbox, &argv[1..], pattern))
+        }
+    }
+}
