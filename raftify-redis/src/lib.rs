@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod conn;
 pub mod expiry;
+mod introspect;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;

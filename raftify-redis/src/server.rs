@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use raftify::{Error, ErrorClass, Raft};
-use raftify_cache::table::{lookup, COMMANDS};
+use raftify_cache::table::lookup;
 use raftify_cache::{errors, CacheEntry, CacheState, Op, Reply};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -92,7 +92,7 @@ pub fn error_reply(e: &Error) -> Reply {
     }
 }
 
-fn lower(b: &[u8]) -> String {
+pub(crate) fn lower(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_lowercase()
 }
 
@@ -109,7 +109,7 @@ fn unknown_command(argv: &[Bytes]) -> Reply {
 }
 
 /// Connection and server commands: name, arity (Redis's convention).
-const SERVER_COMMANDS: &[(&str, i32)] = &[
+pub(crate) const SERVER_COMMANDS: &[(&str, i32)] = &[
     ("ping", -1),
     ("echo", 2),
     ("quit", -1),
@@ -301,7 +301,7 @@ impl Server {
                 _ => Reply::err("SELECT is not allowed in cluster mode"),
             },
             "client" => self.client(s, &argv),
-            "command" => command(&argv),
+            "command" => crate::introspect::command(&argv),
             "info" => Reply::Bulk(Bytes::from(self.info(&arg(1)).await)),
             "config" => match (arg(1).as_str(), argv.len()) {
                 ("get", 3) => self.config_get(&argv[2]),
@@ -473,206 +473,6 @@ impl Server {
             (Reply::bulk("modules"), Reply::Array(Vec::new())),
         ])
     }
-
-    fn client(&self, s: &mut Session, argv: &[Bytes]) -> Reply {
-        let sub = lower(&argv[1]);
-        match (sub.as_str(), argv.len()) {
-            ("id", 2) => Reply::Int(s.id as i64),
-            ("setname", 3) => {
-                if argv[2].iter().any(|b| *b <= b' ' || *b > b'~') {
-                    return Reply::err(
-                        "Client names cannot contain spaces, newlines or special characters.",
-                    );
-                }
-                s.name = (!argv[2].is_empty()).then(|| argv[2].clone());
-                Reply::Ok
-            }
-            ("getname", 2) => Reply::opt(s.name.clone()),
-            ("setinfo", 4) => Reply::Ok,
-            ("info", 2) | ("list", _) => Reply::Bulk(Bytes::from(format!(
-                "id={} name={} db=0 resp={} cmd=client|{}\n",
-                s.id,
-                s.name
-                    .as_deref()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default(),
-                if s.resp3 { 3 } else { 2 },
-                sub
-            ))),
-            _ => Reply::err(format!(
-                "unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
-            )),
-        }
-    }
-
-    fn config_get(&self, pattern: &[u8]) -> Reply {
-        let values = [
-            ("maxclients", self.max_clients.to_string()),
-            ("proto-max-bulk-len", self.max_bulk.to_string()),
-            ("port", self.port.to_string()),
-            ("databases", "1".to_string()),
-            ("cluster-enabled", "yes".to_string()),
-            ("appendonly", "no".to_string()),
-            ("save", String::new()),
-        ];
-        Reply::Map(
-            values
-                .iter()
-                .filter(|(k, _)| {
-                    raftify_cache::commands::glob_match(&pattern.to_ascii_lowercase(), k.as_bytes())
-                })
-                .map(|(k, v)| (Reply::bulk(*k), Reply::Bulk(Bytes::from(v.clone()))))
-                .collect(),
-        )
-    }
-
-    async fn info(&self, section: &str) -> String {
-        let status = self.node.handle().status().await.ok();
-        let state = self.node.handle().state();
-        let (keys, expiring, used) = self
-            .node
-            .stale_read(|sm| {
-                let ks = sm.keyspace();
-                (ks.raw_len(), ks.expiring(), ks.used_memory())
-            })
-            .await;
-        let all = matches!(section, "" | "all" | "everything" | "default");
-        let mut out = String::new();
-        let mut add = |name: &str, body: String| {
-            if all || section == name {
-                out.push_str(&format!("# {}\r\n{body}\r\n", capitalize(name)));
-            }
-        };
-        add(
-            "server",
-            format!(
-                "redis_version:7.2.0\r\nraftify_version:{}\r\nredis_mode:cluster\r\nos:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
-                env!("CARGO_PKG_VERSION"),
-                std::env::consts::OS,
-                std::process::id(),
-                self.port,
-                self.started.elapsed().as_secs()
-            ),
-        );
-        add(
-            "clients",
-            format!(
-                "connected_clients:{}\r\nmaxclients:{}\r\n",
-                self.clients.load(Ordering::Relaxed),
-                self.max_clients
-            ),
-        );
-        add(
-            "memory",
-            format!("used_memory:{used}\r\nused_memory_dataset:{used}\r\n"),
-        );
-        add(
-            "stats",
-            format!(
-                "total_commands_processed:{}\r\ntotal_connections_received:{}\r\n",
-                self.commands.load(Ordering::Relaxed),
-                self.next_client_id.load(Ordering::Relaxed)
-            ),
-        );
-        let leader = state.leader_id;
-        add(
-            "replication",
-            format!(
-                "role:{}\r\n",
-                if leader == self.node.handle().id() {
-                    "master"
-                } else {
-                    "slave"
-                }
-            ),
-        );
-        if let Some(st) = &status {
-            add(
-                "raft",
-                format!(
-                    "raft_node_id:{}\r\nraft_role:{:?}\r\nraft_state:up\r\nraft_leader_id:{}\r\nraft_current_term:{}\r\nraft_commit_index:{}\r\nraft_last_applied_index:{}\r\nraft_num_nodes:{}\r\n",
-                    st.id,
-                    st.role,
-                    st.leader_id,
-                    st.term,
-                    st.commit_index,
-                    st.applied_index,
-                    st.members.len()
-                ),
-            );
-        }
-        add("cluster", "cluster_enabled:1\r\n".to_string());
-        add(
-            "keyspace",
-            if keys > 0 {
-                format!("db0:keys={keys},expires={expiring},avg_ttl=0\r\n")
-            } else {
-                String::new()
-            },
-        );
-        out
-    }
-
-    async fn raft_command(&self, argv: &[Bytes]) -> Reply {
-        let h = self.node.handle();
-        match lower(&argv[1]).as_str() {
-            "leader" => match h.state().leader_addr {
-                Some(addr) => Reply::Bulk(Bytes::from(addr)),
-                None if h.is_leader() => Reply::Bulk(Bytes::from(format!("node {}", h.id()))),
-                None => Reply::Error("CLUSTERDOWN The cluster is down (no leader)".into()),
-            },
-            "info" => match h.status().await {
-                Ok(st) => Reply::Map(vec![
-                    (Reply::bulk("id"), Reply::Int(st.id as i64)),
-                    (
-                        Reply::bulk("role"),
-                        Reply::Bulk(Bytes::from(format!("{:?}", st.role).to_lowercase())),
-                    ),
-                    (Reply::bulk("leader_id"), Reply::Int(st.leader_id as i64)),
-                    (Reply::bulk("term"), Reply::Int(st.term as i64)),
-                    (
-                        Reply::bulk("commit_index"),
-                        Reply::Int(st.commit_index as i64),
-                    ),
-                    (
-                        Reply::bulk("applied_index"),
-                        Reply::Int(st.applied_index as i64),
-                    ),
-                ]),
-                Err(e) => error_reply(&e),
-            },
-            "transfer" if argv.len() == 3 => match raftify_cache::commands::parse_i64(&argv[2]) {
-                Some(id) if id > 0 => match h.transfer_leader(id as u64).await {
-                    Ok(()) => Reply::Ok,
-                    Err(e) => error_reply(&e),
-                },
-                _ => errors::not_integer(),
-            },
-            "snapshot" if argv.len() == 3 && lower(&argv[2]) == "now" => match h.snapshot().await {
-                Ok(index) => Reply::Int(index as i64),
-                Err(e) => error_reply(&e),
-            },
-            "help" => Reply::bulks(
-                [
-                    "RAFT LEADER",
-                    "RAFT INFO",
-                    "RAFT TRANSFER <id>",
-                    "RAFT SNAPSHOT NOW",
-                    "RAFT HELP",
-                ]
-                .into_iter()
-                .map(|s: &'static str| Bytes::from_static(s.as_bytes())),
-            ),
-            _ => Reply::err("unknown RAFT subcommand or wrong number of arguments. Try RAFT HELP."),
-        }
-    }
-}
-
-fn capitalize(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
 }
 
 fn arity_ok(arity: i32, argc: usize) -> bool {
@@ -685,63 +485,6 @@ fn arity_ok(arity: i32, argc: usize) -> bool {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND DOCS`.
-fn command(argv: &[Bytes]) -> Reply {
-    let describe = |name: &str| -> Reply {
-        if let Some(c) = lookup(name.as_bytes()) {
-            let flag = if c.is_write() { "write" } else { "readonly" };
-            return Reply::Array(vec![
-                Reply::bulk(c.name),
-                Reply::Int(c.arity.into()),
-                Reply::Array(vec![Reply::Simple(flag.into())]),
-                Reply::Int(c.first_key.into()),
-                Reply::Int(c.last_key.into()),
-                Reply::Int(c.step.into()),
-            ]);
-        }
-        match SERVER_COMMANDS.iter().find(|(n, _)| *n == name) {
-            Some((n, arity)) => Reply::Array(vec![
-                Reply::bulk(*n),
-                Reply::Int((*arity).into()),
-                Reply::Array(vec![Reply::Simple("fast".into())]),
-                Reply::Int(0),
-                Reply::Int(0),
-                Reply::Int(0),
-            ]),
-            None => Reply::Nil,
-        }
-    };
-    let all = || {
-        COMMANDS
-            .iter()
-            .map(|c| c.name)
-            .chain(SERVER_COMMANDS.iter().map(|(n, _)| *n))
-    };
-    match argv.get(1).map(|a| lower(a)).as_deref() {
-        None => Reply::Array(all().map(describe).collect()),
-        Some("count") => Reply::Int(all().count() as i64),
-        Some("info") => Reply::Array(argv[2..].iter().map(|n| describe(&lower(n))).collect()),
-        Some("docs") => Reply::Map(Vec::new()),
-        Some("getkeys") if argv.len() >= 3 => match lookup(&argv[2]) {
-            Some(c) if c.arity_ok(argv.len() - 2) => {
-                let keys = c.key_positions(argv.len() - 2);
-                if keys.is_empty() {
-                    Reply::err("The command has no key arguments")
-                } else {
-                    Reply::Array(
-                        keys.into_iter()
-                            .map(|p| Reply::Bulk(argv[p + 2].clone()))
-                            .collect(),
-                    )
-                }
-            }
-            Some(_) => Reply::err("Invalid number of arguments specified for command"),
-            None => Reply::err("Invalid command specified"),
-        },
-        Some(sub) => Reply::err(format!("unknown subcommand '{sub}'. Try COMMAND HELP.")),
-    }
 }
 
 /// Shared handle to the server.
