@@ -190,10 +190,7 @@ pub async fn node(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
 
 fn print_members(members: &[raftify_core::Member], leader: u64) {
     for m in members {
-        let role = match m.role {
-            MemberRole::Voter => "voter",
-            MemberRole::Learner => "learner",
-        };
+        let role = m.role.as_str();
         let mark = if m.id == leader { " (leader)" } else { "" };
         println!(
             "member        {:>3}  {:<8} {}{mark}",
@@ -222,7 +219,7 @@ pub async fn members(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> 
             "members": members.iter().map(|m| json!({
                 "id": m.id,
                 "raft_addr": m.addr,
-                "role": match m.role { MemberRole::Voter => "voter", MemberRole::Learner => "learner" },
+                "role": m.role.as_str(),
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -64,6 +64,16 @@ pub enum MemberRole {
     Learner,
 }
 
+impl MemberRole {
+    /// `"voter"` or `"learner"` (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Voter => "voter",
+            MemberRole::Learner => "learner",
+        }
+    }
+}
+
 /// What a node needs to join a cluster: a node id reserved through the
 /// log (unique even across leader changes) and the current members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

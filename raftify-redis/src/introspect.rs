@@ -186,10 +186,16 @@ impl Server {
                 Ok(index) => Reply::Int(index as i64),
                 Err(e) => error_reply(&e),
             },
+            "server" if argv.len() >= 3 => self.raft_server(argv).await,
             "help" => Reply::bulks(
                 [
                     "RAFT LEADER",
                     "RAFT INFO",
+                    "RAFT SERVER LIST",
+                    "RAFT SERVER ADD <id> <raft-addr> [LEARNER]",
+                    "RAFT SERVER REMOVE <id>",
+                    "RAFT SERVER PROMOTE <id>",
+                    "RAFT SERVER DEMOTE <id>",
                     "RAFT TRANSFER <id>",
                     "RAFT SNAPSHOT NOW",
                     "RAFT HELP",
@@ -198,6 +204,99 @@ impl Server {
                 .map(|s: &'static str| Bytes::from_static(s.as_bytes())),
             ),
             _ => Reply::err("unknown RAFT subcommand or wrong number of arguments. Try RAFT HELP."),
+        }
+    }
+
+    /// `RAFT SERVER LIST | ADD id addr [LEARNER] | REMOVE id | PROMOTE id |
+    /// DEMOTE id`: membership through the core (from any node; changes go
+    /// to the leader). A node to add runs with `--wait-to-be-added`.
+    async fn raft_server(&self, argv: &[Bytes]) -> Reply {
+        let h = self.node.handle();
+        let id = |i: usize| {
+            argv.get(i)
+                .and_then(|a| raftify_cache::commands::parse_i64(a))
+                .filter(|n| *n > 0)
+                .map(|n| n as u64)
+        };
+        let done = |r: raftify::Result<Vec<raftify::Member>>| match r {
+            Ok(_) => Reply::Ok,
+            Err(e) => error_reply(&e),
+        };
+        match (lower(&argv[2]).as_str(), argv.len()) {
+            ("list", 3) => {
+                let status = match h.status().await {
+                    Ok(s) => s,
+                    Err(e) => return error_reply(&e),
+                };
+                let addrs = self.node.stale_read(|sm| sm.member_addrs().clone()).await;
+                Reply::Array(
+                    status
+                        .members
+                        .iter()
+                        .map(|m| {
+                            Reply::Map(vec![
+                                (Reply::bulk("id"), Reply::Int(m.id as i64)),
+                                (
+                                    Reply::bulk("raft_addr"),
+                                    Reply::opt(m.addr.clone().map(Bytes::from)),
+                                ),
+                                (
+                                    Reply::bulk("client_addr"),
+                                    Reply::opt(addrs.get(&m.id).cloned().map(Bytes::from)),
+                                ),
+                                (Reply::bulk("role"), Reply::bulk(m.role.as_str())),
+                                (
+                                    Reply::bulk("leader"),
+                                    Reply::Int(i64::from(m.id == status.leader_id)),
+                                ),
+                            ])
+                        })
+                        .collect(),
+                )
+            }
+            ("add", 5) | ("add", 6) => {
+                let Some(id) = id(3) else {
+                    return Reply::err("a node id is a positive integer");
+                };
+                let addr = String::from_utf8_lossy(&argv[4]).into_owned();
+                match argv.get(5).map(|a| lower(a)) {
+                    None => done(h.add_voter(id, &addr).await),
+                    Some(l) if l == "learner" => done(h.add_learner(id, &addr).await),
+                    Some(_) => errors::syntax(),
+                }
+            }
+            ("remove", 4) => match id(3) {
+                Some(id) => done(h.remove_node(id).await),
+                None => Reply::err("a node id is a positive integer"),
+            },
+            ("promote", 4) => match id(3) {
+                Some(id) => done(h.promote_learner(id).await),
+                None => Reply::err("a node id is a positive integer"),
+            },
+            ("demote", 4) => {
+                let Some(id) = id(3) else {
+                    return Reply::err("a node id is a positive integer");
+                };
+                let members = match h.members().await {
+                    Ok(m) => m,
+                    Err(e) => return error_reply(&e),
+                };
+                let Some(addr) = members
+                    .members
+                    .iter()
+                    .find(|m| m.id == id)
+                    .and_then(|m| m.addr.clone())
+                else {
+                    return Reply::err(format!("node {id} is not a member with a known address"));
+                };
+                done(
+                    h.change_membership(vec![raftify::MembershipChange::AddLearner { id, addr }])
+                        .await,
+                )
+            }
+            _ => Reply::err(
+                "unknown RAFT SERVER subcommand or wrong number of arguments. Try RAFT HELP.",
+            ),
         }
     }
 }

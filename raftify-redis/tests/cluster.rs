@@ -422,3 +422,49 @@ fn a_message_published_on_any_node_reaches_subscribers_on_every_node_in_order() 
     );
     assert_eq!(show(&s.cmd(&["PING"])), "+PONG");
 }
+
+#[test]
+fn raft_server_commands_change_membership() {
+    let mut c = Cluster::start(3, &["--no-sync"]);
+    let leader = c.wait_leader();
+    let mut cl = c.node(c.follower_of(leader)).client();
+    let list = show(&cl.cmd(&["RAFT", "SERVER", "LIST"]));
+    assert_eq!(list.matches("$voter").count(), 3, "{list}");
+    assert_eq!(show(&cl.cmd(&["SET", "k", "v"])), "+OK");
+    // A fourth node waits to be added, as a learner, then is promoted.
+    let (port, raft) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    let four = Node::spawn(
+        4,
+        port,
+        &raft,
+        &c.dir.path().join("n4"),
+        &["--no-sync", "--wait-to-be-added"],
+    );
+    c.nodes.insert(4, four);
+    wait_for("node 4 to take connections", T, || {
+        Client::connect(&c.node(4).addr()).ok()
+    });
+    assert_eq!(
+        show(&cl.cmd(&["RAFT", "SERVER", "ADD", "4", &raft, "LEARNER"])),
+        "+OK"
+    );
+    let mut n4 = c.node(4).client();
+    wait_for("node 4 to catch up", T, || {
+        (show(&n4.cmd(&["GET", "k"])) == "$v").then_some(())
+    });
+    assert_eq!(show(&cl.cmd(&["RAFT", "SERVER", "PROMOTE", "4"])), "+OK");
+    let list = show(&cl.cmd(&["RAFT", "SERVER", "LIST"]));
+    assert_eq!(list.matches("$voter").count(), 4, "{list}");
+    assert!(show(&cl.cmd(&["RAFT", "SERVER", "ADD", "x", "y"])).starts_with("-ERR"));
+    // Removed, it is no member any more, even after a restart.
+    assert_eq!(show(&cl.cmd(&["RAFT", "SERVER", "REMOVE", "4"])), "+OK");
+    c.nodes.get_mut(&4).expect("node 4").kill();
+    let list = show(&cl.cmd(&["RAFT", "SERVER", "LIST"]));
+    assert_eq!(list.matches("$voter").count(), 3, "{list}");
+    assert!(!list.contains(":4,"), "{list}");
+    assert_eq!(
+        show(&cl.cmd(&["SET", "k2", "v2"])),
+        "+OK",
+        "the 3 members go on"
+    );
+}

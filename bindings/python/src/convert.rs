@@ -5,7 +5,7 @@
 use crate::errors::raftify_msg;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
-use raftify_core::{Member, MemberRole, Status};
+use raftify_core::{Member, Status};
 
 pub fn members_list(py: Python<'_>, members: &[Member]) -> PyResult<Py<PyAny>> {
     let list = PyList::empty(py);
@@ -19,13 +19,7 @@ fn member_dict<'py>(py: Python<'py>, m: &Member) -> PyResult<Bound<'py, PyDict>>
     let d = PyDict::new(py);
     d.set_item("id", m.id)?;
     d.set_item("addr", m.addr.clone())?;
-    d.set_item(
-        "role",
-        match m.role {
-            MemberRole::Voter => "voter",
-            MemberRole::Learner => "learner",
-        },
-    )?;
+    d.set_item("role", m.role.as_str())?;
     Ok(d)
 }
 

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use raftify_core::metrics::{self, Latency, MetricsRegistry, ServerMetrics};
 use raftify_core::prometheus_client::metrics::gauge::Gauge;
 use raftify_core::prometheus_client::registry::Unit;
-use raftify_core::{Error, ErrorClass, MemberRole, Raft, Role};
+use raftify_core::{Error, ErrorClass, Raft, Role};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -404,7 +404,7 @@ fn members_json(members: &[raftify_core::Member]) -> Vec<serde_json::Value> {
             json!({
                 "id": m.id,
                 "raft_addr": m.addr,
-                "role": match m.role { MemberRole::Voter => "voter", MemberRole::Learner => "learner" },
+                "role": m.role.as_str(),
             })
         })
         .collect()
