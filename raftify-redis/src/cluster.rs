@@ -9,6 +9,7 @@ use crate::server::{error_reply, now_ms, Node, Server, Session};
 use bytes::Bytes;
 use raftify_cache::{errors, CacheEntry, Op, Reply};
 use slog::{debug, Logger};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Slots of the one shard.
@@ -57,7 +58,13 @@ struct Shown {
     id: u64,
     host: String,
     port: i64,
-    leader: bool,
+    /// Shown as the master: the leader, or — while there is none (an
+    /// election) — the last leader this node knew, marked failing, as
+    /// Redis Cluster keeps showing a failed master until a replica takes
+    /// over: clients keep a slot map and retry.
+    master: bool,
+    /// The master is the leader now.
+    up: bool,
 }
 
 /// Redis Cluster's 40-character node id for raft member `id`.
@@ -85,6 +92,14 @@ impl Server {
             .await
             .map_err(|e| error_reply(&e))?;
         let addrs = self.node.stale_read(|sm| sm.member_addrs().clone()).await;
+        let master = match status.leader_id {
+            0 => self.last_leader.load(Ordering::Relaxed),
+            l => {
+                self.last_leader.store(l, Ordering::Relaxed);
+                l
+            }
+        };
+        let up = status.leader_id != 0;
         let mut shown: Vec<Shown> = status
             .members
             .iter()
@@ -94,11 +109,12 @@ impl Server {
                     id: m.id,
                     host,
                     port,
-                    leader: m.id == status.leader_id,
+                    master: m.id == master,
+                    up: m.id == master && up,
                 })
             })
             .collect();
-        shown.sort_by_key(|s| (!s.leader, s.id));
+        shown.sort_by_key(|s| (!s.master, s.id));
         Ok((shown, status.term))
     }
 
@@ -128,7 +144,7 @@ impl Server {
                     Ok(t) => t,
                     Err(e) => return e,
                 };
-                let ok = nodes.first().is_some_and(|n| n.leader);
+                let ok = nodes.first().is_some_and(|n| n.up);
                 Reply::Bulk(Bytes::from(format!(
                     "cluster_state:{}\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:{}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{}\r\ncluster_size:1\r\ncluster_current_epoch:{term}\r\ncluster_my_epoch:{term}\r\n",
                     if ok { "ok" } else { "fail" },
@@ -143,7 +159,7 @@ impl Server {
                     Ok(t) => t,
                     Err(e) => return e,
                 };
-                if !nodes.first().is_some_and(|n| n.leader) {
+                if !nodes.first().is_some_and(|n| n.master) {
                     return Reply::Error("CLUSTERDOWN The cluster is down (no leader)".into());
                 }
                 match sub.as_str() {
@@ -170,10 +186,17 @@ impl Server {
                                     (Reply::bulk("endpoint"), Reply::bulk(n.host.clone())),
                                     (
                                         Reply::bulk("role"),
-                                        Reply::bulk(if n.leader { "master" } else { "replica" }),
+                                        Reply::bulk(if n.master { "master" } else { "replica" }),
                                     ),
                                     (Reply::bulk("replication-offset"), Reply::Int(applied)),
-                                    (Reply::bulk("health"), Reply::bulk("online")),
+                                    (
+                                        Reply::bulk("health"),
+                                        Reply::bulk(if n.master && !n.up {
+                                            "fail"
+                                        } else {
+                                            "online"
+                                        }),
+                                    ),
                                 ])
                             })
                             .collect();
@@ -191,8 +214,10 @@ impl Server {
                             .iter()
                             .map(|n| {
                                 let myself = if n.id == me { "myself," } else { "" };
-                                let (role, master, slots) = if n.leader {
+                                let (role, master, slots) = if n.master && n.up {
                                     ("master", "-".to_string(), " 0-16383")
+                                } else if n.master {
+                                    ("master,fail?", "-".to_string(), " 0-16383")
                                 } else {
                                     ("slave", leader_id.clone(), "")
                                 };

@@ -117,6 +117,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         port: args.port,
         clients: AtomicUsize::new(0),
         hub,
+        last_leader: AtomicU64::new(0),
         next_client_id: AtomicU64::new(0),
         commands: AtomicU64::new(0),
         started: Instant::now(),

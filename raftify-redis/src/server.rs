@@ -31,6 +31,8 @@ pub struct Server {
     pub clients: AtomicUsize,
     /// This node's subscribers.
     pub hub: Arc<crate::pubsub::Hub>,
+    /// The last leader seen (what `CLUSTER SLOTS` shows during an election).
+    pub last_leader: AtomicU64,
     /// Client ids given out.
     pub next_client_id: AtomicU64,
     /// Commands served.
