@@ -38,6 +38,12 @@ impl Command {
         matches!(self.handler, Handler::Write(_))
     }
 
+    /// Whether it may add data (Redis's `denyoom`): every write but those
+    /// that only delete, pop, trim, rename or change TTLs.
+    pub fn may_grow(&self) -> bool {
+        self.is_write() && !NON_GROWING.contains(&self.name)
+    }
+
     /// Whether `argc` arguments (name included) fit the arity.
     pub fn arity_ok(&self, argc: usize) -> bool {
         let argc = argc as i64;
@@ -92,6 +98,31 @@ macro_rules! w {
         }
     };
 }
+
+/// Writes that never add data.
+const NON_GROWING: &[&str] = &[
+    "del",
+    "unlink",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "persist",
+    "flushdb",
+    "flushall",
+    "lpop",
+    "rpop",
+    "spop",
+    "srem",
+    "hdel",
+    "zrem",
+    "getdel",
+    "getex",
+    "ltrim",
+    "lrem",
+    "rename",
+    "renamenx",
+];
 
 /// Every data command.
 pub static COMMANDS: &[Command] = &[

@@ -43,6 +43,8 @@ impl Server {
         let values = [
             ("maxclients", self.max_clients.to_string()),
             ("proto-max-bulk-len", self.max_bulk.to_string()),
+            ("maxmemory", self.maxmemory.to_string()),
+            ("maxmemory-policy", self.policy.name().to_string()),
             ("port", self.port.to_string()),
             ("databases", "1".to_string()),
             ("cluster-enabled", "yes".to_string()),
@@ -98,7 +100,12 @@ impl Server {
         );
         add(
             "memory",
-            format!("used_memory:{used}\r\nused_memory_dataset:{used}\r\n"),
+            format!(
+                "used_memory:{used}\r\nused_memory_dataset:{used}\r\nused_memory_rss:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\n",
+                rss_bytes(),
+                self.maxmemory,
+                self.policy.name()
+            ),
         );
         add(
             "stats",
@@ -299,6 +306,19 @@ impl Server {
             ),
         }
     }
+}
+
+/// This process's resident memory (Linux: `VmRSS` of /proc/self/status;
+/// 0 where unknown).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn capitalize(s: &str) -> String {

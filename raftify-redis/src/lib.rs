@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod conn;
+pub mod eviction;
 pub mod expiry;
 mod introspect;
 pub mod protocol;

@@ -56,6 +56,16 @@ struct Args {
     /// (`yes`, the default) or not (`no`; the CA then only checks peers).
     #[arg(long, env = "RAFTIFY_TLS_AUTH_CLIENTS", default_value = "yes", value_parser = ["yes", "no"])]
     tls_auth_clients: String,
+    /// Memory limit for the data (`100mb`, `2gb`, bytes; 0: none), as the
+    /// keyspace estimates it (keys, values and a fixed overhead each; the
+    /// same on every node).
+    #[arg(long, env = "RAFTIFY_MAXMEMORY", default_value = "0", value_parser = raftify_redis::eviction::parse_memory)]
+    maxmemory: u64,
+    /// What happens over --maxmemory: `noeviction` (writes that add data
+    /// get -OOM), `allkeys-lru` (least recently written keys go),
+    /// `allkeys-random`, `volatile-ttl` (keys nearest to expiry go).
+    #[arg(long, env = "RAFTIFY_MAXMEMORY_POLICY", default_value = "noeviction")]
+    maxmemory_policy: raftify_redis::eviction::Policy,
     /// Serve reads from this node's copy without checking with the leader
     /// (faster, possibly stale), as every connection that sent READONLY.
     #[arg(long, env = "RAFTIFY_OPENREADS")]
@@ -118,11 +128,19 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         clients: AtomicUsize::new(0),
         hub,
         last_leader: AtomicU64::new(0),
+        maxmemory: args.maxmemory,
+        policy: args.maxmemory_policy,
         next_client_id: AtomicU64::new(0),
         commands: AtomicU64::new(0),
         started: Instant::now(),
     });
     let expiry = tokio::spawn(raftify_redis::expiry::run(node.clone(), logger.clone()));
+    let evictor = tokio::spawn(raftify_redis::eviction::run(
+        node.clone(),
+        args.maxmemory_policy,
+        args.maxmemory,
+        logger.clone(),
+    ));
     let announce = tokio::spawn(raftify_redis::cluster::announce(
         node.clone(),
         advertise,
@@ -169,6 +187,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     }
     launched.shutdown().await;
     expiry.abort();
+    evictor.abort();
     announce.abort();
     let reason = fatal.lock().ok().and_then(|f| f.clone());
     if let Some(reason) = reason {

@@ -33,6 +33,10 @@ pub struct Server {
     pub hub: Arc<crate::pubsub::Hub>,
     /// The last leader seen (what `CLUSTER SLOTS` shows during an election).
     pub last_leader: AtomicU64,
+    /// `--maxmemory` (0: no limit).
+    pub maxmemory: u64,
+    /// `--maxmemory-policy`.
+    pub policy: crate::eviction::Policy,
     /// Client ids given out.
     pub next_client_id: AtomicU64,
     /// Commands served.
@@ -242,6 +246,24 @@ impl Server {
         self.write_watched(commands, transaction, Vec::new()).await
     }
 
+    /// `-OOM` when `commands` may add data and memory is over the limit
+    /// (see [`crate::eviction`]).
+    async fn out_of_memory(&self, commands: &[Vec<Bytes>]) -> Option<Reply> {
+        if self.maxmemory == 0
+            || !commands
+                .iter()
+                .any(|a| lookup(&a[0]).is_some_and(|c| c.may_grow()))
+        {
+            return None;
+        }
+        let used = self
+            .node
+            .stale_read(|sm| sm.keyspace().used_memory() as u64)
+            .await;
+        crate::eviction::refuses(self.policy, self.maxmemory, used)
+            .then(|| Reply::Error("OOM command not allowed when used memory > 'maxmemory'.".into()))
+    }
+
     /// [`Server::write`] for a transaction under `WATCH`: applied only if
     /// no watched key changed since it was watched.
     async fn write_watched(
@@ -250,6 +272,9 @@ impl Server {
         transaction: bool,
         watched: Vec<(Bytes, u64)>,
     ) -> Reply {
+        if let Some(oom) = self.out_of_memory(&commands).await {
+            return oom;
+        }
         let entry = CacheEntry {
             clock_ms: now_ms(),
             op: Op::Exec {

@@ -468,3 +468,76 @@ fn raft_server_commands_change_membership() {
         "the 3 members go on"
     );
 }
+
+#[test]
+fn maxmemory_refuses_or_evicts_on_every_node() {
+    // noeviction: writes that add data get -OOM; deletes still work.
+    let c = Cluster::start(1, &["--no-sync", "--maxmemory", "20kb"]);
+    c.wait_leader();
+    let mut cl = c.node(1).client();
+    let value = "x".repeat(1000);
+    let mut refused = None;
+    for i in 0..100 {
+        match show(&cl.cmd(&["SET", &format!("k{i}"), &value])) {
+            r if r == "+OK" => {}
+            r => {
+                refused = Some((i, r));
+                break;
+            }
+        }
+    }
+    let (at, reply) = refused.expect("a write refused under noeviction");
+    assert!(at > 5, "refused too early: {at}");
+    assert_eq!(
+        reply,
+        "-OOM command not allowed when used memory > 'maxmemory'."
+    );
+    assert_eq!(show(&cl.cmd(&["DEL", "k0", "k1"])), ":2");
+    let info = show(&cl.cmd(&["INFO", "memory"]));
+    assert!(
+        info.contains("maxmemory:20480") && info.contains("maxmemory_policy:noeviction"),
+        "{info}"
+    );
+    drop(c);
+
+    // allkeys-lru: the least recently written keys go, on every node.
+    let c = Cluster::start(
+        3,
+        &[
+            "--no-sync",
+            "--maxmemory",
+            "50kb",
+            "--maxmemory-policy",
+            "allkeys-lru",
+        ],
+    );
+    let leader = c.wait_leader();
+    let mut cl = c.node(leader).client();
+    for i in 0..200 {
+        let r = show(&cl.cmd(&["SET", &format!("k{i}"), &value]));
+        if r != "+OK" {
+            // Over the limit by 10 %: the writer waits for the evictor.
+            assert!(r.starts_with("-OOM"), "{r}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for id in 1..=3 {
+        let mut n = c.node(id).client();
+        wait_for(&format!("eviction on node {id}"), T, || {
+            let Frame::Integer(keys) = n.cmd(&["DBSIZE"]) else {
+                return None;
+            };
+            (keys < 60).then_some(())
+        });
+        assert_eq!(
+            show(&n.cmd(&["EXISTS", "k0"])),
+            ":0",
+            "the oldest key went first (node {id})"
+        );
+        assert_eq!(
+            show(&n.cmd(&["EXISTS", "k199"])),
+            ":1",
+            "the newest key stays (node {id})"
+        );
+    }
+}
