@@ -541,3 +541,53 @@ fn maxmemory_refuses_or_evicts_on_every_node() {
         );
     }
 }
+
+/// RedisRaft's Jepsen findings as named cases: an old leader, paused while
+/// the others elected a new one and took writes, never serves a stale
+/// read when it resumes; a node restarted after a crash serves no read
+/// older than the writes acknowledged before it.
+#[test]
+fn no_stale_read_from_a_paused_old_leader_or_after_a_restart() {
+    let mut c = Cluster::start(3, &[]);
+    let old = c.wait_leader();
+    let mut cl = c.node(old).client();
+    assert_eq!(show(&cl.cmd(&["SET", "x", "old"])), "+OK");
+    let pid = c.node(old).child.as_ref().expect("running").id() as i32;
+    // SAFETY: signals to a child this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let survivors: Vec<u64> = c.nodes.keys().copied().filter(|id| *id != old).collect();
+    let mut s = c.node(survivors[0]).client();
+    let new = wait_for("a new leader", T, || {
+        let l = c.node(survivors[0]).leader()?;
+        (l != old && c.node(survivors[1]).leader() == Some(l)).then_some(l)
+    });
+    let mut w = c.node(new).client();
+    assert_eq!(show(&w.cmd(&["SET", "x", "new"])), "+OK");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // Right after it resumes (it may still believe it leads): linearizable
+    // reads there give the new value, or an error — never "old".
+    cl.stream.set_read_timeout(Some(T)).ok();
+    for _ in 0..20 {
+        match cl.call(&["GET", "x"]) {
+            Ok(f) => {
+                let r = show(&f);
+                assert!(
+                    r == "$new" || r.starts_with('-'),
+                    "stale read from the old leader: {r}"
+                );
+            }
+            Err(_) => cl = c.node(old).client(),
+        }
+    }
+    assert_eq!(show(&s.cmd(&["GET", "x"])), "$new");
+    // A crashed follower restarts: its first reads already see "new".
+    let f = c.follower_of(new);
+    c.nodes.get_mut(&f).expect("follower").kill();
+    c.restart(f);
+    let mut r = c.node(f).client();
+    let first = wait_for("the restarted node to answer", T, || {
+        let v = show(&r.call(&["GET", "x"]).ok()?);
+        (!v.starts_with("-CLUSTERDOWN") && !v.starts_with("-TRYAGAIN")).then_some(v)
+    });
+    assert_eq!(first, "$new", "the restarted node's first read");
+}
