@@ -81,19 +81,20 @@ impl ZSet {
     }
 }
 
-/// A key's value.
+/// A key's value. Collections are boxed: most keys hold strings, and every
+/// key's slot in the keyspace is as large as the largest variant.
 #[derive(Debug, Clone)]
 pub enum Value {
     /// A string (also an integer or a float, as text).
     Str(Bytes),
     /// A hash: field → value.
-    Hash(Map<Bytes, Bytes>),
+    Hash(Box<Map<Bytes, Bytes>>),
     /// A list.
-    List(imbl::Vector<Bytes>),
+    List(Box<imbl::Vector<Bytes>>),
     /// A set.
-    Set(Set<Bytes>),
+    Set(Box<Set<Bytes>>),
     /// A sorted set.
-    ZSet(ZSet),
+    ZSet(Box<ZSet>),
 }
 
 impl Value {
@@ -151,7 +152,9 @@ pub const PER_KEY: usize = 96;
 /// The keys and the replicated clock.
 #[derive(Debug, Clone, Default)]
 pub struct Keyspace {
-    items: Map<Bytes, Item>,
+    /// A B-tree (dense nodes), not a hash trie: a HAMT's sparse nodes
+    /// cost several times the memory of the keys they hold.
+    items: imbl::OrdMap<Bytes, Item>,
     /// `(expire_at, key)` of every key with a TTL.
     expiries: imbl::OrdSet<(u64, Bytes)>,
     /// The replicated clock: the largest entry stamp applied (ms).
@@ -329,7 +332,7 @@ impl Keyspace {
 
     /// Deletes every key.
     pub fn clear(&mut self) {
-        self.items = Map::default();
+        self.items = imbl::OrdMap::new();
         self.expiries = imbl::OrdSet::new();
         self.used = 0;
     }

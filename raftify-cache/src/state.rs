@@ -219,7 +219,7 @@ impl SnapshotView for View {
                 Value::Hash(h) => {
                     out.push(V_HASH);
                     put_u64(out, h.len() as u64);
-                    for (f, v) in h {
+                    for (f, v) in h.iter() {
                         put(out, f)?;
                         put(out, v)?;
                     }
@@ -227,14 +227,14 @@ impl SnapshotView for View {
                 Value::List(l) => {
                     out.push(V_LIST);
                     put_u64(out, l.len() as u64);
-                    for v in l {
+                    for v in l.iter() {
                         put(out, v)?;
                     }
                 }
                 Value::Set(s) => {
                     out.push(V_SET);
                     put_u64(out, s.len() as u64);
-                    for v in s {
+                    for v in s.iter() {
                         put(out, v)?;
                     }
                 }
@@ -301,21 +301,21 @@ fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<(Keyspace, BTreeMap<u64, S
                     let f = bytes(r)?;
                     h.insert(f, bytes(r)?);
                 }
-                Value::Hash(h)
+                Value::Hash(Box::new(h))
             }
             V_LIST => {
                 let mut l = imbl::Vector::new();
                 for _ in 0..u64_(r)? {
                     l.push_back(bytes(r)?);
                 }
-                Value::List(l)
+                Value::List(Box::new(l))
             }
             V_SET => {
                 let mut s = Set::default();
                 for _ in 0..u64_(r)? {
                     s.insert(bytes(r)?);
                 }
-                Value::Set(s)
+                Value::Set(Box::new(s))
             }
             V_ZSET => {
                 let mut z = ZSet::default();
@@ -327,7 +327,7 @@ fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<(Keyspace, BTreeMap<u64, S
                     }
                     z.insert(m, Score(s).0);
                 }
-                Value::ZSet(z)
+                Value::ZSet(Box::new(z))
             }
             t => return Err(format!("unknown value type {t} in a cache snapshot").into()),
         };

@@ -6,7 +6,7 @@ use crate::reply::{errors, Reply};
 use bytes::Bytes;
 
 fn new_hash() -> Value {
-    Value::Hash(Map::default())
+    Value::Hash(Box::default())
 }
 
 fn is_hash(v: &Value) -> bool {

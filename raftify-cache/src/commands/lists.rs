@@ -6,7 +6,7 @@ use crate::reply::{errors, Reply};
 use bytes::Bytes;
 
 fn new_list() -> Value {
-    Value::List(imbl::Vector::new())
+    Value::List(Box::default())
 }
 
 fn is_list(v: &Value) -> bool {
@@ -167,7 +167,7 @@ pub(crate) fn lrem(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply {
                 }
             }
         }
-        *l = kept;
+        **l = kept;
         removed
     });
     match r {
@@ -182,7 +182,7 @@ pub(crate) fn ltrim(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply {
     };
     let r = with_value(ks, &a[1], None, is_list, |v| {
         let Value::List(l) = v else { return };
-        *l = match index_range(start, stop, l.len()) {
+        **l = match index_range(start, stop, l.len()) {
             Some((from, to)) => l.clone().slice(from..to),
             None => imbl::Vector::new(),
         };

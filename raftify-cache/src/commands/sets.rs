@@ -6,7 +6,7 @@ use crate::reply::{errors, Reply};
 use bytes::Bytes;
 
 fn new_set() -> Value {
-    Value::Set(Set::default())
+    Value::Set(Box::default())
 }
 
 fn is_set(v: &Value) -> bool {

@@ -6,7 +6,7 @@ use crate::reply::{errors, Reply};
 use bytes::Bytes;
 
 fn new_zset() -> Value {
-    Value::ZSet(ZSet::default())
+    Value::ZSet(Box::default())
 }
 
 fn is_zset(v: &Value) -> bool {
