@@ -5,7 +5,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use raftify::cli::{exit_on_panic, shutdown_signal, NodeArgs};
+use raftify::cli::{exit_on_panic, run_main, until_stopped, NodeArgs};
 use raftify::launch;
 use raftify_cache::CacheState;
 use raftify_redis::conn::accept_loop;
@@ -146,30 +146,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         advertise,
         logger.clone(),
     ));
-    let mut state_rx = node.handle().subscribe();
-    let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
-    let fatal_seen = fatal.clone();
-    let stop_logger = logger.clone();
-    let stop = async move {
-        let node_failed = async {
-            match state_rx
-                .wait_for(|s| s.fatal.is_some())
-                .await
-                .map(|s| s.fatal.clone())
-            {
-                Ok(reason) => reason,
-                Err(_) => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown_signal() => info!(stop_logger, "signal received; shutting down"),
-            reason = node_failed => {
-                if let Ok(mut f) = fatal_seen.lock() {
-                    *f = reason;
-                }
-            }
-        }
-    };
+    let (stop, fatal) = until_stopped(node.handle(), &logger);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls_task = tls_listener.map(|(l, acceptor)| {
         let (server, logger, mut rx) = (server.clone(), logger.clone(), stop_rx.clone());
@@ -189,8 +166,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     expiry.abort();
     evictor.abort();
     announce.abort();
-    let reason = fatal.lock().ok().and_then(|f| f.clone());
-    if let Some(reason) = reason {
+    if let Some(reason) = fatal.reason() {
         bail!("{reason}");
     }
     info!(logger, "raftify-redis node stopped");
@@ -202,19 +178,5 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let logger = raftify_core::stderr_logger_as(args.node.log_level, args.node.log_format)
         .new(o!("app" => "raftify-redis"));
-    let result = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(run(args, logger.clone())),
-        Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
-    };
-    drop(logger);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raftify-redis: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main("raftify-redis", logger, |logger| run(args, logger))
 }

@@ -265,6 +265,84 @@ pub fn parse_level(s: &str) -> Result<slog::Level, String> {
         .map_err(|()| format!("unknown log level {s:?} (error, warning, info, debug, trace)"))
 }
 
+/// What ended a server: `Some(reason)` when its node stopped on a fatal
+/// error (set by [`until_stopped`]'s future).
+#[derive(Debug, Clone, Default)]
+pub struct Fatal(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl Fatal {
+    /// The fatal error the node stopped with, if that is what happened.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+/// A future that resolves on SIGTERM/SIGINT or when the node stops with
+/// a fatal error (a storage failure, a lost log), and what it records: a
+/// server waits on the future, stops, and exits with an error when
+/// [`Fatal::reason`] says the node failed, so a supervisor notices.
+pub fn until_stopped(
+    handle: &raftify_core::RaftHandle,
+    logger: &slog::Logger,
+) -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    Fatal,
+) {
+    let fatal = Fatal::default();
+    let seen = fatal.clone();
+    let mut state = handle.subscribe();
+    let logger = logger.clone();
+    let stop = async move {
+        let node_failed = async {
+            match state
+                .wait_for(|s| s.fatal.is_some())
+                .await
+                .map(|s| s.fatal.clone())
+            {
+                Ok(reason) => reason,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown_signal() => slog::info!(logger, "signal received; shutting down"),
+            reason = node_failed => {
+                if let Ok(mut f) = seen.0.lock() {
+                    *f = reason;
+                }
+            }
+        }
+    };
+    (stop, fatal)
+}
+
+/// A server's `main`: runs `run` on a multi-threaded runtime, drops the
+/// logger after the runtime (so its last lines are written), and turns an
+/// error into `app: error` on stderr and exit code 1.
+pub fn run_main<F, Fut, E>(app: &str, logger: slog::Logger, run: F) -> std::process::ExitCode
+where
+    F: FnOnce(slog::Logger) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let result = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt
+            .block_on(run(logger.clone()))
+            .map_err(|e| format!("{e:#}")),
+        Err(e) => Err(format!("cannot start the runtime: {e}")),
+    };
+    drop(logger);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{app}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -10,7 +10,7 @@ use memstore::http::{router, AppState, HttpAuth, Latencies};
 use memstore::serve::ServerConfig;
 use memstore::serve::{serve, Limits};
 use memstore::store::HashStore;
-use raftify::cli::{exit_on_panic, shutdown_signal, tls_files, NodeArgs};
+use raftify::cli::{exit_on_panic, run_main, tls_files, until_stopped, NodeArgs};
 use raftify::{launch, ReadFn};
 use slog::{info, o};
 use std::path::PathBuf;
@@ -115,41 +115,20 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     // node that stops on its own (fatal storage error, lost log) stops the
     // process with an error, so a supervisor notices.
     let stopping = raft.clone();
-    let stop_logger = logger.clone();
-    let mut state_rx = raft.handle().subscribe();
-    let fatal = Arc::new(std::sync::Mutex::new(None::<String>));
-    let fatal_seen = fatal.clone();
+    let (until, fatal) = until_stopped(raft.handle(), &logger);
     let limits = Limits {
         max_connections: args.max_connections,
         body_timeout: Duration::from_secs(args.http_body_timeout),
         ..Limits::default()
     };
     let stop = async move {
-        let node_failed = async {
-            match state_rx
-                .wait_for(|s| s.fatal.is_some())
-                .await
-                .map(|s| s.fatal.clone())
-            {
-                Ok(reason) => reason,
-                Err(_) => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown_signal() => info!(stop_logger, "signal received; shutting down"),
-            reason = node_failed => {
-                if let Ok(mut f) = fatal_seen.lock() {
-                    *f = reason;
-                }
-            }
-        }
+        until.await;
         stopping.handle().shutdown().await;
     };
     let metrics = state.server.clone();
     serve(web, router(state), limits, metrics, web_tls, stop).await;
     node.shutdown().await;
-    let reason = fatal.lock().ok().and_then(|f| f.clone());
-    if let Some(reason) = reason {
+    if let Some(reason) = fatal.reason() {
         bail!("{reason}");
     }
     info!(logger, "memstore node stopped");
@@ -159,25 +138,9 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
 fn main() -> ExitCode {
     exit_on_panic("memstore");
     let args = Args::parse();
-    // The logger outlives the runtime: once the runtime (and every task
-    // holding a clone) is gone, dropping it writes out the lines still
-    // queued — the last ones ("memstore node stopped") were sometimes lost
-    // at exit when the logger was a static that is never dropped.
+    // The logger outlives the runtime (run_main drops it last): its queued
+    // lines ("memstore node stopped") are written before the process ends.
     let logger = raftify_core::stderr_logger_as(args.node.log_level, args.node.log_format)
         .new(o!("app" => "memstore"));
-    let result = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(run(args, logger.clone())),
-        Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
-    };
-    drop(logger);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("memstore: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main("memstore", logger, |logger| run(args, logger))
 }
