@@ -36,6 +36,15 @@ pub enum Op {
         /// The message.
         message: Bytes,
     },
+    /// `ACL SETUSER`: creates or changes a user (passwords as `#sha256`).
+    SetUser {
+        /// The user name.
+        name: Bytes,
+        /// The rules, in order.
+        rules: Vec<Bytes>,
+    },
+    /// `ACL DELUSER`: deletes users.
+    DelUser(Vec<Bytes>),
     /// A member tells the cluster the address its clients reach it at
     /// (for `CLUSTER SLOTS` and redirections).
     Announce {
@@ -64,6 +73,8 @@ const OP_EXPIRE: u8 = 2;
 const OP_EVICT: u8 = 3;
 const OP_PUBLISH: u8 = 4;
 const OP_ANNOUNCE: u8 = 5;
+const OP_SETUSER: u8 = 6;
+const OP_DELUSER: u8 = 7;
 
 fn put(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BoxError> {
     let n = u32::try_from(b.len()).map_err(|_| "an argument over 4 GiB")?;
@@ -148,6 +159,15 @@ impl AbstractLogEntry for CacheEntry {
                 put(&mut out, channel)?;
                 put(&mut out, message)?;
             }
+            Op::SetUser { name, rules } => {
+                out.push(OP_SETUSER);
+                put(&mut out, name)?;
+                put_list(&mut out, rules)?;
+            }
+            Op::DelUser(names) => {
+                out.push(OP_DELUSER);
+                put_list(&mut out, names)?;
+            }
             Op::Announce { id, addr } => {
                 out.push(OP_ANNOUNCE);
                 out.extend_from_slice(&id.to_be_bytes());
@@ -195,6 +215,11 @@ impl AbstractLogEntry for CacheEntry {
                 channel: r.bytes()?,
                 message: r.bytes()?,
             },
+            OP_SETUSER => Op::SetUser {
+                name: r.bytes()?,
+                rules: r.list()?,
+            },
+            OP_DELUSER => Op::DelUser(r.list()?),
             OP_ANNOUNCE => {
                 let id: [u8; 8] = r.take(8)?.try_into()?;
                 Op::Announce {
@@ -243,6 +268,17 @@ mod tests {
                     channel: Bytes::from("c"),
                     message: Bytes::from("m"),
                 },
+            },
+            CacheEntry {
+                clock_ms: 12,
+                op: Op::SetUser {
+                    name: Bytes::from("alice"),
+                    rules: vec![Bytes::from("on")],
+                },
+            },
+            CacheEntry {
+                clock_ms: 13,
+                op: Op::DelUser(vec![Bytes::from("alice")]),
             },
             CacheEntry {
                 clock_ms: 11,

@@ -30,6 +30,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod acl;
 pub mod commands;
 mod entry;
 pub mod keyspace;

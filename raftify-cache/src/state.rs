@@ -22,6 +22,8 @@ pub struct CacheState {
     keys: Keyspace,
     /// Each member's announced client address.
     members: BTreeMap<u64, String>,
+    /// ACL users (all but `default`).
+    users: crate::acl::Users,
     applied: u64,
     on_publish: Option<PublishHook>,
 }
@@ -55,6 +57,11 @@ impl CacheState {
     /// The client address each member announced ([`Op::Announce`]).
     pub fn member_addrs(&self) -> &BTreeMap<u64, String> {
         &self.members
+    }
+
+    /// The ACL users (all but `default`, which is each node's own).
+    pub fn users(&self) -> &crate::acl::Users {
+        &self.users
     }
 
     /// The last log index applied.
@@ -112,6 +119,22 @@ impl CacheState {
                     .as_ref()
                     .map_or(0, |hook| hook(channel, message)),
             ),
+            Op::SetUser { name, rules } => {
+                match crate::acl::set_user(&mut self.users, &String::from_utf8_lossy(name), rules) {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => Reply::err(e),
+                }
+            }
+            Op::DelUser(names) => Reply::Int(
+                names
+                    .iter()
+                    .filter(|n| {
+                        self.users
+                            .remove(String::from_utf8_lossy(n).as_ref())
+                            .is_some()
+                    })
+                    .count() as i64,
+            ),
             Op::Announce { id, addr } => match std::str::from_utf8(addr) {
                 Ok(a) if !a.is_empty() && a.len() <= 255 => {
                     self.members.insert(*id, a.to_string());
@@ -153,12 +176,21 @@ impl AbstractStateMachine<CacheEntry> for CacheState {
 
     async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
         let mut out = Vec::new();
-        Box::new(View(self.keys.clone(), self.members.clone())).write_to(&mut out)?;
+        Box::new(View(
+            self.keys.clone(),
+            self.members.clone(),
+            self.users.clone(),
+        ))
+        .write_to(&mut out)?;
         Ok(out)
     }
 
     fn snapshot_view(&self) -> Option<Box<dyn SnapshotView>> {
-        Some(Box::new(View(self.keys.clone(), self.members.clone())))
+        Some(Box::new(View(
+            self.keys.clone(),
+            self.members.clone(),
+            self.users.clone(),
+        )))
     }
 
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError> {
@@ -166,14 +198,15 @@ impl AbstractStateMachine<CacheEntry> for CacheState {
     }
 
     async fn restore_from(&mut self, reader: &mut (dyn Read + Send)) -> Result<(), BoxError> {
-        let (keys, members) = read_snapshot(reader)?;
+        let (keys, members, users) = read_snapshot(reader)?;
         self.keys = keys;
         self.members = members;
+        self.users = users;
         Ok(())
     }
 }
 
-const MAGIC: &[u8; 8] = b"RFTYKV02";
+const MAGIC: &[u8; 8] = b"RFTYKV03";
 const V_STR: u8 = 1;
 const V_HASH: u8 = 2;
 const V_LIST: u8 = 3;
@@ -182,7 +215,7 @@ const V_ZSET: u8 = 5;
 
 /// A frozen keyspace (a clone of the persistent maps) and the members'
 /// addresses, serialized off the raft loop.
-struct View(Keyspace, BTreeMap<u64, String>);
+struct View(Keyspace, BTreeMap<u64, String>, crate::acl::Users);
 
 fn put(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BoxError> {
     let n = u32::try_from(b.len()).map_err(|_| "a value over 4 GiB")?;
@@ -204,6 +237,11 @@ impl SnapshotView for View {
         for (id, addr) in &self.1 {
             put_u64(out, *id);
             put(out, addr.as_bytes())?;
+        }
+        put_u64(out, self.2.len() as u64);
+        for (name, user) in &self.2 {
+            put(out, name.as_bytes())?;
+            put(out, user.describe(name).as_bytes())?;
         }
         let items: Vec<_> = ks.iter().collect();
         put_u64(out, items.len() as u64);
@@ -253,7 +291,9 @@ impl SnapshotView for View {
 }
 
 /// Reads a snapshot element by element (never the whole of it at once).
-fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<(Keyspace, BTreeMap<u64, String>), BoxError> {
+type Restored = (Keyspace, BTreeMap<u64, String>, crate::acl::Users);
+
+fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<Restored, BoxError> {
     fn exact<const N: usize>(r: &mut (dyn Read + Send)) -> Result<[u8; N], BoxError> {
         let mut b = [0u8; N];
         r.read_exact(&mut b)
@@ -283,6 +323,19 @@ fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<(Keyspace, BTreeMap<u64, S
         let addr =
             String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a member address is not UTF-8")?;
         members.insert(id, addr);
+    }
+    let mut users = crate::acl::Users::new();
+    for _ in 0..u64_(r)? {
+        let name = String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a user name is not UTF-8")?;
+        // The user's ACL LIST line: `user NAME` then its rules.
+        let line = bytes(r)?;
+        let rules: Vec<Bytes> = line
+            .split(|b| *b == b' ')
+            .skip(2)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        crate::acl::set_user(&mut users, &name, &rules)
+            .map_err(|e| format!("user {name} in a cache snapshot: {e}"))?;
     }
     let n = u64_(r)?;
     for _ in 0..n {
@@ -333,7 +386,7 @@ fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<(Keyspace, BTreeMap<u64, S
         };
         ks.insert_versioned(key, value, expire_at, version);
     }
-    Ok((ks, members))
+    Ok((ks, members, users))
 }
 
 #[cfg(test)]
@@ -374,6 +427,18 @@ mod tests {
             },
         };
         sm.apply_entry(6, &announce);
+        let user = CacheEntry {
+            clock_ms: 1_000,
+            op: Op::SetUser {
+                name: Bytes::from("reader"),
+                rules: vec![
+                    Bytes::from("on"),
+                    Bytes::from(format!("#{}", "b".repeat(64))),
+                    Bytes::from("+@read"),
+                ],
+            },
+        };
+        assert_eq!(sm.apply_entry(7, &user), Reply::Ok);
         let bytes = sm.snapshot().await.unwrap();
         let mut back = CacheState::new();
         back.restore(bytes.clone()).await.unwrap();
@@ -388,6 +453,8 @@ mod tests {
             assert_eq!(back.read(&argv(cmd)), sm.read(&argv(cmd)), "{cmd}");
         }
         assert_eq!(back.member_addrs(), sm.member_addrs());
+        assert_eq!(back.users(), sm.users());
+        assert!(back.users()["reader"].commands && !back.users()["reader"].writes);
         assert_eq!(
             back.member_addrs().get(&2).map(String::as_str),
             Some("127.0.0.1:7000")

@@ -9,6 +9,7 @@
 //! server runs with `--openreads`.
 #![deny(missing_docs)]
 
+pub mod acl;
 pub mod cluster;
 pub mod conn;
 pub mod eviction;

@@ -66,6 +66,8 @@ pub struct Session {
     pub inbox: crate::pubsub::Inbox,
     /// `READONLY`: reads may be served from this node's copy.
     pub readonly: bool,
+    /// The ACL user authenticated (None: `default`).
+    pub user: Option<String>,
     /// `QUIT` was received: close after the reply.
     pub closing: bool,
     /// The connection asked for the cluster's layout (`CLUSTER SLOTS`,
@@ -137,6 +139,7 @@ pub(crate) const SERVER_COMMANDS: &[(&str, i32)] = &[
     ("raft", -2),
     ("cluster", -2),
     ("watch", -2),
+    ("acl", -2),
     ("unwatch", 1),
 ];
 
@@ -160,28 +163,51 @@ impl Server {
             if !arity_ok(arity, argv.len()) {
                 return errors::arity(&name);
             }
+            let writes = matches!(name.as_str(), "publish" | "raft" | "exec");
+            if writes {
+                let needs = name != "exec"
+                    || session.multi.as_ref().is_some_and(|q| {
+                        q.iter()
+                            .any(|a| lookup(&a[0]).is_some_and(|c| c.is_write()))
+                    });
+                let read_only_raft = name == "raft"
+                    && argv
+                        .get(1)
+                        .is_some_and(|a| matches!(lower(a).as_str(), "leader" | "info" | "help"));
+                if needs && !read_only_raft {
+                    if let Some(no) = self.forbidden(session, &name, true).await {
+                        session.multi = None;
+                        return no;
+                    }
+                }
+            }
             return self.server_command(session, &name, argv).await;
         }
-        match lookup(&argv[0]) {
-            None => unknown_command(&argv),
-            Some(c) if !c.arity_ok(argv.len()) => errors::arity(c.name),
-            Some(c) if c.is_write() => {
-                if let Some(moved) = self
-                    .moved(session, &argv, &c.key_positions(argv.len()))
-                    .await
-                {
-                    return moved;
-                }
-                self.write(vec![argv], false).await
-            }
-            Some(_) => self.read(session, argv).await,
+        let c = match lookup(&argv[0]) {
+            None => return unknown_command(&argv),
+            Some(c) if !c.arity_ok(argv.len()) => return errors::arity(c.name),
+            Some(c) => c,
+        };
+        if let Some(no) = self.forbidden(session, c.name, c.is_write()).await {
+            return no;
         }
+        if !c.is_write() {
+            return self.read(session, argv).await;
+        }
+        if let Some(moved) = self
+            .moved(session, &argv, &c.key_positions(argv.len()))
+            .await
+        {
+            return moved;
+        }
+        self.write(vec![argv], false).await
     }
 
     /// Whether `argv` may be answered together with the data commands
     /// around it (see [`Server::run_batch`]).
     pub fn batchable(&self, s: &Session, argv: &[Bytes]) -> bool {
         s.authed
+            && s.user.is_none()
             && s.multi.is_none()
             && !s.cluster
             && lookup(&argv[0]).is_some_and(|c| c.arity_ok(argv.len()))
@@ -321,8 +347,8 @@ impl Server {
                 };
                 Reply::Simple("RESET".into())
             }
-            "auth" => self.auth(s, &argv[1..]),
-            "hello" => self.hello(s, &argv[1..]),
+            "auth" => self.auth(s, &argv[1..]).await,
+            "hello" => self.hello(s, &argv[1..]).await,
             "select" => match &argv[1][..] {
                 b"0" => Reply::Ok,
                 _ => Reply::err("SELECT is not allowed in cluster mode"),
@@ -427,34 +453,12 @@ impl Server {
             }
             "raft" => self.raft_command(&argv).await,
             "cluster" => self.cluster_command(s, &argv).await,
+            "acl" => self.acl_command(s, &argv).await,
             _ => unknown_command(&argv),
         }
     }
 
-    fn auth(&self, s: &mut Session, args: &[Bytes]) -> Reply {
-        let pass = match args {
-            [p] => p,
-            [user, p] if &user[..] == b"default" => p,
-            [_, _] => {
-                return Reply::Error(
-                    "WRONGPASS invalid username-password pair or user is disabled.".into(),
-                )
-            }
-            _ => return errors::syntax(),
-        };
-        match &self.requirepass {
-            None => Reply::err(
-                "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-            ),
-            Some(want) if constant_time_eq(want.as_bytes(), pass) => {
-                s.authed = true;
-                Reply::Ok
-            }
-            Some(_) => Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into()),
-        }
-    }
-
-    fn hello(&self, s: &mut Session, args: &[Bytes]) -> Reply {
+    async fn hello(&self, s: &mut Session, args: &[Bytes]) -> Reply {
         let mut i = 0;
         let mut proto = if s.resp3 { 3 } else { 2 };
         if let Some(v) = args.first() {
@@ -469,7 +473,7 @@ impl Server {
         while i < args.len() {
             let opt = lower(&args[i]);
             if opt == "auth" && i + 2 < args.len() + 1 && args.len() >= i + 3 {
-                let r = self.auth(s, &args[i + 1..i + 3]);
+                let r = self.auth(s, &args[i + 1..i + 3]).await;
                 if r.is_error() {
                     return r;
                 }
@@ -508,10 +512,6 @@ fn arity_ok(arity: i32, argc: usize) -> bool {
     } else {
         argc >= arity.unsigned_abs() as usize
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Shared handle to the server.

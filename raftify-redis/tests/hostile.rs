@@ -194,3 +194,55 @@ fn redis_cli_talks_to_the_server() {
         "PONG\nhello world"
     );
 }
+
+#[test]
+fn acl_users_are_replicated_hashed_and_read_only_users_cannot_write() {
+    let c = Cluster::start(3, &["--no-sync", "--requirepass", "admin"]);
+    let leader = c.wait_leader();
+    let follower = c.follower_of(leader);
+    let mut admin = c.node(follower).client();
+    assert_eq!(show(&admin.cmd(&["AUTH", "admin"])), "+OK");
+    assert_eq!(show(&admin.cmd(&["SET", "k", "v"])), "+OK");
+    assert_eq!(
+        show(&admin.cmd(&["ACL", "SETUSER", "reader", "on", ">s3cret", "~*", "+@read"])),
+        "+OK"
+    );
+    assert!(show(&admin.cmd(&["ACL", "SETUSER", "bad", "bogus-rule"])).contains("Syntax error"));
+    let list = show(&admin.cmd(&["ACL", "LIST"]));
+    assert!(
+        list.contains("user reader on #") && !list.contains("s3cret"),
+        "only hashes: {list}"
+    );
+    assert_eq!(show(&admin.cmd(&["ACL", "WHOAMI"])), "$default");
+    // The user exists on every node (through the log).
+    for id in 1..=3 {
+        let mut r = c.node(id).client();
+        wait_for(&format!("the user on node {id}"), T, || {
+            (show(&r.cmd(&["AUTH", "reader", "s3cret"])) == "+OK").then_some(())
+        });
+        assert_eq!(show(&r.cmd(&["ACL", "WHOAMI"])), "$reader");
+        assert_eq!(show(&r.cmd(&["GET", "k"])), "$v");
+        assert_eq!(
+            show(&r.cmd(&["SET", "k", "x"])),
+            "-NOPERM User reader has no permissions to run the 'set' command"
+        );
+        assert!(show(&r.cmd(&["ACL", "SETUSER", "x", "on"])).starts_with("-NOPERM"));
+        r.cmd(&["MULTI"]);
+        r.cmd(&["INCR", "n"]);
+        assert!(show(&r.cmd(&["EXEC"])).starts_with("-NOPERM"));
+        assert!(show(&r.cmd(&["AUTH", "reader", "wrong"])).starts_with("-WRONGPASS"));
+    }
+    // Deleted: no more logins.
+    assert_eq!(show(&admin.cmd(&["ACL", "DELUSER", "reader"])), ":1");
+    let mut r = c.node(leader).client();
+    wait_for("the user to be gone", T, || {
+        show(&r.cmd(&["AUTH", "reader", "s3cret"]))
+            .starts_with("-WRONGPASS")
+            .then_some(())
+    });
+    assert_eq!(
+        show(&admin.cmd(&["GET", "k"])),
+        "$v",
+        "nothing was written by the reader"
+    );
+}

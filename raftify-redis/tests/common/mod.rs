@@ -133,6 +133,8 @@ pub struct Node {
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// `--requirepass`, when given: the harness authenticates with it.
+    pub password: Option<String>,
 }
 
 impl Node {
@@ -157,6 +159,11 @@ impl Node {
             .stderr(out)
             .spawn()
             .expect("spawn raftify-redis");
+        let password = extra
+            .iter()
+            .position(|a| *a == "--requirepass")
+            .and_then(|i| extra.get(i + 1))
+            .map(|p| p.to_string());
         Node {
             id,
             port,
@@ -164,6 +171,7 @@ impl Node {
             dir: dir.into(),
             child: Some(child),
             log,
+            password,
         }
     }
 
@@ -217,6 +225,9 @@ impl Node {
         c.stream
             .set_read_timeout(Some(Duration::from_secs(2)))
             .ok()?;
+        if let Some(p) = &self.password {
+            c.call(&["AUTH", p]).ok()?;
+        }
         let Frame::BulkString(info) = c.call(&["INFO", "raft"]).ok()? else {
             return None;
         };

@@ -1,0 +1,208 @@
+//! ACL users over the Redis protocol: `AUTH user pass`, `HELLO ... AUTH`,
+//! `ACL SETUSER / DELUSER / GETUSER / LIST / USERS / WHOAMI`, and the check
+//! that a read-only user runs reads only. Users are replicated (see
+//! `raftify_cache::acl`); a `>password` rule is hashed here, on the node
+//! that received it, so the log and snapshots hold SHA-256 hashes only.
+//! Permission changes apply to connected users at their next command.
+
+use crate::server::{error_reply, lower, now_ms, Server, Session};
+use bytes::Bytes;
+use raftify_cache::{errors, CacheEntry, Op, Reply};
+
+/// SHA-256 of `pass`, lowercase hex (Redis's `#<hash>` form).
+pub fn sha256_hex(pass: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, pass)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn wrongpass() -> Reply {
+    Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+}
+
+impl Server {
+    /// `AUTH [user] pass`.
+    pub(crate) async fn auth(&self, s: &mut Session, args: &[Bytes]) -> Reply {
+        let (user, pass) = match args {
+            [p] => ("default".to_string(), p),
+            [u, p] => (String::from_utf8_lossy(u).into_owned(), p),
+            _ => return errors::syntax(),
+        };
+        if user == "default" {
+            return match &self.requirepass {
+                None if args.len() == 1 => Reply::err(
+                    "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+                ),
+                None => {
+                    s.authed = true;
+                    s.user = None;
+                    Reply::Ok
+                }
+                Some(want) if constant_time_eq(want.as_bytes(), pass) => {
+                    s.authed = true;
+                    s.user = None;
+                    Reply::Ok
+                }
+                Some(_) => wrongpass(),
+            };
+        }
+        let hash = sha256_hex(pass);
+        let ok = self
+            .node
+            .stale_read(|sm| {
+                sm.users()
+                    .get(&user)
+                    .is_some_and(|u| u.enabled && (u.nopass || u.passwords.contains(&hash)))
+            })
+            .await;
+        if !ok {
+            return wrongpass();
+        }
+        s.authed = true;
+        s.user = Some(user);
+        Reply::Ok
+    }
+
+    /// `-NOPERM` when the connection's user may not run `name` (a write
+    /// when `write`); None when it may. The default user may run anything.
+    pub(crate) async fn forbidden(&self, s: &Session, name: &str, write: bool) -> Option<Reply> {
+        let user = s.user.as_ref()?;
+        let allowed = self
+            .node
+            .stale_read(|sm| {
+                sm.users()
+                    .get(user)
+                    .is_some_and(|u| u.enabled && u.commands && (u.writes || !write))
+            })
+            .await;
+        (!allowed).then(|| {
+            Reply::Error(format!(
+                "NOPERM User {user} has no permissions to run the '{name}' command"
+            ))
+        })
+    }
+
+    /// `ACL ...`.
+    pub(crate) async fn acl_command(&self, s: &mut Session, argv: &[Bytes]) -> Reply {
+        let sub = lower(&argv[1]);
+        match (sub.as_str(), argv.len()) {
+            ("whoami", 2) => Reply::bulk(s.user.clone().unwrap_or_else(|| "default".into())),
+            ("users", 2) => {
+                let mut names = vec![Bytes::from_static(b"default")];
+                names.extend(
+                    self.node
+                        .stale_read(|sm| {
+                            sm.users()
+                                .keys()
+                                .cloned()
+                                .map(Bytes::from)
+                                .collect::<Vec<_>>()
+                        })
+                        .await,
+                );
+                Reply::bulks(names)
+            }
+            ("list", 2) => {
+                let default = match &self.requirepass {
+                    None => "user default on nopass ~* &* +@all".to_string(),
+                    Some(p) => format!("user default on #{} ~* &* +@all", sha256_hex(p.as_bytes())),
+                };
+                let mut lines = vec![Bytes::from(default)];
+                lines.extend(
+                    self.node
+                        .stale_read(|sm| {
+                            sm.users()
+                                .iter()
+                                .map(|(n, u)| Bytes::from(u.describe(n)))
+                                .collect::<Vec<_>>()
+                        })
+                        .await,
+                );
+                Reply::bulks(lines)
+            }
+            ("getuser", 3) => {
+                let name = String::from_utf8_lossy(&argv[2]).into_owned();
+                let user = self
+                    .node
+                    .stale_read(|sm| sm.users().get(&name).cloned())
+                    .await;
+                match user {
+                    None => Reply::Nil,
+                    Some(u) => {
+                        let mut flags = vec![Reply::bulk(if u.enabled { "on" } else { "off" })];
+                        if u.nopass {
+                            flags.push(Reply::bulk("nopass"));
+                        }
+                        Reply::Map(vec![
+                            (Reply::bulk("flags"), Reply::Array(flags)),
+                            (
+                                Reply::bulk("passwords"),
+                                Reply::bulks(u.passwords.iter().cloned().map(Bytes::from)),
+                            ),
+                            (
+                                Reply::bulk("commands"),
+                                Reply::bulk(match (u.commands, u.writes) {
+                                    (true, true) => "+@all",
+                                    (true, false) => "-@all +@read",
+                                    _ => "-@all",
+                                }),
+                            ),
+                            (Reply::bulk("keys"), Reply::bulk("~*")),
+                            (Reply::bulk("channels"), Reply::bulk("&*")),
+                        ])
+                    }
+                }
+            }
+            ("setuser", n) if n >= 3 => {
+                if let Some(no) = self.forbidden(s, "acl|setuser", true).await {
+                    return no;
+                }
+                let rules = argv[3..]
+                    .iter()
+                    .map(|r| match r.first() {
+                        Some(b'>') => Bytes::from(format!("#{}", sha256_hex(&r[1..]))),
+                        Some(b'<') => Bytes::from(format!("!{}", sha256_hex(&r[1..]))),
+                        _ => r.clone(),
+                    })
+                    .collect();
+                self.propose_acl(Op::SetUser {
+                    name: argv[2].clone(),
+                    rules,
+                })
+                .await
+            }
+            ("deluser", n) if n >= 3 => {
+                if let Some(no) = self.forbidden(s, "acl|deluser", true).await {
+                    return no;
+                }
+                if argv[2..].iter().any(|n| &n[..] == b"default") {
+                    return Reply::err("The 'default' user cannot be removed");
+                }
+                self.propose_acl(Op::DelUser(argv[2..].to_vec())).await
+            }
+            _ => Reply::err(format!(
+                "unknown subcommand or wrong number of arguments for '{sub}'. Try ACL HELP."
+            )),
+        }
+    }
+
+    async fn propose_acl(&self, op: Op) -> Reply {
+        match self
+            .node
+            .propose(&CacheEntry {
+                clock_ms: now_ms(),
+                op,
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => error_reply(&e),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
