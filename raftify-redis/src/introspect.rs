@@ -128,17 +128,31 @@ impl Server {
             ),
         );
         if let Some(st) = &status {
+            let voters = st
+                .members
+                .iter()
+                .filter(|m| m.role == raftify::MemberRole::Voter)
+                .count();
+            let voting = st
+                .members
+                .iter()
+                .any(|m| m.id == st.id && m.role == raftify::MemberRole::Voter);
             add(
                 "raft",
                 format!(
-                    "raft_node_id:{}\r\nraft_role:{:?}\r\nraft_state:up\r\nraft_leader_id:{}\r\nraft_current_term:{}\r\nraft_commit_index:{}\r\nraft_last_applied_index:{}\r\nraft_num_nodes:{}\r\n",
+                    "raft_node_id:{}\r\nraft_state:up\r\nraft_role:{}\r\nraft_is_voting:{}\r\nraft_leader_id:{}\r\nraft_current_term:{}\r\nraft_num_nodes:{}\r\nraft_num_voting_nodes:{}\r\nraft_log_entries:{}\r\nraft_current_index:{}\r\nraft_commit_index:{}\r\nraft_last_applied_index:{}\r\nraft_snapshot_last_idx:{}\r\n",
                     st.id,
-                    st.role,
+                    format!("{:?}", st.role).to_lowercase(),
+                    if voting { "yes" } else { "no" },
                     st.leader_id,
                     st.term,
+                    st.members.len(),
+                    voters,
+                    st.last_index.saturating_sub(st.first_index.saturating_sub(1)),
+                    st.last_index,
                     st.commit_index,
                     st.applied_index,
-                    st.members.len()
+                    st.snapshot_index
                 ),
             );
         }

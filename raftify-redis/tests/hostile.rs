@@ -180,7 +180,7 @@ fn redis_cli_talks_to_the_server() {
     assert_eq!(cli(&["LRANGE", "l", "0", "-1"]), "a\nb");
     assert_eq!(cli(&["-3", "HSET", "h", "f", "v"]), "1");
     assert_eq!(cli(&["DBSIZE"]), "3");
-    assert!(cli(&["INFO", "raft"]).contains("raft_role:Leader"));
+    assert!(cli(&["INFO", "raft"]).contains("raft_role:leader"));
     // redis-cli's interactive start-up asks COMMAND DOCS; piped input too.
     let out = std::process::Command::new("sh")
         .args([
