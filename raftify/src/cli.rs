@@ -46,7 +46,8 @@ pub struct NodeArgs {
     /// --raft-addr (e.g. 0.0.0.0:60061 in a container). Default: --raft-addr.
     #[arg(long, env = "RAFTIFY_RAFT_LISTEN")]
     pub raft_listen: Option<String>,
-    /// Data directory (default ./data/<name>-<id>, relative to the working
+    /// Data directory (default `./data/node-<id>` for memstore,
+    /// `./data/redis-<id>` for raftify-redis; relative to the working
     /// directory).
     #[arg(long, env = "RAFTIFY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
