@@ -169,23 +169,10 @@ pub(crate) fn hincrby(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply
 /// `HSCAN key cursor [MATCH p] [COUNT n]`: the whole hash in one reply
 /// (cursor 0), as Redis does for small hashes.
 pub(crate) fn hscan(ks: &Keyspace, a: &[Bytes]) -> Reply {
-    let mut pattern: Option<&Bytes> = None;
-    let mut i = 3;
-    while i < a.len() {
-        let Some(v) = a.get(i + 1) else {
-            return errors::syntax();
-        };
-        if is(&a[i], "MATCH") {
-            pattern = Some(v);
-        } else if is(&a[i], "COUNT") {
-            if parse_i64(v).is_none_or(|n| n < 1) {
-                return errors::syntax();
-            }
-        } else {
-            return errors::syntax();
-        }
-        i += 2;
-    }
+    let pattern = match super::scan_opts(a, 3, false) {
+        Ok(o) => o.pattern,
+        Err(e) => return e,
+    };
     match hash(ks, &a[1]) {
         Ok(h) => {
             let items = h

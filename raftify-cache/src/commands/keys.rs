@@ -162,29 +162,10 @@ pub(crate) fn scan(ks: &Keyspace, a: &[Bytes]) -> Reply {
     else {
         return Reply::err("invalid cursor");
     };
-    let mut pattern: Option<&Bytes> = None;
-    let mut count = 10usize;
-    let mut type_: Option<&Bytes> = None;
-    let mut i = 2;
-    while i < a.len() {
-        let Some(v) = a.get(i + 1) else {
-            return errors::syntax();
-        };
-        if is(&a[i], "MATCH") {
-            pattern = Some(v);
-        } else if is(&a[i], "COUNT") {
-            match parse_i64(v) {
-                Some(n) if n >= 1 => count = n as usize,
-                Some(_) => return errors::syntax(),
-                None => return errors::not_integer(),
-            }
-        } else if is(&a[i], "TYPE") {
-            type_ = Some(v);
-        } else {
-            return errors::syntax();
-        }
-        i += 2;
-    }
+    let (pattern, count, type_) = match super::scan_opts(a, 2, true) {
+        Ok(o) => (o.pattern, o.count, o.type_),
+        Err(e) => return e,
+    };
     // The `count` smallest hashes after the cursor (all keys of the
     // largest one taken, so a collision never splits across calls).
     let mut found: Vec<(u64, &Bytes, &str)> = ks

@@ -133,6 +133,47 @@ pub fn with_value<T>(
     Ok(Some(out))
 }
 
+/// The options of `SCAN`-family commands: `MATCH pattern`, `COUNT n`
+/// and, where `with_type`, `TYPE name`.
+pub struct ScanOpts<'a> {
+    /// `MATCH`.
+    pub pattern: Option<&'a Bytes>,
+    /// `COUNT` (default 10).
+    pub count: usize,
+    /// `TYPE`.
+    pub type_: Option<&'a Bytes>,
+}
+
+/// Parses [`ScanOpts`] from `a[from..]`.
+pub fn scan_opts(a: &[Bytes], from: usize, with_type: bool) -> Result<ScanOpts<'_>, Reply> {
+    let mut o = ScanOpts {
+        pattern: None,
+        count: 10,
+        type_: None,
+    };
+    let mut i = from;
+    while i < a.len() {
+        let Some(v) = a.get(i + 1) else {
+            return Err(errors::syntax());
+        };
+        if is(&a[i], "MATCH") {
+            o.pattern = Some(v);
+        } else if is(&a[i], "COUNT") {
+            match parse_i64(v) {
+                Some(n) if n >= 1 => o.count = n as usize,
+                Some(_) => return Err(errors::syntax()),
+                None => return Err(errors::not_integer()),
+            }
+        } else if with_type && is(&a[i], "TYPE") {
+            o.type_ = Some(v);
+        } else {
+            return Err(errors::syntax());
+        }
+        i += 2;
+    }
+    Ok(o)
+}
+
 /// Resolves a Redis index range (`start`, `stop` inclusive, negatives from
 /// the end) over `len` items to a half-open range; None when empty.
 pub fn index_range(start: i64, stop: i64, len: usize) -> Option<(usize, usize)> {
@@ -261,6 +302,31 @@ mod tests {
         assert_eq!(parse_f64(b"nan"), None);
         assert_eq!(&format_f64(10.5)[..], b"10.5");
         assert_eq!(&format_f64(3000.0)[..], b"3000");
+    }
+
+    #[test]
+    fn scan_options_parse_once_for_every_scan_command() {
+        let a: Vec<Bytes> = ["SCAN", "0", "match", "k*", "COUNT", "5", "TYPE", "hash"]
+            .iter()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect();
+        let o = scan_opts(&a, 2, true)
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        assert_eq!(
+            (o.pattern.map(|p| &p[..]), o.count, o.type_.map(|t| &t[..])),
+            (Some(&b"k*"[..]), 5, Some(&b"hash"[..]))
+        );
+        assert!(scan_opts(&a, 2, false).is_err(), "TYPE only where allowed");
+        assert!(
+            scan_opts(&a[..5], 2, true).is_err(),
+            "an option without its value"
+        );
+        let zero: Vec<Bytes> = ["COUNT", "0"]
+            .iter()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect();
+        assert!(scan_opts(&zero, 0, true).is_err());
     }
 
     #[test]
