@@ -224,7 +224,7 @@ impl Metrics {
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it): the
 /// time of events, statuses and session writes.
-pub(crate) fn unix_ms() -> u64 {
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -5,9 +5,11 @@
 //! that received it, so the log and snapshots hold SHA-256 hashes only.
 //! Permission changes apply to connected users at their next command.
 
-use crate::server::{error_reply, lower, now_ms, Server, Session};
+use crate::server::{error_reply, lower, Server, Session};
 use bytes::Bytes;
 use raftify_cache::{errors, CacheEntry, Op, Reply};
+use raftify_core::unix_ms;
+use subtle::ConstantTimeEq;
 
 /// SHA-256 of `pass`, lowercase hex (Redis's `#<hash>` form).
 pub fn sha256_hex(pass: &[u8]) -> String {
@@ -40,7 +42,7 @@ impl Server {
                     s.user = None;
                     Reply::Ok
                 }
-                Some(want) if constant_time_eq(want.as_bytes(), pass) => {
+                Some(want) if bool::from(want.as_bytes().ct_eq(&pass[..])) => {
                     s.authed = true;
                     s.user = None;
                     Reply::Ok
@@ -192,7 +194,7 @@ impl Server {
         match self
             .node
             .propose(&CacheEntry {
-                clock_ms: now_ms(),
+                clock_ms: unix_ms(),
                 op,
             })
             .await
@@ -201,8 +203,4 @@ impl Server {
             Err(e) => error_reply(&e),
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

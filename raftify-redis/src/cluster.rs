@@ -5,9 +5,10 @@
 //! from `CLUSTER SLOTS`/`SHARDS`/`NODES` and follow leader changes by the
 //! `-MOVED` a follower answers them for a write.
 
-use crate::server::{error_reply, now_ms, Node, Server, Session};
+use crate::server::{error_reply, Node, Server, Session};
 use bytes::Bytes;
 use raftify_cache::{errors, CacheEntry, Op, Reply};
+use raftify_core::unix_ms;
 use slog::{debug, Logger};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -31,7 +32,7 @@ pub async fn announce(node: Node, addr: String, logger: Logger) {
         let mut pause = Duration::from_secs(2);
         if known.as_deref() != Some(addr.as_str()) && state.borrow().leader_id != 0 {
             let entry = CacheEntry {
-                clock_ms: now_ms(),
+                clock_ms: unix_ms(),
                 op: Op::Announce {
                     id,
                     addr: Bytes::from(addr.clone()),
@@ -227,7 +228,7 @@ impl Server {
                                     n.host,
                                     n.port,
                                     n.port + 10000,
-                                    now_ms()
+                                    unix_ms()
                                 )
                             })
                             .collect();

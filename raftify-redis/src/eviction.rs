@@ -16,9 +16,10 @@
 //! never evicted), `allkeys-lru` the least recently *written* (each key
 //! carries the log index of its last change; reads do not refresh it).
 
-use crate::server::{now_ms, Node};
+use crate::server::Node;
 use bytes::Bytes;
 use raftify_cache::{CacheEntry, Op};
+use raftify_core::unix_ms;
 use slog::{debug, Logger};
 use std::time::Duration;
 
@@ -137,7 +138,7 @@ pub async fn run(node: Node, policy: Policy, max: u64, logger: Logger) {
     if max == 0 || policy == Policy::NoEviction {
         return;
     }
-    let mut seed = now_ms() | 1;
+    let mut seed = unix_ms() | 1;
     let mut state = node.handle().subscribe();
     loop {
         if state.borrow().fatal.is_some() || matches!(state.borrow().role, raftify::Role::Stopped) {
@@ -163,7 +164,7 @@ pub async fn run(node: Node, policy: Policy, max: u64, logger: Logger) {
             if !victims.is_empty() {
                 let n = victims.len();
                 let entry = CacheEntry {
-                    clock_ms: now_ms(),
+                    clock_ms: unix_ms(),
                     op: Op::Evict(victims),
                 };
                 match node.propose_local(&entry).await {

@@ -3,8 +3,9 @@
 //! deletes the expired keys on every node at once. (Reads already treat a
 //! key past its TTL on the replicated clock as missing.)
 
-use crate::server::{now_ms, Node};
+use crate::server::Node;
 use raftify_cache::{CacheEntry, Op};
+use raftify_core::unix_ms;
 use slog::{debug, Logger};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ pub async fn run(node: Node, logger: Logger) {
         let mut pause = POLL;
         if node.handle().is_leader() {
             let due = node.stale_read(|sm| sm.keyspace().next_expiry()).await;
-            let now = now_ms();
+            let now = unix_ms();
             match due {
                 Some(t) if t <= now => {
                     let entry = CacheEntry {

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use raftify::{Error, ErrorClass, Raft};
 use raftify_cache::table::lookup;
 use raftify_cache::{errors, CacheEntry, CacheState, Op, Reply};
+use raftify_core::unix_ms;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -74,14 +75,6 @@ pub struct Session {
     /// `SHARDS` or `NODES`): it is a cluster client, and a follower
     /// answers its writes with `-MOVED` to the leader.
     pub cluster: bool,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A core error as a Redis error reply. An outcome that is not known is
@@ -302,7 +295,7 @@ impl Server {
             return oom;
         }
         let entry = CacheEntry {
-            clock_ms: now_ms(),
+            clock_ms: unix_ms(),
             op: Op::Exec {
                 commands,
                 transaction,
@@ -440,7 +433,7 @@ impl Server {
             }
             "publish" => {
                 let entry = CacheEntry {
-                    clock_ms: now_ms(),
+                    clock_ms: unix_ms(),
                     op: Op::Publish {
                         channel: argv[1].clone(),
                         message: argv[2].clone(),

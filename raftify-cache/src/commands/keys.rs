@@ -114,7 +114,7 @@ fn ttl_with(ks: &Keyspace, a: &[Bytes], scale: u64, absolute: bool) -> Reply {
             // The time left as of now on this node's clock when that is
             // ahead of the replicated one (which moves only with entries);
             // whether the key exists is still judged on the replicated one.
-            let left = at.saturating_sub(ks.clock().max(super::wall_clock_ms()));
+            let left = at.saturating_sub(ks.clock().max(raftify_core::unix_ms()));
             // Rounded as Redis does: TTL 10 right after EX 10.
             Reply::Int(left.div_ceil(scale).min(i64::MAX as u64) as i64)
         }

@@ -39,15 +39,6 @@ pub type ReadFn = fn(&Keyspace, &[Bytes]) -> Reply;
 /// A write command, applied through the log on every node.
 pub type WriteFn = fn(&mut Keyspace, &[Bytes], &mut WriteCtx) -> Reply;
 
-/// This node's wall clock, ms since the Unix epoch (for what a read shows,
-/// never for what a write does).
-pub fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Parses a Redis integer argument (decimal, optional `-`, no spaces or
 /// `+`, no leading zeros but `0` itself).
 pub fn parse_i64(b: &[u8]) -> Option<i64> {
