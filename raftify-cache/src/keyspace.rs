@@ -228,14 +228,9 @@ impl Keyspace {
             return;
         };
         if item.value.is_empty_collection() {
-            // Its weight was taken off by `get_mut`.
-            let key = Bytes::copy_from_slice(key);
-            if let Some(old) = self.items.remove(&key) {
-                self.used = self.used.saturating_sub(key.len() + PER_KEY);
-                if let Some(t) = old.expire_at {
-                    self.expiries.remove(&(t, key));
-                }
-            }
+            // Its weight was taken off by `get_mut`; `remove` takes it off
+            // again (an empty collection weighs nothing), with the key's.
+            self.remove(key);
         } else {
             self.used += item.value.weight();
         }
@@ -274,8 +269,8 @@ impl Keyspace {
 
     /// Deletes the key (expired or not); returns its item.
     pub fn remove(&mut self, key: &[u8]) -> Option<Item> {
-        let key = Bytes::copy_from_slice(key);
-        let old = self.items.remove(&key)?;
+        // The stored key comes back with the item: no copy of `key`.
+        let (key, old) = self.items.remove_with_key(key)?;
         self.used = self
             .used
             .saturating_sub(key.len() + PER_KEY + old.value.weight());
@@ -287,22 +282,23 @@ impl Keyspace {
 
     /// Sets or clears a live key's expiry; false when the key is missing.
     pub fn set_expiry(&mut self, key: &[u8], expire_at: Option<u64>) -> bool {
-        let clock = self.clock_ms;
-        let key = Bytes::copy_from_slice(key);
-        let Some(item) = self.items.get_mut(&key) else {
+        let (clock, index) = (self.clock_ms, self.index);
+        let Some((stored, item)) = self.items.get_key_value_mut(key) else {
             return false;
         };
         if item.expire_at.is_some_and(|t| t <= clock) {
-            self.remove(&key);
+            self.remove(key);
             return false;
         }
-        if let Some(old) = item.expire_at {
-            self.expiries.remove(&(old, key.clone()));
+        // A reference count, not a copy of the key.
+        let stored = stored.clone();
+        let old = std::mem::replace(&mut item.expire_at, expire_at);
+        item.version = index;
+        if let Some(old) = old {
+            self.expiries.remove(&(old, stored.clone()));
         }
-        item.expire_at = expire_at;
-        item.version = self.index;
         if let Some(t) = expire_at {
-            self.expiries.insert((t, key));
+            self.expiries.insert((t, stored));
         }
         true
     }
