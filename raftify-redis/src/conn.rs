@@ -137,9 +137,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             match next_command(&mut input, server.max_bulk) {
                 Next::Incomplete => break,
                 Next::Command(argv) if argv.is_empty() => continue,
-                Next::Command(argv)
-                    if server.batchable(session, &argv) && session.inbox.count() == 0 =>
-                {
+                Next::Command(argv) if server.batchable(session, &argv) => {
                     batch.push(argv);
                     if batch.len() >= MAX_BATCH {
                         flush(server, session, &mut batch, &mut output).await;

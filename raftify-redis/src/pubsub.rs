@@ -86,33 +86,30 @@ impl Hub {
         let mut subs = self.lock();
         let mut delivered = 0;
         let mut overflowed = Vec::new();
-        if let Some(clients) = subs.channels.get(channel) {
+        let mut deliver = |clients: &HashMap<u64, Sender>, m: Message| {
             for (id, tx) in clients {
-                match tx.try_send(Message::Message {
-                    channel: channel.clone(),
-                    data: data.clone(),
-                }) {
+                match tx.try_send(m.clone()) {
                     Ok(()) => delivered += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(*id),
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
+        };
+        if let Some(clients) = subs.channels.get(channel) {
+            let m = Message::Message {
+                channel: channel.clone(),
+                data: data.clone(),
+            };
+            deliver(clients, m);
         }
         for (pattern, clients) in &subs.patterns {
-            if !glob_match(pattern, channel) {
-                continue;
-            }
-            for (id, tx) in clients {
+            if glob_match(pattern, channel) {
                 let m = Message::PMessage {
                     pattern: pattern.clone(),
                     channel: channel.clone(),
                     data: data.clone(),
                 };
-                match tx.try_send(m) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(*id),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
+                deliver(clients, m);
             }
         }
         for id in overflowed {

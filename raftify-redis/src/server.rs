@@ -202,6 +202,7 @@ impl Server {
         s.authed
             && s.user.is_none()
             && s.multi.is_none()
+            && s.inbox.count() == 0
             && !s.cluster
             && lookup(&argv[0]).is_some_and(|c| c.arity_ok(argv.len()))
     }
