@@ -6,26 +6,23 @@
 
 use raftify_core::testkit::StoreFactory;
 use raftify_core::LogStore;
-use raftify_storage::{LmdbError, LmdbOptions, LmdbStore};
+use raftify_storage::{LmdbOptions, LmdbStore};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn factory() -> StoreFactory {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     Arc::new(move |id| {
         let path = dir.path().join(format!("node-{id}"));
         // A restarted node reopens its dir; the previous incarnation's last
-        // handles may still be dropping, so a held lock is retried briefly.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let opts = LmdbOptions::new().map_size(64 << 20).no_sync(id % 2 == 0);
-            match LmdbStore::open(&path, opts) {
-                Ok(store) => return Arc::new(store) as Arc<dyn LogStore>,
-                Err(LmdbError::Locked { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => panic!("cannot open {}: {e}", path.display()), // ok: test helper
-            }
+        // handles may still be dropping, so a held lock is waited for.
+        let opts = LmdbOptions::new()
+            .map_size(64 << 20)
+            .no_sync(id % 2 == 0)
+            .lock_wait(Duration::from_secs(5));
+        match LmdbStore::open(&path, opts) {
+            Ok(store) => Arc::new(store) as Arc<dyn LogStore>,
+            Err(e) => panic!("cannot open {}: {e}", path.display()), // ok: test helper
         }
     })
 }

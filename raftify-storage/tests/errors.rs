@@ -188,6 +188,27 @@ fn second_handle_is_locked_out() {
     LmdbStore::open(tmp.path(), opts()).expect("lock released on drop");
 }
 
+#[test]
+fn open_waits_for_a_lock_released_within_lock_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = LmdbStore::open(tmp.path(), opts()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        // Released only once the second open has started waiting.
+        rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(s);
+    });
+    tx.send(()).unwrap();
+    let opened = LmdbStore::open(tmp.path(), opts().lock_wait(Duration::from_secs(30)));
+    holder.join().unwrap();
+    opened.expect("the lock is taken once released");
+    // Zero wait tries once.
+    let _held = LmdbStore::open(tmp.path(), opts()).unwrap();
+    let err = LmdbStore::open(tmp.path(), opts().lock_wait(Duration::ZERO)).unwrap_err();
+    assert!(matches!(err, LmdbError::Locked { .. }), "{err:?}");
+}
+
 /// Child mode: hold a store open for writing until killed.
 #[test]
 fn hold_child() {

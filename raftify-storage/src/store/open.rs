@@ -17,6 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Maps a failure to open the environment to an [`LmdbError`] naming the
 /// data file or directory.
@@ -54,7 +55,7 @@ impl LmdbStore {
     /// crash too: LMDB commits are atomic). The directory is locked
     /// exclusively (`raftify.lock`, an `flock`) until the store is dropped;
     /// a second writer, in this or another process, gets
-    /// [`LmdbError::Locked`].
+    /// [`LmdbError::Locked`] once [`LmdbOptions::lock_wait`] has passed.
     ///
     /// Errors name the directory: [`LmdbError::NotAStore`] for a non-empty
     /// directory without a store, [`LmdbError::Corrupted`] for truncated or
@@ -91,7 +92,7 @@ impl LmdbStore {
                 });
             }
         }
-        let lock = take_lock(&dir)?;
+        let lock = take_lock(&dir, opts.lock_wait)?;
         Self::open_env(dir, opts, false, Some(lock))
     }
 
@@ -376,8 +377,9 @@ impl LmdbStore {
     }
 }
 
-/// Takes the exclusive `raftify.lock` of a store directory.
-fn take_lock(dir: &Path) -> Result<File, LmdbError> {
+/// Takes the exclusive `raftify.lock` of a store directory, retrying a
+/// held lock for up to `wait`.
+fn take_lock(dir: &Path, wait: Duration) -> Result<File, LmdbError> {
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -386,7 +388,13 @@ fn take_lock(dir: &Path) -> Result<File, LmdbError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| LmdbError::io("open lock file", &path, e))?;
-    match file.try_lock() {
+    let deadline = Instant::now() + wait;
+    let mut result = file.try_lock();
+    while matches!(result, Err(std::fs::TryLockError::WouldBlock)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        result = file.try_lock();
+    }
+    match result {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let holder = fs::read_to_string(&path).unwrap_or_default();

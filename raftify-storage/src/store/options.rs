@@ -1,6 +1,7 @@
 //! [`LmdbOptions`], and the rounding of map sizes.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Map sizes are kept multiples of this (a multiple of every page size LMDB
 /// runs with: 4 KiB, 16 KiB, 64 KiB).
@@ -56,6 +57,13 @@ pub struct LmdbOptions {
     /// once checkpointed; a store keeps two or three). Rounded up to 4 KiB,
     /// between 8 KiB and 1 GiB. Default 16 MiB.
     pub journal_segment_size: usize,
+    /// How long [`LmdbStore::open`](crate::LmdbStore::open) keeps trying
+    /// when the directory's `raftify.lock` is held, before it fails with
+    /// [`LmdbError::Locked`](crate::LmdbError::Locked) (bbolt's `Timeout`).
+    /// A lock outlives its store briefly when another thread of the process
+    /// starts a child process at that moment: the child holds a copy of
+    /// the lock's descriptor until it `exec`s. Default 1 s; zero tries once.
+    pub lock_wait: Duration,
 }
 
 impl Default for LmdbOptions {
@@ -67,6 +75,7 @@ impl Default for LmdbOptions {
             archive_compacted: None,
             journal: true,
             journal_segment_size: 16 << 20,
+            lock_wait: Duration::from_secs(1),
         }
     }
 }
@@ -105,6 +114,12 @@ impl LmdbOptions {
     /// Sets [`LmdbOptions::journal_segment_size`].
     pub fn journal_segment_size(mut self, bytes: usize) -> Self {
         self.journal_segment_size = bytes;
+        self
+    }
+
+    /// Sets [`LmdbOptions::lock_wait`].
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
         self
     }
 
