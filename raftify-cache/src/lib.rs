@@ -33,6 +33,7 @@
 pub mod acl;
 pub mod commands;
 mod entry;
+pub mod eviction;
 pub mod keyspace;
 mod reply;
 mod state;

@@ -3,9 +3,10 @@
 
 use crate::commands::WriteCtx;
 use crate::entry::{CacheEntry, Op};
+use crate::eviction::Frequencies;
 use crate::keyspace::{Keyspace, Map, Score, Set, Value, ZSet};
 use crate::reply::Reply;
-use crate::table::{lookup, Handler};
+use crate::table::{lookup, Command, Handler};
 use async_trait::async_trait;
 use bytes::Bytes;
 use raftify_core::{AbstractStateMachine, BoxError, SnapshotView};
@@ -26,6 +27,9 @@ pub struct CacheState {
     users: crate::acl::Users,
     applied: u64,
     on_publish: Option<PublishHook>,
+    /// Counts key accesses for LFU eviction (this node's reads and applied
+    /// writes); not part of the replicated state.
+    frequencies: Option<Arc<Frequencies>>,
 }
 
 impl std::fmt::Debug for CacheState {
@@ -47,6 +51,17 @@ impl CacheState {
     /// it returns how many got the message.
     pub fn set_publish_hook(&mut self, hook: PublishHook) {
         self.on_publish = Some(hook);
+    }
+
+    /// Counts every key this copy reads or writes from now on in `f` (the
+    /// LFU eviction policies' [`Frequencies`]).
+    pub fn count_accesses(&mut self, f: Arc<Frequencies>) {
+        self.frequencies = Some(f);
+    }
+
+    /// The access counts set by [`CacheState::count_accesses`].
+    pub fn frequencies(&self) -> Option<&Frequencies> {
+        self.frequencies.as_deref()
     }
 
     /// The keyspace, for reads.
@@ -74,7 +89,10 @@ impl CacheState {
     pub fn read(&self, argv: &[Bytes]) -> Reply {
         match argv.first().and_then(|n| lookup(n)) {
             Some(c) => match c.handler {
-                Handler::Read(f) if c.arity_ok(argv.len()) => f(&self.keys, argv),
+                Handler::Read(f) if c.arity_ok(argv.len()) => {
+                    touch(self.frequencies.as_deref(), c, argv);
+                    f(&self.keys, argv)
+                }
                 Handler::Read(_) => crate::reply::errors::arity(c.name),
                 Handler::Write(_) => Reply::err(format!("'{}' is not a read command", c.name)),
             },
@@ -100,7 +118,7 @@ impl CacheState {
                 }
                 let mut replies: Vec<Reply> = commands
                     .iter()
-                    .map(|c| exec(&mut self.keys, c, &mut ctx))
+                    .map(|c| exec(&mut self.keys, c, &mut ctx, self.frequencies.as_deref()))
                     .collect();
                 if *transaction {
                     Reply::Array(replies)
@@ -148,16 +166,33 @@ impl CacheState {
 
 /// Runs one command of a log entry: a write, or a read inside a
 /// transaction (its reply as of that point of the transaction).
-fn exec(keys: &mut Keyspace, argv: &[Bytes], ctx: &mut WriteCtx) -> Reply {
+fn exec(
+    keys: &mut Keyspace,
+    argv: &[Bytes],
+    ctx: &mut WriteCtx,
+    freq: Option<&Frequencies>,
+) -> Reply {
     let Some(c) = argv.first().and_then(|n| lookup(n)) else {
         return Reply::err("unknown command");
     };
     if !c.arity_ok(argv.len()) {
         return crate::reply::errors::arity(c.name);
     }
+    touch(freq, c, argv);
     match c.handler {
         Handler::Write(f) => f(keys, argv, ctx),
         Handler::Read(f) => f(keys, argv),
+    }
+}
+
+/// Counts an access to each key of a command, when counting.
+fn touch(freq: Option<&Frequencies>, c: &Command, argv: &[Bytes]) {
+    if let Some(f) = freq {
+        for i in c.key_positions(argv.len()) {
+            if let Some(k) = argv.get(i) {
+                f.touch(k);
+            }
+        }
     }
 }
 

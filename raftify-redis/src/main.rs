@@ -59,13 +59,15 @@ struct Args {
     /// Memory limit for the data (`100mb`, `2gb`, bytes; 0: none), as the
     /// keyspace estimates it (keys, values and a fixed overhead each; the
     /// same on every node).
-    #[arg(long, env = "RAFTIFY_MAXMEMORY", default_value = "0", value_parser = raftify_redis::eviction::parse_memory)]
+    #[arg(long, env = "RAFTIFY_MAXMEMORY", default_value = "0", value_parser = raftify_cache::eviction::parse_memory)]
     maxmemory: u64,
     /// What happens over --maxmemory: `noeviction` (writes that add data
     /// get -OOM), `allkeys-lru` (least recently written keys go),
-    /// `allkeys-random`, `volatile-ttl` (keys nearest to expiry go).
+    /// `allkeys-lfu` (least frequently used keys go), `allkeys-random`,
+    /// `volatile-lru`, `volatile-lfu`, `volatile-random` (the same among
+    /// keys with a TTL), `volatile-ttl` (keys nearest to expiry go).
     #[arg(long, env = "RAFTIFY_MAXMEMORY_POLICY", default_value = "noeviction")]
-    maxmemory_policy: raftify_redis::eviction::Policy,
+    maxmemory_policy: raftify_cache::eviction::Policy,
     /// Serve reads from this node's copy without checking with the leader
     /// (faster, possibly stale), as every connection that sent READONLY.
     #[arg(long, env = "RAFTIFY_OPENREADS")]
@@ -112,6 +114,11 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     state.set_publish_hook(Arc::new(move |channel, message| {
         delivering.publish(channel, message)
     }));
+    if args.maxmemory > 0 && args.maxmemory_policy.counts_accesses() {
+        // 4 rows of 2^18 one-byte counters: 1 MiB, halved every 2.6M accesses.
+        let sketch = raftify_cache::eviction::Frequencies::new(1 << 18);
+        state.count_accesses(Arc::new(sketch));
+    }
     let launched = launch(spec, state, None)
         .await
         .context("cannot start the node")?;

@@ -37,7 +37,7 @@ pub struct Server {
     /// `--maxmemory` (0: no limit).
     pub maxmemory: u64,
     /// `--maxmemory-policy`.
-    pub policy: crate::eviction::Policy,
+    pub policy: raftify_cache::eviction::Policy,
     /// Client ids given out.
     pub next_client_id: AtomicU64,
     /// Commands served.
@@ -280,7 +280,7 @@ impl Server {
             .node
             .stale_read(|sm| sm.keyspace().used_memory() as u64)
             .await;
-        crate::eviction::refuses(self.policy, self.maxmemory, used)
+        raftify_cache::eviction::refuses(self.policy, self.maxmemory, used)
             .then(|| Reply::Error("OOM command not allowed when used memory > 'maxmemory'.".into()))
     }
 

@@ -542,6 +542,90 @@ fn maxmemory_refuses_or_evicts_on_every_node() {
     }
 }
 
+/// Fills a node past `--maxmemory` with 1000-byte values under `key(i)`,
+/// waiting for the evictor whenever writes are refused.
+fn fill(cl: &mut Client, n: usize, key: impl Fn(usize) -> Vec<String>) {
+    let value = "x".repeat(1000);
+    for i in 0..n {
+        let mut args: Vec<String> = vec!["SET".into()];
+        args.extend(key(i));
+        args.insert(2, value.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = show(&cl.cmd(&args));
+        if r != "+OK" {
+            assert!(r.starts_with("-OOM"), "{r}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn lfu_keeps_the_hot_keys_and_volatile_policies_keep_keys_without_ttl() {
+    let lfu = [
+        "--no-sync",
+        "--maxmemory",
+        "50kb",
+        "--maxmemory-policy",
+        "allkeys-lfu",
+    ];
+    let c = Cluster::start(1, &lfu);
+    c.wait_leader();
+    let mut cl = c.node(1).client();
+    assert_eq!(show(&cl.cmd(&["SET", "hot", "v"])), "+OK");
+    for i in 0..200 {
+        if i % 10 == 0 {
+            for _ in 0..20 {
+                assert_eq!(show(&cl.cmd(&["GET", "hot"])), "$v");
+            }
+        }
+        fill(&mut cl, 1, |_| vec![format!("k{i}")]);
+    }
+    wait_for("eviction", T, || {
+        let Frame::Integer(keys) = cl.cmd(&["DBSIZE"]) else {
+            return None;
+        };
+        (keys < 60).then_some(())
+    });
+    assert_eq!(show(&cl.cmd(&["GET", "hot"])), "$v", "the hot key stays");
+    assert_eq!(
+        show(&cl.cmd(&["EXISTS", "k0"])),
+        ":0",
+        "a cold old key went"
+    );
+    let config = show(&cl.cmd(&["CONFIG", "GET", "maxmemory-policy"]));
+    assert!(config.contains("allkeys-lfu"), "{config}");
+    drop(c);
+
+    for policy in ["volatile-lru", "volatile-lfu", "volatile-random"] {
+        let c = Cluster::start(
+            1,
+            &[
+                "--no-sync",
+                "--maxmemory",
+                "50kb",
+                "--maxmemory-policy",
+                policy,
+            ],
+        );
+        c.wait_leader();
+        let mut cl = c.node(1).client();
+        fill(&mut cl, 20, |i| vec![format!("keep{i}")]);
+        fill(&mut cl, 200, |i| {
+            vec![format!("t{i}"), "EX".into(), "1000".into()]
+        });
+        wait_for(&format!("eviction under {policy}"), T, || {
+            let Frame::Integer(keys) = cl.cmd(&["DBSIZE"]) else {
+                return None;
+            };
+            (keys < 60).then_some(())
+        });
+        for i in 0..20 {
+            let key = format!("keep{i}");
+            assert_eq!(show(&cl.cmd(&["EXISTS", &key])), ":1", "{policy}: {key}");
+        }
+    }
+}
+
 /// RedisRaft's Jepsen findings as named cases: an old leader, paused while
 /// the others elected a new one and took writes, never serves a stale
 /// read when it resumes; a node restarted after a crash serves no read
