@@ -203,9 +203,16 @@ impl Server {
                 },
                 _ => errors::not_integer(),
             },
-            "snapshot" if argv.len() == 3 && lower(&argv[2]) == "now" => match h.snapshot().await {
-                Ok(index) => Reply::Int(index as i64),
-                Err(e) => error_reply(&e),
+            "snapshot" if argv.len() >= 3 => match (lower(&argv[2]).as_str(), argv.len()) {
+                ("now", 3) => match h.snapshot().await {
+                    Ok(index) => Reply::Int(index as i64),
+                    Err(e) => error_reply(&e),
+                },
+                ("list", 3) => crate::snapshots::list(h.storage().clone()).await,
+                ("read", _) if argv.len() >= 4 => {
+                    crate::snapshots::read(h.storage().clone(), &self.snapshot_cache, argv).await
+                }
+                _ => Reply::err("usage: RAFT SNAPSHOT NOW | LIST | READ <id> [<offset> <count>]"),
             },
             "server" if argv.len() >= 3 => self.raft_server(argv).await,
             "help" => Reply::bulks(
@@ -219,6 +226,8 @@ impl Server {
                     "RAFT SERVER DEMOTE <id>",
                     "RAFT TRANSFER <id>",
                     "RAFT SNAPSHOT NOW",
+                    "RAFT SNAPSHOT LIST",
+                    "RAFT SNAPSHOT READ <id> [<offset> <count>]",
                     "RAFT HELP",
                 ]
                 .into_iter()

@@ -18,3 +18,4 @@ mod introspect;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
+pub mod snapshots;

@@ -140,6 +140,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         next_client_id: AtomicU64::new(0),
         commands: AtomicU64::new(0),
         started: Instant::now(),
+        snapshot_cache: Default::default(),
     });
     let expiry = tokio::spawn(raftify_redis::expiry::run(node.clone(), logger.clone()));
     let evictor = tokio::spawn(raftify_redis::eviction::run(

@@ -44,6 +44,8 @@ pub struct Server {
     pub commands: AtomicU64,
     /// When the server started.
     pub started: Instant,
+    /// The snapshot file last read by `RAFT SNAPSHOT READ`.
+    pub snapshot_cache: crate::snapshots::SnapshotCache,
 }
 
 /// One connection's state.

@@ -424,6 +424,73 @@ fn a_message_published_on_any_node_reaches_subscribers_on_every_node_in_order() 
 }
 
 #[test]
+fn a_snapshot_read_through_raft_snapshot_read_restores_a_new_node() {
+    let c = Cluster::start(1, &["--no-sync"]);
+    c.wait_leader();
+    let mut cl = c.node(1).client();
+    for i in 0..100 {
+        assert_eq!(
+            show(&cl.cmd(&["SET", &format!("k{i}"), &format!("v{i}")])),
+            "+OK"
+        );
+    }
+    let Frame::Integer(index) = cl.cmd(&["RAFT", "SNAPSHOT", "NOW"]) else {
+        panic!("RAFT SNAPSHOT NOW answers the index");
+    };
+    let Frame::Array(list) = cl.cmd(&["RAFT", "SNAPSHOT", "LIST"]) else {
+        panic!("LIST is an array");
+    };
+    assert_eq!(list.len(), 1, "one stored snapshot");
+    let Frame::Array(fields) = &list[0] else {
+        panic!("a snapshot is a map");
+    };
+    let field = |name: &str| {
+        let at = fields.iter().position(|f| show(f) == format!("${name}"));
+        fields[at.expect(name) + 1].clone()
+    };
+    assert_eq!(field("index"), Frame::Integer(index));
+    let id = show(&field("id"))[1..].to_string();
+    assert!(id.ends_with(&format!("-{index}")), "{id}");
+    let Frame::BulkString(file) = cl.cmd(&["RAFT", "SNAPSHOT", "READ", &id]) else {
+        panic!("READ answers the file");
+    };
+    // Ranges put together are the whole file.
+    let mut parts = Vec::new();
+    for offset in (0..file.len() + 700).step_by(700) {
+        let r = cl.cmd(&["RAFT", "SNAPSHOT", "READ", &id, &offset.to_string(), "700"]);
+        let Frame::BulkString(b) = r else {
+            panic!("{r:?}")
+        };
+        parts.extend_from_slice(&b);
+    }
+    assert_eq!(parts, file.to_vec());
+    let wrong = show(&cl.cmd(&["RAFT", "SNAPSHOT", "READ", "9-99999"]));
+    assert!(wrong.starts_with("-ERR no snapshot 9-99999"), "{wrong}");
+    let bad = show(&cl.cmd(&["RAFT", "SNAPSHOT", "READ", &id, "-1", "5"]));
+    assert!(bad.starts_with("-ERR"), "{bad}");
+
+    // The file is a backup: a new node starts from it.
+    let backup = c.dir.path().join("backup.snap");
+    std::fs::write(&backup, &file).unwrap();
+    let restored = Node::spawn(
+        1,
+        free_port(),
+        &format!("127.0.0.1:{}", free_port()),
+        &c.dir.path().join("restored"),
+        &[
+            "--no-sync",
+            "--restore-snapshot-from",
+            backup.to_str().unwrap(),
+        ],
+    );
+    let mut r = wait_for("the restored node serving", T, || {
+        let mut r = Client::connect(&restored.addr()).ok()?;
+        (show(&r.call(&["GET", "k99"]).ok()?) == "$v99").then_some(r)
+    });
+    assert_eq!(show(&r.cmd(&["DBSIZE"])), ":100");
+}
+
+#[test]
 fn raft_server_commands_change_membership() {
     let mut c = Cluster::start(3, &["--no-sync"]);
     let leader = c.wait_leader();

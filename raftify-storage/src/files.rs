@@ -67,8 +67,10 @@ pub(crate) fn remove_tmp_files(dir: &Path) {
 }
 
 /// Encodes a snapshot in the snapshot-file format:
-/// `"RFTYSNP1" ++ crc32 (u32 LE) ++ length (u64 LE) ++ eraftpb.Snapshot`.
-pub(crate) fn encode_snapshot_file(snap: &Snapshot) -> Result<Vec<u8>, String> {
+/// `"RFTYSNP1" ++ crc32 (u32 LE) ++ length (u64 LE) ++ eraftpb.Snapshot`:
+/// the bytes [`write_snapshot_file`] writes, for a caller that sends them
+/// elsewhere. An error says why the snapshot cannot be encoded.
+pub fn encode_snapshot_file(snap: &Snapshot) -> Result<Vec<u8>, String> {
     let payload = encode_msg(snap)?;
     let mut out = Vec::with_capacity(payload.len() + 20);
     out.extend_from_slice(SNAP_MAGIC);

@@ -109,6 +109,6 @@ mod restore;
 mod store;
 
 pub use error::LmdbError;
-pub use files::{read_archive_file, read_snapshot_file, write_snapshot_file};
+pub use files::{encode_snapshot_file, read_archive_file, read_snapshot_file, write_snapshot_file};
 pub use restore::{restore_wal_from, restore_wal_snapshot_from};
 pub use store::{LmdbOptions, LmdbStore, FORMAT_VERSION};

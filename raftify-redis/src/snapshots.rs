@@ -1,0 +1,130 @@
+//! `RAFT SNAPSHOT LIST` and `RAFT SNAPSHOT READ`: the node's stored
+//! snapshot, for backups. A node keeps one snapshot (the newest; older ones
+//! are deleted once it is durable), named `<term>-<index>`.
+//!
+//! `READ` answers the snapshot in raftify's snapshot-file format (checksummed;
+//! what `raftify-cli` and `--restore-snapshot-from` read), whole when it
+//! fits [`WHOLE_MAX`], else by ranges: `RAFT SNAPSHOT READ <id> <offset>
+//! <count>` with `count` ≤ [`WHOLE_MAX`]. The encoded file of the last
+//! snapshot read is kept, so reading a large one range by range encodes it
+//! once.
+
+use crate::server::error_reply;
+use bytes::Bytes;
+use raftify_cache::{commands::parse_i64, errors, Reply};
+use raftify_core::raft::eraftpb::Snapshot;
+use raftify_core::{Error, LogStore};
+use std::sync::{Arc, Mutex};
+
+/// Largest reply of one `READ` (a quarter of the client output limit).
+pub const WHOLE_MAX: usize = crate::conn::MAX_OUTPUT / 4;
+
+/// The encoded file of the snapshot last read: `(id, bytes)`.
+#[derive(Debug, Default)]
+pub struct SnapshotCache(Mutex<Option<(String, Bytes)>>);
+
+fn id_of(s: &Snapshot) -> String {
+    let m = s.get_metadata();
+    format!("{}-{}", m.term, m.index)
+}
+
+/// Loads the stored snapshot off the async threads (it may be large).
+async fn load(store: Arc<dyn LogStore>) -> Result<Option<Snapshot>, Reply> {
+    let loaded = tokio::task::spawn_blocking(move || store.snapshot())
+        .await
+        .map_err(|e| Reply::err(format!("reading the snapshot failed: {e}")))?;
+    match loaded {
+        Ok(s) if s.get_metadata().index == 0 => Ok(None),
+        Ok(s) => Ok(Some(s)),
+        Err(e) => Err(error_reply(&Error::Storage(e))),
+    }
+}
+
+/// `RAFT SNAPSHOT LIST`: the stored snapshot as a map of `id`, `index`,
+/// `term`, `size` (its data, bytes) and `voters`; empty before the first.
+pub async fn list(store: Arc<dyn LogStore>) -> Reply {
+    let snapshot = match load(store).await {
+        Ok(s) => s,
+        Err(reply) => return reply,
+    };
+    Reply::Array(
+        snapshot
+            .iter()
+            .map(|s| {
+                let m = s.get_metadata();
+                let voters = m.get_conf_state().voters.iter();
+                Reply::Map(vec![
+                    (Reply::bulk("id"), Reply::bulk(id_of(s))),
+                    (Reply::bulk("index"), Reply::Int(m.index as i64)),
+                    (Reply::bulk("term"), Reply::Int(m.term as i64)),
+                    (Reply::bulk("size"), Reply::Int(s.data.len() as i64)),
+                    (
+                        Reply::bulk("voters"),
+                        Reply::Array(voters.map(|v| Reply::Int(*v as i64)).collect()),
+                    ),
+                ])
+            })
+            .collect(),
+    )
+}
+
+/// `RAFT SNAPSHOT READ <id> [<offset> <count>]`.
+pub async fn read(store: Arc<dyn LogStore>, cache: &SnapshotCache, argv: &[Bytes]) -> Reply {
+    let id = String::from_utf8_lossy(&argv[3]).into_owned();
+    let range = match argv.len() {
+        4 => None,
+        6 => match (parse_i64(&argv[4]), parse_i64(&argv[5])) {
+            (Some(o), Some(c)) if o >= 0 && c >= 0 => Some((o as usize, c as usize)),
+            (Some(_), Some(_)) => return Reply::err("offset and count must not be negative"),
+            _ => return errors::not_integer(),
+        },
+        _ => return Reply::err("usage: RAFT SNAPSHOT READ <id> [<offset> <count>]"),
+    };
+    let cached = cache
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|(c, _)| *c == id)
+        .map(|(_, b)| b.clone());
+    let file = match cached {
+        Some(b) => b,
+        None => {
+            let snapshot = match load(store).await {
+                Ok(Some(s)) if id_of(&s) == id => s,
+                Ok(_) => {
+                    return Reply::err(format!(
+                        "no snapshot {id} here (RAFT SNAPSHOT LIST names the stored one)"
+                    ))
+                }
+                Err(reply) => return reply,
+            };
+            let encoded = tokio::task::spawn_blocking(move || {
+                raftify_storage::encode_snapshot_file(&snapshot).map(Bytes::from)
+            })
+            .await;
+            let bytes = match encoded {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => return Reply::err(format!("encoding the snapshot failed: {e}")),
+                Err(e) => return Reply::err(format!("encoding the snapshot failed: {e}")),
+            };
+            *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, bytes.clone()));
+            bytes
+        }
+    };
+    match range {
+        None if file.len() <= WHOLE_MAX => Reply::Bulk(file),
+        None => Reply::err(format!(
+            "the snapshot file is {} bytes, more than one reply carries ({WHOLE_MAX}); read it in ranges: RAFT SNAPSHOT READ <id> <offset> <count>",
+            file.len()
+        )),
+        Some((_, count)) if count > WHOLE_MAX => {
+            Reply::err(format!("count must be at most {WHOLE_MAX}"))
+        }
+        Some((offset, count)) => {
+            let start = offset.min(file.len());
+            let end = start.saturating_add(count).min(file.len());
+            Reply::Bulk(file.slice(start..end))
+        }
+    }
+}
