@@ -282,7 +282,7 @@ impl Frequencies {
             }
         }
         let n = self.accesses.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % (10 * self.width as u64) == 0 {
+        if n.is_multiple_of(10 * self.width as u64) {
             for c in &self.counters {
                 c.store(c.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
             }
