@@ -249,8 +249,11 @@ impl Server {
         let refused = match lookup(&argv[0]) {
             Some(c) if c.arity_ok(argv.len()) => None,
             Some(c) => Some(errors::arity(c.name)),
-            None if name == "watch" => Some(Reply::err("WATCH inside MULTI is not allowed")),
-            None if name == "unwatch" => None,
+            // Refused, but the transaction goes on (as Redis does).
+            None if name == "watch" => return Reply::err("WATCH inside MULTI is not allowed"),
+            // Queued; EXEC answers OK in its place (see `exec`).
+            None if name == "unwatch" && argv.len() == 1 => None,
+            None if name == "unwatch" => Some(errors::arity("unwatch")),
             None => Some(unknown_command(&argv)),
         };
         if let Some(r) = refused {
@@ -421,10 +424,27 @@ impl Server {
                         "EXECABORT Transaction discarded because of previous errors.".into(),
                     );
                 }
-                if queued.is_empty() && watched.is_empty() {
-                    return Reply::Array(Vec::new());
+                // UNWATCH inside MULTI does nothing at EXEC (the watched
+                // keys are checked first) but answers OK in its place.
+                let (unwatch, queued): (Vec<_>, Vec<_>) = queued
+                    .into_iter()
+                    .enumerate()
+                    .partition(|(_, a)| a[0].eq_ignore_ascii_case(b"unwatch"));
+                let queued: Vec<_> = queued.into_iter().map(|(_, a)| a).collect();
+                let replies = if queued.is_empty() && watched.is_empty() {
+                    Reply::Array(Vec::new())
+                } else {
+                    self.write_watched(queued, true, watched).await
+                };
+                match replies {
+                    Reply::Array(mut r) => {
+                        for (i, _) in unwatch {
+                            r.insert(i.min(r.len()), Reply::Ok);
+                        }
+                        Reply::Array(r)
+                    }
+                    other => other,
                 }
-                self.write_watched(queued, true, watched).await
             }
             "readonly" => {
                 s.readonly = true;

@@ -29,6 +29,9 @@ const SCRIPTS: &[&str] = &[
     "SADD s a b c|SADD s a d|SCARD s|SISMEMBER s a|SISMEMBER s z|SMEMBERS s|SREM s a z|SMEMBERS s|SCARD nope|SPOP nope|SRANDMEMBER nope|SET str v|SADD str a",
     // Sorted sets.
     "ZADD z 1 a 2 b 3 c|ZADD z 1.5 a|ZADD z NX 9 a 4 d|ZADD z XX CH 5 d 9 e|ZADD z GT 1 d|ZADD z LT 1 d|ZSCORE z d|ZCARD z|ZRANK z c|ZRANK z nope|ZRANGE z 0 -1|ZRANGE z 0 -1 WITHSCORES|ZRANGE z 0 1 REV|ZRANGE z 2 4 BYSCORE|ZRANGE z (1.5 +inf BYSCORE LIMIT 0 1|ZRANGE z +inf -inf BYSCORE REV|ZINCRBY z 2.5 a|ZADD z INCR 1 b|ZREM z a nope|ZRANGE z 0 -1 WITHSCORES|ZADD z nan x|ZADD z 1|ZADD z NX XX 1 a",
+    // Transactions: UNWATCH is queued and answers OK; WATCH inside MULTI
+    // is refused without aborting; a queued error aborts.
+    "MULTI|SET a 1|UNWATCH|WATCH a|EXEC|MULTI|INCR a|UNWATCH|GET a|EXEC|MULTI|UNWATCH|EXEC|MULTI|GET|EXEC|EXEC|DISCARD|WATCH a|UNWATCH|MULTI|DISCARD",
     // Arity and unknown commands.
     "GET|SET a|HSET h|LRANGE l 0|NOSUCHCOMMAND a b|ZADD",
 ];
