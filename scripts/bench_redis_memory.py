@@ -25,6 +25,13 @@ def rss(pid):
     for l in open(f"/proc/{pid}/status"):
         if l.startswith("VmRSS:"):
             return int(l.split()[1]) * 1024
+def rss_parts(pid):
+    """(anonymous, file-backed) resident bytes: LMDB's map is file-backed."""
+    parts = {}
+    for l in open(f"/proc/{pid}/status"):
+        if l.startswith(("RssAnon:", "RssFile:")):
+            parts[l.split(":")[0]] = int(l.split()[1]) * 1024
+    return parts.get("RssAnon", 0), parts.get("RssFile", 0)
 def load(r, n=1_000_000, batch=1000):
     v = "x" * 100
     for i in range(0, n, batch):
@@ -47,6 +54,7 @@ args = [BIN, "--port", str(port), "--raft-addr", raft, "--data-dir", os.path.joi
 p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 r = redis.Redis(port=port); wait(r)
 base = rss(p.pid); t0 = time.time(); load(r); load_s = time.time() - t0; ours = rss(p.pid); n = r.dbsize()
+anon, filed = rss_parts(p.pid)
 info = r.info("memory")
 p.send_signal(signal.SIGTERM); p.wait()
 t0 = time.time()
@@ -61,5 +69,5 @@ restart_s = time.time() - t0
 after = rss(p.pid)
 p.send_signal(signal.SIGTERM); p.wait()
 print(f"redis-server: {n_r} keys, RSS {redis_rss/2**20:.0f} MiB (empty {base_r/2**20:.0f} MiB)")
-print(f"raftify-redis: {n} keys, RSS {ours/2**20:.0f} MiB (empty {base/2**20:.0f} MiB), load {load_s:.1f} s, used_memory estimate {info['used_memory']/2**20:.0f} MiB")
+print(f"raftify-redis: {n} keys, RSS {ours/2**20:.0f} MiB = {anon/2**20:.0f} anonymous + {filed/2**20:.0f} file-backed (empty {base/2**20:.0f} MiB), load {load_s:.1f} s, used_memory estimate {info['used_memory']/2**20:.0f} MiB")
 print(f"restart to serving the last key: {restart_s:.2f} s, RSS after {after/2**20:.0f} MiB; ratio RSS {ours/redis_rss:.2f}x")

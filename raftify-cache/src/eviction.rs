@@ -181,7 +181,7 @@ pub fn sample(ks: &Keyspace, mut seed: u64, freq: Option<&Frequencies>) -> Vec<C
         };
         let c = Candidate {
             key: key.clone(),
-            expire_at: item.expire_at,
+            expire_at: item.expire_at(),
             version: item.version,
             frequency: freq.map_or(0, |f| f.get(key)),
             weight: key.len() + PER_KEY + item.value.weight(),

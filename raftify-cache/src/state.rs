@@ -282,7 +282,7 @@ impl SnapshotView for View {
         put_u64(out, items.len() as u64);
         for (key, item) in items {
             put(out, key)?;
-            put_u64(out, item.expire_at.unwrap_or(0));
+            put_u64(out, item.expire_at().unwrap_or(0));
             put_u64(out, item.version);
             match &item.value {
                 Value::Str(s) => {

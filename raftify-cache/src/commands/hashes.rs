@@ -1,7 +1,7 @@
 //! Hash commands.
 
 use super::{is, parse_i64, with_value, WriteCtx};
-use crate::keyspace::{Keyspace, Map, Value};
+use crate::keyspace::{own, Keyspace, Map, Value};
 use crate::reply::{errors, Reply};
 use bytes::Bytes;
 
@@ -31,7 +31,7 @@ pub(crate) fn hset(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply {
         let Value::Hash(h) = v else { return 0 };
         a[2..]
             .chunks(2)
-            .filter(|fv| h.insert(fv[0].clone(), fv[1].clone()).is_none())
+            .filter(|fv| h.insert(own(fv[0].clone()), own(fv[1].clone())).is_none())
             .count()
     });
     match added {
@@ -52,7 +52,7 @@ pub(crate) fn hsetnx(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply 
     }
     let r = with_value(ks, &a[1], Some(new_hash), is_hash, |v| {
         if let Value::Hash(h) = v {
-            h.insert(a[2].clone(), a[3].clone());
+            h.insert(own(a[2].clone()), own(a[3].clone()));
         }
     });
     match r {

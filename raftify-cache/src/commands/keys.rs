@@ -61,7 +61,7 @@ fn expire_with(ks: &mut Keyspace, a: &[Bytes], scale: u64, absolute: bool, cmd: 
     let Some(item) = ks.get(&a[1]) else {
         return Reply::Int(0);
     };
-    let current = item.expire_at.map(i128::from);
+    let current = item.expire_at().map(i128::from);
     let allowed = match current {
         None => !xx && !gt,
         Some(c) => !(nx || (gt && at <= c) || (lt && at >= c)),
@@ -94,7 +94,7 @@ pub(crate) fn pexpireat(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Rep
 }
 
 pub(crate) fn persist(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply {
-    match ks.get(&a[1]).map(|i| i.expire_at) {
+    match ks.get(&a[1]).map(|i| i.expire_at()) {
         Some(Some(_)) => {
             ks.set_expiry(&a[1], None);
             Reply::Int(1)
@@ -106,7 +106,7 @@ pub(crate) fn persist(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply
 /// `TTL`-family: the remaining time in `scale` ms units, or the absolute
 /// expiry with `absolute`; -2 for a missing key, -1 for no TTL.
 fn ttl_with(ks: &Keyspace, a: &[Bytes], scale: u64, absolute: bool) -> Reply {
-    match ks.get(&a[1]).map(|i| i.expire_at) {
+    match ks.get(&a[1]).map(|i| i.expire_at()) {
         None => Reply::Int(-2),
         Some(None) => Reply::Int(-1),
         Some(Some(at)) if absolute => Reply::Int((at / scale) as i64),
@@ -203,7 +203,8 @@ fn rename_with(ks: &mut Keyspace, a: &[Bytes], nx: bool) -> Reply {
     }
     if a[1] != a[2] {
         ks.remove(&a[1]);
-        ks.insert(a[2].clone(), item.value, item.expire_at);
+        let expire_at = item.expire_at();
+        ks.insert(a[2].clone(), item.value, expire_at);
     }
     if nx {
         Reply::Int(1)

@@ -1,7 +1,7 @@
 //! List commands.
 
 use super::{index_range, parse_i64, with_value, WriteCtx};
-use crate::keyspace::{Keyspace, Value};
+use crate::keyspace::{own, Keyspace, Value};
 use crate::reply::{errors, Reply};
 use bytes::Bytes;
 
@@ -26,9 +26,9 @@ fn push(ks: &mut Keyspace, a: &[Bytes], front: bool) -> Reply {
         let Value::List(l) = v else { return 0 };
         for x in &a[2..] {
             if front {
-                l.push_front(x.clone());
+                l.push_front(own(x.clone()));
             } else {
-                l.push_back(x.clone());
+                l.push_back(own(x.clone()));
             }
         }
         l.len()

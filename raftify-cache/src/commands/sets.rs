@@ -1,7 +1,7 @@
 //! Set commands.
 
 use super::{parse_i64, with_value, WriteCtx};
-use crate::keyspace::{Keyspace, Set, Value};
+use crate::keyspace::{own, Keyspace, Set, Value};
 use crate::reply::{errors, Reply};
 use bytes::Bytes;
 
@@ -26,7 +26,7 @@ pub(crate) fn sadd(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply {
         let Value::Set(s) = v else { return 0 };
         a[2..]
             .iter()
-            .filter(|m| s.insert((*m).clone()).is_none())
+            .filter(|m| s.insert(own((*m).clone())).is_none())
             .count()
     });
     match r {

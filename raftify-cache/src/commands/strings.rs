@@ -139,7 +139,7 @@ pub(crate) fn set(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply {
         return if o.get { Reply::opt(old) } else { Reply::Nil };
     }
     let ttl = if o.keepttl {
-        ks.get(key).and_then(|i| i.expire_at)
+        ks.get(key).and_then(|i| i.expire_at())
     } else {
         o.expire_at
     };
@@ -252,7 +252,7 @@ pub(crate) fn append(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply 
     let (old, ttl) = match get_str(ks, &a[1]) {
         Ok(v) => (
             v.cloned().unwrap_or_default(),
-            ks.get(&a[1]).and_then(|i| i.expire_at),
+            ks.get(&a[1]).and_then(|i| i.expire_at()),
         ),
         Err(e) => return e,
     };
@@ -273,7 +273,7 @@ pub(crate) fn setrange(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Repl
     };
     let off = off as usize;
     let (old, ttl) = match get_str(ks, &a[1]) {
-        Ok(v) => (v.cloned(), ks.get(&a[1]).and_then(|i| i.expire_at)),
+        Ok(v) => (v.cloned(), ks.get(&a[1]).and_then(|i| i.expire_at())),
         Err(e) => return e,
     };
     let old_len = old.as_ref().map_or(0, |s| s.len());
@@ -296,7 +296,7 @@ pub(crate) fn setrange(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Repl
 fn incr_by(ks: &mut Keyspace, key: &Bytes, delta: i64) -> Reply {
     let (cur, ttl) = match get_str(ks, key) {
         Ok(Some(s)) => match parse_i64(s) {
-            Some(n) => (n, ks.get(key).and_then(|i| i.expire_at)),
+            Some(n) => (n, ks.get(key).and_then(|i| i.expire_at())),
             None => return errors::not_integer(),
         },
         Ok(None) => (0, None),
@@ -337,7 +337,7 @@ pub(crate) fn incrbyfloat(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> R
     };
     let (cur, ttl) = match get_str(ks, &a[1]) {
         Ok(Some(s)) => match parse_f64(s) {
-            Some(n) => (n, ks.get(&a[1]).and_then(|i| i.expire_at)),
+            Some(n) => (n, ks.get(&a[1]).and_then(|i| i.expire_at())),
             None => return errors::not_float(),
         },
         Ok(None) => (0.0, None),

@@ -1,7 +1,7 @@
 //! Sorted-set commands.
 
 use super::{index_range, is, parse_f64, parse_i64, with_value, WriteCtx};
-use crate::keyspace::{Keyspace, Score, Value, ZSet};
+use crate::keyspace::{own, Keyspace, Score, Value, ZSet};
 use crate::reply::{errors, Reply};
 use bytes::Bytes;
 
@@ -105,7 +105,7 @@ pub(crate) fn zadd(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply {
                 } else if old != Some(new) {
                     changed += 1;
                 }
-                z.insert(member, new);
+                z.insert(own(member), new);
                 last = Some(new);
             }
             Ok((if ch { added + changed } else { added }, last))
