@@ -67,7 +67,8 @@ while True:
     time.sleep(0.02)
 restart_s = time.time() - t0
 after = rss(p.pid)
+anon_after, file_after = rss_parts(p.pid)
 p.send_signal(signal.SIGTERM); p.wait()
 print(f"redis-server: {n_r} keys, RSS {redis_rss/2**20:.0f} MiB (empty {base_r/2**20:.0f} MiB)")
 print(f"raftify-redis: {n} keys, RSS {ours/2**20:.0f} MiB = {anon/2**20:.0f} anonymous + {filed/2**20:.0f} file-backed (empty {base/2**20:.0f} MiB), load {load_s:.1f} s, used_memory estimate {info['used_memory']/2**20:.0f} MiB")
-print(f"restart to serving the last key: {restart_s:.2f} s, RSS after {after/2**20:.0f} MiB; ratio RSS {ours/redis_rss:.2f}x")
+print(f"restart to serving the last key: {restart_s:.2f} s, RSS after {after/2**20:.0f} MiB = {anon_after/2**20:.0f} anonymous + {file_after/2**20:.0f} file-backed; ratio RSS {ours/redis_rss:.2f}x")
