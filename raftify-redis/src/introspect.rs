@@ -254,6 +254,11 @@ impl Server {
         };
         match (lower(&argv[2]).as_str(), argv.len()) {
             ("list", 3) => {
+                // Read-your-writes from any node: a membership change
+                // answered OK is in the list (RAFT INFO is the local view).
+                if let Err(e) = h.read_index().await {
+                    return error_reply(&e);
+                }
                 let status = match h.status().await {
                     Ok(s) => s,
                     Err(e) => return error_reply(&e),

@@ -6,9 +6,9 @@
 
 mod common;
 
+use common::workload::{check_writes, writer, Tally};
 use common::*;
 use redis_protocol::resp2::types::BytesFrame as Frame;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,101 +80,6 @@ fn writes_on_any_node_are_read_everywhere_and_ttls_end_everywhere() {
     assert_eq!(show(&l.cmd(&["LRANGE", "l", "0", "-1"])), "[$a, $b]");
 }
 
-/// What one writer saw.
-#[derive(Default, Debug)]
-struct Tally {
-    /// INCRs answered with a number.
-    acked: u64,
-    /// INCRs whose outcome is not known (UNKNOWN, or the connection broke
-    /// after sending).
-    unknown: u64,
-    /// Values appended (in a MULTI) and acknowledged.
-    appended: Vec<String>,
-    /// Values whose append outcome is not known.
-    maybe: Vec<String>,
-}
-
-fn writer(addrs: Vec<String>, w: usize, stop: Arc<AtomicBool>) -> Tally {
-    let mut t = Tally::default();
-    let mut seq = 0u64;
-    let mut at = w;
-    let mut conn: Option<Client> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let addr = &addrs[at % addrs.len()];
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match Client::connect(addr) {
-                Ok(c) => conn.insert(c),
-                Err(_) => {
-                    at += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-            },
-        };
-        c.stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .ok();
-        seq += 1;
-        let value = format!("w{w}-{seq}");
-        let r = if seq.is_multiple_of(2) {
-            c.call(&["INCR", "counter"]).map(|f| (true, f))
-        } else {
-            // An append in a transaction: sent as one pipeline.
-            let sent = c
-                .send(&[b"MULTI"])
-                .and_then(|()| c.send(&[b"RPUSH", b"appends", value.as_bytes()]))
-                .and_then(|()| c.send(&[b"EXEC"]));
-            sent.and_then(|()| {
-                let _ = c.read()?;
-                let _ = c.read()?;
-                c.read()
-            })
-            .map(|f| (false, f))
-        };
-        match r {
-            Ok((true, Frame::Integer(_))) => t.acked += 1,
-            Ok((false, Frame::Array(items)))
-                if matches!(items.first(), Some(Frame::Integer(_))) =>
-            {
-                t.appended.push(value)
-            }
-            Ok((incr, Frame::Error(e))) => {
-                let e = e.to_string();
-                if e.starts_with("UNKNOWN") {
-                    if incr {
-                        t.unknown += 1;
-                    } else {
-                        t.maybe.push(value);
-                    }
-                } else {
-                    assert!(
-                        e.starts_with("CLUSTERDOWN")
-                            || e.starts_with("TRYAGAIN")
-                            || e.contains("node cannot serve"),
-                        "a definite error must be one the write was not applied for: {e}"
-                    );
-                }
-                at += 1;
-                conn = None;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok((_, other)) => panic!("unexpected reply {other:?}"),
-            Err(_) => {
-                // Sent, then the connection broke: the outcome is not known.
-                if seq.is_multiple_of(2) {
-                    t.unknown += 1;
-                } else {
-                    t.maybe.push(value);
-                }
-                at += 1;
-                conn = None;
-            }
-        }
-    }
-    t
-}
-
 #[test]
 fn a_leader_kill_loses_no_acknowledged_increment_or_append() {
     let mut c = Cluster::start(3, &[]);
@@ -218,56 +123,7 @@ fn a_leader_kill_loses_no_acknowledged_increment_or_append() {
         .collect();
     c.wait_leader();
 
-    let acked: u64 = tallies.iter().map(|t| t.acked).sum();
-    let unknown: u64 = tallies.iter().map(|t| t.unknown).sum();
-    for id in 1..=3 {
-        let mut cl = c.node(id).client();
-        let counter: u64 = match cl.cmd(&["GET", "counter"]) {
-            Frame::BulkString(b) => String::from_utf8_lossy(&b).parse().expect("a number"),
-            other => panic!("{other:?}"),
-        };
-        assert!(
-            acked <= counter && counter <= acked + unknown,
-            "node {id}: counter {counter}, acknowledged {acked}, unknown {unknown}"
-        );
-        let Frame::Array(items) = cl.cmd(&["LRANGE", "appends", "0", "-1"]) else {
-            panic!("LRANGE")
-        };
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for i in items {
-            if let Frame::BulkString(b) = i {
-                *seen
-                    .entry(String::from_utf8_lossy(&b).into_owned())
-                    .or_default() += 1;
-            }
-        }
-        for t in &tallies {
-            for v in &t.appended {
-                assert_eq!(seen.get(v), Some(&1), "node {id}: acknowledged append {v}");
-            }
-            for v in &t.maybe {
-                assert!(
-                    seen.get(v).copied().unwrap_or(0) <= 1,
-                    "node {id}: append {v} twice"
-                );
-            }
-        }
-        let known: usize = tallies
-            .iter()
-            .map(|t| t.appended.len() + t.maybe.len())
-            .sum();
-        assert!(
-            seen.values().sum::<usize>() <= known,
-            "node {id}: appends nobody made"
-        );
-    }
-    let appended: usize = tallies.iter().map(|t| t.appended.len()).sum();
-    let maybe: usize = tallies.iter().map(|t| t.maybe.len()).sum();
-    eprintln!("{acked} increments acknowledged, {unknown} unknown; {appended} appends acknowledged, {maybe} unknown");
-    assert!(
-        acked > 20 && appended > 20,
-        "too few writes to mean anything: {acked}, {appended}"
-    );
+    check_writes(&c.nodes.values().collect::<Vec<_>>(), &tallies);
 }
 
 #[test]

@@ -11,6 +11,8 @@
 //!   `stateright`'s `LinearizabilityTester`.
 //! * [`chaos`] — real `memstore` processes under HTTP load, SIGKILL,
 //!   SIGSTOP/SIGCONT, restarts (and network-namespace partitions as root).
+//! * [`netns`] — the network namespaces those partitions (and
+//!   raftify-redis's partition test) run nodes in.
 //!
 //! Run one seed: `RAFTIFY_SEED=42 cargo test -p raftify-reliability --test
 //! simulation -- --nocapture`.
@@ -22,6 +24,7 @@ pub mod fuzz_targets;
 pub mod history;
 pub mod invariants;
 pub mod lossy_store;
+pub mod netns;
 pub mod rng;
 pub mod sim;
 pub mod sm;

@@ -3,6 +3,8 @@
 //! bounded waits.
 #![allow(dead_code)]
 
+pub mod workload;
+
 use bytes::BytesMut;
 use redis_protocol::resp2::decode::decode_bytes_mut;
 use redis_protocol::resp2::types::BytesFrame as Frame;
@@ -128,6 +130,8 @@ pub fn show(f: &Frame) -> String {
 /// A `raftify-redis` process; SIGKILLed on drop if still running.
 pub struct Node {
     pub id: u64,
+    /// The address clients reach it at (127.0.0.1 but in a namespace).
+    pub host: String,
     pub port: u16,
     pub raft: String,
     pub dir: PathBuf,
@@ -139,12 +143,38 @@ pub struct Node {
 
 impl Node {
     pub fn spawn(id: u64, port: u16, raft: &str, dir: &Path, extra: &[&str]) -> Node {
+        Node::spawn_in(None, "127.0.0.1", id, port, raft, dir, extra)
+    }
+
+    /// [`Node::spawn`] inside network namespace `ns` (`ip netns exec`,
+    /// which execs the server: the child's pid is the server's), serving
+    /// clients on `host:port`.
+    pub fn spawn_in(
+        ns: Option<&str>,
+        host: &str,
+        id: u64,
+        port: u16,
+        raft: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Node {
         let log = dir.with_extension("log");
         let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_raftify-redis"))
+        let bin = env!("CARGO_BIN_EXE_raftify-redis");
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args([
                 "--id",
                 &id.to_string(),
+                "--bind",
+                host,
                 "--port",
                 &port.to_string(),
                 "--raft-addr",
@@ -166,6 +196,7 @@ impl Node {
             .map(|p| p.to_string());
         Node {
             id,
+            host: host.into(),
             port,
             raft: raft.into(),
             dir: dir.into(),
@@ -176,7 +207,7 @@ impl Node {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn client(&self) -> Client {
