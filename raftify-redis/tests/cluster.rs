@@ -6,11 +6,9 @@
 
 mod common;
 
-use common::workload::{check_writes, writer, Tally};
+use common::workload::{check_writes, Writers};
 use common::*;
 use redis_protocol::resp2::types::BytesFrame as Frame;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 #[test]
@@ -85,13 +83,7 @@ fn a_leader_kill_loses_no_acknowledged_increment_or_append() {
     let mut c = Cluster::start(3, &[]);
     let leader = c.wait_leader();
     let addrs: Vec<String> = c.nodes.values().map(|n| n.addr()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (addrs, stop) = (addrs.clone(), stop.clone());
-            std::thread::spawn(move || writer(addrs, w, stop))
-        })
-        .collect();
+    let writers = Writers::start(&addrs, 4);
     // Let them write, kill the leader, wait for a new one, let them write on.
     let mut probe = c.node(leader).client();
     wait_for("some increments", T, || {
@@ -116,11 +108,7 @@ fn a_leader_kill_loses_no_acknowledged_increment_or_append() {
     });
     // The old leader comes back as a follower.
     c.restart(leader);
-    stop.store(true, Ordering::Relaxed);
-    let tallies: Vec<Tally> = writers
-        .into_iter()
-        .map(|h| h.join().expect("writer"))
-        .collect();
+    let tallies = writers.stop();
     c.wait_leader();
 
     check_writes(&c.nodes.values().collect::<Vec<_>>(), &tallies);

@@ -13,12 +13,10 @@
 
 mod common;
 
-use common::workload::{check_writes, writer, Tally};
+use common::workload::{check_writes, Writers};
 use common::*;
 use raftify_reliability::netns::Netns;
 use redis_protocol::resp2::types::BytesFrame as Frame;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 const PORT: u16 = 6379;
@@ -79,13 +77,7 @@ fn partitions_lose_no_acknowledged_write_and_serve_no_stale_read() {
     let mut leader = wait_for("a leader", T, || agreed_leader(&nodes, &all));
 
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (addrs, stop) = (addrs.clone(), stop.clone());
-            std::thread::spawn(move || writer(addrs, w, stop))
-        })
-        .collect();
+    let writers = Writers::start(&addrs, 4);
 
     for round in 0..3 {
         let others: Vec<u64> = all.iter().copied().filter(|i| *i != leader).collect();
@@ -127,11 +119,7 @@ fn partitions_lose_no_acknowledged_write_and_serve_no_stale_read() {
         });
         eprintln!("round {round}: {leader} leads after the heal ({new} led the majority)");
     }
-    stop.store(true, Ordering::Relaxed);
-    let tallies: Vec<Tally> = writers
-        .into_iter()
-        .map(|h| h.join().expect("writer"))
-        .collect();
+    let tallies = writers.stop();
     wait_for("a leader after the last heal", T, || {
         agreed_leader(&nodes, &all)
     });

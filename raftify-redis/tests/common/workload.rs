@@ -107,6 +107,35 @@ pub fn writer(addrs: Vec<String>, w: usize, stop: Arc<AtomicBool>) -> Tally {
     t
 }
 
+/// Writers running on their threads.
+pub struct Writers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Tally>>,
+}
+
+impl Writers {
+    /// Starts `n` [`writer`]s against `addrs`.
+    pub fn start(addrs: &[String], n: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|w| {
+                let (addrs, stop) = (addrs.to_vec(), stop.clone());
+                std::thread::spawn(move || writer(addrs, w, stop))
+            })
+            .collect();
+        Writers { stop, threads }
+    }
+
+    /// Stops them; what each saw.
+    pub fn stop(self) -> Vec<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|h| h.join().expect("writer"))
+            .collect()
+    }
+}
+
 /// Every acknowledged increment counted once on every node (`acked ≤
 /// counter ≤ acked + unknown`), every acknowledged append present exactly
 /// once, none twice, none nobody made; and enough writes to mean something.
