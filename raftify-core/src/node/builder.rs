@@ -110,9 +110,12 @@ where
         let mut sm = self.state_machine;
 
         check_identity(store.as_ref(), &config)?;
-        let fresh = store.last_index()? == 0 && store.snapshot()?.get_metadata().index == 0;
+        // Loaded once (a large snapshot is read and verified in full).
+        let mut snap = store.snapshot()?;
+        let fresh = store.last_index()? == 0 && snap.get_metadata().index == 0;
         if fresh {
             bootstrap_storage(store.as_ref(), &config, &self.bootstrap)?;
+            snap = store.snapshot()?;
         } else if !matches!(self.bootstrap, Bootstrap::None) {
             info!(
                 logger,
@@ -122,8 +125,8 @@ where
 
         // Restore the state machine and the address book from the latest
         // snapshot; raft then re-delivers the committed entries after it.
-        let snap = store.snapshot()?;
         let (meta, applied, applied_term) = restore_snapshot(&snap, &mut sm).await?;
+        drop(snap);
         let initial = store.initial_state()?;
         if initial.hard_state.commit < applied {
             // The commit index is persisted lazily; a snapshot only covers
