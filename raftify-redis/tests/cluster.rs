@@ -378,6 +378,29 @@ fn raft_server_commands_change_membership() {
         "+OK",
         "the 3 members go on"
     );
+    // Restarted on its old data dir under the same id, it does not come
+    // back: no member lists it, it serves no write, the others go on.
+    let four = Node::spawn(4, port, &raft, &c.dir.path().join("n4"), &["--no-sync"]);
+    c.nodes.insert(4, four);
+    let mut n4 = c.node(4).client();
+    let refused = show(&n4.cmd(&["SET", "k3", "from-4"]));
+    assert!(
+        refused.starts_with("-CLUSTERDOWN") || refused.starts_with("-TRYAGAIN"),
+        "a removed node refuses writes: {refused}"
+    );
+    for i in 0..50 {
+        assert_eq!(show(&cl.cmd(&["SET", &format!("after{i}"), "v"])), "+OK");
+    }
+    let list = show(&cl.cmd(&["RAFT", "SERVER", "LIST"]));
+    assert_eq!(list.matches("$voter").count(), 3, "{list}");
+    assert!(!list.contains(":4,"), "{list}");
+    assert_eq!(
+        show(&cl.cmd(&["GET", "k3"])),
+        "(nil)",
+        "nothing from node 4"
+    );
+    let led = c.node(1).leader();
+    assert!(led.is_some_and(|l| (1..=3).contains(&l)), "leader {led:?}");
 }
 
 #[test]
