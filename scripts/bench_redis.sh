@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # redis-benchmark against a 3-node raftify-redis cluster (fsync on, writes
 # to the leader; reads linearizable, and READONLY-style with --openreads
-# on a second run of GET) and, in the same run, redis-server with
+# on a follower, in a second run of GET after restarting the nodes with
+# that flag) and, in the same run, redis-server with
 # appendfsync always (its durability twin) and redis-server without
 # persistence. Prints one CSV line per (server, test, clients, pipeline):
 #   server,test,clients,pipeline,requests_per_sec,p50_ms,p99_ms
@@ -37,11 +38,16 @@ for i in 1 2 3; do
     raft[$i]="127.0.0.1:$(port)"
     peers+="${peers:+,}$i=${raft[$i]}"
 done
-for i in 1 2 3; do
-    "$bin" --id "$i" --port "${rport[$i]}" --raft-addr "${raft[$i]}" --peers "$peers" \
-        --data-dir "$dir/n$i" > "$dir/n$i.log" 2>&1 &
-    pids+=($!)
-done
+declare -A npid
+start_nodes() { # extra flags
+    for i in 1 2 3; do
+        "$bin" --id "$i" --port "${rport[$i]}" --raft-addr "${raft[$i]}" --peers "$peers" \
+            --data-dir "$dir/n$i" "$@" >> "$dir/n$i.log" 2>&1 &
+        npid[$i]=$!
+        pids+=($!)
+    done
+}
+start_nodes
 # Redis, durable and not.
 aof=$(port); mem=$(port)
 mkdir -p "$dir/aof"
@@ -50,13 +56,16 @@ pids+=($!)
 redis-server --port "$mem" --bind 127.0.0.1 --save "" --appendonly no > /dev/null &
 pids+=($!)
 
-leader=""
-for _ in $(seq 1 200); do
-    l=$(redis-cli -p "${rport[1]}" INFO raft 2>/dev/null | tr -d '\r' | sed -n 's/^raft_leader_id://p')
-    if [ -n "$l" ] && [ "$l" != 0 ]; then leader=$l; break; fi
-    sleep 0.1
-done
-[ -n "$leader" ] || { echo "no leader" >&2; exit 1; }
+wait_leader() {
+    leader=""
+    for _ in $(seq 1 200); do
+        l=$(redis-cli -p "${rport[1]}" INFO raft 2>/dev/null | tr -d '\r' | sed -n 's/^raft_leader_id://p')
+        if [ -n "$l" ] && [ "$l" != 0 ]; then leader=$l; break; fi
+        sleep 0.1
+    done
+    [ -n "$leader" ] || { echo "no leader" >&2; exit 1; }
+}
+wait_leader
 for p in "$aof" "$mem"; do
     for _ in $(seq 1 100); do redis-cli -p "$p" PING > /dev/null 2>&1 && break; sleep 0.1; done
 done
@@ -76,3 +85,21 @@ for c in "${clients[@]}"; do
         run redis-no-persistence "$mem" "$c" "$p"
     done
 done
+
+# Stale reads: the same nodes restarted with --openreads, GET on a follower
+# (the keys the runs above wrote are there).
+if [[ ",$tests," == *",get,"* ]]; then
+    for i in 1 2 3; do kill "${npid[$i]}"; wait "${npid[$i]}" 2>/dev/null || true; done
+    start_nodes --openreads
+    wait_leader
+    follower=$(( leader % 3 + 1 ))
+    for _ in $(seq 1 100); do
+        [ "$(redis-cli -p "${rport[$follower]}" INFO raft 2>/dev/null | tr -d '\r' | sed -n 's/^raft_leader_id://p')" = "$leader" ] && break
+        sleep 0.1
+    done
+    for c in "${clients[@]}"; do
+        for p in $pipelines; do
+            tests=get run raftify-redis-openreads "${rport[$follower]}" "$c" "$p"
+        done
+    done
+fi
