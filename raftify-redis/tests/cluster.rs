@@ -624,8 +624,8 @@ fn a_node_killed_while_taking_a_snapshot_restarts_with_every_key() {
     let mut mid_write = 0;
     for round in 0..6 {
         let mut cl = c.node(1).client();
-        // 20,000 more keys per round, in MSETs of 1,000.
-        for _ in 0..20 {
+        // 10,000 more keys per round, in MSETs of 1,000.
+        for _ in 0..10 {
             let keys: Vec<String> = (written..written + 1000).map(|i| format!("k{i}")).collect();
             let mut args = vec!["MSET"];
             for k in &keys {

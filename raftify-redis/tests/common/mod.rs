@@ -18,9 +18,29 @@ use std::time::{Duration, Instant};
 /// How long the tests wait for anything.
 pub const T: Duration = Duration::from_secs(20);
 
+/// A port no other test of this process was given, free when checked,
+/// and below the kernel's ephemeral range: a port from `bind(:0)` can be
+/// handed to an outgoing connection (a client's, a peer's) between the
+/// check and the server's bind, and the server then fails to start.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(2048, 65535);
+    let (base, span) = (1024, low - 1024);
+    // Processes running at once start at different points of the range.
+    let start = std::process::id() * 7919 % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left below {low}");
+        let port = (base + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` until it gives a value, or panics after `timeout`.
@@ -313,24 +333,41 @@ impl Cluster {
         &self.nodes[&id]
     }
 
-    /// The leader every running node agrees on.
+    /// The leader every running node agrees on. On timeout the panic
+    /// shows what each node reported and the end of its log (a node that
+    /// could not start, e.g. its port taken, says why there).
     pub fn wait_leader(&self) -> u64 {
-        wait_for("a leader every node agrees on", T, || {
-            let seen: Vec<Option<u64>> = self
+        let deadline = Instant::now() + T;
+        loop {
+            let seen: Vec<(u64, Option<u64>)> = self
                 .nodes
                 .values()
                 .filter(|n| n.child.is_some())
-                .map(|n| n.leader())
+                .map(|n| (n.id, n.leader()))
                 .collect();
-            match seen.first() {
-                Some(Some(l))
-                    if seen.iter().all(|x| x == &Some(*l)) && self.nodes[l].child.is_some() =>
-                {
-                    Some(*l)
+            if let Some((_, Some(l))) = seen.first() {
+                if seen.iter().all(|(_, x)| x == &Some(*l)) && self.nodes[l].child.is_some() {
+                    return *l;
                 }
-                _ => None,
             }
-        })
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .values()
+                    .map(|n| {
+                        let text = n.log_text();
+                        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                        let tail: Vec<&str> = tail.into_iter().rev().collect();
+                        format!("--- node {} log (end):\n{}", n.id, tail.join("\n"))
+                    })
+                    .collect();
+                panic!(
+                    "timed out waiting for a leader every node agrees on; leaders reported: {seen:?}\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn follower_of(&self, leader: u64) -> u64 {
