@@ -24,6 +24,7 @@
 //!
 //! `volatile-*` never evicts a key without a TTL.
 
+use crate::commands::xorshift;
 use crate::keyspace::{Keyspace, PER_KEY};
 use bytes::Bytes;
 use std::hash::{BuildHasher, Hasher};
@@ -150,11 +151,13 @@ pub fn refuses(policy: Policy, max: u64, used: u64) -> bool {
     }
 }
 
-/// A key the evictor may pick.
+/// A key the evictor may pick, borrowed from the keyspace: cloning a
+/// stored key would give it a shared reference-count block for good (a
+/// `Bytes` becomes shared on its first clone), so only victims are cloned.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
+pub struct Candidate<'a> {
     /// The key.
-    pub key: Bytes,
+    pub key: &'a Bytes,
     /// When it expires (replicated clock, ms).
     pub expire_at: Option<u64>,
     /// The log index of its last change.
@@ -167,7 +170,11 @@ pub struct Candidate {
 
 /// Up to [`SAMPLE`] keys drawn uniformly (reservoir sampling, one pass
 /// over the keyspace), seeded by `seed`; frequencies from `freq`.
-pub fn sample(ks: &Keyspace, mut seed: u64, freq: Option<&Frequencies>) -> Vec<Candidate> {
+pub fn sample<'a>(
+    ks: &'a Keyspace,
+    mut seed: u64,
+    freq: Option<&Frequencies>,
+) -> Vec<Candidate<'a>> {
     let mut out: Vec<Candidate> = Vec::with_capacity(SAMPLE.min(ks.raw_len()));
     for (i, (key, item)) in ks.iter().enumerate() {
         let slot = if out.len() < SAMPLE {
@@ -180,7 +187,7 @@ pub fn sample(ks: &Keyspace, mut seed: u64, freq: Option<&Frequencies>) -> Vec<C
             }
         };
         let c = Candidate {
-            key: key.clone(),
+            key,
             expire_at: item.expire_at(),
             version: item.version,
             frequency: freq.map_or(0, |f| f.get(key)),
@@ -196,7 +203,7 @@ pub fn sample(ks: &Keyspace, mut seed: u64, freq: Option<&Frequencies>) -> Vec<C
 
 /// Chooses victims from `sample` to free about `excess` bytes (at most
 /// [`MAX_VICTIMS`]).
-pub fn choose(policy: Policy, mut sample: Vec<Candidate>, excess: usize) -> Vec<Bytes> {
+pub fn choose(policy: Policy, mut sample: Vec<Candidate<'_>>, excess: usize) -> Vec<Bytes> {
     if policy == Policy::NoEviction {
         return Vec::new();
     }
@@ -219,17 +226,9 @@ pub fn choose(policy: Policy, mut sample: Vec<Candidate>, excess: usize) -> Vec<
             break;
         }
         freed += c.weight;
-        out.push(c.key);
+        out.push(c.key.clone());
     }
     out
-}
-
-/// One step of a xorshift64 generator (`seed` must not be 0).
-pub fn xorshift(mut seed: u64) -> u64 {
-    seed ^= seed << 13;
-    seed ^= seed >> 7;
-    seed ^= seed << 17;
-    seed
 }
 
 /// Rows of the sketch.
@@ -319,9 +318,9 @@ mod tests {
         assert!(err.contains("volatile-lfu"), "{err}");
     }
 
-    fn c(k: &str, ttl: Option<u64>, version: u64, frequency: u8) -> Candidate {
+    fn c(key: &Bytes, ttl: Option<u64>, version: u64, frequency: u8) -> Candidate<'_> {
         Candidate {
-            key: Bytes::copy_from_slice(k.as_bytes()),
+            key,
             expire_at: ttl,
             version,
             frequency,
@@ -331,11 +330,12 @@ mod tests {
 
     #[test]
     fn victims_follow_the_policy() {
+        let [a, b, cc, d] = ["a", "b", "c", "d"].map(Bytes::from);
         let sample = vec![
-            c("a", None, 5, 3),
-            c("b", Some(50), 9, 0),
-            c("c", Some(10), 7, 9),
-            c("d", None, 1, 200),
+            c(&a, None, 5, 3),
+            c(&b, Some(50), 9, 0),
+            c(&cc, Some(10), 7, 9),
+            c(&d, None, 1, 200),
         ];
         let pick = |p, excess| choose(p, sample.clone(), excess);
         assert_eq!(pick(Policy::AllKeysLru, 150), ["d", "a"]);

@@ -8,7 +8,8 @@
 //! [`raftify_cache::eviction::refuses`]).
 
 use crate::server::Node;
-use raftify_cache::eviction::{choose, sample, xorshift, Policy};
+use raftify_cache::commands::xorshift;
+use raftify_cache::eviction::{choose, sample, Policy};
 use raftify_cache::{CacheEntry, Op};
 use raftify_core::unix_ms;
 use slog::{debug, Logger};

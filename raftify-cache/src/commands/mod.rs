@@ -34,6 +34,15 @@ impl WriteCtx {
     }
 }
 
+/// One step of a xorshift64 generator (`seed` must not be 0): for choices
+/// that need not be the same on every node (SRANDMEMBER, eviction samples).
+pub fn xorshift(mut seed: u64) -> u64 {
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    seed
+}
+
 /// A read command: the keyspace as of a consistent point.
 pub type ReadFn = fn(&Keyspace, &[Bytes]) -> Reply;
 /// A write command, applied through the log on every node.

@@ -122,9 +122,7 @@ pub(crate) fn srandmember(ks: &Keyspace, a: &[Bytes]) -> Reply {
         .unwrap_or(1)
         | 1;
     let next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
+        seed = super::xorshift(seed);
         seed
     };
     match (s, count) {
