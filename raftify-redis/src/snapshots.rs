@@ -12,7 +12,7 @@
 use crate::server::error_reply;
 use bytes::Bytes;
 use raftify_cache::{commands::parse_i64, errors, Reply};
-use raftify_core::raft::eraftpb::Snapshot;
+use raftify_core::raft::eraftpb::{Snapshot, SnapshotMetadata};
 use raftify_core::{Error, LogStore};
 use std::sync::{Arc, Mutex};
 
@@ -23,8 +23,7 @@ pub const WHOLE_MAX: usize = crate::conn::MAX_OUTPUT / 4;
 #[derive(Debug, Default)]
 pub struct SnapshotCache(Mutex<Option<(String, Bytes)>>);
 
-fn id_of(s: &Snapshot) -> String {
-    let m = s.get_metadata();
+fn id_of(m: &SnapshotMetadata) -> String {
     format!("{}-{}", m.term, m.index)
 }
 
@@ -41,31 +40,29 @@ async fn load(store: Arc<dyn LogStore>) -> Result<Option<Snapshot>, Reply> {
 }
 
 /// `RAFT SNAPSHOT LIST`: the stored snapshot as a map of `id`, `index`,
-/// `term`, `size` (its data, bytes) and `voters`; empty before the first.
+/// `term`, `size` (bytes stored) and `voters`; empty before the first. Its
+/// data is not read.
 pub async fn list(store: Arc<dyn LogStore>) -> Reply {
-    let snapshot = match load(store).await {
-        Ok(s) => s,
-        Err(reply) => return reply,
+    let info = match tokio::task::spawn_blocking(move || store.snapshot_info()).await {
+        Ok(Ok(info)) => info,
+        Ok(Err(e)) => return error_reply(&Error::Storage(e)),
+        Err(e) => return Reply::err(format!("reading the snapshot failed: {e}")),
     };
-    Reply::Array(
-        snapshot
-            .iter()
-            .map(|s| {
-                let m = s.get_metadata();
-                let voters = m.get_conf_state().voters.iter();
-                Reply::Map(vec![
-                    (Reply::bulk("id"), Reply::bulk(id_of(s))),
-                    (Reply::bulk("index"), Reply::Int(m.index as i64)),
-                    (Reply::bulk("term"), Reply::Int(m.term as i64)),
-                    (Reply::bulk("size"), Reply::Int(s.data.len() as i64)),
-                    (
-                        Reply::bulk("voters"),
-                        Reply::Array(voters.map(|v| Reply::Int(*v as i64)).collect()),
-                    ),
-                ])
-            })
-            .collect(),
-    )
+    let m = &info.metadata;
+    if m.index == 0 {
+        return Reply::Array(Vec::new());
+    }
+    let voters = m.get_conf_state().voters.iter();
+    Reply::Array(vec![Reply::Map(vec![
+        (Reply::bulk("id"), Reply::bulk(id_of(m))),
+        (Reply::bulk("index"), Reply::Int(m.index as i64)),
+        (Reply::bulk("term"), Reply::Int(m.term as i64)),
+        (Reply::bulk("size"), Reply::Int(info.size as i64)),
+        (
+            Reply::bulk("voters"),
+            Reply::Array(voters.map(|v| Reply::Int(*v as i64)).collect()),
+        ),
+    ])])
 }
 
 /// `RAFT SNAPSHOT READ <id> [<offset> <count>]`.
@@ -91,7 +88,7 @@ pub async fn read(store: Arc<dyn LogStore>, cache: &SnapshotCache, argv: &[Bytes
         Some(b) => b,
         None => {
             let snapshot = match load(store).await {
-                Ok(Some(s)) if id_of(&s) == id => s,
+                Ok(Some(s)) if id_of(s.get_metadata()) == id => s,
                 Ok(_) => {
                     return Reply::err(format!(
                         "no snapshot {id} here (RAFT SNAPSHOT LIST names the stored one)"

@@ -412,6 +412,10 @@ fn damaged_snapshot_files_are_detected() {
     assert_eq!(files.len(), 1, "exactly one snapshot file: {files:?}");
     let file = &files[0];
     assert_eq!(read_snapshot_file(file).unwrap(), snap);
+    // Its metadata and size, without reading it.
+    let info = s.snapshot_info().unwrap();
+    assert_eq!(&info.metadata, snap.get_metadata());
+    assert_eq!(info.size, fs::metadata(file).unwrap().len());
 
     // Flip one byte of the data.
     let mut bytes = fs::read(file).unwrap();

@@ -171,6 +171,16 @@ pub struct StoreIdentity {
     pub cluster_id: String,
 }
 
+/// What [`LogStore::snapshot_info`] tells of the latest snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SnapshotInfo {
+    /// Index, term and conf state (index 0: no snapshot yet).
+    pub metadata: raft::eraftpb::SnapshotMetadata,
+    /// Bytes it takes where stored (its file, for a store that keeps one;
+    /// else its data).
+    pub size: u64,
+}
+
 /// A durable (or, for tests, in-memory) Raft log.
 ///
 /// Implementations must follow raft-rs's storage contract: `term(i)` works for
@@ -194,6 +204,16 @@ pub trait LogStore: Send + Sync + 'static {
     fn last_index(&self) -> StorageResult<u64>;
     /// The latest snapshot, with its data.
     fn snapshot(&self) -> StorageResult<Snapshot>;
+    /// The latest snapshot's metadata and stored size, without reading its
+    /// data where the store keeps them apart (for listings and status).
+    /// Default: from [`LogStore::snapshot`].
+    fn snapshot_info(&self) -> StorageResult<SnapshotInfo> {
+        let mut s = self.snapshot()?;
+        Ok(SnapshotInfo {
+            size: s.data.len() as u64,
+            metadata: s.take_metadata(),
+        })
+    }
     /// Persists one Ready's worth of state atomically and durably.
     fn write(&self, batch: WriteBatch) -> StorageResult<()>;
     /// Persists one Ready's worth of state atomically, and durably either

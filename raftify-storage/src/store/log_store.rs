@@ -9,7 +9,7 @@ use heed::RoTxn;
 use raftify_core::raft::eraftpb::{Entry, Snapshot};
 use raftify_core::raft::RaftState;
 use raftify_core::storage::{check_append, limit_size, Durability, StorageResult, StoreIdentity};
-use raftify_core::{LogStore, StorageError, WriteBatch};
+use raftify_core::{LogStore, SnapshotInfo, StorageError, WriteBatch};
 use std::sync::atomic::Ordering;
 
 impl LogStore for LmdbStore {
@@ -145,6 +145,18 @@ impl LogStore for LmdbStore {
                 other => return other.map(|(s, _)| s),
             }
         }
+    }
+
+    fn snapshot_info(&self) -> StorageResult<SnapshotInfo> {
+        let meta = self.read(|txn| self.read_meta(txn))?;
+        let size = match &meta.snap_file {
+            Some(name) => self.snapshot_file_size(name)?,
+            None => 0,
+        };
+        Ok(SnapshotInfo {
+            metadata: meta.snap_meta,
+            size,
+        })
     }
 
     fn write(&self, batch: WriteBatch) -> StorageResult<()> {

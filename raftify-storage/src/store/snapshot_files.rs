@@ -56,6 +56,14 @@ impl LmdbStore {
         Ok((snap, meta))
     }
 
+    /// The size of the stored snapshot file `name`.
+    pub(super) fn snapshot_file_size(&self, name: &str) -> StorageResult<u64> {
+        let path = self.dir.join(SNAP_DIR).join(name);
+        fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|e| StorageError::backend(LmdbError::io("stat snapshot file", &path, e)))
+    }
+
     /// Writes a snapshot file (durably) for a snapshot that a transaction is
     /// about to reference; returns its name.
     pub(crate) fn create_snapshot_file(&self, snap: &Snapshot, seq: u64) -> StorageResult<String> {
