@@ -45,6 +45,35 @@ pub enum Op {
     },
     /// `ACL DELUSER`: deletes users.
     DelUser(Vec<Bytes>),
+    /// A write to a named cache (the embedded cache): replies
+    /// `[index, reply]`, the entry's log index first.
+    Named {
+        /// The cache's name.
+        cache: Bytes,
+        /// Its bound, as the proposer knows it.
+        bound: Bound,
+        /// The write.
+        op: NamedOp,
+    },
+    /// Takes (or renews, for the same holder) the lease on a lock: replies
+    /// `[index, fence]`, the fencing token being the log index that granted
+    /// the lock, or `[index, nil]` when another holder's lease runs. Leases
+    /// run on the replicated clock.
+    Lock {
+        /// The lock's name.
+        name: Bytes,
+        /// Who asks (a random id per guard).
+        holder: u64,
+        /// How long the lease runs from the entry's stamp (ms).
+        lease_ms: u64,
+    },
+    /// Releases a lock if `fence` is still its token; replies 1 or 0.
+    Unlock {
+        /// The lock's name.
+        name: Bytes,
+        /// The token the holder was given.
+        fence: u64,
+    },
     /// A member tells the cluster the address its clients reach it at
     /// (for `CLUSTER SLOTS` and redirections).
     Announce {
@@ -53,6 +82,72 @@ pub enum Op {
         /// Its client address, `host:port`.
         addr: Bytes,
     },
+}
+
+/// A named cache's size bound, carried by every write to it so that every
+/// node enforces the same bound (0: no bound of that kind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// Most entries the cache holds; the least recently written go first.
+    pub max_entries: u64,
+    /// Most bytes it holds (keys, values and 96 bytes per entry).
+    pub max_bytes: u64,
+}
+
+/// A write to one entry of a named cache (the embedded cache's API).
+/// TTLs are in ms from the entry's clock stamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedOp {
+    /// Sets the key (or, `only_if_absent`, sets it only when missing; the
+    /// reply is then the value already there, if any).
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// Time to live; `None`: none.
+        ttl_ms: Option<u64>,
+        /// Leave an existing value in place.
+        only_if_absent: bool,
+    },
+    /// Deletes the key.
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Adds `by` to the key's decimal integer (missing = 0).
+    Incr {
+        /// The key.
+        key: Bytes,
+        /// The amount (negative to subtract).
+        by: i64,
+        /// Time to live of a key this creates; an existing key's TTL stays.
+        ttl_ms: Option<u64>,
+    },
+    /// Sets the key to `value` only if its value is `expected` (`None`:
+    /// only if missing).
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The value it must have.
+        expected: Option<Bytes>,
+        /// The new value.
+        value: Bytes,
+        /// Time to live of the new value; `None`: none.
+        ttl_ms: Option<u64>,
+    },
+}
+
+impl NamedOp {
+    /// The key it writes.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            NamedOp::Put { key, .. }
+            | NamedOp::Delete { key }
+            | NamedOp::Incr { key, .. }
+            | NamedOp::Cas { key, .. } => key,
+        }
+    }
 }
 
 /// A log entry: an operation and the proposer's wall clock when it was
@@ -75,6 +170,13 @@ const OP_PUBLISH: u8 = 4;
 const OP_ANNOUNCE: u8 = 5;
 const OP_SETUSER: u8 = 6;
 const OP_DELUSER: u8 = 7;
+const OP_NAMED: u8 = 8;
+const OP_LOCK: u8 = 9;
+const OP_UNLOCK: u8 = 10;
+const N_PUT: u8 = 1;
+const N_DELETE: u8 = 2;
+const N_INCR: u8 = 3;
+const N_CAS: u8 = 4;
 
 fn put(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BoxError> {
     let n = u32::try_from(b.len()).map_err(|_| "an argument over 4 GiB")?;
@@ -88,6 +190,61 @@ fn put_list(out: &mut Vec<u8>, items: &[Bytes]) -> Result<(), BoxError> {
     out.extend_from_slice(&n.to_be_bytes());
     for i in items {
         put(out, i)?;
+    }
+    Ok(())
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+/// A TTL as a u64, 0 for none (a TTL of 0 ms is stored as 1).
+fn put_ttl(out: &mut Vec<u8>, ttl: Option<u64>) {
+    put_u64(out, ttl.map_or(0, |t| t.max(1)));
+}
+
+fn encode_named(out: &mut Vec<u8>, op: &NamedOp) -> Result<(), BoxError> {
+    match op {
+        NamedOp::Put {
+            key,
+            value,
+            ttl_ms,
+            only_if_absent,
+        } => {
+            out.push(N_PUT);
+            put(out, key)?;
+            put(out, value)?;
+            put_ttl(out, *ttl_ms);
+            out.push(u8::from(*only_if_absent));
+        }
+        NamedOp::Delete { key } => {
+            out.push(N_DELETE);
+            put(out, key)?;
+        }
+        NamedOp::Incr { key, by, ttl_ms } => {
+            out.push(N_INCR);
+            put(out, key)?;
+            out.extend_from_slice(&by.to_be_bytes());
+            put_ttl(out, *ttl_ms);
+        }
+        NamedOp::Cas {
+            key,
+            expected,
+            value,
+            ttl_ms,
+        } => {
+            out.push(N_CAS);
+            put(out, key)?;
+            match expected {
+                Some(e) => {
+                    out.push(1);
+                    put(out, e)?;
+                }
+                None => out.push(0),
+            }
+            put(out, value)?;
+            put_ttl(out, *ttl_ms);
+        }
     }
     Ok(())
 }
@@ -118,6 +275,51 @@ impl<'a> Reader<'a> {
             return Err("a cache entry's count exceeds its bytes".into());
         }
         Ok(n)
+    }
+    fn u64(&mut self) -> Result<u64, BoxError> {
+        let b: [u8; 8] = self.take(8)?.try_into()?;
+        Ok(u64::from_be_bytes(b))
+    }
+    fn ttl(&mut self) -> Result<Option<u64>, BoxError> {
+        Ok(Some(self.u64()?).filter(|t| *t != 0))
+    }
+    fn flag(&mut self) -> Result<bool, BoxError> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(format!("bad flag {b} in a cache entry").into()),
+        }
+    }
+    fn named(&mut self) -> Result<NamedOp, BoxError> {
+        Ok(match self.take(1)?[0] {
+            N_PUT => NamedOp::Put {
+                key: self.bytes()?,
+                value: self.bytes()?,
+                ttl_ms: self.ttl()?,
+                only_if_absent: self.flag()?,
+            },
+            N_DELETE => NamedOp::Delete { key: self.bytes()? },
+            N_INCR => NamedOp::Incr {
+                key: self.bytes()?,
+                by: self.u64()? as i64,
+                ttl_ms: self.ttl()?,
+            },
+            N_CAS => {
+                let key = self.bytes()?;
+                let expected = if self.flag()? {
+                    Some(self.bytes()?)
+                } else {
+                    None
+                };
+                NamedOp::Cas {
+                    key,
+                    expected,
+                    value: self.bytes()?,
+                    ttl_ms: self.ttl()?,
+                }
+            }
+            t => return Err(format!("unknown named-cache operation {t}").into()),
+        })
     }
     fn list(&mut self) -> Result<Vec<Bytes>, BoxError> {
         let n = self.count()?;
@@ -167,6 +369,28 @@ impl AbstractLogEntry for CacheEntry {
             Op::DelUser(names) => {
                 out.push(OP_DELUSER);
                 put_list(&mut out, names)?;
+            }
+            Op::Named { cache, bound, op } => {
+                out.push(OP_NAMED);
+                put(&mut out, cache)?;
+                put_u64(&mut out, bound.max_entries);
+                put_u64(&mut out, bound.max_bytes);
+                encode_named(&mut out, op)?;
+            }
+            Op::Lock {
+                name,
+                holder,
+                lease_ms,
+            } => {
+                out.push(OP_LOCK);
+                put(&mut out, name)?;
+                put_u64(&mut out, *holder);
+                put_u64(&mut out, *lease_ms);
+            }
+            Op::Unlock { name, fence } => {
+                out.push(OP_UNLOCK);
+                put(&mut out, name)?;
+                put_u64(&mut out, *fence);
             }
             Op::Announce { id, addr } => {
                 out.push(OP_ANNOUNCE);
@@ -227,6 +451,23 @@ impl AbstractLogEntry for CacheEntry {
                     addr: r.bytes()?,
                 }
             }
+            OP_NAMED => Op::Named {
+                cache: r.bytes()?,
+                bound: Bound {
+                    max_entries: r.u64()?,
+                    max_bytes: r.u64()?,
+                },
+                op: r.named()?,
+            },
+            OP_LOCK => Op::Lock {
+                name: r.bytes()?,
+                holder: r.u64()?,
+                lease_ms: r.u64()?,
+            },
+            OP_UNLOCK => Op::Unlock {
+                name: r.bytes()?,
+                fence: r.u64()?,
+            },
             t => return Err(format!("unknown cache operation {t}").into()),
         };
         if !r.0.is_empty() {
@@ -279,6 +520,72 @@ mod tests {
             CacheEntry {
                 clock_ms: 13,
                 op: Op::DelUser(vec![Bytes::from("alice")]),
+            },
+            CacheEntry {
+                clock_ms: 14,
+                op: Op::Named {
+                    cache: Bytes::from("sessions"),
+                    bound: Bound {
+                        max_entries: 10,
+                        max_bytes: 0,
+                    },
+                    op: NamedOp::Put {
+                        key: Bytes::from("k"),
+                        value: Bytes::from("v"),
+                        ttl_ms: Some(60_000),
+                        only_if_absent: true,
+                    },
+                },
+            },
+            CacheEntry {
+                clock_ms: 15,
+                op: Op::Named {
+                    cache: Bytes::from("c"),
+                    bound: Bound::default(),
+                    op: NamedOp::Cas {
+                        key: Bytes::from("k"),
+                        expected: Some(Bytes::from("a")),
+                        value: Bytes::from("b"),
+                        ttl_ms: None,
+                    },
+                },
+            },
+            CacheEntry {
+                clock_ms: 16,
+                op: Op::Named {
+                    cache: Bytes::from("c"),
+                    bound: Bound::default(),
+                    op: NamedOp::Incr {
+                        key: Bytes::from("n"),
+                        by: -3,
+                        ttl_ms: None,
+                    },
+                },
+            },
+            CacheEntry {
+                clock_ms: 17,
+                op: Op::Named {
+                    cache: Bytes::from("c"),
+                    bound: Bound::default(),
+                    op: NamedOp::Delete {
+                        key: Bytes::from("n"),
+                    },
+                },
+            },
+            CacheEntry {
+                clock_ms: 18,
+                op: Op::Lock {
+                    name: Bytes::from("l"),
+                    holder: 99,
+                    lease_ms: 500,
+                },
+            },
+            CacheEntry {
+                clock_ms: 19,
+                op: Op::Unlock {
+                    name: Bytes::from("l"),
+                    fence: 7,
+                },
             },
             CacheEntry {
                 clock_ms: 11,

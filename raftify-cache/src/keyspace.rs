@@ -350,14 +350,25 @@ impl Keyspace {
     /// Deletes every key expired by the replicated clock; returns how many.
     pub fn purge_expired(&mut self) -> usize {
         let mut n = 0;
-        while let Some((t, key)) = self.expiries.get_min().cloned() {
-            if t > self.clock_ms {
-                break;
-            }
-            self.remove(&key);
+        while self.pop_expired().is_some() {
             n += 1;
         }
         n
+    }
+
+    /// Deletes the key that expired first, if one has expired by the
+    /// replicated clock; returns it and its item.
+    pub fn pop_expired(&mut self) -> Option<(Bytes, Item)> {
+        loop {
+            let (t, key) = self.expiries.get_min().cloned()?;
+            if t > self.clock_ms {
+                return None;
+            }
+            self.expiries.remove(&(t, key.clone()));
+            if let Some(item) = self.remove(&key) {
+                return Some((key, item));
+            }
+        }
     }
 
     /// Every live key and item, in no particular order.

@@ -34,11 +34,16 @@ pub mod acl;
 pub mod commands;
 mod entry;
 pub mod eviction;
+pub mod expiry;
 pub mod keyspace;
+pub mod locks;
+pub mod named;
 mod reply;
+mod snapshot;
 mod state;
 pub mod table;
 
-pub use entry::{Argv, CacheEntry, Op};
+pub use entry::{Argv, Bound, CacheEntry, NamedOp, Op};
+pub use named::{Change, ChangeKind};
 pub use reply::{errors, Reply};
 pub use state::{CacheState, PublishHook};

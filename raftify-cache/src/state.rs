@@ -4,7 +4,10 @@
 use crate::commands::WriteCtx;
 use crate::entry::{CacheEntry, Op};
 use crate::eviction::Frequencies;
-use crate::keyspace::{Keyspace, Map, Score, Set, Value, ZSet};
+use crate::keyspace::Keyspace;
+use crate::locks::Locks;
+use crate::named::{Change, ChangeHook, NamedCaches};
+use crate::snapshot::{Parts, View};
 use crate::reply::Reply;
 use crate::table::{lookup, Command, Handler};
 use async_trait::async_trait;
@@ -30,6 +33,11 @@ pub struct CacheState {
     /// Counts key accesses for LFU eviction (this node's reads and applied
     /// writes); not part of the replicated state.
     frequencies: Option<Arc<Frequencies>>,
+    /// The embedded cache's named caches.
+    named: NamedCaches,
+    /// Its locks.
+    locks: Locks,
+    on_change: Option<ChangeHook>,
 }
 
 impl std::fmt::Debug for CacheState {
@@ -62,6 +70,30 @@ impl CacheState {
     /// The access counts set by [`CacheState::count_accesses`].
     pub fn frequencies(&self) -> Option<&Frequencies> {
         self.frequencies.as_deref()
+    }
+
+    /// Sets what receives every change to a named cache as it is applied.
+    pub fn set_change_hook(&mut self, hook: ChangeHook) {
+        self.on_change = Some(hook);
+    }
+
+    /// The embedded cache's named caches, for reads.
+    pub fn named(&self) -> &NamedCaches {
+        &self.named
+    }
+
+    /// The embedded cache's locks.
+    pub fn locks(&self) -> &Locks {
+        &self.locks
+    }
+
+    /// The earliest TTL of any key or named-cache entry: when the leader
+    /// should propose [`Op::Expire`].
+    pub fn next_expiry(&self) -> Option<u64> {
+        match (self.keys.next_expiry(), self.named.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The keyspace, for reads.
@@ -126,7 +158,32 @@ impl CacheState {
                     replies.pop().unwrap_or(Reply::Ok)
                 }
             }
-            Op::Expire => Reply::Int(self.keys.purge_expired() as i64),
+            Op::Expire => {
+                let clock = self.keys.clock();
+                let mut changes = Vec::new();
+                let n = self.keys.purge_expired()
+                    + self.named.purge_expired(index, clock, &mut changes);
+                self.locks.purge(clock);
+                self.notify(&changes);
+                Reply::Int(n as i64)
+            }
+            Op::Named { cache, bound, op } => {
+                let mut changes = Vec::new();
+                let clock = self.keys.clock();
+                let reply = self
+                    .named
+                    .apply(index, clock, cache, *bound, op, &mut changes);
+                self.notify(&changes);
+                reply
+            }
+            Op::Lock {
+                name,
+                holder,
+                lease_ms,
+            } => self
+                .locks
+                .lock(index, self.keys.clock(), name, *holder, *lease_ms),
+            Op::Unlock { name, fence } => self.locks.unlock(self.keys.clock(), name, *fence),
             Op::Evict(keys) => Reply::Int(
                 keys.iter()
                     .filter(|k| self.keys.remove(k).is_some())
@@ -160,6 +217,26 @@ impl CacheState {
                 }
                 _ => Reply::err("an announced address must be UTF-8, 1 to 255 bytes"),
             },
+        }
+    }
+}
+
+impl CacheState {
+    fn notify(&self, changes: &[Change]) {
+        if let Some(hook) = &self.on_change {
+            for c in changes {
+                hook(c);
+            }
+        }
+    }
+
+    fn parts(&self) -> Parts {
+        Parts {
+            keys: self.keys.clone(),
+            members: self.members.clone(),
+            users: self.users.clone(),
+            named: self.named.clone(),
+            locks: self.locks.clone(),
         }
     }
 }
@@ -211,21 +288,12 @@ impl AbstractStateMachine<CacheEntry> for CacheState {
 
     async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
         let mut out = Vec::new();
-        Box::new(View(
-            self.keys.clone(),
-            self.members.clone(),
-            self.users.clone(),
-        ))
-        .write_to(&mut out)?;
+        Box::new(View(self.parts())).write_to(&mut out)?;
         Ok(out)
     }
 
     fn snapshot_view(&self) -> Option<Box<dyn SnapshotView>> {
-        Some(Box::new(View(
-            self.keys.clone(),
-            self.members.clone(),
-            self.users.clone(),
-        )))
+        Some(Box::new(View(self.parts())))
     }
 
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError> {
@@ -233,195 +301,14 @@ impl AbstractStateMachine<CacheEntry> for CacheState {
     }
 
     async fn restore_from(&mut self, reader: &mut (dyn Read + Send)) -> Result<(), BoxError> {
-        let (keys, members, users) = read_snapshot(reader)?;
-        self.keys = keys;
-        self.members = members;
-        self.users = users;
+        let p = crate::snapshot::read(reader)?;
+        self.keys = p.keys;
+        self.members = p.members;
+        self.users = p.users;
+        self.named = p.named;
+        self.locks = p.locks;
         Ok(())
     }
-}
-
-const MAGIC: &[u8; 8] = b"RFTYKV03";
-const V_STR: u8 = 1;
-const V_HASH: u8 = 2;
-const V_LIST: u8 = 3;
-const V_SET: u8 = 4;
-const V_ZSET: u8 = 5;
-
-/// A frozen keyspace (a clone of the persistent maps) and the members'
-/// addresses, serialized off the raft loop.
-struct View(Keyspace, BTreeMap<u64, String>, crate::acl::Users);
-
-fn put(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BoxError> {
-    let n = u32::try_from(b.len()).map_err(|_| "a value over 4 GiB")?;
-    out.extend_from_slice(&n.to_be_bytes());
-    out.extend_from_slice(b);
-    Ok(())
-}
-
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_be_bytes());
-}
-
-impl SnapshotView for View {
-    fn write_to(self: Box<Self>, out: &mut Vec<u8>) -> Result<(), BoxError> {
-        let ks = &self.0;
-        out.extend_from_slice(MAGIC);
-        put_u64(out, ks.clock());
-        put_u64(out, self.1.len() as u64);
-        for (id, addr) in &self.1 {
-            put_u64(out, *id);
-            put(out, addr.as_bytes())?;
-        }
-        put_u64(out, self.2.len() as u64);
-        for (name, user) in &self.2 {
-            put(out, name.as_bytes())?;
-            put(out, user.describe(name).as_bytes())?;
-        }
-        let items: Vec<_> = ks.iter().collect();
-        put_u64(out, items.len() as u64);
-        for (key, item) in items {
-            put(out, key)?;
-            put_u64(out, item.expire_at().unwrap_or(0));
-            put_u64(out, item.version);
-            match &item.value {
-                Value::Str(s) => {
-                    out.push(V_STR);
-                    put(out, s)?;
-                }
-                Value::Hash(h) => {
-                    out.push(V_HASH);
-                    put_u64(out, h.len() as u64);
-                    for (f, v) in h.iter() {
-                        put(out, f)?;
-                        put(out, v)?;
-                    }
-                }
-                Value::List(l) => {
-                    out.push(V_LIST);
-                    put_u64(out, l.len() as u64);
-                    for v in l.iter() {
-                        put(out, v)?;
-                    }
-                }
-                Value::Set(s) => {
-                    out.push(V_SET);
-                    put_u64(out, s.len() as u64);
-                    for v in s.iter() {
-                        put(out, v)?;
-                    }
-                }
-                Value::ZSet(z) => {
-                    out.push(V_ZSET);
-                    put_u64(out, z.len() as u64);
-                    for (s, m) in &z.ordered {
-                        put(out, m)?;
-                        put_u64(out, s.0.to_bits());
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Reads a snapshot element by element (never the whole of it at once).
-type Restored = (Keyspace, BTreeMap<u64, String>, crate::acl::Users);
-
-fn read_snapshot(r: &mut (dyn Read + Send)) -> Result<Restored, BoxError> {
-    fn exact<const N: usize>(r: &mut (dyn Read + Send)) -> Result<[u8; N], BoxError> {
-        let mut b = [0u8; N];
-        r.read_exact(&mut b)
-            .map_err(|e| format!("a cache snapshot is cut short: {e}"))?;
-        Ok(b)
-    }
-    fn u64_(r: &mut (dyn Read + Send)) -> Result<u64, BoxError> {
-        Ok(u64::from_be_bytes(exact::<8>(r)?))
-    }
-    fn bytes(r: &mut (dyn Read + Send)) -> Result<Bytes, BoxError> {
-        let n = u32::from_be_bytes(exact::<4>(r)?) as usize;
-        let mut v = Vec::new();
-        r.take(n as u64).read_to_end(&mut v)?;
-        if v.len() != n {
-            return Err("a cache snapshot is cut short".into());
-        }
-        Ok(Bytes::from(v))
-    }
-    if &exact::<8>(r)? != MAGIC {
-        return Err("not a raftify-cache snapshot (bad magic)".into());
-    }
-    let mut ks = Keyspace::default();
-    ks.advance_clock(u64_(r)?);
-    let mut members = BTreeMap::new();
-    for _ in 0..u64_(r)? {
-        let id = u64_(r)?;
-        let addr =
-            String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a member address is not UTF-8")?;
-        members.insert(id, addr);
-    }
-    let mut users = crate::acl::Users::new();
-    for _ in 0..u64_(r)? {
-        let name = String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a user name is not UTF-8")?;
-        // The user's ACL LIST line: `user NAME` then its rules.
-        let line = bytes(r)?;
-        let rules: Vec<Bytes> = line
-            .split(|b| *b == b' ')
-            .skip(2)
-            .map(Bytes::copy_from_slice)
-            .collect();
-        crate::acl::set_user(&mut users, &name, &rules)
-            .map_err(|e| format!("user {name} in a cache snapshot: {e}"))?;
-    }
-    let n = u64_(r)?;
-    for _ in 0..n {
-        let key = bytes(r)?;
-        let expire_at = match u64_(r)? {
-            0 => None,
-            t => Some(t),
-        };
-        let version = u64_(r)?;
-        let tag = exact::<1>(r)?[0];
-        let value = match tag {
-            V_STR => Value::Str(bytes(r)?),
-            V_HASH => {
-                let mut h = Map::default();
-                for _ in 0..u64_(r)? {
-                    let f = bytes(r)?;
-                    h.insert(f, bytes(r)?);
-                }
-                Value::Hash(Box::new(h))
-            }
-            V_LIST => {
-                let mut l = imbl::Vector::new();
-                for _ in 0..u64_(r)? {
-                    l.push_back(bytes(r)?);
-                }
-                Value::List(Box::new(l))
-            }
-            V_SET => {
-                let mut s = Set::default();
-                for _ in 0..u64_(r)? {
-                    s.insert(bytes(r)?);
-                }
-                Value::Set(Box::new(s))
-            }
-            V_ZSET => {
-                let mut z = ZSet::default();
-                for _ in 0..u64_(r)? {
-                    let m = bytes(r)?;
-                    let s = f64::from_bits(u64_(r)?);
-                    if s.is_nan() {
-                        return Err("a NaN score in a cache snapshot".into());
-                    }
-                    z.insert(m, Score(s).0);
-                }
-                Value::ZSet(Box::new(z))
-            }
-            t => return Err(format!("unknown value type {t} in a cache snapshot").into()),
-        };
-        ks.insert_versioned(key, value, expire_at, version);
-    }
-    Ok((ks, members, users))
 }
 
 #[cfg(test)]
@@ -474,6 +361,32 @@ mod tests {
             },
         };
         assert_eq!(sm.apply_entry(7, &user), Reply::Ok);
+        let named = CacheEntry {
+            clock_ms: 1_000,
+            op: Op::Named {
+                cache: Bytes::from("sessions"),
+                bound: crate::Bound {
+                    max_entries: 2,
+                    max_bytes: 0,
+                },
+                op: crate::NamedOp::Put {
+                    key: Bytes::from("a"),
+                    value: Bytes::from("1"),
+                    ttl_ms: Some(60_000),
+                    only_if_absent: false,
+                },
+            },
+        };
+        sm.apply_entry(8, &named);
+        let lock = CacheEntry {
+            clock_ms: 1_000,
+            op: Op::Lock {
+                name: Bytes::from("job"),
+                holder: 4,
+                lease_ms: 500,
+            },
+        };
+        sm.apply_entry(9, &lock);
         let bytes = sm.snapshot().await.unwrap();
         let mut back = CacheState::new();
         back.restore(bytes.clone()).await.unwrap();
@@ -488,6 +401,11 @@ mod tests {
             assert_eq!(back.read(&argv(cmd)), sm.read(&argv(cmd)), "{cmd}");
         }
         assert_eq!(back.member_addrs(), sm.member_addrs());
+        let cache = back.named().cache(b"sessions").unwrap();
+        assert_eq!(cache.get(b"a"), Some(&Bytes::from("1")));
+        assert_eq!(cache.expire_at(b"a"), Some(61_000));
+        assert_eq!(back.locks(), sm.locks());
+        assert_eq!(back.locks().holder(b"job", 1_000).map(|h| h.fence), Some(9));
         assert_eq!(back.users(), sm.users());
         assert!(back.users()["reader"].commands && !back.users()["reader"].writes);
         assert_eq!(

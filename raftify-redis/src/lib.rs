@@ -13,7 +13,6 @@ pub mod acl;
 pub mod cluster;
 pub mod conn;
 pub mod eviction;
-pub mod expiry;
 mod introspect;
 pub mod protocol;
 pub mod pubsub;

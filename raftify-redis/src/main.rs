@@ -142,7 +142,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         started: Instant::now(),
         snapshot_cache: Default::default(),
     });
-    let expiry = tokio::spawn(raftify_redis::expiry::run(node.clone(), logger.clone()));
+    let expiry = tokio::spawn(raftify_cache::expiry::run(node.clone(), logger.clone()));
     let evictor = tokio::spawn(raftify_redis::eviction::run(
         node.clone(),
         args.maxmemory_policy,

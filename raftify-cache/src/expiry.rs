@@ -1,11 +1,12 @@
 //! Active expiry: the leader proposes [`Op::Expire`] when the earliest
-//! TTL is due on its clock, which advances the replicated clock and
-//! deletes the expired keys on every node at once. (Reads already treat a
-//! key past its TTL on the replicated clock as missing.)
+//! TTL (of a key or a named-cache entry) is due on its clock, which
+//! advances the replicated clock and deletes the expired entries on every
+//! node at once. (Reads already treat an entry past its TTL on the
+//! replicated clock as missing.) `raftify-redis` and the embedded cache
+//! both run it.
 
-use crate::server::Node;
-use raftify_cache::{CacheEntry, Op};
-use raftify_core::unix_ms;
+use crate::{CacheEntry, CacheState, Op};
+use raftify_core::{unix_ms, Raft, Role};
 use slog::{debug, Logger};
 use std::time::Duration;
 
@@ -13,15 +14,15 @@ use std::time::Duration;
 const POLL: Duration = Duration::from_millis(100);
 
 /// Runs until the node stops.
-pub async fn run(node: Node, logger: Logger) {
+pub async fn run(node: Raft<CacheEntry, CacheState>, logger: Logger) {
     let mut state = node.handle().subscribe();
     loop {
-        if state.borrow().fatal.is_some() || matches!(state.borrow().role, raftify::Role::Stopped) {
+        if state.borrow().fatal.is_some() || matches!(state.borrow().role, Role::Stopped) {
             return;
         }
         let mut pause = POLL;
         if node.handle().is_leader() {
-            let due = node.stale_read(|sm| sm.keyspace().next_expiry()).await;
+            let due = node.stale_read(|sm| sm.next_expiry()).await;
             let now = unix_ms();
             match due {
                 Some(t) if t <= now => {

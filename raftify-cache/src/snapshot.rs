@@ -1,0 +1,256 @@
+//! The cache's snapshot format: written from a frozen copy of the state
+//! (persistent maps, so the copy is O(1)) off the raft loop, read back
+//! element by element.
+//!
+//! Layout (integers big-endian, byte strings as a u32 length then bytes):
+//! magic `RFTYKV04`, the replicated clock, members (`id`, address), ACL
+//! users (name, rules line), the Redis keyspace's items, then the named
+//! caches (name, items) and the locks (name, holder, token, lease end).
+//! An item is its key, expiry (0: none), version, a type tag and the value.
+//! `RFTYKV03` snapshots (without named caches and locks) are still read.
+
+use crate::keyspace::{Keyspace, Map, Score, Set, Value, ZSet};
+use crate::locks::{Held, Locks};
+use crate::named::{Named, NamedCaches};
+use bytes::Bytes;
+use raftify_core::{BoxError, SnapshotView};
+use std::collections::BTreeMap;
+use std::io::Read;
+
+const MAGIC: &[u8; 8] = b"RFTYKV04";
+const MAGIC_V3: &[u8; 8] = b"RFTYKV03";
+const V_STR: u8 = 1;
+const V_HASH: u8 = 2;
+const V_LIST: u8 = 3;
+const V_SET: u8 = 4;
+const V_ZSET: u8 = 5;
+
+/// Everything a snapshot holds.
+#[derive(Clone, Default)]
+pub(crate) struct Parts {
+    pub keys: Keyspace,
+    pub members: BTreeMap<u64, String>,
+    pub users: crate::acl::Users,
+    pub named: NamedCaches,
+    pub locks: Locks,
+}
+
+/// A frozen copy of the state, serialized off the raft loop.
+pub(crate) struct View(pub Parts);
+
+fn put(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BoxError> {
+    let n = u32::try_from(b.len()).map_err(|_| "a value over 4 GiB")?;
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(b);
+    Ok(())
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_items(out: &mut Vec<u8>, ks: &Keyspace) -> Result<(), BoxError> {
+    let items: Vec<_> = ks.iter().collect();
+    put_u64(out, items.len() as u64);
+    for (key, item) in items {
+        put(out, key)?;
+        put_u64(out, item.expire_at().unwrap_or(0));
+        put_u64(out, item.version);
+        match &item.value {
+            Value::Str(s) => {
+                out.push(V_STR);
+                put(out, s)?;
+            }
+            Value::Hash(h) => {
+                out.push(V_HASH);
+                put_u64(out, h.len() as u64);
+                for (f, v) in h.iter() {
+                    put(out, f)?;
+                    put(out, v)?;
+                }
+            }
+            Value::List(l) => {
+                out.push(V_LIST);
+                put_u64(out, l.len() as u64);
+                for v in l.iter() {
+                    put(out, v)?;
+                }
+            }
+            Value::Set(s) => {
+                out.push(V_SET);
+                put_u64(out, s.len() as u64);
+                for v in s.iter() {
+                    put(out, v)?;
+                }
+            }
+            Value::ZSet(z) => {
+                out.push(V_ZSET);
+                put_u64(out, z.len() as u64);
+                for (s, m) in &z.ordered {
+                    put(out, m)?;
+                    put_u64(out, s.0.to_bits());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl SnapshotView for View {
+    fn write_to(self: Box<Self>, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        let p = &self.0;
+        out.extend_from_slice(MAGIC);
+        put_u64(out, p.keys.clock());
+        put_u64(out, p.members.len() as u64);
+        for (id, addr) in &p.members {
+            put_u64(out, *id);
+            put(out, addr.as_bytes())?;
+        }
+        put_u64(out, p.users.len() as u64);
+        for (name, user) in &p.users {
+            put(out, name.as_bytes())?;
+            put(out, user.describe(name).as_bytes())?;
+        }
+        put_items(out, &p.keys)?;
+        put_u64(out, p.named.iter().count() as u64);
+        for (name, cache) in p.named.iter() {
+            put(out, name)?;
+            put_items(out, cache.keyspace())?;
+        }
+        put_u64(out, p.locks.iter().count() as u64);
+        for (name, held) in p.locks.iter() {
+            put(out, name)?;
+            put_u64(out, held.holder);
+            put_u64(out, held.fence);
+            put_u64(out, held.expires_ms);
+        }
+        Ok(())
+    }
+}
+
+fn exact<const N: usize>(r: &mut (dyn Read + Send)) -> Result<[u8; N], BoxError> {
+    let mut b = [0u8; N];
+    r.read_exact(&mut b)
+        .map_err(|e| format!("a cache snapshot is cut short: {e}"))?;
+    Ok(b)
+}
+
+fn u64_(r: &mut (dyn Read + Send)) -> Result<u64, BoxError> {
+    Ok(u64::from_be_bytes(exact::<8>(r)?))
+}
+
+fn bytes(r: &mut (dyn Read + Send)) -> Result<Bytes, BoxError> {
+    let n = u32::from_be_bytes(exact::<4>(r)?) as usize;
+    let mut v = Vec::new();
+    r.take(n as u64).read_to_end(&mut v)?;
+    if v.len() != n {
+        return Err("a cache snapshot is cut short".into());
+    }
+    Ok(Bytes::from(v))
+}
+
+/// Reads one item: key, expiry, version, value.
+fn item(r: &mut (dyn Read + Send)) -> Result<(Bytes, Option<u64>, u64, Value), BoxError> {
+    let key = bytes(r)?;
+    let expire_at = match u64_(r)? {
+        0 => None,
+        t => Some(t),
+    };
+    let version = u64_(r)?;
+    let tag = exact::<1>(r)?[0];
+    let value = match tag {
+        V_STR => Value::Str(bytes(r)?),
+        V_HASH => {
+            let mut h = Map::default();
+            for _ in 0..u64_(r)? {
+                let f = bytes(r)?;
+                h.insert(f, bytes(r)?);
+            }
+            Value::Hash(Box::new(h))
+        }
+        V_LIST => {
+            let mut l = imbl::Vector::new();
+            for _ in 0..u64_(r)? {
+                l.push_back(bytes(r)?);
+            }
+            Value::List(Box::new(l))
+        }
+        V_SET => {
+            let mut s = Set::default();
+            for _ in 0..u64_(r)? {
+                s.insert(bytes(r)?);
+            }
+            Value::Set(Box::new(s))
+        }
+        V_ZSET => {
+            let mut z = ZSet::default();
+            for _ in 0..u64_(r)? {
+                let m = bytes(r)?;
+                let s = f64::from_bits(u64_(r)?);
+                if s.is_nan() {
+                    return Err("a NaN score in a cache snapshot".into());
+                }
+                z.insert(m, Score(s).0);
+            }
+            Value::ZSet(Box::new(z))
+        }
+        t => return Err(format!("unknown value type {t} in a cache snapshot").into()),
+    };
+    Ok((key, expire_at, version, value))
+}
+
+/// Reads a snapshot element by element (never the whole of it at once).
+pub(crate) fn read(r: &mut (dyn Read + Send)) -> Result<Parts, BoxError> {
+    let magic = exact::<8>(r)?;
+    let v3 = &magic == MAGIC_V3;
+    if &magic != MAGIC && !v3 {
+        return Err("not a raftify-cache snapshot (bad magic)".into());
+    }
+    let mut p = Parts::default();
+    let clock = u64_(r)?;
+    p.keys.advance_clock(clock);
+    for _ in 0..u64_(r)? {
+        let id = u64_(r)?;
+        let addr =
+            String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a member address is not UTF-8")?;
+        p.members.insert(id, addr);
+    }
+    for _ in 0..u64_(r)? {
+        let name = String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a user name is not UTF-8")?;
+        // The user's ACL LIST line: `user NAME` then its rules.
+        let line = bytes(r)?;
+        let rules: Vec<Bytes> = line
+            .split(|b| *b == b' ')
+            .skip(2)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        crate::acl::set_user(&mut p.users, &name, &rules)
+            .map_err(|e| format!("user {name} in a cache snapshot: {e}"))?;
+    }
+    for _ in 0..u64_(r)? {
+        let (key, expire_at, version, value) = item(r)?;
+        p.keys.insert_versioned(key, value, expire_at, version);
+    }
+    if v3 {
+        return Ok(p);
+    }
+    for _ in 0..u64_(r)? {
+        let name = bytes(r)?;
+        let cache: &mut Named = p.named.entry(name);
+        cache.advance_clock(clock);
+        for _ in 0..u64_(r)? {
+            let (key, expire_at, version, value) = item(r)?;
+            cache.restore(key, value, expire_at, version);
+        }
+    }
+    for _ in 0..u64_(r)? {
+        let name = bytes(r)?;
+        let held = Held {
+            holder: u64_(r)?,
+            fence: u64_(r)?,
+            expires_ms: u64_(r)?,
+        };
+        p.locks.restore(name, held);
+    }
+    Ok(p)
+}
