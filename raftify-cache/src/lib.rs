@@ -32,6 +32,7 @@
 
 pub mod acl;
 pub mod commands;
+pub mod embedded;
 mod entry;
 pub mod eviction;
 pub mod expiry;

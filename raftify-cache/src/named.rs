@@ -197,8 +197,9 @@ impl NamedCaches {
             value,
         };
         let expiry = |ttl: Option<u64>| ttl.map(|t| clock.saturating_add(t));
-        let too_big =
-            |key: &Bytes, value: &Bytes| bound.max_bytes > 0 && weight(key, value) > bound.max_bytes;
+        let too_big = |key: &Bytes, value: &Bytes| {
+            bound.max_bytes > 0 && weight(key, value) > bound.max_bytes
+        };
         let reply = match op {
             NamedOp::Put {
                 key,

@@ -470,3 +470,28 @@ pub fn bench_args() -> (Vec<usize>, f64) {
     }
     (levels, secs)
 }
+
+/// A port of 127.0.0.1 no other caller in this process was given, free
+/// when checked, and below the kernel's ephemeral range: a port from
+/// `bind(:0)` can be handed to an outgoing connection (a client's, a
+/// peer's) between the check and the server's bind, and the server then
+/// fails to start. Processes running at once start at different points.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(2048, 65535);
+    let (base, span) = (1024, low - 1024);
+    let start = std::process::id() * 7919 % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left below {low}");
+        let port = (base + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}

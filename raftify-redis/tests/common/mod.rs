@@ -18,30 +18,7 @@ use std::time::{Duration, Instant};
 /// How long the tests wait for anything.
 pub const T: Duration = Duration::from_secs(20);
 
-/// A port no other test of this process was given, free when checked,
-/// and below the kernel's ephemeral range: a port from `bind(:0)` can be
-/// handed to an outgoing connection (a client's, a peer's) between the
-/// check and the server's bind, and the server then fails to start.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768)
-        .clamp(2048, 65535);
-    let (base, span) = (1024, low - 1024);
-    // Processes running at once start at different points of the range.
-    let start = std::process::id() * 7919 % span;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < span, "no free port left below {low}");
-        let port = (base + (start + n) % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use raftify_core::testkit::free_port;
 
 /// Polls `f` until it gives a value, or panics after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
