@@ -29,6 +29,8 @@
 
 pub mod cli;
 pub mod dashboard;
+#[cfg(feature = "http")]
+pub mod http;
 mod launch;
 mod members;
 mod spec;

@@ -2,7 +2,6 @@
 //! changes) are forwarded to the leader, linearizable reads are confirmed
 //! through the leader with ReadIndex and served from the local copy.
 
-use crate::serve::BodyTimedOut;
 use crate::store::{ApplyOutput, HashStore, KvEntry};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -150,19 +149,8 @@ impl From<Error> for ApiError {
 /// The answer to a body that could not be read: 408 when it did not arrive
 /// in time ([`BodyTimedOut`], from the server loop), 413 when too large.
 fn body_error(r: BytesRejection) -> ApiError {
-    let status = r.status();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&r);
-    while let Some(e) = cause {
-        if let Some(timed_out) = e.downcast_ref::<BodyTimedOut>() {
-            return ApiError::new(StatusCode::REQUEST_TIMEOUT, timed_out.to_string());
-        }
-        cause = e.source();
-    }
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "value too large")
-    } else {
-        ApiError::new(status, r.body_text())
-    }
+    let (status, message) = crate::serve::body_rejection(&r);
+    ApiError::new(status, message)
 }
 
 fn check_key(key: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {

@@ -5,5 +5,7 @@
 //! to LMDB storage and gRPC transport.
 
 pub mod http;
-pub mod serve;
+/// The HTTP server loop, from `raftify::http` (where every HTTP front-end
+/// gets it).
+pub use raftify::http as serve;
 pub mod store;

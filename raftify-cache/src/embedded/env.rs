@@ -193,6 +193,8 @@ pub fn parse_hosts(s: &str) -> Result<Vec<String>, String> {
 
 /// Which entry `me` names: `host:port` exactly, or a host name equal to an
 /// entry's host or to its first label (`cache-0` for `cache-0.cache.ns`).
+/// When every entry is an IP address (no names to match), a StatefulSet
+/// pod name picks the entry of its ordinal (`cache-2`: the third).
 pub fn find_self(entries: &[String], me: &str) -> Result<usize, String> {
     let me = me.trim().to_ascii_lowercase();
     let host_of = |e: &str| {
@@ -210,11 +212,31 @@ pub fn find_self(entries: &[String], me: &str) -> Result<usize, String> {
         .collect();
     match matches.as_slice() {
         [i] => Ok(*i),
+        [] if entries.iter().all(|e| is_ip(&host_of(e))) => {
+            ordinal(&me).filter(|i| *i < entries.len()).ok_or_else(|| {
+                format!(
+                    "{me:?} is not one of the hosts, nor a StatefulSet pod name whose ordinal \
+                     (name-N) indexes them"
+                )
+            })
+        }
         [] => Err(format!("{me:?} is not one of the hosts")),
         _ => Err(format!(
             "{me:?} matches several hosts; set HOSTNAME_OVERWRITE to this node's host:port"
         )),
     }
+}
+
+fn is_ip(host: &str) -> bool {
+    host.trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+}
+
+/// The ordinal of a StatefulSet pod name (`cache-2` → 2).
+fn ordinal(name: &str) -> Option<usize> {
+    let (_, n) = name.rsplit_once('-')?;
+    n.parse().ok()
 }
 
 /// The raft port's bind address: the entry itself when its host is an IP
@@ -367,6 +389,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.id, 1);
+        // Hosts given as IPs: the pod's ordinal picks its entry.
+        let ips = "http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3";
+        let s = with(&[
+            ("HA_MODE", "true"),
+            ("HA_HOSTS", ips),
+            ("HOSTNAME", "cache-1"),
+        ])
+        .unwrap();
+        assert_eq!((s.id, s.listen.as_deref()), (2, Some("127.0.0.1:2")));
         let single = with(&[("HA_HOSTS", "garbage")]).unwrap();
         assert!(single.members.is_empty(), "HA_MODE unset: one node");
     }
@@ -402,6 +433,13 @@ mod tests {
             ("HOSTNAME", "127.0.0.1"),
         ]);
         assert!(e.contains("matches several hosts"), "{e}");
+        let ips = "http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3";
+        let e = err(&[
+            ("HA_MODE", "true"),
+            ("HA_HOSTS", ips),
+            ("HOSTNAME", "cache-3"),
+        ]);
+        assert!(e.contains("nor a StatefulSet pod name"), "{e}");
         assert!(err(&[("HA_MODE", "true"), ("HA_HOSTS", HOSTS)]).starts_with("HOSTNAME: not set"));
         assert!(err(&[("CACHE_TLS", "true")]).starts_with("CACHE_TLS_SERVER_CERT: required"));
         let e = err(&[

@@ -1,5 +1,7 @@
-//! The HTTP server loop: axum's router over hyper's HTTP/1 connections,
-//! plain or over TLS, with the limits `axum::serve` does not set. Every
+//! The HTTP server loop every HTTP front-end uses (memstore's API, the
+//! cache service's): axum's router over hyper's HTTP/1 connections,
+//! plain or over TLS, with the limits `axum::serve` does not set.
+//! Enabled by the `http` feature. Every
 //! port survives silent connections, slow clients and floods:
 //!
 //! * with TLS, the handshake must finish within [`Limits::header_timeout`]
@@ -88,6 +90,30 @@ impl std::fmt::Display for BodyTimedOut {
 }
 
 impl std::error::Error for BodyTimedOut {}
+
+/// The status and message to answer a request body that could not be read
+/// with: 408 when it did not arrive in time ([`BodyTimedOut`]), 413 when
+/// it is over the route's body limit, else the rejection's own.
+pub fn body_rejection(
+    r: &axum::extract::rejection::BytesRejection,
+) -> (axum::http::StatusCode, String) {
+    let status = r.status();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(r);
+    while let Some(e) = cause {
+        if let Some(timed_out) = e.downcast_ref::<BodyTimedOut>() {
+            return (
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                timed_out.to_string(),
+            );
+        }
+        cause = e.source();
+    }
+    if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        (status, "value too large".to_string())
+    } else {
+        (status, r.body_text())
+    }
+}
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets
 /// in-flight requests finish (up to [`Limits::shutdown_grace`]). With
