@@ -6,7 +6,7 @@
 //! | `GET /cache/{name}/{key}` (`?consistency=local\|linearizable`) | `200` raw value, or `404` |
 //! | `DELETE /cache/{name}/{key}` | `200` `{"deleted": bool}` |
 //! | `POST /cache/{name}/{key}/incr` (`?by=N`, default 1) | `200` `{"value": N}` |
-//! | `GET /health` | `200` while the process runs (the node's health as JSON) |
+//! | `GET /health` | `200` while the process runs (the node's health and the members' ids as JSON) |
 //! | `GET /ready` | `200` when a leader is known and this node caught up, else `503` |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -227,13 +227,12 @@ async fn get_value(
                 .parse::<Consistency>()
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("consistency: {e}")))?,
         };
-        let f = s.cache.get_bytes(&name, key.as_bytes(), consistency).await?;
+        let f = s
+            .cache
+            .get_bytes(&name, key.as_bytes(), consistency)
+            .await?;
         let mut r = match f.value {
-            Some(v) => (
-                [(header::CONTENT_TYPE, "application/octet-stream")],
-                v,
-            )
-                .into_response(),
+            Some(v) => ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),
             None => ApiError::new(StatusCode::NOT_FOUND, "no such key").into_response(),
         };
         if f.stale {
@@ -278,7 +277,10 @@ async fn incr(
         let by = match q.by {
             None => 1,
             Some(b) => b.parse::<i64>().map_err(|_| {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("by must be an integer, not {b:?}"))
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("by must be an integer, not {b:?}"),
+                )
             })?,
         };
         let value = s.cache.incr(&name, key.as_bytes(), by).await?;
@@ -291,7 +293,12 @@ async fn incr(
 
 async fn health(State(s): State<AppState>) -> Response {
     let h = s.cache.health().borrow().clone();
+    let members: Vec<u64> = match s.cache.raft().handle().status().await {
+        Ok(st) => st.members.iter().map(|m| m.id).collect(),
+        Err(_) => vec![],
+    };
     Json(json!({
+        "members": members,
         "status": "up",
         "id": s.cache.id(),
         "leader": h.leader,

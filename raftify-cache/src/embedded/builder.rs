@@ -4,6 +4,7 @@ use super::env::{self, EnvSettings};
 use super::error::CacheError;
 use super::events::Events;
 use super::health::{self, Health};
+use super::membership::{self, Found};
 use super::{Cache, Inner};
 use crate::{Bound, CacheState};
 use raftify::{launch, NodeSpec, Start, Storage, TlsConfig};
@@ -264,7 +265,7 @@ impl CacheBuilder {
             spec.raft_addr = s.members.get(&s.id).cloned();
             spec.start = Start::Members(s.members.clone());
         }
-        spec.listen_addr = s.listen;
+        spec.listen_addr = s.listen.clone();
         if let Some(tick) = s.tick {
             spec.config.tick_interval = tick;
         }
@@ -277,6 +278,20 @@ impl CacheBuilder {
             f(&mut spec);
         }
         let logger = spec.logger.clone();
+        // An HA node with empty storage rejoins a cluster that exists.
+        let mut rejoin = None;
+        let empty = match &spec.storage {
+            Storage::Dir(d) => !d.join("data.mdb").is_file(),
+            _ => true,
+        };
+        if !s.members.is_empty() && empty {
+            if let Found::Cluster { member } = membership::probe(&s.members, s.id, &spec.grpc).await
+            {
+                spec.start = Start::Wait;
+                rejoin = Some(member);
+            }
+        }
+        let grpc = spec.grpc.clone();
         let events = Events::new();
         let mut sm = CacheState::new();
         let (on_change, on_publish) = (events.clone(), events.clone());
@@ -284,12 +299,28 @@ impl CacheBuilder {
         sm.set_publish_hook(Arc::new(move |ch, m| on_publish.on_publish(ch, m)));
         let election_timeout = spec.config.election_timeout();
         let launched = launch(spec, sm, None).await?;
+        if let Some(member) = rejoin {
+            let addr = launched.raft_addr.clone();
+            if let Err(e) =
+                membership::rejoin(&s.members, s.id, &addr, member, &grpc, &logger).await
+            {
+                launched.shutdown().await;
+                return Err(e);
+            }
+        }
         let node = launched.raft.clone();
         let (health_tx, health_rx) = watch::channel(Health::default());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::expiry::run(node.clone(), logger.clone())),
             tokio::spawn(health::run(node.clone(), health_tx)),
         ];
+        if !s.members.is_empty() {
+            tasks.push(tokio::spawn(membership::reconcile(
+                node.clone(),
+                s.members.clone(),
+                logger.clone(),
+            )));
+        }
         Ok(Cache {
             inner: Arc::new(Inner {
                 id: launched.id,

@@ -4,10 +4,13 @@ use crate::{CacheEntry, CacheState};
 use raftify_core::{Raft, Role};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-/// How often the commit index is compared with the applied one (the rest
-/// follows the node's state as it changes).
+/// How often a node checks it has caught up (the rest follows the node's
+/// state as it changes).
 const POLL: Duration = Duration::from_millis(100);
+/// How often a slow round is checked against the election timeout.
+const TICK: Duration = Duration::from_millis(25);
 
 /// What a node knows of its cluster's health.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,11 +18,13 @@ pub struct Health {
     /// The leader this node follows (or itself); `None` during an election
     /// or when this node cannot reach a quorum.
     pub leader: Option<u64>,
-    /// Whether a quorum is reachable: a leader knows (it steps down when a
-    /// quorum stops answering within an election timeout); a follower
-    /// infers it from following a leader.
+    /// Whether a quorum is reachable: a ReadIndex round (which the leader
+    /// confirms with a quorum) succeeded within the last election timeout.
+    /// This turns false within about one election timeout of a loss,
+    /// sooner than raft's own election timers notice.
     pub quorum: bool,
-    /// Whether this node has applied every entry it knows to be committed.
+    /// Whether this node has applied every entry the leader had committed
+    /// (checked by a ReadIndex round every 100 ms).
     pub caught_up: bool,
     /// This node's role.
     pub role: Option<Role>,
@@ -35,38 +40,82 @@ impl Health {
     }
 }
 
-/// Keeps `tx` up to date until the node stops.
+/// Keeps `tx` up to date until the node stops: the role and leader as
+/// they change, and, by a ReadIndex round every [`POLL`], whether a quorum
+/// answers and this node has caught up (the round completes once this
+/// node applied everything the leader had committed; one that does not
+/// complete within an election timeout means a lost quorum or a node
+/// behind).
 pub(crate) async fn run(node: Raft<CacheEntry, CacheState>, tx: watch::Sender<Health>) {
+    let tx = std::sync::Arc::new(tx);
+    let prober = tokio::spawn(probe(node.clone(), tx.clone()));
     let mut state = node.handle().subscribe();
     loop {
         let s = state.borrow_and_update().clone();
         if s.fatal.is_some() || matches!(s.role, Role::Stopped) {
+            prober.abort();
             tx.send_replace(Health {
                 role: Some(Role::Stopped),
                 ..Health::default()
             });
             return;
         }
-        let commit = match node.handle().status().await {
-            Ok(st) => st.commit_index,
-            Err(_) => u64::MAX,
-        };
         let leader = (s.leader_id != 0).then_some(s.leader_id);
-        let h = Health {
-            leader,
-            quorum: leader.is_some(),
-            caught_up: s.applied_index >= commit,
-            role: Some(s.role),
-            applied: s.applied_index,
-        };
-        tx.send_if_modified(|old| {
-            let changed = *old != h;
-            *old = h;
-            changed
+        tx.send_if_modified(|h| {
+            let old = h.clone();
+            h.leader = leader;
+            h.quorum &= leader.is_some();
+            h.role = Some(s.role);
+            h.applied = s.applied_index;
+            if leader.is_none() {
+                h.caught_up = false;
+            }
+            *h != old
         });
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            changed = state.changed() => if changed.is_err() { return },
+        if state.changed().await.is_err() {
+            prober.abort();
+            return;
         }
+    }
+}
+
+async fn probe(node: Raft<CacheEntry, CacheState>, tx: std::sync::Arc<watch::Sender<Health>>) {
+    let limit = node.handle().config().election_timeout();
+    let mut last_ok: Option<Instant> = None;
+    let publish = |last_ok: Option<Instant>, caught_up: Option<bool>| {
+        tx.send_if_modified(|h| {
+            let old = h.clone();
+            h.quorum = h.leader.is_some() && last_ok.is_some_and(|t| t.elapsed() <= limit);
+            if let Some(c) = caught_up {
+                h.caught_up = c;
+            }
+            h.caught_up &= h.quorum;
+            *h != old
+        });
+    };
+    loop {
+        let started = Instant::now();
+        let ok = if tx.borrow().leader.is_some() {
+            let call = node.handle().read_index();
+            tokio::pin!(call);
+            loop {
+                tokio::select! {
+                    r = &mut call => break r.is_ok(),
+                    _ = tokio::time::sleep(TICK) => {
+                        publish(last_ok, None);
+                        if started.elapsed() > limit {
+                            break false;
+                        }
+                    }
+                }
+            }
+        } else {
+            false
+        };
+        if ok {
+            last_ok = Some(Instant::now());
+        }
+        publish(last_ok, Some(ok));
+        tokio::time::sleep(POLL).await;
     }
 }

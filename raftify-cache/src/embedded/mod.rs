@@ -32,6 +32,7 @@ mod error;
 mod events;
 mod health;
 mod lock;
+mod membership;
 
 pub use builder::{CacheBuilder, CacheConfig, Consistency, QuorumLoss, MAX_NAME};
 pub use error::CacheError;
@@ -237,7 +238,7 @@ impl Cache {
         if consistency == Consistency::Local {
             return local().await;
         }
-        if health.leader.is_none() {
+        if !health.quorum {
             return match mode {
                 QuorumLoss::ServeStale => local().await,
                 _ => Err(no_quorum()),
@@ -422,7 +423,7 @@ impl Cache {
     /// Proposes `entry` and waits until this node applied it; the reply
     /// without its index.
     async fn propose(&self, entry: CacheEntry) -> Result<Reply, CacheError> {
-        if self.inner.health.borrow().leader.is_none() {
+        if !self.inner.health.borrow().quorum {
             return Err(no_quorum());
         }
         let reply = self
@@ -445,8 +446,9 @@ impl Cache {
         Ok(reply)
     }
 
-    /// Runs `call`, failing it when this node loses its leader first: a
-    /// write then has an unknown outcome, a read is unavailable.
+    /// Runs `call`, failing it when this node loses its quorum first
+    /// ([`Health::quorum`]): a write then has an unknown outcome, a read is
+    /// unavailable.
     async fn guarded<T>(
         &self,
         write: bool,
@@ -454,13 +456,13 @@ impl Cache {
     ) -> Result<T, CacheError> {
         let mut health = self.inner.health.clone();
         let lost = async move {
-            let _ = health.wait_for(|h| h.leader.is_none()).await;
+            let _ = health.wait_for(|h| !h.quorum).await;
         };
         tokio::select! {
             r = call => r.map_err(CacheError::from_raft),
             () = lost => Err(if write {
                 CacheError::OutcomeUnknown(
-                    "this node lost its leader while the write was in flight".into(),
+                    "this node lost its quorum while the write was in flight".into(),
                 )
             } else {
                 no_quorum()
@@ -470,7 +472,7 @@ impl Cache {
 }
 
 fn no_quorum() -> CacheError {
-    CacheError::Unavailable("no leader: this node cannot reach a quorum".into())
+    CacheError::Unavailable("this node cannot reach a quorum (no leader, or none answering)".into())
 }
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CacheError> {
