@@ -432,3 +432,79 @@ async fn quorum_loss_can_hide_every_entry_like_a_wipe() {
     c.shutdown().await;
     trio.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_configured_like_pods_form_a_cluster_over_mutual_tls() {
+    let pki = raftify_grpc::testkit::TestPki::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.display().to_string()
+    };
+    let (ca, cert, key) = (
+        file("ca.pem", &pki.ca),
+        file("node.pem", &pki.node_cert),
+        file("node.key", &pki.node_key),
+    );
+    let other = file("other.pem", &pki.stranger_cert);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let hosts = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let env = |i: usize| -> BTreeMap<String, String> {
+        [
+            ("HA_MODE", "true".to_string()),
+            ("HA_HOSTS", hosts.clone()),
+            ("HOSTNAME", format!("cache-{i}")),
+            ("CACHE_AUTH_TOKEN", "a-shared-secret-0123".to_string()),
+            ("CACHE_TLS", "true".to_string()),
+            ("CACHE_TLS_SERVER_CERT", cert.clone()),
+            ("CACHE_TLS_SERVER_KEY", key.clone()),
+            ("CACHE_TLS_CA_SERVER", ca.clone()),
+            ("CACHE_TLS_CLIENT_CERT", cert.clone()),
+            ("RAFTIFY_TICK_MS", "20".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    };
+    // A client certificate other than the server's is refused, by name.
+    let mut bad = env(0);
+    bad.insert("CACHE_TLS_CLIENT_CERT".into(), other);
+    let e = raftify_cache::embedded::CacheBuilder::from_lookup(&|k: &str| bad.get(k).cloned())
+        .err()
+        .expect("refused");
+    assert!(e.to_string().starts_with("CACHE_TLS_CLIENT_CERT: "), "{e}");
+    let starts = (0..3).map(|i| {
+        let vars = env(i);
+        async move {
+            let b =
+                raftify_cache::embedded::CacheBuilder::from_lookup(&|k: &str| vars.get(k).cloned())
+                    .unwrap();
+            b.cache("default", CacheConfig::new())
+                .logger(test_logger())
+                .build()
+                .await
+                .unwrap()
+        }
+    });
+    let nodes = futures_join(starts.collect()).await;
+    for c in &nodes {
+        ready(c).await;
+    }
+    nodes[2].put("default", "k", &"over TLS").await.unwrap();
+    assert_eq!(
+        nodes[0]
+            .get::<String>("default", "k")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("over TLS")
+    );
+    for c in nodes {
+        c.shutdown().await;
+    }
+}

@@ -9,6 +9,9 @@
 //! | `GET /health` | `200` while the process runs (the node's health and the members' ids as JSON) |
 //! | `GET /ready` | `200` when a leader is known and this node caught up, else `503` |
 //! | `GET /metrics` | Prometheus text |
+//! | `POST /lock/{name}` (`?lease_ms=N`, default 10000) | `200` `{"token": T}` (this process holds it, renewed until released), or `409` |
+//! | `GET /lock/{name}` | `200` `{"held": bool, "token": T\|null}`: whether this process holds it now |
+//! | `DELETE /lock/{name}` | `200` `{"released": bool}` |
 //!
 //! Errors are JSON `{"error": ...}`: `400` bad input (a TTL, a key over
 //! [`MAX_KEY`] bytes, an increment of a non-integer), `404` unknown cache,
@@ -24,7 +27,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use raftify_cache::embedded::{Cache, CacheError, Consistency};
+use raftify_cache::embedded::{Cache, CacheError, Consistency, LockGuard};
 use raftify_core::metrics::{self, Latency};
 use raftify_core::prometheus_client::metrics::counter::Counter;
 use raftify_core::prometheus_client::metrics::family::Family;
@@ -32,6 +35,7 @@ use raftify_core::prometheus_client::metrics::gauge::Gauge;
 use raftify_core::prometheus_client::registry::Unit;
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +50,12 @@ pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 struct AppState {
     cache: Cache,
     m: Arc<Metrics>,
+    /// The locks this process holds, by name.
+    locks: Arc<tokio::sync::Mutex<HashMap<String, LockGuard>>>,
 }
+
+/// Shortest and longest lease of `POST /lock/{name}` (ms).
+pub const LEASE_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 
 /// The service's own metrics, registered with the node's.
 struct Metrics {
@@ -103,8 +112,16 @@ pub fn router(cache: Cache) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route(
+            "/lock/{name}",
+            post(take_lock).get(lock_state).delete(release_lock),
+        )
         .layer(DefaultBodyLimit::max(MAX_VALUE))
-        .with_state(AppState { cache, m })
+        .with_state(AppState {
+            cache,
+            m,
+            locks: Arc::default(),
+        })
 }
 
 /// An error answer.
@@ -342,4 +359,79 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
     }
     let text = s.cache.raft().handle().metrics_registry().encode();
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+}
+
+#[derive(Deserialize)]
+struct LockQuery {
+    lease_ms: Option<String>,
+}
+
+async fn take_lock(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LockQuery>,
+) -> Response {
+    let r = async {
+        check_key(&name)?;
+        let lease = match q.lease_ms {
+            None => 10_000,
+            Some(l) => l
+                .parse::<u64>()
+                .ok()
+                .filter(|l| LEASE_MS.contains(l))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "lease_ms must be {} to {}, not {l:?}",
+                            LEASE_MS.start(),
+                            LEASE_MS.end()
+                        ),
+                    )
+                })?,
+        };
+        let mut locks = s.locks.lock().await;
+        if let Some(g) = locks.get(&name).filter(|g| g.is_held()) {
+            return Ok(Json(json!({ "token": g.token() })).into_response());
+        }
+        match s
+            .cache
+            .try_lock(&name, Duration::from_millis(lease))
+            .await?
+        {
+            Some(g) => {
+                let token = g.token();
+                locks.insert(name, g);
+                Ok(Json(json!({ "token": token })).into_response())
+            }
+            None => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "held by another holder",
+            )),
+        }
+    }
+    .await;
+    counted(&s.m, r)
+}
+
+async fn lock_state(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let locks = s.locks.lock().await;
+    let (held, token) = match locks.get(&name) {
+        Some(g) => (g.is_held(), Some(g.token())),
+        None => (false, None),
+    };
+    Json(json!({ "held": held, "token": token })).into_response()
+}
+
+async fn release_lock(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+    let guard = s.locks.lock().await.remove(&name);
+    let r = async {
+        let released = match guard {
+            Some(g) => g.release().await?,
+            None => false,
+        };
+        Ok(Json(json!({ "released": released })).into_response())
+    }
+    .await;
+    counted(&s.m, r)
 }

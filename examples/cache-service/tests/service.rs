@@ -193,6 +193,50 @@ fn scaling_from_3_to_5_adds_voters_and_back_to_3_removes_them() {
     assert_eq!(r.status, 200);
 }
 
+#[test]
+fn a_paused_lock_holder_is_deposed_and_its_token_is_lower() {
+    let mut set = StatefulSet::start(3, false);
+    set.wait_ready();
+    let take = |p: &Pod| http("POST", &p.url("/lock/job?lease_ms=800"), b"");
+    let state = |p: &Pod| p.get("/lock/job").map(|a| a.json());
+    let first = take(&set.pods[0]).unwrap();
+    assert_eq!(first.status, 200, "{}", first.body);
+    let t1 = first.json()["token"].as_u64().unwrap();
+    assert_eq!(take(&set.pods[1]).unwrap().status, 409);
+    // Renewed past its lease while the holder runs.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(take(&set.pods[1]).unwrap().status, 409);
+    assert_eq!(state(&set.pods[0]).unwrap()["held"], true);
+    // The holder pauses (a GC pause, a partition): no renewals, its node cut
+    // off. Another pod gets the lock once the lease ran out on the
+    // replicated clock, with a larger token.
+    set.pods[0].signal(libc::SIGSTOP);
+    let t2 = wait_for("another pod to take the lock", T, || {
+        let r = take(&set.pods[1])?;
+        (r.status == 200).then(|| r.json()["token"].as_u64())?
+    });
+    assert!(t2 > t1, "{t2} > {t1}");
+    set.pods[0].signal(libc::SIGCONT);
+    // Resumed, the old holder knows at once that it no longer holds it,
+    // and at no moment do both believe they hold it.
+    for _ in 0..25 {
+        let a = state(&set.pods[0]).unwrap();
+        let b = state(&set.pods[1]).unwrap();
+        assert_eq!(a["held"], false, "the deposed holder: {a}");
+        assert_eq!(
+            (b["held"].clone(), b["token"].as_u64()),
+            (serde_json::json!(true), Some(t2))
+        );
+        std::thread::sleep(std::time::Duration::from_millis(40));
+    }
+    let released = http("DELETE", &set.pods[1].url("/lock/job"), b"").unwrap();
+    assert_eq!(released.json()["released"], true);
+    let again = wait_for("the first pod to take it back", T, || {
+        take(&set.pods[0]).filter(|r| r.status == 200)
+    });
+    assert!(again.json()["token"].as_u64().unwrap() > t2);
+}
+
 /// Runs the binary with `env` and returns its exit status and stderr.
 fn run_with(env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();

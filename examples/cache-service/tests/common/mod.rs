@@ -152,6 +152,16 @@ impl Pod {
         }
     }
 
+    /// Sends `sig` (SIGSTOP, SIGCONT, ...) to the process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own child by its pid.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child
@@ -175,6 +185,8 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
+        // A stopped process is resumed so that SIGKILL's wait returns.
+        self.signal(libc::SIGCONT);
         self.kill();
     }
 }
