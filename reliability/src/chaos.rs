@@ -271,10 +271,7 @@ impl Proc {
 
     fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
-            // SAFETY: sending a signal to our own child's pid.
-            unsafe {
-                libc::kill(c.id() as i32, sig);
-            }
+            crate::process::signal(c, sig);
         }
     }
 
@@ -294,24 +291,8 @@ impl Proc {
             self.signal(libc::SIGCONT);
             self.stopped = false;
         }
-        if let Some(mut c) = self.child.take() {
-            self.signal_pid(c.id(), libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn signal_pid(&self, pid: u32, sig: i32) {
-        // SAFETY: sending a signal to our own child's pid.
-        unsafe {
-            libc::kill(pid as i32, sig);
+        if let Some(c) = self.child.take() {
+            crate::process::terminate(c, Duration::from_secs(10));
         }
     }
 }

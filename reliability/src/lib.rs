@@ -25,6 +25,7 @@ pub mod history;
 pub mod invariants;
 pub mod lossy_store;
 pub mod netns;
+pub mod process;
 pub mod rng;
 pub mod sim;
 pub mod sm;

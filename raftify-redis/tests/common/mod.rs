@@ -224,23 +224,7 @@ impl Node {
 
     /// SIGTERM, then the exit status (bounded wait).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        raftify_reliability::process::terminate(self.child.take()?, timeout)
     }
 
     pub fn log_text(&self) -> String {

@@ -132,33 +132,15 @@ impl Pod {
         }
     }
 
-    /// SIGTERM, and waits for the exit.
+    /// SIGTERM, and waits for the exit (bounded).
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + T;
-        loop {
-            if let Ok(Some(s)) = c.try_wait() {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                return c.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        raftify_reliability::process::terminate(self.child.take()?, T)
     }
 
     /// Sends `sig` (SIGSTOP, SIGCONT, ...) to the process.
     pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
-            // SAFETY: signalling our own child by its pid.
-            unsafe {
-                libc::kill(c.id() as i32, sig);
-            }
+            raftify_reliability::process::signal(c, sig);
         }
     }
 
