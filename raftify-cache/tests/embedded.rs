@@ -2,7 +2,9 @@
 //! three-node clusters over real gRPC on loopback (TTL expiry, bounds,
 //! notifications, locks, every quorum-loss mode).
 
-use raftify_cache::embedded::{Cache, CacheConfig, CacheError, Consistency, QuorumLoss};
+use raftify_cache::embedded::{
+    Cache, CacheBuilder, CacheConfig, CacheError, Consistency, QuorumLoss, WriteAck,
+};
 use raftify_cache::{Change, ChangeKind};
 use raftify_core::testkit::{free_port, test_logger};
 use std::collections::BTreeMap;
@@ -16,7 +18,7 @@ const T: Duration = Duration::from_secs(20);
 /// Raft tick of the test clusters: a 200 ms election timeout.
 const TICK: Duration = Duration::from_millis(20);
 
-fn caches(b: raftify_cache::embedded::CacheBuilder) -> raftify_cache::embedded::CacheBuilder {
+fn caches(b: CacheBuilder) -> CacheBuilder {
     b.cache("default", CacheConfig::new())
         .cache(
             "sessions",
@@ -55,8 +57,8 @@ async fn ready(c: &Cache) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_values_counters_and_bad_input() {
+    // Used at once after the start: the first call waits for the quorum.
     let c = single().await;
-    ready(&c).await;
     c.put("default", "user:1", &("alice", 42u32)).await.unwrap();
     let v: Option<(String, u32)> = c.get("default", "user:1").await.unwrap();
     assert_eq!(v, Some(("alice".to_string(), 42)));
@@ -167,13 +169,16 @@ struct Trio {
 
 impl Trio {
     async fn start(modes: [QuorumLoss; 3]) -> Trio {
+        Trio::start_with(|id, b| b.on_quorum_loss(modes[id as usize - 1])).await
+    }
+
+    /// Three nodes, each builder changed by `f(id, builder)`.
+    async fn start_with(f: impl Fn(u64, CacheBuilder) -> CacheBuilder) -> Trio {
         let members: BTreeMap<u64, String> = (1..=3)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
             .collect();
         let builds = (1..=3u64).map(|id| {
-            let b = caches(Cache::builder())
-                .cluster(id, members.clone())
-                .on_quorum_loss(modes[id as usize - 1]);
+            let b = f(id, caches(Cache::builder()).cluster(id, members.clone()));
             async move { b.build().await.unwrap() }
         });
         let started = futures_join(builds.collect()).await;
@@ -507,4 +512,33 @@ async fn three_nodes_configured_like_pods_form_a_cluster_over_mutual_tls() {
     for c in nodes {
         c.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_all_live_write_is_applied_on_every_live_member_when_it_returns() {
+    let mut trio = Trio::start_with(|_, b| b.write_ack(WriteAck::AllLive)).await;
+    let leader = trio.leader();
+    let c = trio.nodes[&leader].clone();
+    for i in 0..20 {
+        c.put("default", format!("k{i}"), &i).await.unwrap();
+        // Returned: every member has applied it; a local read sees it.
+        for n in trio.nodes.values() {
+            let got = n
+                .get_with::<i32>("default", format!("k{i}"), Consistency::Local)
+                .await
+                .unwrap();
+            assert_eq!(got.value, Some(i), "node {} after write {i}", n.id());
+        }
+    }
+    // A member that is down is not waited for.
+    let other = *trio.nodes.keys().find(|id| **id != leader).unwrap();
+    trio.stop(other).await;
+    let start = Instant::now();
+    c.put("default", "after", &1).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    trio.shutdown().await;
 }

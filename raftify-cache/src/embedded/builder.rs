@@ -1,5 +1,6 @@
 //! [`CacheBuilder`]: how an embedded cache is configured and started.
 
+use super::ack::WriteAck;
 use super::env::{self, EnvSettings};
 use super::error::CacheError;
 use super::events::Events;
@@ -114,6 +115,7 @@ pub struct CacheBuilder {
     raft_addr: Option<String>,
     caches: BTreeMap<String, CacheConfig>,
     quorum_loss: QuorumLoss,
+    write_ack: WriteAck,
     logger: Option<Logger>,
     configure: Vec<SpecChange>,
 }
@@ -135,6 +137,7 @@ impl CacheBuilder {
             raft_addr: None,
             caches: BTreeMap::new(),
             quorum_loss: QuorumLoss::default(),
+            write_ack: WriteAck::default(),
             logger: None,
             configure: Vec::new(),
         }
@@ -212,6 +215,12 @@ impl CacheBuilder {
     /// What reads do while the quorum is lost.
     pub fn on_quorum_loss(mut self, mode: QuorumLoss) -> Self {
         self.quorum_loss = mode;
+        self
+    }
+
+    /// When writes return ([`WriteAck::Local`] by default).
+    pub fn write_ack(mut self, ack: WriteAck) -> Self {
+        self.write_ack = ack;
         self
     }
 
@@ -331,6 +340,9 @@ impl CacheBuilder {
                 health: health_rx,
                 events,
                 quorum_loss: self.quorum_loss,
+                write_ack: self.write_ack,
+                grpc,
+                peers: Default::default(),
                 election_timeout,
                 tasks: std::sync::Mutex::new(tasks),
             }),

@@ -39,6 +39,20 @@ pub enum CacheError {
     /// leader or the answer while it was in flight).
     #[error("the outcome is not known: {0}")]
     OutcomeUnknown(String),
+    /// The write is committed (and will be applied on every member), but
+    /// with [`WriteAck::AllLive`](super::WriteAck::AllLive) these live
+    /// members had not applied it within `limit`. Do not repeat it.
+    #[error(
+        "entry {index} is committed, but members {missing:?} had not applied it within {limit:?}"
+    )]
+    AckTimeout {
+        /// The write's log index.
+        index: u64,
+        /// The members that had not applied it.
+        missing: Vec<u64>,
+        /// How long the call waited.
+        limit: std::time::Duration,
+    },
     /// A configuration value is invalid; names the variable or setting.
     #[error("{var}: {message}")]
     Config {

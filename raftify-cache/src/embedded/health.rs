@@ -81,6 +81,7 @@ pub(crate) async fn run(node: Raft<CacheEntry, CacheState>, tx: watch::Sender<He
 
 async fn probe(node: Raft<CacheEntry, CacheState>, tx: std::sync::Arc<watch::Sender<Health>>) {
     let limit = node.handle().config().election_timeout();
+    let mut changes = tx.subscribe();
     let mut last_ok: Option<Instant> = None;
     let publish = |last_ok: Option<Instant>, caught_up: Option<bool>| {
         tx.send_if_modified(|h| {
@@ -95,7 +96,11 @@ async fn probe(node: Raft<CacheEntry, CacheState>, tx: std::sync::Arc<watch::Sen
     };
     loop {
         let started = Instant::now();
-        let ok = if tx.borrow().leader.is_some() {
+        let leader = changes.borrow_and_update().leader;
+        // A round in flight when the leader changes is abandoned and a new
+        // one starts at once: a new leader is confirmed within a round trip.
+        let mut leader_changed = false;
+        let ok = if leader.is_some() {
             let call = node.handle().read_index();
             tokio::pin!(call);
             loop {
@@ -107,6 +112,15 @@ async fn probe(node: Raft<CacheEntry, CacheState>, tx: std::sync::Arc<watch::Sen
                             break false;
                         }
                     }
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        if changes.borrow_and_update().leader != leader {
+                            leader_changed = true;
+                            break false;
+                        }
+                    }
                 }
             }
         } else {
@@ -115,7 +129,25 @@ async fn probe(node: Raft<CacheEntry, CacheState>, tx: std::sync::Arc<watch::Sen
         if ok {
             last_ok = Some(Instant::now());
         }
-        publish(last_ok, Some(ok));
-        tokio::time::sleep(POLL).await;
+        publish(last_ok, (!leader_changed).then_some(ok));
+        if leader_changed {
+            continue;
+        }
+        // Until the next round: the pause, or sooner a new leader.
+        let pause = tokio::time::sleep(POLL);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if changes.borrow_and_update().leader != leader {
+                        break;
+                    }
+                }
+            }
+        }
     }
 }

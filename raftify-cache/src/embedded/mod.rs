@@ -26,6 +26,7 @@
 //! * [`Cache::health`]: quorum state; [`QuorumLoss`] picks what reads do
 //!   without a quorum.
 
+mod ack;
 mod builder;
 pub mod env;
 mod error;
@@ -34,6 +35,7 @@ mod health;
 mod lock;
 mod membership;
 
+pub use ack::WriteAck;
 pub use builder::{CacheBuilder, CacheConfig, Consistency, QuorumLoss, MAX_NAME};
 pub use error::CacheError;
 pub use events::SUBSCRIBER_BUFFER;
@@ -80,6 +82,9 @@ struct Inner {
     health: watch::Receiver<Health>,
     events: std::sync::Arc<Events>,
     quorum_loss: QuorumLoss,
+    write_ack: WriteAck,
+    grpc: raftify::GrpcConfig,
+    peers: ack::Peers,
     election_timeout: Duration,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -238,7 +243,7 @@ impl Cache {
         if consistency == Consistency::Local {
             return local().await;
         }
-        if !health.quorum {
+        if !self.await_quorum().await {
             return match mode {
                 QuorumLoss::ServeStale => local().await,
                 _ => Err(no_quorum()),
@@ -414,7 +419,31 @@ impl Cache {
                 op,
             },
         };
-        match self.propose(entry).await? {
+        let (index, reply) = self.propose_indexed(entry).await?;
+        if let (Some(index), WriteAck::AllLive) = (index, self.inner.write_ack) {
+            let me = self.inner.id;
+            let members: Vec<(u64, String)> = match self.inner.node.handle().status().await {
+                Ok(st) => st
+                    .members
+                    .into_iter()
+                    .filter(|m| m.id != me)
+                    .filter_map(|m| Some((m.id, m.addr?)))
+                    .collect(),
+                Err(_) => vec![],
+            };
+            let config = self.inner.node.handle().config();
+            self.inner
+                .peers
+                .all_applied(
+                    members,
+                    index,
+                    &self.inner.grpc,
+                    self.inner.election_timeout,
+                    config.proposal_timeout,
+                )
+                .await?;
+        }
+        match reply {
             Reply::Error(e) => Err(CacheError::Rejected(e)),
             r => Ok(r),
         }
@@ -423,7 +452,13 @@ impl Cache {
     /// Proposes `entry` and waits until this node applied it; the reply
     /// without its index.
     async fn propose(&self, entry: CacheEntry) -> Result<Reply, CacheError> {
-        if !self.inner.health.borrow().quorum {
+        Ok(self.propose_indexed(entry).await?.1)
+    }
+
+    /// [`Cache::propose`], with the entry's log index when its reply
+    /// carries one.
+    async fn propose_indexed(&self, entry: CacheEntry) -> Result<(Option<u64>, Reply), CacheError> {
+        if !self.await_quorum().await {
             return Err(no_quorum());
         }
         let reply = self
@@ -443,7 +478,23 @@ impl Cache {
             let wait = self.inner.node.handle().config().proposal_timeout;
             let _ = self.inner.node.handle().wait_for_applied(index, wait).await;
         }
-        Ok(reply)
+        Ok((index, reply))
+    }
+
+    /// Whether a quorum answers, waiting up to half an election timeout
+    /// for one (a node that just started, an election under way): a call
+    /// made then waits briefly instead of failing at once, and a lost
+    /// quorum still answers well within two election timeouts.
+    async fn await_quorum(&self) -> bool {
+        let mut health = self.inner.health.clone();
+        if health.borrow().quorum {
+            return true;
+        }
+        let grace = self.inner.election_timeout / 2;
+        let came = tokio::time::timeout(grace, health.wait_for(|h| h.quorum))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        came
     }
 
     /// Runs `call`, failing it when this node loses its quorum first
