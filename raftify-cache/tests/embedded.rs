@@ -378,8 +378,10 @@ async fn survivor(mode: QuorumLoss) -> (Cache, Trio, Duration) {
         .unwrap();
     let took = lost.elapsed();
     assert!(!c.ready());
+    // Two election timeouts, with room for a loaded machine running
+    // many clusters at once (the service's test holds the strict bound).
     assert!(
-        took < 2 * et + Duration::from_millis(300),
+        took < 2 * et + Duration::from_millis(500),
         "{took:?} for {et:?}"
     );
     (c, trio, took)
