@@ -154,6 +154,36 @@ fn a_pod_restarted_with_an_empty_volume_rejoins_and_catches_up() {
 }
 
 #[test]
+fn a_pod_whose_data_volume_was_lost_rejoins() {
+    let mut set = StatefulSet::start(3, true);
+    set.wait_ready();
+    for i in 0..20 {
+        assert_eq!(
+            set.pods[1]
+                .put(&format!("/cache/default/k{i}"), b"v")
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    set.pods[0].kill();
+    let dir = set.pods[0].data_dir.clone().expect("a data dir");
+    std::fs::remove_dir_all(&dir).unwrap();
+    set.pods[0].start();
+    set.wait_ready();
+    let r = set.pods[0]
+        .get("/cache/default/k19?consistency=local")
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "v"));
+    assert!(
+        dir.join("data.mdb").is_file(),
+        "LMDB again in {}",
+        dir.display()
+    );
+    assert_eq!(set.pods[2].members().len(), 3);
+}
+
+#[test]
 fn scaling_from_3_to_5_adds_voters_and_back_to_3_removes_them() {
     let mut set = StatefulSet::start(3, true);
     set.wait_ready();
