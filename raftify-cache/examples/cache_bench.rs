@@ -2,7 +2,7 @@
 //! gRPC over loopback), PUT from the leader, then GET local and
 //! linearizable, at each concurrency.
 //!
-//! `cargo run --release -p raftify-cache --example cache_bench -- [tasks...] [--secs S] [--memory] [--no-sync] [--follower]`
+//! `cargo run --release -p raftify-cache --example cache_bench -- [tasks...] [--secs S] [--memory] [--no-sync] [--follower] [--ops put,get_local,get_linearizable]`
 //!
 //! Default: LMDB with fsync in a temp dir under `.`; `--memory` keeps the
 //! log in memory; `--follower` sends every operation through a follower.
@@ -90,10 +90,13 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |f: &str| args.iter().any(|a| a == f);
     let (mut levels, mut secs) = (Vec::new(), 3.0);
+    let mut ops: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--secs" {
             secs = it.next().and_then(|s| s.parse().ok()).unwrap_or(secs);
+        } else if a == "--ops" {
+            ops = it.next().cloned();
         } else if let Ok(n) = a.parse::<usize>() {
             levels.push(n);
         }
@@ -149,7 +152,9 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     println!("op                tasks       ops/s   mean_us    p99_us");
-    for kind in [Kind::Put, Kind::LocalGet, Kind::LinearGet] {
+    let kinds = [Kind::Put, Kind::LocalGet, Kind::LinearGet];
+    let wanted = |k: &Kind| ops.as_deref().is_none_or(|o| o.split(',').any(|n| n == k.name()));
+    for kind in kinds.into_iter().filter(wanted) {
         for &tasks in &levels {
             let (rate, mean, p99) = run(&target, kind, tasks, secs).await;
             println!(
