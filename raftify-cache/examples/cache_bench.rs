@@ -153,7 +153,10 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("op                tasks       ops/s   mean_us    p99_us");
     let kinds = [Kind::Put, Kind::LocalGet, Kind::LinearGet];
-    let wanted = |k: &Kind| ops.as_deref().is_none_or(|o| o.split(',').any(|n| n == k.name()));
+    let wanted = |k: &Kind| {
+        ops.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == k.name()))
+    };
     for kind in kinds.into_iter().filter(wanted) {
         for &tasks in &levels {
             let (rate, mean, p99) = run(&target, kind, tasks, secs).await;

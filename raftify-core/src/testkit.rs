@@ -495,3 +495,23 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// Polls `f` every 20 ms until it gives a value, or panics after `timeout`
+/// naming `what` (blocking: for tests that drive processes or sockets).
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

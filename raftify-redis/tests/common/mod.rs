@@ -18,19 +18,7 @@ use std::time::{Duration, Instant};
 /// How long the tests wait for anything.
 pub const T: Duration = Duration::from_secs(20);
 
-pub use raftify_core::testkit::free_port;
-
-/// Polls `f` until it gives a value, or panics after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use raftify_core::testkit::{free_port, wait_for};
 
 /// Whether a program is on the PATH; with `RAFTIFY_REQUIRE_REDIS=1` (CI) a
 /// missing one fails the test instead of skipping it.

@@ -3,7 +3,7 @@
 //! on loopback ports, in temp dirs; a blocking HTTP client; bounded waits.
 #![allow(dead_code)]
 
-use raftify_core::testkit::free_port;
+pub use raftify_core::testkit::{free_port, wait_for};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,19 +50,6 @@ pub fn http(method: &str, url: &str, body: &[u8]) -> Option<Answer> {
         body,
         stale,
     })
-}
-
-/// Polls `f` every 20 ms until it gives a value, or panics after `timeout`
-/// with `what`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// One pod: a `cache-service` process.
