@@ -253,6 +253,16 @@ fn check(spec: &NodeSpec) -> Result<(), LaunchError> {
 }
 
 /// The data dir a node of `id` uses.
+/// Whether `spec`'s storage already holds a node's data, so that [`launch`]
+/// resumes it whatever `spec.start` says (a front-end that chooses how an
+/// empty node starts asks this first). Memory never does.
+pub fn holds_data(spec: &NodeSpec) -> bool {
+    dir_of(&spec.storage, spec.id.or(spec.default_id)).is_some_and(|d| d.join(DATA_FILE).is_file())
+}
+
+/// LMDB's data file, present once a store was opened in a dir.
+const DATA_FILE: &str = "data.mdb";
+
 fn dir_of(storage: &Storage, id: Option<u64>) -> Option<PathBuf> {
     match (storage, id) {
         (Storage::Memory, _) => None,
@@ -283,7 +293,7 @@ fn resume(spec: &NodeSpec) -> Result<Option<Found>, LaunchError> {
         Start::Join { .. } => spec.id,
         _ => spec.id.or(spec.default_id),
     };
-    let Some(dir) = dir_of(&spec.storage, guess).filter(|d| d.join("data.mdb").is_file()) else {
+    let Some(dir) = dir_of(&spec.storage, guess).filter(|d| d.join(DATA_FILE).is_file()) else {
         return Ok(None);
     };
     let store = open(&dir, lmdb_options(spec))?;

@@ -35,7 +35,7 @@ mod launch;
 mod members;
 mod spec;
 
-pub use launch::{launch, LaunchError, Launched, ReadFn};
+pub use launch::{holds_data, launch, LaunchError, Launched, ReadFn};
 pub use members::parse_members;
 pub use spec::{NodeSpec, Restore, Start, Storage};
 

@@ -289,11 +289,7 @@ impl CacheBuilder {
         let logger = spec.logger.clone();
         // An HA node with empty storage rejoins a cluster that exists.
         let mut rejoin = None;
-        let empty = match &spec.storage {
-            Storage::Dir(d) => !d.join("data.mdb").is_file(),
-            _ => true,
-        };
-        if !s.members.is_empty() && empty {
+        if !s.members.is_empty() && !raftify::holds_data(&spec) {
             if let Found::Cluster { member } = membership::probe(&s.members, s.id, &spec.grpc).await
             {
                 spec.start = Start::Wait;
