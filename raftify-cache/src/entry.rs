@@ -178,8 +178,10 @@ const N_DELETE: u8 = 2;
 const N_INCR: u8 = 3;
 const N_CAS: u8 = 4;
 
-fn put(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BoxError> {
-    let n = u32::try_from(b.len()).map_err(|_| "an argument over 4 GiB")?;
+/// Appends `b` with its length (u32, big-endian): the byte strings of
+/// entries and of snapshots.
+pub(crate) fn put(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BoxError> {
+    let n = u32::try_from(b.len()).map_err(|_| "a byte string over 4 GiB")?;
     out.extend_from_slice(&n.to_be_bytes());
     out.extend_from_slice(b);
     Ok(())
@@ -194,7 +196,8 @@ fn put_list(out: &mut Vec<u8>, items: &[Bytes]) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
+/// Appends `v` big-endian.
+pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_be_bytes());
 }
 

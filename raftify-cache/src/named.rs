@@ -101,17 +101,13 @@ impl Named {
         &self.keys
     }
 
-    fn set(&mut self, key: Bytes, value: Bytes, expire_at: Option<u64>) {
-        self.forget_order(&key);
-        self.keys.insert(key.clone(), Value::Str(value), expire_at);
-        let version = self.keys.version(&key);
-        self.order.insert((version, key));
-    }
-
-    fn forget_order(&mut self, key: &Bytes) {
-        if let Some(item) = self.keys.get(key) {
+    /// Sets the entry at log index `index` (its new version).
+    fn set(&mut self, index: u64, key: Bytes, value: Bytes, expire_at: Option<u64>) {
+        if let Some(item) = self.keys.get(&key) {
             self.order.remove(&(item.version, key.clone()));
         }
+        self.keys.insert(key.clone(), Value::Str(value), expire_at);
+        self.order.insert((index, key));
     }
 
     fn delete(&mut self, key: &Bytes) -> bool {
@@ -210,7 +206,7 @@ impl NamedCaches {
                 Some(existing) if *only_if_absent => Reply::bulk(existing.clone()),
                 _ if too_big(key, value) => entry_too_large(bound),
                 _ => {
-                    c.set(key.clone(), value.clone(), expiry(*ttl_ms));
+                    c.set(index, key.clone(), value.clone(), expiry(*ttl_ms));
                     changes.push(change(key, ChangeKind::Put, Some(value.clone())));
                     if *only_if_absent {
                         Reply::Nil
@@ -244,7 +240,7 @@ impl NamedCaches {
                     Some(None) => Reply::err("increment or decrement would overflow"),
                     Some(Some(n)) => {
                         let value = Bytes::from(n.to_string());
-                        c.set(key.clone(), value.clone(), expire_at);
+                        c.set(index, key.clone(), value.clone(), expire_at);
                         changes.push(change(key, ChangeKind::Put, Some(value)));
                         Reply::Int(n)
                     }
@@ -261,7 +257,7 @@ impl NamedCaches {
                 } else if too_big(key, value) {
                     entry_too_large(bound)
                 } else {
-                    c.set(key.clone(), value.clone(), expiry(*ttl_ms));
+                    c.set(index, key.clone(), value.clone(), expiry(*ttl_ms));
                     changes.push(change(key, ChangeKind::Put, Some(value.clone())));
                     Reply::Int(1)
                 }

@@ -9,6 +9,7 @@
 //! An item is its key, expiry (0: none), version, a type tag and the value.
 //! `RFTYKV03` snapshots (without named caches and locks) are still read.
 
+use crate::entry::{put, put_u64};
 use crate::keyspace::{Keyspace, Map, Score, Set, Value, ZSet};
 use crate::locks::{Held, Locks};
 use crate::named::{Named, NamedCaches};
@@ -37,17 +38,6 @@ pub(crate) struct Parts {
 
 /// A frozen copy of the state, serialized off the raft loop.
 pub(crate) struct View(pub Parts);
-
-fn put(out: &mut Vec<u8>, b: &[u8]) -> Result<(), BoxError> {
-    let n = u32::try_from(b.len()).map_err(|_| "a value over 4 GiB")?;
-    out.extend_from_slice(&n.to_be_bytes());
-    out.extend_from_slice(b);
-    Ok(())
-}
-
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_be_bytes());
-}
 
 fn put_items(out: &mut Vec<u8>, ks: &Keyspace) -> Result<(), BoxError> {
     let items: Vec<_> = ks.iter().collect();
