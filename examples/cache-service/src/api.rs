@@ -88,7 +88,7 @@ impl Metrics {
         );
         r.register(
             "cache_responses",
-            "HTTP answers of the cache API, by status code.",
+            "HTTP answers, by status code.",
             m.responses.clone(),
         );
         r.register(
@@ -117,6 +117,10 @@ pub fn router(cache: Cache) -> Router {
             post(take_lock).get(lock_state).delete(release_lock),
         )
         .layer(DefaultBodyLimit::max(MAX_VALUE))
+        .layer(axum::middleware::map_response_with_state(
+            m.clone(),
+            count_status,
+        ))
         .with_state(AppState {
             cache,
             m,
@@ -178,13 +182,16 @@ fn check_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Counts the answer's status.
-fn counted(m: &Metrics, r: Result<Response, ApiError>) -> Response {
-    let r = r.unwrap_or_else(IntoResponse::into_response);
+/// Counts every answer by status code (a layer over all routes).
+async fn count_status(State(m): State<Arc<Metrics>>, r: Response) -> Response {
     m.responses
         .get_or_create(&vec![("code".into(), r.status().as_u16().to_string())])
         .inc();
     r
+}
+
+fn answer(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Deserialize)]
@@ -222,7 +229,7 @@ async fn put_value(
     }
     .await;
     s.m.write.since(start);
-    counted(&s.m, r)
+    answer(r)
 }
 
 #[derive(Deserialize)]
@@ -260,7 +267,7 @@ async fn get_value(
     }
     .await;
     s.m.read.since(start);
-    counted(&s.m, r)
+    answer(r)
 }
 
 async fn delete_value(
@@ -275,7 +282,7 @@ async fn delete_value(
     }
     .await;
     s.m.write.since(start);
-    counted(&s.m, r)
+    answer(r)
 }
 
 #[derive(Deserialize)]
@@ -305,7 +312,7 @@ async fn incr(
     }
     .await;
     s.m.write.since(start);
-    counted(&s.m, r)
+    answer(r)
 }
 
 async fn health(State(s): State<AppState>) -> Response {
@@ -411,7 +418,7 @@ async fn take_lock(
         }
     }
     .await;
-    counted(&s.m, r)
+    answer(r)
 }
 
 async fn lock_state(State(s): State<AppState>, Path(name): Path<String>) -> Response {
@@ -433,5 +440,5 @@ async fn release_lock(State(s): State<AppState>, Path(name): Path<String>) -> Re
         Ok(Json(json!({ "released": released })).into_response())
     }
     .await;
-    counted(&s.m, r)
+    answer(r)
 }
