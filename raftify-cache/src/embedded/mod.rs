@@ -226,9 +226,8 @@ impl Cache {
                 .cache(cache.as_bytes())
                 .and_then(|c| c.get(key).cloned())
         };
-        let health = self.inner.health.borrow().clone();
         let mode = self.inner.quorum_loss;
-        if mode == QuorumLoss::Wipe && !health.ready() {
+        if mode == QuorumLoss::Wipe && !self.inner.health.borrow().ready() {
             return Ok(Fetched {
                 value: None,
                 stale: true,
@@ -486,10 +485,10 @@ impl Cache {
     /// made then waits briefly instead of failing at once, and a lost
     /// quorum still answers well within two election timeouts.
     async fn await_quorum(&self) -> bool {
-        let mut health = self.inner.health.clone();
-        if health.borrow().quorum {
+        if self.inner.health.borrow().quorum {
             return true;
         }
+        let mut health = self.inner.health.clone();
         let grace = self.inner.election_timeout / 2;
         let came = tokio::time::timeout(grace, health.wait_for(|h| h.quorum))
             .await
