@@ -15,7 +15,9 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Runs until the node stops.
 pub async fn run(node: Raft<CacheEntry, CacheState>, logger: Logger) {
-    let mut state = node.handle().subscribe();
+    // Elections wake it, not every write: a TTL written since the last
+    // look is seen within POLL (reads judge TTLs themselves meanwhile).
+    let mut state = node.handle().subscribe_role();
     loop {
         if state.borrow().fatal.is_some() || matches!(state.borrow().role, Role::Stopped) {
             return;

@@ -65,6 +65,18 @@ pub struct NodeState {
     pub fatal: Option<String>,
 }
 
+impl NodeState {
+    /// Whether `other` differs from this state in its applied index at most.
+    pub fn same_role(&self, other: &NodeState) -> bool {
+        self.role == other.role
+            && self.term == other.term
+            && self.leader_id == other.leader_id
+            && self.leader_addr == other.leader_addr
+            && self.cluster_uid == other.cluster_uid
+            && self.fatal == other.fatal
+    }
+}
+
 /// Replication progress of one peer, as seen by the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerProgress {

@@ -21,7 +21,7 @@ const LAST_SLOT: i64 = 16383;
 /// snapshot from before the announcement), until the node stops.
 pub async fn announce(node: Node, addr: String, logger: Logger) {
     let id = node.handle().id();
-    let mut state = node.handle().subscribe();
+    let mut state = node.handle().subscribe_role();
     loop {
         if state.borrow().fatal.is_some() || matches!(state.borrow().role, raftify::Role::Stopped) {
             return;

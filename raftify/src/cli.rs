@@ -291,7 +291,7 @@ pub fn until_stopped(
 ) {
     let fatal = Fatal::default();
     let seen = fatal.clone();
-    let mut state = handle.subscribe();
+    let mut state = handle.subscribe_role();
     let logger = logger.clone();
     let stop = async move {
         let node_failed = async {

@@ -28,7 +28,9 @@ pub struct Health {
     pub caught_up: bool,
     /// This node's role.
     pub role: Option<Role>,
-    /// The last entry applied here.
+    /// The last entry applied here, as of the last health round (every
+    /// 100 ms, and on elections): the channel does not change on every
+    /// write.
     pub applied: u64,
 }
 
@@ -49,7 +51,7 @@ impl Health {
 pub(crate) async fn run(node: Raft<CacheEntry, CacheState>, tx: watch::Sender<Health>) {
     let tx = std::sync::Arc::new(tx);
     let prober = tokio::spawn(probe(node.clone(), tx.clone()));
-    let mut state = node.handle().subscribe();
+    let mut state = node.handle().subscribe_role();
     loop {
         let s = state.borrow_and_update().clone();
         if s.fatal.is_some() || matches!(s.role, Role::Stopped) {
@@ -66,7 +68,6 @@ pub(crate) async fn run(node: Raft<CacheEntry, CacheState>, tx: watch::Sender<He
             h.leader = leader;
             h.quorum &= leader.is_some();
             h.role = Some(s.role);
-            h.applied = s.applied_index;
             if leader.is_none() {
                 h.caught_up = false;
             }
@@ -84,8 +85,10 @@ async fn probe(node: Raft<CacheEntry, CacheState>, tx: std::sync::Arc<watch::Sen
     let mut changes = tx.subscribe();
     let mut last_ok: Option<Instant> = None;
     let publish = |last_ok: Option<Instant>, caught_up: Option<bool>| {
+        let applied = node.handle().state().applied_index;
         tx.send_if_modified(|h| {
             let old = h.clone();
+            h.applied = applied;
             h.quorum = h.leader.is_some() && last_ok.is_some_and(|t| t.elapsed() <= limit);
             if let Some(c) = caught_up {
                 h.caught_up = c;

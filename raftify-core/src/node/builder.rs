@@ -166,6 +166,7 @@ where
             cluster_uid: meta.cluster_uid,
             fatal: None,
         });
+        let (role_tx, role_rx) = watch::channel(state_rx.borrow().clone());
         let metrics = Arc::new(Metrics::default());
         let registry = MetricsRegistry::for_node(config.id);
         metrics.register(&registry);
@@ -183,6 +184,7 @@ where
             msg_rx,
             fb_rx,
             state_tx,
+            role_tx,
             metrics: metrics.clone(),
             meta,
             conf_state,
@@ -198,6 +200,7 @@ where
                 cmd_tx,
                 msg_tx,
                 state_rx,
+                role_rx,
                 metrics,
                 registry,
                 logger: logger.clone(),

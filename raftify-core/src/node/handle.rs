@@ -29,6 +29,8 @@ pub(super) struct HandleInner {
     pub(super) cmd_tx: mpsc::Sender<Command>,
     pub(super) msg_tx: mpsc::Sender<(Option<String>, Vec<Message>)>,
     pub(super) state_rx: watch::Receiver<NodeState>,
+    /// The same, changed only on elections (not on every applied entry).
+    pub(super) role_rx: watch::Receiver<NodeState>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) registry: MetricsRegistry,
     pub(super) logger: slog::Logger,
@@ -269,9 +271,19 @@ impl RaftHandle {
         rx.await.map_err(|_| self.closed_error())
     }
 
-    /// Role, term and leader as they change (a `watch` channel).
+    /// Role, term, leader and applied index as they change (a `watch`
+    /// channel that changes with every round of applied entries).
     pub fn subscribe(&self) -> watch::Receiver<NodeState> {
         self.inner.state_rx.clone()
+    }
+
+    /// Role, term, leader, cluster identity and a fatal error as they
+    /// change: a `watch` channel that does not change when only the applied
+    /// index does (its `applied_index` is the one at the last such change).
+    /// For background tasks that react to elections, which should not wake
+    /// on every write.
+    pub fn subscribe_role(&self) -> watch::Receiver<NodeState> {
+        self.inner.role_rx.clone()
     }
 
     /// The latest role, term and leader.

@@ -76,6 +76,8 @@ pub(crate) struct RaftLoop<E, SM> {
     msg_rx: mpsc::Receiver<(Option<String>, Vec<Message>)>,
     fb_rx: mpsc::UnboundedReceiver<FeedbackEvent>,
     state_tx: watch::Sender<NodeState>,
+    /// The same, sent only when more than the applied index changed.
+    role_tx: watch::Sender<NodeState>,
     metrics: Arc<Metrics>,
     /// raftify's replicated metadata (the address book, the next node id).
     meta: ClusterMeta,
@@ -113,6 +115,7 @@ pub(crate) struct LoopParts<E, SM> {
     pub msg_rx: mpsc::Receiver<(Option<String>, Vec<Message>)>,
     pub fb_rx: mpsc::UnboundedReceiver<FeedbackEvent>,
     pub state_tx: watch::Sender<NodeState>,
+    pub role_tx: watch::Sender<NodeState>,
     pub metrics: Arc<Metrics>,
     pub meta: ClusterMeta,
     pub conf_state: ConfState,
@@ -140,6 +143,7 @@ where
             msg_rx: p.msg_rx,
             fb_rx: p.fb_rx,
             state_tx: p.state_tx,
+            role_tx: p.role_tx,
             metrics: p.metrics,
             meta: p.meta,
             conf_state: p.conf_state,
@@ -367,11 +371,16 @@ where
         while let Ok(cmd) = self.cmd_rx.try_recv() {
             cmd.fail(refused());
         }
-        self.state_tx.send_modify(|s| {
+        let stopped = |s: &mut NodeState| {
             s.role = Role::Stopped;
             s.leader_id = 0;
             s.leader_addr = None;
             s.fatal = reason.clone();
+        };
+        self.state_tx.send_modify(stopped);
+        self.role_tx.send_modify(|s| {
+            stopped(s);
+            s.applied_index = self.applied;
         });
     }
 }

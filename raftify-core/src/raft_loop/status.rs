@@ -166,6 +166,14 @@ where
             cluster_uid: self.meta.cluster_uid,
             fatal: None,
         };
+        self.role_tx.send_if_modified(|cur| {
+            if cur.same_role(&next) {
+                false
+            } else {
+                *cur = next.clone();
+                true
+            }
+        });
         self.state_tx.send_if_modified(|cur| {
             if *cur == next {
                 false
