@@ -268,28 +268,35 @@ impl Keyspace {
         }
     }
 
-    /// Sets the key to `value` with `expire_at`, replacing what was there.
-    pub fn insert(&mut self, key: Bytes, value: Value, expire_at: Option<u64>) {
-        self.remove(&key);
+    /// Sets the key to `value` with `expire_at`, replacing what was there;
+    /// returns the replaced item (expired or not). One descent of the tree.
+    pub fn insert(&mut self, key: Bytes, value: Value, expire_at: Option<u64>) -> Option<Item> {
         let key = own(key);
         let value = match value {
             Value::Str(s) => Value::Str(own(s)),
             other => other,
         };
         let expires = expiry(expire_at);
-        self.used += key.len() + PER_KEY + value.weight();
-        if let Some(t) = expires {
-            self.expiries.insert((t.get(), key.clone()));
+        let weight = key.len() + PER_KEY + value.weight();
+        let item = Item {
+            value,
+            expires,
+            version: self.index,
+        };
+        let old = self.items.insert(key.clone(), item);
+        if let Some(old) = &old {
+            self.used = self
+                .used
+                .saturating_sub(key.len() + PER_KEY + old.value.weight());
+            if let Some(t) = old.expire_at() {
+                self.expiries.remove(&(t, key.clone()));
+            }
         }
-        let version = self.index;
-        self.items.insert(
-            key,
-            Item {
-                value,
-                expires,
-                version,
-            },
-        );
+        self.used += weight;
+        if let Some(t) = expires {
+            self.expiries.insert((t.get(), key));
+        }
+        old
     }
 
     /// [`Keyspace::insert`] keeping a version read from a snapshot.
@@ -301,7 +308,7 @@ impl Keyspace {
         version: u64,
     ) {
         let index = std::mem::replace(&mut self.index, version);
-        self.insert(key, value, expire_at);
+        let _ = self.insert(key, value, expire_at);
         self.index = index;
     }
 

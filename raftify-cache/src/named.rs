@@ -103,10 +103,9 @@ impl Named {
 
     /// Sets the entry at log index `index` (its new version).
     fn set(&mut self, index: u64, key: Bytes, value: Bytes, expire_at: Option<u64>) {
-        if let Some(item) = self.keys.get(&key) {
-            self.order.remove(&(item.version, key.clone()));
+        if let Some(old) = self.keys.insert(key.clone(), Value::Str(value), expire_at) {
+            self.order.remove(&(old.version, key.clone()));
         }
-        self.keys.insert(key.clone(), Value::Str(value), expire_at);
         self.order.insert((index, key));
     }
 
@@ -202,8 +201,8 @@ impl NamedCaches {
                 value,
                 ttl_ms,
                 only_if_absent,
-            } => match c.get(key) {
-                Some(existing) if *only_if_absent => Reply::bulk(existing.clone()),
+            } => match only_if_absent.then(|| c.get(key)).flatten() {
+                Some(existing) => Reply::bulk(existing.clone()),
                 _ if too_big(key, value) => entry_too_large(bound),
                 _ => {
                     c.set(index, key.clone(), value.clone(), expiry(*ttl_ms));

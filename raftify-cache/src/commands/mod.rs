@@ -121,7 +121,9 @@ pub fn with_value<T>(
         }
     } else {
         match new {
-            Some(make) => ks.insert(key.clone(), make(), None),
+            Some(make) => {
+                ks.insert(key.clone(), make(), None);
+            }
             None => return Ok(None),
         }
     }
