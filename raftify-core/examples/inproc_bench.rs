@@ -7,6 +7,11 @@
 
 use raftify_core::testkit::{bench_args, cluster_throughput, mem_factory};
 
+/// mimalloc: see the workspace manifest (glibc malloc cost 10-15 % of a
+/// few-writers round).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (levels, secs) = bench_args();

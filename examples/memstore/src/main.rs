@@ -18,6 +18,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// mimalloc: see the workspace manifest (glibc malloc cost 10-15 % of a
+/// few-writers round).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One node of a highly available key-value cache replicated with raftify.
 ///
 /// Every flag can also be set through the environment variable shown. The
