@@ -129,6 +129,11 @@ pub(crate) fn set(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply {
         Err(e) => return e,
     };
     let key = &a[1];
+    if !(o.get || o.nx || o.xx || o.keepttl) {
+        // A plain SET replaces whatever is there (any type): one descent.
+        ks.insert(key.clone(), Value::Str(a[2].clone()), o.expire_at);
+        return Reply::Ok;
+    }
     let old = match get_str(ks, key) {
         Ok(v) => v.cloned(),
         Err(e) if o.get => return e,
