@@ -4,13 +4,10 @@
 //!
 //! `cargo run --release -p raftify-core --example inproc_bench -- [proposers...] [--secs S]`
 //! (raftify-storage has the same on LMDB: `--example cluster_bench`).
+//! It runs on the system allocator (the framework's figure; the binaries
+//! and the other benchmarks use mimalloc, see `docs/BENCHMARKS.md`).
 
 use raftify_core::testkit::{bench_args, cluster_throughput, mem_factory};
-
-/// mimalloc: see the workspace manifest (glibc malloc cost 10-15 % of a
-/// few-writers round).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
