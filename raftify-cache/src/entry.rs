@@ -331,6 +331,19 @@ impl<'a> Reader<'a> {
 }
 
 impl AbstractLogEntry for CacheEntry {
+    /// The leader's clock replaces the proposer's (a follower that took the
+    /// write stamped its own): TTLs and the replicated clock follow one
+    /// clock, the leader's, whatever the followers' clocks say. (The
+    /// replicated clock still never moves back: it is the largest stamp
+    /// applied.)
+    fn stamp_on_leader(encoded: &mut [u8], now_ms: u64) {
+        if encoded.first() == Some(&VERSION) {
+            if let Some(clock) = encoded.get_mut(1..9) {
+                clock.copy_from_slice(&now_ms.to_be_bytes());
+            }
+        }
+    }
+
     fn encode(&self) -> Result<Vec<u8>, BoxError> {
         let mut out = vec![VERSION];
         out.extend_from_slice(&self.clock_ms.to_be_bytes());
@@ -483,6 +496,24 @@ impl AbstractLogEntry for CacheEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_leader_stamp_replaces_the_clock_and_leaves_other_bytes_alone() {
+        let e = CacheEntry {
+            clock_ms: 3_600_000_000,
+            op: Op::Expire,
+        };
+        let mut bytes = e.encode().unwrap();
+        CacheEntry::stamp_on_leader(&mut bytes, 42);
+        let back = CacheEntry::decode(&bytes).unwrap();
+        assert_eq!(back.clock_ms, 42);
+        assert!(matches!(back.op, Op::Expire));
+        for garbage in [vec![], vec![VERSION, 1, 2], vec![VERSION + 1; 12]] {
+            let mut g = garbage.clone();
+            CacheEntry::stamp_on_leader(&mut g, 42);
+            assert_eq!(g, garbage);
+        }
+    }
 
     #[test]
     fn entries_round_trip_and_every_truncation_is_an_error() {

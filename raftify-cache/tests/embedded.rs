@@ -544,3 +544,57 @@ async fn an_all_live_write_is_applied_on_every_live_member_when_it_returns() {
     );
     trio.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_a_follower_whose_clock_runs_ahead_ages_nothing() {
+    use raftify_cache::{Bound, CacheEntry, NamedOp, Op};
+    let trio = Trio::start([QuorumLoss::Refuse; 3]).await;
+    let leader = trio.leader();
+    let follower = *trio.nodes.keys().find(|id| **id != leader).unwrap();
+    let (l, f) = (&trio.nodes[&leader], &trio.nodes[&follower]);
+    l.put_with_ttl("default", "a", &1u32, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A follower whose clock is an hour ahead takes a write: it stamps its
+    // own clock, and the proposal is forwarded to the leader.
+    let skewed = CacheEntry {
+        clock_ms: raftify_core::unix_ms() + 3_600_000,
+        op: Op::Named {
+            cache: "default".into(),
+            bound: Bound::default(),
+            op: NamedOp::Put {
+                key: "b".into(),
+                value: "2".into(),
+                ttl_ms: None,
+                only_if_absent: false,
+            },
+        },
+    };
+    f.raft().propose(&skewed).await.unwrap();
+    for c in trio.nodes.values() {
+        let clock = c
+            .raft()
+            .linearizable_read(|sm| sm.keyspace().clock())
+            .await
+            .unwrap();
+        assert!(
+            clock < raftify_core::unix_ms() + 60_000,
+            "node {}: the replicated clock follows the leader's, not the follower's: {clock}",
+            c.id()
+        );
+        // With the follower's stamp the entry would have aged an hour.
+        assert_eq!(
+            c.get::<u32>("default", "a").await.unwrap(),
+            Some(1),
+            "node {}",
+            c.id()
+        );
+        assert!(c
+            .get_bytes("default", "b", Consistency::Linearizable)
+            .await
+            .unwrap()
+            .value
+            .is_some());
+    }
+    trio.shutdown().await;
+}

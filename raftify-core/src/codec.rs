@@ -116,6 +116,34 @@ pub fn frame_keyed_write(key: &str, ttl_ms: u64, stamp_ms: u64, encoded: &[u8]) 
     v
 }
 
+/// Sets the leader's stamp of a framed entry (session openings, session
+/// writes and keyed writes carry one) to `now_ms`, and returns the user's
+/// encoded entry inside it, if it has one (for
+/// [`AbstractLogEntry::stamp_on_leader`](crate::AbstractLogEntry::stamp_on_leader)).
+/// Bytes that do not parse are left alone.
+pub fn stamp_on_leader(data: &mut [u8], now_ms: u64) -> Option<&mut [u8]> {
+    let now = now_ms.to_be_bytes();
+    let (tag, rest) = data.split_first_mut()?;
+    match *tag {
+        TAG_USER => Some(rest),
+        TAG_SESSION_OPEN => {
+            rest.get_mut(8..16)?.copy_from_slice(&now);
+            None
+        }
+        TAG_SESSION_WRITE => {
+            rest.get_mut(24..32)?.copy_from_slice(&now);
+            rest.get_mut(32..)
+        }
+        TAG_KEYED_WRITE => {
+            let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+            let at = 2 + len + 8;
+            rest.get_mut(at..at + 8)?.copy_from_slice(&now);
+            rest.get_mut(at + 8..)
+        }
+        _ => None,
+    }
+}
+
 /// Whether `key` may be an idempotency key: 1..=[`MAX_IDEMPOTENCY_KEY`]
 /// bytes.
 pub fn check_idempotency_key(key: &str) -> Result<(), String> {
@@ -422,6 +450,65 @@ impl ConfChangeContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_leader_stamp_replaces_the_proposers_in_every_frame() {
+        let now = 9_999;
+        let mut user = frame_user(b"xyz");
+        assert_eq!(
+            stamp_on_leader(&mut user, now).map(|u| u.to_vec()),
+            Some(b"xyz".to_vec())
+        );
+        let mut open = frame_session_open(5_000, 1);
+        assert!(stamp_on_leader(&mut open, now).is_none());
+        assert_eq!(
+            parse_entry(&open).unwrap(),
+            EntryPayload::SessionOpen {
+                idle_ms: 5_000,
+                stamp_ms: now
+            }
+        );
+        let mut write = frame_session_write(7, 3, 2, 1, b"cmd");
+        assert_eq!(
+            stamp_on_leader(&mut write, now).map(|u| u.to_vec()),
+            Some(b"cmd".to_vec())
+        );
+        assert_eq!(
+            parse_entry(&write).unwrap(),
+            EntryPayload::SessionWrite {
+                session: 7,
+                seq: 3,
+                acked: 2,
+                stamp_ms: now,
+                user: b"cmd"
+            }
+        );
+        let mut keyed = frame_keyed_write("k1", 60_000, 1, b"cmd");
+        assert_eq!(
+            stamp_on_leader(&mut keyed, now).map(|u| u.to_vec()),
+            Some(b"cmd".to_vec())
+        );
+        assert_eq!(
+            parse_entry(&keyed).unwrap(),
+            EntryPayload::KeyedWrite {
+                key: "k1",
+                ttl_ms: 60_000,
+                stamp_ms: now,
+                user: b"cmd"
+            }
+        );
+        // Cut short or unknown: left alone.
+        for bytes in [
+            vec![],
+            vec![TAG_SESSION_WRITE, 1, 2],
+            vec![TAG_KEYED_WRITE, 0, 9, 1],
+            vec![99, 1, 2],
+        ] {
+            let mut b = bytes.clone();
+            assert!(stamp_on_leader(&mut b, now).is_none());
+            assert_eq!(b, bytes);
+        }
+    }
 
     #[test]
     fn entries_round_trip_and_garbage_is_an_error() {

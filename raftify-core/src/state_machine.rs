@@ -32,6 +32,18 @@ pub trait AbstractLogEntry: Sized + Send + Sync + 'static {
     /// Parses an entry read from the log or the network. Must return an
     /// error, never panic, on bytes it does not understand.
     fn decode(bytes: &[u8]) -> Result<Self, BoxError>;
+
+    /// Lets an entry carry the leader's clock instead of its proposer's:
+    /// called by the leader on every entry's encoded bytes (forwarded
+    /// ones included) just before they enter the log, with the leader's
+    /// wall clock in ms since the Unix epoch. Only overwrite bytes in place
+    /// (the length is fixed), and leave bytes you do not recognise alone.
+    /// The default does nothing.
+    ///
+    /// An entry that stamps time itself (a TTL's start, a replicated clock)
+    /// is then judged by one clock, the leader's, even when a follower with
+    /// a wrong clock took the write.
+    fn stamp_on_leader(_encoded: &mut [u8], _now_ms: u64) {}
 }
 
 /// Raw bytes are a valid log entry: encode and decode are the identity.

@@ -2,11 +2,11 @@
 //! by `(term, index)` until applied, lost leadership or deadline.
 
 use super::{Applied, ProposalKind, RaftLoop, Reply, MAX_DRAIN};
-use crate::codec::ConfChangeContext;
+use crate::codec::{self, ConfChangeContext};
 use crate::error::{Error, Rejection};
 use crate::membership::refuse_move;
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
-use crate::status::Metrics;
+use crate::status::{unix_ms, Metrics};
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, Message, MessageType};
 use std::collections::BTreeMap;
 use tokio::time::Instant;
@@ -102,7 +102,13 @@ where
         }
         let mut waiters = Vec::with_capacity(batch.len());
         let mut entries = Vec::with_capacity(batch.len());
-        for (kind, data, reply) in batch {
+        // Everything enters the log with this leader's clock (forwarded
+        // proposals were framed on another node).
+        let now = unix_ms();
+        for (kind, mut data, reply) in batch {
+            if let Some(user) = codec::stamp_on_leader(&mut data, now) {
+                E::stamp_on_leader(user, now);
+            }
             entries.push(Entry {
                 data: data.into(),
                 ..Default::default()
