@@ -16,7 +16,7 @@ const UNORDERED: &[&str] = &["smembers", "hkeys", "hvals", "keys", "hgetall", "s
 /// Scripts: each line a command, words split on spaces.
 const SCRIPTS: &[&str] = &[
     // Strings.
-    "SET k v|GET k|GET missing|SET k v2 XX GET|SET k v3 NX|SET n 10|INCR n|INCRBY n -3|DECR n|DECRBY n 2|INCRBYFLOAT n 1.5|INCRBYFLOAT n 10|APPEND s abc|APPEND s def|STRLEN s|GETRANGE s 1 3|GETRANGE s -2 -1|GETRANGE s 5 1|SETRANGE s 1 XY|GET s|SETRANGE s 8 Z|GET s|MSET a 1 b 2|MGET a b nope|MSETNX a 9 c 3|MSETNX c 3 d 4|GETSET a 5|GETDEL b|GET b|SETNX a 1|SETNX e 1|INCR s|SET big 9223372036854775807|INCR big|SET k v EX 0|SET k v EX abc|SET k v NX XX|SET k|GET k extra",
+    "SET k v|GET k|GET missing|SET k v2 XX GET|SET k v3 NX|SET n 10|INCR n|INCRBY n -3|DECR n|DECRBY n 2|INCRBYFLOAT n 1.5|INCRBYFLOAT n 10|APPEND s abc|APPEND s def|STRLEN s|GETRANGE s 1 3|GETRANGE s -2 -1|GETRANGE s 5 1|SETRANGE s 1 XY|GET s|SETRANGE s 8 Z|GET s|MSET a 1 b 2|MGET a b nope|MSETNX a 9 c 3|MSETNX c 3 d 4|GETSET a 5|GETDEL b|GET b|SETNX a 1|SETNX e 1|INCR s|SET big 9223372036854775807|INCR big|SET k v EX 0|SET k v EX abc|SET k v NX XX|SET k|GET k extra|RPUSH wl a|SET wl v GET|SET wl v NX|SET wl v XX|GET wl",
     // TTLs (no waits: only what holds at once).
     "SET t v EX 100|TTL t|PERSIST t|TTL t|TTL nope|EXPIRE t 50|TTL t|EXPIRE t 10 NX|EXPIRE t 10 GT|EXPIRE t 100 GT|TTL t|EXPIRE nope 10|SETEX se 100 v|TTL se|SETEX se -1 v|PSETEX pe 100000 v|TTL pe|GETEX t PERSIST|TTL t|GETEX t EX 30|TTL t|EXPIRE t -1|EXISTS t|SET kt v EX 100|SET kt w KEEPTTL|TTL kt",
     // Keys.

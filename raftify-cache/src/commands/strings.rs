@@ -129,22 +129,24 @@ pub(crate) fn set(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply {
         Err(e) => return e,
     };
     let key = &a[1];
-    if !(o.get || o.nx || o.xx || o.keepttl) {
-        // A plain SET replaces whatever is there (any type): one descent.
-        ks.insert(key.clone(), Value::Str(a[2].clone()), o.expire_at);
-        return Reply::Ok;
-    }
-    let old = match get_str(ks, key) {
-        Ok(v) => v.cloned(),
-        Err(e) if o.get => return e,
-        Err(_) => None,
+    // Only NX, XX, GET and KEEPTTL look at what is there, and they share
+    // one lookup: a plain SET replaces any value (any type) in one insert.
+    let existing = if o.get || o.nx || o.xx || o.keepttl {
+        ks.get(key)
+    } else {
+        None
     };
-    let exists = ks.exists(key);
+    let old = match existing.map(|i| &i.value) {
+        Some(Value::Str(v)) => Some(v.clone()),
+        Some(_) if o.get => return errors::wrong_type(),
+        _ => None,
+    };
+    let exists = existing.is_some();
     if (o.nx && exists) || (o.xx && !exists) {
         return if o.get { Reply::opt(old) } else { Reply::Nil };
     }
     let ttl = if o.keepttl {
-        ks.get(key).and_then(|i| i.expire_at())
+        existing.and_then(|i| i.expire_at())
     } else {
         o.expire_at
     };
