@@ -227,14 +227,16 @@ fn scaling_from_3_to_5_adds_voters_and_back_to_3_removes_them() {
 fn a_paused_lock_holder_is_deposed_and_its_token_is_lower() {
     let mut set = StatefulSet::start(3, false);
     set.wait_ready();
-    let take = |p: &Pod| http("POST", &p.url("/lock/job?lease_ms=800"), b"");
+    // A lease long enough that a renewal (due every third of it) survives a
+    // loaded 2-core CI machine; the pause below outlasts it.
+    let take = |p: &Pod| http("POST", &p.url("/lock/job?lease_ms=1500"), b"");
     let state = |p: &Pod| p.get("/lock/job").map(|a| a.json());
     let first = take(&set.pods[0]).unwrap();
     assert_eq!(first.status, 200, "{}", first.body);
     let t1 = first.json()["token"].as_u64().unwrap();
     assert_eq!(take(&set.pods[1]).unwrap().status, 409);
     // Renewed past its lease while the holder runs.
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    std::thread::sleep(std::time::Duration::from_millis(2000));
     assert_eq!(take(&set.pods[1]).unwrap().status, 409);
     assert_eq!(state(&set.pods[0]).unwrap()["held"], true);
     // The holder pauses (a GC pause, a partition): no renewals, its node cut

@@ -92,6 +92,56 @@ async fn unlock(cache: &Cache, name: &Bytes, fence: u64) -> Result<bool, CacheEr
     Ok(matches!(cache.propose(entry).await?, Reply::Int(1)))
 }
 
+/// Keeps the lease of the lock granted to `holder` with token `fence`
+/// running: a renewal is due once a third of the lease has passed since
+/// the last sure start (at once when the grant itself was slow); a failed
+/// renewal is retried every tenth of the lease until the lease surely
+/// ended. A reply that shows the lease ended (another holder, or a new
+/// token) ends the guard's hold at once.
+async fn renew(
+    cache: Cache,
+    name: Bytes,
+    holder: u64,
+    fence: u64,
+    lease: Duration,
+    until: Arc<Mutex<Instant>>,
+) {
+    let retry = (lease / 10).max(Duration::from_millis(10));
+    let mut failed = false;
+    loop {
+        let Ok(last) = until.lock().map(|u| *u) else {
+            return;
+        };
+        if failed {
+            if Instant::now() >= last {
+                return;
+            }
+            tokio::time::sleep(retry).await;
+        } else {
+            let due = last.checked_sub(lease * 2 / 3).unwrap_or(last);
+            tokio::time::sleep_until(due).await;
+        }
+        let asked = Instant::now();
+        match request(&cache, &name, holder, lease).await {
+            Ok(Some(f)) if f == fence => {
+                if let Ok(mut u) = until.lock() {
+                    *u = (*u).max(asked + lease);
+                }
+                failed = false;
+            }
+            // Deposed: the lease ran out and the lock went to another
+            // holder, or was granted afresh (a new token nobody fences with).
+            Ok(_) => {
+                if let Ok(mut u) = until.lock() {
+                    *u = asked.min(*u);
+                }
+                return;
+            }
+            Err(_) => failed = true,
+        }
+    }
+}
+
 /// One lock request: `Some(token)` when granted.
 async fn request(
     cache: &Cache,
@@ -142,26 +192,14 @@ impl Cache {
             return Ok(None);
         };
         let until = Arc::new(Mutex::new(start + lease));
-        let renewer = {
-            let (cache, name, until) = (self.clone(), name.clone(), until.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    let asked = Instant::now();
-                    if let Ok(Some(f)) = request(&cache, &name, holder, lease).await {
-                        if f == fence {
-                            if let Ok(mut u) = until.lock() {
-                                *u = asked + lease;
-                            }
-                            continue;
-                        }
-                    }
-                    if !until.lock().is_ok_and(|u| Instant::now() < *u) {
-                        return;
-                    }
-                }
-            })
-        };
+        let renewer = tokio::spawn(renew(
+            self.clone(),
+            name.clone(),
+            holder,
+            fence,
+            lease,
+            until.clone(),
+        ));
         Ok(Some(LockGuard {
             cache: self.clone(),
             name,
