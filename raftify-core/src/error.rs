@@ -155,6 +155,12 @@ pub enum Error {
     /// The node named by a membership change or a transfer is not a member.
     #[error("node {0} is not a member")]
     NotAMember(u64),
+    /// The process asked hosts no replica of this Raft group (a process
+    /// that hosts many groups, see sharding): the sender's idea of where
+    /// the group lives is stale, or the replica is not created yet.
+    /// Nothing was applied.
+    #[error("this node hosts no replica of raft group {0}")]
+    NoSuchGroup(u64),
     /// A leadership transfer ended with another node leading.
     #[error("leadership went to node {leader} instead of {to}")]
     TransferFailed {
@@ -201,6 +207,7 @@ impl Error {
             | Error::Overloaded(_)
             | Error::Unreachable(_)
             | Error::TransferFailed { .. }
+            | Error::NoSuchGroup(_)
             | Error::ConfChangeRejected(Rejection::InProgress | Rejection::LeaderMustMove) => {
                 ErrorClass::RetryLater
             }
@@ -242,6 +249,7 @@ impl Error {
                 Rejection::Invalid(_) => "conf_change_rejected",
             },
             Error::NotAMember(_) => "not_a_member",
+            Error::NoSuchGroup(_) => "no_such_group",
             Error::TransferFailed { .. } => "transfer_failed",
             Error::InvalidArgument(_) => "invalid_argument",
             Error::InvalidConfig(_) => "invalid_config",
@@ -284,6 +292,7 @@ mod tests {
             Error::NoLeader,
             Error::Unreachable("refused".into()),
             Error::ConfChangeRejected(Rejection::InProgress),
+            Error::NoSuchGroup(7),
         ] {
             assert!(e.class().may_retry(false), "{e}");
         }

@@ -58,7 +58,9 @@ impl From<&Error> for ErrorInfo {
         let number = match err {
             Error::Timeout(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
             Error::Overloaded(n) => *n as u64,
-            Error::NotAMember(id) | Error::TransferFailed { to: id, .. } => *id,
+            Error::NotAMember(id)
+            | Error::NoSuchGroup(id)
+            | Error::TransferFailed { to: id, .. } => *id,
             _ => 0,
         };
         ErrorInfo {
@@ -95,6 +97,7 @@ impl ErrorInfo {
             "conf_change_no_successor" => Error::ConfChangeRejected(Rejection::NoSuccessor),
             "conf_change_rejected" => Error::ConfChangeRejected(Rejection::Invalid(msg)),
             "not_a_member" => Error::NotAMember(self.number),
+            "no_such_group" => Error::NoSuchGroup(self.number),
             "transfer_failed" => Error::TransferFailed {
                 to: self.number,
                 leader: self.leader_id,
@@ -140,6 +143,7 @@ mod tests {
             Error::ConfChangeRejected(Rejection::NoSuccessor),
             Error::ConfChangeRejected(Rejection::Invalid("bad".into())),
             Error::NotAMember(4),
+            Error::NoSuchGroup(9),
             Error::TransferFailed { to: 2, leader: 3 },
             Error::InvalidArgument("a".into()),
             Error::InvalidConfig("c".into()),

@@ -68,6 +68,20 @@ impl RaftClient {
         })
     }
 
+    /// A client of Raft group `group` of a sharded deployment (whose
+    /// processes serve many groups, see [`Groups`](crate::Groups)) at the
+    /// same addresses, sharing this client's connections: every call names
+    /// the group. Its leader hint and session are its own (sessions belong
+    /// to one group's log). Group 0 is what [`RaftClient::new`] talks to.
+    pub fn for_group(&self, group: u64) -> Self {
+        RaftClient {
+            addrs: self.addrs.clone(),
+            pool: self.pool.for_group(group),
+            leader: Mutex::new(None),
+            session: LazySession::new(),
+        }
+    }
+
     fn timeout(&self) -> Duration {
         self.pool.config().request_timeout
     }

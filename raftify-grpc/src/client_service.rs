@@ -3,85 +3,98 @@
 //! the routing); reads are confirmed with ReadIndex.
 
 use crate::calls::{self, st, Answer};
+use crate::groups::Groups;
 use crate::pb;
 use crate::pb::raft_client_server::RaftClient;
-use crate::read::ReadHandler;
 use async_trait::async_trait;
-use raftify_core::{ClusterApi, Error, RaftHandle};
-use std::sync::Arc;
+use raftify_core::Error;
 use tonic::{Request, Response, Status};
 
 pub(crate) struct ClientService {
-    pub(crate) handle: RaftHandle,
-    /// The node's API with requests routed to the leader.
-    pub(crate) routed: Arc<dyn ClusterApi>,
-    pub(crate) reader: Option<Arc<dyn ReadHandler>>,
+    /// The groups served; each call goes to the node of the group it
+    /// names.
+    pub(crate) groups: Groups,
 }
 
 #[async_trait]
 impl RaftClient for ClientService {
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Answer<pb::ProposeReply> {
-        calls::propose(&*self.routed, req).await
+        let g = self.groups.serving(&req)?;
+        calls::propose(&*g.routed, req).await
     }
 
-    async fn read_index(&self, _req: Request<pb::Empty>) -> Answer<pb::ReadIndexReply> {
-        calls::read_index(&*self.routed).await
+    async fn read_index(&self, req: Request<pb::Empty>) -> Answer<pb::ReadIndexReply> {
+        let g = self.groups.serving(&req)?;
+        calls::read_index(&*g.routed).await
     }
 
-    async fn open_session(&self, _req: Request<pb::Empty>) -> Answer<pb::OpenSessionReply> {
-        calls::open_session(&*self.routed).await
+    async fn open_session(&self, req: Request<pb::Empty>) -> Answer<pb::OpenSessionReply> {
+        let g = self.groups.serving(&req)?;
+        calls::open_session(&*g.routed).await
     }
 
     async fn propose_in_session(
         &self,
         req: Request<pb::SessionProposeRequest>,
     ) -> Answer<pb::ProposeReply> {
-        calls::propose_in_session(&*self.routed, req).await
+        let g = self.groups.serving(&req)?;
+        calls::propose_in_session(&*g.routed, req).await
     }
 
     async fn propose_with_key(
         &self,
         req: Request<pb::KeyedProposeRequest>,
     ) -> Answer<pb::ProposeReply> {
-        calls::propose_with_key(&*self.routed, req).await
+        let g = self.groups.serving(&req)?;
+        calls::propose_with_key(&*g.routed, req).await
     }
 
     async fn request_id(&self, req: Request<pb::RequestIdRequest>) -> Answer<pb::JoinTicketReply> {
-        calls::request_id(&*self.routed, req).await
+        let g = self.groups.serving(&req)?;
+        calls::request_id(&*g.routed, req).await
     }
 
     async fn change_config(
         &self,
         req: Request<pb::ChangeConfigRequest>,
     ) -> Answer<pb::MembersReply> {
-        calls::change_config(&*self.routed, req).await
+        let g = self.groups.serving(&req)?;
+        calls::change_config(&*g.routed, req).await
     }
 
     async fn leave(
         &self,
-        _req: Request<pb::Empty>,
+        req: Request<pb::Empty>,
     ) -> std::result::Result<Response<pb::Empty>, Status> {
-        self.handle.leave().await.map_err(st)?;
+        self.groups
+            .serving(&req)?
+            .handle
+            .leave()
+            .await
+            .map_err(st)?;
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn transfer_leader(&self, req: Request<pb::TransferLeaderRequest>) -> Answer<pb::Empty> {
-        calls::transfer_leader(&*self.routed, req).await
+        let g = self.groups.serving(&req)?;
+        calls::transfer_leader(&*g.routed, req).await
     }
 
-    async fn members(&self, _req: Request<pb::Empty>) -> Answer<pb::MembersReply> {
-        calls::members(&*self.routed).await
+    async fn members(&self, req: Request<pb::Empty>) -> Answer<pb::MembersReply> {
+        let g = self.groups.serving(&req)?;
+        calls::members(&*g.routed).await
     }
 
     async fn read(
         &self,
         req: Request<pb::ReadRequest>,
     ) -> std::result::Result<Response<pb::ReadReply>, Status> {
-        let Some(reader) = &self.reader else {
+        let g = self.groups.serving(&req)?;
+        let Some(reader) = &g.reader else {
             return Err(Status::unimplemented("this server has no read handler"));
         };
         if !req.get_ref().stale {
-            self.handle.read_index().await.map_err(st)?;
+            g.handle.read_index().await.map_err(st)?;
         }
         let data = reader
             .read(&req.get_ref().query)
@@ -92,9 +105,9 @@ impl RaftClient for ClientService {
 
     async fn get_leader(
         &self,
-        _req: Request<pb::Empty>,
+        req: Request<pb::Empty>,
     ) -> std::result::Result<Response<pb::LeaderReply>, Status> {
-        let state = self.handle.state();
+        let state = self.groups.serving(&req)?.handle.state();
         Ok(Response::new(pb::LeaderReply {
             leader_id: state.leader_id,
             leader_addr: state.leader_addr.unwrap_or_default(),
@@ -103,9 +116,10 @@ impl RaftClient for ClientService {
 
     async fn status(
         &self,
-        _req: Request<pb::Empty>,
+        req: Request<pb::Empty>,
     ) -> std::result::Result<Response<pb::StatusReply>, Status> {
-        let status = self.handle.status().await.map_err(st)?;
+        let handle = &self.groups.serving(&req)?.handle;
+        let status = handle.status().await.map_err(st)?;
         let json = |v: std::result::Result<String, serde_json::Error>| {
             v.map_err(|e| Status::internal(format!("status to JSON: {e}")))
         };
@@ -117,15 +131,21 @@ impl RaftClient for ClientService {
             commit_index: status.commit_index,
             applied_index: status.applied_index,
             status_json: json(serde_json::to_string(&status))?,
-            metrics_json: json(serde_json::to_string(&self.handle.metrics()))?,
+            metrics_json: json(serde_json::to_string(&handle.metrics()))?,
         }))
     }
 
     async fn create_snapshot(
         &self,
-        _req: Request<pb::Empty>,
+        req: Request<pb::Empty>,
     ) -> std::result::Result<Response<pb::CreateSnapshotReply>, Status> {
-        let index = self.handle.snapshot().await.map_err(st)?;
+        let index = self
+            .groups
+            .serving(&req)?
+            .handle
+            .snapshot()
+            .await
+            .map_err(st)?;
         Ok(Response::new(pb::CreateSnapshotReply { index }))
     }
 }

@@ -40,7 +40,7 @@ pub fn code_of(err: &Error) -> Code {
         }
         (_, Error::StateMachine(_)) => Code::Unknown,
         (_, Error::Unauthenticated(_)) => Code::Unauthenticated,
-        (_, Error::NotAMember(_)) => Code::NotFound,
+        (_, Error::NotAMember(_) | Error::NoSuchGroup(_)) => Code::NotFound,
         (ErrorClass::Redirect, _) => Code::FailedPrecondition,
         (_, Error::ConfChangeRejected(_)) => Code::FailedPrecondition,
         (ErrorClass::RetryLater | ErrorClass::OutcomeUnknown, _) => Code::Unavailable,

@@ -8,6 +8,7 @@
 use crate::config::GrpcConfig;
 use crate::convert::{change_to_pb, members_from_pb, session_write_to_pb, ticket_from_pb};
 use crate::error::status_to_error;
+use crate::groups::{group_value, GROUP_HEADER};
 use crate::pb;
 use crate::pb::raft_client_client::RaftClientClient;
 use crate::pb::raft_peer_client::RaftPeerClient;
@@ -36,6 +37,8 @@ pub(crate) const CLUSTER_HEADER: &str = "raftify-cluster-uid";
 #[derive(Clone)]
 pub(crate) struct AuthInterceptor {
     token: Option<MetadataValue<Ascii>>,
+    /// The Raft group every request is for ([`GROUP_HEADER`]; None: 0).
+    group: Option<MetadataValue<Ascii>>,
     cluster_uid: Arc<AtomicU64>,
     /// The header of the last identity seen: formatted once, not per call.
     cluster_header: Arc<Mutex<Option<CachedHeader>>>,
@@ -74,6 +77,9 @@ impl Interceptor for AuthInterceptor {
         if let Some(v) = self.cluster_value() {
             req.metadata_mut().insert(CLUSTER_HEADER, v);
         }
+        if let Some(g) = &self.group {
+            req.metadata_mut().insert(GROUP_HEADER, g.clone());
+        }
         Ok(req)
     }
 }
@@ -97,11 +103,13 @@ pub(crate) type ApiClient = RaftClientClient<Authed>;
 
 /// Long-lived channels by address; a channel multiplexes every RPC to its
 /// address over one HTTP/2 connection and reconnects on its own. Every
-/// request carries the pool's credential.
+/// request carries the pool's credential (and its Raft group, see
+/// [`ChannelPool::for_group`]).
 pub(crate) struct ChannelPool {
     config: GrpcConfig,
     auth: AuthInterceptor,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Shared by the pools of every group of a process.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 /// Which credential a pool presents.
@@ -131,11 +139,28 @@ impl ChannelPool {
             config,
             auth: AuthInterceptor {
                 token,
+                group: None,
                 cluster_uid: Arc::new(AtomicU64::new(0)),
                 cluster_header: Arc::new(Mutex::new(None)),
             },
-            channels: Mutex::new(HashMap::new()),
+            channels: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// A pool for Raft group `group` over this pool's connections: the
+    /// same credential, requests naming the group, and its own cluster
+    /// identity (each group has one).
+    pub(crate) fn for_group(&self, group: u64) -> Self {
+        ChannelPool {
+            config: self.config.clone(),
+            auth: AuthInterceptor {
+                token: self.auth.token.clone(),
+                group: group_value(group),
+                cluster_uid: Arc::new(AtomicU64::new(0)),
+                cluster_header: Arc::new(Mutex::new(None)),
+            },
+            channels: self.channels.clone(),
+        }
     }
 
     pub(crate) fn config(&self) -> &GrpcConfig {

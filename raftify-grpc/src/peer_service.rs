@@ -6,6 +6,7 @@ use crate::auth::RefusalLog;
 use crate::calls::{self, st, Answer};
 use crate::config::GrpcConfig;
 use crate::convert::{decode_msg, session_write_from_pb};
+use crate::groups::{Groups, Served};
 use crate::identity::PeerIdentity;
 use crate::net::{cluster_of, outcome_to_pb};
 use crate::pb;
@@ -14,17 +15,16 @@ use crate::snapshot_rx::Receiving;
 use async_trait::async_trait;
 use raftify_core::membership::validate_addr;
 use raftify_core::raft::eraftpb::MessageType;
-use raftify_core::{Error, Inbound, RaftHandle, Result};
+use raftify_core::{Error, Result};
 use slog::{debug, info, Logger};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 pub(crate) struct PeerService {
-    /// The node's receiving side.
-    pub(crate) inbound: Arc<dyn Inbound>,
-    /// The node, for its cluster identity.
-    pub(crate) handle: RaftHandle,
+    /// The groups served; each call goes to the node of the group it
+    /// names.
+    pub(crate) groups: Groups,
     /// Where refusals are logged (rate-limited).
     pub(crate) refusals: Arc<RefusalLog>,
     pub(crate) config: GrpcConfig,
@@ -43,10 +43,11 @@ impl PeerService {
     /// both ends know their cluster and they differ.
     fn check_cluster(
         &self,
+        group: &Served,
         theirs: u64,
         remote: Option<std::net::SocketAddr>,
     ) -> std::result::Result<(), Status> {
-        let mine = self.handle.cluster_uid();
+        let mine = group.handle.cluster_uid();
         if theirs == 0 || mine == 0 || theirs == mine {
             return Ok(());
         }
@@ -58,10 +59,13 @@ impl PeerService {
         )))
     }
 
-    /// Refuses a node-to-node request from a node of another cluster (its
-    /// [`crate::net::CLUSTER_HEADER`]).
-    fn check_call<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
-        self.check_cluster(cluster_of(req), req.remote_addr())
+    /// The group a node-to-node request is for; refuses it when this
+    /// process hosts no replica of the group, or when it comes from a node
+    /// of another cluster (its [`crate::net::CLUSTER_HEADER`]).
+    fn check_call<T>(&self, req: &Request<T>) -> std::result::Result<Arc<Served>, Status> {
+        let group = self.groups.serving(req)?;
+        self.check_cluster(&group, cluster_of(req), req.remote_addr())?;
+        Ok(group)
     }
 
     /// The next chunk of a snapshot stream, or an error once the sender has
@@ -83,6 +87,7 @@ impl PeerService {
     /// peer's certificate, and hands it to the node.
     fn step_batch(
         &self,
+        group: &Served,
         batch: pb::MessageBatch,
         identity: &PeerIdentity,
     ) -> std::result::Result<(), Status> {
@@ -101,7 +106,7 @@ impl PeerService {
         let from_addr = validate_addr(&batch.from_addr)
             .is_ok()
             .then_some(batch.from_addr);
-        match self.inbound.step_from(from_addr, msgs) {
+        match group.inbound.step_from(from_addr, msgs) {
             Ok(()) => Ok(()),
             // A full inbox drops this batch, as the network could: raft
             // sends again.
@@ -120,9 +125,10 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::MessageBatch>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
-        self.check_cluster(req.get_ref().cluster_uid, req.remote_addr())?;
+        let group = self.groups.serving(&req)?;
+        self.check_cluster(&group, req.get_ref().cluster_uid, req.remote_addr())?;
         let identity = PeerIdentity::of(&req);
-        self.step_batch(req.into_inner(), &identity)?;
+        self.step_batch(&group, req.into_inner(), &identity)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -130,6 +136,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<pb::MessageBatch>>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
+        let group = self.groups.serving(&req)?;
         let remote = req.remote_addr();
         let identity = PeerIdentity::of(&req);
         let mut stream = req.into_inner();
@@ -144,8 +151,8 @@ impl RaftPeer for PeerService {
                 },
                 _ = stopping.wait_for(|s| *s) => break,
             };
-            self.check_cluster(batch.cluster_uid, remote)?;
-            self.step_batch(batch, &identity)?;
+            self.check_cluster(&group, batch.cluster_uid, remote)?;
+            self.step_batch(&group, batch, &identity)?;
         }
         Ok(Response::new(pb::Ack {}))
     }
@@ -154,6 +161,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
+        let group = self.groups.serving(&req)?;
         let remote = req.remote_addr();
         let identity = PeerIdentity::of(&req);
         // Held until the snapshot is handed to the node: installs beyond
@@ -169,7 +177,7 @@ impl RaftPeer for PeerService {
             .next_chunk(&mut stream)
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        self.check_cluster(first.cluster_uid, remote)?;
+        self.check_cluster(&group, first.cluster_uid, remote)?;
         let mut msg = decode_msg(&first.header).map_err(st)?;
         if msg.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument(
@@ -196,22 +204,22 @@ impl RaftPeer for PeerService {
             .is_ok()
             .then_some(first.from_addr);
         info!(self.logger, "snapshot received"; "from" => first.from_id, "bytes" => cap);
-        self.inbound.step_from(from_addr, vec![msg]).map_err(st)?;
+        group.inbound.step_from(from_addr, vec![msg]).map_err(st)?;
         Ok(Response::new(pb::Ack {}))
     }
 
     async fn propose(&self, req: Request<pb::ProposeRequest>) -> Answer<pb::ProposeReply> {
-        self.check_call(&req)?;
-        calls::propose(&*self.inbound, req).await
+        let group = self.check_call(&req)?;
+        calls::propose(&*group.inbound, req).await
     }
 
     async fn propose_batch(
         &self,
         req: Request<pb::ProposeBatchRequest>,
     ) -> Answer<pb::ProposeBatchReply> {
-        self.check_call(&req)?;
+        let group = self.check_call(&req)?;
         let entries = req.into_inner().entries;
-        let outcomes = self.inbound.propose_batch(entries).await.map_err(st)?;
+        let outcomes = group.inbound.propose_batch(entries).await.map_err(st)?;
         Ok(Response::new(pb::ProposeBatchReply {
             outcomes: outcomes.into_iter().map(outcome_to_pb).collect(),
         }))
@@ -221,14 +229,14 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::SessionBatchRequest>,
     ) -> Answer<pb::ProposeBatchReply> {
-        self.check_call(&req)?;
+        let group = self.check_call(&req)?;
         let writes = req
             .into_inner()
             .writes
             .into_iter()
             .map(session_write_from_pb)
             .collect();
-        let outcomes = self
+        let outcomes = group
             .inbound
             .propose_session_batch(writes)
             .await
@@ -239,51 +247,51 @@ impl RaftPeer for PeerService {
     }
 
     async fn read_index(&self, req: Request<pb::Empty>) -> Answer<pb::ReadIndexReply> {
-        self.check_call(&req)?;
-        calls::read_index(&*self.inbound).await
+        let group = self.check_call(&req)?;
+        calls::read_index(&*group.inbound).await
     }
 
     async fn request_id(&self, req: Request<pb::RequestIdRequest>) -> Answer<pb::JoinTicketReply> {
-        self.check_call(&req)?;
-        calls::request_id(&*self.inbound, req).await
+        let group = self.check_call(&req)?;
+        calls::request_id(&*group.inbound, req).await
     }
 
     async fn change_config(
         &self,
         req: Request<pb::ChangeConfigRequest>,
     ) -> Answer<pb::MembersReply> {
-        self.check_call(&req)?;
-        calls::change_config(&*self.inbound, req).await
+        let group = self.check_call(&req)?;
+        calls::change_config(&*group.inbound, req).await
     }
 
     async fn transfer_leader(&self, req: Request<pb::TransferLeaderRequest>) -> Answer<pb::Empty> {
-        self.check_call(&req)?;
-        calls::transfer_leader(&*self.inbound, req).await
+        let group = self.check_call(&req)?;
+        calls::transfer_leader(&*group.inbound, req).await
     }
 
     async fn open_session(&self, req: Request<pb::Empty>) -> Answer<pb::OpenSessionReply> {
-        self.check_call(&req)?;
-        calls::open_session(&*self.inbound).await
+        let group = self.check_call(&req)?;
+        calls::open_session(&*group.inbound).await
     }
 
     async fn propose_in_session(
         &self,
         req: Request<pb::SessionProposeRequest>,
     ) -> Answer<pb::ProposeReply> {
-        self.check_call(&req)?;
-        calls::propose_in_session(&*self.inbound, req).await
+        let group = self.check_call(&req)?;
+        calls::propose_in_session(&*group.inbound, req).await
     }
 
     async fn propose_with_key(
         &self,
         req: Request<pb::KeyedProposeRequest>,
     ) -> Answer<pb::ProposeReply> {
-        self.check_call(&req)?;
-        calls::propose_with_key(&*self.inbound, req).await
+        let group = self.check_call(&req)?;
+        calls::propose_with_key(&*group.inbound, req).await
     }
 
     async fn members(&self, req: Request<pb::Empty>) -> Answer<pb::MembersReply> {
-        self.check_call(&req)?;
-        calls::members(&*self.inbound).await
+        let group = self.check_call(&req)?;
+        calls::members(&*group.inbound).await
     }
 }

@@ -5,10 +5,12 @@ use crate::auth::{AuthCheck, RefusalLog};
 use crate::client_service::ClientService;
 use crate::config::GrpcConfig;
 use crate::conn::guarded;
+use crate::groups::Groups;
 use crate::pb::raft_client_server::RaftClientServer;
 use crate::pb::raft_peer_server::RaftPeerServer;
 use crate::peer_service::PeerService;
 use crate::read::ReadHandler;
+use raftify_core::metrics::ServerMetrics;
 use raftify_core::{Error, RaftHandle, Result};
 use slog::{o, warn, Logger};
 use std::future::Future;
@@ -36,18 +38,42 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// [`TlsConfig::ca_pem`](crate::TlsConfig::ca_pem) is set) comes from
 /// [`GrpcConfig::tls`]; messages are limited to
 /// [`GrpcConfig::max_message_size`].
+///
+/// One server serves one node ([`RaftGrpcServer::new`]), or the replicas of
+/// many Raft groups that one process hosts ([`RaftGrpcServer::for_groups`]):
+/// each request names its group ([`GROUP_HEADER`](crate::GROUP_HEADER)).
 pub struct RaftGrpcServer {
-    handle: RaftHandle,
+    groups: Groups,
+    /// The single node of [`RaftGrpcServer::new`], served as group 0.
+    single: Option<RaftHandle>,
+    metrics: ServerMetrics,
     config: GrpcConfig,
     reader: Option<Arc<dyn ReadHandler>>,
     logger: Logger,
 }
 
 impl RaftGrpcServer {
-    /// A server for the node behind `handle`.
+    /// A server for the node behind `handle` (group 0).
     pub fn new(handle: RaftHandle, config: GrpcConfig) -> Self {
         RaftGrpcServer {
-            handle,
+            groups: Groups::new(),
+            metrics: handle.server_metrics("grpc"),
+            single: Some(handle),
+            config,
+            reader: None,
+            logger: raftify_core::discard_logger(),
+        }
+    }
+
+    /// A server for every group in `groups`, as they come and go; its
+    /// connection metrics are counted in `metrics` (a node's
+    /// [`RaftHandle::server_metrics`], for example the process's first
+    /// group's).
+    pub fn for_groups(groups: Groups, metrics: ServerMetrics, config: GrpcConfig) -> Self {
+        RaftGrpcServer {
+            groups,
+            single: None,
+            metrics,
             config,
             reader: None,
             logger: raftify_core::discard_logger(),
@@ -60,7 +86,10 @@ impl RaftGrpcServer {
         self
     }
 
-    /// Serves `Read` RPCs with `reader` (see [`state_machine_reader`]).
+    /// Serves the single node's `Read` RPCs with `reader` (see
+    /// [`state_machine_reader`]; each group of
+    /// [`RaftGrpcServer::for_groups`] has its own, given to
+    /// [`Groups::insert`]).
     pub fn reader(mut self, reader: Arc<dyn ReadHandler>) -> Self {
         self.reader = Some(reader);
         self
@@ -83,7 +112,7 @@ impl RaftGrpcServer {
         let (tx, rx) = oneshot::channel::<()>();
         let logger = self.logger.clone();
         let (max, preface) = (self.config.max_connections, self.config.preface_timeout);
-        let metrics = self.handle.server_metrics("grpc");
+        let metrics = self.metrics.clone();
         let (router, stopping) = self.router()?;
         let incoming = guarded(listener, max, preface, stopping.subscribe(), metrics);
         let task = tokio::spawn(async move {
@@ -110,7 +139,7 @@ impl RaftGrpcServer {
         signal: impl Future<Output = ()> + Send,
     ) -> Result<()> {
         let (max, preface) = (self.config.max_connections, self.config.preface_timeout);
-        let metrics = self.handle.server_metrics("grpc");
+        let metrics = self.metrics.clone();
         let (router, stopping) = self.router()?;
         let incoming = guarded(listener, max, preface, stopping.subscribe(), metrics);
         let signal = async move {
@@ -123,19 +152,21 @@ impl RaftGrpcServer {
             .map_err(|e| Error::Transport(format!("gRPC server: {e}")))
     }
 
-    fn router(self) -> Result<(tonic::transport::server::Router, watch::Sender<bool>)> {
+    fn router(mut self) -> Result<(tonic::transport::server::Router, watch::Sender<bool>)> {
         self.config.validate()?;
         let (stopping_tx, stopping) = watch::channel(false);
         let config = self.config.clone();
         let n = config.max_message_size;
         let refusals = Arc::new(RefusalLog::new(self.logger.clone()));
-        let metrics = self.handle.server_metrics("grpc");
+        let metrics = self.metrics.clone();
+        if let Some(handle) = self.single.take() {
+            self.groups.insert(0, handle, self.reader.take());
+        }
         let peer_auth = AuthCheck::new(config.peer_credential(), "peer", &refusals, &metrics);
         let client_auth =
             AuthCheck::new(config.auth_token.as_deref(), "client", &refusals, &metrics);
         let peers = RaftPeerServer::new(PeerService {
-            inbound: self.handle.inbound(),
-            handle: self.handle.clone(),
+            groups: self.groups.clone(),
             refusals: refusals.clone(),
             installs: Arc::new(tokio::sync::Semaphore::new(
                 self.config.max_concurrent_snapshot_installs,
@@ -147,9 +178,7 @@ impl RaftGrpcServer {
         .max_decoding_message_size(n)
         .max_encoding_message_size(n);
         let clients = RaftClientServer::new(ClientService {
-            routed: self.handle.routed(),
-            handle: self.handle,
-            reader: self.reader,
+            groups: self.groups,
         })
         .max_decoding_message_size(n)
         .max_encoding_message_size(n);

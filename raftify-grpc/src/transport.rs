@@ -93,6 +93,27 @@ impl GrpcTransport {
         })
     }
 
+    /// The transport of Raft group `group` in a process that hosts
+    /// replicas of many: every message and request it sends names the
+    /// group (the receiving server hands it to its replica of that group,
+    /// see [`Groups`](crate::Groups)), over the connections this transport
+    /// opened to the same addresses (one HTTP/2 connection per peer
+    /// process, whatever the number of groups). It has its own peers,
+    /// sender tasks and cluster identity. Group 0 is what a transport made
+    /// by [`GrpcTransport::new`] sends.
+    pub fn for_group(&self, group: u64) -> Self {
+        let pool = self.inner.pool.for_group(group);
+        GrpcTransport {
+            inner: Arc::new(Inner {
+                self_addr: self.inner.self_addr.clone(),
+                cluster_uid: pool.cluster_uid().clone(),
+                pool: Arc::new(pool),
+                peers: Mutex::new(HashMap::new()),
+                logger: self.inner.logger.new(o!("group" => group)),
+            }),
+        }
+    }
+
     /// This node's raft address.
     pub fn self_addr(&self) -> &str {
         &self.inner.self_addr

@@ -45,6 +45,7 @@ fn class_of(e: &Error) -> &'static str {
         Error::StateMachine(_) => "StateMachineError",
         Error::ConfChangeRejected(_) => "ConfChangeError",
         Error::NotAMember(_) => "NotAMemberError",
+        Error::NoSuchGroup(_) => "NoSuchGroupError",
         Error::TransferFailed { .. } => "TransferFailedError",
         Error::InvalidArgument(_) => "InvalidArgumentError",
         Error::InvalidConfig(_) => "ConfigError",

@@ -131,6 +131,15 @@ class UnreachableError(TransportError):
     error_class = "retry_later"
 
 
+class NoSuchGroupError(RaftifyError):
+    """The node asked hosts no replica of the Raft group named (a sharded
+    deployment whose placement moved): nothing was applied; ask again
+    where the group lives now."""
+
+    retryable = True
+    error_class = "retry_later"
+
+
 class NotAMemberError(InvalidArgumentError):
     """The node a request names is not a member of the cluster."""
 
