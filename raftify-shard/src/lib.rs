@@ -1,0 +1,40 @@
+//! # raftify-shard
+//!
+//! Sharding for raftify: many Raft groups, keys placed by Redis Cluster's
+//! hash slots, and the map of which group owns which slots replicated by
+//! a Raft group of its own.
+//!
+//! * [`slots`]: the 16,384 slots, [`key_slot`] (CRC16 with hash tags, as
+//!   Redis computes it) and [`SlotRange`].
+//! * [`Placement`]: slot → group, group → replicas, the member nodes and
+//!   the slot move in progress; changed only by checked [`Change`]s, each
+//!   bumping its version, so that every slot has exactly one owner at
+//!   every version.
+//! * [`MetaStore`]: the placement as the state machine of the metadata
+//!   group ([`META_GROUP`]), whose log holds [`MetaCommand`]s; every node
+//!   follows it through a watch.
+//! * [`plan`]: the rebalance planner, a pure function from the committed
+//!   placement (and the groups' leaders) to the next [`Step`]: replicas
+//!   onto new nodes and off leaving ones, new groups, slot moves, leader
+//!   transfers, until every node holds and leads its share.
+//!
+//! Transport and serving of many groups in one process are in
+//! `raftify-grpc` (`GrpcTransport::for_group`, `Groups`); the design, and
+//! what is still to come (the rebalancer that carries the steps out, the
+//! Redis front-end's routing), is in `docs/ARCHITECTURE.md`.
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod meta;
+mod placement;
+mod plan;
+pub mod slots;
+
+pub use meta::{MetaCommand, MetaOutcome, MetaStore};
+pub use placement::{
+    Change, GroupId, GroupInfo, NodeId, NodeInfo, Placement, PlacementError, Settings, SlotMove,
+    MAX_GROUPS_PER_NODE, MAX_REPLICAS, META_GROUP,
+};
+pub use plan::{plan, Observed, Step};
+pub use slots::{key_slot, SlotRange, SLOTS};

@@ -1,0 +1,325 @@
+//! The rebalance planner: the next [`Step`] from a placement to a balanced
+//! one.
+//!
+//! [`plan`] is a pure function of the committed [`Placement`] and what is
+//! observed of the groups (their leaders). A rebalancer runs one step,
+//! waits until the placement records it, and asks again; after a crash it
+//! simply asks again, so an interrupted rebalance resumes from whatever was
+//! committed (a move in progress is always finished or abandoned first).
+//!
+//! In order, the first thing that applies:
+//!
+//! 1. a slot move in progress: finish it;
+//! 2. a node that leaves: give its groups a replica elsewhere, then remove
+//!    its replica; once it hosts none, remove it;
+//! 3. replica counts: `min(settings.replicas, nodes)` per group, added on
+//!    the node that hosts the fewest replicas, removed from the one that
+//!    hosts the most (of equals, not the leader);
+//! 4. group count: `nodes × settings.groups_per_node` groups (a new group
+//!    on the least loaded nodes; a surplus group empties and is deleted);
+//! 5. slots: every group owns `16384 / groups` slots (±1), moved as a
+//!    contiguous range from the group with the largest surplus to the one
+//!    with the largest deficit;
+//! 6. replicas per node within one of each other;
+//! 7. leaders per node within one of each other (a leadership transfer).
+
+use crate::placement::{GroupId, NodeId, Placement, SlotMove};
+use crate::slots::{SlotRange, SLOTS};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What is known of the groups beyond the placement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Each group's current leader, where known.
+    pub leaders: BTreeMap<GroupId, NodeId>,
+}
+
+/// One step of a rebalance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Add a replica of `group` on `node` (as a learner, caught up, then
+    /// promoted), then record it.
+    AddReplica {
+        /// The group.
+        group: GroupId,
+        /// The node.
+        node: NodeId,
+    },
+    /// Remove `node`'s replica of `group` (moving leadership away first),
+    /// then record it.
+    RemoveReplica {
+        /// The group.
+        group: GroupId,
+        /// The node.
+        node: NodeId,
+    },
+    /// Create a data group with these replicas (it owns no slots yet).
+    CreateGroup {
+        /// Its id ([`Placement::next_group`]).
+        group: GroupId,
+        /// Its replicas.
+        replicas: BTreeSet<NodeId>,
+    },
+    /// Move slots between groups (begun, keys copied, committed).
+    MoveSlots(SlotMove),
+    /// Delete a group that owns no slots.
+    DeleteGroup {
+        /// The group.
+        group: GroupId,
+    },
+    /// Move `group`'s leadership to `to`.
+    TransferLeader {
+        /// The group.
+        group: GroupId,
+        /// The new leader.
+        to: NodeId,
+    },
+    /// Remove a node that left and hosts no replica.
+    RemoveNode {
+        /// The node.
+        node: NodeId,
+    },
+}
+
+/// The next step, or `None` when the placement is balanced.
+pub fn plan(p: &Placement, observed: &Observed) -> Option<Step> {
+    if !p.is_bootstrapped() {
+        return None;
+    }
+    if let Some(m) = p.moving() {
+        return Some(Step::MoveSlots(m));
+    }
+    let active: Vec<NodeId> = p
+        .nodes()
+        .iter()
+        .filter(|(_, n)| !n.leaving)
+        .map(|(&id, _)| id)
+        .collect();
+    if active.is_empty() {
+        return None;
+    }
+    leaving(p, &active)
+        .or_else(|| replica_counts(p, &active, observed))
+        .or_else(|| group_count(p, &active))
+        .or_else(|| slot_balance(p))
+        .or_else(|| replica_spread(p, &active))
+        .or_else(|| leader_spread(p, &active, observed))
+}
+
+/// Replicas hosted per active node.
+fn load(p: &Placement, active: &[NodeId]) -> BTreeMap<NodeId, usize> {
+    let mut load: BTreeMap<NodeId, usize> = active.iter().map(|&n| (n, 0)).collect();
+    for g in p.groups().values() {
+        for n in &g.replicas {
+            if let Some(c) = load.get_mut(n) {
+                *c += 1;
+            }
+        }
+    }
+    load
+}
+
+/// The active node hosting the fewest replicas that is not in `exclude`
+/// (lowest id on a tie).
+fn least_loaded(load: &BTreeMap<NodeId, usize>, exclude: &BTreeSet<NodeId>) -> Option<NodeId> {
+    load.iter()
+        .filter(|(n, _)| !exclude.contains(n))
+        .min_by_key(|(&n, &c)| (c, n))
+        .map(|(&n, _)| n)
+}
+
+fn target_replicas(p: &Placement, active: &[NodeId]) -> usize {
+    p.settings().replicas.min(active.len()).max(1)
+}
+
+fn leaving(p: &Placement, active: &[NodeId]) -> Option<Step> {
+    let load = load(p, active);
+    let r = target_replicas(p, active);
+    for (&node, info) in p.nodes() {
+        if !info.leaving {
+            continue;
+        }
+        for group in p.groups_of(node) {
+            let replicas = &p.groups()[&group].replicas;
+            let staying = replicas.iter().filter(|n| **n != node).count();
+            if staying < r {
+                if let Some(to) = least_loaded(&load, replicas) {
+                    return Some(Step::AddReplica { group, node: to });
+                }
+            }
+            if staying >= 1 {
+                return Some(Step::RemoveReplica { group, node });
+            }
+        }
+        if p.groups_of(node).is_empty() {
+            return Some(Step::RemoveNode { node });
+        }
+    }
+    None
+}
+
+fn replica_counts(p: &Placement, active: &[NodeId], observed: &Observed) -> Option<Step> {
+    let load = load(p, active);
+    let r = target_replicas(p, active);
+    for (&group, g) in p.groups() {
+        if g.replicas.len() < r {
+            if let Some(node) = least_loaded(&load, &g.replicas) {
+                return Some(Step::AddReplica { group, node });
+            }
+        }
+        if g.replicas.len() > r {
+            let leader = observed.leaders.get(&group).copied();
+            let node = g
+                .replicas
+                .iter()
+                .max_by_key(|&&n| {
+                    (
+                        load.get(&n).copied().unwrap_or(usize::MAX),
+                        Some(n) != leader,
+                        n,
+                    )
+                })
+                .copied()?;
+            return Some(Step::RemoveReplica { group, node });
+        }
+    }
+    None
+}
+
+fn group_count(p: &Placement, active: &[NodeId]) -> Option<Step> {
+    let target = (active.len() * p.settings().groups_per_node).max(1);
+    let groups = p.groups().len();
+    if groups < target {
+        let load = load(p, active);
+        let mut replicas = BTreeSet::new();
+        for _ in 0..target_replicas(p, active) {
+            let n = least_loaded(&load, &replicas)?;
+            replicas.insert(n);
+        }
+        return Some(Step::CreateGroup {
+            group: p.next_group(),
+            replicas,
+        });
+    }
+    if groups > target {
+        // The surplus group with the fewest slots (the highest id on a tie)
+        // empties into the others, then goes.
+        let counts = p.slot_counts();
+        let (&victim, &slots) = counts.iter().min_by_key(|(&g, &c)| (c, u64::MAX - g))?;
+        if slots == 0 {
+            return Some(Step::DeleteGroup { group: victim });
+        }
+        let (&to, _) = counts
+            .iter()
+            .filter(|(&g, _)| g != victim)
+            .min_by_key(|(&g, &c)| (c, g))?;
+        let (range, _) = p.ranges().into_iter().find(|(_, g)| *g == victim)?;
+        return Some(Step::MoveSlots(SlotMove {
+            slots: range,
+            from: victim,
+            to,
+        }));
+    }
+    None
+}
+
+/// Each group's slot target: `SLOTS / groups`, the lowest ids one more
+/// while the remainder lasts.
+fn slot_targets(groups: &[GroupId]) -> BTreeMap<GroupId, usize> {
+    let n = groups.len().max(1);
+    let (base, extra) = (usize::from(SLOTS) / n, usize::from(SLOTS) % n);
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, &g)| (g, base + usize::from(i < extra)))
+        .collect()
+}
+
+fn slot_balance(p: &Placement) -> Option<Step> {
+    let counts = p.slot_counts();
+    let ids: Vec<GroupId> = counts.keys().copied().collect();
+    let targets = slot_targets(&ids);
+    let diff = |g: &GroupId| counts[g] as i64 - targets[g] as i64;
+    let donor = ids
+        .iter()
+        .max_by_key(|g| (diff(g), u64::MAX - **g))
+        .copied()?;
+    let taker = ids.iter().min_by_key(|g| (diff(g), **g)).copied()?;
+    let (surplus, deficit) = (diff(&donor), -diff(&taker));
+    if surplus <= 0 || deficit <= 0 {
+        return None;
+    }
+    // From the end of the donor's last run: the donor stays contiguous.
+    let (run, _) = p.ranges().into_iter().rev().find(|(_, g)| *g == donor)?;
+    let n = (surplus.min(deficit) as usize).min(run.len());
+    let start = run.end - (n as u16 - 1); // 1 <= n <= run.len()
+    Some(Step::MoveSlots(SlotMove {
+        slots: SlotRange::new(start, run.end)?,
+        from: donor,
+        to: taker,
+    }))
+}
+
+fn replica_spread(p: &Placement, active: &[NodeId]) -> Option<Step> {
+    let load = load(p, active);
+    let (&heavy, &most) = load.iter().max_by_key(|(&n, &c)| (c, u64::MAX - n))?;
+    let (&light, &fewest) = load.iter().min_by_key(|(&n, &c)| (c, n))?;
+    if most <= fewest + 1 {
+        return None;
+    }
+    // A group on the heavy node and not on the light one gains a replica
+    // on the light one; the replica count rule then removes the heavy
+    // node's.
+    let group = p
+        .groups()
+        .iter()
+        .find(|(_, g)| g.replicas.contains(&heavy) && !g.replicas.contains(&light))
+        .map(|(&id, _)| id)?;
+    Some(Step::AddReplica { group, node: light })
+}
+
+fn leader_spread(p: &Placement, active: &[NodeId], observed: &Observed) -> Option<Step> {
+    let mut leads: BTreeMap<NodeId, usize> = active.iter().map(|&n| (n, 0)).collect();
+    for (g, leader) in &observed.leaders {
+        if p.groups().contains_key(g) {
+            if let Some(c) = leads.get_mut(leader) {
+                *c += 1;
+            }
+        }
+    }
+    let (&light, &fewest) = leads.iter().min_by_key(|(&n, &c)| (c, n))?;
+    if leads.values().all(|&c| c <= fewest + 1) {
+        return None;
+    }
+    // A leader moves only to a node that hosts the group. Search from the
+    // node leading the fewest, breadth first, back along "hosts a group
+    // led by" to the nearest node leading at least two more; move one
+    // group from there one hop towards the light node. Each such step
+    // brings the nearest heavy node a hop closer without making anything
+    // worse, until the last hop gives the light node a group.
+    let mut seen = BTreeSet::from([light]);
+    let mut frontier = vec![light];
+    while !frontier.is_empty() {
+        let mut next = Vec::new();
+        for b in frontier {
+            for (&group, g) in p.groups() {
+                let Some(&a) = observed.leaders.get(&group) else {
+                    continue;
+                };
+                if a == b || !g.replicas.contains(&b) || !seen.insert(a) {
+                    continue;
+                }
+                if leads.get(&a).is_some_and(|&c| c >= fewest + 2) {
+                    return Some(Step::TransferLeader { group, to: b });
+                }
+                next.push(a);
+            }
+        }
+        frontier = next;
+    }
+    None
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

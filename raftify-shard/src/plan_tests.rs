@@ -1,0 +1,294 @@
+use super::*;
+use crate::placement::{Change, NodeInfo, Settings};
+use proptest::prelude::*;
+
+fn info(n: NodeId) -> NodeInfo {
+    NodeInfo {
+        raft_addr: format!("127.0.0.1:{}", 7000 + n),
+        client_addr: format!("127.0.0.1:{}", 6000 + n),
+        leaving: false,
+    }
+}
+
+/// A cluster as the planner's executor would drive it: the placement, and
+/// each group's leader (a new group's leader is its lowest replica; a
+/// removed leader's successor the lowest remaining one).
+struct Sim {
+    p: Placement,
+    leaders: BTreeMap<GroupId, NodeId>,
+    steps: usize,
+}
+
+impl Sim {
+    fn new(settings: Settings) -> Sim {
+        let mut p = Placement::default();
+        p.apply(
+            None,
+            Change::Bootstrap {
+                node: 1,
+                info: info(1),
+                settings,
+            },
+        )
+        .unwrap();
+        Sim {
+            p,
+            leaders: BTreeMap::from([(1, 1)]),
+            steps: 0,
+        }
+    }
+
+    fn observed(&self) -> Observed {
+        Observed {
+            leaders: self.leaders.clone(),
+        }
+    }
+
+    fn change(&mut self, c: Change) {
+        let v = self.p.version();
+        self.p.apply(Some(v), c).unwrap();
+        self.p.check().unwrap();
+    }
+
+    /// Runs one step as an executor would; false when balanced.
+    fn step(&mut self) -> bool {
+        let Some(step) = plan(&self.p, &self.observed()) else {
+            return false;
+        };
+        self.steps += 1;
+        match step {
+            Step::AddReplica { group, node } => {
+                let mut r = self.p.groups()[&group].replicas.clone();
+                assert!(r.insert(node), "{node} already hosts {group}");
+                self.change(Change::SetReplicas { group, replicas: r });
+            }
+            Step::RemoveReplica { group, node } => {
+                let mut r = self.p.groups()[&group].replicas.clone();
+                assert!(r.remove(&node));
+                if self.leaders.get(&group) == Some(&node) {
+                    let next = *r.iter().next().unwrap();
+                    self.leaders.insert(group, next);
+                }
+                self.change(Change::SetReplicas { group, replicas: r });
+            }
+            Step::CreateGroup { group, replicas } => {
+                let leader = *replicas.iter().next().unwrap();
+                self.change(Change::CreateGroup { group, replicas });
+                self.leaders.insert(group, leader);
+            }
+            Step::MoveSlots(m) => {
+                if self.p.moving().is_none() {
+                    self.change(Change::BeginMove(m));
+                }
+                self.change(Change::CommitMove(m));
+            }
+            Step::DeleteGroup { group } => {
+                self.change(Change::DeleteGroup { group });
+                self.leaders.remove(&group);
+            }
+            Step::TransferLeader { group, to } => {
+                assert!(self.p.groups()[&group].replicas.contains(&to));
+                self.leaders.insert(group, to);
+            }
+            Step::RemoveNode { node } => self.change(Change::RemoveNode { node }),
+        }
+        true
+    }
+
+    /// Steps until balanced (bounded: a planner that cycles fails here).
+    fn settle(&mut self) {
+        for _ in 0..2000 {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("no balance after 2000 steps: {:?}", self.p);
+    }
+
+    fn join(&mut self, n: NodeId) {
+        self.change(Change::AddNode {
+            node: n,
+            info: info(n),
+        });
+    }
+
+    fn leave(&mut self, n: NodeId) {
+        self.change(Change::SetLeaving {
+            node: n,
+            leaving: true,
+        });
+    }
+
+    /// Slots led per node.
+    fn led_slots(&self) -> BTreeMap<NodeId, usize> {
+        let mut led: BTreeMap<NodeId, usize> = self.p.nodes().keys().map(|&n| (n, 0)).collect();
+        for (g, c) in self.p.slot_counts() {
+            *led.entry(self.leaders[&g]).or_default() += c;
+        }
+        led
+    }
+
+    /// The balance the planner promises.
+    fn assert_balanced(&self) {
+        let nodes = self.p.nodes().len();
+        let s = self.p.settings();
+        assert_eq!(self.p.groups().len(), nodes * s.groups_per_node);
+        let r = s.replicas.min(nodes);
+        for (id, g) in self.p.groups() {
+            assert_eq!(g.replicas.len(), r, "group {id}");
+        }
+        let counts = self.p.slot_counts();
+        let (lo, hi) = (
+            counts.values().min().unwrap(),
+            counts.values().max().unwrap(),
+        );
+        assert!(hi - lo <= 1, "slots per group {counts:?}");
+        let led = self.led_slots();
+        let fair = usize::from(SLOTS) / nodes;
+        for (n, l) in &led {
+            let off = (*l as f64 - fair as f64).abs() / fair as f64;
+            // Whole groups move, so with one group per node each node
+            // leads exactly one: within 10 % of a fair share.
+            if s.groups_per_node == 1 {
+                assert!(off <= 0.10, "node {n} leads {l} slots of {led:?}");
+            }
+        }
+        let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for g in self.p.groups().values() {
+            for n in &g.replicas {
+                *per_node.entry(*n).or_default() += 1;
+            }
+        }
+        let (lo, hi) = (
+            per_node.values().min().unwrap(),
+            per_node.values().max().unwrap(),
+        );
+        assert!(hi - lo <= 1, "replicas per node {per_node:?}");
+    }
+}
+
+#[test]
+fn one_node_is_balanced_as_bootstrapped() {
+    let sim = Sim::new(Settings::default());
+    assert_eq!(plan(&sim.p, &sim.observed()), None);
+}
+
+#[test]
+fn the_seed_demo_one_then_two_then_three_nodes_each_lead_a_third() {
+    let mut sim = Sim::new(Settings::default());
+    sim.join(2);
+    // The first step gives group 1 a replica on the new node.
+    assert_eq!(
+        plan(&sim.p, &sim.observed()),
+        Some(Step::AddReplica { group: 1, node: 2 })
+    );
+    sim.settle();
+    sim.assert_balanced();
+    assert_eq!(
+        sim.led_slots().values().copied().collect::<Vec<_>>(),
+        vec![8192, 8192]
+    );
+    sim.join(3);
+    sim.settle();
+    sim.assert_balanced();
+    let led = sim.led_slots();
+    assert!(led.values().all(|&l| (5461..=5462).contains(&l)), "{led:?}");
+    // Few steps: a handful per node, not one per slot.
+    assert!(sim.steps < 30, "{} steps", sim.steps);
+}
+
+#[test]
+fn a_leaving_node_hands_its_replicas_over_before_it_goes() {
+    let mut sim = Sim::new(Settings::default());
+    for n in 2..=4 {
+        sim.join(n);
+    }
+    sim.settle();
+    sim.assert_balanced();
+    sim.leave(2);
+    // Until node 2 is removed, no group ever has fewer replicas than the
+    // target, and every slot keeps an owner (checked on every change).
+    for _ in 0..2000 {
+        let Some(step) = plan(&sim.p, &sim.observed()) else {
+            break;
+        };
+        if let Step::RemoveReplica { group, node } = &step {
+            let staying = sim.p.groups()[group].replicas.len() - 1;
+            assert!(staying >= 3 || *node != 2, "{step:?} leaves {staying}");
+        }
+        sim.step();
+    }
+    assert!(!sim.p.nodes().contains_key(&2));
+    sim.assert_balanced();
+}
+
+#[test]
+fn more_groups_per_node_split_the_slots_further() {
+    let mut sim = Sim::new(Settings {
+        replicas: 3,
+        groups_per_node: 4,
+    });
+    sim.settle();
+    assert_eq!(sim.p.groups().len(), 4);
+    sim.join(2);
+    sim.join(3);
+    sim.settle();
+    sim.assert_balanced();
+    assert_eq!(sim.p.groups().len(), 12);
+    // Fewer groups wanted: surplus groups empty out and are deleted.
+    sim.change(Change::SetSettings(Settings {
+        replicas: 2,
+        groups_per_node: 1,
+    }));
+    sim.settle();
+    sim.assert_balanced();
+    assert_eq!(sim.p.groups().len(), 3);
+}
+
+#[test]
+fn a_move_in_progress_is_finished_first() {
+    let mut sim = Sim::new(Settings::default());
+    sim.join(2);
+    sim.change(Change::CreateGroup {
+        group: 2,
+        replicas: BTreeSet::from([2]),
+    });
+    let m = SlotMove {
+        slots: SlotRange::new(0, 99).unwrap(),
+        from: 1,
+        to: 2,
+    };
+    sim.change(Change::BeginMove(m));
+    assert_eq!(plan(&sim.p, &sim.observed()), Some(Step::MoveSlots(m)));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any sequence of joins and leaves settles, balanced, without ever
+    /// breaking an invariant (each change is checked), and no step ever
+    /// leaves a group without a replica.
+    #[test]
+    fn any_membership_history_settles_balanced(
+        ops in proptest::collection::vec((any::<bool>(), 1u64..7), 1..12),
+        replicas in 1usize..4,
+        per_node in 1usize..3,
+    ) {
+        let mut sim = Sim::new(Settings { replicas, groups_per_node: per_node });
+        for (join, n) in ops {
+            let member = sim.p.nodes().contains_key(&n);
+            if join && !member {
+                sim.join(n);
+            } else if !join && member && sim.p.nodes().values().filter(|i| !i.leaving).count() > 1 {
+                sim.leave(n);
+            }
+            // Some steps, not necessarily to the end: changes interleave
+            // with a rebalance in progress.
+            for _ in 0..3 {
+                sim.step();
+            }
+        }
+        sim.settle();
+        sim.assert_balanced();
+    }
+}
