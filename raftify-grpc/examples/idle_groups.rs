@@ -1,0 +1,116 @@
+//! What idle Raft groups cost: three "processes" in this one (three gRPC
+//! servers on 127.0.0.1, each hosting a replica of every group, one
+//! connection per peer pair shared by all groups), N groups, no writes.
+//! Reports the time to start them and elect every leader, and the CPU the
+//! whole process burns per second while they idle (ticks, heartbeats).
+//!
+//! ```text
+//! cargo run --release -p raftify-grpc --example idle_groups -- 10 100 1000 --secs 10
+//! ```
+
+use raftify_core::testkit::{KvStore, Node};
+use raftify_core::{Bootstrap, Config, MemStore, Raft};
+use raftify_grpc::{Groups, GrpcConfig, GrpcTransport, RaftGrpcServer, ServerHandle};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// CPU time (user + system) this process used so far.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes the struct it is given; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+struct Cluster {
+    servers: Vec<ServerHandle>,
+    nodes: Vec<Node>,
+}
+
+async fn start(groups: u64) -> Result<Cluster, Error> {
+    let grpc = GrpcConfig::default();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?.to_string();
+        listeners.push((l, addr));
+    }
+    let members: BTreeMap<u64, String> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, (_, a))| (i as u64 + 1, a.clone()))
+        .collect();
+    let (mut servers, mut nodes) = (Vec::new(), Vec::new());
+    for (i, (listener, addr)) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let base = GrpcTransport::new(addr, grpc.clone())?;
+        let served = Groups::new();
+        let mut metrics = None;
+        for g in 1..=groups {
+            let raft = Raft::builder(Config::new(id), KvStore::default())
+                .storage(Arc::new(MemStore::new()))
+                .transport(Arc::new(base.for_group(g)))
+                .bootstrap(Bootstrap::Members(members.clone()))
+                .logger(raftify_core::discard_logger())
+                .start()
+                .await?;
+            served.insert(g, raft.handle().clone(), None);
+            metrics.get_or_insert_with(|| raft.handle().server_metrics("grpc"));
+            nodes.push(raft);
+        }
+        let metrics = metrics.ok_or("no groups")?;
+        servers.push(RaftGrpcServer::for_groups(served, metrics, grpc.clone()).spawn(listener)?);
+    }
+    for n in &nodes {
+        n.handle().wait_for_leader(Duration::from_secs(60)).await?;
+    }
+    Ok(Cluster { servers, nodes })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let mut counts = Vec::new();
+    let mut secs = 10u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--secs" => secs = args.next().ok_or("--secs needs a value")?.parse()?,
+            n => counts.push(n.parse::<u64>()?),
+        }
+    }
+    if counts.is_empty() {
+        counts = vec![10, 100, 1000];
+    }
+    println!("| groups (× 3 replicas) | start + elect | CPU while idle | per group |");
+    println!("|---:|---:|---:|---:|");
+    for groups in counts {
+        let t0 = Instant::now();
+        let cluster = start(groups).await?;
+        let started = t0.elapsed();
+        // Let the elections' aftermath settle before measuring.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (c0, w0) = (cpu_time(), Instant::now());
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let cpu = (cpu_time() - c0).as_secs_f64() / w0.elapsed().as_secs_f64();
+        println!(
+            "| {groups} | {:.1} s | {:.1} % of a core | {:.1} µs/s |",
+            started.as_secs_f64(),
+            cpu * 100.0,
+            cpu * 1e6 / groups as f64
+        );
+        for s in cluster.servers {
+            s.shutdown().await;
+        }
+        for n in &cluster.nodes {
+            n.handle().shutdown().await;
+        }
+    }
+    Ok(())
+}
