@@ -9,6 +9,8 @@
 
 use crate::error::error_to_status;
 use crate::read::ReadHandler;
+use async_trait::async_trait;
+use raftify_core::raft::eraftpb::{Message, MessageType};
 use raftify_core::{ClusterApi, Error, Inbound, RaftHandle};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -50,14 +52,36 @@ pub(crate) struct Served {
     pub(crate) reader: Option<Arc<dyn ReadHandler>>,
 }
 
+/// Creates this process's replica of a group it does not host yet, when a
+/// leader of that group first sends it raft messages (the leader added
+/// this node as a learner): the way a replica comes to a new node without
+/// anyone calling it first, as TiKV creates a peer on its first message.
+///
+/// The factory decides: it should create a replica only of a group the
+/// placement says this node is being given (a message from a group this
+/// node left, still in flight, must not bring the replica back), and
+/// start it with [`Bootstrap::None`](raftify_core::Bootstrap::None) so that
+/// it waits for the leader's log or snapshot.
+#[async_trait]
+pub trait ReplicaFactory: Send + Sync + 'static {
+    /// The new replica of `group` and its read handler, or `None` to
+    /// refuse (the sender gets [`Error::NoSuchGroup`]).
+    async fn create(&self, group: u64) -> Option<(RaftHandle, Option<Arc<dyn ReadHandler>>)>;
+}
+
 /// The Raft groups a [`RaftGrpcServer`](crate::RaftGrpcServer) serves, by
 /// group id; groups come and go while it serves (a replica added to this
-/// process, or moved away).
+/// process, or moved away), and with a [`ReplicaFactory`] a replica is
+/// created when its group's leader first sends to it.
 ///
 /// Cheap to clone; clones share the map.
 #[derive(Clone, Default)]
 pub struct Groups {
     map: Arc<RwLock<HashMap<u64, Arc<Served>>>>,
+    factory: Arc<RwLock<Option<Arc<dyn ReplicaFactory>>>>,
+    /// Held while a replica is created: one creation at a time, so that
+    /// two streams of the same new group create it once.
+    creating: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Groups {
@@ -82,6 +106,11 @@ impl Groups {
             reader,
         });
         self.write().insert(group, served);
+    }
+
+    /// Creates replicas on demand with `factory` (see [`ReplicaFactory`]).
+    pub fn set_factory(&self, factory: Arc<dyn ReplicaFactory>) {
+        *self.factory.write().unwrap_or_else(|p| p.into_inner()) = Some(factory);
     }
 
     /// Stops serving group `group`; whether it was served. Calls for it are
@@ -121,6 +150,41 @@ impl Groups {
             .get(&group)
             .cloned()
             .ok_or_else(|| error_to_status(&Error::NoSuchGroup(group)))
+    }
+
+    /// The group raft messages `msgs` are for: as [`Groups::serving`], but
+    /// a group this process does not host is created by the factory when
+    /// the messages come from a leader (appends, heartbeats, a snapshot).
+    pub(crate) async fn serving_raft(
+        &self,
+        group: u64,
+        msgs: &[Message],
+    ) -> Result<Arc<Served>, Status> {
+        if let Some(s) = self.read().get(&group) {
+            return Ok(s.clone());
+        }
+        let refused = || error_to_status(&Error::NoSuchGroup(group));
+        let from_leader = msgs.iter().any(|m| {
+            matches!(
+                m.get_msg_type(),
+                MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+            )
+        });
+        let factory = self
+            .factory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(factory) = factory.filter(|_| from_leader) else {
+            return Err(refused());
+        };
+        let _one = self.creating.lock().await;
+        if let Some(s) = self.read().get(&group) {
+            return Ok(s.clone());
+        }
+        let (handle, reader) = factory.create(group).await.ok_or_else(refused)?;
+        self.insert(group, handle, reader);
+        self.read().get(&group).cloned().ok_or_else(refused)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, Arc<Served>>> {

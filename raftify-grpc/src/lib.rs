@@ -108,7 +108,7 @@ pub mod pb {
 pub use client::{LeaderInfo, RaftClient};
 pub use config::{GrpcConfig, TlsConfig};
 pub use error::{error_to_status, status_to_error};
-pub use groups::{Groups, GROUP_HEADER};
+pub use groups::{Groups, ReplicaFactory, GROUP_HEADER};
 pub use identity::NODE_NAME_PREFIX;
 pub use read::{state_machine_reader, ReadHandler};
 pub use server::{RaftGrpcServer, ServerHandle, SHUTDOWN_GRACE};

@@ -6,7 +6,7 @@ use crate::auth::RefusalLog;
 use crate::calls::{self, st, Answer};
 use crate::config::GrpcConfig;
 use crate::convert::{decode_msg, session_write_from_pb};
-use crate::groups::{Groups, Served};
+use crate::groups::{group_of, Groups, Served};
 use crate::identity::PeerIdentity;
 use crate::net::{cluster_of, outcome_to_pb};
 use crate::pb;
@@ -14,7 +14,7 @@ use crate::pb::raft_peer_server::RaftPeer;
 use crate::snapshot_rx::Receiving;
 use async_trait::async_trait;
 use raftify_core::membership::validate_addr;
-use raftify_core::raft::eraftpb::MessageType;
+use raftify_core::raft::eraftpb::{Message, MessageType};
 use raftify_core::{Error, Result};
 use slog::{debug, info, Logger};
 use std::sync::Arc;
@@ -83,29 +83,35 @@ impl PeerService {
         }
     }
 
-    /// Decodes a batch of raft messages, checks their senders against the
-    /// peer's certificate, and hands it to the node.
-    fn step_batch(
-        &self,
-        group: &Served,
-        batch: pb::MessageBatch,
+    /// Decodes a batch of raft messages and checks their senders against
+    /// the peer's certificate.
+    fn decode_batch(
+        batch: &pb::MessageBatch,
         identity: &PeerIdentity,
-    ) -> std::result::Result<(), Status> {
+    ) -> std::result::Result<Vec<Message>, Status> {
         let msgs = batch
             .messages
             .iter()
             .map(|b| decode_msg(b))
             .collect::<Result<Vec<_>>>()
             .map_err(st)?;
-        if msgs.is_empty() {
-            return Ok(());
-        }
         for m in &msgs {
             identity.check(m.from)?;
         }
-        let from_addr = validate_addr(&batch.from_addr)
-            .is_ok()
-            .then_some(batch.from_addr);
+        Ok(msgs)
+    }
+
+    /// Hands a decoded batch to the group's node.
+    fn step_batch(
+        &self,
+        group: &Served,
+        from_addr: String,
+        msgs: Vec<Message>,
+    ) -> std::result::Result<(), Status> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let from_addr = validate_addr(&from_addr).is_ok().then_some(from_addr);
         match group.inbound.step_from(from_addr, msgs) {
             Ok(()) => Ok(()),
             // A full inbox drops this batch, as the network could: raft
@@ -125,10 +131,12 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::MessageBatch>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
-        let group = self.groups.serving(&req)?;
-        self.check_cluster(&group, req.get_ref().cluster_uid, req.remote_addr())?;
+        let id = group_of(&req)?;
         let identity = PeerIdentity::of(&req);
-        self.step_batch(&group, req.into_inner(), &identity)?;
+        let msgs = Self::decode_batch(req.get_ref(), &identity)?;
+        let group = self.groups.serving_raft(id, &msgs).await?;
+        self.check_cluster(&group, req.get_ref().cluster_uid, req.remote_addr())?;
+        self.step_batch(&group, req.into_inner().from_addr, msgs)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -136,7 +144,10 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<pb::MessageBatch>>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
-        let group = self.groups.serving(&req)?;
+        let id = group_of(&req)?;
+        // Resolved on the first batch: a replica this process does not host
+        // yet may be created from it (see `Groups::serving_raft`).
+        let mut group = None;
         let remote = req.remote_addr();
         let identity = PeerIdentity::of(&req);
         let mut stream = req.into_inner();
@@ -151,8 +162,17 @@ impl RaftPeer for PeerService {
                 },
                 _ = stopping.wait_for(|s| *s) => break,
             };
-            self.check_cluster(&group, batch.cluster_uid, remote)?;
-            self.step_batch(&group, batch, &identity)?;
+            let msgs = Self::decode_batch(&batch, &identity)?;
+            let served = match &group {
+                Some(g) => Arc::clone(g),
+                None => {
+                    let g = self.groups.serving_raft(id, &msgs).await?;
+                    group = Some(g.clone());
+                    g
+                }
+            };
+            self.check_cluster(&served, batch.cluster_uid, remote)?;
+            self.step_batch(&served, batch.from_addr, msgs)?;
         }
         Ok(Response::new(pb::Ack {}))
     }
@@ -161,7 +181,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<pb::SnapshotChunk>>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
-        let group = self.groups.serving(&req)?;
+        let id = group_of(&req)?;
         let remote = req.remote_addr();
         let identity = PeerIdentity::of(&req);
         // Held until the snapshot is handed to the node: installs beyond
@@ -177,7 +197,6 @@ impl RaftPeer for PeerService {
             .next_chunk(&mut stream)
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        self.check_cluster(&group, first.cluster_uid, remote)?;
         let mut msg = decode_msg(&first.header).map_err(st)?;
         if msg.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument(
@@ -185,6 +204,11 @@ impl RaftPeer for PeerService {
             ));
         }
         identity.check(msg.from)?;
+        let group = self
+            .groups
+            .serving_raft(id, std::slice::from_ref(&msg))
+            .await?;
+        self.check_cluster(&group, first.cluster_uid, remote)?;
         let total = first.total_size;
         if total > self.config.max_snapshot_size {
             return Err(Status::resource_exhausted(format!(

@@ -1,13 +1,16 @@
 //! Many Raft groups per process: three "processes" (one gRPC server, one
 //! port and one set of connections each) host a replica of every group;
-//! requests name their group and reach that group's node only.
+//! requests name their group and reach that group's node only; a
+//! replica comes into being on the first message from its leader.
 
 mod common;
 
 use common::{bind, kv_reader, WAIT};
 use raftify_core::testkit::{test_config, test_logger, KvCmd, KvStore, Node};
 use raftify_core::{AbstractLogEntry, Bootstrap, Error, MemStore, Raft};
-use raftify_grpc::{Groups, GrpcConfig, GrpcTransport, RaftClient, RaftGrpcServer, ServerHandle};
+use raftify_grpc::{
+    Groups, GrpcConfig, GrpcTransport, RaftClient, RaftGrpcServer, ReplicaFactory, ServerHandle,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -175,5 +178,159 @@ async fn many_groups_share_a_port_and_connections_and_stay_apart() {
         for node in p.nodes.values() {
             node.handle().shutdown().await;
         }
+    }
+}
+
+/// Creates a replica (waiting to be added: no membership) of the groups in
+/// `allowed`, on the first message from their leader.
+struct Factory {
+    id: u64,
+    transport: GrpcTransport,
+    allowed: Vec<u64>,
+    created: std::sync::Mutex<Vec<Node>>,
+}
+
+#[async_trait::async_trait]
+impl ReplicaFactory for Factory {
+    async fn create(
+        &self,
+        group: u64,
+    ) -> Option<(
+        raftify_core::RaftHandle,
+        Option<Arc<dyn raftify_grpc::ReadHandler>>,
+    )> {
+        if !self.allowed.contains(&group) {
+            return None;
+        }
+        let raft = Raft::builder(test_config(self.id), KvStore::default())
+            .storage(Arc::new(MemStore::new()))
+            .transport(Arc::new(self.transport.for_group(group)))
+            .bootstrap(Bootstrap::None)
+            .logger(test_logger())
+            .start()
+            .await
+            .ok()?;
+        let served = (raft.handle().clone(), Some(kv_reader(&raft)));
+        self.created.lock().unwrap().push(raft);
+        Some(served)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_created_when_its_leader_first_sends_to_it() {
+    let grpc = GrpcConfig::default();
+    // Groups 1 and 2 on processes 1 and 2; process 3 hosts nothing yet and
+    // may be given group 1 only.
+    let (mut listeners, mut addrs) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (l, a) = bind().await;
+        listeners.push(l);
+        addrs.push(a);
+    }
+    let members: BTreeMap<u64, String> = [(1, addrs[0].clone()), (2, addrs[1].clone())].into();
+    let mut nodes: BTreeMap<(u64, u64), Node> = BTreeMap::new();
+    let mut servers = Vec::new();
+    let mut factory = None;
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let base = GrpcTransport::new(addrs[i].clone(), grpc.clone()).unwrap();
+        let groups = Groups::new();
+        let mut metrics = None;
+        if id < 3 {
+            for g in [1, 2] {
+                let raft = Raft::builder(test_config(id), KvStore::default())
+                    .storage(Arc::new(MemStore::new()))
+                    .transport(Arc::new(base.for_group(g)))
+                    .bootstrap(Bootstrap::Members(members.clone()))
+                    .logger(test_logger())
+                    .start()
+                    .await
+                    .unwrap();
+                groups.insert(g, raft.handle().clone(), Some(kv_reader(&raft)));
+                metrics.get_or_insert_with(|| raft.handle().server_metrics("grpc"));
+                nodes.insert((id, g), raft);
+            }
+        } else {
+            let f = Arc::new(Factory {
+                id,
+                transport: base.clone(),
+                allowed: vec![1],
+                created: std::sync::Mutex::new(Vec::new()),
+            });
+            groups.set_factory(f.clone());
+            factory = Some(f);
+        }
+        // Process 3 counts its connections in a throwaway node's metrics.
+        let metrics = match metrics {
+            Some(m) => m,
+            None => raftify_core::metrics::Metrics::default().server("grpc"),
+        };
+        servers.push(
+            RaftGrpcServer::for_groups(groups, metrics, grpc.clone())
+                .logger(test_logger())
+                .spawn(listener)
+                .unwrap(),
+        );
+    }
+    let factory = factory.unwrap();
+    for node in nodes.values() {
+        node.handle().wait_for_leader(WAIT).await.unwrap();
+    }
+    let client = RaftClient::new(addrs[..2].to_vec(), grpc.clone()).unwrap();
+    client.for_group(1).propose(put("k", "one")).await.unwrap();
+
+    // Before anyone adds it, process 3 has no replica: not created by a
+    // client call.
+    let at3 = RaftClient::new([addrs[2].clone()], grpc.clone()).unwrap();
+    let err = at3.for_group(1).status(&addrs[2]).await.unwrap_err();
+    assert!(matches!(err, Error::NoSuchGroup(1)), "{err:?}");
+
+    // Group 1's leader adds node 3 as a learner: its first append creates
+    // the replica, which catches up.
+    let leader = nodes[&(1, 1)].handle().state().leader_id;
+    nodes[&(leader, 1)]
+        .handle()
+        .add_learner(3, &addrs[2])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = at3
+            .for_group(1)
+            .read_stale_at(&addrs[2], b"k".to_vec())
+            .await;
+        if got.as_deref().ok() == Some(b"one".as_slice()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not caught up: {got:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(factory.created.lock().unwrap().len(), 1);
+
+    // The factory refuses group 2: adding node 3 there leaves it without a
+    // replica, and nothing is created.
+    let leader2 = nodes[&(1, 2)].handle().state().leader_id;
+    nodes[&(leader2, 2)]
+        .handle()
+        .add_learner(3, &addrs[2])
+        .await
+        .unwrap();
+    client.for_group(2).propose(put("k", "two")).await.unwrap();
+    let err = at3.for_group(2).status(&addrs[2]).await.unwrap_err();
+    assert!(matches!(err, Error::NoSuchGroup(2)), "{err:?}");
+    assert_eq!(factory.created.lock().unwrap().len(), 1);
+
+    for s in servers {
+        s.shutdown().await;
+    }
+    for node in nodes.values() {
+        node.handle().shutdown().await;
+    }
+    let created: Vec<Node> = std::mem::take(&mut *factory.created.lock().unwrap());
+    for node in created {
+        node.handle().shutdown().await;
     }
 }

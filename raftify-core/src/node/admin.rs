@@ -133,7 +133,9 @@ impl RaftHandle {
     /// this cluster or of none yet: a typo, another cluster's node or a
     /// stranger's listener is not made a member (and gets no more traffic
     /// than this one question). Members already known are not asked (their
-    /// address cannot change).
+    /// address cannot change). A process of a sharded deployment that does
+    /// not host this group yet ([`Error::NoSuchGroup`]) passes: its replica
+    /// is created on the first message from this group's leader.
     async fn probe_new_members(&self, changes: &[MembershipChange], status: &Status) -> Result<()> {
         let mine = status.cluster_uid;
         let timeout = self.config().conf_change_timeout.min(PROBE_TIMEOUT);
@@ -163,6 +165,10 @@ impl RaftHandle {
             .await;
             let answer = match asked {
                 Ok(Ok(answer)) => answer,
+                // A process that hosts many groups and no replica of this
+                // one yet: it creates the replica when this group's leader
+                // first sends to it (if its placement says so).
+                Ok(Err(Error::NoSuchGroup(_))) => continue,
                 Ok(Err(e)) => {
                     return Err(refuse(format!(
                         "it did not answer as a node of this cluster ({e}); check the address, \
