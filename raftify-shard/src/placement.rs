@@ -48,6 +48,18 @@ pub struct GroupInfo {
     /// The nodes that host a voting replica of it (as its own membership
     /// last changed).
     pub replicas: BTreeSet<NodeId>,
+    /// Nodes being given a replica: recorded before the group adds them
+    /// as learners, so that a node creates a replica only of a group it is
+    /// being given; promoted into `replicas` once caught up.
+    #[serde(default)]
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl GroupInfo {
+    /// Whether `node` hosts (or is being given) a replica.
+    pub fn hosts(&self, node: NodeId) -> bool {
+        self.replicas.contains(&node) || self.learners.contains(&node)
+    }
 }
 
 /// A move of slots from one group to another.
@@ -146,12 +158,21 @@ pub enum Change {
         /// Its replicas.
         replicas: BTreeSet<NodeId>,
     },
-    /// Records a group's replicas after its membership changed.
+    /// Records a group's replicas after its membership changed (a node
+    /// that became a voter stops being a learner).
     SetReplicas {
         /// The group.
         group: GroupId,
         /// Its replicas now.
         replicas: BTreeSet<NodeId>,
+    },
+    /// Records the nodes being given a replica of a group (before the
+    /// group adds them as learners).
+    SetLearners {
+        /// The group.
+        group: GroupId,
+        /// The learners now.
+        learners: BTreeSet<NodeId>,
     },
     /// Removes a data group that owns no slots.
     DeleteGroup {
@@ -325,11 +346,11 @@ impl Placement {
         counts
     }
 
-    /// The groups `node` hosts a replica of.
+    /// The groups `node` hosts (or is being given) a replica of.
     pub fn groups_of(&self, node: NodeId) -> Vec<GroupId> {
         self.groups
             .iter()
-            .filter(|(_, g)| g.replicas.contains(&node))
+            .filter(|(_, g)| g.hosts(node))
             .map(|(&id, _)| id)
             .collect()
     }
@@ -379,6 +400,7 @@ impl Placement {
                     1,
                     GroupInfo {
                         replicas: BTreeSet::from([node]),
+                        learners: BTreeSet::new(),
                     },
                 );
                 self.owners.iter_mut().for_each(|o| *o = 1);
@@ -423,7 +445,13 @@ impl Placement {
                     });
                 }
                 self.check_replicas(&replicas, &BTreeSet::new())?;
-                self.groups.insert(group, GroupInfo { replicas });
+                self.groups.insert(
+                    group,
+                    GroupInfo {
+                        replicas,
+                        learners: BTreeSet::new(),
+                    },
+                );
                 self.next_group += 1;
             }
             Change::SetReplicas { group, replicas } => {
@@ -434,9 +462,37 @@ impl Placement {
                 if current.replicas == replicas {
                     return Ok(false);
                 }
-                self.check_replicas(&replicas, &current.replicas)?;
+                let hosting: BTreeSet<NodeId> =
+                    current.replicas.union(&current.learners).copied().collect();
+                self.check_replicas(&replicas, &hosting)?;
                 if let Some(g) = self.groups.get_mut(&group) {
+                    g.learners.retain(|n| !replicas.contains(n));
                     g.replicas = replicas;
+                }
+            }
+            Change::SetLearners { group, learners } => {
+                let current = self
+                    .groups
+                    .get(&group)
+                    .ok_or(PlacementError::UnknownGroup(group))?;
+                if current.learners == learners {
+                    return Ok(false);
+                }
+                if let Some(n) = learners.iter().find(|n| current.replicas.contains(n)) {
+                    return Err(PlacementError::Invalid(format!(
+                        "node {n} already hosts a voting replica of group {group}"
+                    )));
+                }
+                for n in &learners {
+                    let info = self.nodes.get(n).ok_or(PlacementError::UnknownNode(*n))?;
+                    if info.leaving && !current.learners.contains(n) {
+                        return Err(PlacementError::Invalid(format!(
+                            "node {n} is leaving: no new replicas on it"
+                        )));
+                    }
+                }
+                if let Some(g) = self.groups.get_mut(&group) {
+                    g.learners = learners;
                 }
             }
             Change::DeleteGroup { group } => {
@@ -558,8 +614,16 @@ impl Placement {
             if g.replicas.is_empty() {
                 return Err(format!("group {id} has no replicas"));
             }
-            if let Some(n) = g.replicas.iter().find(|n| !self.nodes.contains_key(n)) {
+            if let Some(n) = g
+                .replicas
+                .iter()
+                .chain(&g.learners)
+                .find(|n| !self.nodes.contains_key(n))
+            {
                 return Err(format!("group {id} on missing node {n}"));
+            }
+            if g.learners.iter().any(|n| g.replicas.contains(n)) {
+                return Err(format!("group {id}: a node both voter and learner"));
             }
         }
         if let Some(m) = self.moving {

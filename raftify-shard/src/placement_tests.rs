@@ -338,3 +338,59 @@ fn the_stored_form_round_trips_and_bad_input_is_refused() {
         Placement::default()
     );
 }
+
+#[test]
+fn a_replica_is_recorded_as_a_learner_then_promoted() {
+    let mut p = three();
+    p.apply(
+        None,
+        Change::SetLearners {
+            group: 1,
+            learners: set(&[2]),
+        },
+    )
+    .unwrap();
+    assert!(p.groups()[&1].hosts(2));
+    assert_eq!(p.groups_of(2), vec![1]);
+    // Not a learner and a voter at once.
+    assert!(matches!(
+        p.apply(
+            None,
+            Change::SetLearners {
+                group: 1,
+                learners: set(&[1])
+            }
+        ),
+        Err(PlacementError::Invalid(_))
+    ));
+    // Promoted: the learner entry goes.
+    p.apply(
+        None,
+        Change::SetReplicas {
+            group: 1,
+            replicas: set(&[1, 2]),
+        },
+    )
+    .unwrap();
+    assert!(p.groups()[&1].learners.is_empty());
+    // A learner on a leaving node may be dropped, not added.
+    p.apply(
+        None,
+        Change::SetLeaving {
+            node: 3,
+            leaving: true,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        p.apply(
+            None,
+            Change::SetLearners {
+                group: 1,
+                learners: set(&[3])
+            }
+        ),
+        Err(PlacementError::Invalid(_))
+    ));
+    p.check().unwrap();
+}

@@ -9,7 +9,7 @@
 //!
 //! In order, the first thing that applies:
 //!
-//! 1. a slot move in progress: finish it;
+//! 1. a slot move in progress, or a replica being added: finish it;
 //! 2. a node that leaves: give its groups a replica elsewhere, then remove
 //!    its replica; once it hosts none, remove it;
 //! 3. replica counts: `min(settings.replicas, nodes)` per group, added on
@@ -23,7 +23,7 @@
 //! 6. replicas per node within one of each other;
 //! 7. leaders per node within one of each other (a leadership transfer).
 
-use crate::placement::{GroupId, NodeId, Placement, SlotMove};
+use crate::placement::{GroupId, GroupInfo, NodeId, Placement, SlotMove};
 use crate::slots::{SlotRange, SLOTS};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -89,6 +89,16 @@ pub fn plan(p: &Placement, observed: &Observed) -> Option<Step> {
     if let Some(m) = p.moving() {
         return Some(Step::MoveSlots(m));
     }
+    // A replica being added is finished (unless its node leaves).
+    for (&group, g) in p.groups() {
+        if let Some(&node) = g
+            .learners
+            .iter()
+            .find(|n| p.nodes().get(n).is_some_and(|i| !i.leaving))
+        {
+            return Some(Step::AddReplica { group, node });
+        }
+    }
     let active: Vec<NodeId> = p
         .nodes()
         .iter()
@@ -110,13 +120,18 @@ pub fn plan(p: &Placement, observed: &Observed) -> Option<Step> {
 fn load(p: &Placement, active: &[NodeId]) -> BTreeMap<NodeId, usize> {
     let mut load: BTreeMap<NodeId, usize> = active.iter().map(|&n| (n, 0)).collect();
     for g in p.groups().values() {
-        for n in &g.replicas {
+        for n in g.replicas.iter().chain(&g.learners) {
             if let Some(c) = load.get_mut(n) {
                 *c += 1;
             }
         }
     }
     load
+}
+
+/// The nodes that host (or are being given) a replica of a group.
+fn hosts(g: &GroupInfo) -> BTreeSet<NodeId> {
+    g.replicas.union(&g.learners).copied().collect()
 }
 
 /// The active node hosting the fewest replicas that is not in `exclude`
@@ -140,10 +155,10 @@ fn leaving(p: &Placement, active: &[NodeId]) -> Option<Step> {
             continue;
         }
         for group in p.groups_of(node) {
-            let replicas = &p.groups()[&group].replicas;
-            let staying = replicas.iter().filter(|n| **n != node).count();
+            let g = &p.groups()[&group];
+            let staying = g.replicas.iter().filter(|n| **n != node).count();
             if staying < r {
-                if let Some(to) = least_loaded(&load, replicas) {
+                if let Some(to) = least_loaded(&load, &hosts(g)) {
                     return Some(Step::AddReplica { group, node: to });
                 }
             }
@@ -163,7 +178,7 @@ fn replica_counts(p: &Placement, active: &[NodeId], observed: &Observed) -> Opti
     let r = target_replicas(p, active);
     for (&group, g) in p.groups() {
         if g.replicas.len() < r {
-            if let Some(node) = least_loaded(&load, &g.replicas) {
+            if let Some(node) = least_loaded(&load, &hosts(g)) {
                 return Some(Step::AddReplica { group, node });
             }
         }
@@ -273,7 +288,7 @@ fn replica_spread(p: &Placement, active: &[NodeId]) -> Option<Step> {
     let group = p
         .groups()
         .iter()
-        .find(|(_, g)| g.replicas.contains(&heavy) && !g.replicas.contains(&light))
+        .find(|(_, g)| g.replicas.contains(&heavy) && !g.hosts(light))
         .map(|(&id, _)| id)?;
     Some(Step::AddReplica { group, node: light })
 }

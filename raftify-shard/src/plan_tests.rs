@@ -17,6 +17,8 @@ struct Sim {
     p: Placement,
     leaders: BTreeMap<GroupId, NodeId>,
     steps: usize,
+    /// Stop the next replica addition after recording its learner.
+    interrupt: bool,
 }
 
 impl Sim {
@@ -35,6 +37,7 @@ impl Sim {
             p,
             leaders: BTreeMap::from([(1, 1)]),
             steps: 0,
+            interrupt: false,
         }
     }
 
@@ -58,11 +61,27 @@ impl Sim {
         self.steps += 1;
         match step {
             Step::AddReplica { group, node } => {
+                // Recorded as a learner first, then promoted.
+                let mut l = self.p.groups()[&group].learners.clone();
+                if l.insert(node) {
+                    self.change(Change::SetLearners { group, learners: l });
+                    if self.interrupt {
+                        // The executor stopped here: the planner resumes.
+                        self.interrupt = false;
+                        return true;
+                    }
+                }
                 let mut r = self.p.groups()[&group].replicas.clone();
                 assert!(r.insert(node), "{node} already hosts {group}");
                 self.change(Change::SetReplicas { group, replicas: r });
+                assert!(!self.p.groups()[&group].learners.contains(&node));
             }
             Step::RemoveReplica { group, node } => {
+                let mut l = self.p.groups()[&group].learners.clone();
+                if l.remove(&node) {
+                    self.change(Change::SetLearners { group, learners: l });
+                    return true;
+                }
                 let mut r = self.p.groups()[&group].replicas.clone();
                 assert!(r.remove(&node));
                 if self.leaders.get(&group) == Some(&node) {
@@ -283,7 +302,8 @@ proptest! {
                 sim.leave(n);
             }
             // Some steps, not necessarily to the end: changes interleave
-            // with a rebalance in progress.
+            // with a rebalance in progress, some interrupted half-way.
+            sim.interrupt = n % 2 == 0;
             for _ in 0..3 {
                 sim.step();
             }
