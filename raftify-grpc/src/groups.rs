@@ -124,6 +124,11 @@ impl Groups {
         self.read().get(&group).map(|s| s.handle.clone())
     }
 
+    /// The read handler group `group` is served with.
+    pub fn reader_of(&self, group: u64) -> Option<Arc<dyn ReadHandler>> {
+        self.read().get(&group).and_then(|s| s.reader.clone())
+    }
+
     /// The ids of the groups served, ascending.
     pub fn ids(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self.read().keys().copied().collect();

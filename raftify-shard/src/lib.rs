@@ -26,10 +26,15 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod host;
 mod meta;
 mod placement;
 mod plan;
+mod rebalance;
 pub mod slots;
+
+pub use host::{MakeState, ShardError, ShardHost, ShardSpec};
+pub use rebalance::SlotMover;
 
 pub use meta::{MetaCommand, MetaOutcome, MetaStore};
 pub use placement::{

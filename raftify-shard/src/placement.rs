@@ -53,6 +53,11 @@ pub struct GroupInfo {
     /// being given; promoted into `replicas` once caught up.
     #[serde(default)]
     pub learners: BTreeSet<NodeId>,
+    /// The replicas it was created with: the only nodes that may
+    /// bootstrap it (with exactly these members), and only while its
+    /// replicas are still these.
+    #[serde(default)]
+    pub initial: BTreeSet<NodeId>,
 }
 
 impl GroupInfo {
@@ -401,6 +406,7 @@ impl Placement {
                     GroupInfo {
                         replicas: BTreeSet::from([node]),
                         learners: BTreeSet::new(),
+                        initial: BTreeSet::from([node]),
                     },
                 );
                 self.owners.iter_mut().for_each(|o| *o = 1);
@@ -448,6 +454,7 @@ impl Placement {
                 self.groups.insert(
                     group,
                     GroupInfo {
+                        initial: replicas.clone(),
                         replicas,
                         learners: BTreeSet::new(),
                     },

@@ -21,7 +21,7 @@ use raftify_core::{
     request_join_ticket, AbstractLogEntry, AbstractStateMachine, Bootstrap, BoxError, JoinTicket,
     LogStore, MemStore, Raft,
 };
-use raftify_grpc::{state_machine_reader, GrpcTransport, RaftGrpcServer, ServerHandle};
+use raftify_grpc::{state_machine_reader, Groups, GrpcTransport, RaftGrpcServer, ServerHandle};
 use raftify_storage::{
     restore_wal_from, restore_wal_snapshot_from, LmdbError, LmdbOptions, LmdbStore,
 };
@@ -148,38 +148,12 @@ where
     let transport =
         GrpcTransport::with_logger(raft_addr.clone(), spec.grpc.clone(), logger.clone())?;
 
-    let mut ticket: Option<JoinTicket> = None;
-    let (found, bootstrap) = match resumed {
-        Some(found) => (found, Bootstrap::None),
-        None => {
-            let id = match &spec.start {
-                Start::Join { via, .. } => {
-                    info!(logger, "asking the cluster for a node id"; "via" => ?via);
-                    let t = ask_ticket(&spec, &transport, via, &raft_addr).await?;
-                    let id = t.reserved_id;
-                    ticket = Some(t);
-                    id
-                }
-                _ => spec.id.or(spec.default_id).ok_or(LaunchError::MissingId)?,
-            };
-            (create(&spec, id)?, bootstrap_of(&spec, id, &raft_addr)?)
-        }
-    };
-
-    let mut config = spec.config.clone();
-    config.id = found.id;
-    config.validate()?;
-    let raft = Raft::builder(config, state_machine)
-        .storage(found.store)
-        .transport(Arc::new(transport))
-        .bootstrap(bootstrap)
-        .logger(logger.clone())
-        .start()
-        .await?;
+    let (raft, started) = start_raft(&spec, state_machine, resumed, &raft_addr, transport).await?;
     let mut grpc = spec.grpc.clone();
     if grpc.snapshot_spool_dir.is_none() {
-        grpc.snapshot_spool_dir = found.dir.as_deref().map(spool_dir);
+        grpc.snapshot_spool_dir = started.dir.as_deref().map(spool_dir);
     }
+    let ticket = started.ticket.clone();
     let mut server = RaftGrpcServer::new(raft.handle().clone(), grpc).logger(logger.clone());
     if let Some(read) = reader {
         server = server.reader(state_machine_reader(&raft, move |sm: &SM, q: &[u8]| {
@@ -196,9 +170,9 @@ where
     let launched = Launched {
         raft,
         server,
-        id: found.id,
+        id: started.id,
         raft_addr,
-        data_dir: found.dir,
+        data_dir: started.dir,
         joined: ticket.is_some(),
     };
     if let (Some(t), Start::Join { as_learner, .. }) = (&ticket, &spec.start) {
@@ -219,6 +193,130 @@ where
     }
     info!(logger, "node up"; "id" => launched.id, "raft" => %launched.raft_addr);
     Ok(launched)
+}
+
+/// What [`start_raft`] started from.
+struct Started {
+    id: u64,
+    dir: Option<PathBuf>,
+    /// The ticket of a node that joins in this start.
+    ticket: Option<JoinTicket>,
+}
+
+/// Steps 1 and 3 of the order and the node itself: resumes what `resumed`
+/// found, or asks for a ticket (joining) or creates and bootstraps the data
+/// dir, and starts the node on `transport`.
+async fn start_raft<E, SM>(
+    spec: &NodeSpec,
+    state_machine: SM,
+    resumed: Option<Found>,
+    raft_addr: &str,
+    transport: GrpcTransport,
+) -> Result<(Raft<E, SM>, Started), LaunchError>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    let logger = &spec.logger;
+    let mut ticket: Option<JoinTicket> = None;
+    let (found, bootstrap) = match resumed {
+        Some(found) => (found, Bootstrap::None),
+        None => {
+            let id = match &spec.start {
+                Start::Join { via, .. } => {
+                    info!(logger, "asking the cluster for a node id"; "via" => ?via);
+                    let t = ask_ticket(spec, &transport, via, raft_addr).await?;
+                    let id = t.reserved_id;
+                    ticket = Some(t);
+                    id
+                }
+                _ => spec.id.or(spec.default_id).ok_or(LaunchError::MissingId)?,
+            };
+            (create(spec, id)?, bootstrap_of(spec, id, raft_addr)?)
+        }
+    };
+    let mut config = spec.config.clone();
+    config.id = found.id;
+    config.validate()?;
+    let raft = Raft::builder(config, state_machine)
+        .storage(found.store)
+        .transport(Arc::new(transport))
+        .bootstrap(bootstrap)
+        .logger(logger.clone())
+        .start()
+        .await?;
+    Ok((
+        raft,
+        Started {
+            id: found.id,
+            dir: found.dir,
+            ticket,
+        },
+    ))
+}
+
+/// A process that hosts replicas of many Raft groups behind one gRPC
+/// server: the groups it serves and its transport (whose connections every
+/// group's transport shares). See [`launch_group`].
+#[derive(Clone)]
+pub struct GroupHost {
+    /// The groups the process's server serves.
+    pub groups: Groups,
+    /// The process's transport (its address is every group's raft address).
+    pub transport: GrpcTransport,
+}
+
+/// A started replica of one group of a [`GroupHost`].
+pub struct LaunchedGroup<E, SM> {
+    /// The node.
+    pub raft: Raft<E, SM>,
+    /// The node's id.
+    pub id: u64,
+    /// Its data dir (`None` in memory).
+    pub data_dir: Option<PathBuf>,
+    /// The node joined a running group in this start.
+    pub joined: bool,
+}
+
+/// Starts the replica of group `group` of a process that hosts many, as
+/// `spec` describes: resumed, bootstrapped, restored or joined exactly as
+/// [`launch`] does, but on the host's transport (a view naming the group)
+/// and served by the host's server (added to its [`Groups`]) instead of a
+/// port of its own. `spec`'s addresses and gRPC settings are ignored: the
+/// host's apply.
+pub async fn launch_group<E, SM>(
+    spec: NodeSpec,
+    state_machine: SM,
+    reader: Option<ReadFn<SM>>,
+    host: &GroupHost,
+    group: u64,
+) -> Result<LaunchedGroup<E, SM>, LaunchError>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    check(&spec)?;
+    let resumed = resume(&spec)?;
+    let raft_addr = host.transport.self_addr().to_string();
+    let transport = host.transport.for_group(group);
+    let (raft, started) = start_raft(&spec, state_machine, resumed, &raft_addr, transport).await?;
+    let reader =
+        reader.map(|read| state_machine_reader(&raft, move |sm: &SM, q: &[u8]| read(sm, q)));
+    host.groups.insert(group, raft.handle().clone(), reader);
+    if let (Some(t), Start::Join { as_learner, .. }) = (&started.ticket, &spec.start) {
+        if let Err(e) = raft.handle().join_cluster(t, &raft_addr, *as_learner).await {
+            host.groups.remove(group);
+            raft.handle().shutdown().await;
+            return Err(e.into());
+        }
+    }
+    info!(spec.logger, "group replica up"; "group" => group, "id" => started.id);
+    Ok(LaunchedGroup {
+        raft,
+        id: started.id,
+        data_dir: started.dir,
+        joined: started.ticket.is_some(),
+    })
 }
 
 fn check(spec: &NodeSpec) -> Result<(), LaunchError> {

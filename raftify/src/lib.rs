@@ -35,7 +35,9 @@ mod launch;
 mod members;
 mod spec;
 
-pub use launch::{holds_data, launch, LaunchError, Launched, ReadFn};
+pub use launch::{
+    holds_data, launch, launch_group, GroupHost, LaunchError, Launched, LaunchedGroup, ReadFn,
+};
 pub use members::parse_members;
 pub use spec::{NodeSpec, Restore, Start, Storage};
 

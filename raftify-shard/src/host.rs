@@ -1,0 +1,464 @@
+//! [`ShardHost`]: one process of a sharded cluster — the metadata group,
+//! the replicas of the data groups the placement gives it, one gRPC port.
+//!
+//! Every replica starts through the launcher ([`raftify::launch_group`]):
+//! the metadata group's as the spec says (bootstrap a new cluster, join
+//! one, or resume), data groups' as the placement says:
+//!
+//! * a group this node is an initial replica of, whose replicas are still
+//!   the initial ones, is bootstrapped with exactly those members (every
+//!   initial replica does the same, so they agree);
+//! * a replica being added (a learner in the placement) is created empty
+//!   on the first message from its group's leader (the [`ReplicaFactory`]);
+//! * a group whose data is on disk resumes;
+//! * a group the placement no longer gives this node is stopped and its
+//!   data removed (the group removed this node first).
+
+use crate::meta::{MetaCommand, MetaOutcome, MetaStore};
+use crate::placement::{Change, GroupId, NodeId, NodeInfo, Placement, Settings, META_GROUP};
+use crate::rebalance::Rebalancer;
+use async_trait::async_trait;
+use raftify::{launch_group, GroupHost, NodeSpec, ReadFn, Start, Storage};
+use raftify_core::{AbstractLogEntry, AbstractStateMachine, Raft, RaftHandle};
+use raftify_grpc::{
+    Groups, GrpcTransport, RaftGrpcServer, ReadHandler, ReplicaFactory, ServerHandle,
+};
+use slog::{info, warn, Logger};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why a sharded node did not start or a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The spec is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// A replica did not start.
+    #[error(transparent)]
+    Launch(#[from] raftify::LaunchError),
+    /// The cluster refused or failed a request.
+    #[error(transparent)]
+    Node(#[from] raftify_core::Error),
+    /// The placement refused a change.
+    #[error("placement: {0}")]
+    Placement(#[from] crate::placement::PlacementError),
+    /// A rebalance step could not be carried out.
+    #[error("rebalance: {0}")]
+    Rebalance(String),
+}
+
+/// What a sharded node is.
+pub struct ShardSpec {
+    /// The template of every replica: `id` (required to bootstrap; a
+    /// joining node is given one), the raft address to bind (port 0: any),
+    /// `storage` (`Memory`, or `Dir(root)`: `root/meta` and
+    /// `root/group-<id>`), `start` (`Single`: bootstrap a new cluster,
+    /// `Join`: join one through a member of its metadata group; a node
+    /// with data resumes), raft and gRPC settings, the logger.
+    pub node: NodeSpec,
+    /// Where clients reach this node (what redirects name).
+    pub client_addr: String,
+    /// The targets a new cluster starts with.
+    pub settings: Settings,
+    /// Rebalance by itself whenever the placement is off balance (else
+    /// only when asked, [`ShardHost::rebalance`]).
+    pub auto_rebalance: bool,
+}
+
+/// Makes the state machine of a new replica of a data group.
+pub type MakeState<SM> = Arc<dyn Fn(GroupId) -> SM + Send + Sync>;
+
+pub(crate) struct Inner<E, SM> {
+    pub(crate) id: NodeId,
+    pub(crate) template: NodeSpec,
+    pub(crate) host: GroupHost,
+    pub(crate) meta: Raft<MetaCommand, MetaStore>,
+    pub(crate) placement: watch::Receiver<Placement>,
+    data: tokio::sync::Mutex<BTreeMap<GroupId, Raft<E, SM>>>,
+    make: MakeState<SM>,
+    reader: Option<ReadFn<SM>>,
+    pub(crate) logger: Logger,
+}
+
+/// One process of a sharded cluster. See the module docs.
+pub struct ShardHost<E, SM> {
+    inner: Arc<Inner<E, SM>>,
+    server: ServerHandle,
+    raft_addr: String,
+    rebalancer: Rebalancer,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+impl<E, SM> ShardHost<E, SM>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    /// Starts the node: its port, the metadata group (bootstrapped, joined
+    /// or resumed), its entry in the placement, then its data replicas.
+    pub async fn start(
+        spec: ShardSpec,
+        make: MakeState<SM>,
+        reader: Option<ReadFn<SM>>,
+        mover: Option<Arc<dyn crate::rebalance::SlotMover>>,
+    ) -> Result<Self, ShardError> {
+        let logger = spec.node.logger.clone();
+        let bind = spec
+            .node
+            .raft_addr
+            .clone()
+            .or_else(|| spec.node.fallback_raft_addr.clone())
+            .ok_or_else(|| ShardError::Config("the raft address is required".into()))?;
+        let listener = tokio::net::TcpListener::bind(&bind)
+            .await
+            .map_err(|e| ShardError::Config(format!("cannot bind {bind}: {e}")))?;
+        let raft_addr = match listener.local_addr() {
+            Ok(a) if bind.ends_with(":0") => a.to_string(),
+            Ok(_) => bind.clone(),
+            Err(e) => return Err(ShardError::Config(format!("{bind}: {e}"))),
+        };
+        let transport =
+            GrpcTransport::with_logger(raft_addr.clone(), spec.node.grpc.clone(), logger.clone())?;
+        let groups = Groups::new();
+        let server = RaftGrpcServer::for_groups(
+            groups.clone(),
+            raftify_core::metrics::Metrics::default().server("grpc"),
+            spec.node.grpc.clone(),
+        )
+        .logger(logger.clone())
+        .spawn(listener)?;
+        let host = GroupHost { groups, transport };
+
+        let store = MetaStore::new();
+        let placement = store.subscribe();
+        let meta_spec = group_spec(&spec.node, None, META_GROUP, spec.node.start.clone())?;
+        let meta = launch_group(meta_spec, store, None, &host, META_GROUP)
+            .await?
+            .raft;
+        let id = meta.handle().id();
+        let inner = Arc::new(Inner {
+            id,
+            template: spec.node,
+            host,
+            meta,
+            placement,
+            data: tokio::sync::Mutex::new(BTreeMap::new()),
+            make,
+            reader,
+            logger: logger.clone(),
+        });
+        inner.meta.handle().wait_for_leader(WAIT).await?;
+        inner
+            .enter(&raft_addr, &spec.client_addr, spec.settings)
+            .await?;
+        inner.host.groups.set_factory(Arc::new(Factory {
+            inner: Arc::downgrade(&inner),
+        }));
+        inner.reconcile().await;
+        let reconciler = tokio::spawn(reconcile_loop(Arc::downgrade(&inner)));
+        let rebalancer = Rebalancer::start(inner.clone(), mover, spec.auto_rebalance);
+        info!(logger, "sharded node up"; "id" => id, "raft" => %raft_addr);
+        Ok(ShardHost {
+            inner,
+            server,
+            raft_addr,
+            rebalancer,
+            tasks: vec![reconciler],
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The raft address (the port bound).
+    pub fn raft_addr(&self) -> &str {
+        &self.raft_addr
+    }
+
+    /// The placement as this node applied it, and a watch of it.
+    pub fn placement(&self) -> watch::Receiver<Placement> {
+        self.inner.placement.clone()
+    }
+
+    /// The metadata group's node on this process.
+    pub fn meta(&self) -> &RaftHandle {
+        self.inner.meta.handle()
+    }
+
+    /// This node's replica of `group`, if it hosts one.
+    pub async fn group(&self, group: GroupId) -> Option<RaftHandle> {
+        self.inner
+            .data
+            .lock()
+            .await
+            .get(&group)
+            .map(|r| r.handle().clone())
+    }
+
+    /// Starts a rebalance (on whichever node leads the metadata group; a
+    /// no-op elsewhere until it leads).
+    pub fn rebalance(&self) {
+        self.rebalancer.trigger();
+    }
+
+    /// `done` when nothing is to be moved, else what is being done.
+    pub fn rebalance_status(&self) -> String {
+        self.rebalancer.status()
+    }
+
+    /// Marks this node to leave: the rebalancer moves its replicas away,
+    /// then removes it.
+    pub async fn leave(&self) -> Result<(), ShardError> {
+        self.inner
+            .change(
+                None,
+                Change::SetLeaving {
+                    node: self.inner.id,
+                    leaving: true,
+                },
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Stops everything: the rebalancer, the replicas, the server.
+    pub async fn shutdown(self) {
+        self.rebalancer.stop().await;
+        for t in self.tasks {
+            t.abort();
+        }
+        let data = std::mem::take(&mut *self.inner.data.lock().await);
+        for r in data.values() {
+            r.handle().shutdown().await;
+        }
+        self.inner.meta.handle().shutdown().await;
+        self.server.shutdown().await;
+    }
+}
+
+impl<E, SM> Inner<E, SM>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    /// Proposes a placement change; its new version.
+    pub(crate) async fn change(
+        &self,
+        expect_version: Option<u64>,
+        change: Change,
+    ) -> Result<u64, ShardError> {
+        let cmd = MetaCommand {
+            expect_version,
+            change,
+        };
+        let MetaOutcome(outcome) = self.meta.propose(&cmd).await?;
+        Ok(outcome?)
+    }
+
+    /// Bootstraps the placement (a new cluster) or records this node's
+    /// addresses in it.
+    async fn enter(
+        &self,
+        raft_addr: &str,
+        client_addr: &str,
+        settings: Settings,
+    ) -> Result<(), ShardError> {
+        let info = NodeInfo {
+            raft_addr: raft_addr.to_string(),
+            client_addr: client_addr.to_string(),
+            leaving: false,
+        };
+        self.meta.handle().read_index().await?;
+        let p = self.placement.borrow().clone();
+        if !p.is_bootstrapped() {
+            if !matches!(self.template.start, Start::Single) {
+                return Err(ShardError::Config(
+                    "the cluster this node joined has no placement yet".into(),
+                ));
+            }
+            let boot = Change::Bootstrap {
+                node: self.id,
+                info,
+                settings,
+            };
+            self.change(Some(0), boot).await?;
+        } else if p
+            .nodes()
+            .get(&self.id)
+            .map(|n| (&n.raft_addr, &n.client_addr))
+            != Some((&info.raft_addr, &info.client_addr))
+        {
+            self.change(
+                None,
+                Change::AddNode {
+                    node: self.id,
+                    info,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the replicas the placement gives this node and stops those
+    /// it took away.
+    async fn reconcile(&self) {
+        let p = self.placement.borrow().clone();
+        let mut data = self.data.lock().await;
+        let gone: Vec<GroupId> = data
+            .keys()
+            .filter(|g| !p.groups().get(g).is_some_and(|i| i.hosts(self.id)))
+            .copied()
+            .collect();
+        for g in gone {
+            if let Some(r) = data.remove(&g) {
+                self.host.groups.remove(g);
+                r.handle().shutdown().await;
+                if let Some(dir) = group_dir(&self.template.storage, g) {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        warn!(self.logger, "cannot remove a moved replica's data"; "group" => g, "error" => %e);
+                    }
+                }
+                info!(self.logger, "replica removed"; "group" => g);
+            }
+        }
+        for (&g, info) in p.groups() {
+            if !info.replicas.contains(&self.id) || data.contains_key(&g) {
+                continue;
+            }
+            let start = if info.initial.contains(&self.id) && info.replicas == info.initial {
+                let members: Result<BTreeMap<u64, String>, ()> = info
+                    .initial
+                    .iter()
+                    .map(|n| Ok((*n, p.nodes().get(n).ok_or(())?.raft_addr.clone())))
+                    .collect();
+                match members {
+                    Ok(m) => Start::Members(m),
+                    Err(()) => continue,
+                }
+            } else {
+                Start::Wait
+            };
+            match self.launch(g, start).await {
+                Ok(r) => {
+                    data.insert(g, r);
+                }
+                Err(e) => warn!(self.logger, "cannot start a replica"; "group" => g, "error" => %e),
+            }
+        }
+    }
+
+    async fn launch(&self, group: GroupId, start: Start) -> Result<Raft<E, SM>, ShardError> {
+        let spec = group_spec(&self.template, Some(self.id), group, start)?;
+        let sm = (self.make)(group);
+        let launched = launch_group(spec, sm, self.reader.clone(), &self.host, group).await?;
+        Ok(launched.raft)
+    }
+
+    /// A replica of `group` the placement gives this node, created empty.
+    async fn create(&self, group: GroupId) -> Option<RaftHandle> {
+        let hosts = self
+            .placement
+            .borrow()
+            .groups()
+            .get(&group)
+            .is_some_and(|i| i.hosts(self.id));
+        if !hosts {
+            return None;
+        }
+        let mut data = self.data.lock().await;
+        if let Some(r) = data.get(&group) {
+            return Some(r.handle().clone());
+        }
+        match self.launch(group, Start::Wait).await {
+            Ok(r) => {
+                let h = r.handle().clone();
+                data.insert(group, r);
+                Some(h)
+            }
+            Err(e) => {
+                warn!(self.logger, "cannot create a replica"; "group" => group, "error" => %e);
+                None
+            }
+        }
+    }
+}
+
+async fn reconcile_loop<E, SM>(inner: Weak<Inner<E, SM>>)
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    let Some(mut rx) = inner.upgrade().map(|i| i.placement.clone()) else {
+        return;
+    };
+    while rx.changed().await.is_ok() {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.reconcile().await;
+    }
+}
+
+struct Factory<E, SM> {
+    inner: Weak<Inner<E, SM>>,
+}
+
+#[async_trait]
+impl<E, SM> ReplicaFactory for Factory<E, SM>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    async fn create(&self, group: u64) -> Option<(RaftHandle, Option<Arc<dyn ReadHandler>>)> {
+        let inner = self.inner.upgrade()?;
+        let handle = inner.create(group).await?;
+        // launch_group registered it with its reader: keep that one.
+        Some((handle, inner.host.groups.reader_of(group)))
+    }
+}
+
+/// Where a group's replica keeps its data.
+fn group_dir(storage: &Storage, group: GroupId) -> Option<PathBuf> {
+    match storage {
+        Storage::Dir(root) if group == META_GROUP => Some(root.join("meta")),
+        Storage::Dir(root) => Some(root.join(format!("group-{group}"))),
+        _ => None,
+    }
+}
+
+/// The spec of this node's replica of `group`.
+fn group_spec(
+    template: &NodeSpec,
+    id: Option<NodeId>,
+    group: GroupId,
+    start: Start,
+) -> Result<NodeSpec, ShardError> {
+    let mut spec = template.clone();
+    if let Some(id) = id {
+        spec.id = Some(id);
+    }
+    spec.storage = match &template.storage {
+        Storage::Memory => Storage::Memory,
+        Storage::Dir(_) => Storage::Dir(
+            group_dir(&template.storage, group)
+                .ok_or_else(|| ShardError::Config("no data dir".into()))?,
+        ),
+        other => {
+            return Err(ShardError::Config(format!(
+                "a sharded node keeps its data in one dir (Storage::Dir), not {other:?}"
+            )))
+        }
+    };
+    spec.start = start;
+    spec.restore = None;
+    Ok(spec)
+}

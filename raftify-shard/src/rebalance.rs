@@ -1,0 +1,401 @@
+//! The rebalancer: carries out [`plan`]'s steps, one at a time, on the
+//! node that leads the metadata group.
+//!
+//! Each step is written so that running it again after a crash half-way
+//! is harmless, and the plan is recomputed from the committed placement
+//! after every step; so a rebalance interrupted anywhere (this node
+//! killed, leadership of the metadata group moving) resumes where the
+//! placement says it is, on whichever node leads next.
+
+use crate::host::{Inner, ShardError};
+use crate::placement::{Change, GroupId, NodeId, Placement, SlotMove};
+use crate::plan::{plan, Observed, Step};
+use crate::slots::SlotRange;
+use async_trait::async_trait;
+use raftify_core::retry::Idempotence;
+use raftify_core::{
+    call_cluster, AbstractLogEntry, AbstractStateMachine, BoxError, MemberRole, Membership,
+    MembershipChange, Transport,
+};
+use raftify_grpc::GrpcTransport;
+use slog::{info, warn};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// Moves the data of slots between two groups (what a slot move needs
+/// besides the placement change): the application's, since only it knows
+/// its state machine.
+#[async_trait]
+pub trait SlotMover: Send + Sync + 'static {
+    /// Copies every key of `slots` from group `from` to group `to` (through
+    /// their leaders, with `transport`'s views of them). Called with the
+    /// move begun; may be called again for the same move after a crash.
+    async fn copy(
+        &self,
+        transport: &GrpcTransport,
+        from: (GroupId, Vec<String>),
+        to: (GroupId, Vec<String>),
+        slots: SlotRange,
+    ) -> Result<(), BoxError>;
+
+    /// Deletes the keys of `slots` from group `from`, once the move
+    /// committed (they belong to the target now).
+    async fn purge(
+        &self,
+        transport: &GrpcTransport,
+        from: (GroupId, Vec<String>),
+        slots: SlotRange,
+    ) -> Result<(), BoxError>;
+}
+
+/// How long one call to a group may take, elections included.
+const CALL: Duration = Duration::from_secs(10);
+/// How long a new replica may take to catch up.
+const CATCH_UP: Duration = Duration::from_secs(60);
+/// Pause after a failed step, and between checks when idle.
+const PAUSE: Duration = Duration::from_millis(500);
+
+/// The rebalancer's task and its controls.
+pub(crate) struct Rebalancer {
+    wake: Arc<Notify>,
+    status: Arc<Mutex<String>>,
+    task: JoinHandle<()>,
+}
+
+impl Rebalancer {
+    pub(crate) fn start<E, SM>(
+        inner: Arc<Inner<E, SM>>,
+        mover: Option<Arc<dyn SlotMover>>,
+        auto: bool,
+    ) -> Self
+    where
+        E: AbstractLogEntry,
+        SM: AbstractStateMachine<E>,
+    {
+        let wake = Arc::new(Notify::new());
+        let status = Arc::new(Mutex::new("done".to_string()));
+        let task = tokio::spawn(run(inner, mover, auto, wake.clone(), status.clone()));
+        Rebalancer { wake, status, task }
+    }
+
+    pub(crate) fn trigger(&self) {
+        if let Ok(mut s) = self.status.lock() {
+            if s.starts_with("done") {
+                *s = "requested".into();
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn status(&self) -> String {
+        self.status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub(crate) async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+fn set(status: &Mutex<String>, s: String) {
+    *status.lock().unwrap_or_else(|p| p.into_inner()) = s;
+}
+
+async fn run<E, SM>(
+    inner: Arc<Inner<E, SM>>,
+    mover: Option<Arc<dyn SlotMover>>,
+    auto: bool,
+    wake: Arc<Notify>,
+    status: Arc<Mutex<String>>,
+) where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    let mut requested = false;
+    loop {
+        if !requested && !auto {
+            wake.notified().await;
+        }
+        requested = true;
+        if !inner.meta.handle().is_leader() {
+            // Only the metadata leader rebalances; a request made elsewhere
+            // waits here until this node leads (or is asked again).
+            let _ = tokio::time::timeout(PAUSE, wake.notified()).await;
+            continue;
+        }
+        let placement = inner.placement.borrow().clone();
+        let observed = observe(&inner, &placement).await;
+        let Some(step) = plan(&placement, &observed) else {
+            set(
+                &status,
+                format!("done (placement version {})", placement.version()),
+            );
+            requested = false;
+            if auto {
+                let _ = tokio::time::timeout(PAUSE * 4, wake.notified()).await;
+            }
+            continue;
+        };
+        set(&status, format!("moving: {step:?}"));
+        info!(inner.logger, "rebalance step"; "step" => ?step);
+        if let Err(e) = execute(&inner, mover.as_deref(), &placement, step.clone()).await {
+            warn!(inner.logger, "rebalance step failed; planning again"; "step" => ?step, "error" => %e);
+            set(&status, format!("retrying: {step:?}: {e}"));
+            tokio::time::sleep(PAUSE).await;
+        }
+    }
+}
+
+/// Each group's leader, as its replicas answer.
+async fn observe<E, SM>(inner: &Inner<E, SM>, p: &Placement) -> Observed
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    let mut observed = Observed::default();
+    for &g in p.groups().keys() {
+        if let Ok(m) = members(inner, p, g).await {
+            if m.leader_id != 0 {
+                observed.leaders.insert(g, m.leader_id);
+            }
+        }
+    }
+    observed
+}
+
+/// The raft addresses of the nodes hosting `group`.
+fn addrs(p: &Placement, group: GroupId) -> Vec<String> {
+    p.groups()
+        .get(&group)
+        .map(|g| {
+            g.replicas
+                .iter()
+                .chain(&g.learners)
+                .filter_map(|n| p.nodes().get(n).map(|i| i.raft_addr.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn addr_of(p: &Placement, node: NodeId) -> Result<String, ShardError> {
+    p.nodes()
+        .get(&node)
+        .map(|i| i.raft_addr.clone())
+        .ok_or_else(|| ShardError::Rebalance(format!("node {node} is not a member")))
+}
+
+async fn members<E, SM>(
+    inner: &Inner<E, SM>,
+    p: &Placement,
+    group: GroupId,
+) -> Result<Membership, ShardError> {
+    let t = inner.host.transport.for_group(group);
+    let a = addrs(p, group);
+    Ok(
+        call_cluster(&t, &a, CALL, Idempotence::Idempotent, |n| async move {
+            n.members().await
+        })
+        .await?,
+    )
+}
+
+async fn change_group<E, SM>(
+    inner: &Inner<E, SM>,
+    p: &Placement,
+    group: GroupId,
+    change: MembershipChange,
+) -> Result<(), ShardError> {
+    let t = inner.host.transport.for_group(group);
+    let a = addrs(p, group);
+    // A membership change whose outcome is unknown is checked by the next
+    // plan (it reads the members again), so it is not sent twice here.
+    call_cluster(&t, &a, CALL, Idempotence::NotIdempotent, |n| {
+        let c = change.clone();
+        async move { n.change_membership(vec![c]).await }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn execute<E, SM>(
+    inner: &Inner<E, SM>,
+    mover: Option<&dyn SlotMover>,
+    p: &Placement,
+    step: Step,
+) -> Result<(), ShardError>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    let version = Some(p.version());
+    match step {
+        Step::AddReplica { group, node } => {
+            let g = &p.groups()[&group];
+            let mut p = p.clone();
+            if !g.learners.contains(&node) {
+                let mut learners = g.learners.clone();
+                learners.insert(node);
+                inner
+                    .change(version, Change::SetLearners { group, learners })
+                    .await?;
+                p = inner.placement.borrow().clone();
+            }
+            let addr = addr_of(&p, node)?;
+            let m = members(inner, &p, group).await?;
+            let role = m.members.iter().find(|m| m.id == node).map(|m| m.role);
+            if role.is_none() {
+                let add = MembershipChange::AddLearner {
+                    id: node,
+                    addr: addr.clone(),
+                };
+                change_group(inner, &p, group, add).await?;
+            }
+            // Caught up enough once the new replica has applied its own
+            // addition (it came with the leader's log or snapshot).
+            wait_caught_up(inner, group, node, &addr).await?;
+            if role != Some(MemberRole::Voter) {
+                change_group(
+                    inner,
+                    &p,
+                    group,
+                    MembershipChange::AddVoter { id: node, addr },
+                )
+                .await?;
+            }
+            let mut replicas = p.groups()[&group].replicas.clone();
+            replicas.insert(node);
+            inner
+                .change(None, Change::SetReplicas { group, replicas })
+                .await?;
+        }
+        Step::RemoveReplica { group, node } => {
+            let m = members(inner, p, group).await?;
+            if m.members.iter().any(|m| m.id == node) {
+                change_group(inner, p, group, MembershipChange::Remove { id: node }).await?;
+            }
+            let g = &p.groups()[&group];
+            let change = if g.learners.contains(&node) {
+                let mut learners = g.learners.clone();
+                learners.remove(&node);
+                Change::SetLearners { group, learners }
+            } else {
+                let mut replicas = g.replicas.clone();
+                replicas.remove(&node);
+                Change::SetReplicas { group, replicas }
+            };
+            inner.change(None, change).await?;
+        }
+        Step::CreateGroup { group, replicas } => {
+            inner
+                .change(version, Change::CreateGroup { group, replicas })
+                .await?;
+            // Its replicas bootstrap it as they apply the change.
+            let p = inner.placement.borrow().clone();
+            let deadline = tokio::time::Instant::now() + CATCH_UP;
+            while members(inner, &p, group)
+                .await
+                .map(|m| m.leader_id)
+                .unwrap_or(0)
+                == 0
+            {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(ShardError::Rebalance(format!(
+                        "group {group} elected no leader"
+                    )));
+                }
+                tokio::time::sleep(PAUSE / 5).await;
+            }
+        }
+        Step::MoveSlots(m) => move_slots(inner, mover, p, m).await?,
+        Step::DeleteGroup { group } => {
+            inner.change(version, Change::DeleteGroup { group }).await?;
+        }
+        Step::TransferLeader { group, to } => {
+            let t = inner.host.transport.for_group(group);
+            let a = addrs(p, group);
+            call_cluster(&t, &a, CALL, Idempotence::Idempotent, |n| async move {
+                n.transfer_leader(to).await
+            })
+            .await?;
+        }
+        Step::RemoveNode { node } => {
+            inner.change(version, Change::RemoveNode { node }).await?;
+            let meta = inner.meta.handle();
+            let m = meta.members().await?;
+            if m.members.iter().any(|m| m.id == node) {
+                meta.change_membership(vec![MembershipChange::Remove { id: node }])
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn wait_caught_up<E, SM>(
+    inner: &Inner<E, SM>,
+    group: GroupId,
+    node: NodeId,
+    addr: &str,
+) -> Result<(), ShardError> {
+    let t = inner.host.transport.for_group(group);
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let seen = match t.node(addr) {
+            Ok(n) => n.members().await.ok(),
+            Err(_) => None,
+        };
+        if seen.is_some_and(|m| m.members.iter().any(|m| m.id == node)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ShardError::Rebalance(format!(
+                "node {node}'s replica of group {group} did not catch up in {CATCH_UP:?}"
+            )));
+        }
+        tokio::time::sleep(PAUSE / 5).await;
+    }
+}
+
+async fn move_slots<E, SM>(
+    inner: &Inner<E, SM>,
+    mover: Option<&dyn SlotMover>,
+    p: &Placement,
+    m: SlotMove,
+) -> Result<(), ShardError>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    let Some(mover) = mover else {
+        // Without a mover the move cannot carry data: abandon it.
+        if p.moving() == Some(m) {
+            inner.change(None, Change::AbortMove(m)).await?;
+        }
+        return Err(ShardError::Rebalance(
+            "this node has no slot mover; slots cannot move".into(),
+        ));
+    };
+    if p.moving() != Some(m) {
+        inner
+            .change(Some(p.version()), Change::BeginMove(m))
+            .await?;
+    }
+    let t = &inner.host.transport;
+    let from = (m.from, addrs(p, m.from));
+    let to = (m.to, addrs(p, m.to));
+    mover
+        .copy(t, from.clone(), to, m.slots)
+        .await
+        .map_err(|e| ShardError::Rebalance(format!("copying {m}: {e}")))?;
+    inner.change(None, Change::CommitMove(m)).await?;
+    mover
+        .purge(t, from, m.slots)
+        .await
+        .map_err(|e| ShardError::Rebalance(format!("purging {m} from its source: {e}")))?;
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Sharded nodes over real gRPC on 127.0.0.1: the seed's demo at small
+//! scale. Keys are written to one node; two more join; a rebalance gives
+//! every node a replica of every group and one group to lead, moving a
+//! third of the slots (and their keys) to each new group; every key stays
+//! readable from the group that owns its slot, and only there.
+
+use async_trait::async_trait;
+use raftify::{NodeSpec, ReadFn, Start, Storage};
+use raftify_core::testkit::{test_logger, KvCmd, KvStore};
+use raftify_core::{AbstractLogEntry, BoxError};
+use raftify_grpc::{GrpcConfig, GrpcTransport, RaftClient};
+use raftify_shard::{
+    key_slot, plan, Observed, Settings, ShardHost, ShardSpec, SlotMover, SlotRange, SLOTS,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Host = ShardHost<KvCmd, KvStore>;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// `get:<key>` → the value; `scan:<a>-<b>` → JSON pairs of the keys whose
+/// slot is in `a..=b`.
+fn reader() -> ReadFn<KvStore> {
+    Arc::new(|s: &KvStore, q: &[u8]| {
+        let q = std::str::from_utf8(q)?;
+        if let Some(key) = q.strip_prefix("get:") {
+            return Ok(s.map.get(key).cloned().unwrap_or_default().into_bytes());
+        }
+        let (a, b) = q
+            .strip_prefix("scan:")
+            .and_then(|r| r.split_once('-'))
+            .ok_or("unknown query")?;
+        let range = SlotRange::new(a.parse()?, b.parse()?).ok_or("bad range")?;
+        let pairs: Vec<(&String, &String)> = s
+            .map
+            .iter()
+            .filter(|(k, _)| range.contains(key_slot(k.as_bytes())))
+            .collect();
+        Ok(serde_json::to_vec(&pairs)?)
+    })
+}
+
+/// Copies a range's keys with the client API: read on the source, put on
+/// the target; purging deletes them from the source.
+struct KvMover;
+
+impl KvMover {
+    fn client(group: u64, addrs: Vec<String>) -> Result<RaftClient, BoxError> {
+        Ok(RaftClient::new(addrs, GrpcConfig::default())?.for_group(group))
+    }
+
+    async fn scan(c: &RaftClient, slots: SlotRange) -> Result<Vec<(String, String)>, BoxError> {
+        let q = format!("scan:{}-{}", slots.start, slots.end).into_bytes();
+        Ok(serde_json::from_slice(&c.read(q).await?)?)
+    }
+}
+
+#[async_trait]
+impl SlotMover for KvMover {
+    async fn copy(
+        &self,
+        _: &GrpcTransport,
+        from: (u64, Vec<String>),
+        to: (u64, Vec<String>),
+        slots: SlotRange,
+    ) -> Result<(), BoxError> {
+        let (src, dst) = (Self::client(from.0, from.1)?, Self::client(to.0, to.1)?);
+        for (key, value) in Self::scan(&src, slots).await? {
+            dst.propose(KvCmd::Put { key, value }.encode()?).await?;
+        }
+        Ok(())
+    }
+
+    async fn purge(
+        &self,
+        _: &GrpcTransport,
+        from: (u64, Vec<String>),
+        slots: SlotRange,
+    ) -> Result<(), BoxError> {
+        let src = Self::client(from.0, from.1)?;
+        for (key, _) in Self::scan(&src, slots).await? {
+            src.propose(KvCmd::Delete { key }.encode()?).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn start(id: Option<u64>, start: Start) -> Host {
+    let mut node = NodeSpec::new();
+    node.id = id;
+    node.raft_addr = Some("127.0.0.1:0".into());
+    node.storage = Storage::Memory;
+    node.start = start;
+    node.logger = test_logger();
+    let spec = ShardSpec {
+        node,
+        client_addr: "127.0.0.1:1".into(),
+        settings: Settings::default(),
+        auto_rebalance: false,
+    };
+    let make = Arc::new(|_| KvStore::default());
+    ShardHost::start(spec, make, Some(reader()), Some(Arc::new(KvMover)))
+        .await
+        .unwrap()
+}
+
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_on_one_node_spread_over_three_after_a_rebalance() {
+    let first = start(Some(1), Start::Single).await;
+    let addr1 = first.raft_addr().to_string();
+    let g1 = wait_for("group 1", || async { first.group(1).await }).await;
+    g1.wait_for_leader(WAIT).await.unwrap();
+    let client = RaftClient::new([addr1.clone()], GrpcConfig::default()).unwrap();
+    let mut written = BTreeMap::new();
+    for i in 0..300 {
+        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
+        let put = KvCmd::Put {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        client
+            .for_group(1)
+            .propose(put.encode().unwrap())
+            .await
+            .unwrap();
+        written.insert(key, value);
+    }
+
+    let join = || Start::Join {
+        via: vec![addr1.clone()],
+        as_learner: false,
+    };
+    let second = start(None, join()).await;
+    let third = start(None, join()).await;
+    let hosts = [&first, &second, &third];
+    assert_eq!(
+        hosts.iter().map(|h| h.id()).collect::<Vec<_>>().len(),
+        3,
+        "three nodes"
+    );
+    first.rebalance();
+    wait_for("the rebalance to finish", || async {
+        let s = first.rebalance_status();
+        s.starts_with("done").then_some(())
+    })
+    .await;
+
+    // The placement is balanced: what the planner says no more to do
+    // about (asked again if an election moved a leader meanwhile).
+    let (p, observed) = wait_for("a balanced placement", || async {
+        let p = first.placement().borrow().clone();
+        let mut observed = Observed::default();
+        for (&g, info) in p.groups() {
+            if info.replicas.len() != 3 || !info.learners.is_empty() {
+                return None;
+            }
+            // Every node runs the replica the placement says, with the
+            // same members.
+            for h in hosts {
+                let r = h.group(g).await?;
+                let members = r.members().await.ok()?;
+                let ids: Vec<u64> = members.members.iter().map(|m| m.id).collect();
+                if ids != info.replicas.iter().copied().collect::<Vec<_>>() {
+                    return None;
+                }
+                observed
+                    .leaders
+                    .insert(g, r.wait_for_leader(WAIT).await.ok()?);
+            }
+        }
+        if plan(&p, &observed).is_some() {
+            first.rebalance();
+            return None;
+        }
+        Some((p, observed))
+    })
+    .await;
+    assert_eq!(p.groups().len(), 3, "{p:?}");
+    let counts = p.slot_counts();
+    assert!(
+        counts
+            .values()
+            .all(|&c| c.abs_diff(usize::from(SLOTS) / 3) <= 1),
+        "{counts:?}"
+    );
+    let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
+    for l in observed.leaders.values() {
+        *leads.entry(*l).or_default() += 1;
+    }
+    assert_eq!(leads.len(), 3, "each node leads one group: {leads:?}");
+
+    // Every key is in the group that owns its slot, and only there.
+    for (key, value) in &written {
+        let owner = p.owner(key_slot(key.as_bytes()));
+        for &g in p.groups().keys() {
+            let got = client
+                .for_group(g)
+                .read(format!("get:{key}").into_bytes())
+                .await
+                .unwrap();
+            let want = if g == owner { value.as_bytes() } else { b"" };
+            assert_eq!(got, want, "{key} in group {g} (owner {owner})");
+        }
+    }
+
+    for h in [third, second, first] {
+        h.shutdown().await;
+    }
+}
