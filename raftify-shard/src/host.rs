@@ -229,11 +229,19 @@ where
             .map(|_| ())
     }
 
-    /// Stops everything: the rebalancer, the replicas, the server.
+    /// Stops everything: the rebalancer, the replicas, the server. Every
+    /// replica's storage is closed when it returns (a new host may open
+    /// the same data dir in this process).
     pub async fn shutdown(self) {
         self.rebalancer.stop().await;
         for t in self.tasks {
             t.abort();
+            let _ = t.await;
+        }
+        // The server's map holds the replicas' handles (and so their
+        // storage): emptied first.
+        for g in self.inner.host.groups.ids() {
+            self.inner.host.groups.remove(g);
         }
         let data = std::mem::take(&mut *self.inner.data.lock().await);
         for r in data.values() {

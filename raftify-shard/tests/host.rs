@@ -88,10 +88,14 @@ impl SlotMover for KvMover {
 }
 
 async fn start(id: Option<u64>, start: Start) -> Host {
+    start_at(id, start, "127.0.0.1:0", Storage::Memory).await
+}
+
+async fn start_at(id: Option<u64>, start: Start, addr: &str, storage: Storage) -> Host {
     let mut node = NodeSpec::new();
     node.id = id;
-    node.raft_addr = Some("127.0.0.1:0".into());
-    node.storage = Storage::Memory;
+    node.raft_addr = Some(addr.into());
+    node.storage = storage;
     node.start = start;
     node.logger = test_logger();
     let spec = ShardSpec {
@@ -118,6 +122,61 @@ where
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every host runs the replicas the placement gives it, with
+/// the members it records, and the planner has nothing left to do; asks
+/// for a rebalance meanwhile. The placement and the leaders seen.
+async fn balanced(hosts: &[&Host]) -> (raftify_shard::Placement, Observed) {
+    wait_for("a balanced placement", || async {
+        let p = hosts[0].placement().borrow().clone();
+        let mut observed = Observed::default();
+        for (&g, info) in p.groups() {
+            if !info.learners.is_empty() {
+                return None;
+            }
+            for h in hosts {
+                let r = h.group(g).await?;
+                let members = r.members().await.ok()?;
+                let ids: Vec<u64> = members.members.iter().map(|m| m.id).collect();
+                if ids != info.replicas.iter().copied().collect::<Vec<_>>() {
+                    return None;
+                }
+                observed
+                    .leaders
+                    .insert(g, r.wait_for_leader(WAIT).await.ok()?);
+            }
+        }
+        if plan(&p, &observed).is_some() {
+            for h in hosts {
+                h.rebalance();
+            }
+            return None;
+        }
+        Some((p, observed))
+    })
+    .await
+}
+
+/// Every key of `written` readable from the group owning its slot, and
+/// from no other group.
+async fn check_keys(
+    client: &RaftClient,
+    p: &raftify_shard::Placement,
+    written: &BTreeMap<String, String>,
+) {
+    for (key, value) in written {
+        let owner = p.owner(key_slot(key.as_bytes()));
+        for &g in p.groups().keys() {
+            let got = client
+                .for_group(g)
+                .read(format!("get:{key}").into_bytes())
+                .await
+                .unwrap();
+            let want = if g == owner { value.as_bytes() } else { b"" };
+            assert_eq!(got, want, "{key} in group {g} (owner {owner})");
+        }
     }
 }
 
@@ -164,34 +223,7 @@ async fn keys_on_one_node_spread_over_three_after_a_rebalance() {
 
     // The placement is balanced: what the planner says no more to do
     // about (asked again if an election moved a leader meanwhile).
-    let (p, observed) = wait_for("a balanced placement", || async {
-        let p = first.placement().borrow().clone();
-        let mut observed = Observed::default();
-        for (&g, info) in p.groups() {
-            if info.replicas.len() != 3 || !info.learners.is_empty() {
-                return None;
-            }
-            // Every node runs the replica the placement says, with the
-            // same members.
-            for h in hosts {
-                let r = h.group(g).await?;
-                let members = r.members().await.ok()?;
-                let ids: Vec<u64> = members.members.iter().map(|m| m.id).collect();
-                if ids != info.replicas.iter().copied().collect::<Vec<_>>() {
-                    return None;
-                }
-                observed
-                    .leaders
-                    .insert(g, r.wait_for_leader(WAIT).await.ok()?);
-            }
-        }
-        if plan(&p, &observed).is_some() {
-            first.rebalance();
-            return None;
-        }
-        Some((p, observed))
-    })
-    .await;
+    let (p, observed) = balanced(&hosts).await;
     assert_eq!(p.groups().len(), 3, "{p:?}");
     let counts = p.slot_counts();
     assert!(
@@ -207,18 +239,76 @@ async fn keys_on_one_node_spread_over_three_after_a_rebalance() {
     assert_eq!(leads.len(), 3, "each node leads one group: {leads:?}");
 
     // Every key is in the group that owns its slot, and only there.
-    for (key, value) in &written {
-        let owner = p.owner(key_slot(key.as_bytes()));
-        for &g in p.groups().keys() {
-            let got = client
-                .for_group(g)
-                .read(format!("get:{key}").into_bytes())
-                .await
-                .unwrap();
-            let want = if g == owner { value.as_bytes() } else { b"" };
-            assert_eq!(got, want, "{key} in group {g} (owner {owner})");
-        }
+    check_keys(&client, &p, &written).await;
+
+    for h in [third, second, first] {
+        h.shutdown().await;
     }
+}
+
+/// A free port on 127.0.0.1 (for a node that restarts at the same
+/// address).
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_cut_short_by_a_node_stopping_resumes_and_its_data_comes_back() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let disk = |i: usize| Storage::Dir(dirs[i].path().to_path_buf());
+    let addr1 = free_addr();
+    let first = start_at(Some(1), Start::Single, &addr1, disk(0)).await;
+    let g1 = wait_for("group 1", || async { first.group(1).await }).await;
+    g1.wait_for_leader(WAIT).await.unwrap();
+    let client = RaftClient::new([addr1.clone()], GrpcConfig::default()).unwrap();
+    let mut written = BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("k{i}"), format!("v{i}"));
+        let put = KvCmd::Put {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        client
+            .for_group(1)
+            .propose(put.encode().unwrap())
+            .await
+            .unwrap();
+        written.insert(key, value);
+    }
+    let join = || Start::Join {
+        via: vec![addr1.clone()],
+        as_learner: false,
+    };
+    let second = start_at(None, join(), "127.0.0.1:0", disk(1)).await;
+    let third = start_at(None, join(), "127.0.0.1:0", disk(2)).await;
+
+    // The metadata leader (node 1) stops in the middle of the rebalance:
+    // once a second group exists, before the slots have moved.
+    first.rebalance();
+    wait_for("a second group", || async {
+        (first.placement().borrow().groups().len() >= 2).then_some(())
+    })
+    .await;
+    // A handle keeps its replica's storage open: let go of it first.
+    drop(g1);
+    first.shutdown().await;
+
+    // The rest elect a metadata leader, which takes the rebalance over as
+    // far as it can without node 1; node 1 comes back from its data dir at
+    // the same address, with its replicas, and the rebalance finishes.
+    second.rebalance();
+    third.rebalance();
+    let first = start_at(Some(1), Start::Single, &addr1, disk(0)).await;
+    let hosts = [&first, &second, &third];
+    let (p, _) = balanced(&hosts).await;
+    assert_eq!(p.groups().len(), 3, "{p:?}");
+    let client = RaftClient::new(
+        hosts.iter().map(|h| h.raft_addr().to_string()),
+        GrpcConfig::default(),
+    )
+    .unwrap();
+    check_keys(&client, &p, &written).await;
 
     for h in [third, second, first] {
         h.shutdown().await;
