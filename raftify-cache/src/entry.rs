@@ -1,6 +1,7 @@
 //! [`CacheEntry`]: what goes through the log — commands as their
 //! arguments, stamped with the proposer's clock.
 
+use crate::migrate::Migrate;
 use bytes::Bytes;
 use raftify_core::{AbstractLogEntry, BoxError};
 
@@ -74,6 +75,10 @@ pub enum Op {
         /// The token the holder was given.
         fence: u64,
     },
+    /// A step of a slot move between groups of a sharded deployment (see
+    /// [`crate::migrate`]): replies OK, or the count of keys imported or
+    /// dropped.
+    Migrate(Migrate),
     /// A member tells the cluster the address its clients reach it at
     /// (for `CLUSTER SLOTS` and redirections).
     Announce {
@@ -173,6 +178,11 @@ const OP_DELUSER: u8 = 7;
 const OP_NAMED: u8 = 8;
 const OP_LOCK: u8 = 9;
 const OP_UNLOCK: u8 = 10;
+const OP_MIGRATE: u8 = 11;
+const MIGRATE_FREEZE: u8 = 1;
+const MIGRATE_THAW: u8 = 2;
+const MIGRATE_IMPORT: u8 = 3;
+const MIGRATE_DROP: u8 = 4;
 const N_PUT: u8 = 1;
 const N_DELETE: u8 = 2;
 const N_INCR: u8 = 3;
@@ -408,6 +418,23 @@ impl AbstractLogEntry for CacheEntry {
                 put(&mut out, name)?;
                 put_u64(&mut out, *fence);
             }
+            Op::Migrate(m) => {
+                out.push(OP_MIGRATE);
+                let range = |out: &mut Vec<u8>, tag: u8, a: u16, b: u16| {
+                    out.push(tag);
+                    out.extend_from_slice(&a.to_be_bytes());
+                    out.extend_from_slice(&b.to_be_bytes());
+                };
+                match m {
+                    Migrate::Freeze { start, end } => range(&mut out, MIGRATE_FREEZE, *start, *end),
+                    Migrate::Thaw { start, end } => range(&mut out, MIGRATE_THAW, *start, *end),
+                    Migrate::Drop { start, end } => range(&mut out, MIGRATE_DROP, *start, *end),
+                    Migrate::Import(items) => {
+                        out.push(MIGRATE_IMPORT);
+                        put(&mut out, items)?;
+                    }
+                }
+            }
             Op::Announce { id, addr } => {
                 out.push(OP_ANNOUNCE);
                 out.extend_from_slice(&id.to_be_bytes());
@@ -484,6 +511,23 @@ impl AbstractLogEntry for CacheEntry {
                 name: r.bytes()?,
                 fence: r.u64()?,
             },
+            OP_MIGRATE => {
+                let tag = r.take(1)?[0];
+                if tag == MIGRATE_IMPORT {
+                    Op::Migrate(Migrate::Import(r.bytes()?))
+                } else {
+                    let a: [u8; 2] = r.take(2)?.try_into()?;
+                    let b: [u8; 2] = r.take(2)?.try_into()?;
+                    let (start, end) = (u16::from_be_bytes(a), u16::from_be_bytes(b));
+                    crate::migrate::check_range(start, end)?;
+                    Op::Migrate(match tag {
+                        MIGRATE_FREEZE => Migrate::Freeze { start, end },
+                        MIGRATE_THAW => Migrate::Thaw { start, end },
+                        MIGRATE_DROP => Migrate::Drop { start, end },
+                        t => return Err(format!("unknown slot move step {t}").into()),
+                    })
+                }
+            }
             t => return Err(format!("unknown cache operation {t}").into()),
         };
         if !r.0.is_empty() {

@@ -38,6 +38,7 @@ pub mod eviction;
 pub mod expiry;
 pub mod keyspace;
 pub mod locks;
+pub mod migrate;
 pub mod named;
 mod reply;
 mod snapshot;
@@ -45,6 +46,7 @@ mod state;
 pub mod table;
 
 pub use entry::{Argv, Bound, CacheEntry, NamedOp, Op};
+pub use migrate::{key_slot, Frozen, Migrate};
 pub use named::{Change, ChangeKind};
 pub use reply::{errors, Reply};
 pub use state::{CacheState, PublishHook};

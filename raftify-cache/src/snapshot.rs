@@ -3,22 +3,26 @@
 //! element by element.
 //!
 //! Layout (integers big-endian, byte strings as a u32 length then bytes):
-//! magic `RFTYKV04`, the replicated clock, members (`id`, address), ACL
+//! magic `RFTYKV05`, the replicated clock, members (`id`, address), ACL
 //! users (name, rules line), the Redis keyspace's items, then the named
-//! caches (name, items) and the locks (name, holder, token, lease end).
+//! caches (name, items), the locks (name, holder, token, lease end) and
+//! the slot ranges frozen by a move (first, last).
 //! An item is its key, expiry (0: none), version, a type tag and the value.
-//! `RFTYKV03` snapshots (without named caches and locks) are still read.
+//! `RFTYKV04` (without frozen slots) and `RFTYKV03` snapshots (without
+//! named caches and locks either) are still read.
 
 use crate::entry::{put, put_u64};
-use crate::keyspace::{Keyspace, Map, Score, Set, Value, ZSet};
+use crate::keyspace::{Item, Keyspace, Map, Score, Set, Value, ZSet};
 use crate::locks::{Held, Locks};
+use crate::migrate::{check_range, Frozen};
 use crate::named::{Named, NamedCaches};
 use bytes::Bytes;
 use raftify_core::{BoxError, SnapshotView};
 use std::collections::BTreeMap;
 use std::io::Read;
 
-const MAGIC: &[u8; 8] = b"RFTYKV04";
+const MAGIC: &[u8; 8] = b"RFTYKV05";
+const MAGIC_V4: &[u8; 8] = b"RFTYKV04";
 const MAGIC_V3: &[u8; 8] = b"RFTYKV03";
 const V_STR: u8 = 1;
 const V_HASH: u8 = 2;
@@ -34,13 +38,14 @@ pub(crate) struct Parts {
     pub users: crate::acl::Users,
     pub named: NamedCaches,
     pub locks: Locks,
+    pub frozen: Frozen,
 }
 
 /// A frozen copy of the state, serialized off the raft loop.
 pub(crate) struct View(pub Parts);
 
-fn put_items(out: &mut Vec<u8>, ks: &Keyspace) -> Result<(), BoxError> {
-    let items: Vec<_> = ks.iter().collect();
+/// Writes a count, then the items.
+pub(crate) fn put_items(out: &mut Vec<u8>, items: Vec<(&Bytes, &Item)>) -> Result<(), BoxError> {
     put_u64(out, items.len() as u64);
     for (key, item) in items {
         put(out, key)?;
@@ -101,11 +106,11 @@ impl SnapshotView for View {
             put(out, name.as_bytes())?;
             put(out, user.describe(name).as_bytes())?;
         }
-        put_items(out, &p.keys)?;
+        put_items(out, p.keys.iter().collect())?;
         put_u64(out, p.named.iter().count() as u64);
         for (name, cache) in p.named.iter() {
             put(out, name)?;
-            put_items(out, cache.keyspace())?;
+            put_items(out, cache.keyspace().iter().collect())?;
         }
         put_u64(out, p.locks.iter().count() as u64);
         for (name, held) in p.locks.iter() {
@@ -113,6 +118,12 @@ impl SnapshotView for View {
             put_u64(out, held.holder);
             put_u64(out, held.fence);
             put_u64(out, held.expires_ms);
+        }
+        let frozen = p.frozen.ranges();
+        put_u64(out, frozen.len() as u64);
+        for &(a, b) in frozen {
+            put_u64(out, u64::from(a));
+            put_u64(out, u64::from(b));
         }
         Ok(())
     }
@@ -193,7 +204,8 @@ fn item(r: &mut (dyn Read + Send)) -> Result<(Bytes, Option<u64>, u64, Value), B
 pub(crate) fn read(r: &mut (dyn Read + Send)) -> Result<Parts, BoxError> {
     let magic = exact::<8>(r)?;
     let v3 = &magic == MAGIC_V3;
-    if &magic != MAGIC && !v3 {
+    let v4 = &magic == MAGIC_V4;
+    if &magic != MAGIC && !v3 && !v4 {
         return Err("not a raftify-cache snapshot (bad magic)".into());
     }
     let mut p = Parts::default();
@@ -242,5 +254,27 @@ pub(crate) fn read(r: &mut (dyn Read + Send)) -> Result<Parts, BoxError> {
         };
         p.locks.restore(name, held);
     }
+    if v4 {
+        return Ok(p);
+    }
+    for _ in 0..u64_(r)? {
+        let (a, b) = (u64_(r)?, u64_(r)?);
+        let (a, b) = (u16::try_from(a)?, u16::try_from(b)?);
+        check_range(a, b)?;
+        p.frozen.freeze(a, b);
+    }
     Ok(p)
+}
+
+/// Reads an item count (the start of [`put_items`]'s output).
+pub(crate) fn read_count(r: &mut (dyn Read + Send)) -> Result<u64, BoxError> {
+    u64_(r)
+}
+
+/// Reads one item of [`put_items`]'s output: key, value, expiry.
+pub(crate) fn read_item(
+    r: &mut (dyn Read + Send),
+) -> Result<(Bytes, Value, Option<u64>), BoxError> {
+    let (key, expire_at, _version, value) = item(r)?;
+    Ok((key, value, expire_at))
 }

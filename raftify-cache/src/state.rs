@@ -6,6 +6,7 @@ use crate::entry::{CacheEntry, Op};
 use crate::eviction::Frequencies;
 use crate::keyspace::Keyspace;
 use crate::locks::Locks;
+use crate::migrate::{Frozen, Migrate};
 use crate::named::{Change, ChangeHook, NamedCaches};
 use crate::reply::Reply;
 use crate::snapshot::{Parts, View};
@@ -37,6 +38,8 @@ pub struct CacheState {
     named: NamedCaches,
     /// Its locks.
     locks: Locks,
+    /// Slots frozen by a move to another group (writes to them refused).
+    frozen: Frozen,
     on_change: Option<ChangeHook>,
 }
 
@@ -148,6 +151,15 @@ impl CacheState {
                 if watched.iter().any(|(k, v)| self.keys.version(k) != *v) {
                     return Reply::NilArray;
                 }
+                if let Some(slot) = self.frozen_slot(commands) {
+                    let refused =
+                        format!("TRYAGAIN slot {slot} is moving to another group; try again");
+                    return Reply::Error(if *transaction {
+                        format!("EXECABORT {refused}")
+                    } else {
+                        refused
+                    });
+                }
                 let mut replies: Vec<Reply> = commands
                     .iter()
                     .map(|c| exec(&mut self.keys, c, &mut ctx, self.frequencies.as_deref()))
@@ -210,6 +222,7 @@ impl CacheState {
                     })
                     .count() as i64,
             ),
+            Op::Migrate(m) => self.migrate(m),
             Op::Announce { id, addr } => match std::str::from_utf8(addr) {
                 Ok(a) if !a.is_empty() && a.len() <= 255 => {
                     self.members.insert(*id, a.to_string());
@@ -222,6 +235,70 @@ impl CacheState {
 }
 
 impl CacheState {
+    /// The first frozen slot a command of `commands` writes to, if any.
+    fn frozen_slot(&self, commands: &[Vec<Bytes>]) -> Option<u16> {
+        if self.frozen.is_empty() {
+            return None;
+        }
+        commands.iter().find_map(|argv| {
+            let c = argv
+                .first()
+                .and_then(|n| lookup(n))
+                .filter(|c| c.is_write())?;
+            c.key_positions(argv.len())
+                .into_iter()
+                .filter_map(|i| argv.get(i))
+                .map(|k| crate::migrate::key_slot(k))
+                .find(|&s| self.frozen.contains(s))
+        })
+    }
+
+    fn migrate(&mut self, m: &Migrate) -> Reply {
+        use crate::migrate::{check_range, drop_range, import};
+        let range = match m {
+            Migrate::Freeze { start, end }
+            | Migrate::Thaw { start, end }
+            | Migrate::Drop { start, end } => Some((*start, *end)),
+            Migrate::Import(_) => None,
+        };
+        if let Some((a, b)) = range {
+            if let Err(e) = check_range(a, b) {
+                return Reply::err(e);
+            }
+        }
+        match m {
+            Migrate::Freeze { start, end } => {
+                self.frozen.freeze(*start, *end);
+                Reply::Ok
+            }
+            Migrate::Thaw { start, end } => {
+                self.frozen.thaw(*start, *end);
+                Reply::Ok
+            }
+            Migrate::Import(items) => match import(&mut self.keys, items) {
+                Ok(n) => Reply::Int(n as i64),
+                Err(e) => Reply::err(format!("cannot import slot items: {e}")),
+            },
+            Migrate::Drop { start, end } => {
+                let n = drop_range(&mut self.keys, *start, *end);
+                self.frozen.thaw(*start, *end);
+                Reply::Int(n as i64)
+            }
+        }
+    }
+
+    /// Every item of slots `start..=end`, for [`Migrate::Import`] in
+    /// another group (read after a [`Migrate::Freeze`] of them).
+    pub fn export_slots(&self, start: u16, end: u16) -> Result<Vec<u8>, BoxError> {
+        crate::migrate::check_range(start, end)?;
+        crate::migrate::export(&self.keys, start, end)
+    }
+
+    /// The slots frozen by a move in progress.
+    pub fn frozen(&self) -> &Frozen {
+        &self.frozen
+    }
+
     fn notify(&self, changes: &[Change]) {
         if let Some(hook) = &self.on_change {
             for c in changes {
@@ -237,6 +314,7 @@ impl CacheState {
             users: self.users.clone(),
             named: self.named.clone(),
             locks: self.locks.clone(),
+            frozen: self.frozen.clone(),
         }
     }
 }
@@ -307,6 +385,7 @@ impl AbstractStateMachine<CacheEntry> for CacheState {
         self.users = p.users;
         self.named = p.named;
         self.locks = p.locks;
+        self.frozen = p.frozen;
         Ok(())
     }
 }

@@ -1,0 +1,168 @@
+use super::*;
+use crate::{CacheEntry, CacheState, Op, Reply};
+use raftify_core::{AbstractLogEntry, AbstractStateMachine};
+
+fn cmd(args: &[&str]) -> Vec<Bytes> {
+    args.iter()
+        .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+        .collect()
+}
+
+fn exec(state: &mut CacheState, index: u64, commands: Vec<Vec<Bytes>>, tx: bool) -> Reply {
+    let entry = CacheEntry {
+        clock_ms: 1_000_000,
+        op: Op::Exec {
+            commands,
+            transaction: tx,
+            watched: Vec::new(),
+        },
+    };
+    // Through the codec, as from the log.
+    let entry = CacheEntry::decode(&entry.encode().unwrap()).unwrap();
+    state.apply_entry(index, &entry)
+}
+
+fn step(state: &mut CacheState, index: u64, m: Migrate) -> Reply {
+    let entry = CacheEntry {
+        clock_ms: 1_000_000,
+        op: Op::Migrate(m),
+    };
+    let entry = CacheEntry::decode(&entry.encode().unwrap()).unwrap();
+    state.apply_entry(index, &entry)
+}
+
+fn get(state: &CacheState, key: &str) -> Reply {
+    state.read(&cmd(&["get", key]))
+}
+
+#[test]
+fn a_slot_move_freezes_exports_imports_and_drops() {
+    let (foo, bar) = (key_slot(b"foo"), key_slot(b"bar"));
+    assert_eq!((foo, bar), (12182, 5061));
+    let mut src = CacheState::new();
+    exec(&mut src, 1, vec![cmd(&["set", "foo", "1"])], false);
+    exec(
+        &mut src,
+        2,
+        vec![cmd(&["rpush", "{foo}:l", "a", "b"])],
+        false,
+    );
+    exec(
+        &mut src,
+        3,
+        vec![cmd(&["set", "bar", "2", "px", "60000"])],
+        false,
+    );
+
+    // Frozen: writes to those slots are refused, others and reads go on.
+    let frozen = Migrate::Freeze {
+        start: 12000,
+        end: 12999,
+    };
+    assert_eq!(step(&mut src, 4, frozen), Reply::Ok);
+    let r = exec(&mut src, 5, vec![cmd(&["set", "foo", "3"])], false);
+    assert!(
+        matches!(&r, Reply::Error(e) if e.starts_with("TRYAGAIN slot 12182")),
+        "{r:?}"
+    );
+    assert_eq!(get(&src, "foo"), Reply::bulk("1"));
+    assert_eq!(
+        exec(&mut src, 6, vec![cmd(&["set", "bar", "4"])], false),
+        Reply::Ok
+    );
+    // A transaction touching a frozen slot is refused whole.
+    let tx = vec![cmd(&["set", "bar", "5"]), cmd(&["set", "foo", "5"])];
+    let r = exec(&mut src, 7, tx, true);
+    assert!(
+        matches!(&r, Reply::Error(e) if e.starts_with("EXECABORT TRYAGAIN")),
+        "{r:?}"
+    );
+    assert_eq!(get(&src, "bar"), Reply::bulk("4"));
+    // Reads batched with a write are not refused.
+    let batch = vec![cmd(&["get", "foo"]), cmd(&["set", "bar", "6"])];
+    assert_eq!(
+        exec(&mut src, 8, batch, true),
+        Reply::Array(vec![Reply::bulk("1"), Reply::Ok])
+    );
+
+    // Exported and imported: the slot's keys, with their values and types.
+    let items = src.export_slots(12000, 12999).unwrap();
+    let mut dst = CacheState::new();
+    exec(&mut dst, 1, vec![cmd(&["set", "other", "x"])], false);
+    assert_eq!(
+        step(&mut dst, 2, Migrate::Import(items.into())),
+        Reply::Int(2)
+    );
+    assert_eq!(get(&dst, "foo"), Reply::bulk("1"));
+    assert_eq!(
+        dst.read(&cmd(&["lrange", "{foo}:l", "0", "-1"])),
+        Reply::Array(vec![Reply::bulk("a"), Reply::bulk("b")])
+    );
+    assert_eq!(get(&dst, "bar"), Reply::Nil, "not in the range");
+
+    // Dropped from the source, which accepts writes to them again.
+    let dropped = Migrate::Drop {
+        start: 12000,
+        end: 12999,
+    };
+    assert_eq!(step(&mut src, 9, dropped), Reply::Int(2));
+    assert_eq!(get(&src, "foo"), Reply::Nil);
+    assert!(src.frozen().is_empty());
+    assert_eq!(
+        exec(&mut src, 10, vec![cmd(&["set", "foo", "9"])], false),
+        Reply::Ok
+    );
+}
+
+#[test]
+fn bad_steps_are_refused_and_change_nothing() {
+    let mut s = CacheState::new();
+    exec(&mut s, 1, vec![cmd(&["set", "foo", "1"])], false);
+    let bad = CacheEntry {
+        clock_ms: 1,
+        op: Op::Migrate(Migrate::Freeze { start: 9, end: 3 }),
+    };
+    assert!(CacheEntry::decode(&bad.encode().unwrap()).is_err());
+    assert!(matches!(
+        s.apply_entry(2, &bad),
+        Reply::Error(e) if e.contains("bad slot range")
+    ));
+    let r = step(
+        &mut s,
+        3,
+        Migrate::Import(Bytes::from_static(b"\x00\x00\x00\x00\x00\x00\x00\x05junk")),
+    );
+    assert!(
+        matches!(&r, Reply::Error(e) if e.contains("cannot import")),
+        "{r:?}"
+    );
+    assert_eq!(get(&s, "foo"), Reply::bulk("1"));
+    assert!(s.export_slots(5, 16384).is_err());
+}
+
+#[tokio::test]
+async fn frozen_slots_survive_a_snapshot_and_old_snapshots_still_load() {
+    let mut s = CacheState::new();
+    exec(&mut s, 1, vec![cmd(&["set", "foo", "1"])], false);
+    step(
+        &mut s,
+        2,
+        Migrate::Freeze {
+            start: 12182,
+            end: 12182,
+        },
+    );
+    let snap = s.snapshot().await.unwrap();
+    let mut back = CacheState::new();
+    back.restore(snap.clone()).await.unwrap();
+    assert_eq!(back.frozen().ranges(), &[(12182, 12182)]);
+    let r = exec(&mut back, 3, vec![cmd(&["set", "foo", "2"])], false);
+    assert!(matches!(&r, Reply::Error(e) if e.starts_with("TRYAGAIN")));
+    // A version 4 snapshot is this one without the frozen section.
+    let mut v4 = snap[..snap.len() - 24].to_vec();
+    v4[..8].copy_from_slice(b"RFTYKV04");
+    let mut old = CacheState::new();
+    old.restore(v4).await.unwrap();
+    assert!(old.frozen().is_empty());
+    assert_eq!(get(&old, "foo"), Reply::bulk("1"));
+}
