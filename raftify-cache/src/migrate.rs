@@ -7,8 +7,8 @@
 //! 1. [`Migrate::Freeze`] in S: from that point of S's log on, a write to a
 //!    key of those slots is refused with `-TRYAGAIN` (nothing applied), so
 //!    what S holds of them no longer changes;
-//! 2. [`CacheState::export_slots`] on S, read after the freeze (a read
-//!    index past it): every item of those slots with its TTL;
+//! 2. the freeze's reply is the export ([`CacheState::export_slots`] at
+//!    that point of the log): every item of those slots with its TTL;
 //! 3. [`Migrate::Import`] of those items in T (replacing what T has under
 //!    the same keys: T owns none of them yet);
 //! 4. the placement gives the slots to T (clients go there now);
@@ -33,7 +33,9 @@ pub fn key_slot(key: &[u8]) -> u16 {
 /// The cache's part of a slot move (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Migrate {
-    /// Refuse writes to slots `start..=end` from now on.
+    /// Refuse writes to slots `start..=end` from now on; replies with
+    /// their items (what [`Migrate::Import`] takes). Freezing again
+    /// replies with the same items: safe to send again.
     Freeze {
         /// First slot.
         start: u16,

@@ -269,7 +269,10 @@ impl CacheState {
         match m {
             Migrate::Freeze { start, end } => {
                 self.frozen.freeze(*start, *end);
-                Reply::Ok
+                match crate::migrate::export(&self.keys, *start, *end) {
+                    Ok(items) => Reply::Bulk(items.into()),
+                    Err(e) => Reply::err(format!("cannot export slots: {e}")),
+                }
             }
             Migrate::Thaw { start, end } => {
                 self.frozen.thaw(*start, *end);

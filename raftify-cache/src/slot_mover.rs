@@ -1,0 +1,100 @@
+//! [`CacheSlotMover`]: moves the keys of hash slots between the cache
+//! groups of a sharded deployment (the [`raftify_shard::SlotMover`] of
+//! the cache), with the steps of [`crate::migrate`].
+
+use crate::migrate::Migrate;
+use crate::{CacheEntry, Op, Reply};
+use async_trait::async_trait;
+use raftify_core::retry::Idempotence;
+use raftify_core::{call_cluster, unix_ms, AbstractLogEntry, BoxError, Payload};
+use raftify_grpc::GrpcTransport;
+use raftify_shard::{GroupId, SlotMover, SlotRange};
+use std::time::Duration;
+
+/// How long one step may take, elections included.
+const STEP: Duration = Duration::from_secs(30);
+
+/// Moves a range's keys in chunks of [`CacheSlotMover::chunk`] slots: each
+/// chunk frozen in the source (its writes refused from then on, its items
+/// the freeze's reply) and imported in the target; after the placement
+/// gives the range to the target, dropped from the source. Every step is
+/// safe to send again, so a move interrupted anywhere is finished by
+/// running it again.
+#[derive(Debug, Clone)]
+pub struct CacheSlotMover {
+    /// Slots per freeze/import round: bounds one reply's size (the items
+    /// of that many slots).
+    pub chunk: u16,
+}
+
+impl Default for CacheSlotMover {
+    fn default() -> Self {
+        CacheSlotMover { chunk: 256 }
+    }
+}
+
+/// Proposes one step to a group (through its leader).
+async fn step(
+    transport: &GrpcTransport,
+    group: &(GroupId, Vec<String>),
+    m: Migrate,
+) -> Result<Reply, BoxError> {
+    let entry = CacheEntry {
+        clock_ms: unix_ms(),
+        op: Op::Migrate(m),
+    }
+    .encode()?;
+    let t = transport.for_group(group.0);
+    // Every step is idempotent (see the type's docs).
+    let out = call_cluster(&t, &group.1, STEP, Idempotence::Idempotent, |n| {
+        let e = entry.clone();
+        async move { n.propose(e).await }
+    })
+    .await?;
+    match <Reply as Payload>::decode(&out)? {
+        Reply::Error(e) => Err(format!("group {}: {e}", group.0).into()),
+        r => Ok(r),
+    }
+}
+
+#[async_trait]
+impl SlotMover for CacheSlotMover {
+    async fn copy(
+        &self,
+        transport: &GrpcTransport,
+        from: (GroupId, Vec<String>),
+        to: (GroupId, Vec<String>),
+        slots: SlotRange,
+    ) -> Result<(), BoxError> {
+        let chunk = self.chunk.max(1);
+        let mut start = slots.start;
+        loop {
+            let end = start.saturating_add(chunk - 1).min(slots.end);
+            let items = match step(transport, &from, Migrate::Freeze { start, end }).await? {
+                Reply::Bulk(items) => items,
+                other => return Err(format!("a freeze answered {other:?}").into()),
+            };
+            // More than the item count (eight bytes): items to import.
+            if items.len() > 8 {
+                step(transport, &to, Migrate::Import(items)).await?;
+            }
+            if end == slots.end {
+                return Ok(());
+            }
+            start = end + 1;
+        }
+    }
+
+    async fn purge(
+        &self,
+        transport: &GrpcTransport,
+        from: (GroupId, Vec<String>),
+        slots: SlotRange,
+    ) -> Result<(), BoxError> {
+        let drop = Migrate::Drop {
+            start: slots.start,
+            end: slots.end,
+        };
+        step(transport, &from, drop).await.map(|_| ())
+    }
+}
