@@ -429,8 +429,8 @@ impl AbstractLogEntry for CacheEntry {
                     Migrate::Freeze { start, end } => range(&mut out, MIGRATE_FREEZE, *start, *end),
                     Migrate::Thaw { start, end } => range(&mut out, MIGRATE_THAW, *start, *end),
                     Migrate::Drop { start, end } => range(&mut out, MIGRATE_DROP, *start, *end),
-                    Migrate::Import(items) => {
-                        out.push(MIGRATE_IMPORT);
+                    Migrate::Import { start, end, items } => {
+                        range(&mut out, MIGRATE_IMPORT, *start, *end);
                         put(&mut out, items)?;
                     }
                 }
@@ -513,20 +513,21 @@ impl AbstractLogEntry for CacheEntry {
             },
             OP_MIGRATE => {
                 let tag = r.take(1)?[0];
-                if tag == MIGRATE_IMPORT {
-                    Op::Migrate(Migrate::Import(r.bytes()?))
-                } else {
-                    let a: [u8; 2] = r.take(2)?.try_into()?;
-                    let b: [u8; 2] = r.take(2)?.try_into()?;
-                    let (start, end) = (u16::from_be_bytes(a), u16::from_be_bytes(b));
-                    crate::migrate::check_range(start, end)?;
-                    Op::Migrate(match tag {
-                        MIGRATE_FREEZE => Migrate::Freeze { start, end },
-                        MIGRATE_THAW => Migrate::Thaw { start, end },
-                        MIGRATE_DROP => Migrate::Drop { start, end },
-                        t => return Err(format!("unknown slot move step {t}").into()),
-                    })
-                }
+                let a: [u8; 2] = r.take(2)?.try_into()?;
+                let b: [u8; 2] = r.take(2)?.try_into()?;
+                let (start, end) = (u16::from_be_bytes(a), u16::from_be_bytes(b));
+                crate::migrate::check_range(start, end)?;
+                Op::Migrate(match tag {
+                    MIGRATE_FREEZE => Migrate::Freeze { start, end },
+                    MIGRATE_THAW => Migrate::Thaw { start, end },
+                    MIGRATE_DROP => Migrate::Drop { start, end },
+                    MIGRATE_IMPORT => Migrate::Import {
+                        start,
+                        end,
+                        items: r.bytes()?,
+                    },
+                    t => return Err(format!("unknown slot move step {t}").into()),
+                })
             }
             t => return Err(format!("unknown cache operation {t}").into()),
         };

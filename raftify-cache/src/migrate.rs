@@ -10,13 +10,17 @@
 //! 2. the freeze's reply is the export ([`CacheState::export_slots`] at
 //!    that point of the log): every item of those slots with its TTL;
 //! 3. [`Migrate::Import`] of those items in T (replacing what T has under
-//!    the same keys: T owns none of them yet);
+//!    the same keys: T owns none of them yet), which also lifts anything
+//!    T refused for those slots (they may have left T before);
 //! 4. the placement gives the slots to T (clients go there now);
-//! 5. [`Migrate::Drop`] in S: the items go and the slots thaw (S no longer
-//!    owns them). [`Migrate::Thaw`] instead abandons the move.
+//! 5. [`Migrate::Drop`] in S: the items go, and S refuses reads and writes
+//!    of those slots from then on with `-TRYAGAIN` (a client routed by a
+//!    placement older than the move asks again and is sent to T; nothing
+//!    is written where no one will read it). [`Migrate::Thaw`] instead
+//!    abandons the move.
 //!
-//! Frozen slots are part of the replicated state (and of snapshots), so a
-//! replica that restarts or catches up still refuses those writes.
+//! Frozen and moved slots are part of the replicated state (and of
+//! snapshots), so a replica that restarts or catches up refuses the same.
 //!
 //! [`CacheState::export_slots`]: crate::CacheState::export_slots
 
@@ -49,9 +53,18 @@ pub enum Migrate {
         /// Last slot (inclusive).
         end: u16,
     },
-    /// Items exported from another group ([`crate::CacheState::export_slots`]).
-    Import(Bytes),
-    /// Delete every key of the slots and thaw them (they moved away).
+    /// Items of slots `start..=end` exported from another group (a
+    /// freeze's reply): inserted, and the slots accepted here again.
+    Import {
+        /// First slot.
+        start: u16,
+        /// Last slot (inclusive).
+        end: u16,
+        /// The items.
+        items: Bytes,
+    },
+    /// Delete every key of the slots, and refuse their reads and writes
+    /// from now on (they moved away).
     Drop {
         /// First slot.
         start: u16,
@@ -60,34 +73,76 @@ pub enum Migrate {
     },
 }
 
-/// Slot ranges frozen by a move in progress.
+/// Slot ranges this group refuses: frozen by a move in progress (writes
+/// refused) or moved away (reads and writes refused).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Frozen(Vec<(u16, u16)>);
+pub struct Frozen {
+    moving: Vec<(u16, u16)>,
+    moved: Vec<(u16, u16)>,
+}
+
+fn within(ranges: &[(u16, u16)], slot: u16) -> bool {
+    ranges.iter().any(|&(a, b)| a <= slot && slot <= b)
+}
 
 impl Frozen {
-    /// Whether nothing is frozen (the common case: one check per write).
+    /// Whether nothing is refused (the common case: one check per command).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.moving.is_empty() && self.moved.is_empty()
     }
 
-    /// Whether `slot` is frozen.
-    pub fn contains(&self, slot: u16) -> bool {
-        self.0.iter().any(|&(a, b)| a <= slot && slot <= b)
+    /// Whether writes to `slot` are refused (moving or moved).
+    pub fn refuses_write(&self, slot: u16) -> bool {
+        within(&self.moving, slot) || within(&self.moved, slot)
     }
 
-    /// The frozen ranges.
-    pub fn ranges(&self) -> &[(u16, u16)] {
-        &self.0
+    /// Whether reads of `slot` are refused (moved away).
+    pub fn refuses_read(&self, slot: u16) -> bool {
+        within(&self.moved, slot)
+    }
+
+    /// The ranges being moved away.
+    pub fn moving(&self) -> &[(u16, u16)] {
+        &self.moving
+    }
+
+    /// The ranges moved away.
+    pub fn moved(&self) -> &[(u16, u16)] {
+        &self.moved
     }
 
     pub(crate) fn freeze(&mut self, start: u16, end: u16) {
-        if !self.0.contains(&(start, end)) {
-            self.0.push((start, end));
+        if !self.moving.contains(&(start, end)) {
+            self.moving.push((start, end));
         }
     }
 
+    pub(crate) fn set_moved(&mut self, start: u16, end: u16) {
+        self.moving.retain(|&(a, b)| b < start || a > end);
+        if !self.moved.contains(&(start, end)) {
+            self.moved.push((start, end));
+        }
+    }
+
+    /// Accepts `start..=end` again (a move abandoned, or slots moving in):
+    /// ranges overlapping it are cut down to what lies outside it.
     pub(crate) fn thaw(&mut self, start: u16, end: u16) {
-        self.0.retain(|&(a, b)| b < start || a > end);
+        for list in [&mut self.moving, &mut self.moved] {
+            let mut kept = Vec::new();
+            for &(a, b) in list.iter() {
+                if b < start || a > end {
+                    kept.push((a, b));
+                    continue;
+                }
+                if a < start {
+                    kept.push((a, start - 1));
+                }
+                if b > end {
+                    kept.push((end + 1, b));
+                }
+            }
+            *list = kept;
+        }
     }
 }
 

@@ -74,10 +74,8 @@ impl SlotMover for CacheSlotMover {
                 Reply::Bulk(items) => items,
                 other => return Err(format!("a freeze answered {other:?}").into()),
             };
-            // More than the item count (eight bytes): items to import.
-            if items.len() > 8 {
-                step(transport, &to, Migrate::Import(items)).await?;
-            }
+            // Even with no items: the target accepts these slots from now on.
+            step(transport, &to, Migrate::Import { start, end, items }).await?;
             if end == slots.end {
                 return Ok(());
             }

@@ -5,8 +5,8 @@
 //! Layout (integers big-endian, byte strings as a u32 length then bytes):
 //! magic `RFTYKV05`, the replicated clock, members (`id`, address), ACL
 //! users (name, rules line), the Redis keyspace's items, then the named
-//! caches (name, items), the locks (name, holder, token, lease end) and
-//! the slot ranges frozen by a move (first, last).
+//! caches (name, items), the locks (name, holder, token, lease end), the
+//! slot ranges being moved away and those moved away (first, last each).
 //! An item is its key, expiry (0: none), version, a type tag and the value.
 //! `RFTYKV04` (without frozen slots) and `RFTYKV03` snapshots (without
 //! named caches and locks either) are still read.
@@ -119,11 +119,12 @@ impl SnapshotView for View {
             put_u64(out, held.fence);
             put_u64(out, held.expires_ms);
         }
-        let frozen = p.frozen.ranges();
-        put_u64(out, frozen.len() as u64);
-        for &(a, b) in frozen {
-            put_u64(out, u64::from(a));
-            put_u64(out, u64::from(b));
+        for ranges in [p.frozen.moving(), p.frozen.moved()] {
+            put_u64(out, ranges.len() as u64);
+            for &(a, b) in ranges {
+                put_u64(out, u64::from(a));
+                put_u64(out, u64::from(b));
+            }
         }
         Ok(())
     }
@@ -257,11 +258,17 @@ pub(crate) fn read(r: &mut (dyn Read + Send)) -> Result<Parts, BoxError> {
     if v4 {
         return Ok(p);
     }
-    for _ in 0..u64_(r)? {
-        let (a, b) = (u64_(r)?, u64_(r)?);
-        let (a, b) = (u16::try_from(a)?, u16::try_from(b)?);
-        check_range(a, b)?;
-        p.frozen.freeze(a, b);
+    for moved in [false, true] {
+        for _ in 0..u64_(r)? {
+            let (a, b) = (u64_(r)?, u64_(r)?);
+            let (a, b) = (u16::try_from(a)?, u16::try_from(b)?);
+            check_range(a, b)?;
+            if moved {
+                p.frozen.set_moved(a, b);
+            } else {
+                p.frozen.freeze(a, b);
+            }
+        }
     }
     Ok(p)
 }

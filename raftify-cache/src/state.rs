@@ -125,6 +125,11 @@ impl CacheState {
         match argv.first().and_then(|n| lookup(n)) {
             Some(c) => match c.handler {
                 Handler::Read(f) if c.arity_ok(argv.len()) => {
+                    if let Some(slot) = self.moved_slot(c, argv) {
+                        return Reply::Error(format!(
+                            "TRYAGAIN slot {slot} moved to another group; try again"
+                        ));
+                    }
                     touch(self.frequencies.as_deref(), c, argv);
                     f(&self.keys, argv)
                 }
@@ -152,8 +157,9 @@ impl CacheState {
                     return Reply::NilArray;
                 }
                 if let Some(slot) = self.frozen_slot(commands) {
-                    let refused =
-                        format!("TRYAGAIN slot {slot} is moving to another group; try again");
+                    let refused = format!(
+                        "TRYAGAIN slot {slot} is moving or moved to another group; try again"
+                    );
                     return Reply::Error(if *transaction {
                         format!("EXECABORT {refused}")
                     } else {
@@ -235,6 +241,18 @@ impl CacheState {
 }
 
 impl CacheState {
+    /// The first slot a read of `argv` would touch that moved away.
+    fn moved_slot(&self, c: &Command, argv: &[Bytes]) -> Option<u16> {
+        if self.frozen.is_empty() {
+            return None;
+        }
+        c.key_positions(argv.len())
+            .into_iter()
+            .filter_map(|i| argv.get(i))
+            .map(|k| crate::migrate::key_slot(k))
+            .find(|&s| self.frozen.refuses_read(s))
+    }
+
     /// The first frozen slot a command of `commands` writes to, if any.
     fn frozen_slot(&self, commands: &[Vec<Bytes>]) -> Option<u16> {
         if self.frozen.is_empty() {
@@ -249,22 +267,18 @@ impl CacheState {
                 .into_iter()
                 .filter_map(|i| argv.get(i))
                 .map(|k| crate::migrate::key_slot(k))
-                .find(|&s| self.frozen.contains(s))
+                .find(|&s| self.frozen.refuses_write(s))
         })
     }
 
     fn migrate(&mut self, m: &Migrate) -> Reply {
         use crate::migrate::{check_range, drop_range, import};
-        let range = match m {
-            Migrate::Freeze { start, end }
-            | Migrate::Thaw { start, end }
-            | Migrate::Drop { start, end } => Some((*start, *end)),
-            Migrate::Import(_) => None,
-        };
-        if let Some((a, b)) = range {
-            if let Err(e) = check_range(a, b) {
-                return Reply::err(e);
-            }
+        let (Migrate::Freeze { start, end }
+        | Migrate::Thaw { start, end }
+        | Migrate::Drop { start, end }
+        | Migrate::Import { start, end, .. }) = m;
+        if let Err(e) = check_range(*start, *end) {
+            return Reply::err(e);
         }
         match m {
             Migrate::Freeze { start, end } => {
@@ -278,13 +292,16 @@ impl CacheState {
                 self.frozen.thaw(*start, *end);
                 Reply::Ok
             }
-            Migrate::Import(items) => match import(&mut self.keys, items) {
-                Ok(n) => Reply::Int(n as i64),
+            Migrate::Import { start, end, items } => match import(&mut self.keys, items) {
+                Ok(n) => {
+                    self.frozen.thaw(*start, *end);
+                    Reply::Int(n as i64)
+                }
                 Err(e) => Reply::err(format!("cannot import slot items: {e}")),
             },
             Migrate::Drop { start, end } => {
                 let n = drop_range(&mut self.keys, *start, *end);
-                self.frozen.thaw(*start, *end);
+                self.frozen.set_moved(*start, *end);
                 Reply::Int(n as i64)
             }
         }
