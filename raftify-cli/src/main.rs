@@ -9,6 +9,7 @@ mod decode;
 mod live;
 mod persisted;
 mod probe;
+mod shards;
 mod top;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,15 @@ enum Command {
     /// The members of the cluster a node belongs to.
     Members {
         /// Raft address of any member.
+        raft_addr: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A sharded cluster: its nodes, its groups with their slot ranges,
+    /// leaders and replicas (with how far each lags), the move in progress.
+    Shards {
+        /// Raft address of any sharded node.
         raft_addr: String,
         /// JSON output.
         #[arg(long)]
@@ -207,6 +217,9 @@ fn main() -> ExitCode {
         })),
         Command::Members { raft_addr, json } => live(Box::pin(async move {
             live::members(&raft_addr, &conn, json).await
+        })),
+        Command::Shards { raft_addr, json } => live(Box::pin(async move {
+            shards::shards(&raft_addr, &conn, json).await
         })),
         Command::Leader { raft_addr, json } => live(Box::pin(async move {
             live::leader(&raft_addr, &conn, json).await

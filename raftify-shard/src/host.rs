@@ -138,7 +138,7 @@ where
         let store = MetaStore::new();
         let placement = store.subscribe();
         let meta_spec = group_spec(&spec.node, None, META_GROUP, spec.node.start.clone())?;
-        let meta = launch_group(meta_spec, store, None, &host, META_GROUP)
+        let meta = launch_group(meta_spec, store, Some(meta_reader()), &host, META_GROUP)
             .await?
             .raft;
         let id = meta.handle().id();
@@ -432,6 +432,24 @@ where
         // launch_group registered it with its reader: keep that one.
         Some((handle, inner.host.groups.reader_of(group)))
     }
+}
+
+/// The `Read` query on the metadata group (group 0) that answers the
+/// placement as JSON (what `raftify-cli shards` shows).
+pub const PLACEMENT_QUERY: &[u8] = b"placement";
+
+fn meta_reader() -> ReadFn<MetaStore> {
+    Arc::new(|store: &MetaStore, query: &[u8]| {
+        if query == PLACEMENT_QUERY {
+            Ok(serde_json::to_vec(store.placement())?)
+        } else {
+            Err(format!(
+                "the metadata group answers {:?} only",
+                String::from_utf8_lossy(PLACEMENT_QUERY)
+            )
+            .into())
+        }
+    })
 }
 
 /// Where a group's replica keeps its data.

@@ -33,7 +33,7 @@ mod plan;
 mod rebalance;
 pub mod slots;
 
-pub use host::{MakeState, ShardError, ShardHost, ShardSpec};
+pub use host::{MakeState, ShardError, ShardHost, ShardSpec, PLACEMENT_QUERY};
 pub use rebalance::SlotMover;
 
 pub use meta::{MetaCommand, MetaOutcome, MetaStore};

@@ -1,0 +1,147 @@
+//! `shards`: a sharded cluster's placement as one of its nodes applied it
+//! — nodes, groups with their slot ranges, leaders, replicas and how far
+//! each replica's apply lags its leader's commit (in entries) — and the
+//! move in progress.
+
+use crate::live::ConnArgs;
+use anyhow::{anyhow, Result};
+use raftify_shard::{NodeId, Placement, SlotRange, META_GROUP, PLACEMENT_QUERY};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+/// One replica as its node reports it.
+struct Replica {
+    node: NodeId,
+    applied: Option<u64>,
+    commit: Option<u64>,
+}
+
+/// `shards`.
+pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
+    let client = conn.connect(addr).await?;
+    let meta = client.for_group(META_GROUP);
+    let raw = meta
+        .read(PLACEMENT_QUERY.to_vec())
+        .await
+        .map_err(|e| conn.explain(e, addr, "shards (is it a sharded node?)"))?;
+    let p: Placement = serde_json::from_slice(&raw)
+        .map_err(|e| anyhow!("{addr} answered a placement that does not parse: {e}"))?;
+    let ranges = p.ranges();
+    let mut groups = Vec::new();
+    for (&g, info) in p.groups() {
+        let c = client.for_group(g);
+        let leader = c.leader().await.ok().flatten().map(|l| l.id);
+        let mut replicas = Vec::new();
+        for &n in info.replicas.iter().chain(&info.learners) {
+            let status = match p.nodes().get(&n) {
+                Some(node) => c.status(&node.raft_addr).await.ok(),
+                None => None,
+            };
+            replicas.push(Replica {
+                node: n,
+                applied: status.as_ref().map(|s| s.applied_index),
+                commit: status.as_ref().map(|s| s.commit_index),
+            });
+        }
+        let own: Vec<SlotRange> = ranges
+            .iter()
+            .filter(|(_, o)| *o == g)
+            .map(|(r, _)| *r)
+            .collect();
+        groups.push((g, own, leader, replicas, info.learners.clone()));
+    }
+    let mut leads: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for (_, own, leader, _, _) in &groups {
+        if let Some(l) = leader {
+            *leads.entry(*l).or_default() += own.iter().map(|r| r.len()).sum::<usize>();
+        }
+    }
+    if json_out {
+        let out = json!({
+            "version": p.version(),
+            "settings": p.settings(),
+            "moving": p.moving(),
+            "nodes": p.nodes().iter().map(|(id, n)| json!({
+                "id": id,
+                "raft_addr": n.raft_addr,
+                "client_addr": n.client_addr,
+                "leaving": n.leaving,
+                "slots_led": leads.get(id).copied().unwrap_or(0),
+            })).collect::<Vec<_>>(),
+            "groups": groups.iter().map(|(g, own, leader, replicas, learners)| {
+                let leader_commit = replicas
+                    .iter()
+                    .find(|r| Some(r.node) == *leader)
+                    .and_then(|r| r.commit);
+                json!({
+                    "id": g,
+                    "slots": own.iter().map(|r| r.len()).sum::<usize>(),
+                    "ranges": own.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                    "leader": leader,
+                    "replicas": replicas.iter().map(|r| json!({
+                        "node": r.node,
+                        "learner": learners.contains(&r.node),
+                        "applied_index": r.applied,
+                        "lag": leader_commit.zip(r.applied).map(|(c, a)| c.saturating_sub(a)),
+                    })).collect::<Vec<_>>(),
+                })
+            }).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "placement version {}: {} nodes, {} groups, {} replicas each, move: {}",
+        p.version(),
+        p.nodes().len(),
+        p.groups().len(),
+        p.settings().replicas,
+        p.moving()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "none".into())
+    );
+    println!();
+    println!(
+        "{:>5}  {:<22} {:<22} {:>11}",
+        "node", "raft", "client", "slots led"
+    );
+    for (id, n) in p.nodes() {
+        let leaving = if n.leaving { " (leaving)" } else { "" };
+        println!(
+            "{id:>5}  {:<22} {:<22} {:>11}{leaving}",
+            n.raft_addr,
+            n.client_addr,
+            leads.get(id).copied().unwrap_or(0)
+        );
+    }
+    println!();
+    println!(
+        "{:>5}  {:>6}  {:<24} {:>6}  replicas (lag in entries; * learner)",
+        "group", "slots", "ranges", "leader"
+    );
+    for (g, own, leader, replicas, learners) in &groups {
+        let leader_commit = replicas
+            .iter()
+            .find(|r| Some(r.node) == *leader)
+            .and_then(|r| r.commit);
+        let reps: Vec<String> = replicas
+            .iter()
+            .map(|r| {
+                let star = if learners.contains(&r.node) { "*" } else { "" };
+                match leader_commit.zip(r.applied) {
+                    Some((c, a)) => format!("{}{star} ({})", r.node, c.saturating_sub(a)),
+                    None => format!("{}{star} (down?)", r.node),
+                }
+            })
+            .collect();
+        let ranges: Vec<String> = own.iter().map(|r| r.to_string()).collect();
+        println!(
+            "{g:>5}  {:>6}  {:<24} {:>6}  {}",
+            own.iter().map(|r| r.len()).sum::<usize>(),
+            ranges.join(","),
+            leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            reps.join(" ")
+        );
+    }
+    Ok(())
+}

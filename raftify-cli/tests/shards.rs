@@ -1,0 +1,118 @@
+//! `raftify-cli shards` against two sharded nodes (in this process, real
+//! gRPC on loopback) after a rebalance: every slot in exactly one group,
+//! each group's leader and replicas shown, in JSON and as text.
+
+use raftify::{NodeSpec, Start, Storage};
+use raftify_core::testkit::{KvCmd, KvStore};
+use raftify_shard::{Settings, ShardHost, ShardSpec};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Host = ShardHost<KvCmd, KvStore>;
+
+async fn start(id: Option<u64>, start: Start) -> Host {
+    let mut node = NodeSpec::new();
+    node.id = id;
+    node.raft_addr = Some("127.0.0.1:0".into());
+    node.storage = Storage::Memory;
+    node.start = start;
+    node.logger = raftify_core::discard_logger();
+    let spec = ShardSpec {
+        node,
+        client_addr: "127.0.0.1:1".into(),
+        settings: Settings {
+            replicas: 2,
+            groups_per_node: 1,
+        },
+        auto_rebalance: true,
+    };
+    ShardHost::start(spec, Arc::new(|_| KvStore::default()), None, None)
+        .await
+        .unwrap()
+}
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_raftify-cli"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_shows_groups_slots_leaders_and_replicas() {
+    let first = start(Some(1), Start::Single).await;
+    let addr = first.raft_addr().to_string();
+    let second = start(
+        None,
+        Start::Join {
+            via: vec![addr.clone()],
+            as_learner: false,
+        },
+    )
+    .await;
+    // Two nodes, two replicas, one group per node; no slot mover, so the
+    // rebalance stops at the move (the new group owns no slots): what is
+    // shown is what the placement holds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = first.placement().borrow().clone();
+        let replicated =
+            p.groups().len() == 2 && p.groups().values().all(|g| g.replicas.len() == 2);
+        if replicated {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for g in [1, 2] {
+        for h in [&first, &second] {
+            let r = loop {
+                if let Some(r) = h.group(g).await {
+                    break r;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "no replica of {g}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            r.wait_for_leader(Duration::from_secs(30)).await.unwrap();
+        }
+    }
+
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || cli(&["shards", &addr, "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 2, "{v}");
+    let groups = v["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{v}");
+    let slots: u64 = groups.iter().map(|g| g["slots"].as_u64().unwrap()).sum();
+    assert_eq!(slots, 16384);
+    for g in groups {
+        let replicas = g["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 2, "{g}");
+        assert!(g["leader"].as_u64().is_some(), "{g}");
+        assert!(replicas.iter().all(|r| r["lag"].as_u64().is_some()), "{g}");
+    }
+
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || cli(&["shards", &addr])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("placement version "), "{out}");
+    assert!(out.contains("0-16383") || out.contains("0-"), "{out}");
+
+    second.shutdown().await;
+    first.shutdown().await;
+}
