@@ -61,6 +61,7 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
             "version": p.version(),
             "settings": p.settings(),
             "moving": p.moving(),
+            "purging": p.purging(),
             "nodes": p.nodes().iter().map(|(id, n)| json!({
                 "id": id,
                 "raft_addr": n.raft_addr,
@@ -91,14 +92,19 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "placement version {}: {} nodes, {} groups, {} replicas each, move: {}",
+        "placement version {}: {} nodes, {} groups, {} replicas each, move: {}{}",
         p.version(),
         p.nodes().len(),
         p.groups().len(),
         p.settings().replicas,
         p.moving()
             .map(|m| m.to_string())
-            .unwrap_or_else(|| "none".into())
+            .unwrap_or_else(|| "none".into()),
+        if p.purging().is_empty() {
+            String::new()
+        } else {
+            format!(", {} moved ranges to purge", p.purging().len())
+        }
     );
     println!();
     println!(

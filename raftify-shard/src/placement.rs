@@ -190,6 +190,8 @@ pub enum Change {
     CommitMove(SlotMove),
     /// Abandons the move in progress: the slots stay with its source.
     AbortMove(SlotMove),
+    /// The source of a committed move no longer holds the moved data.
+    Purged(SlotMove),
     /// Changes the targets.
     SetSettings(Settings),
 }
@@ -270,6 +272,8 @@ pub struct Placement {
     groups: BTreeMap<GroupId, GroupInfo>,
     nodes: BTreeMap<NodeId, NodeInfo>,
     moving: Option<SlotMove>,
+    /// Committed moves whose source still holds the slots' data.
+    purging: Vec<SlotMove>,
     next_group: GroupId,
     settings: Settings,
 }
@@ -282,6 +286,7 @@ impl Default for Placement {
             groups: BTreeMap::new(),
             nodes: BTreeMap::new(),
             moving: None,
+            purging: Vec::new(),
             next_group: 1,
             settings: Settings::default(),
         }
@@ -317,6 +322,12 @@ impl Placement {
     /// The move in progress.
     pub fn moving(&self) -> Option<SlotMove> {
         self.moving
+    }
+
+    /// Committed moves whose source group still holds the moved slots'
+    /// data (to be purged, then recorded with [`Change::Purged`]).
+    pub fn purging(&self) -> &[SlotMove] {
+        &self.purging
     }
 
     /// The id the next `CreateGroup` must use.
@@ -509,7 +520,9 @@ impl Placement {
                 let slots = self.slot_count(group);
                 let in_move = self
                     .moving
-                    .is_some_and(|m| m.from == group || m.to == group);
+                    .iter()
+                    .chain(&self.purging)
+                    .any(|m| m.from == group || m.to == group);
                 if slots > 0 || in_move {
                     return Err(PlacementError::GroupInUse { group, slots });
                 }
@@ -549,6 +562,14 @@ impl Placement {
                     self.owners[usize::from(s)] = m.to;
                 }
                 self.moving = None;
+                self.purging.push(m);
+            }
+            Change::Purged(m) => {
+                let before = self.purging.len();
+                self.purging.retain(|p| *p != m);
+                if self.purging.len() == before {
+                    return Ok(false);
+                }
             }
             Change::AbortMove(m) => {
                 if self.moving != Some(m) {
@@ -633,6 +654,11 @@ impl Placement {
                 return Err(format!("group {id}: a node both voter and learner"));
             }
         }
+        if let Some(m) = self.purging.iter().find(|m| {
+            !self.groups.contains_key(&m.from) || !m.slots.slots().all(|s| self.owner(s) != m.from)
+        }) {
+            return Err(format!("inconsistent purge: {m}"));
+        }
         if let Some(m) = self.moving {
             let ok = m.slots.is_valid()
                 && m.from != m.to
@@ -668,6 +694,8 @@ struct Repr {
     groups: BTreeMap<GroupId, GroupInfo>,
     nodes: BTreeMap<NodeId, NodeInfo>,
     moving: Option<SlotMove>,
+    #[serde(default)]
+    purging: Vec<SlotMove>,
     next_group: GroupId,
     settings: Settings,
 }
@@ -680,6 +708,7 @@ impl From<Placement> for Repr {
             groups: p.groups,
             nodes: p.nodes,
             moving: p.moving,
+            purging: p.purging,
             next_group: p.next_group,
             settings: p.settings,
         }
@@ -710,6 +739,7 @@ impl TryFrom<Repr> for Placement {
             groups: r.groups,
             nodes: r.nodes,
             moving: r.moving,
+            purging: r.purging,
             next_group: r.next_group,
             settings: r.settings,
         };

@@ -220,6 +220,22 @@ fn a_move_keeps_one_owner_per_slot_and_commits_or_aborts_whole() {
         vec![(range(0, 8191), 1), (range(8192, 16383), 2)]
     );
     assert_eq!(p.moving(), None);
+    // The source's copy is still to be purged, and it is remembered; the
+    // group cannot go meanwhile.
+    assert_eq!(p.purging(), &[m]);
+    p.check().unwrap();
+    let v = p.version();
+    assert!(matches!(
+        p.apply(None, Change::DeleteGroup { group: 1 }),
+        Err(PlacementError::GroupInUse { .. })
+    ));
+    p.apply(None, Change::Purged(m)).unwrap();
+    assert!(p.purging().is_empty());
+    assert_eq!(
+        p.apply(None, Change::Purged(m)),
+        Ok(v + 1),
+        "twice: no change"
+    );
     p.check().unwrap();
 
     // A move of slots the source does not own is refused.

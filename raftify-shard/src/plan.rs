@@ -9,7 +9,8 @@
 //!
 //! In order, the first thing that applies:
 //!
-//! 1. a slot move in progress, or a replica being added: finish it;
+//! 1. a committed move whose source still holds the data, a slot move in
+//!    progress, or a replica being added: finish it;
 //! 2. a node that leaves: give its groups a replica elsewhere, then remove
 //!    its replica; once it hosts none, remove it;
 //! 3. replica counts: `min(settings.replicas, nodes)` per group, added on
@@ -62,6 +63,8 @@ pub enum Step {
     },
     /// Move slots between groups (begun, keys copied, committed).
     MoveSlots(SlotMove),
+    /// Delete a committed move's data from its source, then record it.
+    Purge(SlotMove),
     /// Delete a group that owns no slots.
     DeleteGroup {
         /// The group.
@@ -85,6 +88,9 @@ pub enum Step {
 pub fn plan(p: &Placement, observed: &Observed) -> Option<Step> {
     if !p.is_bootstrapped() {
         return None;
+    }
+    if let Some(&m) = p.purging().first() {
+        return Some(Step::Purge(m));
     }
     if let Some(m) = p.moving() {
         return Some(Step::MoveSlots(m));

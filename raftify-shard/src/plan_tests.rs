@@ -100,7 +100,10 @@ impl Sim {
                     self.change(Change::BeginMove(m));
                 }
                 self.change(Change::CommitMove(m));
+                // Purged by a step of its own (interrupted here at times).
+                assert_eq!(self.p.purging(), &[m]);
             }
+            Step::Purge(m) => self.change(Change::Purged(m)),
             Step::DeleteGroup { group } => {
                 self.change(Change::DeleteGroup { group });
                 self.leaders.remove(&group);

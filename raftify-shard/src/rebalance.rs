@@ -312,6 +312,17 @@ where
             }
         }
         Step::MoveSlots(m) => move_slots(inner, mover, p, m).await?,
+        Step::Purge(m) => {
+            let mover = mover.ok_or_else(|| {
+                ShardError::Rebalance("this node has no slot mover; cannot purge".into())
+            })?;
+            let from = (m.from, addrs(p, m.from));
+            mover
+                .purge(&inner.host.transport, from, m.slots)
+                .await
+                .map_err(|e| ShardError::Rebalance(format!("purging {m} from its source: {e}")))?;
+            inner.change(None, Change::Purged(m)).await?;
+        }
         Step::DeleteGroup { group } => {
             inner.change(version, Change::DeleteGroup { group }).await?;
         }
@@ -389,13 +400,11 @@ where
     let from = (m.from, addrs(p, m.from));
     let to = (m.to, addrs(p, m.to));
     mover
-        .copy(t, from.clone(), to, m.slots)
+        .copy(t, from, to, m.slots)
         .await
         .map_err(|e| ShardError::Rebalance(format!("copying {m}: {e}")))?;
+    // The purge is a step of its own (the placement remembers it), so a
+    // crash right after the commit still gets the source purged.
     inner.change(None, Change::CommitMove(m)).await?;
-    mover
-        .purge(t, from, m.slots)
-        .await
-        .map_err(|e| ShardError::Rebalance(format!("purging {m} from its source: {e}")))?;
     Ok(())
 }
