@@ -217,11 +217,19 @@ where
     /// Marks this node to leave: the rebalancer moves its replicas away,
     /// then removes it.
     pub async fn leave(&self) -> Result<(), ShardError> {
+        self.mark_leaving(self.inner.id).await
+    }
+
+    /// Marks node `node` to leave (one that is gone for good, say): the
+    /// rebalancer gives its groups replicas on the other nodes, removes
+    /// its replicas (the groups keep a quorum without it), then removes
+    /// it from the cluster.
+    pub async fn mark_leaving(&self, node: NodeId) -> Result<(), ShardError> {
         self.inner
             .change(
                 None,
                 Change::SetLeaving {
-                    node: self.inner.id,
+                    node,
                     leaving: true,
                 },
             )

@@ -314,3 +314,62 @@ async fn a_rebalance_cut_short_by_a_node_stopping_resumes_and_its_data_comes_bac
         h.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gone_for_good_is_replaced_and_no_key_is_lost() {
+    let first = start(Some(1), Start::Single).await;
+    let addr1 = first.raft_addr().to_string();
+    wait_for("group 1", || async { first.group(1).await })
+        .await
+        .wait_for_leader(WAIT)
+        .await
+        .unwrap();
+    let join = || Start::Join {
+        via: vec![addr1.clone()],
+        as_learner: false,
+    };
+    let second = start(None, join()).await;
+    let third = start(None, join()).await;
+    let hosts = [&first, &second, &third];
+    first.rebalance();
+    let (p, _) = balanced(&hosts).await;
+    assert_eq!(p.groups().len(), 3);
+    let client = RaftClient::new([addr1.clone()], GrpcConfig::default()).unwrap();
+    let mut written = BTreeMap::new();
+    for i in 0..200 {
+        let (key, value) = (format!("k{i}"), format!("v{i}"));
+        let g = p.owner(key_slot(key.as_bytes()));
+        let put = KvCmd::Put {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        client
+            .for_group(g)
+            .propose(put.encode().unwrap())
+            .await
+            .unwrap();
+        written.insert(key, value);
+    }
+
+    // Node 3 dies and will not come back: marked to leave, its replicas
+    // and its share of the groups go to the two others (two replicas per
+    // group now, two groups), keys and all.
+    let gone = third.id();
+    third.shutdown().await;
+    first.mark_leaving(gone).await.unwrap();
+    let hosts = [&first, &second];
+    let (p, _) = balanced(&hosts).await;
+    assert!(!p.nodes().contains_key(&gone), "{p:?}");
+    assert_eq!(p.groups().len(), 2, "{p:?}");
+    for info in p.groups().values() {
+        assert_eq!(info.replicas.len(), 2);
+        assert!(!info.replicas.contains(&gone));
+    }
+    let meta = first.meta().members().await.unwrap();
+    assert!(meta.members.iter().all(|m| m.id != gone), "{meta:?}");
+    check_keys(&client, &p, &written).await;
+
+    for h in [second, first] {
+        h.shutdown().await;
+    }
+}
