@@ -11,11 +11,11 @@
 //! ```
 
 use bytes::Bytes;
-use raftify::{NodeSpec, ReadFn, Start, Storage};
+use raftify::{ReadFn, Start, Storage};
 use raftify_cache::{key_slot, CacheEntry, CacheSlotMover, CacheState, Op, Reply};
 use raftify_core::{unix_ms, AbstractLogEntry, Payload};
 use raftify_grpc::{GrpcConfig, RaftClient};
-use raftify_shard::{Settings, ShardHost, ShardSpec};
+use raftify_shard::{testkit, Settings, ShardHost};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,21 +26,11 @@ type Host = ShardHost<CacheEntry, CacheState>;
 const VALUE: usize = 100;
 
 async fn start(id: Option<u64>, start: Start) -> Result<Host, Error> {
-    let mut node = NodeSpec::new();
-    node.id = id;
-    node.raft_addr = Some("127.0.0.1:0".into());
-    node.storage = Storage::Memory;
-    node.start = start;
-    node.logger = raftify_core::discard_logger();
-    let spec = ShardSpec {
-        node,
-        client_addr: "127.0.0.1:1".into(),
-        settings: Settings {
-            replicas: 2,
-            groups_per_node: 1,
-        },
-        auto_rebalance: false,
+    let settings = Settings {
+        replicas: 2,
+        groups_per_node: 1,
     };
+    let spec = testkit::spec(id, start, "127.0.0.1:0", Storage::Memory, settings, false);
     let reader: ReadFn<CacheState> = Arc::new(|_: &CacheState, _: &[u8]| Ok(Vec::new()));
     let make = Arc::new(|_| CacheState::new());
     Ok(ShardHost::start(
@@ -120,14 +110,7 @@ async fn main() -> Result<(), Error> {
         })
     };
 
-    let second = start(
-        None,
-        Start::Join {
-            via: vec![addr.clone()],
-            as_learner: false,
-        },
-    )
-    .await?;
+    let second = start(None, testkit::join(&addr)).await?;
     let t0 = Instant::now();
     first.rebalance();
     let deadline = t0 + Duration::from_secs(600);

@@ -6,12 +6,11 @@
 //! TTL, and in no other group; the group it left refuses it.
 
 use bytes::Bytes;
-use raftify::{NodeSpec, ReadFn, Start, Storage};
+use raftify::{ReadFn, Start, Storage};
 use raftify_cache::{key_slot, CacheEntry, CacheSlotMover, CacheState, Op, Reply};
-use raftify_core::testkit::test_logger;
 use raftify_core::{unix_ms, AbstractLogEntry, Payload};
 use raftify_grpc::{GrpcConfig, RaftClient};
-use raftify_shard::{plan, Observed, Settings, ShardHost, ShardSpec};
+use raftify_shard::{plan, testkit, Observed, Settings, ShardHost};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,18 +55,14 @@ async fn write(c: &RaftClient, group: u64, args: &[&str]) -> Reply {
 }
 
 async fn start(id: Option<u64>, start: Start) -> Host {
-    let mut node = NodeSpec::new();
-    node.id = id;
-    node.raft_addr = Some("127.0.0.1:0".into());
-    node.storage = Storage::Memory;
-    node.start = start;
-    node.logger = test_logger();
-    let spec = ShardSpec {
-        node,
-        client_addr: "127.0.0.1:1".into(),
-        settings: Settings::default(),
-        auto_rebalance: false,
-    };
+    let spec = testkit::spec(
+        id,
+        start,
+        "127.0.0.1:0",
+        Storage::Memory,
+        Settings::default(),
+        false,
+    );
     let make = Arc::new(|_| CacheState::new());
     let mover = CacheSlotMover { chunk: 1000 };
     ShardHost::start(spec, make, Some(reader()), Some(Arc::new(mover)))
@@ -75,19 +70,12 @@ async fn start(id: Option<u64>, start: Start) -> Host {
         .unwrap()
 }
 
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+async fn wait_for<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::wait_for(what, WAIT, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,10 +101,7 @@ async fn cache_keys_move_with_their_slots() {
     write(&client, 1, &["zadd", "z", "1.5", "m"]).await;
     write(&client, 1, &["set", "ttl", "t", "ex", "3600"]).await;
 
-    let join = || Start::Join {
-        via: vec![addr1.clone()],
-        as_learner: false,
-    };
+    let join = || testkit::join(&addr1);
     let second = start(None, join()).await;
     let third = start(None, join()).await;
     let hosts = [&first, &second, &third];

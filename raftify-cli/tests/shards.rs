@@ -2,9 +2,9 @@
 //! gRPC on loopback) after a rebalance: every slot in exactly one group,
 //! each group's leader and replicas shown, in JSON and as text.
 
-use raftify::{NodeSpec, Start, Storage};
+use raftify::{Start, Storage};
 use raftify_core::testkit::{KvCmd, KvStore};
-use raftify_shard::{Settings, ShardHost, ShardSpec};
+use raftify_shard::{testkit, Settings, ShardHost};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,21 +12,11 @@ use std::time::Duration;
 type Host = ShardHost<KvCmd, KvStore>;
 
 async fn start(id: Option<u64>, start: Start) -> Host {
-    let mut node = NodeSpec::new();
-    node.id = id;
-    node.raft_addr = Some("127.0.0.1:0".into());
-    node.storage = Storage::Memory;
-    node.start = start;
-    node.logger = raftify_core::discard_logger();
-    let spec = ShardSpec {
-        node,
-        client_addr: "127.0.0.1:1".into(),
-        settings: Settings {
-            replicas: 2,
-            groups_per_node: 1,
-        },
-        auto_rebalance: true,
+    let settings = Settings {
+        replicas: 2,
+        groups_per_node: 1,
     };
+    let spec = testkit::spec(id, start, "127.0.0.1:0", Storage::Memory, settings, true);
     ShardHost::start(spec, Arc::new(|_| KvStore::default()), None, None)
         .await
         .unwrap()
@@ -48,14 +38,7 @@ fn cli(args: &[&str]) -> (bool, String, String) {
 async fn shards_shows_groups_slots_leaders_and_replicas() {
     let first = start(Some(1), Start::Single).await;
     let addr = first.raft_addr().to_string();
-    let second = start(
-        None,
-        Start::Join {
-            via: vec![addr.clone()],
-            as_learner: false,
-        },
-    )
-    .await;
+    let second = start(None, testkit::join(&addr)).await;
     // Two nodes, two replicas, one group per node; no slot mover, so the
     // rebalance stops at the move (the new group owns no slots): what is
     // shown is what the placement holds.

@@ -32,6 +32,8 @@ mod placement;
 mod plan;
 mod rebalance;
 pub mod slots;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use host::{MakeState, ShardError, ShardHost, ShardSpec, PLACEMENT_QUERY};
 pub use rebalance::SlotMover;

@@ -5,12 +5,12 @@
 //! readable from the group that owns its slot, and only there.
 
 use async_trait::async_trait;
-use raftify::{NodeSpec, ReadFn, Start, Storage};
-use raftify_core::testkit::{test_logger, KvCmd, KvStore};
+use raftify::{ReadFn, Start, Storage};
+use raftify_core::testkit::{KvCmd, KvStore};
 use raftify_core::{AbstractLogEntry, BoxError};
 use raftify_grpc::{GrpcConfig, GrpcTransport, RaftClient};
 use raftify_shard::{
-    key_slot, plan, Observed, Settings, ShardHost, ShardSpec, SlotMover, SlotRange, SLOTS,
+    key_slot, plan, testkit, Observed, Settings, ShardHost, SlotMover, SlotRange, SLOTS,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,37 +92,42 @@ async fn start(id: Option<u64>, start: Start) -> Host {
 }
 
 async fn start_at(id: Option<u64>, start: Start, addr: &str, storage: Storage) -> Host {
-    let mut node = NodeSpec::new();
-    node.id = id;
-    node.raft_addr = Some(addr.into());
-    node.storage = storage;
-    node.start = start;
-    node.logger = test_logger();
-    let spec = ShardSpec {
-        node,
-        client_addr: "127.0.0.1:1".into(),
-        settings: Settings::default(),
-        auto_rebalance: false,
-    };
+    let spec = testkit::spec(id, start, addr, storage, Settings::default(), false);
     let make = Arc::new(|_| KvStore::default());
     ShardHost::start(spec, make, Some(reader()), Some(Arc::new(KvMover)))
         .await
         .unwrap()
 }
 
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+async fn wait_for<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    testkit::wait_for(what, WAIT, f).await
+}
+
+/// Writes `n` keys `{prefix}{i}` to the groups owning them (by `p`; all
+/// to group 1 when `p` is `None`); what was written.
+async fn write_keys(
+    client: &RaftClient,
+    p: Option<&raftify_shard::Placement>,
+    prefix: &str,
+    n: usize,
+) -> BTreeMap<String, String> {
+    let mut written = BTreeMap::new();
+    for i in 0..n {
+        let (key, value) = (format!("{prefix}{i}"), format!("value of {prefix}{i}"));
+        let group = p.map_or(1, |p| p.owner(key_slot(key.as_bytes())));
+        let put = KvCmd::Put {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        let c = client.for_group(group);
+        c.propose(put.encode().unwrap()).await.unwrap();
+        written.insert(key, value);
     }
+    written
 }
 
 /// Waits until every host runs the replicas the placement gives it, with
@@ -187,25 +192,9 @@ async fn keys_on_one_node_spread_over_three_after_a_rebalance() {
     let g1 = wait_for("group 1", || async { first.group(1).await }).await;
     g1.wait_for_leader(WAIT).await.unwrap();
     let client = RaftClient::new([addr1.clone()], GrpcConfig::default()).unwrap();
-    let mut written = BTreeMap::new();
-    for i in 0..300 {
-        let (key, value) = (format!("key-{i}"), format!("value-{i}"));
-        let put = KvCmd::Put {
-            key: key.clone(),
-            value: value.clone(),
-        };
-        client
-            .for_group(1)
-            .propose(put.encode().unwrap())
-            .await
-            .unwrap();
-        written.insert(key, value);
-    }
+    let written = write_keys(&client, None, "key-", 300).await;
 
-    let join = || Start::Join {
-        via: vec![addr1.clone()],
-        as_learner: false,
-    };
+    let join = || testkit::join(&addr1);
     let second = start(None, join()).await;
     let third = start(None, join()).await;
     let hosts = [&first, &second, &third];
@@ -262,24 +251,8 @@ async fn a_rebalance_cut_short_by_a_node_stopping_resumes_and_its_data_comes_bac
     let g1 = wait_for("group 1", || async { first.group(1).await }).await;
     g1.wait_for_leader(WAIT).await.unwrap();
     let client = RaftClient::new([addr1.clone()], GrpcConfig::default()).unwrap();
-    let mut written = BTreeMap::new();
-    for i in 0..200 {
-        let (key, value) = (format!("k{i}"), format!("v{i}"));
-        let put = KvCmd::Put {
-            key: key.clone(),
-            value: value.clone(),
-        };
-        client
-            .for_group(1)
-            .propose(put.encode().unwrap())
-            .await
-            .unwrap();
-        written.insert(key, value);
-    }
-    let join = || Start::Join {
-        via: vec![addr1.clone()],
-        as_learner: false,
-    };
+    let written = write_keys(&client, None, "k", 200).await;
+    let join = || testkit::join(&addr1);
     let second = start_at(None, join(), "127.0.0.1:0", disk(1)).await;
     let third = start_at(None, join(), "127.0.0.1:0", disk(2)).await;
 
@@ -324,10 +297,7 @@ async fn a_node_gone_for_good_is_replaced_and_no_key_is_lost() {
         .wait_for_leader(WAIT)
         .await
         .unwrap();
-    let join = || Start::Join {
-        via: vec![addr1.clone()],
-        as_learner: false,
-    };
+    let join = || testkit::join(&addr1);
     let second = start(None, join()).await;
     let third = start(None, join()).await;
     let hosts = [&first, &second, &third];
@@ -335,21 +305,7 @@ async fn a_node_gone_for_good_is_replaced_and_no_key_is_lost() {
     let (p, _) = balanced(&hosts).await;
     assert_eq!(p.groups().len(), 3);
     let client = RaftClient::new([addr1.clone()], GrpcConfig::default()).unwrap();
-    let mut written = BTreeMap::new();
-    for i in 0..200 {
-        let (key, value) = (format!("k{i}"), format!("v{i}"));
-        let g = p.owner(key_slot(key.as_bytes()));
-        let put = KvCmd::Put {
-            key: key.clone(),
-            value: value.clone(),
-        };
-        client
-            .for_group(g)
-            .propose(put.encode().unwrap())
-            .await
-            .unwrap();
-        written.insert(key, value);
-    }
+    let written = write_keys(&client, Some(&p), "k", 200).await;
 
     // Node 3 dies and will not come back: marked to leave, its replicas
     // and its share of the groups go to the two others (two replicas per
