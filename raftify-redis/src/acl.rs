@@ -51,8 +51,11 @@ impl Server {
             };
         }
         let hash = sha256_hex(pass);
-        let ok = self
-            .node
+        let node = match self.single() {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        let ok = node
             .stale_read(|sm| {
                 sm.users()
                     .get(&user)
@@ -71,8 +74,11 @@ impl Server {
     /// when `write`); None when it may. The default user may run anything.
     pub(crate) async fn forbidden(&self, s: &Session, name: &str, write: bool) -> Option<Reply> {
         let user = s.user.as_ref()?;
-        let allowed = self
-            .node
+        let node = match self.single() {
+            Ok(n) => n,
+            Err(r) => return Some(r),
+        };
+        let allowed = node
             .stale_read(|sm| {
                 sm.users()
                     .get(user)
@@ -88,21 +94,24 @@ impl Server {
 
     /// `ACL ...`.
     pub(crate) async fn acl_command(&self, s: &mut Session, argv: &[Bytes]) -> Reply {
+        let node = match self.single() {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
         let sub = lower(&argv[1]);
         match (sub.as_str(), argv.len()) {
             ("whoami", 2) => Reply::bulk(s.user.clone().unwrap_or_else(|| "default".into())),
             ("users", 2) => {
                 let mut names = vec![Bytes::from_static(b"default")];
                 names.extend(
-                    self.node
-                        .stale_read(|sm| {
-                            sm.users()
-                                .keys()
-                                .cloned()
-                                .map(Bytes::from)
-                                .collect::<Vec<_>>()
-                        })
-                        .await,
+                    node.stale_read(|sm| {
+                        sm.users()
+                            .keys()
+                            .cloned()
+                            .map(Bytes::from)
+                            .collect::<Vec<_>>()
+                    })
+                    .await,
                 );
                 Reply::bulks(names)
             }
@@ -113,23 +122,19 @@ impl Server {
                 };
                 let mut lines = vec![Bytes::from(default)];
                 lines.extend(
-                    self.node
-                        .stale_read(|sm| {
-                            sm.users()
-                                .iter()
-                                .map(|(n, u)| Bytes::from(u.describe(n)))
-                                .collect::<Vec<_>>()
-                        })
-                        .await,
+                    node.stale_read(|sm| {
+                        sm.users()
+                            .iter()
+                            .map(|(n, u)| Bytes::from(u.describe(n)))
+                            .collect::<Vec<_>>()
+                    })
+                    .await,
                 );
                 Reply::bulks(lines)
             }
             ("getuser", 3) => {
                 let name = String::from_utf8_lossy(&argv[2]).into_owned();
-                let user = self
-                    .node
-                    .stale_read(|sm| sm.users().get(&name).cloned())
-                    .await;
+                let user = node.stale_read(|sm| sm.users().get(&name).cloned()).await;
                 match user {
                     None => Reply::Nil,
                     Some(u) => {
@@ -191,8 +196,11 @@ impl Server {
     }
 
     async fn propose_acl(&self, op: Op) -> Reply {
-        match self
-            .node
+        let node = match self.single() {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        match node
             .propose(&CacheEntry {
                 clock_ms: unix_ms(),
                 op,

@@ -73,7 +73,7 @@ pub fn node_id(cluster_uid: u64, id: u64) -> String {
     format!("{cluster_uid:016x}{id:024x}")
 }
 
-fn split_addr(addr: &str) -> (String, i64) {
+pub(crate) fn split_addr(addr: &str) -> (String, i64) {
     match addr.rsplit_once(':') {
         Some((h, p)) => (
             h.trim_matches(['[', ']']).to_string(),
@@ -86,13 +86,9 @@ fn split_addr(addr: &str) -> (String, i64) {
 impl Server {
     /// The members with announced addresses, the leader first.
     async fn topology(&self) -> Result<(Vec<Shown>, u64), Reply> {
-        let status = self
-            .node
-            .handle()
-            .status()
-            .await
-            .map_err(|e| error_reply(&e))?;
-        let addrs = self.node.stale_read(|sm| sm.member_addrs().clone()).await;
+        let node = self.single()?;
+        let status = node.handle().status().await.map_err(|e| error_reply(&e))?;
+        let addrs = node.stale_read(|sm| sm.member_addrs().clone()).await;
         let master = match status.leader_id {
             0 => self.last_leader.load(Ordering::Relaxed),
             l => {
@@ -121,9 +117,13 @@ impl Server {
 
     /// `CLUSTER ...`.
     pub async fn cluster_command(&self, s: &mut Session, argv: &[Bytes]) -> Reply {
+        let node = match self.single() {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
         let sub = String::from_utf8_lossy(&argv[1]).to_ascii_lowercase();
-        let uid = self.node.handle().cluster_uid();
-        let me = self.node.handle().id();
+        let uid = node.handle().cluster_uid();
+        let me = node.handle().id();
         match (sub.as_str(), argv.len()) {
             ("keyslot", 3) => Reply::Int(redis_protocol::redis_keyslot(&argv[2]).into()),
             ("myid", 2) => Reply::bulk(node_id(uid, me)),
@@ -176,7 +176,7 @@ impl Server {
                         Reply::Array(vec![Reply::Array(shard)])
                     }
                     "shards" => {
-                        let applied = self.node.handle().state().applied_index as i64;
+                        let applied = node.handle().state().applied_index as i64;
                         let shown = nodes
                             .iter()
                             .map(|n| {
@@ -244,18 +244,18 @@ impl Server {
     /// For a connection that discovered the cluster: `-MOVED` to the
     /// leader for a write on a follower (None: serve it here, forwarding).
     pub async fn moved(&self, s: &Session, argv: &[Bytes], keys: &[usize]) -> Option<Reply> {
-        if !s.cluster || self.node.handle().is_leader() {
+        let node = self.node.as_ref()?;
+        if !s.cluster || node.handle().is_leader() {
             return None;
         }
         let key = argv.get(*keys.first()?)?;
-        let leader = self.node.handle().state().leader_id;
+        let leader = node.handle().state().leader_id;
         if leader == 0 {
             return Some(Reply::Error(
                 "CLUSTERDOWN The cluster is down (no leader)".into(),
             ));
         }
-        let addr = self
-            .node
+        let addr = node
             .stale_read(|sm| sm.member_addrs().get(&leader).cloned())
             .await?;
         Some(Reply::Error(format!(

@@ -63,10 +63,14 @@ impl Server {
     }
 
     pub(crate) async fn info(&self, section: &str) -> String {
-        let status = self.node.handle().status().await.ok();
-        let state = self.node.handle().state();
-        let (keys, expiring, used) = self
-            .node
+        let node = match (&self.node, &self.shard) {
+            (Some(n), _) => n,
+            (None, Some(shard)) => return shard.info().await,
+            (None, None) => return String::new(),
+        };
+        let status = node.handle().status().await.ok();
+        let state = node.handle().state();
+        let (keys, expiring, used) = node
             .stale_read(|sm| {
                 let ks = sm.keyspace();
                 (ks.raw_len(), ks.expiring(), ks.used_memory())
@@ -120,7 +124,7 @@ impl Server {
             "replication",
             format!(
                 "role:{}\r\n",
-                if leader == self.node.handle().id() {
+                if leader == node.handle().id() {
                     "master"
                 } else {
                     "slave"
@@ -169,7 +173,11 @@ impl Server {
     }
 
     pub(crate) async fn raft_command(&self, argv: &[Bytes]) -> Reply {
-        let h = self.node.handle();
+        let node = match self.single() {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        let h = node.handle();
         match lower(&argv[1]).as_str() {
             "leader" => match h.state().leader_addr {
                 Some(addr) => Reply::Bulk(Bytes::from(addr)),
@@ -241,7 +249,11 @@ impl Server {
     /// DEMOTE id`: membership through the core (from any node; changes go
     /// to the leader). A node to add runs with `--wait-to-be-added`.
     async fn raft_server(&self, argv: &[Bytes]) -> Reply {
-        let h = self.node.handle();
+        let node = match self.single() {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
+        let h = node.handle();
         let id = |i: usize| {
             argv.get(i)
                 .and_then(|a| raftify_cache::commands::parse_i64(a))
@@ -263,7 +275,7 @@ impl Server {
                     Ok(s) => s,
                     Err(e) => return error_reply(&e),
                 };
-                let addrs = self.node.stale_read(|sm| sm.member_addrs().clone()).await;
+                let addrs = node.stale_read(|sm| sm.member_addrs().clone()).await;
                 Reply::Array(
                     status
                         .members

@@ -17,4 +17,5 @@ mod introspect;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
+pub mod sharded;
 pub mod snapshots;

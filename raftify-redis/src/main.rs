@@ -77,6 +77,24 @@ struct Args {
     /// (faster, possibly stale), as every connection that sent READONLY.
     #[arg(long, env = "RAFTIFY_OPENREADS")]
     openreads: bool,
+    /// Spread the key space over many Raft groups (Redis Cluster's hash
+    /// slots), each replicated on --replicas nodes: the first node starts
+    /// alone (--id 1), every other one with --join (any member's raft
+    /// address); `RAFT REBALANCE` spreads groups, slots and leaders.
+    #[arg(long, env = "RAFTIFY_SHARDED")]
+    sharded: bool,
+    /// With --sharded: replicas per group (fewer while there are fewer
+    /// nodes). Read when the cluster is created.
+    #[arg(long, env = "RAFTIFY_REPLICAS", default_value_t = 3)]
+    replicas: usize,
+    /// With --sharded: groups per node the cluster aims for. Read when the
+    /// cluster is created.
+    #[arg(long, env = "RAFTIFY_GROUPS_PER_NODE", default_value_t = 1)]
+    groups_per_node: usize,
+    /// With --sharded: rebalance by itself whenever nodes join or leave
+    /// (else on `RAFT REBALANCE`).
+    #[arg(long, env = "RAFTIFY_AUTO_REBALANCE")]
+    auto_rebalance: bool,
 }
 
 async fn run(args: Args, logger: slog::Logger) -> Result<()> {
@@ -113,6 +131,9 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
             Some((listener, tokio_rustls::TlsAcceptor::from(config)))
         }
     };
+    if args.sharded {
+        return run_sharded(args, spec, listener, tls_listener, advertise, addr, logger).await;
+    }
     let hub = Arc::new(raftify_redis::pubsub::Hub::default());
     let mut state = CacheState::new();
     let delivering = hub.clone();
@@ -131,7 +152,8 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     info!(logger, "raftify-redis node up"; "id" => launched.id, "raft" => %launched.raft_addr, "redis" => %addr,
         "data_dir" => %launched.data_dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default());
     let server = Arc::new(Server {
-        node: node.clone(),
+        node: Some(node.clone()),
+        shard: None,
         requirepass: args.requirepass.clone(),
         openreads: args.openreads,
         max_bulk: args.proto_max_bulk_len,
@@ -179,6 +201,93 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     expiry.abort();
     evictor.abort();
     announce.abort();
+    if let Some(reason) = fatal.reason() {
+        bail!("{reason}");
+    }
+    info!(logger, "raftify-redis node stopped");
+    Ok(())
+}
+
+/// `--sharded`: a [`ShardHost`] of cache groups behind the Redis port.
+async fn run_sharded(
+    args: Args,
+    mut spec: raftify::NodeSpec,
+    listener: tokio::net::TcpListener,
+    tls_listener: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    advertise: String,
+    addr: String,
+    logger: slog::Logger,
+) -> Result<()> {
+    if args.maxmemory > 0 {
+        bail!("--maxmemory is not supported with --sharded yet");
+    }
+    if spec.restore.is_some() {
+        bail!("--restore-* is not supported with --sharded yet");
+    }
+    if matches!(spec.start, raftify::Start::Members(_)) {
+        bail!("--sharded starts the first node alone (--id 1) and the others with --join, not --peers");
+    }
+    if let raftify::Storage::PerNodeNamed(root, _) = &spec.storage {
+        spec.storage = raftify::Storage::Dir(root.join(format!("redis-sharded-{}", args.port)));
+    }
+    let settings = raftify_shard::Settings {
+        replicas: args.replicas,
+        groups_per_node: args.groups_per_node,
+    };
+    let shard_spec = raftify_shard::ShardSpec {
+        node: spec,
+        client_addr: advertise,
+        settings,
+        auto_rebalance: args.auto_rebalance,
+    };
+    let make = Arc::new(|_| CacheState::new());
+    let mover = Arc::new(raftify_cache::CacheSlotMover::default());
+    let host = raftify_shard::ShardHost::start(shard_spec, make, None, Some(mover))
+        .await
+        .context("cannot start the sharded node")?;
+    info!(logger, "raftify-redis sharded node up"; "id" => host.id(), "raft" => %host.raft_addr(), "redis" => %addr);
+    let (stop, fatal) = until_stopped(host.meta(), &logger);
+    let shard = Arc::new(raftify_redis::sharded::Shard { host });
+    let server = Arc::new(Server {
+        node: None,
+        shard: Some(shard.clone()),
+        requirepass: args.requirepass.clone(),
+        openreads: args.openreads,
+        max_bulk: args.proto_max_bulk_len,
+        max_clients: args.maxclients,
+        port: args.port,
+        clients: AtomicUsize::new(0),
+        hub: Arc::new(raftify_redis::pubsub::Hub::default()),
+        last_leader: AtomicU64::new(0),
+        maxmemory: 0,
+        policy: args.maxmemory_policy,
+        next_client_id: AtomicU64::new(0),
+        commands: AtomicU64::new(0),
+        started: Instant::now(),
+        snapshot_cache: Default::default(),
+    });
+    let expiry = tokio::spawn(raftify_redis::sharded::expire_all(
+        shard.clone(),
+        logger.clone(),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tls_task = tls_listener.map(|(l, acceptor)| {
+        let (server, logger, mut rx) = (server.clone(), logger.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            accept_loop(l, Some(acceptor), server, logger, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    });
+    accept_loop(listener, None, server, logger.clone(), stop).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = tls_task {
+        let _ = t.await;
+    }
+    expiry.abort();
+    let _ = expiry.await;
+    shard.host.shutdown().await;
     if let Some(reason) = fatal.reason() {
         bail!("{reason}");
     }

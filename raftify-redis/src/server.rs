@@ -16,8 +16,11 @@ pub type Node = Raft<CacheEntry, CacheState>;
 
 /// Settings and counters shared by every connection.
 pub struct Server {
-    /// The raft node.
-    pub node: Node,
+    /// The raft node (`None` on a sharded node, whose commands go to the
+    /// replica of their slot's group: see [`Server::shard`]).
+    pub node: Option<Node>,
+    /// `--sharded`: the node's groups and the routing to them.
+    pub shard: Option<Arc<crate::sharded::Shard>>,
     /// `--requirepass`.
     pub requirepass: Option<String>,
     /// `--openreads`: reads from this node's copy without a ReadIndex.
@@ -186,22 +189,51 @@ impl Server {
         if let Some(no) = self.forbidden(session, c.name, c.is_write()).await {
             return no;
         }
+        let positions = c.key_positions(argv.len());
+        let keys: Vec<&Bytes> = positions.iter().filter_map(|&i| argv.get(i)).collect();
+        let node = match self.node_for(session, &keys, c.is_write()).await {
+            Ok(n) => n,
+            Err(r) => return r,
+        };
         if !c.is_write() {
-            return self.read(session, argv).await;
+            return self.read(&node, session, argv).await;
         }
-        if let Some(moved) = self
-            .moved(session, &argv, &c.key_positions(argv.len()))
-            .await
-        {
-            return moved;
+        if self.shard.is_none() {
+            if let Some(moved) = self.moved(session, &argv, &positions).await {
+                return moved;
+            }
         }
-        self.write(vec![argv], false).await
+        self.write(&node, vec![argv], false).await
+    }
+
+    /// The node a command (or transaction, or `WATCH`) on `keys` runs on:
+    /// the node, or on a sharded node this node's replica of the group
+    /// owning the keys' slot; else the reply that sends the client
+    /// elsewhere (see [`crate::sharded`]).
+    pub(crate) async fn node_for(
+        &self,
+        s: &Session,
+        keys: &[&Bytes],
+        write: bool,
+    ) -> Result<Node, Reply> {
+        match (&self.node, &self.shard) {
+            (Some(n), _) => Ok(n.clone()),
+            (None, Some(shard)) => shard.route(s, keys, write).await,
+            (None, None) => Err(crate::sharded::unsupported()),
+        }
+    }
+
+    /// The node of a server that is not sharded (what the commands that
+    /// span the whole cluster need), or the error a sharded one answers.
+    pub(crate) fn single(&self) -> Result<&Node, Reply> {
+        self.node.as_ref().ok_or_else(crate::sharded::unsupported)
     }
 
     /// Whether `argv` may be answered together with the data commands
     /// around it (see [`Server::run_batch`]).
     pub fn batchable(&self, s: &Session, argv: &[Bytes]) -> bool {
         s.authed
+            && self.shard.is_none()
             && s.user.is_none()
             && s.multi.is_none()
             && s.inbox.count() == 0
@@ -215,20 +247,22 @@ impl Server {
     pub async fn run_batch(&self, s: &Session, batch: Vec<Vec<Bytes>>) -> Vec<Reply> {
         let n = batch.len();
         self.commands.fetch_add(n as u64, Ordering::Relaxed);
+        let node = match self.single() {
+            Ok(n) => n,
+            Err(r) => return vec![r; n],
+        };
         let writes = batch
             .iter()
             .any(|a| lookup(&a[0]).is_some_and(|c| c.is_write()));
         let replies = if writes {
-            self.write(batch, true).await
+            self.write(node, batch, true).await
         } else if self.openreads || s.readonly {
             Reply::Array(
-                self.node
-                    .stale_read(|sm| batch.iter().map(|a| sm.read(a)).collect())
+                node.stale_read(|sm| batch.iter().map(|a| sm.read(a)).collect())
                     .await,
             )
         } else {
-            match self
-                .node
+            match node
                 .linearizable_read(|sm| batch.iter().map(|a| sm.read(a)).collect::<Vec<_>>())
                 .await
             {
@@ -266,14 +300,15 @@ impl Server {
         Reply::Simple("QUEUED".into())
     }
 
-    /// Proposes write commands (one, or a transaction) to the log.
-    pub async fn write(&self, commands: Vec<Vec<Bytes>>, transaction: bool) -> Reply {
-        self.write_watched(commands, transaction, Vec::new()).await
+    /// Proposes write commands (one, or a transaction) to `node`'s log.
+    pub async fn write(&self, node: &Node, commands: Vec<Vec<Bytes>>, transaction: bool) -> Reply {
+        self.write_watched(node, commands, transaction, Vec::new())
+            .await
     }
 
     /// `-OOM` when `commands` may add data and memory is over the limit
     /// (see [`crate::eviction`]).
-    async fn out_of_memory(&self, commands: &[Vec<Bytes>]) -> Option<Reply> {
+    async fn out_of_memory(&self, node: &Node, commands: &[Vec<Bytes>]) -> Option<Reply> {
         if self.maxmemory == 0
             || !commands
                 .iter()
@@ -281,8 +316,7 @@ impl Server {
         {
             return None;
         }
-        let used = self
-            .node
+        let used = node
             .stale_read(|sm| sm.keyspace().used_memory() as u64)
             .await;
         raftify_cache::eviction::refuses(self.policy, self.maxmemory, used)
@@ -293,11 +327,12 @@ impl Server {
     /// no watched key changed since it was watched.
     async fn write_watched(
         &self,
+        node: &Node,
         commands: Vec<Vec<Bytes>>,
         transaction: bool,
         watched: Vec<(Bytes, u64)>,
     ) -> Reply {
-        if let Some(oom) = self.out_of_memory(&commands).await {
+        if let Some(oom) = self.out_of_memory(node, &commands).await {
             return oom;
         }
         let entry = CacheEntry {
@@ -308,17 +343,17 @@ impl Server {
                 watched,
             },
         };
-        match self.node.propose(&entry).await {
+        match node.propose(&entry).await {
             Ok(r) => r,
             Err(e) => error_reply(&e),
         }
     }
 
-    async fn read(&self, session: &Session, argv: Vec<Bytes>) -> Reply {
+    async fn read(&self, node: &Node, session: &Session, argv: Vec<Bytes>) -> Reply {
         if self.openreads || session.readonly {
-            return self.node.stale_read(|sm| sm.read(&argv)).await;
+            return node.stale_read(|sm| sm.read(&argv)).await;
         }
-        match self.node.linearizable_read(|sm| sm.read(&argv)).await {
+        match node.linearizable_read(|sm| sm.read(&argv)).await {
             Ok(r) => r,
             Err(e) => error_reply(&e),
         }
@@ -384,9 +419,15 @@ impl Server {
             },
             "watch" => {
                 let keys: Vec<Bytes> = argv[1..].to_vec();
+                let node = match self
+                    .node_for(s, &keys.iter().collect::<Vec<_>>(), false)
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(r) => return r,
+                };
                 let versions = if self.openreads || s.readonly {
-                    Ok(self
-                        .node
+                    Ok(node
                         .stale_read(|sm| {
                             keys.iter()
                                 .map(|k| sm.keyspace().version(k))
@@ -394,13 +435,12 @@ impl Server {
                         })
                         .await)
                 } else {
-                    self.node
-                        .linearizable_read(|sm| {
-                            keys.iter()
-                                .map(|k| sm.keyspace().version(k))
-                                .collect::<Vec<_>>()
-                        })
-                        .await
+                    node.linearizable_read(|sm| {
+                        keys.iter()
+                            .map(|k| sm.keyspace().version(k))
+                            .collect::<Vec<_>>()
+                    })
+                    .await
                 };
                 match versions {
                     Ok(v) => {
@@ -434,7 +474,29 @@ impl Server {
                 let replies = if queued.is_empty() && watched.is_empty() {
                     Reply::Array(Vec::new())
                 } else {
-                    self.write_watched(queued, true, watched).await
+                    // Every key of the transaction and its WATCH: one slot
+                    // on a sharded node.
+                    let keys: Vec<&Bytes> = queued
+                        .iter()
+                        .flat_map(|a| {
+                            lookup(&a[0])
+                                .map(|c| c.key_positions(a.len()))
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter_map(move |i| a.get(i))
+                        })
+                        .chain(watched.iter().map(|(k, _)| k))
+                        .collect();
+                    match self.node_for(s, &keys, true).await {
+                        Ok(node) => self.write_watched(&node, queued, true, watched).await,
+                        Err(r) => Reply::Error(format!(
+                            "EXECABORT {}",
+                            match r {
+                                Reply::Error(e) => e,
+                                other => format!("{other:?}"),
+                            }
+                        )),
+                    }
                 };
                 match replies {
                     Reply::Array(mut r) => {
@@ -462,13 +524,23 @@ impl Server {
                         message: argv[2].clone(),
                     },
                 };
-                match self.node.propose(&entry).await {
+                let node = match self.single() {
+                    Ok(n) => n,
+                    Err(r) => return r,
+                };
+                match node.propose(&entry).await {
                     Ok(r) => r,
                     Err(e) => error_reply(&e),
                 }
             }
-            "raft" => self.raft_command(&argv).await,
-            "cluster" => self.cluster_command(s, &argv).await,
+            "raft" => match &self.shard {
+                Some(shard) => shard.raft_command(&argv).await,
+                None => self.raft_command(&argv).await,
+            },
+            "cluster" => match &self.shard {
+                Some(shard) => shard.cluster_command(s, &argv).await,
+                None => self.cluster_command(s, &argv).await,
+            },
             "acl" => self.acl_command(s, &argv).await,
             _ => unknown_command(&argv),
         }
@@ -505,7 +577,7 @@ impl Server {
             return Reply::Error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into());
         }
         s.resp3 = proto == 3;
-        let role = if self.node.handle().is_leader() {
+        let role = if self.node.as_ref().is_none_or(|n| n.handle().is_leader()) {
             "master"
         } else {
             "replica"

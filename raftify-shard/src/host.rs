@@ -87,10 +87,11 @@ pub(crate) struct Inner<E, SM> {
 /// One process of a sharded cluster. See the module docs.
 pub struct ShardHost<E, SM> {
     inner: Arc<Inner<E, SM>>,
-    server: ServerHandle,
+    /// Taken by [`ShardHost::shutdown`].
+    server: std::sync::Mutex<Option<ServerHandle>>,
     raft_addr: String,
     rebalancer: Rebalancer,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -166,10 +167,10 @@ where
         info!(logger, "sharded node up"; "id" => id, "raft" => %raft_addr);
         Ok(ShardHost {
             inner,
-            server,
+            server: std::sync::Mutex::new(Some(server)),
             raft_addr,
             rebalancer,
-            tasks: vec![reconciler],
+            tasks: std::sync::Mutex::new(vec![reconciler]),
         })
     }
 
@@ -201,6 +202,18 @@ where
             .await
             .get(&group)
             .map(|r| r.handle().clone())
+    }
+
+    /// This node's replica of `group` as a typed node (to propose to and
+    /// read from), if it hosts one.
+    pub async fn replica(&self, group: GroupId) -> Option<Raft<E, SM>> {
+        self.inner.data.lock().await.get(&group).cloned()
+    }
+
+    /// Every replica this node hosts now, by group.
+    pub async fn replicas(&self) -> Vec<(GroupId, Raft<E, SM>)> {
+        let data = self.inner.data.lock().await;
+        data.iter().map(|(g, r)| (*g, r.clone())).collect()
     }
 
     /// Starts a rebalance (on whichever node leads the metadata group; a
@@ -239,10 +252,11 @@ where
 
     /// Stops everything: the rebalancer, the replicas, the server. Every
     /// replica's storage is closed when it returns (a new host may open
-    /// the same data dir in this process).
-    pub async fn shutdown(self) {
+    /// the same data dir in this process), whoever still holds the host.
+    pub async fn shutdown(&self) {
         self.rebalancer.stop().await;
-        for t in self.tasks {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
             t.abort();
             let _ = t.await;
         }
@@ -256,7 +270,10 @@ where
             r.handle().shutdown().await;
         }
         self.inner.meta.handle().shutdown().await;
-        self.server.shutdown().await;
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
     }
 }
 

@@ -61,7 +61,7 @@ const PAUSE: Duration = Duration::from_millis(500);
 pub(crate) struct Rebalancer {
     wake: Arc<Notify>,
     status: Arc<Mutex<String>>,
-    task: JoinHandle<()>,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Rebalancer {
@@ -77,7 +77,11 @@ impl Rebalancer {
         let wake = Arc::new(Notify::new());
         let status = Arc::new(Mutex::new("done".to_string()));
         let task = tokio::spawn(run(inner, mover, auto, wake.clone(), status.clone()));
-        Rebalancer { wake, status, task }
+        Rebalancer {
+            wake,
+            status,
+            task: Mutex::new(Some(task)),
+        }
     }
 
     pub(crate) fn trigger(&self) {
@@ -96,9 +100,12 @@ impl Rebalancer {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    pub(crate) async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
+    pub(crate) async fn stop(&self) {
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 

@@ -1,0 +1,340 @@
+//! `raftify-redis --sharded`: the key space spread over many Raft groups
+//! ([`raftify_shard::ShardHost`]), each command routed by its keys' hash
+//! slot to this node's replica of the group that owns it.
+//!
+//! * A command's keys must share one slot (`-CROSSSLOT` otherwise, as
+//!   Redis Cluster answers); a transaction's and a `WATCH`'s too.
+//! * This node hosts no replica of the owning group: `-MOVED slot addr`
+//!   to the group's leader (or one of its replicas when the leader is not
+//!   known here). A cluster client's write on a follower replica: `-MOVED`
+//!   to the leader; a plain client's is forwarded to the leader.
+//! * A slot being moved refuses writes, and a slot moved away reads and
+//!   writes, with `-TRYAGAIN` (the group's state machine decides, in log
+//!   order): the client asks again and finds the new owner.
+//! * `CLUSTER SLOTS`/`SHARDS`/`NODES` list each run of slots with its
+//!   group's leader first; `RAFT REBALANCE` starts a rebalance and answers
+//!   `+OK` at once; `RAFT REBALANCE STATUS` answers a bulk string that
+//!   starts with `done` when nothing is to move.
+//! * Not yet in sharded mode (answered with an error, nothing done):
+//!   commands without a key that span the key space (`KEYS`, `SCAN`,
+//!   `DBSIZE`, `FLUSHALL`, ...), pub/sub, ACL users, and the other `RAFT`
+//!   subcommands.
+
+use crate::cluster::{node_id, split_addr};
+use crate::server::{Node, Session};
+use bytes::Bytes;
+use raftify_cache::{key_slot, CacheEntry, CacheState, Reply};
+use raftify_shard::{GroupId, Placement, ShardHost, META_GROUP};
+use slog::Logger;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The sharded node a server routes through.
+pub struct Shard {
+    /// The node's groups.
+    pub host: ShardHost<CacheEntry, CacheState>,
+}
+
+/// What a sharded node answers for what it does not do yet.
+pub fn unsupported() -> Reply {
+    Reply::err("this command is not supported by raftify-redis --sharded yet")
+}
+
+/// A run of slots owned by one group (first, last) and the group's nodes,
+/// leader first, as `(id, host, port, leads)`.
+type Run = (u16, u16, Vec<(u64, String, i64, bool)>);
+
+fn crossslot() -> Reply {
+    Reply::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
+}
+
+impl Shard {
+    /// The node a command on `keys` runs on, or the reply that sends the
+    /// client elsewhere (see the module docs).
+    pub async fn route(&self, s: &Session, keys: &[&Bytes], write: bool) -> Result<Node, Reply> {
+        let Some(first) = keys.first() else {
+            return Err(unsupported());
+        };
+        let slot = key_slot(first);
+        if keys.iter().any(|k| key_slot(k) != slot) {
+            return Err(crossslot());
+        }
+        let p = self.host.placement().borrow().clone();
+        let group = p.owner(slot);
+        let Some(node) = self.host.replica(group).await else {
+            return Err(moved(&p, slot, group, None));
+        };
+        if write && s.cluster && !node.handle().is_leader() {
+            let leader = node.handle().state().leader_id;
+            if leader == 0 {
+                return Err(Reply::Error(
+                    "CLUSTERDOWN The cluster is down (no leader)".into(),
+                ));
+            }
+            return Err(moved(&p, slot, group, Some(leader)));
+        }
+        Ok(node)
+    }
+
+    /// The runs of slots, each with its group's nodes (leader first) as
+    /// `(id, host, port, leads)`.
+    async fn layout(&self) -> (Placement, Vec<Run>) {
+        let p = self.host.placement().borrow().clone();
+        let mut leaders: BTreeMap<GroupId, u64> = BTreeMap::new();
+        for (g, r) in self.host.replicas().await {
+            let l = r.handle().state().leader_id;
+            if l != 0 {
+                leaders.insert(g, l);
+            }
+        }
+        let mut out = Vec::new();
+        for (range, g) in p.ranges() {
+            let Some(info) = p.groups().get(&g) else {
+                continue;
+            };
+            let leader = leaders.get(&g).copied();
+            let mut nodes: Vec<(u64, String, i64, bool)> = info
+                .replicas
+                .iter()
+                .filter_map(|n| {
+                    let (host, port) = split_addr(&p.nodes().get(n)?.client_addr);
+                    Some((*n, host, port, Some(*n) == leader))
+                })
+                .collect();
+            nodes.sort_by_key(|(id, _, _, leads)| (!leads, *id));
+            out.push((range.start, range.end, nodes));
+        }
+        (p, out)
+    }
+
+    /// `CLUSTER ...` in sharded mode.
+    pub async fn cluster_command(&self, s: &mut Session, argv: &[Bytes]) -> Reply {
+        let sub = String::from_utf8_lossy(&argv[1]).to_ascii_lowercase();
+        let uid = self.host.meta().cluster_uid();
+        let me = self.host.id();
+        match (sub.as_str(), argv.len()) {
+            ("keyslot", 3) => Reply::Int(key_slot(&argv[2]).into()),
+            ("myid", 2) => Reply::bulk(node_id(uid, me)),
+            ("info", 2) => {
+                let (p, runs) = self.layout().await;
+                let ok = runs.iter().all(|(_, _, n)| n.first().is_some_and(|x| x.3));
+                Reply::Bulk(Bytes::from(format!(
+                    "cluster_state:{}\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:{}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{v}\r\ncluster_my_epoch:{v}\r\n",
+                    if ok { "ok" } else { "fail" },
+                    if ok { 16384 } else { 0 },
+                    if ok { 0 } else { 16384 },
+                    p.nodes().len(),
+                    p.groups().len(),
+                    v = p.version(),
+                )))
+            }
+            ("slots" | "shards" | "nodes", 2) => {
+                s.cluster = true;
+                let (_, runs) = self.layout().await;
+                match sub.as_str() {
+                    "slots" => Reply::Array(
+                        runs.iter()
+                            .map(|(a, b, nodes)| {
+                                let mut row =
+                                    vec![Reply::Int(i64::from(*a)), Reply::Int(i64::from(*b))];
+                                row.extend(nodes.iter().map(|(id, host, port, _)| {
+                                    Reply::Array(vec![
+                                        Reply::bulk(host.clone()),
+                                        Reply::Int(*port),
+                                        Reply::bulk(node_id(uid, *id)),
+                                    ])
+                                }));
+                                Reply::Array(row)
+                            })
+                            .collect(),
+                    ),
+                    "shards" => Reply::Array(
+                        runs.iter()
+                            .map(|(a, b, nodes)| {
+                                let shown = nodes
+                                    .iter()
+                                    .map(|(id, host, port, leads)| {
+                                        Reply::Map(vec![
+                                            (Reply::bulk("id"), Reply::bulk(node_id(uid, *id))),
+                                            (Reply::bulk("port"), Reply::Int(*port)),
+                                            (Reply::bulk("ip"), Reply::bulk(host.clone())),
+                                            (Reply::bulk("endpoint"), Reply::bulk(host.clone())),
+                                            (
+                                                Reply::bulk("role"),
+                                                Reply::bulk(if *leads {
+                                                    "master"
+                                                } else {
+                                                    "replica"
+                                                }),
+                                            ),
+                                            (Reply::bulk("health"), Reply::bulk("online")),
+                                        ])
+                                    })
+                                    .collect();
+                                Reply::Map(vec![
+                                    (
+                                        Reply::bulk("slots"),
+                                        Reply::Array(vec![
+                                            Reply::Int(i64::from(*a)),
+                                            Reply::Int(i64::from(*b)),
+                                        ]),
+                                    ),
+                                    (Reply::bulk("nodes"), Reply::Array(shown)),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                    _ => Reply::Bulk(Bytes::from(self.nodes_lines(uid, me, &runs))),
+                }
+            }
+            ("help", 2) => Reply::bulks(
+                [
+                    "CLUSTER INFO",
+                    "CLUSTER NODES",
+                    "CLUSTER SLOTS",
+                    "CLUSTER SHARDS",
+                    "CLUSTER MYID",
+                    "CLUSTER KEYSLOT <key>",
+                ]
+                .map(|l: &'static str| Bytes::from_static(l.as_bytes()))
+                .to_vec(),
+            ),
+            _ => Reply::err(format!("unknown subcommand '{sub}'. Try CLUSTER HELP.")),
+        }
+    }
+
+    /// `CLUSTER NODES` lines: a node leading groups is a master with their
+    /// slots; one leading none, a replica of the first group's leader.
+    fn nodes_lines(&self, uid: u64, me: u64, runs: &[Run]) -> String {
+        let mut nodes: BTreeMap<u64, (String, i64, Vec<String>, Option<u64>)> = BTreeMap::new();
+        for (a, b, shown) in runs {
+            let leader = shown.iter().find(|n| n.3).map(|n| n.0);
+            for (id, host, port, leads) in shown {
+                let e = nodes
+                    .entry(*id)
+                    .or_insert_with(|| (host.clone(), *port, Vec::new(), None));
+                if *leads {
+                    e.2.push(if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    });
+                } else if e.3.is_none() {
+                    e.3 = leader;
+                }
+            }
+        }
+        nodes
+            .iter()
+            .map(|(id, (host, port, slots, master))| {
+                let myself = if *id == me { "myself," } else { "" };
+                let (role, of) = if !slots.is_empty() {
+                    ("master", "-".to_string())
+                } else {
+                    ("slave", master.map_or("-".into(), |m| node_id(uid, m)))
+                };
+                let slots: String = slots.iter().map(|s| format!(" {s}")).collect();
+                format!(
+                    "{} {host}:{port}@{} {myself}{role} {of} 0 {} 0 connected{slots}\n",
+                    node_id(uid, *id),
+                    port + 10000,
+                    raftify_core::unix_ms()
+                )
+            })
+            .collect()
+    }
+
+    /// `RAFT ...` in sharded mode: `REBALANCE [STATUS]`, `LEADER` (of the
+    /// metadata group), `HELP`.
+    pub async fn raft_command(&self, argv: &[Bytes]) -> Reply {
+        let sub = |i: usize| {
+            argv.get(i)
+                .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        };
+        match (sub(1).as_deref(), sub(2).as_deref(), argv.len()) {
+            (Some("rebalance"), None, 2) => {
+                self.host.rebalance();
+                Reply::Ok
+            }
+            (Some("rebalance"), Some("status"), 3) => {
+                Reply::Bulk(Bytes::from(self.host.rebalance_status()))
+            }
+            (Some("leader"), None, 2) => {
+                let state = self.host.meta().state();
+                Reply::Array(vec![
+                    Reply::Int(state.leader_id as i64),
+                    Reply::Bulk(Bytes::from(state.leader_addr.unwrap_or_default())),
+                ])
+            }
+            (Some("help"), None, 2) => Reply::bulks(
+                [
+                    "RAFT REBALANCE: start moving replicas, slots and leaders to a balance (answers at once)",
+                    "RAFT REBALANCE STATUS: 'done ...' when nothing is to move, else what is being done",
+                    "RAFT LEADER: the metadata group's leader id and raft address",
+                ]
+                .map(|l: &'static str| Bytes::from_static(l.as_bytes()))
+                .to_vec(),
+            ),
+            _ => unsupported(),
+        }
+    }
+
+    /// The `INFO` of a sharded node: its groups and the placement.
+    pub async fn info(&self) -> String {
+        let p = self.host.placement().borrow().clone();
+        let mut out = format!(
+            "# Cluster\r\ncluster_enabled:1\r\n\r\n# Sharding\r\nplacement_version:{}\r\nnodes:{}\r\ngroups:{}\r\nmeta_group:{META_GROUP}\r\nrebalance:{}\r\n",
+            p.version(),
+            p.nodes().len(),
+            p.groups().len(),
+            self.host.rebalance_status()
+        );
+        for (g, r) in self.host.replicas().await {
+            let st = r.handle().state();
+            out.push_str(&format!(
+                "group{g}:slots={},leader={},role={},applied={}\r\n",
+                p.slot_count(g),
+                st.leader_id,
+                if r.handle().is_leader() {
+                    "leader"
+                } else {
+                    "follower"
+                },
+                st.applied_index
+            ));
+        }
+        out
+    }
+}
+
+/// `-MOVED slot addr`: to `leader` when known, else the first replica of
+/// the group.
+fn moved(p: &Placement, slot: u16, group: GroupId, leader: Option<u64>) -> Reply {
+    let to = leader.or_else(|| p.groups().get(&group)?.replicas.iter().next().copied());
+    match to.and_then(|n| p.nodes().get(&n)) {
+        Some(n) => Reply::Error(format!("MOVED {slot} {}", n.client_addr)),
+        None => Reply::Error("CLUSTERDOWN Hash slot not served".into()),
+    }
+}
+
+/// Runs the cache's expiry loop for every replica this node hosts, for as
+/// long as it hosts it (checked every half second).
+pub async fn expire_all(shard: std::sync::Arc<Shard>, logger: Logger) {
+    let mut running: BTreeMap<GroupId, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let now: BTreeMap<GroupId, Node> = shard.host.replicas().await.into_iter().collect();
+        running.retain(|g, task| {
+            let keep = now.contains_key(g) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (g, node) in now {
+            running
+                .entry(g)
+                .or_insert_with(|| tokio::spawn(raftify_cache::expiry::run(node, logger.clone())));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
