@@ -198,3 +198,87 @@ def test_a_backup_read_in_ranges_is_the_whole_snapshot(cluster3):
         offset += len(chunk)
     assert backup == r.execute_command("RAFT", "SNAPSHOT", "READ", snap[b"id"])
     assert backup.startswith(b"RFTYSNP1")
+
+
+class Sharded:
+    """raftify-redis --sharded: node 1 alone, the others joining it."""
+
+    def __init__(self, n: int):
+        self.dir = tempfile.TemporaryDirectory()
+        self.ports = {i: free_port() for i in range(1, n + 1)}
+        self.rafts = {i: f"127.0.0.1:{free_port()}" for i in range(1, n + 1)}
+        self.procs = {}
+        for i in self.ports:
+            self.start(i)
+            if i == 1:
+                wait_for("the first node", lambda: self.client(1).set("probe", "1"))
+
+    def start(self, i: int):
+        log = open(os.path.join(self.dir.name, f"n{i}.log"), "ab")
+        how = ["--id", "1"] if i == 1 else ["--join", self.rafts[1]]
+        self.procs[i] = subprocess.Popen(
+            [BIN, "--sharded", *how, "--port", str(self.ports[i]), "--raft-addr", self.rafts[i],
+             "--data-dir", os.path.join(self.dir.name, f"n{i}"), "--tick-ms", "30"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+    def client(self, i: int, **kw) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.ports[i], socket_timeout=10,
+                           decode_responses=True, **kw)
+
+    def info(self, i: int) -> dict:
+        return self.client(i).info()
+
+    def kill(self, i: int):
+        p = self.procs.pop(i)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+
+    def stop(self):
+        for i in list(self.procs):
+            self.kill(i)
+        self.dir.cleanup()
+
+
+def test_redis_cluster_over_a_sharded_cluster_with_a_node_killed():
+    c = Sharded(3)
+    try:
+        wait_for("three nodes in the placement", lambda: c.info(1)["nodes"] == 3)
+        assert c.client(1).execute_command("RAFT", "REBALANCE") == "OK"
+        wait_for("the rebalance", lambda: c.info(1)["groups"] == 3 and str(
+            c.client(1).execute_command("RAFT", "REBALANCE", "STATUS")).startswith("done"),
+            timeout=120)
+        slots = c.client(2).execute_command("CLUSTER SLOTS")
+        assert len(slots) == 3, slots
+        rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", c.ports[2])],
+                          decode_responses=True, socket_timeout=5)
+        for i in range(300):
+            assert rc.set(f"k{i}", f"v{i}")
+        counters = [f"counter:{j}" for j in range(6)]
+        acked = {k: 0 for k in counters}
+        for k in counters:
+            for _ in range(5):
+                rc.incr(k)
+                acked[k] += 1
+        # The node leading the first group dies: its groups elect new
+        # leaders among the two others, and the client follows them.
+        c.kill(1)
+        deadline = time.monotonic() + 60
+        unknown = {k: 0 for k in counters}
+        for k in counters:
+            while acked[k] < 10:
+                assert time.monotonic() < deadline, "no writes after the kill"
+                try:
+                    rc.incr(k)
+                    acked[k] += 1
+                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError,
+                        redis.exceptions.ClusterError, redis.exceptions.RedisClusterException):
+                    unknown[k] += 1
+                    time.sleep(0.1)
+        for k in counters:
+            value = int(rc.get(k))
+            assert acked[k] <= value <= acked[k] + unknown[k], (k, acked[k], unknown[k], value)
+        for i in range(300):
+            assert rc.get(f"k{i}") == f"v{i}"
+        rc.close()
+    finally:
+        c.stop()
