@@ -24,6 +24,20 @@ fn info_field(node: &Node, field: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_string))
 }
 
+/// Waits until `first`'s placement has every node of `joining` (their
+/// logs in the panic otherwise).
+fn joined(first: &Node, joining: &[&Node]) {
+    let want = (joining.len() + 1).to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while info_field(first, "nodes").as_deref() != Some(want.as_str()) {
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = joining.iter().map(|n| n.log_text()).collect();
+            panic!("the nodes did not join: {}", logs.join("\n---\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,11 +65,9 @@ fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout()
     let join = ["--sharded", "--join", raft1.as_str()];
     let raft2 = format!("127.0.0.1:{}", free_port());
     let raft3 = format!("127.0.0.1:{}", free_port());
-    let n2 = Node::spawn(2, free_port(), &raft2, &dir.path().join("n2"), &join);
-    let n3 = Node::spawn(3, free_port(), &raft3, &dir.path().join("n3"), &join);
-    wait_for("both nodes in the placement", T, || {
-        (info_field(&n1, "nodes")? == "3").then_some(())
-    });
+    let n2 = Node::spawn(0, free_port(), &raft2, &dir.path().join("n2"), &join);
+    let n3 = Node::spawn(0, free_port(), &raft3, &dir.path().join("n3"), &join);
+    joined(&n1, &[&n2, &n3]);
 
     // A cluster client reads every key over and over while the rebalance
     // runs: a value is right or the read fails (TRYAGAIN, a redirection
@@ -143,4 +155,96 @@ fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout()
     let _: () = con.set("after", "yes").unwrap();
     let after: String = con.get("after").unwrap();
     assert_eq!(after, "yes");
+}
+
+#[test]
+fn a_node_killed_during_a_rebalance_comes_back_and_no_key_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft1 = format!("127.0.0.1:{}", free_port());
+    let (port1, dir1) = (free_port(), dir.path().join("n1"));
+    let mut n1 = Node::spawn(1, port1, &raft1, &dir1, &["--sharded"]);
+    let mut c1 = n1.client();
+    wait_for("the first node to serve writes", T, || {
+        (show(&c1.cmd(&["SET", "probe", "1"])) == "+OK").then_some(())
+    });
+    for i in 0..KEYS {
+        let (k, v) = (format!("key:{i}"), format!("value:{i}"));
+        assert_eq!(show(&c1.cmd(&["SET", &k, &v])), "+OK");
+    }
+    let join = ["--sharded", "--join", raft1.as_str()];
+    let raft2 = format!("127.0.0.1:{}", free_port());
+    let raft3 = format!("127.0.0.1:{}", free_port());
+    let n2 = Node::spawn(0, free_port(), &raft2, &dir.path().join("n2"), &join);
+    let n3 = Node::spawn(0, free_port(), &raft3, &dir.path().join("n3"), &join);
+    joined(&n1, &[&n2, &n3]);
+
+    // Node 1 (the metadata leader, every group's first replica, the source
+    // of every move) is SIGKILLed once the rebalance moves slots (or, if
+    // it got past that before we looked, at whatever step it is).
+    assert_eq!(show(&c1.cmd(&["RAFT", "REBALANCE"])), "+OK");
+    let at = wait_for("a slot move", Duration::from_secs(60), || {
+        let status = show(&c1.cmd(&["RAFT", "REBALANCE", "STATUS"]));
+        (status.contains("MoveSlots") || status.contains("Purge") || status.contains("done"))
+            .then_some(status)
+    });
+    n1.kill();
+    eprintln!("node 1 killed during: {at}");
+
+    // It comes back from its data dir; the rebalance goes on (asked again
+    // wherever the metadata leader now is) and finishes.
+    let mut n1 = Node::spawn(1, port1, &raft1, &dir1, &["--sharded"]);
+    let nodes = [&n1, &n2, &n3];
+    wait_for(
+        "the rebalance to finish after the kill",
+        Duration::from_secs(120),
+        || {
+            for n in nodes {
+                let _ = n.client().call(&["RAFT", "REBALANCE"]);
+            }
+            let done = nodes.iter().all(|n| {
+                let status = show(&n.client().cmd(&["RAFT", "REBALANCE", "STATUS"]));
+                info_field(n, "groups").as_deref() == Some("3")
+                    && (status.contains("done") || !status.contains("moving"))
+            });
+            let led = |n: &&Node| info_field(n, "groups").is_some();
+            (done && nodes.iter().all(led)).then_some(())
+        },
+    );
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("redis://{}/", n.addr()))
+        .collect();
+    let client = redis::cluster::ClusterClient::builder(urls)
+        .retries(20)
+        .build()
+        .unwrap();
+    let mut con = client.get_connection().unwrap();
+    for i in 0..KEYS {
+        let v: Option<String> = con.get(format!("key:{i}")).unwrap();
+        assert_eq!(v, Some(format!("value:{i}")), "key:{i}");
+    }
+    // Every slot is owned by exactly one group, with a leader.
+    let mut plain = redis::Client::open(format!("redis://{}/", n1.addr()))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let covered: i64 = wait_for("every slot served", T, || {
+        let v: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut plain).ok()?;
+        let redis::Value::Array(runs) = v else {
+            return None;
+        };
+        let mut total = 0;
+        for run in runs {
+            let redis::Value::Array(f) = run else {
+                return None;
+            };
+            let (redis::Value::Int(a), redis::Value::Int(b)) = (&f[0], &f[1]) else {
+                return None;
+            };
+            total += b - a + 1;
+        }
+        Some(total)
+    });
+    assert_eq!(covered, 16384);
+    n1.kill();
 }

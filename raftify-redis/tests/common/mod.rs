@@ -127,6 +127,7 @@ pub struct Node {
 }
 
 impl Node {
+    /// Spawns node `id` (0: no `--id`, for a node that joins).
     pub fn spawn(id: u64, port: u16, raft: &str, dir: &Path, extra: &[&str]) -> Node {
         Node::spawn_in(None, "127.0.0.1", id, port, raft, dir, extra)
     }
@@ -154,10 +155,12 @@ impl Node {
             }
             None => Command::new(bin),
         };
+        // Id 0: none given (a node joining with --join gets one).
+        if id != 0 {
+            cmd.args(["--id", &id.to_string()]);
+        }
         let child = cmd
             .args([
-                "--id",
-                &id.to_string(),
                 "--bind",
                 host,
                 "--port",
