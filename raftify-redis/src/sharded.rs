@@ -14,7 +14,8 @@
 //! * `CLUSTER SLOTS`/`SHARDS`/`NODES` list each run of slots with its
 //!   group's leader first; `RAFT REBALANCE` starts a rebalance and answers
 //!   `+OK` at once; `RAFT REBALANCE STATUS` answers a bulk string that
-//!   starts with `done` when nothing is to move.
+//!   starts with `done` when nothing is to move; `RAFT SERVER REMOVE id`
+//!   moves a node's replicas to the others, then removes it.
 //! * Not yet in sharded mode (answered with an error, nothing done):
 //!   commands without a key that span the key space (`KEYS`, `SCAN`,
 //!   `DBSIZE`, `FLUSHALL`, ...), pub/sub, ACL users, and the other `RAFT`
@@ -59,10 +60,11 @@ impl Shard {
         if keys.iter().any(|k| key_slot(k) != slot) {
             return Err(crossslot());
         }
-        let p = self.host.placement().borrow().clone();
-        let group = p.owner(slot);
+        // Borrowed, not copied: the placement is read on every command.
+        let placement = self.host.placement();
+        let group = placement.borrow().owner(slot);
         let Some(node) = self.host.replica(group).await else {
-            return Err(moved(&p, slot, group, None));
+            return Err(moved(&placement.borrow(), slot, group, None));
         };
         if write && s.cluster && !node.handle().is_leader() {
             let leader = node.handle().state().leader_id;
@@ -71,7 +73,7 @@ impl Shard {
                     "CLUSTERDOWN The cluster is down (no leader)".into(),
                 ));
             }
-            return Err(moved(&p, slot, group, Some(leader)));
+            return Err(moved(&placement.borrow(), slot, group, Some(leader)));
         }
         Ok(node)
     }
@@ -259,6 +261,25 @@ impl Shard {
             (Some("rebalance"), Some("status"), 3) => {
                 Reply::Bulk(Bytes::from(self.host.rebalance_status()))
             }
+            (Some("server"), Some("remove"), 4) => {
+                let Some(id) = std::str::from_utf8(&argv[3])
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .filter(|&id| id != 0)
+                else {
+                    return Reply::err("node id must be a positive integer");
+                };
+                if !self.host.placement().borrow().nodes().contains_key(&id) {
+                    return Reply::err(format!("node {id} is not a member"));
+                }
+                match self.host.mark_leaving(id).await {
+                    Ok(()) => {
+                        self.host.rebalance();
+                        Reply::Ok
+                    }
+                    Err(e) => Reply::err(e),
+                }
+            }
             (Some("leader"), None, 2) => {
                 let state = self.host.meta().state();
                 Reply::Array(vec![
@@ -270,6 +291,7 @@ impl Shard {
                 [
                     "RAFT REBALANCE: start moving replicas, slots and leaders to a balance (answers at once)",
                     "RAFT REBALANCE STATUS: 'done ...' when nothing is to move, else what is being done",
+                    "RAFT SERVER REMOVE <id>: move a node's replicas to the others, then remove it (a rebalance)",
                     "RAFT LEADER: the metadata group's leader id and raft address",
                 ]
                 .map(|l: &'static str| Bytes::from_static(l.as_bytes()))

@@ -155,6 +155,10 @@ fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout()
     let _: () = con.set("after", "yes").unwrap();
     let after: String = con.get("after").unwrap();
     assert_eq!(after, "yes");
+    // Removing a node that is not a member is refused, changing nothing.
+    let refused = show(&c1.cmd(&["RAFT", "SERVER", "REMOVE", "99"]));
+    assert!(refused.contains("node 99 is not a member"), "{refused}");
+    assert!(show(&c1.cmd(&["KEYS", "*"])).contains("not supported"));
 }
 
 #[test]
