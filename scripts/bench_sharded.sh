@@ -7,6 +7,7 @@
 #   cargo build --release -p raftify-redis
 #   scripts/bench_sharded.sh single 64 256; scripts/bench_sharded.sh 1 64 256
 #
+# EXTRA="--no-sync" adds flags to every node.
 # Needs redis-benchmark and redis-cli (Debian: redis-tools). Ports are
 # picked at random in 20000-40100; data in a temp dir, removed after.
 set -u
@@ -17,15 +18,15 @@ pids=()
 base=$((20000 + RANDOM % 20000))
 if [ "$mode" = single ]; then
   peers="1=127.0.0.1:$((base+101)),2=127.0.0.1:$((base+102)),3=127.0.0.1:$((base+103))"
-  for i in 1 2 3; do $B --id $i --port $((base+i)) --raft-addr 127.0.0.1:$((base+100+i)) --peers $peers --data-dir $d/$i > $d/$i.log 2>&1 & pids+=($!); done
+  for i in 1 2 3; do $B --id $i --port $((base+i)) --raft-addr 127.0.0.1:$((base+100+i)) --peers $peers --data-dir $d/$i ${EXTRA:-} > $d/$i.log 2>&1 & pids+=($!); done
   sleep 3
   # the leader's port
   for i in 1 2 3; do if redis-cli -p $((base+i)) info raft | grep -q "raft_role:leader"; then port=$((base+i)); fi; done
   cl=""
 else
-  $B --sharded --id 1 --port $((base+1)) --raft-addr 127.0.0.1:$((base+101)) --data-dir $d/1 --groups-per-node $mode > $d/1.log 2>&1 & pids+=($!)
+  $B --sharded --id 1 --port $((base+1)) --raft-addr 127.0.0.1:$((base+101)) --data-dir $d/1 --groups-per-node $mode ${EXTRA:-} > $d/1.log 2>&1 & pids+=($!)
   sleep 2
-  for i in 2 3; do $B --sharded --join 127.0.0.1:$((base+101)) --port $((base+i)) --raft-addr 127.0.0.1:$((base+100+i)) --data-dir $d/$i > $d/$i.log 2>&1 & pids+=($!); done
+  for i in 2 3; do $B --sharded --join 127.0.0.1:$((base+101)) --port $((base+i)) --raft-addr 127.0.0.1:$((base+100+i)) --data-dir $d/$i ${EXTRA:-} > $d/$i.log 2>&1 & pids+=($!); done
   for t in $(seq 1 100); do n=$(redis-cli -p $((base+1)) info | grep '^nodes:' | tr -d '\r' | cut -d: -f2); [ "$n" = 3 ] && break; sleep 0.2; done
   redis-cli -p $((base+1)) raft rebalance > /dev/null
   for t in $(seq 1 600); do s=$(redis-cli -p $((base+1)) raft rebalance status); g=$(redis-cli -p $((base+1)) info | grep '^groups:' | tr -d '\r' | cut -d: -f2); case "$s" in done*) [ "$g" = "$((3*mode))" ] && break;; esac; sleep 0.2; done
