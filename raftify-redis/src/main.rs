@@ -151,9 +151,42 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     let node = launched.raft.clone();
     info!(logger, "raftify-redis node up"; "id" => launched.id, "raft" => %launched.raft_addr, "redis" => %addr,
         "data_dir" => %launched.data_dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default());
-    let server = Arc::new(Server {
-        node: Some(node.clone()),
-        shard: None,
+    let server = server_of(&args, Some(node.clone()), None, hub);
+    let expiry = tokio::spawn(raftify_cache::expiry::run(node.clone(), logger.clone()));
+    let evictor = tokio::spawn(raftify_redis::eviction::run(
+        node.clone(),
+        args.maxmemory_policy,
+        args.maxmemory,
+        logger.clone(),
+    ));
+    let announce = tokio::spawn(raftify_redis::cluster::announce(
+        node.clone(),
+        advertise,
+        logger.clone(),
+    ));
+    let (stop, fatal) = until_stopped(node.handle(), &logger);
+    serve_clients(listener, tls_listener, server, &logger, stop).await;
+    launched.shutdown().await;
+    expiry.abort();
+    evictor.abort();
+    announce.abort();
+    if let Some(reason) = fatal.reason() {
+        bail!("{reason}");
+    }
+    info!(logger, "raftify-redis node stopped");
+    Ok(())
+}
+
+/// The server's settings from the flags, over a node or a sharded one.
+fn server_of(
+    args: &Args,
+    node: Option<raftify_redis::server::Node>,
+    shard: Option<Arc<raftify_redis::sharded::Shard>>,
+    hub: Arc<raftify_redis::pubsub::Hub>,
+) -> Arc<Server> {
+    Arc::new(Server {
+        node,
+        shard,
         requirepass: args.requirepass.clone(),
         openreads: args.openreads,
         max_bulk: args.proto_max_bulk_len,
@@ -168,20 +201,17 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         commands: AtomicU64::new(0),
         started: Instant::now(),
         snapshot_cache: Default::default(),
-    });
-    let expiry = tokio::spawn(raftify_cache::expiry::run(node.clone(), logger.clone()));
-    let evictor = tokio::spawn(raftify_redis::eviction::run(
-        node.clone(),
-        args.maxmemory_policy,
-        args.maxmemory,
-        logger.clone(),
-    ));
-    let announce = tokio::spawn(raftify_redis::cluster::announce(
-        node.clone(),
-        advertise,
-        logger.clone(),
-    ));
-    let (stop, fatal) = until_stopped(node.handle(), &logger);
+    })
+}
+
+/// Serves clients on the Redis port (and the TLS port) until `stop`.
+async fn serve_clients(
+    listener: tokio::net::TcpListener,
+    tls_listener: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    server: Arc<Server>,
+    logger: &slog::Logger,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls_task = tls_listener.map(|(l, acceptor)| {
         let (server, logger, mut rx) = (server.clone(), logger.clone(), stop_rx.clone());
@@ -197,15 +227,6 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     if let Some(t) = tls_task {
         let _ = t.await;
     }
-    launched.shutdown().await;
-    expiry.abort();
-    evictor.abort();
-    announce.abort();
-    if let Some(reason) = fatal.reason() {
-        bail!("{reason}");
-    }
-    info!(logger, "raftify-redis node stopped");
-    Ok(())
 }
 
 /// `--sharded`: a [`ShardHost`] of cache groups behind the Redis port.
@@ -248,43 +269,13 @@ async fn run_sharded(
     info!(logger, "raftify-redis sharded node up"; "id" => host.id(), "raft" => %host.raft_addr(), "redis" => %addr);
     let (stop, fatal) = until_stopped(host.meta(), &logger);
     let shard = Arc::new(raftify_redis::sharded::Shard { host });
-    let server = Arc::new(Server {
-        node: None,
-        shard: Some(shard.clone()),
-        requirepass: args.requirepass.clone(),
-        openreads: args.openreads,
-        max_bulk: args.proto_max_bulk_len,
-        max_clients: args.maxclients,
-        port: args.port,
-        clients: AtomicUsize::new(0),
-        hub: Arc::new(raftify_redis::pubsub::Hub::default()),
-        last_leader: AtomicU64::new(0),
-        maxmemory: 0,
-        policy: args.maxmemory_policy,
-        next_client_id: AtomicU64::new(0),
-        commands: AtomicU64::new(0),
-        started: Instant::now(),
-        snapshot_cache: Default::default(),
-    });
+    let hub = Arc::new(raftify_redis::pubsub::Hub::default());
+    let server = server_of(&args, None, Some(shard.clone()), hub);
     let expiry = tokio::spawn(raftify_redis::sharded::expire_all(
         shard.clone(),
         logger.clone(),
     ));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let tls_task = tls_listener.map(|(l, acceptor)| {
-        let (server, logger, mut rx) = (server.clone(), logger.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            accept_loop(l, Some(acceptor), server, logger, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-        })
-    });
-    accept_loop(listener, None, server, logger.clone(), stop).await;
-    let _ = stop_tx.send(true);
-    if let Some(t) = tls_task {
-        let _ = t.await;
-    }
+    serve_clients(listener, tls_listener, server, &logger, stop).await;
     expiry.abort();
     let _ = expiry.await;
     shard.host.shutdown().await;

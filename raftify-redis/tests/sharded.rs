@@ -38,17 +38,12 @@ fn joined(first: &Node, joining: &[&Node]) {
     }
 }
 
-#[test]
-fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout() {
-    let dir = tempfile::tempdir().unwrap();
+/// Node 1 alone with KEYS keys, then two nodes joining it (no rebalance
+/// yet): the three nodes, node 1's raft address and port.
+fn one_with_keys_two_joined(dir: &std::path::Path) -> ([Node; 3], String, u16) {
     let raft1 = format!("127.0.0.1:{}", free_port());
-    let n1 = Node::spawn(
-        1,
-        free_port(),
-        &raft1,
-        &dir.path().join("n1"),
-        &["--sharded"],
-    );
+    let port1 = free_port();
+    let n1 = Node::spawn(1, port1, &raft1, &dir.join("n1"), &["--sharded"]);
     let mut c1 = n1.client();
     wait_for("the first node to serve writes", T, || {
         (show(&c1.cmd(&["SET", "probe", "1"])) == "+OK").then_some(())
@@ -57,17 +52,24 @@ fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout()
         let (k, v) = (format!("key:{i}"), format!("value:{i}"));
         assert_eq!(show(&c1.cmd(&["SET", &k, &v])), "+OK");
     }
+    let join = ["--sharded", "--join", raft1.as_str()];
+    let raft2 = format!("127.0.0.1:{}", free_port());
+    let raft3 = format!("127.0.0.1:{}", free_port());
+    let n2 = Node::spawn(0, free_port(), &raft2, &dir.join("n2"), &join);
+    let n3 = Node::spawn(0, free_port(), &raft3, &dir.join("n3"), &join);
+    joined(&n1, &[&n2, &n3]);
+    ([n1, n2, n3], raft1, port1)
+}
+
+#[test]
+fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ([n1, n2, n3], _, _) = one_with_keys_two_joined(dir.path());
+    let mut c1 = n1.client();
     // A multi-key command over several slots is refused as Redis Cluster
     // refuses it; within one hash tag it works.
     assert!(show(&c1.cmd(&["MSET", "a", "1", "b", "2"])).starts_with("-CROSSSLOT"));
     assert_eq!(show(&c1.cmd(&["MSET", "{t}a", "1", "{t}b", "2"])), "+OK");
-
-    let join = ["--sharded", "--join", raft1.as_str()];
-    let raft2 = format!("127.0.0.1:{}", free_port());
-    let raft3 = format!("127.0.0.1:{}", free_port());
-    let n2 = Node::spawn(0, free_port(), &raft2, &dir.path().join("n2"), &join);
-    let n3 = Node::spawn(0, free_port(), &raft3, &dir.path().join("n3"), &join);
-    joined(&n1, &[&n2, &n3]);
 
     // A cluster client reads every key over and over while the rebalance
     // runs: a value is right or the read fails (TRYAGAIN, a redirection
@@ -164,23 +166,9 @@ fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout()
 #[test]
 fn a_node_killed_during_a_rebalance_comes_back_and_no_key_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let raft1 = format!("127.0.0.1:{}", free_port());
-    let (port1, dir1) = (free_port(), dir.path().join("n1"));
-    let mut n1 = Node::spawn(1, port1, &raft1, &dir1, &["--sharded"]);
+    let ([mut n1, n2, n3], raft1, port1) = one_with_keys_two_joined(dir.path());
+    let dir1 = dir.path().join("n1");
     let mut c1 = n1.client();
-    wait_for("the first node to serve writes", T, || {
-        (show(&c1.cmd(&["SET", "probe", "1"])) == "+OK").then_some(())
-    });
-    for i in 0..KEYS {
-        let (k, v) = (format!("key:{i}"), format!("value:{i}"));
-        assert_eq!(show(&c1.cmd(&["SET", &k, &v])), "+OK");
-    }
-    let join = ["--sharded", "--join", raft1.as_str()];
-    let raft2 = format!("127.0.0.1:{}", free_port());
-    let raft3 = format!("127.0.0.1:{}", free_port());
-    let n2 = Node::spawn(0, free_port(), &raft2, &dir.path().join("n2"), &join);
-    let n3 = Node::spawn(0, free_port(), &raft3, &dir.path().join("n3"), &join);
-    joined(&n1, &[&n2, &n3]);
 
     // Node 1 (the metadata leader, every group's first replica, the source
     // of every move) is SIGKILLed once the rebalance moves slots (or, if
