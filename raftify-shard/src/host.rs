@@ -250,9 +250,10 @@ where
             .map(|_| ())
     }
 
-    /// Stops everything: the rebalancer, the replicas, the server. Every
-    /// replica's storage is closed when it returns (a new host may open
-    /// the same data dir in this process), whoever still holds the host.
+    /// Stops everything: the rebalancer, the replicas, the server. The data
+    /// replicas' storage is closed when it returns, the metadata group's
+    /// when the host is dropped (then a new host may open the same data
+    /// dir in this process).
     pub async fn shutdown(&self) {
         self.rebalancer.stop().await;
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));

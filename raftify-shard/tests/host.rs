@@ -263,9 +263,11 @@ async fn a_rebalance_cut_short_by_a_node_stopping_resumes_and_its_data_comes_bac
         (first.placement().borrow().groups().len() >= 2).then_some(())
     })
     .await;
-    // A handle keeps its replica's storage open: let go of it first.
+    // A handle keeps its replica's storage open, and the host its
+    // metadata group's: let go of both.
     drop(g1);
     first.shutdown().await;
+    drop(first);
 
     // The rest elect a metadata leader, which takes the rebalance over as
     // far as it can without node 1; node 1 comes back from its data dir at
