@@ -191,6 +191,9 @@ impl Server {
         }
         let positions = c.key_positions(argv.len());
         let keys: Vec<&Bytes> = positions.iter().filter_map(|&i| argv.get(i)).collect();
+        if let (Some(shard), true, false) = (&self.shard, keys.is_empty(), c.is_write()) {
+            return shard.read_led(&argv).await;
+        }
         let node = match self.node_for(session, &keys, c.is_write()).await {
             Ok(n) => n,
             Err(r) => return r,

@@ -16,9 +16,11 @@
 //!   `+OK` at once; `RAFT REBALANCE STATUS` answers a bulk string that
 //!   starts with `done` when nothing is to move; `RAFT SERVER REMOVE id`
 //!   moves a node's replicas to the others, then removes it.
-//! * Not yet in sharded mode (answered with an error, nothing done):
-//!   commands without a key that span the key space (`KEYS`, `SCAN`,
-//!   `DBSIZE`, `FLUSHALL`, ...), pub/sub, ACL users, and the other `RAFT`
+//! * `DBSIZE`, `KEYS` and `RANDOMKEY` answer for the groups this node
+//!   leads (its slots as a primary, as Redis Cluster nodes answer).
+//! * Not yet in sharded mode (answered with an error, nothing done): the
+//!   other commands without a key that span the key space (`SCAN`,
+//!   `FLUSHALL`, ...), pub/sub, ACL users, and the other `RAFT`
 //!   subcommands.
 
 use crate::cluster::{node_id, split_addr};
@@ -76,6 +78,54 @@ impl Shard {
             return Err(moved(&placement.borrow(), slot, group, Some(leader)));
         }
         Ok(node)
+    }
+
+    /// A read without keys on a sharded node — `DBSIZE`, `KEYS`,
+    /// `RANDOMKEY` — answered, as a Redis Cluster node answers, for the
+    /// slots this node is the primary of: over the groups it leads
+    /// (linearizably). A cluster client sums or merges the nodes' answers.
+    /// While a range is being moved its keys are in both groups and may be
+    /// counted twice. Others (`SCAN`, `FLUSHALL`, ...) are not supported.
+    pub async fn read_led(&self, argv: &[Bytes]) -> Reply {
+        let name = crate::server::lower(&argv[0]);
+        if !matches!(name.as_str(), "dbsize" | "keys" | "randomkey") {
+            return unsupported();
+        }
+        let mut replies = Vec::new();
+        for (_, node) in self.host.replicas().await {
+            if !node.handle().is_leader() {
+                continue;
+            }
+            match node.linearizable_read(|sm| sm.read(argv)).await {
+                Ok(r @ Reply::Error(_)) => return r,
+                Ok(r) => replies.push(r),
+                Err(e) => return crate::server::error_reply(&e),
+            }
+        }
+        match name.as_str() {
+            "dbsize" => Reply::Int(
+                replies
+                    .iter()
+                    .map(|r| match r {
+                        Reply::Int(n) => *n,
+                        _ => 0,
+                    })
+                    .sum(),
+            ),
+            "keys" => Reply::Array(
+                replies
+                    .into_iter()
+                    .flat_map(|r| match r {
+                        Reply::Array(keys) => keys,
+                        _ => Vec::new(),
+                    })
+                    .collect(),
+            ),
+            _ => replies
+                .into_iter()
+                .find(|r| !matches!(r, Reply::Nil))
+                .unwrap_or(Reply::Nil),
+        }
     }
 
     /// The runs of slots, each with its group's nodes (leader first) as

@@ -7,7 +7,7 @@ pub mod workload;
 
 use bytes::BytesMut;
 use redis_protocol::resp2::decode::decode_bytes_mut;
-use redis_protocol::resp2::types::BytesFrame as Frame;
+pub use redis_protocol::resp2::types::BytesFrame as Frame;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
