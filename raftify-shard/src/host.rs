@@ -78,7 +78,11 @@ pub(crate) struct Inner<E, SM> {
     pub(crate) host: GroupHost,
     pub(crate) meta: Raft<MetaCommand, MetaStore>,
     pub(crate) placement: watch::Receiver<Placement>,
+    /// The replicas this node runs; held while one starts or stops.
     data: tokio::sync::Mutex<BTreeMap<GroupId, Raft<E, SM>>>,
+    /// A copy of `data` published after every change: what the request
+    /// path reads (without waiting on a replica being started).
+    serving: std::sync::RwLock<BTreeMap<GroupId, Raft<E, SM>>>,
     make: MakeState<SM>,
     reader: Option<ReadFn<SM>>,
     pub(crate) logger: Logger,
@@ -150,6 +154,7 @@ where
             meta,
             placement,
             data: tokio::sync::Mutex::new(BTreeMap::new()),
+            serving: std::sync::RwLock::new(BTreeMap::new()),
             make,
             reader,
             logger: logger.clone(),
@@ -196,24 +201,20 @@ where
 
     /// This node's replica of `group`, if it hosts one.
     pub async fn group(&self, group: GroupId) -> Option<RaftHandle> {
-        self.inner
-            .data
-            .lock()
-            .await
-            .get(&group)
-            .map(|r| r.handle().clone())
+        self.replica(group).await.map(|r| r.handle().clone())
     }
 
     /// This node's replica of `group` as a typed node (to propose to and
-    /// read from), if it hosts one.
+    /// read from), if it hosts one. Never waits for a replica being
+    /// started or stopped (the request path calls it per command).
     pub async fn replica(&self, group: GroupId) -> Option<Raft<E, SM>> {
-        self.inner.data.lock().await.get(&group).cloned()
+        self.inner.serving().get(&group).cloned()
     }
 
     /// Every replica this node hosts now, by group.
     pub async fn replicas(&self) -> Vec<(GroupId, Raft<E, SM>)> {
-        let data = self.inner.data.lock().await;
-        data.iter().map(|(g, r)| (*g, r.clone())).collect()
+        let serving = self.inner.serving();
+        serving.iter().map(|(g, r)| (*g, r.clone())).collect()
     }
 
     /// Starts a rebalance (on whichever node leads the metadata group; a
@@ -267,6 +268,7 @@ where
             self.inner.host.groups.remove(g);
         }
         let data = std::mem::take(&mut *self.inner.data.lock().await);
+        self.inner.publish(&BTreeMap::new());
         for r in data.values() {
             r.handle().shutdown().await;
         }
@@ -283,6 +285,15 @@ where
     E: AbstractLogEntry,
     SM: AbstractStateMachine<E>,
 {
+    fn serving(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<GroupId, Raft<E, SM>>> {
+        self.serving.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes `data` to the request path.
+    fn publish(&self, data: &BTreeMap<GroupId, Raft<E, SM>>) {
+        *self.serving.write().unwrap_or_else(|p| p.into_inner()) = data.clone();
+    }
+
     /// Proposes a placement change; its new version.
     pub(crate) async fn change(
         &self,
@@ -354,6 +365,7 @@ where
             .collect();
         for g in gone {
             if let Some(r) = data.remove(&g) {
+                self.publish(&data);
                 self.host.groups.remove(g);
                 r.handle().shutdown().await;
                 if let Some(dir) = group_dir(&self.template.storage, g) {
@@ -384,6 +396,7 @@ where
             match self.launch(g, start).await {
                 Ok(r) => {
                     data.insert(g, r);
+                    self.publish(&data);
                 }
                 Err(e) => warn!(self.logger, "cannot start a replica"; "group" => g, "error" => %e),
             }
@@ -416,6 +429,7 @@ where
             Ok(r) => {
                 let h = r.handle().clone();
                 data.insert(group, r);
+                self.publish(&data);
                 Some(h)
             }
             Err(e) => {
