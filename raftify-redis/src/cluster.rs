@@ -73,6 +73,17 @@ pub fn node_id(cluster_uid: u64, id: u64) -> String {
     format!("{cluster_uid:016x}{id:024x}")
 }
 
+/// `CLUSTER INFO`: every slot served (`ok`) or none, the known nodes, the
+/// shards (`cluster_size`) and the epoch.
+pub(crate) fn cluster_info(ok: bool, known: usize, size: usize, epoch: u64) -> Reply {
+    Reply::Bulk(Bytes::from(format!(
+        "cluster_state:{}\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:{}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{known}\r\ncluster_size:{size}\r\ncluster_current_epoch:{epoch}\r\ncluster_my_epoch:{epoch}\r\n",
+        if ok { "ok" } else { "fail" },
+        if ok { 16384 } else { 0 },
+        if ok { 0 } else { 16384 },
+    )))
+}
+
 pub(crate) fn split_addr(addr: &str) -> (String, i64) {
     match addr.rsplit_once(':') {
         Some((h, p)) => (
@@ -145,14 +156,7 @@ impl Server {
                     Ok(t) => t,
                     Err(e) => return e,
                 };
-                let ok = nodes.first().is_some_and(|n| n.up);
-                Reply::Bulk(Bytes::from(format!(
-                    "cluster_state:{}\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:{}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{}\r\ncluster_size:1\r\ncluster_current_epoch:{term}\r\ncluster_my_epoch:{term}\r\n",
-                    if ok { "ok" } else { "fail" },
-                    if ok { 16384 } else { 0 },
-                    if ok { 0 } else { 16384 },
-                    nodes.len(),
-                )))
+                cluster_info(nodes.first().is_some_and(|n| n.up), nodes.len(), 1, term)
             }
             ("slots" | "shards" | "nodes", 2) => {
                 s.cluster = true;

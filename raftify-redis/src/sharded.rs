@@ -23,7 +23,7 @@
 //!   `FLUSHALL`, ...), pub/sub, ACL users, and the other `RAFT`
 //!   subcommands.
 
-use crate::cluster::{node_id, split_addr};
+use crate::cluster::{cluster_info, node_id, split_addr};
 use crate::server::{Node, Session};
 use bytes::Bytes;
 use raftify_cache::{key_slot, CacheEntry, CacheState, Reply};
@@ -170,15 +170,7 @@ impl Shard {
             ("info", 2) => {
                 let (p, runs) = self.layout().await;
                 let ok = runs.iter().all(|(_, _, n)| n.first().is_some_and(|x| x.3));
-                Reply::Bulk(Bytes::from(format!(
-                    "cluster_state:{}\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:{}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{}\r\ncluster_size:{}\r\ncluster_current_epoch:{v}\r\ncluster_my_epoch:{v}\r\n",
-                    if ok { "ok" } else { "fail" },
-                    if ok { 16384 } else { 0 },
-                    if ok { 0 } else { 16384 },
-                    p.nodes().len(),
-                    p.groups().len(),
-                    v = p.version(),
-                )))
+                cluster_info(ok, p.nodes().len(), p.groups().len(), p.version())
             }
             ("slots" | "shards" | "nodes", 2) => {
                 s.cluster = true;
