@@ -114,6 +114,19 @@ pub struct Config {
     /// ([`crate::storage::LogStore::blocking_writes`]), off for in-memory
     /// ones, where one more task hop costs more than it saves.
     pub pipeline_writes: Option<bool>,
+    /// Idle groups sleep: a leader whose followers hold its whole log and
+    /// that has had nothing to do for `election_tick` ticks tells them so
+    /// and stops ticking and heartbeating; they stop their election
+    /// clocks. Any proposal, read, command or raft message wakes the
+    /// replica; a sleeping follower also wakes when the transport reports
+    /// its leader's process down ([`crate::PeerLiveness`]), and then
+    /// elects as usual. For processes that host many groups (sharding),
+    /// where heartbeats of idle groups would otherwise cost a core. Needs
+    /// a transport with [`Transport::liveness`](crate::Transport::liveness)
+    /// (without one this setting does nothing), the same setting on every
+    /// member, and [`ReadMode::Safe`] (a sleeping leader does not notice
+    /// it was deposed, so it must not serve lease reads). Default off.
+    pub hibernate: bool,
 }
 
 impl Config {
@@ -144,6 +157,7 @@ impl Config {
             election_seed: None,
             max_pending_proposals: 65_536,
             max_entry_size: 8 * 1024 * 1024,
+            hibernate: false,
         }
     }
 
@@ -184,6 +198,11 @@ impl Config {
         }
         if self.read_mode == ReadMode::LeaseBased && !self.check_quorum {
             return bad("read_mode LeaseBased requires check_quorum".into());
+        }
+        if self.read_mode == ReadMode::LeaseBased && self.hibernate {
+            return bad(
+                "hibernate requires read_mode Safe (a sleeping leader cannot hold a lease)".into(),
+            );
         }
         for (name, d) in [
             ("proposal_timeout", self.proposal_timeout),
@@ -257,6 +276,11 @@ mod tests {
         c.check_quorum = false;
         c.read_mode = ReadMode::LeaseBased;
         assert!(c.validate().unwrap_err().to_string().contains("LeaseBased"));
+        c = Config::new(1);
+        c.hibernate = true;
+        c.validate().unwrap();
+        c.read_mode = ReadMode::LeaseBased;
+        assert!(c.validate().unwrap_err().to_string().contains("hibernate"));
         c = Config::new(1);
         c.max_size_per_msg = 0;
         assert!(c.validate().is_err());

@@ -133,7 +133,7 @@ pub use status::{unix_ms, Event, MetricsSnapshot, NodeState, Role, Status};
 pub use storage::{LogStore, MemStore, SnapshotInfo, StorageError, WriteBatch};
 pub use transport::{
     call_cluster, request_join_ticket, ClusterApi, Feedback, InProcNetwork, Inbound, Membership,
-    Outcome, Transport,
+    Outcome, PeerLiveness, Transport,
 };
 
 /// The protobuf runtime raft-rs's messages are built on.

@@ -145,6 +145,10 @@ pub struct Status {
     /// depend on the reader's timers).
     #[serde(default)]
     pub at_ms: u64,
+    /// Whether the replica sleeps: its group was idle and it stopped
+    /// ticking ([`Config::hibernate`](crate::Config::hibernate)).
+    #[serde(default)]
+    pub hibernating: bool,
 }
 
 impl Status {

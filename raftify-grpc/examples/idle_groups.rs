@@ -4,8 +4,12 @@
 //! Reports the time to start them and elect every leader, and the CPU the
 //! whole process burns per second while they idle (ticks, heartbeats).
 //!
+//! With `--hibernate`, groups sleep once idle
+//! ([`Config::hibernate`](raftify_core::Config::hibernate)); the CPU is
+//! measured once every replica sleeps.
+//!
 //! ```text
-//! cargo run --release -p raftify-grpc --example idle_groups -- 10 100 1000 --secs 10
+//! cargo run --release -p raftify-grpc --example idle_groups -- 10 100 1000 --secs 10 [--hibernate]
 //! ```
 
 use raftify_core::testkit::{KvStore, Node};
@@ -34,7 +38,7 @@ struct Cluster {
     nodes: Vec<Node>,
 }
 
-async fn start(groups: u64) -> Result<Cluster, Error> {
+async fn start(groups: u64, hibernate: bool) -> Result<Cluster, Error> {
     let grpc = GrpcConfig::default();
     let mut listeners = Vec::new();
     for _ in 0..3 {
@@ -54,7 +58,9 @@ async fn start(groups: u64) -> Result<Cluster, Error> {
         let served = Groups::new();
         let mut metrics = None;
         for g in 1..=groups {
-            let raft = Raft::builder(Config::new(id), KvStore::default())
+            let mut config = Config::new(id);
+            config.hibernate = hibernate;
+            let raft = Raft::builder(config, KvStore::default())
                 .storage(Arc::new(MemStore::new()))
                 .transport(Arc::new(base.for_group(g)))
                 .bootstrap(Bootstrap::Members(members.clone()))
@@ -78,10 +84,12 @@ async fn start(groups: u64) -> Result<Cluster, Error> {
 async fn main() -> Result<(), Error> {
     let mut counts = Vec::new();
     let mut secs = 10u64;
+    let mut hibernate = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--secs" => secs = args.next().ok_or("--secs needs a value")?.parse()?,
+            "--hibernate" => hibernate = true,
             n => counts.push(n.parse::<u64>()?),
         }
     }
@@ -92,10 +100,32 @@ async fn main() -> Result<(), Error> {
     println!("|---:|---:|---:|---:|");
     for groups in counts {
         let t0 = Instant::now();
-        let cluster = start(groups).await?;
+        let cluster = start(groups, hibernate).await?;
         let started = t0.elapsed();
         // Let the elections' aftermath settle before measuring.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        if hibernate {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let mut awake = 0;
+                for n in &cluster.nodes {
+                    if !n.handle().status().await?.hibernating {
+                        awake += 1;
+                    }
+                }
+                if awake == 0 {
+                    println!(
+                        "(every replica sleeps {:.1} s after start)",
+                        t0.elapsed().as_secs_f64()
+                    );
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{awake} replicas still awake after 60 s").into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
         let (c0, w0) = (cpu_time(), Instant::now());
         tokio::time::sleep(Duration::from_secs(secs)).await;
         let cpu = (cpu_time() - c0).as_secs_f64() / w0.elapsed().as_secs_f64();

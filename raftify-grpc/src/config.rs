@@ -147,6 +147,15 @@ pub struct GrpcConfig {
     /// Off, it is sent once and such a failure is an `OutcomeUnknown`
     /// error. Default on.
     pub client_session: bool,
+    /// How often the transport probes the process of a peer that a
+    /// sleeping replica's leader lives in (see
+    /// [`raftify_core::Config::hibernate`]): one probe per peer process,
+    /// whatever the number of groups sleeping under it. Default 200 ms.
+    pub probe_interval: Duration,
+    /// A peer process that has not answered a probe for this long is
+    /// reported down, and the replicas sleeping under it wake and elect.
+    /// Keep it near the raft election timeout. Default 1 s.
+    pub peer_down_after: Duration,
 }
 
 impl Default for GrpcConfig {
@@ -173,6 +182,8 @@ impl Default for GrpcConfig {
             max_connections: 4096,
             preface_timeout: Duration::from_secs(10),
             client_session: true,
+            probe_interval: Duration::from_millis(200),
+            peer_down_after: Duration::from_secs(1),
         }
     }
 }
@@ -210,10 +221,14 @@ impl GrpcConfig {
             ("snapshot_idle_timeout", self.snapshot_idle_timeout),
             ("backoff_base", self.backoff_base),
             ("preface_timeout", self.preface_timeout),
+            ("probe_interval", self.probe_interval),
         ] {
             if d.is_zero() {
                 return Err(Error::InvalidConfig(format!("{name} must be positive")));
             }
+        }
+        if self.peer_down_after <= self.probe_interval {
+            return bad("peer_down_after must be longer than probe_interval");
         }
         if self.backoff_max < self.backoff_base {
             return bad("backoff_max must be at least backoff_base");

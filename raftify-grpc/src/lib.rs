@@ -82,6 +82,7 @@ mod convert;
 mod error;
 mod groups;
 mod identity;
+mod liveness;
 mod net;
 mod peer_service;
 mod read;

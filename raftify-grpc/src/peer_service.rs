@@ -131,6 +131,10 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<pb::MessageBatch>,
     ) -> std::result::Result<Response<pb::Ack>, Status> {
+        if req.get_ref().messages.is_empty() {
+            // A liveness probe (see `liveness.rs`): the process answers.
+            return Ok(Response::new(pb::Ack {}));
+        }
         let id = group_of(&req)?;
         let identity = PeerIdentity::of(&req);
         let msgs = Self::decode_batch(req.get_ref(), &identity)?;

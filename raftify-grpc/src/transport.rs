@@ -2,11 +2,12 @@
 
 use crate::config::{backoff, GrpcConfig};
 use crate::convert::encode_msg;
+use crate::liveness::{Liveness, LivenessHandle};
 use crate::net::{request, ChannelPool, Credential, PeerClient as Client, PeerNode};
 use crate::pb;
 use raftify_core::codec::crc32;
 use raftify_core::raft::eraftpb::{Message, MessageType};
-use raftify_core::{ClusterApi, Feedback, Result, Transport};
+use raftify_core::{ClusterApi, Feedback, PeerLiveness, Result, Transport};
 use slog::{debug, o, Logger};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +34,8 @@ struct Inner {
     pool: Arc<ChannelPool>,
     peers: Mutex<HashMap<u64, Peer>>,
     logger: Logger,
+    /// Shared by the transports of every group of a process.
+    liveness: Arc<Liveness>,
 }
 
 /// raft messages and cluster requests over gRPC.
@@ -80,13 +83,15 @@ impl GrpcTransport {
         config: GrpcConfig,
         logger: Logger,
     ) -> Result<Self> {
-        let pool = ChannelPool::new(config, Credential::Peer)?;
+        let pool = Arc::new(ChannelPool::new(config, Credential::Peer)?);
+        let self_addr = self_addr.into();
         Ok(GrpcTransport {
             inner: Arc::new(Inner {
-                self_addr: self_addr.into(),
+                liveness: Liveness::new(pool.clone(), self_addr.clone()),
+                self_addr,
                 // Shared with the pool: node-to-node calls carry it too.
                 cluster_uid: pool.cluster_uid().clone(),
-                pool: Arc::new(pool),
+                pool,
                 peers: Mutex::new(HashMap::new()),
                 logger: logger.new(o!("component" => "grpc-transport")),
             }),
@@ -110,6 +115,7 @@ impl GrpcTransport {
                 pool: Arc::new(pool),
                 peers: Mutex::new(HashMap::new()),
                 logger: self.inner.logger.new(o!("group" => group)),
+                liveness: self.inner.liveness.clone(),
             }),
         }
     }
@@ -210,6 +216,10 @@ impl Transport for GrpcTransport {
             debug!(self.inner.logger, "peer queue full, dropping messages"; "peer" => to, "count" => batch.msgs.len());
             report_lost(to, &batch.msgs, feedback);
         }
+    }
+
+    fn liveness(&self) -> Option<Arc<dyn PeerLiveness>> {
+        Some(Arc::new(LivenessHandle(self.inner.liveness.clone())))
     }
 
     fn node(&self, addr: &str) -> Result<Arc<dyn ClusterApi>> {

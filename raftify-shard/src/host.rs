@@ -526,5 +526,9 @@ fn group_spec(
     };
     spec.start = start;
     spec.restore = None;
+    // Data groups sleep while idle (hundreds per process cost little);
+    // the metadata group stays awake (one group, watched by every node).
+    spec.config.hibernate =
+        group != META_GROUP && spec.config.read_mode == raftify_core::ReadMode::Safe;
     Ok(spec)
 }

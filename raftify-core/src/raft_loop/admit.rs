@@ -59,6 +59,7 @@ where
                 self.learned_addrs.insert(first.from, addr);
             }
         }
+        let sleep_heartbeat = self.hibernation_on_messages(&msgs);
         for m in msgs {
             match self.admit(&m) {
                 Admit::Step => {
@@ -81,6 +82,9 @@ where
                     return;
                 }
             }
+        }
+        if let Some((leader, term)) = sleep_heartbeat {
+            self.maybe_sleep_follower(leader, term);
         }
     }
 

@@ -27,6 +27,11 @@ pub(super) struct Leadership {
 }
 
 impl Leadership {
+    /// Whether a transfer or a campaign request is under way.
+    pub(super) fn busy(&self) -> bool {
+        self.transfer.is_some() || !self.campaigns.is_empty()
+    }
+
     pub(super) fn new(config: &Config, role: StateRole) -> Self {
         let election_rng = config
             .election_seed

@@ -30,6 +30,7 @@
 mod admit;
 mod apply;
 mod command;
+mod hibernate;
 mod leadership;
 mod persist;
 mod proposals;
@@ -47,6 +48,7 @@ use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::{Metrics, NodeState, Role};
 use crate::storage::{LogStore, RaftStorage};
 use crate::transport::{Feedback, FeedbackEvent, Transport};
+use hibernate::Hibernation;
 use leadership::Leadership;
 use persist::Persistence;
 use proposals::Proposals;
@@ -100,6 +102,7 @@ pub(crate) struct RaftLoop<E, SM> {
     /// Recent events, for [`crate::Status::events`].
     events: std::collections::VecDeque<crate::status::Event>,
     ticks: u64,
+    hibernation: Hibernation,
 }
 
 /// What the builder hands the loop.
@@ -132,6 +135,10 @@ where
     pub(crate) fn new(p: LoopParts<E, SM>) -> Self {
         let leadership = Leadership::new(&p.config, p.raw.raft.state);
         let persist = Persistence::start(&p.config, &p.store, &p.metrics);
+        let liveness = p.config.hibernate.then(|| p.transport.liveness()).flatten();
+        if p.config.hibernate && liveness.is_none() {
+            warn!(p.logger, "hibernate is on, but the transport cannot tell whether peers are up: this replica never sleeps");
+        }
         RaftLoop {
             raw: p.raw,
             store: p.store,
@@ -160,6 +167,7 @@ where
             caught_up: HashMap::new(),
             events: Default::default(),
             ticks: 0,
+            hibernation: Hibernation::new(liveness),
             config: p.config,
         }
     }
@@ -173,7 +181,11 @@ where
         let fatal = loop {
             let stop = tokio::select! {
                 biased;
-                _ = ticker.tick() => { self.on_tick(); false }
+                _ = ticker.tick(), if self.hibernation.awake() => { self.on_tick(); false }
+                _ = self.hibernation.leader_down(), if self.hibernation.watching() => {
+                    self.on_leader_down();
+                    false
+                }
                 Some((from, msgs)) = self.msg_rx.recv() => {
                     self.on_messages(from, msgs);
                     for _ in 0..MAX_DRAIN {
@@ -226,6 +238,9 @@ where
     }
 
     fn on_tick(&mut self) {
+        if self.hibernation_tick() {
+            return;
+        }
         if self.campaign_waits_for_writes() {
             // raft-rs requires a durable log before a node campaigns (a sole
             // voter wins at once): the election waits for the writer, which
@@ -267,6 +282,12 @@ where
 
     /// Returns true when the loop must stop.
     fn on_command(&mut self, cmd: Command) -> bool {
+        if !matches!(
+            cmd,
+            Command::Status { .. } | Command::Snapshot { .. } | Command::Shutdown
+        ) {
+            self.wake("command");
+        }
         match cmd {
             Command::Propose { kind, data, reply } => self.proposals.queue(kind, data, reply),
             Command::ConfChange { cc, reply } => self.propose_conf_change(cc, reply),

@@ -33,6 +33,11 @@ pub(super) struct Proposals {
 }
 
 impl Proposals {
+    /// Whether no proposal waits to enter the log or to be applied.
+    pub(super) fn is_empty(&self) -> bool {
+        self.queued.is_empty() && self.pending.is_empty()
+    }
+
     pub(super) fn queue(&mut self, kind: ProposalKind, data: Vec<u8>, reply: Reply<Applied>) {
         self.queued.push((kind, data, reply));
     }

@@ -38,6 +38,11 @@ pub(super) struct Reads {
 }
 
 impl Reads {
+    /// Whether no read waits.
+    pub(super) fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.inflight.is_empty() && self.waiting_apply.is_empty()
+    }
+
     pub(super) fn fail_all(&mut self, err: &dyn Fn() -> Error) {
         for w in std::mem::take(&mut self.batch) {
             let _ = w.send(Err(err()));

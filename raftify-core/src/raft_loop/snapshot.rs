@@ -47,6 +47,11 @@ impl Snapshots {
         }
     }
 
+    /// Whether a snapshot is being saved or waited for.
+    pub(super) fn busy(&self) -> bool {
+        self.job.is_some() || !self.waiters.is_empty()
+    }
+
     /// Lets the save in progress finish (the store outlives the loop).
     pub(super) async fn finish(&mut self, limit: Duration) {
         if let Some((_, task)) = self.job.take() {

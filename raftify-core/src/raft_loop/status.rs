@@ -66,6 +66,7 @@ where
             progress,
             events: self.events.iter().cloned().collect(),
             at_ms: unix_ms(),
+            hibernating: self.hibernation.sleeping(),
         }
     }
 

@@ -15,9 +15,11 @@
 
 mod client;
 mod inproc;
+mod liveness;
 
 pub use client::{call_cluster, request_join_ticket};
 pub use inproc::{InProcNetwork, InProcTransport};
+pub use liveness::PeerLiveness;
 
 use crate::error::Result;
 use crate::error_info::ErrorInfo;
@@ -160,4 +162,10 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, to: u64, msgs: Vec<Message>, feedback: &Feedback);
     /// The cluster API of the node at `addr`, through this transport.
     fn node(&self, addr: &str) -> Result<Arc<dyn ClusterApi>>;
+    /// How this transport tells whether peer processes are up, for
+    /// replicas that hibernate ([`Config::hibernate`](crate::Config::hibernate)).
+    /// `None` (the default): replicas on this transport never hibernate.
+    fn liveness(&self) -> Option<Arc<dyn PeerLiveness>> {
+        None
+    }
 }
