@@ -37,6 +37,7 @@ pub async fn run(
     cid: u64,
     mut rng: SimRng,
     pick: impl Fn(&mut SimRng) -> Option<SimNode>,
+    quiet: impl Fn() -> Duration,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) {
@@ -56,6 +57,10 @@ pub async fn run(
     let mut seq = 0u64;
     while !stop.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(rng.range(5, 60))).await;
+        let wait = quiet();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         seq += 1;
         let cmd = Cmd::Incr {
             key: COUNTER_KEY.into(),

@@ -55,6 +55,10 @@ pub struct SimOptions {
     /// Nodes persist through the pipelined writer task
     /// ([`Config::pipeline_writes`]) instead of writing each Ready inline.
     pub pipeline_writes: bool,
+    /// Idle groups sleep ([`Config::hibernate`]); clients then pause
+    /// together for 1.5 s of every 4 s so that the cluster goes idle and
+    /// sleeps under the faults, and wakes for the next operations.
+    pub hibernate: bool,
 }
 
 impl SimOptions {
@@ -74,6 +78,7 @@ impl SimOptions {
             remove_leader: std::env::var_os("RAFTIFY_SIM_NO_REMOVE_LEADER").is_none(),
             // Drawn last: earlier seeds keep the rest of their options.
             pipeline_writes: r.chance(0.5),
+            hibernate: r.chance(0.5),
         }
     }
 }
@@ -120,6 +125,9 @@ pub struct RunReport {
     pub messages: (u64, u64),
     /// Cluster time the run took.
     pub virtual_time: Duration,
+    /// Replicas found asleep at the end of the clients' quiet periods
+    /// (hibernate runs).
+    pub asleep_seen: u64,
 }
 
 impl RunReport {
@@ -162,7 +170,7 @@ impl RunReport {
     /// One line of figures.
     pub fn summary(&self) -> String {
         format!(
-            "seed {} nodes {} clients {} keys {} no_sync {} churn {} pipelined {}: ops ok {} failed {} unknown {} (settled {:?}), \
+            "seed {} nodes {} clients {} keys {} no_sync {} churn {} pipelined {} hibernate {} (asleep seen {}): ops ok {} failed {} unknown {} (settled {:?}), \
              acked {} lost {}, increments {:?}, commit {}, terms {}, faults {:?}, unsynced lost {}, undurable lost {}, msgs {:?}, {:?} cluster time, {}",
             self.options.seed,
             self.options.initial_nodes,
@@ -171,6 +179,8 @@ impl RunReport {
             self.options.no_sync,
             self.options.churn,
             self.options.pipeline_writes,
+            self.options.hibernate,
+            self.asleep_seen,
             self.ops.ok,
             self.ops.failed,
             self.ops.unknown,
@@ -231,6 +241,8 @@ struct World {
     slots: Mutex<BTreeMap<u64, Slot>>,
     faults: Mutex<BTreeMap<&'static str, u64>>,
     store_rng: Mutex<SimRng>,
+    started: Instant,
+    asleep_seen: AtomicU64,
 }
 
 impl World {
@@ -295,6 +307,7 @@ impl World {
         // Seeded election timeouts: with the paused clock, a seed replays.
         c.election_seed = Some(self.opts.seed);
         c.pipeline_writes = Some(self.opts.pipeline_writes);
+        c.hibernate = self.opts.hibernate;
         c
     }
 }
@@ -382,12 +395,46 @@ async fn restart(w: &Arc<World>, id: u64) {
 
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// In hibernate runs, the last 1.5 s of every 4 s (cluster time) are
+/// quiet: what is left of the quiet period now (zero outside it).
+fn quiet_left(opts: &SimOptions, started: Instant) -> Duration {
+    const PERIOD: u64 = 4_000;
+    const QUIET_FROM: u64 = 2_500;
+    let phase = started.elapsed().as_millis() as u64 % PERIOD;
+    if !opts.hibernate || phase < QUIET_FROM {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(PERIOD - phase)
+}
+
+/// Clients wait quiet periods out, so the groups go idle and sleep (the
+/// nemesis strikes once, 1 s into the period, at a sleeping cluster).
+/// Client 1 counts the replicas asleep just before that.
+async fn quiet_period(w: &World, cid: u64) {
+    let left = quiet_left(&w.opts, w.started).as_millis() as u64;
+    if left == 0 {
+        return;
+    }
+    if cid == 1 && left > 550 {
+        tokio::time::sleep(Duration::from_millis(left - 550)).await;
+        for (_, node) in w.running() {
+            if node.handle().status().await.is_ok_and(|s| s.hibernating) {
+                w.asleep_seen.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(quiet_left(&w.opts, w.started)).await;
+    } else {
+        tokio::time::sleep(Duration::from_millis(left)).await;
+    }
+}
+
 async fn client(w: Arc<World>, cid: u64, mut rng: SimRng, stop: Arc<AtomicBool>) {
     let mut generation = 0u64;
     let mut n = 0u64;
     let mut seen: BTreeMap<String, Option<String>> = BTreeMap::new();
     while !stop.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(rng.range(5, 60))).await;
+        quiet_period(&w, cid).await;
         let running = w.running();
         let Some((_, node)) = running.get(rng.below(running.len() as u64) as usize) else {
             continue;
@@ -490,6 +537,14 @@ async fn nemesis(w: Arc<World>, mut rng: SimRng, next_id: Arc<AtomicU64>) {
     let until = Instant::now() + w.opts.fault_time;
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.range(50, 400))).await;
+        // Hibernate runs: one fault per quiet period, 1 s into it.
+        let quiet = quiet_left(&w.opts, w.started);
+        if quiet > Duration::from_millis(500) {
+            tokio::time::sleep(quiet - Duration::from_millis(500)).await;
+        } else if !quiet.is_zero() {
+            tokio::time::sleep(quiet).await;
+            continue;
+        }
         let stores = w.stores();
         w.committed.collect(&stores, &w.violations);
         log_matching::check(&stores, &w.violations);
@@ -698,6 +753,8 @@ async fn run_async(opts: SimOptions) -> RunReport {
         slots: Mutex::new(BTreeMap::new()),
         faults: Mutex::new(BTreeMap::new()),
         store_rng: Mutex::new(rng.fork()),
+        started,
+        asleep_seen: AtomicU64::new(0),
         opts: opts.clone(),
     });
     let members: BTreeMap<u64, String> = (1..=opts.initial_nodes)
@@ -730,10 +787,12 @@ async fn run_async(opts: SimOptions) -> RunReport {
             let i = r.below(running.len().max(1) as u64) as usize;
             running.get(i).map(|(_, n)| n.clone())
         };
+        let (quiet_opts, started) = (opts.clone(), w.started);
         clients.push(tokio::spawn(counter::run(
             cid,
             SimRng::new(opts.seed ^ cid.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             pick,
+            move || quiet_left(&quiet_opts, started),
             stop.clone(),
             tally.clone(),
         )));
@@ -886,6 +945,7 @@ async fn run_async(opts: SimOptions) -> RunReport {
         panics: PANICS.load(Ordering::SeqCst) - panics_before,
         messages: w.net.stats(),
         virtual_time: started.elapsed(),
+        asleep_seen: w.asleep_seen.load(Ordering::Relaxed),
         options: opts,
     }
 }

@@ -21,6 +21,7 @@ fn run_many(first: u64, count: u64) {
     let mut lost_after_data_loss = 0;
     let (mut incr_acked, mut incr_unknown) = (0, 0);
     let (mut undurable, mut undurable_runs) = (0, 0);
+    let (mut hibernate_runs, mut asleep) = (0, 0);
     for seed in first..first + count {
         let t = Instant::now();
         let r = run_seed(seed);
@@ -38,6 +39,8 @@ fn run_many(first: u64, count: u64) {
         lossy += u64::from(r.unsynced_writes_lost > 0);
         undurable += r.undurable_writes_lost;
         undurable_runs += u64::from(r.undurable_writes_lost > 0);
+        hibernate_runs += u64::from(r.options.hibernate);
+        asleep += r.asleep_seen;
         for v in &r.violations {
             println!(
                 "  {} [{}] {}",
@@ -74,10 +77,16 @@ fn run_many(first: u64, count: u64) {
          {faults} faults injected, {lossy} runs with no_sync data loss, \
          {undurable} writes not yet durable lost to power cuts in {undurable_runs} runs, \
          {incr_acked} session increments acknowledged ({incr_unknown} unknown at the end), \
+         {hibernate_runs} runs with hibernation ({asleep} replicas seen asleep), \
          {} failed, {:?} wall",
         first + count - 1,
         failed.len(),
         started.elapsed()
+    );
+    // Hibernate runs must actually sleep (else they test nothing).
+    assert!(
+        hibernate_runs < 10 || asleep > 0,
+        "{hibernate_runs} hibernate runs and no replica was ever seen asleep"
     );
     if !failed.is_empty() {
         let mut msg = String::new();

@@ -4,7 +4,7 @@
 //! delay them) — like raft-rs's harness `Network`, but driving real async
 //! nodes.
 
-use super::{ClusterApi, Feedback, Inbound, Membership, Outcome, Transport};
+use super::{ClusterApi, Feedback, Inbound, Membership, Outcome, PeerLiveness, Transport};
 use crate::error::{Error, Result};
 use crate::membership::{JoinTicket, MembershipChange};
 use crate::sessions::SessionWrite;
@@ -13,6 +13,7 @@ use raft::eraftpb::{Message, MessageType};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::watch;
 
 #[derive(Default)]
 struct NetState {
@@ -29,6 +30,8 @@ struct NetState {
     rng: u64,
     delivered: u64,
     dropped: u64,
+    /// Liveness watches: (watcher, watched node, whether it is reachable).
+    watches: Vec<(u64, u64, watch::Sender<bool>)>,
 }
 
 impl NetState {
@@ -36,6 +39,27 @@ impl NetState {
         self.isolated.contains(&from)
             || self.isolated.contains(&to)
             || self.cut.contains(&(from, to))
+    }
+
+    /// Whether `id` is on the network and reachable from `from` both ways
+    /// (what a liveness probe from `from` would find).
+    fn reachable(&self, from: u64, id: u64) -> bool {
+        self.nodes.values().any(|(n, _)| *n == id)
+            && !self.blocked(from, id)
+            && !self.blocked(id, from)
+    }
+
+    /// Tells every liveness watch what the network now allows.
+    fn notify(&mut self) {
+        self.watches.retain(|(_, _, tx)| tx.receiver_count() > 0);
+        let ups: Vec<bool> = self
+            .watches
+            .iter()
+            .map(|(from, id, _)| self.reachable(*from, *id))
+            .collect();
+        for ((_, _, tx), up) in self.watches.iter().zip(ups) {
+            tx.send_if_modified(|v| std::mem::replace(v, up) != up);
+        }
     }
 
     /// xorshift64*: a seeded, reproducible coin for message drops.
@@ -98,18 +122,24 @@ impl InProcNetwork {
     /// what it serves ([`RaftHandle::inbound`](crate::RaftHandle::inbound)).
     pub fn register(&self, id: u64, node: Arc<dyn Inbound>) {
         let addr = self.addr_of(id);
-        self.lock().nodes.insert(addr, (id, node));
+        let mut s = self.lock();
+        s.nodes.insert(addr, (id, node));
+        s.notify();
     }
 
     /// Takes node `id` off the network (as if its process died).
     pub fn unregister(&self, id: u64) {
         let addr = self.addr_of(id);
-        self.lock().nodes.remove(&addr);
+        let mut s = self.lock();
+        s.nodes.remove(&addr);
+        s.notify();
     }
 
     /// Cuts every link to and from `id`.
     pub fn isolate(&self, id: u64) {
-        self.lock().isolated.insert(id);
+        let mut s = self.lock();
+        s.isolated.insert(id);
+        s.notify();
     }
 
     /// Cuts the link between `a` and `b`, both ways.
@@ -117,11 +147,14 @@ impl InProcNetwork {
         let mut s = self.lock();
         s.cut.insert((a, b));
         s.cut.insert((b, a));
+        s.notify();
     }
 
     /// Cuts messages from `from` to `to` only.
     pub fn cut_one_way(&self, from: u64, to: u64) {
-        self.lock().cut.insert((from, to));
+        let mut s = self.lock();
+        s.cut.insert((from, to));
+        s.notify();
     }
 
     /// Splits the nodes into groups that can only talk within themselves.
@@ -138,6 +171,7 @@ impl InProcNetwork {
                 }
             }
         }
+        s.notify();
     }
 
     /// Cluster requests served by `id` still run there, but their answers
@@ -165,6 +199,7 @@ impl InProcNetwork {
         s.lossy_replies.clear();
         s.drop_rate = 0.0;
         s.delay = None;
+        s.notify();
     }
 
     /// (delivered, dropped) message counts so far.
@@ -191,7 +226,31 @@ impl InProcTransport {
     }
 }
 
+/// Liveness on an [`InProcNetwork`]: a peer is up while it is registered
+/// and reachable both ways, and watchers learn of every change at once
+/// (the network knows; no probes).
+struct InProcLiveness {
+    id: u64,
+    net: InProcNetwork,
+}
+
+impl PeerLiveness for InProcLiveness {
+    fn watch(&self, id: u64, _addr: &str, _just_heard: bool) -> watch::Receiver<bool> {
+        let mut s = self.net.lock();
+        let (tx, rx) = watch::channel(s.reachable(self.id, id));
+        s.watches.push((self.id, id, tx));
+        rx
+    }
+}
+
 impl Transport for InProcTransport {
+    fn liveness(&self) -> Option<Arc<dyn PeerLiveness>> {
+        Some(Arc::new(InProcLiveness {
+            id: self.id,
+            net: self.net.clone(),
+        }))
+    }
+
     fn set_peer(&self, id: u64, addr: &str) {
         self.peers
             .lock()
