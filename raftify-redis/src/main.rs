@@ -14,7 +14,7 @@ use slog::{info, o};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// mimalloc: see the workspace manifest (glibc malloc cost 10-15 % of a
 /// few-writers round).
@@ -95,6 +95,11 @@ struct Args {
     /// (else on `RAFT REBALANCE`).
     #[arg(long, env = "RAFTIFY_AUTO_REBALANCE")]
     auto_rebalance: bool,
+    /// With --sharded: a node not heard from for this many seconds is
+    /// marked down (`fail` in CLUSTER NODES) and its replicas are replaced
+    /// on nodes with room, even without --auto-rebalance; 0: never.
+    #[arg(long, env = "RAFTIFY_DEAD_AFTER", default_value_t = 300)]
+    dead_after: u64,
 }
 
 async fn run(args: Args, logger: slog::Logger) -> Result<()> {
@@ -260,6 +265,7 @@ async fn run_sharded(
         client_addr: advertise,
         settings,
         auto_rebalance: args.auto_rebalance,
+        dead_after: (args.dead_after > 0).then(|| Duration::from_secs(args.dead_after)),
     };
     let make = Arc::new(|_| CacheState::new());
     let mover = Arc::new(raftify_cache::CacheSlotMover::default());

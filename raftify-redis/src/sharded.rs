@@ -248,8 +248,11 @@ impl Shard {
     }
 
     /// `CLUSTER NODES` lines: a node leading groups is a master with their
-    /// slots; one leading none, a replica of the first group's leader.
+    /// slots; one leading none, a replica of the first group's leader; a
+    /// node marked down is flagged `fail`, its link `disconnected`.
     fn nodes_lines(&self, uid: u64, me: u64, runs: &[Run]) -> String {
+        let placement = self.host.placement().borrow().clone();
+        let down = |id: u64| placement.nodes().get(&id).is_some_and(|n| n.down);
         let mut nodes: BTreeMap<u64, (String, i64, Vec<String>, Option<u64>)> = BTreeMap::new();
         for (a, b, shown) in runs {
             let leader = shown.iter().find(|n| n.3).map(|n| n.0);
@@ -278,8 +281,13 @@ impl Shard {
                     ("slave", master.map_or("-".into(), |m| node_id(uid, m)))
                 };
                 let slots: String = slots.iter().map(|s| format!(" {s}")).collect();
+                let (fail, link) = if down(*id) {
+                    (",fail", "disconnected")
+                } else {
+                    ("", "connected")
+                };
                 format!(
-                    "{} {host}:{port}@{} {myself}{role} {of} 0 {} 0 connected{slots}\n",
+                    "{} {host}:{port}@{} {myself}{role}{fail} {of} 0 {} 0 {link}{slots}\n",
                     node_id(uid, *id),
                     port + 10000,
                     raftify_core::unix_ms()

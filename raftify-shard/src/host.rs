@@ -67,6 +67,13 @@ pub struct ShardSpec {
     /// Rebalance by itself whenever the placement is off balance (else
     /// only when asked, [`ShardHost::rebalance`]).
     pub auto_rebalance: bool,
+    /// A node the metadata group has not heard from for this long is
+    /// marked down, and its replicas are replaced on other nodes where
+    /// there is room (whether or not rebalancing is automatic); it is
+    /// marked up when heard again and then given replicas as any node.
+    /// `None`: never (an operator removes failed nodes). Keep it well
+    /// above a restart's duration: replacing a replica copies its data.
+    pub dead_after: Option<Duration>,
 }
 
 /// Makes the state machine of a new replica of a data group.
@@ -168,7 +175,8 @@ where
         }));
         inner.reconcile().await;
         let reconciler = tokio::spawn(reconcile_loop(Arc::downgrade(&inner)));
-        let rebalancer = Rebalancer::start(inner.clone(), mover, spec.auto_rebalance);
+        let rebalancer =
+            Rebalancer::start(inner.clone(), mover, spec.auto_rebalance, spec.dead_after);
         info!(logger, "sharded node up"; "id" => id, "raft" => %raft_addr);
         Ok(ShardHost {
             inner,
@@ -320,6 +328,7 @@ where
             raft_addr: raft_addr.to_string(),
             client_addr: client_addr.to_string(),
             leaving: false,
+            down: false,
         };
         self.meta.handle().read_index().await?;
         let p = self.placement.borrow().clone();
@@ -424,6 +433,22 @@ where
         let mut data = self.data.lock().await;
         if let Some(r) = data.get(&group) {
             return Some(r.handle().clone());
+        }
+        // Given anew (a learner, not yet a replica): data left from an
+        // earlier replica of the group here (removed while this node was
+        // down) is stale; the new replica starts empty.
+        let anew = self
+            .placement
+            .borrow()
+            .groups()
+            .get(&group)
+            .is_some_and(|i| !i.replicas.contains(&self.id));
+        if let Some(dir) = group_dir(&self.template.storage, group).filter(|d| anew && d.exists()) {
+            warn!(self.logger, "removing an earlier replica's data before taking the group again"; "group" => group);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(self.logger, "cannot remove it"; "group" => group, "error" => %e);
+                return None;
+            }
         }
         match self.launch(group, Start::Wait).await {
             Ok(r) => {

@@ -132,6 +132,7 @@ mod tests {
                     raft_addr: "127.0.0.1:7001".into(),
                     client_addr: "127.0.0.1:6001".into(),
                     leaving: false,
+                    down: false,
                 },
                 settings: Settings::default(),
             },

@@ -40,6 +40,12 @@ pub struct NodeInfo {
     /// removed.
     #[serde(default)]
     pub leaving: bool,
+    /// Marked down by the metadata leader: not heard from for the
+    /// configured time (`ShardSpec::dead_after`). Its replicas are
+    /// replaced on other nodes where there is room, and it is given no
+    /// new ones; it stays a member and is marked up when heard again.
+    #[serde(default)]
+    pub down: bool,
 }
 
 /// A data group.
@@ -149,6 +155,13 @@ pub enum Change {
         node: NodeId,
         /// Whether it leaves.
         leaving: bool,
+    },
+    /// Marks a node down (not heard from) or up again.
+    SetDown {
+        /// The node.
+        node: NodeId,
+        /// Whether it is down.
+        down: bool,
     },
     /// Removes a node that hosts no replica.
     RemoveNode {
@@ -427,6 +440,7 @@ impl Placement {
                 check_node(node, &info)?;
                 let info = NodeInfo {
                     leaving: self.nodes.get(&node).is_some_and(|n| n.leaving),
+                    down: self.nodes.get(&node).is_some_and(|n| n.down),
                     ..info
                 };
                 if self.nodes.get(&node) == Some(&info) {
@@ -443,6 +457,16 @@ impl Placement {
                     return Ok(false);
                 }
                 n.leaving = leaving;
+            }
+            Change::SetDown { node, down } => {
+                let n = self
+                    .nodes
+                    .get_mut(&node)
+                    .ok_or(PlacementError::UnknownNode(node))?;
+                if n.down == down {
+                    return Ok(false);
+                }
+                n.down = down;
             }
             Change::RemoveNode { node } => {
                 if !self.nodes.contains_key(&node) {

@@ -5,6 +5,7 @@ fn info(n: NodeId) -> NodeInfo {
         raft_addr: format!("127.0.0.1:{}", 7000 + n),
         client_addr: format!("127.0.0.1:{}", 6000 + n),
         leaving: false,
+        down: false,
     }
 }
 

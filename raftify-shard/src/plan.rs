@@ -13,16 +13,23 @@
 //!    progress, or a replica being added: finish it;
 //! 2. a node that leaves: give its groups a replica elsewhere, then remove
 //!    its replica; once it hosts none, remove it;
-//! 3. replica counts: `min(settings.replicas, nodes)` per group, added on
+//! 3. a node marked down: where another node has room, give its groups a
+//!    replica there, then remove its replica (it stays a member, and is
+//!    used again once marked up); [`repair`] is this rule alone;
+//! 4. replica counts: `min(settings.replicas, nodes)` per group, added on
 //!    the node that hosts the fewest replicas, removed from the one that
 //!    hosts the most (of equals, not the leader);
-//! 4. group count: `nodes × settings.groups_per_node` groups (a new group
+//! 5. group count: `nodes × settings.groups_per_node` groups (a new group
 //!    on the least loaded nodes; a surplus group empties and is deleted);
-//! 5. slots: every group owns `16384 / groups` slots (±1), moved as a
+//! 6. slots: every group owns `16384 / groups` slots (±1), moved as a
 //!    contiguous range from the group with the largest surplus to the one
 //!    with the largest deficit;
-//! 6. replicas per node within one of each other;
-//! 7. leaders per node within one of each other (a leadership transfer).
+//! 7. replicas per node within one of each other;
+//! 8. leaders per node within one of each other (a leadership transfer).
+//!
+//! Nodes that leave are not counted; nodes that are down are counted for
+//! the targets (replicas per group, groups), so that a node failing does
+//! not shrink groups or empty one, but are given nothing new.
 
 use crate::placement::{GroupId, GroupInfo, NodeId, Placement, SlotMove};
 use crate::slots::{SlotRange, SLOTS};
@@ -95,31 +102,70 @@ pub fn plan(p: &Placement, observed: &Observed) -> Option<Step> {
     if let Some(m) = p.moving() {
         return Some(Step::MoveSlots(m));
     }
-    // A replica being added is finished (unless its node leaves).
-    for (&group, g) in p.groups() {
+    // A replica being added is finished (unless its node leaves or is
+    // down, or the group has no live quorum).
+    for (&group, g) in p.groups().iter().filter(|(_, g)| live(p, g)) {
         if let Some(&node) = g
             .learners
             .iter()
-            .find(|n| p.nodes().get(n).is_some_and(|i| !i.leaving))
+            .find(|n| p.nodes().get(n).is_some_and(|i| !i.leaving && !i.down))
         {
             return Some(Step::AddReplica { group, node });
         }
     }
-    let active: Vec<NodeId> = p
+    let (members, active) = members_and_active(p);
+    if active.is_empty() {
+        return None;
+    }
+    leaving(p, &members, &active)
+        .or_else(|| down(p, &members, &active))
+        .or_else(|| replica_counts(p, &members, &active, observed))
+        .or_else(|| group_count(p, &members, &active))
+        .or_else(|| slot_balance(p))
+        .or_else(|| replica_spread(p, &active))
+        .or_else(|| leader_spread(p, &active, observed))
+}
+
+/// The repair step alone (rule 3): what runs when a node is down even
+/// while rebalancing is not asked for, so that a failed node's groups
+/// regain their replica count.
+pub fn repair(p: &Placement) -> Option<Step> {
+    if !p.is_bootstrapped() || p.moving().is_some() {
+        return None;
+    }
+    let (members, active) = members_and_active(p);
+    // A replacement being added for a down node is finished first.
+    for (&group, g) in p.groups() {
+        let for_down = hosts(g)
+            .iter()
+            .any(|n| p.nodes().get(n).is_some_and(|i| i.down));
+        if let Some(&node) = g
+            .learners
+            .iter()
+            .find(|n| p.nodes().get(n).is_some_and(|i| !i.leaving && !i.down))
+        {
+            if for_down {
+                return Some(Step::AddReplica { group, node });
+            }
+        }
+    }
+    down(p, &members, &active)
+}
+
+/// The nodes that stay (not leaving), and of those the ones that are up.
+fn members_and_active(p: &Placement) -> (Vec<NodeId>, Vec<NodeId>) {
+    let members: Vec<NodeId> = p
         .nodes()
         .iter()
         .filter(|(_, n)| !n.leaving)
         .map(|(&id, _)| id)
         .collect();
-    if active.is_empty() {
-        return None;
-    }
-    leaving(p, &active)
-        .or_else(|| replica_counts(p, &active, observed))
-        .or_else(|| group_count(p, &active))
-        .or_else(|| slot_balance(p))
-        .or_else(|| replica_spread(p, &active))
-        .or_else(|| leader_spread(p, &active, observed))
+    let active = members
+        .iter()
+        .copied()
+        .filter(|id| p.nodes().get(id).is_some_and(|n| !n.down))
+        .collect();
+    (members, active)
 }
 
 /// Replicas hosted per active node.
@@ -133,6 +179,22 @@ fn load(p: &Placement, active: &[NodeId]) -> BTreeMap<NodeId, usize> {
         }
     }
     load
+}
+
+/// Whether a majority of the group's voters are on nodes not down (else
+/// no membership change or slot move of it can commit).
+fn live(p: &Placement, g: &GroupInfo) -> bool {
+    let up = g
+        .replicas
+        .iter()
+        .filter(|n| p.nodes().get(n).is_some_and(|i| !i.down))
+        .count();
+    up * 2 > g.replicas.len()
+}
+
+/// Whether every group has a live quorum (slots move only then).
+fn all_live(p: &Placement) -> bool {
+    p.groups().values().all(|g| live(p, g))
 }
 
 /// The nodes that host (or are being given) a replica of a group.
@@ -149,19 +211,22 @@ fn least_loaded(load: &BTreeMap<NodeId, usize>, exclude: &BTreeSet<NodeId>) -> O
         .map(|(&n, _)| n)
 }
 
-fn target_replicas(p: &Placement, active: &[NodeId]) -> usize {
-    p.settings().replicas.min(active.len()).max(1)
+fn target_replicas(p: &Placement, members: &[NodeId]) -> usize {
+    p.settings().replicas.min(members.len()).max(1)
 }
 
-fn leaving(p: &Placement, active: &[NodeId]) -> Option<Step> {
+fn leaving(p: &Placement, members: &[NodeId], active: &[NodeId]) -> Option<Step> {
     let load = load(p, active);
-    let r = target_replicas(p, active);
+    let r = target_replicas(p, members);
     for (&node, info) in p.nodes() {
         if !info.leaving {
             continue;
         }
         for group in p.groups_of(node) {
             let g = &p.groups()[&group];
+            if !live(p, g) {
+                continue;
+            }
             let staying = g.replicas.iter().filter(|n| **n != node).count();
             if staying < r {
                 if let Some(to) = least_loaded(&load, &hosts(g)) {
@@ -179,10 +244,48 @@ fn leaving(p: &Placement, active: &[NodeId]) -> Option<Step> {
     None
 }
 
-fn replica_counts(p: &Placement, active: &[NodeId], observed: &Observed) -> Option<Step> {
+/// Rule 3: replicas on down nodes are replaced where an up node does not
+/// host the group yet; a group keeps its down replica while there is no
+/// such node (it catches up when its node comes back).
+fn down(p: &Placement, members: &[NodeId], active: &[NodeId]) -> Option<Step> {
     let load = load(p, active);
-    let r = target_replicas(p, active);
-    for (&group, g) in p.groups() {
+    let r = target_replicas(p, members);
+    for (&node, info) in p.nodes() {
+        if !info.down || info.leaving {
+            continue;
+        }
+        for group in p.groups_of(node) {
+            let g = &p.groups()[&group];
+            let up = g.replicas.iter().filter(|n| active.contains(n)).count();
+            if !live(p, g) {
+                // No live quorum: no membership change can commit.
+                continue;
+            }
+            if up < r {
+                if let Some(to) = least_loaded(&load, &hosts(g)) {
+                    return Some(Step::AddReplica { group, node: to });
+                }
+                if !g.learners.contains(&node) {
+                    // No room: keep it.
+                    continue;
+                }
+            }
+            // Enough up replicas without it (or it is only a learner).
+            return Some(Step::RemoveReplica { group, node });
+        }
+    }
+    None
+}
+
+fn replica_counts(
+    p: &Placement,
+    members: &[NodeId],
+    active: &[NodeId],
+    observed: &Observed,
+) -> Option<Step> {
+    let load = load(p, active);
+    let r = target_replicas(p, members);
+    for (&group, g) in p.groups().iter().filter(|(_, g)| live(p, g)) {
         if g.replicas.len() < r {
             if let Some(node) = least_loaded(&load, &hosts(g)) {
                 return Some(Step::AddReplica { group, node });
@@ -207,13 +310,13 @@ fn replica_counts(p: &Placement, active: &[NodeId], observed: &Observed) -> Opti
     None
 }
 
-fn group_count(p: &Placement, active: &[NodeId]) -> Option<Step> {
-    let target = (active.len() * p.settings().groups_per_node).max(1);
+fn group_count(p: &Placement, members: &[NodeId], active: &[NodeId]) -> Option<Step> {
+    let target = (members.len() * p.settings().groups_per_node).max(1);
     let groups = p.groups().len();
     if groups < target {
         let load = load(p, active);
         let mut replicas = BTreeSet::new();
-        for _ in 0..target_replicas(p, active) {
+        for _ in 0..target_replicas(p, members).min(active.len()) {
             let n = least_loaded(&load, &replicas)?;
             replicas.insert(n);
         }
@@ -222,7 +325,7 @@ fn group_count(p: &Placement, active: &[NodeId]) -> Option<Step> {
             replicas,
         });
     }
-    if groups > target {
+    if groups > target && all_live(p) {
         // The surplus group with the fewest slots (the highest id on a tie)
         // empties into the others, then goes.
         let counts = p.slot_counts();
@@ -257,6 +360,9 @@ fn slot_targets(groups: &[GroupId]) -> BTreeMap<GroupId, usize> {
 }
 
 fn slot_balance(p: &Placement) -> Option<Step> {
+    if !all_live(p) {
+        return None;
+    }
     let counts = p.slot_counts();
     let ids: Vec<GroupId> = counts.keys().copied().collect();
     let targets = slot_targets(&ids);
@@ -294,7 +400,7 @@ fn replica_spread(p: &Placement, active: &[NodeId]) -> Option<Step> {
     let group = p
         .groups()
         .iter()
-        .find(|(_, g)| g.replicas.contains(&heavy) && !g.hosts(light))
+        .find(|(_, g)| g.replicas.contains(&heavy) && !g.hosts(light) && live(p, g))
         .map(|(&id, _)| id)?;
     Some(Step::AddReplica { group, node: light })
 }

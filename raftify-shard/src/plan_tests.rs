@@ -7,6 +7,7 @@ fn info(n: NodeId) -> NodeInfo {
         raft_addr: format!("127.0.0.1:{}", 7000 + n),
         client_addr: format!("127.0.0.1:{}", 6000 + n),
         leaving: false,
+        down: false,
     }
 }
 
@@ -139,6 +140,21 @@ impl Sim {
             node: n,
             leaving: true,
         });
+    }
+
+    /// Marks `n` down or up; a down node's groups elect leaders elsewhere.
+    fn set_down(&mut self, n: NodeId, down: bool) {
+        self.change(Change::SetDown { node: n, down });
+        if down {
+            for (g, info) in self.p.groups() {
+                if self.leaders.get(g) == Some(&n) {
+                    let next = info.replicas.iter().copied().find(|&r| r != n);
+                    if let Some(next) = next {
+                        self.leaders.insert(*g, next);
+                    }
+                }
+            }
+        }
     }
 
     /// Slots led per node.
@@ -284,6 +300,91 @@ fn a_move_in_progress_is_finished_first() {
     assert_eq!(plan(&sim.p, &sim.observed()), Some(Step::MoveSlots(m)));
 }
 
+#[test]
+fn a_down_nodes_replicas_are_replaced_on_a_spare_node_and_it_is_used_again_once_up() {
+    let mut sim = Sim::new(Settings {
+        replicas: 3,
+        groups_per_node: 2,
+    });
+    for n in 2..=4 {
+        sim.join(n);
+    }
+    sim.settle();
+    sim.assert_balanced();
+    let groups_before = sim.p.groups().len();
+    assert!(!sim.p.groups_of(4).is_empty());
+
+    sim.set_down(4, true);
+    // The repair alone does it (what runs without a rebalance asked for).
+    let mut repairs = 0;
+    while let Some(step) = repair(&sim.p) {
+        assert!(
+            matches!(
+                step,
+                Step::AddReplica { .. } | Step::RemoveReplica { node: 4, .. }
+            ),
+            "{step:?}"
+        );
+        assert!(!matches!(step, Step::AddReplica { node: 4, .. }));
+        sim.step();
+        repairs += 1;
+        assert!(repairs < 100, "repair does not converge");
+    }
+    assert!(sim.p.groups_of(4).is_empty(), "{:?}", sim.p);
+    for (g, info) in sim.p.groups() {
+        assert_eq!(info.replicas.len(), 3, "group {g}");
+    }
+    // The node failing neither shrinks nor deletes groups.
+    sim.settle();
+    assert_eq!(sim.p.groups().len(), groups_before);
+    assert!(sim.p.groups_of(4).is_empty());
+
+    sim.set_down(4, false);
+    assert_eq!(repair(&sim.p), None);
+    sim.settle();
+    sim.assert_balanced();
+    assert!(!sim.p.groups_of(4).is_empty());
+}
+
+#[test]
+fn without_a_spare_node_or_a_live_quorum_a_down_replica_is_kept() {
+    let mut sim = Sim::new(Settings {
+        replicas: 3,
+        groups_per_node: 1,
+    });
+    for n in 2..=3 {
+        sim.join(n);
+    }
+    sim.settle();
+    let before = sim.p.clone();
+    sim.set_down(3, true);
+    assert_eq!(repair(&sim.p), None);
+    sim.settle();
+    // Nothing moved: every group keeps its replica on node 3, and its
+    // count of groups.
+    assert_eq!(sim.p.groups().len(), before.groups().len());
+    for (g, info) in sim.p.groups() {
+        assert_eq!(info.replicas, before.groups()[g].replicas, "group {g}");
+    }
+
+    // Two of a group's three replicas down: no membership change can
+    // commit, so the planner leaves the group alone even with room.
+    sim.join(4);
+    sim.set_down(2, true);
+    while let Some(step) = repair(&sim.p) {
+        if let Step::AddReplica { group, .. } | Step::RemoveReplica { group, .. } = step {
+            let info = &sim.p.groups()[&group];
+            let up = info
+                .replicas
+                .iter()
+                .filter(|n| **n == 1 || **n == 4)
+                .count();
+            assert!(up * 2 > info.replicas.len(), "{step:?} on {info:?}");
+        }
+        sim.step();
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -310,6 +411,57 @@ proptest! {
             for _ in 0..3 {
                 sim.step();
             }
+        }
+        sim.settle();
+        sim.assert_balanced();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Nodes going down and up among joins and leaves: no step gives a
+    /// down node a replica or touches a group without a live quorum, and
+    /// once every node is up again the placement settles balanced.
+    #[test]
+    fn failures_among_membership_changes_settle_balanced(
+        ops in proptest::collection::vec((0u8..3, 1u64..6), 1..14),
+        replicas in 1usize..4,
+    ) {
+        let mut sim = Sim::new(Settings { replicas, groups_per_node: 1 });
+        for (kind, n) in ops {
+            let info = sim.p.nodes().get(&n).cloned();
+            match (kind, info) {
+                (0, None) => sim.join(n),
+                (1, Some(i)) if !i.leaving => sim.set_down(n, !i.down),
+                (2, Some(i)) if !i.leaving
+                    && sim.p.nodes().values().filter(|i| !i.leaving && !i.down).count() > 1 => {
+                    sim.leave(n)
+                }
+                _ => {}
+            }
+            for _ in 0..4 {
+                let Some(step) = plan(&sim.p, &sim.observed()) else { break };
+                match step {
+                    Step::AddReplica { node, group } => {
+                        prop_assert!(!sim.p.nodes()[&node].down, "{:?} to a down node", step);
+                        let g = &sim.p.groups()[&group];
+                        let up = g.replicas.iter().filter(|r| !sim.p.nodes()[*r].down).count();
+                        prop_assert!(up * 2 > g.replicas.len(), "{:?} without a live quorum: {:?}", step, g);
+                    }
+                    Step::RemoveReplica { group, .. } => {
+                        let g = &sim.p.groups()[&group];
+                        let up = g.replicas.iter().filter(|r| !sim.p.nodes()[*r].down).count();
+                        prop_assert!(up * 2 > g.replicas.len() || g.replicas.len() == 1, "{:?} without a live quorum: {:?}", step, g);
+                    }
+                    _ => {}
+                }
+                sim.step();
+            }
+        }
+        let down: Vec<NodeId> = sim.p.nodes().iter().filter(|(_, i)| i.down).map(|(n, _)| *n).collect();
+        for n in down {
+            sim.set_down(n, false);
         }
         sim.settle();
         sim.assert_balanced();

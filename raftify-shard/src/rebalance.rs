@@ -9,7 +9,7 @@
 
 use crate::host::{Inner, ShardError};
 use crate::placement::{Change, GroupId, NodeId, Placement, SlotMove};
-use crate::plan::{plan, Observed, Step};
+use crate::plan::{plan, repair, Observed, Step};
 use crate::slots::SlotRange;
 use async_trait::async_trait;
 use raftify_core::retry::Idempotence;
@@ -19,10 +19,12 @@ use raftify_core::{
 };
 use raftify_grpc::GrpcTransport;
 use slog::{info, warn};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Moves the data of slots between two groups (what a slot move needs
 /// besides the placement change): the application's, since only it knows
@@ -69,6 +71,7 @@ impl Rebalancer {
         inner: Arc<Inner<E, SM>>,
         mover: Option<Arc<dyn SlotMover>>,
         auto: bool,
+        dead_after: Option<Duration>,
     ) -> Self
     where
         E: AbstractLogEntry,
@@ -76,7 +79,13 @@ impl Rebalancer {
     {
         let wake = Arc::new(Notify::new());
         let status = Arc::new(Mutex::new("done".to_string()));
-        let task = tokio::spawn(run(inner, mover, auto, wake.clone(), status.clone()));
+        let task = tokio::spawn(run(
+            inner,
+            mover,
+            Modes { auto, dead_after },
+            wake.clone(),
+            status.clone(),
+        ));
         Rebalancer {
             wake,
             status,
@@ -113,42 +122,87 @@ fn set(status: &Mutex<String>, s: String) {
     *status.lock().unwrap_or_else(|p| p.into_inner()) = s;
 }
 
+/// What the rebalancer does unasked.
+struct Modes {
+    /// Rebalance whenever the placement is off balance.
+    auto: bool,
+    /// Mark nodes not heard from for this long down, and replace their
+    /// replicas (even when not rebalancing).
+    dead_after: Option<Duration>,
+}
+
 async fn run<E, SM>(
     inner: Arc<Inner<E, SM>>,
     mover: Option<Arc<dyn SlotMover>>,
-    auto: bool,
+    modes: Modes,
     wake: Arc<Notify>,
     status: Arc<Mutex<String>>,
 ) where
     E: AbstractLogEntry,
     SM: AbstractStateMachine<E>,
 {
+    let Modes { auto, dead_after } = modes;
     let mut requested = false;
+    // When each node was last heard from (by this node, as metadata leader).
+    let mut heard: BTreeMap<NodeId, Instant> = BTreeMap::new();
+    // A repair step ran: look for the next one at once.
+    let mut repairing = false;
     loop {
         if !requested && !auto {
-            wake.notified().await;
+            if dead_after.is_none() {
+                wake.notified().await;
+                requested = true;
+            } else if !repairing
+                && tokio::time::timeout(PAUSE * 2, wake.notified())
+                    .await
+                    .is_ok()
+            {
+                requested = true;
+            }
         }
-        requested = true;
+        repairing = false;
         if !inner.meta.handle().is_leader() {
             // Only the metadata leader rebalances; a request made elsewhere
             // waits here until this node leads (or is asked again).
+            heard.clear();
             let _ = tokio::time::timeout(PAUSE, wake.notified()).await;
             continue;
         }
+        if let Some(after) = dead_after {
+            match mark_down(&inner, &mut heard, after).await {
+                Ok(false) => {}
+                Ok(true) => continue,
+                Err(e) => {
+                    warn!(inner.logger, "cannot mark a node down or up"; "error" => %e);
+                    tokio::time::sleep(PAUSE).await;
+                    continue;
+                }
+            }
+        }
         let placement = inner.placement.borrow().clone();
-        let observed = observe(&inner, &placement).await;
-        let Some(step) = plan(&placement, &observed) else {
-            set(
-                &status,
-                format!("done (placement version {})", placement.version()),
-            );
-            requested = false;
-            if auto {
-                let _ = tokio::time::timeout(PAUSE * 4, wake.notified()).await;
+        let asked = requested || auto;
+        let step = if asked {
+            let observed = observe(&inner, &placement).await;
+            plan(&placement, &observed)
+        } else {
+            repair(&placement)
+        };
+        let Some(step) = step else {
+            if asked {
+                set(
+                    &status,
+                    format!("done (placement version {})", placement.version()),
+                );
+                requested = false;
+                if auto {
+                    let _ = tokio::time::timeout(PAUSE * 4, wake.notified()).await;
+                }
             }
             continue;
         };
-        set(&status, format!("moving: {step:?}"));
+        repairing = !asked;
+        let doing = if asked { "moving" } else { "repairing" };
+        set(&status, format!("{doing}: {step:?}"));
         info!(inner.logger, "rebalance step"; "step" => ?step);
         if let Err(e) = execute(&inner, mover.as_deref(), &placement, step.clone()).await {
             warn!(inner.logger, "rebalance step failed; planning again"; "step" => ?step, "error" => %e);
@@ -156,6 +210,47 @@ async fn run<E, SM>(
             tokio::time::sleep(PAUSE).await;
         }
     }
+}
+
+/// Marks down the nodes the metadata group has not heard from for
+/// `after`, and up again those it hears from (one change per call;
+/// whether one was made). `heard` is when each was last heard from by
+/// this leader (a new leader starts counting afresh, keeping nodes
+/// already marked down as they are until they are heard).
+async fn mark_down<E, SM>(
+    inner: &Inner<E, SM>,
+    heard: &mut BTreeMap<NodeId, Instant>,
+    after: Duration,
+) -> Result<bool, ShardError>
+where
+    E: AbstractLogEntry,
+    SM: AbstractStateMachine<E>,
+{
+    let status = inner.meta.handle().status().await?;
+    let p = inner.placement.borrow().clone();
+    let now = Instant::now();
+    heard.retain(|n, _| p.nodes().contains_key(n));
+    for (&node, info) in p.nodes() {
+        let answering = node == inner.id
+            || status
+                .progress
+                .get(&node)
+                .is_some_and(|pr| pr.recent_active);
+        let last = heard.entry(node).or_insert(now);
+        if answering {
+            *last = now;
+        }
+        let down = !answering && (info.down || now.duration_since(*last) >= after);
+        if down != info.down {
+            info!(inner.logger, "marking a node"; "node" => node, "down" => down,
+                "silent_for" => ?now.duration_since(*last));
+            inner
+                .change(Some(p.version()), Change::SetDown { node, down })
+                .await?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Each group's leader, as its replicas answer.

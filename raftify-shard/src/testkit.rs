@@ -27,6 +27,7 @@ pub fn spec(
         client_addr: "127.0.0.1:1".into(),
         settings,
         auto_rebalance: auto,
+        dead_after: None,
     }
 }
 

@@ -92,7 +92,18 @@ async fn start(id: Option<u64>, start: Start) -> Host {
 }
 
 async fn start_at(id: Option<u64>, start: Start, addr: &str, storage: Storage) -> Host {
-    let spec = testkit::spec(id, start, addr, storage, Settings::default(), false);
+    start_with(id, start, addr, storage, None).await
+}
+
+async fn start_with(
+    id: Option<u64>,
+    start: Start,
+    addr: &str,
+    storage: Storage,
+    dead_after: Option<Duration>,
+) -> Host {
+    let mut spec = testkit::spec(id, start, addr, storage, Settings::default(), false);
+    spec.dead_after = dead_after;
     let make = Arc::new(|_| KvStore::default());
     ShardHost::start(spec, make, Some(reader()), Some(Arc::new(KvMover)))
         .await
@@ -141,7 +152,7 @@ async fn balanced(hosts: &[&Host]) -> (raftify_shard::Placement, Observed) {
             if !info.learners.is_empty() {
                 return None;
             }
-            for h in hosts {
+            for h in hosts.iter().filter(|h| info.replicas.contains(&h.id())) {
                 let r = h.group(g).await?;
                 let members = r.members().await.ok()?;
                 let ids: Vec<u64> = members.members.iter().map(|m| m.id).collect();
@@ -328,6 +339,78 @@ async fn a_node_gone_for_good_is_replaced_and_no_key_is_lost() {
     check_keys(&client, &p, &written).await;
 
     for h in [second, first] {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_past_dead_after_is_replaced_unasked_and_used_again_when_back() {
+    let dead_after = Some(Duration::from_secs(2));
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let disk = |i: usize| Storage::Dir(dirs[i].path().to_path_buf());
+    let addrs: Vec<String> = (0..4).map(|_| free_addr()).collect();
+    let first = start_with(Some(1), Start::Single, &addrs[0], disk(0), dead_after).await;
+    wait_for("group 1", || async { first.group(1).await })
+        .await
+        .wait_for_leader(WAIT)
+        .await
+        .unwrap();
+    let join = || testkit::join(&addrs[0]);
+    let second = start_with(None, join(), &addrs[1], disk(1), dead_after).await;
+    let third = start_with(None, join(), &addrs[2], disk(2), dead_after).await;
+    let fourth = start_with(None, join(), &addrs[3], disk(3), dead_after).await;
+    first.rebalance();
+    let (p, _) = balanced(&[&first, &second, &third, &fourth]).await;
+    assert_eq!(p.groups().len(), 4, "{p:?}");
+    let gone = fourth.id();
+    assert!(!p.groups_of(gone).is_empty());
+    let client = RaftClient::new(addrs[..3].to_vec(), GrpcConfig::default()).unwrap();
+    let written = write_keys(&client, Some(&p), "k", 200).await;
+
+    // Node 4 stops. Nobody asks for a rebalance: after `dead_after` the
+    // metadata leader marks it down and gives its groups a replica on the
+    // others (each group still 3 replicas, all up; still 4 groups).
+    fourth.shutdown().await;
+    drop(fourth);
+    let hosts = [&first, &second, &third];
+    let p = wait_for("node 4's replicas replaced", || async {
+        let p = first.placement().borrow().clone();
+        if !p.nodes().get(&gone)?.down || !p.groups_of(gone).is_empty() {
+            return None;
+        }
+        for (&g, info) in p.groups() {
+            for h in hosts.iter().filter(|h| info.replicas.contains(&h.id())) {
+                let members = h.group(g).await?.members().await.ok()?;
+                let ids: Vec<u64> = members.members.iter().map(|m| m.id).collect();
+                if ids != info.replicas.iter().copied().collect::<Vec<_>>() {
+                    return None;
+                }
+            }
+        }
+        Some(p)
+    })
+    .await;
+    assert_eq!(p.groups().len(), 4, "{p:?}");
+    for info in p.groups().values() {
+        assert_eq!(info.replicas.len(), 3, "{p:?}");
+    }
+    check_keys(&client, &p, &written).await;
+
+    // Node 4 comes back (same address, its data dir): marked up, and a
+    // rebalance gives it replicas again.
+    let fourth = start_with(None, join(), &addrs[3], disk(3), dead_after).await;
+    assert_eq!(fourth.id(), gone);
+    wait_for("node 4 marked up", || async {
+        let p = first.placement().borrow().clone();
+        (!p.nodes().get(&gone)?.down).then_some(())
+    })
+    .await;
+    first.rebalance();
+    let (p, _) = balanced(&[&first, &second, &third, &fourth]).await;
+    assert!(!p.groups_of(gone).is_empty(), "{p:?}");
+    check_keys(&client, &p, &written).await;
+
+    for h in [fourth, third, second, first] {
         h.shutdown().await;
     }
 }
