@@ -39,8 +39,8 @@ fn joined(first: &Node, joining: &[&Node]) {
 }
 
 /// Node 1 alone with KEYS keys, then two nodes joining it (no rebalance
-/// yet): the three nodes, node 1's raft address and port.
-fn one_with_keys_two_joined(dir: &std::path::Path) -> ([Node; 3], String, u16) {
+/// yet): the three nodes and their raft addresses.
+fn one_with_keys_two_joined(dir: &std::path::Path) -> ([Node; 3], [String; 3]) {
     let raft1 = format!("127.0.0.1:{}", free_port());
     let port1 = free_port();
     let n1 = Node::spawn(1, port1, &raft1, &dir.join("n1"), &["--sharded"]);
@@ -58,13 +58,13 @@ fn one_with_keys_two_joined(dir: &std::path::Path) -> ([Node; 3], String, u16) {
     let n2 = Node::spawn(0, free_port(), &raft2, &dir.join("n2"), &join);
     let n3 = Node::spawn(0, free_port(), &raft3, &dir.join("n3"), &join);
     joined(&n1, &[&n2, &n3]);
-    ([n1, n2, n3], raft1, port1)
+    ([n1, n2, n3], [raft1, raft2, raft3])
 }
 
 #[test]
 fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout() {
     let dir = tempfile::tempdir().unwrap();
-    let ([n1, n2, n3], _, _) = one_with_keys_two_joined(dir.path());
+    let ([n1, n2, n3], _) = one_with_keys_two_joined(dir.path());
     let mut c1 = n1.client();
     // A multi-key command over several slots is refused as Redis Cluster
     // refuses it; within one hash tag it works.
@@ -184,29 +184,58 @@ fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout()
     assert!(show(&c1.cmd(&["SCAN", "0"])).contains("not supported"));
 }
 
+/// Node 1 (the metadata leader, every group's first replica, the source
+/// of every move) is SIGKILLed once the rebalance moves slots (or, if it
+/// got past that before we looked, at whatever step it is).
 #[test]
 fn a_node_killed_during_a_rebalance_comes_back_and_no_key_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let ([mut n1, n2, n3], raft1, port1) = one_with_keys_two_joined(dir.path());
-    let dir1 = dir.path().join("n1");
-    let mut c1 = n1.client();
+    killed_during_a_rebalance(0);
+}
 
-    // Node 1 (the metadata leader, every group's first replica, the source
-    // of every move) is SIGKILLed once the rebalance moves slots (or, if
-    // it got past that before we looked, at whatever step it is).
+/// Node 3 (a joined node: a replica of every group the slots move to, and
+/// the leader of some) is SIGKILLed mid-move.
+#[test]
+fn a_target_replica_killed_during_a_move_comes_back_and_no_key_is_lost() {
+    killed_during_a_rebalance(2);
+}
+
+/// Node `victim` (0-based) is SIGKILLed once the rebalance moves slots,
+/// comes back from its data dir, and the rebalance finishes with every
+/// key readable through a cluster client and every slot served.
+fn killed_during_a_rebalance(victim: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, rafts) = one_with_keys_two_joined(dir.path());
+    let mut c1 = nodes[0].client();
     assert_eq!(show(&c1.cmd(&["RAFT", "REBALANCE"])), "+OK");
     let at = wait_for("a slot move", Duration::from_secs(60), || {
         let status = show(&c1.cmd(&["RAFT", "REBALANCE", "STATUS"]));
         (status.contains("MoveSlots") || status.contains("Purge") || status.contains("done"))
             .then_some(status)
     });
-    n1.kill();
-    eprintln!("node 1 killed during: {at}");
+    let port: u16 = nodes[victim]
+        .addr()
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap();
+    nodes[victim].kill();
+    eprintln!("node {} killed during: {at}", victim + 1);
 
     // It comes back from its data dir; the rebalance goes on (asked again
     // wherever the metadata leader now is) and finishes.
-    let mut n1 = Node::spawn(1, port1, &raft1, &dir1, &["--sharded"]);
-    let nodes = [&n1, &n2, &n3];
+    let data = dir.path().join(format!("n{}", victim + 1));
+    nodes[victim] = if victim == 0 {
+        Node::spawn(1, port, &rafts[0], &data, &["--sharded"])
+    } else {
+        Node::spawn(
+            0,
+            port,
+            &rafts[victim],
+            &data,
+            &["--sharded", "--join", &rafts[0]],
+        )
+    };
+    let [n1, n2, n3] = &mut nodes;
+    let nodes = [&*n1, &*n2, &*n3];
     wait_for(
         "the rebalance to finish after the kill",
         Duration::from_secs(120),
@@ -260,4 +289,6 @@ fn a_node_killed_during_a_rebalance_comes_back_and_no_key_is_lost() {
     });
     assert_eq!(covered, 16384);
     n1.kill();
+    n2.kill();
+    n3.kill();
 }
