@@ -1,7 +1,8 @@
 //! `shards`: a sharded cluster's placement as one of its nodes applied it
-//! — nodes, groups with their slot ranges, leaders, replicas and how far
-//! each replica's apply lags its leader's commit (in entries) — and the
-//! move in progress.
+//! — nodes (down ones marked), groups with their slot ranges, leaders,
+//! replicas, how far each replica's apply lags its leader's commit (in
+//! entries), whether it sleeps (an idle group) and its log's length — and
+//! the move in progress.
 
 use crate::live::ConnArgs;
 use anyhow::{anyhow, Result};
@@ -14,6 +15,8 @@ struct Replica {
     node: NodeId,
     applied: Option<u64>,
     commit: Option<u64>,
+    asleep: Option<bool>,
+    log_entries: Option<u64>,
 }
 
 /// `shards`.
@@ -41,6 +44,10 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
                 node: n,
                 applied: status.as_ref().map(|s| s.applied_index),
                 commit: status.as_ref().map(|s| s.commit_index),
+                asleep: status.as_ref().map(|s| s.hibernating),
+                log_entries: status
+                    .as_ref()
+                    .map(|s| (s.last_index + 1).saturating_sub(s.first_index)),
             });
         }
         let own: Vec<SlotRange> = ranges
@@ -67,6 +74,7 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
                 "raft_addr": n.raft_addr,
                 "client_addr": n.client_addr,
                 "leaving": n.leaving,
+                "down": n.down,
                 "slots_led": leads.get(id).copied().unwrap_or(0),
             })).collect::<Vec<_>>(),
             "groups": groups.iter().map(|(g, own, leader, replicas, learners)| {
@@ -84,6 +92,8 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
                         "learner": learners.contains(&r.node),
                         "applied_index": r.applied,
                         "lag": leader_commit.zip(r.applied).map(|(c, a)| c.saturating_sub(a)),
+                        "asleep": r.asleep,
+                        "log_entries": r.log_entries,
                     })).collect::<Vec<_>>(),
                 })
             }).collect::<Vec<_>>(),
@@ -112,7 +122,12 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
         "node", "raft", "client", "slots led"
     );
     for (id, n) in p.nodes() {
-        let leaving = if n.leaving { " (leaving)" } else { "" };
+        let leaving = match (n.leaving, n.down) {
+            (true, true) => " (leaving, down)",
+            (true, false) => " (leaving)",
+            (false, true) => " (down)",
+            (false, false) => "",
+        };
         println!(
             "{id:>5}  {:<22} {:<22} {:>11}{leaving}",
             n.raft_addr,
@@ -122,7 +137,7 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
     }
     println!();
     println!(
-        "{:>5}  {:>6}  {:<24} {:>6}  replicas (lag in entries; * learner)",
+        "{:>5}  {:>6}  {:<24} {:>6}  replicas (lag in entries; * learner, z asleep)",
         "group", "slots", "ranges", "leader"
     );
     for (g, own, leader, replicas, learners) in &groups {
@@ -134,8 +149,9 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
             .iter()
             .map(|r| {
                 let star = if learners.contains(&r.node) { "*" } else { "" };
+                let z = if r.asleep == Some(true) { " z" } else { "" };
                 match leader_commit.zip(r.applied) {
-                    Some((c, a)) => format!("{}{star} ({})", r.node, c.saturating_sub(a)),
+                    Some((c, a)) => format!("{}{star} ({}{z})", r.node, c.saturating_sub(a)),
                     None => format!("{}{star} (down?)", r.node),
                 }
             })

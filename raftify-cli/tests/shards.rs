@@ -84,7 +84,20 @@ async fn shards_shows_groups_slots_leaders_and_replicas() {
         assert_eq!(replicas.len(), 2, "{g}");
         assert!(g["leader"].as_u64().is_some(), "{g}");
         assert!(replicas.iter().all(|r| r["lag"].as_u64().is_some()), "{g}");
+        assert!(replicas.iter().all(|r| r["asleep"].is_boolean()), "{g}");
+        assert!(
+            replicas.iter().all(|r| r["log_entries"].as_u64().is_some()),
+            "{g}"
+        );
     }
+    assert!(
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["down"] == false),
+        "{v}"
+    );
 
     let (ok, out, err) = tokio::task::spawn_blocking({
         let addr = addr.clone();

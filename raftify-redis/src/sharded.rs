@@ -355,16 +355,19 @@ impl Shard {
     pub async fn info(&self) -> String {
         let p = self.host.placement().borrow().clone();
         let mut out = format!(
-            "# Cluster\r\ncluster_enabled:1\r\n\r\n# Sharding\r\nplacement_version:{}\r\nnodes:{}\r\ngroups:{}\r\nmeta_group:{META_GROUP}\r\nrebalance:{}\r\n",
+            "# Cluster\r\ncluster_enabled:1\r\n\r\n# Sharding\r\nplacement_version:{}\r\nnodes:{}\r\nnodes_down:{}\r\ngroups:{}\r\nmeta_group:{META_GROUP}\r\nrebalance:{}\r\n",
             p.version(),
             p.nodes().len(),
+            p.nodes().values().filter(|n| n.down).count(),
             p.groups().len(),
             self.host.rebalance_status()
         );
         for (g, r) in self.host.replicas().await {
             let st = r.handle().state();
+            // The status does not wake a sleeping replica.
+            let asleep = r.handle().status().await.is_ok_and(|s| s.hibernating);
             out.push_str(&format!(
-                "group{g}:slots={},leader={},role={},applied={}\r\n",
+                "group{g}:slots={},leader={},role={},applied={},asleep={}\r\n",
                 p.slot_count(g),
                 st.leader_id,
                 if r.handle().is_leader() {
@@ -372,7 +375,8 @@ impl Shard {
                 } else {
                     "follower"
                 },
-                st.applied_index
+                st.applied_index,
+                u8::from(asleep)
             ));
         }
         out

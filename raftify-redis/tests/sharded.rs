@@ -182,6 +182,28 @@ fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout()
     }
     assert_eq!(all.len(), KEYS);
     assert!(show(&c1.cmd(&["SCAN", "0"])).contains("not supported"));
+
+    // Left alone, every group sleeps on every node (INFO's `asleep=1`),
+    // and a read and a write wake their group and are answered.
+    wait_for("every group asleep", T, || {
+        nodes
+            .iter()
+            .all(|n| {
+                let info = show(&n.client().cmd(&["INFO", "sharding"]));
+                let groups: Vec<&str> = info
+                    .split("\\r\\n")
+                    .chain(info.split("\r\n"))
+                    .filter(|l| l.starts_with("group") && l.contains(":slots="))
+                    .collect();
+                !groups.is_empty() && groups.iter().all(|g| g.contains("asleep=1"))
+            })
+            .then_some(())
+    });
+    let v: Option<String> = con.get("key:7").unwrap();
+    assert_eq!(v.as_deref(), Some("value:7"));
+    let _: () = con.set("woken", "yes").unwrap();
+    let woken: String = con.get("woken").unwrap();
+    assert_eq!(woken, "yes");
 }
 
 /// Node 1 (the metadata leader, every group's first replica, the source
