@@ -16,6 +16,103 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const KEYS: usize = 600;
+/// Counters the writer increments during a faulty rebalance.
+const COUNTERS: usize = 48;
+
+/// What the counter writer saw: per counter, increments acknowledged and
+/// increments whose outcome is unknown (the connection broke after the
+/// command was sent); redirections and `TRYAGAIN` (not executed) are
+/// followed and retried.
+#[derive(Default)]
+struct Tally {
+    acked: Vec<u64>,
+    unknown: Vec<u64>,
+    redirects: u64,
+    other_errors: Vec<String>,
+}
+
+/// Increments `ctr:{i}` round-robin until `stop`, routing by `MOVED` from
+/// any of `addrs` (a plain client: a command is sent again only when the
+/// server said it did not run it).
+fn count_until(addrs: Vec<String>, stop: Arc<AtomicBool>) -> Tally {
+    let mut t = Tally {
+        acked: vec![0; COUNTERS],
+        unknown: vec![0; COUNTERS],
+        ..Tally::default()
+    };
+    let mut route: std::collections::HashMap<String, String> = Default::default();
+    let mut conns: std::collections::HashMap<String, redis::Connection> = Default::default();
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let i = n % COUNTERS;
+        n += 1;
+        let key = format!("ctr:{i}");
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if tries > 200 || stop.load(Ordering::Relaxed) {
+                break; // never sent, or sent and refused: nothing to count
+            }
+            let addr = route
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| addrs[(n + tries) % addrs.len()].clone());
+            if !conns.contains_key(&addr) {
+                let c = redis::Client::open(format!("redis://{addr}/"))
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)));
+                match c {
+                    Ok(c) => {
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                        conns.insert(addr.clone(), c);
+                    }
+                    Err(_) => {
+                        // Not connected, so not sent: try another node.
+                        route.remove(&key);
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                }
+            }
+            let Some(con) = conns.get_mut(&addr) else {
+                continue;
+            };
+            let r: redis::RedisResult<i64> = redis::cmd("INCR").arg(&key).query(con);
+            match r {
+                Ok(_) => {
+                    t.acked[i] += 1;
+                    break;
+                }
+                Err(e) if e.kind() == redis::ErrorKind::Moved => {
+                    t.redirects += 1;
+                    if let Some((_, to)) = e.redirect_node() {
+                        route.insert(key.clone(), to.to_string());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        redis::ErrorKind::TryAgain | redis::ErrorKind::ClusterDown
+                    ) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                    // Sent, and no answer: it may or may not have run.
+                    t.unknown[i] += 1;
+                    conns.remove(&addr);
+                    route.remove(&key);
+                    break;
+                }
+                Err(e) => {
+                    // A definite error reply: the command did not run.
+                    t.other_errors.push(e.to_string());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    t
+}
 
 fn info_field(node: &Node, field: &str) -> Option<String> {
     let info = show(&node.client().cmd(&["INFO"]));
@@ -223,11 +320,20 @@ fn a_target_replica_killed_during_a_move_comes_back_and_no_key_is_lost() {
 
 /// Node `victim` (0-based) is SIGKILLed once the rebalance moves slots,
 /// comes back from its data dir, and the rebalance finishes with every
-/// key readable through a cluster client and every slot served.
+/// key readable through a cluster client and every slot served; a writer
+/// incrementing counters all along finds each counter at least its
+/// acknowledged increments and at most those plus the unknown ones (no
+/// acknowledged write lost, none applied twice).
 fn killed_during_a_rebalance(victim: usize) {
     let dir = tempfile::tempdir().unwrap();
     let (mut nodes, rafts) = one_with_keys_two_joined(dir.path());
     let mut c1 = nodes[0].client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
+        let stop = stop.clone();
+        std::thread::spawn(move || count_until(addrs, stop))
+    };
     assert_eq!(show(&c1.cmd(&["RAFT", "REBALANCE"])), "+OK");
     let at = wait_for("a slot move", Duration::from_secs(60), || {
         let status = show(&c1.cmd(&["RAFT", "REBALANCE", "STATUS"]));
@@ -286,6 +392,26 @@ fn killed_during_a_rebalance(victim: usize) {
     for i in 0..KEYS {
         let v: Option<String> = con.get(format!("key:{i}")).unwrap();
         assert_eq!(v, Some(format!("value:{i}")), "key:{i}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let t = writer.join().unwrap();
+    let (acked, unknown): (u64, u64) = (t.acked.iter().sum(), t.unknown.iter().sum());
+    eprintln!(
+        "counters: {acked} increments acknowledged, {unknown} unknown, {} redirects, {} error replies {:?}",
+        t.redirects,
+        t.other_errors.len(),
+        t.other_errors.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(acked > 0, "the writer got nothing through");
+    for i in 0..COUNTERS {
+        let v: Option<u64> = con.get(format!("ctr:{i}")).unwrap();
+        let v = v.unwrap_or(0);
+        assert!(
+            t.acked[i] <= v && v <= t.acked[i] + t.unknown[i],
+            "ctr:{i} is {v}: {} acknowledged, {} unknown",
+            t.acked[i],
+            t.unknown[i]
+        );
     }
     // Every slot is owned by exactly one group, with a leader.
     let mut plain = redis::Client::open(format!("redis://{}/", n1.addr()))
