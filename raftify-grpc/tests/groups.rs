@@ -5,67 +5,18 @@
 
 mod common;
 
+use common::multi::{start_plain, start_replica, Process};
 use common::{bind, kv_reader, WAIT};
 use raftify_core::testkit::{test_config, test_logger, KvCmd, KvStore, Node};
 use raftify_core::{AbstractLogEntry, Bootstrap, Error, MemStore, Raft};
-use raftify_grpc::{
-    Groups, GrpcConfig, GrpcTransport, RaftClient, RaftGrpcServer, ReplicaFactory, ServerHandle,
-};
+use raftify_grpc::{Groups, GrpcConfig, GrpcTransport, RaftClient, RaftGrpcServer, ReplicaFactory};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// One process: a server for all its groups, one transport whose
-/// connections every group's transport shares.
-struct Process {
-    addr: String,
-    groups: Groups,
-    nodes: BTreeMap<u64, Node>,
-    server: ServerHandle,
-}
 
 const GROUPS: u64 = 8;
 
 async fn start(n: u64, grpc: &GrpcConfig) -> Vec<Process> {
-    let mut listeners = Vec::new();
-    for _ in 0..n {
-        listeners.push(bind().await);
-    }
-    let members: BTreeMap<u64, String> = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, (_, a))| (i as u64 + 1, a.clone()))
-        .collect();
-    let mut processes = Vec::new();
-    for (i, (listener, addr)) in listeners.into_iter().enumerate() {
-        let id = i as u64 + 1;
-        let base = GrpcTransport::new(addr.clone(), grpc.clone()).unwrap();
-        let groups = Groups::new();
-        let mut nodes = BTreeMap::new();
-        for g in 1..=GROUPS {
-            let raft = Raft::builder(test_config(id), KvStore::default())
-                .storage(Arc::new(MemStore::new()))
-                .transport(Arc::new(base.for_group(g)))
-                .bootstrap(Bootstrap::Members(members.clone()))
-                .logger(test_logger())
-                .start()
-                .await
-                .unwrap();
-            groups.insert(g, raft.handle().clone(), Some(kv_reader(&raft)));
-            nodes.insert(g, raft);
-        }
-        let metrics = nodes[&1].handle().server_metrics("grpc");
-        let server = RaftGrpcServer::for_groups(groups.clone(), metrics, grpc.clone())
-            .logger(test_logger())
-            .spawn(listener)
-            .unwrap();
-        processes.push(Process {
-            addr,
-            groups,
-            nodes,
-            server,
-        });
-    }
-    processes
+    start_plain(n, GROUPS, grpc).await
 }
 
 fn put(key: &str, value: &str) -> Vec<u8> {
@@ -173,11 +124,8 @@ async fn many_groups_share_a_port_and_connections_and_stay_apart() {
         .await
         .unwrap();
 
-    for p in processes {
-        p.server.shutdown().await;
-        for node in p.nodes.values() {
-            node.handle().shutdown().await;
-        }
+    for mut p in processes {
+        p.stop().await;
     }
 }
 
@@ -238,14 +186,8 @@ async fn a_replica_is_created_when_its_leader_first_sends_to_it() {
         let mut metrics = None;
         if id < 3 {
             for g in [1, 2] {
-                let raft = Raft::builder(test_config(id), KvStore::default())
-                    .storage(Arc::new(MemStore::new()))
-                    .transport(Arc::new(base.for_group(g)))
-                    .bootstrap(Bootstrap::Members(members.clone()))
-                    .logger(test_logger())
-                    .start()
-                    .await
-                    .unwrap();
+                let bootstrap = Bootstrap::Members(members.clone());
+                let raft = start_replica(test_config(id), &base, g, bootstrap).await;
                 groups.insert(g, raft.handle().clone(), Some(kv_reader(&raft)));
                 metrics.get_or_insert_with(|| raft.handle().server_metrics("grpc"));
                 nodes.insert((id, g), raft);

@@ -5,21 +5,16 @@
 
 mod common;
 
-use common::{bind, WAIT};
-use raftify_core::testkit::{test_config, test_logger, KvCmd, KvStore, Node};
-use raftify_core::{Bootstrap, MemStore, Raft, Role};
-use raftify_grpc::{Groups, GrpcConfig, GrpcTransport, RaftGrpcServer, ServerHandle};
+use common::multi::{start_processes, Process};
+use common::WAIT;
+use raftify_core::testkit::{KvCmd, KvStore, Node};
+use raftify_core::Role;
+use raftify_grpc::GrpcConfig;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
 const GROUPS: u64 = 12;
-
-struct Process {
-    nodes: BTreeMap<u64, Node>,
-    server: Option<ServerHandle>,
-}
 
 fn grpc() -> GrpcConfig {
     GrpcConfig {
@@ -30,47 +25,7 @@ fn grpc() -> GrpcConfig {
 }
 
 async fn start() -> Vec<Process> {
-    let grpc = grpc();
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(bind().await);
-    }
-    let members: BTreeMap<u64, String> = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, (_, a))| (i as u64 + 1, a.clone()))
-        .collect();
-    let mut processes = Vec::new();
-    for (i, (listener, addr)) in listeners.into_iter().enumerate() {
-        let id = i as u64 + 1;
-        let base = GrpcTransport::new(addr.clone(), grpc.clone()).unwrap();
-        let groups = Groups::new();
-        let mut nodes = BTreeMap::new();
-        for g in 1..=GROUPS {
-            let mut config = test_config(id);
-            config.hibernate = true;
-            let raft = Raft::builder(config, KvStore::default())
-                .storage(Arc::new(MemStore::new()))
-                .transport(Arc::new(base.for_group(g)))
-                .bootstrap(Bootstrap::Members(members.clone()))
-                .logger(test_logger())
-                .start()
-                .await
-                .unwrap();
-            groups.insert(g, raft.handle().clone(), None);
-            nodes.insert(g, raft);
-        }
-        let metrics = nodes[&1].handle().server_metrics("grpc");
-        let server = RaftGrpcServer::for_groups(groups, metrics, grpc.clone())
-            .logger(test_logger())
-            .spawn(listener)
-            .unwrap();
-        processes.push(Process {
-            nodes,
-            server: Some(server),
-        });
-    }
-    processes
+    start_processes(3, GROUPS, &grpc(), |c| c.hibernate = true).await
 }
 
 fn put(key: &str, value: &str) -> KvCmd {
@@ -162,11 +117,7 @@ async fn idle_groups_sleep_wake_for_work_and_elect_when_the_leaders_process_dies
     // Process 1 dies (its port closes, its replicas stop). The groups it
     // led wake through the liveness probe and elect among the other two;
     // nothing acknowledged is lost.
-    let dead = &mut processes[0];
-    dead.server.take().unwrap().shutdown().await;
-    for n in dead.nodes.values() {
-        n.handle().shutdown().await;
-    }
+    processes[0].stop().await;
     let orphaned: Vec<u64> = leaders
         .iter()
         .filter(|(_, l)| **l == 1)
@@ -189,11 +140,6 @@ async fn idle_groups_sleep_wake_for_work_and_elect_when_the_leaders_process_dies
     assert_eq!(all_asleep(&processes).await, 2 * GROUPS as usize);
 
     for p in &mut processes {
-        if let Some(s) = p.server.take() {
-            s.shutdown().await;
-        }
-        for n in p.nodes.values() {
-            n.handle().shutdown().await;
-        }
+        p.stop().await;
     }
 }

@@ -307,6 +307,13 @@ impl Default for Placement {
 }
 
 impl Placement {
+    /// A member's entry, to change it.
+    fn node_mut(&mut self, node: NodeId) -> Result<&mut NodeInfo, PlacementError> {
+        self.nodes
+            .get_mut(&node)
+            .ok_or(PlacementError::UnknownNode(node))
+    }
+
     /// Bumped by every change applied; 0 before bootstrap.
     pub fn version(&self) -> u64 {
         self.version
@@ -449,24 +456,16 @@ impl Placement {
                 self.nodes.insert(node, info);
             }
             Change::SetLeaving { node, leaving } => {
-                let n = self
-                    .nodes
-                    .get_mut(&node)
-                    .ok_or(PlacementError::UnknownNode(node))?;
-                if n.leaving == leaving {
+                let n = self.node_mut(node)?;
+                if std::mem::replace(&mut n.leaving, leaving) == leaving {
                     return Ok(false);
                 }
-                n.leaving = leaving;
             }
             Change::SetDown { node, down } => {
-                let n = self
-                    .nodes
-                    .get_mut(&node)
-                    .ok_or(PlacementError::UnknownNode(node))?;
-                if n.down == down {
+                let n = self.node_mut(node)?;
+                if std::mem::replace(&mut n.down, down) == down {
                     return Ok(false);
                 }
-                n.down = down;
             }
             Change::RemoveNode { node } => {
                 if !self.nodes.contains_key(&node) {

@@ -142,6 +142,20 @@ impl Sim {
         });
     }
 
+    /// Nodes `1..=nodes`, `replicas` replicas, `per_node` groups per node,
+    /// settled.
+    fn settled(nodes: NodeId, replicas: usize, per_node: usize) -> Sim {
+        let mut sim = Sim::new(Settings {
+            replicas,
+            groups_per_node: per_node,
+        });
+        for n in 2..=nodes {
+            sim.join(n);
+        }
+        sim.settle();
+        sim
+    }
+
     /// Marks `n` down or up; a down node's groups elect leaders elsewhere.
     fn set_down(&mut self, n: NodeId, down: bool) {
         self.change(Change::SetDown { node: n, down });
@@ -302,14 +316,7 @@ fn a_move_in_progress_is_finished_first() {
 
 #[test]
 fn a_down_nodes_replicas_are_replaced_on_a_spare_node_and_it_is_used_again_once_up() {
-    let mut sim = Sim::new(Settings {
-        replicas: 3,
-        groups_per_node: 2,
-    });
-    for n in 2..=4 {
-        sim.join(n);
-    }
-    sim.settle();
+    let mut sim = Sim::settled(4, 3, 2);
     sim.assert_balanced();
     let groups_before = sim.p.groups().len();
     assert!(!sim.p.groups_of(4).is_empty());
@@ -348,14 +355,7 @@ fn a_down_nodes_replicas_are_replaced_on_a_spare_node_and_it_is_used_again_once_
 
 #[test]
 fn without_a_spare_node_or_a_live_quorum_a_down_replica_is_kept() {
-    let mut sim = Sim::new(Settings {
-        replicas: 3,
-        groups_per_node: 1,
-    });
-    for n in 2..=3 {
-        sim.join(n);
-    }
-    sim.settle();
+    let mut sim = Sim::settled(3, 3, 1);
     let before = sim.p.clone();
     sim.set_down(3, true);
     assert_eq!(repair(&sim.p), None);

@@ -28,6 +28,23 @@ pub struct GCluster {
 
 pub fn no_tweak(_: &mut Config) {}
 
+pub mod multi;
+
+/// Listeners on ephemeral ports for nodes `1..=n`, and the members map
+/// (id → address) a cluster of them bootstraps with.
+pub async fn bind_members(n: u64) -> (Vec<(TcpListener, String)>, BTreeMap<u64, String>) {
+    let mut listeners = Vec::new();
+    for _ in 0..n {
+        listeners.push(bind().await);
+    }
+    let members = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, (_, a))| (i as u64 + 1, a.clone()))
+        .collect();
+    (listeners, members)
+}
+
 pub async fn bind() -> (TcpListener, String) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
@@ -99,15 +116,7 @@ impl GCluster {
         grpc_of: impl Fn(u64) -> GrpcConfig,
         tweak: fn(&mut Config),
     ) -> GCluster {
-        let mut listeners = Vec::new();
-        for _ in 0..n {
-            listeners.push(bind().await);
-        }
-        let members: BTreeMap<u64, String> = listeners
-            .iter()
-            .enumerate()
-            .map(|(i, (_, a))| (i as u64 + 1, a.clone()))
-            .collect();
+        let (listeners, members) = bind_members(n).await;
         let mut nodes = BTreeMap::new();
         for (i, (l, addr)) in listeners.into_iter().enumerate() {
             let id = i as u64 + 1;
