@@ -207,19 +207,22 @@ where
         }
         let raft = &self.raw.raft;
         let (term, commit) = (raft.term, raft.raft_log.committed);
-        let peers: Vec<u64> = raft
+        // Only members that hold the whole log are told (the others' process
+        // is down, see `idle`; told a commit index beyond their log when
+        // they come back, they would stop). A heartbeat never commits more
+        // than a member holds, as raft-rs's own: min(matched, committed).
+        let peers: Vec<(u64, u64)> = raft
             .prs()
             .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| *id != self.config.id)
+            .filter(|(id, pr)| **id != self.config.id && pr.matched >= commit)
+            .map(|(id, pr)| (*id, pr.matched.min(commit)))
             .collect();
-        for to in peers {
+        for (to, commit) in peers {
             let mut m = Message::default();
             m.set_msg_type(MessageType::MsgHeartbeat);
             m.to = to;
             m.from = self.config.id;
             m.term = term;
-            // Every member matched the whole log (see `idle`).
             m.commit = commit;
             m.context = SLEEP_CTX.to_vec().into();
             self.transport.send(to, vec![m], &self.feedback);
