@@ -29,6 +29,7 @@ async fn start(id: Option<u64>, start: Start) -> Result<Host, Error> {
     let settings = Settings {
         replicas: 2,
         groups_per_node: 1,
+        max_group_bytes: 0,
     };
     let spec = testkit::spec(id, start, "127.0.0.1:0", Storage::Memory, settings, false);
     let reader: ReadFn<CacheState> = Arc::new(|_: &CacheState, _: &[u8]| Ok(Vec::new()));

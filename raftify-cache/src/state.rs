@@ -375,6 +375,10 @@ fn touch(freq: Option<&Frequencies>, c: &Command, argv: &[Bytes]) {
 impl AbstractStateMachine<CacheEntry> for CacheState {
     type Output = Reply;
 
+    fn size_bytes(&self) -> Option<u64> {
+        Some(self.keys.used_memory() as u64)
+    }
+
     async fn apply(&mut self, entry: CacheEntry) -> Result<Reply, BoxError> {
         let next = self.applied + 1;
         Ok(self.apply_entry(next, &entry))

@@ -1,8 +1,8 @@
 //! `shards`: a sharded cluster's placement as one of its nodes applied it
 //! — nodes (down ones marked), groups with their slot ranges, leaders,
 //! replicas, how far each replica's apply lags its leader's commit (in
-//! entries), whether it sleeps (an idle group) and its log's length — and
-//! the move in progress.
+//! entries), whether it sleeps (an idle group), its log's length and its
+//! state's size — and the move in progress.
 
 use crate::live::ConnArgs;
 use anyhow::{anyhow, Result};
@@ -17,6 +17,7 @@ struct Replica {
     commit: Option<u64>,
     asleep: Option<bool>,
     log_entries: Option<u64>,
+    state_bytes: Option<u64>,
 }
 
 /// `shards`.
@@ -48,6 +49,7 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
                 log_entries: status
                     .as_ref()
                     .map(|s| (s.last_index + 1).saturating_sub(s.first_index)),
+                state_bytes: status.as_ref().and_then(|s| s.state_bytes),
             });
         }
         let own: Vec<SlotRange> = ranges
@@ -94,6 +96,7 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
                         "lag": leader_commit.zip(r.applied).map(|(c, a)| c.saturating_sub(a)),
                         "asleep": r.asleep,
                         "log_entries": r.log_entries,
+                        "state_bytes": r.state_bytes,
                     })).collect::<Vec<_>>(),
                 })
             }).collect::<Vec<_>>(),
@@ -137,8 +140,8 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
     }
     println!();
     println!(
-        "{:>5}  {:>6}  {:<24} {:>6}  replicas (lag in entries; * learner, z asleep)",
-        "group", "slots", "ranges", "leader"
+        "{:>5}  {:>6}  {:<24} {:>6} {:>10}  replicas (lag in entries; * learner, z asleep)",
+        "group", "slots", "ranges", "leader", "size"
     );
     for (g, own, leader, replicas, learners) in &groups {
         let leader_commit = replicas
@@ -157,8 +160,13 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
             })
             .collect();
         let ranges: Vec<String> = own.iter().map(|r| r.to_string()).collect();
+        let size = replicas
+            .iter()
+            .find(|r| Some(r.node) == *leader)
+            .and_then(|r| r.state_bytes)
+            .map_or_else(|| "-".to_string(), human_bytes);
         println!(
-            "{g:>5}  {:>6}  {:<24} {:>6}  {}",
+            "{g:>5}  {:>6}  {:<24} {:>6} {size:>10}  {}",
             own.iter().map(|r| r.len()).sum::<usize>(),
             ranges.join(","),
             leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
@@ -166,4 +174,32 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `bytes` as B, KiB, MiB or GiB with one decimal.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(super::human_bytes(0), "0 B");
+        assert_eq!(super::human_bytes(1023), "1023 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(5 * 1024 * 1024), "5.0 MiB");
+        assert_eq!(super::human_bytes(3 << 40), "3072.0 GiB");
+    }
 }

@@ -15,6 +15,7 @@ async fn start(id: Option<u64>, start: Start) -> Host {
     let settings = Settings {
         replicas: 2,
         groups_per_node: 1,
+        max_group_bytes: 0,
     };
     let spec = testkit::spec(id, start, "127.0.0.1:0", Storage::Memory, settings, true);
     ShardHost::start(spec, Arc::new(|_| KvStore::default()), None, None)

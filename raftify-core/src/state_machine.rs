@@ -192,6 +192,16 @@ pub trait AbstractStateMachine<E: AbstractLogEntry>: Send + Sync + 'static {
     fn snapshot_view(&self) -> Option<Box<dyn SnapshotView>> {
         None
     }
+
+    /// About how many bytes the state holds, for operators
+    /// ([`Status::state_bytes`](crate::Status::state_bytes)) and for
+    /// placement (sharding grows the number of groups when they pass a
+    /// size limit). Called in the raft loop: make it cheap (a running
+    /// count). `None` (the default): not known.
+    fn size_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// Replaces the whole state with a snapshot produced by `snapshot`.
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError>;
 

@@ -149,6 +149,11 @@ pub struct Status {
     /// ticking ([`Config::hibernate`](crate::Config::hibernate)).
     #[serde(default)]
     pub hibernating: bool,
+    /// About how many bytes the state machine holds, when it says
+    /// ([`AbstractStateMachine::size_bytes`](crate::AbstractStateMachine::size_bytes);
+    /// `None` also while it is being written to).
+    #[serde(default)]
+    pub state_bytes: Option<u64>,
 }
 
 impl Status {

@@ -73,6 +73,15 @@ pub struct KvStore {
 impl AbstractStateMachine<KvCmd> for KvStore {
     type Output = Vec<u8>;
 
+    fn size_bytes(&self) -> Option<u64> {
+        Some(
+            self.map
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum(),
+        )
+    }
+
     async fn apply(&mut self, entry: KvCmd) -> Result<Vec<u8>, BoxError> {
         self.applied += 1;
         Ok(match entry {

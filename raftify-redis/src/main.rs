@@ -100,6 +100,12 @@ struct Args {
     /// on nodes with room, even without --auto-rebalance; 0: never.
     #[arg(long, env = "RAFTIFY_DEAD_AFTER", default_value_t = 300)]
     dead_after: u64,
+    /// With --sharded: while groups hold more than this many MiB of data
+    /// each on average, the cluster aims for more groups (slots spread
+    /// over them at the next rebalance); 0: no limit. Read when the
+    /// cluster is created.
+    #[arg(long, env = "RAFTIFY_MAX_GROUP_MB", default_value_t = 0)]
+    max_group_mb: u64,
 }
 
 async fn run(args: Args, logger: slog::Logger) -> Result<()> {
@@ -259,6 +265,7 @@ async fn run_sharded(
     let settings = raftify_shard::Settings {
         replicas: args.replicas,
         groups_per_node: args.groups_per_node,
+        max_group_bytes: args.max_group_mb.saturating_mul(1024 * 1024),
     };
     let shard_spec = raftify_shard::ShardSpec {
         node: spec,

@@ -365,9 +365,11 @@ impl Shard {
         for (g, r) in self.host.replicas().await {
             let st = r.handle().state();
             // The status does not wake a sleeping replica.
-            let asleep = r.handle().status().await.is_ok_and(|s| s.hibernating);
+            let status = r.handle().status().await.ok();
+            let asleep = status.as_ref().is_some_and(|s| s.hibernating);
+            let bytes = status.and_then(|s| s.state_bytes).unwrap_or(0);
             out.push_str(&format!(
-                "group{g}:slots={},leader={},role={},applied={},asleep={}\r\n",
+                "group{g}:slots={},leader={},role={},applied={},asleep={},bytes={bytes}\r\n",
                 p.slot_count(g),
                 st.leader_id,
                 if r.handle().is_leader() {

@@ -101,6 +101,14 @@ pub struct Settings {
     pub replicas: usize,
     /// Data groups per node: the cluster aims for `nodes × this` groups.
     pub groups_per_node: usize,
+    /// A size limit per group, in bytes of state (what replicas report,
+    /// [`raftify_core::Status::state_bytes`]): while the groups hold more
+    /// than this each on average, the cluster aims for more groups (up
+    /// to `nodes × MAX_GROUPS_PER_NODE`), so slots spread over them; it
+    /// aims for fewer again only once they would hold under half of it.
+    /// 0: no limit.
+    #[serde(default)]
+    pub max_group_bytes: u64,
 }
 
 impl Default for Settings {
@@ -108,6 +116,7 @@ impl Default for Settings {
         Settings {
             replicas: 3,
             groups_per_node: 1,
+            max_group_bytes: 0,
         }
     }
 }

@@ -40,6 +40,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Observed {
     /// Each group's current leader, where known.
     pub leaders: BTreeMap<GroupId, NodeId>,
+    /// Each group's size in bytes of state (its leader's
+    /// [`raftify_core::Status::state_bytes`]), where known.
+    pub sizes: BTreeMap<GroupId, u64>,
 }
 
 /// One step of a rebalance.
@@ -120,7 +123,7 @@ pub fn plan(p: &Placement, observed: &Observed) -> Option<Step> {
     leaving(p, &members, &active)
         .or_else(|| down(p, &members, &active))
         .or_else(|| replica_counts(p, &members, &active, observed))
-        .or_else(|| group_count(p, &members, &active))
+        .or_else(|| group_count(p, &members, &active, observed))
         .or_else(|| slot_balance(p))
         .or_else(|| replica_spread(p, &active))
         .or_else(|| leader_spread(p, &active, observed))
@@ -310,9 +313,39 @@ fn replica_counts(
     None
 }
 
-fn group_count(p: &Placement, members: &[NodeId], active: &[NodeId]) -> Option<Step> {
-    let target = (members.len() * p.settings().groups_per_node).max(1);
+/// The group count the sizes call for: `(grow, keep)` — at least `grow`
+/// groups (the state over `max_group_bytes` each), and no fewer than
+/// `keep` (under half of it each), capped at `cap`. With no limit or a
+/// size unknown: `(0, 0)` and `(0, usize::MAX)` (no shrinking on
+/// guesses).
+fn size_targets(p: &Placement, observed: &Observed, cap: usize) -> (usize, usize) {
+    let max = p.settings().max_group_bytes;
+    if max == 0 {
+        return (0, 0);
+    }
+    if p.groups().keys().any(|g| !observed.sizes.contains_key(g)) {
+        return (0, usize::MAX);
+    }
+    let total: u64 = observed.sizes.values().sum();
+    let need = |per: u64| usize::try_from(total.div_ceil(per.max(1))).unwrap_or(usize::MAX);
+    (need(max).min(cap), need(max / 2).min(cap))
+}
+
+fn group_count(
+    p: &Placement,
+    members: &[NodeId],
+    active: &[NodeId],
+    observed: &Observed,
+) -> Option<Step> {
+    let base = (members.len() * p.settings().groups_per_node).max(1);
+    let cap = (members.len() * crate::placement::MAX_GROUPS_PER_NODE).max(base);
+    let (grow, keep) = size_targets(p, observed, cap);
     let groups = p.groups().len();
+    let target = if groups < base.max(grow) {
+        base.max(grow)
+    } else {
+        base.max(keep.min(groups))
+    };
     if groups < target {
         let load = load(p, active);
         let mut replicas = BTreeSet::new();

@@ -20,6 +20,8 @@ struct Sim {
     steps: usize,
     /// Stop the next replica addition after recording its learner.
     interrupt: bool,
+    /// Group sizes as observed.
+    sizes: BTreeMap<GroupId, u64>,
 }
 
 impl Sim {
@@ -39,12 +41,14 @@ impl Sim {
             leaders: BTreeMap::from([(1, 1)]),
             steps: 0,
             interrupt: false,
+            sizes: BTreeMap::new(),
         }
     }
 
     fn observed(&self) -> Observed {
         Observed {
             leaders: self.leaders.clone(),
+            sizes: self.sizes.clone(),
         }
     }
 
@@ -148,6 +152,7 @@ impl Sim {
         let mut sim = Sim::new(Settings {
             replicas,
             groups_per_node: per_node,
+            max_group_bytes: 0,
         });
         for n in 2..=nodes {
             sim.join(n);
@@ -279,6 +284,7 @@ fn more_groups_per_node_split_the_slots_further() {
     let mut sim = Sim::new(Settings {
         replicas: 3,
         groups_per_node: 4,
+        max_group_bytes: 0,
     });
     sim.settle();
     assert_eq!(sim.p.groups().len(), 4);
@@ -291,6 +297,7 @@ fn more_groups_per_node_split_the_slots_further() {
     sim.change(Change::SetSettings(Settings {
         replicas: 2,
         groups_per_node: 1,
+        max_group_bytes: 0,
     }));
     sim.settle();
     sim.assert_balanced();
@@ -385,6 +392,62 @@ fn without_a_spare_node_or_a_live_quorum_a_down_replica_is_kept() {
     }
 }
 
+/// Steps until balanced with `total` bytes spread over the groups by
+/// their share of the slots (uniform hashing); the group count.
+fn settle_holding(sim: &mut Sim, total: u64) -> usize {
+    for _ in 0..2000 {
+        sim.sizes = sim
+            .p
+            .slot_counts()
+            .into_iter()
+            .map(|(g, c)| (g, total * c as u64 / u64::from(SLOTS)))
+            .collect();
+        if !sim.step() {
+            return sim.p.groups().len();
+        }
+    }
+    panic!("no balance after 2000 steps: {:?}", sim.p);
+}
+
+#[test]
+fn groups_grow_with_their_data_and_shrink_only_well_below_the_limit() {
+    let mut sim = Sim::new(Settings {
+        replicas: 1,
+        groups_per_node: 1,
+        max_group_bytes: 1000,
+    });
+    // 3,500 bytes on one node: four groups of ~875 (slots ±1 each).
+    assert_eq!(settle_holding(&mut sim, 3500), 4);
+    let counts = sim.p.slot_counts();
+    assert!(
+        counts.values().all(|&c| c.abs_diff(4096) <= 1),
+        "{counts:?}"
+    );
+    // Shrinking to 2,000 keeps four (three would hold over half the
+    // limit each); to 1,400, three.
+    assert_eq!(settle_holding(&mut sim, 2000), 4);
+    assert_eq!(settle_holding(&mut sim, 1400), 3);
+    // Sizes unknown: nothing is deleted on a guess.
+    sim.sizes.clear();
+    sim.settle();
+    assert_eq!(sim.p.groups().len(), 3);
+    // No limit: back to nodes × groups_per_node.
+    sim.change(Change::SetSettings(Settings {
+        max_group_bytes: 0,
+        ..sim.p.settings()
+    }));
+    assert_eq!(settle_holding(&mut sim, 1400), 1);
+    // The cap: one node holds at most MAX_GROUPS_PER_NODE groups.
+    sim.change(Change::SetSettings(Settings {
+        max_group_bytes: 1,
+        ..sim.p.settings()
+    }));
+    assert_eq!(
+        settle_holding(&mut sim, 1_000_000),
+        crate::placement::MAX_GROUPS_PER_NODE
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -397,7 +460,7 @@ proptest! {
         replicas in 1usize..4,
         per_node in 1usize..3,
     ) {
-        let mut sim = Sim::new(Settings { replicas, groups_per_node: per_node });
+        let mut sim = Sim::new(Settings { replicas, groups_per_node: per_node , max_group_bytes: 0});
         for (join, n) in ops {
             let member = sim.p.nodes().contains_key(&n);
             if join && !member {
@@ -428,7 +491,7 @@ proptest! {
         ops in proptest::collection::vec((0u8..3, 1u64..6), 1..14),
         replicas in 1usize..4,
     ) {
-        let mut sim = Sim::new(Settings { replicas, groups_per_node: 1 });
+        let mut sim = Sim::new(Settings { replicas, groups_per_node: 1 , max_group_bytes: 0});
         for (kind, n) in ops {
             let info = sim.p.nodes().get(&n).cloned();
             match (kind, info) {

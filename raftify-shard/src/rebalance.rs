@@ -17,7 +17,7 @@ use raftify_core::{
     call_cluster, AbstractLogEntry, AbstractStateMachine, BoxError, MemberRole, Membership,
     MembershipChange, Transport,
 };
-use raftify_grpc::GrpcTransport;
+use raftify_grpc::{GrpcTransport, RaftClient};
 use slog::{info, warn};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -253,17 +253,38 @@ where
     Ok(false)
 }
 
-/// Each group's leader, as its replicas answer.
+/// Each group's leader, as its replicas answer, and (when the placement
+/// limits group sizes) the size its leader reports.
 async fn observe<E, SM>(inner: &Inner<E, SM>, p: &Placement) -> Observed
 where
     E: AbstractLogEntry,
     SM: AbstractStateMachine<E>,
 {
     let mut observed = Observed::default();
+    let sizes = if p.settings().max_group_bytes > 0 {
+        // Statuses are asked of each leader by address (the client API:
+        // the node's client token).
+        let me = p.nodes().get(&inner.id).map(|n| n.raft_addr.clone());
+        me.and_then(|a| RaftClient::new([a], inner.template.grpc.clone()).ok())
+    } else {
+        None
+    };
     for &g in p.groups().keys() {
-        if let Ok(m) = members(inner, p, g).await {
-            if m.leader_id != 0 {
-                observed.leaders.insert(g, m.leader_id);
+        let Ok(m) = members(inner, p, g).await else {
+            continue;
+        };
+        if m.leader_id == 0 {
+            continue;
+        }
+        observed.leaders.insert(g, m.leader_id);
+        let (Some(client), Some(leader)) = (&sizes, p.nodes().get(&m.leader_id)) else {
+            continue;
+        };
+        let group = client.for_group(g);
+        let status = tokio::time::timeout(CALL, group.status(&leader.raft_addr));
+        if let Ok(Ok(s)) = status.await {
+            if let Some(bytes) = s.state_bytes {
+                observed.sizes.insert(g, bytes);
             }
         }
     }

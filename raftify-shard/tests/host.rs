@@ -414,3 +414,54 @@ async fn a_node_down_past_dead_after_is_replaced_unasked_and_used_again_when_bac
         h.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_grown_past_its_size_limit_is_split_by_the_rebalance() {
+    // ~20 bytes per key, 200 keys: ~4 KB against a 1.5 KB limit.
+    let settings = Settings {
+        max_group_bytes: 1500,
+        ..Settings::default()
+    };
+    let spec = testkit::spec(
+        Some(1),
+        Start::Single,
+        "127.0.0.1:0",
+        Storage::Memory,
+        settings,
+        false,
+    );
+    let make = Arc::new(|_| KvStore::default());
+    let host: Host = ShardHost::start(spec, make, Some(reader()), Some(Arc::new(KvMover)))
+        .await
+        .unwrap();
+    wait_for("group 1", || async { host.group(1).await })
+        .await
+        .wait_for_leader(WAIT)
+        .await
+        .unwrap();
+    let client = RaftClient::new([host.raft_addr().to_string()], GrpcConfig::default()).unwrap();
+    let written = write_keys(&client, None, "k", 200).await;
+    let bytes: u64 = written
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum();
+    let want = bytes.div_ceil(1500) as usize;
+    assert!(want >= 3, "{bytes} bytes");
+
+    host.rebalance();
+    let p = wait_for("the groups to grow with their data", || async {
+        let p = host.placement().borrow().clone();
+        let done = host.rebalance_status().starts_with("done") && p.groups().len() >= want;
+        done.then_some(p)
+    })
+    .await;
+    let counts = p.slot_counts();
+    assert!(
+        counts
+            .values()
+            .all(|&c| c.abs_diff(16384 / p.groups().len()) <= 1),
+        "{counts:?}"
+    );
+    check_keys(&client, &p, &written).await;
+    host.shutdown().await;
+}

@@ -277,6 +277,10 @@ impl HashStore {
 impl AbstractStateMachine<KvEntry> for HashStore {
     type Output = ApplyOutput;
 
+    fn size_bytes(&self) -> Option<u64> {
+        Some(self.data_bytes)
+    }
+
     async fn apply(&mut self, entry: KvEntry) -> Result<ApplyOutput, BoxError> {
         self.apply_at(0, entry).await
     }

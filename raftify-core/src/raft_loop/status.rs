@@ -67,6 +67,7 @@ where
             events: self.events.iter().cloned().collect(),
             at_ms: unix_ms(),
             hibernating: self.hibernation.sleeping(),
+            state_bytes: self.sm.try_read().ok().and_then(|sm| sm.size_bytes()),
         }
     }
 
