@@ -7,7 +7,8 @@
 #   cargo build --release -p raftify-redis
 #   scripts/bench_sharded.sh single 64 256; scripts/bench_sharded.sh 1 64 256
 #
-# EXTRA="--no-sync" adds flags to every node.
+# EXTRA="--no-sync" adds flags to every node; PIPE=16 pipelines 16 commands
+# per connection (redis-benchmark -P).
 # Needs redis-benchmark and redis-cli (Debian: redis-tools). Ports are
 # picked at random in 20000-40100; data in a temp dir, removed after.
 set -u
@@ -33,7 +34,7 @@ else
   port=$((base+1)); cl="--cluster"
 fi
 for c in "$@"; do
-  r=$(redis-benchmark $cl -p "$port" -t set -n 100000 -c $c -r 100000 -d 100 -q 2>/dev/null | tr '\r' '\n' | grep 'requests per second' | tail -1)
+  r=$(redis-benchmark $cl -p "$port" -t set -n 100000 -c $c -P ${PIPE:-1} -r 100000 -d 100 -q 2>/dev/null | tr '\r' '\n' | grep 'requests per second' | tail -1)
   echo "$mode c=$c $r"
 done
 kill ${pids[@]} 2>/dev/null; wait 2>/dev/null

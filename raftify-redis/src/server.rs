@@ -234,26 +234,46 @@ impl Server {
 
     /// Whether `argv` may be answered together with the data commands
     /// around it (see [`Server::run_batch`]).
+    ///
+    /// A sharded node batches commands with keys (a cluster client's too:
+    /// a run is answered together only when all its keys belong to one
+    /// group this node serves as [`crate::sharded::Shard::batch_node`]
+    /// says, else each command is routed on its own).
     pub fn batchable(&self, s: &Session, argv: &[Bytes]) -> bool {
+        let sharded = self.shard.is_some();
         s.authed
-            && self.shard.is_none()
             && s.user.is_none()
             && s.multi.is_none()
             && s.inbox.count() == 0
-            && !s.cluster
-            && lookup(&argv[0]).is_some_and(|c| c.arity_ok(argv.len()))
+            && (sharded || !s.cluster)
+            && lookup(&argv[0]).is_some_and(|c| {
+                c.arity_ok(argv.len()) && (!sharded || !c.key_positions(argv.len()).is_empty())
+            })
     }
 
     /// Answers pipelined data commands together, in order: with a write
     /// among them, as one log entry (applied atomically on every node,
     /// reads included at their place); all reads, after one ReadIndex.
-    pub async fn run_batch(&self, s: &Session, batch: Vec<Vec<Bytes>>) -> Vec<Reply> {
+    pub async fn run_batch(&self, s: &mut Session, batch: Vec<Vec<Bytes>>) -> Vec<Reply> {
         let n = batch.len();
-        self.commands.fetch_add(n as u64, Ordering::Relaxed);
-        let node = match self.single() {
-            Ok(n) => n,
-            Err(r) => return vec![r; n],
+        let node = match (&self.node, &self.shard) {
+            (Some(node), _) => node.clone(),
+            (None, Some(shard)) => match shard.batch_node(s, &batch).await {
+                Some(node) => node,
+                None => {
+                    // Keys of several groups, or a group served elsewhere:
+                    // each command is routed (and counted) on its own.
+                    let mut replies = Vec::with_capacity(n);
+                    for argv in batch {
+                        replies.push(self.handle(s, argv).await);
+                    }
+                    return replies;
+                }
+            },
+            (None, None) => return vec![crate::sharded::unsupported(); n],
         };
+        self.commands.fetch_add(n as u64, Ordering::Relaxed);
+        let node = &node;
         let writes = batch
             .iter()
             .any(|a| lookup(&a[0]).is_some_and(|c| c.is_write()));

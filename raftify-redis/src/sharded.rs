@@ -80,6 +80,38 @@ impl Shard {
         Ok(node)
     }
 
+    /// The replica a pipelined run of data commands runs on together (one
+    /// log entry, or one ReadIndex): when every command's keys hash to
+    /// slots of one group, which this node has a replica of (the leader,
+    /// for a cluster client's writes). `None`: each command is routed on
+    /// its own (`MOVED`, `CROSSSLOT`, ...). Slots that move are refused
+    /// by the group itself (`TRYAGAIN` for the whole run, none of it
+    /// applied).
+    pub async fn batch_node(&self, s: &Session, batch: &[Vec<Bytes>]) -> Option<Node> {
+        let mut group = None;
+        let mut writes = false;
+        for argv in batch {
+            let c = raftify_cache::table::lookup(argv.first()?)?;
+            writes |= c.is_write();
+            let positions = c.key_positions(argv.len());
+            let mut keys = positions.iter().filter_map(|&i| argv.get(i));
+            let slot = key_slot(keys.next()?);
+            if keys.any(|k| key_slot(k) != slot) {
+                return None;
+            }
+            let g = self.host.placement().borrow().owner(slot);
+            if group.is_some_and(|x| x != g) {
+                return None;
+            }
+            group = Some(g);
+        }
+        let node = self.host.replica(group?).await?;
+        if writes && s.cluster && !node.handle().is_leader() {
+            return None;
+        }
+        Some(node)
+    }
+
     /// A read without keys on a sharded node — `DBSIZE`, `KEYS`,
     /// `RANDOMKEY` — answered, as a Redis Cluster node answers, for the
     /// slots this node is the primary of: over the groups it leads

@@ -280,6 +280,38 @@ fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout()
     assert_eq!(all.len(), KEYS);
     assert!(show(&c1.cmd(&["SCAN", "0"])).contains("not supported"));
 
+    // Pipelines, written at once to a plain connection: commands whose
+    // keys share one group run together (one log entry), a run over
+    // several groups command by command; either way the replies come in
+    // order and every write lands.
+    let mut piped = n2.client();
+    let mut wire = Vec::new();
+    let mut push = |args: &[&str]| {
+        wire.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            wire.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+    };
+    for i in 0..150 {
+        push(&["SET", &format!("{{pipe}}k{i}"), &format!("v{i}")]);
+        push(&["GET", &format!("{{pipe}}k{i}")]);
+    }
+    for i in 0..150 {
+        push(&["SET", &format!("mixed:{i}"), &format!("m{i}")]);
+    }
+    std::io::Write::write_all(&mut piped.stream, &wire).unwrap();
+    for i in 0..150 {
+        assert_eq!(show(&piped.read().unwrap()), "+OK", "{{pipe}}k{i}");
+        assert_eq!(show(&piped.read().unwrap()), format!("$v{i}"));
+    }
+    for i in 0..150 {
+        assert_eq!(show(&piped.read().unwrap()), "+OK", "mixed:{i}");
+    }
+    for i in 0..150 {
+        let v: Option<String> = con.get(format!("mixed:{i}")).unwrap();
+        assert_eq!(v, Some(format!("m{i}")));
+    }
+
     // Left alone, every group sleeps on every node (INFO's `asleep=1`),
     // and a read and a write wake their group and are answered.
     wait_for("every group asleep", T, || {
