@@ -191,8 +191,22 @@ impl Server {
         }
         let positions = c.key_positions(argv.len());
         let keys: Vec<&Bytes> = positions.iter().filter_map(|&i| argv.get(i)).collect();
-        if let (Some(shard), true, false) = (&self.shard, keys.is_empty(), c.is_write()) {
-            return shard.read_led(&argv).await;
+        match (&self.shard, keys.is_empty(), c.is_write()) {
+            (Some(shard), true, false) => return shard.read_led(&argv).await,
+            (Some(shard), true, true) => {
+                let nodes = match shard.led_for_write(&argv).await {
+                    Ok(nodes) => nodes,
+                    Err(r) => return r,
+                };
+                for node in nodes {
+                    let r = self.write(&node, vec![argv.clone()], false).await;
+                    if matches!(r, Reply::Error(_)) {
+                        return r;
+                    }
+                }
+                return Reply::Ok;
+            }
+            _ => {}
         }
         let node = match self.node_for(session, &keys, c.is_write()).await {
             Ok(n) => n,

@@ -113,13 +113,16 @@ impl Shard {
     }
 
     /// A read without keys on a sharded node — `DBSIZE`, `KEYS`,
-    /// `RANDOMKEY` — answered, as a Redis Cluster node answers, for the
-    /// slots this node is the primary of: over the groups it leads
+    /// `RANDOMKEY`, `SCAN` — answered, as a Redis Cluster node answers,
+    /// for the slots this node is the primary of: over the groups it leads
     /// (linearizably). A cluster client sums or merges the nodes' answers.
     /// While a range is being moved its keys are in both groups and may be
-    /// counted twice. Others (`SCAN`, `FLUSHALL`, ...) are not supported.
+    /// counted (or scanned) twice. Others are not supported.
     pub async fn read_led(&self, argv: &[Bytes]) -> Reply {
         let name = crate::server::lower(&argv[0]);
+        if name == "scan" {
+            return self.scan_led(argv).await;
+        }
         if !matches!(name.as_str(), "dbsize" | "keys" | "randomkey") {
             return unsupported();
         }
@@ -158,6 +161,78 @@ impl Shard {
                 .find(|r| !matches!(r, Reply::Nil))
                 .unwrap_or(Reply::Nil),
         }
+    }
+
+    /// `SCAN` over the groups this node leads: each group scans from the
+    /// same cursor (a position in the keys' common `SCAN` order); the
+    /// answer keeps the keys up to the lowest position any unfinished
+    /// group stopped at, which is the next cursor (0 once every group is
+    /// done). So every key present for the whole iteration is returned,
+    /// whatever the groups hold, as a single node's `SCAN` promises.
+    async fn scan_led(&self, argv: &[Bytes]) -> Reply {
+        let mut scanned: Vec<(Vec<Reply>, u64)> = Vec::new();
+        for (_, node) in self.host.replicas().await {
+            if !node.handle().is_leader() {
+                continue;
+            }
+            let reply = match node.linearizable_read(|sm| sm.read(argv)).await {
+                Ok(r) => r,
+                Err(e) => return crate::server::error_reply(&e),
+            };
+            match reply {
+                Reply::Array(mut parts) if parts.len() == 2 => {
+                    let (Some(Reply::Array(keys)), Some(Reply::Bulk(next))) =
+                        (parts.pop(), parts.pop())
+                    else {
+                        return Reply::err("a group answered SCAN in an unknown shape");
+                    };
+                    let next = std::str::from_utf8(&next)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    scanned.push((keys, next));
+                }
+                other => return other,
+            }
+        }
+        let bound = scanned.iter().map(|(_, n)| *n).filter(|n| *n != 0).min();
+        let keys: Vec<Reply> = scanned
+            .into_iter()
+            .flat_map(|(keys, _)| keys)
+            .filter(|k| match (k, bound) {
+                (Reply::Bulk(k), Some(b)) => raftify_cache::commands::scan_position(k) <= b,
+                _ => true,
+            })
+            .collect();
+        Reply::Array(vec![
+            Reply::bulk(bound.unwrap_or(0).to_string()),
+            Reply::Array(keys),
+        ])
+    }
+
+    /// The replicas a write without keys — `FLUSHALL`, `FLUSHDB` — runs
+    /// on: the groups this node leads (a Redis Cluster node flushes its
+    /// primary slots; a cluster client sends it to every primary). Refused
+    /// with `TRYAGAIN` while slots move (the keys being copied would come
+    /// back in their new group).
+    pub async fn led_for_write(&self, argv: &[Bytes]) -> Result<Vec<Node>, Reply> {
+        let name = crate::server::lower(&argv[0]);
+        if !matches!(name.as_str(), "flushall" | "flushdb") {
+            return Err(unsupported());
+        }
+        if self.host.placement().borrow().moving().is_some() {
+            return Err(Reply::Error(
+                "TRYAGAIN slots are moving between groups; try again".into(),
+            ));
+        }
+        Ok(self
+            .host
+            .replicas()
+            .await
+            .into_iter()
+            .filter(|(_, n)| n.handle().is_leader())
+            .map(|(_, n)| n)
+            .collect())
     }
 
     /// The runs of slots, each with its group's nodes (leader first) as
@@ -207,13 +282,24 @@ impl Shard {
             ("slots" | "shards" | "nodes", 2) => {
                 s.cluster = true;
                 let (_, runs) = self.layout().await;
+                // Cluster clients take a node listed as a replica anywhere
+                // for a replica everywhere (redis-py's `get_primaries`,
+                // which `scan_iter` and `keys` use): `SLOTS` lists, after
+                // each run's leader, only replicas that lead no group.
+                let primaries: std::collections::BTreeSet<u64> = runs
+                    .iter()
+                    .flat_map(|(_, _, n)| n.iter().filter(|x| x.3).map(|x| x.0))
+                    .collect();
                 match sub.as_str() {
                     "slots" => Reply::Array(
                         runs.iter()
                             .map(|(a, b, nodes)| {
                                 let mut row =
                                     vec![Reply::Int(i64::from(*a)), Reply::Int(i64::from(*b))];
-                                row.extend(nodes.iter().map(|(id, host, port, _)| {
+                                let shown = nodes
+                                    .iter()
+                                    .filter(|(id, _, _, leads)| *leads || !primaries.contains(id));
+                                row.extend(shown.map(|(id, host, port, _)| {
                                     Reply::Array(vec![
                                         Reply::bulk(host.clone()),
                                         Reply::Int(*port),

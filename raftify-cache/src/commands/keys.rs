@@ -148,7 +148,7 @@ pub(crate) fn keys(ks: &Keyspace, a: &[Bytes]) -> Reply {
 /// The position of a key in `SCAN`'s order (never 0: that is the start):
 /// 64-bit FNV-1a, the same on every node and version. (SipHash, which the
 /// keyspace's maps use, was 70 % of a `SCAN` call's time.)
-fn scan_hash(key: &[u8]) -> u64 {
+pub(crate) fn scan_hash(key: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     key.iter()

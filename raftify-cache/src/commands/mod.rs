@@ -146,6 +146,13 @@ pub struct ScanOpts<'a> {
     pub type_: Option<&'a Bytes>,
 }
 
+/// A key's position in `SCAN`'s order (what its cursors count in): a
+/// front-end that merges the `SCAN`s of several keyspaces (a sharded
+/// node's groups) orders their keys by it.
+pub fn scan_position(key: &[u8]) -> u64 {
+    keys::scan_hash(key)
+}
+
 /// Parses [`ScanOpts`] from `a[from..]`.
 pub fn scan_opts(a: &[Bytes], from: usize, with_type: bool) -> Result<ScanOpts<'_>, Reply> {
     let mut o = ScanOpts {
