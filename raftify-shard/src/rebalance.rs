@@ -204,10 +204,31 @@ async fn run<E, SM>(
         let doing = if asked { "moving" } else { "repairing" };
         set(&status, format!("{doing}: {step:?}"));
         info!(inner.logger, "rebalance step"; "step" => ?step);
-        if let Err(e) = execute(&inner, mover.as_deref(), &placement, step.clone()).await {
-            warn!(inner.logger, "rebalance step failed; planning again"; "step" => ?step, "error" => %e);
-            set(&status, format!("retrying: {step:?}: {e}"));
-            tokio::time::sleep(PAUSE).await;
+        // A step is abandoned when this node stops leading the metadata
+        // group (cut off, say): the new leader plans again from the
+        // committed placement, and every step is safe to repeat; a step
+        // left waiting here would keep this node from rebalancing when it
+        // leads again.
+        let mut role = inner.meta.handle().subscribe_role();
+        let deposed = role.wait_for(|s| s.role != raftify_core::Role::Leader);
+        let outcome = tokio::select! {
+            r = execute(&inner, mover.as_deref(), &placement, step.clone()) => Some(r),
+            _ = deposed => None,
+        };
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                warn!(inner.logger, "rebalance step failed; planning again"; "step" => ?step, "error" => %e);
+                set(&status, format!("retrying: {step:?}: {e}"));
+                tokio::time::sleep(PAUSE).await;
+            }
+            None => {
+                warn!(inner.logger, "rebalance step abandoned: this node no longer leads the metadata group"; "step" => ?step);
+                set(
+                    &status,
+                    format!("interrupted: {step:?} (no longer the metadata leader)"),
+                );
+            }
         }
     }
 }
