@@ -75,6 +75,23 @@ pub fn node_id(cluster_uid: u64, id: u64) -> String {
 
 /// `CLUSTER INFO`: every slot served (`ok`) or none, the known nodes, the
 /// shards (`cluster_size`) and the epoch.
+/// `CLUSTER HELP`: the subcommands served (single-group and sharded).
+pub(crate) fn cluster_help() -> Reply {
+    Reply::bulks(
+        [
+            "CLUSTER INFO",
+            "CLUSTER NODES",
+            "CLUSTER SLOTS",
+            "CLUSTER SHARDS",
+            "CLUSTER MYID",
+            "CLUSTER KEYSLOT <key>",
+            "CLUSTER HELP",
+        ]
+        .into_iter()
+        .map(|t: &'static str| Bytes::from_static(t.as_bytes())),
+    )
+}
+
 pub(crate) fn cluster_info(ok: bool, known: usize, size: usize, epoch: u64) -> Reply {
     Reply::Bulk(Bytes::from(format!(
         "cluster_state:{}\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:{}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:{}\r\ncluster_known_nodes:{known}\r\ncluster_size:{size}\r\ncluster_current_epoch:{epoch}\r\ncluster_my_epoch:{epoch}\r\n",
@@ -138,19 +155,7 @@ impl Server {
         match (sub.as_str(), argv.len()) {
             ("keyslot", 3) => Reply::Int(redis_protocol::redis_keyslot(&argv[2]).into()),
             ("myid", 2) => Reply::bulk(node_id(uid, me)),
-            ("help", 2) => Reply::bulks(
-                [
-                    "CLUSTER INFO",
-                    "CLUSTER NODES",
-                    "CLUSTER SLOTS",
-                    "CLUSTER SHARDS",
-                    "CLUSTER MYID",
-                    "CLUSTER KEYSLOT <key>",
-                    "CLUSTER HELP",
-                ]
-                .into_iter()
-                .map(|t: &'static str| Bytes::from_static(t.as_bytes())),
-            ),
+            ("help", 2) => cluster_help(),
             ("info", 2) => {
                 let (nodes, term) = match self.topology().await {
                     Ok(t) => t,

@@ -23,7 +23,7 @@
 //!   `FLUSHALL`, ...), pub/sub, ACL users, and the other `RAFT`
 //!   subcommands.
 
-use crate::cluster::{cluster_info, node_id, split_addr};
+use crate::cluster::{cluster_help, cluster_info, node_id, split_addr};
 use crate::server::{Node, Session};
 use bytes::Bytes;
 use raftify_cache::{key_slot, CacheEntry, CacheState, Reply};
@@ -88,6 +88,19 @@ impl Shard {
     /// by the group itself (`TRYAGAIN` for the whole run, none of it
     /// applied).
     pub async fn batch_node(&self, s: &Session, batch: &[Vec<Bytes>]) -> Option<Node> {
+        let (group, writes) = self.batch_group(batch)?;
+        let node = self.host.replica(group).await?;
+        if writes && s.cluster && !node.handle().is_leader() {
+            return None;
+        }
+        Some(node)
+    }
+
+    /// The one group all of `batch`'s keys belong to, and whether the
+    /// batch writes (one look at the placement for the whole batch).
+    fn batch_group(&self, batch: &[Vec<Bytes>]) -> Option<(GroupId, bool)> {
+        let placement = self.host.placement();
+        let placement = placement.borrow();
         let mut group = None;
         let mut writes = false;
         for argv in batch {
@@ -99,17 +112,13 @@ impl Shard {
             if keys.any(|k| key_slot(k) != slot) {
                 return None;
             }
-            let g = self.host.placement().borrow().owner(slot);
+            let g = placement.owner(slot);
             if group.is_some_and(|x| x != g) {
                 return None;
             }
             group = Some(g);
         }
-        let node = self.host.replica(group?).await?;
-        if writes && s.cluster && !node.handle().is_leader() {
-            return None;
-        }
-        Some(node)
+        Some((group?, writes))
     }
 
     /// A read without keys on a sharded node — `DBSIZE`, `KEYS`,
@@ -349,18 +358,7 @@ impl Shard {
                     _ => Reply::Bulk(Bytes::from(self.nodes_lines(uid, me, &runs))),
                 }
             }
-            ("help", 2) => Reply::bulks(
-                [
-                    "CLUSTER INFO",
-                    "CLUSTER NODES",
-                    "CLUSTER SLOTS",
-                    "CLUSTER SHARDS",
-                    "CLUSTER MYID",
-                    "CLUSTER KEYSLOT <key>",
-                ]
-                .map(|l: &'static str| Bytes::from_static(l.as_bytes()))
-                .to_vec(),
-            ),
+            ("help", 2) => cluster_help(),
             _ => Reply::err(format!("unknown subcommand '{sub}'. Try CLUSTER HELP.")),
         }
     }

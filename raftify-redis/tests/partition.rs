@@ -169,14 +169,8 @@ fn a_partition_during_a_sharded_rebalance_loses_nothing() {
     }
     let join = ["--sharded", "--join", raft1.as_str()];
     let nodes = [n1, spawn(2, &join), spawn(3, &join)];
-    let sharding = |n: &Node, field: &str| -> Option<String> {
-        let info = show(&n.client().cmd(&["INFO"]));
-        info.split("\\r\\n")
-            .chain(info.split("\r\n"))
-            .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_string))
-    };
     wait_for("three nodes", T, || {
-        (sharding(&nodes[0], "nodes").as_deref() == Some("3")).then_some(())
+        (info_field(&nodes[0], "nodes").as_deref() == Some("3")).then_some(())
     });
 
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr()).collect();
@@ -214,7 +208,7 @@ fn a_partition_during_a_sharded_rebalance_loses_nothing() {
             .iter()
             .map(|n| {
                 let s = show(&n.client().cmd(&["RAFT", "REBALANCE", "STATUS"]));
-                (sharding(n, "groups"), s)
+                (info_field(n, "groups"), s)
             })
             .collect();
         // Done on the metadata leader (the others say what they last did:

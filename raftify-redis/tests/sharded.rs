@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{free_port, show, wait_for, Node, T};
+use common::{free_port, info_field, show, wait_for, Node, T};
 use redis::Commands;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,13 +112,6 @@ fn count_until(addrs: Vec<String>, stop: Arc<AtomicBool>) -> Tally {
         }
     }
     t
-}
-
-fn info_field(node: &Node, field: &str) -> Option<String> {
-    let info = show(&node.client().cmd(&["INFO"]));
-    info.split("\\r\\n")
-        .chain(info.split("\r\n"))
-        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_string))
 }
 
 /// `DBSIZE` summed over `nodes` (each answers for the groups it leads).

@@ -96,6 +96,14 @@ impl Client {
     }
 }
 
+/// A field of a node's `INFO` (`name:value` lines), if present.
+pub fn info_field(node: &Node, field: &str) -> Option<String> {
+    let info = show(&node.client().cmd(&["INFO"]));
+    info.split("\\r\\n")
+        .chain(info.split("\r\n"))
+        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_string))
+}
+
 /// A reply as text, for comparisons and messages: `+OK`, `:1`, `$v`,
 /// `(nil)`, `-ERR ...`, `[a, b]`.
 pub fn show(f: &Frame) -> String {
