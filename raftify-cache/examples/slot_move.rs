@@ -3,8 +3,10 @@
 //! replica of group 1 and half the slots in a new group (their keys copied
 //! by `CacheSlotMover`, then dropped from group 1). Prints how long the
 //! rebalance took, how many keys and bytes moved, and the latency of
-//! single-key writes made meanwhile (writes to moving slots answer
-//! `TRYAGAIN` and are counted, not retried).
+//! single-key writes made meanwhile: a write to a chunk being copied
+//! answers `TRYAGAIN` and is counted, not retried; one to a chunk already
+//! in the new group answers `ASK` and is sent there (as a cluster client
+//! follows `-ASK`), its latency counted from the first try.
 //!
 //! ```text
 //! cargo run --release -p raftify-cache --example slot_move -- 100000
@@ -92,14 +94,24 @@ async fn main() -> Result<(), Error> {
     let writer = {
         let (stop, addr) = (stop.clone(), addr.clone());
         tokio::spawn(async move {
-            let (mut lat, mut refused, mut i) = (Vec::new(), 0u64, 0u64);
-            let c = RaftClient::new([addr], GrpcConfig::default())?.for_group(1);
+            let (mut lat, mut refused, mut asked, mut i) = (Vec::new(), 0u64, 0u64, 0u64);
+            let c = RaftClient::new([addr.clone()], GrpcConfig::default())?.for_group(1);
+            // The new group (the move's target).
+            let target = RaftClient::new([addr], GrpcConfig::default())?.for_group(2);
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let key = Bytes::from(format!("live:{i}"));
                 let set = vec![Bytes::from_static(b"set"), key, Bytes::from_static(b"x")];
                 let t = Instant::now();
-                match c.propose(exec(vec![set])?).await {
+                let mut out = c.propose(exec(vec![set.clone()])?).await;
+                if let Ok(o) = &out {
+                    if matches!(<Reply as Payload>::decode(o)?, Reply::Error(e) if e.starts_with("ASK "))
+                    {
+                        asked += 1;
+                        out = target.propose(exec(vec![set])?).await;
+                    }
+                }
+                match out {
                     Ok(out) => match <Reply as Payload>::decode(&out)? {
                         Reply::Error(_) => refused += 1,
                         _ => lat.push(t.elapsed()),
@@ -107,7 +119,7 @@ async fn main() -> Result<(), Error> {
                     Err(_) => refused += 1,
                 }
             }
-            Ok::<_, Error>((lat, refused))
+            Ok::<_, Error>((lat, refused, asked))
         })
     };
 
@@ -127,7 +139,7 @@ async fn main() -> Result<(), Error> {
     }
     let took = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (mut lat, refused) = writer.await??;
+    let (mut lat, refused, asked) = writer.await??;
     lat.sort();
     let pct = |q: f64| {
         lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
@@ -142,7 +154,7 @@ async fn main() -> Result<(), Error> {
         bytes_moving as f64 / 1e6
     );
     println!(
-        "writes meanwhile (group 1, one writer): {} ok, p50 {:?}, p99 {:?}, max {:?}; {refused} refused (TRYAGAIN while frozen, or moved)",
+        "writes meanwhile (group 1, one writer): {} ok ({asked} after an ASK), p50 {:?}, p99 {:?}, max {:?}; {refused} refused (TRYAGAIN while being copied, or moved)",
         lat.len(),
         pct(0.5),
         pct(0.99),

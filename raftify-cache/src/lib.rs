@@ -47,7 +47,7 @@ mod state;
 pub mod table;
 
 pub use entry::{Argv, Bound, CacheEntry, NamedOp, Op};
-pub use migrate::{key_slot, Frozen, Migrate};
+pub use migrate::{key_slot, Frozen, Migrate, Refusal};
 pub use named::{Change, ChangeKind};
 pub use reply::{errors, Reply};
 pub use slot_mover::CacheSlotMover;

@@ -185,12 +185,133 @@ async fn frozen_slots_survive_a_snapshot_and_old_snapshots_still_load() {
     assert_eq!(back.frozen().moving(), &[(12182, 12182)]);
     let r = exec(&mut back, 3, vec![cmd(&["set", "foo", "2"])], false);
     assert!(matches!(&r, Reply::Error(e) if e.starts_with("TRYAGAIN")));
-    // A version 4 snapshot is this one without the frozen section.
-    // (one range, 16 bytes, and two counts, 16 more)
-    let mut v4 = snap[..snap.len() - 32].to_vec();
+    // A version 5 snapshot is this one without the handed and incoming
+    // counts (16 bytes); a version 4 one without the frozen section
+    // either (one range, 16 bytes, and four counts, 32 more).
+    let mut v5 = snap[..snap.len() - 16].to_vec();
+    v5[..8].copy_from_slice(b"RFTYKV05");
+    let mut old = CacheState::new();
+    old.restore(v5).await.unwrap();
+    assert_eq!(old.frozen().moving(), &[(12182, 12182)]);
+    let mut v4 = snap[..snap.len() - 48].to_vec();
     v4[..8].copy_from_slice(b"RFTYKV04");
     let mut old = CacheState::new();
     old.restore(v4).await.unwrap();
     assert!(old.frozen().is_empty());
     assert_eq!(get(&old, "foo"), Reply::bulk("1"));
+}
+
+#[tokio::test]
+async fn a_handed_chunk_is_answered_ask_and_not_exported_again() {
+    let slot = key_slot(b"foo");
+    let mut src = CacheState::new();
+    exec(&mut src, 1, vec![cmd(&["set", "foo", "1"])], false);
+    exec(&mut src, 2, vec![cmd(&["set", "bar", "1"])], false);
+    let (start, end) = (slot - 10, slot + 10);
+    let Reply::Bulk(items) = step(&mut src, 3, Migrate::Freeze { start, end }) else {
+        panic!("a freeze replies with the items")
+    };
+    let mut dst = CacheState::new();
+    assert!(!dst.frozen().accepts_asking(slot));
+    let import = Migrate::Import { start, end, items };
+    assert_eq!(step(&mut dst, 1, import), Reply::Int(1));
+    assert!(dst.frozen().accepts_asking(slot));
+    assert!(!dst.frozen().accepts_asking(end + 1));
+
+    // Frozen, not handed: reads served, writes TRYAGAIN.
+    assert_eq!(get(&src, "foo"), Reply::bulk("1"));
+    // Handed: reads and writes answered ASK (the target has the keys and
+    // may take writes the source never sees); a transaction TRYAGAIN.
+    assert_eq!(step(&mut src, 4, Migrate::Hand { start, end }), Reply::Ok);
+    assert!(src.frozen().moving().is_empty());
+    assert_eq!(src.frozen().handed(), &[(start, end)]);
+    let ask = Reply::Error(format!("ASK {slot}"));
+    assert_eq!(get(&src, "foo"), ask);
+    assert_eq!(
+        exec(&mut src, 5, vec![cmd(&["set", "foo", "2"])], false),
+        ask
+    );
+    let r = exec(&mut src, 6, vec![cmd(&["set", "foo", "2"])], true);
+    assert!(
+        matches!(&r, Reply::Error(e) if e.starts_with("EXECABORT TRYAGAIN")),
+        "{r:?}"
+    );
+    assert_eq!(get(&src, "bar"), Reply::bulk("1"), "other slots served");
+
+    // The move re-run after a crash: the handed chunk is not exported
+    // again (the target's newer writes would be overwritten), and it
+    // cannot be abandoned any more.
+    assert_eq!(
+        step(&mut src, 7, Migrate::Freeze { start, end }),
+        Reply::Simple("HANDED".into())
+    );
+    let r = step(&mut src, 8, Migrate::Thaw { start, end });
+    assert!(
+        matches!(&r, Reply::Error(e) if e.contains("only go forward")),
+        "{r:?}"
+    );
+    assert_eq!(src.frozen().handed(), &[(start, end)]);
+
+    // Handed and incoming ranges survive a snapshot.
+    let mut copy = CacheState::new();
+    copy.restore(src.snapshot().await.unwrap()).await.unwrap();
+    assert_eq!(copy.frozen(), src.frozen());
+    let mut copy = CacheState::new();
+    copy.restore(dst.snapshot().await.unwrap()).await.unwrap();
+    assert!(copy.frozen().accepts_asking(slot));
+
+    // Dropped once the placement gives the slots to the target: moved
+    // away (TRYAGAIN, a stale router finds the owner), no longer handed.
+    assert_eq!(
+        step(&mut src, 9, Migrate::Drop { start, end }),
+        Reply::Int(1)
+    );
+    assert!(src.frozen().handed().is_empty());
+    let r = get(&src, "foo");
+    assert!(
+        matches!(&r, Reply::Error(e) if e.starts_with("TRYAGAIN")),
+        "{r:?}"
+    );
+
+    // The target moving the slots on: no longer incoming.
+    step(
+        &mut dst,
+        2,
+        Migrate::Freeze {
+            start: slot,
+            end: slot,
+        },
+    );
+    assert!(!dst.frozen().accepts_asking(slot));
+    assert!(dst.frozen().accepts_asking(start));
+}
+
+#[test]
+fn a_move_that_handed_nothing_can_be_abandoned() {
+    let mut s = CacheState::new();
+    exec(&mut s, 1, vec![cmd(&["set", "foo", "1"])], false);
+    step(
+        &mut s,
+        2,
+        Migrate::Freeze {
+            start: 0,
+            end: 16383,
+        },
+    );
+    assert_eq!(
+        step(
+            &mut s,
+            3,
+            Migrate::Thaw {
+                start: 0,
+                end: 16383
+            }
+        ),
+        Reply::Ok
+    );
+    assert!(s.frozen().is_empty());
+    assert_eq!(
+        exec(&mut s, 4, vec![cmd(&["set", "foo", "2"])], false),
+        Reply::Ok
+    );
 }

@@ -16,10 +16,12 @@ const STEP: Duration = Duration::from_secs(30);
 
 /// Moves a range's keys in chunks of [`CacheSlotMover::chunk`] slots: each
 /// chunk frozen in the source (its writes refused from then on, its items
-/// the freeze's reply) and imported in the target; after the placement
-/// gives the range to the target, dropped from the source. Every step is
-/// safe to send again, so a move interrupted anywhere is finished by
-/// running it again.
+/// the freeze's reply), imported in the target, then handed (the source
+/// answers `-ASK` for it from then on, so a chunk's writes are refused
+/// only for the time of those three steps); after the placement gives the
+/// range to the target, dropped from the source. Every step is safe to
+/// send again (a handed chunk is not exported again), so a move
+/// interrupted anywhere is finished by running it again.
 #[derive(Debug, Clone)]
 pub struct CacheSlotMover {
     /// Slots per freeze/import round: bounds one reply's size (the items
@@ -70,12 +72,17 @@ impl SlotMover for CacheSlotMover {
         let mut start = slots.start;
         loop {
             let end = start.saturating_add(chunk - 1).min(slots.end);
-            let items = match step(transport, &from, Migrate::Freeze { start, end }).await? {
-                Reply::Bulk(items) => items,
+            match step(transport, &from, Migrate::Freeze { start, end }).await? {
+                Reply::Bulk(items) => {
+                    // Even with no items: the target accepts these slots
+                    // (from `ASKING` clients) from now on.
+                    step(transport, &to, Migrate::Import { start, end, items }).await?;
+                    step(transport, &from, Migrate::Hand { start, end }).await?;
+                }
+                // Handed by an earlier run of this move.
+                Reply::Simple(s) if s == "HANDED" => {}
                 other => return Err(format!("a freeze answered {other:?}").into()),
-            };
-            // Even with no items: the target accepts these slots from now on.
-            step(transport, &to, Migrate::Import { start, end, items }).await?;
+            }
             if end == slots.end {
                 return Ok(());
             }

@@ -6,10 +6,12 @@
 //! magic `RFTYKV05`, the replicated clock, members (`id`, address), ACL
 //! users (name, rules line), the Redis keyspace's items, then the named
 //! caches (name, items), the locks (name, holder, token, lease end), the
-//! slot ranges being moved away and those moved away (first, last each).
+//! slot ranges being moved away, those moved away, those handed to a
+//! move's target and those imported by moves (first, last each).
 //! An item is its key, expiry (0: none), version, a type tag and the value.
-//! `RFTYKV04` (without frozen slots) and `RFTYKV03` snapshots (without
-//! named caches and locks either) are still read.
+//! `RFTYKV05` (without handed and incoming slots), `RFTYKV04` (without
+//! frozen slots either) and `RFTYKV03` snapshots (without named caches and
+//! locks either) are still read.
 
 use crate::entry::{put, put_u64};
 use crate::keyspace::{Item, Keyspace, Map, Score, Set, Value, ZSet};
@@ -21,7 +23,8 @@ use raftify_core::{BoxError, SnapshotView};
 use std::collections::BTreeMap;
 use std::io::Read;
 
-const MAGIC: &[u8; 8] = b"RFTYKV05";
+const MAGIC: &[u8; 8] = b"RFTYKV06";
+const MAGIC_V5: &[u8; 8] = b"RFTYKV05";
 const MAGIC_V4: &[u8; 8] = b"RFTYKV04";
 const MAGIC_V3: &[u8; 8] = b"RFTYKV03";
 const V_STR: u8 = 1;
@@ -119,7 +122,8 @@ impl SnapshotView for View {
             put_u64(out, held.fence);
             put_u64(out, held.expires_ms);
         }
-        for ranges in [p.frozen.moving(), p.frozen.moved()] {
+        let f = &p.frozen;
+        for ranges in [f.moving(), f.moved(), f.handed(), f.incoming()] {
             put_u64(out, ranges.len() as u64);
             for &(a, b) in ranges {
                 put_u64(out, u64::from(a));
@@ -206,7 +210,8 @@ pub(crate) fn read(r: &mut (dyn Read + Send)) -> Result<Parts, BoxError> {
     let magic = exact::<8>(r)?;
     let v3 = &magic == MAGIC_V3;
     let v4 = &magic == MAGIC_V4;
-    if &magic != MAGIC && !v3 && !v4 {
+    let v5 = &magic == MAGIC_V5;
+    if &magic != MAGIC && !v3 && !v4 && !v5 {
         return Err("not a raftify-cache snapshot (bad magic)".into());
     }
     let mut p = Parts::default();
@@ -258,15 +263,17 @@ pub(crate) fn read(r: &mut (dyn Read + Send)) -> Result<Parts, BoxError> {
     if v4 {
         return Ok(p);
     }
-    for moved in [false, true] {
+    let lists = if v5 { 2 } else { 4 };
+    for list in 0..lists {
         for _ in 0..u64_(r)? {
             let (a, b) = (u64_(r)?, u64_(r)?);
             let (a, b) = (u16::try_from(a)?, u16::try_from(b)?);
             check_range(a, b)?;
-            if moved {
-                p.frozen.set_moved(a, b);
-            } else {
-                p.frozen.freeze(a, b);
+            match list {
+                0 => p.frozen.freeze(a, b),
+                1 => p.frozen.set_moved(a, b),
+                2 => p.frozen.restore_handed(a, b),
+                _ => p.frozen.restore_incoming(a, b),
             }
         }
     }

@@ -6,7 +6,7 @@ use crate::entry::{CacheEntry, Op};
 use crate::eviction::Frequencies;
 use crate::keyspace::Keyspace;
 use crate::locks::Locks;
-use crate::migrate::{Frozen, Migrate};
+use crate::migrate::{Frozen, Migrate, Refusal};
 use crate::named::{Change, ChangeHook, NamedCaches};
 use crate::reply::Reply;
 use crate::snapshot::{Parts, View};
@@ -126,9 +126,7 @@ impl CacheState {
             Some(c) => match c.handler {
                 Handler::Read(f) if c.arity_ok(argv.len()) => {
                     if let Some(slot) = self.moved_slot(c, argv) {
-                        return Reply::Error(format!(
-                            "TRYAGAIN slot {slot} moved to another group; try again"
-                        ));
+                        return Reply::Error(self.frozen.refusal(slot).message());
                     }
                     touch(self.frequencies.as_deref(), c, argv);
                     f(&self.keys, argv)
@@ -157,13 +155,13 @@ impl CacheState {
                     return Reply::NilArray;
                 }
                 if let Some(slot) = self.frozen_slot(commands) {
-                    let refused = format!(
-                        "TRYAGAIN slot {slot} is moving or moved to another group; try again"
-                    );
                     return Reply::Error(if *transaction {
-                        format!("EXECABORT {refused}")
+                        // A transaction is not followed through `ASK` (its
+                        // commands would have to run on the target one by
+                        // one): the client tries again after the move.
+                        format!("EXECABORT {}", Refusal::TryAgain(slot).message())
                     } else {
-                        refused
+                        self.frozen.refusal(slot).message()
                     });
                 }
                 let mut replies: Vec<Reply> = commands
@@ -275,6 +273,7 @@ impl CacheState {
         use crate::migrate::{check_range, drop_range, import};
         let (Migrate::Freeze { start, end }
         | Migrate::Thaw { start, end }
+        | Migrate::Hand { start, end }
         | Migrate::Drop { start, end }
         | Migrate::Import { start, end, .. }) = m;
         if let Err(e) = check_range(*start, *end) {
@@ -282,23 +281,32 @@ impl CacheState {
         }
         match m {
             Migrate::Freeze { start, end } => {
+                if self.frozen.is_handed(*start, *end) {
+                    // A re-run move: the target has these (and maybe
+                    // newer writes to them); nothing to export again.
+                    return Reply::Simple("HANDED".into());
+                }
                 self.frozen.freeze(*start, *end);
                 match crate::migrate::export(&self.keys, *start, *end) {
                     Ok(items) => Reply::Bulk(items.into()),
                     Err(e) => Reply::err(format!("cannot export slots: {e}")),
                 }
             }
-            Migrate::Thaw { start, end } => {
-                self.frozen.thaw(*start, *end);
-                Reply::Ok
-            }
+            Migrate::Thaw { start, end } => match self.frozen.abandon(*start, *end) {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::err(e),
+            },
             Migrate::Import { start, end, items } => match import(&mut self.keys, items) {
                 Ok(n) => {
-                    self.frozen.thaw(*start, *end);
+                    self.frozen.import(*start, *end);
                     Reply::Int(n as i64)
                 }
                 Err(e) => Reply::err(format!("cannot import slot items: {e}")),
             },
+            Migrate::Hand { start, end } => {
+                self.frozen.hand(*start, *end);
+                Reply::Ok
+            }
             Migrate::Drop { start, end } => {
                 let n = drop_range(&mut self.keys, *start, *end);
                 self.frozen.set_moved(*start, *end);

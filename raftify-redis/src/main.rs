@@ -106,6 +106,12 @@ struct Args {
     /// cluster is created.
     #[arg(long, env = "RAFTIFY_MAX_GROUP_MB", default_value_t = 0)]
     max_group_mb: u64,
+    /// With --sharded: slots a move copies per round (frozen, exported,
+    /// imported, handed over). Smaller rounds refuse a slot's writes for
+    /// less time; larger ones move faster. 1 to 16384.
+    #[arg(long, env = "RAFTIFY_MOVE_CHUNK", default_value_t = 256,
+          value_parser = clap::value_parser!(u16).range(1..=16384))]
+    move_chunk: u16,
 }
 
 async fn run(args: Args, logger: slog::Logger) -> Result<()> {
@@ -275,7 +281,9 @@ async fn run_sharded(
         dead_after: (args.dead_after > 0).then(|| Duration::from_secs(args.dead_after)),
     };
     let make = Arc::new(|_| CacheState::new());
-    let mover = Arc::new(raftify_cache::CacheSlotMover::default());
+    let mover = Arc::new(raftify_cache::CacheSlotMover {
+        chunk: args.move_chunk,
+    });
     let host = raftify_shard::ShardHost::start(shard_spec, make, None, Some(mover))
         .await
         .context("cannot start the sharded node")?;

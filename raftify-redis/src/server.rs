@@ -76,6 +76,9 @@ pub struct Session {
     pub user: Option<String>,
     /// `QUIT` was received: close after the reply.
     pub closing: bool,
+    /// `ASKING` was the previous command: the next one may run on the
+    /// group a slot is being moved to (see [`crate::sharded`]).
+    pub asking: bool,
     /// The connection asked for the cluster's layout (`CLUSTER SLOTS`,
     /// `SHARDS` or `NODES`): it is a cluster client, and a follower
     /// answers its writes with `-MOVED` to the leader.
@@ -133,6 +136,7 @@ pub(crate) const SERVER_COMMANDS: &[(&str, i32)] = &[
     ("discard", 1),
     ("readonly", 1),
     ("readwrite", 1),
+    ("asking", 1),
     ("publish", 3),
     ("raft", -2),
     ("cluster", -2),
@@ -144,6 +148,21 @@ pub(crate) const SERVER_COMMANDS: &[(&str, i32)] = &[
 impl Server {
     /// Answers one command of `session`'s connection.
     pub async fn handle(&self, session: &mut Session, argv: Vec<Bytes>) -> Reply {
+        let asking = argv
+            .first()
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"asking"));
+        let reply = self.dispatch(session, argv).await;
+        // `ASKING` holds for the one command after it (as in Redis).
+        if !asking {
+            session.asking = false;
+        }
+        match &self.shard {
+            Some(shard) => shard.redirect(reply).await,
+            None => reply,
+        }
+    }
+
+    async fn dispatch(&self, session: &mut Session, argv: Vec<Bytes>) -> Reply {
         self.commands.fetch_add(1, Ordering::Relaxed);
         let name = lower(&argv[0]);
         if !session.authed && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset") {
@@ -258,6 +277,7 @@ impl Server {
         s.authed
             && s.user.is_none()
             && s.multi.is_none()
+            && !s.asking
             && s.inbox.count() == 0
             && (sharded || !s.cluster)
             && lookup(&argv[0]).is_some_and(|c| {
@@ -307,12 +327,20 @@ impl Server {
                 Err(e) => error_reply(&e),
             }
         };
-        match replies {
+        let replies = match replies {
             Reply::Array(r) if r.len() == n => r,
             // The entry failed as a whole (no leader, outcome unknown):
             // every command gets that answer.
             other => vec![other; n],
+        };
+        let Some(shard) = &self.shard else {
+            return replies;
+        };
+        let mut out = Vec::with_capacity(n);
+        for r in replies {
+            out.push(shard.redirect(r).await);
         }
+        out
     }
 
     fn queue(&self, session: &mut Session, argv: Vec<Bytes>) -> Reply {
@@ -551,6 +579,10 @@ impl Server {
             }
             "readwrite" => {
                 s.readonly = false;
+                Reply::Ok
+            }
+            "asking" => {
+                s.asking = true;
                 Reply::Ok
             }
             "publish" => {

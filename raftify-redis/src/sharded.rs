@@ -8,20 +8,26 @@
 //!   to the group's leader (or one of its replicas when the leader is not
 //!   known here). A cluster client's write on a follower replica: `-MOVED`
 //!   to the leader; a plain client's is forwarded to the leader.
-//! * A slot being moved refuses writes, and a slot moved away reads and
-//!   writes, with `-TRYAGAIN` (the group's state machine decides, in log
-//!   order): the client asks again and finds the new owner.
+//! * Slots being moved (see [`raftify_cache::migrate`]) go chunk by chunk:
+//!   a chunk being copied refuses writes with `-TRYAGAIN` (reads are
+//!   served); a chunk the target holds is answered `-ASK slot addr` (the
+//!   target group's leader), and the target serves a command on it right
+//!   after `ASKING`, as Redis Cluster's importing node does; a transaction
+//!   on it is refused with `-EXECABORT TRYAGAIN` until the move ends. A
+//!   slot moved away reads and writes `-TRYAGAIN` (the group's state
+//!   machine decides, in log order): the client asks again and finds the
+//!   new owner.
 //! * `CLUSTER SLOTS`/`SHARDS`/`NODES` list each run of slots with its
 //!   group's leader first; `RAFT REBALANCE` starts a rebalance and answers
 //!   `+OK` at once; `RAFT REBALANCE STATUS` answers a bulk string that
 //!   starts with `done` when nothing is to move; `RAFT SERVER REMOVE id`
 //!   moves a node's replicas to the others, then removes it.
-//! * `DBSIZE`, `KEYS` and `RANDOMKEY` answer for the groups this node
-//!   leads (its slots as a primary, as Redis Cluster nodes answer).
+//! * `DBSIZE`, `KEYS`, `RANDOMKEY` and `SCAN` answer for the groups this
+//!   node leads (its slots as a primary, as Redis Cluster nodes answer);
+//!   `FLUSHALL`/`FLUSHDB` flush them.
 //! * Not yet in sharded mode (answered with an error, nothing done): the
-//!   other commands without a key that span the key space (`SCAN`,
-//!   `FLUSHALL`, ...), pub/sub, ACL users, and the other `RAFT`
-//!   subcommands.
+//!   other commands without a key that span the key space, pub/sub, ACL
+//!   users, and the other `RAFT` subcommands.
 
 use crate::cluster::{cluster_help, cluster_info, node_id, split_addr};
 use crate::server::{Node, Session};
@@ -64,7 +70,25 @@ impl Shard {
         }
         // Borrowed, not copied: the placement is read on every command.
         let placement = self.host.placement();
-        let group = placement.borrow().owner(slot);
+        let (group, moving) = {
+            let p = placement.borrow();
+            (p.owner(slot), p.moving().filter(|m| m.slots.contains(slot)))
+        };
+        if let Some(m) = moving.filter(|_| s.asking) {
+            if let Some(node) = self.host.replica(m.to).await {
+                // Served only once the slot's chunk is imported there (a
+                // client that sends ASKING unasked gets nothing early).
+                let slot_in = node.stale_read(|sm| sm.frozen().accepts_asking(slot)).await;
+                return if slot_in {
+                    Ok(node)
+                } else {
+                    Err(Reply::Error(format!(
+                        "TRYAGAIN slot {slot} is not yet imported in group {}",
+                        m.to
+                    )))
+                };
+            }
+        }
         let Some(node) = self.host.replica(group).await else {
             return Err(moved(&placement.borrow(), slot, group, None));
         };
@@ -242,6 +266,40 @@ impl Shard {
             .filter(|(_, n)| n.handle().is_leader())
             .map(|(_, n)| n)
             .collect())
+    }
+
+    /// Completes a group's `-ASK slot` (see [`raftify_cache::Refusal`])
+    /// with the address of the move's target (its leader when this node
+    /// knows it); when the move has ended meanwhile, `-MOVED` to the
+    /// slot's owner. Any other reply is returned as it is.
+    pub async fn redirect(&self, reply: Reply) -> Reply {
+        let slot = match &reply {
+            Reply::Error(e) => match e.strip_prefix("ASK ").map(str::parse::<u16>) {
+                Some(Ok(slot)) => slot,
+                _ => return reply,
+            },
+            _ => return reply,
+        };
+        let placement = self.host.placement();
+        let (to, moving) = {
+            let p = placement.borrow();
+            match p.moving().filter(|m| m.slots.contains(slot)) {
+                Some(m) => (m.to, true),
+                None => (p.owner(slot), false),
+            }
+        };
+        let leader = match self.host.replica(to).await {
+            Some(n) => Some(n.handle().state().leader_id).filter(|&l| l != 0),
+            None => None,
+        };
+        let p = placement.borrow();
+        match (group_addr(&p, to, leader), moving) {
+            (Some(a), true) => Reply::Error(format!("ASK {slot} {a}")),
+            (Some(_), false) => moved(&p, slot, to, leader),
+            (None, _) => Reply::Error(format!(
+                "TRYAGAIN slot {slot} is moving; its target is not known here yet"
+            )),
+        }
     }
 
     /// The runs of slots, each with its group's nodes (leader first) as
@@ -501,12 +559,18 @@ impl Shard {
     }
 }
 
+/// The client address of `group`'s `leader` when known, else of its
+/// first replica.
+fn group_addr(p: &Placement, group: GroupId, leader: Option<u64>) -> Option<&str> {
+    let to = leader.or_else(|| p.groups().get(&group)?.replicas.iter().next().copied())?;
+    p.nodes().get(&to).map(|n| n.client_addr.as_str())
+}
+
 /// `-MOVED slot addr`: to `leader` when known, else the first replica of
 /// the group.
 fn moved(p: &Placement, slot: u16, group: GroupId, leader: Option<u64>) -> Reply {
-    let to = leader.or_else(|| p.groups().get(&group)?.replicas.iter().next().copied());
-    match to.and_then(|n| p.nodes().get(&n)) {
-        Some(n) => Reply::Error(format!("MOVED {slot} {}", n.client_addr)),
+    match group_addr(p, group, leader) {
+        Some(a) => Reply::Error(format!("MOVED {slot} {a}")),
         None => Reply::Error("CLUSTERDOWN Hash slot not served".into()),
     }
 }

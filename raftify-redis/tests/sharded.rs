@@ -28,12 +28,14 @@ struct Tally {
     acked: Vec<u64>,
     unknown: Vec<u64>,
     redirects: u64,
+    /// `-ASK` answers followed (`ASKING` then the command, at the target).
+    asks: u64,
     other_errors: Vec<String>,
 }
 
 /// Increments `ctr:{i}` round-robin until `stop`, routing by `MOVED` from
-/// any of `addrs` (a plain client: a command is sent again only when the
-/// server said it did not run it).
+/// any of `addrs` and following `ASK` (a plain client: a command is sent
+/// again only when the server said it did not run it).
 fn count_until(addrs: Vec<String>, stop: Arc<AtomicBool>) -> Tally {
     let mut t = Tally {
         acked: vec![0; COUNTERS],
@@ -48,15 +50,19 @@ fn count_until(addrs: Vec<String>, stop: Arc<AtomicBool>) -> Tally {
         n += 1;
         let key = format!("ctr:{i}");
         let mut tries = 0;
+        let mut ask: Option<String> = None;
         loop {
             tries += 1;
             if tries > 200 || stop.load(Ordering::Relaxed) {
                 break; // never sent, or sent and refused: nothing to count
             }
-            let addr = route
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| addrs[(n + tries) % addrs.len()].clone());
+            let asking = ask.take();
+            let addr = asking.clone().unwrap_or_else(|| {
+                route
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| addrs[(n + tries) % addrs.len()].clone())
+            });
             if !conns.contains_key(&addr) {
                 let c = redis::Client::open(format!("redis://{addr}/"))
                     .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)));
@@ -76,11 +82,28 @@ fn count_until(addrs: Vec<String>, stop: Arc<AtomicBool>) -> Tally {
             let Some(con) = conns.get_mut(&addr) else {
                 continue;
             };
-            let r: redis::RedisResult<i64> = redis::cmd("INCR").arg(&key).query(con);
+            let r: redis::RedisResult<i64> = if asking.is_some() {
+                redis::pipe()
+                    .cmd("ASKING")
+                    .ignore()
+                    .cmd("INCR")
+                    .arg(&key)
+                    .query::<(i64,)>(con)
+                    .map(|(v,)| v)
+            } else {
+                redis::cmd("INCR").arg(&key).query(con)
+            };
             match r {
                 Ok(_) => {
                     t.acked[i] += 1;
                     break;
+                }
+                Err(e) if e.kind() == redis::ErrorKind::Ask => {
+                    t.asks += 1;
+                    match e.redirect_node() {
+                        Some((to, _)) => ask = Some(to.to_string()),
+                        None => t.other_errors.push(format!("ASK without a target: {e}")),
+                    }
                 }
                 Err(e) if e.kind() == redis::ErrorKind::Moved => {
                     t.redirects += 1;
@@ -114,6 +137,35 @@ fn count_until(addrs: Vec<String>, stop: Arc<AtomicBool>) -> Tally {
     t
 }
 
+/// Each counter is at least its acknowledged increments and at most those
+/// plus the unknown ones (none lost, none applied twice), read through a
+/// cluster client.
+fn check_counters(t: &Tally, con: &mut redis::cluster::ClusterConnection) {
+    for i in 0..COUNTERS {
+        let v: Option<u64> = con.get(format!("ctr:{i}")).unwrap();
+        let v = v.unwrap_or(0);
+        assert!(
+            t.acked[i] <= v && v <= t.acked[i] + t.unknown[i],
+            "ctr:{i} is {v}: {} acknowledged, {} unknown",
+            t.acked[i],
+            t.unknown[i]
+        );
+    }
+}
+
+/// A redis-rs cluster connection seeded with `nodes`.
+fn cluster_connection(nodes: &[&Node]) -> redis::cluster::ClusterConnection {
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("redis://{}/", n.addr()))
+        .collect();
+    let client = redis::cluster::ClusterClient::builder(urls)
+        .retries(20)
+        .build()
+        .unwrap();
+    client.get_connection().unwrap()
+}
+
 /// `DBSIZE` summed over `nodes` (each answers for the groups it leads).
 fn dbsize_sum(nodes: &[&Node]) -> i64 {
     nodes
@@ -142,9 +194,18 @@ fn joined(first: &Node, joining: &[&Node]) {
 /// Node 1 alone with KEYS keys, then two nodes joining it (no rebalance
 /// yet): the three nodes and their raft addresses.
 fn one_with_keys_two_joined(dir: &std::path::Path) -> ([Node; 3], [String; 3]) {
+    one_with_keys_two_joined_with(dir, &[])
+}
+
+/// [`one_with_keys_two_joined`], every node started with `flags` too.
+fn one_with_keys_two_joined_with(
+    dir: &std::path::Path,
+    flags: &[&str],
+) -> ([Node; 3], [String; 3]) {
     let raft1 = format!("127.0.0.1:{}", free_port());
     let port1 = free_port();
-    let n1 = Node::spawn(1, port1, &raft1, &dir.join("n1"), &["--sharded"]);
+    let first: Vec<&str> = ["--sharded"].iter().chain(flags).copied().collect();
+    let n1 = Node::spawn(1, port1, &raft1, &dir.join("n1"), &first);
     let mut c1 = n1.client();
     wait_for("the first node to serve writes", T, || {
         (show(&c1.cmd(&["SET", "probe", "1"])) == "+OK").then_some(())
@@ -153,7 +214,11 @@ fn one_with_keys_two_joined(dir: &std::path::Path) -> ([Node; 3], [String; 3]) {
         let (k, v) = (format!("key:{i}"), format!("value:{i}"));
         assert_eq!(show(&c1.cmd(&["SET", &k, &v])), "+OK");
     }
-    let join = ["--sharded", "--join", raft1.as_str()];
+    let join: Vec<&str> = ["--sharded", "--join", raft1.as_str()]
+        .iter()
+        .chain(flags)
+        .copied()
+        .collect();
     let raft2 = format!("127.0.0.1:{}", free_port());
     let raft3 = format!("127.0.0.1:{}", free_port());
     let n2 = Node::spawn(0, free_port(), &raft2, &dir.join("n2"), &join);
@@ -374,6 +439,60 @@ fn keys_on_one_node_spread_over_three_with_a_cluster_client_reading_throughout()
 /// Node 1 (the metadata leader, every group's first replica, the source
 /// of every move) is SIGKILLed once the rebalance moves slots (or, if it
 /// got past that before we looked, at whatever step it is).
+/// During a move, a chunk of slots the target already holds is answered
+/// `-ASK slot target` by the source, and the target serves the command
+/// right after `ASKING` (as Redis Cluster's migrating and importing nodes
+/// do): a writer following `ASK` and `MOVED` keeps incrementing counters
+/// while the slots move in small rounds (`--move-chunk 64`), sees `ASK`,
+/// and every counter ends at exactly its acknowledged increments.
+#[test]
+fn a_move_answers_ask_for_slots_the_target_holds_and_no_increment_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let ([n1, n2, n3], _) = one_with_keys_two_joined_with(dir.path(), &["--move-chunk", "64"]);
+    let mut c1 = n1.client();
+    // ASKING holds for one command, and outside a move changes nothing.
+    assert_eq!(show(&c1.cmd(&["ASKING"])), "+OK");
+    assert_eq!(show(&c1.cmd(&["GET", "key:1"])), "$value:1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let addrs: Vec<String> = [&n1, &n2, &n3].iter().map(|n| n.addr()).collect();
+        let stop = stop.clone();
+        std::thread::spawn(move || count_until(addrs, stop))
+    };
+    // The writer is under way before the slots move.
+    wait_for("the first increments", T, || {
+        (show(&c1.cmd(&["GET", "ctr:0"])) != "(nil)").then_some(())
+    });
+    assert_eq!(show(&c1.cmd(&["RAFT", "REBALANCE"])), "+OK");
+    wait_for("the rebalance to finish", Duration::from_secs(120), || {
+        let status = show(&c1.cmd(&["RAFT", "REBALANCE", "STATUS"]));
+        let groups = info_field(&n1, "groups")?;
+        (status.contains("done") && groups == "3").then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let t = writer.join().unwrap();
+    let acked: u64 = t.acked.iter().sum();
+    eprintln!(
+        "{acked} increments acknowledged, {} ASK followed, {} MOVED, errors {:?}",
+        t.asks,
+        t.redirects,
+        t.other_errors.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(t.asks > 0, "no ASK seen while slots moved");
+    assert!(t.other_errors.is_empty(), "{:?}", t.other_errors);
+    assert_eq!(
+        t.unknown.iter().sum::<u64>(),
+        0,
+        "no fault, no unknown outcome"
+    );
+    let mut con = cluster_connection(&[&n1, &n2, &n3]);
+    check_counters(&t, &mut con);
+    for i in (0..KEYS).step_by(11) {
+        let v: Option<String> = con.get(format!("key:{i}")).unwrap();
+        assert_eq!(v, Some(format!("value:{i}")));
+    }
+}
+
 #[test]
 fn a_node_killed_during_a_rebalance_comes_back_and_no_key_is_lost() {
     killed_during_a_rebalance(0);
@@ -448,15 +567,7 @@ fn killed_during_a_rebalance(victim: usize) {
             (done && nodes.iter().all(led)).then_some(())
         },
     );
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("redis://{}/", n.addr()))
-        .collect();
-    let client = redis::cluster::ClusterClient::builder(urls)
-        .retries(20)
-        .build()
-        .unwrap();
-    let mut con = client.get_connection().unwrap();
+    let mut con = cluster_connection(&nodes);
     for i in 0..KEYS {
         let v: Option<String> = con.get(format!("key:{i}")).unwrap();
         assert_eq!(v, Some(format!("value:{i}")), "key:{i}");
@@ -471,16 +582,7 @@ fn killed_during_a_rebalance(victim: usize) {
         t.other_errors.iter().take(3).collect::<Vec<_>>()
     );
     assert!(acked > 0, "the writer got nothing through");
-    for i in 0..COUNTERS {
-        let v: Option<u64> = con.get(format!("ctr:{i}")).unwrap();
-        let v = v.unwrap_or(0);
-        assert!(
-            t.acked[i] <= v && v <= t.acked[i] + t.unknown[i],
-            "ctr:{i} is {v}: {} acknowledged, {} unknown",
-            t.acked[i],
-            t.unknown[i]
-        );
-    }
+    check_counters(&t, &mut con);
     // Every slot is owned by exactly one group, with a leader.
     let mut plain = redis::Client::open(format!("redis://{}/", n1.addr()))
         .unwrap()

@@ -82,12 +82,14 @@ pub fn writer(addrs: Vec<String>, w: usize, stop: Arc<AtomicBool>) -> Tally {
                 } else {
                     // A transaction refused as a whole says why after
                     // EXECABORT; MOVED (a sharded node without the key's
-                    // group) and TRYAGAIN (its slot moving) ran nothing.
+                    // group), ASK and TRYAGAIN (its slot moving) ran
+                    // nothing.
                     let why = e.strip_prefix("EXECABORT ").unwrap_or(&e);
                     assert!(
                         why.starts_with("CLUSTERDOWN")
                             || why.starts_with("TRYAGAIN")
                             || why.starts_with("MOVED")
+                            || why.starts_with("ASK")
                             || why.contains("node cannot serve"),
                         "a definite error must be one the write was not applied for: {e}"
                     );
