@@ -6,19 +6,7 @@
 
 use crate::live::ConnArgs;
 use anyhow::{anyhow, Result};
-use raftify_shard::{NodeId, Placement, SlotRange, META_GROUP, PLACEMENT_QUERY};
-use serde_json::json;
-use std::collections::BTreeMap;
-
-/// One replica as its node reports it.
-struct Replica {
-    node: NodeId,
-    applied: Option<u64>,
-    commit: Option<u64>,
-    asleep: Option<bool>,
-    log_entries: Option<u64>,
-    state_bytes: Option<u64>,
-}
+use raftify_shard::{gather, Placement, META_GROUP, PLACEMENT_QUERY};
 
 /// `shards`.
 pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
@@ -30,93 +18,25 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
         .map_err(|e| conn.explain(e, addr, "shards (is it a sharded node?)"))?;
     let p: Placement = serde_json::from_slice(&raw)
         .map_err(|e| anyhow!("{addr} answered a placement that does not parse: {e}"))?;
-    let ranges = p.ranges();
-    let mut groups = Vec::new();
-    for (&g, info) in p.groups() {
-        let c = client.for_group(g);
-        let leader = c.leader().await.ok().flatten().map(|l| l.id);
-        let mut replicas = Vec::new();
-        for &n in info.replicas.iter().chain(&info.learners) {
-            let status = match p.nodes().get(&n) {
-                Some(node) => c.status(&node.raft_addr).await.ok(),
-                None => None,
-            };
-            replicas.push(Replica {
-                node: n,
-                applied: status.as_ref().map(|s| s.applied_index),
-                commit: status.as_ref().map(|s| s.commit_index),
-                asleep: status.as_ref().map(|s| s.hibernating),
-                log_entries: status
-                    .as_ref()
-                    .map(|s| (s.last_index + 1).saturating_sub(s.first_index)),
-                state_bytes: status.as_ref().and_then(|s| s.state_bytes),
-            });
-        }
-        let own: Vec<SlotRange> = ranges
-            .iter()
-            .filter(|(_, o)| *o == g)
-            .map(|(r, _)| *r)
-            .collect();
-        groups.push((g, own, leader, replicas, info.learners.clone()));
-    }
-    let mut leads: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for (_, own, leader, _, _) in &groups {
-        if let Some(l) = leader {
-            *leads.entry(*l).or_default() += own.iter().map(|r| r.len()).sum::<usize>();
-        }
-    }
+    let report = gather(&client, &p).await;
     if json_out {
-        let out = json!({
-            "version": p.version(),
-            "settings": p.settings(),
-            "moving": p.moving(),
-            "purging": p.purging(),
-            "nodes": p.nodes().iter().map(|(id, n)| json!({
-                "id": id,
-                "raft_addr": n.raft_addr,
-                "client_addr": n.client_addr,
-                "leaving": n.leaving,
-                "down": n.down,
-                "slots_led": leads.get(id).copied().unwrap_or(0),
-            })).collect::<Vec<_>>(),
-            "groups": groups.iter().map(|(g, own, leader, replicas, learners)| {
-                let leader_commit = replicas
-                    .iter()
-                    .find(|r| Some(r.node) == *leader)
-                    .and_then(|r| r.commit);
-                json!({
-                    "id": g,
-                    "slots": own.iter().map(|r| r.len()).sum::<usize>(),
-                    "ranges": own.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
-                    "leader": leader,
-                    "replicas": replicas.iter().map(|r| json!({
-                        "node": r.node,
-                        "learner": learners.contains(&r.node),
-                        "applied_index": r.applied,
-                        "lag": leader_commit.zip(r.applied).map(|(c, a)| c.saturating_sub(a)),
-                        "asleep": r.asleep,
-                        "log_entries": r.log_entries,
-                        "state_bytes": r.state_bytes,
-                    })).collect::<Vec<_>>(),
-                })
-            }).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     println!(
         "placement version {}: {} nodes, {} groups, {} replicas each, move: {}{}",
-        p.version(),
-        p.nodes().len(),
-        p.groups().len(),
-        p.settings().replicas,
-        p.moving()
+        report.version,
+        report.nodes.len(),
+        report.groups.len(),
+        report.settings.replicas,
+        report
+            .moving
             .map(|m| m.to_string())
             .unwrap_or_else(|| "none".into()),
-        if p.purging().is_empty() {
+        if report.purging.is_empty() {
             String::new()
         } else {
-            format!(", {} moved ranges to purge", p.purging().len())
+            format!(", {} moved ranges to purge", report.purging.len())
         }
     );
     println!();
@@ -124,7 +44,7 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
         "{:>5}  {:<22} {:<22} {:>11}",
         "node", "raft", "client", "slots led"
     );
-    for (id, n) in p.nodes() {
+    for n in &report.nodes {
         let leaving = match (n.leaving, n.down) {
             (true, true) => " (leaving, down)",
             (true, false) => " (leaving)",
@@ -132,10 +52,8 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
             (false, false) => "",
         };
         println!(
-            "{id:>5}  {:<22} {:<22} {:>11}{leaving}",
-            n.raft_addr,
-            n.client_addr,
-            leads.get(id).copied().unwrap_or(0)
+            "{:>5}  {:<22} {:<22} {:>11}{leaving}",
+            n.id, n.raft_addr, n.client_addr, n.slots_led
         );
     }
     println!();
@@ -143,33 +61,31 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
         "{:>5}  {:>6}  {:<24} {:>6} {:>10}  replicas (lag in entries; * learner, z asleep)",
         "group", "slots", "ranges", "leader", "size"
     );
-    for (g, own, leader, replicas, learners) in &groups {
-        let leader_commit = replicas
-            .iter()
-            .find(|r| Some(r.node) == *leader)
-            .and_then(|r| r.commit);
-        let reps: Vec<String> = replicas
+    for g in &report.groups {
+        let reps: Vec<String> = g
+            .replicas
             .iter()
             .map(|r| {
-                let star = if learners.contains(&r.node) { "*" } else { "" };
+                let star = if r.learner { "*" } else { "" };
                 let z = if r.asleep == Some(true) { " z" } else { "" };
-                match leader_commit.zip(r.applied) {
-                    Some((c, a)) => format!("{}{star} ({}{z})", r.node, c.saturating_sub(a)),
+                match r.lag {
+                    Some(lag) => format!("{}{star} ({lag}{z})", r.node),
                     None => format!("{}{star} (down?)", r.node),
                 }
             })
             .collect();
-        let ranges: Vec<String> = own.iter().map(|r| r.to_string()).collect();
-        let size = replicas
-            .iter()
-            .find(|r| Some(r.node) == *leader)
+        let size = g
+            .leader_replica()
             .and_then(|r| r.state_bytes)
             .map_or_else(|| "-".to_string(), human_bytes);
         println!(
-            "{g:>5}  {:>6}  {:<24} {:>6} {size:>10}  {}",
-            own.iter().map(|r| r.len()).sum::<usize>(),
-            ranges.join(","),
-            leader.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            "{:>5}  {:>6}  {:<24} {:>6} {size:>10}  {}",
+            g.id,
+            g.slots,
+            g.ranges.join(","),
+            g.leader
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "-".into()),
             reps.join(" ")
         );
     }

@@ -61,6 +61,13 @@ struct Args {
     /// (`yes`, the default) or not (`no`; the CA then only checks peers).
     #[arg(long, env = "RAFTIFY_TLS_AUTH_CLIENTS", default_value = "yes", value_parser = ["yes", "no"])]
     tls_auth_clients: String,
+    /// Serve the status page, /metrics, /status (and with --sharded
+    /// /cluster and /rebalance) over HTTP on this port, bound on --bind;
+    /// HTTPS with the node's certificate when --tls-cert is given. With
+    /// --requirepass, all but the page and /health need
+    /// `Authorization: Bearer <password>`. Off by default.
+    #[arg(long, env = "RAFTIFY_HTTP_PORT")]
+    http_port: Option<u16>,
     /// Memory limit for the data (`100mb`, `2gb`, bytes; 0: none), as the
     /// keyspace estimates it (keys, values and a fixed overhead each; the
     /// same on every node).
@@ -148,8 +155,34 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
             Some((listener, tokio_rustls::TlsAcceptor::from(config)))
         }
     };
+    let http = match args.http_port {
+        None => None,
+        Some(port) => {
+            let tls = match args.node.tls()? {
+                Some(mut tls) => {
+                    // Browsers and scrapers bring no client certificate.
+                    tls.ca_pem = None;
+                    Some(
+                        tls.rustls_server_config(&[b"http/1.1"])
+                            .map_err(|e| anyhow!("--http-port: {e}"))?,
+                    )
+                }
+                None => None,
+            };
+            let addr = format!("{}:{port}", args.bind);
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot bind the HTTP port to {addr}"))?;
+            Some((listener, tls))
+        }
+    };
+    let listeners = Listeners {
+        redis: listener,
+        tls: tls_listener,
+        http,
+    };
     if args.sharded {
-        return run_sharded(args, spec, listener, tls_listener, advertise, addr, logger).await;
+        return run_sharded(args, spec, listeners, advertise, addr, logger).await;
     }
     let hub = Arc::new(raftify_redis::pubsub::Hub::default());
     let mut state = CacheState::new();
@@ -182,7 +215,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         logger.clone(),
     ));
     let (stop, fatal) = until_stopped(node.handle(), &logger);
-    serve_clients(listener, tls_listener, server, &logger, stop).await;
+    serve_clients(listeners, server, None, &logger, stop).await;
     launched.shutdown().await;
     expiry.abort();
     evictor.abort();
@@ -221,27 +254,54 @@ fn server_of(
     })
 }
 
-/// Serves clients on the Redis port (and the TLS port) until `stop`.
+/// The ports, bound before anything is written.
+struct Listeners {
+    redis: tokio::net::TcpListener,
+    tls: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    http: Option<(
+        tokio::net::TcpListener,
+        Option<Arc<raftify::http::ServerConfig>>,
+    )>,
+}
+
+/// Serves clients on the Redis port (and the TLS and HTTP ports) until
+/// `stop`. `raft` is a client of this node's Raft port (a sharded node's
+/// `/cluster` asks the other replicas through it).
 async fn serve_clients(
-    listener: tokio::net::TcpListener,
-    tls_listener: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    listeners: Listeners,
     server: Arc<Server>,
+    raft: Option<raftify_grpc::RaftClient>,
     logger: &slog::Logger,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let tls_task = tls_listener.map(|(l, acceptor)| {
-        let (server, logger, mut rx) = (server.clone(), logger.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            accept_loop(l, Some(acceptor), server, logger, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-        })
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tls_task = listeners.tls.map(|(l, acceptor)| {
+        let (server, logger) = (server.clone(), logger.clone());
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { accept_loop(l, Some(acceptor), server, logger, stop).await })
     });
-    accept_loop(listener, None, server, logger.clone(), stop).await;
+    let http_task = listeners.http.and_then(|(l, tls)| {
+        let metrics = match (&server.node, &server.shard) {
+            (Some(n), _) => n.handle().server_metrics("http"),
+            (None, Some(s)) => s.host.meta().server_metrics("http"),
+            (None, None) => return None,
+        };
+        let app = raftify_redis::http::router(raftify_redis::http::Http {
+            server: server.clone(),
+            client: raft.map(Arc::new),
+        });
+        let limits = raftify::http::Limits::default();
+        let stop = stopped(stop_rx.clone());
+        Some(tokio::spawn(raftify::http::serve(
+            l, app, limits, metrics, tls, stop,
+        )))
+    });
+    accept_loop(listeners.redis, None, server, logger.clone(), stop).await;
     let _ = stop_tx.send(true);
-    if let Some(t) = tls_task {
+    for t in [tls_task, http_task].into_iter().flatten() {
         let _ = t.await;
     }
 }
@@ -250,8 +310,7 @@ async fn serve_clients(
 async fn run_sharded(
     args: Args,
     mut spec: raftify::NodeSpec,
-    listener: tokio::net::TcpListener,
-    tls_listener: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    listeners: Listeners,
     advertise: String,
     addr: String,
     logger: slog::Logger,
@@ -273,6 +332,7 @@ async fn run_sharded(
         groups_per_node: args.groups_per_node,
         max_group_bytes: args.max_group_mb.saturating_mul(1024 * 1024),
     };
+    let grpc = spec.grpc.clone();
     let shard_spec = raftify_shard::ShardSpec {
         node: spec,
         client_addr: advertise,
@@ -288,6 +348,13 @@ async fn run_sharded(
         .await
         .context("cannot start the sharded node")?;
     info!(logger, "raftify-redis sharded node up"; "id" => host.id(), "raft" => %host.raft_addr(), "redis" => %addr);
+    let raft_client = match listeners.http {
+        Some(_) => Some(
+            raftify_grpc::RaftClient::new([host.raft_addr().to_string()], grpc)
+                .context("cannot make a client of this node's Raft port")?,
+        ),
+        None => None,
+    };
     let (stop, fatal) = until_stopped(host.meta(), &logger);
     let shard = Arc::new(raftify_redis::sharded::Shard { host });
     let hub = Arc::new(raftify_redis::pubsub::Hub::default());
@@ -296,7 +363,7 @@ async fn run_sharded(
         shard.clone(),
         logger.clone(),
     ));
-    serve_clients(listener, tls_listener, server, &logger, stop).await;
+    serve_clients(listeners, server, raft_client, &logger, stop).await;
     expiry.abort();
     let _ = expiry.await;
     shard.host.shutdown().await;

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{free_port, info_field, show, wait_for, Node, T};
+use common::{free_port, info_field, joined, show, wait_for, Node, T};
 use redis::Commands;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -175,20 +175,6 @@ fn dbsize_sum(nodes: &[&Node]) -> i64 {
             other => panic!("DBSIZE: {}", show(&other)),
         })
         .sum()
-}
-
-/// Waits until `first`'s placement has every node of `joining` (their
-/// logs in the panic otherwise).
-fn joined(first: &Node, joining: &[&Node]) {
-    let want = (joining.len() + 1).to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while info_field(first, "nodes").as_deref() != Some(want.as_str()) {
-        if std::time::Instant::now() > deadline {
-            let logs: Vec<String> = joining.iter().map(|n| n.log_text()).collect();
-            panic!("the nodes did not join: {}", logs.join("\n---\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Node 1 alone with KEYS keys, then two nodes joining it (no rebalance

@@ -103,6 +103,10 @@ pub struct ShardHost<E, SM> {
     raft_addr: String,
     rebalancer: Rebalancer,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    metrics: crate::metrics::ShardMetrics,
+    /// A rebalance this node asked for: the placement's count of requests
+    /// once it is committed (0: none in flight).
+    asking: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -177,6 +181,8 @@ where
         let reconciler = tokio::spawn(reconcile_loop(Arc::downgrade(&inner)));
         let rebalancer =
             Rebalancer::start(inner.clone(), mover, spec.auto_rebalance, spec.dead_after);
+        let metrics = crate::metrics::ShardMetrics::default();
+        metrics.register(&inner.meta.handle().metrics_registry());
         info!(logger, "sharded node up"; "id" => id, "raft" => %raft_addr);
         Ok(ShardHost {
             inner,
@@ -184,6 +190,8 @@ where
             raft_addr,
             rebalancer,
             tasks: std::sync::Mutex::new(vec![reconciler]),
+            metrics,
+            asking: Arc::default(),
         })
     }
 
@@ -225,15 +233,71 @@ where
         serving.iter().map(|(g, r)| (*g, r.clone())).collect()
     }
 
-    /// Starts a rebalance (on whichever node leads the metadata group; a
-    /// no-op elsewhere until it leads).
+    /// Starts a rebalance, from any node: the request is committed to the
+    /// placement ([`Change::AskRebalance`]), where the node leading the
+    /// metadata group (now or next) finds it. Returns at once.
     pub fn rebalance(&self) {
+        use std::sync::atomic::Ordering;
         self.rebalancer.trigger();
+        let p = self.inner.placement.borrow().clone();
+        if p.rebalance_pending() {
+            return; // already asked, not yet carried out
+        }
+        self.asking
+            .store(p.rebalances_asked() + 1, Ordering::Relaxed);
+        let (inner, asking) = (self.inner.clone(), self.asking.clone());
+        tokio::spawn(async move {
+            // Asking twice is harmless (one rebalance carries out both).
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while let Err(e) = inner.change(None, Change::AskRebalance).await {
+                if tokio::time::Instant::now() > deadline {
+                    warn!(inner.logger, "cannot ask for a rebalance"; "error" => %e);
+                    asking.store(0, Ordering::Relaxed);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
     }
 
-    /// `done` when nothing is to be moved, else what is being done.
+    /// `done` when nothing is to be moved, else what is being done. On
+    /// the metadata leader, its rebalancer's own account; elsewhere, what
+    /// the placement says (a move in progress, a rebalance asked for and
+    /// not yet carried out, or done).
     pub fn rebalance_status(&self) -> String {
-        self.rebalancer.status()
+        let meta = self.inner.meta.handle();
+        if meta.is_leader() {
+            return self.rebalancer.status();
+        }
+        let leader = match meta.state().leader_id {
+            0 => "none yet".to_string(),
+            id => format!("node {id}"),
+        };
+        let p = self.inner.placement.borrow();
+        // Asked here, and the request not committed yet.
+        let asking = p.rebalances_asked() < self.asking.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(m) = p.moving() {
+            format!("moving: {m} (metadata leader: {leader})")
+        } else if p.rebalance_pending() || asking {
+            format!("requested (carried out by the metadata leader: {leader})")
+        } else {
+            format!("done (placement version {})", p.version())
+        }
+    }
+
+    /// This node's metrics in the OpenMetrics text format: the metadata
+    /// group's core series and the sharding ones (see `metrics.rs`),
+    /// refreshed now.
+    pub async fn metrics_text(&self) -> String {
+        let placement = self.inner.placement.borrow().clone();
+        let mut statuses = Vec::new();
+        for (g, r) in self.replicas().await {
+            if let Ok(s) = r.handle().status().await {
+                statuses.push((g, s));
+            }
+        }
+        self.metrics.refresh(&placement, &statuses);
+        self.meta().metrics_registry().encode()
     }
 
     /// Marks this node to leave: the rebalancer moves its replicas away,

@@ -17,6 +17,9 @@
 //!   placement (and the groups' leaders) to the next [`Step`]: replicas
 //!   onto new nodes and off leaving ones, new groups, slot moves, leader
 //!   transfers, until every node holds and leads its share.
+//! * [`report`]: the cluster as one node sees it (groups, ranges,
+//!   leaders, each replica's lag, sleep and size), for the CLI and the
+//!   status page ([`page`]).
 //!
 //! Transport and serving of many groups in one process are in
 //! `raftify-grpc` (`GrpcTransport::for_group`, `Groups`); the design, and
@@ -26,16 +29,21 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod change;
 mod host;
 mod meta;
+mod metrics;
+pub mod page;
 mod placement;
 mod plan;
 mod rebalance;
+pub mod report;
 pub mod slots;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use host::{MakeState, ShardError, ShardHost, ShardSpec, PLACEMENT_QUERY};
+pub use metrics::GroupLabel;
 pub use rebalance::SlotMover;
 
 pub use meta::{MetaCommand, MetaOutcome, MetaStore};
@@ -44,4 +52,5 @@ pub use placement::{
     MAX_GROUPS_PER_NODE, MAX_REPLICAS, META_GROUP,
 };
 pub use plan::{plan, Observed, Step};
+pub use report::{gather, ClusterReport, GroupReport, NodeReport, ReplicaReport};
 pub use slots::{key_slot, SlotRange, SLOTS};

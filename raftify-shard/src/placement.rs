@@ -8,6 +8,7 @@
 //! metadata group ([`crate::MetaStore`]), so every node agrees on it: by
 //! construction each slot has exactly one owner at every version.
 
+pub use crate::change::{Change, PlacementError};
 use crate::slots::{runs, Slot, SlotRange, SLOTS};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -139,151 +140,6 @@ impl Settings {
     }
 }
 
-/// One change to the placement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Change {
-    /// The first node: data group 1 on it owns every slot.
-    Bootstrap {
-        /// The node.
-        node: NodeId,
-        /// Its addresses.
-        info: NodeInfo,
-        /// The targets.
-        settings: Settings,
-    },
-    /// A node joins (or, already a member, updates its addresses).
-    AddNode {
-        /// The node.
-        node: NodeId,
-        /// Its addresses.
-        info: NodeInfo,
-    },
-    /// Marks a node to leave (or not).
-    SetLeaving {
-        /// The node.
-        node: NodeId,
-        /// Whether it leaves.
-        leaving: bool,
-    },
-    /// Marks a node down (not heard from) or up again.
-    SetDown {
-        /// The node.
-        node: NodeId,
-        /// Whether it is down.
-        down: bool,
-    },
-    /// Removes a node that hosts no replica.
-    RemoveNode {
-        /// The node.
-        node: NodeId,
-    },
-    /// A new data group, owning no slots yet; `group` must be
-    /// [`Placement::next_group`].
-    CreateGroup {
-        /// The new group's id.
-        group: GroupId,
-        /// Its replicas.
-        replicas: BTreeSet<NodeId>,
-    },
-    /// Records a group's replicas after its membership changed (a node
-    /// that became a voter stops being a learner).
-    SetReplicas {
-        /// The group.
-        group: GroupId,
-        /// Its replicas now.
-        replicas: BTreeSet<NodeId>,
-    },
-    /// Records the nodes being given a replica of a group (before the
-    /// group adds them as learners).
-    SetLearners {
-        /// The group.
-        group: GroupId,
-        /// The learners now.
-        learners: BTreeSet<NodeId>,
-    },
-    /// Removes a data group that owns no slots.
-    DeleteGroup {
-        /// The group.
-        group: GroupId,
-    },
-    /// Starts moving slots (one move at a time).
-    BeginMove(SlotMove),
-    /// Ends the move in progress: the slots belong to its target.
-    CommitMove(SlotMove),
-    /// Abandons the move in progress: the slots stay with its source.
-    AbortMove(SlotMove),
-    /// The source of a committed move no longer holds the moved data.
-    Purged(SlotMove),
-    /// Changes the targets.
-    SetSettings(Settings),
-}
-
-/// Why a change was refused (nothing changed).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum PlacementError {
-    /// The change was planned against another version.
-    #[error("the placement is at version {actual}, not {expected}: plan again")]
-    Stale {
-        /// The version the change was planned against.
-        expected: u64,
-        /// The current version.
-        actual: u64,
-    },
-    /// `Bootstrap` on a placement that has nodes.
-    #[error("the placement is already bootstrapped")]
-    AlreadyBootstrapped,
-    /// A change other than `Bootstrap` on an empty placement.
-    #[error("the placement is not bootstrapped yet")]
-    NotBootstrapped,
-    /// No such node.
-    #[error("node {0} is not a member")]
-    UnknownNode(NodeId),
-    /// No such group.
-    #[error("group {0} does not exist")]
-    UnknownGroup(GroupId),
-    /// A node that still hosts replicas cannot be removed.
-    #[error("node {node} still hosts replicas of groups {groups:?}")]
-    NodeInUse {
-        /// The node.
-        node: NodeId,
-        /// The groups it hosts.
-        groups: Vec<GroupId>,
-    },
-    /// A group that owns slots (or takes part in a move) cannot be deleted.
-    #[error("group {group} still owns {slots} slots or takes part in a move")]
-    GroupInUse {
-        /// The group.
-        group: GroupId,
-        /// How many slots it owns.
-        slots: usize,
-    },
-    /// `CreateGroup` with an id other than the next one.
-    #[error("group id {given} is not the next one ({next})")]
-    WrongGroupId {
-        /// The id given.
-        given: GroupId,
-        /// The next id.
-        next: GroupId,
-    },
-    /// The slots of a move are not all owned by its source.
-    #[error("slots {slots} are not all owned by group {group}")]
-    NotOwner {
-        /// The slots.
-        slots: SlotRange,
-        /// The group.
-        group: GroupId,
-    },
-    /// Another move is in progress.
-    #[error("a move is in progress: {0}")]
-    MoveInProgress(SlotMove),
-    /// `CommitMove`/`AbortMove` of a move that is not the one in progress.
-    #[error("that move is not in progress")]
-    NoSuchMove,
-    /// Anything else wrong with the change.
-    #[error("invalid change: {0}")]
-    Invalid(String),
-}
-
 /// The placement: slot owners, groups, nodes, the move in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "Repr", into = "Repr")]
@@ -298,6 +154,10 @@ pub struct Placement {
     purging: Vec<SlotMove>,
     next_group: GroupId,
     settings: Settings,
+    /// Rebalances asked for ([`Change::AskRebalance`]), and how many of
+    /// them the metadata leader carried out.
+    rebalances_asked: u64,
+    rebalances_done: u64,
 }
 
 impl Default for Placement {
@@ -311,6 +171,8 @@ impl Default for Placement {
             purging: Vec::new(),
             next_group: 1,
             settings: Settings::default(),
+            rebalances_asked: 0,
+            rebalances_done: 0,
         }
     }
 }
@@ -351,6 +213,17 @@ impl Placement {
     /// The move in progress.
     pub fn moving(&self) -> Option<SlotMove> {
         self.moving
+    }
+
+    /// Rebalances asked for so far ([`Change::AskRebalance`]).
+    pub fn rebalances_asked(&self) -> u64 {
+        self.rebalances_asked
+    }
+
+    /// Whether a rebalance was asked for that the metadata leader has not
+    /// carried out yet.
+    pub fn rebalance_pending(&self) -> bool {
+        self.rebalances_done < self.rebalances_asked
     }
 
     /// Committed moves whose source group still holds the moved slots'
@@ -616,6 +489,14 @@ impl Placement {
                 }
                 self.settings = settings;
             }
+            Change::AskRebalance => self.rebalances_asked += 1,
+            Change::RebalanceDone { asked } => {
+                let upto = asked.min(self.rebalances_asked);
+                if upto <= self.rebalances_done {
+                    return Ok(false);
+                }
+                self.rebalances_done = upto;
+            }
         }
         Ok(true)
     }
@@ -647,6 +528,9 @@ impl Placement {
     /// satisfy): every slot owned by an existing group, every group with
     /// at least one replica on member nodes, the move consistent.
     pub fn check(&self) -> Result<(), String> {
+        if self.rebalances_done > self.rebalances_asked {
+            return Err("more rebalances done than asked".into());
+        }
         if !self.is_bootstrapped() {
             return if self.groups.is_empty() && self.owners.iter().all(|&o| o == 0) {
                 Ok(())
@@ -730,6 +614,10 @@ struct Repr {
     purging: Vec<SlotMove>,
     next_group: GroupId,
     settings: Settings,
+    #[serde(default)]
+    rebalances_asked: u64,
+    #[serde(default)]
+    rebalances_done: u64,
 }
 
 impl From<Placement> for Repr {
@@ -743,6 +631,8 @@ impl From<Placement> for Repr {
             purging: p.purging,
             next_group: p.next_group,
             settings: p.settings,
+            rebalances_asked: p.rebalances_asked,
+            rebalances_done: p.rebalances_done,
         }
     }
 }
@@ -774,6 +664,8 @@ impl TryFrom<Repr> for Placement {
             purging: r.purging,
             next_group: r.next_group,
             settings: r.settings,
+            rebalances_asked: r.rebalances_asked,
+            rebalances_done: r.rebalances_done,
         };
         p.check()?;
         Ok(p)

@@ -411,3 +411,43 @@ fn a_replica_is_recorded_as_a_learner_then_promoted() {
     ));
     p.check().unwrap();
 }
+
+#[test]
+fn a_rebalance_asked_anywhere_stays_pending_until_one_is_done_after_it() {
+    let mut p = three();
+    assert!(!p.rebalance_pending());
+    let v = p.version();
+    p.apply(None, Change::AskRebalance).unwrap();
+    assert!(p.rebalance_pending());
+    assert_eq!(p.version(), v + 1);
+    // Planned with one request; another asked meanwhile stays pending.
+    let asked = p.rebalances_asked();
+    p.apply(None, Change::AskRebalance).unwrap();
+    p.apply(None, Change::RebalanceDone { asked }).unwrap();
+    assert!(p.rebalance_pending());
+    p.apply(
+        None,
+        Change::RebalanceDone {
+            asked: p.rebalances_asked(),
+        },
+    )
+    .unwrap();
+    assert!(!p.rebalance_pending());
+    // Done again, or for more than was asked: nothing changes.
+    let v = p.version();
+    p.apply(None, Change::RebalanceDone { asked: 99 }).unwrap();
+    assert_eq!(p.version(), v);
+    assert!(!p.rebalance_pending());
+    // Stored and read back; a placement stored before these counters
+    // existed reads as nothing asked.
+    let json = serde_json::to_string(&p).unwrap();
+    let back: Placement = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, p);
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let fields = old.as_object_mut().unwrap();
+    fields.remove("rebalances_asked");
+    fields.remove("rebalances_done");
+    let old: Placement = serde_json::from_value(old).unwrap();
+    assert_eq!(old.rebalances_asked(), 0);
+    assert!(!old.rebalance_pending());
+}

@@ -148,16 +148,28 @@ async fn run<E, SM>(
     // A repair step ran: look for the next one at once.
     let mut repairing = false;
     loop {
+        // A rebalance asked for on any node is in the placement.
+        requested |= inner.placement.borrow().rebalance_pending();
         if !requested && !auto {
+            let mut placement = inner.placement.clone();
+            let asked = async move {
+                if placement.wait_for(|p| p.rebalance_pending()).await.is_err() {
+                    // The node is stopping: nothing will be asked.
+                    std::future::pending::<()>().await;
+                }
+            };
             if dead_after.is_none() {
-                wake.notified().await;
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = asked => {}
+                }
                 requested = true;
-            } else if !repairing
-                && tokio::time::timeout(PAUSE * 2, wake.notified())
-                    .await
-                    .is_ok()
-            {
-                requested = true;
+            } else if !repairing {
+                requested = tokio::select! {
+                    _ = wake.notified() => true,
+                    _ = asked => true,
+                    _ = tokio::time::sleep(PAUSE * 2) => false,
+                };
             }
         }
         repairing = false;
@@ -189,6 +201,16 @@ async fn run<E, SM>(
         };
         let Some(step) = step else {
             if asked {
+                if placement.rebalance_pending() {
+                    let done = Change::RebalanceDone {
+                        asked: placement.rebalances_asked(),
+                    };
+                    if let Err(e) = inner.change(None, done).await {
+                        warn!(inner.logger, "cannot record the rebalance done"; "error" => %e);
+                        tokio::time::sleep(PAUSE).await;
+                        continue;
+                    }
+                }
                 set(
                     &status,
                     format!("done (placement version {})", placement.version()),

@@ -11,12 +11,14 @@
 //!   `stateright`'s `LinearizabilityTester`.
 //! * [`chaos`] — real `memstore` processes under HTTP load, SIGKILL,
 //!   SIGSTOP/SIGCONT, restarts (and network-namespace partitions as root).
+//! * [`browser`] — headless Chromium for status-page tests.
 //! * [`netns`] — the network namespaces those partitions (and
 //!   raftify-redis's partition test) run nodes in.
 //!
 //! Run one seed: `RAFTIFY_SEED=42 cargo test -p raftify-reliability --test
 //! simulation -- --nocapture`.
 
+pub mod browser;
 pub mod chaos;
 pub mod counter;
 pub mod fuzz_peer;

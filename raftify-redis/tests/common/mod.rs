@@ -347,3 +347,17 @@ impl Cluster {
         self.nodes.insert(id, n);
     }
 }
+
+/// Waits until `first`'s placement has every node of `joining` (their
+/// logs in the panic otherwise).
+pub fn joined(first: &Node, joining: &[&Node]) {
+    let want = (joining.len() + 1).to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while info_field(first, "nodes").as_deref() != Some(want.as_str()) {
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = joining.iter().map(|n| n.log_text()).collect();
+            panic!("the nodes did not join: {}", logs.join("\n---\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

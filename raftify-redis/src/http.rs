@@ -1,0 +1,170 @@
+//! The HTTP port (`--http-port`, off by default; bound on `--bind`): the
+//! status page and what operators and scrapers read, served with the
+//! limits of [`raftify::http`] (header and body timeouts, a connection
+//! cap).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /health` | `ok` (no password needed) |
+//! | `GET /`, `GET /dashboard` | the status page (no password needed: it holds no data): [`raftify::dashboard`], or sharded [`raftify_shard::page`] |
+//! | `GET /status` | the node's [`raftify_core::Status`] as JSON; sharded, `{"id", "groups": {group: Status}}` of this node's replicas |
+//! | `GET /metrics` | Prometheus (OpenMetrics) text: the core's series, and sharded the `raftify_shard_*` ones |
+//! | `GET /cluster` | sharded: the [`raftify_shard::ClusterReport`] (what `raftify-cli shards --json` prints), with this node's rebalance status |
+//! | `GET /rebalance` | sharded: `{"status"}` (starts with `done` when nothing is to move) |
+//! | `POST /rebalance` | sharded: starts a rebalance, `202 {"status"}` (as `RAFT REBALANCE`) |
+//!
+//! With `--requirepass`, every route but the first two needs
+//! `Authorization: Bearer <password>` (`401` otherwise; compared in
+//! constant time). Errors are `{"error": "..."}` with a status code.
+
+use crate::server::Server;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use raftify_grpc::RaftClient;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// What the routes read.
+#[derive(Clone)]
+pub struct Http {
+    /// The Redis server (its node, or its sharded node).
+    pub server: Arc<Server>,
+    /// Sharded: a client of this node's Raft port, to ask the other
+    /// replicas for their progress (`/cluster`).
+    pub client: Option<Arc<RaftClient>>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn sharded_only() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "only a --sharded node serves this route; see /status",
+    )
+}
+
+/// Builds the router.
+pub fn router(http: Http) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/", get(page))
+        .route("/dashboard", get(page))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/cluster", get(cluster))
+        .route("/rebalance", get(rebalance_status).post(rebalance))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            http.clone(),
+            authenticate,
+        ))
+        .with_state(http)
+}
+
+/// Refuses requests without the password (see the module docs).
+async fn authenticate(
+    State(http): State<Http>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let open = req.method() == axum::http::Method::GET
+        && matches!(req.uri().path(), "/health" | "/" | "/dashboard");
+    let allowed = match &http.server.requirepass {
+        None => true,
+        Some(_) if open => true,
+        Some(pass) => {
+            let expected = format!("Bearer {pass}");
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .is_some_and(|got| bool::from(got.as_bytes().ct_eq(expected.as_bytes())))
+        }
+    };
+    if allowed {
+        return next.run(req).await;
+    }
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "missing or invalid password: send Authorization: Bearer <the --requirepass>",
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+async fn page(State(http): State<Http>) -> Response {
+    let (html, content_type) = match http.server.shard {
+        Some(_) => (raftify_shard::page::HTML, raftify_shard::page::CONTENT_TYPE),
+        None => (raftify::dashboard::HTML, raftify::dashboard::CONTENT_TYPE),
+    };
+    ([(header::CONTENT_TYPE, content_type)], html).into_response()
+}
+
+async fn status(State(http): State<Http>) -> Response {
+    match (&http.server.node, &http.server.shard) {
+        (Some(node), _) => match node.handle().status().await {
+            Ok(s) => Json(s).into_response(),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        (None, Some(shard)) => {
+            let mut groups = BTreeMap::new();
+            for (g, r) in shard.host.replicas().await {
+                if let Ok(s) = r.handle().status().await {
+                    groups.insert(g, s);
+                }
+            }
+            Json(json!({ "id": shard.host.id(), "groups": groups })).into_response()
+        }
+        (None, None) => error(StatusCode::SERVICE_UNAVAILABLE, "no node"),
+    }
+}
+
+async fn metrics(State(http): State<Http>) -> Response {
+    let text = match (&http.server.node, &http.server.shard) {
+        (Some(node), _) => node.handle().metrics_registry().encode(),
+        (None, Some(shard)) => shard.host.metrics_text().await,
+        (None, None) => return error(StatusCode::SERVICE_UNAVAILABLE, "no node"),
+    };
+    (
+        [(header::CONTENT_TYPE, raftify_core::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response()
+}
+
+async fn cluster(State(http): State<Http>) -> Response {
+    let (Some(shard), Some(client)) = (&http.server.shard, &http.client) else {
+        return sharded_only();
+    };
+    let placement = shard.host.placement().borrow().clone();
+    let mut report = raftify_shard::gather(client, &placement).await;
+    report.rebalance = Some(shard.host.rebalance_status());
+    Json(report).into_response()
+}
+
+async fn rebalance_status(State(http): State<Http>) -> Response {
+    match &http.server.shard {
+        Some(shard) => Json(json!({ "status": shard.host.rebalance_status() })).into_response(),
+        None => sharded_only(),
+    }
+}
+
+async fn rebalance(State(http): State<Http>) -> Response {
+    match &http.server.shard {
+        Some(shard) => {
+            shard.host.rebalance();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "status": shard.host.rebalance_status() })),
+            )
+                .into_response()
+        }
+        None => sharded_only(),
+    }
+}
