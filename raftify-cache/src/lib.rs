@@ -40,6 +40,7 @@ pub mod keyspace;
 pub mod locks;
 pub mod migrate;
 pub mod named;
+pub mod remote;
 mod reply;
 mod slot_mover;
 mod snapshot;

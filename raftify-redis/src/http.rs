@@ -12,17 +12,32 @@
 //! | `GET /cluster` | sharded: the [`raftify_shard::ClusterReport`] (what `raftify-cli shards --json` prints), with this node's rebalance status |
 //! | `GET /rebalance` | sharded: `{"status"}` (starts with `done` when nothing is to move) |
 //! | `POST /rebalance` | sharded: starts a rebalance, `202 {"status"}` (as `RAFT REBALANCE`) |
+//! | `GET /kv/{key}` | the string value (`application/octet-stream`), `404` when missing; linearizable |
+//! | `PUT /kv/{key}[?ttl=seconds]` | sets it to the body (`SET`, `EX` with `ttl`): `{"ok": true}` |
+//! | `DELETE /kv/{key}` | `{"deleted": 0 or 1}` |
+//! | `POST /incr/{key}` | `INCR`: `{"value": n}` |
+//!
+//! The key routes run wherever the key's slot lives (a sharded node
+//! forwards them transparently, see [`crate::forward`]). Their errors:
+//! `409` for a command's own error on the value (`WRONGTYPE`, not an
+//! integer), `400` for other refusals, `503` when not applied (no leader,
+//! the slot kept moving: safe to retry), `504` when the outcome is not
+//! known (a write may or may not have been applied). A body is at most
+//! `--proto-max-bulk-len` bytes (`413` beyond).
 //!
 //! With `--requirepass`, every route but the first two needs
 //! `Authorization: Bearer <password>` (`401` otherwise; compared in
 //! constant time). Errors are `{"error": "..."}` with a status code.
 
+use crate::forward::{forward, Outcome};
 use crate::server::Server;
-use axum::extract::{Request, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use raftify_cache::Reply;
 use raftify_grpc::RaftClient;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -60,7 +75,10 @@ pub fn router(http: Http) -> Router {
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster))
         .route("/rebalance", get(rebalance_status).post(rebalance))
+        .route("/kv/{key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/incr/{key}", post(kv_incr))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(http.server.max_bulk))
         .layer(axum::middleware::from_fn_with_state(
             http.clone(),
             authenticate,
@@ -167,4 +185,105 @@ async fn rebalance(State(http): State<Http>) -> Response {
         }
         None => sharded_only(),
     }
+}
+
+/// Runs a command on one key wherever it lives; `ok` turns its reply
+/// into the response (`None`: an unexpected reply, a 502).
+async fn on_key(
+    http: &Http,
+    argv: Vec<Bytes>,
+    ok: impl FnOnce(Reply) -> Option<Response>,
+) -> Response {
+    match forward(&http.server, http.client.as_deref(), argv).await {
+        Outcome::Reply(Reply::Error(e)) => {
+            let own = e.starts_with("WRONGTYPE") || e.contains("not an integer");
+            let code = if own {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            error(code, e)
+        }
+        Outcome::Reply(r) => {
+            let shown = format!("{r:?}");
+            ok(r).unwrap_or_else(|| {
+                error(StatusCode::BAD_GATEWAY, format!("unexpected reply {shown}"))
+            })
+        }
+        Outcome::NotApplied(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e, "applied": false })),
+        )
+            .into_response(),
+        Outcome::Unknown(e) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Json(json!({ "error": e, "outcome": "unknown" })),
+        )
+            .into_response(),
+    }
+}
+
+fn argv(parts: &[&[u8]]) -> Vec<Bytes> {
+    parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()
+}
+
+async fn kv_get(State(http): State<Http>, Path(key): Path<String>) -> Response {
+    on_key(&http, argv(&[b"get", key.as_bytes()]), |r| match r {
+        Reply::Bulk(v) => {
+            Some(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response())
+        }
+        Reply::Nil => Some(error(
+            StatusCode::NOT_FOUND,
+            format!("key {key:?} not found"),
+        )),
+        _ => None,
+    })
+    .await
+}
+
+/// `PUT /kv/{key}`'s query.
+#[derive(serde::Deserialize)]
+struct PutParams {
+    /// Expire the key after this many seconds.
+    ttl: Option<u64>,
+}
+
+async fn kv_put(
+    State(http): State<Http>,
+    Path(key): Path<String>,
+    Query(params): Query<PutParams>,
+    body: Bytes,
+) -> Response {
+    let mut cmd = vec![
+        Bytes::from_static(b"set"),
+        Bytes::from(key.into_bytes()),
+        body,
+    ];
+    if let Some(ttl) = params.ttl {
+        if ttl == 0 {
+            return error(StatusCode::BAD_REQUEST, "ttl must be at least 1 second");
+        }
+        cmd.push(Bytes::from_static(b"ex"));
+        cmd.push(Bytes::from(ttl.to_string()));
+    }
+    on_key(&http, cmd, |r| {
+        matches!(r, Reply::Ok).then(|| Json(json!({ "ok": true })).into_response())
+    })
+    .await
+}
+
+async fn kv_delete(State(http): State<Http>, Path(key): Path<String>) -> Response {
+    on_key(&http, argv(&[b"del", key.as_bytes()]), |r| match r {
+        Reply::Int(n) => Some(Json(json!({ "deleted": n })).into_response()),
+        _ => None,
+    })
+    .await
+}
+
+async fn kv_incr(State(http): State<Http>, Path(key): Path<String>) -> Response {
+    on_key(&http, argv(&[b"incr", key.as_bytes()]), |r| match r {
+        Reply::Int(n) => Some(Json(json!({ "value": n })).into_response()),
+        _ => None,
+    })
+    .await
 }

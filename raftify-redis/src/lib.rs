@@ -13,6 +13,7 @@ pub mod acl;
 pub mod cluster;
 pub mod conn;
 pub mod eviction;
+pub mod forward;
 pub mod http;
 mod introspect;
 pub mod protocol;

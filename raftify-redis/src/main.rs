@@ -344,7 +344,8 @@ async fn run_sharded(
     let mover = Arc::new(raftify_cache::CacheSlotMover {
         chunk: args.move_chunk,
     });
-    let host = raftify_shard::ShardHost::start(shard_spec, make, None, Some(mover))
+    let reader = Some(raftify_cache::remote::reader());
+    let host = raftify_shard::ShardHost::start(shard_spec, make, reader, Some(mover))
         .await
         .context("cannot start the sharded node")?;
     info!(logger, "raftify-redis sharded node up"; "id" => host.id(), "raft" => %host.raft_addr(), "redis" => %addr);

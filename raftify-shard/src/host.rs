@@ -210,6 +210,13 @@ where
         self.inner.placement.clone()
     }
 
+    /// The transport this node's groups share: `for_group(g)` reaches
+    /// group `g` on any member process (to propose to a group hosted
+    /// elsewhere, with `raftify_core::call_cluster`).
+    pub fn transport(&self) -> &GrpcTransport {
+        &self.inner.host.transport
+    }
+
     /// The metadata group's node on this process.
     pub fn meta(&self) -> &RaftHandle {
         self.inner.meta.handle()

@@ -102,7 +102,6 @@ pub async fn gather(client: &RaftClient, placement: &Placement) -> ClusterReport
     let mut groups = Vec::new();
     for (&g, info) in p.groups() {
         let c = client.for_group(g);
-        let leader = c.leader().await.ok().flatten().map(|l| l.id);
         let mut statuses = Vec::new();
         for &n in info.replicas.iter().chain(&info.learners) {
             let status = match p.nodes().get(&n) {
@@ -111,6 +110,14 @@ pub async fn gather(client: &RaftClient, placement: &Placement) -> ClusterReport
             };
             statuses.push((n, status));
         }
+        // The replica that says it leads; else the leader the others
+        // follow (asked of the replicas themselves: the node making the
+        // report may host none).
+        let says = |pick: &dyn Fn(&raftify_core::Status) -> Option<NodeId>| {
+            statuses.iter().find_map(|(_, s)| s.as_ref().and_then(pick))
+        };
+        let leader = says(&|s| (s.role == raftify_core::Role::Leader).then_some(s.id))
+            .or_else(|| says(&|s| (s.leader_id != 0).then_some(s.leader_id)));
         let leader_commit = statuses
             .iter()
             .find(|(n, _)| Some(*n) == leader)
