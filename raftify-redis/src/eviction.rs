@@ -6,6 +6,9 @@
 //! the limit. Writes go on meanwhile, unless memory overshoots the limit by
 //! 10 % (then they are refused with `-OOM`, see
 //! [`raftify_cache::eviction::refuses`]).
+//!
+//! On a sharded node each group's leader runs one, against the group's
+//! share of the cluster's memory ([`crate::sharded::Shard::group_budget`]).
 
 use crate::server::Node;
 use raftify_cache::commands::xorshift;
@@ -18,9 +21,12 @@ use std::time::Duration;
 /// How often the leader checks memory.
 const CHECK: Duration = Duration::from_millis(100);
 
+/// The memory a group may hold now; `None`: do not evict now.
+pub type Budget = std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
 /// The leader's evictor: runs until the node stops.
-pub async fn run(node: Node, policy: Policy, max: u64, logger: Logger) {
-    if max == 0 || policy == Policy::NoEviction {
+pub async fn run(node: Node, policy: Policy, max: Budget, logger: Logger) {
+    if policy == Policy::NoEviction {
         return;
     }
     let mut seed = unix_ms() | 1;
@@ -30,7 +36,8 @@ pub async fn run(node: Node, policy: Policy, max: u64, logger: Logger) {
             return;
         }
         let mut pause = CHECK;
-        if node.handle().is_leader() {
+        let max = max().filter(|&m| m > 0);
+        if let Some(max) = max.filter(|_| node.handle().is_leader()) {
             seed = xorshift(seed);
             let target = max - max / 20;
             let victims = node

@@ -65,7 +65,22 @@ impl Server {
     pub(crate) async fn info(&self, section: &str) -> String {
         let node = match (&self.node, &self.shard) {
             (Some(n), _) => n,
-            (None, Some(shard)) => return shard.info().await,
+            (None, Some(shard)) => {
+                let mut out = String::new();
+                if matches!(section, "" | "all" | "everything" | "default" | "memory") {
+                    let used = shard.memory().await;
+                    out.push_str(&format!(
+                        "# Memory\r\nused_memory:{used}\r\nused_memory_dataset:{used}\r\nused_memory_rss:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\n\r\n",
+                        rss_bytes(),
+                        self.maxmemory,
+                        self.policy.name()
+                    ));
+                }
+                if section != "memory" {
+                    out.push_str(&shard.info().await);
+                }
+                return out;
+            }
             (None, None) => return String::new(),
         };
         let status = node.handle().status().await.ok();
@@ -386,7 +401,17 @@ pub(crate) fn command(argv: &[Bytes]) -> Reply {
             Some((n, arity)) => Reply::Array(vec![
                 Reply::bulk(*n),
                 Reply::Int((*arity).into()),
-                Reply::Array(vec![Reply::Simple("fast".into())]),
+                // Cluster clients route a command flagged `pubsub` by its
+                // channel (redis-py's `RedisCluster.publish`).
+                Reply::Array(
+                    match *n {
+                        "publish" | "pubsub" => &["pubsub", "loading", "stale", "fast"][..],
+                        _ => &["fast"][..],
+                    }
+                    .iter()
+                    .map(|f| Reply::Simple((*f).into()))
+                    .collect(),
+                ),
                 Reply::Int(0),
                 Reply::Int(0),
                 Reply::Int(0),

@@ -21,3 +21,4 @@ pub mod pubsub;
 pub mod server;
 pub mod sharded;
 pub mod snapshots;
+pub mod upkeep;

@@ -203,10 +203,15 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         "data_dir" => %launched.data_dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default());
     let server = server_of(&args, Some(node.clone()), None, hub);
     let expiry = tokio::spawn(raftify_cache::expiry::run(node.clone(), logger.clone()));
+    let max = args.maxmemory;
     let evictor = tokio::spawn(raftify_redis::eviction::run(
         node.clone(),
-        args.maxmemory_policy,
-        args.maxmemory,
+        match max {
+            // No limit: nothing to evict.
+            0 => raftify_cache::eviction::Policy::NoEviction,
+            _ => args.maxmemory_policy,
+        },
+        Arc::new(move || Some(max)),
         logger.clone(),
     ));
     let announce = tokio::spawn(raftify_redis::cluster::announce(
@@ -315,9 +320,6 @@ async fn run_sharded(
     addr: String,
     logger: slog::Logger,
 ) -> Result<()> {
-    if args.maxmemory > 0 {
-        bail!("--maxmemory is not supported with --sharded yet");
-    }
     if spec.restore.is_some() {
         bail!("--restore-* is not supported with --sharded yet");
     }
@@ -333,14 +335,26 @@ async fn run_sharded(
         max_group_bytes: args.max_group_mb.saturating_mul(1024 * 1024),
     };
     let grpc = spec.grpc.clone();
+    let hub = Arc::new(raftify_redis::pubsub::Hub::default());
     let shard_spec = raftify_shard::ShardSpec {
         node: spec,
         client_addr: advertise,
         settings,
         auto_rebalance: args.auto_rebalance,
         dead_after: (args.dead_after > 0).then(|| Duration::from_secs(args.dead_after)),
+        on_broadcast: Some(hub.broadcast_hook()),
     };
-    let make = Arc::new(|_| CacheState::new());
+    // One access sketch for all the node's groups (keys of different
+    // groups never share a counter by more than a hash collision).
+    let sketch = (args.maxmemory > 0 && args.maxmemory_policy.counts_accesses())
+        .then(|| Arc::new(raftify_cache::eviction::Frequencies::new(1 << 18)));
+    let make = Arc::new(move |_| {
+        let mut state = CacheState::new();
+        if let Some(sketch) = &sketch {
+            state.count_accesses(sketch.clone());
+        }
+        state
+    });
     let mover = Arc::new(raftify_cache::CacheSlotMover {
         chunk: args.move_chunk,
     });
@@ -357,11 +371,11 @@ async fn run_sharded(
         None => None,
     };
     let (stop, fatal) = until_stopped(host.meta(), &logger);
-    let shard = Arc::new(raftify_redis::sharded::Shard { host });
-    let hub = Arc::new(raftify_redis::pubsub::Hub::default());
+    let shard = Arc::new(raftify_redis::sharded::Shard::new(host));
     let server = server_of(&args, None, Some(shard.clone()), hub);
-    let expiry = tokio::spawn(raftify_redis::sharded::expire_all(
+    let expiry = tokio::spawn(raftify_redis::upkeep::run(
         shard.clone(),
+        Some((args.maxmemory_policy, args.maxmemory)),
         logger.clone(),
     ));
     serve_clients(listeners, server, raft_client, &logger, stop).await;

@@ -4,6 +4,12 @@
 //! node, in log order. A subscriber that does not read keeps at most
 //! [`QUEUE`] messages queued; past that it is disconnected (Redis's
 //! pubsub output-buffer limit), never slowing the node down.
+//!
+//! On a sharded node (`--sharded`) the message goes through the metadata
+//! group's log instead ([`raftify_shard::ShardHost::broadcast`], every node
+//! is a member), encoded by [`encode_broadcast`] and handed to the hub by
+//! [`Hub::broadcast_hook`]: the same guarantee across all the cluster's
+//! nodes, whatever groups they host.
 
 use bytes::Bytes;
 use raftify_cache::commands::glob_match;
@@ -150,6 +156,55 @@ impl Hub {
         remove_client(&mut self.lock(), id);
     }
 
+    /// `PUBSUB CHANNELS [pattern] | NUMSUB [channel ...] | NUMPAT |
+    /// HELP`: this node's subscriptions (as a Redis Cluster node answers
+    /// for its own clients).
+    pub fn introspect(&self, argv: &[Bytes]) -> Reply {
+        let sub = String::from_utf8_lossy(&argv[1]).to_ascii_lowercase();
+        let subs = self.lock();
+        match (sub.as_str(), argv.len()) {
+            ("channels", 2 | 3) => {
+                let mut names: Vec<&Bytes> = subs
+                    .channels
+                    .keys()
+                    .filter(|c| argv.get(2).is_none_or(|p| glob_match(p, c)))
+                    .collect();
+                names.sort();
+                Reply::Array(names.into_iter().map(|c| Reply::Bulk(c.clone())).collect())
+            }
+            ("numsub", _) => Reply::Array(
+                argv[2..]
+                    .iter()
+                    .flat_map(|c| {
+                        let n = subs.channels.get(c).map_or(0, HashMap::len);
+                        [Reply::Bulk(c.clone()), Reply::Int(n as i64)]
+                    })
+                    .collect(),
+            ),
+            ("numpat", 2) => Reply::Int(subs.patterns.len() as i64),
+            ("help", 2) => Reply::bulks(
+                [
+                    "PUBSUB <subcommand> [<arg> ...]. Subcommands are:",
+                    "CHANNELS [<pattern>]",
+                    "    Return the currently active channels matching a <pattern> (default: '*').",
+                    "NUMPAT",
+                    "    Return number of subscriptions to patterns.",
+                    "NUMSUB [<channel> ...]",
+                    "    Return the number of subscribers for the specified channels, excluding",
+                    "    pattern subscriptions(default: no channels).",
+                    "HELP",
+                    "    Print this help.",
+                ]
+                .map(|l: &'static str| Bytes::from_static(l.as_bytes()))
+                .to_vec(),
+            ),
+            ("channels" | "numpat" | "help", _) => Reply::err(format!(
+                "unknown subcommand or wrong number of arguments for '{sub}'. Try PUBSUB HELP."
+            )),
+            _ => Reply::err(format!("unknown subcommand '{sub}'. Try PUBSUB HELP.")),
+        }
+    }
+
     /// Channels with subscribers, and pattern subscriptions.
     pub fn counts(&self) -> (usize, usize) {
         let subs = self.lock();
@@ -157,6 +212,54 @@ impl Hub {
             subs.channels.len(),
             subs.patterns.values().map(HashMap::len).sum(),
         )
+    }
+}
+
+/// The first byte of a published message in a broadcast (other kinds of
+/// broadcast may come; a node ignores kinds it does not know).
+const PUBLISHED: u8 = b'P';
+
+/// `PUBLISH channel message` as a sharded cluster's broadcast: the kind,
+/// the channel's length (4 bytes, big-endian), the channel, the message.
+pub fn encode_broadcast(channel: &[u8], message: &[u8]) -> Option<Vec<u8>> {
+    let len = u32::try_from(channel.len()).ok()?;
+    let mut out = Vec::with_capacity(5 + channel.len() + message.len());
+    out.push(PUBLISHED);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(channel);
+    out.extend_from_slice(message);
+    Some(out)
+}
+
+/// The channel and message of a broadcast [`encode_broadcast`] made; None
+/// for anything else.
+pub fn decode_broadcast(b: &[u8]) -> Option<(Bytes, Bytes)> {
+    let (&kind, rest) = b.split_first()?;
+    if kind != PUBLISHED || rest.len() < 4 {
+        return None;
+    }
+    let (len, rest) = rest.split_at(4);
+    let len = usize::try_from(u32::from_be_bytes(len.try_into().ok()?)).ok()?;
+    if rest.len() < len {
+        return None;
+    }
+    let (channel, message) = rest.split_at(len);
+    Some((
+        Bytes::copy_from_slice(channel),
+        Bytes::copy_from_slice(message),
+    ))
+}
+
+impl Hub {
+    /// The hook a sharded node gives its metadata group: each published
+    /// message to this node's subscribers (answers how many got it; 0 for
+    /// a broadcast that is not a published message).
+    pub fn broadcast_hook(self: &std::sync::Arc<Self>) -> raftify_shard::BroadcastHook {
+        let hub = self.clone();
+        std::sync::Arc::new(move |b: &[u8]| match decode_broadcast(b) {
+            Some((channel, message)) => u64::try_from(hub.publish(&channel, &message)).unwrap_or(0),
+            None => 0,
+        })
     }
 }
 
@@ -334,5 +437,90 @@ impl crate::server::Server {
         } else {
             Some(self.hub.drop_subs(s.id, &mut s.inbox, &argv[1..], pattern))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broadcast_carries_channel_and_message_and_nothing_else_decodes() {
+        for (c, m) in [
+            (&b"news"[..], &b"hello"[..]),
+            (b"", b""),
+            (b"c", b"\x00P\xff"),
+        ] {
+            let b = encode_broadcast(c, m).unwrap();
+            assert_eq!(
+                decode_broadcast(&b),
+                Some((Bytes::copy_from_slice(c), Bytes::copy_from_slice(m)))
+            );
+        }
+        let b = encode_broadcast(b"news", b"hello").unwrap();
+        for bad in [&b[..0], &b[..3], &b[..7], b"X\0\0\0\0"] {
+            assert_eq!(decode_broadcast(bad), None, "{bad:?}");
+        }
+        let hub = std::sync::Arc::new(Hub::default());
+        let (tx, mut rx) = mpsc::channel(4);
+        hub.subscribe(1, Bytes::from_static(b"news"), false, tx.clone());
+        hub.subscribe(2, Bytes::from_static(b"n*"), true, tx);
+        let hook = hub.broadcast_hook();
+        assert_eq!(hook(&b), 2);
+        assert_eq!(hook(b"junk"), 0);
+        assert!(matches!(rx.try_recv(), Ok(Message::Message { .. })));
+        assert!(matches!(rx.try_recv(), Ok(Message::PMessage { .. })));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn pubsub_introspection_counts_this_nodes_subscribers() {
+        let hub = Hub::default();
+        let (tx, _rx) = mpsc::channel(4);
+        for (id, name, pattern) in [
+            (1, "news", false),
+            (2, "news", false),
+            (2, "notes", false),
+            (3, "n*", true),
+        ] {
+            hub.subscribe(id, Bytes::from_static(name.as_bytes()), pattern, tx.clone());
+        }
+        let ask = |args: &[&str]| {
+            let argv: Vec<Bytes> = args
+                .iter()
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect();
+            hub.introspect(&argv)
+        };
+        assert_eq!(
+            ask(&["PUBSUB", "CHANNELS"]),
+            Reply::Array(vec![Reply::bulk("news"), Reply::bulk("notes")])
+        );
+        assert_eq!(
+            ask(&["pubsub", "channels", "ne*"]),
+            Reply::Array(vec![Reply::bulk("news")])
+        );
+        assert_eq!(
+            ask(&["PUBSUB", "NUMSUB", "news", "none"]),
+            Reply::Array(vec![
+                Reply::bulk("news"),
+                Reply::Int(2),
+                Reply::bulk("none"),
+                Reply::Int(0)
+            ])
+        );
+        assert_eq!(ask(&["PUBSUB", "NUMSUB"]), Reply::Array(vec![]));
+        assert_eq!(ask(&["PUBSUB", "NUMPAT"]), Reply::Int(1));
+        assert!(
+            matches!(ask(&["PUBSUB", "NUMPAT", "x"]), Reply::Error(e) if e.contains("wrong number"))
+        );
+        assert!(
+            matches!(ask(&["PUBSUB", "NOPE"]), Reply::Error(e) if e.contains("unknown subcommand 'nope'"))
+        );
+        hub.remove(2);
+        assert_eq!(
+            ask(&["PUBSUB", "CHANNELS"]),
+            Reply::Array(vec![Reply::bulk("news")])
+        );
     }
 }

@@ -138,6 +138,7 @@ pub(crate) const SERVER_COMMANDS: &[(&str, i32)] = &[
     ("readwrite", 1),
     ("asking", 1),
     ("publish", 3),
+    ("pubsub", -2),
     ("raft", -2),
     ("cluster", -2),
     ("watch", -2),
@@ -381,9 +382,14 @@ impl Server {
         {
             return None;
         }
-        let used = node
-            .stale_read(|sm| sm.keyspace().used_memory() as u64)
-            .await;
+        // A sharded node's limit is its own, over all its replicas.
+        let used = match &self.shard {
+            Some(shard) => shard.used_memory(),
+            None => {
+                node.stale_read(|sm| sm.keyspace().used_memory() as u64)
+                    .await
+            }
+        };
         raftify_cache::eviction::refuses(self.policy, self.maxmemory, used)
             .then(|| Reply::Error("OOM command not allowed when used memory > 'maxmemory'.".into()))
     }
@@ -586,6 +592,9 @@ impl Server {
                 Reply::Ok
             }
             "publish" => {
+                if let Some(shard) = &self.shard {
+                    return shard.publish(&argv[1], &argv[2]).await;
+                }
                 let entry = CacheEntry {
                     clock_ms: unix_ms(),
                     op: Op::Publish {
@@ -611,6 +620,7 @@ impl Server {
                 None => self.cluster_command(s, &argv).await,
             },
             "acl" => self.acl_command(s, &argv).await,
+            "pubsub" => self.hub.introspect(&argv),
             _ => unknown_command(&argv),
         }
     }

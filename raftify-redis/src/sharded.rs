@@ -25,23 +25,27 @@
 //! * `DBSIZE`, `KEYS`, `RANDOMKEY` and `SCAN` answer for the groups this
 //!   node leads (its slots as a primary, as Redis Cluster nodes answer);
 //!   `FLUSHALL`/`FLUSHDB` flush them.
+//! * `PUBLISH` goes through the metadata group's log, which every node
+//!   applies: a subscriber on any node receives every message published
+//!   on any node, in one order.
 //! * Not yet in sharded mode (answered with an error, nothing done): the
-//!   other commands without a key that span the key space, pub/sub, ACL
-//!   users, and the other `RAFT` subcommands.
+//!   other commands without a key that span the key space, ACL users, and
+//!   the other `RAFT` subcommands.
 
 use crate::cluster::{cluster_help, cluster_info, node_id, split_addr};
 use crate::server::{Node, Session};
 use bytes::Bytes;
 use raftify_cache::{key_slot, CacheEntry, CacheState, Reply};
 use raftify_shard::{GroupId, Placement, ShardHost, META_GROUP};
-use slog::Logger;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// The sharded node a server routes through.
 pub struct Shard {
     /// The node's groups.
     pub host: ShardHost<CacheEntry, CacheState>,
+    /// The memory its replicas use, in bytes (kept by
+    /// [`crate::upkeep::run`] while there is a memory limit).
+    pub(crate) used: std::sync::atomic::AtomicU64,
 }
 
 /// What a sharded node answers for what it does not do yet.
@@ -58,6 +62,30 @@ fn crossslot() -> Reply {
 }
 
 impl Shard {
+    /// The sharded node of `host`.
+    pub fn new(host: ShardHost<CacheEntry, CacheState>) -> Shard {
+        Shard {
+            host,
+            used: Default::default(),
+        }
+    }
+
+    /// The memory this node's replicas use together (as last summed; 0
+    /// without `--maxmemory`).
+    pub fn used_memory(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The memory this node's replicas use together, summed now.
+    pub async fn memory(&self) -> u64 {
+        let mut used = 0u64;
+        for (_, r) in self.host.replicas().await {
+            let bytes = r.stale_read(|sm| sm.keyspace().used_memory() as u64).await;
+            used = used.saturating_add(bytes);
+        }
+        used
+    }
+
     /// The node a command on `keys` runs on, or the reply that sends the
     /// client elsewhere (see the module docs).
     pub async fn route(&self, s: &Session, keys: &[&Bytes], write: bool) -> Result<Node, Reply> {
@@ -470,6 +498,21 @@ impl Shard {
             .collect()
     }
 
+    /// `PUBLISH` in sharded mode: through the metadata group's log, so a
+    /// subscriber on any node receives every message, in one order (see
+    /// [`crate::pubsub`]). Answers the receivers on the metadata leader,
+    /// as a forwarded `PUBLISH` answers the leader's on a single group.
+    pub async fn publish(&self, channel: &Bytes, message: &Bytes) -> Reply {
+        let Some(b) = crate::pubsub::encode_broadcast(channel, message) else {
+            return Reply::err("the channel name is too long");
+        };
+        match self.host.broadcast(b).await {
+            Ok(n) => Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(raftify_shard::ShardError::Node(e)) => crate::server::error_reply(&e),
+            Err(e) => Reply::err(e),
+        }
+    }
+
     /// `RAFT ...` in sharded mode: `REBALANCE [STATUS]`, `LEADER` (of the
     /// metadata group), `HELP`.
     pub async fn raft_command(&self, argv: &[Bytes]) -> Reply {
@@ -572,27 +615,5 @@ fn moved(p: &Placement, slot: u16, group: GroupId, leader: Option<u64>) -> Reply
     match group_addr(p, group, leader) {
         Some(a) => Reply::Error(format!("MOVED {slot} {a}")),
         None => Reply::Error("CLUSTERDOWN Hash slot not served".into()),
-    }
-}
-
-/// Runs the cache's expiry loop for every replica this node hosts, for as
-/// long as it hosts it (checked every half second).
-pub async fn expire_all(shard: std::sync::Arc<Shard>, logger: Logger) {
-    let mut running: BTreeMap<GroupId, tokio::task::JoinHandle<()>> = BTreeMap::new();
-    loop {
-        let now: BTreeMap<GroupId, Node> = shard.host.replicas().await.into_iter().collect();
-        running.retain(|g, task| {
-            let keep = now.contains_key(g) && !task.is_finished();
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (g, node) in now {
-            running
-                .entry(g)
-                .or_insert_with(|| tokio::spawn(raftify_cache::expiry::run(node, logger.clone())));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

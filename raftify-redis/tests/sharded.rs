@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{free_port, info_field, joined, show, wait_for, Node, T};
+use common::{cluster_connection, free_port, info_field, joined, show, wait_for, Node, T};
 use redis::Commands;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,19 +151,6 @@ fn check_counters(t: &Tally, con: &mut redis::cluster::ClusterConnection) {
             t.unknown[i]
         );
     }
-}
-
-/// A redis-rs cluster connection seeded with `nodes`.
-fn cluster_connection(nodes: &[&Node]) -> redis::cluster::ClusterConnection {
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("redis://{}/", n.addr()))
-        .collect();
-    let client = redis::cluster::ClusterClient::builder(urls)
-        .retries(20)
-        .build()
-        .unwrap();
-    client.get_connection().unwrap()
 }
 
 /// `DBSIZE` summed over `nodes` (each answers for the groups it leads).

@@ -14,7 +14,7 @@
 //! * a group the placement no longer gives this node is stopped and its
 //!   data removed (the group removed this node first).
 
-use crate::meta::{MetaCommand, MetaOutcome, MetaStore};
+use crate::meta::{BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore};
 use crate::placement::{Change, GroupId, NodeId, NodeInfo, Placement, Settings, META_GROUP};
 use crate::rebalance::Rebalancer;
 use async_trait::async_trait;
@@ -49,6 +49,10 @@ pub enum ShardError {
     /// A rebalance step could not be carried out.
     #[error("rebalance: {0}")]
     Rebalance(String),
+    /// A node answered a request with the answer to another kind (nodes
+    /// of incompatible versions).
+    #[error("unexpected answer: {0}")]
+    Mismatch(&'static str),
 }
 
 /// What a sharded node is.
@@ -74,6 +78,9 @@ pub struct ShardSpec {
     /// `None`: never (an operator removes failed nodes). Keep it well
     /// above a restart's duration: replacing a replica copies its data.
     pub dead_after: Option<Duration>,
+    /// What this node does with each broadcast ([`ShardHost::broadcast`])
+    /// as it applies it; `None`: nothing.
+    pub on_broadcast: Option<BroadcastHook>,
 }
 
 /// Makes the state machine of a new replica of a data group.
@@ -83,7 +90,7 @@ pub(crate) struct Inner<E, SM> {
     pub(crate) id: NodeId,
     pub(crate) template: NodeSpec,
     pub(crate) host: GroupHost,
-    pub(crate) meta: Raft<MetaCommand, MetaStore>,
+    pub(crate) meta: Raft<MetaEntry, MetaStore>,
     pub(crate) placement: watch::Receiver<Placement>,
     /// The replicas this node runs; held while one starts or stops.
     data: tokio::sync::Mutex<BTreeMap<GroupId, Raft<E, SM>>>,
@@ -151,7 +158,10 @@ where
         .spawn(listener)?;
         let host = GroupHost { groups, transport };
 
-        let store = MetaStore::new();
+        let mut store = MetaStore::new();
+        if let Some(hook) = spec.on_broadcast.clone() {
+            store.on_broadcast(hook);
+        }
         let placement = store.subscribe();
         let meta_spec = group_spec(&spec.node, None, META_GROUP, spec.node.start.clone())?;
         let meta = launch_group(meta_spec, store, Some(meta_reader()), &host, META_GROUP)
@@ -215,6 +225,28 @@ where
     /// elsewhere, with `raftify_core::call_cluster`).
     pub fn transport(&self) -> &GrpcTransport {
         &self.inner.host.transport
+    }
+
+    /// Sends `message` to every node of the cluster through the metadata
+    /// group's log: each node hands it to its
+    /// [`on_broadcast`](ShardSpec::on_broadcast) hook as it applies it, so
+    /// all see all broadcasts in one order (a node down meanwhile sees
+    /// them when it catches up). Answers the hook's count on the node that
+    /// applied it for this proposal (the metadata leader). Errors are the
+    /// core's: an [`OutcomeUnknown`](raftify_core::ErrorClass) one means
+    /// the message may or may not go out — never resend it blindly.
+    pub async fn broadcast(&self, message: Vec<u8>) -> Result<u64, ShardError> {
+        match self
+            .inner
+            .meta
+            .propose(&MetaEntry::Broadcast(message))
+            .await?
+        {
+            MetaOutcome::Broadcast(n) => Ok(n),
+            MetaOutcome::Change(_) => Err(ShardError::Mismatch(
+                "the metadata group answered a broadcast as a change",
+            )),
+        }
     }
 
     /// The metadata group's node on this process.
@@ -383,8 +415,12 @@ where
             expect_version,
             change,
         };
-        let MetaOutcome(outcome) = self.meta.propose(&cmd).await?;
-        Ok(outcome?)
+        match self.meta.propose(&MetaEntry::Change(cmd)).await? {
+            MetaOutcome::Change(outcome) => Ok(outcome?),
+            MetaOutcome::Broadcast(_) => Err(ShardError::Mismatch(
+                "the metadata group answered a change as a broadcast",
+            )),
+        }
     }
 
     /// Bootstraps the placement (a new cluster) or records this node's

@@ -11,8 +11,9 @@
 //!   bumping its version, so that every slot has exactly one owner at
 //!   every version.
 //! * [`MetaStore`]: the placement as the state machine of the metadata
-//!   group ([`META_GROUP`]), whose log holds [`MetaCommand`]s; every node
-//!   follows it through a watch.
+//!   group ([`META_GROUP`]), whose log holds [`MetaEntry`]s (placement
+//!   changes, and broadcasts every node receives in one order); every node
+//!   follows the placement through a watch.
 //! * [`plan`]: the rebalance planner, a pure function from the committed
 //!   placement (and the groups' leaders) to the next [`Step`]: replicas
 //!   onto new nodes and off leaving ones, new groups, slot moves, leader
@@ -21,10 +22,13 @@
 //!   leaders, each replica's lag, sleep and size), for the CLI and the
 //!   status page ([`page`]).
 //!
+//! * [`ShardHost`]: one process of a sharded cluster — the metadata group,
+//!   the data replicas the placement gives it, the rebalancer that carries
+//!   the planner's steps out, and [`ShardHost::broadcast`].
+//!
 //! Transport and serving of many groups in one process are in
 //! `raftify-grpc` (`GrpcTransport::for_group`, `Groups`); the design, and
-//! what is still to come (the rebalancer that carries the steps out, the
-//! Redis front-end's routing), is in `docs/ARCHITECTURE.md`.
+//! what is still to come, is in `docs/ARCHITECTURE.md`.
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -46,7 +50,7 @@ pub use host::{MakeState, ShardError, ShardHost, ShardSpec, PLACEMENT_QUERY};
 pub use metrics::GroupLabel;
 pub use rebalance::SlotMover;
 
-pub use meta::{MetaCommand, MetaOutcome, MetaStore};
+pub use meta::{BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore, BROADCAST_TAG};
 pub use placement::{
     Change, GroupId, GroupInfo, NodeId, NodeInfo, Placement, PlacementError, Settings, SlotMove,
     MAX_GROUPS_PER_NODE, MAX_REPLICAS, META_GROUP,

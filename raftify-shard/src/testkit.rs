@@ -28,6 +28,7 @@ pub fn spec(
         settings,
         auto_rebalance: auto,
         dead_after: None,
+        on_broadcast: None,
     }
 }
 

@@ -361,3 +361,46 @@ pub fn joined(first: &Node, joining: &[&Node]) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A sharded cluster of three nodes in `dir`, every node started with
+/// `--sharded` and `flags`: node 1 alone, serving writes, then two nodes
+/// joining it (no rebalance asked).
+pub fn sharded_three(dir: &Path, flags: &[&str]) -> Vec<Node> {
+    let raft1 = format!("127.0.0.1:{}", free_port());
+    let first: Vec<&str> = ["--sharded"].iter().chain(flags).copied().collect();
+    let n1 = Node::spawn(1, free_port(), &raft1, &dir.join("n1"), &first);
+    wait_for("node 1 to serve", T, || {
+        (show(&n1.client().cmd(&["SET", "probe", "1"])) == "+OK").then_some(())
+    });
+    let join: Vec<&str> = ["--sharded", "--join", raft1.as_str()]
+        .iter()
+        .chain(flags)
+        .copied()
+        .collect();
+    let mut nodes = vec![n1];
+    for i in 2..=3 {
+        let raft = format!("127.0.0.1:{}", free_port());
+        nodes.push(Node::spawn(
+            0,
+            free_port(),
+            &raft,
+            &dir.join(format!("n{i}")),
+            &join,
+        ));
+    }
+    joined(&nodes[0], &[&nodes[1], &nodes[2]]);
+    nodes
+}
+
+/// A redis-rs cluster connection seeded with `nodes`.
+pub fn cluster_connection(nodes: &[&Node]) -> redis::cluster::ClusterConnection {
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("redis://{}/", n.addr()))
+        .collect();
+    let client = redis::cluster::ClusterClient::builder(urls)
+        .retries(20)
+        .build()
+        .unwrap();
+    client.get_connection().unwrap()
+}

@@ -256,6 +256,26 @@ def test_redis_cluster_over_a_sharded_cluster_with_a_node_killed():
         # scan_iter asks every primary: each node answers for the groups
         # it leads, so every key comes back.
         assert set(rc.scan_iter(match="k*", count=50)) == {f"k{i}" for i in range(300)}
+        # Cluster pub/sub: redis-py subscribes on the node of the
+        # channel's slot and publishes wherever it routes PUBLISH; the
+        # message goes through the metadata group, so it arrives.
+        sub = rc.pubsub()
+        sub.subscribe("events")
+        assert sub.get_message(timeout=5)["type"] == "subscribe"
+        other = c.client(3).pubsub()
+        other.psubscribe("ev*")
+        assert other.get_message(timeout=5)["type"] == "psubscribe"
+        for i in range(5):
+            assert rc.publish("events", f"e{i}") >= 0
+        for s, kind in ((sub, "message"), (other, "pmessage")):
+            got = []
+            deadline = time.monotonic() + TIMEOUT
+            while len(got) < 5 and time.monotonic() < deadline:
+                m = s.get_message(timeout=1)
+                if m and m["type"] == kind:
+                    got.append(m["data"])
+            assert got == [f"e{i}" for i in range(5)], kind
+            s.close()
         counters = [f"counter:{j}" for j in range(6)]
         acked = {k: 0 for k in counters}
         for k in counters:

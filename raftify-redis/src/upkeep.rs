@@ -1,0 +1,162 @@
+//! The background work of a sharded node's replicas: the cache's expiry
+//! loop for each, the evictor of `--maxmemory` for each (acting while this
+//! node leads the group), and the node's memory in use (what `INFO memory`
+//! reports and what `-OOM` is judged against).
+//!
+//! `--maxmemory` is per node, as in Redis Cluster. A node holds replicas
+//! of several groups, and each group's leader evicts from its group for
+//! every replica at once, so the limit is turned into a share per group
+//! that every node computes alike from the placement
+//! ([`group_budget`]): the cluster's memory (`--maxmemory` × nodes) over
+//! the replicas of all groups, in proportion to the slots each group owns.
+//! While the rebalancer keeps replicas and slots spread evenly, each node
+//! then holds about `--maxmemory`.
+
+use crate::eviction::Budget;
+use crate::server::Node;
+use crate::sharded::Shard;
+use raftify_cache::eviction::Policy;
+use raftify_shard::{GroupId, Placement, SLOTS};
+use slog::Logger;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the replicas are checked (new ones given their loops) and,
+/// with a memory limit, the node's memory summed.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The memory `group` may hold on each of its replicas under a per-node
+/// limit of `max`: `max × nodes × slots / (16384 × replicas)`. `None`
+/// (do not evict) for a group that owns no slots, that moves slots in or
+/// out, or whose moved-out keys await their purge: its data is then
+/// briefly in two places, and evicting against a share that is about to
+/// change would drop keys the move is carrying.
+pub fn group_budget(p: &Placement, group: GroupId, max: u64) -> Option<u64> {
+    let info = p.groups().get(&group)?;
+    let slots = p.slot_count(group);
+    let busy = p.moving().is_some_and(|m| m.from == group || m.to == group)
+        || p.purging().iter().any(|m| m.from == group);
+    if slots == 0 || busy {
+        return None;
+    }
+    let nodes = p.nodes().values().filter(|n| !n.leaving).count().max(1);
+    let replicas = info.replicas.len().max(1);
+    let share =
+        u128::from(max) * nodes as u128 * slots as u128 / (u128::from(SLOTS) * replicas as u128);
+    Some(u64::try_from(share).unwrap_or(u64::MAX))
+}
+
+/// Runs until aborted: each replica this node hosts gets the expiry loop
+/// and, with `limit` (`--maxmemory-policy`, `--maxmemory`; not
+/// `noeviction`), an evictor, for as long as it is hosted; with a limit,
+/// [`Shard::used_memory`] is kept current.
+pub async fn run(shard: Arc<Shard>, limit: Option<(Policy, u64)>, logger: Logger) {
+    let limit = limit.filter(|&(_, max)| max > 0);
+    let mut running: BTreeMap<GroupId, Vec<tokio::task::JoinHandle<()>>> = BTreeMap::new();
+    loop {
+        let now: BTreeMap<GroupId, Node> = shard.host.replicas().await.into_iter().collect();
+        running.retain(|g, tasks| {
+            let keep = now.contains_key(g) && !tasks.iter().any(|t| t.is_finished());
+            if !keep {
+                tasks.iter().for_each(|t| t.abort());
+            }
+            keep
+        });
+        for (&g, node) in &now {
+            running.entry(g).or_insert_with(|| {
+                let mut tasks = vec![tokio::spawn(raftify_cache::expiry::run(
+                    node.clone(),
+                    logger.clone(),
+                ))];
+                if let Some((policy, max)) = limit.filter(|(p, _)| *p != Policy::NoEviction) {
+                    let placement = shard.host.placement();
+                    let budget: Budget =
+                        Arc::new(move || group_budget(&placement.borrow(), g, max));
+                    tasks.push(tokio::spawn(crate::eviction::run(
+                        node.clone(),
+                        policy,
+                        budget,
+                        logger.clone(),
+                    )));
+                }
+                tasks
+            });
+        }
+        if limit.is_some() {
+            shard.used.store(shard.memory().await, Ordering::Relaxed);
+        }
+        let pause = if limit.is_some() { TICK } else { TICK * 5 };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftify_shard::{Change, NodeInfo, Settings, SlotMove, SlotRange};
+    use std::collections::BTreeSet;
+
+    fn node(n: u64) -> NodeInfo {
+        NodeInfo {
+            raft_addr: format!("127.0.0.1:{n}"),
+            client_addr: format!("127.0.0.1:{}", n + 100),
+            leaving: false,
+            down: false,
+        }
+    }
+
+    #[test]
+    fn each_group_gets_its_share_of_the_clusters_memory_by_slots() {
+        let mut p = Placement::default();
+        let boot = Change::Bootstrap {
+            node: 1,
+            info: node(1),
+            settings: Settings::default(),
+        };
+        p.apply(None, boot).unwrap();
+        // One node, one group with every slot: the whole limit.
+        let g1 = *p.groups().keys().next().unwrap();
+        assert_eq!(group_budget(&p, g1, 1000), Some(1000));
+        for n in [2, 3] {
+            p.apply(
+                None,
+                Change::AddNode {
+                    node: n,
+                    info: node(n),
+                },
+            )
+            .unwrap();
+        }
+        let all = BTreeSet::from([1, 2, 3]);
+        let set = Change::SetReplicas {
+            group: g1,
+            replicas: all.clone(),
+        };
+        p.apply(None, set).unwrap();
+        // Three nodes, one group on all three: each replica may hold 1000.
+        assert_eq!(group_budget(&p, g1, 1000), Some(1000));
+        let g2 = p.next_group();
+        let create = Change::CreateGroup {
+            group: g2,
+            replicas: all,
+        };
+        p.apply(None, create).unwrap();
+        // A group with no slots is not evicted from; nor are groups moving.
+        assert_eq!(group_budget(&p, g2, 1000), None);
+        let m = SlotMove {
+            slots: SlotRange::new(8192, 16383).unwrap(),
+            from: g1,
+            to: g2,
+        };
+        p.apply(None, Change::BeginMove(m)).unwrap();
+        assert_eq!(group_budget(&p, g1, 1000), None);
+        p.apply(None, Change::CommitMove(m)).unwrap();
+        assert_eq!(group_budget(&p, g1, 1000), None, "awaiting its purge");
+        assert_eq!(group_budget(&p, g2, 1000), Some(500));
+        p.apply(None, Change::Purged(m)).unwrap();
+        assert_eq!(group_budget(&p, g1, 1000), Some(500));
+        assert_eq!(group_budget(&p, 99, 1000), None);
+    }
+}
