@@ -97,6 +97,77 @@ pub fn set_user(users: &mut Users, name: &str, rules: &[Bytes]) -> Result<(), St
     Ok(())
 }
 
+/// Applies `ACL SETUSER` or `ACL DELUSER` (any other op: an error) —
+/// what every copy of the users does with them, in log order.
+pub fn apply(users: &mut Users, op: &crate::Op) -> crate::Reply {
+    use crate::{Op, Reply};
+    match op {
+        Op::SetUser { name, rules } => {
+            match set_user(users, &String::from_utf8_lossy(name), rules) {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::err(e),
+            }
+        }
+        Op::DelUser(names) => Reply::Int(
+            names
+                .iter()
+                .filter(|n| users.remove(String::from_utf8_lossy(n).as_ref()).is_some())
+                .count() as i64,
+        ),
+        _ => Reply::err("not an ACL change"),
+    }
+}
+
+/// The users of a sharded cluster, shared by all its nodes: kept by the
+/// metadata group ([`raftify_shard::SharedState`]) rather than by each
+/// data group, so a user set on any node authenticates on every node. Its
+/// commands are [`crate::CacheEntry`]s of `Op::SetUser`/`Op::DelUser`
+/// (passwords already hashed), its answers encoded [`crate::Reply`]s.
+#[derive(Debug, Default)]
+pub struct SharedUsers {
+    users: std::sync::RwLock<Users>,
+}
+
+impl SharedUsers {
+    /// Reads the users as applied on this node.
+    pub fn read<T>(&self, f: impl FnOnce(&Users) -> T) -> T {
+        f(&self.users.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl raftify_shard::SharedState for SharedUsers {
+    fn apply(&self, command: &[u8]) -> Vec<u8> {
+        use raftify_core::{AbstractLogEntry, Payload};
+        let reply = match crate::CacheEntry::decode(command) {
+            Ok(entry) => apply(
+                &mut self.users.write().unwrap_or_else(|p| p.into_inner()),
+                &entry.op,
+            ),
+            Err(e) => crate::Reply::err(format!("not an ACL change: {e}")),
+        };
+        reply.encode().unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        if users.is_empty() || crate::snapshot::put_users(&mut out, &users).is_err() {
+            return Vec::new();
+        }
+        out
+    }
+
+    fn restore(&self, snapshot: &[u8]) -> Result<(), raftify_core::BoxError> {
+        let users = if snapshot.is_empty() {
+            Users::new()
+        } else {
+            crate::snapshot::read_users(&mut &snapshot[..])?
+        };
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +195,45 @@ mod tests {
         .is_err());
         assert!(!users["reader"].writes, "a refused SETUSER changes nothing");
         assert!(set_user(&mut users, "default", &[]).is_err());
+    }
+
+    #[test]
+    fn shared_users_apply_changes_and_survive_a_snapshot() {
+        use crate::{CacheEntry, Op, Reply};
+        use raftify_core::{AbstractLogEntry, Payload};
+        use raftify_shard::SharedState;
+        let shared = SharedUsers::default();
+        assert!(shared.snapshot().is_empty(), "no users: nothing to keep");
+        let hash = "b".repeat(64);
+        let set = |name: &str, rules: &[&str]| {
+            let op = Op::SetUser {
+                name: Bytes::from(name.to_string()),
+                rules: rules.iter().map(|r| Bytes::from(r.to_string())).collect(),
+            };
+            CacheEntry { clock_ms: 1, op }.encode().unwrap()
+        };
+        let answer = |b: Vec<u8>| Reply::decode(&b).unwrap();
+        assert_eq!(
+            answer(shared.apply(&set("app", &["on", &format!("#{hash}"), "+@all"]))),
+            Reply::Ok
+        );
+        assert!(matches!(
+            answer(shared.apply(&set("bad", &["nonsense"]))),
+            Reply::Error(_)
+        ));
+        assert!(matches!(answer(shared.apply(b"garbage")), Reply::Error(_)));
+        shared.read(|u| assert!(u["app"].writes && u["app"].passwords.contains(&hash)));
+
+        let other = SharedUsers::default();
+        other.restore(&shared.snapshot()).unwrap();
+        assert_eq!(other.read(Users::clone), shared.read(Users::clone));
+        assert!(other.restore(b"\xff").is_err());
+        let del = CacheEntry {
+            clock_ms: 1,
+            op: Op::DelUser(vec![Bytes::from_static(b"app")]),
+        };
+        assert_eq!(answer(other.apply(&del.encode().unwrap())), Reply::Int(1));
+        other.restore(&[]).unwrap();
+        assert!(other.read(Users::is_empty));
     }
 }

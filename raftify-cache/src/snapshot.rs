@@ -104,11 +104,7 @@ impl SnapshotView for View {
             put_u64(out, *id);
             put(out, addr.as_bytes())?;
         }
-        put_u64(out, p.users.len() as u64);
-        for (name, user) in &p.users {
-            put(out, name.as_bytes())?;
-            put(out, user.describe(name).as_bytes())?;
-        }
+        put_users(out, &p.users)?;
         put_items(out, p.keys.iter().collect())?;
         put_u64(out, p.named.iter().count() as u64);
         for (name, cache) in p.named.iter() {
@@ -205,6 +201,35 @@ fn item(r: &mut (dyn Read + Send)) -> Result<(Bytes, Option<u64>, u64, Value), B
     Ok((key, expire_at, version, value))
 }
 
+/// ACL users as snapshots hold them: their count, then each one's name
+/// and `ACL LIST` line.
+pub(crate) fn put_users(out: &mut Vec<u8>, users: &crate::acl::Users) -> Result<(), BoxError> {
+    put_u64(out, users.len() as u64);
+    for (name, user) in users {
+        put(out, name.as_bytes())?;
+        put(out, user.describe(name).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Reads what [`put_users`] wrote.
+pub(crate) fn read_users(r: &mut (dyn Read + Send)) -> Result<crate::acl::Users, BoxError> {
+    let mut users = crate::acl::Users::new();
+    for _ in 0..u64_(r)? {
+        let name = String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a user name is not UTF-8")?;
+        // The user's ACL LIST line: `user NAME` then its rules.
+        let line = bytes(r)?;
+        let rules: Vec<Bytes> = line
+            .split(|b| *b == b' ')
+            .skip(2)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        crate::acl::set_user(&mut users, &name, &rules)
+            .map_err(|e| format!("user {name} in a snapshot: {e}"))?;
+    }
+    Ok(users)
+}
+
 /// Reads a snapshot element by element (never the whole of it at once).
 pub(crate) fn read(r: &mut (dyn Read + Send)) -> Result<Parts, BoxError> {
     let magic = exact::<8>(r)?;
@@ -223,18 +248,7 @@ pub(crate) fn read(r: &mut (dyn Read + Send)) -> Result<Parts, BoxError> {
             String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a member address is not UTF-8")?;
         p.members.insert(id, addr);
     }
-    for _ in 0..u64_(r)? {
-        let name = String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a user name is not UTF-8")?;
-        // The user's ACL LIST line: `user NAME` then its rules.
-        let line = bytes(r)?;
-        let rules: Vec<Bytes> = line
-            .split(|b| *b == b' ')
-            .skip(2)
-            .map(Bytes::copy_from_slice)
-            .collect();
-        crate::acl::set_user(&mut p.users, &name, &rules)
-            .map_err(|e| format!("user {name} in a cache snapshot: {e}"))?;
-    }
+    p.users = read_users(r)?;
     for _ in 0..u64_(r)? {
         let (key, expire_at, version, value) = item(r)?;
         p.keys.insert_versioned(key, value, expire_at, version);

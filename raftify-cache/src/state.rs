@@ -210,22 +210,7 @@ impl CacheState {
                     .as_ref()
                     .map_or(0, |hook| hook(channel, message)),
             ),
-            Op::SetUser { name, rules } => {
-                match crate::acl::set_user(&mut self.users, &String::from_utf8_lossy(name), rules) {
-                    Ok(()) => Reply::Ok,
-                    Err(e) => Reply::err(e),
-                }
-            }
-            Op::DelUser(names) => Reply::Int(
-                names
-                    .iter()
-                    .filter(|n| {
-                        self.users
-                            .remove(String::from_utf8_lossy(n).as_ref())
-                            .is_some()
-                    })
-                    .count() as i64,
-            ),
+            Op::SetUser { .. } | Op::DelUser(_) => crate::acl::apply(&mut self.users, &entry.op),
             Op::Migrate(m) => self.migrate(m),
             Op::Announce { id, addr } => match std::str::from_utf8(addr) {
                 Ok(a) if !a.is_empty() && a.len() <= 255 => {

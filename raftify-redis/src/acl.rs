@@ -4,11 +4,14 @@
 //! `raftify_cache::acl`); a `>password` rule is hashed here, on the node
 //! that received it, so the log and snapshots hold SHA-256 hashes only.
 //! Permission changes apply to connected users at their next command.
+//! On a sharded node the users are the cluster's, kept by the metadata
+//! group, so a user set on any node authenticates on every node.
 
 use crate::server::{error_reply, lower, Server, Session};
 use bytes::Bytes;
+use raftify_cache::acl::Users;
 use raftify_cache::{errors, CacheEntry, Op, Reply};
-use raftify_core::unix_ms;
+use raftify_core::{unix_ms, AbstractLogEntry, Payload};
 use subtle::ConstantTimeEq;
 
 /// SHA-256 of `pass`, lowercase hex (Redis's `#<hash>` form).
@@ -51,18 +54,14 @@ impl Server {
             };
         }
         let hash = sha256_hex(pass);
-        let node = match self.single() {
-            Ok(n) => n,
-            Err(r) => return r,
-        };
-        let ok = node
-            .stale_read(|sm| {
-                sm.users()
+        let ok = self
+            .users(|users| {
+                users
                     .get(&user)
                     .is_some_and(|u| u.enabled && (u.nopass || u.passwords.contains(&hash)))
             })
             .await;
-        if !ok {
+        if !ok.unwrap_or(false) {
             return wrongpass();
         }
         s.authed = true;
@@ -74,17 +73,17 @@ impl Server {
     /// when `write`); None when it may. The default user may run anything.
     pub(crate) async fn forbidden(&self, s: &Session, name: &str, write: bool) -> Option<Reply> {
         let user = s.user.as_ref()?;
-        let node = match self.single() {
-            Ok(n) => n,
-            Err(r) => return Some(r),
-        };
-        let allowed = node
-            .stale_read(|sm| {
-                sm.users()
+        let allowed = self
+            .users(|users| {
+                users
                     .get(user)
                     .is_some_and(|u| u.enabled && u.commands && (u.writes || !write))
             })
             .await;
+        let allowed = match allowed {
+            Ok(a) => a,
+            Err(r) => return Some(r),
+        };
         (!allowed).then(|| {
             Reply::Error(format!(
                 "NOPERM User {user} has no permissions to run the '{name}' command"
@@ -94,25 +93,18 @@ impl Server {
 
     /// `ACL ...`.
     pub(crate) async fn acl_command(&self, s: &mut Session, argv: &[Bytes]) -> Reply {
-        let node = match self.single() {
-            Ok(n) => n,
-            Err(r) => return r,
-        };
         let sub = lower(&argv[1]);
         match (sub.as_str(), argv.len()) {
             ("whoami", 2) => Reply::bulk(s.user.clone().unwrap_or_else(|| "default".into())),
             ("users", 2) => {
                 let mut names = vec![Bytes::from_static(b"default")];
-                names.extend(
-                    node.stale_read(|sm| {
-                        sm.users()
-                            .keys()
-                            .cloned()
-                            .map(Bytes::from)
-                            .collect::<Vec<_>>()
-                    })
-                    .await,
-                );
+                match self
+                    .users(|users| users.keys().cloned().map(Bytes::from).collect::<Vec<_>>())
+                    .await
+                {
+                    Ok(more) => names.extend(more),
+                    Err(r) => return r,
+                }
                 Reply::bulks(names)
             }
             ("list", 2) => {
@@ -121,23 +113,26 @@ impl Server {
                     Some(p) => format!("user default on #{} ~* &* +@all", sha256_hex(p.as_bytes())),
                 };
                 let mut lines = vec![Bytes::from(default)];
-                lines.extend(
-                    node.stale_read(|sm| {
-                        sm.users()
+                let more = self
+                    .users(|users| {
+                        users
                             .iter()
                             .map(|(n, u)| Bytes::from(u.describe(n)))
                             .collect::<Vec<_>>()
                     })
-                    .await,
-                );
+                    .await;
+                match more {
+                    Ok(more) => lines.extend(more),
+                    Err(r) => return r,
+                }
                 Reply::bulks(lines)
             }
             ("getuser", 3) => {
                 let name = String::from_utf8_lossy(&argv[2]).into_owned();
-                let user = node.stale_read(|sm| sm.users().get(&name).cloned()).await;
-                match user {
-                    None => Reply::Nil,
-                    Some(u) => {
+                match self.users(|users| users.get(&name).cloned()).await {
+                    Err(r) => r,
+                    Ok(None) => Reply::Nil,
+                    Ok(Some(u)) => {
                         let mut flags = vec![Reply::bulk(if u.enabled { "on" } else { "off" })];
                         if u.nopass {
                             flags.push(Reply::bulk("nopass"));
@@ -195,20 +190,42 @@ impl Server {
         }
     }
 
+    /// Reads the ACL users: a single group's, or on a sharded node the
+    /// cluster's ([`raftify_cache::acl::SharedUsers`]).
+    async fn users<T>(&self, f: impl FnOnce(&Users) -> T) -> Result<T, Reply> {
+        match (&self.node, &self.shard) {
+            (Some(node), _) => Ok(node.stale_read(|sm| f(sm.users())).await),
+            (None, Some(shard)) => Ok(shard.users.read(f)),
+            (None, None) => Err(crate::sharded::unsupported()),
+        }
+    }
+
+    /// Proposes an ACL change: to the group's log, or on a sharded node
+    /// to the metadata group's (every node's users).
     async fn propose_acl(&self, op: Op) -> Reply {
-        let node = match self.single() {
-            Ok(n) => n,
-            Err(r) => return r,
+        let entry = CacheEntry {
+            clock_ms: unix_ms(),
+            op,
         };
-        match node
-            .propose(&CacheEntry {
-                clock_ms: unix_ms(),
-                op,
-            })
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => error_reply(&e),
+        match (&self.node, &self.shard) {
+            (Some(node), _) => match node.propose(&entry).await {
+                Ok(r) => r,
+                Err(e) => error_reply(&e),
+            },
+            (None, Some(shard)) => {
+                let command = match entry.encode() {
+                    Ok(c) => c,
+                    Err(e) => return Reply::err(e),
+                };
+                match shard.host.propose_shared(command).await {
+                    Ok(answer) => {
+                        Reply::decode(&answer).unwrap_or_else(|e| Reply::err(format!("ACL: {e}")))
+                    }
+                    Err(raftify_shard::ShardError::Node(e)) => error_reply(&e),
+                    Err(e) => Reply::err(e),
+                }
+            }
+            (None, None) => crate::sharded::unsupported(),
         }
     }
 }

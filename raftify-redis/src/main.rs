@@ -336,6 +336,7 @@ async fn run_sharded(
     };
     let grpc = spec.grpc.clone();
     let hub = Arc::new(raftify_redis::pubsub::Hub::default());
+    let users = Arc::new(raftify_cache::acl::SharedUsers::default());
     let shard_spec = raftify_shard::ShardSpec {
         node: spec,
         client_addr: advertise,
@@ -343,6 +344,7 @@ async fn run_sharded(
         auto_rebalance: args.auto_rebalance,
         dead_after: (args.dead_after > 0).then(|| Duration::from_secs(args.dead_after)),
         on_broadcast: Some(hub.broadcast_hook()),
+        shared: Some(users.clone()),
     };
     // One access sketch for all the node's groups (keys of different
     // groups never share a counter by more than a hash collision).
@@ -371,7 +373,7 @@ async fn run_sharded(
         None => None,
     };
     let (stop, fatal) = until_stopped(host.meta(), &logger);
-    let shard = Arc::new(raftify_redis::sharded::Shard::new(host));
+    let shard = Arc::new(raftify_redis::sharded::Shard::new(host, users));
     let server = server_of(&args, None, Some(shard.clone()), hub);
     let expiry = tokio::spawn(raftify_redis::upkeep::run(
         shard.clone(),

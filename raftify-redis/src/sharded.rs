@@ -28,9 +28,11 @@
 //! * `PUBLISH` goes through the metadata group's log, which every node
 //!   applies: a subscriber on any node receives every message published
 //!   on any node, in one order.
+//! * ACL users are the cluster's, kept by the metadata group
+//!   ([`raftify_cache::acl::SharedUsers`]).
 //! * Not yet in sharded mode (answered with an error, nothing done): the
-//!   other commands without a key that span the key space, ACL users, and
-//!   the other `RAFT` subcommands.
+//!   other commands without a key that span the key space, and the other
+//!   `RAFT` subcommands.
 
 use crate::cluster::{cluster_help, cluster_info, node_id, split_addr};
 use crate::server::{Node, Session};
@@ -46,6 +48,8 @@ pub struct Shard {
     /// The memory its replicas use, in bytes (kept by
     /// [`crate::upkeep::run`] while there is a memory limit).
     pub(crate) used: std::sync::atomic::AtomicU64,
+    /// The cluster's ACL users (the metadata group's shared state).
+    pub users: std::sync::Arc<raftify_cache::acl::SharedUsers>,
 }
 
 /// What a sharded node answers for what it does not do yet.
@@ -62,11 +66,16 @@ fn crossslot() -> Reply {
 }
 
 impl Shard {
-    /// The sharded node of `host`.
-    pub fn new(host: ShardHost<CacheEntry, CacheState>) -> Shard {
+    /// The sharded node of `host`, whose metadata group shares `users`
+    /// ([`raftify_shard::ShardSpec::shared`]).
+    pub fn new(
+        host: ShardHost<CacheEntry, CacheState>,
+        users: std::sync::Arc<raftify_cache::acl::SharedUsers>,
+    ) -> Shard {
         Shard {
             host,
             used: Default::default(),
+            users,
         }
     }
 

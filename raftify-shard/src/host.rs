@@ -14,7 +14,7 @@
 //! * a group the placement no longer gives this node is stopped and its
 //!   data removed (the group removed this node first).
 
-use crate::meta::{BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore};
+use crate::meta::{BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore, SharedState};
 use crate::placement::{Change, GroupId, NodeId, NodeInfo, Placement, Settings, META_GROUP};
 use crate::rebalance::Rebalancer;
 use async_trait::async_trait;
@@ -81,6 +81,9 @@ pub struct ShardSpec {
     /// What this node does with each broadcast ([`ShardHost::broadcast`])
     /// as it applies it; `None`: nothing.
     pub on_broadcast: Option<BroadcastHook>,
+    /// Cluster-wide state of the application, replicated by the metadata
+    /// group ([`ShardHost::propose_shared`]); `None`: none.
+    pub shared: Option<Arc<dyn SharedState>>,
 }
 
 /// Makes the state machine of a new replica of a data group.
@@ -161,6 +164,9 @@ where
         let mut store = MetaStore::new();
         if let Some(hook) = spec.on_broadcast.clone() {
             store.on_broadcast(hook);
+        }
+        if let Some(shared) = spec.shared.clone() {
+            store.share(shared);
         }
         let placement = store.subscribe();
         let meta_spec = group_spec(&spec.node, None, META_GROUP, spec.node.start.clone())?;
@@ -243,8 +249,22 @@ where
             .await?
         {
             MetaOutcome::Broadcast(n) => Ok(n),
-            MetaOutcome::Change(_) => Err(ShardError::Mismatch(
-                "the metadata group answered a broadcast as a change",
+            _ => Err(ShardError::Mismatch(
+                "the metadata group answered a broadcast as another kind",
+            )),
+        }
+    }
+
+    /// Applies `command` to the application's shared state on every node
+    /// ([`ShardSpec::shared`]) through the metadata group's log; the
+    /// state's answer on the node that applied it for this proposal. An
+    /// [`OutcomeUnknown`](raftify_core::ErrorClass) error means it may or
+    /// may not be applied.
+    pub async fn propose_shared(&self, command: Vec<u8>) -> Result<Vec<u8>, ShardError> {
+        match self.inner.meta.propose(&MetaEntry::Shared(command)).await? {
+            MetaOutcome::Shared(out) => Ok(out),
+            _ => Err(ShardError::Mismatch(
+                "the metadata group answered a shared-state command as another kind",
             )),
         }
     }
@@ -417,8 +437,8 @@ where
         };
         match self.meta.propose(&MetaEntry::Change(cmd)).await? {
             MetaOutcome::Change(outcome) => Ok(outcome?),
-            MetaOutcome::Broadcast(_) => Err(ShardError::Mismatch(
-                "the metadata group answered a change as a broadcast",
+            _ => Err(ShardError::Mismatch(
+                "the metadata group answered a change as another kind",
             )),
         }
     }

@@ -12,8 +12,9 @@
 //!   every version.
 //! * [`MetaStore`]: the placement as the state machine of the metadata
 //!   group ([`META_GROUP`]), whose log holds [`MetaEntry`]s (placement
-//!   changes, and broadcasts every node receives in one order); every node
-//!   follows the placement through a watch.
+//!   changes, broadcasts every node receives in one order, and commands of
+//!   the application's cluster-wide [`SharedState`]); every node follows
+//!   the placement through a watch.
 //! * [`plan`]: the rebalance planner, a pure function from the committed
 //!   placement (and the groups' leaders) to the next [`Step`]: replicas
 //!   onto new nodes and off leaving ones, new groups, slot moves, leader
@@ -50,7 +51,10 @@ pub use host::{MakeState, ShardError, ShardHost, ShardSpec, PLACEMENT_QUERY};
 pub use metrics::GroupLabel;
 pub use rebalance::SlotMover;
 
-pub use meta::{BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore, BROADCAST_TAG};
+pub use meta::{
+    BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore, SharedState, BROADCAST_TAG,
+    SHARED_TAG,
+};
 pub use placement::{
     Change, GroupId, GroupInfo, NodeId, NodeInfo, Placement, PlacementError, Settings, SlotMove,
     MAX_GROUPS_PER_NODE, MAX_REPLICAS, META_GROUP,

@@ -48,32 +48,63 @@ pub enum MetaEntry {
     /// A message for every node's [`BroadcastHook`] (in the log: the tag
     /// byte [`BROADCAST_TAG`], then the message as is).
     Broadcast(Vec<u8>),
+    /// A command of the application's [`SharedState`] (in the log: the
+    /// tag byte [`SHARED_TAG`], then the command as is).
+    Shared(Vec<u8>),
 }
 
 /// The first byte of a broadcast in the log. A placement change is a JSON
-/// object, whose first byte is `{`: the two never collide, and logs
+/// object, whose first byte is `{`: the kinds never collide, and logs
 /// written before broadcasts existed read as they were.
 pub const BROADCAST_TAG: u8 = 0xB0;
+
+/// The first byte of a [`MetaEntry::Shared`] command in the log.
+pub const SHARED_TAG: u8 = 0xB1;
+
+/// Cluster-wide state of the application (say, its users), replicated by
+/// the metadata group beside the placement: every node applies the same
+/// commands in the same order, and it travels in the metadata group's
+/// snapshots. The application keeps a handle to read it (interior
+/// mutability: the metadata group applies through `&self`).
+pub trait SharedState: Send + Sync + 'static {
+    /// Applies a command; the answer goes to the proposer. Deterministic:
+    /// the same on every node.
+    fn apply(&self, command: &[u8]) -> Vec<u8>;
+    /// The whole state (empty: nothing to keep).
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot's (empty: the initial state).
+    fn restore(&self, snapshot: &[u8]) -> Result<(), BoxError>;
+}
+
+/// The start of a metadata snapshot that carries shared state: the magic,
+/// the placement's JSON length (8 bytes, big-endian), the placement, then
+/// the shared state. A snapshot without shared state is the placement's
+/// JSON alone, as before shared state existed.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"RFTYMET2";
 
 impl AbstractLogEntry for MetaEntry {
     fn encode(&self) -> Result<Vec<u8>, BoxError> {
         match self {
             MetaEntry::Change(cmd) => cmd.encode(),
-            MetaEntry::Broadcast(msg) => {
-                let mut out = Vec::with_capacity(msg.len() + 1);
-                out.push(BROADCAST_TAG);
-                out.extend_from_slice(msg);
-                Ok(out)
-            }
+            MetaEntry::Broadcast(msg) => Ok(tagged(BROADCAST_TAG, msg)),
+            MetaEntry::Shared(cmd) => Ok(tagged(SHARED_TAG, cmd)),
         }
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
         match bytes.split_first() {
             Some((&BROADCAST_TAG, msg)) => Ok(MetaEntry::Broadcast(msg.to_vec())),
+            Some((&SHARED_TAG, cmd)) => Ok(MetaEntry::Shared(cmd.to_vec())),
             _ => Ok(MetaEntry::Change(MetaCommand::decode(bytes)?)),
         }
     }
+}
+
+fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(tag);
+    out.extend_from_slice(body);
+    out
 }
 
 /// What applying a [`MetaEntry`] gave.
@@ -84,12 +115,15 @@ pub enum MetaOutcome {
     /// A broadcast: what the applying node's hook answered (0 without
     /// one).
     Broadcast(u64),
+    /// A shared-state command: the state's answer (empty without one).
+    Shared(Vec<u8>),
 }
 
-/// A broadcast's outcome on the wire.
+/// A broadcast's or shared command's outcome on the wire.
 #[derive(Serialize, Deserialize)]
-enum BroadcastOutcome {
+enum OtherOutcome {
     Broadcast(u64),
+    Shared(Vec<u8>),
 }
 
 /// A change's outcome is sent as the bare `Result` (as before broadcasts
@@ -99,17 +133,18 @@ impl Payload for MetaOutcome {
     fn encode(&self) -> Result<Vec<u8>, BoxError> {
         Ok(match self {
             MetaOutcome::Change(r) => serde_json::to_vec(r)?,
-            MetaOutcome::Broadcast(n) => serde_json::to_vec(&BroadcastOutcome::Broadcast(*n))?,
+            MetaOutcome::Broadcast(n) => serde_json::to_vec(&OtherOutcome::Broadcast(*n))?,
+            MetaOutcome::Shared(b) => serde_json::to_vec(&OtherOutcome::Shared(b.clone()))?,
         })
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, BoxError> {
         match serde_json::from_slice(bytes) {
             Ok(r) => Ok(MetaOutcome::Change(r)),
-            Err(_) => {
-                let BroadcastOutcome::Broadcast(n) = serde_json::from_slice(bytes)?;
-                Ok(MetaOutcome::Broadcast(n))
-            }
+            Err(_) => Ok(match serde_json::from_slice(bytes)? {
+                OtherOutcome::Broadcast(n) => MetaOutcome::Broadcast(n),
+                OtherOutcome::Shared(b) => MetaOutcome::Shared(b),
+            }),
         }
     }
 }
@@ -128,6 +163,7 @@ pub struct MetaStore {
     placement: Placement,
     tx: watch::Sender<Placement>,
     on_broadcast: Option<BroadcastHook>,
+    shared: Option<Arc<dyn SharedState>>,
 }
 
 impl Default for MetaStore {
@@ -137,6 +173,7 @@ impl Default for MetaStore {
             placement: Placement::default(),
             tx,
             on_broadcast: None,
+            shared: None,
         }
     }
 }
@@ -150,6 +187,11 @@ impl MetaStore {
     /// Hands every broadcast applied from now on to `hook`.
     pub fn on_broadcast(&mut self, hook: BroadcastHook) {
         self.on_broadcast = Some(hook);
+    }
+
+    /// Replicates `state` beside the placement (see [`SharedState`]).
+    pub fn share(&mut self, state: Arc<dyn SharedState>) {
+        self.shared = Some(state);
     }
 
     /// The placement as applied.
@@ -179,6 +221,10 @@ impl AbstractStateMachine<MetaEntry> for MetaStore {
                 let n = self.on_broadcast.as_ref().map_or(0, |hook| hook(&msg));
                 return Ok(MetaOutcome::Broadcast(n));
             }
+            MetaEntry::Shared(cmd) => {
+                let out = self.shared.as_ref().map(|s| s.apply(&cmd));
+                return Ok(MetaOutcome::Shared(out.unwrap_or_default()));
+            }
         };
         let before = self.placement.version();
         let outcome = self.placement.apply(cmd.expect_version, cmd.change);
@@ -189,15 +235,46 @@ impl AbstractStateMachine<MetaEntry> for MetaStore {
     }
 
     async fn snapshot(&self) -> Result<Vec<u8>, BoxError> {
-        Ok(serde_json::to_vec(&self.placement)?)
+        let placement = serde_json::to_vec(&self.placement)?;
+        let shared = self
+            .shared
+            .as_ref()
+            .map(|s| s.snapshot())
+            .unwrap_or_default();
+        if shared.is_empty() {
+            return Ok(placement);
+        }
+        let mut out = Vec::with_capacity(16 + placement.len() + shared.len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&(placement.len() as u64).to_be_bytes());
+        out.extend_from_slice(&placement);
+        out.extend_from_slice(&shared);
+        Ok(out)
     }
 
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<(), BoxError> {
-        self.placement = if snapshot.is_empty() {
+        let (placement, shared) = match snapshot.strip_prefix(SNAPSHOT_MAGIC) {
+            Some(rest) => {
+                let (len, rest) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or("a metadata snapshot cut short")?;
+                let len = usize::try_from(u64::from_be_bytes(*len))?;
+                if rest.len() < len {
+                    return Err("a metadata snapshot cut short".into());
+                }
+                rest.split_at(len)
+            }
+            None => (&snapshot[..], &[][..]),
+        };
+        let placement = if placement.is_empty() {
             Placement::default()
         } else {
-            serde_json::from_slice(&snapshot)?
+            serde_json::from_slice(placement)?
         };
+        if let Some(s) = &self.shared {
+            s.restore(shared)?;
+        }
+        self.placement = placement;
         self.publish();
         Ok(())
     }
@@ -293,5 +370,73 @@ mod tests {
         let mut bare = MetaStore::new();
         let out = bare.apply(MetaEntry::Broadcast(b"x".to_vec())).await;
         assert_eq!(out.unwrap(), MetaOutcome::Broadcast(0));
+    }
+
+    /// A shared state of test: the commands applied, in order.
+    #[derive(Default)]
+    struct Log(std::sync::Mutex<Vec<u8>>);
+
+    impl SharedState for Log {
+        fn apply(&self, command: &[u8]) -> Vec<u8> {
+            let mut log = self.0.lock().unwrap();
+            log.extend_from_slice(command);
+            log.clone()
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            self.0.lock().unwrap().clone()
+        }
+        fn restore(&self, snapshot: &[u8]) -> Result<(), BoxError> {
+            if snapshot == b"bad" {
+                return Err("bad".into());
+            }
+            *self.0.lock().unwrap() = snapshot.to_vec();
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn shared_state_applies_in_order_and_travels_in_snapshots() {
+        let log = Arc::new(Log::default());
+        let mut store = MetaStore::new();
+        store.share(log.clone());
+        // An empty shared state leaves the snapshot as it was: the JSON.
+        store.apply(boot()).await.unwrap();
+        let plain = store.snapshot().await.unwrap();
+        assert_eq!(plain.first(), Some(&b'{'));
+        for cmd in [&b"ab"[..], b"c"] {
+            let entry = MetaEntry::decode(&MetaEntry::Shared(cmd.to_vec()).encode().unwrap());
+            store.apply(entry.unwrap()).await.unwrap();
+        }
+        assert_eq!(*log.0.lock().unwrap(), b"abc");
+        let out = MetaOutcome::Shared(b"abc".to_vec());
+        assert_eq!(MetaOutcome::decode(&out.encode().unwrap()).unwrap(), out);
+
+        let snap = store.snapshot().await.unwrap();
+        assert!(snap.starts_with(SNAPSHOT_MAGIC));
+        let other_log = Arc::new(Log::default());
+        let mut other = MetaStore::new();
+        other.share(other_log.clone());
+        other.restore(snap.clone()).await.unwrap();
+        assert_eq!(other.placement(), store.placement());
+        assert_eq!(*other_log.0.lock().unwrap(), b"abc");
+        // A snapshot from before shared state: the initial shared state.
+        other.restore(plain).await.unwrap();
+        assert!(other_log.0.lock().unwrap().is_empty());
+        assert_eq!(other.placement(), store.placement());
+        // Cut short, or refused by the shared state: nothing changes.
+        let version = other.placement().version();
+        assert!(other.restore(snap[..12].to_vec()).await.is_err());
+        assert!(other
+            .restore(snap[..snap.len() - 5].to_vec())
+            .await
+            .is_err());
+        let mut bad = snap[..snap.len() - 3].to_vec();
+        bad.extend_from_slice(b"bad");
+        assert!(other.restore(bad).await.is_err());
+        assert_eq!(other.placement().version(), version);
+        // Without a shared state its commands answer nothing.
+        let mut bare = MetaStore::new();
+        let out = bare.apply(MetaEntry::Shared(b"x".to_vec())).await.unwrap();
+        assert_eq!(out, MetaOutcome::Shared(Vec::new()));
     }
 }

@@ -29,6 +29,7 @@ pub fn spec(
         auto_rebalance: auto,
         dead_after: None,
         on_broadcast: None,
+        shared: None,
     }
 }
 
