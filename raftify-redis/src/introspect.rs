@@ -62,35 +62,15 @@ impl Server {
         )
     }
 
+    /// `INFO [section]`: the same sections in both modes (`server`,
+    /// `clients`, `memory`, `stats`, `replication`, `cluster`,
+    /// `keyspace`), then `raft` (a single group) or `sharding`.
     pub(crate) async fn info(&self, section: &str) -> String {
-        let node = match (&self.node, &self.shard) {
-            (Some(n), _) => n,
-            (None, Some(shard)) => {
-                let mut out = String::new();
-                if matches!(section, "" | "all" | "everything" | "default" | "memory") {
-                    let used = shard.memory().await;
-                    out.push_str(&format!(
-                        "# Memory\r\nused_memory:{used}\r\nused_memory_dataset:{used}\r\nused_memory_rss:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\n\r\n",
-                        rss_bytes(),
-                        self.maxmemory,
-                        self.policy.name()
-                    ));
-                }
-                if section != "memory" {
-                    out.push_str(&shard.info().await);
-                }
-                return out;
-            }
+        let facts = match (&self.node, &self.shard) {
+            (Some(node), _) => single_facts(node).await,
+            (None, Some(shard)) => shard.info_facts().await,
             (None, None) => return String::new(),
         };
-        let status = node.handle().status().await.ok();
-        let state = node.handle().state();
-        let (keys, expiring, used) = node
-            .stale_read(|sm| {
-                let ks = sm.keyspace();
-                (ks.raw_len(), ks.expiring(), ks.used_memory())
-            })
-            .await;
         let all = matches!(section, "" | "all" | "everything" | "default");
         let mut out = String::new();
         let mut add = |name: &str, body: String| {
@@ -117,6 +97,7 @@ impl Server {
                 self.max_clients
             ),
         );
+        let used = facts.used_memory;
         add(
             "memory",
             format!(
@@ -134,56 +115,28 @@ impl Server {
                 self.next_client_id.load(Ordering::Relaxed)
             ),
         );
-        let leader = state.leader_id;
         add(
             "replication",
-            format!(
-                "role:{}\r\n",
-                if leader == node.handle().id() {
-                    "master"
-                } else {
-                    "slave"
-                }
-            ),
+            format!("role:{}\r\n", if facts.master { "master" } else { "slave" }),
         );
-        if let Some(st) = &status {
-            let voters = st
-                .members
-                .iter()
-                .filter(|m| m.role == raftify::MemberRole::Voter)
-                .count();
-            let voting = st
-                .members
-                .iter()
-                .any(|m| m.id == st.id && m.role == raftify::MemberRole::Voter);
-            add(
-                "raft",
-                format!(
-                    "raft_node_id:{}\r\nraft_state:up\r\nraft_role:{}\r\nraft_is_voting:{}\r\nraft_leader_id:{}\r\nraft_current_term:{}\r\nraft_num_nodes:{}\r\nraft_num_voting_nodes:{}\r\nraft_log_entries:{}\r\nraft_current_index:{}\r\nraft_commit_index:{}\r\nraft_last_applied_index:{}\r\nraft_snapshot_last_idx:{}\r\n",
-                    st.id,
-                    format!("{:?}", st.role).to_lowercase(),
-                    if voting { "yes" } else { "no" },
-                    st.leader_id,
-                    st.term,
-                    st.members.len(),
-                    voters,
-                    st.last_index.saturating_sub(st.first_index.saturating_sub(1)),
-                    st.last_index,
-                    st.commit_index,
-                    st.applied_index,
-                    st.snapshot_index
-                ),
-            );
+        if let Some(raft) = facts.raft {
+            add("raft", raft);
         }
         add("cluster", "cluster_enabled:1\r\n".to_string());
         add(
             "keyspace",
-            if keys > 0 {
-                format!("db0:keys={keys},expires={expiring},avg_ttl=0\r\n")
+            if facts.keys > 0 {
+                format!(
+                    "db0:keys={},expires={},avg_ttl=0\r\n",
+                    facts.keys, facts.expiring
+                )
             } else {
                 String::new()
             },
         );
+        if let Some(sharding) = facts.sharding {
+            add("sharding", sharding);
+        }
         out
     }
 
@@ -447,5 +400,66 @@ pub(crate) fn command(argv: &[Bytes]) -> Reply {
             None => Reply::err("Invalid command specified"),
         },
         Some(sub) => Reply::err(format!("unknown subcommand '{sub}'. Try COMMAND HELP.")),
+    }
+}
+
+/// What `INFO` reports that depends on the mode (see [`Server::info`]).
+pub(crate) struct InfoFacts {
+    /// The data's memory on this node.
+    pub used_memory: u64,
+    /// Keys (and of them with a TTL) of the groups this node leads.
+    pub keys: u64,
+    /// Of them with a TTL.
+    pub expiring: u64,
+    /// Whether this node leads (a group).
+    pub master: bool,
+    /// A single group's `raft` section.
+    pub raft: Option<String>,
+    /// A sharded node's `sharding` section.
+    pub sharding: Option<String>,
+}
+
+/// A single group's [`InfoFacts`]: RedisRaft's `raft_*` names where they fit.
+async fn single_facts(node: &crate::server::Node) -> InfoFacts {
+    let status = node.handle().status().await.ok();
+    let (keys, expiring, used) = node
+        .stale_read(|sm| {
+            let ks = sm.keyspace();
+            (ks.raw_len(), ks.expiring(), ks.used_memory())
+        })
+        .await;
+    let raft = status.map(|st| {
+        let voters = st
+            .members
+            .iter()
+            .filter(|m| m.role == raftify::MemberRole::Voter)
+            .count();
+        let voting = st
+            .members
+            .iter()
+            .any(|m| m.id == st.id && m.role == raftify::MemberRole::Voter);
+        format!(
+            "raft_node_id:{}\r\nraft_state:up\r\nraft_role:{}\r\nraft_is_voting:{}\r\nraft_leader_id:{}\r\nraft_current_term:{}\r\nraft_num_nodes:{}\r\nraft_num_voting_nodes:{}\r\nraft_log_entries:{}\r\nraft_current_index:{}\r\nraft_commit_index:{}\r\nraft_last_applied_index:{}\r\nraft_snapshot_last_idx:{}\r\n",
+            st.id,
+            format!("{:?}", st.role).to_lowercase(),
+            if voting { "yes" } else { "no" },
+            st.leader_id,
+            st.term,
+            st.members.len(),
+            voters,
+            st.last_index.saturating_sub(st.first_index.saturating_sub(1)),
+            st.last_index,
+            st.commit_index,
+            st.applied_index,
+            st.snapshot_index
+        )
+    });
+    InfoFacts {
+        used_memory: used as u64,
+        keys: keys as u64,
+        expiring: expiring as u64,
+        master: node.handle().state().leader_id == node.handle().id(),
+        raft,
+        sharding: None,
     }
 }

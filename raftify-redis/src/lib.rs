@@ -19,6 +19,7 @@ mod introspect;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
+mod shard_admin;
 pub mod sharded;
 pub mod snapshots;
 pub mod upkeep;

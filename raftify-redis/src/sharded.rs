@@ -30,15 +30,17 @@
 //!   on any node, in one order.
 //! * ACL users are the cluster's, kept by the metadata group
 //!   ([`raftify_cache::acl::SharedUsers`]).
+//! * `RAFT SERVER LIST`, `RAFT INFO`, `RAFT SNAPSHOT NOW` and `INFO` (see
+//!   `shard_admin.rs`).
 //! * Not yet in sharded mode (answered with an error, nothing done): the
 //!   other commands without a key that span the key space, and the other
-//!   `RAFT` subcommands.
+//!   `RAFT` subcommands (membership and leaders are the rebalancer's).
 
 use crate::cluster::{cluster_help, cluster_info, node_id, split_addr};
 use crate::server::{Node, Session};
 use bytes::Bytes;
 use raftify_cache::{key_slot, CacheEntry, CacheState, Reply};
-use raftify_shard::{GroupId, Placement, ShardHost, META_GROUP};
+use raftify_shard::{GroupId, Placement, ShardHost};
 use std::collections::BTreeMap;
 
 /// The sharded node a server routes through.
@@ -505,109 +507,6 @@ impl Shard {
                 )
             })
             .collect()
-    }
-
-    /// `PUBLISH` in sharded mode: through the metadata group's log, so a
-    /// subscriber on any node receives every message, in one order (see
-    /// [`crate::pubsub`]). Answers the receivers on the metadata leader,
-    /// as a forwarded `PUBLISH` answers the leader's on a single group.
-    pub async fn publish(&self, channel: &Bytes, message: &Bytes) -> Reply {
-        let Some(b) = crate::pubsub::encode_broadcast(channel, message) else {
-            return Reply::err("the channel name is too long");
-        };
-        match self.host.broadcast(b).await {
-            Ok(n) => Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)),
-            Err(raftify_shard::ShardError::Node(e)) => crate::server::error_reply(&e),
-            Err(e) => Reply::err(e),
-        }
-    }
-
-    /// `RAFT ...` in sharded mode: `REBALANCE [STATUS]`, `LEADER` (of the
-    /// metadata group), `HELP`.
-    pub async fn raft_command(&self, argv: &[Bytes]) -> Reply {
-        let sub = |i: usize| {
-            argv.get(i)
-                .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
-        };
-        match (sub(1).as_deref(), sub(2).as_deref(), argv.len()) {
-            (Some("rebalance"), None, 2) => {
-                self.host.rebalance();
-                Reply::Ok
-            }
-            (Some("rebalance"), Some("status"), 3) => {
-                Reply::Bulk(Bytes::from(self.host.rebalance_status()))
-            }
-            (Some("server"), Some("remove"), 4) => {
-                let Some(id) = std::str::from_utf8(&argv[3])
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .filter(|&id| id != 0)
-                else {
-                    return Reply::err("node id must be a positive integer");
-                };
-                if !self.host.placement().borrow().nodes().contains_key(&id) {
-                    return Reply::err(format!("node {id} is not a member"));
-                }
-                match self.host.mark_leaving(id).await {
-                    Ok(()) => {
-                        self.host.rebalance();
-                        Reply::Ok
-                    }
-                    Err(e) => Reply::err(e),
-                }
-            }
-            (Some("leader"), None, 2) => {
-                let state = self.host.meta().state();
-                Reply::Array(vec![
-                    Reply::Int(state.leader_id as i64),
-                    Reply::Bulk(Bytes::from(state.leader_addr.unwrap_or_default())),
-                ])
-            }
-            (Some("help"), None, 2) => Reply::bulks(
-                [
-                    "RAFT REBALANCE: start moving replicas, slots and leaders to a balance (answers at once)",
-                    "RAFT REBALANCE STATUS: 'done ...' when nothing is to move, else what is being done",
-                    "RAFT SERVER REMOVE <id>: move a node's replicas to the others, then remove it (a rebalance)",
-                    "RAFT LEADER: the metadata group's leader id and raft address",
-                ]
-                .map(|l: &'static str| Bytes::from_static(l.as_bytes()))
-                .to_vec(),
-            ),
-            _ => unsupported(),
-        }
-    }
-
-    /// The `INFO` of a sharded node: its groups and the placement.
-    pub async fn info(&self) -> String {
-        let p = self.host.placement().borrow().clone();
-        let mut out = format!(
-            "# Cluster\r\ncluster_enabled:1\r\n\r\n# Sharding\r\nplacement_version:{}\r\nnodes:{}\r\nnodes_down:{}\r\ngroups:{}\r\nmeta_group:{META_GROUP}\r\nrebalance:{}\r\n",
-            p.version(),
-            p.nodes().len(),
-            p.nodes().values().filter(|n| n.down).count(),
-            p.groups().len(),
-            self.host.rebalance_status()
-        );
-        for (g, r) in self.host.replicas().await {
-            let st = r.handle().state();
-            // The status does not wake a sleeping replica.
-            let status = r.handle().status().await.ok();
-            let asleep = status.as_ref().is_some_and(|s| s.hibernating);
-            let bytes = status.and_then(|s| s.state_bytes).unwrap_or(0);
-            out.push_str(&format!(
-                "group{g}:slots={},leader={},role={},applied={},asleep={},bytes={bytes}\r\n",
-                p.slot_count(g),
-                st.leader_id,
-                if r.handle().is_leader() {
-                    "leader"
-                } else {
-                    "follower"
-                },
-                st.applied_index,
-                u8::from(asleep)
-            ));
-        }
-        out
     }
 }
 

@@ -1,0 +1,92 @@
+//! The administration of `raftify-redis --sharded` over the Redis
+//! protocol: `RAFT SERVER LIST` (the placement's nodes, from any node),
+//! `RAFT INFO`, `RAFT SNAPSHOT NOW`, and `INFO` with the sections a
+//! single-group node has (`server`, `clients`, `memory`, `keyspace`, ...)
+//! plus `sharding`.
+
+mod common;
+
+use common::{show, wait_for, Frame, T};
+
+/// A RESP2 map (a flat array) as `key=value` pairs.
+fn pairs(f: &Frame) -> Vec<String> {
+    let Frame::Array(items) = f else {
+        panic!("not a map: {}", show(f));
+    };
+    items
+        .chunks(2)
+        .map(|kv| {
+            let v = show(&kv[1]);
+            format!(
+                "{}={}",
+                show(&kv[0]).trim_start_matches('$'),
+                v.trim_start_matches(['$', ':'])
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn raft_server_list_info_and_snapshots_on_a_sharded_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = common::sharded_three(dir.path(), &["--no-sync"]);
+    for n in &nodes {
+        let mut c = n.client();
+        let Frame::Array(list) = c.cmd(&["RAFT", "SERVER", "LIST"]) else {
+            panic!("RAFT SERVER LIST");
+        };
+        assert_eq!(list.len(), 3, "three nodes");
+        let servers: Vec<Vec<String>> = list.iter().map(pairs).collect();
+        let leaders = servers
+            .iter()
+            .filter(|s| s.contains(&"leader=1".to_string()))
+            .count();
+        assert_eq!(leaders, 1, "{servers:?}");
+        for node in &nodes {
+            // Ids are given as nodes join: found by address.
+            let s = servers
+                .iter()
+                .find(|s| s.contains(&format!("raft_addr={}", node.raft)))
+                .unwrap_or_else(|| panic!("{} in {servers:?}", node.raft));
+            assert!(s.contains(&format!("client_addr={}", node.addr())), "{s:?}");
+            let up = s.contains(&"down=0".to_string()) && s.contains(&"role=voter".to_string());
+            assert!(up, "{s:?}");
+        }
+        let info = pairs(&c.cmd(&["RAFT", "INFO"]));
+        assert!(
+            info.iter().any(|p| p.starts_with("placement_version=")),
+            "{info:?}"
+        );
+        assert!(info.contains(&"nodes=3".to_string()), "{info:?}");
+    }
+    // Node 1 hosts the only data group (no rebalance asked) and the
+    // metadata group: two snapshots.
+    let mut c1 = nodes[0].client();
+    assert_eq!(show(&c1.cmd(&["SET", "k", "v"])), "+OK");
+    assert_eq!(show(&c1.cmd(&["RAFT", "SNAPSHOT", "NOW"])), ":2");
+    let info = show(&c1.cmd(&["INFO"]));
+    for field in [
+        "redis_version:",
+        "connected_clients:",
+        "used_memory:",
+        "role:master",
+        "cluster_enabled:1",
+        "db0:keys=2",
+        "placement_version:",
+        "group1:slots=16384",
+    ] {
+        assert!(info.contains(field), "{field} in {info}");
+    }
+    let sharding = show(&c1.cmd(&["INFO", "sharding"]));
+    assert!(
+        sharding.contains("# Sharding") && !sharding.contains("# Server"),
+        "{sharding}"
+    );
+    // Another node leads nothing: a replica, no keys of its own.
+    wait_for("node 2's INFO", T, || {
+        let info = show(&nodes[1].client().cmd(&["INFO", "replication"]));
+        info.contains("role:slave").then_some(())
+    });
+    let refused = show(&c1.cmd(&["RAFT", "TRANSFER", "2"]));
+    assert!(refused.starts_with("-ERR"), "{refused}");
+}
