@@ -6,10 +6,12 @@
 //! deterministic (the same on every node), so a command that picks
 //! members by iteration order (`SPOP`) picks the same ones everywhere.
 
+use crate::scan_order::{HKey, KeyView, Probe};
 use bytes::Bytes;
 use std::cmp::Ordering;
 use std::hash::BuildHasherDefault;
 use std::num::NonZeroU64;
+use std::ops::Bound;
 
 /// The hasher of every map: deterministic across nodes.
 pub type Hasher = BuildHasherDefault<std::hash::DefaultHasher>;
@@ -178,6 +180,10 @@ pub fn own(b: Bytes) -> Bytes {
 /// Largest value [`own`] copies.
 pub const OWN_MAX: usize = 1024;
 
+/// A range of keys from a probe on (the map's `range` takes a pair of
+/// bounds of the stored key's view).
+type RangeFrom<'a> = (Bound<&'a dyn KeyView>, Bound<&'a dyn KeyView>);
+
 /// Fixed bytes counted per key on top of its key and value.
 pub const PER_KEY: usize = 96;
 
@@ -185,8 +191,9 @@ pub const PER_KEY: usize = 96;
 #[derive(Debug, Clone, Default)]
 pub struct Keyspace {
     /// A B-tree (dense nodes), not a hash trie: a HAMT's sparse nodes
-    /// cost several times the memory of the keys they hold.
-    items: imbl::OrdMap<Bytes, Item>,
+    /// cost several times the memory of the keys they hold. In `SCAN`'s
+    /// order ([`crate::scan_order`]).
+    items: imbl::OrdMap<HKey, Item>,
     /// `(expire_at, key)` of every key with a TTL.
     expiries: imbl::OrdSet<(u64, Bytes)>,
     /// The replicated clock: the largest entry stamp applied (ms).
@@ -234,7 +241,9 @@ impl Keyspace {
 
     /// The key's item, unless missing or expired.
     pub fn get(&self, key: &[u8]) -> Option<&Item> {
-        self.items.get(key).filter(|i| self.live(i))
+        self.items
+            .get(Probe::of(key).view())
+            .filter(|i| self.live(i))
     }
 
     /// Whether the key exists (and has not expired).
@@ -244,10 +253,11 @@ impl Keyspace {
 
     /// The key's item for changing it; an expired one is deleted first.
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut Item> {
-        if self.items.get(key).is_some_and(|i| !self.live(i)) {
+        let probe = Probe::of(key);
+        if self.items.get(probe.view()).is_some_and(|i| !self.live(i)) {
             self.remove(key);
         }
-        let item = self.items.get_mut(key)?;
+        let item = self.items.get_mut(probe.view())?;
         self.used = self.used.saturating_sub(item.value.weight());
         item.version = self.index;
         Some(item)
@@ -256,7 +266,7 @@ impl Keyspace {
     /// Puts the weight of a value changed through [`Keyspace::get_mut`]
     /// back, and deletes the key if its collection became empty.
     pub fn settle(&mut self, key: &[u8]) {
-        let Some(item) = self.items.get(key) else {
+        let Some(item) = self.items.get(Probe::of(key).view()) else {
             return;
         };
         if item.value.is_empty_collection() {
@@ -283,7 +293,7 @@ impl Keyspace {
             expires,
             version: self.index,
         };
-        let old = self.items.insert(key.clone(), item);
+        let old = self.items.insert(HKey::new(key.clone()), item);
         if let Some(old) = &old {
             self.used = self
                 .used
@@ -315,7 +325,7 @@ impl Keyspace {
     /// Deletes the key (expired or not); returns its item.
     pub fn remove(&mut self, key: &[u8]) -> Option<Item> {
         // The stored key comes back with the item: no copy of `key`.
-        let (key, old) = self.items.remove_with_key(key)?;
+        let (HKey { key, .. }, old) = self.items.remove_with_key(Probe::of(key).view())?;
         self.used = self
             .used
             .saturating_sub(key.len() + PER_KEY + old.value.weight());
@@ -328,7 +338,7 @@ impl Keyspace {
     /// Sets or clears a live key's expiry; false when the key is missing.
     pub fn set_expiry(&mut self, key: &[u8], expire_at: Option<u64>) -> bool {
         let (clock, index) = (self.clock_ms, self.index);
-        let Some((stored, item)) = self.items.get_key_value_mut(key) else {
+        let Some((stored, item)) = self.items.get_key_value_mut(Probe::of(key).view()) else {
             return false;
         };
         if item.expire_at().is_some_and(|t| t <= clock) {
@@ -336,7 +346,7 @@ impl Keyspace {
             return false;
         }
         // A reference count, not a copy of the key.
-        let stored = stored.clone();
+        let stored = stored.key.clone();
         let expires = expiry(expire_at);
         let old = std::mem::replace(&mut item.expires, expires);
         item.version = index;
@@ -378,9 +388,29 @@ impl Keyspace {
         }
     }
 
-    /// Every live key and item, in no particular order.
+    /// Every live key and item, in `SCAN`'s order
+    /// ([`crate::scan_order::scan_hash`], then the key).
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Item)> + '_ {
-        self.items.iter().filter(|(_, i)| self.live(i))
+        self.items
+            .iter()
+            .filter(|(_, i)| self.live(i))
+            .map(|(k, i)| (&k.key, i))
+    }
+
+    /// Live keys and items in `SCAN`'s order from the first key whose
+    /// hash is above `cursor` (0: from the start), each with its hash:
+    /// a range lookup, not a walk from the start.
+    pub fn iter_after(&self, cursor: u64) -> impl Iterator<Item = (u64, &Bytes, &Item)> + '_ {
+        // None after the last position.
+        let ranged = Probe::after(cursor).map(|p| {
+            let from: RangeFrom<'_> = (Bound::Included(p.view()), Bound::Unbounded);
+            self.items.range::<_, dyn KeyView>(from)
+        });
+        ranged
+            .into_iter()
+            .flatten()
+            .filter(|(_, i)| self.live(i))
+            .map(|(k, i)| (k.hash(), &k.key, i))
     }
 
     /// Deletes every key.

@@ -42,6 +42,7 @@ pub mod migrate;
 pub mod named;
 pub mod remote;
 mod reply;
+pub mod scan_order;
 mod slot_mover;
 mod snapshot;
 mod state;

@@ -4,7 +4,6 @@ use super::{glob_match, is, parse_i64, WriteCtx};
 use crate::keyspace::Keyspace;
 use crate::reply::{errors, Reply};
 use bytes::Bytes;
-use std::collections::BinaryHeap;
 
 pub(crate) fn del(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply {
     let n = a[1..]
@@ -145,23 +144,12 @@ pub(crate) fn keys(ks: &Keyspace, a: &[Bytes]) -> Reply {
     )
 }
 
-/// The position of a key in `SCAN`'s order (never 0: that is the start):
-/// 64-bit FNV-1a, the same on every node and version. (SipHash, which the
-/// keyspace's maps use, was 70 % of a `SCAN` call's time.)
-pub(crate) fn scan_hash(key: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    key.iter()
-        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
-        .max(1)
-}
-
 /// `SCAN cursor [MATCH p] [COUNT n] [TYPE t]`: keys in the order of their
-/// hash; the cursor is the last hash returned, so every key present for
-/// the whole iteration is returned (once, or more when hashes collide),
-/// whatever is added or deleted meanwhile. Each call reads every key once
-/// and keeps only the `count` next ones: O(keys · log count) time, O(count)
-/// memory (it sorted a copy of the whole keyspace before).
+/// hash ([`crate::scan_order`], the keyspace's own order); the cursor is
+/// the last hash returned, so every key present for the whole iteration
+/// is returned (once, or more when hashes collide), whatever is added or
+/// deleted meanwhile. Each call is a range lookup from the cursor:
+/// O(log keys + count).
 pub(crate) fn scan(ks: &Keyspace, a: &[Bytes]) -> Reply {
     let Some(cursor) = std::str::from_utf8(&a[1])
         .ok()
@@ -176,60 +164,32 @@ pub(crate) fn scan(ks: &Keyspace, a: &[Bytes]) -> Reply {
     let (found, next) = next_by_hash(ks, cursor, count);
     let keys = found
         .into_iter()
-        .filter(|(_, k, t)| {
+        .filter(|(k, t)| {
             pattern.is_none_or(|p| glob_match(p, k))
                 && type_.is_none_or(|ty| ty.eq_ignore_ascii_case(t.as_bytes()))
         })
-        .map(|(_, k, _)| Reply::Bulk(k.clone()))
+        .map(|(k, _)| Reply::Bulk(k.clone()))
         .collect();
     Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(keys)])
 }
 
-/// A key found by [`next_by_hash`]: its hash, the key, its type's name.
-type Found<'a> = (u64, &'a Bytes, &'static str);
+/// A key found by [`next_by_hash`] and its type's name.
+type Found<'a> = (&'a Bytes, &'static str);
 
-/// The `count` live keys with the smallest hashes above `cursor`, in hash
-/// order, and the next cursor (0 when none is left). Every key of the
-/// last hash returned is taken, so a collision never splits across calls.
+/// The `count` live keys after `cursor` in hash order (with every other
+/// key of the last hash: a collision never splits across calls), and the
+/// next cursor (0 when none is left).
 fn next_by_hash(ks: &Keyspace, cursor: u64, count: usize) -> (Vec<Found<'_>>, u64) {
-    // A max-heap of the smallest hashes seen so far.
-    let mut heap: BinaryHeap<Found<'_>> = BinaryHeap::with_capacity(count + 1);
-    // The smallest hash left out (u64::MAX when none was).
-    let mut left_out = u64::MAX;
-    for (k, item) in ks.iter() {
-        let h = scan_hash(k);
-        if h <= cursor {
-            continue;
+    let mut found = Vec::with_capacity(count.min(1024));
+    let mut last = 0;
+    for (h, k, item) in ks.iter_after(cursor) {
+        if found.len() >= count && h != last {
+            return (found, last);
         }
-        let candidate = (h, k, item.value.type_name());
-        if heap.len() < count {
-            heap.push(candidate);
-            continue;
-        }
-        match heap.peek() {
-            Some(top) if candidate < *top => {
-                let top = heap.pop().map_or(u64::MAX, |t| t.0);
-                left_out = left_out.min(top);
-                heap.push(candidate);
-            }
-            _ => left_out = left_out.min(h),
-        }
+        found.push((k, item.value.type_name()));
+        last = h;
     }
-    let mut found = heap.into_sorted_vec();
-    if left_out == u64::MAX {
-        return (found, 0);
-    }
-    let last = found.last().map_or(0, |f| f.0);
-    if left_out == last {
-        // Another key has the last hash: take it too (64-bit collisions;
-        // practically never).
-        for (k, item) in ks.iter() {
-            if scan_hash(k) == last && !found.iter().any(|f| f.1 == k) {
-                found.push((last, k, item.value.type_name()));
-            }
-        }
-    }
-    (found, last)
+    (found, 0)
 }
 
 fn rename_with(ks: &mut Keyspace, a: &[Bytes], nx: bool) -> Reply {
@@ -291,6 +251,7 @@ pub(crate) fn flushdb(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply
 mod tests {
     use super::*;
     use crate::keyspace::Value;
+    use crate::scan_order::scan_hash;
     use std::collections::BTreeSet;
 
     fn args(words: &[&str]) -> Vec<Bytes> {

@@ -150,7 +150,7 @@ pub struct ScanOpts<'a> {
 /// front-end that merges the `SCAN`s of several keyspaces (a sharded
 /// node's groups) orders their keys by it.
 pub fn scan_position(key: &[u8]) -> u64 {
-    keys::scan_hash(key)
+    crate::scan_order::scan_hash(key)
 }
 
 /// Parses [`ScanOpts`] from `a[from..]`.

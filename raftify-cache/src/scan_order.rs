@@ -1,0 +1,165 @@
+//! The order the keyspace keeps its keys in: by a 64-bit hash of the key
+//! (then by the key), which is `SCAN`'s order. Its cursor is the hash of
+//! the last key returned, so `SCAN` resumes with a range lookup, in
+//! O(log n) plus the keys returned, and every key present for a whole
+//! iteration is returned, whatever is added or deleted meanwhile (as
+//! Redis's guarantees say), without a second index of the keys.
+//!
+//! The stored key ([`HKey`]) carries its hash (8 bytes per key); a lookup
+//! by `&[u8]` hashes the probe once and compares hashes first, so it costs
+//! no more than comparing key bytes did.
+
+use bytes::Bytes;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+
+/// The position of a key in `SCAN`'s order (never 0: that is the start):
+/// 64-bit FNV-1a, the same on every node and version.
+pub fn scan_hash(key: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    key.iter()
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
+        .max(1)
+}
+
+/// A key as the keyspace stores it: with its hash.
+#[derive(Debug, Clone)]
+pub(crate) struct HKey {
+    hash: u64,
+    /// The key.
+    pub(crate) key: Bytes,
+}
+
+impl HKey {
+    /// `key`, hashed.
+    pub(crate) fn new(key: Bytes) -> HKey {
+        HKey {
+            hash: scan_hash(&key),
+            key,
+        }
+    }
+
+    /// Its position in `SCAN`'s order.
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// What keys are compared by: a stored [`HKey`] or a borrowed [`Probe`].
+pub(crate) trait KeyView {
+    /// The hash and the key.
+    fn parts(&self) -> (u64, &[u8]);
+}
+
+impl KeyView for HKey {
+    fn parts(&self) -> (u64, &[u8]) {
+        (self.hash, &self.key)
+    }
+}
+
+/// A key looked up without copying it into a [`Bytes`].
+pub(crate) struct Probe<'a>(u64, &'a [u8]);
+
+impl<'a> Probe<'a> {
+    /// The probe of `key`.
+    pub(crate) fn of(key: &'a [u8]) -> Probe<'a> {
+        Probe(scan_hash(key), key)
+    }
+
+    /// The first position after every key of hash `hash` (and before the
+    /// keys of the next hash).
+    pub(crate) fn after(hash: u64) -> Option<Probe<'static>> {
+        hash.checked_add(1).map(|h| Probe(h, &[]))
+    }
+
+    /// As the map's lookups take it.
+    pub(crate) fn view(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+impl KeyView for Probe<'_> {
+    fn parts(&self) -> (u64, &[u8]) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> Borrow<dyn KeyView + 'a> for HKey {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+impl Eq for dyn KeyView + '_ {}
+impl PartialOrd for dyn KeyView + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for dyn KeyView + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+// The stored key orders exactly as its view does (what `Borrow` requires).
+impl PartialEq for HKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+impl Eq for HKey {}
+impl PartialOrd for HKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for HKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ops::Bound;
+
+    #[test]
+    fn keys_order_by_hash_then_bytes_and_probes_find_them() {
+        let mut map: imbl::OrdMap<HKey, u32> = imbl::OrdMap::new();
+        for (i, k) in ["a", "b", "key:1", "", "{t}x"].iter().enumerate() {
+            map.insert(HKey::new(Bytes::copy_from_slice(k.as_bytes())), i as u32);
+        }
+        let hashes: Vec<u64> = map.keys().map(HKey::hash).collect();
+        assert!(hashes.windows(2).all(|w| w[0] <= w[1]), "{hashes:?}");
+        assert_eq!(map.get(Probe::of(b"key:1").view()), Some(&2));
+        assert_eq!(map.get(Probe::of(b"").view()), Some(&3));
+        assert_eq!(map.get(Probe::of(b"nope").view()), None);
+        // After a key's hash: only the keys of larger hashes.
+        let h = scan_hash(b"b");
+        let after = Probe::after(h).unwrap();
+        let from: (Bound<&dyn KeyView>, Bound<&dyn KeyView>) =
+            (Bound::Included(after.view()), Bound::Unbounded);
+        let rest: Vec<u64> = map
+            .range::<_, dyn KeyView>(from)
+            .map(|(k, _)| k.hash())
+            .collect();
+        assert_eq!(
+            rest,
+            hashes
+                .iter()
+                .copied()
+                .filter(|&x| x > h)
+                .collect::<Vec<_>>()
+        );
+        assert!(Probe::after(u64::MAX).is_none());
+        assert_ne!(scan_hash(b"x"), 0);
+    }
+}
