@@ -85,11 +85,58 @@ pub(crate) fn cluster_help() -> Reply {
             "CLUSTER SHARDS",
             "CLUSTER MYID",
             "CLUSTER KEYSLOT <key>",
+            "CLUSTER COUNTKEYSINSLOT <slot>",
+            "CLUSTER GETKEYSINSLOT <slot> <count>",
             "CLUSTER HELP",
         ]
         .into_iter()
         .map(|t: &'static str| Bytes::from_static(t.as_bytes())),
     )
+}
+
+/// A parsed `CLUSTER COUNTKEYSINSLOT slot` / `GETKEYSINSLOT slot count`:
+/// the slot and, for the second, the count; or Redis's error.
+pub(crate) fn slot_query(argv: &[Bytes]) -> Result<(u16, Option<usize>), Reply> {
+    let int = |b: &Bytes| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+    };
+    let slot = int(&argv[2])
+        .and_then(|s| u16::try_from(s).ok())
+        .filter(|&s| s < raftify_shard::SLOTS);
+    match (slot, argv.get(3)) {
+        (Some(slot), None) => Ok((slot, None)),
+        (Some(slot), Some(c)) => match int(c).and_then(|c| usize::try_from(c).ok()) {
+            Some(count) => Ok((slot, Some(count))),
+            None => Err(Reply::err("Invalid slot or number of keys")),
+        },
+        (None, None) => Err(Reply::err("Invalid slot")),
+        (None, Some(_)) => Err(Reply::err("Invalid slot or number of keys")),
+    }
+}
+
+/// The answer to a [`slot_query`] from a keyspace: how many keys of the
+/// slot it holds, or up to `count` of them. Walks the keys (no per-slot
+/// index): an administrator's command.
+pub(crate) fn keys_in_slot(
+    ks: &raftify_cache::keyspace::Keyspace,
+    slot: u16,
+    count: Option<usize>,
+) -> Reply {
+    let mut keys = ks
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| raftify_cache::key_slot(k) == slot);
+    match count {
+        None => Reply::Int(keys.count() as i64),
+        Some(n) => Reply::Array(
+            keys.by_ref()
+                .take(n)
+                .map(|k| Reply::Bulk(k.clone()))
+                .collect(),
+        ),
+    }
 }
 
 pub(crate) fn cluster_info(ok: bool, known: usize, size: usize, epoch: u64) -> Reply {
@@ -154,6 +201,13 @@ impl Server {
         let me = node.handle().id();
         match (sub.as_str(), argv.len()) {
             ("keyslot", 3) => Reply::Int(redis_protocol::redis_keyslot(&argv[2]).into()),
+            ("countkeysinslot", 3) | ("getkeysinslot", 4) => match slot_query(argv) {
+                Ok((slot, count)) => node
+                    .linearizable_read(|sm| keys_in_slot(sm.keyspace(), slot, count))
+                    .await
+                    .unwrap_or_else(|e| crate::server::error_reply(&e)),
+                Err(e) => e,
+            },
             ("myid", 2) => Reply::bulk(node_id(uid, me)),
             ("help", 2) => cluster_help(),
             ("info", 2) => {

@@ -379,6 +379,24 @@ impl Shard {
         let me = self.host.id();
         match (sub.as_str(), argv.len()) {
             ("keyslot", 3) => Reply::Int(key_slot(&argv[2]).into()),
+            ("countkeysinslot", 3) | ("getkeysinslot", 4) => {
+                let (slot, count) = match crate::cluster::slot_query(argv) {
+                    Ok(q) => q,
+                    Err(e) => return e,
+                };
+                // The slot's owner, if this node hosts it (a Redis Cluster
+                // node answers from its own keys: none for other slots).
+                let owner = self.host.placement().borrow().owner(slot);
+                match self.host.replica(owner).await {
+                    Some(node) => node
+                        .linearizable_read(|sm| {
+                            crate::cluster::keys_in_slot(sm.keyspace(), slot, count)
+                        })
+                        .await
+                        .unwrap_or_else(|e| crate::server::error_reply(&e)),
+                    None => crate::cluster::keys_in_slot(&Default::default(), slot, count),
+                }
+            }
             ("myid", 2) => Reply::bulk(node_id(uid, me)),
             ("info", 2) => {
                 let (p, runs) = self.layout().await;

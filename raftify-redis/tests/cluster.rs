@@ -176,6 +176,22 @@ fn cluster_commands_show_one_shard_led_by_the_leader_and_followers_redirect_clus
         "the leader is the master"
     );
     assert_eq!(show(&f.cmd(&["CLUSTER", "KEYSLOT", "foo"])), ":12182");
+    // Keys per slot (written through a plain connection: forwarded).
+    let mut plain = c.node(follower).client();
+    assert_eq!(show(&plain.cmd(&["SET", "foo", "1"])), "+OK");
+    assert_eq!(show(&plain.cmd(&["SET", "{foo}2", "2"])), "+OK");
+    assert_eq!(show(&f.cmd(&["CLUSTER", "COUNTKEYSINSLOT", "12182"])), ":2");
+    assert_eq!(show(&f.cmd(&["CLUSTER", "COUNTKEYSINSLOT", "0"])), ":0");
+    let one = show(&f.cmd(&["CLUSTER", "GETKEYSINSLOT", "12182", "1"]));
+    assert!(one == "[$foo]" || one == "[${foo}2]", "{one}");
+    assert_eq!(
+        show(&f.cmd(&["CLUSTER", "COUNTKEYSINSLOT", "16384"])),
+        "-ERR Invalid slot"
+    );
+    assert_eq!(
+        show(&f.cmd(&["CLUSTER", "GETKEYSINSLOT", "1", "-1"])),
+        "-ERR Invalid slot or number of keys"
+    );
     let info = show(&f.cmd(&["CLUSTER", "INFO"]));
     assert!(
         info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3"),

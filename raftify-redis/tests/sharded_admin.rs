@@ -64,6 +64,16 @@ fn raft_server_list_info_and_snapshots_on_a_sharded_node() {
     let mut c1 = nodes[0].client();
     assert_eq!(show(&c1.cmd(&["SET", "k", "v"])), "+OK");
     assert_eq!(show(&c1.cmd(&["RAFT", "SNAPSHOT", "NOW"])), ":2");
+    // Keys per slot: on the node hosting the slot's group; none elsewhere.
+    let slot = show(&c1.cmd(&["CLUSTER", "KEYSLOT", "k"]));
+    let slot = slot.trim_start_matches(':');
+    assert_eq!(show(&c1.cmd(&["CLUSTER", "COUNTKEYSINSLOT", slot])), ":1");
+    assert_eq!(
+        show(&c1.cmd(&["CLUSTER", "GETKEYSINSLOT", slot, "5"])),
+        "[$k]"
+    );
+    let mut c2 = nodes[1].client();
+    assert_eq!(show(&c2.cmd(&["CLUSTER", "COUNTKEYSINSLOT", slot])), ":0");
     let info = show(&c1.cmd(&["INFO"]));
     for field in [
         "redis_version:",
