@@ -55,6 +55,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a sharded cluster to rebalance (through any node; the metadata
+    /// group's leader carries it out), or with --status say where one
+    /// stands (`done ...` when nothing is to move).
+    Rebalance {
+        /// Raft address of any sharded node.
+        raft_addr: String,
+        /// Only say where a rebalance stands.
+        #[arg(long)]
+        status: bool,
+    },
     /// The current leader.
     Leader {
         /// Raft address of any member.
@@ -220,6 +230,9 @@ fn main() -> ExitCode {
         })),
         Command::Shards { raft_addr, json } => live(Box::pin(async move {
             shards::shards(&raft_addr, &conn, json).await
+        })),
+        Command::Rebalance { raft_addr, status } => live(Box::pin(async move {
+            shards::rebalance(&raft_addr, &conn, status).await
         })),
         Command::Leader { raft_addr, json } => live(Box::pin(async move {
             live::leader(&raft_addr, &conn, json).await

@@ -6,18 +6,62 @@
 
 use crate::live::ConnArgs;
 use anyhow::{anyhow, Result};
-use raftify_shard::{gather, Placement, META_GROUP, PLACEMENT_QUERY};
+use raftify_core::{AbstractLogEntry, Payload};
+use raftify_shard::{
+    gather, rebalance_summary, Change, MetaCommand, MetaEntry, MetaOutcome, Placement, META_GROUP,
+    PLACEMENT_QUERY,
+};
+
+/// The placement as the node at `addr` applied it.
+async fn placement(
+    client: &raftify_grpc::RaftClient,
+    addr: &str,
+    conn: &ConnArgs,
+) -> Result<Placement> {
+    let raw = client
+        .for_group(META_GROUP)
+        .read(PLACEMENT_QUERY.to_vec())
+        .await
+        .map_err(|e| conn.explain(e, addr, "shards (is it a sharded node?)"))?;
+    serde_json::from_slice(&raw)
+        .map_err(|e| anyhow!("{addr} answered a placement that does not parse: {e}"))
+}
+
+/// `rebalance`: asks the cluster for a rebalance (committed to the
+/// placement; the metadata leader carries it out), or with `status_only`
+/// says where one stands.
+pub async fn rebalance(addr: &str, conn: &ConnArgs, status_only: bool) -> Result<()> {
+    let client = conn.connect(addr).await?;
+    if status_only {
+        let p = placement(&client, addr, conn).await?;
+        println!("{}", rebalance_summary(&p));
+        return Ok(());
+    }
+    let ask = MetaEntry::Change(MetaCommand {
+        expect_version: None,
+        change: Change::AskRebalance,
+    })
+    .encode()
+    .map_err(|e| anyhow!("{e}"))?;
+    let out = client
+        .for_group(META_GROUP)
+        .propose(ask)
+        .await
+        .map_err(|e| conn.explain(e, addr, "rebalance (is it a sharded node?)"))?;
+    match MetaOutcome::decode(&out).map_err(|e| anyhow!("{addr}: {e}"))? {
+        MetaOutcome::Change(Ok(version)) => {
+            println!("requested (placement version {version}); `raftify-cli rebalance {addr} --status` follows it");
+            Ok(())
+        }
+        MetaOutcome::Change(Err(e)) => Err(anyhow!("the placement refused it: {e}")),
+        other => Err(anyhow!("{addr} answered {other:?}")),
+    }
+}
 
 /// `shards`.
 pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
     let client = conn.connect(addr).await?;
-    let meta = client.for_group(META_GROUP);
-    let raw = meta
-        .read(PLACEMENT_QUERY.to_vec())
-        .await
-        .map_err(|e| conn.explain(e, addr, "shards (is it a sharded node?)"))?;
-    let p: Placement = serde_json::from_slice(&raw)
-        .map_err(|e| anyhow!("{addr} answered a placement that does not parse: {e}"))?;
+    let p = placement(&client, addr, conn).await?;
     let report = gather(&client, &p).await;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -39,6 +83,9 @@ pub async fn shards(addr: &str, conn: &ConnArgs, json_out: bool) -> Result<()> {
             format!(", {} moved ranges to purge", report.purging.len())
         }
     );
+    if let Some(r) = &report.rebalance {
+        println!("rebalance: {r}");
+    }
     println!();
     println!(
         "{:>5}  {:<22} {:<22} {:>11}",

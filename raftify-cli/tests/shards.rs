@@ -109,6 +109,39 @@ async fn shards_shows_groups_slots_leaders_and_replicas() {
     assert!(ok, "{err}");
     assert!(out.starts_with("placement version "), "{out}");
     assert!(out.contains("0-16383") || out.contains("0-"), "{out}");
+    assert!(out.contains("\nrebalance: "), "{out}");
+
+    // A rebalance asked through the second node is committed to the
+    // placement (the metadata leader carries it out); --status says where
+    // it stands.
+    let asked = first.placement().borrow().rebalances_asked();
+    let second_addr = second.raft_addr().to_string();
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let addr = second_addr.clone();
+        move || cli(&["rebalance", &addr])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("requested (placement version "), "{out}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while first.placement().borrow().rebalances_asked() <= asked {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || cli(&["rebalance", &second_addr, "--status"]))
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
+    let status = out.trim();
+    assert!(
+        status.starts_with("done") || status.starts_with("moving") || status == "requested",
+        "{status}"
+    );
 
     second.shutdown().await;
     first.shutdown().await;

@@ -335,12 +335,14 @@ where
         let p = self.inner.placement.borrow();
         // Asked here, and the request not committed yet.
         let asking = p.rebalances_asked() < self.asking.load(std::sync::atomic::Ordering::Relaxed);
-        if let Some(m) = p.moving() {
-            format!("moving: {m} (metadata leader: {leader})")
-        } else if p.rebalance_pending() || asking {
-            format!("requested (carried out by the metadata leader: {leader})")
+        let summary = match crate::report::rebalance_summary(&p) {
+            done if asking && done.starts_with("done") => "requested".to_string(),
+            s => s,
+        };
+        if summary.starts_with("done") {
+            summary
         } else {
-            format!("done (placement version {})", p.version())
+            format!("{summary} (carried out by the metadata leader: {leader})")
         }
     }
 

@@ -60,5 +60,7 @@ pub use placement::{
     MAX_GROUPS_PER_NODE, MAX_REPLICAS, META_GROUP,
 };
 pub use plan::{plan, Observed, Step};
-pub use report::{gather, ClusterReport, GroupReport, NodeReport, ReplicaReport};
+pub use report::{
+    gather, rebalance_summary, ClusterReport, GroupReport, NodeReport, ReplicaReport,
+};
 pub use slots::{key_slot, SlotRange, SLOTS};

@@ -13,6 +13,20 @@ use raftify_grpc::RaftClient;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Where a rebalance stands as the placement records it: `moving: <the
+/// move>`, `requested` (asked, not carried out yet), or `done (placement
+/// version N)`. The metadata leader, which carries it out, knows its
+/// current step besides.
+pub fn rebalance_summary(p: &Placement) -> String {
+    if let Some(m) = p.moving() {
+        format!("moving: {m}")
+    } else if p.rebalance_pending() {
+        "requested".into()
+    } else {
+        format!("done (placement version {})", p.version())
+    }
+}
+
 /// The cluster at one placement version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterReport {
@@ -28,8 +42,9 @@ pub struct ClusterReport {
     pub nodes: Vec<NodeReport>,
     /// The groups, by id.
     pub groups: Vec<GroupReport>,
-    /// The rebalancer's status on the node that made the report (starts
-    /// with `done` when nothing is to move), when it is a member.
+    /// Where a rebalance stands (starts with `done` when nothing is to
+    /// move): [`rebalance_summary`], or the rebalancer's own status on a
+    /// node that carries it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<String>,
 }
@@ -175,6 +190,6 @@ pub async fn gather(client: &RaftClient, placement: &Placement) -> ClusterReport
             })
             .collect(),
         groups,
-        rebalance: None,
+        rebalance: Some(rebalance_summary(p)),
     }
 }
