@@ -20,9 +20,20 @@ pub struct User {
     pub writes: bool,
     /// Whether any command at all is allowed (`+@read` or `+@all`).
     pub commands: bool,
+    /// The keys it may touch: `None` every key (`~*`, `allkeys`, and a
+    /// user given no key rule), else those matching one of these globs
+    /// (`~pattern`; `resetkeys`: none).
+    pub keys: Option<Vec<Bytes>>,
 }
 
 impl User {
+    /// Whether the user may touch `key` (its key patterns).
+    pub fn may_access(&self, key: &[u8]) -> bool {
+        self.keys
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| crate::commands::glob_match(p, key)))
+    }
+
     /// Redis's `ACL LIST` line for this user.
     pub fn describe(&self, name: &str) -> String {
         let mut out = format!("user {name} {}", if self.enabled { "on" } else { "off" });
@@ -32,7 +43,17 @@ impl User {
         for p in &self.passwords {
             out.push_str(&format!(" #{p}"));
         }
-        out.push_str(" ~* &*");
+        match &self.keys {
+            None => out.push_str(" ~*"),
+            Some(patterns) => {
+                // From an empty list, so that the line read back is this user.
+                out.push_str(" resetkeys");
+                for p in patterns {
+                    out.push_str(&format!(" ~{}", String::from_utf8_lossy(p)));
+                }
+            }
+        }
+        out.push_str(" &*");
         out.push_str(match (self.commands, self.writes) {
             (true, true) => " +@all",
             (true, false) => " -@all +@read",
@@ -78,7 +99,15 @@ pub fn set_user(users: &mut Users, name: &str, rules: &[Bytes]) -> Result<(), St
             }
             "+@read" => user.commands = true,
             "-@write" => user.writes = false,
-            "~*" | "allkeys" | "&*" | "allchannels" | "resetkeys" | "resetchannels" => {}
+            "~*" | "allkeys" => user.keys = None,
+            "resetkeys" => user.keys = Some(Vec::new()),
+            "&*" | "allchannels" | "resetchannels" => {}
+            // A key pattern narrows "every key" to the patterns given.
+            _ if r.len() > 1 && r.starts_with('~') && !r.contains(char::is_whitespace) => {
+                user.keys
+                    .get_or_insert_with(Vec::new)
+                    .push(Bytes::copy_from_slice(&rule[1..]));
+            }
             "reset" => user = User::default(),
             _ if lower.starts_with('#')
                 && lower.len() == 65
@@ -195,6 +224,37 @@ mod tests {
         .is_err());
         assert!(!users["reader"].writes, "a refused SETUSER changes nothing");
         assert!(set_user(&mut users, "default", &[]).is_err());
+    }
+
+    #[test]
+    fn key_patterns_narrow_a_user_and_survive_its_acl_line() {
+        let mut users = Users::new();
+        let rules =
+            |r: &[&str]| -> Vec<Bytes> { r.iter().map(|r| Bytes::from(r.to_string())).collect() };
+        set_user(&mut users, "svc", &rules(&["on", "nopass", "+@all"])).unwrap();
+        assert!(
+            users["svc"].may_access(b"anything"),
+            "no key rule: every key"
+        );
+        set_user(&mut users, "svc", &rules(&["~svc:*", "~shared"])).unwrap();
+        let u = &users["svc"];
+        assert!(u.may_access(b"svc:1") && u.may_access(b"shared"));
+        assert!(!u.may_access(b"other:1") && !u.may_access(b"shared2"));
+        let line = u.describe("svc");
+        assert_eq!(line, "user svc on nopass resetkeys ~svc:* ~shared &* +@all");
+        // The line read back (as snapshots do) is the same user.
+        let mut back = Users::new();
+        let words: Vec<&str> = line.split(' ').skip(2).collect();
+        set_user(&mut back, "svc", &rules(&words)).unwrap();
+        assert_eq!(back["svc"], users["svc"]);
+        set_user(&mut users, "svc", &rules(&["resetkeys"])).unwrap();
+        assert!(!users["svc"].may_access(b"svc:1"), "resetkeys: none");
+        set_user(&mut users, "svc", &rules(&["allkeys"])).unwrap();
+        assert!(users["svc"].may_access(b"other"));
+        assert_eq!(
+            users["svc"].describe("svc"),
+            "user svc on nopass ~* &* +@all"
+        );
     }
 
     #[test]

@@ -91,6 +91,27 @@ impl Server {
         })
     }
 
+    /// `-NOPERM` when the connection's user may not touch one of `keys`
+    /// (its `~pattern`s); None when it may.
+    pub(crate) async fn keys_forbidden(&self, s: &Session, keys: &[&Bytes]) -> Option<Reply> {
+        let user = s.user.as_ref()?;
+        if keys.is_empty() {
+            return None;
+        }
+        let allowed = self
+            .users(|users| {
+                users
+                    .get(user)
+                    .is_some_and(|u| keys.iter().all(|k| u.may_access(k)))
+            })
+            .await;
+        match allowed {
+            Ok(true) => None,
+            Ok(false) => Some(Reply::Error("NOPERM No permissions to access a key".into())),
+            Err(r) => Some(r),
+        }
+    }
+
     /// `ACL ...`.
     pub(crate) async fn acl_command(&self, s: &mut Session, argv: &[Bytes]) -> Reply {
         let sub = lower(&argv[1]);
@@ -151,7 +172,17 @@ impl Server {
                                     _ => "-@all",
                                 }),
                             ),
-                            (Reply::bulk("keys"), Reply::bulk("~*")),
+                            (
+                                Reply::bulk("keys"),
+                                Reply::bulk(match &u.keys {
+                                    None => "~*".to_string(),
+                                    Some(p) => p
+                                        .iter()
+                                        .map(|p| format!("~{}", String::from_utf8_lossy(p)))
+                                        .collect::<Vec<_>>()
+                                        .join(" "),
+                                }),
+                            ),
                             (Reply::bulk("channels"), Reply::bulk("&*")),
                         ])
                     }

@@ -211,6 +211,9 @@ impl Server {
         }
         let positions = c.key_positions(argv.len());
         let keys: Vec<&Bytes> = positions.iter().filter_map(|&i| argv.get(i)).collect();
+        if let Some(no) = self.keys_forbidden(session, &keys).await {
+            return no;
+        }
         match (&self.shard, keys.is_empty(), c.is_write()) {
             (Some(shard), true, false) => return shard.read_led(&argv).await,
             (Some(shard), true, true) => {
@@ -490,6 +493,12 @@ impl Server {
             },
             "watch" => {
                 let keys: Vec<Bytes> = argv[1..].to_vec();
+                if let Some(no) = self
+                    .keys_forbidden(s, &keys.iter().collect::<Vec<_>>())
+                    .await
+                {
+                    return no;
+                }
                 let node = match self
                     .node_for(s, &keys.iter().collect::<Vec<_>>(), false)
                     .await
@@ -558,6 +567,9 @@ impl Server {
                         })
                         .chain(watched.iter().map(|(k, _)| k))
                         .collect();
+                    if let Some(Reply::Error(e)) = self.keys_forbidden(s, &keys).await {
+                        return Reply::Error(format!("EXECABORT {e}"));
+                    }
                     match self.node_for(s, &keys, true).await {
                         Ok(node) => self.write_watched(&node, queued, true, watched).await,
                         Err(r) => Reply::Error(format!(

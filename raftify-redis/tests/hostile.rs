@@ -232,6 +232,39 @@ fn acl_users_are_replicated_hashed_and_read_only_users_cannot_write() {
         assert!(show(&r.cmd(&["EXEC"])).starts_with("-NOPERM"));
         assert!(show(&r.cmd(&["AUTH", "reader", "wrong"])).starts_with("-WRONGPASS"));
     }
+    // Key patterns: a user limited to `svc:*` touches nothing else, in a
+    // command, a transaction or a WATCH.
+    assert_eq!(
+        show(&admin.cmd(&["ACL", "SETUSER", "svc", "on", ">pw", "~svc:*", "+@all"])),
+        "+OK"
+    );
+    let mut svc = c.node(leader).client();
+    wait_for("the svc user", T, || {
+        (show(&svc.cmd(&["AUTH", "svc", "pw"])) == "+OK").then_some(())
+    });
+    assert_eq!(show(&svc.cmd(&["SET", "svc:a", "1"])), "+OK");
+    let denied = "-NOPERM No permissions to access a key";
+    assert_eq!(show(&svc.cmd(&["GET", "k"])), denied);
+    assert_eq!(
+        show(&svc.cmd(&["MSET", "svc:b", "1", "other", "2"])),
+        denied
+    );
+    assert_eq!(show(&svc.cmd(&["WATCH", "k"])), denied);
+    svc.cmd(&["MULTI"]);
+    svc.cmd(&["INCR", "svc:n"]);
+    svc.cmd(&["INCR", "other"]);
+    assert_eq!(
+        show(&svc.cmd(&["EXEC"])),
+        format!("-EXECABORT {}", &denied[1..])
+    );
+    let user = show(&admin.cmd(&["ACL", "GETUSER", "svc"]));
+    assert!(user.contains("~svc:*"), "{user}");
+    assert_eq!(
+        show(&admin.cmd(&["EXISTS", "other", "svc:n"])),
+        ":0",
+        "nothing of the refused"
+    );
+
     // Deleted: no more logins.
     assert_eq!(show(&admin.cmd(&["ACL", "DELUSER", "reader"])), ":1");
     let mut r = c.node(leader).client();
