@@ -24,6 +24,10 @@ pub struct User {
     /// user given no key rule), else those matching one of these globs
     /// (`~pattern`; `resetkeys`: none).
     pub keys: Option<Vec<Bytes>>,
+    /// The pub/sub channels it may use: `None` every channel (`&*`,
+    /// `allchannels`, and a user given no channel rule), else those
+    /// matching one of these globs (`&pattern`; `resetchannels`: none).
+    pub channels: Option<Vec<Bytes>>,
 }
 
 impl User {
@@ -32,6 +36,33 @@ impl User {
         self.keys
             .as_ref()
             .is_none_or(|patterns| patterns.iter().any(|p| crate::commands::glob_match(p, key)))
+    }
+
+    /// Whether the user may publish to or subscribe to `channel`.
+    pub fn may_use_channel(&self, channel: &[u8]) -> bool {
+        self.channels.as_ref().is_none_or(|patterns| {
+            patterns
+                .iter()
+                .any(|p| crate::commands::glob_match(p, channel))
+        })
+    }
+
+    /// Whether the user may `PSUBSCRIBE` to `pattern`: one of its channel
+    /// patterns, literally (as Redis checks it).
+    pub fn may_use_pattern(&self, pattern: &[u8]) -> bool {
+        self.channels
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| &p[..] == pattern))
+    }
+
+    /// Its key rules as `ACL GETUSER` shows them: `~*`, or each pattern.
+    pub fn key_rules(&self) -> String {
+        rules_text(&self.keys, '~')
+    }
+
+    /// Its channel rules as `ACL GETUSER` shows them: `&*`, or each pattern.
+    pub fn channel_rules(&self) -> String {
+        rules_text(&self.channels, '&')
     }
 
     /// Redis's `ACL LIST` line for this user.
@@ -43,23 +74,37 @@ impl User {
         for p in &self.passwords {
             out.push_str(&format!(" #{p}"));
         }
-        match &self.keys {
-            None => out.push_str(" ~*"),
-            Some(patterns) => {
-                // From an empty list, so that the line read back is this user.
-                out.push_str(" resetkeys");
-                for p in patterns {
-                    out.push_str(&format!(" ~{}", String::from_utf8_lossy(p)));
-                }
+        // A list from empty (`reset...` first), so that the line read back
+        // is this user.
+        for (list, reset, rules) in [
+            (&self.keys, " resetkeys", self.key_rules()),
+            (&self.channels, " resetchannels", self.channel_rules()),
+        ] {
+            if list.is_some() {
+                out.push_str(reset);
+            }
+            if !rules.is_empty() {
+                out.push(' ');
+                out.push_str(&rules);
             }
         }
-        out.push_str(" &*");
         out.push_str(match (self.commands, self.writes) {
             (true, true) => " +@all",
             (true, false) => " -@all +@read",
             _ => " -@all",
         });
         out
+    }
+}
+
+fn rules_text(list: &Option<Vec<Bytes>>, sigil: char) -> String {
+    match list {
+        None => format!("{sigil}*"),
+        Some(patterns) => patterns
+            .iter()
+            .map(|p| format!("{sigil}{}", String::from_utf8_lossy(p)))
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -101,7 +146,13 @@ pub fn set_user(users: &mut Users, name: &str, rules: &[Bytes]) -> Result<(), St
             "-@write" => user.writes = false,
             "~*" | "allkeys" => user.keys = None,
             "resetkeys" => user.keys = Some(Vec::new()),
-            "&*" | "allchannels" | "resetchannels" => {}
+            "&*" | "allchannels" => user.channels = None,
+            "resetchannels" => user.channels = Some(Vec::new()),
+            _ if r.len() > 1 && r.starts_with('&') && !r.contains(char::is_whitespace) => {
+                user.channels
+                    .get_or_insert_with(Vec::new)
+                    .push(Bytes::copy_from_slice(&rule[1..]));
+            }
             // A key pattern narrows "every key" to the patterns given.
             _ if r.len() > 1 && r.starts_with('~') && !r.contains(char::is_whitespace) => {
                 user.keys
@@ -249,7 +300,17 @@ mod tests {
         assert_eq!(back["svc"], users["svc"]);
         set_user(&mut users, "svc", &rules(&["resetkeys"])).unwrap();
         assert!(!users["svc"].may_access(b"svc:1"), "resetkeys: none");
-        set_user(&mut users, "svc", &rules(&["allkeys"])).unwrap();
+        set_user(&mut users, "svc", &rules(&["&news.*"])).unwrap();
+        let u = &users["svc"];
+        assert!(u.may_use_channel(b"news.sport") && !u.may_use_channel(b"chat"));
+        assert!(u.may_use_pattern(b"news.*") && !u.may_use_pattern(b"*"));
+        let line = u.describe("svc");
+        assert!(line.ends_with("resetchannels &news.* +@all"), "{line}");
+        let mut back = Users::new();
+        let words: Vec<&str> = line.split(' ').skip(2).collect();
+        set_user(&mut back, "svc", &rules(&words)).unwrap();
+        assert_eq!(back["svc"], users["svc"]);
+        set_user(&mut users, "svc", &rules(&["allkeys", "allchannels"])).unwrap();
         assert!(users["svc"].may_access(b"other"));
         assert_eq!(
             users["svc"].describe("svc"),

@@ -112,6 +112,38 @@ impl Server {
         }
     }
 
+    /// `-NOPERM` when the connection's user may not use one of `names`:
+    /// channels (to publish or subscribe), or with `pattern` the patterns
+    /// of a `PSUBSCRIBE` (which must be among its own, literally).
+    pub(crate) async fn channels_forbidden(
+        &self,
+        s: &Session,
+        names: &[Bytes],
+        pattern: bool,
+    ) -> Option<Reply> {
+        let user = s.user.as_ref()?;
+        let allowed = self
+            .users(|users| {
+                users.get(user).is_some_and(|u| {
+                    names.iter().all(|n| {
+                        if pattern {
+                            u.may_use_pattern(n)
+                        } else {
+                            u.may_use_channel(n)
+                        }
+                    })
+                })
+            })
+            .await;
+        match allowed {
+            Ok(true) => None,
+            Ok(false) => Some(Reply::Error(
+                "NOPERM No permissions to access a channel".into(),
+            )),
+            Err(r) => Some(r),
+        }
+    }
+
     /// `ACL ...`.
     pub(crate) async fn acl_command(&self, s: &mut Session, argv: &[Bytes]) -> Reply {
         let sub = lower(&argv[1]);
@@ -172,18 +204,8 @@ impl Server {
                                     _ => "-@all",
                                 }),
                             ),
-                            (
-                                Reply::bulk("keys"),
-                                Reply::bulk(match &u.keys {
-                                    None => "~*".to_string(),
-                                    Some(p) => p
-                                        .iter()
-                                        .map(|p| format!("~{}", String::from_utf8_lossy(p)))
-                                        .collect::<Vec<_>>()
-                                        .join(" "),
-                                }),
-                            ),
-                            (Reply::bulk("channels"), Reply::bulk("&*")),
+                            (Reply::bulk("keys"), Reply::bulk(u.key_rules())),
+                            (Reply::bulk("channels"), Reply::bulk(u.channel_rules())),
                         ])
                     }
                 }

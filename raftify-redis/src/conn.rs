@@ -145,7 +145,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Next::Command(argv) => {
                     flush(server, session, &mut batch, &mut output).await;
-                    match server.pubsub(session, &argv) {
+                    match server.pubsub(session, &argv).await {
                         Some(replies) => {
                             for r in replies {
                                 encode(&r, session.resp3, &mut output);

@@ -390,7 +390,11 @@ impl crate::server::Server {
     /// The subscription commands, which answer with a reply per channel;
     /// None for any other command. In RESP2, a subscribed connection may
     /// only (un)subscribe, `PING`, `QUIT` and `RESET`.
-    pub fn pubsub(&self, s: &mut crate::server::Session, argv: &[Bytes]) -> Option<Vec<Reply>> {
+    pub async fn pubsub(
+        &self,
+        s: &mut crate::server::Session,
+        argv: &[Bytes],
+    ) -> Option<Vec<Reply>> {
         let name = String::from_utf8_lossy(&argv[0]).to_ascii_lowercase();
         let (pattern, subscribe) = match name.as_str() {
             "subscribe" => (false, true),
@@ -425,6 +429,9 @@ impl crate::server::Server {
             return Some(vec![raftify_cache::errors::arity(&name)]);
         }
         if subscribe {
+            if let Some(no) = self.channels_forbidden(s, &argv[1..], pattern).await {
+                return Some(vec![no]);
+            }
             match self.hub.add(s.id, &mut s.inbox, &argv[1..], pattern) {
                 Some(replies) => Some(replies),
                 None => {

@@ -604,6 +604,9 @@ impl Server {
                 Reply::Ok
             }
             "publish" => {
+                if let Some(no) = self.channels_forbidden(s, &argv[1..2], false).await {
+                    return no;
+                }
                 if let Some(shard) = &self.shard {
                     return shard.publish(&argv[1], &argv[2]).await;
                 }

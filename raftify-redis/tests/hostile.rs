@@ -259,6 +259,31 @@ fn acl_users_are_replicated_hashed_and_read_only_users_cannot_write() {
     );
     let user = show(&admin.cmd(&["ACL", "GETUSER", "svc"]));
     assert!(user.contains("~svc:*"), "{user}");
+    // Channel patterns: publish and subscribe within `news.*` only.
+    assert_eq!(
+        show(&admin.cmd(&["ACL", "SETUSER", "svc", "resetchannels", "&news.*"])),
+        "+OK"
+    );
+    let no_channel = "-NOPERM No permissions to access a channel";
+    wait_for("the channel rule on the leader", T, || {
+        (show(&svc.cmd(&["PUBLISH", "chat", "x"])) == no_channel).then_some(())
+    });
+    assert!(matches!(
+        svc.cmd(&["PUBLISH", "news.b", "x"]),
+        Frame::Integer(_)
+    ));
+    let mut sub = c.node(leader).client();
+    assert_eq!(show(&sub.cmd(&["AUTH", "svc", "pw"])), "+OK");
+    assert_eq!(show(&sub.cmd(&["SUBSCRIBE", "chat"])), no_channel);
+    assert_eq!(show(&sub.cmd(&["PSUBSCRIBE", "*"])), no_channel);
+    assert_eq!(
+        show(&sub.cmd(&["PSUBSCRIBE", "news.*"])),
+        "[$psubscribe, $news.*, :1]"
+    );
+    assert_eq!(
+        show(&sub.cmd(&["SUBSCRIBE", "news.a"])),
+        "[$subscribe, $news.a, :2]"
+    );
     assert_eq!(
         show(&admin.cmd(&["EXISTS", "other", "svc:n"])),
         ":0",
