@@ -148,13 +148,23 @@ pub fn set_user(users: &mut Users, name: &str, rules: &[Bytes]) -> Result<(), St
             "resetkeys" => user.keys = Some(Vec::new()),
             "&*" | "allchannels" => user.channels = None,
             "resetchannels" => user.channels = Some(Vec::new()),
-            _ if r.len() > 1 && r.starts_with('&') && !r.contains(char::is_whitespace) => {
+            _ if r.len() > 1
+                && r.starts_with('&')
+                && !r.contains(char::is_whitespace)
+                && std::str::from_utf8(rule).is_ok() =>
+            {
                 user.channels
                     .get_or_insert_with(Vec::new)
                     .push(Bytes::copy_from_slice(&rule[1..]));
             }
-            // A key pattern narrows "every key" to the patterns given.
-            _ if r.len() > 1 && r.starts_with('~') && !r.contains(char::is_whitespace) => {
+            // A key pattern narrows "every key" to the patterns given. UTF-8
+            // only: the user's ACL LIST line (what snapshots keep) must
+            // read back as the same pattern.
+            _ if r.len() > 1
+                && r.starts_with('~')
+                && !r.contains(char::is_whitespace)
+                && std::str::from_utf8(rule).is_ok() =>
+            {
                 user.keys
                     .get_or_insert_with(Vec::new)
                     .push(Bytes::copy_from_slice(&rule[1..]));
@@ -298,6 +308,11 @@ mod tests {
         let words: Vec<&str> = line.split(' ').skip(2).collect();
         set_user(&mut back, "svc", &rules(&words)).unwrap();
         assert_eq!(back["svc"], users["svc"]);
+        let not_utf8 = [Bytes::from_static(b"~\xff*")];
+        assert!(
+            set_user(&mut users, "svc", &not_utf8).is_err(),
+            "a pattern must read back"
+        );
         set_user(&mut users, "svc", &rules(&["resetkeys"])).unwrap();
         assert!(!users["svc"].may_access(b"svc:1"), "resetkeys: none");
         set_user(&mut users, "svc", &rules(&["&news.*"])).unwrap();

@@ -125,13 +125,16 @@ impl Server {
         let allowed = self
             .users(|users| {
                 users.get(user).is_some_and(|u| {
-                    names.iter().all(|n| {
-                        if pattern {
-                            u.may_use_pattern(n)
-                        } else {
-                            u.may_use_channel(n)
-                        }
-                    })
+                    // The user may run commands at all (as `forbidden`).
+                    u.enabled
+                        && u.commands
+                        && names.iter().all(|n| {
+                            if pattern {
+                                u.may_use_pattern(n)
+                            } else {
+                                u.may_use_channel(n)
+                            }
+                        })
                 })
             })
             .await;
@@ -142,6 +145,29 @@ impl Server {
             )),
             Err(r) => Some(r),
         }
+    }
+
+    /// Whether the connection's `user` may still receive `m`: its channel
+    /// patterns may have narrowed, or the user been disabled or deleted,
+    /// since it subscribed (Redis then disconnects the client; so does
+    /// [`crate::conn`]). The default user always may.
+    pub(crate) async fn may_receive(&self, user: Option<&str>, m: &crate::pubsub::Message) -> bool {
+        use crate::pubsub::Message;
+        let Some(user) = user else {
+            return true;
+        };
+        self.users(|users| {
+            users.get(user).is_some_and(|u| {
+                u.enabled
+                    && u.commands
+                    && match m {
+                        Message::Message { channel, .. } => u.may_use_channel(channel),
+                        Message::PMessage { pattern, .. } => u.may_use_pattern(pattern),
+                    }
+            })
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// `ACL ...`.

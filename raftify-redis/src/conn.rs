@@ -181,6 +181,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             input.reserve(16 * 1024);
         }
         // Read more, and meanwhile pass on published messages.
+        let user = session.user.clone();
         let read = match session.inbox.rx.as_mut() {
             None => stream.read_buf(&mut input).await?,
             Some(rx) => tokio::select! {
@@ -189,8 +190,14 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     let Some(m) = m else {
                         return Err(std::io::Error::other("a subscriber fell too far behind"));
                     };
+                    if !server.may_receive(user.as_deref(), &m).await {
+                        return Err(revoked());
+                    }
                     encode(&m.reply(), session.resp3, &mut output);
                     while let Ok(m) = rx.try_recv() {
+                        if !server.may_receive(user.as_deref(), &m).await {
+                            return Err(revoked());
+                        }
                         encode(&m.reply(), session.resp3, &mut output);
                         if output.len() > MAX_OUTPUT / 4 {
                             break;
@@ -204,6 +211,12 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
     }
+}
+
+/// A subscriber whose user may no longer receive what it subscribed to
+/// (see [`Server::may_receive`]) is disconnected.
+fn revoked() -> std::io::Error {
+    std::io::Error::other("the user's channel permissions changed")
 }
 
 /// Answers the batched data commands, in order.

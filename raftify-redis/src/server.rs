@@ -567,6 +567,15 @@ impl Server {
                         })
                         .chain(watched.iter().map(|(k, _)| k))
                         .collect();
+                    // Each queued command as if run alone (a read by a
+                    // user with no commands, a key outside its patterns).
+                    for a in &queued {
+                        let Some(c) = lookup(&a[0]) else { continue };
+                        if let Some(Reply::Error(e)) = self.forbidden(s, c.name, c.is_write()).await
+                        {
+                            return Reply::Error(format!("EXECABORT {e}"));
+                        }
+                    }
                     if let Some(Reply::Error(e)) = self.keys_forbidden(s, &keys).await {
                         return Reply::Error(format!("EXECABORT {e}"));
                     }

@@ -6,17 +6,16 @@
 //! `--maxmemory` is per node, as in Redis Cluster. A node holds replicas
 //! of several groups, and each group's leader evicts from its group for
 //! every replica at once, so the limit is turned into a share per group
-//! that every node computes alike from the placement
-//! ([`group_budget`]): the cluster's memory (`--maxmemory` × nodes) over
-//! the replicas of all groups, in proportion to the slots each group owns.
-//! While the rebalancer keeps replicas and slots spread evenly, each node
-//! then holds about `--maxmemory`.
+//! that every node computes alike from the placement ([`group_budget`]):
+//! on each node, `--maxmemory` shared among the groups it hosts by their
+//! slots, and for a group the smallest of its nodes' shares — so no
+//! node's groups may hold more than `--maxmemory` together.
 
 use crate::eviction::Budget;
 use crate::server::Node;
 use crate::sharded::Shard;
 use raftify_cache::eviction::Policy;
-use raftify_shard::{GroupId, Placement, SLOTS};
+use raftify_shard::{GroupId, Placement};
 use slog::Logger;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -28,24 +27,62 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(100);
 
 /// The memory `group` may hold on each of its replicas under a per-node
-/// limit of `max`: `max × nodes × slots / (16384 × replicas)`. `None`
-/// (do not evict) for a group that owns no slots, that moves slots in or
-/// out, or whose moved-out keys await their purge: its data is then
-/// briefly in two places, and evicting against a share that is about to
-/// change would drop keys the move is carrying.
+/// limit of `max`: on each node hosting it (and not down), the node's
+/// limit shared among the groups it hosts by their slots — `max × slots /
+/// (slots of the groups on that node)` — and of those the smallest, so
+/// that no node's groups together may hold more than `max`, however
+/// replicas are spread (a node just joined, one down whose replicas went
+/// elsewhere). `None` (do not evict) for a group that owns no slots, that
+/// moves slots in or out, or whose moved-out keys await their purge: its
+/// data is then briefly in two places, and evicting against a share that
+/// is about to change would drop keys the move is carrying.
 pub fn group_budget(p: &Placement, group: GroupId, max: u64) -> Option<u64> {
     let info = p.groups().get(&group)?;
-    let slots = p.slot_count(group);
+    let slots = p.slot_count(group) as u128;
     let busy = p.moving().is_some_and(|m| m.from == group || m.to == group)
         || p.purging().iter().any(|m| m.from == group);
     if slots == 0 || busy {
         return None;
     }
-    let nodes = p.nodes().values().filter(|n| !n.leaving).count().max(1);
-    let replicas = info.replicas.len().max(1);
-    let share =
-        u128::from(max) * nodes as u128 * slots as u128 / (u128::from(SLOTS) * replicas as u128);
+    let counts = p.slot_counts();
+    let hosted = |node: u64| -> u128 {
+        p.groups()
+            .iter()
+            .filter(|(_, g)| g.replicas.contains(&node))
+            .map(|(id, _)| counts.get(id).copied().unwrap_or(0) as u128)
+            .sum()
+    };
+    let share = info
+        .replicas
+        .iter()
+        .filter(|n| p.nodes().get(n).is_some_and(|i| !i.down))
+        .map(|&n| u128::from(max) * slots / hosted(n).max(1))
+        .min()?;
     Some(u64::try_from(share).unwrap_or(u64::MAX))
+}
+
+/// [`group_budget`] for every group, computed once per placement version
+/// (each evictor asks every 100 ms; the placement changes rarely).
+#[derive(Default)]
+pub struct Budgets {
+    /// The placement version they were computed at, and the budgets.
+    cached: std::sync::Mutex<(Option<u64>, BTreeMap<GroupId, u64>)>,
+}
+
+impl Budgets {
+    /// `group`'s budget under `p`.
+    pub fn get(&self, p: &Placement, group: GroupId, max: u64) -> Option<u64> {
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.0 != Some(p.version()) {
+            let all = p
+                .groups()
+                .keys()
+                .filter_map(|&g| group_budget(p, g, max).map(|b| (g, b)))
+                .collect();
+            *cached = (Some(p.version()), all);
+        }
+        cached.1.get(&group).copied()
+    }
 }
 
 /// Runs until aborted: each replica this node hosts gets the expiry loop
@@ -55,6 +92,7 @@ pub fn group_budget(p: &Placement, group: GroupId, max: u64) -> Option<u64> {
 pub async fn run(shard: Arc<Shard>, limit: Option<(Policy, u64)>, logger: Logger) {
     let limit = limit.filter(|&(_, max)| max > 0);
     let mut running: BTreeMap<GroupId, Vec<tokio::task::JoinHandle<()>>> = BTreeMap::new();
+    let budgets = Arc::new(Budgets::default());
     loop {
         let now: BTreeMap<GroupId, Node> = shard.host.replicas().await.into_iter().collect();
         running.retain(|g, tasks| {
@@ -72,8 +110,8 @@ pub async fn run(shard: Arc<Shard>, limit: Option<(Policy, u64)>, logger: Logger
                 ))];
                 if let Some((policy, max)) = limit.filter(|(p, _)| *p != Policy::NoEviction) {
                     let placement = shard.host.placement();
-                    let budget: Budget =
-                        Arc::new(move || group_budget(&placement.borrow(), g, max));
+                    let budgets = budgets.clone();
+                    let budget: Budget = Arc::new(move || budgets.get(&placement.borrow(), g, max));
                     tasks.push(tokio::spawn(crate::eviction::run(
                         node.clone(),
                         policy,
@@ -158,5 +196,28 @@ mod tests {
         p.apply(None, Change::Purged(m)).unwrap();
         assert_eq!(group_budget(&p, g1, 1000), Some(500));
         assert_eq!(group_budget(&p, 99, 1000), None);
+        // A node hosting fewer groups does not raise a group's share above
+        // what its busiest node can give: node 3 now hosts only g2, nodes
+        // 1 and 2 both groups.
+        let set = Change::SetReplicas {
+            group: g1,
+            replicas: BTreeSet::from([1, 2]),
+        };
+        p.apply(None, set).unwrap();
+        assert_eq!(group_budget(&p, g2, 1000), Some(500));
+        // A node down is not counted: node 1 down leaves g1 and g2 on node
+        // 2 (both) and g2 on node 3.
+        p.apply(
+            None,
+            Change::SetDown {
+                node: 1,
+                down: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(group_budget(&p, g1, 1000), Some(500));
+        let budgets = Budgets::default();
+        assert_eq!(budgets.get(&p, g2, 1000), Some(500));
+        assert_eq!(budgets.get(&p, 99, 1000), None);
     }
 }

@@ -284,6 +284,20 @@ fn acl_users_are_replicated_hashed_and_read_only_users_cannot_write() {
         show(&sub.cmd(&["SUBSCRIBE", "news.a"])),
         "[$subscribe, $news.a, :2]"
     );
+    // Its channels narrowed: the subscribed connection is closed (as Redis
+    // disconnects it) at the next message it may no longer receive.
+    assert_eq!(
+        show(&admin.cmd(&["ACL", "SETUSER", "svc", "resetchannels", "&other"])),
+        "+OK"
+    );
+    wait_for("the subscriber disconnected", T, || {
+        admin.cmd(&["PUBLISH", "news.a", "late"]);
+        // A message delivered before the change applied here, or the end.
+        match sub.read() {
+            Ok(_) => None,
+            Err(_) => Some(()),
+        }
+    });
     assert_eq!(
         show(&admin.cmd(&["EXISTS", "other", "svc:n"])),
         ":0",

@@ -4,8 +4,9 @@
 //! ([`META_GROUP`](crate::META_GROUP)); its log holds [`MetaEntry`]s, so
 //! every node applies the same placement changes in the same order and
 //! routes by the same map. Placement changes ([`MetaCommand`]) are JSON
-//! (rare, small, readable in a log dump); a command that does not decode is
-//! refused by the proposer and never reaches the log.
+//! (rare, small, readable in a log dump). An entry a node cannot decode
+//! (one of a newer version, proposed through a node that has it) is
+//! skipped by that node, and its proposer told the outcome is unknown.
 //!
 //! The same log carries broadcasts ([`MetaEntry::Broadcast`]): opaque
 //! messages every node hands, as it applies them, to its

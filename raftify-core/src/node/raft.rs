@@ -102,8 +102,10 @@ where
     E: AbstractLogEntry,
     SM: AbstractStateMachine<E>,
 {
+    // Applied, but what it gave is unreadable here (a node of another
+    // version answered): not a failure, an outcome this caller cannot know.
     SM::Output::decode(&bytes).map_err(|e| {
-        Error::Encode(format!(
+        Error::Interrupted(format!(
             "the entry was applied, but its output does not decode: {e}"
         ))
     })

@@ -125,7 +125,11 @@ where
             },
             Err(e) => {
                 warn!(self.logger, "committed entry does not decode"; "index" => index, "err" => %e);
-                Err(Error::Encode(e.to_string()))
+                // Committed, and other nodes (of another version, say) may
+                // apply it: its outcome is not known here.
+                Err(Error::Interrupted(format!(
+                    "entry {index} was committed but does not decode on the node that applied it: {e}"
+                )))
             }
         }
     }
