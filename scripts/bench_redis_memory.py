@@ -7,7 +7,8 @@ a restarted raftify-redis takes to serve the last key again.
     target/redis-venv/bin/python scripts/bench_redis_memory.py [raftify-redis flags...]
 
 (target/redis-venv is the venv raftify-redis/ci.sh makes, with redis-py.)
-Extra arguments go to raftify-redis (e.g. --no-sync).
+Extra arguments go to raftify-redis (e.g. --no-sync). RAFTIFY_REDIS_BIN
+names another binary (to compare builds in one sitting).
 """
 import os
 import signal
@@ -18,7 +19,7 @@ import tempfile
 import time
 
 import redis
-BIN = "target/release/raftify-redis"
+BIN = os.environ.get("RAFTIFY_REDIS_BIN", "target/release/raftify-redis")
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 def rss(pid):
