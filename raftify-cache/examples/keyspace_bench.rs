@@ -16,7 +16,7 @@ fn argv(words: &[&str]) -> Vec<Bytes> {
         .collect()
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -48,16 +48,18 @@ fn main() {
         }
     }
     let get = t.elapsed();
-    assert_eq!(hits, n);
+    if hits != n {
+        return Err(format!("{hits} of {n} keys read back").into());
+    }
     let t = Instant::now();
     let (mut cursor, mut calls, mut keys) = ("0".to_string(), 0, 0);
     while calls < 1000 {
         let Reply::Array(parts) = state.read(&argv(&["scan", &cursor, "count", "10"])) else {
-            panic!("SCAN");
+            return Err("SCAN did not answer an array".into());
         };
         let (Some(Reply::Bulk(next)), Some(Reply::Array(found))) = (parts.first(), parts.get(1))
         else {
-            panic!("SCAN reply");
+            return Err("SCAN answered no cursor and keys".into());
         };
         keys += found.len();
         calls += 1;
@@ -73,4 +75,5 @@ fn main() {
         get.as_nanos() as f64 / n as f64,
         scan.as_micros() as f64 / calls as f64
     );
+    Ok(())
 }

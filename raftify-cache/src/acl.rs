@@ -97,6 +97,15 @@ impl User {
     }
 }
 
+/// A `~pattern` or `&pattern` rule: its sigil and pattern (non-empty,
+/// UTF-8, no whitespace).
+fn pattern(rule: &Bytes) -> Option<(u8, Bytes)> {
+    let (&sigil, rest) = rule.split_first()?;
+    let text = std::str::from_utf8(rest).ok()?;
+    (matches!(sigil, b'~' | b'&') && !text.is_empty() && !text.contains(char::is_whitespace))
+        .then(|| (sigil, Bytes::copy_from_slice(rest)))
+}
+
 fn rules_text(list: &Option<Vec<Bytes>>, sigil: char) -> String {
     match list {
         None => format!("{sigil}*"),
@@ -148,26 +157,18 @@ pub fn set_user(users: &mut Users, name: &str, rules: &[Bytes]) -> Result<(), St
             "resetkeys" => user.keys = Some(Vec::new()),
             "&*" | "allchannels" => user.channels = None,
             "resetchannels" => user.channels = Some(Vec::new()),
-            _ if r.len() > 1
-                && r.starts_with('&')
-                && !r.contains(char::is_whitespace)
-                && std::str::from_utf8(rule).is_ok() =>
-            {
-                user.channels
-                    .get_or_insert_with(Vec::new)
-                    .push(Bytes::copy_from_slice(&rule[1..]));
-            }
-            // A key pattern narrows "every key" to the patterns given. UTF-8
-            // only: the user's ACL LIST line (what snapshots keep) must
-            // read back as the same pattern.
-            _ if r.len() > 1
-                && r.starts_with('~')
-                && !r.contains(char::is_whitespace)
-                && std::str::from_utf8(rule).is_ok() =>
-            {
-                user.keys
-                    .get_or_insert_with(Vec::new)
-                    .push(Bytes::copy_from_slice(&rule[1..]));
+            // A key (`~`) or channel (`&`) pattern narrows "every one" to
+            // the patterns given. UTF-8 only: the user's ACL LIST line (what
+            // snapshots keep) must read back as the same pattern.
+            _ if pattern(rule).is_some() => {
+                if let Some((sigil, p)) = pattern(rule) {
+                    let list = if sigil == b'~' {
+                        &mut user.keys
+                    } else {
+                        &mut user.channels
+                    };
+                    list.get_or_insert_with(Vec::new).push(p);
+                }
             }
             "reset" => user = User::default(),
             _ if lower.starts_with('#')

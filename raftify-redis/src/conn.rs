@@ -181,7 +181,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             input.reserve(16 * 1024);
         }
         // Read more, and meanwhile pass on published messages.
-        let user = session.user.clone();
+        let user = session.user.as_deref();
         let read = match session.inbox.rx.as_mut() {
             None => stream.read_buf(&mut input).await?,
             Some(rx) => tokio::select! {
@@ -190,12 +190,12 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     let Some(m) = m else {
                         return Err(std::io::Error::other("a subscriber fell too far behind"));
                     };
-                    if !server.may_receive(user.as_deref(), &m).await {
+                    if !server.may_receive(user, &m).await {
                         return Err(revoked());
                     }
                     encode(&m.reply(), session.resp3, &mut output);
                     while let Ok(m) = rx.try_recv() {
-                        if !server.may_receive(user.as_deref(), &m).await {
+                        if !server.may_receive(user, &m).await {
                             return Err(revoked());
                         }
                         encode(&m.reply(), session.resp3, &mut output);

@@ -36,8 +36,9 @@ pub async fn run(node: Node, policy: Policy, max: Budget, logger: Logger) {
             return;
         }
         let mut pause = CHECK;
-        let max = max().filter(|&m| m > 0);
-        if let Some(max) = max.filter(|_| node.handle().is_leader()) {
+        // The budget is asked for only while leading (followers never evict).
+        let leading = node.handle().is_leader();
+        if let Some(max) = leading.then(&*max).flatten().filter(|&m| m > 0) {
             seed = xorshift(seed);
             let target = max - max / 20;
             let victims = node

@@ -37,6 +37,29 @@ const TICK: Duration = Duration::from_millis(100);
 /// data is then briefly in two places, and evicting against a share that
 /// is about to change would drop keys the move is carrying.
 pub fn group_budget(p: &Placement, group: GroupId, max: u64) -> Option<u64> {
+    budget_with(p, &hosted_slots(p), group, max)
+}
+
+/// Slots of the groups each node hosts.
+fn hosted_slots(p: &Placement) -> BTreeMap<u64, u128> {
+    let counts = p.slot_counts();
+    let mut hosted: BTreeMap<u64, u128> = BTreeMap::new();
+    for (id, g) in p.groups() {
+        let slots = counts.get(id).copied().unwrap_or(0) as u128;
+        for &n in &g.replicas {
+            *hosted.entry(n).or_default() += slots;
+        }
+    }
+    hosted
+}
+
+/// [`group_budget`] given [`hosted_slots`].
+fn budget_with(
+    p: &Placement,
+    hosted: &BTreeMap<u64, u128>,
+    group: GroupId,
+    max: u64,
+) -> Option<u64> {
     let info = p.groups().get(&group)?;
     let slots = p.slot_count(group) as u128;
     let busy = p.moving().is_some_and(|m| m.from == group || m.to == group)
@@ -44,19 +67,11 @@ pub fn group_budget(p: &Placement, group: GroupId, max: u64) -> Option<u64> {
     if slots == 0 || busy {
         return None;
     }
-    let counts = p.slot_counts();
-    let hosted = |node: u64| -> u128 {
-        p.groups()
-            .iter()
-            .filter(|(_, g)| g.replicas.contains(&node))
-            .map(|(id, _)| counts.get(id).copied().unwrap_or(0) as u128)
-            .sum()
-    };
     let share = info
         .replicas
         .iter()
         .filter(|n| p.nodes().get(n).is_some_and(|i| !i.down))
-        .map(|&n| u128::from(max) * slots / hosted(n).max(1))
+        .map(|n| u128::from(max) * slots / hosted.get(n).copied().unwrap_or(0).max(1))
         .min()?;
     Some(u64::try_from(share).unwrap_or(u64::MAX))
 }
@@ -74,10 +89,11 @@ impl Budgets {
     pub fn get(&self, p: &Placement, group: GroupId, max: u64) -> Option<u64> {
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if cached.0 != Some(p.version()) {
+            let hosted = hosted_slots(p);
             let all = p
                 .groups()
                 .keys()
-                .filter_map(|&g| group_budget(p, g, max).map(|b| (g, b)))
+                .filter_map(|&g| budget_with(p, &hosted, g, max).map(|b| (g, b)))
                 .collect();
             *cached = (Some(p.version()), all);
         }

@@ -335,14 +335,13 @@ where
         let p = self.inner.placement.borrow();
         // Asked here, and the request not committed yet.
         let asking = p.rebalances_asked() < self.asking.load(std::sync::atomic::Ordering::Relaxed);
-        let summary = match crate::report::rebalance_summary(&p) {
-            done if asking && done.starts_with("done") => "requested".to_string(),
-            s => s,
-        };
-        if summary.starts_with("done") {
-            summary
-        } else {
-            format!("{summary} (carried out by the metadata leader: {leader})")
+        use crate::report::RebalanceState;
+        match RebalanceState::of(&p) {
+            RebalanceState::Done(_) if asking => {
+                format!("requested (carried out by the metadata leader: {leader})")
+            }
+            done @ RebalanceState::Done(_) => done.to_string(),
+            other => format!("{other} (carried out by the metadata leader: {leader})"),
         }
     }
 

@@ -61,6 +61,7 @@ pub use placement::{
 };
 pub use plan::{plan, Observed, Step};
 pub use report::{
-    gather, rebalance_summary, ClusterReport, GroupReport, NodeReport, ReplicaReport,
+    gather, rebalance_summary, ClusterReport, GroupReport, NodeReport, RebalanceState,
+    ReplicaReport,
 };
 pub use slots::{key_slot, SlotRange, SLOTS};

@@ -13,18 +13,43 @@ use raftify_grpc::RaftClient;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Where a rebalance stands as the placement records it: `moving: <the
-/// move>`, `requested` (asked, not carried out yet), or `done (placement
-/// version N)`. The metadata leader, which carries it out, knows its
-/// current step besides.
-pub fn rebalance_summary(p: &Placement) -> String {
-    if let Some(m) = p.moving() {
-        format!("moving: {m}")
-    } else if p.rebalance_pending() {
-        "requested".into()
-    } else {
-        format!("done (placement version {})", p.version())
+/// Where a rebalance stands as the placement records it (the metadata
+/// leader, which carries it out, knows its current step besides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebalanceState {
+    /// A slot move in progress.
+    Moving(SlotMove),
+    /// Asked for, not carried out yet.
+    Requested,
+    /// Nothing to do, at this placement version.
+    Done(u64),
+}
+
+impl RebalanceState {
+    /// The state of `p`.
+    pub fn of(p: &Placement) -> RebalanceState {
+        match p.moving() {
+            Some(m) => RebalanceState::Moving(m),
+            None if p.rebalance_pending() => RebalanceState::Requested,
+            None => RebalanceState::Done(p.version()),
+        }
     }
+}
+
+/// `moving: <the move>`, `requested`, or `done (placement version N)`.
+impl std::fmt::Display for RebalanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RebalanceState::Moving(m) => write!(f, "moving: {m}"),
+            RebalanceState::Requested => write!(f, "requested"),
+            RebalanceState::Done(v) => write!(f, "done (placement version {v})"),
+        }
+    }
+}
+
+/// [`RebalanceState::of`] as text.
+pub fn rebalance_summary(p: &Placement) -> String {
+    RebalanceState::of(p).to_string()
 }
 
 /// The cluster at one placement version.
