@@ -312,7 +312,9 @@ pub(crate) fn export(ks: &Keyspace, start: u16, end: u16) -> Result<Vec<u8>, Box
         })
         .collect();
     let mut out = Vec::new();
-    crate::snapshot::put_items(&mut out, items)?;
+    let mut spill = crate::snapshot::Spill::new(&mut out);
+    crate::snapshot::put_items(&mut spill, items.len(), items.into_iter())?;
+    spill.finish()?;
     Ok(out)
 }
 

@@ -21,7 +21,7 @@ use crate::named::{Named, NamedCaches};
 use bytes::Bytes;
 use raftify_core::{BoxError, SnapshotView};
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 
 const MAGIC: &[u8; 8] = b"RFTYKV06";
 const MAGIC_V5: &[u8; 8] = b"RFTYKV05";
@@ -47,85 +47,154 @@ pub(crate) struct Parts {
 /// A frozen copy of the state, serialized off the raft loop.
 pub(crate) struct View(pub Parts);
 
-/// Writes a count, then the items.
-pub(crate) fn put_items(out: &mut Vec<u8>, items: Vec<(&Bytes, &Item)>) -> Result<(), BoxError> {
-    put_u64(out, items.len() as u64);
+/// The snapshot's pieces, encoded with the entries' helpers into a small
+/// buffer that is spilled to the destination (the snapshot file) every
+/// [`SPILL`] bytes: the serialized state is never held whole.
+pub(crate) struct Spill<'a> {
+    buf: Vec<u8>,
+    out: &'a mut dyn Write,
+}
+
+/// How much [`Spill`] buffers before writing.
+const SPILL: usize = 64 << 10;
+
+impl<'a> Spill<'a> {
+    /// Writes to `out`.
+    pub(crate) fn new(out: &'a mut dyn Write) -> Self {
+        Spill {
+            buf: Vec::with_capacity(SPILL * 2),
+            out,
+        }
+    }
+
+    /// Where the next piece is encoded.
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Writes what is buffered once it is [`SPILL`] bytes or more.
+    fn spill(&mut self) -> std::io::Result<()> {
+        if self.buf.len() >= SPILL {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes the rest.
+    pub(crate) fn finish(mut self) -> std::io::Result<()> {
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Writes a count, then the items (`count` of them).
+pub(crate) fn put_items<'k>(
+    out: &mut Spill<'_>,
+    count: usize,
+    items: impl Iterator<Item = (&'k Bytes, &'k Item)>,
+) -> Result<(), BoxError> {
+    put_u64(out.buf(), count as u64);
+    let mut written = 0;
     for (key, item) in items {
-        put(out, key)?;
-        put_u64(out, item.expire_at().unwrap_or(0));
-        put_u64(out, item.version);
+        written += 1;
+        put(out.buf(), key)?;
+        put_u64(out.buf(), item.expire_at().unwrap_or(0));
+        put_u64(out.buf(), item.version);
         match &item.value {
             Value::Str(s) => {
-                out.push(V_STR);
-                put(out, s)?;
+                out.buf().push(V_STR);
+                put(out.buf(), s)?;
             }
             Value::Hash(h) => {
-                out.push(V_HASH);
-                put_u64(out, h.len() as u64);
+                out.buf().push(V_HASH);
+                put_u64(out.buf(), h.len() as u64);
                 for (f, v) in h.iter() {
-                    put(out, f)?;
-                    put(out, v)?;
+                    put(out.buf(), f)?;
+                    put(out.buf(), v)?;
+                    out.spill()?;
                 }
             }
             Value::List(l) => {
-                out.push(V_LIST);
-                put_u64(out, l.len() as u64);
+                out.buf().push(V_LIST);
+                put_u64(out.buf(), l.len() as u64);
                 for v in l.iter() {
-                    put(out, v)?;
+                    put(out.buf(), v)?;
+                    out.spill()?;
                 }
             }
             Value::Set(s) => {
-                out.push(V_SET);
-                put_u64(out, s.len() as u64);
+                out.buf().push(V_SET);
+                put_u64(out.buf(), s.len() as u64);
                 for v in s.iter() {
-                    put(out, v)?;
+                    put(out.buf(), v)?;
+                    out.spill()?;
                 }
             }
             Value::ZSet(z) => {
-                out.push(V_ZSET);
-                put_u64(out, z.len() as u64);
+                out.buf().push(V_ZSET);
+                put_u64(out.buf(), z.len() as u64);
                 for (s, m) in &z.ordered {
-                    put(out, m)?;
-                    put_u64(out, s.0.to_bits());
+                    put(out.buf(), m)?;
+                    put_u64(out.buf(), s.0.to_bits());
+                    out.spill()?;
                 }
             }
         }
+        out.spill()?;
+    }
+    if written != count {
+        return Err(format!("{written} items written where {count} were counted").into());
     }
     Ok(())
 }
 
+/// Writes a keyspace's live items: counted first, then written (two walks
+/// of the tree, no list of them).
+fn put_keyspace(out: &mut Spill<'_>, keys: &Keyspace) -> Result<(), BoxError> {
+    put_items(out, keys.iter().count(), keys.iter())
+}
+
 impl SnapshotView for View {
     fn write_to(self: Box<Self>, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        self.write_into(out)
+    }
+
+    fn write_into(self: Box<Self>, out: &mut dyn Write) -> Result<(), BoxError> {
         let p = &self.0;
-        out.extend_from_slice(MAGIC);
-        put_u64(out, p.keys.clock());
-        put_u64(out, p.members.len() as u64);
+        let mut out = Spill::new(out);
+        out.buf().extend_from_slice(MAGIC);
+        put_u64(out.buf(), p.keys.clock());
+        put_u64(out.buf(), p.members.len() as u64);
         for (id, addr) in &p.members {
-            put_u64(out, *id);
-            put(out, addr.as_bytes())?;
+            put_u64(out.buf(), *id);
+            put(out.buf(), addr.as_bytes())?;
         }
-        put_users(out, &p.users)?;
-        put_items(out, p.keys.iter().collect())?;
-        put_u64(out, p.named.iter().count() as u64);
+        put_users(out.buf(), &p.users)?;
+        put_keyspace(&mut out, &p.keys)?;
+        put_u64(out.buf(), p.named.iter().count() as u64);
         for (name, cache) in p.named.iter() {
-            put(out, name)?;
-            put_items(out, cache.keyspace().iter().collect())?;
+            put(out.buf(), name)?;
+            put_keyspace(&mut out, cache.keyspace())?;
         }
-        put_u64(out, p.locks.iter().count() as u64);
+        put_u64(out.buf(), p.locks.iter().count() as u64);
         for (name, held) in p.locks.iter() {
-            put(out, name)?;
-            put_u64(out, held.holder);
-            put_u64(out, held.fence);
-            put_u64(out, held.expires_ms);
+            put(out.buf(), name)?;
+            put_u64(out.buf(), held.holder);
+            put_u64(out.buf(), held.fence);
+            put_u64(out.buf(), held.expires_ms);
+            out.spill()?;
         }
         let f = &p.frozen;
         for ranges in [f.moving(), f.moved(), f.handed(), f.incoming()] {
-            put_u64(out, ranges.len() as u64);
+            put_u64(out.buf(), ranges.len() as u64);
             for &(a, b) in ranges {
-                put_u64(out, u64::from(a));
-                put_u64(out, u64::from(b));
+                put_u64(out.buf(), u64::from(a));
+                put_u64(out.buf(), u64::from(b));
             }
         }
+        out.finish()?;
         Ok(())
     }
 }

@@ -313,11 +313,7 @@ pub fn encode_snapshot<E>(
     meta: &ClusterMeta,
     write_state: Option<impl FnOnce(&mut Vec<u8>) -> Result<(), E>>,
 ) -> Result<Vec<u8>, E> {
-    let header = serde_json::to_vec(meta).unwrap_or_default(); // ok: plain maps and integers
-    let mut out = Vec::with_capacity(16 + header.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
-    out.extend_from_slice(&header);
+    let mut out = snapshot_head(meta);
     let at = out.len();
     out.extend_from_slice(&NO_STATE.to_be_bytes());
     if let Some(write) = write_state {
@@ -327,6 +323,47 @@ pub fn encode_snapshot<E>(
         out[at..at + 8].copy_from_slice(&len.to_be_bytes());
     }
     Ok(out)
+}
+
+/// Snapshot data up to its state length: magic, header length, header.
+fn snapshot_head(meta: &ClusterMeta) -> Vec<u8> {
+    let header = serde_json::to_vec(meta).unwrap_or_default(); // ok: plain maps and integers
+    let mut out = Vec::with_capacity(16 + header.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    out.extend_from_slice(&header);
+    out
+}
+
+/// Writes snapshot data in [`encode_snapshot`]'s format to `out` while
+/// `write_state` produces the state — for a store that writes it straight
+/// to a file ([`crate::LogStore::save_snapshot_with`]): the state's length
+/// is patched in afterwards, and `out` is left at the end.
+pub fn write_snapshot_data<W, E>(
+    out: &mut W,
+    meta: &ClusterMeta,
+    write_state: impl FnOnce(&mut W) -> Result<(), E>,
+) -> Result<(), E>
+where
+    W: std::io::Write + std::io::Seek + ?Sized,
+    E: From<std::io::Error>,
+{
+    use std::io::SeekFrom;
+    out.write_all(&snapshot_head(meta))?;
+    let at = out.stream_position()?;
+    out.write_all(&NO_STATE.to_be_bytes())?;
+    write_state(out)?;
+    let end = out.stream_position()?;
+    let len = end.checked_sub(at + 8).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the snapshot state writer moved before its start",
+        )
+    })?;
+    out.seek(SeekFrom::Start(at))?;
+    out.write_all(&len.to_be_bytes())?;
+    out.seek(SeekFrom::Start(end))?;
+    Ok(())
 }
 
 /// Reads snapshot data (`RFS2`, or the older `RFS1`) without copying the
@@ -578,6 +615,43 @@ mod tests {
         assert_eq!(decode_snapshot(&v1).unwrap(), (meta, Some(&b"old"[..])));
         v1.push(0);
         assert!(decode_snapshot(&v1).is_err());
+    }
+
+    #[test]
+    fn streamed_snapshot_data_is_what_the_buffered_encoder_writes() {
+        let mut meta = ClusterMeta::default();
+        meta.peers.insert(3, "127.0.0.1:3".into());
+        let state = vec![7u8; 10_000];
+        let buffered = encode_snapshot(
+            &meta,
+            Some(|out: &mut Vec<u8>| {
+                out.extend_from_slice(&state);
+                Ok::<(), std::io::Error>(())
+            }),
+        )
+        .unwrap();
+        // Written after a prefix (as a store's file header), in pieces.
+        let mut out = std::io::Cursor::new(b"prefix".to_vec());
+        out.set_position(6);
+        write_snapshot_data(&mut out, &meta, |w: &mut std::io::Cursor<Vec<u8>>| {
+            for piece in state.chunks(999) {
+                std::io::Write::write_all(w, piece)?;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .unwrap();
+        assert_eq!(
+            out.position() as usize,
+            out.get_ref().len(),
+            "left at the end"
+        );
+        assert_eq!(&out.get_ref()[6..], &buffered[..]);
+        // A writer that fails fails the whole.
+        let mut out = std::io::Cursor::new(Vec::new());
+        let failed = write_snapshot_data(&mut out, &meta, |_| {
+            Err::<(), std::io::Error>(std::io::Error::other("view failed"))
+        });
+        assert!(failed.is_err());
     }
 
     #[test]

@@ -130,7 +130,9 @@ pub use node::{
 pub use sessions::SessionWrite;
 pub use state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError, Payload, SnapshotView};
 pub use status::{unix_ms, Event, MetricsSnapshot, NodeState, Role, Status};
-pub use storage::{LogStore, MemStore, SnapshotInfo, StorageError, WriteBatch};
+pub use storage::{
+    LogStore, MemStore, SnapshotInfo, SnapshotWriter, StorageError, WriteBatch, WriteSnapshot,
+};
 pub use transport::{
     call_cluster, request_join_ticket, ClusterApi, Feedback, InProcNetwork, Inbound, Membership,
     Outcome, PeerLiveness, Transport,

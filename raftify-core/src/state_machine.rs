@@ -244,6 +244,19 @@ pub trait SnapshotView: Send + 'static {
     /// Appends the snapshot's bytes — what
     /// [`AbstractStateMachine::restore`] reads — to `out`.
     fn write_to(self: Box<Self>, out: &mut Vec<u8>) -> Result<(), BoxError>;
+
+    /// Writes the same bytes as [`SnapshotView::write_to`] to `out` as they
+    /// are produced. The node calls this one: with a store that keeps
+    /// snapshots in files (raftify-storage), `out` is the snapshot file
+    /// (buffered), so a state machine that overrides it never holds its
+    /// serialized state in memory. Default: [`SnapshotView::write_to`]
+    /// into a buffer, then the buffer to `out`.
+    fn write_into(self: Box<Self>, out: &mut dyn std::io::Write) -> Result<(), BoxError> {
+        let mut buf = Vec::new();
+        self.write_to(&mut buf)?;
+        out.write_all(&buf)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

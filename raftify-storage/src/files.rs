@@ -1,14 +1,11 @@
-//! Snapshot files, compaction archives, and the durable-file helper.
+//! Compaction archives and the durable-file helpers.
 
-use crate::codec::{crc32, decode_msg, encode_msg};
 use crate::error::LmdbError;
-use raftify_core::raft::eraftpb::{Entry, Snapshot};
+use raftify_core::raft::eraftpb::Entry;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// First bytes of a snapshot file.
-const SNAP_MAGIC: &[u8; 8] = b"RFTYSNP1";
 /// First bytes of a compaction archive.
 const ARCHIVE_MAGIC: &[u8; 8] = b"RFTYWAL1";
 
@@ -24,6 +21,19 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LmdbError> {
 /// directory is fsynced. A crash leaves either the old file or the new one
 /// (plus possibly a `.tmp` file, which [`remove_tmp_files`] cleans up).
 pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), LmdbError> {
+    write_durable_with(path, |f, tmp| {
+        f.write_all(bytes)
+            .map_err(|e| LmdbError::io("write", tmp, e))
+    })
+}
+
+/// [`write_durable`] with the contents written by `write` into the
+/// temporary file (opened for reading and writing; its path given for
+/// messages).
+pub(crate) fn write_durable_with(
+    path: &Path,
+    write: impl FnOnce(&mut File, &Path) -> Result<(), LmdbError>,
+) -> Result<(), LmdbError> {
     let dir = path.parent().ok_or_else(|| LmdbError::NotAStore {
         path: path.to_path_buf(),
         reason: "file path has no parent directory".into(),
@@ -36,13 +46,13 @@ pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), LmdbError> 
     let tmp = dir.join(format!(".{file_name}.tmp"));
     let result = (|| {
         let mut f = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)
             .map_err(|e| LmdbError::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| LmdbError::io("write", &tmp, e))?;
+        write(&mut f, &tmp)?;
         f.sync_all().map_err(|e| LmdbError::io("fsync", &tmp, e))?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| LmdbError::io("rename into", path, e))?;
@@ -66,20 +76,6 @@ pub(crate) fn remove_tmp_files(dir: &Path) {
     }
 }
 
-/// Encodes a snapshot in the snapshot-file format:
-/// `"RFTYSNP1" ++ crc32 (u32 LE) ++ length (u64 LE) ++ eraftpb.Snapshot`:
-/// the bytes [`write_snapshot_file`] writes, for a caller that sends them
-/// elsewhere. An error says why the snapshot cannot be encoded.
-pub fn encode_snapshot_file(snap: &Snapshot) -> Result<Vec<u8>, String> {
-    let payload = encode_msg(snap)?;
-    let mut out = Vec::with_capacity(payload.len() + 20);
-    out.extend_from_slice(SNAP_MAGIC);
-    out.extend_from_slice(&crc32(&payload).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
-}
-
 fn read_file(path: &Path) -> Result<Vec<u8>, LmdbError> {
     let mut buf = Vec::new();
     File::open(path)
@@ -88,62 +84,13 @@ fn read_file(path: &Path) -> Result<Vec<u8>, LmdbError> {
             if e.kind() == std::io::ErrorKind::NotFound {
                 LmdbError::Missing {
                     path: path.to_path_buf(),
-                    what: "a snapshot or archive file".into(),
+                    what: "an archive file".into(),
                 }
             } else {
                 LmdbError::io("read", path, e)
             }
         })?;
     Ok(buf)
-}
-
-/// Decodes a snapshot file's bytes; `path` is only used in messages.
-pub(crate) fn decode_snapshot_file(path: &Path, bytes: &[u8]) -> Result<Snapshot, LmdbError> {
-    let bad = |reason: String| LmdbError::corrupted(path, reason);
-    if bytes.len() < 20 || &bytes[..8] != SNAP_MAGIC {
-        return Err(bad(format!(
-            "not a raftify snapshot file (missing the {:?} header)",
-            String::from_utf8_lossy(SNAP_MAGIC)
-        )));
-    }
-    let mut crc = [0u8; 4];
-    crc.copy_from_slice(&bytes[8..12]);
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&bytes[12..20]);
-    let len = u64::from_le_bytes(len);
-    let payload = &bytes[20..];
-    if payload.len() as u64 != len {
-        return Err(bad(format!(
-            "truncated or extended: header says {len} payload bytes, file has {}",
-            payload.len()
-        )));
-    }
-    if crc32(payload) != u32::from_le_bytes(crc) {
-        return Err(bad("snapshot checksum mismatch".into()));
-    }
-    decode_msg(payload).map_err(bad)
-}
-
-/// Writes `snapshot` to `path` in raftify's snapshot-file format, atomically
-/// and durably (temporary file, fsync, rename, directory fsync).
-///
-/// The file can be given to [`crate::restore_wal_snapshot_from`] and read
-/// back with [`read_snapshot_file`].
-pub fn write_snapshot_file(path: impl AsRef<Path>, snapshot: &Snapshot) -> Result<(), LmdbError> {
-    let path = path.as_ref();
-    let bytes = encode_snapshot_file(snapshot).map_err(|reason| LmdbError::Store {
-        path: path.to_path_buf(),
-        source: raftify_core::StorageError::Invalid(reason),
-    })?;
-    write_durable(path, &bytes)
-}
-
-/// Reads and verifies (magic, length, checksum, protobuf) a snapshot file
-/// written by [`write_snapshot_file`] or found in a store's `snap/` folder.
-pub fn read_snapshot_file(path: impl AsRef<Path>) -> Result<Snapshot, LmdbError> {
-    let path = path.as_ref();
-    let bytes = read_file(path)?;
-    decode_snapshot_file(path, &bytes)
 }
 
 /// Encodes raw framed entry records (as stored in LMDB) into an archive:

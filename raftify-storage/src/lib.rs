@@ -106,9 +106,11 @@ mod error;
 mod files;
 mod journal;
 mod restore;
+mod snapshot_file;
 mod store;
 
 pub use error::LmdbError;
-pub use files::{encode_snapshot_file, read_archive_file, read_snapshot_file, write_snapshot_file};
+pub use files::read_archive_file;
 pub use restore::{restore_wal_from, restore_wal_snapshot_from};
+pub use snapshot_file::{encode_snapshot_file, read_snapshot_file, write_snapshot_file};
 pub use store::{LmdbOptions, LmdbStore, FORMAT_VERSION};

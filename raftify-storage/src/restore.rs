@@ -1,7 +1,7 @@
 //! Seeding a new node's directory from another node's log or snapshot.
 
 use crate::error::LmdbError;
-use crate::files::read_snapshot_file;
+use crate::snapshot_file::read_snapshot_file;
 use crate::store::{LmdbOptions, LmdbStore, DATA_FILE};
 use raftify_core::{LogStore, WriteBatch};
 use std::fs;

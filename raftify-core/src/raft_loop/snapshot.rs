@@ -2,9 +2,9 @@
 //! a leader's snapshot installed in place of the log.
 
 use super::{RaftLoop, Reply};
-use crate::codec::{decode_snapshot, encode_snapshot};
+use crate::codec::{decode_snapshot, write_snapshot_data};
 use crate::error::{Error, Result};
-use crate::state_machine::{AbstractLogEntry, AbstractStateMachine, SnapshotView};
+use crate::state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError, SnapshotView};
 use crate::status::Metrics;
 use crate::storage::StorageError;
 use raft::eraftpb::Snapshot;
@@ -195,25 +195,29 @@ where
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         let save = move || -> Result<()> {
-            // The state is written where it belongs in the snapshot's data:
-            // a large one is never copied.
-            let data = encode_snapshot(
-                &meta,
-                Some(|out: &mut Vec<u8>| match state {
-                    UserState::Bytes(b) => {
-                        out.extend_from_slice(&b);
-                        Ok(())
-                    }
-                    UserState::View(view) => view
-                        .write_to(out)
-                        .map_err(|e| Error::StateMachine(format!("snapshot: {e}"))),
+            // The state is written as it is produced, straight into the
+            // store's snapshot file: a large one is never held serialized.
+            let mut failure: Option<BoxError> = None;
+            let saved = store.save_snapshot_with(
+                md,
+                Box::new(|out| {
+                    write_snapshot_data(out, &meta, |out| match state {
+                        UserState::Bytes(b) => out.write_all(&b).map_err(BoxError::from),
+                        UserState::View(view) => view.write_into(out),
+                    })
+                    .map_err(|e: BoxError| {
+                        let text = e.to_string();
+                        failure = Some(e);
+                        std::io::Error::other(text)
+                    })
                 }),
-            )?;
-            let size = data.len();
-            let mut snap = Snapshot::default();
-            snap.data = data.into();
-            snap.set_metadata(md);
-            store.save_snapshot(snap)?;
+            );
+            let size = match (saved, failure) {
+                (Ok(size), _) => size,
+                // The state (or writing it) failed, not the store.
+                (Err(_), Some(e)) => return Err(Error::StateMachine(format!("snapshot: {e}"))),
+                (Err(e), None) => return Err(e.into()),
+            };
             metrics
                 .snapshot_bytes
                 .set(i64::try_from(size).unwrap_or(i64::MAX));

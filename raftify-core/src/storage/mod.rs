@@ -13,9 +13,18 @@ mod overlay;
 pub use memory::{check_append, MemStore};
 pub(crate) use overlay::Overlay;
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// Where a snapshot's data goes as it is produced
+/// ([`LogStore::save_snapshot_with`]): written in order, with seeks back
+/// to patch what was written earlier (a length).
+pub trait SnapshotWriter: std::io::Write + std::io::Seek {}
+impl<T: std::io::Write + std::io::Seek + ?Sized> SnapshotWriter for T {}
+
+/// Writes a snapshot's data into a [`SnapshotWriter`].
+pub type WriteSnapshot<'a> = Box<dyn FnOnce(&mut dyn SnapshotWriter) -> std::io::Result<()> + 'a>;
 
 /// Errors a [`LogStore`] returns.
 ///
@@ -232,6 +241,28 @@ pub trait LogStore: Send + Sync + 'static {
     /// Stores a snapshot this node created from its own state machine. It
     /// does not touch the log; [`LogStore::compact`] is called afterwards.
     fn save_snapshot(&self, snapshot: Snapshot) -> StorageResult<()>;
+    /// [`LogStore::save_snapshot`] with the data written by `write` as it is
+    /// produced, straight where the store keeps it (a store with snapshot
+    /// files: the file), so a large state is never held serialized in
+    /// memory. `write` may seek within what it wrote (positions count from
+    /// the data's start) and must leave the writer at the end. Returns the
+    /// data's size. An error of `write` fails the save (nothing is
+    /// stored). Default: into a buffer, then [`LogStore::save_snapshot`].
+    fn save_snapshot_with(
+        &self,
+        metadata: SnapshotMetadata,
+        write: WriteSnapshot<'_>,
+    ) -> StorageResult<u64> {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        write(&mut buf).map_err(StorageError::backend)?;
+        let data = buf.into_inner();
+        let size = data.len() as u64;
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        snap.set_metadata(metadata);
+        self.save_snapshot(snap)?;
+        Ok(size)
+    }
     /// Removes entries before `index` (which must be ≤ the snapshot index + 1).
     fn compact(&self, index: u64) -> StorageResult<()>;
     /// The identity recorded in the store, if any.

@@ -5,11 +5,12 @@ use super::tail::View;
 use super::LmdbStore;
 use crate::codec::{encode_msg, frame};
 use crate::files::{encode_archive, write_durable};
+use crate::snapshot_file::data_of;
 use heed::RoTxn;
-use raftify_core::raft::eraftpb::{Entry, Snapshot};
+use raftify_core::raft::eraftpb::{Entry, Snapshot, SnapshotMetadata};
 use raftify_core::raft::RaftState;
 use raftify_core::storage::{check_append, limit_size, Durability, StorageResult, StoreIdentity};
-use raftify_core::{LogStore, SnapshotInfo, StorageError, WriteBatch};
+use raftify_core::{LogStore, SnapshotInfo, StorageError, WriteBatch, WriteSnapshot};
 use std::sync::atomic::Ordering;
 
 impl LogStore for LmdbStore {
@@ -201,16 +202,26 @@ impl LogStore for LmdbStore {
     }
 
     fn save_snapshot(&self, snapshot: Snapshot) -> StorageResult<()> {
+        let meta = snapshot.get_metadata().clone();
+        self.save_snapshot_with(meta, data_of(&snapshot))
+            .map(|_| ())
+    }
+
+    fn save_snapshot_with(
+        &self,
+        m: SnapshotMetadata,
+        write: WriteSnapshot<'_>,
+    ) -> StorageResult<u64> {
         self.ensure_writable()?;
-        // The file is the bulk of the work (the whole state, written and
-        // synced): it is written before taking the writer lock, so the log
-        // writes of a running node are not held up behind it. Only one own
-        // snapshot is saved at a time, so its name is unique; a crash before
-        // the commit below leaves an orphan that the next open removes.
-        let m = snapshot.get_metadata().clone();
+        // The file is the bulk of the work (the whole state, written as the
+        // state machine produces it, and synced): it is written before
+        // taking the writer lock, so the log writes of a running node are
+        // not held up behind it. Only one own snapshot is saved at a time,
+        // so its name is unique; a crash before the commit below leaves an
+        // orphan that the next open removes.
         let next_seq = self.read(|txn| Ok(self.read_meta(txn)?.snap_seq))? + 1;
         let name = format!("{next_seq:020}-{:020}-{:020}-own.snap", m.index, m.term);
-        self.write_snapshot_file(&snapshot, &name)?;
+        let size = self.write_snapshot_file(&m, write, &name)?;
         // What the snapshot covers was applied, so it is in the log: in
         // LMDB once the tail is checkpointed (appends go on meanwhile).
         let committed = self.checkpoint().and_then(|()| {
@@ -235,7 +246,7 @@ impl LogStore for LmdbStore {
         match committed {
             Ok(old_file) => {
                 self.retire_snapshot(old_file, &name);
-                Ok(())
+                Ok(size)
             }
             Err(e) => {
                 self.remove_snapshot_file(&name);

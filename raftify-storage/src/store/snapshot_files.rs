@@ -7,13 +7,12 @@ use super::meta::Meta;
 use super::txn::Fail;
 use super::{LmdbStore, SNAP_DIR};
 use crate::error::LmdbError;
-use crate::files::{
-    decode_snapshot_file, encode_snapshot_file, remove_tmp_files, sync_dir, write_durable,
-};
+use crate::files::{remove_tmp_files, sync_dir};
+use crate::snapshot_file::{data_of, map_snapshot_file, write_snapshot_file_with};
 use heed::{RoTxn, RwTxn};
-use raftify_core::raft::eraftpb::Snapshot;
+use raftify_core::raft::eraftpb::{Snapshot, SnapshotMetadata};
 use raftify_core::storage::StorageResult;
-use raftify_core::{LogStore, StorageError};
+use raftify_core::{LogStore, StorageError, WriteSnapshot};
 use std::fs;
 use std::path::Path;
 
@@ -25,11 +24,12 @@ impl LmdbStore {
             path: self.dir.clone(),
             source: e,
         })?;
-        crate::files::write_snapshot_file(path, &snap)
+        crate::snapshot_file::write_snapshot_file(path, &snap)
     }
 
-    /// The current snapshot (read from its file, checked against the
-    /// metadata) and the metadata it was read with.
+    /// The current snapshot (its file mapped, its data a slice of the
+    /// mapping; checked against the metadata) and the metadata it was read
+    /// with.
     pub(super) fn read_snapshot(&self, txn: &RoTxn) -> StorageResult<(Snapshot, Meta)> {
         let meta = self.read_meta(txn)?;
         let Some(name) = &meta.snap_file else {
@@ -37,16 +37,11 @@ impl LmdbStore {
             return Ok((Snapshot::default(), meta));
         };
         let path = self.dir.join(SNAP_DIR).join(name);
-        let bytes = fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                // Possibly replaced by a concurrent writer (read-only
-                // handles); the caller retries with a fresh transaction.
-                StorageError::SnapshotTemporarilyUnavailable
-            } else {
-                StorageError::backend(LmdbError::io("read snapshot file", &path, e))
-            }
-        })?;
-        let snap = decode_snapshot_file(&path, &bytes).map_err(|e| self.lmdb_to_storage(e))?;
+        // Missing: possibly replaced by a concurrent writer (read-only
+        // handles); the caller retries with a fresh transaction.
+        let snap = map_snapshot_file(&path)
+            .map_err(|e| self.lmdb_to_storage(e))?
+            .ok_or(StorageError::SnapshotTemporarilyUnavailable)?;
         if snap.get_metadata() != &meta.snap_meta {
             return Err(self.corrupt(format!(
                 "snapshot file {} does not match the snapshot metadata in LMDB",
@@ -69,14 +64,20 @@ impl LmdbStore {
     pub(crate) fn create_snapshot_file(&self, snap: &Snapshot, seq: u64) -> StorageResult<String> {
         let m = snap.get_metadata();
         let name = format!("{seq:020}-{:020}-{:020}.snap", m.index, m.term);
-        self.write_snapshot_file(snap, &name)?;
+        self.write_snapshot_file(snap.get_metadata(), data_of(snap), &name)?;
         Ok(name)
     }
 
-    /// Writes a snapshot file durably (temp file, fsync, rename, dir fsync).
-    pub(super) fn write_snapshot_file(&self, snap: &Snapshot, name: &str) -> StorageResult<()> {
-        let bytes = encode_snapshot_file(snap).map_err(StorageError::Invalid)?;
-        write_durable(&self.dir.join(SNAP_DIR).join(name), &bytes)
+    /// Writes a snapshot file durably (temp file, fsync, rename, dir fsync),
+    /// its data written by `write_data` as it is produced; returns the
+    /// data's length.
+    pub(super) fn write_snapshot_file(
+        &self,
+        meta: &SnapshotMetadata,
+        write_data: WriteSnapshot<'_>,
+        name: &str,
+    ) -> StorageResult<u64> {
+        write_snapshot_file_with(&self.dir.join(SNAP_DIR).join(name), meta, write_data)
             .map_err(|e| self.lmdb_to_storage(e))
     }
 
