@@ -157,7 +157,7 @@ pub fn refuses(policy: Policy, max: u64, used: u64) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate<'a> {
     /// The key.
-    pub key: &'a Bytes,
+    pub key: &'a [u8],
     /// When it expires (replicated clock, ms).
     pub expire_at: Option<u64>,
     /// The log index of its last change.
@@ -226,7 +226,7 @@ pub fn choose(policy: Policy, mut sample: Vec<Candidate<'_>>, excess: usize) -> 
             break;
         }
         freed += c.weight;
-        out.push(c.key.clone());
+        out.push(Bytes::copy_from_slice(c.key));
     }
     out
 }

@@ -281,7 +281,6 @@ impl Keyspace {
     /// Sets the key to `value` with `expire_at`, replacing what was there;
     /// returns the replaced item (expired or not). One descent of the tree.
     pub fn insert(&mut self, key: Bytes, value: Value, expire_at: Option<u64>) -> Option<Item> {
-        let key = own(key);
         let value = match value {
             Value::Str(s) => Value::Str(own(s)),
             other => other,
@@ -293,7 +292,7 @@ impl Keyspace {
             expires,
             version: self.index,
         };
-        let old = self.items.insert(HKey::new(key.clone()), item);
+        let old = self.items.insert(HKey::new(&key), item);
         if let Some(old) = &old {
             self.used = self
                 .used
@@ -304,7 +303,7 @@ impl Keyspace {
         }
         self.used += weight;
         if let Some(t) = expires {
-            self.expiries.insert((t.get(), key));
+            self.expiries.insert((t.get(), own(key)));
         }
         old
     }
@@ -324,13 +323,12 @@ impl Keyspace {
 
     /// Deletes the key (expired or not); returns its item.
     pub fn remove(&mut self, key: &[u8]) -> Option<Item> {
-        // The stored key comes back with the item: no copy of `key`.
-        let (HKey { key, .. }, old) = self.items.remove_with_key(Probe::of(key).view())?;
+        let old = self.items.remove(Probe::of(key).view())?;
         self.used = self
             .used
             .saturating_sub(key.len() + PER_KEY + old.value.weight());
         if let Some(t) = old.expire_at() {
-            self.expiries.remove(&(t, key));
+            self.expiries.remove(&(t, Bytes::copy_from_slice(key)));
         }
         Some(old)
     }
@@ -345,8 +343,7 @@ impl Keyspace {
             self.remove(key);
             return false;
         }
-        // A reference count, not a copy of the key.
-        let stored = stored.key.clone();
+        let stored = Bytes::copy_from_slice(stored.key());
         let expires = expiry(expire_at);
         let old = std::mem::replace(&mut item.expires, expires);
         item.version = index;
@@ -390,17 +387,17 @@ impl Keyspace {
 
     /// Every live key and item, in `SCAN`'s order
     /// ([`crate::scan_order::scan_hash`], then the key).
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Item)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Item)> + '_ {
         self.items
             .iter()
             .filter(|(_, i)| self.live(i))
-            .map(|(k, i)| (&k.key, i))
+            .map(|(k, i)| (k.key(), i))
     }
 
     /// Live keys and items in `SCAN`'s order from the first key whose
     /// hash is above `cursor` (0: from the start), each with its hash:
     /// a range lookup, not a walk from the start.
-    pub fn iter_after(&self, cursor: u64) -> impl Iterator<Item = (u64, &Bytes, &Item)> + '_ {
+    pub fn iter_after(&self, cursor: u64) -> impl Iterator<Item = (u64, &[u8], &Item)> + '_ {
         // None after the last position.
         let ranged = Probe::after(cursor).map(|p| {
             let from: RangeFrom<'_> = (Bound::Included(p.view()), Bound::Unbounded);
@@ -410,7 +407,7 @@ impl Keyspace {
             .into_iter()
             .flatten()
             .filter(|(_, i)| self.live(i))
-            .map(|(k, i)| (k.hash(), &k.key, i))
+            .map(|(k, i)| (k.hash(), k.key(), i))
     }
 
     /// Deletes every key.

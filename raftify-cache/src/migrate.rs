@@ -304,7 +304,7 @@ pub(crate) fn check_range(start: u16, end: u16) -> Result<(), String> {
 
 /// Every item of slots `start..=end`, in the snapshot's item format.
 pub(crate) fn export(ks: &Keyspace, start: u16, end: u16) -> Result<Vec<u8>, BoxError> {
-    let items: Vec<(&Bytes, &Item)> = ks
+    let items: Vec<(&[u8], &Item)> = ks
         .iter()
         .filter(|(k, _)| {
             let s = key_slot(k);
@@ -344,7 +344,7 @@ pub(crate) fn drop_range(ks: &mut Keyspace, start: u16, end: u16) -> usize {
             let s = key_slot(k);
             start <= s && s <= end
         })
-        .cloned()
+        .map(Bytes::copy_from_slice)
         .collect();
     keys.iter().filter(|k| ks.remove(k).is_some()).count()
 }

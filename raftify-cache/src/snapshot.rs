@@ -93,7 +93,7 @@ impl<'a> Spill<'a> {
 pub(crate) fn put_items<'k>(
     out: &mut Spill<'_>,
     count: usize,
-    items: impl Iterator<Item = (&'k Bytes, &'k Item)>,
+    items: impl Iterator<Item = (&'k [u8], &'k Item)>,
 ) -> Result<(), BoxError> {
     put_u64(out.buf(), count as u64);
     let mut written = 0;

@@ -133,7 +133,7 @@ pub(crate) fn keys_in_slot(
         Some(n) => Reply::Array(
             keys.by_ref()
                 .take(n)
-                .map(|k| Reply::Bulk(k.clone()))
+                .map(|k| Reply::Bulk(Bytes::copy_from_slice(k)))
                 .collect(),
         ),
     }

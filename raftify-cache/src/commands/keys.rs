@@ -140,7 +140,7 @@ pub(crate) fn keys(ks: &Keyspace, a: &[Bytes]) -> Reply {
     Reply::bulks(
         ks.iter()
             .filter(|(k, _)| glob_match(&a[1], k))
-            .map(|(k, _)| k.clone()),
+            .map(|(k, _)| Bytes::copy_from_slice(k)),
     )
 }
 
@@ -168,13 +168,13 @@ pub(crate) fn scan(ks: &Keyspace, a: &[Bytes]) -> Reply {
             pattern.is_none_or(|p| glob_match(p, k))
                 && type_.is_none_or(|ty| ty.eq_ignore_ascii_case(t.as_bytes()))
         })
-        .map(|(k, _)| Reply::Bulk(k.clone()))
+        .map(|(k, _)| Reply::Bulk(Bytes::copy_from_slice(k)))
         .collect();
     Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(keys)])
 }
 
 /// A key found by [`next_by_hash`] and its type's name.
-type Found<'a> = (&'a Bytes, &'static str);
+type Found<'a> = (&'a [u8], &'static str);
 
 /// The `count` live keys after `cursor` in hash order (with every other
 /// key of the last hash: a collision never splits across calls), and the
@@ -230,7 +230,7 @@ pub(crate) fn randomkey(ks: &Keyspace, _: &[Bytes]) -> Reply {
         .unwrap_or(0);
     let start = nanos % n;
     let mut live = ks.iter().skip(start).chain(ks.iter());
-    Reply::opt(live.next().map(|(k, _)| k.clone()))
+    Reply::opt(live.next().map(|(k, _)| Bytes::copy_from_slice(k)))
 }
 
 /// O(1), as Redis's: keys past their TTL count until the leader's next
@@ -296,7 +296,7 @@ mod tests {
     fn a_full_scan_returns_every_key_once_in_count_sized_steps_by_hash() {
         let ks = keyspace(1_000);
         let mut hashes: Vec<(u64, Bytes)> =
-            ks.iter().map(|(k, _)| (scan_hash(k), k.clone())).collect();
+            ks.iter().map(|(k, _)| (scan_hash(k), Bytes::copy_from_slice(k))).collect();
         hashes.sort();
         let (mut cursor, mut seen, mut calls) = (0, Vec::new(), 0);
         loop {
