@@ -20,39 +20,12 @@
 use raftify_core::raft::eraftpb::{Entry, HardState};
 use raftify_core::{LogStore, WriteBatch};
 use raftify_storage::{LmdbOptions, LmdbStore};
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Rate of `write 4 KiB + fdatasync`: appending (the file grows, so every
-/// sync also commits file-size metadata) or overwriting the same block (only
-/// the data is flushed; closer to what LMDB does with its preallocated pages).
-fn raw_fdatasync(dir: &Path, secs: Duration, overwrite: bool) -> f64 {
-    let path = dir.join("fdatasync.bin");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .expect("create fdatasync.bin");
-    let block = vec![0x5Au8; 4096];
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < secs {
-        if overwrite {
-            use std::os::unix::fs::FileExt;
-            f.write_all_at(&block, 0).expect("write");
-        } else {
-            f.write_all(&block).expect("write");
-        }
-        f.sync_data().expect("fdatasync");
-        n += 1;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&path);
-    rate
-}
+#[path = "common/fsync_probe.rs"]
+mod fsync_probe;
+use fsync_probe::raw_fdatasync;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -156,8 +129,8 @@ fn main() {
     };
     let secs = Duration::from_secs(secs);
     println!("directory: {}", dir.display());
-    let raw = raw_fdatasync(&dir, secs, false);
-    let raw_over = raw_fdatasync(&dir, secs, true);
+    let raw = raw_fdatasync(&dir, secs, false).expect("fdatasync probe");
+    let raw_over = raw_fdatasync(&dir, secs, true).expect("fdatasync probe");
     println!("raw 4 KiB append + fdatasync:    {raw:.0} syncs/s");
     println!("raw 4 KiB overwrite + fdatasync: {raw_over:.0} syncs/s\n");
     println!(
