@@ -5,9 +5,9 @@
 //! `READ` answers the snapshot in raftify's snapshot-file format (checksummed;
 //! what `raftify-cli` and `--restore-snapshot-from` read), whole when it
 //! fits [`WHOLE_MAX`], else by ranges: `RAFT SNAPSHOT READ <id> <offset>
-//! <count>` with `count` ≤ [`WHOLE_MAX`]. The encoded file of the last
-//! snapshot read is kept, so reading a large one range by range encodes it
-//! once.
+//! <count>` with `count` ≤ [`WHOLE_MAX`]. The answer is the store's own
+//! snapshot file, read through a mapping (with raftify-storage; another
+//! store's snapshot is encoded in that format), kept for the next ranges.
 
 use crate::server::error_reply;
 use bytes::Bytes;
@@ -87,6 +87,26 @@ pub async fn read(store: Arc<dyn LogStore>, cache: &SnapshotCache, argv: &[Bytes
     let file = match cached {
         Some(b) => b,
         None => {
+            // The store's own file when it keeps one (a mapping, not a
+            // copy); else the snapshot encoded in that format.
+            let kept = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.snapshot_file()).await
+            };
+            let kept = match kept {
+                Ok(Ok(kept)) => kept,
+                Ok(Err(e)) => return error_reply(&Error::Storage(e)),
+                Err(e) => return Reply::err(format!("reading the snapshot failed: {e}")),
+            };
+            if let Some((meta, bytes)) = kept.filter(|(m, _)| m.index > 0) {
+                if id_of(&meta) != id {
+                    return Reply::err(format!(
+                        "no snapshot {id} here (RAFT SNAPSHOT LIST names the stored one)"
+                    ));
+                }
+                *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, bytes.clone()));
+                return answer(bytes, range);
+            }
             let snapshot = match load(store).await {
                 Ok(Some(s)) if id_of(s.get_metadata()) == id => s,
                 Ok(_) => {
@@ -109,6 +129,11 @@ pub async fn read(store: Arc<dyn LogStore>, cache: &SnapshotCache, argv: &[Bytes
             bytes
         }
     };
+    answer(file, range)
+}
+
+/// `file`, whole or the range asked for.
+fn answer(file: Bytes, range: Option<(usize, usize)>) -> Reply {
     match range {
         None if file.len() <= WHOLE_MAX => Reply::Bulk(file),
         None => Reply::err(format!(

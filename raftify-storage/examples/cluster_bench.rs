@@ -50,14 +50,21 @@ async fn main() -> anyhow::Result<()> {
             fsync_probe::raw_fdatasync(root, t, true)?,
         ))
     };
-    let before = if no_sync { None } else { Some(probe(dir.path())?) };
+    let before = if no_sync {
+        None
+    } else {
+        Some(probe(dir.path())?)
+    };
     println!("proposers  proposals/s  mean_latency_us   (3 nodes, LMDB {mode}, in-process)");
     for (n, rate, mean) in cluster_throughput(factory, &levels, secs).await? {
         println!("{n:>9}  {rate:>11.0}  {mean:>15.0}");
     }
     if let Some(before) = before {
         let after = probe(dir.path())?;
-        for (what, b, a) in [("append", before.0, after.0), ("overwrite", before.1, after.1)] {
+        for (what, b, a) in [
+            ("append", before.0, after.0),
+            ("overwrite", before.1, after.1),
+        ] {
             let us = |rate: f64| 1e6 / rate;
             println!(
                 "disk: 4 KiB {what} + fdatasync {b:.0}/s before, {a:.0}/s after ({:.0} / {:.0} us); \

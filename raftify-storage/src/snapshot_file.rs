@@ -189,8 +189,9 @@ pub fn read_snapshot_file(path: impl AsRef<Path>) -> Result<Snapshot, LmdbError>
 
 /// Reads one of the store's own snapshot files through a read-only
 /// mapping: the data is a slice of it (file-backed pages the kernel can
-/// reclaim, not a copy on the heap). `Ok(None)`: no such file.
-pub(crate) fn map_snapshot_file(path: &Path) -> Result<Option<Snapshot>, LmdbError> {
+/// reclaim, not a copy on the heap); with the whole file's bytes (the
+/// mapping). `Ok(None)`: no such file.
+pub(crate) fn map_snapshot_file(path: &Path) -> Result<Option<(Snapshot, Bytes)>, LmdbError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -212,7 +213,8 @@ pub(crate) fn map_snapshot_file(path: &Path) -> Result<Option<Snapshot>, LmdbErr
     // change while the snapshot lives.
     let mapped = unsafe { memmap2::Mmap::map(&file) }
         .map_err(|e| LmdbError::io("map snapshot file", path, e))?;
-    decode_snapshot_file(path, Bytes::from_owner(mapped)).map(Some)
+    let file = Bytes::from_owner(mapped);
+    decode_snapshot_file(path, file.clone()).map(|s| Some((s, file)))
 }
 
 /// Decodes a snapshot file's bytes; `path` is only used in messages. The

@@ -4,7 +4,7 @@
 
 #![allow(clippy::field_reassign_with_default)]
 
-use raftify_core::raft::eraftpb::{Entry, Snapshot};
+use raftify_core::raft::eraftpb::{Entry, Snapshot, SnapshotMetadata};
 use raftify_core::{LogStore, StorageError, WriteBatch};
 use raftify_storage::{read_archive_file, read_snapshot_file, LmdbError, LmdbOptions, LmdbStore};
 use std::fs::{self, OpenOptions};
@@ -444,6 +444,74 @@ fn damaged_snapshot_files_are_detected() {
     let err = LmdbStore::open(tmp.path(), opts()).unwrap_err();
     assert!(matches!(err, LmdbError::Corrupted { .. }), "{err:?}");
     assert!(err.to_string().contains("snapshot file"), "{err}");
+}
+
+#[test]
+fn a_streamed_snapshot_is_stored_and_served_from_its_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = LmdbStore::open(tmp.path(), opts()).unwrap();
+    s.write(WriteBatch {
+        entries: (1..=10).map(|i| entry(i, 10)).collect(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut md = SnapshotMetadata::default();
+    md.index = 8;
+    md.term = 1;
+    // Written in pieces, a length patched in at the start afterwards.
+    let size = s
+        .save_snapshot_with(
+            md.clone(),
+            Box::new(|w| {
+                w.write_all(b"????")?;
+                for _ in 0..100 {
+                    w.write_all(&[7u8; 1000])?;
+                }
+                w.seek(SeekFrom::Start(0))?;
+                w.write_all(b"LEN:")?;
+                w.seek(SeekFrom::End(0))?;
+                Ok(())
+            }),
+        )
+        .unwrap();
+    assert_eq!(size, 100_004);
+    let snap = s.snapshot().unwrap();
+    assert_eq!(snap.get_metadata(), &md);
+    assert_eq!(snap.data.len(), 100_004);
+    assert_eq!(&snap.data[..4], b"LEN:");
+    assert!(snap.data[4..].iter().all(|&b| b == 7));
+    // For backups: the file itself, which reads back as the snapshot.
+    let (m, file) = s.snapshot_file().unwrap().unwrap();
+    assert_eq!(m, md);
+    let files: Vec<_> = fs::read_dir(tmp.path().join("snap"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(&file[..], &fs::read(&files[0]).unwrap()[..]);
+    assert_eq!(read_snapshot_file(&files[0]).unwrap(), snap);
+    // A writer that fails stores nothing: the previous snapshot stays, and
+    // no file is left behind.
+    let mut later = md.clone();
+    later.index = 9;
+    let failed = s.save_snapshot_with(
+        later,
+        Box::new(|w| {
+            w.write_all(b"partial state")?;
+            Err(std::io::Error::other("the state machine failed"))
+        }),
+    );
+    assert!(failed.is_err());
+    assert_eq!(s.snapshot().unwrap().get_metadata(), &md);
+    let left: Vec<_> = fs::read_dir(tmp.path().join("snap"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "only the stored snapshot: {left:?}");
+    // A store without a snapshot has no file.
+    let empty = tempfile::tempdir().unwrap();
+    let e = LmdbStore::open(empty.path(), opts()).unwrap();
+    assert!(e.snapshot_file().unwrap().is_none());
 }
 
 #[test]

@@ -223,6 +223,14 @@ pub trait LogStore: Send + Sync + 'static {
             metadata: s.take_metadata(),
         })
     }
+    /// The latest snapshot as the file the store keeps it in, with its
+    /// metadata — for backups, without encoding a copy (raftify-storage:
+    /// a read-only mapping of the checksummed snapshot file, what
+    /// `--restore-snapshot-from` reads). `None`: the store keeps no
+    /// such file, or has no snapshot. Default: `None`.
+    fn snapshot_file(&self) -> StorageResult<Option<(SnapshotMetadata, bytes::Bytes)>> {
+        Ok(None)
+    }
     /// Persists one Ready's worth of state atomically and durably.
     fn write(&self, batch: WriteBatch) -> StorageResult<()>;
     /// Persists one Ready's worth of state atomically, and durably either

@@ -6,6 +6,7 @@ use super::LmdbStore;
 use crate::codec::{encode_msg, frame};
 use crate::files::{encode_archive, write_durable};
 use crate::snapshot_file::data_of;
+use bytes::Bytes;
 use heed::RoTxn;
 use raftify_core::raft::eraftpb::{Entry, Snapshot, SnapshotMetadata};
 use raftify_core::raft::RaftState;
@@ -133,19 +134,12 @@ impl LogStore for LmdbStore {
     }
 
     fn snapshot(&self) -> StorageResult<Snapshot> {
-        // A read-only handle can race with the writer replacing the file.
-        let mut attempts = 0;
-        loop {
-            match self.read(|txn| self.read_snapshot(txn)) {
-                Err(StorageError::SnapshotTemporarilyUnavailable) if attempts < 5 => {
-                    attempts += 1;
-                }
-                Err(StorageError::SnapshotTemporarilyUnavailable) => {
-                    return Err(self.corrupt("the current snapshot file is missing"));
-                }
-                other => return other.map(|(s, _)| s),
-            }
-        }
+        self.snapshot_with_file().map(|(s, _)| s)
+    }
+
+    fn snapshot_file(&self) -> StorageResult<Option<(SnapshotMetadata, Bytes)>> {
+        let (mut snap, file) = self.snapshot_with_file()?;
+        Ok(file.map(|f| (snap.take_metadata(), f)))
     }
 
     fn snapshot_info(&self) -> StorageResult<SnapshotInfo> {
@@ -437,5 +431,24 @@ impl LmdbStore {
             self.retire_snapshot(old_file, &new);
         }
         Ok(())
+    }
+}
+
+impl LmdbStore {
+    /// The current snapshot and its file's bytes, retrying while a
+    /// read-only handle races with the writer replacing the file.
+    fn snapshot_with_file(&self) -> StorageResult<(Snapshot, Option<Bytes>)> {
+        let mut attempts = 0;
+        loop {
+            match self.read(|txn| self.read_snapshot_file(txn)) {
+                Err(StorageError::SnapshotTemporarilyUnavailable) if attempts < 5 => {
+                    attempts += 1;
+                }
+                Err(StorageError::SnapshotTemporarilyUnavailable) => {
+                    return Err(self.corrupt("the current snapshot file is missing"));
+                }
+                other => return other.map(|(s, _, f)| (s, f)),
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use super::{LmdbStore, SNAP_DIR};
 use crate::error::LmdbError;
 use crate::files::{remove_tmp_files, sync_dir};
 use crate::snapshot_file::{data_of, map_snapshot_file, write_snapshot_file_with};
+use bytes::Bytes;
 use heed::{RoTxn, RwTxn};
 use raftify_core::raft::eraftpb::{Snapshot, SnapshotMetadata};
 use raftify_core::storage::StorageResult;
@@ -31,15 +32,24 @@ impl LmdbStore {
     /// mapping; checked against the metadata) and the metadata it was read
     /// with.
     pub(super) fn read_snapshot(&self, txn: &RoTxn) -> StorageResult<(Snapshot, Meta)> {
+        self.read_snapshot_file(txn).map(|(s, m, _)| (s, m))
+    }
+
+    /// [`LmdbStore::read_snapshot`] with the whole file's bytes (the
+    /// mapping; `None` when no snapshot was ever stored).
+    pub(super) fn read_snapshot_file(
+        &self,
+        txn: &RoTxn,
+    ) -> StorageResult<(Snapshot, Meta, Option<Bytes>)> {
         let meta = self.read_meta(txn)?;
         let Some(name) = &meta.snap_file else {
             // No snapshot was ever stored.
-            return Ok((Snapshot::default(), meta));
+            return Ok((Snapshot::default(), meta, None));
         };
         let path = self.dir.join(SNAP_DIR).join(name);
         // Missing: possibly replaced by a concurrent writer (read-only
         // handles); the caller retries with a fresh transaction.
-        let snap = map_snapshot_file(&path)
+        let (snap, file) = map_snapshot_file(&path)
             .map_err(|e| self.lmdb_to_storage(e))?
             .ok_or(StorageError::SnapshotTemporarilyUnavailable)?;
         if snap.get_metadata() != &meta.snap_meta {
@@ -48,7 +58,7 @@ impl LmdbStore {
                 path.display()
             )));
         }
-        Ok((snap, meta))
+        Ok((snap, meta, Some(file)))
     }
 
     /// The size of the stored snapshot file `name`.
