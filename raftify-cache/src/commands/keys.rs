@@ -295,8 +295,10 @@ mod tests {
     #[test]
     fn a_full_scan_returns_every_key_once_in_count_sized_steps_by_hash() {
         let ks = keyspace(1_000);
-        let mut hashes: Vec<(u64, Bytes)> =
-            ks.iter().map(|(k, _)| (scan_hash(k), Bytes::copy_from_slice(k))).collect();
+        let mut hashes: Vec<(u64, Bytes)> = ks
+            .iter()
+            .map(|(k, _)| (scan_hash(k), Bytes::copy_from_slice(k)))
+            .collect();
         hashes.sort();
         let (mut cursor, mut seen, mut calls) = (0, Vec::new(), 0);
         loop {
