@@ -25,6 +25,53 @@ pub fn scan_hash(key: &[u8]) -> u64 {
         .max(1)
 }
 
+/// Collections of at most this many elements are scanned in one call
+/// (`HSCAN` answers them whole with cursor 0, as Redis does for its small
+/// encodings; Redis's `hash-max-listpack-entries` is 128).
+pub const SCAN_WHOLE: usize = 128;
+
+/// A larger collection is scanned in at most about this many calls,
+/// whatever `COUNT` says (it is a hint): each call walks the whole
+/// collection, so fewer, larger steps cost less in all.
+pub const SCAN_STEPS: usize = 32;
+
+/// One step of a `SCAN`-like iteration over a collection that keeps no
+/// order of its own: the elements whose [`scan_hash`] (of `key`) is above
+/// `cursor`, at least `count` of them (or `len / SCAN_STEPS`), the
+/// smallest hashes first, with every element of the last hash taken (a
+/// collision never splits across calls); and the next cursor (0 when none
+/// is left). An element present for a whole iteration is returned once,
+/// whatever is added or removed meanwhile. O(n) per call.
+pub fn scan_step<T>(
+    elements: impl Iterator<Item = T>,
+    key: impl Fn(&T) -> &[u8],
+    len: usize,
+    cursor: u64,
+    count: usize,
+) -> (Vec<T>, u64) {
+    let want = count.max(len.div_ceil(SCAN_STEPS)).max(1);
+    let mut after: Vec<(u64, T)> = elements
+        .map(|e| (scan_hash(key(&e)), e))
+        .filter(|(h, _)| *h > cursor)
+        .collect();
+    if after.len() <= want {
+        return (after.into_iter().map(|(_, e)| e).collect(), 0);
+    }
+    after.select_nth_unstable_by_key(want - 1, |(h, _)| *h);
+    let last = after[want - 1].0;
+    // The first `want` are the smallest; others of the same hash go too.
+    let mut taken: Vec<T> = Vec::with_capacity(want + 4);
+    let mut rest = false;
+    for (i, (h, e)) in after.into_iter().enumerate() {
+        if i < want || h == last {
+            taken.push(e);
+        } else if h > last {
+            rest = true;
+        }
+    }
+    (taken, if rest { last } else { 0 })
+}
+
 /// The longest key stored inline.
 pub(crate) const INLINE: usize = 24;
 
@@ -140,6 +187,36 @@ impl Ord for HKey {
 mod tests {
     use super::*;
     use std::ops::Bound;
+
+    #[test]
+    fn scan_steps_return_each_element_once_even_as_the_set_changes() {
+        let mut set: std::collections::BTreeSet<Vec<u8>> =
+            (0..1000).map(|i| format!("f{i}").into_bytes()).collect();
+        let (mut cursor, mut seen, mut calls) = (0u64, Vec::new(), 0);
+        loop {
+            let (got, next) = scan_step(set.iter().cloned(), |e| e, set.len(), cursor, 10);
+            seen.extend(got);
+            calls += 1;
+            // Changes between calls: one added, an earlier addition removed.
+            set.insert(format!("new{calls}").into_bytes());
+            set.remove(format!("new{}", calls - 1).as_bytes());
+            if next == 0 {
+                break;
+            }
+            assert!(next > cursor);
+            cursor = next;
+        }
+        assert!(calls <= SCAN_STEPS + 1, "{calls} calls");
+        for i in 0..1000 {
+            let f = format!("f{i}").into_bytes();
+            assert_eq!(seen.iter().filter(|s| **s == f).count(), 1, "{i}");
+        }
+        // Small: one step; a cursor past everything: nothing, and done.
+        let (all, next) = scan_step([&b"a"[..], b"b"].into_iter(), |e| e, 2, 0, 1000);
+        assert_eq!((all.len(), next), (2, 0));
+        let (none, next) = scan_step([&b"a"[..]].into_iter(), |e| e, 1, u64::MAX, 10);
+        assert_eq!((none.len(), next), (0, 0));
+    }
 
     #[test]
     fn a_stored_key_is_as_large_as_a_bytes_and_its_hash() {

@@ -23,6 +23,8 @@ const SCRIPTS: &[&str] = &[
     "SET a 1|SET b 2|RPUSH l x|EXISTS a b nope|TYPE a|TYPE l|TYPE nope|DEL a nope|EXISTS a|RENAME b c|GET c|RENAME nope x|RENAMENX c l|RENAMENX c d|KEYS *|KEYS d*|DBSIZE|UNLINK d l|DBSIZE|FLUSHDB|DBSIZE|FLUSHALL ASYNC",
     // Hashes.
     "HSET h f1 a f2 b|HSET h f1 c|HGET h f1|HGET h nope|HMGET h f1 nope f2|HLEN h|HEXISTS h f2|HEXISTS h nope|HDEL h f2 nope|HKEYS h|HVALS h|HGETALL h|HINCRBY h n 5|HINCRBY h n -7|HINCRBY h f1 1|HSETNX h f1 x|HSETNX h f9 x|HSTRLEN h f9|HSET h odd|SET str v|HGET str f|HSET str f v|HDEL h f1 n f9|EXISTS h",
+    // HSCAN (one field: the order of several is Redis's listpack order).
+    "HSET h1 f v|HSCAN h1 0|HSCAN h1 0 MATCH f*|HSCAN h1 0 MATCH x*|HSCAN h1 x|HSCAN h1 -1|HSCAN h1 +0|HSCAN h1 18446744073709551616|HSCAN nope 0|SET str v|HSCAN str 0|HSCAN h1 0 COUNT 0|HSCAN h1 0 COUNT|HSCAN h1 0 NOPE 1",
     // Lists.
     "RPUSH l a b c|LPUSH l z|LRANGE l 0 -1|LRANGE l 1 2|LRANGE l -100 100|LLEN l|LINDEX l 0|LINDEX l -1|LINDEX l 9|LPOP l|RPOP l|RPUSH l b b x b|LREM l 2 b|LRANGE l 0 -1|LREM l -1 b|LRANGE l 0 -1|LSET l 0 q|LSET l 99 q|LRANGE l 0 -1|LTRIM l 1 -1|LRANGE l 0 -1|LPOP l 5|LPOP l|LPOP nope 2|RPOP nope|SET s v|LPUSH s a|LLEN s",
     // Sets.

@@ -3,6 +3,7 @@
 use super::{is, parse_i64, with_value, WriteCtx};
 use crate::keyspace::{own, Keyspace, Map, Value};
 use crate::reply::{errors, Reply};
+use crate::scan_order::{scan_step, SCAN_WHOLE};
 use bytes::Bytes;
 
 fn new_hash() -> Value {
@@ -166,23 +167,113 @@ pub(crate) fn hincrby(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply
     }
 }
 
-/// `HSCAN key cursor [MATCH p] [COUNT n]`: the whole hash in one reply
-/// (cursor 0), as Redis does for small hashes.
+/// `HSCAN key cursor [MATCH p] [COUNT n]`: a hash of at most
+/// [`SCAN_WHOLE`] fields whole in one reply (cursor 0), as Redis does for
+/// small hashes; a larger one in steps by the fields' scan hash
+/// ([`scan_step`]: every field present throughout returned once, replies
+/// bounded, at most about [`crate::scan_order::SCAN_STEPS`] calls).
 pub(crate) fn hscan(ks: &Keyspace, a: &[Bytes]) -> Reply {
-    let pattern = match super::scan_opts(a, 3, false) {
-        Ok(o) => o.pattern,
+    let cursor = match super::parse_cursor(&a[2]) {
+        Ok(c) => c,
         Err(e) => return e,
     };
-    match hash(ks, &a[1]) {
-        Ok(h) => {
-            let items = h
-                .into_iter()
-                .flatten()
-                .filter(|(f, _)| pattern.is_none_or(|p| super::glob_match(p, f)))
-                .flat_map(|(f, v)| [Reply::Bulk(f.clone()), Reply::Bulk(v.clone())])
-                .collect();
-            Reply::Array(vec![Reply::bulk("0"), Reply::Array(items)])
+    let (pattern, count) = match super::scan_opts(a, 3, false) {
+        Ok(o) => (o.pattern, o.count),
+        Err(e) => return e,
+    };
+    let h = match hash(ks, &a[1]) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Reply::Array(vec![Reply::bulk("0"), Reply::Array(Vec::new())]),
+        Err(e) => return e,
+    };
+    let (fields, next) = if h.len() <= SCAN_WHOLE {
+        (h.iter().collect(), 0)
+    } else {
+        scan_step(h.iter(), |(f, _)| &f[..], h.len(), cursor, count)
+    };
+    let items = fields
+        .into_iter()
+        .filter(|(f, _)| pattern.is_none_or(|p| super::glob_match(p, f)))
+        .flat_map(|(f, v)| [Reply::Bulk(f.clone()), Reply::Bulk(v.clone())])
+        .collect();
+    Reply::Array(vec![Reply::bulk(next.to_string()), Reply::Array(items)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One `HSCAN` call: the next cursor and the fields returned.
+    fn call(ks: &Keyspace, cursor: &str, extra: &[&str]) -> Result<(u64, Vec<Bytes>), Reply> {
+        let mut a: Vec<Bytes> = ["HSCAN", "h", cursor]
+            .iter()
+            .map(|s| Bytes::from(s.to_string()))
+            .collect();
+        a.extend(extra.iter().map(|s| Bytes::from(s.to_string())));
+        match hscan(ks, &a) {
+            Reply::Array(parts) => match &parts[..] {
+                [Reply::Bulk(next), Reply::Array(items)] => {
+                    let next = std::str::from_utf8(next).ok().and_then(|s| s.parse().ok());
+                    let fields = items
+                        .chunks(2)
+                        .map(|fv| match &fv[0] {
+                            Reply::Bulk(f) => f.clone(),
+                            other => panic!("not a field: {other:?}"),
+                        })
+                        .collect();
+                    Ok((next.unwrap_or(u64::MAX), fields))
+                }
+                other => panic!("unexpected shape {other:?}"),
+            },
+            other => Err(other),
         }
-        Err(e) => e,
+    }
+
+    fn keyspace_with_hash(fields: usize) -> Keyspace {
+        let mut h = Map::default();
+        for i in 0..fields {
+            h.insert(Bytes::from(format!("f{i}")), Bytes::from("v"));
+        }
+        let mut ks = Keyspace::default();
+        ks.insert(Bytes::from("h"), Value::Hash(Box::new(h)), None);
+        ks
+    }
+
+    #[test]
+    fn a_large_hash_is_scanned_in_bounded_steps_each_field_once() {
+        let ks = keyspace_with_hash(5_000);
+        let (mut cursor, mut seen, mut calls) = (0u64, Vec::new(), 0);
+        loop {
+            let (next, fields) = call(&ks, &cursor.to_string(), &["COUNT", "10"]).unwrap();
+            assert!(fields.len() < 5_000 / 8, "bounded: {}", fields.len());
+            seen.extend(fields);
+            calls += 1;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert!(
+            calls > 1 && calls <= crate::scan_order::SCAN_STEPS + 1,
+            "{calls}"
+        );
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 5_000, "every field once");
+        // MATCH filters what a step returns.
+        let (_, only) = call(&ks, "0", &["MATCH", "f1?", "COUNT", "100000"]).unwrap();
+        assert_eq!(only.len(), 10);
+    }
+
+    #[test]
+    fn a_small_hash_comes_whole_and_bad_cursors_are_refused() {
+        let ks = keyspace_with_hash(SCAN_WHOLE);
+        let (next, fields) = call(&ks, "0", &[]).unwrap();
+        assert_eq!((next, fields.len()), (0, SCAN_WHOLE));
+        let (next, fields) = call(&Keyspace::default(), "0", &[]).unwrap();
+        assert_eq!((next, fields.len()), (0, 0));
+        for bad in ["x", "", "1x", "--1", "18446744073709551616"] {
+            assert!(matches!(call(&ks, bad, &[]), Err(Reply::Error(_))), "{bad}");
+        }
     }
 }

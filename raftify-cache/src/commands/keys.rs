@@ -151,11 +151,9 @@ pub(crate) fn keys(ks: &Keyspace, a: &[Bytes]) -> Reply {
 /// deleted meanwhile. Each call is a range lookup from the cursor:
 /// O(log keys + count).
 pub(crate) fn scan(ks: &Keyspace, a: &[Bytes]) -> Reply {
-    let Some(cursor) = std::str::from_utf8(&a[1])
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-    else {
-        return Reply::err("invalid cursor");
+    let cursor = match super::parse_cursor(&a[1]) {
+        Ok(c) => c,
+        Err(e) => return e,
     };
     let (pattern, count, type_) = match super::scan_opts(a, 2, true) {
         Ok(o) => (o.pattern, o.count.max(1), o.type_),

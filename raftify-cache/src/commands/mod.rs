@@ -153,6 +153,26 @@ pub fn scan_position(key: &[u8]) -> u64 {
     crate::scan_order::scan_hash(key)
 }
 
+/// A `SCAN`/`HSCAN` cursor as Redis reads one (`strtoul`): digits with an
+/// optional sign, a negative one wrapping (`-1` is 2^64 - 1); out of range
+/// or anything else: `ERR invalid cursor`.
+pub fn parse_cursor(b: &[u8]) -> Result<u64, Reply> {
+    let invalid = || Reply::err("invalid cursor");
+    let (negative, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(invalid());
+    }
+    let n: u64 = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(invalid)?;
+    Ok(if negative { n.wrapping_neg() } else { n })
+}
+
 /// Parses [`ScanOpts`] from `a[from..]`.
 pub fn scan_opts(a: &[Bytes], from: usize, with_type: bool) -> Result<ScanOpts<'_>, Reply> {
     let mut o = ScanOpts {
