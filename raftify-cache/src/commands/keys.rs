@@ -361,7 +361,13 @@ mod tests {
             assert!(k.starts_with(b"key:1"));
             assert_eq!(ks.get(k).unwrap().value.type_name(), "list");
         }
-        let bad = scan(&ks, &args(&["SCAN", "-1"]));
+        // As Redis reads cursors: -1 wraps (past every key: done), not a
+        // number is an error.
+        let (next, keys) = call(&ks, u64::MAX, &[]);
+        assert_eq!((next, keys.len()), (0, 0));
+        let wrapped = scan(&ks, &args(&["SCAN", "-1"]));
+        assert!(matches!(&wrapped, Reply::Array(p) if p.len() == 2), "{wrapped:?}");
+        let bad = scan(&ks, &args(&["SCAN", "x1"]));
         assert!(matches!(bad, Reply::Error(_)), "{bad:?}");
     }
 }
