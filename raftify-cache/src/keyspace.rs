@@ -450,6 +450,36 @@ mod tests {
     }
 
     #[test]
+    fn the_expiry_index_follows_replaced_removed_and_persisted_keys() {
+        let long = Bytes::from("a-key-longer-than-twenty-four-bytes");
+        for key in [Bytes::from("short"), long] {
+            let mut ks = Keyspace::default();
+            ks.insert(key.clone(), Value::Str(Bytes::from("1")), Some(100));
+            assert_eq!(ks.next_expiry(), Some(100));
+            // Replaced with another TTL, then without one.
+            ks.insert(key.clone(), Value::Str(Bytes::from("2")), Some(200));
+            assert_eq!(ks.next_expiry(), Some(200));
+            assert_eq!(ks.expiring(), 1);
+            ks.insert(key.clone(), Value::Str(Bytes::from("3")), None);
+            assert_eq!(ks.next_expiry(), None);
+            // Set, persisted, set again, removed.
+            assert!(ks.set_expiry(&key, Some(300)));
+            assert_eq!(ks.next_expiry(), Some(300));
+            assert!(ks.set_expiry(&key, None));
+            assert_eq!(ks.next_expiry(), None);
+            assert!(ks.set_expiry(&key, Some(400)));
+            ks.remove(&key);
+            assert_eq!((ks.next_expiry(), ks.raw_len()), (None, 0));
+            assert_eq!(ks.used_memory(), 0);
+            // Expired and popped: gone from both.
+            ks.insert(key.clone(), Value::Str(Bytes::from("4")), Some(500));
+            ks.advance_clock(500);
+            assert_eq!(ks.pop_expired().map(|(k, _)| k), Some(key.clone()));
+            assert_eq!((ks.next_expiry(), ks.raw_len()), (None, 0));
+        }
+    }
+
+    #[test]
     fn used_memory_returns_to_zero() {
         let mut ks = Keyspace::default();
         ks.insert(Bytes::from("k"), Value::Str(Bytes::from("vvvv")), Some(5));

@@ -375,3 +375,52 @@ pub(crate) fn read_item(
     let (key, expire_at, _version, value) = item(r)?;
     Ok((key, value, expire_at))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_larger_than_the_spill_buffer_reads_back_the_same() {
+        let mut parts = Parts::default();
+        parts.members.insert(1, "127.0.0.1:1".into());
+        // One hash far larger than a spill (it crosses many), strings
+        // around it, a TTL.
+        let mut h = Map::default();
+        for i in 0..20_000 {
+            h.insert(
+                Bytes::from(format!("field-{i}")),
+                Bytes::from(vec![b'v'; 20]),
+            );
+        }
+        parts
+            .keys
+            .insert(Bytes::from("big"), Value::Hash(Box::new(h)), None);
+        for i in 0..5_000 {
+            let key = Bytes::from(format!("a-rather-long-key-name-{i:06}"));
+            parts
+                .keys
+                .insert(key, Value::Str(Bytes::from(vec![b'x'; 50])), Some(9_999));
+        }
+        let mut out = Vec::new();
+        Box::new(View(parts.clone())).write_into(&mut out).unwrap();
+        assert!(out.len() > 10 * SPILL, "{} bytes", out.len());
+        let back = read(&mut &out[..]).unwrap();
+        assert_eq!(back.members, parts.members);
+        assert_eq!(back.keys.raw_len(), parts.keys.raw_len());
+        for (k, item) in parts.keys.iter() {
+            let b = back.keys.get(k).unwrap();
+            assert_eq!(b.expire_at(), item.expire_at());
+            match (&b.value, &item.value) {
+                (Value::Hash(x), Value::Hash(y)) => assert_eq!(x, y),
+                (Value::Str(x), Value::Str(y)) => assert_eq!(x, y),
+                _ => panic!("type changed for {k:?}"),
+            }
+        }
+        assert_eq!(back.keys.next_expiry(), Some(9_999));
+        // The buffered default writes the same bytes.
+        let mut buffered = Vec::new();
+        Box::new(View(parts)).write_to(&mut buffered).unwrap();
+        assert_eq!(buffered, out);
+    }
+}

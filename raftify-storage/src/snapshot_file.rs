@@ -112,12 +112,13 @@ impl<W: Write + Seek> Seek for DataRegion<W> {
             }
             other => other,
         };
+        let was = self.inner.stream_position()?;
         let at = self.inner.seek(pos)?;
         match at.checked_sub(self.base) {
             Some(rel) => Ok(rel),
             None => {
-                // Back where it was allowed to be: the data's start.
-                self.inner.seek(SeekFrom::Start(self.base))?;
+                // Refused: back where it was.
+                self.inner.seek(SeekFrom::Start(was))?;
                 Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "seek before the snapshot data's start",
@@ -324,6 +325,8 @@ mod tests {
                 w.seek(SeekFrom::Start(0))?;
                 w.write_all(b"LEN!")?;
                 assert!(w.seek(SeekFrom::Current(-5)).is_err(), "before the data");
+                // A refused seek leaves the position as it was.
+                assert_eq!(w.stream_position()?, 4);
                 w.seek(SeekFrom::End(0))?;
                 Ok(())
             }),

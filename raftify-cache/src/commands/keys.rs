@@ -366,7 +366,10 @@ mod tests {
         let (next, keys) = call(&ks, u64::MAX, &[]);
         assert_eq!((next, keys.len()), (0, 0));
         let wrapped = scan(&ks, &args(&["SCAN", "-1"]));
-        assert!(matches!(&wrapped, Reply::Array(p) if p.len() == 2), "{wrapped:?}");
+        assert!(
+            matches!(&wrapped, Reply::Array(p) if p.len() == 2),
+            "{wrapped:?}"
+        );
         let bad = scan(&ks, &args(&["SCAN", "x1"]));
         assert!(matches!(bad, Reply::Error(_)), "{bad:?}");
     }

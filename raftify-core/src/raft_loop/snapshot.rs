@@ -6,7 +6,7 @@ use crate::codec::{decode_snapshot, write_snapshot_data};
 use crate::error::{Error, Result};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine, BoxError, SnapshotView};
 use crate::status::Metrics;
-use crate::storage::StorageError;
+use crate::storage::{SnapshotWriter, StorageError};
 use raft::eraftpb::Snapshot;
 use slog::{debug, error, info};
 use std::time::Duration;
@@ -18,6 +18,45 @@ use tokio::task::JoinHandle;
 enum UserState {
     Bytes(Vec<u8>),
     View(Box<dyn SnapshotView>),
+}
+
+/// The store's snapshot writer, with the first error it returned kept: a
+/// failed save is the store's when its writer failed, else the state
+/// machine's.
+struct Watched<'a> {
+    out: &'a mut dyn SnapshotWriter,
+    failed: Option<(std::io::ErrorKind, String)>,
+}
+
+impl Watched<'_> {
+    fn watch<T>(&mut self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r {
+            self.failed.get_or_insert_with(|| (e.kind(), e.to_string()));
+        }
+        r
+    }
+}
+
+impl std::io::Write for Watched<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.out.write(buf);
+        self.watch(r)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let r = self.out.write_all(buf);
+        self.watch(r)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.out.flush();
+        self.watch(r)
+    }
+}
+
+impl std::io::Seek for Watched<'_> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        let r = self.out.seek(pos);
+        self.watch(r)
+    }
 }
 
 /// A saved snapshot: `(index, first index kept in the log, outcome)`.
@@ -201,20 +240,29 @@ where
             let saved = store.save_snapshot_with(
                 md,
                 Box::new(|out| {
-                    write_snapshot_data(out, &meta, |out| match state {
-                        UserState::Bytes(b) => out.write_all(&b).map_err(BoxError::from),
+                    let mut out = Watched { out, failed: None };
+                    let written = write_snapshot_data(&mut out, &meta, |out| match state {
+                        UserState::Bytes(b) => {
+                            std::io::Write::write_all(out, &b).map_err(BoxError::from)
+                        }
                         UserState::View(view) => view.write_into(out),
-                    })
-                    .map_err(|e: BoxError| {
-                        let text = e.to_string();
-                        failure = Some(e);
-                        std::io::Error::other(text)
-                    })
+                    });
+                    match (written, out.failed) {
+                        (Ok(()), _) => Ok(()),
+                        // The store's own writer failed (a full disk): its
+                        // error, whatever the view made of it.
+                        (Err(_), Some((kind, text))) => Err(std::io::Error::new(kind, text)),
+                        (Err(e), None) => {
+                            let text = e.to_string();
+                            failure = Some(e);
+                            Err(std::io::Error::other(text))
+                        }
+                    }
                 }),
             );
             let size = match (saved, failure) {
                 (Ok(size), _) => size,
-                // The state (or writing it) failed, not the store.
+                // The state machine failed, not the store.
                 (Err(_), Some(e)) => return Err(Error::StateMachine(format!("snapshot: {e}"))),
                 (Err(e), None) => return Err(e.into()),
             };
