@@ -1,9 +1,11 @@
 //! ACL users, replicated through the log so every node authenticates them
 //! alike: enabled or not, SHA-256 password hashes (never the passwords:
 //! the proposing node hashes `>password` rules into `#hash` before they
-//! enter the log), and whether they may run every command or only reads.
+//! enter the log), the commands they may run ([`CommandRules`]), and the
+//! keys and channels they may use.
 //! The `default` user is each node's own (`--requirepass`), not in here.
 
+use crate::command_rules::CommandRules;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,10 +18,8 @@ pub struct User {
     pub nopass: bool,
     /// SHA-256 of each accepted password, lowercase hex.
     pub passwords: BTreeSet<String>,
-    /// `+@all` (true) or `+@read` (false): whether writes are allowed.
-    pub writes: bool,
-    /// Whether any command at all is allowed (`+@read` or `+@all`).
-    pub commands: bool,
+    /// The commands it may run ([`CommandRules`]).
+    pub commands: CommandRules,
     /// The keys it may touch: `None` every key (`~*`, `allkeys`, and a
     /// user given no key rule), else those matching one of these globs
     /// (`~pattern`; `resetkeys`: none).
@@ -88,11 +88,8 @@ impl User {
                 out.push_str(&rules);
             }
         }
-        out.push_str(match (self.commands, self.writes) {
-            (true, true) => " +@all",
-            (true, false) => " -@all +@read",
-            _ => " -@all",
-        });
+        out.push(' ');
+        out.push_str(&self.commands.text());
         out
     }
 }
@@ -143,16 +140,6 @@ pub fn set_user(users: &mut Users, name: &str, rules: &[Bytes]) -> Result<(), St
                 user.nopass = false;
                 user.passwords.clear();
             }
-            "+@all" | "allcommands" => {
-                user.commands = true;
-                user.writes = true;
-            }
-            "-@all" | "nocommands" => {
-                user.commands = false;
-                user.writes = false;
-            }
-            "+@read" => user.commands = true,
-            "-@write" => user.writes = false,
             "~*" | "allkeys" => user.keys = None,
             "resetkeys" => user.keys = Some(Vec::new()),
             "&*" | "allchannels" => user.channels = None,
@@ -181,7 +168,11 @@ pub fn set_user(users: &mut Users, name: &str, rules: &[Bytes]) -> Result<(), St
             _ if lower.starts_with('!') && lower.len() == 65 => {
                 user.passwords.remove(&lower[1..]);
             }
-            _ => return Err(format!("Error in ACL SETUSER modifier '{r}': Syntax error")),
+            _ => {
+                if !user.commands.apply(&r)? {
+                    return Err(format!("Error in ACL SETUSER modifier '{r}': Syntax error"));
+                }
+            }
         }
     }
     users.insert(name.to_string(), user);
@@ -273,7 +264,12 @@ mod tests {
             .collect();
         set_user(&mut users, "reader", &rules).unwrap();
         let u = &users["reader"];
-        assert!(u.enabled && u.commands && !u.writes && u.passwords.contains(&hash));
+        assert!(
+            u.enabled
+                && u.commands.allows("get", None, &["read"])
+                && !u.commands.allows("set", None, &["write"])
+                && u.passwords.contains(&hash)
+        );
         assert_eq!(
             u.describe("reader"),
             format!("user reader on #{hash} ~* &* -@all +@read")
@@ -284,7 +280,10 @@ mod tests {
             &[Bytes::from("+@all"), Bytes::from("bogus")]
         )
         .is_err());
-        assert!(!users["reader"].writes, "a refused SETUSER changes nothing");
+        assert!(
+            !users["reader"].commands.allows("set", None, &["write"]),
+            "a refused SETUSER changes nothing"
+        );
         assert!(set_user(&mut users, "default", &[]).is_err());
     }
 
@@ -359,7 +358,12 @@ mod tests {
             Reply::Error(_)
         ));
         assert!(matches!(answer(shared.apply(b"garbage")), Reply::Error(_)));
-        shared.read(|u| assert!(u["app"].writes && u["app"].passwords.contains(&hash)));
+        shared.read(|u| {
+            assert!(
+                u["app"].commands.allows("set", None, &["write"])
+                    && u["app"].passwords.contains(&hash)
+            )
+        });
 
         let other = SharedUsers::default();
         other.restore(&shared.snapshot()).unwrap();

@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 pub mod acl;
+pub mod command_rules;
 pub mod commands;
 pub mod embedded;
 mod entry;

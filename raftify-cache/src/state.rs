@@ -503,7 +503,14 @@ mod tests {
         assert_eq!(back.locks(), sm.locks());
         assert_eq!(back.locks().holder(b"job", 1_000).map(|h| h.fence), Some(9));
         assert_eq!(back.users(), sm.users());
-        assert!(back.users()["reader"].commands && !back.users()["reader"].writes);
+        assert!(
+            back.users()["reader"]
+                .commands
+                .allows("get", None, &["read"])
+                && !back.users()["reader"]
+                    .commands
+                    .allows("set", None, &["write"])
+        );
         assert_eq!(
             back.member_addrs().get(&2).map(String::as_str),
             Some("127.0.0.1:7000")

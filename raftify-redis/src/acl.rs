@@ -69,24 +69,36 @@ impl Server {
         Reply::Ok
     }
 
-    /// `-NOPERM` when the connection's user may not run `name` (a write
-    /// when `write`); None when it may. The default user may run anything.
-    pub(crate) async fn forbidden(&self, s: &Session, name: &str, write: bool) -> Option<Reply> {
+    /// `-NOPERM` (Redis's text) when the connection's user may not run
+    /// the command `argv` (its command rules, judged against the command's
+    /// categories, by subcommand where it has them); None when it may.
+    /// The default user may run anything; so may everyone `AUTH`,
+    /// `HELLO`, `QUIT` and `RESET`.
+    pub(crate) async fn forbidden(&self, s: &Session, argv: &[Bytes]) -> Option<Reply> {
         let user = s.user.as_ref()?;
+        let (name, sub) = crate::acl_categories::command_of(argv);
+        if crate::acl_categories::ALWAYS.contains(&name.as_str()) {
+            return None;
+        }
+        let cats = crate::acl_categories::categories(&name, sub.as_deref());
         let allowed = self
             .users(|users| {
                 users
                     .get(user)
-                    .is_some_and(|u| u.enabled && u.commands && (u.writes || !write))
+                    .is_some_and(|u| u.enabled && u.commands.allows(&name, sub.as_deref(), cats))
             })
             .await;
         let allowed = match allowed {
             Ok(a) => a,
             Err(r) => return Some(r),
         };
+        let shown = match &sub {
+            Some(sub) if !cats.is_empty() || name == "raft" => format!("{name}|{sub}"),
+            _ => name.clone(),
+        };
         (!allowed).then(|| {
             Reply::Error(format!(
-                "NOPERM User {user} has no permissions to run the '{name}' command"
+                "NOPERM this user has no permissions to run the '{shown}' command"
             ))
         })
     }
@@ -127,7 +139,7 @@ impl Server {
                 users.get(user).is_some_and(|u| {
                     // The user may run commands at all (as `forbidden`).
                     u.enabled
-                        && u.commands
+                        && u.commands.any()
                         && names.iter().all(|n| {
                             if pattern {
                                 u.may_use_pattern(n)
@@ -159,7 +171,7 @@ impl Server {
         self.users(|users| {
             users.get(user).is_some_and(|u| {
                 u.enabled
-                    && u.commands
+                    && u.commands.any()
                     && match m {
                         Message::Message { channel, .. } => u.may_use_channel(channel),
                         Message::PMessage { pattern, .. } => u.may_use_pattern(pattern),
@@ -175,6 +187,22 @@ impl Server {
         let sub = lower(&argv[1]);
         match (sub.as_str(), argv.len()) {
             ("whoami", 2) => Reply::bulk(s.user.clone().unwrap_or_else(|| "default".into())),
+            ("cat", 2) => Reply::bulks(
+                raftify_cache::command_rules::CATEGORIES
+                    .iter()
+                    .map(|c| Bytes::from_static(c.as_bytes())),
+            ),
+            ("cat", 3) => {
+                let cat = lower(&argv[2]);
+                if !raftify_cache::command_rules::CATEGORIES.contains(&cat.as_str()) {
+                    return Reply::err(format!("Unknown category '{cat}'"));
+                }
+                Reply::bulks(
+                    crate::acl_categories::commands_in(&cat)
+                        .into_iter()
+                        .map(Bytes::from),
+                )
+            }
             ("users", 2) => {
                 let mut names = vec![Bytes::from_static(b"default")];
                 match self
@@ -222,14 +250,7 @@ impl Server {
                                 Reply::bulk("passwords"),
                                 Reply::bulks(u.passwords.iter().cloned().map(Bytes::from)),
                             ),
-                            (
-                                Reply::bulk("commands"),
-                                Reply::bulk(match (u.commands, u.writes) {
-                                    (true, true) => "+@all",
-                                    (true, false) => "-@all +@read",
-                                    _ => "-@all",
-                                }),
-                            ),
+                            (Reply::bulk("commands"), Reply::bulk(u.commands.text())),
                             (Reply::bulk("keys"), Reply::bulk(u.key_rules())),
                             (Reply::bulk("channels"), Reply::bulk(u.channel_rules())),
                         ])
@@ -237,8 +258,14 @@ impl Server {
                 }
             }
             ("setuser", n) if n >= 3 => {
-                if let Some(no) = self.forbidden(s, "acl|setuser", true).await {
-                    return no;
+                // Command rules must name commands this server has.
+                if let Some(bad) = argv[3..]
+                    .iter()
+                    .find(|r| !crate::acl_categories::names_known_command(r))
+                {
+                    return Reply::err(raftify_cache::command_rules::unknown(
+                        &String::from_utf8_lossy(bad),
+                    ));
                 }
                 let rules = argv[3..]
                     .iter()
@@ -255,9 +282,6 @@ impl Server {
                 .await
             }
             ("deluser", n) if n >= 3 => {
-                if let Some(no) = self.forbidden(s, "acl|deluser", true).await {
-                    return no;
-                }
                 if argv[2..].iter().any(|n| &n[..] == b"default") {
                     return Reply::err("The 'default' user cannot be removed");
                 }

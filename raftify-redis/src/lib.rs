@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod acl;
+mod acl_categories;
 pub mod cluster;
 pub mod conn;
 pub mod eviction;

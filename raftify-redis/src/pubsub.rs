@@ -429,6 +429,9 @@ impl crate::server::Server {
             return Some(vec![raftify_cache::errors::arity(&name)]);
         }
         if subscribe {
+            if let Some(no) = self.forbidden(s, argv).await {
+                return Some(vec![no]);
+            }
             if let Some(no) = self.channels_forbidden(s, &argv[1..], pattern).await {
                 return Some(vec![no]);
             }

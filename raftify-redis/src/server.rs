@@ -181,23 +181,11 @@ impl Server {
             if !arity_ok(arity, argv.len()) {
                 return errors::arity(&name);
             }
-            let writes = matches!(name.as_str(), "publish" | "raft" | "exec");
-            if writes {
-                let needs = name != "exec"
-                    || session.multi.as_ref().is_some_and(|q| {
-                        q.iter()
-                            .any(|a| lookup(&a[0]).is_some_and(|c| c.is_write()))
-                    });
-                let read_only_raft = name == "raft"
-                    && argv
-                        .get(1)
-                        .is_some_and(|a| matches!(lower(a).as_str(), "leader" | "info" | "help"));
-                if needs && !read_only_raft {
-                    if let Some(no) = self.forbidden(session, &name, true).await {
-                        session.multi = None;
-                        return no;
-                    }
+            if let Some(no) = self.forbidden(session, &argv).await {
+                if name == "exec" {
+                    session.multi = None;
                 }
+                return no;
             }
             return self.server_command(session, &name, argv).await;
         }
@@ -206,7 +194,7 @@ impl Server {
             Some(c) if !c.arity_ok(argv.len()) => return errors::arity(c.name),
             Some(c) => c,
         };
-        if let Some(no) = self.forbidden(session, c.name, c.is_write()).await {
+        if let Some(no) = self.forbidden(session, &argv).await {
             return no;
         }
         let positions = c.key_positions(argv.len());
@@ -570,9 +558,7 @@ impl Server {
                     // Each queued command as if run alone (a read by a
                     // user with no commands, a key outside its patterns).
                     for a in &queued {
-                        let Some(c) = lookup(&a[0]) else { continue };
-                        if let Some(Reply::Error(e)) = self.forbidden(s, c.name, c.is_write()).await
-                        {
+                        if let Some(Reply::Error(e)) = self.forbidden(s, a).await {
                             return Reply::Error(format!("EXECABORT {e}"));
                         }
                     }

@@ -204,7 +204,16 @@ fn acl_users_are_replicated_hashed_and_read_only_users_cannot_write() {
     assert_eq!(show(&admin.cmd(&["AUTH", "admin"])), "+OK");
     assert_eq!(show(&admin.cmd(&["SET", "k", "v"])), "+OK");
     assert_eq!(
-        show(&admin.cmd(&["ACL", "SETUSER", "reader", "on", ">s3cret", "~*", "+@read"])),
+        show(&admin.cmd(&[
+            "ACL",
+            "SETUSER",
+            "reader",
+            "on",
+            ">s3cret",
+            "~*",
+            "+@read",
+            "+acl|whoami"
+        ])),
         "+OK"
     );
     assert!(show(&admin.cmd(&["ACL", "SETUSER", "bad", "bogus-rule"])).contains("Syntax error"));
@@ -224,7 +233,7 @@ fn acl_users_are_replicated_hashed_and_read_only_users_cannot_write() {
         assert_eq!(show(&r.cmd(&["GET", "k"])), "$v");
         assert_eq!(
             show(&r.cmd(&["SET", "k", "x"])),
-            "-NOPERM User reader has no permissions to run the 'set' command"
+            "-NOPERM this user has no permissions to run the 'set' command"
         );
         assert!(show(&r.cmd(&["ACL", "SETUSER", "x", "on"])).starts_with("-NOPERM"));
         r.cmd(&["MULTI"]);
