@@ -120,6 +120,19 @@ pub type Users = BTreeMap<String, User>;
 /// Applies `ACL SETUSER name rules...` (rules already hashed: `#hex`, not
 /// `>password`); the text of the error Redis gives for a bad rule.
 pub fn set_user(users: &mut Users, name: &str, rules: &[Bytes]) -> Result<(), String> {
+    set_user_as(users, name, rules, false)
+}
+
+/// [`set_user`]; `legacy`: an `ACL SETUSER` proposed before command
+/// rules ([`crate::Op::SetUser`]'s `legacy`), whose `+@read` and `-@write`
+/// mean what they meant then (a user allowed every command or reads only)
+/// and whose other command rules are refused as they were.
+pub fn set_user_as(
+    users: &mut Users,
+    name: &str,
+    rules: &[Bytes],
+    legacy: bool,
+) -> Result<(), String> {
     if name.is_empty() || name == "default" || name.contains(char::is_whitespace) {
         return Err(format!(
             "invalid user name '{name}' (the default user is set with --requirepass)"
@@ -169,7 +182,12 @@ pub fn set_user(users: &mut Users, name: &str, rules: &[Bytes]) -> Result<(), St
                 user.passwords.remove(&lower[1..]);
             }
             _ => {
-                if !user.commands.apply(&r)? {
+                let applied = if legacy {
+                    user.commands.apply_legacy(&r)
+                } else {
+                    user.commands.apply(&r)?
+                };
+                if !applied {
                     return Err(format!("Error in ACL SETUSER modifier '{r}': Syntax error"));
                 }
             }
@@ -184,12 +202,14 @@ pub fn set_user(users: &mut Users, name: &str, rules: &[Bytes]) -> Result<(), St
 pub fn apply(users: &mut Users, op: &crate::Op) -> crate::Reply {
     use crate::{Op, Reply};
     match op {
-        Op::SetUser { name, rules } => {
-            match set_user(users, &String::from_utf8_lossy(name), rules) {
-                Ok(()) => Reply::Ok,
-                Err(e) => Reply::err(e),
-            }
-        }
+        Op::SetUser {
+            name,
+            rules,
+            legacy,
+        } => match set_user_as(users, &String::from_utf8_lossy(name), rules, *legacy) {
+            Ok(()) => Reply::Ok,
+            Err(e) => Reply::err(e),
+        },
         Op::DelUser(names) => Reply::Int(
             names
                 .iter()
@@ -345,6 +365,7 @@ mod tests {
             let op = Op::SetUser {
                 name: Bytes::from(name.to_string()),
                 rules: rules.iter().map(|r| Bytes::from(r.to_string())).collect(),
+                legacy: false,
             };
             CacheEntry { clock_ms: 1, op }.encode().unwrap()
         };

@@ -81,8 +81,32 @@ impl CommandRules {
                 return Err(unknown(rule));
             }
         }
+        // A later rule naming the same thing overrides it for every
+        // command it names: the earlier one goes (the list stays bounded).
+        self.rules.retain(|(_, w)| w != what);
         self.rules.push((allow, what.to_string()));
         Ok(true)
+    }
+
+    /// Applies a command rule of before command rules existed (a logged
+    /// `ACL SETUSER` of then): `+@all`, `-@all` as now; `+@read` made a
+    /// user with no commands a reader, `-@write` made a user with every
+    /// command one — what those users' `ACL LIST` lines (`-@all +@read`)
+    /// read back as now. False for any other rule (refused then).
+    pub fn apply_legacy(&mut self, rule: &str) -> bool {
+        let reader = || CommandRules {
+            all: false,
+            rules: vec![(true, "@read".to_string())],
+        };
+        match rule.to_ascii_lowercase().as_str() {
+            "+@all" | "allcommands" => *self = CommandRules::all(),
+            "-@all" | "nocommands" => *self = CommandRules::default(),
+            "+@read" if !self.any() => *self = reader(),
+            "-@write" if *self == CommandRules::all() => *self = reader(),
+            "+@read" | "-@write" => {}
+            _ => return false,
+        }
+        true
     }
 
     /// Whether `command` (with `sub`, its subcommand, for commands that
@@ -190,6 +214,31 @@ mod tests {
         assert!(!check(&over, get) && check(&over, set));
         assert_eq!(over.text(), "-@all +set");
         assert_eq!(rules(&["allcommands", "-@write"]).text(), "+@all -@write");
+        // Repeats do not grow the list, and mean the same.
+        let rep = rules(&["+@read", "-get", "+@read", "-get", "+@read"]);
+        assert_eq!(rep.text(), "-@all -get +@read");
+        assert!(check(&rep, get));
+    }
+
+    #[test]
+    fn legacy_rules_mean_what_they_meant() {
+        let legacy = |list: &[&str]| {
+            let mut r = CommandRules::default();
+            for rule in list {
+                assert!(r.apply_legacy(rule), "{rule}");
+            }
+            r
+        };
+        // What old snapshots hold for these users, read back now.
+        let reader = rules(&["-@all", "+@read"]);
+        assert_eq!(legacy(&["+@all", "-@write"]), reader);
+        assert_eq!(legacy(&["+@read"]), reader);
+        assert_eq!(legacy(&["+@all", "+@read"]), CommandRules::all());
+        assert_eq!(legacy(&["-@write"]), CommandRules::default());
+        let mut r = CommandRules::default();
+        for refused in ["+get", "-@dangerous", "+@string"] {
+            assert!(!r.apply_legacy(refused), "{refused}");
+        }
     }
 
     #[test]

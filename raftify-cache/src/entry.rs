@@ -43,6 +43,11 @@ pub enum Op {
         name: Bytes,
         /// The rules, in order.
         rules: Vec<Bytes>,
+        /// Proposed before command rules existed (its wire tag): `+@read`
+        /// and `-@write` mean what they meant then and other command rules
+        /// are refused, so a node replaying an old log builds the users
+        /// that nodes restoring old snapshots have.
+        legacy: bool,
     },
     /// `ACL DELUSER`: deletes users.
     DelUser(Vec<Bytes>),
@@ -179,6 +184,9 @@ const OP_NAMED: u8 = 8;
 const OP_LOCK: u8 = 9;
 const OP_UNLOCK: u8 = 10;
 const OP_MIGRATE: u8 = 11;
+/// `ACL SETUSER` with Redis's command rules (`OP_SETUSER`: the rules of
+/// before them).
+const OP_SETUSER_RULES: u8 = 12;
 const MIGRATE_FREEZE: u8 = 1;
 const MIGRATE_THAW: u8 = 2;
 const MIGRATE_IMPORT: u8 = 3;
@@ -388,8 +396,16 @@ impl AbstractLogEntry for CacheEntry {
                 put(&mut out, channel)?;
                 put(&mut out, message)?;
             }
-            Op::SetUser { name, rules } => {
-                out.push(OP_SETUSER);
+            Op::SetUser {
+                name,
+                rules,
+                legacy,
+            } => {
+                out.push(if *legacy {
+                    OP_SETUSER
+                } else {
+                    OP_SETUSER_RULES
+                });
                 put(&mut out, name)?;
                 put_list(&mut out, rules)?;
             }
@@ -456,7 +472,8 @@ impl AbstractLogEntry for CacheEntry {
         }
         let clock: [u8; 8] = r.take(8)?.try_into()?;
         let clock_ms = u64::from_be_bytes(clock);
-        let op = match r.take(1)?[0] {
+        let tag = r.take(1)?[0];
+        let op = match tag {
             OP_EXEC => {
                 let transaction = match r.take(1)?[0] {
                     0 => false,
@@ -484,9 +501,10 @@ impl AbstractLogEntry for CacheEntry {
                 channel: r.bytes()?,
                 message: r.bytes()?,
             },
-            OP_SETUSER => Op::SetUser {
+            OP_SETUSER | OP_SETUSER_RULES => Op::SetUser {
                 name: r.bytes()?,
                 rules: r.list()?,
+                legacy: tag == OP_SETUSER,
             },
             OP_DELUSER => Op::DelUser(r.list()?),
             OP_ANNOUNCE => {
@@ -597,6 +615,15 @@ mod tests {
                 op: Op::SetUser {
                     name: Bytes::from("alice"),
                     rules: vec![Bytes::from("on")],
+                    legacy: false,
+                },
+            },
+            CacheEntry {
+                clock_ms: 5,
+                op: Op::SetUser {
+                    name: Bytes::from("bob"),
+                    rules: vec![Bytes::from("-@write")],
+                    legacy: true,
                 },
             },
             CacheEntry {

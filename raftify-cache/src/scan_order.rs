@@ -35,16 +35,22 @@ pub const SCAN_WHOLE: usize = 128;
 /// collection, so fewer, larger steps cost less in all.
 pub const SCAN_STEPS: usize = 32;
 
+/// At most about this many bytes (by the caller's weights) per step: a
+/// step ends early, at a hash boundary, once it holds this much.
+pub const STEP_BYTES: usize = 4 << 20;
+
 /// One step of a `SCAN`-like iteration over a collection that keeps no
 /// order of its own: the elements whose [`scan_hash`] (of `key`) is above
-/// `cursor`, at least `count` of them (or `len / SCAN_STEPS`), the
-/// smallest hashes first, with every element of the last hash taken (a
+/// `cursor`, the smallest hashes first — at least `count` of them (or
+/// `len / SCAN_STEPS`), fewer once they weigh [`STEP_BYTES`] (`weight`),
+/// never fewer than one — with every element of the last hash taken (a
 /// collision never splits across calls); and the next cursor (0 when none
 /// is left). An element present for a whole iteration is returned once,
 /// whatever is added or removed meanwhile. O(n) per call.
 pub fn scan_step<T>(
     elements: impl Iterator<Item = T>,
     key: impl Fn(&T) -> &[u8],
+    weight: impl Fn(&T) -> usize,
     len: usize,
     cursor: u64,
     count: usize,
@@ -54,22 +60,44 @@ pub fn scan_step<T>(
         .map(|e| (scan_hash(key(&e)), e))
         .filter(|(h, _)| *h > cursor)
         .collect();
-    if after.len() <= want {
-        return (after.into_iter().map(|(_, e)| e).collect(), 0);
-    }
-    after.select_nth_unstable_by_key(want - 1, |(h, _)| *h);
-    let last = after[want - 1].0;
-    // The first `want` are the smallest; others of the same hash go too.
-    let mut taken: Vec<T> = Vec::with_capacity(want + 4);
     let mut rest = false;
-    for (i, (h, e)) in after.into_iter().enumerate() {
-        if i < want || h == last {
-            taken.push(e);
-        } else if h > last {
-            rest = true;
+    if after.len() > want {
+        after.select_nth_unstable_by_key(want - 1, |(h, _)| *h);
+        let last = after[want - 1].0;
+        // The first `want` are the smallest; others of the same hash too.
+        let mut i = 0;
+        after.retain(|(h, _)| {
+            let keep = i < want || *h == last;
+            rest |= !keep && *h > last;
+            i += 1;
+            keep
+        });
+    }
+    after.sort_unstable_by_key(|(h, _)| *h);
+    // The byte budget, cut at a hash boundary.
+    let mut total = 0;
+    let mut cut = after.len();
+    for i in 0..after.len() {
+        total += weight(&after[i].1);
+        if total >= STEP_BYTES {
+            let h = after[i].0;
+            cut = after[i..]
+                .iter()
+                .position(|(x, _)| *x != h)
+                .map_or(after.len(), |p| i + p);
+            break;
         }
     }
-    (taken, if rest { last } else { 0 })
+    if cut < after.len() {
+        after.truncate(cut);
+        rest = true;
+    }
+    let next = if rest {
+        after.last().map_or(0, |(h, _)| *h)
+    } else {
+        0
+    };
+    (after.into_iter().map(|(_, e)| e).collect(), next)
 }
 
 /// The longest key stored inline.
@@ -194,7 +222,7 @@ mod tests {
             (0..1000).map(|i| format!("f{i}").into_bytes()).collect();
         let (mut cursor, mut seen, mut calls) = (0u64, Vec::new(), 0);
         loop {
-            let (got, next) = scan_step(set.iter().cloned(), |e| e, set.len(), cursor, 10);
+            let (got, next) = scan_step(set.iter().cloned(), |e| e, |_| 1, set.len(), cursor, 10);
             seen.extend(got);
             calls += 1;
             // Changes between calls: one added, an earlier addition removed.
@@ -212,10 +240,30 @@ mod tests {
             assert_eq!(seen.iter().filter(|s| **s == f).count(), 1, "{i}");
         }
         // Small: one step; a cursor past everything: nothing, and done.
-        let (all, next) = scan_step([&b"a"[..], b"b"].into_iter(), |e| e, 2, 0, 1000);
+        let (all, next) = scan_step([&b"a"[..], b"b"].into_iter(), |e| e, |_| 1, 2, 0, 1000);
         assert_eq!((all.len(), next), (2, 0));
-        let (none, next) = scan_step([&b"a"[..]].into_iter(), |e| e, 1, u64::MAX, 10);
+        let (none, next) = scan_step([&b"a"[..]].into_iter(), |e| e, |_| 1, 1, u64::MAX, 10);
         assert_eq!((none.len(), next), (0, 0));
+        // Heavy elements: a step stops at the byte budget, one at least.
+        let heavy: Vec<Vec<u8>> = (0..10).map(|i| vec![i as u8; 3]).collect();
+        let (mut cursor, mut seen) = (0, 0);
+        loop {
+            let (got, next) = scan_step(
+                heavy.iter(),
+                |e| &e[..],
+                |_| STEP_BYTES / 2,
+                10,
+                cursor,
+                1000,
+            );
+            assert!(!got.is_empty() && got.len() <= 2, "{}", got.len());
+            seen += got.len();
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(seen, 10);
     }
 
     #[test]

@@ -454,6 +454,7 @@ mod tests {
                     Bytes::from(format!("#{}", "b".repeat(64))),
                     Bytes::from("+@read"),
                 ],
+                legacy: false,
             },
         };
         assert_eq!(sm.apply_entry(7, &user), Reply::Ok);

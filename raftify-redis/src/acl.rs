@@ -278,6 +278,7 @@ impl Server {
                 self.propose_acl(Op::SetUser {
                     name: argv[2].clone(),
                     rules,
+                    legacy: false,
                 })
                 .await
             }

@@ -160,6 +160,7 @@ const TABLE: &[(&str, &[&str])] = &[
     ("psubscribe", &["pubsub", "slow"]),
     ("punsubscribe", &["pubsub", "slow"]),
     ("client|setinfo", &["slow", "connection"]),
+    ("command", &["slow", "connection"]),
 ];
 
 /// Commands every connection may run whatever its user's rules (as in

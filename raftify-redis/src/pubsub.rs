@@ -402,6 +402,9 @@ impl crate::server::Server {
             "unsubscribe" => (false, false),
             "punsubscribe" => (true, false),
             "ping" if s.inbox.count() > 0 && !s.resp3 && argv.len() <= 2 => {
+                if let Some(no) = self.forbidden(s, argv).await {
+                    return Some(vec![no]);
+                }
                 let msg = argv.get(1).cloned().unwrap_or_default();
                 return Some(vec![Reply::Array(vec![
                     Reply::bulk("pong"),
@@ -428,10 +431,10 @@ impl crate::server::Server {
         if subscribe && argv.len() < 2 {
             return Some(vec![raftify_cache::errors::arity(&name)]);
         }
+        if let Some(no) = self.forbidden(s, argv).await {
+            return Some(vec![no]);
+        }
         if subscribe {
-            if let Some(no) = self.forbidden(s, argv).await {
-                return Some(vec![no]);
-            }
             if let Some(no) = self.channels_forbidden(s, &argv[1..], pattern).await {
                 return Some(vec![no]);
             }

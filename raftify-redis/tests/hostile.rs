@@ -212,6 +212,7 @@ fn acl_users_are_replicated_hashed_and_read_only_users_cannot_write() {
             ">s3cret",
             "~*",
             "+@read",
+            "+@transaction",
             "+acl|whoami"
         ])),
         "+OK"
@@ -236,9 +237,13 @@ fn acl_users_are_replicated_hashed_and_read_only_users_cannot_write() {
             "-NOPERM this user has no permissions to run the 'set' command"
         );
         assert!(show(&r.cmd(&["ACL", "SETUSER", "x", "on"])).starts_with("-NOPERM"));
-        r.cmd(&["MULTI"]);
+        assert_eq!(show(&r.cmd(&["MULTI"])), "+OK");
         r.cmd(&["INCR", "n"]);
-        assert!(show(&r.cmd(&["EXEC"])).starts_with("-NOPERM"));
+        let exec = show(&r.cmd(&["EXEC"]));
+        assert!(
+            exec.starts_with("-EXECABORT NOPERM") && exec.contains("'incr'"),
+            "{exec}"
+        );
         assert!(show(&r.cmd(&["AUTH", "reader", "wrong"])).starts_with("-WRONGPASS"));
     }
     // Key patterns: a user limited to `svc:*` touches nothing else, in a

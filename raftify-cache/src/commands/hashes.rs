@@ -3,7 +3,7 @@
 use super::{is, parse_i64, with_value, WriteCtx};
 use crate::keyspace::{own, Keyspace, Map, Value};
 use crate::reply::{errors, Reply};
-use crate::scan_order::{scan_step, SCAN_WHOLE};
+use crate::scan_order::{scan_step, SCAN_WHOLE, STEP_BYTES};
 use bytes::Bytes;
 
 fn new_hash() -> Value {
@@ -168,8 +168,9 @@ pub(crate) fn hincrby(ks: &mut Keyspace, a: &[Bytes], _: &mut WriteCtx) -> Reply
 }
 
 /// `HSCAN key cursor [MATCH p] [COUNT n]`: a hash of at most
-/// [`SCAN_WHOLE`] fields whole in one reply (cursor 0), as Redis does for
-/// small hashes; a larger one in steps by the fields' scan hash
+/// [`SCAN_WHOLE`] fields and [`STEP_BYTES`] whole in one reply (cursor
+/// 0), as Redis does for small hashes; a larger one in steps by the
+/// fields' scan hash
 /// ([`scan_step`]: every field present throughout returned once, replies
 /// bounded, at most about [`crate::scan_order::SCAN_STEPS`] calls).
 pub(crate) fn hscan(ks: &Keyspace, a: &[Bytes]) -> Reply {
@@ -186,10 +187,12 @@ pub(crate) fn hscan(ks: &Keyspace, a: &[Bytes]) -> Reply {
         Ok(None) => return Reply::Array(vec![Reply::bulk("0"), Reply::Array(Vec::new())]),
         Err(e) => return e,
     };
-    let (fields, next) = if h.len() <= SCAN_WHOLE {
+    let weight = |(f, v): &(&Bytes, &Bytes)| f.len() + v.len() + 16;
+    let small = h.len() <= SCAN_WHOLE && h.iter().map(|fv| weight(&fv)).sum::<usize>() < STEP_BYTES;
+    let (fields, next) = if small {
         (h.iter().collect(), 0)
     } else {
-        scan_step(h.iter(), |(f, _)| &f[..], h.len(), cursor, count)
+        scan_step(h.iter(), |(f, _)| &f[..], weight, h.len(), cursor, count)
     };
     let items = fields
         .into_iter()
@@ -263,6 +266,32 @@ mod tests {
         // MATCH filters what a step returns.
         let (_, only) = call(&ks, "0", &["MATCH", "f1?", "COUNT", "100000"]).unwrap();
         assert_eq!(only.len(), 10);
+    }
+
+    #[test]
+    fn a_hash_of_few_large_values_is_scanned_in_bounded_steps() {
+        let mut h = Map::default();
+        for i in 0..10 {
+            h.insert(
+                Bytes::from(format!("f{i}")),
+                Bytes::from(vec![b'v'; 1 << 20]),
+            );
+        }
+        let mut ks = Keyspace::default();
+        ks.insert(Bytes::from("h"), Value::Hash(Box::new(h)), None);
+        let (mut cursor, mut seen) = (0u64, Vec::new());
+        loop {
+            let (next, fields) = call(&ks, &cursor.to_string(), &[]).unwrap();
+            assert!(!fields.is_empty() && fields.len() <= 4, "{}", fields.len());
+            seen.extend(fields);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 10);
     }
 
     #[test]
