@@ -175,6 +175,24 @@ impl Server {
                 "exec" | "discard" | "multi" | "quit" | "reset"
             )
         {
+            // Refused when queued, as Redis does: the command, then its
+            // keys (an unknown command or a wrong arity first, in `queue`).
+            if lookup(&argv[0]).is_some_and(|c| c.arity_ok(argv.len())) || name == "unwatch" {
+                let keys: Vec<&Bytes> = lookup(&argv[0])
+                    .map(|c| c.key_positions(argv.len()))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|i| argv.get(i))
+                    .collect();
+                let no = match self.forbidden(session, &argv).await {
+                    Some(no) => Some(no),
+                    None => self.keys_forbidden(session, &keys).await,
+                };
+                if let Some(no) = no {
+                    session.multi_failed = true;
+                    return no;
+                }
+            }
             return self.queue(session, argv);
         }
         if let Some(&(_, arity)) = SERVER_COMMANDS.iter().find(|(n, _)| *n == name) {

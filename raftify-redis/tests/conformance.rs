@@ -38,7 +38,7 @@ const SCRIPTS: &[&str] = &[
     "GET|SET a|HSET h|LRANGE l 0|NOSUCHCOMMAND a b|ZADD",
     // ACL command rules, judged by Redis's categories (last: it switches
     // users, then RESETs back to the default one).
-    "ACL SETUSER u on >p ~* +@all -@dangerous -client|id|AUTH u p|ACL WHOAMI|SET a 1|GET a|INFO|KEYS *|FLUSHALL|CONFIG GET maxclients|CLIENT ID|PING|ACL CAT|ACL SETUSER w on|MULTI|SET a 2|EXEC|RESET|ACL SETUSER r on >p ~* +@read|AUTH r p|GET a|SET a 3|PING|SUBSCRIBE x|MULTI|ECHO x|RESET|ACL SETUSER c on >p ~* -@all +get +@connection -echo|AUTH c p|GET a|PING|ECHO x|CLIENT GETNAME|SET a 4|RESET|ACL SETUSER bad +@nosuch|ACL SETUSER bad +nosuch|ACL SETUSER bad -client|nosuch|ACL SETUSER bad +@read|x",
+    "ACL SETUSER u on >p ~* +@all -@dangerous -client|id|AUTH u p|ACL WHOAMI|SET a 1|GET a|INFO|KEYS *|FLUSHALL|CONFIG GET maxclients|CLIENT ID|PING|ACL CAT|ACL SETUSER w on|MULTI|SET a 2|EXEC|RESET|ACL SETUSER r on >p ~* +@read|AUTH r p|GET a|SET a 3|PING|SUBSCRIBE x|MULTI|ECHO x|RESET|ACL SETUSER c on >p ~* -@all +get +@connection -echo|AUTH c p|GET a|PING|ECHO x|CLIENT GETNAME|SET a 4|RESET|ACL SETUSER t on >p ~* +@all -incr|AUTH t p|MULTI|SET k1 1|INCR k1|EXEC|GET k1|RESET|ACL SETUSER bad +@nosuch|ACL SETUSER bad +nosuch|ACL SETUSER bad -client|nosuch|ACL SETUSER bad +@read|x",
 ];
 
 fn start_redis(port: u16) -> Child {
