@@ -385,10 +385,19 @@ impl SnapshotView for MapView {
     fn write_to(self: Box<Self>, out: &mut Vec<u8>) -> Result<(), BoxError> {
         let bytes: usize = self.0.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
         out.reserve(bytes + 8);
-        out.extend_from_slice(&(self.0.len() as u64).to_be_bytes());
+        self.write_into(out)
+    }
+
+    /// What the node calls: the entries go straight to the snapshot file
+    /// (buffered by the store), never all in memory at once.
+    fn write_into(self: Box<Self>, out: &mut dyn std::io::Write) -> Result<(), BoxError> {
+        out.write_all(&(self.0.len() as u64).to_be_bytes())?;
         for (k, v) in &self.0 {
-            put_bytes(out, k.as_bytes());
-            put_bytes(out, v);
+            for b in [k.as_bytes(), &v[..]] {
+                let n = u32::try_from(b.len()).map_err(|_| "an entry over 4 GiB")?;
+                out.write_all(&n.to_be_bytes())?;
+                out.write_all(b)?;
+            }
         }
         Ok(())
     }
