@@ -76,7 +76,8 @@ pub(crate) fn remove_tmp_files(dir: &Path) {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, LmdbError> {
+/// The whole of `path`, a `what` (for the error when it is missing).
+pub(crate) fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, LmdbError> {
     let mut buf = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut buf))
@@ -84,7 +85,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, LmdbError> {
             if e.kind() == std::io::ErrorKind::NotFound {
                 LmdbError::Missing {
                     path: path.to_path_buf(),
-                    what: "an archive file".into(),
+                    what: what.into(),
                 }
             } else {
                 LmdbError::io("read", path, e)
@@ -113,7 +114,7 @@ pub(crate) fn encode_archive(framed_records: &[Vec<u8>]) -> Vec<u8> {
 /// [`crate::LmdbOptions::archive_compacted`] is set, verifying every record.
 pub fn read_archive_file(path: impl AsRef<Path>) -> Result<Vec<Entry>, LmdbError> {
     let path = path.as_ref();
-    let bytes = read_file(path)?;
+    let bytes = read_file(path, "an archive file")?;
     let bad = |reason: String| LmdbError::corrupted(path, reason);
     if bytes.len() < 8 || &bytes[..8] != ARCHIVE_MAGIC {
         return Err(bad("not a raftify archive file (bad header)".into()));

@@ -17,7 +17,7 @@
 
 use crate::codec::{crc32, decode_msg, encode_msg};
 use crate::error::LmdbError;
-use crate::files::write_durable_with;
+use crate::files::{read_file, write_durable_with};
 use bytes::Bytes;
 use raftify_core::codec::Crc32;
 use raftify_core::raft::eraftpb::{Snapshot, SnapshotMetadata};
@@ -172,19 +172,7 @@ pub(crate) fn write_snapshot_file_with(
 /// written by [`write_snapshot_file`] or found in a store's `snap/` folder.
 pub fn read_snapshot_file(path: impl AsRef<Path>) -> Result<Snapshot, LmdbError> {
     let path = path.as_ref();
-    let mut buf = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut buf))
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                LmdbError::Missing {
-                    path: path.to_path_buf(),
-                    what: "a snapshot file".into(),
-                }
-            } else {
-                LmdbError::io("read", path, e)
-            }
-        })?;
+    let buf = read_file(path, "a snapshot file")?;
     decode_snapshot_file(path, Bytes::from(buf))
 }
 

@@ -28,6 +28,18 @@ fn opts() -> LmdbOptions {
     LmdbOptions::new().map_size(4 << 20)
 }
 
+/// A store in `dir` holding entries 1..=10 (what the snapshot tests need
+/// below them).
+fn open_with_ten_entries(dir: &Path) -> LmdbStore {
+    let s = LmdbStore::open(dir, opts()).unwrap();
+    s.write(WriteBatch {
+        entries: (1..=10).map(|i| entry(i, 10)).collect(),
+        ..Default::default()
+    })
+    .unwrap();
+    s
+}
+
 /// A store with `n` entries of `size` bytes, all in LMDB (the tests
 /// damage its data file), closed again.
 fn make_store(dir: &Path, n: u64, size: usize) {
@@ -393,12 +405,7 @@ fn a_checkpoint_beyond_max_map_size_stops_writes_and_loses_nothing() {
 #[test]
 fn damaged_snapshot_files_are_detected() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = LmdbStore::open(tmp.path(), opts()).unwrap();
-    s.write(WriteBatch {
-        entries: (1..=10).map(|i| entry(i, 10)).collect(),
-        ..Default::default()
-    })
-    .unwrap();
+    let s = open_with_ten_entries(tmp.path());
     let mut snap = Snapshot::default();
     snap.mut_metadata().index = 8;
     snap.mut_metadata().term = 1;
@@ -449,12 +456,7 @@ fn damaged_snapshot_files_are_detected() {
 #[test]
 fn a_streamed_snapshot_is_stored_and_served_from_its_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = LmdbStore::open(tmp.path(), opts()).unwrap();
-    s.write(WriteBatch {
-        entries: (1..=10).map(|i| entry(i, 10)).collect(),
-        ..Default::default()
-    })
-    .unwrap();
+    let s = open_with_ten_entries(tmp.path());
     let mut md = SnapshotMetadata::default();
     md.index = 8;
     md.term = 1;
@@ -517,12 +519,7 @@ fn a_streamed_snapshot_is_stored_and_served_from_its_file() {
 #[test]
 fn old_snapshot_files_and_orphans_are_removed() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = LmdbStore::open(tmp.path(), opts()).unwrap();
-    s.write(WriteBatch {
-        entries: (1..=10).map(|i| entry(i, 10)).collect(),
-        ..Default::default()
-    })
-    .unwrap();
+    let s = open_with_ten_entries(tmp.path());
     for i in [3u64, 5, 5, 9] {
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = i;
