@@ -103,6 +103,21 @@ impl Server {
         })
     }
 
+    /// `-NOPERM` when the connection's user may not run `argv` or touch
+    /// one of its `keys` ([`Server::forbidden`], then
+    /// [`Server::keys_forbidden`]); None when it may.
+    pub(crate) async fn refused(
+        &self,
+        s: &Session,
+        argv: &[Bytes],
+        keys: &[&Bytes],
+    ) -> Option<Reply> {
+        match self.forbidden(s, argv).await {
+            Some(no) => Some(no),
+            None => self.keys_forbidden(s, keys).await,
+        }
+    }
+
     /// `-NOPERM` when the connection's user may not touch one of `keys`
     /// (its `~pattern`s); None when it may.
     pub(crate) async fn keys_forbidden(&self, s: &Session, keys: &[&Bytes]) -> Option<Reply> {

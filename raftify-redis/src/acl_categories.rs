@@ -187,9 +187,19 @@ pub(crate) fn categories(command: &str, sub: Option<&str>) -> &'static [&'static
             _ => &["admin", "slow", "dangerous"],
         };
     }
-    let find = |key: &str| TABLE.iter().find(|(n, _)| *n == key).map(|(_, c)| *c);
-    sub.and_then(|s| find(&format!("{command}|{s}")))
-        .or_else(|| find(command))
+    // Asked on every command of an ACL user: no string is built.
+    let entry = |want: Option<&str>| {
+        TABLE
+            .iter()
+            .find(|(n, _)| match (n.split_once('|'), want) {
+                (Some((c, s)), Some(w)) => c == command && s == w,
+                (None, None) => *n == command,
+                _ => false,
+            })
+            .map(|(_, c)| *c)
+    };
+    sub.and_then(|s| entry(Some(s)))
+        .or_else(|| entry(None))
         .unwrap_or(&[])
 }
 

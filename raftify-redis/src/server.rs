@@ -177,18 +177,14 @@ impl Server {
         {
             // Refused when queued, as Redis does: the command, then its
             // keys (an unknown command or a wrong arity first, in `queue`).
-            if lookup(&argv[0]).is_some_and(|c| c.arity_ok(argv.len())) || name == "unwatch" {
-                let keys: Vec<&Bytes> = lookup(&argv[0])
-                    .map(|c| c.key_positions(argv.len()))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|i| argv.get(i))
-                    .collect();
-                let no = match self.forbidden(session, &argv).await {
-                    Some(no) => Some(no),
-                    None => self.keys_forbidden(session, &keys).await,
-                };
-                if let Some(no) = no {
+            let positions = match lookup(&argv[0]) {
+                Some(c) if c.arity_ok(argv.len()) => Some(c.key_positions(argv.len())),
+                _ if name == "unwatch" => Some(Vec::new()),
+                _ => None,
+            };
+            if let Some(positions) = positions {
+                let keys: Vec<&Bytes> = positions.iter().filter_map(|&i| argv.get(i)).collect();
+                if let Some(no) = self.refused(session, &argv, &keys).await {
                     session.multi_failed = true;
                     return no;
                 }
@@ -212,12 +208,9 @@ impl Server {
             Some(c) if !c.arity_ok(argv.len()) => return errors::arity(c.name),
             Some(c) => c,
         };
-        if let Some(no) = self.forbidden(session, &argv).await {
-            return no;
-        }
         let positions = c.key_positions(argv.len());
         let keys: Vec<&Bytes> = positions.iter().filter_map(|&i| argv.get(i)).collect();
-        if let Some(no) = self.keys_forbidden(session, &keys).await {
+        if let Some(no) = self.refused(session, &argv, &keys).await {
             return no;
         }
         match (&self.shard, keys.is_empty(), c.is_write()) {
