@@ -163,8 +163,8 @@ const TABLE: &[(&str, &[&str])] = &[
     ("command", &["slow", "connection"]),
 ];
 
-/// Commands every connection may run whatever its user's rules (as in
-/// Redis): authenticating and leaving.
+/// Commands every connection may run, before authenticating and whatever
+/// its user's rules (as in Redis): authenticating and leaving.
 pub(crate) const ALWAYS: &[&str] = &["auth", "hello", "quit", "reset"];
 
 /// The command and (for the commands that have them) subcommand `argv`

@@ -166,7 +166,7 @@ impl Server {
     async fn dispatch(&self, session: &mut Session, argv: Vec<Bytes>) -> Reply {
         self.commands.fetch_add(1, Ordering::Relaxed);
         let name = lower(&argv[0]);
-        if !session.authed && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset") {
+        if !session.authed && !crate::acl_categories::ALWAYS.contains(&name.as_str()) {
             return Reply::Error("NOAUTH Authentication required.".into());
         }
         if session.multi.is_some()
