@@ -8,13 +8,19 @@
 //! ([`Config::hibernate`](raftify_core::Config::hibernate)); the CPU is
 //! measured once every replica sleeps.
 //!
+//! With `--lmdb`, every replica keeps its log in its own LMDB store (fsync
+//! on, journal segments of `--segment BYTES`, default the store's 16 MiB)
+//! in a temporary directory, as a sharded node's data groups do; the
+//! report adds the disk the stores take and the process's threads.
+//!
 //! ```text
-//! cargo run --release -p raftify-grpc --example idle_groups -- 10 100 1000 --secs 10 [--hibernate]
+//! cargo run --release -p raftify-grpc --example idle_groups -- 10 100 1000 --secs 10 [--hibernate] [--lmdb [--segment BYTES]]
 //! ```
 
 use raftify_core::testkit::{KvStore, Node};
-use raftify_core::{Bootstrap, Config, MemStore, Raft};
+use raftify_core::{Bootstrap, Config, LogStore, MemStore, Raft};
 use raftify_grpc::{Groups, GrpcConfig, GrpcTransport, RaftGrpcServer, ServerHandle};
+use raftify_storage::{LmdbOptions, LmdbStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +44,52 @@ struct Cluster {
     nodes: Vec<Node>,
 }
 
-async fn start(groups: u64, hibernate: bool) -> Result<Cluster, Error> {
+/// Where the replicas keep their logs.
+enum Logs {
+    Memory,
+    /// One LMDB store per replica under the dir, with this segment size.
+    Lmdb(tempfile::TempDir, Option<usize>),
+}
+
+impl Logs {
+    fn store(&self, node: u64, group: u64) -> Result<Arc<dyn LogStore>, Error> {
+        Ok(match self {
+            Logs::Memory => Arc::new(MemStore::new()),
+            Logs::Lmdb(dir, segment) => {
+                let mut opts = LmdbOptions::new();
+                if let Some(bytes) = segment {
+                    opts = opts.journal_segment_size(*bytes);
+                }
+                let path = dir.path().join(format!("n{node}-g{group}"));
+                Arc::new(LmdbStore::open(path, opts)?)
+            }
+        })
+    }
+}
+
+/// Bytes the files under `dir` take on disk (allocated blocks).
+fn disk_use(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += match meta.is_dir() {
+            true => disk_use(&entry.path())?,
+            false => meta.blocks() * 512,
+        };
+    }
+    Ok(total)
+}
+
+/// The process's thread count (Linux).
+fn threads() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn start(groups: u64, hibernate: bool, logs: &Logs) -> Result<Cluster, Error> {
     let grpc = GrpcConfig::default();
     let mut listeners = Vec::new();
     for _ in 0..3 {
@@ -61,7 +112,7 @@ async fn start(groups: u64, hibernate: bool) -> Result<Cluster, Error> {
             let mut config = Config::new(id);
             config.hibernate = hibernate;
             let raft = Raft::builder(config, KvStore::default())
-                .storage(Arc::new(MemStore::new()))
+                .storage(logs.store(id, g)?)
                 .transport(Arc::new(base.for_group(g)))
                 .bootstrap(Bootstrap::Members(members.clone()))
                 .logger(raftify_core::discard_logger())
@@ -85,11 +136,14 @@ async fn main() -> Result<(), Error> {
     let mut counts = Vec::new();
     let mut secs = 10u64;
     let mut hibernate = false;
+    let (mut lmdb, mut segment) = (false, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--secs" => secs = args.next().ok_or("--secs needs a value")?.parse()?,
             "--hibernate" => hibernate = true,
+            "--lmdb" => lmdb = true,
+            "--segment" => segment = Some(args.next().ok_or("--segment needs a value")?.parse()?),
             n => counts.push(n.parse::<u64>()?),
         }
     }
@@ -99,8 +153,12 @@ async fn main() -> Result<(), Error> {
     println!("| groups (× 3 replicas) | start + elect | CPU while idle | per group |");
     println!("|---:|---:|---:|---:|");
     for groups in counts {
+        let logs = match lmdb {
+            true => Logs::Lmdb(tempfile::tempdir()?, segment),
+            false => Logs::Memory,
+        };
         let t0 = Instant::now();
-        let cluster = start(groups, hibernate).await?;
+        let cluster = start(groups, hibernate, &logs).await?;
         let started = t0.elapsed();
         // Let the elections' aftermath settle before measuring.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -135,6 +193,13 @@ async fn main() -> Result<(), Error> {
             cpu * 100.0,
             cpu * 1e6 / groups as f64
         );
+        if let Logs::Lmdb(dir, _) = &logs {
+            println!(
+                "(LMDB: {:.1} MiB on disk, {} threads)",
+                disk_use(dir.path())? as f64 / (1 << 20) as f64,
+                threads().map_or("?".into(), |t| t.to_string())
+            );
+        }
         for s in cluster.servers {
             s.shutdown().await;
         }

@@ -263,6 +263,15 @@ async fn a_rebalance_cut_short_by_a_node_stopping_resumes_and_its_data_comes_bac
     g1.wait_for_leader(WAIT).await.unwrap();
     let client = RaftClient::new([addr1.clone()], GrpcConfig::default()).unwrap();
     let written = write_keys(&client, None, "k", 200).await;
+    // A data group's journal segments are small (a process hosts many);
+    // the metadata group keeps the store's default.
+    let largest_segment = |sub: &str| {
+        let wal = dirs[0].path().join(sub).join("wal");
+        let files = std::fs::read_dir(&wal).unwrap();
+        files.map(|f| f.unwrap().metadata().unwrap().len()).max()
+    };
+    assert_eq!(largest_segment("group-1"), Some(1 << 20));
+    assert_eq!(largest_segment("meta"), Some(16 << 20));
     let join = || testkit::join(&addr1);
     let second = start_at(None, join(), "127.0.0.1:0", disk(1)).await;
     let third = start_at(None, join(), "127.0.0.1:0", disk(2)).await;

@@ -372,9 +372,13 @@ fn dir_of(storage: &Storage, id: Option<u64>) -> Option<PathBuf> {
 }
 
 fn lmdb_options(spec: &NodeSpec) -> LmdbOptions {
-    LmdbOptions::new()
+    let opts = LmdbOptions::new()
         .no_sync(spec.no_sync)
-        .journal(spec.journal)
+        .journal(spec.journal);
+    match spec.journal_segment_size {
+        Some(bytes) => opts.journal_segment_size(bytes),
+        None => opts,
+    }
 }
 
 fn open(dir: &Path, opts: LmdbOptions) -> Result<LmdbStore, LaunchError> {

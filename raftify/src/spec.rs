@@ -83,6 +83,11 @@ pub struct NodeSpec {
     /// `fdatasync` per write (default true); false makes every write an
     /// LMDB commit (two). See `raftify_storage::LmdbOptions::journal`.
     pub journal: bool,
+    /// Size of one journal segment file (`None`: the store's default,
+    /// 16 MiB; see `raftify_storage::LmdbOptions::journal_segment_size`).
+    /// A store keeps two or three, zero-filled: a process hosting many
+    /// groups (a sharded node) gives each a smaller one.
+    pub journal_segment_size: Option<usize>,
     /// How an empty node starts.
     pub start: Start,
     /// Rebuild the (empty) data dir first. A data dir that already holds a
@@ -111,6 +116,7 @@ impl NodeSpec {
             storage: Storage::Memory,
             no_sync: false,
             journal: true,
+            journal_segment_size: None,
             start: Start::Single,
             restore: None,
             config: Config::new(1),

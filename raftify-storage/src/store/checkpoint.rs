@@ -72,6 +72,14 @@ impl Wal {
             .map(|why| StorageError::backend(std::io::Error::other(why.clone())))
     }
 
+    /// Wakes the checkpoint thread (asleep while the tail is empty) after
+    /// the tail gained its first record. Under the wake-up lock, so that
+    /// the thread cannot miss it between looking at the tail and sleeping.
+    fn poke(&self) {
+        let _guard = lock(&self.wake.0);
+        self.wake.1.notify_all();
+    }
+
     /// Wakes the checkpoint thread to stop, and waits for it.
     pub(crate) fn stop(&self, thread: JoinHandle<()>) {
         *lock(&self.wake.0) = true;
@@ -239,11 +247,15 @@ impl LmdbStore {
             .append(&mut encoded.record, checkpointed)
             .map_err(|e| self.journal_io("write", e))?;
         let mut tail = lock(&wal.tail);
+        let first = tail.is_empty();
         tail.push(Pending::new(seq, entries, hard_state, encoded));
         let full = tail.bytes() >= wal.threshold;
         drop(tail);
         drop(journal);
-        if full {
+        if first {
+            // The checkpoint thread sleeps while the tail is empty.
+            wal.poke();
+        } else if full {
             wal.wake.1.notify_all();
         }
         Ok(())
@@ -303,7 +315,9 @@ impl LmdbStore {
     }
 
     /// The checkpoint thread: checkpoints when the tail is large, or has
-    /// waited [`CHECKPOINT_EVERY`]. Asked to stop, it just ends: the next
+    /// waited [`CHECKPOINT_EVERY`]; while the tail is empty it sleeps until
+    /// an append wakes it (an idle store, e.g. one of hundreds of sleeping
+    /// groups, costs no wake-ups). Asked to stop, it just ends: the next
     /// open applies the journal (a clean close and a crash take the same
     /// path, which keeps that path tested).
     fn checkpoint_loop(self) {
@@ -313,7 +327,13 @@ impl LmdbStore {
         let mut since: Option<Instant> = None;
         loop {
             let stop = {
-                let guard = lock(&wal.wake.0);
+                let mut guard = lock(&wal.wake.0);
+                // Lock order: wake-up, then tail (appends take them one at
+                // a time, never both).
+                while !*guard && lock(&wal.tail).is_empty() {
+                    since = None;
+                    guard = wal.wake.1.wait(guard).unwrap_or_else(|p| p.into_inner());
+                }
                 if *guard {
                     true
                 } else {

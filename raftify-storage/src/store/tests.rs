@@ -135,3 +135,32 @@ fn unsupported_version_is_reported() {
         "{err:?}"
     );
 }
+
+/// The checkpoint thread sleeps while nothing is journaled; an append
+/// wakes it, and the write reaches LMDB without an explicit checkpoint
+/// (twice: it goes back to sleep and is woken again).
+#[test]
+fn idle_checkpoint_thread_wakes_for_an_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LmdbStore::open(dir.path(), LmdbOptions::new().map_size(1 << 20)).unwrap();
+    let in_lmdb = |s: &LmdbStore| s.read(|txn| s.read_wal_seq(txn)).unwrap();
+    for round in 1..=2u64 {
+        // Idle longer than a checkpoint period first: the thread is asleep.
+        std::thread::sleep(super::checkpoint::CHECKPOINT_EVERY * 2);
+        let before = in_lmdb(&s);
+        s.write(WriteBatch {
+            entries: vec![entry(round, 1)],
+            ..Default::default()
+        })
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while in_lmdb(&s) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the append was not checkpointed in 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(in_lmdb(&s), before + 1);
+    }
+}
