@@ -186,7 +186,8 @@ impl Server {
                 },
                 ("list", 3) => crate::snapshots::list(h.storage().clone()).await,
                 ("read", _) if argv.len() >= 4 => {
-                    crate::snapshots::read(h.storage().clone(), &self.snapshot_cache, argv).await
+                    crate::snapshots::read(h.storage().clone(), &self.snapshot_cache, argv, None)
+                        .await
                 }
                 _ => Reply::err("usage: RAFT SNAPSHOT NOW | LIST | READ <id> [<offset> <count>]"),
             },

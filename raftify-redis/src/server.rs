@@ -633,7 +633,7 @@ impl Server {
                 }
             }
             "raft" => match &self.shard {
-                Some(shard) => shard.raft_command(&argv).await,
+                Some(shard) => shard.raft_command(&argv, &self.snapshot_cache).await,
                 None => self.raft_command(&argv).await,
             },
             "cluster" => match &self.shard {

@@ -1,11 +1,14 @@
 //! A sharded node's administration over the Redis protocol: `PUBLISH`
 //! (through the metadata group), the `RAFT` subcommands of sharded mode
 //! (`REBALANCE [STATUS]`, `SERVER LIST | REMOVE`, `INFO`, `LEADER`,
-//! `SNAPSHOT NOW`, `HELP`) and what `INFO` reports of the groups.
+//! `TRANSFER`, `SNAPSHOT NOW | LIST | READ`, `HELP`) and what `INFO`
+//! reports of the groups.
 
 use crate::sharded::{unsupported, Shard};
+use crate::snapshots::SnapshotCache;
 use bytes::Bytes;
-use raftify_cache::Reply;
+use raftify_cache::{commands::parse_i64, errors, Reply};
+use raftify_core::RaftHandle;
 use raftify_shard::META_GROUP;
 
 impl Shard {
@@ -24,9 +27,8 @@ impl Shard {
         }
     }
 
-    /// `RAFT ...` in sharded mode: `REBALANCE [STATUS]`, `LEADER` (of the
-    /// metadata group), `HELP`.
-    pub async fn raft_command(&self, argv: &[Bytes]) -> Reply {
+    /// `RAFT ...` in sharded mode: see `RAFT HELP` below.
+    pub async fn raft_command(&self, argv: &[Bytes], snapshots: &SnapshotCache) -> Reply {
         let sub = |i: usize| {
             argv.get(i)
                 .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
@@ -59,6 +61,45 @@ impl Shard {
                 }
             }
             (Some("server"), Some("list"), 3) => self.server_list().await,
+            (Some("server"), Some("add" | "promote" | "demote"), _) => Reply::err(
+                "in sharded mode nodes join with --join and the rebalancer places replicas \
+                 (RAFT REBALANCE); RAFT SERVER REMOVE <id> takes a node out",
+            ),
+            (Some("transfer"), _, 3 | 4) => {
+                let group = match argv.get(3) {
+                    None => Some(META_GROUP),
+                    Some(g) => parse_i64(g).and_then(|g| u64::try_from(g).ok()),
+                };
+                match (parse_i64(&argv[2]), group) {
+                    (Some(to), Some(group)) if to > 0 => {
+                        match self.host.transfer_leader(group, to as u64).await {
+                            Ok(()) => Reply::Ok,
+                            Err(raftify_shard::ShardError::Node(e)) => {
+                                crate::server::error_reply(&e)
+                            }
+                            Err(e) => Reply::err(e),
+                        }
+                    }
+                    _ => errors::not_integer(),
+                }
+            }
+            (Some("snapshot"), Some("list"), 3) => self.snapshot_list().await,
+            (Some("snapshot"), Some("read"), 4 | 6) => {
+                let group = crate::snapshots::group_of(&argv[3]);
+                let hosted = match group {
+                    Some(g) => self.hosted(g).await,
+                    None => None,
+                };
+                match hosted {
+                    Some(h) => {
+                        crate::snapshots::read(h.storage().clone(), snapshots, argv, group).await
+                    }
+                    None => Reply::err(format!(
+                        "no snapshot {} here (RAFT SNAPSHOT LIST names this node's)",
+                        String::from_utf8_lossy(&argv[3])
+                    )),
+                }
+            }
             (Some("info"), None, 2) => self.raft_info().await,
             (Some("snapshot"), Some("now"), 3) => self.snapshot_all().await,
             (Some("leader"), None, 2) => {
@@ -77,12 +118,45 @@ impl Shard {
                     "RAFT INFO: the metadata group as this node sees it, and the placement's version",
                     "RAFT SERVER LIST: the cluster's nodes (id, addresses, metadata role, down, leaving, replicas)",
                     "RAFT SNAPSHOT NOW: a snapshot of every group this node hosts; the count taken",
+                    "RAFT SNAPSHOT LIST: the stored snapshot of every group this node hosts (group, id, index, term, size, voters)",
+                    "RAFT SNAPSHOT READ <id> [<offset> <count>]: a snapshot LIST names, in raftify's snapshot-file format",
+                    "RAFT TRANSFER <id> [<group>]: hand a group's leadership (default: the metadata group's, group 0) to node <id>",
                 ]
                 .map(|l: &'static str| Bytes::from_static(l.as_bytes()))
                 .to_vec(),
             ),
             _ => unsupported(),
         }
+    }
+
+    /// This node's replica of `group` (the metadata group's included),
+    /// if it hosts one now.
+    async fn hosted(&self, group: u64) -> Option<RaftHandle> {
+        match group {
+            META_GROUP => Some(self.host.meta().clone()),
+            g => self.host.group(g).await,
+        }
+    }
+
+    /// `RAFT SNAPSHOT LIST`: the stored snapshot of the metadata group and
+    /// of each data group this node hosts, by group.
+    async fn snapshot_list(&self) -> Reply {
+        let mut stores = vec![(META_GROUP, self.host.meta().storage().clone())];
+        let replicas = self.host.replicas().await;
+        stores.extend(
+            replicas
+                .iter()
+                .map(|(g, r)| (*g, r.handle().storage().clone())),
+        );
+        let mut out = Vec::with_capacity(stores.len());
+        for (group, store) in stores {
+            match crate::snapshots::listed(store, Some(group)).await {
+                Ok(Some(entry)) => out.push(entry),
+                Ok(None) => {}
+                Err(reply) => return reply,
+            }
+        }
+        Reply::Array(out)
     }
 
     /// `RAFT SERVER LIST`: the placement's nodes, read after the

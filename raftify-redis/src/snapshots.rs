@@ -23,8 +23,20 @@ pub const WHOLE_MAX: usize = crate::conn::MAX_OUTPUT / 4;
 #[derive(Debug, Default)]
 pub struct SnapshotCache(Mutex<Option<(String, Bytes)>>);
 
-fn id_of(m: &SnapshotMetadata) -> String {
-    format!("{}-{}", m.term, m.index)
+/// A snapshot's id: `<term>-<index>`; in sharded mode, where each group
+/// has its own, `g<group>-<term>-<index>`.
+fn id_of(group: Option<u64>, m: &SnapshotMetadata) -> String {
+    match group {
+        None => format!("{}-{}", m.term, m.index),
+        Some(g) => format!("g{g}-{}-{}", m.term, m.index),
+    }
+}
+
+/// The group a sharded snapshot id names (`g<group>-...`).
+pub fn group_of(id: &[u8]) -> Option<u64> {
+    let rest = id.strip_prefix(b"g")?;
+    let end = rest.iter().position(|&b| b == b'-')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 /// Loads the stored snapshot off the async threads (it may be large).
@@ -43,18 +55,31 @@ async fn load(store: Arc<dyn LogStore>) -> Result<Option<Snapshot>, Reply> {
 /// `term`, `size` (bytes stored) and `voters`; empty before the first. Its
 /// data is not read.
 pub async fn list(store: Arc<dyn LogStore>) -> Reply {
+    match listed(store, None).await {
+        Ok(found) => Reply::Array(found.into_iter().collect()),
+        Err(reply) => reply,
+    }
+}
+
+/// One store's `RAFT SNAPSHOT LIST` entry (None before its first
+/// snapshot); with `group` (sharded mode), the map starts with it.
+pub async fn listed(store: Arc<dyn LogStore>, group: Option<u64>) -> Result<Option<Reply>, Reply> {
     let info = match tokio::task::spawn_blocking(move || store.snapshot_info()).await {
         Ok(Ok(info)) => info,
-        Ok(Err(e)) => return error_reply(&Error::Storage(e)),
-        Err(e) => return Reply::err(format!("reading the snapshot failed: {e}")),
+        Ok(Err(e)) => return Err(error_reply(&Error::Storage(e))),
+        Err(e) => return Err(Reply::err(format!("reading the snapshot failed: {e}"))),
     };
     let m = &info.metadata;
     if m.index == 0 {
-        return Reply::Array(Vec::new());
+        return Ok(None);
     }
     let voters = m.get_conf_state().voters.iter();
-    Reply::Array(vec![Reply::Map(vec![
-        (Reply::bulk("id"), Reply::bulk(id_of(m))),
+    let mut fields = Vec::with_capacity(6);
+    if let Some(g) = group {
+        fields.push((Reply::bulk("group"), Reply::Int(g as i64)));
+    }
+    fields.extend([
+        (Reply::bulk("id"), Reply::bulk(id_of(group, m))),
         (Reply::bulk("index"), Reply::Int(m.index as i64)),
         (Reply::bulk("term"), Reply::Int(m.term as i64)),
         (Reply::bulk("size"), Reply::Int(info.size as i64)),
@@ -62,11 +87,18 @@ pub async fn list(store: Arc<dyn LogStore>) -> Reply {
             Reply::bulk("voters"),
             Reply::Array(voters.map(|v| Reply::Int(*v as i64)).collect()),
         ),
-    ])])
+    ]);
+    Ok(Some(Reply::Map(fields)))
 }
 
-/// `RAFT SNAPSHOT READ <id> [<offset> <count>]`.
-pub async fn read(store: Arc<dyn LogStore>, cache: &SnapshotCache, argv: &[Bytes]) -> Reply {
+/// `RAFT SNAPSHOT READ <id> [<offset> <count>]` of `store`, whose
+/// snapshots are `group`'s in sharded mode (see [`id_of`]).
+pub async fn read(
+    store: Arc<dyn LogStore>,
+    cache: &SnapshotCache,
+    argv: &[Bytes],
+    group: Option<u64>,
+) -> Reply {
     let id = String::from_utf8_lossy(&argv[3]).into_owned();
     let range = match argv.len() {
         4 => None,
@@ -99,7 +131,7 @@ pub async fn read(store: Arc<dyn LogStore>, cache: &SnapshotCache, argv: &[Bytes
                 Err(e) => return Reply::err(format!("reading the snapshot failed: {e}")),
             };
             if let Some((meta, bytes)) = kept.filter(|(m, _)| m.index > 0) {
-                if id_of(&meta) != id {
+                if id_of(group, &meta) != id {
                     return Reply::err(format!(
                         "no snapshot {id} here (RAFT SNAPSHOT LIST names the stored one)"
                     ));
@@ -108,7 +140,7 @@ pub async fn read(store: Arc<dyn LogStore>, cache: &SnapshotCache, argv: &[Bytes
                 return answer(bytes, range);
             }
             let snapshot = match load(store).await {
-                Ok(Some(s)) if id_of(s.get_metadata()) == id => s,
+                Ok(Some(s)) if id_of(group, s.get_metadata()) == id => s,
                 Ok(_) => {
                     return Reply::err(format!(
                         "no snapshot {id} here (RAFT SNAPSHOT LIST names the stored one)"

@@ -1,6 +1,7 @@
 //! The administration of `raftify-redis --sharded` over the Redis
 //! protocol: `RAFT SERVER LIST` (the placement's nodes, from any node),
-//! `RAFT INFO`, `RAFT SNAPSHOT NOW`, and `INFO` with the sections a
+//! `RAFT INFO`, `RAFT SNAPSHOT NOW | LIST | READ`, `RAFT TRANSFER`, and
+//! `INFO` with the sections a
 //! single-group node has (`server`, `clients`, `memory`, `keyspace`, ...)
 //! plus `sharding`.
 
@@ -97,6 +98,64 @@ fn raft_server_list_info_and_snapshots_on_a_sharded_node() {
         let info = show(&nodes[1].client().cmd(&["INFO", "replication"]));
         info.contains("role:slave").then_some(())
     });
-    let refused = show(&c1.cmd(&["RAFT", "TRANSFER", "2"]));
-    assert!(refused.starts_with("-ERR"), "{refused}");
+
+    // RAFT SNAPSHOT LIST: one snapshot per group this node hosts, each
+    // readable by its id in raftify's snapshot-file format.
+    let Frame::Array(list) = c1.cmd(&["RAFT", "SNAPSHOT", "LIST"]) else {
+        panic!("LIST is an array");
+    };
+    let listed: Vec<Vec<String>> = list.iter().map(pairs).collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed[0].contains(&"group=0".to_string()), "{listed:?}");
+    assert!(listed[1].contains(&"group=1".to_string()), "{listed:?}");
+    let field = |s: &[String], k: &str| {
+        let found = s.iter().find_map(|p| p.strip_prefix(&format!("{k}=")));
+        found.unwrap_or_else(|| panic!("{k} in {s:?}")).to_string()
+    };
+    let id = field(&listed[1], "id");
+    assert!(id.starts_with("g1-"), "{id}");
+    let Frame::BulkString(file) = c1.cmd(&["RAFT", "SNAPSHOT", "READ", &id]) else {
+        panic!("READ answers the file");
+    };
+    assert_eq!(&file[..8], b"RFTYSNP2");
+    assert_eq!(file.len().to_string(), field(&listed[1], "size"));
+    let head = c1.cmd(&["RAFT", "SNAPSHOT", "READ", &id, "0", "8"]);
+    assert_eq!(head, Frame::BulkString(b"RFTYSNP2".to_vec().into()));
+    for wrong in ["g9-1-1", "1-1", "g1-99-99"] {
+        let r = show(&c1.cmd(&["RAFT", "SNAPSHOT", "READ", wrong]));
+        assert!(r.starts_with("-ERR no snapshot"), "{wrong}: {r}");
+    }
+
+    // RAFT TRANSFER: the metadata group's leadership to another node, asked
+    // of any node; a data group's only to a node holding a replica of it.
+    let mut id_of = |node: &common::Node| {
+        let Frame::Array(list) = c1.cmd(&["RAFT", "SERVER", "LIST"]) else {
+            panic!("RAFT SERVER LIST");
+        };
+        let servers: Vec<Vec<String>> = list.iter().map(pairs).collect();
+        let s = servers
+            .iter()
+            .find(|s| s.contains(&format!("raft_addr={}", node.raft)));
+        field(s.unwrap_or_else(|| panic!("{servers:?}")), "id")
+    };
+    let two = id_of(&nodes[1]);
+    assert_eq!(show(&c2.cmd(&["RAFT", "TRANSFER", &two])), "+OK");
+    wait_for("node 2 leads the metadata group", T, || {
+        let leader = show(&c1.cmd(&["RAFT", "LEADER"]));
+        leader.starts_with(&format!("[:{two},")).then_some(())
+    });
+    let refused = show(&c1.cmd(&["RAFT", "TRANSFER", &two, "1"]));
+    assert!(
+        refused.contains("holds no voting replica of group 1"),
+        "{refused}"
+    );
+    let unknown = show(&c1.cmd(&["RAFT", "TRANSFER", &two, "77"]));
+    assert!(
+        unknown.starts_with("-ERR") && unknown.contains("77"),
+        "{unknown}"
+    );
+    let bad = show(&c1.cmd(&["RAFT", "TRANSFER", "x"]));
+    assert!(bad.starts_with("-ERR value is not an integer"), "{bad}");
+    let add = show(&c1.cmd(&["RAFT", "SERVER", "ADD", "9", "127.0.0.1:1"]));
+    assert!(add.contains("--join"), "{add}");
 }

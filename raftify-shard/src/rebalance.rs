@@ -8,7 +8,7 @@
 //! placement says it is, on whichever node leads next.
 
 use crate::host::{Inner, ShardError};
-use crate::placement::{Change, GroupId, NodeId, Placement, SlotMove};
+use crate::placement::{Change, GroupId, NodeId, Placement, SlotMove, META_GROUP};
 use crate::plan::{plan, repair, Observed, Step};
 use crate::slots::SlotRange;
 use async_trait::async_trait;
@@ -335,6 +335,26 @@ where
 }
 
 /// The raft addresses of the nodes hosting `group`.
+/// Asks `group`'s leader, found through its replicas' addresses (the
+/// metadata group's: every node's), to hand leadership to `to`.
+pub(crate) async fn transfer_leader(
+    transport: &GrpcTransport,
+    p: &Placement,
+    group: GroupId,
+    to: NodeId,
+) -> Result<(), ShardError> {
+    let a = match group {
+        META_GROUP => p.nodes().values().map(|n| n.raft_addr.clone()).collect(),
+        g => addrs(p, g),
+    };
+    let t = transport.for_group(group);
+    call_cluster(&t, &a, CALL, Idempotence::Idempotent, |n| async move {
+        n.transfer_leader(to).await
+    })
+    .await?;
+    Ok(())
+}
+
 fn addrs(p: &Placement, group: GroupId) -> Vec<String> {
     p.groups()
         .get(&group)
@@ -493,12 +513,7 @@ where
             inner.change(version, Change::DeleteGroup { group }).await?;
         }
         Step::TransferLeader { group, to } => {
-            let t = inner.host.transport.for_group(group);
-            let a = addrs(p, group);
-            call_cluster(&t, &a, CALL, Idempotence::Idempotent, |n| async move {
-                n.transfer_leader(to).await
-            })
-            .await?;
+            transfer_leader(&inner.host.transport, p, group, to).await?;
         }
         Step::RemoveNode { node } => {
             inner.change(version, Change::RemoveNode { node }).await?;
