@@ -50,6 +50,19 @@
 //! * `wal/<id>.jnl` — the journal's segments (with fsync on, see
 //!   [Durability](#durability)).
 //!
+//! # Many groups in one environment
+//!
+//! [`LmdbEnv`] keeps the logs of many Raft groups (a sharded node's
+//! replicas) in one directory: one LMDB environment whose `group_entries`
+//! database keys entries by group then index and whose `group_meta`
+//! database keys records `<group>/<name>` (`meta` keeps the environment's
+//! format version and journal position), one journal in `wal/` whose
+//! records name their group, one checkpoint thread, and
+//! `groups/<id>/snap/` for each group's snapshot files.
+//! [`LmdbEnv::group`] gives a group's [`LmdbStore`]; concurrent appends of
+//! different groups are written and synced together (one `fdatasync`),
+//! and one checkpoint moves every group's journaled writes into LMDB.
+//!
 //! # Why snapshot data lives in files, not in LMDB
 //!
 //! Snapshots are whole state machines: potentially far larger than the log.
@@ -113,4 +126,4 @@ pub use error::LmdbError;
 pub use files::read_archive_file;
 pub use restore::{restore_wal_from, restore_wal_snapshot_from};
 pub use snapshot_file::{encode_snapshot_file, read_snapshot_file, write_snapshot_file};
-pub use store::{LmdbOptions, LmdbStore, FORMAT_VERSION};
+pub use store::{LmdbEnv, LmdbOptions, LmdbStore, FORMAT_VERSION};

@@ -4,13 +4,15 @@
 //! SIGKILLs it at random moments and checks that every acknowledged entry
 //! is on disk and intact after reopening; with fsync on, and with
 //! `no_sync` (whose journal a process kill must not lose either: it is in
-//! the page cache).
+//! the page cache); and three groups of a shared environment (`LmdbEnv`)
+//! written by three threads at once, their appends committed together.
 
 #![allow(clippy::field_reassign_with_default)]
 
 use raftify_core::raft::eraftpb::{Entry, HardState, Snapshot};
 use raftify_core::{LogStore, WriteBatch};
-use raftify_storage::{LmdbOptions, LmdbStore};
+use raftify_storage::{LmdbEnv, LmdbOptions, LmdbStore};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -20,6 +22,11 @@ use std::time::{Duration, Instant};
 const CHILD_ENV: &str = "RAFTIFY_STORAGE_CRASH_CHILD_DIR";
 /// `1` for a child that opens its store with `no_sync`.
 const NO_SYNC_ENV: &str = "RAFTIFY_STORAGE_CRASH_NO_SYNC";
+/// `1` for a child that writes [`GROUPS`] groups of a shared environment.
+const SHARED_ENV: &str = "RAFTIFY_STORAGE_CRASH_SHARED";
+/// The groups of the shared-environment child (0 stands for a store of
+/// its own in the acknowledgements).
+const GROUPS: [u64; 3] = [1, 2, 3];
 
 /// xorshift64*: deterministic, dependency-free randomness.
 struct Rng(u64);
@@ -57,10 +64,30 @@ fn crash_child() {
         return;
     };
     let no_sync = std::env::var(NO_SYNC_ENV).is_ok_and(|v| v == "1");
+    if std::env::var(SHARED_ENV).is_ok_and(|v| v == "1") {
+        let env = LmdbEnv::open(&dir, opts(no_sync)).expect("child: open environment");
+        let writers: Vec<_> = GROUPS
+            .map(|g| {
+                let store = env.group(g).expect("child: open group");
+                std::thread::spawn(move || write_loop(&store, g))
+            })
+            .into_iter()
+            .collect();
+        for w in writers {
+            w.join().expect("child: writer");
+        }
+        return;
+    }
     let store = LmdbStore::open(&dir, opts(no_sync)).expect("child: open");
-    let mut rng = Rng(u64::from(std::process::id()) | 1);
+    write_loop(&store, 0);
+}
+
+/// Appends batches for 30 s, printing `ACK <group> <last index>` after
+/// each write returned.
+fn write_loop(store: &LmdbStore, group: u64) {
+    let mut rng = Rng(u64::from(std::process::id()) << 2 | group | 1);
     let mut next = store.last_index().expect("child: last_index") + 1;
-    let mut out = std::io::stdout();
+    let out = std::io::stdout();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let n = 1 + rng.below(40);
@@ -96,8 +123,12 @@ fn crash_child() {
             }
         }
         // Acknowledge only after the write returned.
-        writeln!(out, "ACK {last}").expect("child: stdout");
-        out.flush().expect("child: flush");
+        {
+            // One line per write, whole (the writers share stdout).
+            let mut out = out.lock();
+            writeln!(out, "ACK {group} {last}").expect("child: stdout");
+            out.flush().expect("child: flush");
+        }
         // Now and then: snapshot + compaction, so kills also land there.
         if last / 300 != next.saturating_sub(1) / 300 && last > 100 {
             let mut snap = Snapshot::default();
@@ -111,8 +142,25 @@ fn crash_child() {
     }
 }
 
-fn verify(dir: &Path, acked: u64, no_sync: bool) -> u64 {
-    let store = LmdbStore::open(dir, opts(no_sync)).expect("reopen after SIGKILL");
+/// Reopens what the child wrote and checks every group's acknowledged
+/// writes; returns how many unacknowledged entries survived too.
+fn verify(dir: &Path, acked: &BTreeMap<u64, u64>, no_sync: bool, shared: bool) -> u64 {
+    if !shared {
+        let store = LmdbStore::open(dir, opts(no_sync)).expect("reopen after SIGKILL");
+        let acked = acked.get(&0).copied().unwrap_or(0);
+        return verify_store(&store, acked) - acked;
+    }
+    let env = LmdbEnv::open(dir, opts(no_sync)).expect("reopen after SIGKILL");
+    let mut extra = 0;
+    for g in GROUPS {
+        let acked = acked.get(&g).copied().unwrap_or(0);
+        let store = env.group(g).expect("reopen a group");
+        extra += verify_store(&store, acked) - acked;
+    }
+    extra
+}
+
+fn verify_store(store: &LmdbStore, acked: u64) -> u64 {
     let first = store.first_index().unwrap();
     let last = store.last_index().unwrap();
     assert!(
@@ -160,11 +208,24 @@ fn acknowledged_writes_survive_sigkill_without_fsync() {
     sigkill_rounds(true);
 }
 
+#[test]
+fn acknowledged_writes_survive_sigkill_in_a_shared_environment() {
+    sigkill_rounds_of(false, true);
+}
+
 fn sigkill_rounds(no_sync: bool) {
+    sigkill_rounds_of(no_sync, false)
+}
+
+fn sigkill_rounds_of(no_sync: bool, shared: bool) {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut acked = 0u64;
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
+    let ack = |acked: &mut BTreeMap<u64, u64>, (g, n): (u64, u64)| {
+        let a = acked.entry(g).or_default();
+        *a = (*a).max(n);
+    };
     let started = Instant::now();
     let mut rounds = 0;
     let mut unacked_seen = 0u64;
@@ -174,6 +235,7 @@ fn sigkill_rounds(no_sync: bool) {
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
             .env(NO_SYNC_ENV, if no_sync { "1" } else { "" })
+            .env(SHARED_ENV, if shared { "1" } else { "" })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -184,11 +246,13 @@ fn sigkill_rounds(no_sync: bool) {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 // The first ack shares its line with libtest's "test ... ".
-                if let Some(n) = line.rfind("ACK ").map(|at| &line[at + 4..]) {
-                    if let Ok(n) = n.trim().parse::<u64>() {
-                        if tx.send(n).is_err() {
-                            break;
-                        }
+                let Some(ack) = line.rfind("ACK ").map(|at| &line[at + 4..]) else {
+                    continue;
+                };
+                let mut parts = ack.split_whitespace().map(str::parse::<u64>);
+                if let (Some(Ok(g)), Some(Ok(n))) = (parts.next(), parts.next()) {
+                    if tx.send((g, n)).is_err() {
+                        break;
                     }
                 }
             }
@@ -197,11 +261,11 @@ fn sigkill_rounds(no_sync: bool) {
         let first = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("child never acknowledged");
-        acked = acked.max(first);
+        ack(&mut acked, first);
         let run_for = Duration::from_millis(20 + rng.below(400));
         let until = Instant::now() + run_for;
         while let Ok(n) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            acked = acked.max(n);
+            ack(&mut acked, n);
             if Instant::now() >= until {
                 break;
             }
@@ -213,12 +277,12 @@ fn sigkill_rounds(no_sync: bool) {
         reader.join().unwrap();
         // Acks printed before the kill are still in the pipe.
         for n in rx.try_iter() {
-            acked = acked.max(n);
+            ack(&mut acked, n);
         }
-        let last = verify(dir.path(), acked, no_sync);
-        unacked_seen += last - acked;
+        unacked_seen += verify(dir.path(), &acked, no_sync, shared);
     }
     assert!(rounds >= 3, "only {rounds} rounds ran");
-    assert!(acked > 0);
-    eprintln!("{rounds} SIGKILL rounds, {acked} entries acknowledged, {unacked_seen} written-but-unacked entries also survived");
+    let groups = if shared { GROUPS.len() } else { 1 };
+    assert_eq!(acked.len(), groups, "every writer acknowledged: {acked:?}");
+    eprintln!("{rounds} SIGKILL rounds, acknowledged {acked:?}, {unacked_seen} written-but-unacked entries also survived");
 }

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use raftify_core::raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raftify_core::storage::{Durability, StorageResult, StoreIdentity};
 use raftify_core::{LogStore, MemStore, StorageError, WriteBatch};
-use raftify_storage::{LmdbOptions, LmdbStore};
+use raftify_storage::{LmdbEnv, LmdbOptions, LmdbStore};
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -64,14 +64,23 @@ enum Mode {
     Journal,
     /// fsync on, every write an LMDB commit (`journal(false)`).
     Direct,
+    /// Group 7 of a shared environment (`LmdbEnv`), fsync on through the
+    /// shared journal, between groups 3 and 9 that hold entries of their
+    /// own (checked untouched at the end).
+    Shared,
 }
+
+/// The group under test in [`Mode::Shared`], and its neighbours.
+const GROUP: u64 = 7;
+const NEIGHBOURS: [u64; 2] = [3, 9];
 
 fn mode_strategy() -> impl Strategy<Value = Mode> {
     prop_oneof![
         3 => Just(Mode::NoSync),
         2 => Just(Mode::NoSyncJournal),
         3 => Just(Mode::Journal),
-        2 => Just(Mode::Direct)
+        2 => Just(Mode::Direct),
+        3 => Just(Mode::Shared)
     ]
 }
 
@@ -157,12 +166,42 @@ fn opts(mode: Mode) -> LmdbOptions {
     LmdbOptions::new()
         .map_size(64 * 1024)
         .no_sync(matches!(mode, Mode::NoSync | Mode::NoSyncJournal))
-        .journal(matches!(mode, Mode::Journal | Mode::NoSyncJournal))
+        .journal(matches!(
+            mode,
+            Mode::Journal | Mode::NoSyncJournal | Mode::Shared
+        ))
         .journal_segment_size(8 * 1024)
 }
 
 fn open(dir: &Path, mode: Mode) -> LmdbStore {
-    LmdbStore::open(dir, opts(mode)).expect("open store")
+    if mode != Mode::Shared {
+        return LmdbStore::open(dir, opts(mode)).expect("open store");
+    }
+    let env = LmdbEnv::open(dir, opts(mode)).expect("open environment");
+    for g in NEIGHBOURS {
+        let n = env.group(g).expect("open a neighbour");
+        if n.last_index().unwrap() == 0 {
+            n.write(WriteBatch {
+                entries: (1..=3).map(|i| entry(i, g, 20)).collect(),
+                hard_state: hard_state(Some((g, 0, 2))),
+                snapshot: None,
+            })
+            .unwrap();
+        }
+    }
+    env.group(GROUP).expect("open the group")
+}
+
+/// The neighbours of [`Mode::Shared`] hold what they were given.
+fn check_neighbours(dir: &Path) {
+    let env = LmdbEnv::open(dir, opts(Mode::Shared)).expect("open environment");
+    for g in NEIGHBOURS {
+        let n = env.group(g).unwrap();
+        assert_eq!((n.first_index().unwrap(), n.last_index().unwrap()), (1, 3));
+        let want: Vec<Entry> = (1..=3).map(|i| entry(i, g, 20)).collect();
+        assert_eq!(n.entries(1, 4, None).unwrap(), want);
+        assert_eq!(n.initial_state().unwrap().hard_state.term, g);
+    }
 }
 
 fn compare(model: &MemStore, store: &LmdbStore, step: usize) {
@@ -351,11 +390,17 @@ proptest! {
         // tail, still unapplied after a close) and a final reopen show the
         // same state.
         drop(store);
-        let store = LmdbStore::open_read_only(dir.path(), opts(mode)).expect("open read-only");
-        compare(&model, &store, ops.len() + 1);
-        drop(store);
+        if mode != Mode::Shared {
+            let store = LmdbStore::open_read_only(dir.path(), opts(mode)).expect("open read-only");
+            compare(&model, &store, ops.len() + 1);
+            drop(store);
+        }
         let store = open(dir.path(), mode);
         compare(&model, &store, ops.len() + 2);
+        drop(store);
+        if mode == Mode::Shared {
+            check_neighbours(dir.path());
+        }
     }
 }
 
@@ -363,7 +408,7 @@ proptest! {
 /// the journal and with LMDB commits.
 #[test]
 fn synced_store_follows_model_on_a_typical_history() {
-    for mode in [Mode::Journal, Mode::Direct] {
+    for mode in [Mode::Journal, Mode::Direct, Mode::Shared] {
         typical_history(mode);
     }
 }
@@ -371,7 +416,10 @@ fn synced_store_follows_model_on_a_typical_history() {
 fn typical_history(mode: Mode) {
     let dir = tempfile::tempdir().unwrap();
     let model = MemStore::new();
-    let mut store = LmdbStore::open(dir.path(), opts(mode).map_size(1 << 20)).unwrap();
+    let mut store = match mode {
+        Mode::Shared => open(dir.path(), mode),
+        _ => LmdbStore::open(dir.path(), opts(mode).map_size(1 << 20)).unwrap(),
+    };
     assert!(store.blocking_writes());
     let ops = [
         Op::Append {
@@ -423,5 +471,9 @@ fn typical_history(mode: Mode) {
     for (step, op) in ops.iter().enumerate() {
         apply(op, &model, &mut store, dir.path(), mode, step + 1);
         compare(&model, &store, step + 1);
+    }
+    if mode == Mode::Shared {
+        drop(store);
+        check_neighbours(dir.path());
     }
 }

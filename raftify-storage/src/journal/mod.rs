@@ -112,6 +112,17 @@ pub(crate) struct Journal {
     /// opened with `no_sync`: a record then survives a process crash (it
     /// is in the page cache) but not necessarily a power loss.
     sync: bool,
+    /// Records were written to the active segment since its last sync.
+    unsynced: bool,
+}
+
+/// What [`Journal::append_batch`] did: the sequence numbers of the records
+/// now durable (a prefix of the batch, in order) and, if not all are, why
+/// the rest are not.
+#[derive(Debug)]
+pub(crate) struct Appended {
+    pub(crate) seqs: Vec<u64>,
+    pub(crate) error: Option<io::Error>,
 }
 
 fn segment_name(id: u64) -> String {
@@ -351,6 +362,7 @@ impl Journal {
             next_id,
             failed: None,
             sync,
+            unsynced: false,
         };
         // The first segment is made now, not by the first write: zero-filling
         // it takes a while on a busy disk, and the first write is often a
@@ -371,17 +383,98 @@ impl Journal {
     /// or may not be on disk) and every later append fails with the same
     /// reason. A failure to make room (a new segment on a full disk) leaves
     /// nothing behind and is not sticky.
+    #[cfg(test)]
     pub(crate) fn append(&mut self, record: &mut [u8], checkpointed: u64) -> io::Result<u64> {
-        if let Some(why) = &self.failed {
-            return Err(io::Error::other(format!(
-                "the journal failed earlier and takes no more writes: {why}"
-            )));
-        }
-        self.try_append(record, checkpointed)
+        self.check_failed()?;
+        let seq = self.write_record(record, checkpointed)?;
+        self.sync_active()?;
+        Ok(seq)
     }
 
-    /// See [`Journal::append`]; `record` is [`new_record`] and the payload.
-    fn try_append(&mut self, record: &mut [u8], checkpointed: u64) -> io::Result<u64> {
+    /// Appends several records with one sync (group commit: the writes of
+    /// many stores sharing the journal, see `store/env.rs`). Records are
+    /// written in order; a segment change on the way syncs the segment
+    /// left first. Failures as for [`Journal::append`]: a record not
+    /// durable when its write or sync failed has an unknown fate; one that
+    /// found no room (a full disk) was not written, nor were those after it.
+    pub(crate) fn append_batch<'r>(
+        &mut self,
+        records: impl IntoIterator<Item = &'r mut [u8]>,
+        checkpointed: u64,
+    ) -> Appended {
+        let mut out = Appended {
+            seqs: Vec::new(),
+            error: self.check_failed().err(),
+        };
+        if out.error.is_some() {
+            return out;
+        }
+        let mut written = Vec::new();
+        for record in records {
+            let synced_before = !self.unsynced;
+            match self.write_record(record, checkpointed) {
+                Ok(seq) => {
+                    // A segment change synced everything written before.
+                    if synced_before || self.segment_changed_at(seq) {
+                        out.seqs.append(&mut written);
+                    }
+                    written.push(seq);
+                }
+                Err(e) => {
+                    // Written but not synced: their fate is unknown.
+                    if self.failed.is_none() && self.sync_active().is_ok() {
+                        out.seqs.append(&mut written);
+                    }
+                    out.error = Some(e);
+                    return out;
+                }
+            }
+        }
+        match self.sync_active() {
+            Ok(()) => out.seqs.append(&mut written),
+            Err(e) => out.error = Some(e),
+        }
+        out
+    }
+
+    /// Whether record `seq` is the first of its segment.
+    fn segment_changed_at(&self, seq: u64) -> bool {
+        let active = self.active.and_then(|a| self.segment(a.id));
+        active.is_some_and(|s| s.first_seq == seq)
+    }
+
+    fn check_failed(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(why) => Err(io::Error::other(format!(
+                "the journal failed earlier and takes no more writes: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Syncs what was written to the active segment since its last sync
+    /// (nothing for a journal without syncs). A failure is sticky.
+    fn sync_active(&mut self) -> io::Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        if self.sync {
+            let seg = self
+                .active
+                .and_then(|a| self.segments.iter().find(|s| s.id == a.id))
+                .ok_or_else(|| io::Error::other("the active journal segment is gone"))?;
+            if let Err(e) = seg.file.sync_data() {
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Writes one record (not synced); `record` is [`new_record`] and the
+    /// payload. Starting a new segment first syncs the one being left.
+    fn write_record(&mut self, record: &mut [u8], checkpointed: u64) -> io::Result<u64> {
         let payload_len = record
             .len()
             .checked_sub(RECORD_HEADER as usize)
@@ -393,6 +486,7 @@ impl Journal {
             .active
             .and_then(|a| self.segment(a.id).map(|s| a.pos + need <= s.len));
         if room != Some(true) {
+            self.sync_active()?;
             self.start_segment(need, checkpointed)?;
         }
         let Some(a) = self.active else {
@@ -413,13 +507,10 @@ impl Journal {
         // From here a failure leaves the record's fate unknown. A new
         // segment's header goes with its first record, under one sync.
         let header = (a.pos == HEADER).then(|| header(seq, a.salt));
+        self.unsynced = true;
         let written = header
             .map_or(Ok(()), |h| seg.file.write_all_at(&h, 0))
-            .and_then(|()| seg.file.write_all_at(record, a.pos))
-            .and_then(|()| match self.sync {
-                true => seg.file.sync_data(),
-                false => Ok(()),
-            });
+            .and_then(|()| seg.file.write_all_at(record, a.pos));
         if let Err(e) = written {
             self.failed = Some(e.to_string());
             return Err(e);
@@ -443,7 +534,7 @@ impl Journal {
     /// Makes a segment with room for `need` bytes of records the active
     /// one: a free segment (all its records checkpointed) if one is large
     /// enough, else a new file. The previous segment's records are all
-    /// synced already (every append syncs).
+    /// synced already (`write_record` syncs before it comes here).
     fn start_segment(&mut self, need: u64, checkpointed: u64) -> io::Result<()> {
         let active = self.active.map(|a| a.id);
         let size = self.segment_size;

@@ -18,8 +18,15 @@
 //!
 //! On open, the journal records after `wal_seq` are applied to LMDB the
 //! same way before anything else happens.
+//!
+//! The groups of a shared environment ([`super::LmdbEnv`]) share one
+//! journal, one checkpoint thread and one `wal_seq`: their appends are
+//! committed together (a write waiting for the journal is written and
+//! synced by whichever write holds it, with every other waiting one: one
+//! `fdatasync` for all), and a checkpoint moves every group's tail into
+//! LMDB in one transaction.
 
-use super::tail::{decode, encode, Pending, Tail, View};
+use super::tail::{decode, encode, Encoded, Pending, StoreRecords, Tail, Tails, View};
 use super::txn::{io_disk_full, no_space, Fail};
 use super::{LmdbOptions, LmdbStore};
 use crate::journal::{self, Journal, Record};
@@ -35,13 +42,18 @@ use std::time::{Duration, Instant};
 /// Longest time a write stays only in the journal when the tail is small.
 pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
-/// The journal and its tail, shared by the store and its checkpoint thread.
+/// The journal and its tails, shared by the stores writing to it (one, or
+/// the groups of a shared environment) and the checkpoint thread.
 #[derive(Debug)]
 pub(crate) struct Wal {
     /// Taken by appends for their whole write (and by the writes that must
     /// see no append in flight).
     journal: Mutex<Journal>,
-    tail: Mutex<Tail>,
+    /// Appends waiting to be written: the next leader writes them all.
+    queue: Mutex<Queue>,
+    /// Signalled when a leader is done with its batch.
+    written: Condvar,
+    tails: Mutex<Tails>,
     /// Last journal sequence number durable in LMDB.
     checkpointed: AtomicU64,
     /// Why a background checkpoint failed; later writes fail with it.
@@ -51,19 +63,39 @@ pub(crate) struct Wal {
     threshold: usize,
 }
 
+/// The appends waiting to be written, and whether one of their writers is
+/// writing a batch now (the leader).
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: Vec<Queued>,
+    leading: bool,
+}
+
+/// An append waiting for the journal.
+#[derive(Debug)]
+struct Queued {
+    store: Option<u64>,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+    encoded: Encoded,
+    /// Set by whoever wrote it: durable, or why not.
+    done: Arc<Mutex<Option<Result<(), String>>>>,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Wal {
-    /// Runs `f` on the tail's view, under its lock (keep it short).
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&View) -> T) -> T {
-        f(lock(&self.tail).view())
+    /// Runs `f` on `store`'s view of its tail, under the tails' lock (keep
+    /// it short).
+    pub(crate) fn read<T>(&self, store: Option<u64>, f: impl FnOnce(&View) -> T) -> T {
+        lock(&self.tails).view(store, f)
     }
 
-    /// The records not yet checkpointed.
-    pub(crate) fn records(&self) -> Vec<Arc<Pending>> {
-        lock(&self.tail).records()
+    /// `store`'s records not yet checkpointed.
+    pub(crate) fn records(&self, store: Option<u64>) -> Vec<Arc<Pending>> {
+        lock(&self.tails).records_of(store)
     }
 
     fn failure(&self) -> Option<StorageError> {
@@ -100,10 +132,10 @@ impl LmdbStore {
     /// an earlier run must not lose its tail) and returns the last journal
     /// sequence number now in LMDB.
     pub(super) fn recover_journal(&self) -> StorageResult<u64> {
-        journal::remove_tmp_files(&self.dir);
+        journal::remove_tmp_files(&self.env_dir);
         let after = self.read(|txn| self.read_wal_seq(txn))?;
         let records =
-            journal::read_after(&self.dir, after, true).map_err(|e| self.journal_read(e))?;
+            journal::read_after(&self.env_dir, after, true).map_err(|e| self.journal_read(e))?;
         Ok(self.apply_records(records)?.unwrap_or(after))
     }
 
@@ -116,9 +148,9 @@ impl LmdbStore {
     }
 
     fn journal_io(&self, op: &str, e: std::io::Error) -> StorageError {
-        let dir = self.dir.join(journal::JOURNAL_DIR);
-        let why = match io_disk_full(&e, &self.dir) {
-            true => no_space(&self.dir),
+        let dir = self.env_dir.join(journal::JOURNAL_DIR);
+        let why = match io_disk_full(&e, &self.env_dir) {
+            true => no_space(&self.env_dir),
             false => e.to_string(),
         };
         StorageError::backend(std::io::Error::new(
@@ -131,11 +163,13 @@ impl LmdbStore {
     /// [`LmdbStore::recover_journal`]), and the checkpoint thread.
     pub(super) fn start_journal(&mut self, last: u64) -> StorageResult<()> {
         let segment = self.opts.journal_segment_size as u64;
-        let journal = Journal::open(&self.dir, segment, last, !self.opts.no_sync)
+        let journal = Journal::open(&self.env_dir, segment, last, !self.opts.no_sync)
             .map_err(|e| self.journal_io("open", e))?;
         let wal = Arc::new(Wal {
             journal: Mutex::new(journal),
-            tail: Mutex::new(Tail::default()),
+            queue: Mutex::new(Queue::default()),
+            written: Condvar::new(),
+            tails: Mutex::new(Tails::default()),
             checkpointed: AtomicU64::new(last),
             failed: Mutex::new(None),
             wake: (Mutex::new(false), Condvar::new()),
@@ -157,10 +191,10 @@ impl LmdbStore {
         let after = self.read(|txn| self.read_wal_seq(txn))?;
         // Not strict: the writer may be appending while this reads.
         let records =
-            journal::read_after(&self.dir, after, false).map_err(|e| self.journal_read(e))?;
+            journal::read_after(&self.env_dir, after, false).map_err(|e| self.journal_read(e))?;
         let mut tail = Tail::default();
         for r in records {
-            tail.push(decode(r.seq, r.payload).map_err(|e| self.corrupt_journal(e))?);
+            tail.push(self.decode_record(r)?.1);
         }
         self.read_only_tail = Some(Arc::new(ReadOnlyTail(tail)));
         Ok(())
@@ -169,8 +203,25 @@ impl LmdbStore {
     fn corrupt_journal(&self, what: String) -> StorageError {
         StorageError::corrupted(
             what,
-            self.dir.join(journal::JOURNAL_DIR).display().to_string(),
+            self.env_dir
+                .join(journal::JOURNAL_DIR)
+                .display()
+                .to_string(),
         )
+    }
+
+    /// Decodes a journal record: the group it is of and the write. A
+    /// group's record in a store alone, or a store's in a shared
+    /// environment, is damage (another journal's file).
+    fn decode_record(&self, r: Record) -> StorageResult<(Option<u64>, Pending)> {
+        let seq = r.seq;
+        let (group, p) = decode(seq, r.payload).map_err(|e| self.corrupt_journal(e))?;
+        if group.is_some() != self.shared {
+            return Err(self.corrupt_journal(format!(
+                "journal record {seq} is not of this store's layout (group {group:?})"
+            )));
+        }
+        Ok((group, p))
     }
 
     /// Applies journal records to LMDB in one durable transaction that
@@ -179,15 +230,27 @@ impl LmdbStore {
         let Some(last) = records.last().map(|r| r.seq) else {
             return Ok(None);
         };
-        let mut pending = Vec::with_capacity(records.len());
+        let mut tails = Tails::default();
         for r in records {
-            pending.push(Arc::new(
-                decode(r.seq, r.payload).map_err(|e| self.corrupt_journal(e))?,
-            ));
+            let (group, p) = self.decode_record(r)?;
+            tails.push(group, p);
         }
+        let (all, _) = tails.all();
         let _w = self.lock_writer();
-        self.write_txn(|wtxn| self.apply_pending(wtxn, &pending, Some(last)))?;
+        self.write_txn(|wtxn| self.apply_all(wtxn, &all, last))?;
         Ok(Some(last))
+    }
+
+    /// Writes every store's records into LMDB, in the caller's transaction,
+    /// and records `seq` as the last journal record applied.
+    fn apply_all(&self, wtxn: &mut RwTxn, all: &StoreRecords, seq: u64) -> Result<(), Fail> {
+        for (group, records) in all {
+            match group {
+                None => self.apply_pending(wtxn, records, None)?,
+                Some(g) => self.scoped(*g).apply_pending(wtxn, records, None)?,
+            }
+        }
+        self.put_wal_seq(wtxn, seq)
     }
 
     /// Writes `records` into LMDB as the log's continuation, in the
@@ -225,7 +288,8 @@ impl LmdbStore {
     }
 
     /// Journals one append (entries and/or hard state): durable when this
-    /// returns `Ok`.
+    /// returns `Ok`. With other stores on the journal, it is written and
+    /// synced together with theirs (group commit).
     pub(super) fn journal_append(
         &self,
         wal: &Wal,
@@ -235,37 +299,101 @@ impl LmdbStore {
         if let Some(e) = wal.failure() {
             return Err(e);
         }
-        let mut encoded = encode(&entries, hard_state.as_ref())?;
-        let mut journal = lock(&wal.journal);
+        let encoded = encode(self.scope, &entries, hard_state.as_ref())?;
+        // One append of this store at a time: checked against the log as
+        // it is, then in the journal before the next one is checked.
+        let _one = lock(&self.appends);
         if !entries.is_empty() {
             let offset = self.first_index()? - 1;
             let last = self.last_index()?;
             check_append(offset, last, &entries)?;
         }
+        let done = Arc::new(Mutex::new(None));
+        let mut queue = lock(&wal.queue);
+        queue.waiting.push(Queued {
+            store: self.scope,
+            entries,
+            hard_state,
+            encoded,
+            done: done.clone(),
+        });
+        // Group commit: while a leader writes its batch, the appends that
+        // arrive wait; the first to see it done leads the next batch,
+        // with all of them. No waiting append needs the journal's lock.
+        while lock(&done).is_none() {
+            if queue.leading {
+                queue = wal.written.wait(queue).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            queue.leading = true;
+            let batch = std::mem::take(&mut queue.waiting);
+            drop(queue);
+            {
+                let mut journal = lock(&wal.journal);
+                self.write_batch_to_journal(wal, &mut journal, batch);
+            }
+            queue = lock(&wal.queue);
+            queue.leading = false;
+            wal.written.notify_all();
+        }
+        drop(queue);
+        let outcome = lock(&done).take();
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(why)) => Err(StorageError::backend(std::io::Error::other(why))),
+            None => Err(StorageError::backend(std::io::Error::other(
+                "a journal write was not carried out",
+            ))),
+        }
+    }
+
+    /// Writes the waiting appends with one sync, pushes those now durable
+    /// to their tails (in sequence order, under the journal lock) and
+    /// tells each waiting one its outcome.
+    fn write_batch_to_journal(&self, wal: &Wal, journal: &mut Journal, mut batch: Vec<Queued>) {
         let checkpointed = wal.checkpointed.load(Ordering::Acquire);
-        let seq = journal
-            .append(&mut encoded.record, checkpointed)
-            .map_err(|e| self.journal_io("write", e))?;
-        let mut tail = lock(&wal.tail);
-        let first = tail.is_empty();
-        tail.push(Pending::new(seq, entries, hard_state, encoded));
-        let full = tail.bytes() >= wal.threshold;
-        drop(tail);
-        drop(journal);
-        if first {
-            // The checkpoint thread sleeps while the tail is empty.
+        let appended = journal.append_batch(
+            batch.iter_mut().map(|q| &mut q.encoded.record[..]),
+            checkpointed,
+        );
+        let why = appended
+            .error
+            .map(|e| self.journal_io("write", e).to_string());
+        let mut tails = lock(&wal.tails);
+        let first = tails.is_empty();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (i, q) in batch.into_iter().enumerate() {
+            match appended.seqs.get(i) {
+                Some(&seq) => {
+                    let p = Pending::new(seq, q.entries, q.hard_state, q.encoded);
+                    tails.push(q.store, p);
+                    outcomes.push((q.done, Ok(())));
+                }
+                None => {
+                    let why = why.clone().unwrap_or_else(|| "not written".into());
+                    outcomes.push((q.done, Err(why)));
+                }
+            }
+        }
+        let full = tails.bytes() >= wal.threshold;
+        let grew = first && !tails.is_empty();
+        drop(tails);
+        for (done, outcome) in outcomes {
+            *lock(&done) = Some(outcome);
+        }
+        if grew {
+            // The checkpoint thread sleeps while the tails are empty.
             wal.poke();
         } else if full {
             wal.wake.1.notify_all();
         }
-        Ok(())
     }
 
     /// The journaled records not (or, for a read-only handle, not as of
     /// opening) in LMDB.
     pub(super) fn tail_records(&self) -> Vec<Arc<Pending>> {
         match (&self.wal, &self.read_only_tail) {
-            (Some(wal), _) => wal.records(),
+            (Some(wal), _) => wal.records(self.scope),
             (None, Some(tail)) => tail.0.records(),
             (None, None) => Vec::new(),
         }
@@ -300,16 +428,16 @@ impl LmdbStore {
         // Under the writer lock: two checkpoints never apply the same
         // records (an older set applied after a newer one would undo it).
         let _w = self.lock_writer();
-        let records = lock(&wal.tail).records();
-        let Some(seq) = records.last().map(|r| r.seq) else {
+        let (all, last) = lock(&wal.tails).all();
+        let Some(seq) = last else {
             return Ok(());
         };
-        let result = self.write_txn(|wtxn| self.apply_pending(wtxn, &records, Some(seq)));
+        let result = self.write_txn(|wtxn| self.apply_all(wtxn, &all, seq));
         if let Err(e) = result {
             *lock(&wal.failed) = Some(format!("checkpointing the journal into LMDB failed: {e}"));
             return Err(e);
         }
-        lock(&wal.tail).drop_through(seq);
+        lock(&wal.tails).drop_through(seq);
         wal.checkpointed.store(seq, Ordering::Release);
         Ok(())
     }
@@ -330,7 +458,7 @@ impl LmdbStore {
                 let mut guard = lock(&wal.wake.0);
                 // Lock order: wake-up, then tail (appends take them one at
                 // a time, never both).
-                while !*guard && lock(&wal.tail).is_empty() {
+                while !*guard && lock(&wal.tails).is_empty() {
                     since = None;
                     guard = wal.wake.1.wait(guard).unwrap_or_else(|p| p.into_inner());
                 }
@@ -346,7 +474,7 @@ impl LmdbStore {
                 }
             };
             let (empty, bytes) = {
-                let t = lock(&wal.tail);
+                let t = lock(&wal.tails);
                 (t.is_empty(), t.bytes())
             };
             if empty {

@@ -1,9 +1,11 @@
 //! Copying a store's state into another store, for restores (see
 //! [`crate::restore_wal_from`]).
 
+use super::keys::KeyRange;
 use super::LmdbStore;
 use raftify_core::storage::StorageResult;
 use raftify_core::StorageError;
+use std::ops::Bound;
 
 impl LmdbStore {
     /// Removes the recorded identity (used by restores, so the node that
@@ -29,15 +31,16 @@ impl LmdbStore {
             let res = self.read(|rtxn| {
                 let (snap, meta) = self.read_snapshot(rtxn)?;
                 let (_, created) = dst.write_with_snapshot_file(true, |wtxn, created| {
-                    dst.entries_db
-                        .clear(wtxn)
-                        .map_err(|e| dst.fail("clear the log", e))?;
+                    dst.clear_log(wtxn)?;
+                    let (lo, hi) = self.entry_bounds();
+                    let range: KeyRange = (Bound::Included(&lo), Bound::Included(&hi));
                     let iter = self
                         .entries_db
-                        .iter(rtxn)
+                        .range(rtxn, &range)
                         .map_err(|e| self.heed_err("read log entries", e))?;
                     for item in iter {
                         let (k, raw) = item.map_err(|e| self.heed_err("read log entries", e))?;
+                        let k = self.index_of(k)?;
                         // Verify every record: never propagate damage.
                         self.decode_entry(k, raw)?;
                         dst.append_raw(wtxn, k, raw)?;

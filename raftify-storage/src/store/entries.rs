@@ -1,6 +1,7 @@
 //! The records of the `entries` database: the log, one framed
 //! `eraftpb.Entry` per index (see [`crate::codec::frame`]).
 
+use super::keys::KeyRange;
 use super::meta::Meta;
 use super::txn::Fail;
 use super::LmdbStore;
@@ -10,21 +11,53 @@ use raftify_core::protobuf::Message;
 use raftify_core::raft::eraftpb::Entry;
 use raftify_core::storage::{limit_size, StorageResult};
 use raftify_core::StorageError;
+use std::ops::Bound;
 
 impl LmdbStore {
     /// The last index in the log (`meta.offset` when it holds no entries).
     pub(crate) fn last_index_txn(&self, txn: &RoTxn, meta: &Meta) -> StorageResult<u64> {
-        let last = self
-            .entries_db
-            .last(txn)
-            .map_err(|e| self.heed_err("read the last entry", e))?;
+        let last = match self.last_key(txn)? {
+            Some(k) => Some(self.index_of(k)?),
+            None => None,
+        };
         match last {
             None => Ok(meta.offset),
-            Some((k, _)) if k > meta.offset => Ok(k),
-            Some((k, _)) => Err(self.corrupt(format!(
+            Some(k) if k > meta.offset => Ok(k),
+            Some(k) => Err(self.corrupt(format!(
                 "entry {k} is stored although the log was compacted up to {}",
                 meta.offset
             ))),
+        }
+    }
+
+    /// The key of this store's first (`first`) or last stored entry.
+    fn end_key<'t>(&self, txn: &'t RoTxn, first: bool) -> StorageResult<Option<&'t [u8]>> {
+        let (lo, hi) = self.entry_bounds();
+        let range: KeyRange = (Bound::Included(&lo), Bound::Included(&hi));
+        let found = match first {
+            true => self.entries_db.range(txn, &range).map(|mut i| i.next()),
+            false => self.entries_db.rev_range(txn, &range).map(|mut i| i.next()),
+        };
+        let found = found.map_err(|e| self.heed_err("read the first or last entry", e))?;
+        match found {
+            None => Ok(None),
+            Some(item) => Ok(Some(
+                item.map_err(|e| self.heed_err("read the first or last entry", e))?
+                    .0,
+            )),
+        }
+    }
+
+    /// The key of the last stored entry.
+    pub(super) fn last_key<'t>(&self, txn: &'t RoTxn) -> StorageResult<Option<&'t [u8]>> {
+        self.end_key(txn, false)
+    }
+
+    /// The index of the first stored entry.
+    pub(super) fn first_stored(&self, txn: &RoTxn) -> StorageResult<Option<u64>> {
+        match self.end_key(txn, true)? {
+            Some(k) => self.index_of(k).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -45,7 +78,7 @@ impl LmdbStore {
     pub(crate) fn get_entry(&self, txn: &RoTxn, idx: u64) -> StorageResult<Entry> {
         let raw = self
             .entries_db
-            .get(txn, &idx)
+            .get(txn, &self.entry_key(idx))
             .map_err(|e| self.heed_err(&format!("read log entry {idx}"), e))?
             .ok_or_else(|| self.corrupt(format!("log entry {idx} is missing (gap in the log)")))?;
         self.decode_entry(idx, raw)
@@ -89,14 +122,17 @@ impl LmdbStore {
         if low == high {
             return Ok(out);
         }
+        let (lo, hi) = (self.entry_key(low), self.entry_key(high));
+        let range: KeyRange = (Bound::Included(&lo), Bound::Excluded(&hi));
         let iter = self
             .entries_db
-            .range(txn, &(low..high))
+            .range(txn, &range)
             .map_err(|e| self.heed_err("read log entries", e))?;
         let mut size = 0u64;
         let mut expect = low;
         for item in iter {
             let (k, raw) = item.map_err(|e| self.heed_err("read log entries", e))?;
+            let k = self.index_of(k)?;
             if k != expect {
                 return Err(self.corrupt(format!("log entry {expect} is missing (gap in the log)")));
             }
@@ -118,27 +154,43 @@ impl LmdbStore {
         Ok(out)
     }
 
-    /// Appends already framed entry records with `MDB_APPEND` (keys must be
-    /// increasing and above every stored key).
+    /// Appends already framed entry records (keys must be increasing and
+    /// above every stored key of the store). Alone in its environment, with
+    /// `MDB_APPEND`: the key is then the database's last.
     pub(crate) fn append_raw(&self, wtxn: &mut RwTxn, idx: u64, framed: &[u8]) -> Result<(), Fail> {
+        let flags = match self.scope {
+            None => PutFlags::APPEND,
+            Some(_) => PutFlags::empty(),
+        };
         self.entries_db
-            .put_with_flags(wtxn, PutFlags::APPEND, &idx, framed)
+            .put_with_flags(wtxn, flags, &self.entry_key(idx), framed)
             .map_err(|e| self.fail(&format!("append log entry {idx}"), e))
+    }
+
+    /// Deletes the entries `from ..= to`.
+    fn delete_entries(&self, wtxn: &mut RwTxn, from: u64, to: u64, what: &str) -> Result<(), Fail> {
+        let (lo, hi) = (self.entry_key(from), self.entry_key(to));
+        let range: KeyRange = (Bound::Included(&lo), Bound::Included(&hi));
+        self.entries_db
+            .delete_range(wtxn, &range)
+            .map(|_| ())
+            .map_err(|e| self.fail(what, e))
     }
 
     /// Deletes the entries from `idx` on.
     pub(super) fn delete_from(&self, wtxn: &mut RwTxn, idx: u64) -> Result<(), Fail> {
-        self.entries_db
-            .delete_range(wtxn, &(idx..))
-            .map(|_| ())
-            .map_err(|e| self.fail(&format!("delete log entries from {idx}"), e))
+        let what = format!("delete log entries from {idx}");
+        self.delete_entries(wtxn, idx, u64::MAX, &what)
     }
 
     /// Deletes the entries up to and including `idx`.
     pub(super) fn delete_through(&self, wtxn: &mut RwTxn, idx: u64) -> Result<(), Fail> {
-        self.entries_db
-            .delete_range(wtxn, &(..=idx))
-            .map(|_| ())
-            .map_err(|e| self.fail(&format!("delete log entries up to {idx}"), e))
+        let what = format!("delete log entries up to {idx}");
+        self.delete_entries(wtxn, 0, idx, &what)
+    }
+
+    /// Deletes every entry of the store.
+    pub(super) fn clear_log(&self, wtxn: &mut RwTxn) -> Result<(), Fail> {
+        self.delete_entries(wtxn, 0, u64::MAX, "clear the log")
     }
 }

@@ -286,7 +286,7 @@ impl LmdbStore {
     /// prefix: appends only write after the commit index, and compaction
     /// checkpoints the tail first.
     fn tail_answer<T>(&self, f: impl FnOnce(&View) -> Option<T>) -> Option<T> {
-        self.wal.as_ref().and_then(|wal| wal.read(f))
+        self.wal.as_ref().and_then(|wal| wal.read(self.scope, f))
     }
 
     /// Reads `pick` of the journaled tail, then runs `body` in a read
@@ -301,7 +301,7 @@ impl LmdbStore {
     ) -> StorageResult<T> {
         match (&self.wal, &self.read_only_tail) {
             (Some(wal), _) => {
-                let v = wal.read(pick);
+                let v = wal.read(self.scope, pick);
                 self.read(|txn| body(txn, v))
             }
             (None, Some(tail)) => self.read(|txn| {
@@ -336,7 +336,7 @@ impl LmdbStore {
                 for idx in first..=new_offset {
                     let raw = self
                         .entries_db
-                        .get(wtxn, &idx)
+                        .get(wtxn, &self.entry_key(idx))
                         .map_err(|e| self.fail("read entries to archive", e))?
                         .ok_or_else(|| self.corrupt(format!("log entry {idx} is missing")))?;
                     // Verify before archiving: never archive garbage silently.
@@ -403,9 +403,7 @@ impl LmdbStore {
                         self.delete_through(wtxn, m.index)?;
                     }
                 } else {
-                    self.entries_db
-                        .clear(wtxn)
-                        .map_err(|e| self.fail("clear the log", e))?;
+                    self.clear_log(wtxn)?;
                 }
                 self.put_offset(wtxn, m.index, m.term)?;
                 self.put_snapshot_ref(wtxn, m, &name, seq)?;

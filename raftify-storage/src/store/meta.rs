@@ -19,6 +19,16 @@ pub(super) const K_OFFSET: &str = "offset";
 pub(super) const K_IDENTITY: &str = "identity";
 /// Sequence number of the last journal record applied to LMDB.
 pub(super) const K_WAL_SEQ: &str = "wal_seq";
+/// The records a store (a group, in a shared environment) has of its own;
+/// `format_version` and `wal_seq` are the environment's.
+const OWN_RECORDS: [&str; 6] = [
+    K_HARD_STATE,
+    K_SNAP_META,
+    K_SNAP_FILE,
+    K_SNAP_SEQ,
+    K_OFFSET,
+    K_IDENTITY,
+];
 
 /// The metadata records, decoded.
 #[derive(Default, Clone)]
@@ -42,7 +52,7 @@ impl LmdbStore {
     /// The format version the store was created with.
     pub(super) fn read_format_version(&self, txn: &RoTxn) -> StorageResult<u32> {
         let version = self
-            .meta_db
+            .root_meta_db
             .get(txn, K_VERSION)
             .map_err(|e| self.heed_err("read the format version", e))?
             .ok_or_else(|| self.corrupt("the format version record is missing"))?;
@@ -53,9 +63,23 @@ impl LmdbStore {
     }
 
     fn get_meta<'t>(&self, txn: &'t RoTxn, key: &str) -> StorageResult<Option<&'t [u8]>> {
-        let raw = self
-            .meta_db
-            .get(txn, key)
+        self.get_record(txn, self.meta_db, &self.meta_key(key), key)
+    }
+
+    /// Record `name` of the environment itself (not of a group).
+    fn get_root<'t>(&self, txn: &'t RoTxn, name: &str) -> StorageResult<Option<&'t [u8]>> {
+        self.get_record(txn, self.root_meta_db, name, name)
+    }
+
+    fn get_record<'t>(
+        &self,
+        txn: &'t RoTxn,
+        db: MetaDb,
+        stored: &str,
+        key: &str,
+    ) -> StorageResult<Option<&'t [u8]>> {
+        let raw = db
+            .get(txn, stored)
             .map_err(|e| self.heed_err(&format!("read metadata record `{key}`"), e))?;
         match raw {
             None => Ok(None),
@@ -105,7 +129,7 @@ impl LmdbStore {
 
     /// The last journal record applied to LMDB (0: none).
     pub(super) fn read_wal_seq(&self, txn: &RoTxn) -> StorageResult<u64> {
-        match self.get_meta(txn, K_WAL_SEQ)? {
+        match self.get_root(txn, K_WAL_SEQ)? {
             None => Ok(0),
             Some(b) => be_u64(b, 0)
                 .filter(|_| b.len() == 8)
@@ -114,13 +138,27 @@ impl LmdbStore {
     }
 
     pub(super) fn put_wal_seq(&self, wtxn: &mut RwTxn, seq: u64) -> Result<(), Fail> {
-        self.put_meta(wtxn, K_WAL_SEQ, &seq.to_be_bytes())
+        self.root_meta_db
+            .put(wtxn, K_WAL_SEQ, &frame(&seq.to_be_bytes()))
+            .map_err(|e| self.fail(&format!("write metadata record `{K_WAL_SEQ}`"), e))
     }
 
     fn put_meta(&self, wtxn: &mut RwTxn, key: &str, payload: &[u8]) -> Result<(), Fail> {
         self.meta_db
-            .put(wtxn, key, &frame(payload))
+            .put(wtxn, &self.meta_key(key), &frame(payload))
             .map_err(|e| self.fail(&format!("write metadata record `{key}`"), e))
+    }
+
+    /// Deletes every record of the store's own (all but the environment's
+    /// format version and journal position): a group's, when it is
+    /// deleted from a shared environment.
+    pub(super) fn delete_own_records(&self, wtxn: &mut RwTxn) -> Result<(), Fail> {
+        for key in OWN_RECORDS {
+            self.meta_db
+                .delete(wtxn, &self.meta_key(key))
+                .map_err(|e| self.fail(&format!("delete metadata record `{key}`"), e))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn put_hard_state(&self, wtxn: &mut RwTxn, hs: &HardState) -> Result<(), Fail> {
@@ -179,7 +217,7 @@ impl LmdbStore {
     /// Removes the identity record, if any.
     pub(super) fn delete_identity(&self, wtxn: &mut RwTxn) -> Result<(), Fail> {
         self.meta_db
-            .delete(wtxn, K_IDENTITY)
+            .delete(wtxn, &self.meta_key(K_IDENTITY))
             .map(|_| ())
             .map_err(|e| self.fail("delete the identity record", e))
     }

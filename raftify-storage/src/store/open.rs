@@ -5,7 +5,7 @@ use super::meta::put_format_version;
 use super::options::align_up;
 use super::{
     EntriesDb, LmdbOptions, LmdbStore, MetaDb, DATA_FILE, ENTRIES_DB, FORMAT_VERSION,
-    LMDB_LOCK_FILE, LOCK_FILE, META_DB, SNAP_DIR,
+    GROUP_ENTRIES_DB, GROUP_META_DB, LMDB_LOCK_FILE, LOCK_FILE, META_DB, SNAP_DIR,
 };
 use crate::error::LmdbError;
 use crate::journal::JOURNAL_DIR;
@@ -64,36 +64,15 @@ impl LmdbStore {
     /// [`LmdbError::Lmdb`] otherwise.
     pub fn open(dir: impl AsRef<Path>, opts: LmdbOptions) -> Result<Self, LmdbError> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| LmdbError::io("create directory", &dir, e))?;
-        if !dir.is_dir() {
-            return Err(LmdbError::NotAStore {
-                path: dir,
-                reason: "not a directory".into(),
-            });
-        }
-        let data = dir.join(DATA_FILE);
-        if !data.exists() {
-            // Refuse to scatter LMDB files into some unrelated directory.
-            let foreign: Vec<String> = fs::read_dir(&dir)
-                .map_err(|e| LmdbError::io("list directory", &dir, e))?
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| {
-                    n != LOCK_FILE && n != LMDB_LOCK_FILE && n != SNAP_DIR && n != JOURNAL_DIR
-                })
-                .collect();
-            if !foreign.is_empty() {
-                return Err(LmdbError::NotAStore {
-                    path: dir,
-                    reason: format!(
-                        "the directory is not empty ({}) and has no {DATA_FILE}",
-                        foreign.join(", ")
-                    ),
-                });
-            }
-        }
-        let lock = take_lock(&dir, opts.lock_wait)?;
-        Self::open_env(dir, opts, false, Some(lock))
+        let lock = prepare_dir(&dir, &opts, &[])?;
+        Self::open_env(dir, opts, false, Some(lock), false)
+    }
+
+    /// The store of a shared environment's own records, which runs its
+    /// journal and checkpoints (see [`super::LmdbEnv::open`]).
+    pub(super) fn open_shared_root(dir: &Path, opts: LmdbOptions) -> Result<Self, LmdbError> {
+        let lock = prepare_dir(dir, &opts, &[super::env::GROUPS_DIR])?;
+        Self::open_env(dir.to_path_buf(), opts, false, Some(lock), true)
     }
 
     /// Opens an existing store read-only, e.g. for a CLI inspecting the
@@ -121,14 +100,17 @@ impl LmdbStore {
                 what: "the LMDB data file of a raftify store".into(),
             });
         }
-        Self::open_env(dir, opts, true, None)
+        Self::open_env(dir, opts, true, None, false)
     }
 
+    /// Opens the environment in `dir`; `shared`: a shared environment's
+    /// own store ([`super::LmdbEnv`]), whose log databases are the groups'.
     fn open_env(
         dir: PathBuf,
         opts: LmdbOptions,
         read_only: bool,
         lock: Option<File>,
+        shared: bool,
     ) -> Result<Self, LmdbError> {
         let data = dir.join(DATA_FILE);
         // LMDB treats an empty data file as a new environment: a store
@@ -201,7 +183,21 @@ impl LmdbStore {
             }
         };
 
-        let (entries_db, meta_db) = if read_only {
+        // A store alone keeps its log in `entries` and `meta`; a shared
+        // environment keeps its own records in `meta` and its groups' in
+        // `group_entries` and `group_meta`.
+        let (log_entries, log_meta) = match shared {
+            false => (ENTRIES_DB, META_DB),
+            true => (GROUP_ENTRIES_DB, GROUP_META_DB),
+        };
+        let wrong_layout = |dir: PathBuf| LmdbError::NotAStore {
+            path: dir,
+            reason: match shared {
+                true => "a single store's environment, not a shared one (groups')".into(),
+                false => "a shared environment of groups (`LmdbEnv`), not a single store".into(),
+            },
+        };
+        let (entries_db, meta_db, root_meta_db) = if read_only {
             let rtxn = env
                 .read_txn()
                 .map_err(|e| lmdb("begin a read transaction", e))?;
@@ -219,7 +215,7 @@ impl LmdbStore {
             };
             rtxn.commit()
                 .map_err(|e| lmdb("end the read transaction", e))?;
-            (entries, meta)
+            (entries, meta, meta)
         } else {
             let mut wtxn = env
                 .write_txn()
@@ -230,15 +226,31 @@ impl LmdbStore {
             let dbs = match meta {
                 Some(meta) => {
                     let entries: Option<EntriesDb> = env
-                        .open_database(&wtxn, Some(ENTRIES_DB))
+                        .open_database(&wtxn, Some(log_entries))
                         .map_err(|e| lmdb("open the entries database", e))?;
-                    let Some(entries) = entries else {
+                    let log: Option<MetaDb> = match shared {
+                        false => Some(meta),
+                        true => env
+                            .open_database(&wtxn, Some(log_meta))
+                            .map_err(|e| lmdb("open the groups' meta database", e))?,
+                    };
+                    let (Some(entries), Some(log)) = (entries, log) else {
+                        let other = match shared {
+                            false => GROUP_ENTRIES_DB,
+                            true => ENTRIES_DB,
+                        };
+                        let other: Option<EntriesDb> = env
+                            .open_database(&wtxn, Some(other))
+                            .map_err(|e| lmdb("open the entries database", e))?;
+                        if other.is_some() {
+                            return Err(wrong_layout(dir));
+                        }
                         return Err(LmdbError::corrupted(
                             &dir,
-                            "the `entries` database is missing",
+                            format!("the `{log_entries}` database is missing"),
                         ));
                     };
-                    (entries, meta)
+                    (entries, log, meta)
                 }
                 None => {
                     // New store, unless the environment holds someone else's data.
@@ -259,11 +271,17 @@ impl LmdbStore {
                         .create_database(&mut wtxn, Some(META_DB))
                         .map_err(|e| lmdb("create the meta database", e))?;
                     let entries: EntriesDb = env
-                        .create_database(&mut wtxn, Some(ENTRIES_DB))
+                        .create_database(&mut wtxn, Some(log_entries))
                         .map_err(|e| lmdb("create the entries database", e))?;
+                    let log: MetaDb = match shared {
+                        false => meta,
+                        true => env
+                            .create_database(&mut wtxn, Some(log_meta))
+                            .map_err(|e| lmdb("create the groups' meta database", e))?,
+                    };
                     put_format_version(&meta, &mut wtxn)
                         .map_err(|e| lmdb("write the format version", e))?;
-                    (entries, meta)
+                    (entries, log, meta)
                 }
             };
             wtxn.commit().map_err(|e| lmdb("commit", e))?;
@@ -276,12 +294,18 @@ impl LmdbStore {
 
         let journals = !read_only && opts.journals();
         let mut store = LmdbStore {
+            env_dir: dir.clone(),
             dir,
+            shared,
             env,
             entries_db,
             meta_db,
+            root_meta_db,
+            scope: None,
+            lease: None,
             gate: Arc::new(RwLock::new(())),
             write_lock: Arc::new(Mutex::new(())),
+            appends: Arc::new(Mutex::new(())),
             generation: Arc::new(AtomicU64::new(0)),
             first_index_cache: Arc::new(Mutex::new(None)),
             opts,
@@ -294,10 +318,10 @@ impl LmdbStore {
         store.validate()?;
         let journal_error = |store: &LmdbStore, e: StorageError| match e {
             StorageError::Corrupted { what, .. } => {
-                LmdbError::corrupted(store.dir.join(JOURNAL_DIR), what)
+                LmdbError::corrupted(store.env_dir.join(JOURNAL_DIR), what)
             }
             other => LmdbError::Store {
-                path: store.dir.join(JOURNAL_DIR),
+                path: store.env_dir.join(JOURNAL_DIR),
                 source: other,
             },
         };
@@ -306,7 +330,9 @@ impl LmdbStore {
                 return Err(journal_error(&store, e));
             }
         } else {
-            store.remove_orphan_snapshots();
+            if !shared {
+                store.remove_orphan_snapshots();
+            }
             let started = store.recover_journal().and_then(|last| match journals {
                 true => store.start_journal(last),
                 false => Ok(()),
@@ -319,8 +345,10 @@ impl LmdbStore {
     }
 
     /// Checks the format version and the invariants of the metadata and the
-    /// log ends (not every entry: that would read the whole log).
-    fn validate(&self) -> Result<(), LmdbError> {
+    /// log ends (not every entry: that would read the whole log). A shared
+    /// environment's own store has no log: the version only.
+    pub(super) fn validate(&self) -> Result<(), LmdbError> {
+        let root_only = self.shared && self.scope.is_none();
         let corrupted = |e: StorageError| match e {
             StorageError::Corrupted { what, .. } => LmdbError::corrupted(&self.dir, what),
             other => LmdbError::Store {
@@ -333,16 +361,15 @@ impl LmdbStore {
             if version != FORMAT_VERSION {
                 return Err(StorageError::Invalid(format!("version:{version}")));
             }
+            if root_only {
+                return Ok(());
+            }
             let meta = self.read_meta(txn)?;
             let last = self.last_index_txn(txn, &meta)?;
             if last > meta.offset {
-                let first = self
-                    .entries_db
-                    .first(txn)
-                    .map_err(|e| self.heed_err("read the first entry", e))?;
-                match first {
-                    Some((k, _)) if k == meta.offset + 1 => {}
-                    Some((k, _)) => {
+                match self.first_stored(txn)? {
+                    Some(k) if k == meta.offset + 1 => {}
+                    Some(k) => {
                         return Err(self.corrupt(format!(
                             "the first stored entry is {k} but the log starts at {}",
                             meta.offset + 1
@@ -375,6 +402,44 @@ impl LmdbStore {
             other => corrupted(other),
         })
     }
+}
+
+/// Creates `dir` if needed, refuses a directory holding anything but a
+/// store's files (and the names in `also`), and takes its writer lock.
+fn prepare_dir(dir: &Path, opts: &LmdbOptions, also: &[&str]) -> Result<File, LmdbError> {
+    fs::create_dir_all(dir).map_err(|e| LmdbError::io("create directory", dir, e))?;
+    if !dir.is_dir() {
+        return Err(LmdbError::NotAStore {
+            path: dir.to_path_buf(),
+            reason: "not a directory".into(),
+        });
+    }
+    let data = dir.join(DATA_FILE);
+    if !data.exists() {
+        // Refuse to scatter LMDB files into some unrelated directory.
+        let foreign: Vec<String> = fs::read_dir(dir)
+            .map_err(|e| LmdbError::io("list directory", dir, e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n != LOCK_FILE
+                    && n != LMDB_LOCK_FILE
+                    && n != SNAP_DIR
+                    && n != JOURNAL_DIR
+                    && !also.contains(&n.as_str())
+            })
+            .collect();
+        if !foreign.is_empty() {
+            return Err(LmdbError::NotAStore {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "the directory is not empty ({}) and has no {DATA_FILE}",
+                    foreign.join(", ")
+                ),
+            });
+        }
+    }
+    take_lock(dir, opts.lock_wait)
 }
 
 /// Takes the exclusive `raftify.lock` of a store directory, retrying a

@@ -13,7 +13,7 @@ use raftify_core::protobuf::Message;
 use raftify_core::raft::eraftpb::{Entry, HardState};
 use raftify_core::storage::StorageResult;
 use raftify_core::StorageError;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -63,6 +63,7 @@ impl Pending {
 
 /// A write encoded as a journal record ([`crate::journal::new_record`]
 /// and the payload), with where its entries' LMDB records are.
+#[derive(Debug)]
 pub(crate) struct Encoded {
     /// Handed to [`crate::journal::Journal::append`].
     pub(crate) record: Vec<u8>,
@@ -70,11 +71,23 @@ pub(crate) struct Encoded {
     framed: Vec<Range<usize>>,
 }
 
+/// Flag bit: the payload holds a hard state.
+const HAS_HARD_STATE: u8 = 1;
+/// Flag bit: the payload is a group's, in a shared environment's journal
+/// (its id follows the flags).
+const HAS_GROUP: u8 = 2;
+
 /// Encodes a write as a journal payload, each entry written once, in
 /// place:
-/// `flags (u8: 1 = hard state) [len (u32 LE) ++ HardState] count (u32 LE)
-/// { len (u32 LE) ++ crc32 ++ Entry }*`.
-pub(crate) fn encode(entries: &[Entry], hard_state: Option<&HardState>) -> StorageResult<Encoded> {
+/// `flags (u8: 1 = hard state, 2 = group) [group (u64 LE)]
+/// [len (u32 LE) ++ HardState] count (u32 LE)
+/// { len (u32 LE) ++ crc32 ++ Entry }*`. A store alone in its environment
+/// writes no group (and so reads the payloads of earlier versions).
+pub(crate) fn encode(
+    group: Option<u64>,
+    entries: &[Entry],
+    hard_state: Option<&HardState>,
+) -> StorageResult<Encoded> {
     let size: usize = entries
         .iter()
         .map(|e| e.compute_size() as usize + 8)
@@ -82,7 +95,17 @@ pub(crate) fn encode(entries: &[Entry], hard_state: Option<&HardState>) -> Stora
         + 64;
     let mut out = journal::new_record(size);
     let payload_at = out.len();
-    out.push(u8::from(hard_state.is_some()));
+    let mut flags = 0;
+    if hard_state.is_some() {
+        flags |= HAS_HARD_STATE;
+    }
+    if group.is_some() {
+        flags |= HAS_GROUP;
+    }
+    out.push(flags);
+    if let Some(g) = group {
+        out.extend_from_slice(&g.to_le_bytes());
+    }
     if let Some(h) = hard_state {
         let b = encode_msg(h).map_err(StorageError::Invalid)?;
         put_len(&mut out, b.len())?;
@@ -118,8 +141,9 @@ fn put_len(out: &mut Vec<u8>, n: usize) -> StorageResult<()> {
 }
 
 /// Decodes a journal payload (a record that passed its CRC, so a failure
-/// here is damage or a foreign format).
-pub(crate) fn decode(seq: u64, payload: Vec<u8>) -> Result<Pending, String> {
+/// here is damage or a foreign format): the group it is of (`None`: a
+/// store alone in its environment) and the write.
+pub(crate) fn decode(seq: u64, payload: Vec<u8>) -> Result<(Option<u64>, Pending), String> {
     let truncated = || format!("journal record {seq} is truncated");
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<Range<usize>, String> {
@@ -138,7 +162,20 @@ pub(crate) fn decode(seq: u64, payload: Vec<u8>) -> Result<Pending, String> {
             .ok_or_else(truncated)
     };
     let flags = payload.get(take(1)?.start).copied().ok_or_else(truncated)?;
-    let hard_state = if flags & 1 == 1 {
+    if flags & !(HAS_HARD_STATE | HAS_GROUP) != 0 {
+        return Err(format!(
+            "journal record {seq} has unknown flags {flags:#04x}"
+        ));
+    }
+    let group = match flags & HAS_GROUP {
+        0 => None,
+        _ => {
+            let r = take(8)?;
+            let id = payload.get(r).and_then(|b| b.try_into().ok());
+            Some(id.map(u64::from_le_bytes).ok_or_else(truncated)?)
+        }
+    };
+    let hard_state = if flags & HAS_HARD_STATE != 0 {
         let n = len(&payload, take(4)?)?;
         Some(decode_msg(&payload[take(n)?]).map_err(|e| format!("journal record {seq}: {e}"))?)
     } else {
@@ -160,14 +197,15 @@ pub(crate) fn decode(seq: u64, payload: Vec<u8>) -> Result<Pending, String> {
             return Err(format!("journal record {seq}: entries are not contiguous"));
         }
     }
-    Ok(Pending {
+    let write = Pending {
         seq,
         entries,
         bytes: payload.len(),
         record: payload,
         framed,
         hard_state,
-    })
+    };
+    Ok((group, write))
 }
 
 /// What the tail shows: entries `from ..= from + len - 1` (replacing
@@ -291,6 +329,77 @@ impl Tail {
     }
 }
 
+/// Records by store (`None`: a store alone in its environment).
+pub(crate) type StoreRecords = Vec<(Option<u64>, Vec<Arc<Pending>>)>;
+
+/// The tails of the stores sharing one journal: one per group of a shared
+/// environment ([`super::LmdbEnv`]), one (`None`) for a store alone. A
+/// write's record is pushed to its store's tail right after the journal
+/// sync that made it durable, under the journal's lock and in sequence
+/// order, so the tails hold exactly the records after the last checkpoint:
+/// a checkpoint can take them all at one point in the sequence.
+#[derive(Debug, Default)]
+pub(crate) struct Tails {
+    by_store: BTreeMap<Option<u64>, Tail>,
+    bytes: usize,
+}
+
+impl Tails {
+    pub(crate) fn push(&mut self, store: Option<u64>, p: Pending) {
+        self.bytes += p.bytes;
+        self.by_store.entry(store).or_default().push(p);
+    }
+
+    /// Runs `f` on `store`'s view (empty when it has no tail).
+    pub(crate) fn view<T>(&self, store: Option<u64>, f: impl FnOnce(&View) -> T) -> T {
+        match self.by_store.get(&store) {
+            Some(t) => f(t.view()),
+            None => f(&View::default()),
+        }
+    }
+
+    /// Payload bytes not yet checkpointed, over every store.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_store.is_empty()
+    }
+
+    /// `store`'s records.
+    pub(crate) fn records_of(&self, store: Option<u64>) -> Vec<Arc<Pending>> {
+        self.by_store
+            .get(&store)
+            .map(Tail::records)
+            .unwrap_or_default()
+    }
+
+    /// Every store's records, and the last sequence number among them.
+    pub(crate) fn all(&self) -> (StoreRecords, Option<u64>) {
+        let all: Vec<_> = self
+            .by_store
+            .iter()
+            .map(|(s, t)| (*s, t.records()))
+            .collect();
+        let last = all
+            .iter()
+            .filter_map(|(_, r)| r.last().map(|p| p.seq))
+            .max();
+        (all, last)
+    }
+
+    /// Forgets the records up to `seq` (checkpointed); a store whose tail
+    /// empties leaves the map.
+    pub(crate) fn drop_through(&mut self, seq: u64) {
+        for t in self.by_store.values_mut() {
+            t.drop_through(seq);
+        }
+        self.by_store.retain(|_, t| !t.is_empty());
+        self.bytes = self.by_store.values().map(Tail::bytes).sum();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::field_reassign_with_default)]
@@ -310,15 +419,18 @@ mod tests {
             h.term = t;
             h
         });
-        let enc = encode(&entries, hs.as_ref()).unwrap();
-        decode(seq, enc.record[enc.payload_at..].to_vec()).unwrap()
+        let enc = encode(None, &entries, hs.as_ref()).unwrap();
+        decode(seq, enc.record[enc.payload_at..].to_vec())
+            .unwrap()
+            .1
     }
 
     #[test]
     fn payloads_round_trip_and_damage_is_an_error() {
-        let enc = encode(&[entry(5, 2), entry(6, 2)], None).unwrap();
+        let enc = encode(None, &[entry(5, 2), entry(6, 2)], None).unwrap();
         let payload = enc.record[enc.payload_at..].to_vec();
-        let p = decode(9, payload.clone()).unwrap();
+        let (group, p) = decode(9, payload.clone()).unwrap();
+        assert_eq!(group, None);
         assert_eq!(p.entries, vec![entry(5, 2), entry(6, 2)]);
         // Each entry's LMDB record is the framed entry, as LMDB stores it.
         for (e, f) in p.framed() {
@@ -330,6 +442,25 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
         assert!(decode(9, bad).is_err());
+    }
+
+    #[test]
+    fn a_groups_payload_names_its_group() {
+        let mut hs = HardState::default();
+        hs.term = 4;
+        let enc = encode(Some(77), &[entry(3, 4)], Some(&hs)).unwrap();
+        let payload = enc.record[enc.payload_at..].to_vec();
+        let (group, p) = decode(1, payload.clone()).unwrap();
+        assert_eq!(group, Some(77));
+        assert_eq!(p.entries, vec![entry(3, 4)]);
+        assert_eq!(p.hard_state.as_ref().map(|h| h.term), Some(4));
+        for (e, f) in p.framed() {
+            assert_eq!(f, &crate::codec::frame(&e.write_to_bytes().unwrap())[..]);
+        }
+        // Unknown flags are damage, not a silently different layout.
+        let mut unknown = payload;
+        unknown[0] |= 0x80;
+        assert!(decode(1, unknown).is_err());
     }
 
     #[test]

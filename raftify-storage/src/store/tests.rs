@@ -39,7 +39,9 @@ fn undecodable_entry_record_is_corrupted_error() {
     // A record with a valid checksum whose payload is not an Entry.
     let garbage = frame(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
     let mut wtxn = s.env.write_txn().unwrap();
-    s.entries_db.put(&mut wtxn, &3, &garbage).unwrap();
+    s.entries_db
+        .put(&mut wtxn, &s.entry_key(3), &garbage)
+        .unwrap();
     wtxn.commit().unwrap();
     let err = s.entries(1, 6, None).unwrap_err();
     assert!(matches!(err, StorageError::Corrupted { .. }), "{err:?}");
@@ -62,7 +64,7 @@ fn flipped_bits_in_entry_fail_checksum() {
     let n = rec.len();
     rec[n - 1] ^= 0x40;
     let mut wtxn = s.env.write_txn().unwrap();
-    s.entries_db.put(&mut wtxn, &4, &rec).unwrap();
+    s.entries_db.put(&mut wtxn, &s.entry_key(4), &rec).unwrap();
     wtxn.commit().unwrap();
     let err = s.entries(4, 5, None).unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
@@ -74,7 +76,7 @@ fn entry_under_wrong_key_is_corrupted() {
     let s = store_with_entries(dir.path());
     let rec = frame(&entry(9, 1).write_to_bytes().unwrap());
     let mut wtxn = s.env.write_txn().unwrap();
-    s.entries_db.put(&mut wtxn, &2, &rec).unwrap();
+    s.entries_db.put(&mut wtxn, &s.entry_key(2), &rec).unwrap();
     wtxn.commit().unwrap();
     let err = s.term(2).unwrap_err();
     assert!(err.to_string().contains("holds entry 9"), "{err}");
@@ -105,7 +107,7 @@ fn gap_in_log_is_corrupted() {
     let dir = tempfile::tempdir().unwrap();
     let s = store_with_entries(dir.path());
     let mut wtxn = s.env.write_txn().unwrap();
-    s.entries_db.delete(&mut wtxn, &3).unwrap();
+    s.entries_db.delete(&mut wtxn, &s.entry_key(3)).unwrap();
     wtxn.commit().unwrap();
     let err = s.entries(1, 6, None).unwrap_err();
     assert!(err.to_string().contains("gap"), "{err}");
