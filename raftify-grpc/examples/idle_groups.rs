@@ -11,16 +11,18 @@
 //! With `--lmdb`, every replica keeps its log in its own LMDB store (fsync
 //! on, journal segments of `--segment BYTES`, default the store's 16 MiB)
 //! in a temporary directory, as a sharded node's data groups do; the
-//! report adds the disk the stores take and the process's threads.
+//! report adds the disk the stores take and the process's threads. With
+//! `--shared`, each server keeps all its replicas' logs in one shared
+//! environment (`LmdbEnv`), as a sharded node does now.
 //!
 //! ```text
-//! cargo run --release -p raftify-grpc --example idle_groups -- 10 100 1000 --secs 10 [--hibernate] [--lmdb [--segment BYTES]]
+//! cargo run --release -p raftify-grpc --example idle_groups -- 10 100 1000 --secs 10 [--hibernate] [--lmdb [--segment BYTES] | --shared]
 //! ```
 
 use raftify_core::testkit::{KvStore, Node};
 use raftify_core::{Bootstrap, Config, LogStore, MemStore, Raft};
 use raftify_grpc::{Groups, GrpcConfig, GrpcTransport, RaftGrpcServer, ServerHandle};
-use raftify_storage::{LmdbOptions, LmdbStore};
+use raftify_storage::{LmdbEnv, LmdbOptions, LmdbStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,12 +51,26 @@ enum Logs {
     Memory,
     /// One LMDB store per replica under the dir, with this segment size.
     Lmdb(tempfile::TempDir, Option<usize>),
+    /// One shared LMDB environment per server ("process") under the dir,
+    /// a group's store in it per replica.
+    Shared(tempfile::TempDir, Vec<Arc<LmdbEnv>>),
 }
 
 impl Logs {
+    fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Logs::Memory => None,
+            Logs::Lmdb(dir, _) | Logs::Shared(dir, _) => Some(dir.path()),
+        }
+    }
+
     fn store(&self, node: u64, group: u64) -> Result<Arc<dyn LogStore>, Error> {
         Ok(match self {
             Logs::Memory => Arc::new(MemStore::new()),
+            Logs::Shared(_, envs) => {
+                let env = envs.get(node as usize - 1).ok_or("no environment")?;
+                Arc::new(env.group(group)?)
+            }
             Logs::Lmdb(dir, segment) => {
                 let mut opts = LmdbOptions::new();
                 if let Some(bytes) = segment {
@@ -136,13 +152,14 @@ async fn main() -> Result<(), Error> {
     let mut counts = Vec::new();
     let mut secs = 10u64;
     let mut hibernate = false;
-    let (mut lmdb, mut segment) = (false, None);
+    let (mut lmdb, mut segment, mut shared) = (false, None, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--secs" => secs = args.next().ok_or("--secs needs a value")?.parse()?,
             "--hibernate" => hibernate = true,
             "--lmdb" => lmdb = true,
+            "--shared" => shared = true,
             "--segment" => segment = Some(args.next().ok_or("--segment needs a value")?.parse()?),
             n => counts.push(n.parse::<u64>()?),
         }
@@ -153,9 +170,16 @@ async fn main() -> Result<(), Error> {
     println!("| groups (× 3 replicas) | start + elect | CPU while idle | per group |");
     println!("|---:|---:|---:|---:|");
     for groups in counts {
-        let logs = match lmdb {
-            true => Logs::Lmdb(tempfile::tempdir()?, segment),
-            false => Logs::Memory,
+        let logs = match (lmdb, shared) {
+            (_, true) => {
+                let dir = tempfile::tempdir()?;
+                let envs: Result<Vec<_>, _> = (1..=3)
+                    .map(|n| LmdbEnv::open(dir.path().join(format!("n{n}")), LmdbOptions::new()))
+                    .collect();
+                Logs::Shared(dir, envs?)
+            }
+            (true, false) => Logs::Lmdb(tempfile::tempdir()?, segment),
+            (false, false) => Logs::Memory,
         };
         let t0 = Instant::now();
         let cluster = start(groups, hibernate, &logs).await?;
@@ -193,10 +217,10 @@ async fn main() -> Result<(), Error> {
             cpu * 100.0,
             cpu * 1e6 / groups as f64
         );
-        if let Logs::Lmdb(dir, _) = &logs {
+        if let Some(dir) = logs.dir() {
             println!(
                 "(LMDB: {:.1} MiB on disk, {} threads)",
-                disk_use(dir.path())? as f64 / (1 << 20) as f64,
+                disk_use(dir)? as f64 / (1 << 20) as f64,
                 threads().map_or("?".into(), |t| t.to_string())
             );
         }

@@ -17,15 +17,15 @@
 use crate::meta::{BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore, SharedState};
 use crate::placement::{Change, GroupId, NodeId, NodeInfo, Placement, Settings, META_GROUP};
 use crate::rebalance::Rebalancer;
+use crate::storage::ReplicaStorage;
 use async_trait::async_trait;
-use raftify::{launch_group, GroupHost, NodeSpec, ReadFn, Start, Storage};
+use raftify::{launch_group, GroupHost, NodeSpec, ReadFn, Start};
 use raftify_core::{AbstractLogEntry, AbstractStateMachine, Raft, RaftHandle};
 use raftify_grpc::{
     Groups, GrpcTransport, RaftGrpcServer, ReadHandler, ReplicaFactory, ServerHandle,
 };
 use slog::{info, warn, Logger};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -59,8 +59,9 @@ pub enum ShardError {
 pub struct ShardSpec {
     /// The template of every replica: `id` (required to bootstrap; a
     /// joining node is given one), the raft address to bind (port 0: any),
-    /// `storage` (`Memory`, or `Dir(root)`: `root/meta` and
-    /// `root/group-<id>`), `start` (`Single`: bootstrap a new cluster,
+    /// `storage` (`Memory`, or `Dir(root)`: the metadata group in
+    /// `root/meta`, the data groups in one shared environment
+    /// `root/groups`, see `storage.rs`), `start` (`Single`: bootstrap a new cluster,
     /// `Join`: join one through a member of its metadata group; a node
     /// with data resumes), raft and gRPC settings, the logger.
     pub node: NodeSpec,
@@ -92,6 +93,7 @@ pub type MakeState<SM> = Arc<dyn Fn(GroupId) -> SM + Send + Sync>;
 pub(crate) struct Inner<E, SM> {
     pub(crate) id: NodeId,
     pub(crate) template: NodeSpec,
+    storage: ReplicaStorage,
     pub(crate) host: GroupHost,
     pub(crate) meta: Raft<MetaEntry, MetaStore>,
     pub(crate) placement: watch::Receiver<Placement>,
@@ -169,7 +171,14 @@ where
             store.share(shared);
         }
         let placement = store.subscribe();
-        let meta_spec = group_spec(&spec.node, None, META_GROUP, spec.node.start.clone())?;
+        let storage = ReplicaStorage::open(&spec.node)?;
+        let meta_spec = group_spec(
+            &spec.node,
+            &storage,
+            None,
+            META_GROUP,
+            spec.node.start.clone(),
+        )?;
         let meta = launch_group(meta_spec, store, Some(meta_reader()), &host, META_GROUP)
             .await?
             .raft;
@@ -177,6 +186,7 @@ where
         let inner = Arc::new(Inner {
             id,
             template: spec.node,
+            storage,
             host,
             meta,
             placement,
@@ -505,12 +515,10 @@ where
                 self.publish(&data);
                 self.host.groups.remove(g);
                 r.handle().shutdown().await;
-                if let Some(dir) = group_dir(&self.template.storage, g) {
-                    if let Err(e) = std::fs::remove_dir_all(&dir) {
-                        warn!(self.logger, "cannot remove a moved replica's data"; "group" => g, "error" => %e);
-                    }
+                drop(r);
+                if self.storage.remove(g, &self.logger).await {
+                    info!(self.logger, "replica removed"; "group" => g);
                 }
-                info!(self.logger, "replica removed"; "group" => g);
             }
         }
         for (&g, info) in p.groups() {
@@ -541,7 +549,7 @@ where
     }
 
     async fn launch(&self, group: GroupId, start: Start) -> Result<Raft<E, SM>, ShardError> {
-        let spec = group_spec(&self.template, Some(self.id), group, start)?;
+        let spec = group_spec(&self.template, &self.storage, Some(self.id), group, start)?;
         let sm = (self.make)(group);
         let launched = launch_group(spec, sm, self.reader.clone(), &self.host, group).await?;
         Ok(launched.raft)
@@ -571,10 +579,9 @@ where
             .groups()
             .get(&group)
             .is_some_and(|i| !i.replicas.contains(&self.id));
-        if let Some(dir) = group_dir(&self.template.storage, group).filter(|d| anew && d.exists()) {
+        if anew && self.storage.holds(group) {
             warn!(self.logger, "removing an earlier replica's data before taking the group again"; "group" => group);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                warn!(self.logger, "cannot remove it"; "group" => group, "error" => %e);
+            if !self.storage.remove(group, &self.logger).await {
                 return None;
             }
         }
@@ -645,25 +652,10 @@ fn meta_reader() -> ReadFn<MetaStore> {
     })
 }
 
-/// The journal segment size of a data group's store (the default is
-/// 16 MiB, and a store keeps two or three zero-filled segments: 48 MiB a
-/// replica would be 4.8 GB for 100 groups). A group's checkpoint then
-/// runs every 512 KiB of writes or 200 ms, whichever comes first; larger
-/// writes get a segment of their own.
-const GROUP_JOURNAL_SEGMENT: usize = 1 << 20;
-
-/// Where a group's replica keeps its data.
-fn group_dir(storage: &Storage, group: GroupId) -> Option<PathBuf> {
-    match storage {
-        Storage::Dir(root) if group == META_GROUP => Some(root.join("meta")),
-        Storage::Dir(root) => Some(root.join(format!("group-{group}"))),
-        _ => None,
-    }
-}
-
 /// The spec of this node's replica of `group`.
 fn group_spec(
     template: &NodeSpec,
+    storage: &ReplicaStorage,
     id: Option<NodeId>,
     group: GroupId,
     start: Start,
@@ -672,26 +664,16 @@ fn group_spec(
     if let Some(id) = id {
         spec.id = Some(id);
     }
-    spec.storage = match &template.storage {
-        Storage::Memory => Storage::Memory,
-        Storage::Dir(_) => Storage::Dir(
-            group_dir(&template.storage, group)
-                .ok_or_else(|| ShardError::Config("no data dir".into()))?,
-        ),
-        other => {
-            return Err(ShardError::Config(format!(
-                "a sharded node keeps its data in one dir (Storage::Dir), not {other:?}"
-            )))
-        }
-    };
+    let (store, segment) = storage.of(group);
+    spec.storage = store;
+    if spec.journal_segment_size.is_none() {
+        spec.journal_segment_size = segment;
+    }
     spec.start = start;
     spec.restore = None;
     // Data groups sleep while idle (hundreds per process cost little);
     // the metadata group stays awake (one group, watched by every node).
     spec.config.hibernate =
         group != META_GROUP && spec.config.read_mode == raftify_core::ReadMode::Safe;
-    if group != META_GROUP && spec.journal_segment_size.is_none() {
-        spec.journal_segment_size = Some(GROUP_JOURNAL_SEGMENT);
-    }
     Ok(spec)
 }

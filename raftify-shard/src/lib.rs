@@ -45,6 +45,7 @@ mod plan;
 mod rebalance;
 pub mod report;
 pub mod slots;
+mod storage;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

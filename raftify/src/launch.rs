@@ -23,7 +23,7 @@ use raftify_core::{
 };
 use raftify_grpc::{state_machine_reader, Groups, GrpcTransport, RaftGrpcServer, ServerHandle};
 use raftify_storage::{
-    restore_wal_from, restore_wal_snapshot_from, LmdbError, LmdbOptions, LmdbStore,
+    restore_wal_from, restore_wal_snapshot_from, LmdbEnv, LmdbError, LmdbOptions, LmdbStore,
 };
 use slog::{info, warn};
 use std::collections::BTreeSet;
@@ -323,6 +323,9 @@ fn check(spec: &NodeSpec) -> Result<(), LaunchError> {
     let bad = |m: &str| Err(LaunchError::Config(m.to_string()));
     match (&spec.storage, &spec.restore) {
         (Storage::Memory, Some(_)) => return bad("a restore needs a data dir"),
+        (Storage::Shared(..), Some(_)) => {
+            return bad("a restore needs a data dir of its own, not a shared environment")
+        }
         (_, Some(_)) if matches!(spec.start, Start::Join { .. }) => {
             return bad("a restored node resumes its cluster; it does not join one")
         }
@@ -355,6 +358,9 @@ fn check(spec: &NodeSpec) -> Result<(), LaunchError> {
 /// resumes it whatever `spec.start` says (a front-end that chooses how an
 /// empty node starts asks this first). Memory never does.
 pub fn holds_data(spec: &NodeSpec) -> bool {
+    if let Storage::Shared(env, group) = &spec.storage {
+        return env.holds(*group).unwrap_or(false);
+    }
     dir_of(&spec.storage, spec.id.or(spec.default_id)).is_some_and(|d| d.join(DATA_FILE).is_file())
 }
 
@@ -368,10 +374,14 @@ fn dir_of(storage: &Storage, id: Option<u64>) -> Option<PathBuf> {
         (Storage::PerNode(root), Some(id)) => Some(root.join(format!("node-{id}"))),
         (Storage::PerNodeNamed(root, name), Some(id)) => Some(root.join(format!("{name}-{id}"))),
         (Storage::PerNode(_) | Storage::PerNodeNamed(..), None) => None,
+        (Storage::Shared(env, group), _) => Some(env.group_dir(*group)),
     }
 }
 
-fn lmdb_options(spec: &NodeSpec) -> LmdbOptions {
+/// The LMDB options a spec asks for (fsync, journal, segment size): what
+/// [`launch`] opens a node's data dir with, and what a front-end opens a
+/// shared environment with.
+pub fn lmdb_options(spec: &NodeSpec) -> LmdbOptions {
     let opts = LmdbOptions::new()
         .no_sync(spec.no_sync)
         .journal(spec.journal);
@@ -389,16 +399,47 @@ fn open(dir: &Path, opts: LmdbOptions) -> Result<LmdbStore, LaunchError> {
     })
 }
 
+/// `group`'s store in the shared environment `env`.
+fn open_group(env: &Arc<LmdbEnv>, group: u64) -> Result<LmdbStore, LaunchError> {
+    env.group(group).map_err(|source| LaunchError::Storage {
+        what: "cannot open the group's log in",
+        dir: env.dir().to_path_buf(),
+        source,
+    })
+}
+
+/// The spec's store if it holds data (a log, a snapshot, a hard state), and
+/// its dir.
+fn stored(spec: &NodeSpec, id: Option<u64>) -> Result<Option<(PathBuf, LmdbStore)>, LaunchError> {
+    if let Storage::Shared(env, group) = &spec.storage {
+        let holds = env.holds(*group).map_err(|source| LaunchError::Storage {
+            what: "cannot read the group's log in",
+            dir: env.dir().to_path_buf(),
+            source,
+        })?;
+        return match holds {
+            true => Ok(Some((env.group_dir(*group), open_group(env, *group)?))),
+            false => Ok(None),
+        };
+    }
+    match dir_of(&spec.storage, id).filter(|d| d.join(DATA_FILE).is_file()) {
+        Some(dir) => {
+            let store = open(&dir, lmdb_options(spec))?;
+            Ok(Some((dir, store)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// A data dir that holds a log: the node resumes from it.
 fn resume(spec: &NodeSpec) -> Result<Option<Found>, LaunchError> {
     let guess = match spec.start {
         Start::Join { .. } => spec.id,
         _ => spec.id.or(spec.default_id),
     };
-    let Some(dir) = dir_of(&spec.storage, guess).filter(|d| d.join(DATA_FILE).is_file()) else {
+    let Some((dir, store)) = stored(spec, guess)? else {
         return Ok(None);
     };
-    let store = open(&dir, lmdb_options(spec))?;
     let holds_log = store.last_index()? > 0 || store.snapshot()?.get_metadata().index > 0;
     if !holds_log {
         // An empty environment (a start that failed early): start anew.
@@ -537,22 +578,27 @@ fn create(spec: &NodeSpec, id: u64) -> Result<Found, LaunchError> {
         });
     };
     let opts = lmdb_options(spec);
-    let store = match &spec.restore {
-        None => open(&dir, opts)?,
-        Some(Restore::WalFrom(src)) => {
+    let store = match (&spec.restore, &spec.storage) {
+        (None, Storage::Shared(env, group)) => open_group(env, *group)?,
+        (None, _) => open(&dir, opts)?,
+        (Some(_), Storage::Shared(..)) => {
+            return Err(LaunchError::Config(
+                "a restore needs a data dir of its own, not a shared environment".into(),
+            ))
+        }
+        (Some(Restore::WalFrom(src)), _) => {
             restore_wal_from(src, &dir, opts).map_err(|source| LaunchError::Storage {
                 what: "cannot restore from the WAL into",
                 dir: dir.clone(),
                 source,
             })?
         }
-        Some(Restore::SnapshotFrom(src)) => {
-            restore_wal_snapshot_from(src, &dir, opts).map_err(|source| LaunchError::Storage {
+        (Some(Restore::SnapshotFrom(src)), _) => restore_wal_snapshot_from(src, &dir, opts)
+            .map_err(|source| LaunchError::Storage {
                 what: "cannot restore from the snapshot into",
                 dir: dir.clone(),
                 source,
-            })?
-        }
+            })?,
     };
     Ok(Found {
         id,

@@ -36,7 +36,8 @@ mod members;
 mod spec;
 
 pub use launch::{
-    holds_data, launch, launch_group, GroupHost, LaunchError, Launched, LaunchedGroup, ReadFn,
+    holds_data, launch, launch_group, lmdb_options, GroupHost, LaunchError, Launched,
+    LaunchedGroup, ReadFn,
 };
 pub use members::parse_members;
 pub use spec::{NodeSpec, Restore, Start, Storage};
@@ -47,4 +48,4 @@ pub use raftify_core::{
     Rejection, Result, Role, Status,
 };
 pub use raftify_grpc::{GrpcConfig, RaftClient, TlsConfig};
-pub use raftify_storage::{LmdbOptions, LmdbStore};
+pub use raftify_storage::{LmdbEnv, LmdbError, LmdbOptions, LmdbStore};

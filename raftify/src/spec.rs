@@ -2,9 +2,11 @@
 
 use raftify_core::Config;
 use raftify_grpc::GrpcConfig;
+use raftify_storage::LmdbEnv;
 use slog::Logger;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where a node keeps its log.
 #[derive(Debug, Clone)]
@@ -20,6 +22,10 @@ pub enum Storage {
     /// LMDB in `<root>/<name>-<id>`, once the id is known (as `PerNode`,
     /// for a front-end that names its data dirs after itself).
     PerNodeNamed(PathBuf, String),
+    /// This group's log in a shared environment (one LMDB environment and
+    /// journal for many groups: a sharded node's replicas), opened with
+    /// its own options; `NodeSpec::no_sync`/`journal` do not apply.
+    Shared(Arc<LmdbEnv>, u64),
 }
 
 /// How a node whose storage is empty gets its membership. A node whose

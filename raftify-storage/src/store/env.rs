@@ -99,6 +99,12 @@ impl LmdbEnv {
         &self.root.dir
     }
 
+    /// Where `group`'s snapshot files are kept (`groups/<group>`; also
+    /// the place for whatever else a front-end keeps per group).
+    pub fn group_dir(&self, group: u64) -> PathBuf {
+        group_dir(self.dir(), group)
+    }
+
     fn open_groups(&self) -> MutexGuard<'_, BTreeSet<u64>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
