@@ -153,8 +153,14 @@ enum Debug {
     /// Hard state, conf state, snapshot and log entries of a data directory
     /// (read-only; the node may be running).
     Persisted {
-        /// The node's data directory.
+        /// The node's data directory (with --group: a sharded node's
+        /// `DATA_DIR/groups`).
         dir: PathBuf,
+        /// The group to show, in a shared environment of groups (a sharded
+        /// node's data groups are in `DATA_DIR/groups`; its metadata group
+        /// is the store in `DATA_DIR/meta`).
+        #[arg(long)]
+        group: Option<u64>,
         /// JSON instead of tables.
         #[arg(long)]
         json: bool,
@@ -202,6 +208,7 @@ fn main() -> ExitCode {
             what:
                 Debug::Persisted {
                     dir,
+                    group,
                     json,
                     from,
                     to,
@@ -218,7 +225,7 @@ fn main() -> ExitCode {
                 (None, Some(program)) => Some(Box::new(decode::Program(program)) as _),
                 (None, None) => None,
             };
-            persisted::run(&dir, json, from, to, decoder.as_deref()).map_err(|e| (3u8, e))
+            persisted::run(&dir, group, json, from, to, decoder.as_deref()).map_err(|e| (3u8, e))
         }
         Command::Debug {
             what: Debug::Node { raft_addr, json },

@@ -126,13 +126,23 @@ fn describe(e: &Entry, decoder: Option<&dyn Decoder>) -> EntryView {
 /// are shown through `decoder` when one is given.
 pub fn run(
     dir: &Path,
+    group: Option<u64>,
     json_out: bool,
     from: Option<u64>,
     to: Option<u64>,
     decoder: Option<&dyn Decoder>,
 ) -> Result<()> {
-    let store = LmdbStore::open_read_only(dir, LmdbOptions::default())
-        .with_context(|| format!("cannot open {} as a raftify data directory", dir.display()))?;
+    let store = match group {
+        None => LmdbStore::open_read_only(dir, LmdbOptions::default()).with_context(|| {
+            format!(
+                "cannot open {} as a raftify data directory (a sharded node's groups are \
+                 shown with --group ID)",
+                dir.display()
+            )
+        })?,
+        Some(g) => LmdbStore::open_group_read_only(dir, g, LmdbOptions::default())
+            .with_context(|| format!("cannot open group {g} in {}", dir.display()))?,
+    };
     let state = store.initial_state()?;
     let hs = state.hard_state;
     let first = store.first_index()?;
@@ -163,6 +173,7 @@ pub fn run(
     if json_out {
         let out = json!({
             "dir": dir.display().to_string(),
+            "group": group,
             "identity": identity.map(|i| json!({"node_id": i.node_id, "cluster_id": i.cluster_id})),
             "hard_state": {"term": hs.term, "vote": hs.vote, "commit": hs.commit},
             "conf_state": conf_state_json(&state.conf_state),
@@ -182,6 +193,9 @@ pub fn run(
     }
 
     println!("data dir      {}", dir.display());
+    if let Some(g) = group {
+        println!("group         {g}");
+    }
     match identity {
         Some(i) => println!(
             "identity      node {} of cluster {:?}",

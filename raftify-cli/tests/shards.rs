@@ -146,3 +146,62 @@ async fn shards_shows_groups_slots_leaders_and_replicas() {
     second.shutdown().await;
     first.shutdown().await;
 }
+
+/// `debug persisted DIR/groups --group ID`: a data group's log in a
+/// sharded node's shared environment, read-only while the node runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_persisted_shows_a_group_of_a_sharded_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        replicas: 1,
+        groups_per_node: 1,
+        max_group_bytes: 0,
+    };
+    let storage = Storage::Dir(dir.path().to_path_buf());
+    let spec = testkit::spec(
+        Some(1),
+        Start::Single,
+        "127.0.0.1:0",
+        storage,
+        settings,
+        true,
+    );
+    let host: Host = ShardHost::start(spec, Arc::new(|_| KvStore::default()), None, None)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let g1 = loop {
+        if let Some(r) = host.group(1).await {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no replica of group 1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    g1.wait_for_leader(Duration::from_secs(30)).await.unwrap();
+    let last = g1.status().await.unwrap().last_index;
+    assert!(last > 0);
+    let groups = dir.path().join("groups");
+    let groups = groups.to_str().unwrap().to_string();
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let groups = groups.clone();
+        move || cli(&["debug", "persisted", &groups, "--group", "1", "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["group"], 1, "{v}");
+    assert!(v["last_index"].as_u64().unwrap() >= last, "{v}");
+    assert_eq!(v["identity"]["node_id"], 1, "{v}");
+    // Without --group, the environment is not taken for a store.
+    let (ok, _, err) = tokio::task::spawn_blocking(move || cli(&["debug", "persisted", &groups]))
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(err.contains("--group"), "{err}");
+    drop(g1);
+    host.shutdown().await;
+}

@@ -184,3 +184,37 @@ fn a_store_and_an_environment_are_not_mistaken_for_each_other() {
     assert!(LmdbEnv::open(&env_dir, opts()).is_err());
     drop(env);
 }
+
+#[test]
+fn a_group_reads_back_read_only_with_its_journaled_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = LmdbEnv::open(dir.path(), opts()).unwrap();
+    for g in [1, 2] {
+        let s = env.group(g).unwrap();
+        for i in 1..=4 {
+            append(&s, g, i);
+        }
+        if g == 1 {
+            s.checkpoint().unwrap();
+        }
+        append(&s, g, 5);
+    }
+    // Closed without a checkpoint: the last writes are only in the journal.
+    drop(env);
+    for g in [1, 2] {
+        let ro = LmdbStore::open_group_read_only(dir.path(), g, opts()).unwrap();
+        assert!(ro.is_read_only());
+        check_log(&ro, g, 5);
+        assert!(ro.write(WriteBatch::default()).is_err(), "read-only");
+    }
+    let empty = LmdbStore::open_group_read_only(dir.path(), 9, opts()).unwrap();
+    assert_eq!(empty.last_index().unwrap(), 0);
+    drop(empty);
+    // A store's directory is not an environment, read-only either.
+    let store_dir = dir.path().join("store");
+    drop(LmdbStore::open(&store_dir, opts()).unwrap());
+    let wrong = LmdbStore::open_group_read_only(&store_dir, 1, opts()).unwrap_err();
+    assert!(matches!(wrong, LmdbError::NotAStore { .. }), "{wrong}");
+    let wrong = LmdbStore::open_read_only(dir.path(), opts()).unwrap_err();
+    assert!(matches!(wrong, LmdbError::NotAStore { .. }), "{wrong}");
+}

@@ -194,7 +194,10 @@ impl LmdbStore {
             journal::read_after(&self.env_dir, after, false).map_err(|e| self.journal_read(e))?;
         let mut tail = Tail::default();
         for r in records {
-            tail.push(self.decode_record(r)?.1);
+            let (group, p) = self.decode_record(r)?;
+            if group == self.scope {
+                tail.push(p);
+            }
         }
         self.read_only_tail = Some(Arc::new(ReadOnlyTail(tail)));
         Ok(())

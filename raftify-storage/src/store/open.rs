@@ -10,7 +10,7 @@ use super::{
 use crate::error::LmdbError;
 use crate::journal::JOURNAL_DIR;
 use heed::types::Bytes;
-use heed::{Database, EnvFlags, EnvOpenOptions, MdbError};
+use heed::{Database, EnvFlags, EnvOpenOptions, MdbError, RoTxn, WithoutTls};
 use raftify_core::StorageError;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -88,6 +88,31 @@ impl LmdbStore {
     /// use that handle instead.
     pub fn open_read_only(dir: impl AsRef<Path>, opts: LmdbOptions) -> Result<Self, LmdbError> {
         let dir = dir.as_ref().to_path_buf();
+        Self::check_readable(&dir)?;
+        Self::open_env(dir, opts, true, None, false)
+    }
+
+    /// Opens `group`'s log in the shared environment in `env_dir`
+    /// ([`super::LmdbEnv`]) read-only, as [`LmdbStore::open_read_only`]
+    /// does a store's (e.g. for a CLI inspecting a running sharded node).
+    pub fn open_group_read_only(
+        env_dir: impl AsRef<Path>,
+        group: u64,
+        opts: LmdbOptions,
+    ) -> Result<Self, LmdbError> {
+        let dir = env_dir.as_ref().to_path_buf();
+        Self::check_readable(&dir)?;
+        let root = Self::open_env(dir, opts, true, None, true)?;
+        let mut store = root.scoped(group);
+        store.validate()?;
+        if let Err(e) = store.load_read_only_tail() {
+            return Err(journal_error(&store, e));
+        }
+        Ok(store)
+    }
+
+    fn check_readable(dir: &Path) -> Result<(), LmdbError> {
+        let dir = dir.to_path_buf();
         if !dir.is_dir() {
             return Err(LmdbError::Missing {
                 path: dir,
@@ -100,7 +125,7 @@ impl LmdbStore {
                 what: "the LMDB data file of a raftify store".into(),
             });
         }
-        Self::open_env(dir, opts, true, None, false)
+        Ok(())
     }
 
     /// Opens the environment in `dir`; `shared`: a shared environment's
@@ -197,6 +222,39 @@ impl LmdbStore {
                 false => "a shared environment of groups (`LmdbEnv`), not a single store".into(),
             },
         };
+        // The log's databases, in an environment that has `meta` (None:
+        // missing).
+        let open_log = |txn: &RoTxn<WithoutTls>,
+                        meta: MetaDb|
+         -> Result<Option<(EntriesDb, MetaDb)>, LmdbError> {
+            let entries: Option<EntriesDb> = env
+                .open_database(txn, Some(log_entries))
+                .map_err(|e| lmdb("open the entries database", e))?;
+            let log: Option<MetaDb> = match shared {
+                false => Some(meta),
+                true => env
+                    .open_database(txn, Some(log_meta))
+                    .map_err(|e| lmdb("open the groups' meta database", e))?,
+            };
+            Ok(entries.zip(log))
+        };
+        // Why the log's databases are missing: the environment has the
+        // other layout's, or `otherwise`.
+        let missing = |txn: &RoTxn<WithoutTls>, otherwise: LmdbError| -> LmdbError {
+            let other = match shared {
+                false => GROUP_ENTRIES_DB,
+                true => ENTRIES_DB,
+            };
+            match env.open_database::<Bytes, Bytes>(txn, Some(other)) {
+                Ok(Some(_)) => wrong_layout(dir.clone()),
+                Ok(None) => otherwise,
+                Err(e) => lmdb("open the entries database", e),
+            }
+        };
+        let not_a_store = |path: PathBuf| LmdbError::NotAStore {
+            path,
+            reason: format!("the LMDB environment has no raftify `meta`/`{log_entries}` databases"),
+        };
         let (entries_db, meta_db, root_meta_db) = if read_only {
             let rtxn = env
                 .read_txn()
@@ -204,18 +262,15 @@ impl LmdbStore {
             let meta: Option<MetaDb> = env
                 .open_database(&rtxn, Some(META_DB))
                 .map_err(|e| lmdb("open the meta database", e))?;
-            let entries: Option<EntriesDb> = env
-                .open_database(&rtxn, Some(ENTRIES_DB))
-                .map_err(|e| lmdb("open the entries database", e))?;
-            let (Some(meta), Some(entries)) = (meta, entries) else {
-                return Err(LmdbError::NotAStore {
-                    path: dir,
-                    reason: "the LMDB environment has no raftify `meta`/`entries` databases".into(),
-                });
+            let Some(meta) = meta else {
+                return Err(missing(&rtxn, not_a_store(dir.clone())));
+            };
+            let Some((entries, log)) = open_log(&rtxn, meta)? else {
+                return Err(missing(&rtxn, not_a_store(dir.clone())));
             };
             rtxn.commit()
                 .map_err(|e| lmdb("end the read transaction", e))?;
-            (entries, meta, meta)
+            (entries, log, meta)
         } else {
             let mut wtxn = env
                 .write_txn()
@@ -225,30 +280,9 @@ impl LmdbStore {
                 .map_err(|e| lmdb("open the meta database", e))?;
             let dbs = match meta {
                 Some(meta) => {
-                    let entries: Option<EntriesDb> = env
-                        .open_database(&wtxn, Some(log_entries))
-                        .map_err(|e| lmdb("open the entries database", e))?;
-                    let log: Option<MetaDb> = match shared {
-                        false => Some(meta),
-                        true => env
-                            .open_database(&wtxn, Some(log_meta))
-                            .map_err(|e| lmdb("open the groups' meta database", e))?,
-                    };
-                    let (Some(entries), Some(log)) = (entries, log) else {
-                        let other = match shared {
-                            false => GROUP_ENTRIES_DB,
-                            true => ENTRIES_DB,
-                        };
-                        let other: Option<EntriesDb> = env
-                            .open_database(&wtxn, Some(other))
-                            .map_err(|e| lmdb("open the entries database", e))?;
-                        if other.is_some() {
-                            return Err(wrong_layout(dir));
-                        }
-                        return Err(LmdbError::corrupted(
-                            &dir,
-                            format!("the `{log_entries}` database is missing"),
-                        ));
+                    let Some((entries, log)) = open_log(&wtxn, meta)? else {
+                        let gone = format!("the `{log_entries}` database is missing");
+                        return Err(missing(&wtxn, LmdbError::corrupted(&dir, gone)));
                     };
                     (entries, log, meta)
                 }
@@ -316,16 +350,9 @@ impl LmdbStore {
             _lock: lock.map(Arc::new),
         };
         store.validate()?;
-        let journal_error = |store: &LmdbStore, e: StorageError| match e {
-            StorageError::Corrupted { what, .. } => {
-                LmdbError::corrupted(store.env_dir.join(JOURNAL_DIR), what)
-            }
-            other => LmdbError::Store {
-                path: store.env_dir.join(JOURNAL_DIR),
-                source: other,
-            },
-        };
-        if read_only {
+        if read_only && shared {
+            // The tail is loaded per group (`open_group_read_only`).
+        } else if read_only {
             if let Err(e) = store.load_read_only_tail() {
                 return Err(journal_error(&store, e));
             }
@@ -401,6 +428,19 @@ impl LmdbStore {
             }
             other => corrupted(other),
         })
+    }
+}
+
+/// A failure to read a store's journal, naming it.
+fn journal_error(store: &LmdbStore, e: StorageError) -> LmdbError {
+    match e {
+        StorageError::Corrupted { what, .. } => {
+            LmdbError::corrupted(store.env_dir.join(JOURNAL_DIR), what)
+        }
+        other => LmdbError::Store {
+            path: store.env_dir.join(JOURNAL_DIR),
+            source: other,
+        },
     }
 }
 
