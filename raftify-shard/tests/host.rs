@@ -249,8 +249,7 @@ async fn keys_on_one_node_spread_over_three_after_a_rebalance() {
 /// A free port on 127.0.0.1 (for a node that restarts at the same
 /// address).
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", raftify_core::testkit::free_port())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -303,13 +303,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
 fn leader_of(http_addr: &str) -> Option<u64> {
     match http(http_addr, "GET", "/status", b"", Duration::from_secs(2)) {
         HttpResult::Answer(200, body) => serde_json::from_slice::<serde_json::Value>(&body).ok()?
@@ -446,8 +439,8 @@ pub fn run(bin: &Path, opts: ChaosOptions) -> ChaosReport {
                     Some(n.ns(id)),
                 ),
                 None => (
-                    format!("127.0.0.1:{}", free_port()),
-                    format!("127.0.0.1:{}", free_port()),
+                    format!("127.0.0.1:{}", raftify_core::testkit::free_port()),
+                    format!("127.0.0.1:{}", raftify_core::testkit::free_port()),
                     None,
                 ),
             };

@@ -116,15 +116,6 @@ pub(crate) struct Journal {
     unsynced: bool,
 }
 
-/// What [`Journal::append_batch`] did: the sequence numbers of the records
-/// now durable (a prefix of the batch, in order) and, if not all are, why
-/// the rest are not.
-#[derive(Debug)]
-pub(crate) struct Appended {
-    pub(crate) seqs: Vec<u64>,
-    pub(crate) error: Option<io::Error>,
-}
-
 fn segment_name(id: u64) -> String {
     format!("{id:08}.jnl")
 }
@@ -383,64 +374,11 @@ impl Journal {
     /// or may not be on disk) and every later append fails with the same
     /// reason. A failure to make room (a new segment on a full disk) leaves
     /// nothing behind and is not sticky.
-    #[cfg(test)]
     pub(crate) fn append(&mut self, record: &mut [u8], checkpointed: u64) -> io::Result<u64> {
         self.check_failed()?;
         let seq = self.write_record(record, checkpointed)?;
         self.sync_active()?;
         Ok(seq)
-    }
-
-    /// Appends several records with one sync (group commit: the writes of
-    /// many stores sharing the journal, see `store/env.rs`). Records are
-    /// written in order; a segment change on the way syncs the segment
-    /// left first. Failures as for [`Journal::append`]: a record not
-    /// durable when its write or sync failed has an unknown fate; one that
-    /// found no room (a full disk) was not written, nor were those after it.
-    pub(crate) fn append_batch<'r>(
-        &mut self,
-        records: impl IntoIterator<Item = &'r mut [u8]>,
-        checkpointed: u64,
-    ) -> Appended {
-        let mut out = Appended {
-            seqs: Vec::new(),
-            error: self.check_failed().err(),
-        };
-        if out.error.is_some() {
-            return out;
-        }
-        let mut written = Vec::new();
-        for record in records {
-            let synced_before = !self.unsynced;
-            match self.write_record(record, checkpointed) {
-                Ok(seq) => {
-                    // A segment change synced everything written before.
-                    if synced_before || self.segment_changed_at(seq) {
-                        out.seqs.append(&mut written);
-                    }
-                    written.push(seq);
-                }
-                Err(e) => {
-                    // Written but not synced: their fate is unknown.
-                    if self.failed.is_none() && self.sync_active().is_ok() {
-                        out.seqs.append(&mut written);
-                    }
-                    out.error = Some(e);
-                    return out;
-                }
-            }
-        }
-        match self.sync_active() {
-            Ok(()) => out.seqs.append(&mut written),
-            Err(e) => out.error = Some(e),
-        }
-        out
-    }
-
-    /// Whether record `seq` is the first of its segment.
-    fn segment_changed_at(&self, seq: u64) -> bool {
-        let active = self.active.and_then(|a| self.segment(a.id));
-        active.is_some_and(|s| s.first_seq == seq)
     }
 
     fn check_failed(&self) -> io::Result<()> {
@@ -470,6 +408,11 @@ impl Journal {
         }
         self.unsynced = false;
         Ok(())
+    }
+
+    /// Whether a write or sync failed: the journal takes no more writes.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.is_some()
     }
 
     /// Writes one record (not synced); `record` is [`new_record`] and the

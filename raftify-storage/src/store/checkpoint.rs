@@ -26,7 +26,9 @@
 //! `fdatasync` for all), and a checkpoint moves every group's tail into
 //! LMDB in one transaction.
 
-use super::tail::{decode, encode, Encoded, Pending, StoreRecords, Tail, Tails, View};
+use super::tail::{
+    decode, encode, encode_batch, Encoded, Pending, StoreRecords, Tail, Tails, View,
+};
 use super::txn::{io_disk_full, no_space, Fail};
 use super::{LmdbOptions, LmdbStore};
 use crate::journal::{self, Journal, Record};
@@ -78,8 +80,28 @@ struct Queued {
     entries: Vec<Entry>,
     hard_state: Option<HardState>,
     encoded: Encoded,
-    /// Set by whoever wrote it: durable, or why not.
-    done: Arc<Mutex<Option<Result<(), String>>>>,
+    /// Set by whoever wrote it.
+    done: Outcome,
+}
+
+/// A batch being written: when it ends (or the write unwinds) every one of
+/// its appends has an outcome, and the waiting appends may lead the next.
+struct Leading<'a> {
+    wal: &'a Wal,
+    slots: Vec<Outcome>,
+}
+
+/// Where an append learns its fate: durable, or why not.
+type Outcome = Arc<Mutex<Option<Result<(), String>>>>;
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            lock(slot).get_or_insert_with(|| Err("the journal write did not complete".into()));
+        }
+        lock(&self.wal.queue).leading = false;
+        self.wal.written.notify_all();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -194,9 +216,10 @@ impl LmdbStore {
             journal::read_after(&self.env_dir, after, false).map_err(|e| self.journal_read(e))?;
         let mut tail = Tail::default();
         for r in records {
-            let (group, p) = self.decode_record(r)?;
-            if group == self.scope {
-                tail.push(p);
+            for (group, p) in self.decode_record(r)? {
+                if group == self.scope {
+                    tail.push(p);
+                }
             }
         }
         self.read_only_tail = Some(Arc::new(ReadOnlyTail(tail)));
@@ -216,15 +239,15 @@ impl LmdbStore {
     /// Decodes a journal record: the group it is of and the write. A
     /// group's record in a store alone, or a store's in a shared
     /// environment, is damage (another journal's file).
-    fn decode_record(&self, r: Record) -> StorageResult<(Option<u64>, Pending)> {
+    fn decode_record(&self, r: Record) -> StorageResult<Vec<(Option<u64>, Pending)>> {
         let seq = r.seq;
-        let (group, p) = decode(seq, r.payload).map_err(|e| self.corrupt_journal(e))?;
-        if group.is_some() != self.shared {
+        let writes = decode(seq, r.payload).map_err(|e| self.corrupt_journal(e))?;
+        if let Some((group, _)) = writes.iter().find(|(g, _)| g.is_some() != self.shared) {
             return Err(self.corrupt_journal(format!(
                 "journal record {seq} is not of this store's layout (group {group:?})"
             )));
         }
-        Ok((group, p))
+        Ok(writes)
     }
 
     /// Applies journal records to LMDB in one durable transaction that
@@ -235,8 +258,9 @@ impl LmdbStore {
         };
         let mut tails = Tails::default();
         for r in records {
-            let (group, p) = self.decode_record(r)?;
-            tails.push(group, p);
+            for (group, p) in self.decode_record(r)? {
+                tails.push(group, p);
+            }
         }
         let (all, _) = tails.all();
         let _w = self.lock_writer();
@@ -331,13 +355,16 @@ impl LmdbStore {
             queue.leading = true;
             let batch = std::mem::take(&mut queue.waiting);
             drop(queue);
+            let lead = Leading {
+                wal,
+                slots: batch.iter().map(|q| q.done.clone()).collect(),
+            };
             {
                 let mut journal = lock(&wal.journal);
                 self.write_batch_to_journal(wal, &mut journal, batch);
             }
+            drop(lead);
             queue = lock(&wal.queue);
-            queue.leading = false;
-            wal.written.notify_all();
         }
         drop(queue);
         let outcome = lock(&done).take();
@@ -350,41 +377,50 @@ impl LmdbStore {
         }
     }
 
-    /// Writes the waiting appends with one sync, pushes those now durable
-    /// to their tails (in sequence order, under the journal lock) and
-    /// tells each waiting one its outcome.
+    /// Writes the waiting appends as one journal record (one sync; a batch
+    /// of several as [`encode_batch`] makes it), pushes them to their
+    /// tails once durable (under the journal lock, so in sequence order)
+    /// and tells each waiting one its outcome.
     fn write_batch_to_journal(&self, wal: &Wal, journal: &mut Journal, mut batch: Vec<Queued>) {
         let checkpointed = wal.checkpointed.load(Ordering::Acquire);
-        let appended = journal.append_batch(
-            batch.iter_mut().map(|q| &mut q.encoded.record[..]),
-            checkpointed,
-        );
-        let why = appended
-            .error
-            .map(|e| self.journal_io("write", e).to_string());
+        let written = match batch.as_mut_slice() {
+            [one] => journal.append(&mut one.encoded.record, checkpointed),
+            many => encode_batch(many.iter().map(|q| &q.encoded))
+                .map_err(std::io::Error::other)
+                .and_then(|mut record| journal.append(&mut record, checkpointed)),
+        };
+        let seq = match written {
+            Ok(seq) => seq,
+            Err(e) => {
+                let why = self.journal_io("write", e).to_string();
+                if journal.has_failed() {
+                    // What is on disk is unknown: no checkpoint (nor a
+                    // group's deletion, which checkpoints first) may move
+                    // the journal position past it until a reopen reads it.
+                    lock(&wal.failed).get_or_insert_with(|| why.clone());
+                }
+                for q in batch {
+                    *lock(&q.done) = Some(Err(why.clone()));
+                }
+                return;
+            }
+        };
         let mut tails = lock(&wal.tails);
         let first = tails.is_empty();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for (i, q) in batch.into_iter().enumerate() {
-            match appended.seqs.get(i) {
-                Some(&seq) => {
-                    let p = Pending::new(seq, q.entries, q.hard_state, q.encoded);
-                    tails.push(q.store, p);
-                    outcomes.push((q.done, Ok(())));
-                }
-                None => {
-                    let why = why.clone().unwrap_or_else(|| "not written".into());
-                    outcomes.push((q.done, Err(why)));
-                }
-            }
+        let mut done = Vec::with_capacity(batch.len());
+        for q in batch {
+            tails.push(
+                q.store,
+                Pending::new(seq, q.entries, q.hard_state, q.encoded),
+            );
+            done.push(q.done);
         }
         let full = tails.bytes() >= wal.threshold;
-        let grew = first && !tails.is_empty();
         drop(tails);
-        for (done, outcome) in outcomes {
-            *lock(&done) = Some(outcome);
+        for d in done {
+            *lock(&d) = Some(Ok(()));
         }
-        if grew {
+        if first {
             // The checkpoint thread sleeps while the tails are empty.
             wal.poke();
         } else if full {
@@ -410,7 +446,10 @@ impl LmdbStore {
         let Some(wal) = &self.wal else {
             return f();
         };
-        let _appends = lock(&wal.journal);
+        // This store's appends only: the other groups of a shared
+        // environment go on writing to the journal meanwhile (their
+        // checkpoints wait for the writer lock `f` takes).
+        let _appends = lock(&self.appends);
         self.checkpoint_wal(wal)?;
         f()
     }

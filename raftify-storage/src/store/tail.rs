@@ -76,6 +76,9 @@ const HAS_HARD_STATE: u8 = 1;
 /// Flag bit: the payload is a group's, in a shared environment's journal
 /// (its id follows the flags).
 const HAS_GROUP: u8 = 2;
+/// Flag (alone): the payload is a batch of group payloads written and
+/// synced together (see [`encode_batch`]).
+const BATCH: u8 = 4;
 
 /// Encodes a write as a journal payload, each entry written once, in
 /// place:
@@ -140,10 +143,67 @@ fn put_len(out: &mut Vec<u8>, n: usize) -> StorageResult<()> {
     Ok(())
 }
 
+impl Encoded {
+    /// The journal payload alone.
+    fn payload(&self) -> &[u8] {
+        &self.record[self.payload_at..]
+    }
+}
+
+/// Encodes several groups' writes as one journal record:
+/// `flags (u8: 4) count (u32 LE) { len (u32 LE) ++ payload }*`, each
+/// payload a group's as [`encode`] makes it. One record, one CRC: after a
+/// power loss the batch is in the journal whole or not at all, as a single
+/// write is (records written one after the other and synced once could
+/// reach the disk out of order, a later one intact behind a torn one).
+pub(crate) fn encode_batch<'a>(
+    writes: impl Iterator<Item = &'a Encoded> + Clone,
+) -> StorageResult<Vec<u8>> {
+    let size: usize = writes.clone().map(|w| w.payload().len() + 4).sum::<usize>() + 5;
+    let mut out = journal::new_record(size);
+    out.push(BATCH);
+    put_len(&mut out, writes.clone().count())?;
+    for w in writes {
+        put_len(&mut out, w.payload().len())?;
+        out.extend_from_slice(w.payload());
+    }
+    Ok(out)
+}
+
 /// Decodes a journal payload (a record that passed its CRC, so a failure
-/// here is damage or a foreign format): the group it is of (`None`: a
-/// store alone in its environment) and the write.
-pub(crate) fn decode(seq: u64, payload: Vec<u8>) -> Result<(Option<u64>, Pending), String> {
+/// here is damage or a foreign format): each write it holds (one, or a
+/// batch's), with the group it is of (`None`: a store alone in its
+/// environment).
+pub(crate) fn decode(seq: u64, payload: Vec<u8>) -> Result<Vec<(Option<u64>, Pending)>, String> {
+    if payload.first() != Some(&BATCH) {
+        return decode_one(seq, payload).map(|w| vec![w]);
+    }
+    let truncated = || format!("journal record {seq} is truncated");
+    let u32_at = |at: usize| -> Result<usize, String> {
+        let b = payload.get(at..at + 4).ok_or_else(truncated)?;
+        let b: [u8; 4] = b.try_into().map_err(|_| truncated())?;
+        Ok(u32::from_le_bytes(b) as usize)
+    };
+    let count = u32_at(1)?;
+    let mut at = 5;
+    let mut out = Vec::with_capacity(count.min(1 << 12));
+    for _ in 0..count {
+        let len = u32_at(at)?;
+        let part = payload.get(at + 4..at + 4 + len).ok_or_else(truncated)?;
+        if part.first().is_some_and(|f| f & BATCH != 0) {
+            return Err(format!("journal record {seq}: a batch within a batch"));
+        }
+        out.push(decode_one(seq, part.to_vec())?);
+        at += 4 + len;
+    }
+    if at != payload.len() {
+        return Err(format!("journal record {seq}: bytes after its batch"));
+    }
+    Ok(out)
+}
+
+/// Decodes one write's payload.
+fn decode_one(seq: u64, payload: Vec<u8>) -> Result<(Option<u64>, Pending), String> {
     let truncated = || format!("journal record {seq} is truncated");
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<Range<usize>, String> {
@@ -420,7 +480,7 @@ mod tests {
             h
         });
         let enc = encode(None, &entries, hs.as_ref()).unwrap();
-        decode(seq, enc.record[enc.payload_at..].to_vec())
+        decode_one(seq, enc.record[enc.payload_at..].to_vec())
             .unwrap()
             .1
     }
@@ -429,7 +489,7 @@ mod tests {
     fn payloads_round_trip_and_damage_is_an_error() {
         let enc = encode(None, &[entry(5, 2), entry(6, 2)], None).unwrap();
         let payload = enc.record[enc.payload_at..].to_vec();
-        let (group, p) = decode(9, payload.clone()).unwrap();
+        let (group, p) = decode(9, payload.clone()).unwrap().remove(0);
         assert_eq!(group, None);
         assert_eq!(p.entries, vec![entry(5, 2), entry(6, 2)]);
         // Each entry's LMDB record is the framed entry, as LMDB stores it.
@@ -450,7 +510,7 @@ mod tests {
         hs.term = 4;
         let enc = encode(Some(77), &[entry(3, 4)], Some(&hs)).unwrap();
         let payload = enc.record[enc.payload_at..].to_vec();
-        let (group, p) = decode(1, payload.clone()).unwrap();
+        let (group, p) = decode(1, payload.clone()).unwrap().remove(0);
         assert_eq!(group, Some(77));
         assert_eq!(p.entries, vec![entry(3, 4)]);
         assert_eq!(p.hard_state.as_ref().map(|h| h.term), Some(4));
@@ -461,6 +521,36 @@ mod tests {
         let mut unknown = payload;
         unknown[0] |= 0x80;
         assert!(decode(1, unknown).is_err());
+    }
+
+    #[test]
+    fn a_batch_is_one_payload_of_several_groups_writes() {
+        let a = encode(Some(1), &[entry(5, 1)], None).unwrap();
+        let mut hs = HardState::default();
+        hs.commit = 9;
+        let b = encode(Some(2), &[entry(9, 3), entry(10, 3)], Some(&hs)).unwrap();
+        let rec = encode_batch([&a, &b].into_iter()).unwrap();
+        let payload = rec[journal::new_record(0).len()..].to_vec();
+        let writes = decode(4, payload.clone()).unwrap();
+        assert_eq!(writes.len(), 2);
+        assert_eq!((writes[0].0, writes[1].0), (Some(1), Some(2)));
+        assert_eq!(writes[0].1.entries, vec![entry(5, 1)]);
+        assert_eq!(writes[1].1.entries, vec![entry(9, 3), entry(10, 3)]);
+        assert_eq!(writes[1].1.hard_state.as_ref().map(|h| h.commit), Some(9));
+        assert!(writes.iter().all(|(_, p)| p.seq == 4));
+        for (_, p) in &writes {
+            for (e, f) in p.framed() {
+                assert_eq!(f, &crate::codec::frame(&e.write_to_bytes().unwrap())[..]);
+            }
+        }
+        // Cut short, or with bytes after it: damage.
+        assert!(decode(4, payload[..payload.len() - 1].to_vec()).is_err());
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert!(decode(4, longer).is_err());
+        let mut huge = payload;
+        huge[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(4, huge).is_err());
     }
 
     #[test]

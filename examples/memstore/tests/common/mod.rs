@@ -146,11 +146,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-/// A free port on 127.0.0.1 (bound, then released for the child to take).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
+/// A port no other test of this process was given, free when checked,
+/// below the kernel's ephemeral range (one from `bind(:0)` can be handed
+/// out again before the node binds it, e.g. to another node of the test).
+pub use raftify_core::testkit::free_port;
 
 /// A `memstore` process; SIGKILLed on drop if still running.
 pub struct Node {
