@@ -5,7 +5,7 @@ use super::env::{self, EnvSettings};
 use super::error::CacheError;
 use super::events::Events;
 use super::health::{self, Health};
-use super::membership::{self, Found};
+use super::membership::{self, Found, Rejoin};
 use super::{Cache, Inner};
 use crate::{Bound, CacheState};
 use raftify::{launch, NodeSpec, Start, Storage, TlsConfig};
@@ -303,12 +303,20 @@ impl CacheBuilder {
         sm.set_change_hook(Arc::new(move |c| on_change.on_change(c)));
         sm.set_publish_hook(Arc::new(move |ch, m| on_publish.on_publish(ch, m)));
         let election_timeout = spec.config.election_timeout();
-        let launched = launch(spec, sm, None).await?;
         if let Some(member) = rejoin {
+            slog::info!(logger, "rejoining the cluster with empty storage"; "id" => s.id, "was_member" => member);
+        }
+        if rejoin == Some(true) {
+            // The old self goes before the new one runs (see `Rejoin`).
+            let (id, addr) = (s.id, spec.raft_addr.clone().unwrap_or_default());
+            membership::rejoin(&s.members, id, &addr, Rejoin::RemoveOld, &grpc, &logger).await?;
+        }
+        let launched = launch(spec, sm, None).await?;
+        if rejoin.is_some() {
             let addr = launched.raft_addr.clone();
-            if let Err(e) =
-                membership::rejoin(&s.members, s.id, &addr, member, &grpc, &logger).await
-            {
+            let added =
+                membership::rejoin(&s.members, s.id, &addr, Rejoin::AddBack, &grpc, &logger).await;
+            if let Err(e) = added {
                 launched.shutdown().await;
                 return Err(e);
             }

@@ -70,13 +70,27 @@ pub(crate) async fn probe(members: &BTreeMap<u64, String>, me: u64, grpc: &GrpcC
     Found::Nothing
 }
 
-/// Has the cluster remove this node's old self (when `member`) and add it
-/// back at `addr` as a voter.
+/// A membership change a node with empty storage asks of the others to
+/// rejoin (see [`rejoin_steps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejoin {
+    /// Remove this node's old self: asked before the node starts, so that
+    /// no leader treats the new, empty node as the old one (whose log it
+    /// counted as replicated: its first heartbeat would commit past the
+    /// empty log, which the node refuses as lost data).
+    RemoveOld,
+    /// Add the node back, as a new voter at `addr`, once it runs.
+    AddBack,
+}
+
+/// Has the cluster make `step` for node `me` (at `addr`), retrying until
+/// it is made (an unknown outcome is read back from the membership) or
+/// [`REJOIN`] has passed.
 pub(crate) async fn rejoin(
     members: &BTreeMap<u64, String>,
     me: u64,
     addr: &str,
-    member: bool,
+    step: Rejoin,
     grpc: &GrpcConfig,
     logger: &Logger,
 ) -> Result<(), CacheError> {
@@ -89,38 +103,34 @@ pub(crate) async fn rejoin(
     )
     .map_err(|e| CacheError::Unavailable(e.to_string()))?;
     let deadline = Instant::now() + REJOIN;
-    let mut step = if member { 0 } else { 1 };
-    info!(logger, "rejoining the cluster with empty storage"; "id" => me, "was_member" => member);
-    while step < 2 {
-        let change = if step == 0 {
-            MembershipChange::Remove { id: me }
-        } else {
-            MembershipChange::AddVoter {
+    loop {
+        let change = match step {
+            Rejoin::RemoveOld => MembershipChange::Remove { id: me },
+            Rejoin::AddBack => MembershipChange::AddVoter {
                 id: me,
                 addr: addr.to_string(),
-            }
+            },
         };
-        match c.change_config(vec![change]).await {
-            Ok(_) => step += 1,
-            Err(e) => {
-                let members_now = c.members().await.unwrap_or_default();
-                let present = members_now.iter().any(|m| m.id == me);
-                // A change whose outcome was unknown may have been made.
-                if (step == 0 && !present && !members_now.is_empty()) || (step == 1 && present) {
-                    step += 1;
-                    continue;
-                }
-                if Instant::now() >= deadline {
-                    return Err(CacheError::Unavailable(format!(
-                        "could not rejoin the cluster within {REJOIN:?}: {e}"
-                    )));
-                }
-                warn!(logger, "rejoin step failed; retrying"; "error" => %e);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        let e = match c.change_config(vec![change]).await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let members_now = c.members().await.unwrap_or_default();
+        let present = members_now.iter().any(|m| m.id == me);
+        // A change whose outcome was unknown may have been made.
+        match step {
+            Rejoin::RemoveOld if !present && !members_now.is_empty() => return Ok(()),
+            Rejoin::AddBack if present => return Ok(()),
+            _ => {}
         }
+        if Instant::now() >= deadline {
+            return Err(CacheError::Unavailable(format!(
+                "could not rejoin the cluster within {REJOIN:?}: {e}"
+            )));
+        }
+        warn!(logger, "rejoin step failed; retrying"; "error" => %e, "step" => ?step);
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
 }
 
 /// On the leader, removes members whose ids are not in `members` (the
