@@ -157,8 +157,8 @@ enum Debug {
         /// `DATA_DIR/groups`).
         dir: PathBuf,
         /// The group to show, in a shared environment of groups (a sharded
-        /// node's data groups are in `DATA_DIR/groups`; its metadata group
-        /// is the store in `DATA_DIR/meta`).
+        /// node's groups are in `DATA_DIR/groups`, its metadata group is
+        /// group 0).
         #[arg(long)]
         group: Option<u64>,
         /// JSON instead of tables.

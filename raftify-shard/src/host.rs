@@ -59,9 +59,9 @@ pub enum ShardError {
 pub struct ShardSpec {
     /// The template of every replica: `id` (required to bootstrap; a
     /// joining node is given one), the raft address to bind (port 0: any),
-    /// `storage` (`Memory`, or `Dir(root)`: the metadata group in
-    /// `root/meta`, the data groups in one shared environment
-    /// `root/groups`, see `storage.rs`), `start` (`Single`: bootstrap a new cluster,
+    /// `storage` (`Memory`, or `Dir(root)`: every group in one shared
+    /// environment `root/groups`, see `storage.rs`), `start` (`Single`:
+    /// bootstrap a new cluster,
     /// `Join`: join one through a member of its metadata group; a node
     /// with data resumes), raft and gRPC settings, the logger.
     pub node: NodeSpec,

@@ -1,13 +1,13 @@
 //! Where a sharded node keeps its replicas' logs.
 //!
-//! In its data dir `D`: the metadata group in `D/meta` (a store of its
-//! own), every data group in one shared environment `D/groups`
-//! ([`LmdbEnv`]: one LMDB environment, one journal whose appends of
-//! different groups are synced together, one checkpoint thread; each
-//! group's snapshot files in `D/groups/groups/<id>`). A data group kept by
-//! an earlier version in `D/group-<id>`, a store of its own, is resumed
-//! from there until the node no longer hosts it. In memory (tests):
-//! nothing on disk.
+//! In its data dir `D`: every group, the metadata group (0) included, in
+//! one shared environment `D/groups` ([`LmdbEnv`]: one LMDB environment,
+//! one journal whose appends of different groups are synced together, one
+//! checkpoint thread; each group's snapshot files in
+//! `D/groups/groups/<id>`). A group an earlier version kept in a store of
+//! its own (`D/meta`, `D/group-<id>`) is resumed from there (a data group
+//! until the node no longer hosts it). In memory (tests): nothing on
+//! disk.
 
 use crate::host::ShardError;
 use crate::placement::{GroupId, META_GROUP};
@@ -68,25 +68,25 @@ impl ReplicaStorage {
     pub(crate) fn of(&self, group: GroupId) -> (Storage, Option<usize>) {
         match self {
             ReplicaStorage::Memory => (Storage::Memory, None),
-            ReplicaStorage::Dir { root, .. } if group == META_GROUP => {
-                (Storage::Dir(root.join("meta")), None)
-            }
             ReplicaStorage::Dir { env, .. } => match self.own_dir(group) {
+                Some(dir) if group == META_GROUP => (Storage::Dir(dir), None),
                 Some(dir) => (Storage::Dir(dir), Some(OWN_DIR_JOURNAL_SEGMENT)),
                 None => (Storage::Shared(env.clone(), group), None),
             },
         }
     }
 
-    /// The directory of its own an earlier version kept `group` in, if it
-    /// holds a store.
+    /// The directory of its own an earlier version kept `group` in
+    /// (`meta` for the metadata group), if it holds a store.
     fn own_dir(&self, group: GroupId) -> Option<PathBuf> {
-        match self {
-            ReplicaStorage::Dir { root, .. } => {
-                Some(root.join(format!("group-{group}"))).filter(|d| d.join("data.mdb").is_file())
-            }
-            ReplicaStorage::Memory => None,
-        }
+        let ReplicaStorage::Dir { root, .. } = self else {
+            return None;
+        };
+        let dir = match group {
+            META_GROUP => root.join("meta"),
+            g => root.join(format!("group-{g}")),
+        };
+        Some(dir).filter(|d| d.join("data.mdb").is_file())
     }
 
     /// Whether something of an earlier replica of `group` is stored here.
@@ -163,6 +163,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(storage.of(6), (Storage::Shared(_, 6), None)));
+        // The metadata group: in the environment, unless an earlier
+        // version's store of its own is there.
+        assert!(matches!(
+            storage.of(META_GROUP),
+            (Storage::Shared(_, 0), None)
+        ));
+        drop(LmdbStore::open(root.path().join("meta"), LmdbOptions::new()).unwrap());
         assert!(
             matches!(storage.of(META_GROUP), (Storage::Dir(d), None) if d == root.path().join("meta"))
         );

@@ -262,22 +262,14 @@ async fn a_rebalance_cut_short_by_a_node_stopping_resumes_and_its_data_comes_bac
     g1.wait_for_leader(WAIT).await.unwrap();
     let client = RaftClient::new([addr1.clone()], GrpcConfig::default()).unwrap();
     let written = write_keys(&client, None, "k", 200).await;
-    // The data groups' logs are in one shared environment (one journal),
-    // not a directory each; the metadata group has a store of its own.
+    // Every group's log is in one shared environment (one journal), the
+    // metadata group's too, not a directory each.
     let root = dirs[0].path();
-    let segments = |sub: &str| {
-        std::fs::read_dir(root.join(sub).join("wal"))
-            .unwrap()
-            .count()
-    };
-    assert!(
-        (1..=3).contains(&segments("groups")),
-        "{}",
-        segments("groups")
-    );
-    assert!((1..=3).contains(&segments("meta")));
+    let segments = std::fs::read_dir(root.join("groups/wal")).unwrap().count();
+    assert!((1..=3).contains(&segments), "{segments}");
+    assert!(root.join("groups/groups/0/snap").is_dir());
     assert!(root.join("groups/groups/1/snap").is_dir());
-    assert!(!root.join("group-1").exists());
+    assert!(!root.join("group-1").exists() && !root.join("meta").exists());
     let join = || testkit::join(&addr1);
     let second = start_at(None, join(), "127.0.0.1:0", disk(1)).await;
     let third = start_at(None, join(), "127.0.0.1:0", disk(2)).await;
