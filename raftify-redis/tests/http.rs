@@ -184,6 +184,20 @@ fn a_sharded_cluster_reports_its_groups_rebalances_over_http_and_draws_them() {
     );
     assert!(metrics.contains("raftify_shard_moving{node=\"1\"} 0"));
     assert!(metrics.contains("raftify_shard_group_slots{node=\"1\",group="));
+    // The groups' shared journal: writes, and the syncs that carried them.
+    let counter = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{node=\"1\"}} ")));
+        let value = line.and_then(|l| l.rsplit(' ').next()?.parse().ok());
+        value.unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    let (syncs, appends) = (
+        counter("raftify_shard_journal_syncs_total"),
+        counter("raftify_shard_journal_appends_total"),
+    );
+    assert!(0 < syncs && syncs <= appends, "{syncs} {appends}");
+    assert!(counter("raftify_shard_journal_bytes_total") > appends);
 
     // The status page in a real browser: every group drawn, with a leader.
     let Some(b) = browser::find() else {

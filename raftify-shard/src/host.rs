@@ -367,6 +367,7 @@ where
             }
         }
         self.metrics.refresh(&placement, &statuses);
+        self.metrics.journal(self.inner.storage.journal_stats());
         self.meta().metrics_registry().encode()
     }
 

@@ -18,6 +18,9 @@
 //! | `raftify_shard_group_applied_index` | `group` | this replica's applied index |
 //! | `raftify_shard_group_log_entries` | `group` | entries in this replica's log |
 //! | `raftify_shard_group_state_bytes` | `group` | this replica's state size, when known |
+//! | `raftify_shard_journal_syncs_total` | | records (each one `fdatasync`) the node's groups' shared journal wrote |
+//! | `raftify_shard_journal_appends_total` | | raft writes they carried (over syncs: writes per sync) |
+//! | `raftify_shard_journal_bytes_total` | | bytes of those writes |
 //!
 //! The core's own series (`raftify_*`) in the same text are the metadata
 //! group's; a data group's are summed up by the `raftify_shard_group_*`
@@ -26,10 +29,13 @@
 
 use crate::placement::Placement;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use raftify::JournalStats;
 use raftify_core::metrics::MetricsRegistry;
 use raftify_core::Status;
+use std::sync::{Arc, Mutex};
 
 /// Label of per-group series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +63,10 @@ pub(crate) struct ShardMetrics {
     applied: PerGroup,
     log_entries: PerGroup,
     state_bytes: PerGroup,
+    /// The shared journal's [`JournalStats`], as counters.
+    journal: [Counter; 3],
+    /// The stats already counted.
+    counted: Arc<Mutex<JournalStats>>,
 }
 
 fn set(g: &Gauge, v: u64) {
@@ -142,6 +152,37 @@ impl ShardMetrics {
         for (f, name, help) in families {
             registry.register(name, help, f.clone());
         }
+        let [syncs, appends, bytes] = &self.journal;
+        let counters = [
+            (
+                syncs,
+                "raftify_shard_journal_syncs",
+                "Records the node's shared journal wrote, each with one fdatasync.",
+            ),
+            (
+                appends,
+                "raftify_shard_journal_appends",
+                "Raft writes of the node's groups those records carried.",
+            ),
+            (
+                bytes,
+                "raftify_shard_journal_bytes",
+                "Bytes of those writes.",
+            ),
+        ];
+        for (c, name, help) in counters {
+            registry.register(name, help, c.clone());
+        }
+    }
+
+    /// Counts what the shared journal wrote since the last refresh.
+    pub(crate) fn journal(&self, now: JournalStats) {
+        let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        let [syncs, appends, bytes] = &self.journal;
+        syncs.inc_by(now.syncs.saturating_sub(counted.syncs));
+        appends.inc_by(now.appends.saturating_sub(counted.appends));
+        bytes.inc_by(now.bytes.saturating_sub(counted.bytes));
+        *counted = now;
     }
 
     /// Sets every series from `placement` and the statuses of this node's

@@ -89,6 +89,14 @@ impl ReplicaStorage {
         Some(dir).filter(|d| d.join("data.mdb").is_file())
     }
 
+    /// What the groups' shared journal wrote so far (zero in memory).
+    pub(crate) fn journal_stats(&self) -> raftify::JournalStats {
+        match self {
+            ReplicaStorage::Dir { env, .. } => env.journal_stats(),
+            ReplicaStorage::Memory => Default::default(),
+        }
+    }
+
     /// Whether something of an earlier replica of `group` is stored here.
     pub(crate) fn holds(&self, group: GroupId) -> bool {
         match self {

@@ -77,6 +77,12 @@ fn concurrent_groups_share_the_journal_and_come_back_after_a_close() {
         check_log(s, g, WRITES);
         assert_eq!(s.group(), Some(g));
     }
+    // Every append went through the one journal; a sync carries one or
+    // more of them (how many depends on how they met).
+    let stats = env.journal_stats();
+    assert_eq!(stats.appends, GROUPS * WRITES, "{stats:?}");
+    assert!((1..=stats.appends).contains(&stats.syncs), "{stats:?}");
+    assert!(stats.bytes > stats.appends * 16, "{stats:?}");
     // One journal for all (not one per group), with few segments.
     assert!(wal_files(dir.path()) <= 3, "{}", wal_files(dir.path()));
     assert_eq!(wal_files(&dir.path().join("groups/1")), 0);

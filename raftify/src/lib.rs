@@ -48,4 +48,4 @@ pub use raftify_core::{
     Rejection, Result, Role, Status,
 };
 pub use raftify_grpc::{GrpcConfig, RaftClient, TlsConfig};
-pub use raftify_storage::{LmdbEnv, LmdbError, LmdbOptions, LmdbStore};
+pub use raftify_storage::{JournalStats, LmdbEnv, LmdbError, LmdbOptions, LmdbStore};

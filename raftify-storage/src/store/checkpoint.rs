@@ -58,6 +58,8 @@ pub(crate) struct Wal {
     tails: Mutex<Tails>,
     /// Last journal sequence number durable in LMDB.
     checkpointed: AtomicU64,
+    /// What was written so far ([`JournalStats`]).
+    stats: [AtomicU64; 3],
     /// Why a background checkpoint failed; later writes fail with it.
     failed: Mutex<Option<String>>,
     /// The checkpoint thread's wake-up: `true` asks it to stop.
@@ -108,7 +110,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What a journal has written since its store (or shared environment)
+/// was opened: with several groups on one journal, `appends / syncs` is
+/// how many writes each `fdatasync` carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Records written, each with one sync (a batch of appends is one).
+    pub syncs: u64,
+    /// Appends (raft writes of entries and hard state) they carried.
+    pub appends: u64,
+    /// Bytes of those appends.
+    pub bytes: u64,
+}
+
 impl Wal {
+    /// What it has written so far.
+    pub(crate) fn stats(&self) -> JournalStats {
+        let [syncs, appends, bytes] = &self.stats;
+        JournalStats {
+            syncs: syncs.load(Ordering::Relaxed),
+            appends: appends.load(Ordering::Relaxed),
+            bytes: bytes.load(Ordering::Relaxed),
+        }
+    }
+
     /// Runs `f` on `store`'s view of its tail, under the tails' lock (keep
     /// it short).
     pub(crate) fn read<T>(&self, store: Option<u64>, f: impl FnOnce(&View) -> T) -> T {
@@ -191,6 +216,7 @@ impl LmdbStore {
             journal: Mutex::new(journal),
             queue: Mutex::new(Queue::default()),
             written: Condvar::new(),
+            stats: Default::default(),
             tails: Mutex::new(Tails::default()),
             checkpointed: AtomicU64::new(last),
             failed: Mutex::new(None),
@@ -405,6 +431,10 @@ impl LmdbStore {
                 return;
             }
         };
+        let bytes: usize = batch.iter().map(|q| q.encoded.record.len()).sum();
+        for (counter, n) in wal.stats.iter().zip([1, batch.len() as u64, bytes as u64]) {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
         let mut tails = lock(&wal.tails);
         let first = tails.is_empty();
         let mut done = Vec::with_capacity(batch.len());

@@ -189,6 +189,16 @@ impl LmdbEnv {
         }
     }
 
+    /// What the shared journal has written since the environment was
+    /// opened (none with the journal off).
+    pub fn journal_stats(&self) -> super::JournalStats {
+        self.root
+            .wal
+            .as_ref()
+            .map(|w| w.stats())
+            .unwrap_or_default()
+    }
+
     /// Moves every group's journaled writes into LMDB now (done in the
     /// background anyway).
     pub fn checkpoint(&self) -> Result<(), LmdbError> {

@@ -41,6 +41,7 @@ mod txn;
 #[cfg(test)]
 mod tests;
 
+pub use checkpoint::JournalStats;
 pub use env::LmdbEnv;
 pub use options::LmdbOptions;
 
