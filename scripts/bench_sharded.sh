@@ -2,7 +2,8 @@
 # Scale-out of raftify-redis on this machine: 3 nodes, fsync on, either one
 # Raft group (`single`: --peers, redis-benchmark against the leader) or
 # --sharded with N groups per node (rebalanced first; redis-benchmark
-# --cluster). One line per client count: SET requests/s and p50.
+# --cluster). One line per client count: SET requests/s and p50; in
+# sharded mode then each node's journal appends per fdatasync.
 #
 #   cargo build --release -p raftify-redis
 #   scripts/bench_sharded.sh single 64 256; scripts/bench_sharded.sh 1 64 256
@@ -37,5 +38,11 @@ for c in "$@"; do
   r=$(redis-benchmark $cl -p "$port" -t set -n 100000 -c $c -P ${PIPE:-1} -r 100000 -d 100 -q 2>/dev/null | tr '\r' '\n' | grep 'requests per second' | tail -1)
   echo "$mode c=$c $r"
 done
+if [ "$mode" != single ]; then
+  # The writes each node's shared journal carried per fdatasync.
+  for i in 1 2 3; do
+    redis-cli -p $((base+i)) info sharding | tr -d '\r' | awk -F: -v n=$i '/^journal_syncs:/{s=$2} /^journal_appends:/{a=$2} END{if (s>0) printf "node %d: %d appends in %d syncs (%.2f per sync)\n", n, a, s, a/s}'
+  done
+fi
 kill ${pids[@]} 2>/dev/null; wait 2>/dev/null
 rm -rf $d

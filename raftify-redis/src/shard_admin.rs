@@ -260,13 +260,17 @@ impl Shard {
     /// section (the placement and each replica).
     pub(crate) async fn info_facts(&self) -> crate::introspect::InfoFacts {
         let p = self.host.placement().borrow().clone();
+        let journal = self.host.journal_stats();
         let mut out = format!(
-            "placement_version:{}\r\nnodes:{}\r\nnodes_down:{}\r\ngroups:{}\r\nmeta_group:{META_GROUP}\r\nrebalance:{}\r\n",
+            "placement_version:{}\r\nnodes:{}\r\nnodes_down:{}\r\ngroups:{}\r\nmeta_group:{META_GROUP}\r\nrebalance:{}\r\njournal_syncs:{}\r\njournal_appends:{}\r\njournal_bytes:{}\r\n",
             p.version(),
             p.nodes().len(),
             p.nodes().values().filter(|n| n.down).count(),
             p.groups().len(),
-            self.host.rebalance_status()
+            self.host.rebalance_status(),
+            journal.syncs,
+            journal.appends,
+            journal.bytes,
         );
         let (mut used, mut keys, mut expiring, mut master) = (0u64, 0u64, 0u64, false);
         for (g, r) in self.host.replicas().await {

@@ -85,6 +85,8 @@ fn raft_server_list_info_and_snapshots_on_a_sharded_node() {
         "db0:keys=2",
         "placement_version:",
         "group1:slots=16384",
+        "journal_syncs:",
+        "journal_appends:",
     ] {
         assert!(info.contains(field), "{field} in {info}");
     }

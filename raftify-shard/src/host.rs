@@ -367,8 +367,15 @@ where
             }
         }
         self.metrics.refresh(&placement, &statuses);
-        self.metrics.journal(self.inner.storage.journal_stats());
+        self.metrics.journal(self.journal_stats());
         self.meta().metrics_registry().encode()
+    }
+
+    /// What the groups' shared journal wrote since the node started (all
+    /// zero in memory): `appends / syncs` is how many raft writes each
+    /// `fdatasync` carried.
+    pub fn journal_stats(&self) -> raftify::JournalStats {
+        self.inner.storage.journal_stats()
     }
 
     /// Marks this node to leave: the rebalancer moves its replicas away,
