@@ -88,10 +88,35 @@ impl LmdbEnv {
     /// ([`LmdbError::NotAStore`]).
     pub fn open(dir: impl AsRef<Path>, opts: LmdbOptions) -> Result<Arc<Self>, LmdbError> {
         let root = LmdbStore::open_shared_root(dir.as_ref(), opts)?;
-        Ok(Arc::new(LmdbEnv {
+        let env = Arc::new(LmdbEnv {
             root,
             open: Mutex::new(BTreeSet::new()),
-        }))
+        });
+        env.remove_leftover_folders()?;
+        Ok(env)
+    }
+
+    /// Removes the folders of groups that store nothing: left by a
+    /// deletion cut short between its transaction and the folder's
+    /// removal, or by a group created and never written.
+    fn remove_leftover_folders(&self) -> Result<(), LmdbError> {
+        let groups = self.dir().join(GROUPS_DIR);
+        let entries = match fs::read_dir(&groups) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(LmdbError::io("list directory", &groups, e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(group) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if !self.holds(group)? {
+                let dir = entry.path();
+                fs::remove_dir_all(&dir).map_err(|e| LmdbError::io("remove directory", &dir, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// The environment's directory.
