@@ -112,8 +112,6 @@ pub(crate) struct Journal {
     /// opened with `no_sync`: a record then survives a process crash (it
     /// is in the page cache) but not necessarily a power loss.
     sync: bool,
-    /// Records were written to the active segment since its last sync.
-    unsynced: bool,
 }
 
 fn segment_name(id: u64) -> String {
@@ -353,7 +351,6 @@ impl Journal {
             next_id,
             failed: None,
             sync,
-            unsynced: false,
         };
         // The first segment is made now, not by the first write: zero-filling
         // it takes a while on a busy disk, and the first write is often a
@@ -375,39 +372,12 @@ impl Journal {
     /// reason. A failure to make room (a new segment on a full disk) leaves
     /// nothing behind and is not sticky.
     pub(crate) fn append(&mut self, record: &mut [u8], checkpointed: u64) -> io::Result<u64> {
-        self.check_failed()?;
-        let seq = self.write_record(record, checkpointed)?;
-        self.sync_active()?;
-        Ok(seq)
-    }
-
-    fn check_failed(&self) -> io::Result<()> {
-        match &self.failed {
-            Some(why) => Err(io::Error::other(format!(
+        if let Some(why) = &self.failed {
+            return Err(io::Error::other(format!(
                 "the journal failed earlier and takes no more writes: {why}"
-            ))),
-            None => Ok(()),
+            )));
         }
-    }
-
-    /// Syncs what was written to the active segment since its last sync
-    /// (nothing for a journal without syncs). A failure is sticky.
-    fn sync_active(&mut self) -> io::Result<()> {
-        if !self.unsynced {
-            return Ok(());
-        }
-        if self.sync {
-            let seg = self
-                .active
-                .and_then(|a| self.segments.iter().find(|s| s.id == a.id))
-                .ok_or_else(|| io::Error::other("the active journal segment is gone"))?;
-            if let Err(e) = seg.file.sync_data() {
-                self.failed = Some(e.to_string());
-                return Err(e);
-            }
-        }
-        self.unsynced = false;
-        Ok(())
+        self.try_append(record, checkpointed)
     }
 
     /// Whether a write or sync failed: the journal takes no more writes.
@@ -415,9 +385,8 @@ impl Journal {
         self.failed.is_some()
     }
 
-    /// Writes one record (not synced); `record` is [`new_record`] and the
-    /// payload. Starting a new segment first syncs the one being left.
-    fn write_record(&mut self, record: &mut [u8], checkpointed: u64) -> io::Result<u64> {
+    /// See [`Journal::append`]; `record` is [`new_record`] and the payload.
+    fn try_append(&mut self, record: &mut [u8], checkpointed: u64) -> io::Result<u64> {
         let payload_len = record
             .len()
             .checked_sub(RECORD_HEADER as usize)
@@ -429,7 +398,6 @@ impl Journal {
             .active
             .and_then(|a| self.segment(a.id).map(|s| a.pos + need <= s.len));
         if room != Some(true) {
-            self.sync_active()?;
             self.start_segment(need, checkpointed)?;
         }
         let Some(a) = self.active else {
@@ -450,10 +418,13 @@ impl Journal {
         // From here a failure leaves the record's fate unknown. A new
         // segment's header goes with its first record, under one sync.
         let header = (a.pos == HEADER).then(|| header(seq, a.salt));
-        self.unsynced = true;
         let written = header
             .map_or(Ok(()), |h| seg.file.write_all_at(&h, 0))
-            .and_then(|()| seg.file.write_all_at(record, a.pos));
+            .and_then(|()| seg.file.write_all_at(record, a.pos))
+            .and_then(|()| match self.sync {
+                true => seg.file.sync_data(),
+                false => Ok(()),
+            });
         if let Err(e) = written {
             self.failed = Some(e.to_string());
             return Err(e);
@@ -477,7 +448,7 @@ impl Journal {
     /// Makes a segment with room for `need` bytes of records the active
     /// one: a free segment (all its records checkpointed) if one is large
     /// enough, else a new file. The previous segment's records are all
-    /// synced already (`write_record` syncs before it comes here).
+    /// synced already (every append syncs).
     fn start_segment(&mut self, need: u64, checkpointed: u64) -> io::Result<()> {
         let active = self.active.map(|a| a.id);
         let size = self.segment_size;
