@@ -48,8 +48,9 @@ pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// the groups of a shared environment) and the checkpoint thread.
 #[derive(Debug)]
 pub(crate) struct Wal {
-    /// Taken by appends for their whole write (and by the writes that must
-    /// see no append in flight).
+    /// Taken by the leader of a batch of appends while it writes it.
+    /// (Writes that must see no append of their store in flight take the
+    /// store's `appends`.)
     journal: Mutex<Journal>,
     /// Appends waiting to be written: the next leader writes them all.
     queue: Mutex<Queue>,
@@ -299,43 +300,46 @@ impl LmdbStore {
     fn apply_all(&self, wtxn: &mut RwTxn, all: &StoreRecords, seq: u64) -> Result<(), Fail> {
         for (group, records) in all {
             match group {
-                None => self.apply_pending(wtxn, records, None)?,
-                Some(g) => self.scoped(*g).apply_pending(wtxn, records, None)?,
+                None => self.apply_pending(wtxn, records)?,
+                Some(g) => self.scoped(*g).apply_pending(wtxn, records)?,
             }
         }
         self.put_wal_seq(wtxn, seq)
     }
 
     /// Writes `records` into LMDB as the log's continuation, in the
-    /// caller's transaction, and records `seq` as the last journal record
-    /// applied (None: they come from another store's journal).
+    /// caller's transaction (the caller records the journal position).
     pub(super) fn apply_pending(
         &self,
         wtxn: &mut RwTxn,
         records: &[Arc<Pending>],
-        seq: Option<u64>,
     ) -> Result<(), Fail> {
         let mut hs: Option<&HardState> = None;
+        // The log's offset and end, read once: appending changes only the end.
+        let mut ends: Option<(u64, u64)> = None;
         for p in records {
-            if let Some(first) = p.entries.first() {
-                let meta = self.read_meta(wtxn)?;
-                let last = self.last_index_txn(wtxn, &meta)?;
-                check_append(meta.offset, last, &p.entries)
+            if let (Some(first), Some(last_new)) = (p.entries.first(), p.entries.last()) {
+                let (offset, last) = match ends {
+                    Some(e) => e,
+                    None => {
+                        let meta = self.read_meta(wtxn)?;
+                        (meta.offset, self.last_index_txn(wtxn, &meta)?)
+                    }
+                };
+                check_append(offset, last, &p.entries)
                     .map_err(|e| self.corrupt_journal(format!("journal record {}: {e}", p.seq)))?;
                 self.delete_from(wtxn, first.index)?;
                 for (e, rec) in p.framed() {
                     self.append_raw(wtxn, e.index, rec)?;
                 }
+                ends = Some((offset, last_new.index));
             }
             if let Some(h) = &p.hard_state {
                 hs = Some(h);
             }
         }
-        if let Some(h) = hs {
-            self.put_hard_state(wtxn, h)?;
-        }
-        match seq {
-            Some(seq) => self.put_wal_seq(wtxn, seq),
+        match hs {
+            Some(h) => self.put_hard_state(wtxn, h),
             None => Ok(()),
         }
     }

@@ -51,7 +51,7 @@ impl LmdbStore {
                         let after = self.read_wal_seq(rtxn)?;
                         let newer: Vec<_> =
                             tail.iter().filter(|r| r.seq > after).cloned().collect();
-                        dst.apply_pending(wtxn, &newer, None)?;
+                        dst.apply_pending(wtxn, &newer)?;
                     }
                     if meta.snap_file.is_some() {
                         let name = match created {

@@ -167,30 +167,37 @@ impl LmdbStore {
             .map_err(|e| self.fail(&format!("append log entry {idx}"), e))
     }
 
-    /// Deletes the entries `from ..= to`.
-    fn delete_entries(&self, wtxn: &mut RwTxn, from: u64, to: u64, what: &str) -> Result<(), Fail> {
+    /// Deletes the entries `from ..= to`; `what` names it in an error
+    /// (formatted only then).
+    fn delete_entries(
+        &self,
+        wtxn: &mut RwTxn,
+        from: u64,
+        to: u64,
+        what: impl Fn() -> String,
+    ) -> Result<(), Fail> {
         let (lo, hi) = (self.entry_key(from), self.entry_key(to));
         let range: KeyRange = (Bound::Included(&lo), Bound::Included(&hi));
         self.entries_db
             .delete_range(wtxn, &range)
             .map(|_| ())
-            .map_err(|e| self.fail(what, e))
+            .map_err(|e| self.fail(&what(), e))
     }
 
     /// Deletes the entries from `idx` on.
     pub(super) fn delete_from(&self, wtxn: &mut RwTxn, idx: u64) -> Result<(), Fail> {
-        let what = format!("delete log entries from {idx}");
-        self.delete_entries(wtxn, idx, u64::MAX, &what)
+        self.delete_entries(wtxn, idx, u64::MAX, || {
+            format!("delete log entries from {idx}")
+        })
     }
 
     /// Deletes the entries up to and including `idx`.
     pub(super) fn delete_through(&self, wtxn: &mut RwTxn, idx: u64) -> Result<(), Fail> {
-        let what = format!("delete log entries up to {idx}");
-        self.delete_entries(wtxn, 0, idx, &what)
+        self.delete_entries(wtxn, 0, idx, || format!("delete log entries up to {idx}"))
     }
 
     /// Deletes every entry of the store.
     pub(super) fn clear_log(&self, wtxn: &mut RwTxn) -> Result<(), Fail> {
-        self.delete_entries(wtxn, 0, u64::MAX, "clear the log")
+        self.delete_entries(wtxn, 0, u64::MAX, || "clear the log".into())
     }
 }

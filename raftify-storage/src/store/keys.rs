@@ -9,7 +9,6 @@
 
 use super::LmdbStore;
 use raftify_core::storage::StorageResult;
-use std::borrow::Cow;
 use std::ops::{Bound, Deref};
 
 /// An entry's key: the index, after the group in a shared environment.
@@ -69,16 +68,37 @@ impl LmdbStore {
         }
     }
 
-    /// The key of metadata record `name`.
-    pub(crate) fn meta_key<'a>(&self, name: &'a str) -> Cow<'a, str> {
-        match self.scope {
-            None => Cow::Borrowed(name),
-            Some(group) => Cow::Owned(group_meta_key(group, name)),
-        }
+    /// The key of metadata record `name` (on the stack: metadata is read
+    /// on every write and many reads).
+    pub(crate) fn meta_key(&self, name: &str) -> MetaKey {
+        use std::io::Write;
+        let mut buf = [0u8; META_KEY_MAX];
+        let mut rest = &mut buf[..];
+        // The record names are short constants: never cut.
+        let _ = match self.scope {
+            None => rest.write_all(name.as_bytes()),
+            Some(group) => write!(rest, "{group}/{name}"),
+        };
+        let len = META_KEY_MAX - rest.len();
+        MetaKey { buf, len }
     }
 }
 
-/// The key of a group's metadata record `name` in a shared environment.
-pub(crate) fn group_meta_key(group: u64, name: &str) -> String {
-    format!("{group}/{name}")
+/// Longest metadata key: a group id (20 digits), `/` and a record name.
+const META_KEY_MAX: usize = 48;
+
+/// A metadata record's key: its name, after `<group>/` in a shared
+/// environment.
+pub(crate) struct MetaKey {
+    buf: [u8; META_KEY_MAX],
+    len: usize,
+}
+
+impl Deref for MetaKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Whole UTF-8 strings only are pushed.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
 }
