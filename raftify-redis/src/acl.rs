@@ -340,8 +340,7 @@ impl Server {
                     Ok(answer) => {
                         Reply::decode(&answer).unwrap_or_else(|e| Reply::err(format!("ACL: {e}")))
                     }
-                    Err(raftify_shard::ShardError::Node(e)) => error_reply(&e),
-                    Err(e) => Reply::err(e),
+                    Err(e) => crate::server::shard_error_reply(&e),
                 }
             }
             (None, None) => crate::sharded::unsupported(),

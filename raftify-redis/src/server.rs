@@ -85,6 +85,16 @@ pub struct Session {
     pub cluster: bool,
 }
 
+/// [`error_reply`] for a sharded node's failures: the cluster's own
+/// errors mapped as on a single group, the rest (placement, config) as
+/// `-ERR`.
+pub fn shard_error_reply(e: &raftify_shard::ShardError) -> Reply {
+    match e {
+        raftify_shard::ShardError::Node(e) => error_reply(e),
+        e => Reply::err(e),
+    }
+}
+
 /// A core error as a Redis error reply. An outcome that is not known is
 /// never reported as a definite failure.
 pub fn error_reply(e: &Error) -> Reply {

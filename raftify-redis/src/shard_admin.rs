@@ -22,8 +22,7 @@ impl Shard {
         };
         match self.host.broadcast(b).await {
             Ok(n) => Reply::Int(i64::try_from(n).unwrap_or(i64::MAX)),
-            Err(raftify_shard::ShardError::Node(e)) => crate::server::error_reply(&e),
-            Err(e) => Reply::err(e),
+            Err(e) => crate::server::shard_error_reply(&e),
         }
     }
 
@@ -57,7 +56,7 @@ impl Shard {
                         self.host.rebalance();
                         Reply::Ok
                     }
-                    Err(e) => Reply::err(e),
+                    Err(e) => crate::server::shard_error_reply(&e),
                 }
             }
             (Some("server"), Some("list"), 3) => self.server_list().await,
@@ -74,10 +73,7 @@ impl Shard {
                     (Some(to), Some(group)) if to > 0 => {
                         match self.host.transfer_leader(group, to as u64).await {
                             Ok(()) => Reply::Ok,
-                            Err(raftify_shard::ShardError::Node(e)) => {
-                                crate::server::error_reply(&e)
-                            }
-                            Err(e) => Reply::err(e),
+                            Err(e) => crate::server::shard_error_reply(&e),
                         }
                     }
                     _ => errors::not_integer(),

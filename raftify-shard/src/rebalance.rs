@@ -334,7 +334,6 @@ where
     observed
 }
 
-/// The raft addresses of the nodes hosting `group`.
 /// Asks `group`'s leader, found through its replicas' addresses (the
 /// metadata group's: every node's), to hand leadership to `to`.
 pub(crate) async fn transfer_leader(
@@ -355,6 +354,7 @@ pub(crate) async fn transfer_leader(
     Ok(())
 }
 
+/// The raft addresses of the nodes hosting `group`.
 fn addrs(p: &Placement, group: GroupId) -> Vec<String> {
     p.groups()
         .get(&group)

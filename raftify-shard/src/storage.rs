@@ -134,14 +134,13 @@ impl ReplicaStorage {
             }
         })
         .await;
-        match removed {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                warn!(logger, "cannot remove a replica's data"; "group" => group, "error" => %e);
-                false
-            }
+        match removed
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(()) => true,
             Err(e) => {
-                warn!(logger, "cannot remove a replica's data"; "group" => group, "error" => %e);
+                warn!(logger, "cannot remove a replica's data"; "group" => group, "error" => e);
                 false
             }
         }

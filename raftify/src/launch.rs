@@ -353,13 +353,14 @@ fn check(spec: &NodeSpec) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// The data dir a node of `id` uses.
 /// Whether `spec`'s storage already holds a node's data, so that [`launch`]
 /// resumes it whatever `spec.start` says (a front-end that chooses how an
-/// empty node starts asks this first). Memory never does.
+/// empty node starts asks this first). Memory never does. Storage that
+/// cannot be read counts as holding data: [`launch`] then says why,
+/// rather than the node starting anew over it.
 pub fn holds_data(spec: &NodeSpec) -> bool {
     if let Storage::Shared(env, group) = &spec.storage {
-        return env.holds(*group).unwrap_or(false);
+        return env.holds(*group).unwrap_or(true);
     }
     dir_of(&spec.storage, spec.id.or(spec.default_id)).is_some_and(|d| d.join(DATA_FILE).is_file())
 }
