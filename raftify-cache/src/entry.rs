@@ -192,6 +192,7 @@ const MIGRATE_THAW: u8 = 2;
 const MIGRATE_IMPORT: u8 = 3;
 const MIGRATE_DROP: u8 = 4;
 const MIGRATE_HAND: u8 = 5;
+const MIGRATE_WEIGH: u8 = 6;
 const N_PUT: u8 = 1;
 const N_DELETE: u8 = 2;
 const N_INCR: u8 = 3;
@@ -447,6 +448,7 @@ impl AbstractLogEntry for CacheEntry {
                     Migrate::Thaw { start, end } => range(&mut out, MIGRATE_THAW, *start, *end),
                     Migrate::Drop { start, end } => range(&mut out, MIGRATE_DROP, *start, *end),
                     Migrate::Hand { start, end } => range(&mut out, MIGRATE_HAND, *start, *end),
+                    Migrate::Weigh { start, end } => range(&mut out, MIGRATE_WEIGH, *start, *end),
                     Migrate::Import { start, end, items } => {
                         range(&mut out, MIGRATE_IMPORT, *start, *end);
                         put(&mut out, items)?;
@@ -542,6 +544,7 @@ impl AbstractLogEntry for CacheEntry {
                     MIGRATE_THAW => Migrate::Thaw { start, end },
                     MIGRATE_DROP => Migrate::Drop { start, end },
                     MIGRATE_HAND => Migrate::Hand { start, end },
+                    MIGRATE_WEIGH => Migrate::Weigh { start, end },
                     MIGRATE_IMPORT => Migrate::Import {
                         start,
                         end,

@@ -12,6 +12,7 @@ use std::cmp::Ordering;
 use std::hash::BuildHasherDefault;
 use std::num::NonZeroU64;
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// The hasher of every map: deterministic across nodes.
 pub type Hasher = BuildHasherDefault<std::hash::DefaultHasher>;
@@ -202,6 +203,30 @@ pub struct Keyspace {
     used: usize,
     /// The log index being applied: the version of what it changes.
     index: u64,
+    /// Estimated bytes per hash slot, indexed by slot (allocated with the
+    /// first key: 128 KiB; shared with snapshots until the next write):
+    /// what a sharded deployment splits a group's slots by.
+    slots: Option<Arc<Vec<u64>>>,
+}
+
+/// Hash slots ([`key_slot`]'s range).
+const SLOTS: usize = 16384;
+
+/// Moves `key`'s slot's count in `slots` by `+add - sub` bytes.
+fn weigh_slot(slots: &mut Option<Arc<Vec<u64>>>, key: &[u8], add: usize, sub: usize) {
+    if add == sub {
+        return;
+    }
+    let counts = Arc::make_mut(slots.get_or_insert_with(|| Arc::new(vec![0; SLOTS])));
+    if let Some(c) = counts.get_mut(usize::from(key_slot(key))) {
+        *c = (*c + add as u64).saturating_sub(sub as u64);
+    }
+}
+
+/// The key slot of `key` (Redis Cluster's: CRC16 of the key or of its
+/// `{hash tag}`, modulo 16,384).
+pub fn key_slot(key: &[u8]) -> u16 {
+    redis_protocol::redis_keyslot(key)
 }
 
 impl Keyspace {
@@ -228,6 +253,22 @@ impl Keyspace {
     /// Estimated bytes held by keys and values.
     pub fn used_memory(&self) -> usize {
         self.used
+    }
+
+    /// Estimated bytes held per hash slot ([`key_slot`]), in slot order;
+    /// slots holding nothing are left out. Each key counts as in
+    /// [`Keyspace::used_memory`], whose total this is.
+    pub fn slot_bytes(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.slots
+            .iter()
+            .flat_map(|v| v.iter().enumerate())
+            .filter(|(_, &b)| b > 0)
+            .map(|(s, &b)| (s as u16, b)) // s < SLOTS
+    }
+
+    /// Moves `key`'s slot's count by `+add - sub` bytes.
+    fn weigh(&mut self, key: &[u8], add: usize, sub: usize) {
+        weigh_slot(&mut self.slots, key, add, sub);
     }
 
     /// Keys, expired ones not yet deleted included.
@@ -258,7 +299,9 @@ impl Keyspace {
             self.remove(key);
         }
         let item = self.items.get_mut(probe.view())?;
-        self.used = self.used.saturating_sub(item.value.weight());
+        let weight = item.value.weight();
+        self.used = self.used.saturating_sub(weight);
+        weigh_slot(&mut self.slots, key, 0, weight);
         item.version = self.index;
         Some(item)
     }
@@ -274,7 +317,9 @@ impl Keyspace {
             // again (an empty collection weighs nothing), with the key's.
             self.remove(key);
         } else {
-            self.used += item.value.weight();
+            let weight = item.value.weight();
+            self.used += weight;
+            self.weigh(key, weight, 0);
         }
     }
 
@@ -293,15 +338,16 @@ impl Keyspace {
             version: self.index,
         };
         let old = self.items.insert(HKey::new(&key), item);
+        let mut replaced = 0;
         if let Some(old) = &old {
-            self.used = self
-                .used
-                .saturating_sub(key.len() + PER_KEY + old.value.weight());
+            replaced = key.len() + PER_KEY + old.value.weight();
+            self.used = self.used.saturating_sub(replaced);
             if let Some(t) = old.expire_at() {
                 self.expiries.remove(&(t, key.clone()));
             }
         }
         self.used += weight;
+        self.weigh(&key, weight, replaced);
         if let Some(t) = expires {
             self.expiries.insert((t.get(), own(key)));
         }
@@ -324,9 +370,9 @@ impl Keyspace {
     /// Deletes the key (expired or not); returns its item.
     pub fn remove(&mut self, key: &[u8]) -> Option<Item> {
         let old = self.items.remove(Probe::of(key).view())?;
-        self.used = self
-            .used
-            .saturating_sub(key.len() + PER_KEY + old.value.weight());
+        let weight = key.len() + PER_KEY + old.value.weight();
+        self.used = self.used.saturating_sub(weight);
+        self.weigh(key, 0, weight);
         if let Some(t) = old.expire_at() {
             self.expiries.remove(&(t, Bytes::copy_from_slice(key)));
         }
@@ -415,6 +461,7 @@ impl Keyspace {
         self.items = imbl::OrdMap::new();
         self.expiries = imbl::OrdSet::new();
         self.used = 0;
+        self.slots = None;
     }
 
     /// Keys with a TTL (live ones).
@@ -490,6 +537,44 @@ mod tests {
         ks.settle(b"k");
         ks.remove(b"k");
         assert_eq!(ks.used_memory(), 0);
+    }
+
+    #[test]
+    fn bytes_per_slot_follow_every_change_and_add_up_to_used_memory() {
+        let mut ks = Keyspace::default();
+        let sum = |ks: &Keyspace| ks.slot_bytes().map(|(_, b)| b).sum::<u64>();
+        // A hash tag puts both keys in one slot.
+        ks.insert(
+            Bytes::from("{u1}.a"),
+            Value::Str(Bytes::from("x".repeat(100))),
+            None,
+        );
+        ks.insert(Bytes::from("{u1}.b"), Value::Str(Bytes::from("y")), Some(5));
+        ks.insert(Bytes::from("other"), Value::Str(Bytes::from("zz")), None);
+        let slot = key_slot(b"u1");
+        let per = ks.slot_bytes().collect::<Vec<_>>();
+        assert_eq!(per.len(), 2, "{per:?}");
+        let tagged = per.iter().find(|(s, _)| *s == slot).map(|(_, b)| *b);
+        let want = (6 + PER_KEY + 100) + (6 + PER_KEY + 1);
+        assert_eq!(tagged, Some(want as u64));
+        assert_eq!(sum(&ks), ks.used_memory() as u64);
+        // Replaced, changed in place, expired, removed: still the total.
+        ks.insert(Bytes::from("other"), Value::Str(Bytes::from("z")), None);
+        if let Some(item) = ks.get_mut(b"{u1}.a") {
+            item.value = Value::Str(Bytes::from("short"));
+        }
+        ks.settle(b"{u1}.a");
+        assert_eq!(sum(&ks), ks.used_memory() as u64);
+        ks.advance_clock(10);
+        assert_eq!(ks.purge_expired(), 1);
+        assert_eq!(sum(&ks), ks.used_memory() as u64);
+        ks.remove(b"other");
+        assert_eq!(
+            ks.slot_bytes().collect::<Vec<_>>(),
+            vec![(slot, (6 + PER_KEY + 5) as u64)]
+        );
+        ks.clear();
+        assert_eq!(ks.slot_bytes().count(), 0);
     }
 
     #[test]

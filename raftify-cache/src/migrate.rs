@@ -42,11 +42,7 @@ use crate::keyspace::{Item, Keyspace};
 use bytes::Bytes;
 use raftify_core::BoxError;
 
-/// The key slot of `key` (Redis Cluster's: CRC16 of the key or of its
-/// `{hash tag}`, modulo 16,384).
-pub fn key_slot(key: &[u8]) -> u16 {
-    redis_protocol::redis_keyslot(key)
-}
+pub use crate::keyspace::key_slot;
 
 /// The cache's part of a slot move (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +89,48 @@ pub enum Migrate {
         /// Last slot (inclusive).
         end: u16,
     },
+    /// How many bytes each of slots `start..=end` holds (as
+    /// [`crate::Keyspace::slot_bytes`] counts them): replies
+    /// [`encode_weights`]' bulk string. Changes nothing: asked as a read
+    /// (`remote::answer_read`), by the rebalancer splitting a group by
+    /// size.
+    Weigh {
+        /// First slot.
+        start: u16,
+        /// Last slot (inclusive).
+        end: u16,
+    },
+}
+
+/// Bytes of one slot's record in [`encode_weights`].
+const WEIGHT_RECORD: usize = 10;
+
+/// The slots of `start..=end` holding anything, with their bytes, as
+/// [`Migrate::Weigh`] answers them: 10 bytes a slot (slot, then bytes;
+/// big-endian), in slot order.
+pub fn encode_weights(ks: &Keyspace, start: u16, end: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (slot, bytes) in ks.slot_bytes().filter(|(s, _)| (start..=end).contains(s)) {
+        out.extend_from_slice(&slot.to_be_bytes());
+        out.extend_from_slice(&bytes.to_be_bytes());
+    }
+    out
+}
+
+/// Reads [`encode_weights`]' records back.
+pub fn decode_weights(data: &[u8]) -> Result<Vec<(u16, u64)>, BoxError> {
+    if !data.len().is_multiple_of(WEIGHT_RECORD) {
+        return Err(format!("{} bytes are not whole slot weights", data.len()).into());
+    }
+    data.chunks_exact(WEIGHT_RECORD)
+        .map(|r| {
+            let slot = u16::from_be_bytes([r[0], r[1]]);
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&r[2..]);
+            check_range(slot, slot)?;
+            Ok((slot, u64::from_be_bytes(b)))
+        })
+        .collect()
 }
 
 /// Slot ranges this group refuses or accepts specially during moves:

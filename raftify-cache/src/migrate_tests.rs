@@ -315,3 +315,56 @@ fn a_move_that_handed_nothing_can_be_abandoned() {
         Reply::Ok
     );
 }
+
+#[tokio::test]
+async fn weighing_counts_each_slots_bytes_in_the_log_as_a_read_and_after_a_restore() {
+    let mut s = CacheState::new();
+    let big = "x".repeat(500);
+    exec(
+        &mut s,
+        1,
+        vec![
+            cmd(&["set", "{t}.a", &big]),
+            cmd(&["set", "{t}.b", &big]),
+            cmd(&["rpush", "foo", "a", "b"]),
+        ],
+        false,
+    );
+    let (t, foo) = (key_slot(b"t"), key_slot(b"foo"));
+    let weights = |r: Reply| match r {
+        Reply::Bulk(b) => decode_weights(&b).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let all = Migrate::Weigh {
+        start: 0,
+        end: 16383,
+    };
+    let w = weights(step(&mut s, 2, all.clone()));
+    let tagged = (t, 2 * (5 + crate::keyspace::PER_KEY as u64 + 500));
+    let mut want = vec![tagged, (foo, 3 + crate::keyspace::PER_KEY as u64 + 2 * 49)];
+    want.sort();
+    assert_eq!(w, want);
+    assert_eq!(
+        w.iter().map(|(_, b)| b).sum::<u64>(),
+        s.keyspace().used_memory() as u64
+    );
+    // A range: only its slots.
+    let only = Migrate::Weigh { start: t, end: t };
+    assert_eq!(weights(step(&mut s, 3, only)), vec![tagged]);
+    // As a read query (what the rebalancer sends), the same.
+    let q = CacheEntry {
+        clock_ms: 0,
+        op: Op::Migrate(all.clone()),
+    }
+    .encode()
+    .unwrap();
+    let r = crate::remote::decode_reply(&crate::remote::answer_read(&s, &q).unwrap()).unwrap();
+    assert_eq!(weights(r), want);
+    // A restored snapshot counts the same.
+    let mut back = CacheState::new();
+    back.restore(s.snapshot().await.unwrap()).await.unwrap();
+    assert_eq!(weights(back.weigh_slots(0, 16383)), want);
+    // Torn records are refused.
+    assert!(decode_weights(&[0u8; 11]).is_err());
+    assert!(decode_weights(&[0xff; 10]).is_err());
+}

@@ -6,7 +6,7 @@
 //! Register [`reader`] as the groups' read function (`ShardHost::start`,
 //! `launch`) to answer them.
 
-use crate::{CacheEntry, CacheState, Op, Reply};
+use crate::{CacheEntry, CacheState, Migrate, Op, Reply};
 use bytes::Bytes;
 use raftify::ReadFn;
 use raftify_core::{AbstractLogEntry, BoxError, Payload};
@@ -26,11 +26,16 @@ pub fn read_query(argv: Vec<Bytes>) -> Result<Vec<u8>, BoxError> {
 }
 
 /// Runs the read command of `query` against `state` (a write command is
-/// answered with an error reply, as [`CacheState::read`] does).
+/// answered with an error reply, as [`CacheState::read`] does), or a
+/// [`Migrate::Weigh`] (the rebalancer's).
 pub fn answer_read(state: &CacheState, query: &[u8]) -> Result<Vec<u8>, BoxError> {
     let entry = CacheEntry::decode(query)?;
-    let Op::Exec { commands, .. } = entry.op else {
-        return Err("a read query is one command".into());
+    let commands = match entry.op {
+        Op::Exec { commands, .. } => commands,
+        Op::Migrate(Migrate::Weigh { start, end }) => {
+            return Payload::encode(&state.weigh_slots(start, end))
+        }
+        _ => return Err("a read query is one command".into()),
     };
     let [argv] = commands.as_slice() else {
         return Err("a read query is one command".into());

@@ -7,7 +7,7 @@ use crate::{CacheEntry, Op, Reply};
 use async_trait::async_trait;
 use raftify_core::retry::Idempotence;
 use raftify_core::{call_cluster, unix_ms, AbstractLogEntry, BoxError, Payload};
-use raftify_grpc::GrpcTransport;
+use raftify_grpc::{GrpcTransport, RaftClient};
 use raftify_shard::{GroupId, SlotMover, SlotRange};
 use std::time::Duration;
 
@@ -101,5 +101,26 @@ impl SlotMover for CacheSlotMover {
             end: slots.end,
         };
         step(transport, &from, drop).await.map(|_| ())
+    }
+
+    async fn weigh(
+        &self,
+        client: &RaftClient,
+        leader: &str,
+    ) -> Result<Option<Vec<(u16, u64)>>, BoxError> {
+        let query = CacheEntry {
+            clock_ms: 0,
+            op: Op::Migrate(Migrate::Weigh {
+                start: 0,
+                end: raftify_shard::SLOTS - 1,
+            }),
+        }
+        .encode()?;
+        let out = client.read_stale_at(leader, query).await?;
+        match <Reply as Payload>::decode(&out)? {
+            Reply::Bulk(b) => Ok(Some(crate::migrate::decode_weights(&b)?)),
+            Reply::Error(e) => Err(e.into()),
+            other => Err(format!("a weighing answered {other:?}").into()),
+        }
     }
 }

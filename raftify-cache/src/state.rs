@@ -260,6 +260,7 @@ impl CacheState {
         | Migrate::Thaw { start, end }
         | Migrate::Hand { start, end }
         | Migrate::Drop { start, end }
+        | Migrate::Weigh { start, end }
         | Migrate::Import { start, end, .. }) = m;
         if let Err(e) = check_range(*start, *end) {
             return Reply::err(e);
@@ -297,6 +298,16 @@ impl CacheState {
                 self.frozen.set_moved(*start, *end);
                 Reply::Int(n as i64)
             }
+            Migrate::Weigh { start, end } => self.weigh_slots(*start, *end),
+        }
+    }
+
+    /// [`Migrate::Weigh`]'s reply: the bytes each slot of `start..=end`
+    /// holds (changes nothing, so it is also answered as a read).
+    pub fn weigh_slots(&self, start: u16, end: u16) -> Reply {
+        match crate::migrate::check_range(start, end) {
+            Ok(()) => Reply::Bulk(crate::migrate::encode_weights(&self.keys, start, end).into()),
+            Err(e) => Reply::err(e),
         }
     }
 

@@ -21,9 +21,13 @@
 //!    hosts the most (of equals, not the leader);
 //! 5. group count: `nodes × settings.groups_per_node` groups (a new group
 //!    on the least loaded nodes; a surplus group empties and is deleted);
-//! 6. slots: every group owns `16384 / groups` slots (±1), moved as a
+//! 6. slots: with a size limit, a group over it whose bytes sit in part
+//!    of its slots gives the part holding about half its surplus to the
+//!    group holding the fewest bytes ([`plan_bytes`](self) `hot_split`);
+//!    then every group owns `16384 / groups` slots (±1), moved as a
 //!    contiguous range from the group with the largest surplus to the one
-//!    with the largest deficit;
+//!    with the largest deficit, unless the move would take the taker over
+//!    the size limit;
 //! 7. replicas per node within one of each other;
 //! 8. leaders per node within one of each other (a leadership transfer).
 //!
@@ -43,6 +47,10 @@ pub struct Observed {
     /// Each group's size in bytes of state (its leader's
     /// [`raftify_core::Status::state_bytes`]), where known.
     pub sizes: BTreeMap<GroupId, u64>,
+    /// Each group's bytes per slot (slot, bytes; in slot order, slots
+    /// holding nothing left out), where weighed ([`crate::SlotMover::weigh`];
+    /// with a size limit only).
+    pub weights: BTreeMap<GroupId, Vec<(u16, u64)>>,
 }
 
 /// One step of a rebalance.
@@ -124,7 +132,8 @@ pub fn plan(p: &Placement, observed: &Observed) -> Option<Step> {
         .or_else(|| down(p, &members, &active))
         .or_else(|| replica_counts(p, &members, &active, observed))
         .or_else(|| group_count(p, &members, &active, observed))
-        .or_else(|| slot_balance(p))
+        .or_else(|| all_live(p).then(|| bytes::hot_split(p, observed)).flatten())
+        .or_else(|| slot_balance(p, observed))
         .or_else(|| replica_spread(p, &active))
         .or_else(|| leader_spread(p, &active, observed))
 }
@@ -371,11 +380,12 @@ fn group_count(
             .filter(|(&g, _)| g != victim)
             .min_by_key(|(&g, &c)| (c, g))?;
         let (range, _) = p.ranges().into_iter().find(|(_, g)| *g == victim)?;
-        return Some(Step::MoveSlots(SlotMove {
+        let m = SlotMove {
             slots: range,
             from: victim,
             to,
-        }));
+        };
+        return bytes::fits(p, observed, &m).then_some(Step::MoveSlots(m));
     }
     None
 }
@@ -392,7 +402,7 @@ fn slot_targets(groups: &[GroupId]) -> BTreeMap<GroupId, usize> {
         .collect()
 }
 
-fn slot_balance(p: &Placement) -> Option<Step> {
+fn slot_balance(p: &Placement, observed: &Observed) -> Option<Step> {
     if !all_live(p) {
         return None;
     }
@@ -413,11 +423,12 @@ fn slot_balance(p: &Placement) -> Option<Step> {
     let (run, _) = p.ranges().into_iter().rev().find(|(_, g)| *g == donor)?;
     let n = (surplus.min(deficit) as usize).min(run.len());
     let start = run.end - (n as u16 - 1); // 1 <= n <= run.len()
-    Some(Step::MoveSlots(SlotMove {
+    let m = SlotMove {
         slots: SlotRange::new(start, run.end)?,
         from: donor,
         to: taker,
-    }))
+    };
+    bytes::fits(p, observed, &m).then_some(Step::MoveSlots(m))
 }
 
 fn replica_spread(p: &Placement, active: &[NodeId]) -> Option<Step> {
@@ -479,6 +490,9 @@ fn leader_spread(p: &Placement, active: &[NodeId], observed: &Observed) -> Optio
     }
     None
 }
+
+#[path = "plan_bytes.rs"]
+mod bytes;
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]

@@ -22,6 +22,8 @@ struct Sim {
     interrupt: bool,
     /// Group sizes as observed.
     sizes: BTreeMap<GroupId, u64>,
+    /// Groups' bytes per slot as weighed.
+    weights: BTreeMap<GroupId, Vec<(u16, u64)>>,
 }
 
 impl Sim {
@@ -42,6 +44,7 @@ impl Sim {
             steps: 0,
             interrupt: false,
             sizes: BTreeMap::new(),
+            weights: BTreeMap::new(),
         }
     }
 
@@ -49,6 +52,7 @@ impl Sim {
         Observed {
             leaders: self.leaders.clone(),
             sizes: self.sizes.clone(),
+            weights: self.weights.clone(),
         }
     }
 
@@ -411,11 +415,7 @@ fn settle_holding(sim: &mut Sim, total: u64) -> usize {
 
 #[test]
 fn groups_grow_with_their_data_and_shrink_only_well_below_the_limit() {
-    let mut sim = Sim::new(Settings {
-        replicas: 1,
-        groups_per_node: 1,
-        max_group_bytes: 1000,
-    });
+    let mut sim = limited(1000);
     // 3,500 bytes on one node: four groups of ~875 (slots ±1 each).
     assert_eq!(settle_holding(&mut sim, 3500), 4);
     let counts = sim.p.slot_counts();
@@ -448,8 +448,134 @@ fn groups_grow_with_their_data_and_shrink_only_well_below_the_limit() {
     );
 }
 
+/// One node, one replica and one group per node, groups of at most
+/// `max_group_bytes`.
+fn limited(max_group_bytes: u64) -> Sim {
+    Sim::new(Settings {
+        replicas: 1,
+        groups_per_node: 1,
+        max_group_bytes,
+    })
+}
+
+/// Sizes and weights as the groups would report them holding
+/// `slot_bytes` (bytes per slot) by the placement's ownership.
+fn weigh(sim: &mut Sim, slot_bytes: &BTreeMap<u16, u64>) {
+    sim.sizes = sim.p.groups().keys().map(|&g| (g, 0)).collect();
+    sim.weights.clear();
+    for (range, g) in sim.p.ranges() {
+        for (&slot, &b) in slot_bytes.range(range.start..=range.end) {
+            *sim.sizes.entry(g).or_default() += b;
+            sim.weights.entry(g).or_default().push((slot, b));
+        }
+    }
+}
+
+/// Steps until balanced with `slot_bytes` held; the group count.
+fn settle_weighed(sim: &mut Sim, slot_bytes: &BTreeMap<u16, u64>) -> usize {
+    for _ in 0..2000 {
+        weigh(sim, slot_bytes);
+        if !sim.step() {
+            return sim.p.groups().len();
+        }
+    }
+    panic!("no balance after 2000 steps: {:?}", sim.p);
+}
+
+/// `hot` slots of `each` bytes from `first`, and one byte every 16 slots.
+fn skewed(first: u16, hot: u16, each: u64) -> BTreeMap<u16, u64> {
+    let mut b: BTreeMap<u16, u64> = (0..SLOTS).step_by(16).map(|s| (s, 1)).collect();
+    for s in first..first + hot {
+        *b.entry(s).or_default() += each;
+    }
+    b
+}
+
+#[test]
+fn a_range_made_hot_by_hash_tags_is_split_by_its_bytes() {
+    let mut sim = limited(1000);
+    // 2,000 bytes in slots 100-109 and 1,024 spread evenly: four groups.
+    // By slot count alone, the group owning slots 0-4095 would keep all
+    // 2,000 of the hot bytes.
+    let bytes = skewed(100, 10, 200);
+    assert_eq!(settle_weighed(&mut sim, &bytes), 4);
+    weigh(&mut sim, &bytes);
+    assert!(
+        sim.sizes.values().all(|&b| b <= 1000),
+        "{:?} {:?}",
+        sim.sizes,
+        sim.p.ranges()
+    );
+    assert_eq!(sim.sizes.values().sum::<u64>(), 3024);
+    // Without weights, the same bytes leave one group over the limit
+    // (what the split by slot count did).
+    let mut blind = Sim::new(sim.p.settings());
+    for _ in 0..2000 {
+        weigh(&mut blind, &bytes);
+        blind.weights.clear();
+        if !blind.step() {
+            break;
+        }
+    }
+    weigh(&mut blind, &bytes);
+    assert!(blind.sizes.values().any(|&b| b > 1000), "{:?}", blind.sizes);
+}
+
+#[test]
+fn one_slot_over_the_limit_stays_whole_and_the_rest_settles() {
+    let mut sim = limited(1000);
+    let bytes = skewed(9000, 1, 5000);
+    let groups = settle_weighed(&mut sim, &bytes);
+    assert_eq!(groups, 7, "{:?}", sim.p.ranges());
+    weigh(&mut sim, &bytes);
+    let owner = sim
+        .p
+        .ranges()
+        .into_iter()
+        .find(|(r, _)| r.contains(9000))
+        .unwrap()
+        .1;
+    // The hot slot's group holds it and little else; every other group
+    // is within the limit.
+    assert!(sim.sizes[&owner] < 5000 + 100, "{:?}", sim.sizes);
+    assert!(sim.sizes.iter().all(|(&g, &b)| g == owner || b <= 1000));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any spread of bytes over the slots settles (no move undone by
+    /// another: the run is bounded), every change checked, and every
+    /// group ends within the limit plus the largest slot's bytes.
+    #[test]
+    fn any_skew_settles_with_groups_near_the_limit(
+        hot in proptest::collection::vec((0u16..16384, 1u64..3000), 0..12),
+        spread in 0u64..4,
+        limit in 500u64..5000,
+        nodes in 1u64..4,
+    ) {
+        let mut sim = limited(limit);
+        for n in 2..=nodes {
+            sim.join(n);
+        }
+        let mut bytes: BTreeMap<u16, u64> = BTreeMap::new();
+        if spread > 0 {
+            for s in (0..SLOTS).step_by(8) {
+                bytes.insert(s, spread);
+            }
+        }
+        for (s, b) in hot {
+            *bytes.entry(s).or_default() += b;
+        }
+        settle_weighed(&mut sim, &bytes);
+        weigh(&mut sim, &bytes);
+        let largest = bytes.values().copied().max().unwrap_or(0);
+        prop_assert_eq!(sim.sizes.values().sum::<u64>(), bytes.values().sum::<u64>());
+        prop_assert!(
+            sim.sizes.values().all(|&b| b <= limit + largest),
+            "{:?} limit {} largest {}", sim.sizes, limit, largest
+        );
+    }
 
     /// Any sequence of joins and leaves settles, balanced, without ever
     /// breaking an invariant (each change is checked), and no step ever

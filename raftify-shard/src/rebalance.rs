@@ -50,6 +50,23 @@ pub trait SlotMover: Send + Sync + 'static {
         from: (GroupId, Vec<String>),
         slots: SlotRange,
     ) -> Result<(), BoxError>;
+
+    /// How many bytes each slot of a group holds (slot, bytes; in slot
+    /// order, slots holding nothing left out), asked of the group's
+    /// leader at `leader` through `client` (the group's view; a stale
+    /// read is enough). Asked with a size limit
+    /// ([`crate::Settings::max_group_bytes`]) only, so that a group whose
+    /// bytes sit in few slots (hash tags) is split where its bytes are,
+    /// not by slot count. `Ok(None)`, the default: this mover cannot
+    /// tell, and groups are split by slot count alone.
+    async fn weigh(
+        &self,
+        client: &RaftClient,
+        leader: &str,
+    ) -> Result<Option<Vec<(u16, u64)>>, BoxError> {
+        let _ = (client, leader);
+        Ok(None)
+    }
 }
 
 /// How long one call to a group may take, elections included.
@@ -194,7 +211,7 @@ async fn run<E, SM>(
         let placement = inner.placement.borrow().clone();
         let asked = requested || auto;
         let step = if asked {
-            let observed = observe(&inner, &placement).await;
+            let observed = observe(&inner, mover.as_deref(), &placement).await;
             plan(&placement, &observed)
         } else {
             repair(&placement)
@@ -297,8 +314,13 @@ where
 }
 
 /// Each group's leader, as its replicas answer, and (when the placement
-/// limits group sizes) the size its leader reports.
-async fn observe<E, SM>(inner: &Inner<E, SM>, p: &Placement) -> Observed
+/// limits group sizes) the size its leader reports and, for a group
+/// holding anything, its bytes per slot (as `mover` weighs them).
+async fn observe<E, SM>(
+    inner: &Inner<E, SM>,
+    mover: Option<&dyn SlotMover>,
+    p: &Placement,
+) -> Observed
 where
     E: AbstractLogEntry,
     SM: AbstractStateMachine<E>,
@@ -325,10 +347,22 @@ where
         };
         let group = client.for_group(g);
         let status = tokio::time::timeout(CALL, group.status(&leader.raft_addr));
-        if let Ok(Ok(s)) = status.await {
-            if let Some(bytes) = s.state_bytes {
-                observed.sizes.insert(g, bytes);
+        let Some(bytes) = status.await.ok().and_then(|s| s.ok()?.state_bytes) else {
+            continue;
+        };
+        observed.sizes.insert(g, bytes);
+        let Some(mover) = mover.filter(|_| bytes > 0) else {
+            continue;
+        };
+        match tokio::time::timeout(CALL, mover.weigh(&group, &leader.raft_addr)).await {
+            Ok(Ok(Some(w))) => {
+                observed.weights.insert(g, w);
             }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                warn!(inner.logger, "cannot weigh a group's slots"; "group" => g, "error" => %e)
+            }
+            Err(_) => warn!(inner.logger, "weighing a group's slots timed out"; "group" => g),
         }
     }
     observed
