@@ -7,8 +7,8 @@ use crate::{CacheEntry, Op, Reply};
 use async_trait::async_trait;
 use raftify_core::retry::Idempotence;
 use raftify_core::{call_cluster, unix_ms, AbstractLogEntry, BoxError, Payload};
-use raftify_grpc::{GrpcTransport, RaftClient};
-use raftify_shard::{GroupId, SlotMover, SlotRange};
+use raftify_grpc::RaftClient;
+use raftify_shard::{GroupId, GroupTransport, SlotMover, SlotRange};
 use std::time::Duration;
 
 /// How long one step may take, elections included.
@@ -37,7 +37,7 @@ impl Default for CacheSlotMover {
 
 /// Proposes one step to a group (through its leader).
 async fn step(
-    transport: &GrpcTransport,
+    transport: &dyn GroupTransport,
     group: &(GroupId, Vec<String>),
     m: Migrate,
 ) -> Result<Reply, BoxError> {
@@ -46,9 +46,9 @@ async fn step(
         op: Op::Migrate(m),
     }
     .encode()?;
-    let t = transport.for_group(group.0);
+    let t = transport.group(group.0);
     // Every step is idempotent (see the type's docs).
-    let out = call_cluster(&t, &group.1, STEP, Idempotence::Idempotent, |n| {
+    let out = call_cluster(t.as_ref(), &group.1, STEP, Idempotence::Idempotent, |n| {
         let e = entry.clone();
         async move { n.propose(e).await }
     })
@@ -63,7 +63,7 @@ async fn step(
 impl SlotMover for CacheSlotMover {
     async fn copy(
         &self,
-        transport: &GrpcTransport,
+        transport: &dyn GroupTransport,
         from: (GroupId, Vec<String>),
         to: (GroupId, Vec<String>),
         slots: SlotRange,
@@ -92,7 +92,7 @@ impl SlotMover for CacheSlotMover {
 
     async fn purge(
         &self,
-        transport: &GrpcTransport,
+        transport: &dyn GroupTransport,
         from: (GroupId, Vec<String>),
         slots: SlotRange,
     ) -> Result<(), BoxError> {

@@ -134,8 +134,8 @@ pub use storage::{
     LogStore, MemStore, SnapshotInfo, SnapshotWriter, StorageError, WriteBatch, WriteSnapshot,
 };
 pub use transport::{
-    call_cluster, request_join_ticket, ClusterApi, Feedback, InProcNetwork, Inbound, Membership,
-    Outcome, PeerLiveness, Transport,
+    call_cluster, request_join_ticket, ClusterApi, Feedback, InProcNetwork, InProcTransport,
+    Inbound, Membership, Outcome, PeerLiveness, Transport,
 };
 
 /// The protobuf runtime raft-rs's messages are built on.

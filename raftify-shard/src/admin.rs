@@ -32,6 +32,6 @@ where
                 "node {to} holds no voting replica of group {group}"
             )));
         }
-        crate::rebalance::transfer_leader(self.transport(), &p, group, to).await
+        crate::step::transfer_leader(self.transport(), &p, group, to).await
     }
 }

@@ -14,9 +14,10 @@
 //! * a group the placement no longer gives this node is stopped and its
 //!   data removed (the group removed this node first).
 
-use crate::meta::{BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore, SharedState};
+use crate::meta::{BroadcastHook, MetaEntry, MetaOutcome, MetaStore, SharedState};
 use crate::placement::{Change, GroupId, NodeId, NodeInfo, Placement, Settings, META_GROUP};
 use crate::rebalance::Rebalancer;
+use crate::step::Rebalancing;
 use crate::storage::ReplicaStorage;
 use async_trait::async_trait;
 use raftify::{launch_group, GroupHost, NodeSpec, ReadFn, Start};
@@ -134,7 +135,7 @@ where
         spec: ShardSpec,
         make: MakeState<SM>,
         reader: Option<ReadFn<SM>>,
-        mover: Option<Arc<dyn crate::rebalance::SlotMover>>,
+        mover: Option<Arc<dyn crate::mover::SlotMover>>,
     ) -> Result<Self, ShardError> {
         let logger = spec.node.logger.clone();
         let bind = spec
@@ -444,22 +445,22 @@ where
         *self.serving.write().unwrap_or_else(|p| p.into_inner()) = data.clone();
     }
 
+    /// What rebalance steps act through on this node.
+    pub(crate) fn rebalancing(&self) -> Rebalancing<'_> {
+        Rebalancing {
+            meta: &self.meta,
+            placement: &self.placement,
+            net: &self.host.transport,
+        }
+    }
+
     /// Proposes a placement change; its new version.
     pub(crate) async fn change(
         &self,
         expect_version: Option<u64>,
         change: Change,
     ) -> Result<u64, ShardError> {
-        let cmd = MetaCommand {
-            expect_version,
-            change,
-        };
-        match self.meta.propose(&MetaEntry::Change(cmd)).await? {
-            MetaOutcome::Change(outcome) => Ok(outcome?),
-            _ => Err(ShardError::Mismatch(
-                "the metadata group answered a change as another kind",
-            )),
-        }
+        self.rebalancing().change(expect_version, change).await
     }
 
     /// Bootstraps the placement (a new cluster) or records this node's

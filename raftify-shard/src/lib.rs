@@ -39,19 +39,24 @@ mod change;
 mod host;
 mod meta;
 mod metrics;
+mod mover;
 pub mod page;
 mod placement;
 mod plan;
+mod reach;
 mod rebalance;
 pub mod report;
 pub mod slots;
+mod step;
 mod storage;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use host::{MakeState, ShardError, ShardHost, ShardSpec, PLACEMENT_QUERY};
 pub use metrics::GroupLabel;
-pub use rebalance::SlotMover;
+pub use mover::SlotMover;
+pub use reach::GroupTransport;
+pub use step::Rebalancing;
 
 pub use meta::{
     BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore, SharedState, BROADCAST_TAG,

@@ -8,16 +8,12 @@
 //! placement says it is, on whichever node leads next.
 
 use crate::host::{Inner, ShardError};
-use crate::placement::{Change, GroupId, NodeId, Placement, SlotMove, META_GROUP};
-use crate::plan::{plan, repair, Observed, Step};
-use crate::slots::SlotRange;
-use async_trait::async_trait;
-use raftify_core::retry::Idempotence;
-use raftify_core::{
-    call_cluster, AbstractLogEntry, AbstractStateMachine, BoxError, MemberRole, Membership,
-    MembershipChange, Transport,
-};
-use raftify_grpc::{GrpcTransport, RaftClient};
+use crate::mover::SlotMover;
+use crate::placement::{Change, NodeId, Placement};
+use crate::plan::{plan, repair, Observed};
+use crate::step::CALL;
+use raftify_core::{AbstractLogEntry, AbstractStateMachine};
+use raftify_grpc::RaftClient;
 use slog::{info, warn};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -26,53 +22,6 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// Moves the data of slots between two groups (what a slot move needs
-/// besides the placement change): the application's, since only it knows
-/// its state machine.
-#[async_trait]
-pub trait SlotMover: Send + Sync + 'static {
-    /// Copies every key of `slots` from group `from` to group `to` (through
-    /// their leaders, with `transport`'s views of them). Called with the
-    /// move begun; may be called again for the same move after a crash.
-    async fn copy(
-        &self,
-        transport: &GrpcTransport,
-        from: (GroupId, Vec<String>),
-        to: (GroupId, Vec<String>),
-        slots: SlotRange,
-    ) -> Result<(), BoxError>;
-
-    /// Deletes the keys of `slots` from group `from`, once the move
-    /// committed (they belong to the target now).
-    async fn purge(
-        &self,
-        transport: &GrpcTransport,
-        from: (GroupId, Vec<String>),
-        slots: SlotRange,
-    ) -> Result<(), BoxError>;
-
-    /// How many bytes each slot of a group holds (slot, bytes; in slot
-    /// order, slots holding nothing left out), asked of the group's
-    /// leader at `leader` through `client` (the group's view; a stale
-    /// read is enough). Asked with a size limit
-    /// ([`crate::Settings::max_group_bytes`]) only, so that a group whose
-    /// bytes sit in few slots (hash tags) is split where its bytes are,
-    /// not by slot count. `Ok(None)`, the default: this mover cannot
-    /// tell, and groups are split by slot count alone.
-    async fn weigh(
-        &self,
-        client: &RaftClient,
-        leader: &str,
-    ) -> Result<Option<Vec<(u16, u64)>>, BoxError> {
-        let _ = (client, leader);
-        Ok(None)
-    }
-}
-
-/// How long one call to a group may take, elections included.
-const CALL: Duration = Duration::from_secs(10);
-/// How long a new replica may take to catch up.
-const CATCH_UP: Duration = Duration::from_secs(60);
 /// Pause after a failed step, and between checks when idle.
 const PAUSE: Duration = Duration::from_millis(500);
 
@@ -250,8 +199,9 @@ async fn run<E, SM>(
         // leads again.
         let mut role = inner.meta.handle().subscribe_role();
         let deposed = role.wait_for(|s| s.role != raftify_core::Role::Leader);
+        let ctx = inner.rebalancing();
         let outcome = tokio::select! {
-            r = execute(&inner, mover.as_deref(), &placement, step.clone()) => Some(r),
+            r = ctx.execute(mover.as_deref(), &placement, step.clone()) => Some(r),
             _ = deposed => None,
         };
         match outcome {
@@ -325,7 +275,10 @@ where
     E: AbstractLogEntry,
     SM: AbstractStateMachine<E>,
 {
-    let mut observed = Observed::default();
+    let mut observed = Observed {
+        leaders: inner.rebalancing().leaders(p).await,
+        ..Observed::default()
+    };
     let sizes = if p.settings().max_group_bytes > 0 {
         // Statuses are asked of each leader by address (the client API:
         // the node's client token).
@@ -334,15 +287,11 @@ where
     } else {
         None
     };
-    for &g in p.groups().keys() {
-        let Ok(m) = members(inner, p, g).await else {
-            continue;
-        };
-        if m.leader_id == 0 {
-            continue;
-        }
-        observed.leaders.insert(g, m.leader_id);
-        let (Some(client), Some(leader)) = (&sizes, p.nodes().get(&m.leader_id)) else {
+    let Some(client) = sizes else {
+        return observed;
+    };
+    for (&g, l) in &observed.leaders.clone() {
+        let Some(leader) = p.nodes().get(l) else {
             continue;
         };
         let group = client.for_group(g);
@@ -366,260 +315,4 @@ where
         }
     }
     observed
-}
-
-/// Asks `group`'s leader, found through its replicas' addresses (the
-/// metadata group's: every node's), to hand leadership to `to`.
-pub(crate) async fn transfer_leader(
-    transport: &GrpcTransport,
-    p: &Placement,
-    group: GroupId,
-    to: NodeId,
-) -> Result<(), ShardError> {
-    let a = match group {
-        META_GROUP => p.nodes().values().map(|n| n.raft_addr.clone()).collect(),
-        g => addrs(p, g),
-    };
-    let t = transport.for_group(group);
-    call_cluster(&t, &a, CALL, Idempotence::Idempotent, |n| async move {
-        n.transfer_leader(to).await
-    })
-    .await?;
-    Ok(())
-}
-
-/// The raft addresses of the nodes hosting `group`.
-fn addrs(p: &Placement, group: GroupId) -> Vec<String> {
-    p.groups()
-        .get(&group)
-        .map(|g| {
-            g.replicas
-                .iter()
-                .chain(&g.learners)
-                .filter_map(|n| p.nodes().get(n).map(|i| i.raft_addr.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn addr_of(p: &Placement, node: NodeId) -> Result<String, ShardError> {
-    p.nodes()
-        .get(&node)
-        .map(|i| i.raft_addr.clone())
-        .ok_or_else(|| ShardError::Rebalance(format!("node {node} is not a member")))
-}
-
-async fn members<E, SM>(
-    inner: &Inner<E, SM>,
-    p: &Placement,
-    group: GroupId,
-) -> Result<Membership, ShardError> {
-    let t = inner.host.transport.for_group(group);
-    let a = addrs(p, group);
-    Ok(
-        call_cluster(&t, &a, CALL, Idempotence::Idempotent, |n| async move {
-            n.members().await
-        })
-        .await?,
-    )
-}
-
-async fn change_group<E, SM>(
-    inner: &Inner<E, SM>,
-    p: &Placement,
-    group: GroupId,
-    change: MembershipChange,
-) -> Result<(), ShardError> {
-    let t = inner.host.transport.for_group(group);
-    let a = addrs(p, group);
-    // A membership change whose outcome is unknown is checked by the next
-    // plan (it reads the members again), so it is not sent twice here.
-    call_cluster(&t, &a, CALL, Idempotence::NotIdempotent, |n| {
-        let c = change.clone();
-        async move { n.change_membership(vec![c]).await }
-    })
-    .await?;
-    Ok(())
-}
-
-async fn execute<E, SM>(
-    inner: &Inner<E, SM>,
-    mover: Option<&dyn SlotMover>,
-    p: &Placement,
-    step: Step,
-) -> Result<(), ShardError>
-where
-    E: AbstractLogEntry,
-    SM: AbstractStateMachine<E>,
-{
-    let version = Some(p.version());
-    match step {
-        Step::AddReplica { group, node } => {
-            let g = &p.groups()[&group];
-            let mut p = p.clone();
-            if !g.learners.contains(&node) {
-                let mut learners = g.learners.clone();
-                learners.insert(node);
-                inner
-                    .change(version, Change::SetLearners { group, learners })
-                    .await?;
-                p = inner.placement.borrow().clone();
-            }
-            let addr = addr_of(&p, node)?;
-            let m = members(inner, &p, group).await?;
-            let role = m.members.iter().find(|m| m.id == node).map(|m| m.role);
-            if role.is_none() {
-                let add = MembershipChange::AddLearner {
-                    id: node,
-                    addr: addr.clone(),
-                };
-                change_group(inner, &p, group, add).await?;
-            }
-            // Caught up enough once the new replica has applied its own
-            // addition (it came with the leader's log or snapshot).
-            wait_caught_up(inner, group, node, &addr).await?;
-            if role != Some(MemberRole::Voter) {
-                change_group(
-                    inner,
-                    &p,
-                    group,
-                    MembershipChange::AddVoter { id: node, addr },
-                )
-                .await?;
-            }
-            let mut replicas = p.groups()[&group].replicas.clone();
-            replicas.insert(node);
-            inner
-                .change(None, Change::SetReplicas { group, replicas })
-                .await?;
-        }
-        Step::RemoveReplica { group, node } => {
-            let m = members(inner, p, group).await?;
-            if m.members.iter().any(|m| m.id == node) {
-                change_group(inner, p, group, MembershipChange::Remove { id: node }).await?;
-            }
-            let g = &p.groups()[&group];
-            let change = if g.learners.contains(&node) {
-                let mut learners = g.learners.clone();
-                learners.remove(&node);
-                Change::SetLearners { group, learners }
-            } else {
-                let mut replicas = g.replicas.clone();
-                replicas.remove(&node);
-                Change::SetReplicas { group, replicas }
-            };
-            inner.change(None, change).await?;
-        }
-        Step::CreateGroup { group, replicas } => {
-            inner
-                .change(version, Change::CreateGroup { group, replicas })
-                .await?;
-            // Its replicas bootstrap it as they apply the change.
-            let p = inner.placement.borrow().clone();
-            let deadline = tokio::time::Instant::now() + CATCH_UP;
-            while members(inner, &p, group)
-                .await
-                .map(|m| m.leader_id)
-                .unwrap_or(0)
-                == 0
-            {
-                if tokio::time::Instant::now() > deadline {
-                    return Err(ShardError::Rebalance(format!(
-                        "group {group} elected no leader"
-                    )));
-                }
-                tokio::time::sleep(PAUSE / 5).await;
-            }
-        }
-        Step::MoveSlots(m) => move_slots(inner, mover, p, m).await?,
-        Step::Purge(m) => {
-            let mover = mover.ok_or_else(|| {
-                ShardError::Rebalance("this node has no slot mover; cannot purge".into())
-            })?;
-            let from = (m.from, addrs(p, m.from));
-            mover
-                .purge(&inner.host.transport, from, m.slots)
-                .await
-                .map_err(|e| ShardError::Rebalance(format!("purging {m} from its source: {e}")))?;
-            inner.change(None, Change::Purged(m)).await?;
-        }
-        Step::DeleteGroup { group } => {
-            inner.change(version, Change::DeleteGroup { group }).await?;
-        }
-        Step::TransferLeader { group, to } => {
-            transfer_leader(&inner.host.transport, p, group, to).await?;
-        }
-        Step::RemoveNode { node } => {
-            inner.change(version, Change::RemoveNode { node }).await?;
-            let meta = inner.meta.handle();
-            let m = meta.members().await?;
-            if m.members.iter().any(|m| m.id == node) {
-                meta.change_membership(vec![MembershipChange::Remove { id: node }])
-                    .await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn wait_caught_up<E, SM>(
-    inner: &Inner<E, SM>,
-    group: GroupId,
-    node: NodeId,
-    addr: &str,
-) -> Result<(), ShardError> {
-    let t = inner.host.transport.for_group(group);
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    loop {
-        let seen = match t.node(addr) {
-            Ok(n) => n.members().await.ok(),
-            Err(_) => None,
-        };
-        if seen.is_some_and(|m| m.members.iter().any(|m| m.id == node)) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(ShardError::Rebalance(format!(
-                "node {node}'s replica of group {group} did not catch up in {CATCH_UP:?}"
-            )));
-        }
-        tokio::time::sleep(PAUSE / 5).await;
-    }
-}
-
-async fn move_slots<E, SM>(
-    inner: &Inner<E, SM>,
-    mover: Option<&dyn SlotMover>,
-    p: &Placement,
-    m: SlotMove,
-) -> Result<(), ShardError>
-where
-    E: AbstractLogEntry,
-    SM: AbstractStateMachine<E>,
-{
-    let Some(mover) = mover else {
-        // Without a mover the move cannot carry data: abandon it.
-        if p.moving() == Some(m) {
-            inner.change(None, Change::AbortMove(m)).await?;
-        }
-        return Err(ShardError::Rebalance(
-            "this node has no slot mover; slots cannot move".into(),
-        ));
-    };
-    if p.moving() != Some(m) {
-        inner
-            .change(Some(p.version()), Change::BeginMove(m))
-            .await?;
-    }
-    let t = &inner.host.transport;
-    let from = (m.from, addrs(p, m.from));
-    let to = (m.to, addrs(p, m.to));
-    mover
-        .copy(t, from, to, m.slots)
-        .await
-        .map_err(|e| ShardError::Rebalance(format!("copying {m}: {e}")))?;
-    // The purge is a step of its own (the placement remembers it), so a
-    // crash right after the commit still gets the source purged.
-    inner.change(None, Change::CommitMove(m)).await?;
-    Ok(())
 }

@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use raftify::{ReadFn, Start, Storage};
 use raftify_core::testkit::{KvCmd, KvStore};
 use raftify_core::{AbstractLogEntry, BoxError};
-use raftify_grpc::{GrpcConfig, GrpcTransport, RaftClient};
+use raftify_grpc::{GrpcConfig, RaftClient};
 use raftify_shard::{
-    key_slot, plan, testkit, Observed, Settings, ShardHost, SlotMover, SlotRange, SLOTS,
+    key_slot, plan, testkit, GroupTransport, Observed, Settings, ShardHost, SlotMover, SlotRange,
+    SLOTS,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,7 +62,7 @@ impl KvMover {
 impl SlotMover for KvMover {
     async fn copy(
         &self,
-        _: &GrpcTransport,
+        _: &dyn GroupTransport,
         from: (u64, Vec<String>),
         to: (u64, Vec<String>),
         slots: SlotRange,
@@ -75,7 +76,7 @@ impl SlotMover for KvMover {
 
     async fn purge(
         &self,
-        _: &GrpcTransport,
+        _: &dyn GroupTransport,
         from: (u64, Vec<String>),
         slots: SlotRange,
     ) -> Result<(), BoxError> {

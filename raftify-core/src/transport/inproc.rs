@@ -2,7 +2,11 @@
 //! exchange messages through channels, with faults injected on demand
 //! (isolate a node, cut a link one or both ways, drop a share of messages,
 //! delay them) — like raft-rs's harness `Network`, but driving real async
-//! nodes.
+//! nodes. A node may serve several Raft groups (as a sharded process does
+//! over one port): each replica registers under its group
+//! ([`InProcNetwork::register_group`]), messages go to the same group on
+//! the peer ([`InProcTransport::for_group`]), and faults strike the
+//! node's every group at once.
 
 use super::{ClusterApi, Feedback, Inbound, Membership, Outcome, PeerLiveness, Transport};
 use crate::error::{Error, Result};
@@ -17,8 +21,8 @@ use tokio::sync::watch;
 
 #[derive(Default)]
 struct NetState {
-    /// addr -> (id, node)
-    nodes: HashMap<String, (u64, Arc<dyn Inbound>)>,
+    /// (group, addr) -> (id, node)
+    nodes: HashMap<(u64, String), (u64, Arc<dyn Inbound>)>,
     isolated: HashSet<u64>,
     /// Nodes whose answers to cluster requests are lost after they ran.
     lossy_replies: HashSet<u64>,
@@ -109,10 +113,16 @@ impl InProcNetwork {
         format!("inproc-{id}:7000")
     }
 
-    /// The transport for node `id`.
+    /// The transport for node `id` (of group 0).
     pub fn transport(&self, id: u64) -> Arc<InProcTransport> {
+        self.transport_in(0, id)
+    }
+
+    /// The transport for node `id`'s replica of `group`.
+    pub fn transport_in(&self, group: u64, id: u64) -> Arc<InProcTransport> {
         Arc::new(InProcTransport {
             id,
+            group,
             net: self.clone(),
             peers: Mutex::new(HashMap::new()),
         })
@@ -121,17 +131,32 @@ impl InProcNetwork {
     /// Makes node `id` reachable at [`InProcNetwork::addr_of`]; `node` is
     /// what it serves ([`RaftHandle::inbound`](crate::RaftHandle::inbound)).
     pub fn register(&self, id: u64, node: Arc<dyn Inbound>) {
+        self.register_group(0, id, node);
+    }
+
+    /// Makes node `id`'s replica of `group` reachable (at the node's
+    /// address, for that group's messages and requests).
+    pub fn register_group(&self, group: u64, id: u64, node: Arc<dyn Inbound>) {
         let addr = self.addr_of(id);
         let mut s = self.lock();
-        s.nodes.insert(addr, (id, node));
+        s.nodes.insert((group, addr), (id, node));
         s.notify();
     }
 
-    /// Takes node `id` off the network (as if its process died).
+    /// Takes node `id` off the network, every group of it (as if its
+    /// process died).
     pub fn unregister(&self, id: u64) {
+        let mut s = self.lock();
+        s.nodes.retain(|_, (n, _)| *n != id);
+        s.notify();
+    }
+
+    /// Takes node `id`'s replica of `group` off the network (the node's
+    /// other groups stay).
+    pub fn unregister_group(&self, group: u64, id: u64) {
         let addr = self.addr_of(id);
         let mut s = self.lock();
-        s.nodes.remove(&addr);
+        s.nodes.remove(&(group, addr));
         s.notify();
     }
 
@@ -209,14 +234,21 @@ impl InProcNetwork {
     }
 }
 
-/// One node's end of an [`InProcNetwork`].
+/// One node's end of an [`InProcNetwork`], for one of its groups.
 pub struct InProcTransport {
     id: u64,
+    group: u64,
     net: InProcNetwork,
     peers: Mutex<HashMap<u64, String>>,
 }
 
 impl InProcTransport {
+    /// The same node's transport for its replica of `group` (peers are
+    /// set per group, as a group's replicas learn them).
+    pub fn for_group(&self, group: u64) -> Arc<InProcTransport> {
+        self.net.transport_in(group, self.id)
+    }
+
     fn peer_addr(&self, id: u64) -> Option<String> {
         self.peers
             .lock()
@@ -282,7 +314,7 @@ impl Transport for InProcTransport {
             return;
         };
         let mut s = self.net.lock();
-        let Some((target_id, target)) = s.nodes.get(&addr).cloned() else {
+        let Some((target_id, target)) = s.nodes.get(&(self.group, addr)).cloned() else {
             drop(s);
             lost(feedback);
             return;
@@ -339,27 +371,32 @@ impl Transport for InProcTransport {
         Ok(Arc::new(InProcNode {
             net: self.net.clone(),
             from: self.id,
-            addr: addr.to_string(),
+            key: (self.group, addr.to_string()),
         }))
     }
 }
 
-/// A node's cluster API as another node of the network reaches it.
+/// A node's cluster API (of one group) as another node of the network
+/// reaches it.
 struct InProcNode {
     net: InProcNetwork,
     from: u64,
-    addr: String,
+    /// (group, addr).
+    key: (u64, String),
 }
 
 impl InProcNode {
     /// The node, if the network lets the request through both ways.
     fn target(&self) -> Result<(Arc<dyn Inbound>, bool)> {
         let s = self.net.lock();
-        match s.nodes.get(&self.addr) {
+        match s.nodes.get(&self.key) {
             Some((id, node)) if !s.blocked(self.from, *id) && !s.blocked(*id, self.from) => {
                 Ok((node.clone(), s.lossy_replies.contains(id)))
             }
-            _ => Err(Error::Unreachable(format!("{} is unreachable", self.addr))),
+            _ => Err(Error::Unreachable(format!(
+                "{} (group {}) is unreachable",
+                self.key.1, self.key.0
+            ))),
         }
     }
 
@@ -373,7 +410,7 @@ impl InProcNode {
         if lossy {
             return Err(Error::Transport(format!(
                 "the connection to {} broke after the request was delivered",
-                self.addr
+                self.key.1
             )));
         }
         answer
