@@ -45,7 +45,7 @@ pub enum Change {
         node: NodeId,
     },
     /// A new data group, owning no slots yet; `group` must be
-    /// [`Placement::next_group`].
+    /// [`Placement::next_group`](crate::Placement::next_group).
     CreateGroup {
         /// The new group's id.
         group: GroupId,

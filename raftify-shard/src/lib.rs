@@ -19,6 +19,10 @@
 //!   placement (and the groups' leaders) to the next [`Step`]: replicas
 //!   onto new nodes and off leaving ones, new groups, slot moves, leader
 //!   transfers, until every node holds and leads its share.
+//! * [`Rebalancing`]: one step carried out (replica added, slots moved
+//!   with the application's [`SlotMover`], ...) over a [`GroupTransport`]
+//!   — gRPC in a [`ShardHost`], the in-process network in the seeded
+//!   simulation.
 //! * [`report`]: the cluster as one node sees it (groups, ranges,
 //!   leaders, each replica's lag, sleep and size), for the CLI and the
 //!   status page ([`page`]).

@@ -74,7 +74,7 @@ pub enum Step {
     },
     /// Create a data group with these replicas (it owns no slots yet).
     CreateGroup {
-        /// Its id ([`Placement::next_group`]).
+        /// Its id ([`Placement::next_group`](crate::Placement::next_group)).
         group: GroupId,
         /// Its replicas.
         replicas: BTreeSet<NodeId>,

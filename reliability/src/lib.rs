@@ -6,6 +6,9 @@
 //!   network with a paused tokio clock: partitions, one-way cuts, drops,
 //!   delays, crashes and restarts, OS crashes losing unsynced writes
 //!   ([`LossyStore`]), leader transfers, membership churn, snapshots.
+//! * [`shard_sim`] — its multi-group mode: a sharded cluster (the real
+//!   placement, planner, step executor and slot mover; real cache groups)
+//!   whose slots split, move and merge under crashes, isolation and drops.
 //! * [`invariants`] — the properties checked during and after every run.
 //! * [`history`] — client histories, checked for linearizability with
 //!   `stateright`'s `LinearizabilityTester`.
@@ -29,6 +32,7 @@ pub mod lossy_store;
 pub mod netns;
 pub mod process;
 pub mod rng;
+pub mod shard_sim;
 pub mod sim;
 pub mod sm;
 

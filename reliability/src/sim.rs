@@ -210,6 +210,11 @@ impl RunReport {
 
 static PANICS: AtomicU64 = AtomicU64::new(0);
 
+/// Panics counted so far (see [`install_panic_counter`]).
+pub fn panics() -> u64 {
+    PANICS.load(Ordering::SeqCst)
+}
+
 /// Counts panics (node loops run as tokio tasks, whose panics would
 /// otherwise only be printed).
 pub fn install_panic_counter() {
@@ -295,13 +300,7 @@ impl World {
     }
 
     fn config(&self, id: u64) -> Config {
-        let mut c = Config::new(id);
-        c.tick_interval = Duration::from_millis(50);
-        c.election_tick = 10;
-        c.heartbeat_tick = 2;
-        c.proposal_timeout = Duration::from_secs(3);
-        c.read_timeout = Duration::from_secs(2);
-        c.conf_change_timeout = Duration::from_secs(5);
+        let mut c = timing(id);
         c.snapshot_threshold = self.opts.snapshot_threshold;
         c.snapshot_log_retention = self.opts.snapshot_log_retention;
         // Seeded election timeouts: with the paused clock, a seed replays.
@@ -310,6 +309,29 @@ impl World {
         c.hibernate = self.opts.hibernate;
         c
     }
+}
+
+/// A simulated node's config: ticks of 50 ms (elections after 10,
+/// heartbeats every 2) and timeouts of a few seconds of cluster time.
+pub(crate) fn timing(id: u64) -> Config {
+    let mut c = Config::new(id);
+    c.tick_interval = Duration::from_millis(50);
+    c.election_tick = 10;
+    c.heartbeat_tick = 2;
+    c.proposal_timeout = Duration::from_secs(3);
+    c.read_timeout = Duration::from_secs(2);
+    c.conf_change_timeout = Duration::from_secs(5);
+    c
+}
+
+/// A current-thread runtime whose clock is paused (time advances only
+/// when every task waits).
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a tokio runtime")
 }
 
 /// Starts node `id` over its store (creating the store on first boot) and
@@ -728,12 +750,7 @@ pub fn run_seed(seed: u64) -> RunReport {
 /// Runs one simulation on a fresh paused current-thread runtime.
 pub fn run(opts: SimOptions) -> RunReport {
     install_panic_counter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("a tokio runtime");
-    rt.block_on(run_async(opts))
+    paused_runtime().block_on(run_async(opts))
 }
 
 async fn run_async(opts: SimOptions) -> RunReport {
