@@ -53,5 +53,5 @@ pub use entry::{Argv, Bound, CacheEntry, NamedOp, Op};
 pub use migrate::{key_slot, Frozen, Migrate, Refusal};
 pub use named::{Change, ChangeKind};
 pub use reply::{errors, Reply};
-pub use slot_mover::CacheSlotMover;
+pub use slot_mover::{migrate_step, CacheSlotMover};
 pub use state::{CacheState, PublishHook};

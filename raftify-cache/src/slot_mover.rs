@@ -35,8 +35,11 @@ impl Default for CacheSlotMover {
     }
 }
 
-/// Proposes one step to a group (through its leader).
-async fn step(
+/// Proposes one step of a move to a group (`group`: its id and its
+/// replicas' raft addresses), through its leader, sent again after an
+/// unknown outcome (every step is safe to repeat); its reply, an error
+/// reply as an error.
+pub async fn migrate_step(
     transport: &dyn GroupTransport,
     group: &(GroupId, Vec<String>),
     m: Migrate,
@@ -72,12 +75,12 @@ impl SlotMover for CacheSlotMover {
         let mut start = slots.start;
         loop {
             let end = start.saturating_add(chunk - 1).min(slots.end);
-            match step(transport, &from, Migrate::Freeze { start, end }).await? {
+            match migrate_step(transport, &from, Migrate::Freeze { start, end }).await? {
                 Reply::Bulk(items) => {
                     // Even with no items: the target accepts these slots
                     // (from `ASKING` clients) from now on.
-                    step(transport, &to, Migrate::Import { start, end, items }).await?;
-                    step(transport, &from, Migrate::Hand { start, end }).await?;
+                    migrate_step(transport, &to, Migrate::Import { start, end, items }).await?;
+                    migrate_step(transport, &from, Migrate::Hand { start, end }).await?;
                 }
                 // Handed by an earlier run of this move.
                 Reply::Simple(s) if s == "HANDED" => {}
@@ -100,7 +103,7 @@ impl SlotMover for CacheSlotMover {
             start: slots.start,
             end: slots.end,
         };
-        step(transport, &from, drop).await.map(|_| ())
+        migrate_step(transport, &from, drop).await.map(|_| ())
     }
 
     async fn weigh(

@@ -19,6 +19,7 @@ pub mod http;
 mod introspect;
 pub mod protocol;
 pub mod pubsub;
+pub mod restore;
 pub mod server;
 mod shard_admin;
 pub mod sharded;

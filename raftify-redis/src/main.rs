@@ -320,15 +320,34 @@ async fn run_sharded(
     addr: String,
     logger: slog::Logger,
 ) -> Result<()> {
-    if spec.restore.is_some() {
-        bail!("--restore-* is not supported with --sharded yet");
-    }
     if matches!(spec.start, raftify::Start::Members(_)) {
         bail!("--sharded starts the first node alone (--id 1) and the others with --join, not --peers");
     }
     if let raftify::Storage::PerNodeNamed(root, _) = &spec.storage {
         spec.storage = raftify::Storage::Dir(root.join(format!("redis-sharded-{}", args.port)));
     }
+    // A restore loads a single-group node's keys into this new cluster
+    // (raftify_redis::restore); done once, recorded in the data dir.
+    let restoring = match (spec.restore.take(), &spec.storage) {
+        (None, _) => None,
+        (Some(_), _) if !matches!(spec.start, raftify::Start::Single) => bail!(
+            "a restore starts a new sharded cluster: give --restore-* to its first node (--id 1, without --join)"
+        ),
+        (Some(r), raftify::Storage::Dir(dir)) if !raftify_redis::restore::done(dir) => {
+            let scratch = dir.join("restore-scratch");
+            if scratch.exists() {
+                std::fs::remove_dir_all(&scratch)
+                    .with_context(|| format!("cannot remove {}", scratch.display()))?;
+            }
+            let state = raftify_redis::restore::load(&r, &scratch, &logger).await?;
+            Some((dir.clone(), state))
+        }
+        (Some(_), raftify::Storage::Dir(dir)) => {
+            info!(logger, "the data dir was restored before: resuming it, the restore is skipped"; "dir" => %dir.display());
+            None
+        }
+        (Some(_), _) => bail!("a restore needs a data dir (--data-dir)"),
+    };
     let settings = raftify_shard::Settings {
         replicas: args.replicas,
         groups_per_node: args.groups_per_node,
@@ -341,7 +360,9 @@ async fn run_sharded(
         node: spec,
         client_addr: advertise,
         settings,
-        auto_rebalance: args.auto_rebalance,
+        // Nothing moves while a restore imports (a rebalance is asked for
+        // once it is done).
+        auto_rebalance: args.auto_rebalance && restoring.is_none(),
         dead_after: (args.dead_after > 0).then(|| Duration::from_secs(args.dead_after)),
         on_broadcast: Some(hub.broadcast_hook()),
         shared: Some(users.clone()),
@@ -364,6 +385,16 @@ async fn run_sharded(
     let host = raftify_shard::ShardHost::start(shard_spec, make, reader, Some(mover))
         .await
         .context("cannot start the sharded node")?;
+    if let Some((dir, state)) = restoring {
+        // Before any client is served: a node stopped half-way imports
+        // again at its next start (each round replaces what it wrote).
+        raftify_redis::restore::import(&host, &state, &logger).await?;
+        raftify_redis::restore::mark_done(&dir)
+            .with_context(|| format!("cannot record the restore in {}", dir.display()))?;
+        if args.auto_rebalance {
+            host.rebalance();
+        }
+    }
     info!(logger, "raftify-redis sharded node up"; "id" => host.id(), "raft" => %host.raft_addr(), "redis" => %addr);
     let raft_client = match listeners.http {
         Some(_) => Some(
