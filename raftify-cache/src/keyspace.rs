@@ -203,9 +203,10 @@ pub struct Keyspace {
     used: usize,
     /// The log index being applied: the version of what it changes.
     index: u64,
-    /// Estimated bytes per hash slot, indexed by slot (allocated with the
-    /// first key: 128 KiB; shared with snapshots until the next write):
-    /// what a sharded deployment splits a group's slots by.
+    /// Estimated bytes per hash slot, indexed by slot, once counting is
+    /// asked for ([`Keyspace::count_slots`]: 128 KiB, shared with
+    /// snapshots until the next write): what a sharded deployment splits
+    /// a group's slots by. `None`: not counted (no CRC16 per write).
     slots: Option<Arc<Vec<u64>>>,
 }
 
@@ -214,11 +215,10 @@ const SLOTS: usize = 16384;
 
 /// Moves `key`'s slot's count in `slots` by `+add - sub` bytes.
 fn weigh_slot(slots: &mut Option<Arc<Vec<u64>>>, key: &[u8], add: usize, sub: usize) {
-    if add == sub {
+    let Some(counts) = slots.as_mut().filter(|_| add != sub) else {
         return;
-    }
-    let counts = Arc::make_mut(slots.get_or_insert_with(|| Arc::new(vec![0; SLOTS])));
-    if let Some(c) = counts.get_mut(usize::from(key_slot(key))) {
+    };
+    if let Some(c) = Arc::make_mut(counts).get_mut(usize::from(key_slot(key))) {
         *c = (*c + add as u64).saturating_sub(sub as u64);
     }
 }
@@ -255,8 +255,27 @@ impl Keyspace {
         self.used
     }
 
+    /// Counts bytes per hash slot from now on, starting from what is held
+    /// (one pass over the keys): what [`Keyspace::slot_bytes`] reports.
+    pub fn count_slots(&mut self) {
+        let mut counts = vec![0u64; SLOTS];
+        for (k, item) in self.items.iter() {
+            let key = k.key();
+            if let Some(c) = counts.get_mut(usize::from(key_slot(key))) {
+                *c += (key.len() + PER_KEY + item.value.weight()) as u64;
+            }
+        }
+        self.slots = Some(Arc::new(counts));
+    }
+
+    /// Whether bytes per slot are counted ([`Keyspace::count_slots`]).
+    pub fn counts_slots(&self) -> bool {
+        self.slots.is_some()
+    }
+
     /// Estimated bytes held per hash slot ([`key_slot`]), in slot order;
-    /// slots holding nothing are left out. Each key counts as in
+    /// slots holding nothing are left out (nothing at all unless counted:
+    /// [`Keyspace::count_slots`]). Each key counts as in
     /// [`Keyspace::used_memory`], whose total this is.
     pub fn slot_bytes(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
         self.slots
@@ -461,7 +480,9 @@ impl Keyspace {
         self.items = imbl::OrdMap::new();
         self.expiries = imbl::OrdSet::new();
         self.used = 0;
-        self.slots = None;
+        if self.slots.is_some() {
+            self.slots = Some(Arc::new(vec![0; SLOTS]));
+        }
     }
 
     /// Keys with a TTL (live ones).
@@ -543,6 +564,15 @@ mod tests {
     fn bytes_per_slot_follow_every_change_and_add_up_to_used_memory() {
         let mut ks = Keyspace::default();
         let sum = |ks: &Keyspace| ks.slot_bytes().map(|(_, b)| b).sum::<u64>();
+        ks.insert(Bytes::from("before"), Value::Str(Bytes::from("b")), None);
+        assert_eq!(ks.slot_bytes().count(), 0, "not counted until asked");
+        ks.count_slots();
+        assert_eq!(
+            sum(&ks),
+            ks.used_memory() as u64,
+            "counted from what is held"
+        );
+        ks.remove(b"before");
         // A hash tag puts both keys in one slot.
         ks.insert(
             Bytes::from("{u1}.a"),

@@ -168,10 +168,20 @@ fn cut(list: &mut Vec<(u16, u16)>, start: u16, end: u16) {
     *list = kept;
 }
 
+/// Adds `start..=end` to the ranges of `list`, kept sorted with
+/// overlapping and adjacent ranges merged (a restore imports thousands of
+/// adjacent rounds: one range).
 fn add(list: &mut Vec<(u16, u16)>, start: u16, end: u16) {
-    if !list.contains(&(start, end)) {
-        list.push((start, end));
+    list.push((start, end));
+    list.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(list.len());
+    for &(a, b) in list.iter() {
+        match merged.last_mut() {
+            Some((_, e)) if u32::from(a) <= u32::from(*e) + 1 => *e = (*e).max(b),
+            _ => merged.push((a, b)),
+        }
     }
+    *list = merged;
 }
 
 /// Whether every slot of `start..=end` lies in one of `ranges`.
@@ -340,20 +350,56 @@ pub(crate) fn check_range(start: u16, end: u16) -> Result<(), String> {
     }
 }
 
+/// The most (estimated) bytes of items one [`Migrate::Import`] entry
+/// carries: a freeze's export or a restore's round larger than this goes
+/// in several imports (a log entry is at most `Config::max_entry_size`,
+/// 8 MiB by default).
+pub const IMPORT_BYTES: usize = 4 << 20;
+
 /// Every item of slots `start..=end`, in the snapshot's item format.
 pub(crate) fn export(ks: &Keyspace, start: u16, end: u16) -> Result<Vec<u8>, BoxError> {
-    let items: Vec<(&[u8], &Item)> = ks
-        .iter()
-        .filter(|(k, _)| {
-            let s = key_slot(k);
-            start <= s && s <= end
-        })
-        .collect();
-    let mut out = Vec::new();
-    let mut spill = crate::snapshot::Spill::new(&mut out);
-    crate::snapshot::put_items(&mut spill, items.len(), items.into_iter())?;
-    spill.finish()?;
-    Ok(out)
+    let items = items_in(ks, start, end);
+    let mut parts = export_parts(&items, usize::MAX)?;
+    Ok(parts.pop().unwrap_or_default())
+}
+
+/// The live items of slots `start..=end`.
+pub(crate) fn items_in(ks: &Keyspace, start: u16, end: u16) -> Vec<(&[u8], &Item)> {
+    ks.iter()
+        .filter(|(k, _)| (start..=end).contains(&key_slot(k)))
+        .collect()
+}
+
+/// `items` in the snapshot's item format, in parts of at most about
+/// `max` bytes each by their weight (an item larger than that alone in
+/// its part; no items: one empty part): each what one
+/// [`Migrate::Import`] takes.
+pub fn export_parts(items: &[(&[u8], &Item)], max: usize) -> Result<Vec<Vec<u8>>, BoxError> {
+    let mut parts = Vec::new();
+    let mut rest = items;
+    loop {
+        let mut weight = 0usize;
+        let n = rest
+            .iter()
+            .take_while(|(k, i)| {
+                weight =
+                    weight.saturating_add(k.len() + crate::keyspace::PER_KEY + i.value.weight());
+                weight <= max
+            })
+            .count()
+            .max(1)
+            .min(rest.len());
+        let (now, later) = rest.split_at(n);
+        let mut out = Vec::new();
+        let mut spill = crate::snapshot::Spill::new(&mut out);
+        crate::snapshot::put_items(&mut spill, now.len(), now.iter().copied())?;
+        spill.finish()?;
+        parts.push(out);
+        rest = later;
+        if rest.is_empty() {
+            return Ok(parts);
+        }
+    }
 }
 
 /// Inserts exported items (replacing keys of the same name); how many.

@@ -319,6 +319,8 @@ fn a_move_that_handed_nothing_can_be_abandoned() {
 #[tokio::test]
 async fn weighing_counts_each_slots_bytes_in_the_log_as_a_read_and_after_a_restore() {
     let mut s = CacheState::new();
+    assert!(matches!(s.weigh_slots(0, 16383), Reply::Error(e) if e.contains("does not count")));
+    s.count_slot_bytes();
     let big = "x".repeat(500);
     exec(
         &mut s,
@@ -362,6 +364,7 @@ async fn weighing_counts_each_slots_bytes_in_the_log_as_a_read_and_after_a_resto
     assert_eq!(weights(r), want);
     // A restored snapshot counts the same.
     let mut back = CacheState::new();
+    back.count_slot_bytes();
     back.restore(s.snapshot().await.unwrap()).await.unwrap();
     assert_eq!(weights(back.weigh_slots(0, 16383)), want);
     // Torn records are refused.

@@ -75,16 +75,28 @@ impl SlotMover for CacheSlotMover {
         let mut start = slots.start;
         loop {
             let end = start.saturating_add(chunk - 1).min(slots.end);
-            match migrate_step(transport, &from, Migrate::Freeze { start, end }).await? {
-                Reply::Bulk(items) => {
-                    // Even with no items: the target accepts these slots
-                    // (from `ASKING` clients) from now on.
-                    migrate_step(transport, &to, Migrate::Import { start, end, items }).await?;
-                    migrate_step(transport, &from, Migrate::Hand { start, end }).await?;
-                }
+            let parts = match migrate_step(transport, &from, Migrate::Freeze { start, end }).await?
+            {
+                // One import entry's worth, or several (a large export).
+                Reply::Bulk(items) => vec![items],
+                Reply::Array(parts) => parts
+                    .into_iter()
+                    .map(|p| match p {
+                        Reply::Bulk(items) => Ok(items),
+                        other => Err(format!("a freeze answered a part {other:?}")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
                 // Handed by an earlier run of this move.
-                Reply::Simple(s) if s == "HANDED" => {}
+                Reply::Simple(s) if s == "HANDED" => Vec::new(),
                 other => return Err(format!("a freeze answered {other:?}").into()),
+            };
+            if !parts.is_empty() {
+                // Even with no items: the target accepts these slots (from
+                // `ASKING` clients) from now on.
+                for items in parts {
+                    migrate_step(transport, &to, Migrate::Import { start, end, items }).await?;
+                }
+                migrate_step(transport, &from, Migrate::Hand { start, end }).await?;
             }
             if end == slots.end {
                 return Ok(());

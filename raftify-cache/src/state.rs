@@ -4,7 +4,7 @@
 use crate::commands::WriteCtx;
 use crate::entry::{CacheEntry, Op};
 use crate::eviction::Frequencies;
-use crate::keyspace::Keyspace;
+use crate::keyspace::{Item, Keyspace};
 use crate::locks::Locks;
 use crate::migrate::{Frozen, Migrate, Refusal};
 use crate::named::{Change, ChangeHook, NamedCaches};
@@ -41,6 +41,8 @@ pub struct CacheState {
     /// Slots frozen by a move to another group (writes to them refused).
     frozen: Frozen,
     on_change: Option<ChangeHook>,
+    /// Bytes per slot are counted ([`CacheState::count_slot_bytes`]).
+    count_slots: bool,
 }
 
 impl std::fmt::Debug for CacheState {
@@ -62,6 +64,14 @@ impl CacheState {
     /// it returns how many got the message.
     pub fn set_publish_hook(&mut self, hook: PublishHook) {
         self.on_publish = Some(hook);
+    }
+
+    /// Counts the keyspace's bytes per hash slot from now on, restores
+    /// included ([`Keyspace::count_slots`]): what a sharded group is
+    /// weighed by ([`Migrate::Weigh`]).
+    pub fn count_slot_bytes(&mut self) {
+        self.count_slots = true;
+        self.keys.count_slots();
     }
 
     /// Counts every key this copy reads or writes from now on in `f` (the
@@ -273,8 +283,15 @@ impl CacheState {
                     return Reply::Simple("HANDED".into());
                 }
                 self.frozen.freeze(*start, *end);
-                match crate::migrate::export(&self.keys, *start, *end) {
-                    Ok(items) => Reply::Bulk(items.into()),
+                // In parts when large: each one import entry.
+                let items = crate::migrate::items_in(&self.keys, *start, *end);
+                match crate::migrate::export_parts(&items, crate::migrate::IMPORT_BYTES) {
+                    Ok(mut parts) if parts.len() == 1 => {
+                        Reply::Bulk(parts.pop().unwrap_or_default().into())
+                    }
+                    Ok(parts) => {
+                        Reply::Array(parts.into_iter().map(|p| Reply::Bulk(p.into())).collect())
+                    }
                     Err(e) => Reply::err(format!("cannot export slots: {e}")),
                 }
             }
@@ -305,10 +322,30 @@ impl CacheState {
     /// [`Migrate::Weigh`]'s reply: the bytes each slot of `start..=end`
     /// holds (changes nothing, so it is also answered as a read).
     pub fn weigh_slots(&self, start: u16, end: u16) -> Reply {
+        if !self.keys.counts_slots() {
+            return Reply::err("ERR this group does not count its bytes per slot");
+        }
         match crate::migrate::check_range(start, end) {
             Ok(()) => Reply::Bulk(crate::migrate::encode_weights(&self.keys, start, end).into()),
             Err(e) => Reply::err(e),
         }
+    }
+
+    /// Every live item, bucketed by the range of `ranges` (sorted,
+    /// disjoint) its slot lies in; items of no range left out. One pass
+    /// over the keys (a restore's rounds).
+    pub fn items_by_range(&self, ranges: &[(u16, u16)]) -> Vec<Vec<(&[u8], &Item)>> {
+        let mut out: Vec<Vec<(&[u8], &Item)>> = ranges.iter().map(|_| Vec::new()).collect();
+        for (k, item) in self.keys.iter() {
+            let slot = crate::migrate::key_slot(k);
+            let i = ranges.partition_point(|&(_, end)| end < slot);
+            if let (Some(&(start, _)), Some(bucket)) = (ranges.get(i), out.get_mut(i)) {
+                if start <= slot {
+                    bucket.push((k, item));
+                }
+            }
+        }
+        out
     }
 
     /// Every item of slots `start..=end`, for [`Migrate::Import`] in
@@ -409,6 +446,9 @@ impl AbstractStateMachine<CacheEntry> for CacheState {
     async fn restore_from(&mut self, reader: &mut (dyn Read + Send)) -> Result<(), BoxError> {
         let p = crate::snapshot::read(reader)?;
         self.keys = p.keys;
+        if self.count_slots {
+            self.keys.count_slots();
+        }
         self.members = p.members;
         self.users = p.users;
         self.named = p.named;

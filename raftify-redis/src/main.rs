@@ -327,26 +327,35 @@ async fn run_sharded(
         spec.storage = raftify::Storage::Dir(root.join(format!("redis-sharded-{}", args.port)));
     }
     // A restore loads a single-group node's keys into this new cluster
-    // (raftify_redis::restore); done once, recorded in the data dir.
-    let restoring = match (spec.restore.take(), &spec.storage) {
-        (None, _) => None,
-        (Some(_), _) if !matches!(spec.start, raftify::Start::Single) => bail!(
+    // (raftify_redis::restore): begun and finished with markers in the
+    // data dir, before any client is served.
+    let restore = spec.restore.take();
+    if restore.is_some() && !matches!(spec.start, raftify::Start::Single) {
+        bail!(
             "a restore starts a new sharded cluster: give --restore-* to its first node (--id 1, without --join)"
-        ),
-        (Some(r), raftify::Storage::Dir(dir)) if !raftify_redis::restore::done(dir) => {
-            let scratch = dir.join("restore-scratch");
-            if scratch.exists() {
-                std::fs::remove_dir_all(&scratch)
-                    .with_context(|| format!("cannot remove {}", scratch.display()))?;
+        );
+    }
+    let restoring = match &spec.storage {
+        raftify::Storage::Dir(dir) => {
+            use raftify_redis::restore::{load, plan, Plan};
+            match (plan(dir, restore.as_ref())?, &restore) {
+                (Plan::Import, Some(r)) => {
+                    let scratch = dir.join("restore-scratch");
+                    if scratch.exists() {
+                        std::fs::remove_dir_all(&scratch)
+                            .with_context(|| format!("cannot remove {}", scratch.display()))?;
+                    }
+                    Some((dir.clone(), load(r, &scratch, &logger).await?))
+                }
+                (Plan::Done, _) => {
+                    info!(logger, "the data dir was restored before: resuming it, the restore is skipped"; "dir" => %dir.display());
+                    None
+                }
+                _ => None,
             }
-            let state = raftify_redis::restore::load(&r, &scratch, &logger).await?;
-            Some((dir.clone(), state))
         }
-        (Some(_), raftify::Storage::Dir(dir)) => {
-            info!(logger, "the data dir was restored before: resuming it, the restore is skipped"; "dir" => %dir.display());
-            None
-        }
-        (Some(_), _) => bail!("a restore needs a data dir (--data-dir)"),
+        _ if restore.is_some() => bail!("a restore needs a data dir (--data-dir)"),
+        _ => None,
     };
     let settings = raftify_shard::Settings {
         replicas: args.replicas,
@@ -373,6 +382,8 @@ async fn run_sharded(
         .then(|| Arc::new(raftify_cache::eviction::Frequencies::new(1 << 18)));
     let make = Arc::new(move |_| {
         let mut state = CacheState::new();
+        // Weighed when a group grows past --max-group-mb.
+        state.count_slot_bytes();
         if let Some(sketch) = &sketch {
             state.count_accesses(sketch.clone());
         }

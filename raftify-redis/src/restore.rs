@@ -7,22 +7,31 @@
 //! membership included); a sharded cluster's groups have memberships of
 //! their own, so here the *data* is carried over instead:
 //!
-//! 1. the source is restored into a scratch directory exactly as a
+//! 1. the data dir must be new: a marker, `restoring` (naming the
+//!    source), is written (synced) before anything else;
+//! 2. the source is restored into a scratch directory exactly as a
 //!    single-group node restores it, and a node of its own (no peers, no
-//!    port) applies it up to its commit index — sessions and all, so the
-//!    state is the one the old cluster acknowledged;
-//! 2. once the sharded node runs, every key goes to the group owning its
-//!    slot in rounds of at most [`ROUND_BYTES`] (as a slot move imports
-//!    them: `Migrate::Import`, which replaces keys of the same name, so a
-//!    round sent again changes nothing);
-//! 3. a marker file in the data dir records the restore done; until it
-//!    is written the node serves no client, so a node killed half-way
-//!    restarted with the same command line imports again and then serves.
+//!    port) applies it up to the commit index the source recorded —
+//!    sessions and all. A source stopped cleanly recorded everything it
+//!    acknowledged; a crashed or running one may hold entries past the
+//!    commit index it had written (raftify writes it lazily): those are
+//!    not restored, and the node says how many;
+//! 3. once the sharded node runs — alone: other nodes join after it
+//!    serves — every key goes to the group owning its slot in rounds of at
+//!    most [`ROUND_BYTES`] of slots, each in entries of at most
+//!    [`IMPORT_BYTES`] (`Migrate::Import`, as a slot move imports: it
+//!    replaces keys of the same name, so a round sent again changes
+//!    nothing);
+//! 4. `restored` replaces `restoring` (synced). Until then the node
+//!    serves no client: a node stopped half-way imports again at its next
+//!    start with the same `--restore-*` flag, and refuses to start without
+//!    it.
 //!
 //! Users (`ACL SETUSER`) of the source are not carried over (a sharded
 //! cluster keeps its users in the metadata group): the node says so.
 
 use raftify::Restore;
+use raftify_cache::migrate::{export_parts, IMPORT_BYTES};
 use raftify_cache::{migrate_step, CacheEntry, CacheState, Migrate, Reply};
 use raftify_core::{Bootstrap, Config, InProcNetwork, Raft};
 use raftify_shard::{ShardHost, SLOTS};
@@ -35,11 +44,15 @@ use std::time::Duration;
 /// The file in a sharded node's data dir that says its restore is done.
 pub const MARKER: &str = "restored";
 
+/// The file that says a restore into the data dir began (and from what).
+pub const BEGUN: &str = "restoring";
+
 /// The most (estimated) bytes of keys one import round carries.
 pub const ROUND_BYTES: u64 = 4 << 20;
 
-/// How long the scratch node may take to apply the source.
-const APPLY: Duration = Duration::from_secs(600);
+/// How long the scratch node may go without applying anything before
+/// the restore fails.
+const APPLY: Duration = Duration::from_secs(120);
 
 /// A restore's failure (the node does not start).
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +65,12 @@ pub enum RestoreError {
         /// Why.
         reason: String,
     },
+    /// The data dir is not one a restore may write into.
+    #[error("{0}")]
+    DataDir(String),
+    /// The cluster is not the new, lone node a restore imports into.
+    #[error("{0}")]
+    Cluster(String),
     /// A round could not be imported into its group.
     #[error("cannot import slots {start}-{end} into group {group}: {reason}")]
     Import {
@@ -66,18 +85,83 @@ pub enum RestoreError {
     },
 }
 
-/// Whether the restore of the data dir `dir` was done (its marker is
-/// there).
-pub fn done(dir: &Path) -> bool {
-    dir.join(MARKER).is_file()
+/// What a sharded node's start does about a restore.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// No restore asked, none pending: start as usual.
+    None,
+    /// The restore was done earlier: start as usual.
+    Done,
+    /// Restore (first time, or again after a stop half-way).
+    Import,
 }
 
-/// Records the restore of `dir` done.
+/// What to do at a start with data dir `dir` and `restore` (the flag, if
+/// given). Begins the restore (the `restoring` marker, synced) when the
+/// dir is new; refuses a dir holding data of its own, and a restore left
+/// half-way without its flag or with another source.
+pub fn plan(dir: &Path, restore: Option<&Restore>) -> Result<Plan, RestoreError> {
+    let began = std::fs::read_to_string(dir.join(BEGUN)).ok();
+    let done = dir.join(MARKER).is_file();
+    let source = restore.map(describe);
+    match (restore, began, done) {
+        (_, _, true) => Ok(if restore.is_some() { Plan::Done } else { Plan::None }),
+        (None, Some(from), false) => Err(RestoreError::DataDir(format!(
+            "{} holds a restore from {} that did not finish: start again with the same --restore-* flag (or with a new data dir)",
+            dir.display(),
+            from.trim()
+        ))),
+        (None, None, false) => Ok(Plan::None),
+        (Some(_), Some(from), false) if Some(from.trim()) == source.as_deref() => Ok(Plan::Import),
+        (Some(_), Some(from), false) => Err(RestoreError::DataDir(format!(
+            "{} holds an unfinished restore from {}, not from {}",
+            dir.display(),
+            from.trim(),
+            source.unwrap_or_default()
+        ))),
+        (Some(_), None, false) => {
+            let holds = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+            if holds {
+                return Err(RestoreError::DataDir(format!(
+                    "{} already holds data: a restore starts a new cluster in a new data dir",
+                    dir.display()
+                )));
+            }
+            let text = format!("{}\n", source.unwrap_or_default());
+            write_synced(dir, BEGUN, text.as_bytes())
+                .map_err(|e| RestoreError::DataDir(format!("cannot write {}: {e}", dir.join(BEGUN).display())))?;
+            Ok(Plan::Import)
+        }
+    }
+}
+
+/// Records the restore of `dir` done (`restored` written and synced, then
+/// `restoring` removed).
 pub fn mark_done(dir: &Path) -> std::io::Result<()> {
-    std::fs::write(
-        dir.join(MARKER),
-        b"the restore into this data dir is done\n",
-    )
+    write_synced(dir, MARKER, b"the restore into this data dir is done\n")?;
+    std::fs::remove_file(dir.join(BEGUN))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The flag's source, as the markers record it.
+fn describe(r: &Restore) -> String {
+    match r {
+        Restore::WalFrom(p) => format!("--restore-wal-from {}", p.display()),
+        Restore::SnapshotFrom(p) => format!("--restore-snapshot-from {}", p.display()),
+    }
+}
+
+/// Writes `dir/name` durably: a temporary file synced, renamed, the
+/// directory synced.
+fn write_synced(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The state `restore`'s source holds, applied by a node of its own in
@@ -87,19 +171,22 @@ pub async fn load(
     scratch: &Path,
     logger: &Logger,
 ) -> Result<CacheState, RestoreError> {
+    // Thrown away afterwards: not synced.
+    let opts = LmdbOptions::new().no_sync(true);
     let (path, restored) = match restore {
-        Restore::WalFrom(p) => (p, restore_wal_from(p, scratch, LmdbOptions::default())),
-        Restore::SnapshotFrom(p) => (
-            p,
-            restore_wal_snapshot_from(p, scratch, LmdbOptions::default()),
-        ),
+        Restore::WalFrom(p) => (p, restore_wal_from(p, scratch, opts)),
+        Restore::SnapshotFrom(p) => (p, restore_wal_snapshot_from(p, scratch, opts)),
     };
     let fail = |reason: String| RestoreError::Source {
         path: path.clone(),
         reason,
     };
     let store = restored.map_err(|e| fail(e.to_string()))?;
-    let state = apply(Arc::new(store), logger).await.map_err(fail);
+    let mut state = apply(Arc::new(store), logger).await.map_err(fail);
+    if let Ok(s) = &mut state {
+        // Rounds are cut by bytes per slot.
+        s.count_slot_bytes();
+    }
     if let Err(e) = std::fs::remove_dir_all(scratch) {
         warn!(logger, "cannot remove the restore's scratch directory"; "dir" => %scratch.display(), "error" => %e);
     }
@@ -122,14 +209,25 @@ async fn apply(
         .start()
         .await
         .map_err(|e| e.to_string())?;
-    let deadline = tokio::time::Instant::now() + APPLY;
+    // Given up only when applying stalls for APPLY (a large source takes
+    // as long as it takes).
+    let mut progress = (0, tokio::time::Instant::now());
     let outcome = loop {
         match node.handle().status().await {
-            Ok(s) if s.applied_index >= s.commit_index => break Ok(()),
-            Ok(_) if tokio::time::Instant::now() < deadline => {}
+            Ok(s) if s.applied_index >= s.commit_index => {
+                if s.last_index > s.commit_index {
+                    warn!(logger, "the restore source's log goes past the commit index it recorded (a crashed or running source): those entries are not restored";
+                        "commit_index" => s.commit_index, "last_index" => s.last_index);
+                }
+                break Ok(());
+            }
+            Ok(s) if s.applied_index > progress.0 => {
+                progress = (s.applied_index, tokio::time::Instant::now());
+            }
+            Ok(_) if progress.1.elapsed() < APPLY => {}
             Ok(s) => {
                 break Err(format!(
-                    "applied {} of {} entries in {APPLY:?}",
+                    "applied {} of {} entries, none for {APPLY:?}",
                     s.applied_index, s.commit_index
                 ))
             }
@@ -166,25 +264,9 @@ pub fn rounds(state: &CacheState, max: u64) -> Vec<(u16, u16)> {
     out
 }
 
-/// The raft addresses of `group`'s replicas, as the node's placement
-/// has them.
-fn group_addrs(host: &ShardHost<CacheEntry, CacheState>, group: u64) -> Vec<String> {
-    let p = host.placement();
-    let p = p.borrow();
-    p.groups()
-        .get(&group)
-        .map(|g| {
-            g.replicas
-                .iter()
-                .chain(&g.learners)
-                .filter_map(|n| p.nodes().get(n).map(|i| i.raft_addr.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Imports every key of `state` into the groups owning their slots (the
-/// node's placement), round by round; how many keys.
+/// Imports every key of `state` into the groups owning their slots, round
+/// by round; how many keys. The cluster must be this node alone, with no
+/// slot moving (other nodes join once it serves).
 pub async fn import(
     host: &ShardHost<CacheEntry, CacheState>,
     state: &CacheState,
@@ -194,35 +276,46 @@ pub async fn import(
     if users > 0 {
         warn!(logger, "the restore source has ACL users; a sharded cluster keeps its own (ACL SETUSER again)"; "users" => users);
     }
-    let mut keys = 0;
-    for (start, end) in rounds(state, ROUND_BYTES) {
-        // Split further where the placement gives the slots to groups of
-        // their own.
-        let runs: Vec<(u16, u16, u64)> = {
-            let p = host.placement();
-            let p = p.borrow();
-            p.ranges()
-                .into_iter()
-                .filter_map(|(r, g)| {
+    // Each round split where the placement gives its slots to several
+    // groups.
+    let (runs, alone) = {
+        let p = host.placement();
+        let p = p.borrow();
+        let alone = p.nodes().len() == 1 && p.moving().is_none() && p.purging().is_empty();
+        let ranges = p.ranges();
+        let runs: Vec<(u16, u16, u64)> = rounds(state, ROUND_BYTES)
+            .into_iter()
+            .flat_map(|(start, end)| {
+                ranges.iter().filter_map(move |&(r, g)| {
                     let (a, b) = (r.start.max(start), r.end.min(end));
                     (a <= b).then_some((a, b, g))
                 })
-                .collect()
+            })
+            .collect();
+        (runs, alone)
+    };
+    if !alone {
+        return Err(RestoreError::Cluster(
+            "nodes joined or slots move before the restore finished: a restore imports into its first node alone (start the others once it serves)".into(),
+        ));
+    }
+    let slots: Vec<(u16, u16)> = runs.iter().map(|&(a, b, _)| (a, b)).collect();
+    let buckets = state.items_by_range(&slots);
+    let mut keys = 0;
+    for ((a, b, group), items) in runs.into_iter().zip(buckets) {
+        let fail = |reason: String| RestoreError::Import {
+            group,
+            start: a,
+            end: b,
+            reason,
         };
-        for (a, b, group) in runs {
-            let fail = |reason: String| RestoreError::Import {
-                group,
-                start: a,
-                end: b,
-                reason,
-            };
-            let items = state.export_slots(a, b).map_err(|e| fail(e.to_string()))?;
+        let to = (group, host.placement().borrow().group_addrs(group));
+        for part in export_parts(&items, IMPORT_BYTES).map_err(|e| fail(e.to_string()))? {
             let import = Migrate::Import {
                 start: a,
                 end: b,
-                items: items.into(),
+                items: part.into(),
             };
-            let to = (group, group_addrs(host, group));
             match migrate_step(host.transport(), &to, import).await {
                 Ok(Reply::Int(n)) => keys += usize::try_from(n).unwrap_or(0),
                 Ok(other) => return Err(fail(format!("the group answered {other:?}"))),
@@ -238,6 +331,44 @@ pub async fn import(
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn a_restore_begins_in_a_new_dir_resumes_with_its_flag_and_ends_once() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("d");
+        let wal = Restore::WalFrom("/backup/a".into());
+        let other = Restore::SnapshotFrom("/backup/b.snap".into());
+        // No flag, nothing pending.
+        assert_eq!(plan(&dir, None).unwrap(), Plan::None);
+        // New dir: begun, marker synced.
+        assert_eq!(plan(&dir, Some(&wal)).unwrap(), Plan::Import);
+        assert!(dir.join(BEGUN).is_file());
+        // Stopped half-way: the same flag imports again; none or another
+        // source is refused.
+        std::fs::create_dir_all(dir.join("groups")).unwrap();
+        assert_eq!(plan(&dir, Some(&wal)).unwrap(), Plan::Import);
+        let e = plan(&dir, None).unwrap_err().to_string();
+        assert!(
+            e.contains("did not finish") && e.contains("/backup/a"),
+            "{e}"
+        );
+        let e = plan(&dir, Some(&other)).unwrap_err().to_string();
+        assert!(
+            e.contains("not from --restore-snapshot-from /backup/b.snap"),
+            "{e}"
+        );
+        // Done: the flag is skipped, and not needed.
+        mark_done(&dir).unwrap();
+        assert!(!dir.join(BEGUN).exists());
+        assert_eq!(plan(&dir, Some(&wal)).unwrap(), Plan::Done);
+        assert_eq!(plan(&dir, None).unwrap(), Plan::None);
+        // A dir holding data of its own is not restored over.
+        let used = root.path().join("used");
+        std::fs::create_dir_all(used.join("groups")).unwrap();
+        let e = plan(&used, Some(&wal)).unwrap_err().to_string();
+        assert!(e.contains("already holds data"), "{e}");
+        assert!(!used.join(BEGUN).exists());
+    }
 
     #[test]
     fn rounds_cover_every_slot_with_keys_within_the_bound() {
@@ -261,6 +392,8 @@ mod tests {
             },
         };
         s.apply_entry(1, &entry);
+        assert!(rounds(&s, 20_000).is_empty(), "not counted: no rounds");
+        s.count_slot_bytes();
         let r = rounds(&s, 20_000);
         // Contiguous from the first slot holding keys to the last slot.
         let first = s.keyspace().slot_bytes().next().unwrap().0;

@@ -97,6 +97,18 @@ fn a_single_group_nodes_wal_or_snapshot_starts_a_sharded_cluster() {
     check_restored(&n, false);
     drop(n);
 
+    // A data dir holding a cluster of its own is not restored over.
+    let mut over = sharded(&wal_used(dir.path()), &["--restore-wal-from", old_arg]);
+    let exited = wait_for("the node to refuse a used data dir", T, || {
+        over.child.as_mut()?.try_wait().ok()?
+    });
+    assert!(!exited.success());
+    assert!(
+        over.log_text().contains("already holds data"),
+        "{}",
+        over.log_text()
+    );
+
     // A joining node refuses a restore.
     let mut joining = Node::spawn(
         0,
@@ -122,6 +134,21 @@ fn a_single_group_nodes_wal_or_snapshot_starts_a_sharded_cluster() {
         "{}",
         joining.log_text()
     );
+}
+
+/// The data dir of a sharded node started without a restore (and
+/// stopped).
+fn wal_used(root: &Path) -> std::path::PathBuf {
+    let dir = root.join("used");
+    let mut n = sharded(&dir, &[]);
+    let mut c = n.client();
+    wait_for("the node to serve", T, || {
+        (show(&c.cmd(&["SET", "mine", "1"])) == "+OK").then_some(())
+    });
+    assert!(n
+        .terminate(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
+    dir
 }
 
 /// After a restart: the restored keys, the list, and the key written

@@ -237,6 +237,21 @@ impl Placement {
         self.next_group
     }
 
+    /// The raft addresses of the nodes hosting `group` (replicas and
+    /// learners); none for a group not in the placement.
+    pub fn group_addrs(&self, group: GroupId) -> Vec<String> {
+        self.groups
+            .get(&group)
+            .map(|g| {
+                g.replicas
+                    .iter()
+                    .chain(&g.learners)
+                    .filter_map(|n| self.nodes.get(n).map(|i| i.raft_addr.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The group that owns `slot` (0 before bootstrap). During a move the
     /// source owns the moving slots until the move commits.
     pub fn owner(&self, slot: Slot) -> GroupId {

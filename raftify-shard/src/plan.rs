@@ -22,8 +22,8 @@
 //! 5. group count: `nodes × settings.groups_per_node` groups (a new group
 //!    on the least loaded nodes; a surplus group empties and is deleted);
 //! 6. slots: with a size limit, a group over it whose bytes sit in part
-//!    of its slots gives the part holding about half its surplus to the
-//!    group holding the fewest bytes ([`plan_bytes`](self) `hot_split`);
+//!    of its slots gives the part holding about half the difference
+//!    between it and the group holding the fewest bytes to that group ([`plan_bytes`](self) `hot_split`);
 //!    then every group owns `16384 / groups` slots (±1), moved as a
 //!    contiguous range from the group with the largest surplus to the one
 //!    with the largest deficit, unless the move would take the taker over

@@ -71,17 +71,17 @@ fn bytes_in(weights: &[(u16, u64)], range: SlotRange) -> u64 {
     weights
         .iter()
         .filter(|(s, _)| range.contains(*s))
-        .map(|(_, b)| b)
-        .sum()
+        .fold(0u64, |t, (_, b)| t.saturating_add(*b))
 }
 
 /// The prefix or suffix of one of `donor`'s runs moving the bytes closest
 /// to half of `gap` (the donor's bytes less the taker's), among those
 /// moving some bytes and fewer than `gap` (so that both groups end below
-/// the donor's size before).
+/// the donor's size before); of equally close ones, the one moving fewer
+/// bytes (a new, empty taker: the small side moves, not the hot one).
 fn best_cut(p: &Placement, donor: GroupId, weights: &[(u16, u64)], gap: u64) -> Option<SlotRange> {
     let want = gap / 2;
-    let mut best: Option<(u64, SlotRange)> = None;
+    let mut best: Option<((u64, u64), SlotRange)> = None;
     let mut consider = |moved: u64, range: Option<SlotRange>| {
         let Some(range) = range else {
             return;
@@ -89,9 +89,9 @@ fn best_cut(p: &Placement, donor: GroupId, weights: &[(u16, u64)], gap: u64) -> 
         if moved == 0 || moved >= gap {
             return;
         }
-        let off = moved.abs_diff(want);
-        if best.is_none_or(|(b, _)| off < b) {
-            best = Some((off, range));
+        let score = (moved.abs_diff(want), moved);
+        if best.is_none_or(|(b, _)| score < b) {
+            best = Some((score, range));
         }
     };
     for (run, _) in p.ranges().into_iter().filter(|(_, g)| *g == donor) {
@@ -100,12 +100,12 @@ fn best_cut(p: &Placement, donor: GroupId, weights: &[(u16, u64)], gap: u64) -> 
             .copied()
             .filter(|(s, _)| run.contains(*s))
             .collect();
-        let total: u64 = inside.iter().map(|(_, b)| b).sum();
-        let mut before = 0;
+        let total = inside.iter().fold(0u64, |t, (_, b)| t.saturating_add(*b));
+        let mut before = 0u64;
         for &(slot, bytes) in &inside {
             // The suffix from this slot on, and the prefix up to it.
-            consider(total - before, SlotRange::new(slot, run.end));
-            before += bytes;
+            consider(total.saturating_sub(before), SlotRange::new(slot, run.end));
+            before = before.saturating_add(bytes);
             consider(before, SlotRange::new(run.start, slot));
         }
     }

@@ -522,6 +522,36 @@ fn a_range_made_hot_by_hash_tags_is_split_by_its_bytes() {
 }
 
 #[test]
+fn of_two_equally_good_cuts_the_smaller_moves() {
+    let mut sim = limited(1000);
+    // Two groups: group 1 (slots 0-8191) holds 5,000 bytes in slot 50 and
+    // 100 in slot 8000; group 2 is new and empty. Moving slot 50's 5,000
+    // or slot 8000's 100 leaves the same gap: the 100 move.
+    sim.change(Change::CreateGroup {
+        group: 2,
+        replicas: [1].into(),
+    });
+    sim.change(Change::BeginMove(SlotMove {
+        slots: SlotRange::new(8192, 16383).unwrap(),
+        from: 1,
+        to: 2,
+    }));
+    let m = sim.p.moving().unwrap();
+    sim.change(Change::CommitMove(m));
+    sim.change(Change::Purged(m));
+    let bytes = BTreeMap::from([(50u16, 5000u64), (8000, 100)]);
+    weigh(&mut sim, &bytes);
+    assert_eq!(
+        bytes::hot_split(&sim.p, &sim.observed()),
+        Some(Step::MoveSlots(SlotMove {
+            slots: SlotRange::new(8000, 8191).unwrap(),
+            from: 1,
+            to: 2,
+        }))
+    );
+}
+
+#[test]
 fn one_slot_over_the_limit_stays_whole_and_the_rest_settles() {
     let mut sim = limited(1000);
     let bytes = skewed(9000, 1, 5000);

@@ -264,8 +264,9 @@ where
 }
 
 /// Each group's leader, as its replicas answer, and (when the placement
-/// limits group sizes) the size its leader reports and, for a group
-/// holding anything, its bytes per slot (as `mover` weighs them).
+/// limits group sizes) the size its leader reports and — once some group
+/// holds half the limit — each non-empty group's bytes per slot (as
+/// `mover` weighs them).
 async fn observe<E, SM>(
     inner: &Inner<E, SM>,
     mover: Option<&dyn SlotMover>,
@@ -295,15 +296,32 @@ where
             continue;
         };
         let group = client.for_group(g);
-        let status = tokio::time::timeout(CALL, group.status(&leader.raft_addr));
-        let Some(bytes) = status.await.ok().and_then(|s| s.ok()?.state_bytes) else {
+        let status = group.status(&leader.raft_addr);
+        if let Some(bytes) = tokio::time::timeout(CALL, status)
+            .await
+            .ok()
+            .and_then(|s| s.ok()?.state_bytes)
+        {
+            observed.sizes.insert(g, bytes);
+        }
+    }
+    // Weights matter only once a group holds half the limit: below that
+    // no group is over it, and no move of a group's slots can take
+    // another over it.
+    let limit = p.settings().max_group_bytes;
+    let Some(mover) = mover.filter(|_| observed.sizes.values().any(|&b| b >= limit / 2)) else {
+        return observed;
+    };
+    for (&g, &bytes) in &observed.sizes.clone() {
+        let Some(leader) = observed.leaders.get(&g).and_then(|l| p.nodes().get(l)) else {
             continue;
         };
-        observed.sizes.insert(g, bytes);
-        let Some(mover) = mover.filter(|_| bytes > 0) else {
+        if bytes == 0 {
             continue;
-        };
-        match tokio::time::timeout(CALL, mover.weigh(&group, &leader.raft_addr)).await {
+        }
+        let group = client.for_group(g);
+        let weigh = mover.weigh(&group, &leader.raft_addr);
+        match tokio::time::timeout(CALL, weigh).await {
             Ok(Ok(Some(w))) => {
                 observed.weights.insert(g, w);
             }

@@ -92,7 +92,7 @@ pub(crate) async fn transfer_leader(
 ) -> Result<(), ShardError> {
     let a = match group {
         META_GROUP => p.nodes().values().map(|n| n.raft_addr.clone()).collect(),
-        g => addrs(p, g),
+        g => p.group_addrs(g),
     };
     let t = transport.group(group);
     call_cluster(
@@ -104,20 +104,6 @@ pub(crate) async fn transfer_leader(
     )
     .await?;
     Ok(())
-}
-
-/// The raft addresses of the nodes hosting `group`.
-fn addrs(p: &Placement, group: GroupId) -> Vec<String> {
-    p.groups()
-        .get(&group)
-        .map(|g| {
-            g.replicas
-                .iter()
-                .chain(&g.learners)
-                .filter_map(|n| p.nodes().get(n).map(|i| i.raft_addr.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn addr_of(p: &Placement, node: NodeId) -> Result<String, ShardError> {
@@ -133,7 +119,7 @@ async fn members(
     group: GroupId,
 ) -> Result<Membership, ShardError> {
     let t = ctx.net.group(group);
-    let a = addrs(p, group);
+    let a = p.group_addrs(group);
     Ok(call_cluster(
         t.as_ref(),
         &a,
@@ -151,7 +137,7 @@ async fn change_group(
     change: MembershipChange,
 ) -> Result<(), ShardError> {
     let t = ctx.net.group(group);
-    let a = addrs(p, group);
+    let a = p.group_addrs(group);
     // A membership change whose outcome is unknown is checked by the next
     // plan (it reads the members again), so it is not sent twice here.
     call_cluster(t.as_ref(), &a, CALL, Idempotence::NotIdempotent, |n| {
@@ -249,7 +235,7 @@ async fn execute(
             let mover = mover.ok_or_else(|| {
                 ShardError::Rebalance("this node has no slot mover; cannot purge".into())
             })?;
-            let from = (m.from, addrs(p, m.from));
+            let from = (m.from, p.group_addrs(m.from));
             mover
                 .purge(ctx.net, from, m.slots)
                 .await
@@ -319,8 +305,8 @@ async fn move_slots(
         ctx.change(Some(p.version()), Change::BeginMove(m)).await?;
     }
     let t = ctx.net;
-    let from = (m.from, addrs(p, m.from));
-    let to = (m.to, addrs(p, m.to));
+    let from = (m.from, p.group_addrs(m.from));
+    let to = (m.to, p.group_addrs(m.to));
     mover
         .copy(t, from, to, m.slots)
         .await
