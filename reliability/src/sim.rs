@@ -324,6 +324,15 @@ pub(crate) fn timing(id: u64) -> Config {
     c
 }
 
+/// The simulated nodes' logger: silent unless `RAFTIFY_SIM_LOG` is set.
+pub(crate) fn logger() -> slog::Logger {
+    if std::env::var_os("RAFTIFY_SIM_LOG").is_some() {
+        raftify_core::default_logger()
+    } else {
+        raftify_core::discard_logger()
+    }
+}
+
 /// A current-thread runtime whose clock is paused (time advances only
 /// when every task waits).
 pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
@@ -350,11 +359,7 @@ async fn boot(w: &Arc<World>, id: u64, bootstrap: Bootstrap) -> Result<SimNode, 
         .storage(store.clone())
         .transport(w.net.transport(id))
         .bootstrap(bootstrap)
-        .logger(if std::env::var_os("RAFTIFY_SIM_LOG").is_some() {
-            raftify_core::default_logger()
-        } else {
-            raftify_core::discard_logger()
-        })
+        .logger(logger())
         .start()
         .await?;
     w.net.register(id, node.handle().inbound());

@@ -2,6 +2,7 @@
 //! node's placement as a cluster client and the sharded server route them.
 
 use super::node::{View, World};
+use super::Data;
 use super::*;
 use crate::history::{Op, Outcome, Ret};
 use crate::rng::SimRng;
@@ -30,19 +31,20 @@ pub(super) fn argv(words: &[&str]) -> Vec<Bytes> {
         .collect()
 }
 
-/// Runs `argv` on group `g` through `v`'s replica of it: a write through
-/// the log (forwarded to the leader), a read at a read index, as the
-/// sharded server runs them.
-pub(super) async fn attempt(
-    v: &View,
-    g: GroupId,
-    argv: &[Bytes],
-    write: bool,
-    clock_ms: u64,
-) -> Try {
-    let Some(r) = v.data.get(&g) else {
-        return Try::Refused;
-    };
+/// Node `v`'s replica of group `g`, or — as a cluster client follows
+/// `-MOVED` from a node hosting none — a running node's that hosts it.
+fn replica_of(w: &World, v: &View, g: GroupId) -> Option<Data> {
+    v.data.get(&g).cloned().or_else(|| {
+        w.running()
+            .into_iter()
+            .find_map(|id| w.view(id)?.data.get(&g).cloned())
+    })
+}
+
+/// Runs `argv` on group `g` through replica `r`: a write through the log
+/// (forwarded to the leader), a read at a read index, as the sharded
+/// server runs them.
+pub(super) async fn attempt(r: &Data, argv: &[Bytes], write: bool, clock_ms: u64) -> Try {
     if write {
         let entry = CacheEntry {
             clock_ms,
@@ -72,12 +74,22 @@ pub(super) fn refusal(r: &Reply) -> bool {
 
 /// Runs `argv` on `key`'s group as `v`'s placement routes it: to the
 /// slot's owner; when the owner answers `ASK` (the slot was handed to a
-/// move's target), to the target once `v`'s replica of it holds the slot.
-pub(super) async fn route(v: &View, key: &str, argv: &[Bytes], write: bool, clock_ms: u64) -> Try {
+/// move's target), to the target once the replica asked holds the slot.
+pub(super) async fn route(
+    w: &World,
+    v: &View,
+    key: &str,
+    argv: &[Bytes],
+    write: bool,
+    clock_ms: u64,
+) -> Try {
     let p = v.placement.borrow().clone();
     let slot = key_slot(key.as_bytes());
     let owner = p.owner(slot);
-    match attempt(v, owner, argv, write, clock_ms).await {
+    let Some(r) = replica_of(w, v, owner) else {
+        return Try::Refused;
+    };
+    match attempt(&r, argv, write, clock_ms).await {
         Try::Done(Reply::Error(e)) if e.starts_with("ASK") => {
             let Some(m) = p
                 .moving()
@@ -85,7 +97,7 @@ pub(super) async fn route(v: &View, key: &str, argv: &[Bytes], write: bool, cloc
             else {
                 return Try::Refused;
             };
-            let Some(target) = v.data.get(&m.to) else {
+            let Some(target) = replica_of(w, v, m.to) else {
                 return Try::Refused;
             };
             let holds = target
@@ -94,7 +106,7 @@ pub(super) async fn route(v: &View, key: &str, argv: &[Bytes], write: bool, cloc
             if !holds {
                 return Try::Refused;
             }
-            match attempt(v, m.to, argv, write, clock_ms).await {
+            match attempt(&target, argv, write, clock_ms).await {
                 Try::Done(r) if refusal(&r) => Try::Refused,
                 other => other,
             }
@@ -110,24 +122,23 @@ pub(super) fn clock_ms(started: Instant) -> u64 {
     1_000_000 + started.elapsed().as_millis() as u64
 }
 
-/// One register operation by `thread` on `key` through node `v`,
-/// recorded in the history; false when its outcome is unknown (the
-/// thread then continues under a new id).
+/// One register operation (a read, or a write of `value`) by `thread` on
+/// `key` through node `v`, recorded in the history; how it ended (after
+/// an unknown outcome the thread continues under a new id).
 pub(super) async fn operate(
     w: &World,
     v: &View,
     thread: u64,
     key: &str,
-    op: Op,
+    value: Option<String>,
     started: Instant,
-) -> bool {
-    let (words, write) = match &op {
-        Op::Read => (vec!["get", key], false),
-        Op::Write(value) => (vec!["set", key, value.as_str()], true),
-        Op::Cas(..) => return true,
+) -> Outcome {
+    let (op, words, write) = match &value {
+        None => (Op::Read, vec!["get", key], false),
+        Some(v) => (Op::Write(v.clone()), vec!["set", key, v.as_str()], true),
     };
     let id = w.history.invoke(thread, key, op.clone());
-    let outcome = match route(v, key, &argv(&words), write, clock_ms(started)).await {
+    let outcome = match route(w, v, key, &argv(&words), write, clock_ms(started)).await {
         Try::Done(Reply::Ok) if write => Outcome::Ok(Ret::WriteOk),
         Try::Done(Reply::Bulk(b)) if !write => {
             Outcome::Ok(Ret::Read(Some(String::from_utf8_lossy(&b).into_owned())))
@@ -140,9 +151,8 @@ pub(super) async fn operate(
         Try::Refused => Outcome::Failed,
         Try::Unknown => Outcome::Unknown,
     };
-    let known = outcome != Outcome::Unknown;
-    w.history.end(id, outcome);
-    known
+    w.history.end(id, outcome.clone());
+    outcome
 }
 
 /// The keys: `k0..`, each in a slot of its own.
@@ -181,13 +191,12 @@ pub(super) async fn client(
             Some(k) => *k,
             None => &keys[rng.below(keys.len() as u64) as usize],
         };
-        let op = if rng.below(10) < 4 {
-            Op::Read
-        } else {
+        let value = (rng.below(10) >= 4).then(|| {
             n += 1;
-            Op::Write(format!("{cid}.{n}"))
-        };
-        if !operate(&w, &v, cid * 1_000_000 + generation, key, op, started).await {
+            format!("{cid}.{n}")
+        });
+        let thread = cid * 1_000_000 + generation;
+        if operate(&w, &v, thread, key, value, started).await == Outcome::Unknown {
             generation += 1;
         }
     }

@@ -6,7 +6,7 @@
 use super::node::{lock, meta_leader, World};
 use super::*;
 use raftify_cache::CacheSlotMover;
-use raftify_shard::{plan, Change, Observed, Rebalancing, Settings, Step, META_GROUP};
+use raftify_shard::{plan, Change, Observed, Settings, Step, META_GROUP};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +34,7 @@ pub(super) async fn drive_once(w: &Arc<World>) -> bool {
     let (world, id) = (w.clone(), v.id);
     let task = tokio::spawn(async move {
         let net = world.net.transport_in(META_GROUP, v.id);
-        let ctx = Rebalancing {
-            meta: &v.meta,
-            placement: &v.placement,
-            net: net.as_ref(),
-        };
+        let ctx = v.rebalancing(&net);
         let p = v.placement.borrow().clone();
         let observed = Observed {
             leaders: ctx.leaders(&p).await,
@@ -50,8 +46,17 @@ pub(super) async fn drive_once(w: &Arc<World>) -> bool {
         let mover = CacheSlotMover {
             chunk: world.opts.chunk,
         };
-        if ctx.execute(Some(&mover), &p, step.clone()).await.is_ok() {
-            World::count(&world.steps, step_kind(&step));
+        // As the host does: a step is abandoned when this node stops
+        // leading the metadata group (the next leader plans again).
+        let mut role = v.meta.handle().subscribe_role();
+        let deposed = role.wait_for(|s| s.role != raftify_core::Role::Leader);
+        tokio::select! {
+            r = ctx.execute(Some(&mover), &p, step.clone()) => {
+                if r.is_ok() {
+                    World::count(&world.steps, step_kind(&step));
+                }
+            }
+            _ = deposed => World::count(&world.steps, "deposed"),
         }
         false
     });
@@ -95,11 +100,7 @@ pub(super) async fn driver(
                     ..v.placement.borrow().settings()
                 };
                 let net = w.net.transport_in(META_GROUP, v.id);
-                let ctx = Rebalancing {
-                    meta: &v.meta,
-                    placement: &v.placement,
-                    net: net.as_ref(),
-                };
+                let ctx = v.rebalancing(&net);
                 let change = ctx.change(None, Change::SetSettings(settings));
                 if matches!(tokio::time::timeout(OP_TIMEOUT, change).await, Ok(Ok(_))) {
                     World::count(&w.steps, "retarget");

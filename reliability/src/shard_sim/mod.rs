@@ -3,25 +3,27 @@
 //! group, and a fault strikes a node's every group), in a paused-clock
 //! tokio runtime, under a seeded nemesis.
 //!
-//! Each node runs a replica of the metadata group (raftify-shard's real
+//! Three or four nodes; each runs a replica of the metadata group (raftify-shard's real
 //! [`MetaStore`]: the placement) and replicas of the data groups the
 //! placement gives it (raftify-cache's real [`CacheState`]), started and
 //! stopped as the placement changes, as a sharded host does. The real
 //! planner ([`plan`]) picks each step, the real executor
 //! ([`Rebalancing::execute`]) and the cache's real [`CacheSlotMover`]
 //! carry it out from whichever node leads the metadata group — a step is
-//! cut short when that node crashes — while the cluster is told now and
+//! cut short when that node crashes or stops leading — while the cluster is told now and
 //! then to aim for a different number of groups per node, so that group 1
 //! is split into several, slot ranges move between groups and groups
 //! empty and go, throughout the run. Clients write and read registers
 //! (`SET`/`GET`), routed by their node's placement as a cluster client
-//! and the sharded server route them (`ASK` followed to the move's
-//! target once it holds the slot, `TRYAGAIN` retried).
+//! and the sharded server route them (`MOVED` followed to a node hosting
+//! the group, `ASK` to the move's target once it holds the slot,
+//! `TRYAGAIN` retried).
 //!
 //! Checked:
-//! * every placement any node applies passes [`Placement::check`] (every
-//!   slot owned by exactly one existing group, ...) and is the same on
-//!   every node at the same version;
+//! * every placement version a node's watcher sees (most of them: a watch
+//!   shows the latest) passes [`Placement::check`] (every slot owned by
+//!   exactly one existing group, ...) and is the same on every node at the
+//!   same version;
 //! * the history is linearizable per key, final reads of every key
 //!   included (no acknowledged write lost, no stale read across a move);
 //! * at the end (faults healed, the rebalance settled): every key lives
@@ -32,14 +34,14 @@ mod driver;
 mod nemesis;
 mod node;
 
-use crate::history::{Checked, History, Op, Outcome, Ret};
+use crate::history::{Checked, History, Outcome};
 use crate::rng::SimRng;
-use client::{argv, clock_ms, keys, route, Try};
+use client::keys;
 use node::{boot, crash, lock, meta_leader, World};
-use raftify_cache::{CacheEntry, CacheState, Reply};
+use raftify_cache::{CacheEntry, CacheState};
 use raftify_core::{InProcNetwork, Raft};
 use raftify_shard::{
-    key_slot, Change, GroupId, MetaEntry, MetaStore, NodeInfo, Rebalancing, Settings, META_GROUP,
+    key_slot, Change, GroupId, MetaEntry, MetaStore, NodeInfo, Settings, META_GROUP,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,8 +53,8 @@ use tokio::time::Instant;
 pub(super) type Data = Raft<CacheEntry, CacheState>;
 pub(super) type Meta = Raft<MetaEntry, MetaStore>;
 
-/// Nodes of the cluster (each hosts every group once rebalanced).
-pub(super) const NODES: u64 = 3;
+/// Replicas per data group.
+pub(super) const REPLICAS: usize = 3;
 /// How long one client operation may take.
 pub(super) const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one rebalance step may run before it is cut short.
@@ -78,6 +80,9 @@ pub struct ShardSimOptions {
     /// Every message's delay, when set (a slower network keeps each step
     /// of a move open longer for clients to run into).
     pub latency: Option<Duration>,
+    /// Nodes (3: every node hosts every group; 4: groups have 3 of them,
+    /// so replicas are added and removed as the rebalancer spreads them).
+    pub nodes: u64,
 }
 
 impl ShardSimOptions {
@@ -92,6 +97,8 @@ impl ShardSimOptions {
             chunk: [256, 512, 1024, 4096][r.below(4) as usize],
             snapshot_threshold: r.range(20, 80),
             latency: r.chance(0.8).then(|| Duration::from_millis(r.range(2, 12))),
+            // Drawn last: earlier draws keep their values.
+            nodes: r.range(3, 4),
         }
     }
 }
@@ -132,8 +139,9 @@ impl ShardRunReport {
     /// One line of figures.
     pub fn summary(&self) -> String {
         format!(
-            "seed {} clients {} keys {} chunk {} latency {:?}: ops ok {} failed {} unknown {}, placement versions {}, groups max {} end {}, steps {:?}, faults {:?}, {:?} cluster time, {}",
+            "seed {} nodes {} clients {} keys {} chunk {} latency {:?}: ops ok {} failed {} unknown {} (inconclusive keys {:?}), placement versions {}, groups max {} end {}, steps {:?}, faults {:?}, {:?} cluster time, {}",
             self.options.seed,
+            self.options.nodes,
             self.options.clients,
             self.options.keys,
             self.options.chunk,
@@ -141,6 +149,7 @@ impl ShardRunReport {
             self.ops.ok,
             self.ops.failed,
             self.ops.unknown,
+            self.ops.inconclusive,
             self.versions,
             self.groups.0,
             self.groups.1,
@@ -157,7 +166,7 @@ impl ShardRunReport {
 async fn enter_all(w: &Arc<World>) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut node = 1;
-    while node <= NODES {
+    while node <= w.opts.nodes {
         if Instant::now() > deadline {
             return Err(format!("node {node} did not enter the placement"));
         }
@@ -171,12 +180,21 @@ async fn enter_all(w: &Arc<World>) -> Result<(), String> {
             leaving: false,
             down: false,
         };
+        let entered = {
+            let p = v.placement.borrow();
+            p.is_bootstrapped() && p.nodes().contains_key(&node)
+        };
+        if entered {
+            // An earlier proposal whose answer was lost took effect.
+            node += 1;
+            continue;
+        }
         let change = if node == 1 {
             Change::Bootstrap {
                 node,
                 info,
                 settings: Settings {
-                    replicas: NODES as usize,
+                    replicas: REPLICAS,
                     groups_per_node: 1,
                     max_group_bytes: 0,
                 },
@@ -185,12 +203,7 @@ async fn enter_all(w: &Arc<World>) -> Result<(), String> {
             Change::AddNode { node, info }
         };
         let net = w.net.transport_in(META_GROUP, v.id);
-        let ctx = Rebalancing {
-            meta: &v.meta,
-            placement: &v.placement,
-            net: net.as_ref(),
-        };
-        if ctx.change(None, change).await.is_ok() {
+        if v.rebalancing(&net).change(None, change).await.is_ok() {
             node += 1;
         }
     }
@@ -265,7 +278,7 @@ async fn run_async(opts: ShardSimOptions) -> ShardRunReport {
     let w = Arc::new(World {
         net: InProcNetwork::new(rng.next_u64()),
         nodes: Mutex::new(BTreeMap::new()),
-        life: (1..=NODES)
+        life: (1..=opts.nodes)
             .map(|id| (id, tokio::sync::Mutex::new(())))
             .collect(),
         history: History::new(),
@@ -277,7 +290,7 @@ async fn run_async(opts: ShardSimOptions) -> ShardRunReport {
         opts: opts.clone(),
     });
     w.heal();
-    for id in 1..=NODES {
+    for id in 1..=opts.nodes {
         boot(&w, id).await;
     }
     if let Err(e) = enter_all(&w).await {
@@ -325,17 +338,11 @@ async fn run_async(opts: ShardSimOptions) -> ShardRunReport {
             let Some(v) = w.running().first().and_then(|&id| w.view(id)) else {
                 break;
             };
-            let id = w.history.invoke(9_000_000 + attempt, &key, Op::Read);
-            let out = route(&v, &key, &argv(&["get", &key]), false, clock_ms(started)).await;
-            let outcome = match out {
-                Try::Done(Reply::Bulk(b)) => {
-                    Outcome::Ok(Ret::Read(Some(String::from_utf8_lossy(&b).into_owned())))
-                }
-                Try::Done(Reply::Nil) => Outcome::Ok(Ret::Read(None)),
-                _ => Outcome::Failed,
-            };
-            read = outcome != Outcome::Failed;
-            w.history.end(id, outcome);
+            let thread = 9_000_000 + attempt;
+            read = matches!(
+                client::operate(&w, &v, thread, &key, None, started).await,
+                Outcome::Ok(_)
+            );
             if read {
                 break;
             }
@@ -349,10 +356,14 @@ async fn run_async(opts: ShardSimOptions) -> ShardRunReport {
         w.violation(format!("[ownership] {e}"));
     }
     let groups_end = meta_leader(&w).map_or(0, |v| v.placement.borrow().groups().len());
-    for id in 1..=NODES {
+    for id in 1..=opts.nodes {
         crash(&w, id).await;
     }
-    let linearizable = w.history.check().map(|_| ());
+    let checked = w.history.check();
+    let (linearizable, ops) = match checked {
+        Ok(c) => (Ok(()), c),
+        Err(e) => (Err(e), w.history.stats()),
+    };
     let new_panics = crate::sim::panics() - panics;
     if new_panics > 0 {
         w.violation(format!("[panic] {new_panics} panics in node tasks"));
@@ -361,7 +372,7 @@ async fn run_async(opts: ShardSimOptions) -> ShardRunReport {
     let versions = lock(&w.versions).len() as u64;
     let report = ShardRunReport {
         options: opts,
-        ops: w.history.stats(),
+        ops,
         linearizable,
         violations: lock(&w.violations).clone(),
         steps: lock(&w.steps).clone(),

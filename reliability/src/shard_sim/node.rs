@@ -3,8 +3,8 @@
 //! every placement checked), crashes and restarts.
 
 use super::*;
-use raftify_core::{Bootstrap, Config, InProcNetwork, MemStore, Role};
-use raftify_shard::{MetaStore, Placement, META_GROUP};
+use raftify_core::{Bootstrap, Config, InProcNetwork, InProcTransport, MemStore, Role};
+use raftify_shard::{MetaStore, Placement, Rebalancing, META_GROUP};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -29,6 +29,18 @@ pub(super) struct View {
     pub(super) meta: Meta,
     pub(super) placement: watch::Receiver<Placement>,
     pub(super) data: BTreeMap<GroupId, Data>,
+}
+
+impl View {
+    /// What rebalance steps and placement changes act through on this
+    /// node (`net`: its transport, [`InProcNetwork::transport_in`]).
+    pub(super) fn rebalancing<'a>(&'a self, net: &'a InProcTransport) -> Rebalancing<'a> {
+        Rebalancing {
+            meta: &self.meta,
+            placement: &self.placement,
+            net,
+        }
+    }
 }
 
 pub(super) struct World {
@@ -98,17 +110,10 @@ impl World {
     }
 }
 
-pub(super) fn logger() -> slog::Logger {
-    if std::env::var_os("RAFTIFY_SIM_LOG").is_some() {
-        raftify_core::default_logger()
-    } else {
-        raftify_core::discard_logger()
-    }
-}
 
 /// Starts node `id`: its metadata replica (over its store), then, as its
-/// placement says, its data replicas.
-pub(super) async fn boot(w: &Arc<World>, id: u64) {
+/// placement says, its data replicas; whether it runs.
+pub(super) async fn boot(w: &Arc<World>, id: u64) -> bool {
     let _life = w.life[&id].lock().await;
     let store = {
         let mut nodes = lock(&w.nodes);
@@ -123,13 +128,16 @@ pub(super) async fn boot(w: &Arc<World>, id: u64) {
     let started = Raft::builder(w.config(id, META_GROUP), sm)
         .storage(store)
         .transport(w.net.transport_in(META_GROUP, id))
-        .bootstrap(Bootstrap::Members(w.addrs(1..=NODES)))
-        .logger(logger())
+        .bootstrap(Bootstrap::Members(w.addrs(1..=w.opts.nodes)))
+        .logger(crate::sim::logger())
         .start()
         .await;
     let meta = match started {
         Ok(m) => m,
-        Err(e) => return w.violation(format!("[startup] node {id}: {e}")),
+        Err(e) => {
+            w.violation(format!("[startup] node {id}: {e}"));
+            return false;
+        }
     };
     w.net
         .register_group(META_GROUP, id, meta.handle().inbound());
@@ -138,6 +146,7 @@ pub(super) async fn boot(w: &Arc<World>, id: u64) {
     let n = nodes.entry(id).or_default();
     n.meta = Some((meta, placement));
     n.watcher = Some(watcher);
+    true
 }
 
 /// Checks every placement node `id` applies and starts or stops its
@@ -208,15 +217,24 @@ pub(super) async fn reconcile(w: &Arc<World>, id: u64, p: &Placement) {
         } else {
             Bootstrap::None
         };
+        // Given anew (a learner): what an earlier replica of the group left
+        // here (taken away while this node was down) is stale; the new
+        // replica starts empty, as the host's does.
+        let anew = !info.replicas.contains(&id);
         let store = lock(&w.nodes)
             .get_mut(&id)
-            .map(|n| n.stores.entry(g).or_default().clone())
+            .map(|n| {
+                if anew {
+                    n.stores.remove(&g);
+                }
+                n.stores.entry(g).or_default().clone()
+            })
             .unwrap_or_default();
         let started = Raft::builder(w.config(id, g), CacheState::new())
             .storage(store)
             .transport(w.net.transport_in(g, id))
             .bootstrap(bootstrap)
-            .logger(logger())
+            .logger(crate::sim::logger())
             .start()
             .await;
         match started {
