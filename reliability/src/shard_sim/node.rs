@@ -110,7 +110,6 @@ impl World {
     }
 }
 
-
 /// Starts node `id`: its metadata replica (over its store), then, as its
 /// placement says, its data replicas; whether it runs.
 pub(super) async fn boot(w: &Arc<World>, id: u64) -> bool {
