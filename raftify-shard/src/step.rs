@@ -178,7 +178,21 @@ async fn execute(
             }
             // Caught up enough once the new replica has applied its own
             // addition (it came with the leader's log or snapshot).
-            wait_caught_up(ctx, group, node, &addr).await?;
+            if let Err(e) = wait_caught_up(ctx, group, node, &addr).await {
+                // A replica that does not catch up may have restarted
+                // empty (given anew, its data wiped) while the leader counts
+                // what it had acknowledged: raft never resends that. It
+                // leaves the group and the placement; the next plan adds
+                // it afresh (a new learner starts from the leader's
+                // snapshot).
+                let remove = MembershipChange::Remove { id: node };
+                change_group(ctx, &p, group, remove).await?;
+                let mut learners = p.groups()[&group].learners.clone();
+                learners.remove(&node);
+                ctx.change(None, Change::SetLearners { group, learners })
+                    .await?;
+                return Err(e);
+            }
             if role != Some(MemberRole::Voter) {
                 change_group(
                     ctx,

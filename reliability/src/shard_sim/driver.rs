@@ -80,7 +80,9 @@ pub(super) async fn drive_once(w: &Arc<World>) -> bool {
 
 /// The rebalancer: one step after another on whichever node leads the
 /// metadata group; while `churn` holds, now and then a new target of
-/// groups per node (1 to 3), so that groups split, merge and go.
+/// groups per node (1 to 3), so that groups split, merge and go, and —
+/// with four nodes — once a node told to leave (its replicas move to the
+/// others, then it is removed).
 pub(super) async fn driver(
     w: Arc<World>,
     mut rng: SimRng,
@@ -88,6 +90,8 @@ pub(super) async fn driver(
     stop: Arc<AtomicBool>,
 ) {
     let mut next_target = Instant::now() + Duration::from_millis(rng.range(1_000, 3_000));
+    let mut leave_at =
+        (w.opts.nodes > 3).then(|| Instant::now() + Duration::from_millis(rng.range(2_000, 6_000)));
     while !stop.load(Ordering::Acquire) {
         // Pauses between steps leave moves half-done for a while (the
         // source answering `ASK`, the target serving): clients run into
@@ -107,6 +111,24 @@ pub(super) async fn driver(
                 }
             }
             next_target = Instant::now() + Duration::from_millis(rng.range(1_500, 5_000));
+        }
+        if churn.load(Ordering::Acquire) && leave_at.is_some_and(|t| Instant::now() >= t) {
+            if let Some(v) = meta_leader(&w) {
+                let node = rng.range(1, w.opts.nodes);
+                let net = w.net.transport_in(META_GROUP, v.id);
+                let ctx = v.rebalancing(&net);
+                let leave = Change::SetLeaving {
+                    node,
+                    leaving: true,
+                };
+                if matches!(
+                    tokio::time::timeout(OP_TIMEOUT, ctx.change(None, leave)).await,
+                    Ok(Ok(_))
+                ) {
+                    World::count(&w.steps, "leave");
+                    leave_at = None;
+                }
+            }
         }
         drive_once(&w).await;
     }

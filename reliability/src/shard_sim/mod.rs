@@ -57,8 +57,10 @@ pub(super) type Meta = Raft<MetaEntry, MetaStore>;
 pub(super) const REPLICAS: usize = 3;
 /// How long one client operation may take.
 pub(super) const OP_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long one rebalance step may run before it is cut short.
-pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one rebalance step may run before it is cut short (longer
+/// than the executor's own wait for a new replica, 60 s, so that its
+/// handling of a replica that never catches up runs).
+pub(super) const STEP_TIMEOUT: Duration = Duration::from_secs(75);
 /// How long the rebalance may take to settle once faults stop.
 pub(super) const SETTLE: Duration = Duration::from_secs(180);
 
@@ -335,8 +337,11 @@ async fn run_async(opts: ShardSimOptions) -> ShardRunReport {
     for key in keys(opts.keys) {
         let mut read = false;
         for attempt in 0..20 {
-            let Some(v) = w.running().first().and_then(|&id| w.view(id)) else {
-                break;
+            // Through the metadata leader (a node that left has a stale
+            // placement for good).
+            let Some(v) = meta_leader(&w) else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             };
             let thread = 9_000_000 + attempt;
             read = matches!(
