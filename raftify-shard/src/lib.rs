@@ -63,8 +63,8 @@ pub use reach::GroupTransport;
 pub use step::Rebalancing;
 
 pub use meta::{
-    BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore, SharedState, BROADCAST_TAG,
-    SHARED_TAG,
+    BroadcastHook, MetaCommand, MetaEntry, MetaOutcome, MetaStore, PlacementHook, SharedState,
+    BROADCAST_TAG, SHARED_TAG,
 };
 pub use placement::{
     Change, GroupId, GroupInfo, NodeId, NodeInfo, Placement, PlacementError, Settings, SlotMove,

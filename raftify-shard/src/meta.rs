@@ -156,6 +156,12 @@ impl Payload for MetaOutcome {
 /// that applied it for the proposer.
 pub type BroadcastHook = Arc<dyn Fn(&[u8]) -> u64 + Send + Sync>;
 
+/// What a node does with every placement it applies (each change, each
+/// restore), on the apply path: it must not block. The watch
+/// ([`MetaStore::subscribe`]) shows the latest only; this sees each
+/// version (a simulation checks them all).
+pub type PlacementHook = Arc<dyn Fn(&Placement) + Send + Sync>;
+
 /// The replicated placement. Readers follow it through
 /// [`MetaStore::subscribe`]: a watch that holds the placement as last
 /// applied on this node (routing reads it without a lock on the state
@@ -164,6 +170,7 @@ pub struct MetaStore {
     placement: Placement,
     tx: watch::Sender<Placement>,
     on_broadcast: Option<BroadcastHook>,
+    on_placement: Option<PlacementHook>,
     shared: Option<Arc<dyn SharedState>>,
 }
 
@@ -174,6 +181,7 @@ impl Default for MetaStore {
             placement: Placement::default(),
             tx,
             on_broadcast: None,
+            on_placement: None,
             shared: None,
         }
     }
@@ -188,6 +196,11 @@ impl MetaStore {
     /// Hands every broadcast applied from now on to `hook`.
     pub fn on_broadcast(&mut self, hook: BroadcastHook) {
         self.on_broadcast = Some(hook);
+    }
+
+    /// Hands every placement applied from now on to `hook`.
+    pub fn on_placement(&mut self, hook: PlacementHook) {
+        self.on_placement = Some(hook);
     }
 
     /// Replicates `state` beside the placement (see [`SharedState`]).
@@ -207,6 +220,9 @@ impl MetaStore {
     }
 
     fn publish(&self) {
+        if let Some(hook) = &self.on_placement {
+            hook(&self.placement);
+        }
         self.tx.send_replace(self.placement.clone());
     }
 }

@@ -20,10 +20,10 @@
 //! `TRYAGAIN` retried).
 //!
 //! Checked:
-//! * every placement version a node's watcher sees (most of them: a watch
-//!   shows the latest) passes [`Placement::check`] (every slot owned by
-//!   exactly one existing group, ...) and is the same on every node at the
-//!   same version;
+//! * every placement any node applies (each version, as applied:
+//!   `MetaStore::on_placement`) passes [`Placement::check`] (every slot
+//!   owned by exactly one existing group, ...) and is the same on every
+//!   node at the same version;
 //! * the history is linearizable per key, final reads of every key
 //!   included (no acknowledged write lost, no stale read across a move);
 //! * at the end (faults healed, the rebalance settled): every key lives

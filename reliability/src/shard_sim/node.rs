@@ -122,7 +122,16 @@ pub(super) async fn boot(w: &Arc<World>, id: u64) -> bool {
             .or_insert_with(|| Arc::new(MemStore::new()))
             .clone()
     };
-    let sm = MetaStore::new();
+    let mut sm = MetaStore::new();
+    // Every version this node applies is checked as it is applied (the
+    // watch below shows only the latest). Weak: the store lives in the
+    // world's nodes.
+    let world = Arc::downgrade(w);
+    sm.on_placement(Arc::new(move |p: &Placement| {
+        if let Some(w) = world.upgrade() {
+            check_placement(&w, id, p);
+        }
+    }));
     let placement = sm.subscribe();
     let started = Raft::builder(w.config(id, META_GROUP), sm)
         .storage(store)
@@ -148,38 +157,40 @@ pub(super) async fn boot(w: &Arc<World>, id: u64) -> bool {
     true
 }
 
-/// Checks every placement node `id` applies and starts or stops its
-/// replicas to match.
+/// Starts or stops node `id`'s replicas as its placement changes.
 pub(super) async fn watch_placement(w: Arc<World>, id: u64, mut rx: watch::Receiver<Placement>) {
     loop {
         let p = rx.borrow_and_update().clone();
-        if let Err(e) = p.check() {
-            w.violation(format!(
-                "[placement] node {id}, version {}: {e}",
-                p.version()
-            ));
-        }
-        let json = serde_json::to_string(&p).unwrap_or_default();
-        let differs = {
-            let mut versions = lock(&w.versions);
-            let seen = versions.entry(p.version()).or_insert_with(|| json.clone());
-            *seen != json
-        };
-        if differs {
-            w.violation(format!(
-                "[placement] node {id} applied version {} unlike another node",
-                p.version()
-            ));
-        }
-        {
-            let mut most = lock(&w.most_groups);
-            *most = (*most).max(p.groups().len());
-        }
         reconcile(&w, id, &p).await;
         if rx.changed().await.is_err() {
             return;
         }
     }
+}
+
+/// Checks a placement node `id` applied: its invariants, and that every
+/// node applied the same at its version.
+fn check_placement(w: &World, id: u64, p: &Placement) {
+    if let Err(e) = p.check() {
+        w.violation(format!(
+            "[placement] node {id}, version {}: {e}",
+            p.version()
+        ));
+    }
+    let json = serde_json::to_string(p).unwrap_or_default();
+    let differs = {
+        let mut versions = lock(&w.versions);
+        let seen = versions.entry(p.version()).or_insert_with(|| json.clone());
+        *seen != json
+    };
+    if differs {
+        w.violation(format!(
+            "[placement] node {id} applied version {} unlike another node",
+            p.version()
+        ));
+    }
+    let mut most = lock(&w.most_groups);
+    *most = (*most).max(p.groups().len());
 }
 
 /// Starts the replicas `p` gives node `id` and stops those it took away
