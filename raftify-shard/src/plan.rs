@@ -132,7 +132,6 @@ pub fn plan(p: &Placement, observed: &Observed) -> Option<Step> {
         .or_else(|| down(p, &members, &active))
         .or_else(|| replica_counts(p, &members, &active, observed))
         .or_else(|| group_count(p, &members, &active, observed))
-        .or_else(|| all_live(p).then(|| bytes::hot_split(p, observed)).flatten())
         .or_else(|| slot_balance(p, observed))
         .or_else(|| replica_spread(p, &active))
         .or_else(|| leader_spread(p, &active, observed))
@@ -405,6 +404,10 @@ fn slot_targets(groups: &[GroupId]) -> BTreeMap<GroupId, usize> {
 fn slot_balance(p: &Placement, observed: &Observed) -> Option<Step> {
     if !all_live(p) {
         return None;
+    }
+    // Bytes first: a group over the size limit is split where they are.
+    if let Some(step) = bytes::hot_split(p, observed) {
+        return Some(step);
     }
     let counts = p.slot_counts();
     let ids: Vec<GroupId> = counts.keys().copied().collect();

@@ -291,7 +291,7 @@ where
     let Some(client) = sizes else {
         return observed;
     };
-    for (&g, l) in &observed.leaders.clone() {
+    for (&g, l) in &observed.leaders {
         let Some(leader) = p.nodes().get(l) else {
             continue;
         };
@@ -312,7 +312,7 @@ where
     let Some(mover) = mover.filter(|_| observed.sizes.values().any(|&b| b >= limit / 2)) else {
         return observed;
     };
-    for (&g, &bytes) in &observed.sizes.clone() {
+    for (&g, &bytes) in &observed.sizes {
         let Some(leader) = observed.leaders.get(&g).and_then(|l| p.nodes().get(l)) else {
             continue;
         };

@@ -148,6 +148,40 @@ async fn change_group(
     Ok(())
 }
 
+/// Takes `node` out of `group`: out of its membership, then out of the
+/// placement's learners or replicas.
+async fn remove_replica(
+    ctx: &Rebalancing<'_>,
+    p: &Placement,
+    group: GroupId,
+    node: NodeId,
+) -> Result<(), ShardError> {
+    let m = members(ctx, p, group).await?;
+    if m.members.iter().any(|m| m.id == node) {
+        change_group(ctx, p, group, MembershipChange::Remove { id: node }).await?;
+    }
+    let g = group_info(p, group)?;
+    let change = if g.learners.contains(&node) {
+        let mut learners = g.learners.clone();
+        learners.remove(&node);
+        Change::SetLearners { group, learners }
+    } else {
+        let mut replicas = g.replicas.clone();
+        replicas.remove(&node);
+        Change::SetReplicas { group, replicas }
+    };
+    ctx.change(None, change).await?;
+    Ok(())
+}
+
+/// `group` of `p` (a step handed to [`Rebalancing::execute`] may name a
+/// group its placement no longer has).
+fn group_info(p: &Placement, group: GroupId) -> Result<&crate::placement::GroupInfo, ShardError> {
+    p.groups()
+        .get(&group)
+        .ok_or_else(|| ShardError::Rebalance(format!("group {group} is not in the placement")))
+}
+
 async fn execute(
     ctx: &Rebalancing<'_>,
     mover: Option<&dyn SlotMover>,
@@ -157,7 +191,7 @@ async fn execute(
     let version = Some(p.version());
     match step {
         Step::AddReplica { group, node } => {
-            let g = &p.groups()[&group];
+            let g = group_info(p, group)?;
             let mut p = p.clone();
             if !g.learners.contains(&node) {
                 let mut learners = g.learners.clone();
@@ -185,12 +219,7 @@ async fn execute(
                 // leaves the group and the placement; the next plan adds
                 // it afresh (a new learner starts from the leader's
                 // snapshot).
-                let remove = MembershipChange::Remove { id: node };
-                change_group(ctx, &p, group, remove).await?;
-                let mut learners = p.groups()[&group].learners.clone();
-                learners.remove(&node);
-                ctx.change(None, Change::SetLearners { group, learners })
-                    .await?;
+                remove_replica(ctx, &p, group, node).await?;
                 return Err(e);
             }
             if role != Some(MemberRole::Voter) {
@@ -202,28 +231,12 @@ async fn execute(
                 )
                 .await?;
             }
-            let mut replicas = p.groups()[&group].replicas.clone();
+            let mut replicas = group_info(&p, group)?.replicas.clone();
             replicas.insert(node);
             ctx.change(None, Change::SetReplicas { group, replicas })
                 .await?;
         }
-        Step::RemoveReplica { group, node } => {
-            let m = members(ctx, p, group).await?;
-            if m.members.iter().any(|m| m.id == node) {
-                change_group(ctx, p, group, MembershipChange::Remove { id: node }).await?;
-            }
-            let g = &p.groups()[&group];
-            let change = if g.learners.contains(&node) {
-                let mut learners = g.learners.clone();
-                learners.remove(&node);
-                Change::SetLearners { group, learners }
-            } else {
-                let mut replicas = g.replicas.clone();
-                replicas.remove(&node);
-                Change::SetReplicas { group, replicas }
-            };
-            ctx.change(None, change).await?;
-        }
+        Step::RemoveReplica { group, node } => remove_replica(ctx, p, group, node).await?,
         Step::CreateGroup { group, replicas } => {
             ctx.change(version, Change::CreateGroup { group, replicas })
                 .await?;
