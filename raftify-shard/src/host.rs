@@ -580,15 +580,18 @@ where
             return Some(r.handle().clone());
         }
         // Given anew (a learner, not yet a replica): data left from an
-        // earlier replica of the group here (removed while this node was
-        // down) is stale; the new replica starts empty.
+        // earlier replica of the group here (a voter then, removed while
+        // this node was down) is stale; the new replica starts empty. A
+        // learner's own data (this same addition, restarted half-way) is
+        // kept: the group's leader counts what it acknowledged, and raft
+        // never sends that again.
         let anew = self
             .placement
             .borrow()
             .groups()
             .get(&group)
             .is_some_and(|i| !i.replicas.contains(&self.id));
-        if anew && self.storage.holds(group) {
+        if anew && self.storage.holds(group) && self.storage.was_voter(group, self.id) {
             warn!(self.logger, "removing an earlier replica's data before taking the group again"; "group" => group);
             if !self.storage.remove(group, &self.logger).await {
                 return None;

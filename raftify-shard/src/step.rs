@@ -213,9 +213,9 @@ async fn execute(
             // Caught up enough once the new replica has applied its own
             // addition (it came with the leader's log or snapshot).
             if let Err(e) = wait_caught_up(ctx, group, node, &addr).await {
-                // A replica that does not catch up may have restarted
-                // empty (given anew, its data wiped) while the leader counts
-                // what it had acknowledged: raft never resends that. It
+                // A replica that does not catch up may have lost what it
+                // had acknowledged (a data dir wiped or not synced), which
+                // the leader still counts and raft never resends. It
                 // leaves the group and the placement; the next plan adds
                 // it afresh (a new learner starts from the leader's
                 // snapshot).

@@ -10,8 +10,8 @@
 //! disk.
 
 use crate::host::ShardError;
-use crate::placement::{GroupId, META_GROUP};
-use raftify::{LmdbEnv, LmdbError};
+use crate::placement::{GroupId, NodeId, META_GROUP};
+use raftify::{LmdbEnv, LmdbError, LmdbStore};
 use raftify::{NodeSpec, Storage};
 use slog::{warn, Logger};
 use std::path::PathBuf;
@@ -104,6 +104,34 @@ impl ReplicaStorage {
             ReplicaStorage::Dir { env, .. } => {
                 self.own_dir(group).is_some() || env.holds(group).unwrap_or(true)
             }
+        }
+    }
+
+    /// Whether the replica of `group` stored here was a voter of the group
+    /// (its stored membership lists `node` as one): a replica of an
+    /// earlier time, since taken away. A learner's data (a replica being
+    /// added, restarted half-way) is not: the group's leader counts what it
+    /// acknowledged. Unreadable: yes (the caller then starts afresh).
+    pub(crate) fn was_voter(&self, group: GroupId, node: NodeId) -> bool {
+        use raftify_core::LogStore;
+        let state = match self {
+            ReplicaStorage::Memory => return false,
+            ReplicaStorage::Dir { env, .. } => match self.own_dir(group) {
+                Some(dir) => LmdbStore::open_read_only(dir, Default::default())
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| s.initial_state().map_err(|e| e.to_string())),
+                None => env
+                    .group(group)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| s.initial_state().map_err(|e| e.to_string())),
+            },
+        };
+        match state {
+            Ok(st) => {
+                let c = st.conf_state;
+                c.voters.contains(&node) || c.voters_outgoing.contains(&node)
+            }
+            Err(_) => true,
         }
     }
 

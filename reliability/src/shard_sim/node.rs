@@ -3,7 +3,7 @@
 //! every placement checked), crashes and restarts.
 
 use super::*;
-use raftify_core::{Bootstrap, Config, InProcNetwork, InProcTransport, MemStore, Role};
+use raftify_core::{Bootstrap, Config, InProcNetwork, InProcTransport, LogStore, MemStore, Role};
 use raftify_shard::{MetaStore, Placement, Rebalancing, META_GROUP};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -227,14 +227,21 @@ pub(super) async fn reconcile(w: &Arc<World>, id: u64, p: &Placement) {
         } else {
             Bootstrap::None
         };
-        // Given anew (a learner): what an earlier replica of the group left
-        // here (taken away while this node was down) is stale; the new
-        // replica starts empty, as the host's does.
+        // Given anew (a learner): what an earlier replica of the group
+        // left here (a voter then, taken away while this node was down) is
+        // stale and goes, as the host's does; a learner's own data (this
+        // addition, restarted half-way) stays.
         let anew = !info.replicas.contains(&id);
         let store = lock(&w.nodes)
             .get_mut(&id)
             .map(|n| {
-                if anew {
+                let stale = n.stores.get(&g).is_some_and(|s| {
+                    s.initial_state().map_or(true, |st| {
+                        st.conf_state.voters.contains(&id)
+                            || st.conf_state.voters_outgoing.contains(&id)
+                    })
+                });
+                if anew && stale {
                     n.stores.remove(&g);
                 }
                 n.stores.entry(g).or_default().clone()
