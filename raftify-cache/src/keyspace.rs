@@ -203,23 +203,32 @@ pub struct Keyspace {
     used: usize,
     /// The log index being applied: the version of what it changes.
     index: u64,
-    /// Estimated bytes per hash slot, indexed by slot, once counting is
-    /// asked for ([`Keyspace::count_slots`]: 128 KiB, shared with
-    /// snapshots until the next write): what a sharded deployment splits
-    /// a group's slots by. `None`: not counted (no CRC16 per write).
-    slots: Option<Arc<Vec<u64>>>,
+    /// Estimated bytes per hash slot, once counting is asked for
+    /// ([`Keyspace::count_slots`]): what a sharded deployment splits a
+    /// group's slots by.
+    slots: SlotBytes,
 }
 
-/// Hash slots ([`key_slot`]'s range).
-const SLOTS: usize = 16384;
+/// Bytes per hash slot: counted or not (no CRC16 per write), and the
+/// counters — indexed by slot, allocated with the first key (128 KiB),
+/// shared with snapshots until the next write.
+#[derive(Debug, Clone, Default)]
+struct SlotBytes {
+    on: bool,
+    counts: Option<Arc<Vec<u64>>>,
+}
 
-/// Moves `key`'s slot's count in `slots` by `+add - sub` bytes.
-fn weigh_slot(slots: &mut Option<Arc<Vec<u64>>>, key: &[u8], add: usize, sub: usize) {
-    let Some(counts) = slots.as_mut().filter(|_| add != sub) else {
-        return;
-    };
-    if let Some(c) = Arc::make_mut(counts).get_mut(usize::from(key_slot(key))) {
-        *c = (*c + add as u64).saturating_sub(sub as u64);
+impl SlotBytes {
+    /// Moves `key`'s slot's count by `+add - sub` bytes.
+    fn weigh(&mut self, key: &[u8], add: usize, sub: usize) {
+        if !self.on || add == sub {
+            return;
+        }
+        let slots = usize::from(raftify_shard::SLOTS);
+        let counts = self.counts.get_or_insert_with(|| Arc::new(vec![0; slots]));
+        if let Some(c) = Arc::make_mut(counts).get_mut(usize::from(key_slot(key))) {
+            *c = (*c + add as u64).saturating_sub(sub as u64);
+        }
     }
 }
 
@@ -258,19 +267,20 @@ impl Keyspace {
     /// Counts bytes per hash slot from now on, starting from what is held
     /// (one pass over the keys): what [`Keyspace::slot_bytes`] reports.
     pub fn count_slots(&mut self) {
-        let mut counts = vec![0u64; SLOTS];
+        self.slots = SlotBytes {
+            on: true,
+            counts: None,
+        };
         for (k, item) in self.items.iter() {
             let key = k.key();
-            if let Some(c) = counts.get_mut(usize::from(key_slot(key))) {
-                *c += (key.len() + PER_KEY + item.value.weight()) as u64;
-            }
+            self.slots
+                .weigh(key, key.len() + PER_KEY + item.value.weight(), 0);
         }
-        self.slots = Some(Arc::new(counts));
     }
 
     /// Whether bytes per slot are counted ([`Keyspace::count_slots`]).
     pub fn counts_slots(&self) -> bool {
-        self.slots.is_some()
+        self.slots.on
     }
 
     /// Estimated bytes held per hash slot ([`key_slot`]), in slot order;
@@ -279,6 +289,7 @@ impl Keyspace {
     /// [`Keyspace::used_memory`], whose total this is.
     pub fn slot_bytes(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
         self.slots
+            .counts
             .iter()
             .flat_map(|v| v.iter().enumerate())
             .filter(|(_, &b)| b > 0)
@@ -287,7 +298,7 @@ impl Keyspace {
 
     /// Moves `key`'s slot's count by `+add - sub` bytes.
     fn weigh(&mut self, key: &[u8], add: usize, sub: usize) {
-        weigh_slot(&mut self.slots, key, add, sub);
+        self.slots.weigh(key, add, sub);
     }
 
     /// Keys, expired ones not yet deleted included.
@@ -320,7 +331,7 @@ impl Keyspace {
         let item = self.items.get_mut(probe.view())?;
         let weight = item.value.weight();
         self.used = self.used.saturating_sub(weight);
-        weigh_slot(&mut self.slots, key, 0, weight);
+        self.slots.weigh(key, 0, weight);
         item.version = self.index;
         Some(item)
     }
@@ -480,9 +491,7 @@ impl Keyspace {
         self.items = imbl::OrdMap::new();
         self.expiries = imbl::OrdSet::new();
         self.used = 0;
-        if self.slots.is_some() {
-            self.slots = Some(Arc::new(vec![0; SLOTS]));
-        }
+        self.slots.counts = None;
     }
 
     /// Keys with a TTL (live ones).

@@ -169,8 +169,8 @@ fn cut(list: &mut Vec<(u16, u16)>, start: u16, end: u16) {
 }
 
 /// Adds `start..=end` to the ranges of `list`, kept sorted with
-/// overlapping and adjacent ranges merged (a restore imports thousands of
-/// adjacent rounds: one range).
+/// overlapping and adjacent ranges merged (a move's chunks, one after
+/// another, make one range).
 fn add(list: &mut Vec<(u16, u16)>, start: u16, end: u16) {
     list.push((start, end));
     list.sort_unstable();

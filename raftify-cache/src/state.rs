@@ -41,8 +41,6 @@ pub struct CacheState {
     /// Slots frozen by a move to another group (writes to them refused).
     frozen: Frozen,
     on_change: Option<ChangeHook>,
-    /// Bytes per slot are counted ([`CacheState::count_slot_bytes`]).
-    count_slots: bool,
 }
 
 impl std::fmt::Debug for CacheState {
@@ -70,7 +68,6 @@ impl CacheState {
     /// included ([`Keyspace::count_slots`]): what a sharded group is
     /// weighed by ([`Migrate::Weigh`]).
     pub fn count_slot_bytes(&mut self) {
-        self.count_slots = true;
         self.keys.count_slots();
     }
 
@@ -323,7 +320,7 @@ impl CacheState {
     /// holds (changes nothing, so it is also answered as a read).
     pub fn weigh_slots(&self, start: u16, end: u16) -> Reply {
         if !self.keys.counts_slots() {
-            return Reply::err("ERR this group does not count its bytes per slot");
+            return Reply::err("this group does not count its bytes per slot");
         }
         match crate::migrate::check_range(start, end) {
             Ok(()) => Reply::Bulk(crate::migrate::encode_weights(&self.keys, start, end).into()),
@@ -445,8 +442,9 @@ impl AbstractStateMachine<CacheEntry> for CacheState {
 
     async fn restore_from(&mut self, reader: &mut (dyn Read + Send)) -> Result<(), BoxError> {
         let p = crate::snapshot::read(reader)?;
+        let counted = self.keys.counts_slots();
         self.keys = p.keys;
-        if self.count_slots {
+        if counted {
             self.keys.count_slots();
         }
         self.members = p.members;

@@ -17,11 +17,10 @@
 //!    commit index it had written (raftify writes it lazily): those are
 //!    not restored, and the node says how many;
 //! 3. once the sharded node runs — alone: other nodes join after it
-//!    serves — every key goes to the group owning its slot in rounds of at
-//!    most [`ROUND_BYTES`] of slots, each in entries of at most
-//!    [`IMPORT_BYTES`] (`Migrate::Import`, as a slot move imports: it
-//!    replaces keys of the same name, so a round sent again changes
-//!    nothing);
+//!    serves — every key goes to the group owning its slot, in entries of
+//!    at most [`IMPORT_BYTES`] (`Migrate::Import`, as a slot move
+//!    imports: it replaces keys of the same name, so an entry sent again
+//!    changes nothing);
 //! 4. `restored` replaces `restoring` (synced). Until then the node
 //!    serves no client: a node stopped half-way imports again at its next
 //!    start with the same `--restore-*` flag, and refuses to start without
@@ -34,7 +33,7 @@ use raftify::Restore;
 use raftify_cache::migrate::{export_parts, IMPORT_BYTES};
 use raftify_cache::{migrate_step, CacheEntry, CacheState, Migrate, Reply};
 use raftify_core::{Bootstrap, Config, InProcNetwork, Raft};
-use raftify_shard::{ShardHost, SLOTS};
+use raftify_shard::ShardHost;
 use raftify_storage::{restore_wal_from, restore_wal_snapshot_from, LmdbOptions};
 use slog::{info, warn, Logger};
 use std::path::{Path, PathBuf};
@@ -46,9 +45,6 @@ pub const MARKER: &str = "restored";
 
 /// The file that says a restore into the data dir began (and from what).
 pub const BEGUN: &str = "restoring";
-
-/// The most (estimated) bytes of keys one import round carries.
-pub const ROUND_BYTES: u64 = 4 << 20;
 
 /// How long the scratch node may go without applying anything before
 /// the restore fails.
@@ -120,7 +116,12 @@ pub fn plan(dir: &Path, restore: Option<&Restore>) -> Result<Plan, RestoreError>
             source.unwrap_or_default()
         ))),
         (Some(_), None, false) => {
-            let holds = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+            // A temporary file a write cut short left (`.<name>.tmp`) is
+            // not data.
+            let holds = std::fs::read_dir(dir).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            });
             if holds {
                 return Err(RestoreError::DataDir(format!(
                     "{} already holds data: a restore starts a new cluster in a new data dir",
@@ -140,7 +141,7 @@ pub fn plan(dir: &Path, restore: Option<&Restore>) -> Result<Plan, RestoreError>
 pub fn mark_done(dir: &Path) -> std::io::Result<()> {
     write_synced(dir, MARKER, b"the restore into this data dir is done\n")?;
     std::fs::remove_file(dir.join(BEGUN))?;
-    std::fs::File::open(dir)?.sync_all()
+    raftify_storage::sync_dir(dir).map_err(std::io::Error::other)
 }
 
 /// The flag's source, as the markers record it.
@@ -151,17 +152,11 @@ fn describe(r: &Restore) -> String {
     }
 }
 
-/// Writes `dir/name` durably: a temporary file synced, renamed, the
-/// directory synced.
+/// Writes `dir/name` durably (raftify-storage's atomic write: a
+/// temporary file synced, renamed, the directory synced).
 fn write_synced(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
+    raftify_storage::write_durable(&dir.join(name), data).map_err(std::io::Error::other)
 }
 
 /// The state `restore`'s source holds, applied by a node of its own in
@@ -182,11 +177,7 @@ pub async fn load(
         reason,
     };
     let store = restored.map_err(|e| fail(e.to_string()))?;
-    let mut state = apply(Arc::new(store), logger).await.map_err(fail);
-    if let Ok(s) = &mut state {
-        // Rounds are cut by bytes per slot.
-        s.count_slot_bytes();
-    }
+    let state = apply(Arc::new(store), logger).await.map_err(fail);
     if let Err(e) = std::fs::remove_dir_all(scratch) {
         warn!(logger, "cannot remove the restore's scratch directory"; "dir" => %scratch.display(), "error" => %e);
     }
@@ -243,27 +234,6 @@ async fn apply(
     state
 }
 
-/// Slot ranges of `state` of at most `max` estimated bytes each (a slot
-/// larger than that alone), covering every slot holding anything.
-pub fn rounds(state: &CacheState, max: u64) -> Vec<(u16, u16)> {
-    let mut out: Vec<(u16, u16)> = Vec::new();
-    let mut open: Option<(u16, u64)> = None;
-    for (slot, bytes) in state.keyspace().slot_bytes() {
-        match open {
-            Some((start, held)) if held + bytes <= max => open = Some((start, held + bytes)),
-            Some((start, _)) => {
-                out.push((start, slot - 1));
-                open = Some((slot, bytes));
-            }
-            None => open = Some((slot, bytes)),
-        }
-    }
-    if let Some((start, _)) = open {
-        out.push((start, SLOTS - 1));
-    }
-    out
-}
-
 /// Imports every key of `state` into the groups owning their slots, round
 /// by round; how many keys. The cluster must be this node alone, with no
 /// slot moving (other nodes join once it serves).
@@ -276,21 +246,15 @@ pub async fn import(
     if users > 0 {
         warn!(logger, "the restore source has ACL users; a sharded cluster keeps its own (ACL SETUSER again)"; "users" => users);
     }
-    // Each round split where the placement gives its slots to several
-    // groups.
+    // The placement's runs of slots, each its owner's.
     let (runs, alone) = {
         let p = host.placement();
         let p = p.borrow();
         let alone = p.nodes().len() == 1 && p.moving().is_none() && p.purging().is_empty();
-        let ranges = p.ranges();
-        let runs: Vec<(u16, u16, u64)> = rounds(state, ROUND_BYTES)
+        let runs: Vec<(u16, u16, u64)> = p
+            .ranges()
             .into_iter()
-            .flat_map(|(start, end)| {
-                ranges.iter().filter_map(move |&(r, g)| {
-                    let (a, b) = (r.start.max(start), r.end.min(end));
-                    (a <= b).then_some((a, b, g))
-                })
-            })
+            .map(|(r, g)| (r.start, r.end, g))
             .collect();
         (runs, alone)
     };
@@ -330,7 +294,6 @@ pub async fn import(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     #[test]
     fn a_restore_begins_in_a_new_dir_resumes_with_its_flag_and_ends_once() {
@@ -340,7 +303,10 @@ mod tests {
         let other = Restore::SnapshotFrom("/backup/b.snap".into());
         // No flag, nothing pending.
         assert_eq!(plan(&dir, None).unwrap(), Plan::None);
-        // New dir: begun, marker synced.
+        // New dir (a temporary file of a write cut short is not data):
+        // begun, marker synced.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(".restoring.tmp"), b"x").unwrap();
         assert_eq!(plan(&dir, Some(&wal)).unwrap(), Plan::Import);
         assert!(dir.join(BEGUN).is_file());
         // Stopped half-way: the same flag imports again; none or another
@@ -368,51 +334,5 @@ mod tests {
         let e = plan(&used, Some(&wal)).unwrap_err().to_string();
         assert!(e.contains("already holds data"), "{e}");
         assert!(!used.join(BEGUN).exists());
-    }
-
-    #[test]
-    fn rounds_cover_every_slot_with_keys_within_the_bound() {
-        let mut s = CacheState::new();
-        let big = "x".repeat(1000);
-        let mut commands = Vec::new();
-        for i in 0..300 {
-            let k = format!("k{i}");
-            commands.push(vec![
-                Bytes::from_static(b"set"),
-                Bytes::from(k),
-                Bytes::from(big.clone()),
-            ]);
-        }
-        let entry = CacheEntry {
-            clock_ms: 1,
-            op: raftify_cache::Op::Exec {
-                commands,
-                transaction: false,
-                watched: Vec::new(),
-            },
-        };
-        s.apply_entry(1, &entry);
-        assert!(rounds(&s, 20_000).is_empty(), "not counted: no rounds");
-        s.count_slot_bytes();
-        let r = rounds(&s, 20_000);
-        // Contiguous from the first slot holding keys to the last slot.
-        let first = s.keyspace().slot_bytes().next().unwrap().0;
-        assert_eq!(r.first().unwrap().0, first);
-        assert_eq!(r.last().unwrap().1, SLOTS - 1);
-        for w in r.windows(2) {
-            assert_eq!(w[0].1 + 1, w[1].0);
-        }
-        // Each round within the bound (no single slot is over it here).
-        for &(a, b) in &r {
-            let bytes: u64 = s
-                .keyspace()
-                .slot_bytes()
-                .filter(|(x, _)| (a..=b).contains(x))
-                .map(|(_, b)| b)
-                .sum();
-            assert!(bytes <= 20_000, "{a}-{b}: {bytes}");
-        }
-        assert!(r.len() >= 300 * 1000 / 20_000);
-        assert!(rounds(&CacheState::new(), 1).is_empty());
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 const ARCHIVE_MAGIC: &[u8; 8] = b"RFTYWAL1";
 
 /// Fsyncs a directory so a rename or a new file in it is durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LmdbError> {
+pub fn sync_dir(dir: &Path) -> Result<(), LmdbError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| LmdbError::io("fsync directory", dir, e))
@@ -20,7 +20,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LmdbError> {
 /// same directory is written and fsynced, renamed over `path`, and the
 /// directory is fsynced. A crash leaves either the old file or the new one
 /// (plus possibly a `.tmp` file, which [`remove_tmp_files`] cleans up).
-pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), LmdbError> {
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), LmdbError> {
     write_durable_with(path, |f, tmp| {
         f.write_all(bytes)
             .map_err(|e| LmdbError::io("write", tmp, e))
