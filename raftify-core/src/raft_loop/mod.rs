@@ -13,14 +13,15 @@
 //! the write is durable → `advance`.
 //!
 //! The write is made in the loop, or — pipelined persistence, the default
-//! on disk stores — by a writer task while the loop goes on
-//! (`persist.rs`); a synchronous write is the pipelined cycle with nothing
-//! in flight, so there is one cycle in one order.
+//! on disk stores — by a writer (a thread when appends fsync) while the
+//! loop goes on (`persist.rs`); a synchronous write is the pipelined cycle
+//! with nothing in flight, so there is one cycle in one order.
 //!
 //! Each concern has its own file and state: message admission
 //! (`admit.rs`), proposals (`proposals.rs`), leadership transfers and
 //! elections (`leadership.rs`), applying (`apply.rs`), reads (`reads.rs`),
-//! snapshots (`snapshot.rs`), persistence (`persist.rs`), status
+//! snapshots (`snapshot.rs`), persistence (`persist.rs`, its writer in
+//! `writer.rs`), status
 //! (`status.rs`). On shutdown each fails what it holds.
 //!
 //! Nothing a peer or a client sends can stop this loop: bad messages are
@@ -38,6 +39,7 @@ mod reads;
 mod ready;
 mod snapshot;
 mod status;
+mod writer;
 
 pub(crate) use command::{Applied, Command, ProposalKind, Reply};
 
@@ -238,6 +240,10 @@ where
     }
 
     fn on_tick(&mut self) {
+        if let Some(e) = self.persist.overdue() {
+            self.fatal = Some(e);
+            return;
+        }
         if self.hibernation_tick() {
             return;
         }

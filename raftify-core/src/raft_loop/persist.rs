@@ -1,7 +1,7 @@
 //! Persistence: each Ready's entries and hard state in one storage write,
 //! made in the loop or — pipelined, the default on stores whose writes
-//! block — by a writer task that merges every Ready queued behind the
-//! commit in flight into the next one.
+//! block — by a writer (`writer.rs`) that merges every Ready queued behind
+//! the commit in flight into the next one.
 //!
 //! Pipelined, the loop calls `advance_append_async` at once and goes on
 //! stepping, sending and applying while the commit is on its way. The
@@ -11,25 +11,18 @@
 //! `on_persist_ready`), and raft-rs hands out only durable entries to
 //! apply. A write in the loop is the same cycle with nothing in flight.
 
+use super::writer::{write_batch, Writer};
 use super::RaftLoop;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::state_machine::{AbstractLogEntry, AbstractStateMachine};
 use crate::status::Metrics;
-use crate::storage::{Durability, LogStore, StorageError, WriteBatch};
+use crate::storage::{LogStore, WriteBatch};
 use raft::eraftpb::{HardState, Message};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-
-/// The writer task of pipelined persistence.
-struct Writer {
-    /// Jobs for the writer: `(ready number, what it persists)`.
-    jobs: Option<mpsc::UnboundedSender<(u64, WriteBatch)>>,
-    task: Option<JoinHandle<()>>,
-}
 
 pub(super) struct Persistence {
     /// None: writes are made in the loop.
@@ -56,15 +49,8 @@ pub(super) struct Persistence {
     metrics: Arc<Metrics>,
 }
 
-/// Whether writing `batch` goes to the blocking pool: on a store whose
-/// writes block, unless it runs appends inline
-/// ([`LogStore::inline_appends`]) and the batch installs no snapshot.
-fn blocks(store: &Arc<dyn LogStore>, blocking: bool, batch: &WriteBatch) -> bool {
-    blocking && !(batch.snapshot.is_none() && store.inline_appends())
-}
-
 impl Persistence {
-    /// Starts the writer task when persistence is pipelined
+    /// Starts the writer when persistence is pipelined
     /// ([`Config::pipeline_writes`]).
     pub(super) fn start(
         config: &Config,
@@ -74,20 +60,7 @@ impl Persistence {
         let blocking = store.blocking_writes();
         let limit = config.storage_timeout;
         let (writer, done_rx) = if config.pipeline_writes.unwrap_or(blocking) {
-            let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-            let (done_tx, done_rx) = mpsc::unbounded_channel();
-            let task = tokio::spawn(write_behind(
-                store.clone(),
-                blocking,
-                limit,
-                metrics.clone(),
-                jobs_rx,
-                done_tx,
-            ));
-            let writer = Writer {
-                jobs: Some(jobs_tx),
-                task: Some(task),
-            };
+            let (writer, done_rx) = Writer::start(store, metrics, blocking, limit);
             (Some(writer), done_rx)
         } else {
             // Never yields: the loop's select skips it.
@@ -155,13 +128,24 @@ impl Persistence {
             .map(|_| ())
     }
 
+    /// A writer thread's oldest write has waited longer than the storage
+    /// timeout: the disk hangs, and the node stops rather than every
+    /// caller waiting (a task's writes are bounded where they are made).
+    pub(super) fn overdue(&self) -> Option<Error> {
+        self.writer.as_ref()?.overdue(self.limit)
+    }
+
     /// Lets the writer finish what it was given.
     pub(super) async fn finish(&mut self, limit: Duration) {
         if let Some(w) = self.writer.as_mut() {
-            w.jobs = None;
-            if let Some(task) = w.task.take() {
-                let _ = tokio::time::timeout(limit, task).await;
-            }
+            w.finish(limit, &mut self.done_rx).await;
+        }
+    }
+
+    /// For a writer thread: since when the oldest Ready it holds waits.
+    fn note_waiting(&mut self, since: Option<Instant>) {
+        if let Some(w) = self.writer.as_mut() {
+            w.note_waiting(since);
         }
     }
 
@@ -202,13 +186,12 @@ where
         self.raw.advance_append_async(rd);
         let p = &mut self.persist;
         if !batch.is_empty() {
-            let sent = p
-                .writer
-                .as_ref()
-                .and_then(|w| w.jobs.as_ref())
-                .is_some_and(|jobs| jobs.send((number, batch)).is_ok());
+            let sent = p.writer.as_ref().is_some_and(|w| w.submit(number, batch));
             if !sent {
                 return Err(Error::Fatal("the storage writer stopped".into()));
+            }
+            if !p.in_flight() {
+                p.note_waiting(Some(Instant::now()));
             }
             p.submitted = number;
         }
@@ -229,6 +212,8 @@ where
         let number = done?;
         let p = &mut self.persist;
         p.persisted = number;
+        // The next Ready's write (if any) started about now.
+        p.note_waiting(p.in_flight().then(Instant::now));
         let mut ready: Vec<Message> = Vec::new();
         while p.held.front().is_some_and(|(n, _)| *n <= number) {
             if let Some((_, msgs)) = p.held.pop_front() {
@@ -251,140 +236,5 @@ where
             }
         }
         Ok(())
-    }
-}
-
-/// Runs `op` on the store: on tokio's blocking pool when the store's
-/// writes block on I/O; bounded by `limit` (a hung disk stops the node
-/// instead of every caller).
-async fn on_store<T: Send + 'static>(
-    store: &Arc<dyn LogStore>,
-    blocking: bool,
-    limit: Duration,
-    what: &str,
-    op: impl FnOnce(&dyn LogStore) -> std::result::Result<T, StorageError> + Send + 'static,
-) -> Result<T> {
-    let result = if blocking {
-        let store = store.clone();
-        let task = tokio::task::spawn_blocking(move || op(store.as_ref()));
-        match tokio::time::timeout(limit, task).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return Err(Error::Fatal(format!("storage {what} task failed: {e}"))),
-            Err(_) => {
-                return Err(Error::Fatal(format!(
-                    "a storage {what} did not complete within {limit:?}"
-                )))
-            }
-        }
-    } else {
-        op(store.as_ref())
-    };
-    result.map_err(|e| Error::Fatal(format!("storage {what} failed: {e}")))
-}
-
-/// One write (see [`on_store`]): durable at once, or — `deferred` — as
-/// [`LogStore::write_deferred`] says.
-async fn write_batch(
-    store: &Arc<dyn LogStore>,
-    blocking: bool,
-    limit: Duration,
-    metrics: &Metrics,
-    batch: WriteBatch,
-    deferred: bool,
-) -> Result<Durability> {
-    if batch.is_empty() {
-        return Ok(Durability::Durable);
-    }
-    let n = batch.entries.len() as u64;
-    let bytes: u64 = batch.entries.iter().map(|e| e.data.len() as u64).sum();
-    let started = std::time::Instant::now();
-    let blocking = blocks(store, blocking, &batch);
-    let durability = on_store(store, blocking, limit, "write", move |s| match deferred {
-        true => s.write_deferred(batch),
-        false => s.write(batch).map(|()| Durability::Durable),
-    })
-    .await?;
-    Metrics::add(&metrics.storage_writes, 1);
-    Metrics::add(&metrics.persisted_entries, n);
-    Metrics::add(&metrics.storage_write_bytes, bytes);
-    metrics.storage_write_seconds.since(started);
-    Ok(durability)
-}
-
-/// The writer task: takes every job queued while the previous commit ran,
-/// merges them into one batch, writes it, and reports the number of the
-/// last Ready it made durable. Stops after the first failure (reported) or
-/// when the loop drops its sender.
-///
-/// A store may make a write durable only with the next one
-/// ([`Durability::UntilNext`]: LMDB's meta page, synced by the next
-/// commit's data sync). Then, while Readys queue up, each commit makes the
-/// previous one durable — one sync per commit — and when nothing is queued
-/// behind a write the task syncs at once, so an idle node's last write
-/// waits for no later one.
-async fn write_behind(
-    store: Arc<dyn LogStore>,
-    blocking: bool,
-    limit: Duration,
-    metrics: Arc<Metrics>,
-    mut jobs: mpsc::UnboundedReceiver<(u64, WriteBatch)>,
-    done: mpsc::UnboundedSender<Result<u64>>,
-) {
-    // The last Ready written but durable only with the next write or sync.
-    let mut pending: Option<u64> = None;
-    // Whether the task already yielded once for the pending write.
-    let mut yielded = false;
-    loop {
-        let job = match pending {
-            None => match jobs.recv().await {
-                Some(job) => job,
-                None => return,
-            },
-            Some(p) => match jobs.try_recv() {
-                Ok(job) => job,
-                // The loop may be about to hand over the next Ready (it
-                // ran while this write did): let it, once, so that write's
-                // sync also covers this one.
-                Err(mpsc::error::TryRecvError::Empty) if !yielded => {
-                    yielded = true;
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                // Nothing queued behind it (or the loop is stopping).
-                Err(_) => {
-                    pending = None;
-                    let synced = on_store(&store, blocking, limit, "sync", |s| s.sync()).await;
-                    Metrics::add(&metrics.storage_syncs, 1);
-                    let failed = synced.is_err();
-                    if done.send(synced.map(|()| p)).is_err() || failed {
-                        return;
-                    }
-                    continue;
-                }
-            },
-        };
-        yielded = false;
-        let (mut number, mut batch) = job;
-        while let Ok((n, later)) = jobs.try_recv() {
-            batch.merge(later);
-            number = n;
-        }
-        let written = write_batch(&store, blocking, limit, &metrics, batch, true).await;
-        let report = match written {
-            Ok(Durability::Durable) => {
-                pending = None;
-                Ok(number)
-            }
-            // This write's sync made the pending one durable.
-            Ok(Durability::UntilNext) => match pending.replace(number) {
-                Some(p) => Ok(p),
-                None => continue,
-            },
-            Err(e) => Err(e),
-        };
-        let failed = report.is_err();
-        if done.send(report).is_err() || failed {
-            return;
-        }
     }
 }

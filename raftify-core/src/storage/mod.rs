@@ -278,7 +278,8 @@ pub trait LogStore: Send + Sync + 'static {
     /// Records the identity of the store (first start).
     fn set_identity(&self, identity: &StoreIdentity) -> StorageResult<()>;
     /// Whether [`LogStore::write`] blocks on I/O (an fsync). When true the
-    /// loop runs writes on tokio's blocking pool. Default true.
+    /// loop's pipelined writes are made by a writer thread of their own,
+    /// and its other writes on tokio's blocking pool. Default true.
     fn blocking_writes(&self) -> bool {
         true
     }
@@ -286,7 +287,8 @@ pub trait LogStore: Send + Sync + 'static {
     /// enough to run on the async runtime although
     /// [`LogStore::blocking_writes`] is true: a store that does not sync
     /// (a few microseconds a commit), whose snapshots and compactions still
-    /// go to the blocking pool. Saves a thread hop per commit. Default
+    /// go to the blocking pool: the writer is then a task of the loop's
+    /// runtime, not a thread. Saves a thread hop per commit. Default
     /// false.
     fn inline_appends(&self) -> bool {
         false
