@@ -88,8 +88,10 @@ pub struct Config {
     pub read_timeout: Duration,
     /// How linearizable reads are confirmed. Default [`ReadMode::Safe`].
     pub read_mode: ReadMode,
-    /// A storage write that takes longer than this stops the node with
-    /// [`Error::Fatal`] (a hung disk must not hang every caller). Default 60 s.
+    /// A storage write (or sync) that takes longer than this stops the node
+    /// with [`Error::Fatal`] (a hung disk must not hang every caller): a
+    /// writer thread's call is watched by the loop's ticks, so the node
+    /// stops within this plus a tick. Default 60 s.
     pub storage_timeout: Duration,
     /// Seed for the randomized election timeouts. `None` (the default):
     /// raft-rs's random choice. `Some(seed)`: a seeded sequence per node, so
@@ -104,7 +106,8 @@ pub struct Config {
     /// (gRPC: `GrpcConfig::max_message_size`, 64 MiB by default, with room
     /// for the message around it). Default 8 MiB.
     pub max_entry_size: usize,
-    /// Pipelined persistence: a writer task makes Readys durable while the
+    /// Pipelined persistence: a writer (a thread of its own when the
+    /// store's appends block, else a task) makes Readys durable while the
     /// loop goes on stepping messages, sending and applying; every Ready
     /// queued behind an in-flight commit joins the next one (one fsync for
     /// all of them). Messages that must follow persistence (a follower's

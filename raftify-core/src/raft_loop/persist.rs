@@ -11,7 +11,7 @@
 //! `on_persist_ready`), and raft-rs hands out only durable entries to
 //! apply. A write in the loop is the same cycle with nothing in flight.
 
-use super::writer::{write_batch, Writer};
+use super::writer::{not_within, write_batch, Writer};
 use super::RaftLoop;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ use crate::storage::{LogStore, WriteBatch};
 use raft::eraftpb::{HardState, Message};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub(super) struct Persistence {
@@ -142,13 +142,6 @@ impl Persistence {
         }
     }
 
-    /// For a writer thread: since when the oldest Ready it holds waits.
-    fn note_waiting(&mut self, since: Option<Instant>) {
-        if let Some(w) = self.writer.as_mut() {
-            w.note_waiting(since);
-        }
-    }
-
     /// Shutdown: held messages are dropped (raft resends); no caller waits
     /// on this part.
     pub(super) fn drop_held(&mut self) {
@@ -190,9 +183,6 @@ where
             if !sent {
                 return Err(Error::Fatal("the storage writer stopped".into()));
             }
-            if !p.in_flight() {
-                p.note_waiting(Some(Instant::now()));
-            }
             p.submitted = number;
         }
         if p.in_flight() {
@@ -212,8 +202,6 @@ where
         let number = done?;
         let p = &mut self.persist;
         p.persisted = number;
-        // The next Ready's write (if any) started about now.
-        p.note_waiting(p.in_flight().then(Instant::now));
         let mut ready: Vec<Message> = Vec::new();
         while p.held.front().is_some_and(|(n, _)| *n <= number) {
             if let Some((_, msgs)) = p.held.pop_front() {
@@ -227,12 +215,16 @@ where
         Ok(())
     }
 
-    /// Waits until every Ready handed to the writer is durable.
+    /// Waits until every Ready handed to the writer is durable (each
+    /// report within the storage timeout: the loop's ticks, which watch a
+    /// writer thread, do not run meanwhile).
     pub(super) async fn drain_writes(&mut self) -> Result<()> {
+        let limit = self.persist.limit;
         while self.persist.in_flight() {
-            match self.persist.done_rx.recv().await {
-                Some(done) => self.on_persisted(done)?,
-                None => return Err(Error::Fatal("the storage writer stopped".into())),
+            match tokio::time::timeout(limit, self.persist.done_rx.recv()).await {
+                Ok(Some(done)) => self.on_persisted(done)?,
+                Ok(None) => return Err(Error::Fatal("the storage writer stopped".into())),
+                Err(_) => return Err(not_within(limit)),
             }
         }
         Ok(())

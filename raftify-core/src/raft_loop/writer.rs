@@ -12,6 +12,7 @@
 use crate::error::{Error, Result};
 use crate::status::Metrics;
 use crate::storage::{Durability, LogStore, StorageError, WriteBatch};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -25,9 +26,52 @@ pub(super) struct Writer {
     /// The task (None for a thread, which ends when `jobs` is dropped and
     /// reports its end by dropping its sender of the reports).
     task: Option<JoinHandle<()>>,
-    /// A thread: since when the oldest Ready handed to it waits, if one
-    /// does (its writes are bounded by the loop's ticks: [`Writer::overdue`]).
-    waiting_since: Option<Option<Instant>>,
+    /// A thread's own account of the store call it is in, if any (its
+    /// calls are bounded by the loop's ticks: [`Writer::overdue`]).
+    busy: Option<Arc<Busy>>,
+}
+
+/// When a writer thread entered the store call it is in: microseconds
+/// since `base`, plus one (0: in none). Set and cleared by the thread
+/// around each write and sync, so it times the disk alone, not how soon
+/// the loop reads the report.
+struct Busy {
+    base: Instant,
+    since: AtomicU64,
+}
+
+impl Busy {
+    fn new() -> Self {
+        Busy {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `call` (a store call), marked as in progress.
+    fn around<T>(&self, call: impl FnOnce() -> T) -> T {
+        let now = self.base.elapsed().as_micros() as u64 + 1;
+        self.since.store(now, Ordering::Release);
+        let out = call();
+        self.since.store(0, Ordering::Release);
+        out
+    }
+
+    /// How long the call in progress has taken, if one is.
+    fn taken(&self) -> Option<Duration> {
+        match self.since.load(Ordering::Acquire) {
+            0 => None,
+            since => {
+                let now = self.base.elapsed().as_micros() as u64 + 1;
+                Some(Duration::from_micros(now.saturating_sub(since)))
+            }
+        }
+    }
+}
+
+/// The error of a storage call that did not return within `limit`.
+pub(super) fn not_within(limit: Duration) -> Error {
+    Error::Fatal(format!("a storage write did not complete within {limit:?}"))
 }
 
 /// Whether writing `batch` goes to the blocking pool: on a store whose
@@ -266,21 +310,12 @@ impl Writer {
             .is_some_and(|jobs| jobs.send((number, batch)).is_ok())
     }
 
-    /// A thread's oldest write has waited more than `limit`: the disk
-    /// hangs, and the node stops rather than every caller waiting (a
-    /// task's writes are bounded where they are made).
+    /// A thread's write or sync has been in the store for more than
+    /// `limit`: the disk hangs, and the node stops rather than every
+    /// caller waiting (a task's writes are bounded where they are made).
     pub(super) fn overdue(&self, limit: Duration) -> Option<Error> {
-        let since = self.waiting_since.flatten()?;
-        (since.elapsed() > limit)
-            .then(|| Error::Fatal(format!("a storage write did not complete within {limit:?}")))
-    }
-
-    /// For a thread: since when the oldest Ready it holds waits (None:
-    /// none does).
-    pub(super) fn note_waiting(&mut self, since: Option<Instant>) {
-        if let Some(waiting) = self.waiting_since.as_mut() {
-            *waiting = since;
-        }
+        let taken = self.busy.as_ref()?.taken()?;
+        (taken > limit).then(|| not_within(limit))
     }
 
     /// Lets the writer finish what it was given (at most `limit`); its
@@ -291,6 +326,10 @@ impl Writer {
         done_rx: &mut mpsc::UnboundedReceiver<Result<u64>>,
     ) {
         self.jobs = None;
+        if self.overdue(limit).is_some() {
+            // Hung: waiting longer changes nothing.
+            return;
+        }
         let _ = match self.task.take() {
             Some(task) => tokio::time::timeout(limit, task).await.map(|_| ()),
             // The thread drops its sender of the reports when it ends.
@@ -306,7 +345,7 @@ impl Writer {
         Writer {
             jobs: None,
             task: Some(tokio::spawn(write_behind(parts, blocking, limit))),
-            waiting_since: None,
+            busy: None,
         }
     }
 
@@ -317,12 +356,18 @@ impl Writer {
         // spawn gives them back for a task.
         let slot = Arc::new(std::sync::Mutex::new(Some(parts)));
         let theirs = slot.clone();
+        let busy = Arc::new(Busy::new());
+        let marks = busy.clone();
         let spawned = std::thread::Builder::new()
             .name("raftify-writer".into())
             .spawn(move || {
                 let parts = theirs.lock().ok().and_then(|mut p| p.take());
                 if let Some(parts) = parts {
-                    write_behind_thread(parts);
+                    let done = parts.done.clone();
+                    let run = std::panic::AssertUnwindSafe(|| write_behind_thread(parts, &marks));
+                    if std::panic::catch_unwind(run).is_err() {
+                        let _ = done.send(Err(Error::Fatal("the storage writer panicked".into())));
+                    }
                 }
             });
         let left = match spawned {
@@ -334,7 +379,7 @@ impl Writer {
             None => Writer {
                 jobs: None,
                 task: None,
-                waiting_since: Some(None),
+                busy: Some(busy),
             },
         }
     }
@@ -379,7 +424,7 @@ async fn write_behind(mut w: WriterParts, blocking: bool, limit: Duration) {
 /// Its writes are not bounded here (a thread cannot leave a hung
 /// `fdatasync`): the loop stops the node when one is overdue
 /// ([`Writer::overdue`]), which ends this thread's reports.
-fn write_behind_thread(mut w: WriterParts) {
+fn write_behind_thread(mut w: WriterParts, busy: &Busy) {
     let mut state = WriteBehind::default();
     let mut step = state.next(&mut w.jobs);
     loop {
@@ -389,8 +434,10 @@ fn write_behind_thread(mut w: WriterParts) {
                     true => Ok(Durability::Durable),
                     false => {
                         let counted = Counted::of(&batch);
-                        let written = w.store.write_deferred(batch);
-                        counted.record(&w.metrics);
+                        let written = busy.around(|| w.store.write_deferred(batch));
+                        if written.is_ok() {
+                            counted.record(&w.metrics);
+                        }
                         written.map_err(|e| failed("write", e))
                     }
                 };
@@ -404,7 +451,9 @@ fn write_behind_thread(mut w: WriterParts) {
                 state.next(&mut w.jobs)
             }
             Step::Sync(p) => {
-                let synced = w.store.sync().map_err(|e| failed("sync", e));
+                let synced = busy
+                    .around(|| w.store.sync())
+                    .map_err(|e| failed("sync", e));
                 Metrics::add(&w.metrics.storage_syncs, 1);
                 if !report(&w.done, synced.map(|()| p)) {
                     return;
