@@ -233,10 +233,8 @@ impl SlotBytes {
 }
 
 /// The key slot of `key` (Redis Cluster's: CRC16 of the key or of its
-/// `{hash tag}`, modulo 16,384).
-pub fn key_slot(key: &[u8]) -> u16 {
-    redis_protocol::redis_keyslot(key)
-}
+/// `{hash tag}`, modulo 16,384): the shard crate's, the one definition.
+pub use raftify_shard::key_slot;
 
 impl Keyspace {
     /// The replicated clock (ms since the Unix epoch).
