@@ -65,6 +65,15 @@ impl User {
         rules_text(&self.channels, '&')
     }
 
+    /// The rules that make this user when given to `ACL SETUSER`, from
+    /// whatever the name held before: `reset`, then its `ACL LIST` line's
+    /// (what snapshots keep, and a restore into a sharded cluster carries).
+    pub fn as_rules(&self, name: &str) -> Vec<Bytes> {
+        std::iter::once(Bytes::from_static(b"reset"))
+            .chain(rules_of_line(self.describe(name).as_bytes()))
+            .collect()
+    }
+
     /// Redis's `ACL LIST` line for this user.
     pub fn describe(&self, name: &str) -> String {
         let mut out = format!("user {name} {}", if self.enabled { "on" } else { "off" });
@@ -112,6 +121,14 @@ fn rules_text(list: &Option<Vec<Bytes>>, sigil: char) -> String {
             .collect::<Vec<_>>()
             .join(" "),
     }
+}
+
+/// The rules of an `ACL LIST` line (`user NAME` then its rules).
+pub(crate) fn rules_of_line(line: &[u8]) -> Vec<Bytes> {
+    line.split(|b| *b == b' ')
+        .skip(2)
+        .map(Bytes::copy_from_slice)
+        .collect()
 }
 
 /// The replicated users.
@@ -350,6 +367,44 @@ mod tests {
         assert_eq!(
             users["svc"].describe("svc"),
             "user svc on nopass ~* &* +@all"
+        );
+    }
+
+    #[test]
+    fn a_users_rules_make_it_again_over_whatever_the_name_held() {
+        let rules =
+            |r: &[&str]| -> Vec<Bytes> { r.iter().map(|r| Bytes::from(r.to_string())).collect() };
+        let hash = "c".repeat(64);
+        let mut source = Users::new();
+        let made = [
+            "on",
+            &format!("#{hash}"),
+            "~svc:*",
+            "&news.*",
+            "-@all",
+            "+@read",
+            "+set",
+        ];
+        set_user(&mut source, "svc", &rules(&made)).unwrap();
+        set_user(&mut source, "off-one", &rules(&["off", "nopass"])).unwrap();
+        // A copy where the names held other users: given the rules (twice,
+        // as a restore that resumes does), each is the source's again.
+        let mut copy = Users::new();
+        set_user(
+            &mut copy,
+            "svc",
+            &rules(&["on", "nopass", "~other", "+@all"]),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            for (name, user) in &source {
+                set_user(&mut copy, name, &user.as_rules(name)).unwrap();
+            }
+        }
+        assert_eq!(copy, source);
+        assert_eq!(
+            source["svc"].as_rules("svc")[0],
+            Bytes::from_static(b"reset")
         );
     }
 

@@ -287,12 +287,7 @@ pub(crate) fn read_users(r: &mut (dyn Read + Send)) -> Result<crate::acl::Users,
     for _ in 0..u64_(r)? {
         let name = String::from_utf8(bytes(r)?.to_vec()).map_err(|_| "a user name is not UTF-8")?;
         // The user's ACL LIST line: `user NAME` then its rules.
-        let line = bytes(r)?;
-        let rules: Vec<Bytes> = line
-            .split(|b| *b == b' ')
-            .skip(2)
-            .map(Bytes::copy_from_slice)
-            .collect();
+        let rules = crate::acl::rules_of_line(&bytes(r)?);
         crate::acl::set_user(&mut users, &name, &rules)
             .map_err(|e| format!("user {name} in a snapshot: {e}"))?;
     }

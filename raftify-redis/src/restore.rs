@@ -26,12 +26,15 @@
 //!    start with the same `--restore-*` flag, and refuses to start without
 //!    it.
 //!
-//! Users (`ACL SETUSER`) of the source are not carried over (a sharded
-//! cluster keeps its users in the metadata group): the node says so.
+//! The source's users (`ACL SETUSER`) go to the metadata group, where a
+//! sharded cluster keeps them (every node's), each as `reset` then its
+//! rules: given again after a restart, the same user.
 
+use bytes::Bytes;
 use raftify::Restore;
 use raftify_cache::migrate::{export_parts, IMPORT_BYTES};
-use raftify_cache::{migrate_step, CacheEntry, CacheState, Migrate, Reply};
+use raftify_cache::{migrate_step, CacheEntry, CacheState, Migrate, Op, Reply};
+use raftify_core::{AbstractLogEntry, Payload};
 use raftify_core::{Bootstrap, Config, InProcNetwork, Raft};
 use raftify_shard::ShardHost;
 use raftify_storage::{restore_wal_from, restore_wal_snapshot_from, LmdbOptions};
@@ -67,6 +70,14 @@ pub enum RestoreError {
     /// The cluster is not the new, lone node a restore imports into.
     #[error("{0}")]
     Cluster(String),
+    /// A user of the source could not be set in the metadata group.
+    #[error("cannot restore ACL user {user}: {reason}")]
+    Users {
+        /// The user.
+        user: String,
+        /// Why.
+        reason: String,
+    },
     /// A round could not be imported into its group.
     #[error("cannot import slots {start}-{end} into group {group}: {reason}")]
     Import {
@@ -242,10 +253,6 @@ pub async fn import(
     state: &CacheState,
     logger: &Logger,
 ) -> Result<usize, RestoreError> {
-    let users = state.users().len();
-    if users > 0 {
-        warn!(logger, "the restore source has ACL users; a sharded cluster keeps its own (ACL SETUSER again)"; "users" => users);
-    }
     // The placement's runs of slots, each its owner's.
     let (runs, alone) = {
         let p = host.placement();
@@ -287,8 +294,42 @@ pub async fn import(
             }
         }
     }
-    info!(logger, "restored into the sharded cluster"; "keys" => keys);
+    let users = import_users(host, state).await?;
+    info!(logger, "restored into the sharded cluster"; "keys" => keys, "users" => users);
     Ok(keys)
+}
+
+/// Sets the source's ACL users in the metadata group (see the module
+/// docs); how many.
+async fn import_users(
+    host: &ShardHost<CacheEntry, CacheState>,
+    state: &CacheState,
+) -> Result<usize, RestoreError> {
+    for (name, user) in state.users() {
+        let fail = |reason: String| RestoreError::Users {
+            user: name.clone(),
+            reason,
+        };
+        let entry = CacheEntry {
+            clock_ms: raftify_core::unix_ms(),
+            op: Op::SetUser {
+                name: Bytes::copy_from_slice(name.as_bytes()),
+                rules: user.as_rules(name),
+                legacy: false,
+            },
+        };
+        let command = entry.encode().map_err(|e| fail(e.to_string()))?;
+        let answer = host
+            .propose_shared(command)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        match Reply::decode(&answer) {
+            Ok(Reply::Ok) => {}
+            Ok(other) => return Err(fail(format!("the metadata group answered {other:?}"))),
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    }
+    Ok(state.users().len())
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use common::{free_port, show, wait_for, Frame, Node, T};
 use std::path::Path;
 use std::time::Duration;
 
-/// A single-group node in `dir` with keys `k0..k199` (`v<i>`), a list and
-/// a counter, snapshotted, then `late0..late19` written after the
-/// snapshot; stopped.
+/// A single-group node in `dir` with keys `k0..k199` (`v<i>`), a list, a
+/// counter and an ACL user `reader` (reads of `k*` keys), snapshotted, then
+/// `late0..late19` written after the snapshot; stopped.
 fn old_node(dir: &Path) {
     let raft = format!("127.0.0.1:{}", free_port());
     let mut n = Node::spawn(1, free_port(), &raft, dir, &[]);
@@ -31,6 +31,8 @@ fn old_node(dir: &Path) {
     for _ in 0..5 {
         c.cmd(&["INCR", "counter"]);
     }
+    let reader = ["ACL", "SETUSER", "reader", "on", ">pw", "~k*", "+@read"];
+    assert_eq!(show(&c.cmd(&reader)), "+OK");
     let Frame::Integer(_) = c.cmd(&["RAFT", "SNAPSHOT", "NOW"]) else {
         panic!("RAFT SNAPSHOT NOW");
     };
@@ -63,6 +65,20 @@ fn check_restored(n: &Node, with_late: bool) {
     // probe, k0..k199, list, counter (+ late0..late19).
     let want = 203 + if with_late { 20 } else { 0 };
     assert_eq!(show(&c.cmd(&["DBSIZE"])), format!(":{want}"));
+    // The source's user came along: it authenticates, reads its keys,
+    // and may do nothing else.
+    let mut r = n.client();
+    assert_eq!(show(&r.cmd(&["AUTH", "reader", "pw"])), "+OK");
+    assert_eq!(show(&r.cmd(&["GET", "k7"])), "$v7");
+    let refused = [
+        show(&r.cmd(&["SET", "k7", "x"])),
+        show(&r.cmd(&["GET", "counter"])),
+    ];
+    assert!(
+        refused.iter().all(|e| e.starts_with("-NOPERM")),
+        "{refused:?}"
+    );
+    assert!(show(&r.cmd(&["AUTH", "reader", "wrong"])).starts_with("-WRONGPASS"));
 }
 
 #[test]
