@@ -11,8 +11,8 @@
 # Usage: scripts/bench_hiqlite.sh [TASKS...]   (default: 4 16 64)
 # Env: ROUNDS (default 2), SECS (raftify's seconds per level, default 3),
 # KEYS (hiqlite's PUTs per level, default 20000).
-# Builds hiqlite (benchmarks/hiqlite, not part of the workspace; needs
-# cmake and a C compiler for aws-lc-sys) into target/hiqlite-bench.
+# Builds hiqlite (benchmarks/hiqlite, not part of the workspace; needs a C
+# compiler for aws-lc-sys) into target/hiqlite-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 levels=("${@:-4 16 64}")
