@@ -331,19 +331,25 @@ impl Server {
                 Ok(r) => r,
                 Err(e) => error_reply(&e),
             },
-            (None, Some(shard)) => {
-                let command = match entry.encode() {
-                    Ok(c) => c,
-                    Err(e) => return Reply::err(e),
-                };
-                match shard.host.propose_shared(command).await {
-                    Ok(answer) => {
-                        Reply::decode(&answer).unwrap_or_else(|e| Reply::err(format!("ACL: {e}")))
-                    }
-                    Err(e) => crate::server::shard_error_reply(&e),
-                }
-            }
+            (None, Some(shard)) => propose_shared(&shard.host, &entry).await,
             (None, None) => crate::sharded::unsupported(),
         }
+    }
+}
+
+/// Proposes an ACL change (`entry`) to a sharded cluster's metadata
+/// group, where its users are kept: the group's answer, or the failure as
+/// a Redis error reply.
+pub(crate) async fn propose_shared(
+    host: &raftify_shard::ShardHost<CacheEntry, raftify_cache::CacheState>,
+    entry: &CacheEntry,
+) -> Reply {
+    let command = match entry.encode() {
+        Ok(c) => c,
+        Err(e) => return Reply::err(e),
+    };
+    match host.propose_shared(command).await {
+        Ok(answer) => Reply::decode(&answer).unwrap_or_else(|e| Reply::err(format!("ACL: {e}"))),
+        Err(e) => crate::server::shard_error_reply(&e),
     }
 }

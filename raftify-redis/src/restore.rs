@@ -34,7 +34,6 @@ use bytes::Bytes;
 use raftify::Restore;
 use raftify_cache::migrate::{export_parts, IMPORT_BYTES};
 use raftify_cache::{migrate_step, CacheEntry, CacheState, Migrate, Op, Reply};
-use raftify_core::{AbstractLogEntry, Payload};
 use raftify_core::{Bootstrap, Config, InProcNetwork, Raft};
 use raftify_shard::ShardHost;
 use raftify_storage::{restore_wal_from, restore_wal_snapshot_from, LmdbOptions};
@@ -306,10 +305,6 @@ async fn import_users(
     state: &CacheState,
 ) -> Result<usize, RestoreError> {
     for (name, user) in state.users() {
-        let fail = |reason: String| RestoreError::Users {
-            user: name.clone(),
-            reason,
-        };
         let entry = CacheEntry {
             clock_ms: raftify_core::unix_ms(),
             op: Op::SetUser {
@@ -318,15 +313,14 @@ async fn import_users(
                 legacy: false,
             },
         };
-        let command = entry.encode().map_err(|e| fail(e.to_string()))?;
-        let answer = host
-            .propose_shared(command)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        match Reply::decode(&answer) {
-            Ok(Reply::Ok) => {}
-            Ok(other) => return Err(fail(format!("the metadata group answered {other:?}"))),
-            Err(e) => return Err(fail(e.to_string())),
+        match crate::acl::propose_shared(host, &entry).await {
+            Reply::Ok => {}
+            other => {
+                return Err(RestoreError::Users {
+                    user: name.clone(),
+                    reason: format!("the metadata group answered {other:?}"),
+                })
+            }
         }
     }
     Ok(state.users().len())
