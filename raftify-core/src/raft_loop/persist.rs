@@ -224,7 +224,7 @@ where
             match tokio::time::timeout(limit, self.persist.done_rx.recv()).await {
                 Ok(Some(done)) => self.on_persisted(done)?,
                 Ok(None) => return Err(Error::Fatal("the storage writer stopped".into())),
-                Err(_) => return Err(not_within(limit)),
+                Err(_) => return Err(not_within("write", limit)),
             }
         }
         Ok(())

@@ -69,9 +69,11 @@ impl Busy {
     }
 }
 
-/// The error of a storage call that did not return within `limit`.
-pub(super) fn not_within(limit: Duration) -> Error {
-    Error::Fatal(format!("a storage write did not complete within {limit:?}"))
+/// The error of a storage call (`what`) that did not return within `limit`.
+pub(super) fn not_within(what: &str, limit: Duration) -> Error {
+    Error::Fatal(format!(
+        "a storage {what} did not complete within {limit:?}"
+    ))
 }
 
 /// Whether writing `batch` goes to the blocking pool: on a store whose
@@ -97,11 +99,7 @@ async fn on_store<T: Send + 'static>(
         match tokio::time::timeout(limit, task).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(Error::Fatal(format!("storage {what} task failed: {e}"))),
-            Err(_) => {
-                return Err(Error::Fatal(format!(
-                    "a storage {what} did not complete within {limit:?}"
-                )))
-            }
+            Err(_) => return Err(not_within(what, limit)),
         }
     } else {
         op(store.as_ref())
@@ -120,20 +118,37 @@ pub(super) async fn write_batch(
     store: &Arc<dyn LogStore>,
     blocking: bool,
     limit: Duration,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     batch: WriteBatch,
     deferred: bool,
 ) -> Result<Durability> {
     if batch.is_empty() {
         return Ok(Durability::Durable);
     }
-    let counted = Counted::of(&batch);
     let blocking = blocks(store, blocking, &batch);
-    let durability = on_store(store, blocking, limit, "write", move |s| match deferred {
-        true => s.write_deferred(batch),
-        false => s.write(batch).map(|()| Durability::Durable),
+    let metrics = metrics.clone();
+    on_store(store, blocking, limit, "write", move |s| {
+        write_counted(s, &metrics, batch, deferred)
     })
-    .await?;
+    .await
+}
+
+/// Makes one write on `store` (see [`write_batch`]), counted in the
+/// metrics when it succeeds.
+fn write_counted(
+    store: &dyn LogStore,
+    metrics: &Metrics,
+    batch: WriteBatch,
+    deferred: bool,
+) -> std::result::Result<Durability, StorageError> {
+    if batch.is_empty() {
+        return Ok(Durability::Durable);
+    }
+    let counted = Counted::of(&batch);
+    let durability = match deferred {
+        true => store.write_deferred(batch)?,
+        false => store.write(batch).map(|()| Durability::Durable)?,
+    };
     counted.record(metrics);
     Ok(durability)
 }
@@ -315,7 +330,7 @@ impl Writer {
     /// caller waiting (a task's writes are bounded where they are made).
     pub(super) fn overdue(&self, limit: Duration) -> Option<Error> {
         let taken = self.busy.as_ref()?.taken()?;
-        (taken > limit).then(|| not_within(limit))
+        (taken > limit).then(|| not_within("write", limit))
     }
 
     /// Lets the writer finish what it was given (at most `limit`); its
@@ -430,26 +445,17 @@ fn write_behind_thread(mut w: WriterParts, busy: &Busy) {
     loop {
         step = match step {
             Step::Write(number, batch) => {
-                let written = match batch.is_empty() {
-                    true => Ok(Durability::Durable),
-                    false => {
-                        let counted = Counted::of(&batch);
-                        let written = busy.around(|| w.store.write_deferred(batch));
-                        if written.is_ok() {
-                            counted.record(&w.metrics);
-                        }
-                        written.map_err(|e| failed("write", e))
-                    }
-                };
+                let written = busy
+                    .around(|| write_counted(w.store.as_ref(), &w.metrics, batch, true))
+                    .map_err(|e| failed("write", e));
                 if !state.report_write(&w.done, number, written) {
                     return;
                 }
                 state.next(&mut w.jobs)
             }
-            Step::Yield => {
-                std::thread::yield_now();
-                state.next(&mut w.jobs)
-            }
+            // The loop runs on another thread meanwhile: look again at
+            // once (no system call).
+            Step::Yield => state.next(&mut w.jobs),
             Step::Sync(p) => {
                 let synced = busy
                     .around(|| w.store.sync())
