@@ -382,7 +382,10 @@ impl Keyspace {
         old
     }
 
-    /// [`Keyspace::insert`] keeping a version read from a snapshot.
+    /// [`Keyspace::insert`] keeping a version read from a snapshot. An
+    /// empty collection (which commands never leave, see
+    /// [`Keyspace::settle`]; a damaged or crafted snapshot or import may
+    /// carry one) is no key: the key is removed instead.
     pub fn insert_versioned(
         &mut self,
         key: Bytes,
@@ -390,6 +393,10 @@ impl Keyspace {
         expire_at: Option<u64>,
         version: u64,
     ) {
+        if value.is_empty_collection() {
+            let _ = self.remove(&key);
+            return;
+        }
         let index = std::mem::replace(&mut self.index, version);
         let _ = self.insert(key, value, expire_at);
         self.index = index;
@@ -503,6 +510,19 @@ impl Keyspace {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_empty_collection_from_a_snapshot_is_no_key() {
+        let mut ks = Keyspace::default();
+        let set = Value::Set(Box::default());
+        ks.insert_versioned(Bytes::from("s"), set, None, 7);
+        assert!(ks.get(b"s").is_none());
+        assert_eq!(ks.raw_len(), 0);
+        ks.insert(Bytes::from("l"), Value::Str(Bytes::from("x")), None);
+        let list = Value::List(Box::default());
+        ks.insert_versioned(Bytes::from("l"), list, None, 8);
+        assert!(ks.get(b"l").is_none(), "an empty import replaces: no key");
+    }
+
     use super::*;
 
     #[test]
