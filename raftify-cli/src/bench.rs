@@ -172,7 +172,10 @@ pub async fn run(args: BenchArgs, conn: ConnArgs) -> Result<()> {
 
     let duration = match (args.requests, args.duration) {
         (Some(_), _) => None,
-        (None, d) => Some(Duration::from_secs_f64(d.unwrap_or(10.0).max(0.1))),
+        (None, d) => Some(
+            Duration::try_from_secs_f64(d.unwrap_or(10.0).max(0.1))
+                .map_err(|e| anyhow!("--duration: {e}"))?,
+        ),
     };
     let args = Arc::new(args);
     let shared = Arc::new(Shared::default());

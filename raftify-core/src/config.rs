@@ -3,6 +3,10 @@
 use crate::error::{Error, Result};
 use std::time::Duration;
 
+/// The longest timeout [`Config::validate`] accepts (a year): deadlines
+/// are computed as `Instant::now() + timeout`, which must not overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How linearizable reads are confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadMode {
@@ -216,6 +220,10 @@ impl Config {
             if d.is_zero() {
                 return bad(format!("{name} must be positive"));
             }
+            // Deadlines are `Instant::now() + d`: keep them representable.
+            if d > MAX_TIMEOUT {
+                return bad(format!("{name} must be at most {MAX_TIMEOUT:?} (a year)"));
+            }
         }
         if self.max_entry_size == 0 {
             return bad("max_entry_size must be positive".into());
@@ -287,5 +295,12 @@ mod tests {
         c = Config::new(1);
         c.max_size_per_msg = 0;
         assert!(c.validate().is_err());
+        // A timeout whose deadline would overflow `Instant`.
+        c = Config::new(1);
+        c.conf_change_timeout = Duration::from_secs(u64::MAX / 4);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("conf_change_timeout"), "{e}");
+        c.conf_change_timeout = MAX_TIMEOUT;
+        c.validate().unwrap();
     }
 }
