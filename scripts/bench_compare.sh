@@ -156,20 +156,7 @@ RESULTS=$OUT/results.tsv
 printf "system\top\tconns\treq_per_s\tp50\tp99\tnon2xx\n" >"$RESULTS"
 
 # The disk's raw sync rate, on the file system the nodes write to.
-RAW_SYNC=$(python3 - "$WORK" <<'PY'
-import os, sys, time
-path = os.path.join(sys.argv[1], "fdatasync.bin")
-fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-block, n, start = b"\x5a" * 4096, 0, time.monotonic()
-while time.monotonic() - start < 3:
-    os.pwrite(fd, block, 0)
-    os.fdatasync(fd)
-    n += 1
-os.close(fd)
-os.remove(path)
-print(f"{n / (time.monotonic() - start):.0f}")
-PY
-)
+RAW_SYNC=$(python3 scripts/disk_probe.py "$WORK" 3 | cut -d" " -f1)
 echo "disk: raw 4 KiB write + fdatasync: $RAW_SYNC/s" >&2
 printf "raw_fdatasync_per_s\t%s\n" "$RAW_SYNC" >"$OUT/disk.tsv"
 

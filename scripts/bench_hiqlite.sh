@@ -27,16 +27,7 @@ ours=target/release/examples/cache_bench
 theirs=target/hiqlite-bench/release/hiqlite-bench
 
 disk() { # 4 KiB overwrite + fdatasync, mean microseconds
-    python3 - <<'PY'
-import os, tempfile, time
-fd, path = tempfile.mkstemp(dir=".")
-os.pwrite(fd, b"\0" * 4096 * 2000, 0); os.fsync(fd)
-t = time.perf_counter()
-for i in range(2000):
-    os.pwrite(fd, b"x" * 4096, i * 4096); os.fdatasync(fd)
-print(round((time.perf_counter() - t) / 2000 * 1e6))
-os.close(fd); os.unlink(path)
-PY
+    python3 scripts/disk_probe.py . 2 | cut -d" " -f2
 }
 
 ours_csv() { # mode, flags...
