@@ -421,14 +421,9 @@ pub(crate) fn import(ks: &mut Keyspace, mut data: &[u8]) -> Result<usize, BoxErr
 
 /// Deletes every key of slots `start..=end`; how many.
 pub(crate) fn drop_range(ks: &mut Keyspace, start: u16, end: u16) -> usize {
-    let keys: Vec<Bytes> = ks
-        .iter()
-        .map(|(k, _)| k)
-        .filter(|k| {
-            let s = key_slot(k);
-            start <= s && s <= end
-        })
-        .map(Bytes::copy_from_slice)
+    let keys: Vec<Bytes> = items_in(ks, start, end)
+        .into_iter()
+        .map(|(k, _)| Bytes::copy_from_slice(k))
         .collect();
     keys.iter().filter(|k| ks.remove(k).is_some()).count()
 }
