@@ -1,4 +1,4 @@
-//! Each service's token, checked on every call in constant time, and
+//! Each service's tokens, checked on every call in constant time, and
 //! refusals logged without letting a flood of bad calls flood the log.
 
 use raftify_core::metrics::ServerMetrics;
@@ -59,10 +59,53 @@ impl RefusalLog {
     }
 }
 
-/// Checks a service's token on every RPC, in constant time.
+/// The tokens a service accepts, as `Authorization: Bearer <token>`
+/// header values: the current one and, during a rotation, the others
+/// given with it ([`GrpcConfig::accept_tokens`](crate::GrpcConfig::accept_tokens)).
+/// A presented value is compared with every one of them in constant time
+/// (no early exit), so the answer's timing tells neither which nor how
+/// much of one matched. The gRPC services and the HTTP front-ends check
+/// tokens with this.
+#[derive(Clone)]
+pub struct BearerTokens {
+    expected: Arc<[Vec<u8>]>,
+}
+
+impl BearerTokens {
+    /// The check for `tokens`; `None` when there are none (no check).
+    pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let expected: Vec<Vec<u8>> = tokens
+            .into_iter()
+            .map(|t| format!("Bearer {t}").into_bytes())
+            .collect();
+        (!expected.is_empty()).then(|| BearerTokens {
+            expected: expected.into(),
+        })
+    }
+
+    /// Whether `authorization` (the header's value, `None` when absent)
+    /// presents one of the tokens.
+    pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(got) = authorization else {
+            return false;
+        };
+        self.expected
+            .iter()
+            .fold(subtle::Choice::from(0), |ok, want| ok | got.ct_eq(want))
+            .into()
+    }
+}
+
+impl std::fmt::Debug for BearerTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BearerTokens({} tokens)", self.expected.len())
+    }
+}
+
+/// Checks a service's tokens on every RPC, in constant time.
 #[derive(Clone)]
 pub(crate) struct AuthCheck {
-    expected: Option<Arc<Vec<u8>>>,
+    expected: Option<BearerTokens>,
     /// Which credential (`peer`, `client`), for the log and the answer.
     which: &'static str,
     refusals: Arc<RefusalLog>,
@@ -72,13 +115,13 @@ pub(crate) struct AuthCheck {
 
 impl AuthCheck {
     pub(crate) fn new(
-        token: Option<&str>,
+        tokens: Vec<&str>,
         which: &'static str,
         refusals: &Arc<RefusalLog>,
         metrics: &ServerMetrics,
     ) -> Self {
         AuthCheck {
-            expected: token.map(|t| Arc::new(format!("Bearer {t}").into_bytes())),
+            expected: BearerTokens::new(tokens),
             which,
             refusals: refusals.clone(),
             metrics: metrics.clone(),
@@ -91,11 +134,8 @@ impl Interceptor for AuthCheck {
         let Some(expected) = &self.expected else {
             return Ok(req);
         };
-        let ok = match req.metadata().get("authorization") {
-            Some(got) => bool::from(got.as_bytes().ct_eq(expected.as_slice())),
-            None => false,
-        };
-        if ok {
+        let got = req.metadata().get("authorization").map(|v| v.as_bytes());
+        if expected.accepts(got) {
             return Ok(req);
         }
         let reason = "rejected an RPC with a missing or wrong token";
@@ -105,5 +145,30 @@ impl Interceptor for AuthCheck {
             "missing or invalid auth token for the {} service",
             self.which
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BearerTokens;
+
+    #[test]
+    fn any_of_the_tokens_is_accepted_and_nothing_else() {
+        assert!(BearerTokens::new([]).is_none());
+        let t = BearerTokens::new(["new-secret", "old-secret"]).unwrap();
+        assert!(t.accepts(Some(b"Bearer new-secret")));
+        assert!(t.accepts(Some(b"Bearer old-secret")));
+        for refused in [
+            &b"Bearer other"[..],
+            b"Bearer new-secre",
+            b"Bearer new-secret ",
+            b"bearer new-secret",
+            b"new-secret",
+            b"",
+        ] {
+            assert!(!t.accepts(Some(refused)), "{refused:?}");
+        }
+        assert!(!t.accepts(None));
+        assert_eq!(format!("{t:?}"), "BearerTokens(2 tokens)");
     }
 }

@@ -94,6 +94,19 @@ pub struct GrpcConfig {
     /// token there is refused, and the peer token is refused on the client
     /// service. None: peers use `auth_token` (one shared secret for both).
     pub peer_token: Option<String>,
+    /// Further client tokens the servers accept (never sent), for rotating
+    /// the client token without a window of refusals: every node first
+    /// accepts the new token besides the current one, clients move to it,
+    /// then the nodes make it their `auth_token` and accept the old one
+    /// until every node has; see docs/SECURITY.md. Needs `auth_token`.
+    /// Without a `peer_token` peers share the client token, and the peer
+    /// service accepts these too.
+    pub accept_tokens: Vec<String>,
+    /// Further peer tokens the peer service accepts (never sent), for
+    /// rotating the peer token (or moving to one) without a member being
+    /// cut off while the others still present the old one. Each must
+    /// differ from every client token while a `peer_token` is set.
+    pub accept_peer_tokens: Vec<String>,
     /// Time allowed to establish a connection. Default 2 s.
     pub connect_timeout: Duration,
     /// Timeout of one batch of raft messages. Default 5 s.
@@ -164,6 +177,8 @@ impl Default for GrpcConfig {
             tls: None,
             auth_token: None,
             peer_token: None,
+            accept_tokens: Vec::new(),
+            accept_peer_tokens: Vec::new(),
             connect_timeout: Duration::from_secs(2),
             message_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
@@ -233,11 +248,17 @@ impl GrpcConfig {
         if self.backoff_max < self.backoff_base {
             return bad("backoff_max must be at least backoff_base");
         }
-        for (name, token) in [
-            ("auth_token", &self.auth_token),
-            ("peer_token", &self.peer_token),
-        ] {
-            if let Some(token) = token {
+        let named = [
+            ("auth_token", self.auth_token.iter().collect::<Vec<_>>()),
+            ("peer_token", self.peer_token.iter().collect()),
+            ("accept_tokens", self.accept_tokens.iter().collect()),
+            (
+                "accept_peer_tokens",
+                self.accept_peer_tokens.iter().collect(),
+            ),
+        ];
+        for (name, tokens) in named {
+            for token in tokens {
                 if token.is_empty() || !token.bytes().all(|b| (0x21..0x7f).contains(&b)) {
                     return Err(Error::InvalidConfig(format!(
                         "{name} must be non-empty visible ASCII"
@@ -245,8 +266,20 @@ impl GrpcConfig {
                 }
             }
         }
-        if self.peer_token.is_some() && self.peer_token == self.auth_token {
-            return bad("peer_token must differ from auth_token (or be left unset to share it)");
+        if !self.accept_tokens.is_empty() && self.auth_token.is_none() {
+            return bad("accept_tokens needs auth_token (without it no token is asked for)");
+        }
+        if !self.accept_peer_tokens.is_empty() && self.peer_credential().is_none() {
+            return bad("accept_peer_tokens needs peer_token or auth_token");
+        }
+        if self.peer_token.is_some() {
+            let peer = self.peer_tokens();
+            if self.client_tokens().iter().any(|t| peer.contains(t)) {
+                return bad(
+                    "peer_token must differ from auth_token (or be left unset to share it), \
+                     and the peer tokens accepted from every client token",
+                );
+            }
         }
         if let Some(tls) = &self.tls {
             if tls.cert_pem.is_some() != tls.key_pem.is_some() {
@@ -259,6 +292,35 @@ impl GrpcConfig {
     /// The token peers present to each other.
     pub(crate) fn peer_credential(&self) -> Option<&str> {
         self.peer_token.as_deref().or(self.auth_token.as_deref())
+    }
+
+    /// Every token the client service accepts: `auth_token`, then
+    /// `accept_tokens` (empty: no check).
+    pub fn client_tokens(&self) -> Vec<&str> {
+        let Some(current) = self.auth_token.as_deref() else {
+            return Vec::new();
+        };
+        std::iter::once(current)
+            .chain(self.accept_tokens.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// Every token the peer service accepts: the peer credential and
+    /// `accept_peer_tokens`, and `accept_tokens` when peers share the
+    /// client token (empty: no check).
+    pub fn peer_tokens(&self) -> Vec<&str> {
+        let Some(current) = self.peer_credential() else {
+            return Vec::new();
+        };
+        let shared = if self.peer_token.is_none() {
+            &self.accept_tokens[..]
+        } else {
+            &[]
+        };
+        std::iter::once(current)
+            .chain(shared.iter().map(String::as_str))
+            .chain(self.accept_peer_tokens.iter().map(String::as_str))
+            .collect()
     }
 
     /// The scheme to dial with.
@@ -309,5 +371,59 @@ mod tests {
             ..GrpcConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    fn tokens(
+        auth: Option<&str>,
+        peer: Option<&str>,
+        accept: &[&str],
+        accept_peer: &[&str],
+    ) -> GrpcConfig {
+        GrpcConfig {
+            auth_token: auth.map(Into::into),
+            peer_token: peer.map(Into::into),
+            accept_tokens: accept.iter().map(|&t| t.into()).collect(),
+            accept_peer_tokens: accept_peer.iter().map(|&t| t.into()).collect(),
+            ..GrpcConfig::default()
+        }
+    }
+
+    #[test]
+    fn each_service_accepts_its_tokens_during_a_rotation() {
+        // Shared: peers accept what clients may present.
+        let c = tokens(Some("new"), None, &["old"], &[]);
+        c.validate().unwrap();
+        assert_eq!(c.client_tokens(), ["new", "old"]);
+        assert_eq!(c.peer_tokens(), ["new", "old"]);
+        // Separate: each service its own.
+        let c = tokens(Some("client"), Some("peer2"), &["client0"], &["peer1"]);
+        c.validate().unwrap();
+        assert_eq!(c.client_tokens(), ["client", "client0"]);
+        assert_eq!(c.peer_tokens(), ["peer2", "peer1"]);
+        // Moving from a shared token to a peer token of its own.
+        let c = tokens(Some("client"), None, &[], &["peer"]);
+        c.validate().unwrap();
+        assert_eq!(c.peer_tokens(), ["client", "peer"]);
+        assert!(tokens(None, None, &[], &[]).client_tokens().is_empty());
+        assert!(tokens(None, None, &[], &[]).peer_tokens().is_empty());
+    }
+
+    #[test]
+    fn rotation_tokens_that_would_weaken_a_check_are_refused() {
+        for (c, why) in [
+            (tokens(None, None, &["old"], &[]), "needs auth_token"),
+            (tokens(None, None, &[], &["old"]), "needs peer_token"),
+            (tokens(Some("a"), Some("p"), &["p"], &[]), "must differ"),
+            (tokens(Some("a"), Some("p"), &[], &["a"]), "must differ"),
+            (tokens(Some("a"), Some("p"), &["b"], &["b"]), "must differ"),
+            (
+                tokens(Some("a"), None, &["with space"], &[]),
+                "visible ASCII",
+            ),
+            (tokens(Some("a"), None, &[], &[""]), "visible ASCII"),
+        ] {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
     }
 }

@@ -106,6 +106,7 @@ pub mod pb {
     tonic::include_proto!("raftify.v1");
 }
 
+pub use auth::BearerTokens;
 pub use client::{LeaderInfo, RaftClient};
 pub use config::{GrpcConfig, TlsConfig};
 pub use error::{error_to_status, status_to_error};

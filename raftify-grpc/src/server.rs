@@ -162,9 +162,8 @@ impl RaftGrpcServer {
         if let Some(handle) = self.single.take() {
             self.groups.insert(0, handle, self.reader.take());
         }
-        let peer_auth = AuthCheck::new(config.peer_credential(), "peer", &refusals, &metrics);
-        let client_auth =
-            AuthCheck::new(config.auth_token.as_deref(), "client", &refusals, &metrics);
+        let peer_auth = AuthCheck::new(config.peer_tokens(), "peer", &refusals, &metrics);
+        let client_auth = AuthCheck::new(config.client_tokens(), "client", &refusals, &metrics);
         let peers = RaftPeerServer::new(PeerService {
             groups: self.groups.clone(),
             refusals: refusals.clone(),

@@ -38,11 +38,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use raftify_cache::Reply;
-use raftify_grpc::RaftClient;
+use raftify_grpc::{BearerTokens, RaftClient};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 /// What the routes read.
 #[derive(Clone)]
@@ -97,12 +96,13 @@ async fn authenticate(
     let allowed = match &http.server.requirepass {
         None => true,
         Some(_) if open => true,
-        Some(pass) => {
-            let expected = format!("Bearer {pass}");
-            req.headers()
-                .get(header::AUTHORIZATION)
-                .is_some_and(|got| bool::from(got.as_bytes().ct_eq(expected.as_bytes())))
-        }
+        Some(pass) => BearerTokens::new([pass.as_str()]).is_some_and(|t| {
+            t.accepts(
+                req.headers()
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            )
+        }),
     };
     if allowed {
         return next.run(req).await;

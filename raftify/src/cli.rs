@@ -103,6 +103,28 @@ pub struct NodeArgs {
     /// snapshots, forwarded requests); the client token is refused there.
     #[arg(long, env = "RAFTIFY_PEER_TOKEN", hide_env_values = true)]
     pub peer_token: Option<String>,
+    /// A further client token accepted (never sent), while the client
+    /// token is rotated: give the new token here on every node, move the
+    /// clients, then make it --auth-token with the old one here, then drop
+    /// this (docs/SECURITY.md). Repeatable; the variable takes tokens
+    /// separated by spaces. Needs --auth-token.
+    #[arg(
+        long = "accept-token",
+        env = "RAFTIFY_ACCEPT_TOKEN",
+        hide_env_values = true,
+        value_delimiter = ' '
+    )]
+    pub accept_tokens: Vec<String>,
+    /// A further peer token accepted on the peer service (never sent),
+    /// while the peer token is rotated or first set, the same way.
+    /// Repeatable; the variable takes tokens separated by spaces.
+    #[arg(
+        long = "accept-peer-token",
+        env = "RAFTIFY_ACCEPT_PEER_TOKEN",
+        hide_env_values = true,
+        value_delimiter = ' '
+    )]
+    pub accept_peer_tokens: Vec<String>,
     /// TLS certificate (PEM) of this node, for its servers and as client.
     #[arg(long, env = "RAFTIFY_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -135,6 +157,12 @@ pub struct NodeArgs {
     pub no_forward_session: bool,
 }
 
+/// The tokens of a repeatable flag, without the empty ones an empty or
+/// doubly spaced variable gives.
+fn given(tokens: &[String]) -> Vec<String> {
+    tokens.iter().filter(|t| !t.is_empty()).cloned().collect()
+}
+
 /// What is wrong with a combination of flags or a file they name.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -152,6 +180,8 @@ impl NodeArgs {
         let cfg = GrpcConfig {
             auth_token: self.auth_token.clone(),
             peer_token: self.peer_token.clone(),
+            accept_tokens: given(&self.accept_tokens),
+            accept_peer_tokens: given(&self.accept_peer_tokens),
             max_connections,
             max_snapshot_size: self.max_snapshot_bytes,
             tls: self.tls()?,
@@ -373,4 +403,41 @@ pub fn exit_on_panic(app: &'static str) {
         eprintln!("{app}: a task panicked; the node stops (exit code 101)");
         std::process::exit(101);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    #[test]
+    fn rotation_tokens_are_repeatable_and_split_on_spaces() {
+        let args = Args::parse_from([
+            "app",
+            "--auth-token",
+            "new",
+            "--accept-token",
+            "old",
+            "--accept-token",
+            "older  oldest",
+            "--accept-peer-token",
+            "peer",
+        ]);
+        let grpc = args.node.grpc_config(16).unwrap();
+        assert_eq!(grpc.client_tokens(), ["new", "old", "older", "oldest"]);
+        assert_eq!(
+            grpc.peer_tokens(),
+            ["new", "old", "older", "oldest", "peer"]
+        );
+        // A further token with nothing to rotate from is an error.
+        let args = Args::parse_from(["app", "--accept-token", "old"]);
+        let err = args.node.grpc_config(16).unwrap_err().to_string();
+        assert!(err.contains("needs auth_token"), "{err}");
+    }
 }

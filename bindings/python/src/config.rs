@@ -32,6 +32,8 @@ pub struct Config {
     pub auth_token: Option<String>,
     pub peer_token: Option<String>,
     pub log_level: String,
+    pub accept_tokens: Vec<String>,
+    pub accept_peer_tokens: Vec<String>,
 }
 
 #[pymethods]
@@ -61,6 +63,8 @@ impl Config {
         auth_token = None,
         log_level = "warning",
         peer_token = None,
+        accept_tokens = None,
+        accept_peer_tokens = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -86,6 +90,8 @@ impl Config {
         auth_token: Option<String>,
         log_level: &str,
         peer_token: Option<String>,
+        accept_tokens: Option<Vec<String>>,
+        accept_peer_tokens: Option<Vec<String>>,
     ) -> Self {
         // LMDB when a data directory is given, memory otherwise.
         let storage = storage.unwrap_or_else(|| {
@@ -118,6 +124,8 @@ impl Config {
             auth_token,
             peer_token,
             log_level: log_level.to_string(),
+            accept_tokens: accept_tokens.unwrap_or_default(),
+            accept_peer_tokens: accept_peer_tokens.unwrap_or_default(),
         }
     }
 
@@ -205,6 +213,8 @@ impl Config {
         let mut g = GrpcConfig {
             auth_token: self.auth_token.clone(),
             peer_token: self.peer_token.clone(),
+            accept_tokens: self.accept_tokens.clone(),
+            accept_peer_tokens: self.accept_peer_tokens.clone(),
             ..GrpcConfig::default()
         };
         match (&self.tls_cert, &self.tls_key, &self.tls_ca) {

@@ -455,6 +455,23 @@ def test_auth_token_is_required_by_the_cluster() -> None:
             assert n.read("j") == 1
 
 
+def test_a_rotated_token_is_accepted_beside_the_new_one() -> None:
+    cfg = raftify.Config(1, auth_token="new-s3cret", accept_tokens=["0ld-s3cret"], **FAST)
+    assert cfg.accept_tokens == ["0ld-s3cret"] and cfg.accept_peer_tokens == []
+    with raftify.Node(cfg, KV(), codec=raftify.JsonCodec()) as n:
+        n.start()
+        n.wait_for_leader(10)
+        (port,) = free_ports(1)
+        me = f"127.0.0.1:{port}"
+        for token in ["new-s3cret", "0ld-s3cret"]:
+            t = raftify.request_join_ticket(n.raft_addr, me, config=raftify.Config(auth_token=token), timeout=10)
+            assert t.peers == {1: n.raft_addr}
+        with pytest.raises(raftify.RaftifyError):
+            raftify.request_join_ticket(n.raft_addr, me, config=raftify.Config(auth_token="other"), timeout=2)
+    with pytest.raises(raftify.ConfigError, match="needs auth_token"):
+        raftify.Config(1, accept_tokens=["0ld-s3cret"]).validate()
+
+
 def test_concurrent_blocking_proposals_from_threads(node: raftify.Node) -> None:
     errors: List[BaseException] = []
 

@@ -14,11 +14,11 @@ use raftify_core::metrics::{self, Latency, MetricsRegistry, ServerMetrics};
 use raftify_core::prometheus_client::metrics::gauge::Gauge;
 use raftify_core::prometheus_client::registry::Unit;
 use raftify_core::{Error, ErrorClass, Raft, Role};
+use raftify_grpc::BearerTokens;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
-use subtle::ConstantTimeEq;
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -29,18 +29,28 @@ pub type Node = Raft<KvEntry, HashStore>;
 /// Who may call the HTTP API.
 #[derive(Debug, Clone, Default)]
 pub struct HttpAuth {
-    /// The client token: when set, every request but `GET /health` must
-    /// carry `Authorization: Bearer <token>` (401 otherwise).
-    pub token: Option<String>,
+    /// The client tokens (`--auth-token`, and `--accept-token` during a
+    /// rotation): when set, every request but `GET /health` and the status
+    /// page must carry `Authorization: Bearer <one of them>` (401
+    /// otherwise). See [`HttpAuth::new`].
+    pub tokens: Option<BearerTokens>,
     /// `GET /metrics` without the token (for scrapers on a trusted network).
     pub metrics_public: bool,
 }
 
 impl HttpAuth {
-    /// Whether `req` may pass: open paths, or the right token (compared in
-    /// constant time).
+    /// Requests must present one of `tokens` (none: no check).
+    pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>, metrics_public: bool) -> Self {
+        HttpAuth {
+            tokens: BearerTokens::new(tokens),
+            metrics_public,
+        }
+    }
+
+    /// Whether `req` may pass: open paths, or one of the tokens (compared
+    /// in constant time).
     fn allows(&self, req: &axum::extract::Request) -> bool {
-        let Some(token) = &self.token else {
+        let Some(tokens) = &self.tokens else {
             return true;
         };
         let path = req.uri().path();
@@ -50,10 +60,11 @@ impl HttpAuth {
         if is_get && (open || (path == "/metrics" && self.metrics_public)) {
             return true;
         }
-        let expected = format!("Bearer {token}");
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .is_some_and(|got| bool::from(got.as_bytes().ct_eq(expected.as_bytes())))
+        tokens.accepts(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
     }
 }
 

@@ -828,3 +828,104 @@ fn a_forwarded_write_carries_one_request_id_across_nodes() {
         c.nodes.get_mut(&n).expect("node").kill();
     }
 }
+
+/// A client-token rotation by three rolling restarts (docs/SECURITY.md):
+/// `--accept-token NEW` beside `--auth-token OLD`, then the clients and
+/// the nodes move to NEW with OLD still accepted, then OLD is dropped.
+/// A client writing all the while, to every node in turn, is never
+/// refused (no 401): neither by a node on the other token nor through
+/// a follower whose forward to the leader presents the other token.
+#[test]
+fn the_client_token_rotates_by_rolling_restarts_without_a_refusal() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut c = Cluster::start_with(3, &["--auth-token", "old-token"]);
+    let https: Vec<String> = c.nodes.values().map(|n| n.http.clone()).collect();
+    let token = Arc::new(Mutex::new("old-token"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (token, stop, acked) = (token.clone(), stop.clone(), acked.clone());
+        let https = https.clone();
+        std::thread::spawn(move || {
+            let mut refusals = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let http = &https[i as usize % https.len()];
+                let t = *token.lock().unwrap_or_else(|p| p.into_inner());
+                let header = format!("Authorization: Bearer {t}");
+                let path = format!("/kv/w{i}");
+                match request_with(http, "PUT", &path, b"v", &[&header]) {
+                    Ok(r) if r.status == 200 => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) if r.status == 401 => {
+                        refusals.push(format!("{t} at {http}: {}", r.text()))
+                    }
+                    // A node restarting, an election: not a refusal.
+                    _ => {}
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            refusals
+        })
+    };
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+    let steps: [(&[&str], Option<&'static str>); 3] = [
+        (
+            &["--auth-token", "old-token", "--accept-token", "new-token"],
+            Some("new-token"),
+        ),
+        (
+            &["--auth-token", "new-token", "--accept-token", "old-token"],
+            None,
+        ),
+        (&["--auth-token", "new-token"], None),
+    ];
+    // Every node up (its SIGTERM handler set) and serving before the first restart.
+    for http in &https {
+        wait_for_or(
+            "a write through every node",
+            T,
+            || {
+                let r = request_with(http, "PUT", "/kv/up", b"v", &[&bearer("old-token")]).ok()?;
+                (r.status == 200).then_some(())
+            },
+            || c.logs(),
+        );
+    }
+    for (flags, clients_move_to) in steps {
+        for id in [1, 2, 3] {
+            let st = c.nodes.get_mut(&id).expect("node").terminate(T);
+            assert!(st.is_some_and(|s| s.success()), "node {id}: {st:?}");
+            c.restart(id, flags);
+            // Serving writes through it again (a quorum, its token checks).
+            let t = *token.lock().unwrap_or_else(|p| p.into_inner());
+            let http = c.node(id).http.clone();
+            wait_for_or(
+                "a write through the restarted node",
+                T,
+                || {
+                    let r = request_with(&http, "PUT", "/kv/probe", b"v", &[&bearer(t)]).ok()?;
+                    (r.status == 200).then_some(())
+                },
+                || c.logs(),
+            );
+        }
+        if let Some(t) = clients_move_to {
+            *token.lock().unwrap_or_else(|p| p.into_inner()) = t;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let refusals = writer.join().expect("writer");
+    assert!(refusals.is_empty(), "refused mid-rotation: {refusals:?}");
+    assert!(acked.load(Ordering::Relaxed) > 0, "no write acknowledged");
+    // The rotation is over: the old token opens nothing, the new one does.
+    for http in &https {
+        let r = request_with(http, "PUT", "/kv/after", b"v", &[&bearer("old-token")]).unwrap();
+        assert_eq!(r.status, 401, "{}", r.text());
+        let r = request_with(http, "GET", "/kv/probe", b"", &[&bearer("new-token")]).unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "v"));
+    }
+}

@@ -172,13 +172,12 @@ async fn bad_requests_get_json_errors_and_the_node_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_token_guards_every_endpoint_but_health() {
-    let auth = HttpAuth {
-        token: Some("s3cret".into()),
-        metrics_public: false,
-    };
+    // The current token and, mid-rotation, the one accepted with it.
+    let auth = HttpAuth::new(["s3cret", "0ld-s3cret"], false);
     let (addr, raft) = serve_with(auth).await;
     blocking(move || {
         let bearer = ["Authorization: Bearer s3cret"];
+        let accepted = ["Authorization: Bearer 0ld-s3cret"];
         let wrong = ["Authorization: Bearer s3cre7"];
         // Without the token, or with another one: 401, and nothing changes.
         for headers in [&[][..], &wrong[..]] {
@@ -211,6 +210,9 @@ async fn the_client_token_guards_every_endpoint_but_health() {
         assert_eq!(r.status, 200, "{}", r.text());
         let r = request_with(&addr, "GET", "/kv/k", b"", &bearer).unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"v"[..]));
+        // The accepted token is served as well.
+        let r = request_with(&addr, "GET", "/kv/k", b"", &accepted).unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"v"[..]));
         let r = request_with(&addr, "GET", "/metrics", b"", &bearer).unwrap();
         assert_eq!(r.status, 200);
         // Every refusal was counted.
@@ -231,11 +233,7 @@ async fn the_client_token_guards_every_endpoint_but_health() {
     assert_eq!(keys, 1);
 
     // --metrics-public opens /metrics, and only it.
-    let (addr, _raft) = serve_with(HttpAuth {
-        token: Some("s3cret".into()),
-        metrics_public: true,
-    })
-    .await;
+    let (addr, _raft) = serve_with(HttpAuth::new(["s3cret"], true)).await;
     blocking(move || {
         assert_eq!(get(&addr, "/metrics").status, 200);
         assert_eq!(get(&addr, "/status").status, 401);

@@ -200,6 +200,13 @@ impl CacheBuilder {
         self
     }
 
+    /// A further token accepted from members (never sent), while the
+    /// token is rotated (`RAFTIFY_ACCEPT_TOKEN`; docs/SECURITY.md).
+    pub fn accept_token(mut self, token: &str) -> Self {
+        self.settings.accept_tokens.push(token.to_string());
+        self
+    }
+
     /// TLS between members.
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.settings.tls = Some(tls);
@@ -279,6 +286,7 @@ impl CacheBuilder {
             spec.config.tick_interval = tick;
         }
         spec.grpc.auth_token = s.token;
+        spec.grpc.accept_tokens = s.accept_tokens;
         spec.grpc.tls = s.tls;
         if let Some(logger) = self.logger {
             spec.logger = logger;

@@ -9,6 +9,7 @@
 //! | `HA_HOSTS` | every member's raft endpoint, `http://host:port`, comma-separated, in ordinal order |
 //! | `HOSTNAME_OVERWRITE`, `HOSTNAME` | which entry is this process: a host name (`cache-2` matches `cache-2.cache`), or `host:port` |
 //! | `CACHE_AUTH_TOKEN` | the secret members authenticate each other with |
+//! | `RAFTIFY_ACCEPT_TOKEN` | further secrets accepted (never sent), separated by spaces, while `CACHE_AUTH_TOKEN` is rotated (docs/SECURITY.md) |
 //! | `CACHE_TLS` | `true`: TLS between members, with the files below |
 //! | `CACHE_TLS_SERVER_CERT`, `CACHE_TLS_SERVER_KEY` | this member's certificate and key (PEM files), presented as server and as client |
 //! | `CACHE_TLS_CLIENT_CERT`, `CACHE_TLS_CLIENT_KEY` | optional; must be the server's pair (raftify presents one certificate both ways) |
@@ -39,6 +40,8 @@ pub struct EnvSettings {
     pub listen: Option<String>,
     /// The shared token.
     pub token: Option<String>,
+    /// Further tokens accepted during a rotation.
+    pub accept_tokens: Vec<String>,
     /// TLS between members.
     pub tls: Option<TlsConfig>,
     /// LMDB data dir (None: in memory).
@@ -104,6 +107,15 @@ pub fn settings(lookup: &dyn Fn(&str) -> Option<String>) -> Result<EnvSettings, 
         token: vars
             .get(&["RAFTIFY_AUTH_TOKEN", "CACHE_AUTH_TOKEN"])
             .map(|(_, v)| v),
+        accept_tokens: vars
+            .get(&["RAFTIFY_ACCEPT_TOKEN"])
+            .map(|(_, v)| {
+                v.split(' ')
+                    .filter(|t| !t.is_empty())
+                    .map(Into::into)
+                    .collect()
+            })
+            .unwrap_or_default(),
         data_dir: vars
             .get(&["RAFTIFY_DATA_DIR", "DATA_DIR"])
             .map(|(_, v)| PathBuf::from(v)),
@@ -375,11 +387,13 @@ mod tests {
             ("HOSTNAME", "ignored-by-the-overwrite"),
             ("HOSTNAME_OVERWRITE", "127.0.0.1:7002"),
             ("CACHE_AUTH_TOKEN", "s3cret"),
+            ("RAFTIFY_ACCEPT_TOKEN", "0ld  older"),
             ("DATA_DIR", "/data"),
         ])
         .unwrap();
         assert_eq!((s.id, s.listen.as_deref()), (2, Some("127.0.0.1:7002")));
         assert_eq!(s.token.as_deref(), Some("s3cret"));
+        assert_eq!(s.accept_tokens, ["0ld", "older"]);
         // The RAFTIFY_ name wins.
         let s = with(&[
             ("HA_MODE", "false"),

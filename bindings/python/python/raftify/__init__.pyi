@@ -164,6 +164,8 @@ class Config:
     auth_token: Optional[str]
     peer_token: Optional[str]
     log_level: str
+    accept_tokens: List[str]
+    accept_peer_tokens: List[str]
     def __new__(
         cls,
         node_id: int = 0,
@@ -189,6 +191,8 @@ class Config:
         auth_token: Optional[str] = None,
         log_level: str = "warning",
         peer_token: Optional[str] = None,
+        accept_tokens: Optional[List[str]] = None,
+        accept_peer_tokens: Optional[List[str]] = None,
     ) -> Config: ...
     def validate(self) -> None: ...
 
