@@ -62,21 +62,21 @@ impl RefusalLog {
 /// The tokens a service accepts, as `Authorization: Bearer <token>`
 /// header values: the current one and, during a rotation, the others
 /// given with it ([`GrpcConfig::accept_tokens`](crate::GrpcConfig::accept_tokens)).
-/// A presented value is compared with every one of them in constant time
-/// (no early exit), so the answer's timing tells neither which nor how
-/// much of one matched. The gRPC services and the HTTP front-ends check
-/// tokens with this.
+/// A presented value is hashed (SHA-256) and the digest compared with
+/// every token's in constant time, with no early exit: the answer's timing
+/// tells neither which token nor how much of one (nor its length) matched.
+/// The gRPC services and the HTTP front-ends check tokens with this.
 #[derive(Clone)]
 pub struct BearerTokens {
-    expected: Arc<[Vec<u8>]>,
+    expected: Arc<[[u8; 32]]>,
 }
 
 impl BearerTokens {
     /// The check for `tokens`; `None` when there are none (no check).
     pub fn new<'a>(tokens: impl IntoIterator<Item = &'a str>) -> Option<Self> {
-        let expected: Vec<Vec<u8>> = tokens
+        let expected: Vec<[u8; 32]> = tokens
             .into_iter()
-            .map(|t| format!("Bearer {t}").into_bytes())
+            .map(|t| digest(format!("Bearer {t}").as_bytes()))
             .collect();
         (!expected.is_empty()).then(|| BearerTokens {
             expected: expected.into(),
@@ -89,11 +89,19 @@ impl BearerTokens {
         let Some(got) = authorization else {
             return false;
         };
+        let got = digest(got);
         self.expected
             .iter()
             .fold(subtle::Choice::from(0), |ok, want| ok | got.ct_eq(want))
             .into()
     }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 impl std::fmt::Debug for BearerTokens {

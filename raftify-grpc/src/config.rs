@@ -104,8 +104,10 @@ pub struct GrpcConfig {
     pub accept_tokens: Vec<String>,
     /// Further peer tokens the peer service accepts (never sent), for
     /// rotating the peer token (or moving to one) without a member being
-    /// cut off while the others still present the old one. Each must
-    /// differ from every client token while a `peer_token` is set.
+    /// cut off while the others still present the old one. While a
+    /// `peer_token` is set, each must differ from every client token but
+    /// `auth_token`, which it may name while a cluster that shared its
+    /// client token moves to a peer token (docs/SECURITY.md).
     pub accept_peer_tokens: Vec<String>,
     /// Time allowed to establish a connection. Default 2 s.
     pub connect_timeout: Duration,
@@ -272,12 +274,24 @@ impl GrpcConfig {
         if !self.accept_peer_tokens.is_empty() && self.peer_credential().is_none() {
             return bad("accept_peer_tokens needs peer_token or auth_token");
         }
-        if self.peer_token.is_some() {
-            let peer = self.peer_tokens();
-            if self.client_tokens().iter().any(|t| peer.contains(t)) {
+        if let Some(peer) = self.peer_token.as_deref() {
+            // The peer service must not open to a client token. One
+            // exception, while a cluster that shared its client token moves
+            // to a peer token of its own: `accept_peer_tokens` may name the
+            // current `auth_token` (what the members not yet moved present),
+            // which opens nothing the shared token did not open before.
+            let client = self.client_tokens();
+            let accepted = self.accept_peer_tokens.iter().map(String::as_str);
+            let shared = self.auth_token.as_deref();
+            if client.contains(&peer)
+                || accepted
+                    .filter(|&t| Some(t) != shared)
+                    .any(|t| client.contains(&t))
+            {
                 return bad(
                     "peer_token must differ from auth_token (or be left unset to share it), \
-                     and the peer tokens accepted from every client token",
+                     and the peer tokens accepted from every client token (but auth_token, \
+                     while moving from a shared token to a peer token)",
                 );
             }
         }
@@ -400,10 +414,15 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.client_tokens(), ["client", "client0"]);
         assert_eq!(c.peer_tokens(), ["peer2", "peer1"]);
-        // Moving from a shared token to a peer token of its own.
+        // Moving from a shared token to a peer token of its own: first the
+        // peer token accepted, then sent with the shared one accepted.
         let c = tokens(Some("client"), None, &[], &["peer"]);
         c.validate().unwrap();
         assert_eq!(c.peer_tokens(), ["client", "peer"]);
+        let c = tokens(Some("client"), Some("peer"), &[], &["client"]);
+        c.validate().unwrap();
+        assert_eq!(c.client_tokens(), ["client"]);
+        assert_eq!(c.peer_tokens(), ["peer", "client"]);
         assert!(tokens(None, None, &[], &[]).client_tokens().is_empty());
         assert!(tokens(None, None, &[], &[]).peer_tokens().is_empty());
     }
@@ -414,8 +433,8 @@ mod tests {
             (tokens(None, None, &["old"], &[]), "needs auth_token"),
             (tokens(None, None, &[], &["old"]), "needs peer_token"),
             (tokens(Some("a"), Some("p"), &["p"], &[]), "must differ"),
-            (tokens(Some("a"), Some("p"), &[], &["a"]), "must differ"),
             (tokens(Some("a"), Some("p"), &["b"], &["b"]), "must differ"),
+            (tokens(Some("a"), Some("b"), &["b"], &[]), "must differ"),
             (
                 tokens(Some("a"), None, &["with space"], &[]),
                 "visible ASCII",

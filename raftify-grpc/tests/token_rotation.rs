@@ -7,7 +7,8 @@
 //! keys; clients holding either token are served, any other refused.
 
 use raftify_core::Error;
-use raftify_grpc::{GrpcConfig, RaftClient};
+use raftify_grpc::pb::raft_peer_client::RaftPeerClient;
+use raftify_grpc::{pb, GrpcConfig, RaftClient};
 
 mod common;
 use common::*;
@@ -20,6 +21,27 @@ fn grpc(auth: &str, peer: Option<&str>, accept: &[&str], accept_peer: &[&str]) -
         accept_peer_tokens: accept_peer.iter().map(|&t| t.into()).collect(),
         ..GrpcConfig::default()
     }
+}
+
+/// A cluster half-way through a rolling restart: node 1 restarted with
+/// `restarted`, nodes 2 and 3 still on `waiting`; clients use `waiting`.
+async fn half_way(restarted: GrpcConfig, waiting: GrpcConfig) -> GCluster {
+    let each = waiting.clone();
+    let c = GCluster::start_each(
+        3,
+        waiting,
+        move |id| {
+            if id == 1 {
+                restarted.clone()
+            } else {
+                each.clone()
+            }
+        },
+        no_tweak,
+    )
+    .await;
+    c.wait_leader(&[1, 2, 3]).await;
+    c
 }
 
 fn client_with(c: &GCluster, token: &str) -> RaftClient {
@@ -58,20 +80,11 @@ async fn refused(client: &RaftClient) {
 async fn a_shared_token_rotates_with_each_side_accepting_the_other() {
     // Node 1 restarted with the new token (the old one accepted); nodes 2
     // and 3 still on the old one, already accepting the new.
-    let c = GCluster::start_each(
-        3,
-        grpc("old-token", None, &[], &[]),
-        |id| {
-            if id == 1 {
-                grpc("new-token", None, &["old-token"], &[])
-            } else {
-                grpc("old-token", None, &["new-token"], &[])
-            }
-        },
-        no_tweak,
+    let c = half_way(
+        grpc("new-token", None, &["old-token"], &[]),
+        grpc("old-token", None, &["new-token"], &[]),
     )
     .await;
-    c.wait_leader(&[1, 2, 3]).await;
     let n = writes_across(&c, &c.client()).await;
     // Clients on either token are served by every node.
     for token in ["old-token", "new-token"] {
@@ -110,24 +123,52 @@ async fn without_the_accepted_token_the_new_one_is_refused() {
 async fn a_peer_token_rotates_while_clients_keep_theirs() {
     // Node 1 presents the new peer token (accepting the old); nodes 2 and
     // 3 the old one (accepting the new). Clients keep one token.
-    let c = GCluster::start_each(
-        3,
-        grpc("client-token", Some("peer-old"), &[], &[]),
-        |id| {
-            if id == 1 {
-                grpc("client-token", Some("peer-new"), &[], &["peer-old"])
-            } else {
-                grpc("client-token", Some("peer-old"), &[], &["peer-new"])
-            }
-        },
-        no_tweak,
+    let c = half_way(
+        grpc("client-token", Some("peer-new"), &[], &["peer-old"]),
+        grpc("client-token", Some("peer-old"), &[], &["peer-new"]),
     )
     .await;
-    c.wait_leader(&[1, 2, 3]).await;
     writes_across(&c, &c.client()).await;
-    // Peer tokens, old or new, stay refused on the client service.
+    // Peer tokens, old or new, stay refused on the client service ...
     for token in ["peer-old", "peer-new"] {
         refused(&client_with(&c, token)).await;
     }
+    // ... and the client token on the peer service, where both peer
+    // tokens open it.
+    let mut peer = RaftPeerClient::connect(format!("http://{}", c.addr(1)))
+        .await
+        .unwrap();
+    for (token, opens) in [
+        ("client-token", false),
+        ("other-token", false),
+        ("peer-old", true),
+        ("peer-new", true),
+    ] {
+        let mut req = tonic::Request::new(pb::Empty {});
+        let value = format!("Bearer {token}").parse().unwrap();
+        req.metadata_mut().insert("authorization", value);
+        match peer.members(req).await {
+            Ok(m) => assert!(opens && m.into_inner().members.len() == 3, "{token}"),
+            Err(e) => assert!(
+                !opens && e.code() == tonic::Code::Unauthenticated,
+                "{token}: {e:?}"
+            ),
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_token_moves_to_a_peer_token_of_its_own() {
+    // Half-way through the second step: node 1 presents its new peer
+    // token and still accepts the shared one; nodes 2 and 3 share one
+    // token still, and accept the new peer token.
+    let c = half_way(
+        grpc("client-token", Some("peer-token"), &[], &["client-token"]),
+        grpc("client-token", None, &[], &["peer-token"]),
+    )
+    .await;
+    writes_across(&c, &c.client()).await;
+    refused(&client_with(&c, "peer-token")).await;
     c.shutdown().await;
 }

@@ -79,30 +79,29 @@ pub fn router(http: Http) -> Router {
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(http.server.max_bulk))
         .layer(axum::middleware::from_fn_with_state(
-            http.clone(),
+            BearerTokens::new(http.server.requirepass.as_deref()),
             authenticate,
         ))
         .with_state(http)
 }
 
-/// Refuses requests without the password (see the module docs).
+/// Refuses requests without the password (see the module docs); `tokens`
+/// is `--requirepass` as a bearer token (None: no password).
 async fn authenticate(
-    State(http): State<Http>,
+    State(tokens): State<Option<BearerTokens>>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
     let open = req.method() == axum::http::Method::GET
         && matches!(req.uri().path(), "/health" | "/" | "/dashboard");
-    let allowed = match &http.server.requirepass {
+    let allowed = match &tokens {
         None => true,
         Some(_) if open => true,
-        Some(pass) => BearerTokens::new([pass.as_str()]).is_some_and(|t| {
-            t.accepts(
-                req.headers()
-                    .get(header::AUTHORIZATION)
-                    .map(|v| v.as_bytes()),
-            )
-        }),
+        Some(t) => t.accepts(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        ),
     };
     if allowed {
         return next.run(req).await;

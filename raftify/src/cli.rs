@@ -106,23 +106,23 @@ pub struct NodeArgs {
     /// A further client token accepted (never sent), while the client
     /// token is rotated: give the new token here on every node, move the
     /// clients, then make it --auth-token with the old one here, then drop
-    /// this (docs/SECURITY.md). Repeatable; the variable takes tokens
-    /// separated by spaces. Needs --auth-token.
+    /// this (docs/SECURITY.md). Repeatable; a value (and the variable)
+    /// may hold several tokens separated by whitespace. Needs --auth-token.
     #[arg(
         long = "accept-token",
         env = "RAFTIFY_ACCEPT_TOKEN",
-        hide_env_values = true,
-        value_delimiter = ' '
+        hide_env_values = true
     )]
     pub accept_tokens: Vec<String>,
     /// A further peer token accepted on the peer service (never sent),
-    /// while the peer token is rotated or first set, the same way.
-    /// Repeatable; the variable takes tokens separated by spaces.
+    /// while the peer token is rotated the same way; while moving from a
+    /// shared token to --peer-token, the --auth-token here
+    /// (docs/SECURITY.md). Repeatable; a value (and the variable) may hold
+    /// several tokens separated by whitespace.
     #[arg(
         long = "accept-peer-token",
         env = "RAFTIFY_ACCEPT_PEER_TOKEN",
-        hide_env_values = true,
-        value_delimiter = ' '
+        hide_env_values = true
     )]
     pub accept_peer_tokens: Vec<String>,
     /// TLS certificate (PEM) of this node, for its servers and as client.
@@ -157,10 +157,14 @@ pub struct NodeArgs {
     pub no_forward_session: bool,
 }
 
-/// The tokens of a repeatable flag, without the empty ones an empty or
-/// doubly spaced variable gives.
+/// The tokens of a repeatable flag, each value split at whitespace (a
+/// token has none; a secret mounted from a file may end in a newline).
 fn given(tokens: &[String]) -> Vec<String> {
-    tokens.iter().filter(|t| !t.is_empty()).cloned().collect()
+    tokens
+        .iter()
+        .flat_map(|t| t.split_ascii_whitespace())
+        .map(Into::into)
+        .collect()
 }
 
 /// What is wrong with a combination of flags or a file they name.
@@ -425,7 +429,7 @@ mod tests {
             "--accept-token",
             "old",
             "--accept-token",
-            "older  oldest",
+            "older \toldest\n",
             "--accept-peer-token",
             "peer",
         ]);

@@ -872,16 +872,21 @@ fn the_client_token_rotates_by_rolling_restarts_without_a_refusal() {
         })
     };
     let bearer = |t: &str| format!("Authorization: Bearer {t}");
-    let steps: [(&[&str], Option<&'static str>); 3] = [
+    // Each step's flags, the client tokens every node must accept during
+    // it, and the token the writer moves to after it.
+    type Step<'a> = (&'a [&'a str], &'a [&'a str], Option<&'static str>);
+    let steps: [Step; 3] = [
         (
             &["--auth-token", "old-token", "--accept-token", "new-token"],
+            &["old-token"],
             Some("new-token"),
         ),
         (
             &["--auth-token", "new-token", "--accept-token", "old-token"],
+            &["old-token", "new-token"],
             None,
         ),
-        (&["--auth-token", "new-token"], None),
+        (&["--auth-token", "new-token"], &["new-token"], None),
     ];
     // Every node up (its SIGTERM handler set) and serving before the first restart.
     for http in &https {
@@ -895,23 +900,29 @@ fn the_client_token_rotates_by_rolling_restarts_without_a_refusal() {
             || c.logs(),
         );
     }
-    for (flags, clients_move_to) in steps {
+    for (flags, accepted, clients_move_to) in steps {
         for id in [1, 2, 3] {
             let st = c.nodes.get_mut(&id).expect("node").terminate(T);
             assert!(st.is_some_and(|s| s.success()), "node {id}: {st:?}");
             c.restart(id, flags);
-            // Serving writes through it again (a quorum, its token checks).
-            let t = *token.lock().unwrap_or_else(|p| p.into_inner());
-            let http = c.node(id).http.clone();
-            wait_for_or(
-                "a write through the restarted node",
-                T,
-                || {
-                    let r = request_with(&http, "PUT", "/kv/probe", b"v", &[&bearer(t)]).ok()?;
-                    (r.status == 200).then_some(())
-                },
-                || c.logs(),
-            );
+            // Every mixed state, deterministically: a write through each
+            // node (the restarted one, and through followers to whichever
+            // leads) must be acknowledged, and never refused.
+            for (http, t) in https
+                .iter()
+                .flat_map(|h| accepted.iter().map(move |t| (h, *t)))
+            {
+                wait_for_or(
+                    "a write through every node",
+                    T,
+                    || {
+                        let r = request_with(http, "PUT", "/kv/probe", b"v", &[&bearer(t)]).ok()?;
+                        assert_ne!(r.status, 401, "{t} refused at {http}: {}", r.text());
+                        (r.status == 200).then_some(())
+                    },
+                    || c.logs(),
+                );
+            }
         }
         if let Some(t) = clients_move_to {
             *token.lock().unwrap_or_else(|p| p.into_inner()) = t;

@@ -9,7 +9,7 @@
 //! | `HA_HOSTS` | every member's raft endpoint, `http://host:port`, comma-separated, in ordinal order |
 //! | `HOSTNAME_OVERWRITE`, `HOSTNAME` | which entry is this process: a host name (`cache-2` matches `cache-2.cache`), or `host:port` |
 //! | `CACHE_AUTH_TOKEN` | the secret members authenticate each other with |
-//! | `RAFTIFY_ACCEPT_TOKEN` | further secrets accepted (never sent), separated by spaces, while `CACHE_AUTH_TOKEN` is rotated (docs/SECURITY.md) |
+//! | `RAFTIFY_ACCEPT_TOKEN` | further secrets accepted (never sent), separated by whitespace, while `CACHE_AUTH_TOKEN` is rotated (docs/SECURITY.md) |
 //! | `CACHE_TLS` | `true`: TLS between members, with the files below |
 //! | `CACHE_TLS_SERVER_CERT`, `CACHE_TLS_SERVER_KEY` | this member's certificate and key (PEM files), presented as server and as client |
 //! | `CACHE_TLS_CLIENT_CERT`, `CACHE_TLS_CLIENT_KEY` | optional; must be the server's pair (raftify presents one certificate both ways) |
@@ -109,12 +109,7 @@ pub fn settings(lookup: &dyn Fn(&str) -> Option<String>) -> Result<EnvSettings, 
             .map(|(_, v)| v),
         accept_tokens: vars
             .get(&["RAFTIFY_ACCEPT_TOKEN"])
-            .map(|(_, v)| {
-                v.split(' ')
-                    .filter(|t| !t.is_empty())
-                    .map(Into::into)
-                    .collect()
-            })
+            .map(|(_, v)| v.split_ascii_whitespace().map(Into::into).collect())
             .unwrap_or_default(),
         data_dir: vars
             .get(&["RAFTIFY_DATA_DIR", "DATA_DIR"])
@@ -387,7 +382,7 @@ mod tests {
             ("HOSTNAME", "ignored-by-the-overwrite"),
             ("HOSTNAME_OVERWRITE", "127.0.0.1:7002"),
             ("CACHE_AUTH_TOKEN", "s3cret"),
-            ("RAFTIFY_ACCEPT_TOKEN", "0ld  older"),
+            ("RAFTIFY_ACCEPT_TOKEN", "0ld \tolder\n"),
             ("DATA_DIR", "/data"),
         ])
         .unwrap();
