@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .bytes(".raftify.v1.SnapshotChunk.data")
+        .bytes(".raftify.v1.SnapshotFileChunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

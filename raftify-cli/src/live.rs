@@ -44,6 +44,7 @@ impl ConnArgs {
         let mut cfg = GrpcConfig {
             auth_token: self.auth_token.clone(),
             request_timeout: Duration::from_secs(self.timeout.max(1)),
+            snapshot_timeout: Duration::from_secs(self.timeout.max(300)),
             connect_timeout: Duration::from_secs(self.timeout.clamp(1, 5)),
             ..GrpcConfig::default()
         };
@@ -256,13 +257,27 @@ pub async fn transfer_leader(addr: &str, to: u64, conn: &ConnArgs) -> Result<()>
 }
 
 /// `snapshot`.
-pub async fn snapshot(addr: &str, conn: &ConnArgs) -> Result<()> {
+pub async fn snapshot(addr: &str, save: Option<&std::path::Path>, conn: &ConnArgs) -> Result<()> {
     let client = conn.connect(addr).await?;
     let index = client
         .snapshot(addr)
         .await
         .map_err(|e| conn.explain(e, addr, "snapshot"))?;
     println!("snapshot taken at index {index}");
+    if let Some(path) = save {
+        let saved = client
+            .save_snapshot(addr, path)
+            .await
+            .map_err(|e| conn.explain(e, addr, "download-snapshot"))
+            .with_context(|| format!("cannot save the snapshot to {}", path.display()))?;
+        println!(
+            "saved the snapshot at index {} (term {}, {} bytes) to {}",
+            saved.index,
+            saved.term,
+            saved.size,
+            path.display()
+        );
+    }
     Ok(())
 }
 

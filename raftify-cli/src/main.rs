@@ -118,10 +118,17 @@ enum Command {
         /// Raft address of the node that leaves.
         raft_addr: String,
     },
-    /// Take a snapshot on a node now (and compact its log).
+    /// Take a snapshot on a node now (and compact its log); with --save,
+    /// also download it, for a backup.
     Snapshot {
         /// Raft address of the node.
         raft_addr: String,
+        /// Save the snapshot to this file, in raftify's snapshot-file
+        /// format (what `--restore-snapshot-from` starts a node or a whole
+        /// cluster from). Written whole or not at all; the transfer may
+        /// take up to the longer of --timeout and 300 seconds.
+        #[arg(long, value_name = "FILE")]
+        save: Option<std::path::PathBuf>,
     },
     /// Load-test a memstore cluster: throughput and latency percentiles.
     Bench(bench::BenchArgs),
@@ -281,11 +288,9 @@ fn main() -> ExitCode {
                 async move { live::leave(&raft_addr, &conn).await },
             ))
         }
-        Command::Snapshot { raft_addr } => {
-            live(Box::pin(
-                async move { live::snapshot(&raft_addr, &conn).await },
-            ))
-        }
+        Command::Snapshot { raft_addr, save } => live(Box::pin(async move {
+            live::snapshot(&raft_addr, save.as_deref(), &conn).await
+        })),
         Command::Top {
             raft_addr,
             interval_ms,

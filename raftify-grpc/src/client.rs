@@ -86,6 +86,11 @@ impl RaftClient {
         self.pool.config().request_timeout
     }
 
+    /// The settings this client was made with.
+    pub(crate) fn config(&self) -> &GrpcConfig {
+        self.pool.config()
+    }
+
     fn hint(&self) -> Option<String> {
         self.leader
             .lock()
@@ -124,7 +129,7 @@ impl RaftClient {
     }
 
     /// One RPC on the node at `addr`, not retried.
-    async fn at<T, F, Fut>(&self, addr: &str, op: F) -> Result<T>
+    pub(crate) async fn at<T, F, Fut>(&self, addr: &str, op: F) -> Result<T>
     where
         F: FnOnce(ApiClient) -> Fut,
         Fut: Future<Output = Result<T>>,

@@ -14,6 +14,9 @@ pub(crate) struct ClientService {
     /// The groups served; each call goes to the node of the group it
     /// names.
     pub(crate) groups: Groups,
+    /// Bytes per chunk of a streamed snapshot file
+    /// ([`GrpcConfig::snapshot_chunk_size`](crate::GrpcConfig::snapshot_chunk_size)).
+    pub(crate) chunk_size: usize,
 }
 
 #[async_trait]
@@ -147,5 +150,15 @@ impl RaftClient for ClientService {
             .await
             .map_err(st)?;
         Ok(Response::new(pb::CreateSnapshotReply { index }))
+    }
+
+    type DownloadSnapshotStream = crate::backup::SnapshotFileStream;
+
+    async fn download_snapshot(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Answer<Self::DownloadSnapshotStream> {
+        let store = self.groups.serving(&req)?.handle.storage().clone();
+        crate::backup::download(store, self.chunk_size).await
     }
 }

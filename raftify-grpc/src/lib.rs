@@ -73,6 +73,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod auth;
+mod backup;
 mod calls;
 mod client;
 mod client_service;
@@ -107,6 +108,7 @@ pub mod pb {
 }
 
 pub use auth::BearerTokens;
+pub use backup::SavedSnapshot;
 pub use client::{LeaderInfo, RaftClient};
 pub use config::{GrpcConfig, TlsConfig};
 pub use error::{error_to_status, status_to_error};

@@ -178,6 +178,7 @@ impl RaftGrpcServer {
         .max_encoding_message_size(n);
         let clients = RaftClientServer::new(ClientService {
             groups: self.groups,
+            chunk_size: config.snapshot_chunk_size,
         })
         .max_decoding_message_size(n)
         .max_encoding_message_size(n);

@@ -12,7 +12,7 @@
 use crate::server::error_reply;
 use bytes::Bytes;
 use raftify_cache::{commands::parse_i64, errors, Reply};
-use raftify_core::raft::eraftpb::{Snapshot, SnapshotMetadata};
+use raftify_core::raft::eraftpb::SnapshotMetadata;
 use raftify_core::{Error, LogStore};
 use std::sync::{Arc, Mutex};
 
@@ -37,18 +37,6 @@ pub fn group_of(id: &[u8]) -> Option<u64> {
     let rest = id.strip_prefix(b"g")?;
     let end = rest.iter().position(|&b| b == b'-')?;
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
-}
-
-/// Loads the stored snapshot off the async threads (it may be large).
-async fn load(store: Arc<dyn LogStore>) -> Result<Option<Snapshot>, Reply> {
-    let loaded = tokio::task::spawn_blocking(move || store.snapshot())
-        .await
-        .map_err(|e| Reply::err(format!("reading the snapshot failed: {e}")))?;
-    match loaded {
-        Ok(s) if s.get_metadata().index == 0 => Ok(None),
-        Ok(s) => Ok(Some(s)),
-        Err(e) => Err(error_reply(&Error::Storage(e))),
-    }
 }
 
 /// `RAFT SNAPSHOT LIST`: the stored snapshot as a map of `id`, `index`,
@@ -121,41 +109,18 @@ pub async fn read(
         None => {
             // The store's own file when it keeps one (a mapping, not a
             // copy); else the snapshot encoded in that format.
-            let kept = {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.snapshot_file()).await
-            };
-            let kept = match kept {
-                Ok(Ok(kept)) => kept,
-                Ok(Err(e)) => return error_reply(&Error::Storage(e)),
-                Err(e) => return Reply::err(format!("reading the snapshot failed: {e}")),
-            };
-            if let Some((meta, bytes)) = kept.filter(|(m, _)| m.index > 0) {
-                if id_of(group, &meta) != id {
-                    return Reply::err(format!(
-                        "no snapshot {id} here (RAFT SNAPSHOT LIST names the stored one)"
-                    ));
-                }
-                *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, bytes.clone()));
-                return answer(bytes, range);
-            }
-            let snapshot = match load(store).await {
-                Ok(Some(s)) if id_of(group, s.get_metadata()) == id => s,
-                Ok(_) => {
+            let found =
+                tokio::task::spawn_blocking(move || raftify_storage::stored_snapshot_file(&*store))
+                    .await;
+            let bytes = match found {
+                Ok(Ok(Some((meta, bytes)))) if id_of(group, &meta) == id => bytes,
+                Ok(Ok(_)) => {
                     return Reply::err(format!(
                         "no snapshot {id} here (RAFT SNAPSHOT LIST names the stored one)"
                     ))
                 }
-                Err(reply) => return reply,
-            };
-            let encoded = tokio::task::spawn_blocking(move || {
-                raftify_storage::encode_snapshot_file(&snapshot).map(Bytes::from)
-            })
-            .await;
-            let bytes = match encoded {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => return Reply::err(format!("encoding the snapshot failed: {e}")),
-                Err(e) => return Reply::err(format!("encoding the snapshot failed: {e}")),
+                Ok(Err(e)) => return error_reply(&Error::Storage(e)),
+                Err(e) => return Reply::err(format!("reading the snapshot failed: {e}")),
             };
             *cache.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, bytes.clone()));
             bytes

@@ -125,5 +125,8 @@ mod store;
 pub use error::LmdbError;
 pub use files::{read_archive_file, sync_dir, write_durable};
 pub use restore::{restore_wal_from, restore_wal_snapshot_from};
-pub use snapshot_file::{encode_snapshot_file, read_snapshot_file, write_snapshot_file};
+pub use snapshot_file::{
+    check_snapshot_file, encode_snapshot_file, read_snapshot_file, stored_snapshot_file,
+    write_snapshot_file,
+};
 pub use store::{JournalStats, LmdbEnv, LmdbOptions, LmdbStore, FORMAT_VERSION};

@@ -21,7 +21,8 @@ use crate::files::{read_file, write_durable_with};
 use bytes::Bytes;
 use raftify_core::codec::Crc32;
 use raftify_core::raft::eraftpb::{Snapshot, SnapshotMetadata};
-use raftify_core::WriteSnapshot;
+use raftify_core::storage::StorageResult;
+use raftify_core::{LogStore, StorageError, WriteSnapshot};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -174,6 +175,38 @@ pub fn read_snapshot_file(path: impl AsRef<Path>) -> Result<Snapshot, LmdbError>
     let path = path.as_ref();
     let buf = read_file(path, "a snapshot file")?;
     decode_snapshot_file(path, Bytes::from(buf))
+}
+
+/// Checks a snapshot file (magic, lengths, checksum, metadata) through a
+/// read-only mapping, without reading it onto the heap: a downloaded
+/// backup is checked this way before it is kept. Answers its metadata.
+pub fn check_snapshot_file(path: impl AsRef<Path>) -> Result<SnapshotMetadata, LmdbError> {
+    let path = path.as_ref();
+    match map_snapshot_file(path)? {
+        Some((mut snap, _)) => Ok(snap.take_metadata()),
+        None => Err(LmdbError::Missing {
+            path: path.to_path_buf(),
+            what: "a snapshot file".into(),
+        }),
+    }
+}
+
+/// A store's newest snapshot as a snapshot file's bytes, with its
+/// metadata, for a backup: the file the store keeps when it keeps one (a
+/// mapping, not a copy; raftify-storage), else the snapshot encoded in
+/// that format. `None` before the store's first snapshot.
+pub fn stored_snapshot_file(
+    store: &dyn LogStore,
+) -> StorageResult<Option<(SnapshotMetadata, Bytes)>> {
+    if let Some(kept) = store.snapshot_file()?.filter(|(m, _)| m.index > 0) {
+        return Ok(Some(kept));
+    }
+    let mut snap = store.snapshot()?;
+    if snap.get_metadata().index == 0 {
+        return Ok(None);
+    }
+    let bytes = encode_snapshot_file(&snap).map_err(StorageError::Invalid)?;
+    Ok(Some((snap.take_metadata(), Bytes::from(bytes))))
 }
 
 /// Reads one of the store's own snapshot files through a read-only
@@ -357,5 +390,30 @@ mod tests {
         );
         v1.push(1);
         assert!(decode_snapshot_file(Path::new("t"), Bytes::from(v1)).is_err());
+    }
+
+    #[test]
+    fn a_backup_is_the_stores_snapshot_and_checks_as_a_file() {
+        use raftify_core::MemStore;
+        let store = MemStore::new();
+        assert!(stored_snapshot_file(&store).unwrap().is_none());
+        let install = raftify_core::WriteBatch {
+            snapshot: Some(snap(12, b"state")),
+            ..Default::default()
+        };
+        store.write(install).unwrap();
+        let (meta, bytes) = stored_snapshot_file(&store).unwrap().unwrap();
+        assert_eq!((meta.index, meta.term), (12, 2));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup.snap");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(check_snapshot_file(&path).unwrap(), meta);
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let err = check_snapshot_file(&path).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+        let err = check_snapshot_file(dir.path().join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
     }
 }

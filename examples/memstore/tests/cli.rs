@@ -417,3 +417,110 @@ fn watch_prints_leader_changes_as_they_happen() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `raftify-cli snapshot ADDR --save FILE`: a backup over the network of a
+/// node's LMDB snapshot (its own file, streamed from a mapping), from
+/// which `--restore-snapshot-from` starts a new node holding every key,
+/// and a whole cluster whose disks were lost.
+#[test]
+fn a_snapshot_saved_over_the_network_restores_a_node_and_a_whole_cluster() {
+    let c = Cluster::start_with(3, &["--auth-token", "s3cret"]);
+    let bearer = ["Authorization: Bearer s3cret"];
+    let put = |http: &str, k: &str, v: &str| {
+        let path = format!("/kv/{k}");
+        request_with(http, "PUT", &path, v.as_bytes(), &bearer).is_ok_and(|r| r.status == 200)
+    };
+    let http = c.node(1).http.clone();
+    wait_for("a write through node 1", T, || {
+        put(&http, "first", "v").then_some(())
+    });
+    for i in 0..50 {
+        assert!(put(&http, &format!("k{i}"), &format!("v{i}")));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backup.snap");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let raft = c.node(2).raft.clone();
+    // Without the token: refused, no file.
+    let out = cli(&["snapshot", &raft, "--save", file_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!file.exists());
+    let out = cli(&[
+        "snapshot",
+        &raft,
+        "--save",
+        file_arg,
+        "--auth-token",
+        "s3cret",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("saved the snapshot at index"), "{stdout}");
+    assert!(stdout.contains(file_arg), "{stdout}");
+    // A new node from the file alone (it holds the three members of the
+    // snapshot's configuration, so alone it elects no leader: its local,
+    // stale reads show what it holds).
+    let restored_http = format!("127.0.0.1:{}", free_port());
+    let restored = Node::spawn(
+        1,
+        &restored_http,
+        &format!("127.0.0.1:{}", free_port()),
+        &dir.path().join("restored"),
+        &["--restore-snapshot-from", file_arg],
+    );
+    wait_for_or(
+        "the restored node serving every key",
+        T,
+        || {
+            (0..50)
+                .all(|i| {
+                    let got = get_value(&restored_http, &format!("k{i}"), true);
+                    got.as_deref() == Some(&*format!("v{i}"))
+                })
+                .then_some(())
+        },
+        || restored.log_text(),
+    );
+    drop(restored);
+    // Every disk lost: the whole cluster comes back from the one file, each
+    // member with its id and address.
+    let members: Vec<(u64, String, String)> = c
+        .nodes
+        .values()
+        .map(|n| (n.id, n.http.clone(), n.raft.clone()))
+        .collect();
+    let peers = c.peers.clone();
+    drop(c);
+    let _nodes: Vec<Node> = members
+        .iter()
+        .map(|(id, http, raft)| {
+            let args = [
+                "--peers",
+                &peers,
+                "--auth-token",
+                "s3cret",
+                "--restore-snapshot-from",
+                file_arg,
+            ];
+            Node::spawn(
+                *id,
+                http,
+                raft,
+                &dir.path().join(format!("node-{id}")),
+                &args,
+            )
+        })
+        .collect();
+    let http = members[0].1.clone();
+    wait_for("a write through the restored cluster", T, || {
+        put(&http, "after", "restore").then_some(())
+    });
+    for i in 0..50 {
+        let r = request_with(&http, "GET", &format!("/kv/k{i}"), b"", &bearer).expect("GET");
+        assert_eq!((r.status, r.text()), (200, format!("v{i}")), "k{i}");
+    }
+}
