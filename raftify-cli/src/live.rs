@@ -31,7 +31,17 @@ pub struct ConnArgs {
     /// Server name to verify in the nodes' certificates (default: the host dialed).
     #[arg(long, global = true)]
     pub tls_domain: Option<String>,
-    /// Give up after this many seconds.
+    /// Largest snapshot `snapshot --save` accepts, in bytes (as the
+    /// nodes' own --max-snapshot-bytes).
+    #[arg(
+        long,
+        env = "RAFTIFY_MAX_SNAPSHOT_BYTES",
+        default_value_t = 1024 * 1024 * 1024,
+        global = true
+    )]
+    pub max_snapshot_bytes: u64,
+    /// Give up after this many seconds (a `snapshot --save` download
+    /// after the longer of this and 300).
     #[arg(long, default_value_t = 10, global = true)]
     pub timeout: u64,
 }
@@ -45,6 +55,7 @@ impl ConnArgs {
             auth_token: self.auth_token.clone(),
             request_timeout: Duration::from_secs(self.timeout.max(1)),
             snapshot_timeout: Duration::from_secs(self.timeout.max(300)),
+            max_snapshot_size: self.max_snapshot_bytes.max(1),
             connect_timeout: Duration::from_secs(self.timeout.clamp(1, 5)),
             ..GrpcConfig::default()
         };

@@ -14,9 +14,8 @@ pub(crate) struct ClientService {
     /// The groups served; each call goes to the node of the group it
     /// names.
     pub(crate) groups: Groups,
-    /// Bytes per chunk of a streamed snapshot file
-    /// ([`GrpcConfig::snapshot_chunk_size`](crate::GrpcConfig::snapshot_chunk_size)).
-    pub(crate) chunk_size: usize,
+    /// Snapshot downloads (backups) and their limits.
+    pub(crate) downloads: crate::backup::Downloads,
 }
 
 #[async_trait]
@@ -159,6 +158,6 @@ impl RaftClient for ClientService {
         req: Request<pb::Empty>,
     ) -> Answer<Self::DownloadSnapshotStream> {
         let store = self.groups.serving(&req)?.handle.storage().clone();
-        crate::backup::download(store, self.chunk_size).await
+        self.downloads.serve(store).await
     }
 }

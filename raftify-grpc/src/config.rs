@@ -128,6 +128,11 @@ pub struct GrpcConfig {
     /// Snapshot installs a server receives at once; more are refused with
     /// `RESOURCE_EXHAUSTED` (the leader retries later). Default 2.
     pub max_concurrent_snapshot_installs: usize,
+    /// Snapshot downloads (`DownloadSnapshot`, backups) a server serves at
+    /// once; more are refused with `RESOURCE_EXHAUSTED`. Each is cut off
+    /// when its client takes no chunk for `snapshot_idle_timeout`, or after
+    /// `snapshot_timeout` in all. Default 2.
+    pub max_concurrent_snapshot_downloads: usize,
     /// Longest wait for the next chunk of a snapshot being received; a
     /// stalled stream is cut off. Default 30 s.
     pub snapshot_idle_timeout: Duration,
@@ -189,6 +194,7 @@ impl Default for GrpcConfig {
             max_message_size: 64 * 1024 * 1024,
             max_snapshot_size: 1024 * 1024 * 1024,
             max_concurrent_snapshot_installs: 2,
+            max_concurrent_snapshot_downloads: 2,
             snapshot_idle_timeout: Duration::from_secs(30),
             snapshot_spool_dir: None,
             peer_queue_capacity: 1024,
@@ -220,6 +226,9 @@ impl GrpcConfig {
         }
         if self.max_concurrent_snapshot_installs == 0 {
             return bad("max_concurrent_snapshot_installs must be positive");
+        }
+        if self.max_concurrent_snapshot_downloads == 0 {
+            return bad("max_concurrent_snapshot_downloads must be positive");
         }
         if self.max_snapshot_size == 0 {
             return bad("max_snapshot_size must be positive");

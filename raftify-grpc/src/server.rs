@@ -178,7 +178,7 @@ impl RaftGrpcServer {
         .max_encoding_message_size(n);
         let clients = RaftClientServer::new(ClientService {
             groups: self.groups,
-            chunk_size: config.snapshot_chunk_size,
+            downloads: crate::backup::Downloads::new(&config),
         })
         .max_decoding_message_size(n)
         .max_encoding_message_size(n);

@@ -105,3 +105,67 @@ async fn a_nodes_snapshot_is_saved_whole_as_a_snapshot_file() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_are_limited_and_a_stalled_one_is_cut_off() {
+    use raftify_grpc::pb::raft_client_client::RaftClientClient;
+    let grpc = GrpcConfig {
+        max_concurrent_snapshot_downloads: 1,
+        snapshot_idle_timeout: std::time::Duration::from_millis(300),
+        ..grpc()
+    };
+    let c = GCluster::start(3, grpc, no_tweak).await;
+    c.wait_leader(&[1, 2, 3]).await;
+    let client = c.client();
+    // 12 MB of state: more than HTTP/2's windows hold for a client that
+    // does not read.
+    let big = "x".repeat(200 * 1024);
+    for i in 0..60 {
+        client.propose(put(&format!("big{i}"), &big)).await.unwrap();
+    }
+    c.wait_converged(&[1, 2, 3], 60).await;
+    client.snapshot(&c.addr(1)).await.unwrap();
+
+    // A client that takes one chunk and stops reading holds the only
+    // download there is ...
+    let mut raw = RaftClientClient::connect(format!("http://{}", c.addr(1)))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(raftify_grpc::pb::Empty {});
+    let token = "Bearer client-token".parse().unwrap();
+    req.metadata_mut().insert("authorization", token);
+    let mut stalled = raw.download_snapshot(req).await.unwrap().into_inner();
+    let first = stalled.message().await.unwrap().unwrap();
+    assert_eq!(first.offset, 0);
+    assert!(first.size > 12_000_000, "{}", first.size);
+    // ... so another is refused at once, leaving no file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.snap");
+    match client.save_snapshot(&c.addr(1), &file).await {
+        Err(e) => assert!(e.to_string().contains("too many snapshot downloads"), "{e}"),
+        Ok(s) => panic!("a second download ran: {s:?}"),
+    }
+    nothing_left(dir.path());
+    // Stalled past snapshot_idle_timeout (the stall is what is tested),
+    // the download is cut off: its stream ends short of the snapshot, and
+    // its place is free again.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut got = first.data.len() as u64;
+    while let Ok(Some(chunk)) = stalled.message().await {
+        got += chunk.data.len() as u64;
+    }
+    assert!(got < first.size, "{got} of {}", first.size);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let saved = loop {
+        match client.save_snapshot(&c.addr(1), &file).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert!(e.to_string().contains("too many"), "{e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the download's place was not freed: {e}"),
+        }
+    };
+    assert_eq!(saved.size, first.size);
+    c.shutdown().await;
+}

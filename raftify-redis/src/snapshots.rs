@@ -13,7 +13,7 @@ use crate::server::error_reply;
 use bytes::Bytes;
 use raftify_cache::{commands::parse_i64, errors, Reply};
 use raftify_core::raft::eraftpb::SnapshotMetadata;
-use raftify_core::{Error, LogStore};
+use raftify_core::{Error, LogStore, StorageError};
 use std::sync::{Arc, Mutex};
 
 /// Largest reply of one `READ` (a quarter of the client output limit).
@@ -118,6 +118,10 @@ pub async fn read(
                     return Reply::err(format!(
                         "no snapshot {id} here (RAFT SNAPSHOT LIST names the stored one)"
                     ))
+                }
+                // The snapshot could not be encoded: not the node's fault.
+                Ok(Err(StorageError::Invalid(m))) => {
+                    return Reply::err(format!("encoding the snapshot failed: {m}"))
                 }
                 Ok(Err(e)) => return error_reply(&Error::Storage(e)),
                 Err(e) => return Reply::err(format!("reading the snapshot failed: {e}")),

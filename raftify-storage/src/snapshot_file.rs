@@ -177,18 +177,88 @@ pub fn read_snapshot_file(path: impl AsRef<Path>) -> Result<Snapshot, LmdbError>
     decode_snapshot_file(path, Bytes::from(buf))
 }
 
-/// Checks a snapshot file (magic, lengths, checksum, metadata) through a
-/// read-only mapping, without reading it onto the heap: a downloaded
-/// backup is checked this way before it is kept. Answers its metadata.
+/// Checks a snapshot file (magic, lengths, checksum, metadata), reading it
+/// once in pieces: neither held on the heap nor mapped (a file another
+/// process could still change, such as a download, is never mapped).
+/// Answers its metadata.
 pub fn check_snapshot_file(path: impl AsRef<Path>) -> Result<SnapshotMetadata, LmdbError> {
     let path = path.as_ref();
-    match map_snapshot_file(path)? {
-        Some((mut snap, _)) => Ok(snap.take_metadata()),
-        None => Err(LmdbError::Missing {
-            path: path.to_path_buf(),
-            what: "a snapshot file".into(),
-        }),
+    let io_err = |e: io::Error| LmdbError::io("read snapshot file", path, e);
+    let bad = |reason: String| LmdbError::corrupted(path, reason);
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(LmdbError::Missing {
+                path: path.to_path_buf(),
+                what: "a snapshot file".into(),
+            })
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    let len = file.metadata().map_err(io_err)?.len();
+    let mut header = [0u8; HEADER as usize];
+    let got = read_up_to(&mut file, &mut header).map_err(io_err)?;
+    if header.starts_with(MAGIC_V1) {
+        // The old format is read whole (it was written whole).
+        return read_snapshot_file(path).map(|mut s| s.take_metadata());
     }
+    if got < header.len() || !header.starts_with(MAGIC) {
+        return Err(bad(format!(
+            "not a raftify snapshot file (missing the {:?} header)",
+            String::from_utf8_lossy(MAGIC)
+        )));
+    }
+    let word = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let stored_crc = word(8);
+    let meta_len = u64::from(word(12));
+    let mut data_len = [0u8; 8];
+    data_len.copy_from_slice(&header[16..24]);
+    let data_len = u64::from_le_bytes(data_len);
+    if HEADER
+        .checked_add(meta_len)
+        .and_then(|n| n.checked_add(data_len))
+        != Some(len)
+    {
+        return Err(bad(format!(
+            "truncated or extended: the header says {meta_len} metadata and {data_len} data bytes, \
+             the file has {} bytes after its {HEADER}-byte header",
+            len.saturating_sub(HEADER)
+        )));
+    }
+    let mut crc = Crc32::new();
+    crc.update(&header[SUMMED_FROM as usize..]);
+    let mut meta = vec![0u8; meta_len as usize];
+    file.read_exact(&mut meta).map_err(io_err)?;
+    crc.update(&meta);
+    let mut buf = vec![0u8; BUFFER];
+    let mut left = data_len;
+    while left > 0 {
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        file.read_exact(&mut buf[..want]).map_err(io_err)?;
+        crc.update(&buf[..want]);
+        left -= want as u64;
+    }
+    let actual = crc.finish();
+    if actual != stored_crc {
+        return Err(bad(format!(
+            "snapshot checksum mismatch (stored {stored_crc:#010x}, computed {actual:#010x})"
+        )));
+    }
+    decode_msg(&meta).map_err(bad)
+}
+
+/// Reads until `buf` is full or the file ends; how many bytes were read.
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 /// A store's newest snapshot as a snapshot file's bytes, with its
@@ -411,6 +481,16 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         let err = check_snapshot_file(&path).unwrap_err().to_string();
         assert!(err.contains("truncated"), "{err}");
+        let mut flipped = bytes.to_vec();
+        if let Some(last) = flipped.last_mut() {
+            *last ^= 1;
+        }
+        std::fs::write(&path, &flipped).unwrap();
+        let err = check_snapshot_file(&path).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        std::fs::write(&path, b"RFTYSNP2").unwrap();
+        let err = check_snapshot_file(&path).unwrap_err().to_string();
+        assert!(err.contains("not a raftify snapshot file"), "{err}");
         let err = check_snapshot_file(dir.path().join("none"))
             .unwrap_err()
             .to_string();

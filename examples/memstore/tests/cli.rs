@@ -434,8 +434,10 @@ fn a_snapshot_saved_over_the_network_restores_a_node_and_a_whole_cluster() {
     wait_for("a write through node 1", T, || {
         put(&http, "first", "v").then_some(())
     });
+    // 2 MB: the snapshot file streams from its mapping in several chunks.
+    let value = |i: usize| format!("v{i}-{}", "x".repeat(40 * 1024));
     for i in 0..50 {
-        assert!(put(&http, &format!("k{i}"), &format!("v{i}")));
+        assert!(put(&http, &format!("k{i}"), &value(i)));
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("backup.snap");
@@ -460,6 +462,32 @@ fn a_snapshot_saved_over_the_network_restores_a_node_and_a_whole_cluster() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("saved the snapshot at index"), "{stdout}");
+    let size = std::fs::metadata(&file).expect("the saved file").len();
+    assert!(size > 2_000_000, "{size} bytes");
+    // Only the file: the partial one was renamed into place.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, ["backup.snap"]);
+    // A snapshot larger than the limit given is refused, leaving nothing.
+    let small = dir.path().join("small.snap");
+    let small_arg = small.to_str().expect("utf-8 path");
+    let args = [
+        "snapshot",
+        &raft,
+        "--save",
+        small_arg,
+        "--auth-token",
+        "s3cret",
+    ];
+    let out = cli(&[&args[..], &["--max-snapshot-bytes", "100000"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("more than max_snapshot_size"), "{stderr}");
+    let names = std::fs::read_dir(dir.path()).expect("dir").count();
+    assert_eq!(names, 1, "only backup.snap");
     assert!(stdout.contains(file_arg), "{stdout}");
     // A new node from the file alone (it holds the three members of the
     // snapshot's configuration, so alone it elects no leader: its local,
@@ -479,7 +507,7 @@ fn a_snapshot_saved_over_the_network_restores_a_node_and_a_whole_cluster() {
             (0..50)
                 .all(|i| {
                     let got = get_value(&restored_http, &format!("k{i}"), true);
-                    got.as_deref() == Some(&*format!("v{i}"))
+                    got.as_deref() == Some(&*value(i))
                 })
                 .then_some(())
         },
@@ -521,6 +549,6 @@ fn a_snapshot_saved_over_the_network_restores_a_node_and_a_whole_cluster() {
     });
     for i in 0..50 {
         let r = request_with(&http, "GET", &format!("/kv/k{i}"), b"", &bearer).expect("GET");
-        assert_eq!((r.status, r.text()), (200, format!("v{i}")), "k{i}");
+        assert_eq!((r.status, r.text()), (200, value(i)), "k{i}");
     }
 }
