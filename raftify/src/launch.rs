@@ -235,6 +235,7 @@ where
             (create(spec, id)?, bootstrap_of(spec, id, raft_addr)?)
         }
     };
+    warn_moved_members(spec, &*found.store);
     let mut config = spec.config.clone();
     config.id = found.id;
     config.validate()?;
@@ -253,6 +254,28 @@ where
             ticket,
         },
     ))
+}
+
+/// Says so when the initial members given (`--peers`) put a member at
+/// another address than the data (resumed or restored) records: the
+/// recorded one is used — a member moves only by leaving and joining again
+/// — so a cluster restored on new addresses cannot form.
+fn warn_moved_members(spec: &NodeSpec, store: &dyn LogStore) {
+    let Some(members) = spec.initial_members() else {
+        return;
+    };
+    let Ok(snap) = store.snapshot() else {
+        return;
+    };
+    let Ok((meta, _)) = raftify_core::codec::decode_snapshot(&snap.data) else {
+        return;
+    };
+    for (id, given) in members {
+        if let Some(recorded) = meta.peers.get(id).filter(|r| *r != given) {
+            warn!(spec.logger, "the initial members given (--peers) put a member at another address than this node's data records; the recorded address is used (a member moves only by leaving and joining again), so start the cluster on its recorded addresses";
+                "node" => id, "recorded" => %recorded, "given" => %given);
+        }
+    }
 }
 
 /// A process that hosts replicas of many Raft groups behind one gRPC

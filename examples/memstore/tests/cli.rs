@@ -493,12 +493,16 @@ fn a_snapshot_saved_over_the_network_restores_a_node_and_a_whole_cluster() {
     // snapshot's configuration, so alone it elects no leader: its local,
     // stale reads show what it holds).
     let restored_http = format!("127.0.0.1:{}", free_port());
+    let restored_raft = format!("127.0.0.1:{}", free_port());
+    // Initial members on new addresses: the restored data's win, and the
+    // node says so.
+    let moved = format!("1={restored_raft},2=127.0.0.1:1,3=127.0.0.1:2");
     let restored = Node::spawn(
         1,
         &restored_http,
-        &format!("127.0.0.1:{}", free_port()),
+        &restored_raft,
         &dir.path().join("restored"),
-        &["--restore-snapshot-from", file_arg],
+        &["--restore-snapshot-from", file_arg, "--peers", &moved],
     );
     wait_for_or(
         "the restored node serving every key",
@@ -513,6 +517,8 @@ fn a_snapshot_saved_over_the_network_restores_a_node_and_a_whole_cluster() {
         },
         || restored.log_text(),
     );
+    let log = restored.log_text();
+    assert!(log.contains("the recorded address is used"), "{log}");
     drop(restored);
     // Every disk lost: the whole cluster comes back from the one file, each
     // member with its id and address.
