@@ -41,7 +41,8 @@ pub struct ConnArgs {
     )]
     pub max_snapshot_bytes: u64,
     /// Give up after this many seconds (a `snapshot --save` download
-    /// after the longer of this and 300).
+    /// after the longer of this and 300; the node cuts one off after its
+    /// own snapshot_timeout, 5 minutes by default).
     #[arg(long, default_value_t = 10, global = true)]
     pub timeout: u64,
 }

@@ -5,9 +5,11 @@
 //!
 //! The server serves at most
 //! [`GrpcConfig::max_concurrent_snapshot_downloads`] at once, copies one
-//! chunk at a time out of the snapshot file (a stalled client holds one
-//! chunk, not the snapshot), and cuts a download off when its client takes
-//! no chunk for `snapshot_idle_timeout`, or after `snapshot_timeout`.
+//! chunk at a time out of the snapshot file (the store's own file, mapped;
+//! a store that keeps none, such as `MemStore`, encodes one in memory for
+//! the download), and cuts a download off when its client takes no chunk
+//! for `snapshot_idle_timeout`, or after `snapshot_timeout`, saying so in
+//! the stream's last message.
 //!
 //! The client's file appears whole or not at all: the bytes go to a new
 //! hidden file beside it (`.<name>.<random>.partial`, removed on failure),
@@ -86,11 +88,21 @@ impl Downloads {
                 "this node has no snapshot yet: take one first (CreateSnapshot; raftify-cli snapshot)",
             ));
         };
-        let (tx, rx) = mpsc::channel(1);
+        // One slot for the chunk in flight, one kept for the error that
+        // ends a download cut off (a stalled client leaves the other full).
+        let (tx, rx) = mpsc::channel(2);
+        let Ok(last_word) = tx.clone().try_reserve_owned() else {
+            return Err(Status::internal("a new channel has no room"));
+        };
         let (chunk, idle) = (self.chunk, self.idle);
         let deadline = tokio::time::Instant::now() + self.total;
         tokio::spawn(async move {
             let _permit = permit;
+            let cut_off = |why: &str| {
+                Err(Status::deadline_exceeded(format!(
+                    "snapshot download cut off: {why}"
+                )))
+            };
             let (index, term, size) = (meta.index, meta.term, file.len() as u64);
             for at in (0..file.len()).step_by(chunk) {
                 let end = at.saturating_add(chunk).min(file.len());
@@ -109,17 +121,20 @@ impl Downloads {
                     offset: at as u64,
                     data,
                 };
-                let wait =
-                    idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-                match tokio::time::timeout(wait, tx.send(Ok(msg))).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    last_word.send(cut_off("it outlasted snapshot_timeout"));
+                    return;
+                }
+                match tokio::time::timeout(idle.min(left), tx.send(Ok(msg))).await {
                     Ok(Ok(())) => {}
                     // The client went away.
                     Ok(Err(_)) => return,
                     Err(_) => {
-                        let _ = tx.try_send(Err(Status::deadline_exceeded(
-                            "snapshot download cut off: the client took no chunk for \
-                             snapshot_idle_timeout, or the download outlasted snapshot_timeout",
-                        )));
+                        last_word.send(cut_off(
+                            "the client took no chunk for snapshot_idle_timeout, or it \
+                             outlasted snapshot_timeout",
+                        ));
                         return;
                     }
                 }
@@ -234,7 +249,7 @@ impl RaftClient {
         };
         let meta = match checked {
             Ok(Ok(meta)) => meta,
-            Ok(Err(e)) => return Err(Error::Storage(e.into())),
+            Ok(Err(e)) => return Err(sent_by(addr, format!("the file does not check out: {e}"))),
             Err(e) => return Err(Error::Fatal(e.to_string())),
         };
         if (meta.index, meta.term) != (saved.index, saved.term) {
@@ -298,12 +313,10 @@ fn io_error(op: &'static str, path: &Path, source: std::io::Error) -> Error {
     }))
 }
 
-/// A download that did not deliver one whole snapshot.
+/// A download that did not deliver one whole snapshot (the node's data
+/// is not in question: the transfer is).
 fn sent_by(addr: &str, what: String) -> Error {
-    Error::Storage(StorageError::corrupted(
-        what,
-        format!("the snapshot download from {addr}"),
-    ))
+    Error::Transport(format!("snapshot download from {addr}: {what}"))
 }
 
 #[cfg(test)]

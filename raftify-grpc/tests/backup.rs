@@ -111,7 +111,9 @@ async fn downloads_are_limited_and_a_stalled_one_is_cut_off() {
     use raftify_grpc::pb::raft_client_client::RaftClientClient;
     let grpc = GrpcConfig {
         max_concurrent_snapshot_downloads: 1,
-        snapshot_idle_timeout: std::time::Duration::from_millis(300),
+        // Long enough for the second download below to find the first
+        // still in place on a loaded machine.
+        snapshot_idle_timeout: std::time::Duration::from_secs(2),
         ..grpc()
     };
     let c = GCluster::start(3, grpc, no_tweak).await;
@@ -149,12 +151,22 @@ async fn downloads_are_limited_and_a_stalled_one_is_cut_off() {
     // Stalled past snapshot_idle_timeout (the stall is what is tested),
     // the download is cut off: its stream ends short of the snapshot, and
     // its place is free again.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     let mut got = first.data.len() as u64;
-    while let Ok(Some(chunk)) = stalled.message().await {
-        got += chunk.data.len() as u64;
-    }
+    let ended = loop {
+        match stalled.message().await {
+            Ok(Some(chunk)) => got += chunk.data.len() as u64,
+            other => break other,
+        }
+    };
     assert!(got < first.size, "{got} of {}", first.size);
+    match ended {
+        Err(e) => {
+            assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+            assert!(e.message().contains("cut off"), "{e:?}");
+        }
+        Ok(end) => panic!("the stream ended without saying why: {end:?}"),
+    }
     let deadline = tokio::time::Instant::now() + WAIT;
     let saved = loop {
         match client.save_snapshot(&c.addr(1), &file).await {

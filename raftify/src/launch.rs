@@ -235,7 +235,7 @@ where
             (create(spec, id)?, bootstrap_of(spec, id, raft_addr)?)
         }
     };
-    warn_moved_members(spec, &*found.store);
+    warn_moved_members(spec, &*found.store, found.id);
     let mut config = spec.config.clone();
     config.id = found.id;
     config.validate()?;
@@ -256,12 +256,13 @@ where
     ))
 }
 
-/// Says so when the initial members given (`--peers`) put a member at
-/// another address than the data (resumed or restored) records: the
-/// recorded one is used — a member moves only by leaving and joining again
-/// — so a cluster restored on new addresses cannot form.
-fn warn_moved_members(spec: &NodeSpec, store: &dyn LogStore) {
-    let Some(members) = spec.initial_members() else {
+/// After a restore, says so when the initial members given (`--peers`)
+/// put a member at another address than the restored data records: the
+/// members reach each other at the recorded ones — a member moves only by
+/// leaving and joining again — so a cluster restored on new addresses
+/// cannot form. (Only after a restore: reading the snapshot is not free.)
+fn warn_moved_members(spec: &NodeSpec, store: &dyn LogStore, own: u64) {
+    let (Some(members), Some(_)) = (spec.initial_members(), &spec.restore) else {
         return;
     };
     let Ok(snap) = store.snapshot() else {
@@ -271,8 +272,14 @@ fn warn_moved_members(spec: &NodeSpec, store: &dyn LogStore) {
         return;
     };
     for (id, given) in members {
-        if let Some(recorded) = meta.peers.get(id).filter(|r| *r != given) {
-            warn!(spec.logger, "the initial members given (--peers) put a member at another address than this node's data records; the recorded address is used (a member moves only by leaving and joining again), so start the cluster on its recorded addresses";
+        let Some(recorded) = meta.peers.get(id).filter(|r| *r != given) else {
+            continue;
+        };
+        if *id == own {
+            warn!(spec.logger, "this node listens at the address the initial members give it (--peers), but the restored data records it at another, where its peers will look for it; restore on the recorded addresses";
+                "recorded" => %recorded, "given" => %given);
+        } else {
+            warn!(spec.logger, "the initial members given (--peers) put a member at another address than the restored data records; the recorded address is used (a member moves only by leaving and joining again), so restore on the recorded addresses";
                 "node" => id, "recorded" => %recorded, "given" => %given);
         }
     }
