@@ -269,8 +269,17 @@ pub async fn transfer_leader(addr: &str, to: u64, conn: &ConnArgs) -> Result<()>
 }
 
 /// `snapshot`.
-pub async fn snapshot(addr: &str, save: Option<&std::path::Path>, conn: &ConnArgs) -> Result<()> {
+pub async fn snapshot(
+    addr: &str,
+    group: Option<u64>,
+    save: Option<&std::path::Path>,
+    conn: &ConnArgs,
+) -> Result<()> {
     let client = conn.connect(addr).await?;
+    let client = match group {
+        Some(g) => client.for_group(g),
+        None => client,
+    };
     let index = client
         .snapshot(addr)
         .await

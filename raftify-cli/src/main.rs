@@ -129,6 +129,10 @@ enum Command {
         /// take up to the longer of --timeout and 300 seconds.
         #[arg(long, value_name = "FILE")]
         save: Option<std::path::PathBuf>,
+        /// On a sharded node, the group whose replica to snapshot (default:
+        /// the node's own group; a sharded node's metadata group is 0).
+        #[arg(long)]
+        group: Option<u64>,
     },
     /// Load-test a memstore cluster: throughput and latency percentiles.
     Bench(bench::BenchArgs),
@@ -288,8 +292,12 @@ fn main() -> ExitCode {
                 async move { live::leave(&raft_addr, &conn).await },
             ))
         }
-        Command::Snapshot { raft_addr, save } => live(Box::pin(async move {
-            live::snapshot(&raft_addr, save.as_deref(), &conn).await
+        Command::Snapshot {
+            raft_addr,
+            save,
+            group,
+        } => live(Box::pin(async move {
+            live::snapshot(&raft_addr, group, save.as_deref(), &conn).await
         })),
         Command::Top {
             raft_addr,

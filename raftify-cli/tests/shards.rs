@@ -143,6 +143,42 @@ async fn shards_shows_groups_slots_leaders_and_replicas() {
         "{status}"
     );
 
+    // A backup of each group's replica on the first node: `--group` picks
+    // the group (0, the metadata group), and the file is that replica's
+    // snapshot, not another group's.
+    let dir = tempfile::tempdir().unwrap();
+    for g in [0u64, 1] {
+        let file = dir.path().join(format!("group-{g}.snap"));
+        let (ok, out, err) = tokio::task::spawn_blocking({
+            let (addr, file) = (addr.clone(), file.clone());
+            move || {
+                let file = file.to_str().unwrap().to_string();
+                cli(&[
+                    "snapshot",
+                    &addr,
+                    "--group",
+                    &g.to_string(),
+                    "--save",
+                    &file,
+                ])
+            }
+        })
+        .await
+        .unwrap();
+        assert!(ok, "{err}");
+        assert!(out.contains("saved the snapshot at index"), "{out}");
+        let saved = raftify_storage::read_snapshot_file(&file).unwrap();
+        let replica = match g {
+            0 => first.meta().storage().snapshot().unwrap(),
+            _ => {
+                let r = first.group(g).await.unwrap();
+                r.storage().snapshot().unwrap()
+            }
+        };
+        assert_eq!(saved.get_metadata(), replica.get_metadata(), "group {g}");
+        assert_eq!(saved.data, replica.data, "group {g}");
+    }
+
     second.shutdown().await;
     first.shutdown().await;
 }
