@@ -4,6 +4,7 @@
 //! (`python/raftify/`) re-exports it next to the exception classes and the
 //! typing protocols. See `bindings/python/README.md`.
 
+mod backup;
 mod config;
 mod convert;
 mod errors;
@@ -24,6 +25,7 @@ fn _raftify(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<node::Node>()?;
     m.add_class::<ticket::JoinTicket>()?;
     m.add_function(wrap_pyfunction!(ticket::request_join_ticket, m)?)?;
+    m.add_function(wrap_pyfunction!(backup::save_snapshot, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -472,6 +472,26 @@ def test_a_rotated_token_is_accepted_beside_the_new_one() -> None:
         raftify.Config(1, accept_tokens=["0ld-s3cret"]).validate()
 
 
+def test_a_backup_is_saved_over_the_network(tmp_path: Path) -> None:
+    cfg = raftify.Config(1, data_dir=str(tmp_path / "n1"), auth_token="s3cret", **FAST)
+    with raftify.Node(cfg, KV(), codec=raftify.JsonCodec()) as n:
+        n.start()
+        n.wait_for_leader(10)
+        for i in range(20):
+            n.propose({"op": "set", "k": f"k{i}", "v": i})
+        backup = tmp_path / "backup.snap"
+        with pytest.raises(raftify.UnauthenticatedError):
+            raftify.save_snapshot(n.raft_addr, backup, timeout=10)
+        assert not backup.exists()
+        saved = raftify.save_snapshot(n.raft_addr, str(backup), config=raftify.Config(auth_token="s3cret"))
+        assert saved["index"] > 20 and saved["size"] == backup.stat().st_size
+        assert backup.read_bytes().startswith(b"RFTYSNP2")
+        # Without taking one first: the same stored snapshot, saved again.
+        again = raftify.save_snapshot(n.raft_addr, backup, config=raftify.Config(auth_token="s3cret"), take=False)
+        assert again == saved
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.snap", "n1"]
+
+
 def test_concurrent_blocking_proposals_from_threads(node: raftify.Node) -> None:
     errors: List[BaseException] = []
 

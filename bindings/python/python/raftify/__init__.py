@@ -46,7 +46,7 @@ from ._errors import (
     UnauthenticatedError,
     UnreachableError,
 )
-from ._raftify import Config, JoinTicket, Node, __version__, request_join_ticket
+from ._raftify import Config, JoinTicket, Node, __version__, request_join_ticket, save_snapshot
 
 
 
@@ -162,4 +162,5 @@ __all__ = [
     "UnreachableError",
     "__version__",
     "request_join_ticket",
+    "save_snapshot",
 ]

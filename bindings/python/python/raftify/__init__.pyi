@@ -3,6 +3,7 @@
 
 import asyncio
 import builtins
+import os
 import sys
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Union, final, runtime_checkable
 
@@ -49,6 +50,7 @@ __all__ = [
     "UnreachableError",
     "__version__",
     "request_join_ticket",
+    "save_snapshot",
 ]
 
 _Addrs = Union[str, Sequence[str]]
@@ -287,3 +289,11 @@ def request_join_ticket(
     config: Optional[Config] = None,
     timeout: float = 30.0,
 ) -> JoinTicket: ...
+def save_snapshot(
+    addr: str,
+    path: Union[str, os.PathLike[str]],
+    *,
+    config: Optional[Config] = None,
+    take: bool = True,
+    timeout: float = 300.0,
+) -> Dict[str, int]: ...
