@@ -20,7 +20,7 @@ use crate::rebalance::Rebalancer;
 use crate::step::Rebalancing;
 use crate::storage::ReplicaStorage;
 use async_trait::async_trait;
-use raftify::{launch_group, GroupHost, NodeSpec, ReadFn, Start};
+use raftify::{launch_group, GroupHost, NodeSpec, ReadFn, Start, Storage};
 use raftify_core::{AbstractLogEntry, AbstractStateMachine, Raft, RaftHandle};
 use raftify_grpc::{
     Groups, GrpcTransport, RaftGrpcServer, ReadHandler, ReplicaFactory, ServerHandle,
@@ -155,10 +155,16 @@ where
         let transport =
             GrpcTransport::with_logger(raft_addr.clone(), spec.node.grpc.clone(), logger.clone())?;
         let groups = Groups::new();
+        // Every group's incoming snapshots go to one spool in the data dir
+        // (not into memory), as a launched node's do.
+        let mut served = spec.node.grpc.clone();
+        if let (None, Storage::Dir(root)) = (&served.snapshot_spool_dir, &spec.node.storage) {
+            served.snapshot_spool_dir = Some(raftify::spool_dir(root));
+        }
         let server = RaftGrpcServer::for_groups(
             groups.clone(),
             raftify_core::metrics::Metrics::default().server("grpc"),
-            spec.node.grpc.clone(),
+            served,
         )
         .logger(logger.clone())
         .spawn(listener)?;

@@ -303,6 +303,13 @@ async fn a_rebalance_cut_short_by_a_node_stopping_resumes_and_its_data_comes_bac
     )
     .unwrap();
     check_keys(&client, &p, &written).await;
+    // The nodes that joined received their replicas' snapshots through a
+    // spool file in their data dir, not in memory; none is left over.
+    for dir in &dirs[1..] {
+        let spool = dir.path().join("incoming-snapshots");
+        let left = std::fs::read_dir(&spool).map(|d| d.count());
+        assert_eq!(left.ok(), Some(0), "{}", spool.display());
+    }
 
     for h in [third, second, first] {
         h.shutdown().await;

@@ -526,9 +526,12 @@ fn resume(spec: &NodeSpec) -> Result<Option<Found>, LaunchError> {
     }))
 }
 
-/// Where a node with data dir `dir` spools incoming snapshots. Files left
-/// there by a process that died while receiving one are removed.
-fn spool_dir(dir: &Path) -> PathBuf {
+/// Where a node with data dir `dir` spools incoming snapshots
+/// (`dir/incoming-snapshots`, for
+/// [`GrpcConfig::snapshot_spool_dir`](raftify_grpc::GrpcConfig::snapshot_spool_dir)).
+/// Files left there by a process that died while receiving one are
+/// removed.
+pub fn spool_dir(dir: &Path) -> PathBuf {
     let spool = dir.join("incoming-snapshots");
     if let Ok(entries) = std::fs::read_dir(&spool) {
         for e in entries.flatten() {
