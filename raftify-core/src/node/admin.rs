@@ -203,7 +203,9 @@ impl RaftHandle {
     /// election the transfer started, it is asked once more. A leader takes
     /// one transfer at a time, and only after it has led for an election
     /// timeout (so leadership cannot flap faster than elections): until
-    /// then the request waits its turn, up to the membership timeout.
+    /// then the request waits its turn, up to the membership timeout —
+    /// also through the elections other transfers cause (a moment with no
+    /// leader is waited out, not answered with `NoLeader`).
     pub async fn transfer_leader(&self, to: u64) -> Result<()> {
         let config = self.config();
         let deadline = tokio::time::Instant::now() + config.conf_change_timeout;
@@ -211,7 +213,9 @@ impl RaftHandle {
         loop {
             match self.transfer_leader_once(to).await {
                 Err(Error::TransferFailed { .. }) if !asked_again => asked_again = true,
-                Err(Error::ProposalDropped(_)) if tokio::time::Instant::now() < deadline => {
+                Err(Error::ProposalDropped(_) | Error::NoLeader)
+                    if tokio::time::Instant::now() < deadline =>
+                {
                     tokio::time::sleep(config.tick_interval).await
                 }
                 other => return other,
