@@ -69,18 +69,9 @@ pub(crate) fn write_snapshot_to<W: Read + Write + Seek>(
     out.write_all(&data_len.to_le_bytes())?;
     // The checksum of what is in `out` now (the page cache, for a file
     // just written), in pieces.
-    out.seek(SeekFrom::Start(SUMMED_FROM))?;
-    let mut crc = Crc32::new();
-    let mut buf = vec![0u8; BUFFER];
-    loop {
-        let n = out.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        crc.update(&buf[..n]);
-    }
+    let crc = crc_from(out)?;
     out.seek(SeekFrom::Start(8))?;
-    out.write_all(&crc.finish().to_le_bytes())?;
+    out.write_all(&crc.to_le_bytes())?;
     out.seek(SeekFrom::End(0))?;
     Ok(data_len)
 }
@@ -178,9 +169,9 @@ pub fn read_snapshot_file(path: impl AsRef<Path>) -> Result<Snapshot, LmdbError>
 }
 
 /// Checks a snapshot file (magic, lengths, checksum, metadata), reading it
-/// once in pieces: neither held on the heap nor mapped (a file another
-/// process could still change, such as a download, is never mapped).
-/// Answers its metadata.
+/// in pieces: neither held on the heap nor mapped (a file another process
+/// could still change, such as a download, is never mapped). Answers its
+/// metadata.
 pub fn check_snapshot_file(path: impl AsRef<Path>) -> Result<SnapshotMetadata, LmdbError> {
     let path = path.as_ref();
     let io_err = |e: io::Error| LmdbError::io("read snapshot file", path, e);
@@ -196,69 +187,89 @@ pub fn check_snapshot_file(path: impl AsRef<Path>) -> Result<SnapshotMetadata, L
         Err(e) => return Err(io_err(e)),
     };
     let len = file.metadata().map_err(io_err)?.len();
-    let mut header = [0u8; HEADER as usize];
-    let got = read_up_to(&mut file, &mut header).map_err(io_err)?;
-    if header.starts_with(MAGIC_V1) {
+    let mut head = Vec::with_capacity(HEADER as usize);
+    (&mut file)
+        .take(HEADER)
+        .read_to_end(&mut head)
+        .map_err(io_err)?;
+    if head.starts_with(MAGIC_V1) {
         // The old format is read whole (it was written whole).
         return read_snapshot_file(path).map(|mut s| s.take_metadata());
     }
-    if got < header.len() || !header.starts_with(MAGIC) {
-        return Err(bad(format!(
-            "not a raftify snapshot file (missing the {:?} header)",
-            String::from_utf8_lossy(MAGIC)
-        )));
-    }
-    let word = |at: usize| {
-        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let stored_crc = word(8);
-    let meta_len = u64::from(word(12));
-    let mut data_len = [0u8; 8];
-    data_len.copy_from_slice(&header[16..24]);
-    let data_len = u64::from_le_bytes(data_len);
-    if HEADER
-        .checked_add(meta_len)
-        .and_then(|n| n.checked_add(data_len))
-        != Some(len)
-    {
-        return Err(bad(format!(
-            "truncated or extended: the header says {meta_len} metadata and {data_len} data bytes, \
-             the file has {} bytes after its {HEADER}-byte header",
-            len.saturating_sub(HEADER)
-        )));
-    }
-    let mut crc = Crc32::new();
-    crc.update(&header[SUMMED_FROM as usize..]);
-    let mut meta = vec![0u8; meta_len as usize];
+    let header = Header::parse(&head, len).map_err(bad)?;
+    let actual = crc_from(&mut file).map_err(io_err)?;
+    header.check_crc(actual).map_err(bad)?;
+    let mut meta = vec![0u8; header.meta_len as usize];
+    file.seek(SeekFrom::Start(HEADER)).map_err(io_err)?;
     file.read_exact(&mut meta).map_err(io_err)?;
-    crc.update(&meta);
-    let mut buf = vec![0u8; BUFFER];
-    let mut left = data_len;
-    while left > 0 {
-        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        file.read_exact(&mut buf[..want]).map_err(io_err)?;
-        crc.update(&buf[..want]);
-        left -= want as u64;
-    }
-    let actual = crc.finish();
-    if actual != stored_crc {
-        return Err(bad(format!(
-            "snapshot checksum mismatch (stored {stored_crc:#010x}, computed {actual:#010x})"
-        )));
-    }
     decode_msg(&meta).map_err(bad)
 }
 
-/// Reads until `buf` is full or the file ends; how many bytes were read.
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..])? {
-            0 => break,
-            n => got += n,
+/// The checksum of what `r` holds from [`SUMMED_FROM`] to its end, read
+/// in pieces.
+fn crc_from<R: Read + Seek>(r: &mut R) -> io::Result<u32> {
+    r.seek(SeekFrom::Start(SUMMED_FROM))?;
+    let mut crc = Crc32::new();
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        match r.read(&mut buf)? {
+            0 => return Ok(crc.finish()),
+            n => crc.update(&buf[..n]),
         }
     }
-    Ok(got)
+}
+
+/// The fixed header of an `RFTYSNP2` file: its checksum and the lengths
+/// of its metadata and data, which must add up to the file's.
+struct Header {
+    crc: u32,
+    meta_len: u64,
+}
+
+impl Header {
+    /// Parses the first bytes of a file of `len` bytes (a whole header's
+    /// worth when the file has one).
+    fn parse(head: &[u8], len: u64) -> Result<Header, String> {
+        let word = |at: usize| -> [u8; 4] {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&head[at..at + 4]);
+            w
+        };
+        if head.len() < HEADER as usize || !head.starts_with(MAGIC) {
+            return Err(format!(
+                "not a raftify snapshot file (missing the {:?} header)",
+                String::from_utf8_lossy(MAGIC)
+            ));
+        }
+        let crc = u32::from_le_bytes(word(8));
+        let meta_len = u64::from(u32::from_le_bytes(word(12)));
+        let mut data_len = [0u8; 8];
+        data_len.copy_from_slice(&head[16..24]);
+        let data_len = u64::from_le_bytes(data_len);
+        let expected = HEADER
+            .checked_add(meta_len)
+            .and_then(|n| n.checked_add(data_len));
+        if expected != Some(len) {
+            return Err(format!(
+                "truncated or extended: the header says {meta_len} metadata and {data_len} data \
+                 bytes, the file has {} bytes after its {HEADER}-byte header",
+                len.saturating_sub(HEADER)
+            ));
+        }
+        Ok(Header { crc, meta_len })
+    }
+
+    /// Whether `actual` (the checksum of the file from [`SUMMED_FROM`]) is
+    /// the one the header stores.
+    fn check_crc(&self, actual: u32) -> Result<(), String> {
+        if actual == self.crc {
+            return Ok(());
+        }
+        Err(format!(
+            "snapshot checksum mismatch (stored {:#010x}, computed {actual:#010x})",
+            self.crc
+        ))
+    }
 }
 
 /// A store's newest snapshot as a snapshot file's bytes, with its
@@ -316,36 +327,11 @@ pub(crate) fn decode_snapshot_file(path: &Path, bytes: Bytes) -> Result<Snapshot
     if bytes.starts_with(MAGIC_V1) {
         return decode_v1(&bytes).map_err(bad);
     }
-    if bytes.len() < HEADER as usize || !bytes.starts_with(MAGIC) {
-        return Err(bad(format!(
-            "not a raftify snapshot file (missing the {:?} header)",
-            String::from_utf8_lossy(MAGIC)
-        )));
-    }
-    let u32_at =
-        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    let stored_crc = u32_at(8);
-    let meta_len = u64::from(u32_at(12));
-    let mut data_len = [0u8; 8];
-    data_len.copy_from_slice(&bytes[16..24]);
-    let data_len = u64::from_le_bytes(data_len);
-    let expected = HEADER
-        .checked_add(meta_len)
-        .and_then(|n| n.checked_add(data_len));
-    if expected != Some(bytes.len() as u64) {
-        return Err(bad(format!(
-            "truncated or extended: the header says {meta_len} metadata and {data_len} data bytes, \
-             the file has {} bytes after its {HEADER}-byte header",
-            bytes.len() as u64 - HEADER
-        )));
-    }
-    let actual = crc32(&bytes[SUMMED_FROM as usize..]);
-    if actual != stored_crc {
-        return Err(bad(format!(
-            "snapshot checksum mismatch (stored {stored_crc:#010x}, computed {actual:#010x})"
-        )));
-    }
-    let data_at = (HEADER + meta_len) as usize;
+    let header = Header::parse(&bytes, bytes.len() as u64).map_err(bad)?;
+    header
+        .check_crc(crc32(&bytes[SUMMED_FROM as usize..]))
+        .map_err(bad)?;
+    let data_at = (HEADER + header.meta_len) as usize;
     let meta: SnapshotMetadata = decode_msg(&bytes[HEADER as usize..data_at]).map_err(bad)?;
     let mut snap = Snapshot::default();
     snap.set_metadata(meta);
