@@ -201,11 +201,11 @@ impl RaftHandle {
     pub(crate) async fn on_leader<T, H, HF, R, RF>(
         &self,
         idempotence: Idempotence,
-        here: H,
+        mut here: H,
         there: R,
     ) -> Result<T>
     where
-        H: FnOnce(RaftHandle) -> HF,
+        H: FnMut(RaftHandle) -> HF,
         HF: Future<Output = Result<T>>,
         R: FnMut(String) -> RF,
         RF: Future<Output = Result<T>>,
@@ -227,6 +227,15 @@ impl RaftHandle {
                 }) => {
                     state.leader_id = leader_id;
                     state.leader_addr = Some(addr);
+                }
+                // Leadership was lost meanwhile with no successor known
+                // yet; refused before the log, so nothing was applied:
+                // wait for one (as a read does) and go where it is.
+                Err(Error::NoLeader) if self.await_leader().await => {
+                    state = self.state();
+                    if state.role == Role::Leader {
+                        return here(self.clone()).await;
+                    }
                 }
                 other => return other,
             }
