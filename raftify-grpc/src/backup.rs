@@ -306,11 +306,7 @@ impl RaftClient {
 }
 
 fn io_error(op: &'static str, path: &Path, source: std::io::Error) -> Error {
-    Error::Storage(StorageError::from(LmdbError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }))
+    Error::Storage(LmdbError::io(op, path, source).into())
 }
 
 /// A download that did not deliver one whole snapshot (the node's data

@@ -157,10 +157,11 @@ where
         let groups = Groups::new();
         // Every group's incoming snapshots go to one spool in the data dir
         // (not into memory), as a launched node's do.
-        let mut served = spec.node.grpc.clone();
-        if let (None, Storage::Dir(root)) = (&served.snapshot_spool_dir, &spec.node.storage) {
-            served.snapshot_spool_dir = Some(raftify::spool_dir(root));
-        }
+        let root = match &spec.node.storage {
+            Storage::Dir(root) => Some(root.as_path()),
+            _ => None,
+        };
+        let served = raftify::served_grpc(&spec.node.grpc, root);
         let server = RaftGrpcServer::for_groups(
             groups.clone(),
             raftify_core::metrics::Metrics::default().server("grpc"),

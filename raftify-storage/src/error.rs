@@ -94,7 +94,8 @@ pub enum LmdbError {
 }
 
 impl LmdbError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An I/O error of `op` on `path`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         LmdbError::Io {
             op,
             path: path.into(),

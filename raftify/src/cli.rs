@@ -157,12 +157,13 @@ pub struct NodeArgs {
     pub no_forward_session: bool,
 }
 
-/// The tokens of a repeatable flag, each value split at whitespace (a
-/// token has none; a secret mounted from a file may end in a newline).
-fn given(tokens: &[String]) -> Vec<String> {
-    tokens
-        .iter()
-        .flat_map(|t| t.split_ascii_whitespace())
+/// The tokens in `values` (flags, environment variables), each split at
+/// whitespace: a token has none, and a secret mounted from a file may end
+/// in a newline.
+pub fn split_tokens<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    values
+        .into_iter()
+        .flat_map(str::split_ascii_whitespace)
         .map(Into::into)
         .collect()
 }
@@ -184,8 +185,8 @@ impl NodeArgs {
         let cfg = GrpcConfig {
             auth_token: self.auth_token.clone(),
             peer_token: self.peer_token.clone(),
-            accept_tokens: given(&self.accept_tokens),
-            accept_peer_tokens: given(&self.accept_peer_tokens),
+            accept_tokens: split_tokens(self.accept_tokens.iter().map(String::as_str)),
+            accept_peer_tokens: split_tokens(self.accept_peer_tokens.iter().map(String::as_str)),
             max_connections,
             max_snapshot_size: self.max_snapshot_bytes,
             tls: self.tls()?,

@@ -16,12 +16,14 @@
 //!    has applied its own addition.
 
 use crate::spec::{NodeSpec, Restore, Start, Storage};
-use raftify_core::storage::recorded_addr;
+use raftify_core::storage::{recorded_addr, recorded_peers};
 use raftify_core::{
     request_join_ticket, AbstractLogEntry, AbstractStateMachine, Bootstrap, BoxError, JoinTicket,
     LogStore, MemStore, Raft,
 };
-use raftify_grpc::{state_machine_reader, Groups, GrpcTransport, RaftGrpcServer, ServerHandle};
+use raftify_grpc::{
+    state_machine_reader, Groups, GrpcConfig, GrpcTransport, RaftGrpcServer, ServerHandle,
+};
 use raftify_storage::{
     restore_wal_from, restore_wal_snapshot_from, LmdbEnv, LmdbError, LmdbOptions, LmdbStore,
 };
@@ -149,10 +151,7 @@ where
         GrpcTransport::with_logger(raft_addr.clone(), spec.grpc.clone(), logger.clone())?;
 
     let (raft, started) = start_raft(&spec, state_machine, resumed, &raft_addr, transport).await?;
-    let mut grpc = spec.grpc.clone();
-    if grpc.snapshot_spool_dir.is_none() {
-        grpc.snapshot_spool_dir = started.dir.as_deref().map(spool_dir);
-    }
+    let grpc = served_grpc(&spec.grpc, started.dir.as_deref());
     let ticket = started.ticket.clone();
     let mut server = RaftGrpcServer::new(raft.handle().clone(), grpc).logger(logger.clone());
     if let Some(read) = reader {
@@ -265,14 +264,11 @@ fn warn_moved_members(spec: &NodeSpec, store: &dyn LogStore, own: u64) {
     let (Some(members), Some(_)) = (spec.initial_members(), &spec.restore) else {
         return;
     };
-    let Ok(snap) = store.snapshot() else {
-        return;
-    };
-    let Ok((meta, _)) = raftify_core::codec::decode_snapshot(&snap.data) else {
+    let Some(peers) = recorded_peers(store) else {
         return;
     };
     for (id, given) in members {
-        let Some(recorded) = meta.peers.get(id).filter(|r| *r != given) else {
+        let Some(recorded) = peers.get(id).filter(|r| *r != given) else {
             continue;
         };
         if *id == own {
@@ -526,12 +522,21 @@ fn resume(spec: &NodeSpec) -> Result<Option<Found>, LaunchError> {
     }))
 }
 
-/// Where a node with data dir `dir` spools incoming snapshots
-/// (`dir/incoming-snapshots`, for
-/// [`GrpcConfig::snapshot_spool_dir`](raftify_grpc::GrpcConfig::snapshot_spool_dir)).
-/// Files left there by a process that died while receiving one are
-/// removed.
-pub fn spool_dir(dir: &Path) -> PathBuf {
+/// The gRPC settings a node's server runs with: `grpc`, with incoming
+/// snapshots spooled in `data_dir/incoming-snapshots` (unless `grpc` names
+/// a spool dir; a node without a data dir receives them in memory). What
+/// a launched node and a sharded node's one server both use.
+pub fn served_grpc(grpc: &GrpcConfig, data_dir: Option<&Path>) -> GrpcConfig {
+    let mut served = grpc.clone();
+    if served.snapshot_spool_dir.is_none() {
+        served.snapshot_spool_dir = data_dir.map(spool_dir);
+    }
+    served
+}
+
+/// Where a node with data dir `dir` spools incoming snapshots. Files left
+/// there by a process that died while receiving one are removed.
+fn spool_dir(dir: &Path) -> PathBuf {
     let spool = dir.join("incoming-snapshots");
     if let Ok(entries) = std::fs::read_dir(&spool) {
         for e in entries.flatten() {

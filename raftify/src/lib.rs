@@ -37,7 +37,7 @@ mod members;
 mod spec;
 
 pub use launch::{
-    holds_data, launch, launch_group, lmdb_options, spool_dir, GroupHost, LaunchError, Launched,
+    holds_data, launch, launch_group, lmdb_options, served_grpc, GroupHost, LaunchError, Launched,
     LaunchedGroup, ReadFn,
 };
 pub use members::parse_members;

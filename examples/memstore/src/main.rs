@@ -87,12 +87,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
     let web_tls = web_tls(&args)?;
     let mut spec = args.node.node_spec("node", &logger)?;
     spec.grpc = args.node.grpc_config(args.max_connections)?;
-    let client_tokens: Vec<String> = spec
-        .grpc
-        .client_tokens()
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    let auth = HttpAuth::new(spec.grpc.client_tokens(), args.metrics_public);
     // Both ports are taken before anything is written.
     let web = tokio::net::TcpListener::bind(&args.web_server)
         .await
@@ -115,10 +110,7 @@ async fn run(args: Args, logger: slog::Logger) -> Result<()> {
         raft: raft.clone(),
         max_value_size: args.max_value_size,
         latency: Arc::new(Latencies::register(&raft.handle().metrics_registry())),
-        auth: HttpAuth::new(
-            client_tokens.iter().map(String::as_str),
-            args.metrics_public,
-        ),
+        auth,
         server: raft.handle().server_metrics("http"),
     };
     // On SIGTERM/SIGINT: stop the raft node first so requests waiting on it

@@ -109,7 +109,7 @@ pub fn settings(lookup: &dyn Fn(&str) -> Option<String>) -> Result<EnvSettings, 
             .map(|(_, v)| v),
         accept_tokens: vars
             .get(&["RAFTIFY_ACCEPT_TOKEN"])
-            .map(|(_, v)| v.split_ascii_whitespace().map(Into::into).collect())
+            .map(|(_, v)| raftify::cli::split_tokens([v.as_str()]))
             .unwrap_or_default(),
         data_dir: vars
             .get(&["RAFTIFY_DATA_DIR", "DATA_DIR"])

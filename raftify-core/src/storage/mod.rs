@@ -427,7 +427,13 @@ pub fn limit_size(entries: &mut Vec<Entry>, max_size: Option<u64>) {
 /// the store's latest snapshot: a restarted node need not be told its own
 /// address again. `None` before the first snapshot that lists it.
 pub fn recorded_addr(store: &dyn LogStore, id: u64) -> Option<String> {
+    recorded_peers(store)?.remove(&id)
+}
+
+/// The replicated address book (node id → raft address) of the store's
+/// latest snapshot; `None` before the first snapshot.
+pub fn recorded_peers(store: &dyn LogStore) -> Option<std::collections::BTreeMap<u64, String>> {
     let snap = store.snapshot().ok()?;
     let (meta, _) = crate::codec::decode_snapshot(&snap.data).ok()?;
-    meta.peers.get(&id).cloned()
+    Some(meta.peers)
 }
