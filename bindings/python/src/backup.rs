@@ -1,14 +1,12 @@
 //! `raftify.save_snapshot`: a backup of a running node's state, saved over
 //! the network (what `raftify-cli snapshot ADDR --save FILE` does).
 
-use crate::config::Config;
-use crate::errors::{raftify_msg, to_pyerr};
+use crate::config::{grpc_of, seconds_arg, Config};
 use crate::runtime::Rt;
 use pyo3::prelude::*;
-use raftify_grpc::{GrpcConfig, RaftClient};
+use raftify_grpc::RaftClient;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Takes a snapshot on the node at `addr` (its raft address; unless `take`
 /// is false) and saves the node's newest snapshot to `path`, in raftify's
@@ -26,28 +24,17 @@ pub fn save_snapshot(
     take: bool,
     timeout: f64,
 ) -> PyResult<BTreeMap<String, u64>> {
-    let mut grpc = match &config {
-        Some(c) => c
-            .grpc_config()
-            .map_err(|m| raftify_msg(py, "ConfigError", m))?,
-        None => GrpcConfig::default(),
-    };
-    let timeout = Duration::try_from_secs_f64(timeout.max(0.001))
-        .map_err(|_| raftify_msg(py, "ConfigError", "timeout must be a number of seconds"))?;
+    let mut grpc = grpc_of(py, config.as_ref())?;
+    let timeout = seconds_arg(py, "timeout", timeout)?;
     grpc.snapshot_timeout = timeout;
     grpc.request_timeout = grpc.request_timeout.min(timeout);
-    crate::runtime::not_on_runtime(py)?;
-    let rt = Rt::current_thread()?;
-    let result = py.detach(|| {
-        rt.get().block_on(async {
-            let client = RaftClient::new([addr.clone()], grpc)?;
-            if take {
-                client.snapshot(&addr).await?;
-            }
-            client.save_snapshot(&addr, &path).await
-        })
-    });
-    let saved = result.map_err(|e| to_pyerr(py, e))?;
+    let saved = Rt::current_thread()?.block(py, async {
+        let client = RaftClient::new([addr.clone()], grpc)?;
+        if take {
+            client.snapshot(&addr).await?;
+        }
+        client.save_snapshot(&addr, &path).await
+    })?;
     Ok(BTreeMap::from([
         ("index".to_string(), saved.index),
         ("term".to_string(), saved.term),

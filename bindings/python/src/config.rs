@@ -149,6 +149,22 @@ impl Config {
     }
 }
 
+/// The gRPC settings (TLS, tokens) of `config` for a module function
+/// that calls a cluster (the defaults without one).
+pub fn grpc_of(py: Python<'_>, config: Option<&Config>) -> PyResult<GrpcConfig> {
+    match config {
+        Some(c) => c
+            .grpc_config()
+            .map_err(|m| raftify_msg(py, "ConfigError", m)),
+        None => Ok(GrpcConfig::default()),
+    }
+}
+
+/// A function's `name` argument of `v` seconds (positive, finite).
+pub fn seconds_arg(py: Python<'_>, name: &str, v: f64) -> PyResult<Duration> {
+    seconds(name, v).map_err(|m| raftify_msg(py, "ConfigError", m))
+}
+
 fn seconds(name: &str, v: f64) -> Result<Duration, String> {
     if !v.is_finite() || v <= 0.0 {
         return Err(format!(

@@ -1,15 +1,14 @@
 //! `raftify.JoinTicket` and `raftify.request_join_ticket`: the id a
 //! cluster reserves for a new node, and how to ask a cluster for one.
 
-use crate::config::Config;
+use crate::config::{grpc_of, seconds_arg, Config};
 use crate::convert::addr_list;
-use crate::errors::{raftify_msg, to_pyerr};
+use crate::errors::raftify_msg;
 use crate::runtime::Rt;
 use pyo3::prelude::*;
 use raftify_core::JoinTicket as CoreTicket;
-use raftify_grpc::{GrpcConfig, GrpcTransport};
+use raftify_grpc::GrpcTransport;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// A join ticket: the node id a cluster reserved for a new node, and the
 /// cluster's members.
@@ -109,20 +108,11 @@ pub fn request_join_ticket(
     timeout: f64,
 ) -> PyResult<JoinTicket> {
     let addrs = addr_list(member_addrs)?;
-    let grpc = match &config {
-        Some(c) => c
-            .grpc_config()
-            .map_err(|m| raftify_msg(py, "ConfigError", m))?,
-        None => GrpcConfig::default(),
-    };
-    let timeout = Duration::try_from_secs_f64(timeout.max(0.001)).unwrap_or(Duration::MAX);
-    crate::runtime::not_on_runtime(py)?;
-    let rt = Rt::current_thread()?;
-    let result = py.detach(|| {
-        rt.get().block_on(async {
-            let transport = GrpcTransport::new(self_addr.clone(), grpc)?;
-            raftify_core::request_join_ticket(&transport, &addrs, &self_addr, timeout).await
-        })
-    });
-    result.map(Into::into).map_err(|e| to_pyerr(py, e))
+    let grpc = grpc_of(py, config.as_ref())?;
+    let timeout = seconds_arg(py, "timeout", timeout)?;
+    let ticket = Rt::current_thread()?.block(py, async {
+        let transport = GrpcTransport::new(self_addr.clone(), grpc)?;
+        raftify_core::request_join_ticket(&transport, &addrs, &self_addr, timeout).await
+    })?;
+    Ok(ticket.into())
 }
