@@ -371,3 +371,18 @@ async fn weighing_counts_each_slots_bytes_in_the_log_as_a_read_and_after_a_resto
     assert!(decode_weights(&[0u8; 11]).is_err());
     assert!(decode_weights(&[0xff; 10]).is_err());
 }
+
+#[test]
+fn an_import_carrying_an_empty_collection_is_refused() {
+    // Only a crafted import can carry one (commands never leave one).
+    let mut source = Keyspace::default();
+    let empty = crate::keyspace::Value::Set(Box::default());
+    let _ = source.insert(Bytes::from("s"), empty, None);
+    let items = items_in(&source, 0, 16383);
+    let mut parts = export_parts(&items, usize::MAX).unwrap();
+    let data = parts.pop().unwrap();
+    let mut target = Keyspace::default();
+    let err = import(&mut target, &data).unwrap_err().to_string();
+    assert!(err.contains("empty collection"), "{err}");
+    assert_eq!(target.iter().count(), 0);
+}

@@ -267,6 +267,12 @@ fn item(r: &mut (dyn Read + Send)) -> Result<(Bytes, Option<u64>, u64, Value), B
         }
         t => return Err(format!("unknown value type {t} in a cache snapshot").into()),
     };
+    // Commands never leave one (a key whose last member goes is deleted):
+    // a damaged or crafted snapshot or import does, refused here for every
+    // reader (a snapshot, a named cache's, a slot import).
+    if value.is_empty_collection() {
+        return Err("an empty collection in a cache snapshot".into());
+    }
     Ok((key, expire_at, version, value))
 }
 
