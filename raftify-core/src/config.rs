@@ -7,6 +7,14 @@ use std::time::Duration;
 /// are computed as `Instant::now() + timeout`, which must not overflow.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// The longest tick [`Config::validate`] accepts (a minute), and the most
+/// ticks an election may take: election timeouts (`tick_interval ×
+/// election_tick`, doubled where a node waits for a leader) stay far from
+/// overflowing a `Duration`.
+pub const MAX_TICK: Duration = Duration::from_secs(60);
+/// See [`MAX_TICK`].
+pub const MAX_ELECTION_TICK: usize = 100_000;
+
 /// How linearizable reads are confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadMode {
@@ -182,8 +190,13 @@ impl Config {
         if self.cluster_id.is_empty() {
             return bad("cluster_id must not be empty".into());
         }
-        if self.tick_interval.is_zero() {
-            return bad("tick_interval must be positive".into());
+        if self.tick_interval.is_zero() || self.tick_interval > MAX_TICK {
+            return bad(format!(
+                "tick_interval must be positive and at most {MAX_TICK:?}"
+            ));
+        }
+        if self.election_tick > MAX_ELECTION_TICK {
+            return bad(format!("election_tick must be at most {MAX_ELECTION_TICK}"));
         }
         if self.heartbeat_tick == 0 {
             return bad("heartbeat_tick must be positive".into());
@@ -302,5 +315,18 @@ mod tests {
         assert!(e.contains("conf_change_timeout"), "{e}");
         c.conf_change_timeout = MAX_TIMEOUT;
         c.validate().unwrap();
+        // Ticks whose election timeout would overflow a `Duration`.
+        c = Config::new(1);
+        c.tick_interval = Duration::from_millis(u64::MAX);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tick_interval"), "{e}");
+        c = Config::new(1);
+        c.election_tick = usize::MAX;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("election_tick"), "{e}");
+        c.election_tick = MAX_ELECTION_TICK;
+        c.tick_interval = MAX_TICK;
+        c.validate().unwrap();
+        assert!(c.election_timeout().checked_mul(2).is_some());
     }
 }
