@@ -3,8 +3,9 @@
 use crate::error::{Error, Result};
 use std::time::Duration;
 
-/// The longest timeout [`Config::validate`] accepts (a year): deadlines
-/// are computed as `Instant::now() + timeout`, which must not overflow.
+/// The longest timeout [`Config::validate`] accepts (a year): a longer one
+/// is a mistake (deadlines themselves never overflow: they are taken with
+/// [`crate::retry::deadline_after`]).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The longest tick [`Config::validate`] accepts (a minute), and the most
@@ -233,7 +234,6 @@ impl Config {
             if d.is_zero() {
                 return bad(format!("{name} must be positive"));
             }
-            // Deadlines are `Instant::now() + d`: keep them representable.
             if d > MAX_TIMEOUT {
                 return bad(format!("{name} must be at most {MAX_TIMEOUT:?} (a year)"));
             }

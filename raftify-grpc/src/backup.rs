@@ -95,7 +95,7 @@ impl Downloads {
             return Err(Status::internal("a new channel has no room"));
         };
         let (chunk, idle) = (self.chunk, self.idle);
-        let deadline = tokio::time::Instant::now() + self.total;
+        let deadline = raftify_core::retry::deadline_after(self.total);
         tokio::spawn(async move {
             let _permit = permit;
             let cut_off = |why: &str| {

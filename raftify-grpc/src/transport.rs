@@ -310,7 +310,10 @@ impl PeerWorker {
             if self.deliver(msgs, &feedback).await {
                 failures = 0;
             } else {
-                retry_at = Some(Instant::now() + backoff(self.pool.config(), failures));
+                retry_at = Some(raftify_core::retry::deadline_after(backoff(
+                    self.pool.config(),
+                    failures,
+                )));
                 failures = failures.saturating_add(1);
             }
         }

@@ -47,7 +47,7 @@ impl Peers {
         live: Duration,
         limit: Duration,
     ) -> Result<(), CacheError> {
-        let deadline = Instant::now() + limit;
+        let deadline = raftify_core::retry::deadline_after(limit);
         let mut waits = tokio::task::JoinSet::new();
         for (id, addr) in members {
             let Some(c) = self.client(&addr, grpc) else {

@@ -208,7 +208,7 @@ impl RaftHandle {
     /// leader is waited out, not answered with `NoLeader`).
     pub async fn transfer_leader(&self, to: u64) -> Result<()> {
         let config = self.config();
-        let deadline = tokio::time::Instant::now() + config.conf_change_timeout;
+        let deadline = crate::retry::deadline_after(config.conf_change_timeout);
         let mut asked_again = false;
         loop {
             match self.transfer_leader_once(to).await {
@@ -354,7 +354,7 @@ impl RaftHandle {
 
     /// Waits until this node's own configuration lists it.
     async fn wait_until_member(&self, timeout: Duration) -> Result<Vec<Member>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::retry::deadline_after(timeout);
         let mut changes = self.subscribe();
         loop {
             let status = self.status().await?;
@@ -376,7 +376,7 @@ impl RaftHandle {
     async fn hand_over_leadership(&self, avoid: &[u64]) -> Result<()> {
         let id = self.id();
         let timeout = self.config().conf_change_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::retry::deadline_after(timeout);
         while self.is_leader() {
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Timeout(timeout));
@@ -419,7 +419,7 @@ impl RaftHandle {
     pub async fn leave(&self) -> Result<()> {
         let id = self.id();
         let timeout = self.config().conf_change_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::retry::deadline_after(timeout);
         loop {
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Timeout(timeout));

@@ -168,7 +168,7 @@ where
             term: self.raw.raft.term,
             kind: ProposalKind::ConfChange,
             reply,
-            deadline: Instant::now() + self.config.conf_change_timeout,
+            deadline: crate::retry::deadline_after(self.config.conf_change_timeout),
             since: Instant::now(),
         };
         self.proposals

@@ -177,7 +177,8 @@ impl LmdbEnv {
     /// [`LmdbOptions::lock_wait`], then fails with [`LmdbError::Locked`].
     pub fn delete_group(&self, group: u64) -> Result<(), LmdbError> {
         let dir = group_dir(self.dir(), group);
-        let deadline = Instant::now() + self.root.options().lock_wait;
+        let deadline =
+            raftify_core::retry::deadline_after(self.root.options().lock_wait).into_std();
         while !self.open_groups().insert(group) {
             if Instant::now() >= deadline {
                 return Err(LmdbError::Locked {

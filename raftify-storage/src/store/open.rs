@@ -493,7 +493,7 @@ fn take_lock(dir: &Path, wait: Duration) -> Result<File, LmdbError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| LmdbError::io("open lock file", &path, e))?;
-    let deadline = Instant::now() + wait;
+    let deadline = raftify_core::retry::deadline_after(wait).into_std();
     let mut result = file.try_lock();
     while matches!(result, Err(std::fs::TryLockError::WouldBlock)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
