@@ -14,7 +14,7 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// overflowing a `Duration`.
 pub const MAX_TICK: Duration = Duration::from_secs(60);
 /// See [`MAX_TICK`].
-pub const MAX_ELECTION_TICK: usize = 100_000;
+pub const MAX_ELECTION_TICK: usize = 1_000_000_000;
 
 /// How linearizable reads are confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
